@@ -1,0 +1,1016 @@
+//! The [`Durably`] instance: configuration, job registry, triggering and the run API.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::Stream;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, EventBus, EventKind, EventType, Unsubscribe};
+use crate::job::{Job, JobData, JobHandle, RegisteredJob};
+use crate::run::{
+    Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
+    TriggerAndWaitResult, TriggerOptions, TriggerResult,
+};
+use crate::store::{Enqueued, NewRun, Store};
+use crate::time::Timestamp;
+use crate::worker::WorkerState;
+
+/// Validated configuration of a [`Durably`] instance (upstream option names in parentheses).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// How long an idle worker waits before polling again (`pollingIntervalMs`, default 1 s).
+    /// A trigger in the same process wakes the worker at once.
+    pub polling_interval: Duration,
+    /// Lease length at claim and at each renewal (`leaseMs`, default 30 s).
+    pub lease_duration: Duration,
+    /// How often a running run's lease is renewed (`leaseRenewIntervalMs`, default 5 s).
+    pub lease_renew_interval: Duration,
+    /// Runs executed at once by the worker (`maxConcurrentRuns`, 1..=1000, default 1).
+    pub max_concurrent_runs: usize,
+    /// Keep step outputs after a run ends (`preserveSteps`, default `false`).
+    pub preserve_steps: bool,
+    /// Delete terminal runs this long after they ended (`retainRuns`, default: keep forever).
+    pub retain_runs: Option<Duration>,
+    /// Store `step.log` entries (default `true`; upstream needed a plugin).
+    pub persist_logs: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            polling_interval: Duration::from_millis(1000),
+            lease_duration: Duration::from_millis(30_000),
+            lease_renew_interval: Duration::from_millis(5_000),
+            max_concurrent_runs: 1,
+            preserve_steps: false,
+            retain_runs: None,
+            persist_logs: true,
+        }
+    }
+}
+
+/// Parses a retention period: a whole number followed by `d` (days), `h` (hours) or `m`
+/// (minutes), e.g. `30d`, `12h`, `90m`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(durably::parse_retention("12h").unwrap(), Duration::from_secs(12 * 3600));
+/// assert!(durably::parse_retention("30s").is_err());
+/// ```
+pub fn parse_retention(text: &str) -> Result<Duration> {
+    let invalid = || {
+        Error::Config(format!(
+            "Invalid duration format: \"{text}\". Use a whole number followed by d, h or m, e.g. '30d', '12h', '90m'"
+        ))
+    };
+    let unit = text.chars().last().ok_or_else(invalid)?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let amount: u64 = digits.parse().map_err(|_| invalid())?;
+    let unit_secs = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        _ => return Err(invalid()),
+    };
+    amount
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)
+}
+
+type LabelsValidator = Arc<dyn Fn(&Labels) -> std::result::Result<(), String> + Send + Sync>;
+type PendingJob = Box<dyn FnOnce(&Durably) -> Result<()> + Send>;
+
+/// Builds a [`Durably`] instance; every option is validated by [`build`](Self::build).
+///
+/// ```
+/// # fn example() -> durably::Result<()> {
+/// use std::time::Duration;
+/// let durably = durably::Durably::builder()
+///     .sqlite("app.db")
+///     .polling_interval(Duration::from_millis(200))
+///     .max_concurrent_runs(8)
+///     .retain_runs("30d")
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct DurablyBuilder {
+    store: Option<Result<Arc<dyn Store>>>,
+    config: Config,
+    retain_runs: Option<String>,
+    labels_validator: Option<LabelsValidator>,
+    jobs: Vec<PendingJob>,
+}
+
+impl DurablyBuilder {
+    /// Uses an embedded SQLite database at `path` (`":memory:"` for a private in-memory one).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.store =
+            Some(crate::store::SqliteStore::open(path).map(|s| Arc::new(s) as Arc<dyn Store>));
+        self
+    }
+
+    /// Uses any [`Store`].
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Ok(Arc::new(store)));
+        self
+    }
+
+    /// Uses a shared [`Store`].
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(Ok(store));
+        self
+    }
+
+    /// Idle polling interval (default 1 s).
+    pub fn polling_interval(mut self, interval: Duration) -> Self {
+        self.config.polling_interval = interval;
+        self
+    }
+
+    /// Lease length (default 30 s).
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.config.lease_duration = lease;
+        self
+    }
+
+    /// Lease renewal interval (default 5 s).
+    pub fn lease_renew_interval(mut self, interval: Duration) -> Self {
+        self.config.lease_renew_interval = interval;
+        self
+    }
+
+    /// Runs executed at once, 1..=1000 (default 1).
+    pub fn max_concurrent_runs(mut self, runs: usize) -> Self {
+        self.config.max_concurrent_runs = runs;
+        self
+    }
+
+    /// Keep step outputs after runs end (default `false`).
+    pub fn preserve_steps(mut self, preserve: bool) -> Self {
+        self.config.preserve_steps = preserve;
+        self
+    }
+
+    /// Delete terminal runs after a period written `30d`, `12h` or `90m`.
+    pub fn retain_runs(mut self, period: impl Into<String>) -> Self {
+        self.retain_runs = Some(period.into());
+        self
+    }
+
+    /// Delete terminal runs after `period`.
+    pub fn retain_runs_for(mut self, period: Duration) -> Self {
+        self.retain_runs = None;
+        self.config.retain_runs = Some(period);
+        self
+    }
+
+    /// Store `step.log` entries (default `true`).
+    pub fn persist_logs(mut self, persist: bool) -> Self {
+        self.config.persist_logs = persist;
+        self
+    }
+
+    /// Validates labels passed to triggers; a rejection fails the trigger with
+    /// `labels: Invalid input: <message>` and stores nothing.
+    pub fn labels_validator(
+        mut self,
+        validator: impl Fn(&Labels) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.labels_validator = Some(Arc::new(validator));
+        self
+    }
+
+    /// Registers a job at build time (get its handle later with [`Durably::job`]).
+    pub fn job<I: JobData, O: JobData>(mut self, job: Job<I, O>) -> Self {
+        self.jobs
+            .push(Box::new(move |durably| durably.register(job).map(|_| ())));
+        self
+    }
+
+    /// Validates the options and creates the instance. No I/O beyond opening the store.
+    pub fn build(self) -> Result<Durably> {
+        let mut config = self.config;
+        if !(1..=1000).contains(&config.max_concurrent_runs) {
+            return Err(Error::Validation(format!(
+                "max_concurrent_runs must be between 1 and 1000 (got {})",
+                config.max_concurrent_runs
+            )));
+        }
+        if config.polling_interval.is_zero() {
+            return Err(Error::Validation(
+                "polling_interval must be greater than zero".into(),
+            ));
+        }
+        if config.lease_duration.is_zero() || config.lease_renew_interval.is_zero() {
+            return Err(Error::Validation(
+                "lease_duration and lease_renew_interval must be greater than zero".into(),
+            ));
+        }
+        if let Some(text) = self.retain_runs.filter(|t| !t.is_empty()) {
+            config.retain_runs = Some(parse_retention(&text)?);
+        }
+        let store = self.store.ok_or_else(|| {
+            Error::Config(
+                "no store configured: call .sqlite(path), .store(store) or .shared_store(store)"
+                    .into(),
+            )
+        })??;
+        let durably = Durably {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                jobs: RwLock::new(HashMap::new()),
+                events: EventBus::default(),
+                migrated: tokio::sync::OnceCell::new(),
+                labels_validator: self.labels_validator,
+                worker: WorkerState::default(),
+            }),
+        };
+        for register in self.jobs {
+            register(&durably)?;
+        }
+        Ok(durably)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    jobs: RwLock<HashMap<String, Arc<RegisteredJob>>>,
+    pub(crate) events: EventBus,
+    migrated: tokio::sync::OnceCell<()>,
+    labels_validator: Option<LabelsValidator>,
+    pub(crate) worker: WorkerState,
+}
+
+/// A durably instance: the job registry, the run API, events and the worker.
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Durably {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Durably {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durably")
+            .field("config", &self.inner.config)
+            .field("backend", &self.inner.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live log entry passed to [`WaitOptions::on_log`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// Severity.
+    pub level: LogLevel,
+    /// Message.
+    pub message: String,
+    /// Structured data.
+    pub data: Option<Value>,
+    /// The step executing when it was written.
+    pub step_name: Option<String>,
+}
+
+type ProgressCallback = Arc<dyn Fn(&Progress) + Send + Sync>;
+type LogCallback = Arc<dyn Fn(&LogEntry) + Send + Sync>;
+
+/// Options of [`Durably::wait_for_run`] and `trigger_and_wait`.
+#[derive(Clone, Default)]
+pub struct WaitOptions {
+    /// Give up after this long (the run itself is unaffected).
+    pub timeout: Option<Duration>,
+    /// How often to poll the database for changes made by other processes
+    /// (default: the instance's polling interval).
+    pub polling_interval: Option<Duration>,
+    /// Called for each live `run:progress` of the run.
+    pub on_progress: Option<ProgressCallback>,
+    /// Called for each live `log:write` of the run.
+    pub on_log: Option<LogCallback>,
+}
+
+impl std::fmt::Debug for WaitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitOptions")
+            .field("timeout", &self.timeout)
+            .field("polling_interval", &self.polling_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WaitOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the storage polling interval.
+    pub fn polling_interval(mut self, interval: Duration) -> Self {
+        self.polling_interval = Some(interval);
+        self
+    }
+
+    /// Sets the progress callback.
+    pub fn on_progress(mut self, callback: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// Sets the log callback.
+    pub fn on_log(mut self, callback: impl Fn(&LogEntry) + Send + Sync + 'static) -> Self {
+        self.on_log = Some(Arc::new(callback));
+        self
+    }
+}
+
+/// Information about a registered job, for tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// The job's name.
+    pub name: String,
+}
+
+impl Durably {
+    /// Starts building an instance.
+    pub fn builder() -> DurablyBuilder {
+        DurablyBuilder {
+            store: None,
+            config: Config::default(),
+            retain_runs: None,
+            labels_validator: None,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The store (for tools and tests; the run API below is the usual way in).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Creates or upgrades the schema. Idempotent; concurrent callers share one migration.
+    pub async fn migrate(&self) -> Result<()> {
+        self.inner
+            .migrated
+            .get_or_try_init(|| self.inner.store.migrate())
+            .await
+            .map(|_| ())
+    }
+
+    /// Registers a job and returns its typed handle. Registering the same definition again
+    /// (or a clone of it) returns a handle to the same job; another definition with the same
+    /// name is an error.
+    pub fn register<I: JobData, O: JobData>(&self, job: Job<I, O>) -> Result<JobHandle<I, O>> {
+        let name = job.name().to_owned();
+        if name.is_empty() {
+            return Err(Error::Config("A job name must not be empty".into()));
+        }
+        let registered = job.into_registered();
+        let mut jobs = self
+            .inner
+            .jobs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match jobs.get(&name) {
+            Some(existing) if existing.same_definition(&registered) => {}
+            Some(_) => {
+                return Err(Error::Config(format!(
+                    "Job \"{name}\" is already registered with a different definition"
+                )));
+            }
+            None => {
+                jobs.insert(name.clone(), Arc::new(registered));
+            }
+        }
+        Ok(JobHandle::new(self.clone(), &name))
+    }
+
+    /// The typed handle of a job registered earlier (e.g. through the builder). Fails if the
+    /// name is unknown or registered with other input/output types.
+    pub fn job<I: JobData, O: JobData>(&self, name: &str) -> Result<JobHandle<I, O>> {
+        let job = self.registered(name)?;
+        if job.type_id() != std::any::TypeId::of::<(I, O)>() {
+            return Err(Error::Config(format!(
+                "Job \"{name}\" is registered with other input/output types"
+            )));
+        }
+        Ok(JobHandle::new(self.clone(), name))
+    }
+
+    /// Names of all registered jobs, sorted.
+    pub fn job_names(&self) -> Vec<String> {
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut names: Vec<String> = jobs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Information about a registered job, or `None`.
+    pub fn get_job(&self, name: &str) -> Option<JobInfo> {
+        self.registered_job(name).map(|job| JobInfo {
+            name: job.name.clone(),
+        })
+    }
+
+    pub(crate) fn registered_job(&self, name: &str) -> Option<Arc<RegisteredJob>> {
+        self.inner
+            .jobs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn registered(&self, name: &str) -> Result<Arc<RegisteredJob>> {
+        self.registered_job(name)
+            .ok_or_else(|| Error::NotFound(format!("Job not found: {name}")))
+    }
+
+    /// Checks a trigger's options and input (upstream §2.3 steps 1–3) and builds the row.
+    fn prepare(
+        &self,
+        job: &RegisteredJob,
+        input: Value,
+        options: TriggerOptions,
+        index: Option<usize>,
+    ) -> Result<NewRun> {
+        let at = |message: String| match index {
+            Some(i) => format!("{message} at index {i}"),
+            None => message,
+        };
+        if options.coalesce.is_some() && options.concurrency_key.is_none() {
+            return Err(Error::Validation(at(
+                "coalesce requires concurrencyKey".into()
+            )));
+        }
+        if options.idempotency_key.as_deref() == Some("") {
+            return Err(Error::Validation(at(
+                "idempotencyKey must not be empty".into()
+            )));
+        }
+        if options.concurrency_key.as_deref() == Some("") {
+            return Err(Error::Validation(at(
+                "concurrencyKey must not be empty".into()
+            )));
+        }
+        let input = job.parse_input(input).map_err(|e| match index {
+            Some(i) => Error::Validation(format!("at index {i}: {e}")),
+            None => e,
+        })?;
+        if let (Some(validator), Some(labels)) = (&self.inner.labels_validator, &options.labels) {
+            validator(labels).map_err(|e| {
+                Error::Validation(match index {
+                    Some(i) => format!("labels at index {i}: Invalid input: {e}"),
+                    None => format!("labels: Invalid input: {e}"),
+                })
+            })?;
+        }
+        Ok(NewRun {
+            job_name: job.name.clone(),
+            input,
+            idempotency_key: options.idempotency_key,
+            concurrency_key: options.concurrency_key,
+            labels: options.labels.unwrap_or_default(),
+            coalesce: options.coalesce,
+        })
+    }
+
+    fn announce(&self, enqueued: &Enqueued, request: &NewRun) {
+        let run = &enqueued.run;
+        match enqueued.disposition {
+            Disposition::Created => {
+                self.inner.events.emit(EventKind::RunTrigger {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    input: request.input.clone(),
+                    labels: run.labels.clone(),
+                });
+                self.inner.worker.wake();
+            }
+            Disposition::Coalesced => {
+                self.inner.events.emit(EventKind::RunCoalesced {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    labels: run.labels.clone(),
+                    skipped_input: request.input.clone(),
+                    skipped_labels: request.labels.clone(),
+                });
+            }
+            Disposition::Idempotent => {}
+        }
+    }
+
+    /// Triggers a run of the job named `job_name` with a JSON input (the untyped form of
+    /// [`JobHandle::trigger_with`]). Unknown job → [`Error::NotFound`] `Job not found: <name>`.
+    pub async fn trigger_json(
+        &self,
+        job_name: &str,
+        input: Value,
+        options: TriggerOptions,
+    ) -> Result<TriggerResult> {
+        let job = self.registered(job_name)?;
+        let request = self.prepare(&job, input, options, None)?;
+        let enqueued = self
+            .inner
+            .store
+            .enqueue(request.clone(), Timestamp::now())
+            .await?;
+        self.announce(&enqueued, &request);
+        Ok(TriggerResult {
+            run: enqueued.run,
+            disposition: enqueued.disposition,
+        })
+    }
+
+    /// Triggers many runs of one job in one transaction. Every item is validated first; any
+    /// invalid item or conflict stores nothing.
+    pub async fn batch_trigger_json(
+        &self,
+        job_name: &str,
+        items: Vec<(Value, TriggerOptions)>,
+    ) -> Result<Vec<TriggerResult>> {
+        let job = self.registered(job_name)?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let requests = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (input, options))| self.prepare(&job, input, options, Some(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let enqueued = self
+            .inner
+            .store
+            .enqueue_many(requests.clone(), Timestamp::now())
+            .await?;
+        Ok(enqueued
+            .into_iter()
+            .zip(&requests)
+            .map(|(enqueued, request)| {
+                self.announce(&enqueued, request);
+                TriggerResult {
+                    run: enqueued.run,
+                    disposition: enqueued.disposition,
+                }
+            })
+            .collect())
+    }
+
+    /// Triggers a run and waits for it (untyped form of [`JobHandle::trigger_and_wait`]).
+    pub async fn trigger_and_wait_json(
+        &self,
+        job_name: &str,
+        input: Value,
+        options: TriggerOptions,
+        wait: WaitOptions,
+    ) -> Result<TriggerAndWaitResult> {
+        let triggered = self.trigger_json(job_name, input, options).await?;
+        let run = self
+            .wait_inner(&triggered.run.id, wait, "triggerAndWait")
+            .await?;
+        Ok(TriggerAndWaitResult {
+            id: run.id,
+            output: run.output,
+            disposition: triggered.disposition,
+        })
+    }
+
+    /// One run, or `None`.
+    pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        self.inner.store.get_run(id).await
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.inner.store.get_runs(filter).await
+    }
+
+    /// The persisted steps of a run, by index.
+    pub async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        self.inner.store.get_steps(run_id).await
+    }
+
+    /// The persisted logs of a run, oldest first.
+    pub async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        self.inner.store.get_logs(run_id).await
+    }
+
+    async fn require_run(&self, id: &str) -> Result<Run> {
+        self.get_run(id)
+            .await?
+            .ok_or_else(|| Error::run_not_found(id))
+    }
+
+    async fn status_changed(&self, id: &str, action: &str) -> Error {
+        match self.get_run(id).await {
+            Ok(Some(run)) => Error::Conflict(format!(
+                "Cannot {action} run {id}: status changed to {}",
+                run.status
+            )),
+            Ok(None) => Error::run_not_found(id),
+            Err(error) => error,
+        }
+    }
+
+    /// Creates a new pending run with the same job, input, concurrency key and labels as a
+    /// terminal run (the input is validated again against the job's current definition).
+    pub async fn retrigger(&self, run_id: &str) -> Result<Run> {
+        let run = self.require_run(run_id).await?;
+        match run.status {
+            RunStatus::Pending | RunStatus::Leased => {
+                return Err(Error::Conflict(format!(
+                    "Cannot retrigger {} run: {run_id}",
+                    run.status
+                )));
+            }
+            _ => {}
+        }
+        let job = self
+            .registered_job(&run.job_name)
+            .ok_or_else(|| Error::NotFound(format!("Unknown job: {}", run.job_name)))?;
+        let input = job
+            .parse_input(run.input)
+            .map_err(|e| Error::Validation(format!("Cannot retrigger run {run_id}: {e}")))?;
+        let request = NewRun {
+            job_name: run.job_name,
+            input,
+            idempotency_key: None,
+            concurrency_key: run.concurrency_key,
+            labels: run.labels,
+            coalesce: None,
+        };
+        let enqueued = self
+            .inner
+            .store
+            .enqueue(request.clone(), Timestamp::now())
+            .await?;
+        self.announce(&enqueued, &request);
+        Ok(enqueued.run)
+    }
+
+    /// Cancels a pending or leased run. A leased run is marked cancelled at once; its worker
+    /// stops cooperatively (its token fires and none of its later writes land).
+    pub async fn cancel(&self, run_id: &str) -> Result<()> {
+        let run = self.require_run(run_id).await?;
+        match run.status {
+            RunStatus::Completed | RunStatus::Failed => {
+                return Err(Error::Conflict(format!(
+                    "Cannot cancel {} run: {run_id}",
+                    run.status
+                )));
+            }
+            RunStatus::Cancelled => {
+                return Err(Error::Conflict(format!(
+                    "Cannot cancel already cancelled run: {run_id}"
+                )));
+            }
+            _ => {}
+        }
+        let drop_steps = !self.inner.config.preserve_steps;
+        if !self
+            .inner
+            .store
+            .cancel_run(run_id, Timestamp::now(), drop_steps)
+            .await?
+        {
+            return Err(self.status_changed(run_id, "cancel").await);
+        }
+        self.inner.events.emit(EventKind::RunCancel {
+            run_id: run.id.clone(),
+            job_name: run.job_name,
+            labels: run.labels,
+        });
+        self.inner.worker.cancel_local(run_id);
+        Ok(())
+    }
+
+    /// Deletes a terminal run with its steps, logs and labels.
+    pub async fn delete_run(&self, run_id: &str) -> Result<()> {
+        let run = self.require_run(run_id).await?;
+        if run.status.is_active() {
+            return Err(Error::Conflict(format!(
+                "Cannot delete {} run: {run_id}",
+                run.status
+            )));
+        }
+        if !self.inner.store.delete_run(run_id).await? {
+            return Err(self.status_changed(run_id, "delete").await);
+        }
+        self.inner.events.emit(EventKind::RunDelete {
+            run_id: run.id,
+            job_name: run.job_name,
+            labels: run.labels,
+        });
+        Ok(())
+    }
+
+    /// Deletes up to `limit` (default 500) terminal runs that ended before `older_than`.
+    /// Returns how many were deleted. Emits no events.
+    pub async fn purge_runs(&self, older_than: Timestamp, limit: Option<u64>) -> Result<u64> {
+        self.inner
+            .store
+            .purge_runs(older_than, limit.unwrap_or(500))
+            .await
+    }
+
+    /// Calls `listener` for every event of type `event_type` (on its own task: a slow or
+    /// panicking listener never stalls the worker). Requires a tokio runtime.
+    pub fn on(
+        &self,
+        event_type: EventType,
+        listener: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Unsubscribe {
+        self.inner.events.on(Some(event_type), Arc::new(listener))
+    }
+
+    /// Calls `listener` for every event.
+    pub fn on_any(&self, listener: impl Fn(&Event) + Send + Sync + 'static) -> Unsubscribe {
+        self.inner.events.on(None, Arc::new(listener))
+    }
+
+    /// Sets the handler told about listeners that panicked (a later call replaces it).
+    pub fn on_error(&self, handler: impl Fn(&str, &Event) + Send + Sync + 'static) {
+        self.inner.events.set_on_error(Arc::new(handler));
+    }
+
+    /// Emits an arbitrary event (stamped with timestamp and sequence); returns it.
+    pub fn emit(&self, kind: EventKind) -> Event {
+        (*self.inner.events.emit(kind)).clone()
+    }
+
+    /// Waits until a run completes and returns it. A failed run gives [`Error::RunFailed`], a
+    /// cancelled one [`Error::Cancelled`], a deleted one [`Error::NotFound`]. Completion in this
+    /// process is seen at once; other processes' changes by polling the store.
+    pub async fn wait_for_run(&self, run_id: &str, options: WaitOptions) -> Result<Run> {
+        self.wait_inner(run_id, options, "waitForRun").await
+    }
+
+    async fn wait_inner(&self, run_id: &str, options: WaitOptions, name: &str) -> Result<Run> {
+        let interval = options
+            .polling_interval
+            .unwrap_or(self.inner.config.polling_interval);
+        if interval.is_zero() {
+            return Err(Error::Validation(
+                "pollingIntervalMs must be a positive finite number".into(),
+            ));
+        }
+        let mut live = self.inner.events.subscribe_run(run_id);
+        let deadline = options.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timeout_error = || {
+            Error::Timeout(format!(
+                "{name} timeout after {}ms",
+                options.timeout.unwrap_or_default().as_millis()
+            ))
+        };
+        let settle = |run: Option<Run>| -> Option<Result<Run>> {
+            let run = match run {
+                None => return Some(Err(Error::run_not_found(run_id))),
+                Some(run) => run,
+            };
+            match run.status {
+                RunStatus::Completed => Some(Ok(run)),
+                RunStatus::Failed => Some(Err(Error::RunFailed {
+                    run_id: run.id,
+                    message: run.error.unwrap_or_else(|| "Run failed".into()),
+                })),
+                RunStatus::Cancelled => Some(Err(Error::Cancelled { run_id: run.id })),
+                _ => None,
+            }
+        };
+        if let Some(done) = settle(self.get_run(run_id).await?) {
+            return done;
+        }
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sleep_until_deadline = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = live.recv() => {
+                    let Some(event) = event else { continue };
+                    match &event.kind {
+                        EventKind::RunComplete { .. } => {
+                            if let Some(done) = settle(self.get_run(run_id).await?) {
+                                return done;
+                            }
+                        }
+                        EventKind::RunFail { error, .. } => {
+                            return Err(Error::RunFailed { run_id: run_id.to_owned(), message: error.clone() });
+                        }
+                        EventKind::RunCancel { .. } => {
+                            return Err(Error::Cancelled { run_id: run_id.to_owned() });
+                        }
+                        EventKind::RunDelete { .. } => return Err(Error::run_not_found(run_id)),
+                        EventKind::RunProgress { progress, .. } => {
+                            if let Some(callback) = &options.on_progress {
+                                let callback = callback.clone();
+                                let progress = progress.clone();
+                                crate::events::call_guarded(async move { callback(&progress) }).await;
+                            }
+                        }
+                        EventKind::LogWrite { level, message, data, step_name, .. } => {
+                            if let Some(callback) = &options.on_log {
+                                let callback = callback.clone();
+                                let entry = LogEntry {
+                                    level: *level,
+                                    message: message.clone(),
+                                    data: data.clone(),
+                                    step_name: step_name.clone(),
+                                };
+                                crate::events::call_guarded(async move { callback(&entry) }).await;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Some(done) = settle(self.get_run(run_id).await?) {
+                        return done;
+                    }
+                }
+                _ = sleep_until_deadline => return Err(timeout_error()),
+            }
+        }
+    }
+
+    /// A stream of every event emitted from now on (for dashboards and `/runs/subscribe`).
+    /// Dropping the stream unsubscribes.
+    pub fn subscribe_all(&self) -> impl Stream<Item = Event> + Send + 'static {
+        let live = self.inner.events.subscribe_all();
+        futures::stream::unfold(live, |mut live| async move {
+            let event = live.recv().await?;
+            Some(((*event).clone(), live))
+        })
+    }
+
+    /// A stream of one run's events: first its current state (a synthetic `run:leased` plus
+    /// `run:progress` while leased, or the terminal event, with `sequence` 0), then live events.
+    /// It ends after the run's `run:complete`, `run:fail`, `run:cancel` or `run:delete`.
+    /// Dropping the stream unsubscribes.
+    pub fn subscribe(&self, run_id: &str) -> impl Stream<Item = Event> + Send + 'static {
+        let live = self.inner.events.subscribe_run(run_id);
+        let state = SubscribeState {
+            store: self.inner.store.clone(),
+            run_id: run_id.to_owned(),
+            live,
+            queued: VecDeque::new(),
+            started: false,
+            closed: false,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            let event = state.next().await?;
+            Some((event, state))
+        })
+    }
+}
+
+struct SubscribeState {
+    store: Arc<dyn Store>,
+    run_id: String,
+    live: tokio::sync::mpsc::UnboundedReceiver<Arc<Event>>,
+    queued: VecDeque<Event>,
+    started: bool,
+    closed: bool,
+}
+
+const SUBSCRIBED_TYPES: [EventType; 10] = [
+    EventType::RunLeased,
+    EventType::RunComplete,
+    EventType::RunFail,
+    EventType::RunCancel,
+    EventType::RunDelete,
+    EventType::RunProgress,
+    EventType::StepStart,
+    EventType::StepComplete,
+    EventType::StepFail,
+    EventType::LogWrite,
+];
+
+fn ends_stream(event_type: EventType) -> bool {
+    matches!(
+        event_type,
+        EventType::RunComplete | EventType::RunFail | EventType::RunCancel | EventType::RunDelete
+    )
+}
+
+impl SubscribeState {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.closed {
+                return None;
+            }
+            if !self.started {
+                self.started = true;
+                match self.store.get_run(&self.run_id).await {
+                    Ok(Some(run)) => self.queue_current_state(run),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(run_id = %self.run_id, %error, "subscribe could not read the run");
+                        self.closed = true;
+                    }
+                }
+                continue;
+            }
+            let event = self.live.recv().await?;
+            let event_type = event.event_type();
+            if !SUBSCRIBED_TYPES.contains(&event_type) {
+                continue;
+            }
+            if ends_stream(event_type) {
+                self.closed = true;
+            }
+            return Some((*event).clone());
+        }
+    }
+
+    fn queue_current_state(&mut self, run: Run) {
+        let synthetic = |kind| Event {
+            kind,
+            timestamp: Timestamp::now(),
+            sequence: 0,
+        };
+        let (run_id, job_name, labels) = (run.id.clone(), run.job_name.clone(), run.labels.clone());
+        match run.status {
+            RunStatus::Leased => {
+                self.queued.push_back(synthetic(EventKind::RunLeased {
+                    run_id: run_id.clone(),
+                    job_name: job_name.clone(),
+                    input: run.input,
+                    lease_owner: run.lease_owner.unwrap_or_default(),
+                    lease_expires_at: run
+                        .lease_expires_at
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                    labels: labels.clone(),
+                }));
+                if let Some(progress) = run.progress {
+                    self.queued.push_back(synthetic(EventKind::RunProgress {
+                        run_id,
+                        job_name,
+                        progress,
+                        labels,
+                    }));
+                }
+            }
+            RunStatus::Completed => {
+                self.queued.push_back(synthetic(EventKind::RunComplete {
+                    run_id,
+                    job_name,
+                    output: run.output.unwrap_or(Value::Null),
+                    duration: 0,
+                    labels,
+                }));
+                self.closed = true;
+            }
+            RunStatus::Failed => {
+                self.queued.push_back(synthetic(EventKind::RunFail {
+                    run_id,
+                    job_name,
+                    error: run.error.unwrap_or_else(|| "Unknown error".into()),
+                    failed_step_name: String::new(),
+                    labels,
+                }));
+                self.closed = true;
+            }
+            RunStatus::Cancelled => {
+                self.queued.push_back(synthetic(EventKind::RunCancel {
+                    run_id,
+                    job_name,
+                    labels,
+                }));
+                self.closed = true;
+            }
+            RunStatus::Pending => {}
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The one public error type of durably.
+//!
+//! The kinds mirror the upstream TypeScript library (`NotFoundError`, `ValidationError`,
+//! `ConflictError`, `CancelledError`, `LeaseLostError`) plus [`Error::Storage`] for backend failures.
+//! [`Error::status_code`] gives the HTTP status each kind maps to.
+
+/// A boxed error that any job function may return (anything `Into<BoxError>` works with `?`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used throughout durably.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in durably. Every message names the offending id or value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A run or job does not exist (`Run not found: <id>`, `Unknown job: <name>`). HTTP 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad input: invalid job input, labels, keys or options. Nothing was stored. HTTP 400.
+    #[error("{0}")]
+    Validation(String),
+    /// The operation conflicts with the run's current state or another run. HTTP 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The run was cancelled (returned by waits and by `step.run` inside a cancelled run).
+    #[error("Run was cancelled: {run_id}")]
+    Cancelled {
+        /// The cancelled run.
+        run_id: String,
+    },
+    /// This worker no longer holds the run's lease; another owner (or nobody) has it now.
+    #[error("Lease ownership was lost: {run_id}")]
+    LeaseLost {
+        /// The run whose lease was lost.
+        run_id: String,
+    },
+    /// An error returned by a job's own code (a step function or the job function). Its
+    /// message becomes the run's (or step's) stored error.
+    #[error("{0}")]
+    Job(BoxError),
+    /// A waited-for run ended in `failed`; the message is the run's stored error.
+    #[error("{message}")]
+    RunFailed {
+        /// The failed run.
+        run_id: String,
+        /// The run's error message (`Run failed` when none was stored).
+        message: String,
+    },
+    /// A wait gave up (`waitForRun timeout after 100ms`). The run itself is unaffected.
+    #[error("{0}")]
+    Timeout(String),
+    /// Invalid configuration or registration (bad `retain_runs`, duplicate job definition, …).
+    #[error("{0}")]
+    Config(String),
+    /// The storage backend failed (I/O, SQL, connection). The message says which operation.
+    #[error("storage error during {operation}: {source}")]
+    Storage {
+        /// The store operation that failed, e.g. `enqueue`.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// The HTTP status code this error maps to (upstream §8.3 with SPEC §3's fixes).
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Error::NotFound(_) => 404,
+            Error::Validation(_) => 400,
+            Error::Conflict(_) => 409,
+            _ => 500,
+        }
+    }
+
+    /// `true` for [`Error::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
+    }
+
+    /// `true` for [`Error::LeaseLost`].
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Error::LeaseLost { .. })
+    }
+
+    /// Wraps a backend error as [`Error::Storage`] for the named operation.
+    pub fn storage(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Storage {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn run_not_found(run_id: &str) -> Self {
+        Error::NotFound(format!("Run not found: {run_id}"))
+    }
+}

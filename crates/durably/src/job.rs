@@ -1,0 +1,323 @@
+//! Jobs: a name, serde input/output types and an async function `(step, input) -> output`.
+//!
+//! ```
+//! use durably::{Job, StepContext};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Input { user_id: u64 }
+//! #[derive(Serialize, Deserialize)]
+//! struct Output { sent: bool }
+//!
+//! let welcome = Job::new("send-welcome", |step: StepContext, input: Input| async move {
+//!     let address = step.run("look-up", |_| async move {
+//!         Ok::<_, std::io::Error>(format!("user{}@example.com", input.user_id))
+//!     }).await?;
+//!     step.run("send", |_| async move { Ok::<_, std::io::Error>(address.len()) }).await?;
+//!     Ok::<_, durably::Error>(Output { sent: true })
+//! })
+//! .validate(|input: &Input| if input.user_id == 0 { Err("user_id must be positive".into()) } else { Ok(()) });
+//! assert_eq!(welcome.name(), "send-welcome");
+//! ```
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::durably::{Durably, WaitOptions};
+use crate::error::{BoxError, Error, Result};
+use crate::run::{Run, RunFilter, TriggerAndWaitResult, TriggerOptions, TriggerResult};
+use crate::step::StepContext;
+
+/// Bounds every job input and output type satisfies.
+pub trait JobData: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> JobData for T {}
+
+type JobFn<I, O> = dyn Fn(StepContext, I) -> BoxFuture<'static, Result<O, BoxError>> + Send + Sync;
+type Validator<T> = dyn Fn(&T) -> Result<(), String> + Send + Sync;
+
+/// A job definition. Cheap to clone; clones are the *same* definition, so registering a clone
+/// again returns the existing handle, while another definition with the same name is an error.
+pub struct Job<I, O> {
+    name: String,
+    run: Arc<JobFn<I, O>>,
+    validate_input: Option<Arc<Validator<I>>>,
+    validate_output: Option<Arc<Validator<O>>>,
+}
+
+impl<I, O> Clone for Job<I, O> {
+    fn clone(&self) -> Self {
+        Job {
+            name: self.name.clone(),
+            run: self.run.clone(),
+            validate_input: self.validate_input.clone(),
+            validate_output: self.validate_output.clone(),
+        }
+    }
+}
+
+impl<I: JobData, O: JobData> Job<I, O> {
+    /// Defines a job. The function gets the step context and the deserialized input; any error
+    /// type convertible into [`BoxError`] works (`durably::Error`, `std::io::Error`, `anyhow`, …).
+    pub fn new<F, Fut, E>(name: impl Into<String>, run: F) -> Self
+    where
+        F: Fn(StepContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let run = move |step: StepContext, input: I| -> BoxFuture<'static, Result<O, BoxError>> {
+            let future = run(step, input);
+            Box::pin(async move { future.await.map_err(Into::into) })
+        };
+        Job {
+            name: name.into(),
+            run: Arc::new(run),
+            validate_input: None,
+            validate_output: None,
+        }
+    }
+
+    /// Adds input validation beyond deserialization; a rejection fails the trigger with
+    /// `Invalid input: <message>` and stores nothing.
+    pub fn validate(
+        mut self,
+        check: impl Fn(&I) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.validate_input = Some(Arc::new(check));
+        self
+    }
+
+    /// Adds output validation; a rejection fails the run with `Invalid output: <message>`.
+    pub fn validate_output(
+        mut self,
+        check: impl Fn(&O) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.validate_output = Some(Arc::new(check));
+        self
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn identity(&self) -> usize {
+        Arc::as_ptr(&self.run) as *const () as usize
+    }
+
+    pub(crate) fn into_registered(self) -> RegisteredJob {
+        let identity = self.identity();
+        let name = self.name.clone();
+        let parse_job = self.clone();
+        let run_job = self;
+        RegisteredJob {
+            name,
+            identity,
+            type_id: std::any::TypeId::of::<(I, O)>(),
+            parse_input: Box::new(move |input| parse_job.parse_input(input).map(|(_, v)| v)),
+            execute: Box::new(move |step, input| {
+                let job = run_job.clone();
+                Box::pin(async move { job.execute(step, input).await })
+            }),
+        }
+    }
+
+    /// Deserializes and validates an input; returns it typed and normalized as JSON.
+    fn parse_input(&self, input: Value) -> Result<(I, Value), String> {
+        let typed: I = serde_json::from_value(input).map_err(|e| e.to_string())?;
+        if let Some(check) = &self.validate_input {
+            check(&typed)?;
+        }
+        let normalized = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+        Ok((typed, normalized))
+    }
+
+    async fn execute(&self, step: StepContext, input: Value) -> Result<Value, ExecutionError> {
+        let typed: I = serde_json::from_value(input)
+            .map_err(|e| ExecutionError::Message(format!("Invalid input: {e}")))?;
+        let output = (self.run)(step, typed).await.map_err(ExecutionError::Job)?;
+        if let Some(check) = &self.validate_output {
+            check(&output).map_err(|e| ExecutionError::Message(format!("Invalid output: {e}")))?;
+        }
+        serde_json::to_value(&output)
+            .map_err(|e| ExecutionError::Message(format!("Invalid output: {e}")))
+    }
+}
+
+/// Why an execution did not produce an output.
+pub(crate) enum ExecutionError {
+    /// The job function returned an error.
+    Job(BoxError),
+    /// Input or output did not validate.
+    Message(String),
+}
+
+type ParseFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
+type ExecuteFn =
+    dyn Fn(StepContext, Value) -> BoxFuture<'static, Result<Value, ExecutionError>> + Send + Sync;
+
+/// A registered job with its types erased (what the worker and the HTTP layer use).
+pub(crate) struct RegisteredJob {
+    pub(crate) name: String,
+    identity: usize,
+    type_id: std::any::TypeId,
+    parse_input: Box<ParseFn>,
+    pub(crate) execute: Box<ExecuteFn>,
+}
+
+impl RegisteredJob {
+    /// Validates and normalizes an untyped input (`Invalid input: …` on failure).
+    pub(crate) fn parse_input(&self, input: Value) -> Result<Value> {
+        (self.parse_input)(input).map_err(|e| Error::Validation(format!("Invalid input: {e}")))
+    }
+
+    /// Same definition as `other` (clones of one [`Job`] are the same definition).
+    pub(crate) fn same_definition(&self, other: &RegisteredJob) -> bool {
+        self.identity == other.identity && self.type_id == other.type_id
+    }
+
+    pub(crate) fn type_id(&self) -> std::any::TypeId {
+        self.type_id
+    }
+}
+
+/// A typed handle to a registered job: trigger it and read its runs with its own types.
+pub struct JobHandle<I, O> {
+    durably: Durably,
+    name: Arc<str>,
+    types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for JobHandle<I, O> {
+    fn clone(&self) -> Self {
+        JobHandle {
+            durably: self.durably.clone(),
+            name: self.name.clone(),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for JobHandle<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<I: JobData, O: JobData> JobHandle<I, O> {
+    pub(crate) fn new(durably: Durably, name: &str) -> Self {
+        JobHandle {
+            durably,
+            name: Arc::from(name),
+            types: PhantomData,
+        }
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn to_json(input: &I) -> Result<Value> {
+        serde_json::to_value(input).map_err(|e| Error::Validation(format!("Invalid input: {e}")))
+    }
+
+    /// Triggers a run with default options.
+    pub async fn trigger(&self, input: I) -> Result<TriggerResult<I, O>> {
+        self.trigger_with(input, TriggerOptions::default()).await
+    }
+
+    /// Triggers a run with options (idempotency key, concurrency key, labels, coalesce).
+    pub async fn trigger_with(
+        &self,
+        input: I,
+        options: TriggerOptions,
+    ) -> Result<TriggerResult<I, O>> {
+        let result = self
+            .durably
+            .trigger_json(&self.name, Self::to_json(&input)?, options)
+            .await?;
+        Ok(TriggerResult {
+            run: result.run.into_typed()?,
+            disposition: result.disposition,
+        })
+    }
+
+    /// Triggers many runs in one transaction; every input is validated before any is stored.
+    pub async fn batch_trigger(
+        &self,
+        items: impl IntoIterator<Item = (I, TriggerOptions)>,
+    ) -> Result<Vec<TriggerResult<I, O>>> {
+        let items = items
+            .into_iter()
+            .map(|(input, options)| Ok((Self::to_json(&input)?, options)))
+            .collect::<Result<Vec<_>>>()?;
+        self.durably
+            .batch_trigger_json(&self.name, items)
+            .await?
+            .into_iter()
+            .map(|result| {
+                Ok(TriggerResult {
+                    run: result.run.into_typed()?,
+                    disposition: result.disposition,
+                })
+            })
+            .collect()
+    }
+
+    /// Triggers a run and waits for its output (see [`Durably::wait_for_run`]).
+    pub async fn trigger_and_wait(
+        &self,
+        input: I,
+        options: TriggerOptions,
+        wait: WaitOptions,
+    ) -> Result<TriggerAndWaitResult<O>> {
+        let result = self
+            .durably
+            .trigger_and_wait_json(&self.name, Self::to_json(&input)?, options, wait)
+            .await?;
+        let output = match result.output {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(serde_json::from_value(value).map_err(|e| {
+                Error::Validation(format!(
+                    "Output of run {} does not match the job's output type: {e}",
+                    result.id
+                ))
+            })?),
+        };
+        Ok(TriggerAndWaitResult {
+            id: result.id,
+            output,
+            disposition: result.disposition,
+        })
+    }
+
+    /// A run of this job (`None` if missing or a run of another job).
+    pub async fn get_run(&self, id: &str) -> Result<Option<Run<I, O>>> {
+        match self.durably.get_run(id).await? {
+            Some(run) if run.job_name == *self.name => Ok(Some(run.into_typed()?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs of this job matching `filter` (its job names are replaced by this job's).
+    pub async fn get_runs(&self, filter: RunFilter) -> Result<Vec<Run<I, O>>> {
+        let filter = RunFilter {
+            job_names: vec![self.name.to_string()],
+            ..filter
+        };
+        self.durably
+            .get_runs(&filter)
+            .await?
+            .into_iter()
+            .map(Run::into_typed)
+            .collect()
+    }
+}

@@ -1,0 +1,523 @@
+//! Runs: one execution of a job, and the records that belong to it (steps, logs, progress).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+
+/// Labels attached to a run at trigger time (`{"tenant": "acme"}`), used to filter runs.
+pub type Labels = BTreeMap<String, String>;
+
+/// The lifecycle state of a run. Terminal states never change again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting to be claimed by a worker.
+    Pending,
+    /// Claimed by a worker that holds a time-limited lease.
+    Leased,
+    /// Finished successfully; `output` is stored.
+    Completed,
+    /// Finished with an error; `error` is stored.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Pending,
+        RunStatus::Leased,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
+    /// The exact string stored in the database and sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Leased => "leased",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// `completed`, `failed` or `cancelled`.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    /// `pending` or `leased`.
+    pub fn is_active(self) -> bool {
+        !self.is_terminal()
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| {
+                Error::Validation(format!(
+                    "Invalid status: '{text}'. Valid values: pending, leased, completed, failed, cancelled"
+                ))
+            })
+    }
+}
+
+/// The last progress a job reported with `step.progress(current, total, message)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done so far.
+    #[serde(deserialize_with = "lenient_count")]
+    pub current: u64,
+    /// Units in total, when known.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_optional_count"
+    )]
+    pub total: Option<u64>,
+    /// A human-readable note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Upstream stores any JS number; read fractional or negative ones without failing.
+fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = f64::deserialize(deserializer)?;
+    Ok(if number.is_finite() && number > 0.0 {
+        number as u64
+    } else {
+        0
+    })
+}
+
+fn lenient_optional_count<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let number = Option::<f64>::deserialize(deserializer)?;
+    Ok(number.map(|n| {
+        if n.is_finite() && n > 0.0 {
+            n as u64
+        } else {
+            0
+        }
+    }))
+}
+
+/// A run as stored. `I` and `O` are the job's input and output types; the untyped form
+/// (`Run`, i.e. `Run<Value, Value>`) is what tools and the HTTP layer use.
+///
+/// Serializes to the upstream JSON shape (camelCase keys, upstream key order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run<I = Value, O = Value> {
+    /// Monotonic ULID.
+    pub id: String,
+    /// The job this run executes.
+    pub job_name: String,
+    /// The validated input.
+    pub input: I,
+    /// Lifecycle state.
+    pub status: RunStatus,
+    /// Idempotency key given at trigger time.
+    pub idempotency_key: Option<String>,
+    /// Concurrency key given at trigger time.
+    pub concurrency_key: Option<String>,
+    /// Step index bookkeeping (upstream semantics; see `completed_step_count` for an exact count).
+    pub current_step_index: i64,
+    /// Number of completed steps persisted for this run.
+    pub completed_step_count: i64,
+    /// Last reported progress.
+    pub progress: Option<Progress>,
+    /// The job's output, once completed.
+    pub output: Option<O>,
+    /// The error message, once failed.
+    pub error: Option<String>,
+    /// Labels given at trigger time.
+    pub labels: Labels,
+    /// Worker holding the lease while `leased`.
+    pub lease_owner: Option<String>,
+    /// When the current lease expires.
+    pub lease_expires_at: Option<Timestamp>,
+    /// Fencing token: incremented on every claim.
+    pub lease_generation: i64,
+    /// First claim time.
+    pub started_at: Option<Timestamp>,
+    /// When the run reached a terminal state.
+    pub completed_at: Option<Timestamp>,
+    /// Trigger time.
+    pub created_at: Timestamp,
+    /// Last write time.
+    pub updated_at: Timestamp,
+}
+
+impl Run {
+    /// Converts an untyped run into one with the job's input and output types.
+    pub fn into_typed<I: DeserializeOwned, O: DeserializeOwned>(self) -> Result<Run<I, O>> {
+        let id = self.id.clone();
+        let input = serde_json::from_value(self.input).map_err(|e| {
+            Error::Validation(format!(
+                "Stored input of run {id} does not match the job's input type: {e}"
+            ))
+        })?;
+        let output = match self.output {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(serde_json::from_value(value).map_err(|e| {
+                Error::Validation(format!(
+                    "Stored output of run {id} does not match the job's output type: {e}"
+                ))
+            })?),
+        };
+        Ok(Run {
+            id: self.id,
+            job_name: self.job_name,
+            input,
+            status: self.status,
+            idempotency_key: self.idempotency_key,
+            concurrency_key: self.concurrency_key,
+            current_step_index: self.current_step_index,
+            completed_step_count: self.completed_step_count,
+            progress: self.progress,
+            output,
+            error: self.error,
+            labels: self.labels,
+            lease_owner: self.lease_owner,
+            lease_expires_at: self.lease_expires_at,
+            lease_generation: self.lease_generation,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl<I, O> Run<I, O> {
+    /// `true` once the run is completed, failed or cancelled.
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
+
+/// Filter for listing runs. Empty fields do not filter; runs come newest first
+/// (`created_at DESC, id DESC`).
+///
+/// ```
+/// use durably::{RunFilter, RunStatus};
+/// let filter = RunFilter::new()
+///     .status(RunStatus::Pending)
+///     .job_name("send-email")
+///     .label("tenant", "acme")
+///     .limit(20);
+/// assert_eq!(filter.statuses, vec![RunStatus::Pending]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFilter {
+    /// Any of these statuses (none = all).
+    pub statuses: Vec<RunStatus>,
+    /// Any of these job names (none = all).
+    pub job_names: Vec<String>,
+    /// Every one of these labels must match exactly.
+    pub labels: Labels,
+    /// At most this many runs.
+    pub limit: Option<u64>,
+    /// Skip this many runs first (works with or without `limit`).
+    pub offset: Option<u64>,
+}
+
+impl RunFilter {
+    /// A filter that matches every run.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a status to match.
+    pub fn status(mut self, status: RunStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+
+    /// Adds a job name to match.
+    pub fn job_name(mut self, name: impl Into<String>) -> Self {
+        self.job_names.push(name.into());
+        self
+    }
+
+    /// Requires a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Limits the number of runs returned.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Skips runs before returning.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+}
+
+/// The state of a persisted step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    /// The step finished; its output replays on every later execution.
+    Completed,
+    /// The step's function returned an error.
+    Failed,
+    /// The step was interrupted by cancellation.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// The exact string stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored string.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "completed" => Some(StepStatus::Completed),
+            "failed" => Some(StepStatus::Failed),
+            "cancelled" => Some(StepStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A persisted step of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// ULID.
+    pub id: String,
+    /// The run this step belongs to.
+    pub run_id: String,
+    /// The step's name (its identity within the run).
+    pub name: String,
+    /// Step index at execution time.
+    pub index: i64,
+    /// Outcome.
+    pub status: StepStatus,
+    /// JSON output of a completed step.
+    pub output: Option<Value>,
+    /// Error message of a failed step.
+    pub error: Option<String>,
+    /// When the step's function started.
+    pub started_at: Timestamp,
+    /// When the step row was written.
+    pub completed_at: Option<Timestamp>,
+}
+
+/// Severity of a log entry written with `step.log`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Informational.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something went wrong.
+    Error,
+}
+
+impl LogLevel {
+    /// The exact string stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// Parses the stored string.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "info" => Some(LogLevel::Info),
+            "warn" => Some(LogLevel::Warn),
+            "error" => Some(LogLevel::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A persisted log entry of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Log {
+    /// ULID.
+    pub id: String,
+    /// The run that wrote it.
+    pub run_id: String,
+    /// The step executing when it was written, if any.
+    pub step_name: Option<String>,
+    /// Severity.
+    pub level: LogLevel,
+    /// The message.
+    pub message: String,
+    /// Structured data attached to the entry.
+    pub data: Option<Value>,
+    /// When it was written.
+    pub created_at: Timestamp,
+}
+
+/// How a trigger was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Disposition {
+    /// A new run was created.
+    Created,
+    /// A run with the same job and idempotency key already existed; it is returned unchanged.
+    Idempotent,
+    /// A pending run with the same job and concurrency key existed and `coalesce: skip` was asked.
+    Coalesced,
+}
+
+impl Disposition {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Created => "created",
+            Disposition::Idempotent => "idempotent",
+            Disposition::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// What to do when a pending run with the same job and concurrency key already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coalesce {
+    /// Return the existing pending run instead of failing with a conflict.
+    Skip,
+}
+
+impl FromStr for Coalesce {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "skip" => Ok(Coalesce::Skip),
+            other => Err(Error::Validation(format!(
+                "Invalid coalesce value: '{other}'. Valid values: 'skip'"
+            ))),
+        }
+    }
+}
+
+/// Options of a trigger.
+///
+/// ```
+/// use durably::TriggerOptions;
+/// let options = TriggerOptions::new()
+///     .idempotency_key("order-42")
+///     .concurrency_key("customer-7")
+///     .label("tenant", "acme");
+/// assert_eq!(options.idempotency_key.as_deref(), Some("order-42"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TriggerOptions {
+    /// A second trigger with the same job and key returns the first run (`idempotent`).
+    pub idempotency_key: Option<String>,
+    /// At most one pending run per job and key; at most one leased run per key across jobs.
+    pub concurrency_key: Option<String>,
+    /// Labels stored with the run.
+    pub labels: Option<Labels>,
+    /// Conflict resolution for the pending-per-key rule (requires a concurrency key).
+    pub coalesce: Option<Coalesce>,
+}
+
+impl TriggerOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the concurrency key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels
+            .get_or_insert_with(Labels::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces all labels.
+    pub fn labels(mut self, labels: Labels) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// Sets the coalesce mode.
+    pub fn coalesce(mut self, coalesce: Coalesce) -> Self {
+        self.coalesce = Some(coalesce);
+        self
+    }
+}
+
+/// The result of a trigger: the run plus how the trigger was resolved.
+/// Serializes flat, as upstream: all run fields plus `disposition`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TriggerResult<I = Value, O = Value> {
+    /// The created, idempotent or coalesced run.
+    #[serde(flatten)]
+    pub run: Run<I, O>,
+    /// How the trigger was resolved.
+    pub disposition: Disposition,
+}
+
+/// The result of `trigger_and_wait`: the run id, its output and the trigger's disposition.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TriggerAndWaitResult<O = Value> {
+    /// The run that was waited for.
+    pub id: String,
+    /// Its output.
+    pub output: Option<O>,
+    /// How the trigger was resolved.
+    pub disposition: Disposition,
+}

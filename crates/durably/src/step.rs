@@ -1,0 +1,456 @@
+//! The step context: what a job function receives to run durable steps, report progress and log.
+//!
+//! `step.run(name, f)` is the heart of durable execution. A completed step's output is stored;
+//! when the run executes again (after a crash, a restart or a lost lease) the job function runs
+//! from the top and every completed step returns its stored output instead of running again.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{BoxError, Error, Result};
+use crate::events::{EventBus, EventKind};
+use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
+use crate::store::{Fence, NewLog, NewStep, Store};
+use crate::time::Timestamp;
+
+/// Why a run's cancellation token fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AbortReason {
+    Cancelled,
+    LeaseLost,
+}
+
+pub(crate) struct StepShared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) events: EventBus,
+    pub(crate) run_id: String,
+    pub(crate) job_name: String,
+    pub(crate) labels: Labels,
+    pub(crate) fence: Fence,
+    pub(crate) token: CancellationToken,
+    pub(crate) persist_logs: bool,
+    abort_reason: Mutex<Option<AbortReason>>,
+    step_index: AtomicI64,
+    current_step: Mutex<Option<String>>,
+}
+
+impl StepShared {
+    /// Fires the token (first reason wins).
+    pub(crate) fn abort(&self, reason: AbortReason) {
+        let mut current = self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.is_none() {
+            *current = Some(reason);
+        }
+        drop(current);
+        self.token.cancel();
+    }
+
+    pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
+        *self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn abort_error(&self) -> Option<Error> {
+        self.abort_reason().map(|reason| self.error_for(reason))
+    }
+
+    fn error_for(&self, reason: AbortReason) -> Error {
+        let run_id = self.run_id.clone();
+        match reason {
+            AbortReason::Cancelled => Error::Cancelled { run_id },
+            AbortReason::LeaseLost => Error::LeaseLost { run_id },
+        }
+    }
+
+    fn current_step_name(&self) -> Option<String> {
+        self.current_step
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_current_step(&self, name: Option<String>) {
+        *self
+            .current_step
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = name;
+    }
+}
+
+/// Handed to every job function: durable steps, progress, logs and cancellation.
+/// Cheap to clone; clones share the same execution.
+#[derive(Clone)]
+pub struct StepContext {
+    shared: Arc<StepShared>,
+    /// Structured logs of this run (`step.log.info("message", None).await`).
+    pub log: StepLog,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("run_id", &self.shared.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        events: EventBus,
+        run_id: String,
+        job_name: String,
+        labels: Labels,
+        fence: Fence,
+        start_index: i64,
+        persist_logs: bool,
+    ) -> Self {
+        let shared = Arc::new(StepShared {
+            store,
+            events,
+            run_id,
+            job_name,
+            labels,
+            fence,
+            token: CancellationToken::new(),
+            persist_logs,
+            abort_reason: Mutex::new(None),
+            step_index: AtomicI64::new(start_index),
+            current_step: Mutex::new(None),
+        });
+        StepContext {
+            log: StepLog {
+                shared: shared.clone(),
+            },
+            shared,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<StepShared> {
+        &self.shared
+    }
+
+    /// The id of the run being executed.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// The name of the job being executed.
+    pub fn job_name(&self) -> &str {
+        &self.shared.job_name
+    }
+
+    /// The run's labels.
+    pub fn labels(&self) -> &Labels {
+        &self.shared.labels
+    }
+
+    /// The run's cancellation token: fires when the run is cancelled or this worker loses its
+    /// lease. Long-running code should watch it (`token.cancelled().await`).
+    pub fn token(&self) -> CancellationToken {
+        self.shared.token.clone()
+    }
+
+    /// `true` once the run was cancelled or the lease lost.
+    pub fn is_aborted(&self) -> bool {
+        self.shared.token.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` or `Err(LeaseLost)` once the run should stop.
+    pub fn throw_if_aborted(&self) -> Result<()> {
+        match self.shared.abort_error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn emit(&self, kind: EventKind) {
+        self.shared.events.emit(kind);
+    }
+
+    /// Runs a durable step. If a step with this `name` completed in an earlier execution of this
+    /// run, its stored output is returned and `f` does not run. Otherwise `f` runs with the run's
+    /// cancellation token and its output is stored, fenced by this worker's lease.
+    ///
+    /// Errors: `Cancelled` / `LeaseLost` when the run must stop (nothing is written), or
+    /// [`Error::Job`] carrying `f`'s own error after the failed step was recorded.
+    pub async fn run<T, F, Fut, E>(&self, name: &str, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<BoxError>,
+    {
+        let shared = &self.shared;
+        self.throw_if_aborted()?;
+        match shared.store.get_run(&shared.run_id).await? {
+            Some(run) if run.status == RunStatus::Cancelled => {
+                shared.abort(AbortReason::Cancelled);
+                return Err(shared.error_for(AbortReason::Cancelled));
+            }
+            Some(run)
+                if run.status.is_terminal()
+                    || (run.status == RunStatus::Leased
+                        && run.lease_generation != shared.fence.generation) =>
+            {
+                shared.abort(AbortReason::LeaseLost);
+                return Err(shared.error_for(AbortReason::LeaseLost));
+            }
+            _ => {}
+        }
+        if let Some(done) = shared
+            .store
+            .get_completed_step(&shared.run_id, name)
+            .await?
+        {
+            shared.step_index.fetch_add(1, Ordering::SeqCst);
+            let stored = done.output.unwrap_or(Value::Null);
+            return serde_json::from_value(stored).map_err(|e| {
+                Error::Validation(format!(
+                    "Stored output of step \"{name}\" of run {} does not match the step's type: {e}",
+                    shared.run_id
+                ))
+            });
+        }
+
+        let index = shared.step_index.load(Ordering::SeqCst);
+        let started_at = Timestamp::now();
+        let started = Instant::now();
+        self.emit(EventKind::StepStart {
+            run_id: shared.run_id.clone(),
+            job_name: shared.job_name.clone(),
+            step_name: name.to_owned(),
+            step_index: index,
+            labels: shared.labels.clone(),
+        });
+        shared.set_current_step(Some(name.to_owned()));
+        let result = f(shared.token.clone()).await;
+        shared.set_current_step(None);
+
+        let failure: BoxError = match result {
+            Ok(value) => match shared.abort_error() {
+                Some(abort) => abort.into(),
+                None => {
+                    let output = serde_json::to_value(&value).map_err(|e| {
+                        Error::Validation(format!(
+                            "Output of step \"{name}\" cannot be stored as JSON: {e}"
+                        ))
+                    })?;
+                    let step = NewStep {
+                        name: name.to_owned(),
+                        index,
+                        status: StepStatus::Completed,
+                        output: Some(output.clone()),
+                        error: None,
+                        started_at,
+                    };
+                    return match shared
+                        .store
+                        .persist_step(&shared.fence, step, Timestamp::now())
+                        .await?
+                    {
+                        Some(_) => {
+                            shared.step_index.store(index + 1, Ordering::SeqCst);
+                            self.emit(EventKind::StepComplete {
+                                run_id: shared.run_id.clone(),
+                                job_name: shared.job_name.clone(),
+                                step_name: name.to_owned(),
+                                step_index: index,
+                                output,
+                                duration: started.elapsed().as_millis() as u64,
+                                labels: shared.labels.clone(),
+                            });
+                            Ok(value)
+                        }
+                        None => Err(self.write_refused(name, index).await),
+                    };
+                }
+            },
+            Err(error) => error.into(),
+        };
+
+        if shared.abort_reason() == Some(AbortReason::LeaseLost) {
+            return Err(shared.error_for(AbortReason::LeaseLost));
+        }
+        let cancelled = shared.abort_reason() == Some(AbortReason::Cancelled);
+        let step = NewStep {
+            name: name.to_owned(),
+            index,
+            status: if cancelled {
+                StepStatus::Cancelled
+            } else {
+                StepStatus::Failed
+            },
+            output: None,
+            error: Some(failure.to_string()),
+            started_at,
+        };
+        match shared
+            .store
+            .persist_step(&shared.fence, step, Timestamp::now())
+            .await?
+        {
+            None => Err(self.write_refused(name, index).await),
+            Some(_) if cancelled => {
+                self.emit_step_cancel(name, index);
+                Err(shared.error_for(AbortReason::Cancelled))
+            }
+            Some(_) => {
+                self.emit(EventKind::StepFail {
+                    error: failure.to_string(),
+                    run_id: shared.run_id.clone(),
+                    job_name: shared.job_name.clone(),
+                    step_name: name.to_owned(),
+                    step_index: index,
+                    labels: shared.labels.clone(),
+                });
+                Err(Error::Job(failure))
+            }
+        }
+    }
+
+    fn emit_step_cancel(&self, name: &str, index: i64) {
+        let shared = &self.shared;
+        self.emit(EventKind::StepCancel {
+            run_id: shared.run_id.clone(),
+            job_name: shared.job_name.clone(),
+            step_name: name.to_owned(),
+            step_index: index,
+            labels: shared.labels.clone(),
+        });
+    }
+
+    /// A fenced step write matched no row: the run was cancelled, or another worker owns it.
+    async fn write_refused(&self, name: &str, index: i64) -> Error {
+        let shared = &self.shared;
+        let cancelled = matches!(
+            shared.store.get_run(&shared.run_id).await,
+            Ok(Some(run)) if run.status == RunStatus::Cancelled
+        );
+        if cancelled {
+            shared.abort(AbortReason::Cancelled);
+            self.emit_step_cancel(name, index);
+            shared.error_for(AbortReason::Cancelled)
+        } else {
+            shared.abort(AbortReason::LeaseLost);
+            shared.error_for(AbortReason::LeaseLost)
+        }
+    }
+
+    /// Reports progress: stored on the run (fenced by the lease, in order with the run's other
+    /// writes) and emitted as `run:progress`.
+    pub async fn progress(
+        &self,
+        current: u64,
+        total: Option<u64>,
+        message: Option<&str>,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        let progress = Progress {
+            current,
+            total,
+            message: message.map(str::to_owned),
+        };
+        let written = shared
+            .store
+            .update_progress(&shared.fence, Some(progress.clone()), Timestamp::now())
+            .await;
+        self.emit(EventKind::RunProgress {
+            run_id: shared.run_id.clone(),
+            job_name: shared.job_name.clone(),
+            progress,
+            labels: shared.labels.clone(),
+        });
+        written.map(|_| ())
+    }
+}
+
+/// Structured logs of a run: emitted as `log:write` and stored (unless disabled with
+/// [`DurablyBuilder::persist_logs`](crate::DurablyBuilder::persist_logs)).
+#[derive(Clone)]
+pub struct StepLog {
+    shared: Arc<StepShared>,
+}
+
+impl std::fmt::Debug for StepLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepLog").finish_non_exhaustive()
+    }
+}
+
+impl StepLog {
+    /// Writes an `info` entry; `data` is any JSON value or `None`.
+    pub async fn info(
+        &self,
+        message: impl Into<String>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<()> {
+        self.write(LogLevel::Info, message.into(), data.into())
+            .await
+    }
+
+    /// Writes a `warn` entry.
+    pub async fn warn(
+        &self,
+        message: impl Into<String>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<()> {
+        self.write(LogLevel::Warn, message.into(), data.into())
+            .await
+    }
+
+    /// Writes an `error` entry.
+    pub async fn error(
+        &self,
+        message: impl Into<String>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<()> {
+        self.write(LogLevel::Error, message.into(), data.into())
+            .await
+    }
+
+    /// Writes an entry at `level`, attributed to the step currently executing (if any).
+    pub async fn write(&self, level: LogLevel, message: String, data: Option<Value>) -> Result<()> {
+        let shared = &self.shared;
+        let step_name = shared.current_step_name();
+        let written = if shared.persist_logs {
+            let log = NewLog {
+                run_id: shared.run_id.clone(),
+                step_name: step_name.clone(),
+                level,
+                message: message.clone(),
+                data: data.clone(),
+            };
+            shared
+                .store
+                .append_log(Some(&shared.fence), log, Timestamp::now())
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        shared.events.emit(EventKind::LogWrite {
+            run_id: shared.run_id.clone(),
+            job_name: shared.job_name.clone(),
+            labels: shared.labels.clone(),
+            step_name,
+            level,
+            message,
+            data,
+        });
+        written
+    }
+}

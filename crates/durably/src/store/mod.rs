@@ -1,0 +1,307 @@
+//! The storage seam: one [`Store`] trait owns all persistence.
+//!
+//! Operations are those of the domain (enqueue, claim, persist a step, renew, complete, fail,
+//! cancel, delete, purge, query), never SQL. Every write made by a lease holder takes a [`Fence`]
+//! and is conditioned on `status = 'leased' AND lease_generation = <fence>` in the same statement,
+//! so nothing a stale or crashed worker does can land after another worker took the run over.
+//!
+//! Backends: [`SqliteStore`] (feature `sqlite`, the default). PostgreSQL joins behind the same
+//! trait. The behaviour suite in `tests/` runs against every backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::run::{
+    Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
+    StepStatus,
+};
+use crate::time::Timestamp;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// The schema version this library writes (upstream schema version 1).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// A run to insert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// The job to run.
+    pub job_name: String,
+    /// The validated input.
+    pub input: Value,
+    /// Idempotency key (non-empty).
+    pub idempotency_key: Option<String>,
+    /// Concurrency key (non-empty).
+    pub concurrency_key: Option<String>,
+    /// Labels (keys already validated by [`validate_label_key`]).
+    pub labels: Labels,
+    /// Conflict resolution for the pending-per-key rule.
+    pub coalesce: Option<Coalesce>,
+}
+
+/// The outcome of [`Store::enqueue`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enqueued {
+    /// The created, idempotent or coalesced run.
+    pub run: Run,
+    /// How the request was resolved.
+    pub disposition: Disposition,
+}
+
+/// The lease a worker holds on a run: the fencing token for every write it makes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The leased run.
+    pub run_id: String,
+    /// The `lease_generation` the worker claimed.
+    pub generation: i64,
+}
+
+impl Fence {
+    /// The fence of a freshly claimed run.
+    pub fn of(run: &Run) -> Self {
+        Fence {
+            run_id: run.id.clone(),
+            generation: run.lease_generation,
+        }
+    }
+}
+
+/// A step row to persist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewStep {
+    /// Step name.
+    pub name: String,
+    /// Step index.
+    pub index: i64,
+    /// Outcome.
+    pub status: StepStatus,
+    /// Output of a completed step.
+    pub output: Option<Value>,
+    /// Error of a failed or cancelled step.
+    pub error: Option<String>,
+    /// When the step's function started.
+    pub started_at: Timestamp,
+}
+
+/// A log entry to persist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewLog {
+    /// The run writing it.
+    pub run_id: String,
+    /// The step executing, if any.
+    pub step_name: Option<String>,
+    /// Severity.
+    pub level: LogLevel,
+    /// Message.
+    pub message: String,
+    /// Structured data.
+    pub data: Option<Value>,
+}
+
+/// An unfenced partial update of a run, for operators' tools and tests that fabricate states
+/// (expire a lease, reset a run to pending). Workers never use it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunPatch {
+    /// New status.
+    pub status: Option<RunStatus>,
+    /// New lease owner (`Some(None)` clears).
+    pub lease_owner: Option<Option<String>>,
+    /// New lease expiry (`Some(None)` clears).
+    pub lease_expires_at: Option<Option<Timestamp>>,
+    /// New progress (`Some(None)` clears).
+    pub progress: Option<Option<Progress>>,
+    /// New error (`Some(None)` clears).
+    pub error: Option<Option<String>>,
+    /// New completion time (`Some(None)` clears).
+    pub completed_at: Option<Option<Timestamp>>,
+    /// New input (stored as given).
+    pub input: Option<Value>,
+}
+
+/// All persistence of durably. Implementations must be safe to share between tasks and
+/// processes: the database is the source of truth.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short backend name (`sqlite`, `postgres`) for reports.
+    fn backend(&self) -> &'static str;
+
+    /// Creates the schema if needed. Idempotent and safe when called concurrently.
+    async fn migrate(&self) -> Result<()>;
+
+    /// The highest applied schema version (0 before `migrate`).
+    async fn schema_version(&self) -> Result<i64>;
+
+    /// Inserts a pending run, resolving idempotency and concurrency keys (upstream §5.5):
+    /// an existing run with the same job and idempotency key wins (`idempotent`); a pending run
+    /// with the same job and concurrency key yields `coalesced` with [`Coalesce::Skip`] and
+    /// [`Error::Conflict`] otherwise.
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued>;
+
+    /// Enqueues every run in one transaction, in order, each seeing the ones before it.
+    /// All or nothing: one conflict rolls the whole batch back.
+    async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>>;
+
+    /// One run by id.
+    async fn get_run(&self, id: &str) -> Result<Option<Run>>;
+
+    /// Runs matching `filter`, newest first (`created_at DESC, id DESC`).
+    async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+
+    /// Steps of a run ordered by index.
+    async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>>;
+
+    /// The completed step of a run with this name, if any.
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>>;
+
+    /// Logs of a run in the order they were written.
+    async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>>;
+
+    /// Claims up to `max` runs for `worker_id`, oldest first: pending runs and runs whose lease
+    /// expired, skipping any run whose concurrency key is held by another unexpired lease.
+    /// Each claim increments `lease_generation` and sets the lease to `now + lease`.
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Run>>;
+
+    /// Extends a lease that is still held and unexpired; returns the new expiry, or `None` if
+    /// the lease is lost.
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>>;
+
+    /// Persists a step row if the fence still holds (a completed step also advances the run's
+    /// step counters). `None` means the lease is lost and nothing was written.
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> Result<Option<Step>>;
+
+    /// Stores progress (or clears it with `None`) if the fence still holds.
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Appends a log entry. With a fence, only while the lease is held.
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> Result<Option<Log>>;
+
+    /// Marks a leased run completed with its output if the fence still holds; with
+    /// `drop_steps` its step rows are deleted in the same transaction.
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool>;
+
+    /// Marks a leased run failed with `error` if the fence still holds; with `drop_steps` its
+    /// step rows are deleted in the same transaction.
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool>;
+
+    /// Cancels a pending or leased run; `false` if it is missing or already terminal. With
+    /// `drop_steps` its step rows are deleted in the same transaction.
+    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool>;
+
+    /// Deletes a terminal run with its steps, logs and labels; `false` if it is missing or
+    /// still active.
+    async fn delete_run(&self, id: &str) -> Result<bool>;
+
+    /// Deletes up to `limit` terminal runs completed before `older_than` (oldest first), with
+    /// their steps, logs and labels. Returns how many were deleted.
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64>;
+
+    /// Returns expired leases to `pending` (or fails them when a pending run with the same job
+    /// and concurrency key exists). Returns the runs changed, with their new state.
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
+
+    /// Unfenced partial update (tools and tests). `false` if the run does not exist.
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
+
+    /// Backend housekeeping while idle (SQLite: `wal_checkpoint(TRUNCATE)`).
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Upstream's label-key rule: `^[a-zA-Z0-9\-_./]+$`.
+pub fn validate_label_key(key: &str) -> Result<()> {
+    let valid = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Validation(format!(
+            "Invalid label key \"{key}\": must contain only alphanumeric characters, dashes, underscores, dots, and slashes"
+        )))
+    }
+}
+
+/// The conflict error for a second pending run with the same job and concurrency key.
+pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
+    Error::Conflict(format!(
+        "A pending run already exists for concurrency key \"{key}\" in job \"{job_name}\". Use coalesce: 'skip' to return the existing run instead."
+    ))
+}
+
+/// Error text stored when an expired lease cannot return to pending.
+pub(crate) const LEASE_EXPIRED_PENDING_EXISTS: &str = "Lease expired; pending run already exists";
+
+/// Parses stored labels JSON leniently (upstream may store non-string values).
+pub(crate) fn parse_labels(text: &str) -> Labels {
+    match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
+        Ok(map) => map
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (key, value)
+            })
+            .collect(),
+        Err(_) => Labels::new(),
+    }
+}
+
+/// Parses an optional JSON column: NULL, empty text or JSON `null` reads as `None`.
+pub(crate) fn parse_optional_json(text: Option<String>) -> Option<Value> {
+    match text {
+        Some(text) if !text.is_empty() => match serde_json::from_str(&text) {
+            Ok(Value::Null) | Err(_) => None,
+            Ok(value) => Some(value),
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,763 @@
+//! The SQL behind each [`Store`](crate::Store) operation, as plain functions on a connection.
+//! Writes run inside the writer thread's group-commit transaction (each in its own savepoint).
+
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::run::{
+    Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
+};
+use crate::store::{
+    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch, parse_labels,
+    parse_optional_json, pending_conflict, validate_label_key,
+};
+use crate::time::{Timestamp, new_id_at};
+
+const RUN_COLUMNS: &str = "id, job_name, input, status, idempotency_key, concurrency_key, \
+    current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
+    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at";
+
+const STEP_COLUMNS: &str =
+    "id, run_id, name, \"index\", status, output, error, started_at, completed_at";
+
+const LOG_COLUMNS: &str = "id, run_id, step_name, level, message, data, created_at";
+
+/// The status list of terminal runs, for SQL.
+const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
+
+impl ToSql for Timestamp {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl FromSql for Timestamp {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Timestamp::parse(text)
+            .ok_or_else(|| FromSqlError::Other(format!("invalid timestamp {text:?}").into()))
+    }
+}
+
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        text.parse()
+            .map_err(|_| FromSqlError::Other(format!("invalid run status {text:?}").into()))
+    }
+}
+
+fn sql_error(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::storage(operation, e)
+}
+
+fn json_error(operation: &'static str) -> impl Fn(serde_json::Error) -> Error {
+    move |e| Error::storage(operation, e)
+}
+
+fn to_json(operation: &'static str, value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(json_error(operation))
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
+    let input: String = row.get(2)?;
+    let progress: Option<String> = row.get(8)?;
+    let labels: String = row.get(11)?;
+    Ok(Run {
+        id: row.get(0)?,
+        job_name: row.get(1)?,
+        input: serde_json::from_str(&input).unwrap_or(Value::Null),
+        status: row.get(3)?,
+        idempotency_key: row.get(4)?,
+        concurrency_key: row.get(5)?,
+        current_step_index: row.get(6)?,
+        completed_step_count: row.get(7)?,
+        progress: parse_optional_json(progress).and_then(|v| serde_json::from_value(v).ok()),
+        output: parse_optional_json(row.get(9)?),
+        error: row.get(10)?,
+        labels: parse_labels(&labels),
+        lease_owner: row.get(12)?,
+        lease_expires_at: row.get(13)?,
+        lease_generation: row.get(14)?,
+        started_at: row.get(15)?,
+        completed_at: row.get(16)?,
+        created_at: row.get(17)?,
+        updated_at: row.get(18)?,
+    })
+}
+
+fn step_from_row(row: &Row<'_>) -> rusqlite::Result<Step> {
+    let status: String = row.get(4)?;
+    Ok(Step {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        name: row.get(2)?,
+        index: row.get(3)?,
+        status: StepStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("invalid step status {status:?}").into(),
+            )
+        })?,
+        output: parse_optional_json(row.get(5)?),
+        error: row.get(6)?,
+        started_at: row.get(7)?,
+        completed_at: row.get(8)?,
+    })
+}
+
+fn log_from_row(row: &Row<'_>) -> rusqlite::Result<Log> {
+    let level: String = row.get(3)?;
+    Ok(Log {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        step_name: row.get(2)?,
+        level: LogLevel::parse(&level).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("invalid log level {level:?}").into(),
+            )
+        })?,
+        message: row.get(4)?,
+        data: parse_optional_json(row.get(5)?),
+        created_at: row.get(6)?,
+    })
+}
+
+pub(super) fn get_run(conn: &Connection, id: &str) -> Result<Option<Run>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = ?1"
+    ))
+    .and_then(|mut stmt| stmt.query_row([id], run_from_row).optional())
+    .map_err(sql_error("get_run"))
+}
+
+pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>> {
+    for key in filter.labels.keys() {
+        validate_label_key(key)?;
+    }
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs r WHERE 1 = 1");
+    let mut args: Vec<&dyn ToSql> = Vec::new();
+    if !filter.statuses.is_empty() {
+        sql.push_str(&format!(
+            " AND r.status IN ({})",
+            vec!["?"; filter.statuses.len()].join(", ")
+        ));
+        args.extend(filter.statuses.iter().map(|s| s as &dyn ToSql));
+    }
+    if !filter.job_names.is_empty() {
+        sql.push_str(&format!(
+            " AND r.job_name IN ({})",
+            vec!["?"; filter.job_names.len()].join(", ")
+        ));
+        args.extend(filter.job_names.iter().map(|s| s as &dyn ToSql));
+    }
+    for (key, value) in &filter.labels {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM durably_run_labels l \
+             WHERE l.run_id = r.id AND l.key = ? AND l.value = ?)",
+        );
+        args.push(key);
+        args.push(value);
+    }
+    sql.push_str(" ORDER BY r.created_at DESC, r.id DESC");
+    let limit = filter
+        .limit
+        .map(|l| l.min(i64::MAX as u64) as i64)
+        .unwrap_or(-1);
+    let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+    sql.push_str(" LIMIT ? OFFSET ?");
+    args.push(&limit);
+    args.push(&offset);
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_error("get_runs"))?;
+    stmt.query_map(params_from_iter(args), run_from_row)
+        .and_then(|rows| rows.collect())
+        .map_err(sql_error("get_runs"))
+}
+
+pub(super) fn get_steps(conn: &Connection, run_id: &str) -> Result<Vec<Step>> {
+    conn.prepare_cached(&format!(
+        "SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = ?1 ORDER BY \"index\" ASC, id ASC"
+    ))
+    .and_then(|mut stmt| stmt.query_map([run_id], step_from_row)?.collect())
+    .map_err(sql_error("get_steps"))
+}
+
+pub(super) fn get_completed_step(
+    conn: &Connection,
+    run_id: &str,
+    name: &str,
+) -> Result<Option<Step>> {
+    conn.prepare_cached(&format!(
+        "SELECT {STEP_COLUMNS} FROM durably_steps \
+         WHERE run_id = ?1 AND name = ?2 AND status = 'completed'"
+    ))
+    .and_then(|mut stmt| stmt.query_row([run_id, name], step_from_row).optional())
+    .map_err(sql_error("get_completed_step"))
+}
+
+pub(super) fn get_logs(conn: &Connection, run_id: &str) -> Result<Vec<Log>> {
+    conn.prepare_cached(&format!(
+        "SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
+    ))
+    .and_then(|mut stmt| stmt.query_map([run_id], log_from_row)?.collect())
+    .map_err(sql_error("get_logs"))
+}
+
+fn find_by_idempotency_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = ?1 AND idempotency_key = ?2"
+    ))
+    .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
+    .map_err(sql_error("enqueue"))
+}
+
+fn oldest_pending_with_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM durably_runs \
+         WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'pending' \
+         ORDER BY created_at ASC, id ASC LIMIT 1"
+    ))
+    .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
+    .map_err(sql_error("enqueue"))
+}
+
+/// Upstream §5.5: idempotency first, then label keys, then the pending-per-key rule.
+pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Result<Enqueued> {
+    if let Some(key) = &request.idempotency_key
+        && let Some(run) = find_by_idempotency_key(conn, &request.job_name, key)?
+    {
+        return Ok(Enqueued {
+            run,
+            disposition: Disposition::Idempotent,
+        });
+    }
+    for key in request.labels.keys() {
+        validate_label_key(key)?;
+    }
+    if let Some(key) = &request.concurrency_key
+        && let Some(existing) = oldest_pending_with_key(conn, &request.job_name, key)?
+    {
+        return match request.coalesce {
+            Some(_) => Ok(Enqueued {
+                run: existing,
+                disposition: Disposition::Coalesced,
+            }),
+            None => Err(pending_conflict(&request.job_name, key)),
+        };
+    }
+
+    let id = new_id_at(now);
+    let input = to_json("enqueue", &request.input)?;
+    let labels = to_json("enqueue", &request.labels)?;
+    conn.prepare_cached(
+        "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
+         labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            id,
+            request.job_name,
+            input,
+            request.idempotency_key,
+            request.concurrency_key,
+            labels,
+            now
+        ])
+    })
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            match &request.concurrency_key {
+                Some(key) => pending_conflict(&request.job_name, key),
+                None => Error::Conflict(format!(
+                    "A run of job \"{}\" with the same idempotency key was inserted concurrently",
+                    request.job_name
+                )),
+            }
+        } else {
+            Error::storage("enqueue", e)
+        }
+    })?;
+    if !request.labels.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO durably_run_labels (run_id, key, value) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(sql_error("enqueue"))?;
+        for (key, value) in &request.labels {
+            stmt.execute(params![id, key, value])
+                .map_err(sql_error("enqueue"))?;
+        }
+    }
+    Ok(Enqueued {
+        run: Run {
+            id,
+            job_name: request.job_name.clone(),
+            input: request.input.clone(),
+            status: RunStatus::Pending,
+            idempotency_key: request.idempotency_key.clone(),
+            concurrency_key: request.concurrency_key.clone(),
+            current_step_index: 0,
+            completed_step_count: 0,
+            progress: None,
+            output: None,
+            error: None,
+            labels: request.labels.clone(),
+            lease_owner: None,
+            lease_expires_at: None,
+            lease_generation: 0,
+            started_at: None,
+            completed_at: None,
+            created_at: now,
+            updated_at: now,
+        },
+        disposition: Disposition::Created,
+    })
+}
+
+/// A run's key is free when no *other* run holding that key has an unexpired lease.
+const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
+    SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
+    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > ?1))";
+
+/// The oldest claimable run: the older of the oldest free pending run and the oldest free
+/// expired lease (two index-driven lookups instead of one OR that would sort the whole table).
+fn next_claimable(conn: &Connection, now: Timestamp) -> Result<Option<String>> {
+    let pending = conn
+        .prepare_cached(&format!(
+            "SELECT r.id, r.created_at FROM durably_runs r WHERE r.status = 'pending' AND {KEY_IS_FREE} \
+             ORDER BY r.created_at ASC, r.id ASC LIMIT 1"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row([now], |row| Ok((row.get::<_, String>(1)?, row.get::<_, String>(0)?)))
+                .optional()
+        })
+        .map_err(sql_error("claim"))?;
+    let expired = conn
+        .prepare_cached(&format!(
+            "SELECT r.id, r.created_at FROM durably_runs r WHERE r.status = 'leased' \
+             AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND {KEY_IS_FREE} \
+             ORDER BY r.created_at ASC, r.id ASC LIMIT 1"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row([now], |row| {
+                Ok((row.get::<_, String>(1)?, row.get::<_, String>(0)?))
+            })
+            .optional()
+        })
+        .map_err(sql_error("claim"))?;
+    Ok(match (pending, expired) {
+        (Some(a), Some(b)) => Some(a.min(b).1),
+        (a, b) => a.or(b).map(|(_, id)| id),
+    })
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    worker_id: &str,
+    now: Timestamp,
+    lease: Duration,
+    max: usize,
+) -> Result<Vec<Run>> {
+    let expires = now + lease;
+    let mut claimed = Vec::new();
+    while claimed.len() < max {
+        let Some(id) = next_claimable(conn, now)? else {
+            break;
+        };
+        let run = conn
+            .prepare_cached(&format!(
+                "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
+                 lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
+                 updated_at = ?4 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, worker_id, expires, now], run_from_row)
+            })
+            .map_err(sql_error("claim"))?;
+        claimed.push(run);
+    }
+    Ok(claimed)
+}
+
+/// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
+const FENCED: &str = "id = ?1 AND status = 'leased' AND lease_generation = ?2";
+
+pub(super) fn renew_lease(
+    conn: &Connection,
+    fence: &Fence,
+    now: Timestamp,
+    lease: Duration,
+) -> Result<Option<Timestamp>> {
+    let expires = now + lease;
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET lease_expires_at = ?3, updated_at = ?4 \
+             WHERE {FENCED} AND lease_expires_at > ?4"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, expires, now]))
+        .map_err(sql_error("renew_lease"))?;
+    Ok((changed == 1).then_some(expires))
+}
+
+pub(super) fn persist_step(
+    conn: &Connection,
+    fence: &Fence,
+    step: NewStep,
+    now: Timestamp,
+) -> Result<Option<Step>> {
+    let id = new_id_at(now);
+    let output = step
+        .output
+        .as_ref()
+        .map(|o| to_json("persist_step", o))
+        .transpose()?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
+             SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                fence.run_id,
+                fence.generation,
+                id,
+                step.name,
+                step.index,
+                step.status.as_str(),
+                output,
+                step.error,
+                step.started_at,
+                now
+            ])
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict(format!(
+                    "Step \"{}\" of run {} is already completed",
+                    step.name, fence.run_id
+                ))
+            } else {
+                Error::storage("persist_step", e)
+            }
+        })?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    if step.status == StepStatus::Completed {
+        conn.prepare_cached(&format!(
+            "UPDATE durably_runs SET current_step_index = ?3, \
+             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE {FENCED}"
+        ))
+        .and_then(|mut stmt| {
+            stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
+        })
+        .map_err(sql_error("persist_step"))?;
+    }
+    Ok(Some(Step {
+        id,
+        run_id: fence.run_id.clone(),
+        name: step.name,
+        index: step.index,
+        status: step.status,
+        output: step.output.filter(|o| !o.is_null()),
+        error: step.error,
+        started_at: step.started_at,
+        completed_at: Some(now),
+    }))
+}
+
+pub(super) fn update_progress(
+    conn: &Connection,
+    fence: &Fence,
+    progress: Option<&Progress>,
+    now: Timestamp,
+) -> Result<bool> {
+    let progress = progress
+        .map(|p| to_json("update_progress", p))
+        .transpose()?;
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET progress = ?3, updated_at = ?4 WHERE {FENCED}"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, progress, now]))
+        .map_err(sql_error("update_progress"))?;
+    Ok(changed == 1)
+}
+
+pub(super) fn append_log(
+    conn: &Connection,
+    fence: Option<&Fence>,
+    log: NewLog,
+    now: Timestamp,
+) -> Result<Option<Log>> {
+    let id = new_id_at(now);
+    let data = log
+        .data
+        .as_ref()
+        .map(|d| to_json("append_log", d))
+        .transpose()?;
+    let values = params![
+        id,
+        log.run_id,
+        log.step_name,
+        log.level.as_str(),
+        log.message,
+        data,
+        now
+    ];
+    let inserted = match fence {
+        None => conn
+            .prepare_cached(&format!(
+                "INSERT INTO durably_logs ({LOG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
+            .and_then(|mut stmt| stmt.execute(values)),
+        Some(fence) => conn
+            .prepare_cached(&format!(
+                "INSERT INTO durably_logs ({LOG_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+                 FROM durably_runs WHERE id = ?2 AND status = 'leased' AND lease_generation = ?8"
+            ))
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    id,
+                    log.run_id,
+                    log.step_name,
+                    log.level.as_str(),
+                    log.message,
+                    data,
+                    now,
+                    fence.generation
+                ])
+            }),
+    }
+    .map_err(sql_error("append_log"))?;
+    Ok((inserted == 1).then(|| Log {
+        id,
+        run_id: log.run_id,
+        step_name: log.step_name,
+        level: log.level,
+        message: log.message,
+        data: log.data.filter(|d| !d.is_null()),
+        created_at: now,
+    }))
+}
+
+fn delete_steps(conn: &Connection, run_id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM durably_steps WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.execute([run_id]))
+        .map_err(sql_error("delete_steps"))?;
+    Ok(())
+}
+
+pub(super) fn complete_run(
+    conn: &Connection,
+    fence: &Fence,
+    output: Option<&Value>,
+    now: Timestamp,
+    drop_steps: bool,
+) -> Result<bool> {
+    let output = output.map(|o| to_json("complete_run", o)).transpose()?;
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
+             WHERE {FENCED}"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, output, now]))
+        .map_err(sql_error("complete_run"))?;
+    if changed == 1 && drop_steps {
+        delete_steps(conn, &fence.run_id)?;
+    }
+    Ok(changed == 1)
+}
+
+pub(super) fn fail_run(
+    conn: &Connection,
+    fence: &Fence,
+    error: &str,
+    now: Timestamp,
+    drop_steps: bool,
+) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
+             lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE {FENCED}"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
+        .map_err(sql_error("fail_run"))?;
+    if changed == 1 && drop_steps {
+        delete_steps(conn, &fence.run_id)?;
+    }
+    Ok(changed == 1)
+}
+
+pub(super) fn cancel_run(
+    conn: &Connection,
+    id: &str,
+    now: Timestamp,
+    drop_steps: bool,
+) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
+             lease_expires_at = NULL, completed_at = ?2, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('pending', 'leased')",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id, now]))
+        .map_err(sql_error("cancel_run"))?;
+    if changed == 1 && drop_steps {
+        delete_steps(conn, id)?;
+    }
+    Ok(changed == 1)
+}
+
+fn delete_run_records(conn: &Connection, id: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM durably_steps WHERE run_id = ?1",
+        "DELETE FROM durably_logs WHERE run_id = ?1",
+        "DELETE FROM durably_run_labels WHERE run_id = ?1",
+        "DELETE FROM durably_runs WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute([id]))
+            .map_err(sql_error("delete_run"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn delete_run(conn: &Connection, id: &str) -> Result<bool> {
+    let terminal: bool = conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN {TERMINAL})"
+        ))
+        .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)))
+        .map_err(sql_error("delete_run"))?;
+    if terminal {
+        delete_run_records(conn, id)?;
+    }
+    Ok(terminal)
+}
+
+pub(super) fn purge_runs(conn: &Connection, older_than: Timestamp, limit: u64) -> Result<u64> {
+    let ids: Vec<String> = conn
+        .prepare_cached(&format!(
+            "SELECT id FROM durably_runs WHERE status IN {TERMINAL} \
+             AND completed_at IS NOT NULL AND completed_at < ?1 \
+             ORDER BY completed_at ASC, id ASC LIMIT ?2"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                params![older_than, limit.min(i64::MAX as u64) as i64],
+                |row| row.get(0),
+            )?
+            .collect()
+        })
+        .map_err(sql_error("purge_runs"))?;
+    for id in &ids {
+        delete_run_records(conn, id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
+pub(super) fn release_expired_leases(conn: &Connection, now: Timestamp) -> Result<Vec<Run>> {
+    // Phase 1: an expired lease whose job+key already has a pending run cannot go back to
+    // pending (the pending-per-key index forbids it): fail it.
+    let mut changed: Vec<Run> = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
+             lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             AND concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
+               WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
+               AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_map(params![now, LEASE_EXPIRED_PENDING_EXISTS], run_from_row)?
+                .collect()
+        })
+        .map_err(sql_error("release_expired_leases"))?;
+    // Phase 2: the rest go back to pending.
+    let released: Vec<Run> = conn
+        .prepare_cached(&format!(
+            "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .and_then(|mut stmt| stmt.query_map(params![now], run_from_row)?.collect())
+        .map_err(sql_error("release_expired_leases"))?;
+    changed.extend(released);
+    Ok(changed)
+}
+
+pub(super) fn update_run(
+    conn: &Connection,
+    id: &str,
+    patch: &RunPatch,
+    now: Timestamp,
+) -> Result<bool> {
+    let mut sets = vec!["updated_at = ?".to_string()];
+    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(now)];
+    if let Some(status) = patch.status {
+        sets.push("status = ?".into());
+        args.push(Box::new(status));
+    }
+    if let Some(owner) = &patch.lease_owner {
+        sets.push("lease_owner = ?".into());
+        args.push(Box::new(owner.clone()));
+    }
+    if let Some(expires) = patch.lease_expires_at {
+        sets.push("lease_expires_at = ?".into());
+        args.push(Box::new(expires));
+    }
+    if let Some(progress) = &patch.progress {
+        sets.push("progress = ?".into());
+        let text = progress
+            .as_ref()
+            .map(|p| to_json("update_run", p))
+            .transpose()?;
+        args.push(Box::new(text));
+    }
+    if let Some(error) = &patch.error {
+        sets.push("error = ?".into());
+        args.push(Box::new(error.clone()));
+    }
+    if let Some(completed_at) = patch.completed_at {
+        sets.push("completed_at = ?".into());
+        args.push(Box::new(completed_at));
+    }
+    if let Some(input) = &patch.input {
+        sets.push("input = ?".into());
+        args.push(Box::new(to_json("update_run", input)?));
+    }
+    args.push(Box::new(id.to_owned()));
+    let sql = format!("UPDATE durably_runs SET {} WHERE id = ?", sets.join(", "));
+    let changed = conn
+        .execute(&sql, params_from_iter(args.iter().map(|a| a.as_ref())))
+        .map_err(sql_error("update_run"))?;
+    Ok(changed == 1)
+}

@@ -1,0 +1,575 @@
+//! The worker: claims runs with leases, executes them, renews leases, and keeps the database
+//! tidy while idle. Also the serverless primitives [`Durably::process_one`] and
+//! [`Durably::process_until_idle`].
+//!
+//! Every write a worker makes for a run is fenced by the lease generation it claimed, so a
+//! worker that lost its lease (expired and reclaimed elsewhere, or cancelled) cannot overwrite
+//! anything: its writes match no row, its cancellation token fires, and `step.run` refuses to
+//! start new steps.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::durably::Durably;
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::job::ExecutionError;
+use crate::run::{Run, RunStatus, StepStatus};
+use crate::step::{AbortReason, StepContext, StepShared};
+use crate::store::{Fence, LEASE_EXPIRED_PENDING_EXISTS};
+use crate::time::{Timestamp, new_id};
+
+/// How often idle maintenance may purge old runs or checkpoint the WAL.
+const MAINTENANCE_CADENCE: Duration = Duration::from_secs(60);
+/// Runs deleted per retention purge.
+const RETENTION_BATCH: u64 = 100;
+/// Longest wait between retries after the store failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Worker bookkeeping shared by every clone of a [`Durably`].
+#[derive(Default)]
+pub(crate) struct WorkerState {
+    wake: Arc<Notify>,
+    running: Mutex<Option<RunningWorker>>,
+    active: Mutex<HashMap<String, Arc<StepShared>>>,
+    maintenance: tokio::sync::Mutex<MaintenanceClock>,
+}
+
+struct RunningWorker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct MaintenanceClock {
+    last_purge: Option<Instant>,
+    last_checkpoint: Option<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl WorkerState {
+    /// Wakes an idle worker at once (a run was triggered in this process).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Fires the cancellation token of a run executing in this process.
+    pub(crate) fn cancel_local(&self, run_id: &str) {
+        let execution = lock(&self.active).get(run_id).cloned();
+        if let Some(execution) = execution {
+            execution.abort(AbortReason::Cancelled);
+        }
+    }
+}
+
+/// How one execution of a claimed run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The run completed.
+    Completed,
+    /// The run failed.
+    Failed,
+    /// The run was cancelled while executing.
+    Cancelled,
+    /// This worker lost the lease; whatever it did after that did not land.
+    LeaseLost,
+}
+
+impl Durably {
+    /// Migrates the schema, then starts the worker.
+    pub async fn init(&self) -> Result<()> {
+        self.migrate().await?;
+        self.start();
+        Ok(())
+    }
+
+    /// Starts the background worker (no-op if it is already running). Requires a tokio runtime.
+    pub fn start(&self) {
+        self.start_as(format!("worker_{}", new_id()));
+    }
+
+    /// Starts the background worker with a fixed worker id (the lease owner it writes).
+    pub fn start_as(&self, worker_id: impl Into<String>) {
+        let mut running = lock(&self.inner.worker.running);
+        if running.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let worker_id = worker_id.into();
+        let span = tracing::info_span!("durably.worker", worker_id = %worker_id);
+        let task = tokio::spawn(
+            self.clone()
+                .worker_loop(worker_id, stop.clone())
+                .instrument(span),
+        );
+        *running = Some(RunningWorker { stop, task });
+    }
+
+    /// `true` while the background worker runs.
+    pub fn is_running(&self) -> bool {
+        lock(&self.inner.worker.running).is_some()
+    }
+
+    /// Stops the worker gracefully: no new claims; waits for in-flight runs (they are not
+    /// cancelled) and any running maintenance. Returns at once if the worker is not running.
+    pub async fn stop(&self) {
+        let running = lock(&self.inner.worker.running).take();
+        if let Some(worker) = running {
+            worker.stop.cancel();
+            if let Err(error) = worker.task.await {
+                tracing::error!(%error, "durably worker task ended abnormally");
+            }
+        }
+    }
+
+    async fn worker_loop(self, worker_id: String, stop: CancellationToken) {
+        let config = self.inner.config.clone();
+        let wake = self.inner.worker.wake.clone();
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut failures: u32 = 0;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let free = config.max_concurrent_runs.saturating_sub(in_flight.len());
+            let mut wait = config.polling_interval;
+            if free > 0 {
+                let claimed = self
+                    .inner
+                    .store
+                    .claim(&worker_id, Timestamp::now(), config.lease_duration, free)
+                    .await;
+                match claimed {
+                    Ok(runs) if !runs.is_empty() => {
+                        failures = 0;
+                        for run in runs {
+                            let durably = self.clone();
+                            let owner = worker_id.clone();
+                            in_flight.spawn(async move {
+                                durably.execute(run, &owner).await;
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(_) => {
+                        failures = 0;
+                        if in_flight.is_empty() {
+                            self.run_idle_maintenance().await;
+                        }
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        wait = backoff(failures);
+                        tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "claim failed");
+                        self.worker_error(error.to_string(), "claim", None);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = wake.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    fn worker_error(&self, error: String, context: &str, run_id: Option<&str>) {
+        self.inner.events.emit(EventKind::WorkerError {
+            error,
+            context: context.to_owned(),
+            run_id: run_id.map(str::to_owned),
+        });
+    }
+
+    /// Claims and executes one run; `false` when nothing was claimable. No maintenance.
+    pub async fn process_one(&self, worker_id: Option<&str>) -> Result<bool> {
+        let worker_id = worker_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("worker_{}", new_id()));
+        let config = &self.inner.config;
+        let mut claimed = self
+            .inner
+            .store
+            .claim(&worker_id, Timestamp::now(), config.lease_duration, 1)
+            .await?;
+        match claimed.pop() {
+            Some(run) => {
+                self.execute(run, &worker_id).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Processes runs one after another until none is claimable or `max_runs` were processed;
+    /// runs idle maintenance once if it stopped because the queue was idle. Returns the number
+    /// of runs processed.
+    pub async fn process_until_idle(
+        &self,
+        worker_id: Option<&str>,
+        max_runs: Option<usize>,
+    ) -> Result<usize> {
+        let worker_id = worker_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("worker_{}", new_id()));
+        let mut processed = 0;
+        loop {
+            if max_runs.is_some_and(|max| processed >= max) {
+                return Ok(processed);
+            }
+            if !self.process_one(Some(&worker_id)).await? {
+                break;
+            }
+            processed += 1;
+        }
+        self.run_idle_maintenance().await;
+        Ok(processed)
+    }
+
+    /// Idle maintenance: return expired leases to pending (failing those whose job+key already
+    /// has a pending run), apply `retain_runs` (at most once a minute, 100 runs a time), and
+    /// checkpoint SQLite's WAL (at most once a minute). Errors become `worker:error` events.
+    pub async fn run_idle_maintenance(&self) {
+        let mut clock = self.inner.worker.maintenance.lock().await;
+        let store = &self.inner.store;
+        match store.release_expired_leases(Timestamp::now()).await {
+            Ok(changed) => {
+                for run in changed {
+                    tracing::info!(run_id = %run.id, status = %run.status, "expired lease released");
+                    if run.status == RunStatus::Failed {
+                        self.inner.events.emit(EventKind::RunFail {
+                            run_id: run.id,
+                            job_name: run.job_name,
+                            error: LEASE_EXPIRED_PENDING_EXISTS.to_owned(),
+                            failed_step_name: "unknown".into(),
+                            labels: run.labels,
+                        });
+                    }
+                }
+            }
+            Err(error) => self.worker_error(error.to_string(), "idle-maintenance", None),
+        }
+        if let Some(retain) = self.inner.config.retain_runs
+            && clock
+                .last_purge
+                .is_none_or(|at| at.elapsed() >= MAINTENANCE_CADENCE)
+        {
+            clock.last_purge = Some(Instant::now());
+            let cutoff = Timestamp::now() - retain;
+            if let Err(error) = store.purge_runs(cutoff, RETENTION_BATCH).await {
+                self.worker_error(error.to_string(), "idle-maintenance", None);
+            }
+        }
+        if clock
+            .last_checkpoint
+            .is_none_or(|at| at.elapsed() >= MAINTENANCE_CADENCE)
+        {
+            clock.last_checkpoint = Some(Instant::now());
+            if let Err(error) = store.checkpoint().await {
+                self.worker_error(error.to_string(), "wal-checkpoint", None);
+            }
+        }
+    }
+
+    /// Executes one claimed run to its end (upstream §4.3).
+    pub(crate) async fn execute(&self, run: Run, worker_id: &str) -> Outcome {
+        let span = tracing::info_span!(
+            "durably.run",
+            run_id = %run.id,
+            job = %run.job_name,
+            generation = run.lease_generation
+        );
+        self.execute_inner(run, worker_id).instrument(span).await
+    }
+
+    async fn execute_inner(&self, run: Run, worker_id: &str) -> Outcome {
+        let config = &self.inner.config;
+        let store = &self.inner.store;
+        let fence = Fence::of(&run);
+        let drop_steps = !config.preserve_steps;
+        tracing::debug!("claimed");
+
+        let Some(job) = self.registered_job(&run.job_name) else {
+            let error = format!("Unknown job: {}", run.job_name);
+            tracing::warn!(%error, "cannot execute run");
+            return match store
+                .fail_run(&fence, &error, Timestamp::now(), false)
+                .await
+            {
+                Ok(true) => {
+                    self.inner.events.emit(EventKind::RunFail {
+                        run_id: run.id,
+                        job_name: run.job_name,
+                        error,
+                        failed_step_name: "unknown".into(),
+                        labels: run.labels,
+                    });
+                    Outcome::Failed
+                }
+                Ok(false) => Outcome::LeaseLost,
+                Err(e) => {
+                    self.worker_error(e.to_string(), "run-failure", Some(&run.id));
+                    Outcome::LeaseLost
+                }
+            };
+        };
+
+        let step = StepContext::new(
+            store.clone(),
+            self.inner.events.clone(),
+            run.id.clone(),
+            run.job_name.clone(),
+            run.labels.clone(),
+            fence.clone(),
+            run.current_step_index,
+            config.persist_logs,
+        );
+        let shared = step.shared().clone();
+        lock(&self.inner.worker.active).insert(run.id.clone(), shared.clone());
+        let lease_owner = run
+            .lease_owner
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned());
+        let keeper = tokio::spawn(
+            self.clone()
+                .keep_lease(
+                    shared.clone(),
+                    run.lease_expires_at.unwrap_or_else(Timestamp::now),
+                    lease_owner.clone(),
+                )
+                .in_current_span(),
+        );
+
+        let started = Instant::now();
+        self.inner.events.emit(EventKind::RunLeased {
+            run_id: run.id.clone(),
+            job_name: run.job_name.clone(),
+            input: run.input.clone(),
+            lease_owner,
+            lease_expires_at: run
+                .lease_expires_at
+                .unwrap_or_else(Timestamp::now)
+                .to_string(),
+            labels: run.labels.clone(),
+        });
+
+        let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
+            .catch_unwind()
+            .await;
+        keeper.abort();
+        lock(&self.inner.worker.active).remove(&run.id);
+
+        let failure = match result {
+            Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
+                return self
+                    .finish_completed(&run, &fence, output, started, drop_steps)
+                    .await;
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(ExecutionError::Job(error))) => match error.downcast_ref::<Error>() {
+                Some(Error::Cancelled { .. }) | Some(Error::LeaseLost { .. }) => None,
+                _ => Some(error.to_string()),
+            },
+            Ok(Err(ExecutionError::Message(message))) => Some(message),
+            Err(panic) => Some(format!("Job panicked: {}", panic_text(&*panic))),
+        };
+        match (failure, shared.abort_reason()) {
+            (_, Some(AbortReason::Cancelled)) => {
+                tracing::info!("run cancelled while executing");
+                Outcome::Cancelled
+            }
+            (_, Some(AbortReason::LeaseLost)) | (None, None) => {
+                tracing::warn!("lease lost; execution abandoned");
+                Outcome::LeaseLost
+            }
+            (Some(message), None) => self.finish_failed(&run, &fence, message, drop_steps).await,
+        }
+    }
+
+    async fn finish_completed(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        output: Value,
+        started: Instant,
+        drop_steps: bool,
+    ) -> Outcome {
+        let stored = (!output.is_null()).then(|| output.clone());
+        match self
+            .inner
+            .store
+            .complete_run(fence, stored, Timestamp::now(), drop_steps)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!("completed");
+                self.inner.events.emit(EventKind::RunComplete {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    output,
+                    duration: started.elapsed().as_millis() as u64,
+                    labels: run.labels.clone(),
+                });
+                Outcome::Completed
+            }
+            Ok(false) => {
+                tracing::warn!("lease lost before completing");
+                self.worker_error(
+                    format!("Lease lost before completing run {}", run.id),
+                    "run-completion",
+                    None,
+                );
+                Outcome::LeaseLost
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not record completion");
+                self.worker_error(error.to_string(), "run-completion", Some(&run.id));
+                Outcome::LeaseLost
+            }
+        }
+    }
+
+    async fn finish_failed(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        message: String,
+        drop_steps: bool,
+    ) -> Outcome {
+        let store = &self.inner.store;
+        let failed_step_name = store
+            .get_steps(&run.id)
+            .await
+            .ok()
+            .and_then(|steps| {
+                steps
+                    .into_iter()
+                    .find(|s| s.status == StepStatus::Failed)
+                    .map(|s| s.name)
+            })
+            .unwrap_or_else(|| "unknown".into());
+        match store
+            .fail_run(fence, &message, Timestamp::now(), drop_steps)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(error = %message, "failed");
+                self.inner.events.emit(EventKind::RunFail {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    error: message,
+                    failed_step_name,
+                    labels: run.labels.clone(),
+                });
+                Outcome::Failed
+            }
+            Ok(false) => {
+                tracing::warn!("lease lost before recording failure");
+                self.worker_error(
+                    format!("Lease lost before recording failure for run {}", run.id),
+                    "run-failure",
+                    None,
+                );
+                Outcome::LeaseLost
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not record failure");
+                self.worker_error(error.to_string(), "run-failure", Some(&run.id));
+                Outcome::LeaseLost
+            }
+        }
+    }
+
+    /// Renews the lease every `lease_renew_interval`, and fires the run's token with
+    /// `LeaseLost` when the local deadline passes or a renewal is refused.
+    async fn keep_lease(self, shared: Arc<StepShared>, expires_at: Timestamp, owner: String) {
+        let config = &self.inner.config;
+        let store = &self.inner.store;
+        let remaining = |at: Timestamp| {
+            Duration::from_millis(
+                at.as_millis()
+                    .saturating_sub(Timestamp::now().as_millis())
+                    .max(0) as u64,
+            )
+        };
+        let mut deadline = tokio::time::Instant::now() + remaining(expires_at);
+        loop {
+            tokio::select! {
+                _ = shared.token.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("lease deadline passed without renewal");
+                    shared.abort(AbortReason::LeaseLost);
+                    return;
+                }
+                _ = tokio::time::sleep(config.lease_renew_interval) => {}
+            }
+            match store
+                .renew_lease(&shared.fence, Timestamp::now(), config.lease_duration)
+                .await
+            {
+                Ok(Some(expires)) => {
+                    deadline = tokio::time::Instant::now() + config.lease_duration;
+                    self.inner.events.emit(EventKind::RunLeaseRenewed {
+                        run_id: shared.run_id.clone(),
+                        job_name: shared.job_name.clone(),
+                        lease_owner: owner.clone(),
+                        lease_expires_at: expires.to_string(),
+                        labels: shared.labels.clone(),
+                    });
+                }
+                Ok(None) => {
+                    let cancelled = matches!(
+                        store.get_run(&shared.run_id).await,
+                        Ok(Some(run)) if run.status == RunStatus::Cancelled
+                    );
+                    if cancelled {
+                        shared.abort(AbortReason::Cancelled);
+                    } else {
+                        tracing::warn!("lease renewal refused: ownership lost");
+                        shared.abort(AbortReason::LeaseLost);
+                        self.worker_error(
+                            format!("Lease renewal lost ownership for run {}", shared.run_id),
+                            "lease-renewal",
+                            Some(&shared.run_id),
+                        );
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.worker_error(error.to_string(), "lease-renewal", Some(&shared.run_id));
+                }
+            }
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let millis = 100u64.saturating_mul(1u64 << failures.min(16));
+    Duration::from_millis(millis).min(MAX_BACKOFF)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
