@@ -1,0 +1,293 @@
+//! `durably bench`: throughput and latency on a fresh database, one JSON line per workload.
+//!
+//! Workloads (issue "The worker…", §7):
+//! - `throughput-1step`: batch-trigger N one-step jobs, then process until all complete;
+//! - `steps-10`: M jobs of 10 steps;
+//! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result).
+//!
+//! For the throughput workloads `p50_ms`/`p99_ms` are per-run execution times (claim → complete).
+//! `peak_rss_mb` is the process's peak resident set during the workload (reset before each).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use durably::{
+    Durably, EventKind, EventType, Job, SqliteOptions, SqliteStore, StepContext, Synchronous,
+    TriggerOptions, WaitOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// Options of `durably bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Storage backend (`sqlite`; `postgres` arrives with its own issue).
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// SQLite `synchronous` mode: `normal` (default) or `full`.
+    #[arg(long, default_value = "normal")]
+    synchronous: String,
+    /// Workloads to run (default: all). Repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<String>,
+    /// Worker concurrency levels for the throughput workloads.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    concurrency: Vec<usize>,
+    /// Jobs of `throughput-1step`.
+    #[arg(long, default_value_t = 2000)]
+    jobs: u64,
+    /// Jobs of `steps-10`.
+    #[arg(long, default_value_t = 300)]
+    step_jobs: u64,
+    /// Calls of `latency`.
+    #[arg(long, default_value_t = 200)]
+    calls: u64,
+    /// Directory for the fresh databases (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BenchInput {
+    n: u64,
+}
+
+struct Setup {
+    synchronous: Synchronous,
+    dir: PathBuf,
+    counter: u64,
+}
+
+impl Setup {
+    fn fresh_store(&mut self) -> durably::Result<SqliteStore> {
+        self.counter += 1;
+        let path = self.dir.join(format!(
+            "bench-{}-{}.sqlite",
+            std::process::id(),
+            self.counter
+        ));
+        SqliteStore::open_with(
+            path,
+            SqliteOptions {
+                synchronous: self.synchronous,
+                ..SqliteOptions::default()
+            },
+        )
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.backend != "sqlite" {
+        return Err(format!(
+            "backend '{}' is not available in this build; use --backend sqlite",
+            args.backend
+        )
+        .into());
+    }
+    let synchronous: Synchronous = args.synchronous.parse()?;
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let mut setup = Setup {
+        synchronous,
+        dir,
+        counter: 0,
+    };
+    let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| w == name);
+    for &concurrency in &args.concurrency {
+        if wanted("throughput-1step") {
+            let line =
+                throughput(&mut setup, "throughput-1step", concurrency, args.jobs, 1).await?;
+            print_line(line, &args.synchronous);
+        }
+    }
+    for &concurrency in &args.concurrency {
+        if wanted("steps-10") {
+            let line = throughput(&mut setup, "steps-10", concurrency, args.step_jobs, 10).await?;
+            print_line(line, &args.synchronous);
+        }
+    }
+    if wanted("latency") {
+        let line = latency(&mut setup, args.calls).await?;
+        print_line(line, &args.synchronous);
+    }
+    Ok(())
+}
+
+fn print_line(mut line: serde_json::Value, synchronous: &str) {
+    line["synchronous"] = json!(synchronous);
+    println!("{line}");
+}
+
+fn bench_job(steps: u64, executions: Arc<AtomicU64>) -> Job<BenchInput, u64> {
+    Job::new("bench", move |step: StepContext, input: BenchInput| {
+        let executions = executions.clone();
+        async move {
+            let mut total = 0;
+            for s in 0..steps {
+                let executions = executions.clone();
+                total += step
+                    .run(&format!("step-{s}"), |_| async move {
+                        executions.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, durably::Error>(s)
+                    })
+                    .await?;
+            }
+            Ok::<_, durably::Error>(input.n + total)
+        }
+    })
+}
+
+async fn throughput(
+    setup: &mut Setup,
+    workload: &str,
+    concurrency: usize,
+    jobs: u64,
+    steps_per_job: u64,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    reset_peak_rss();
+    let durably = Durably::builder()
+        .store(setup.fresh_store()?)
+        .max_concurrent_runs(concurrency)
+        .polling_interval(Duration::from_millis(50))
+        .build()?;
+    let executions = Arc::new(AtomicU64::new(0));
+    let handle = durably.register(bench_job(steps_per_job, executions.clone()))?;
+    durably.migrate().await?;
+
+    let completed = Arc::new(AtomicU64::new(0));
+    let all_done = Arc::new(Notify::new());
+    let durations = Arc::new(std::sync::Mutex::new(Vec::with_capacity(jobs as usize)));
+    let _listener = {
+        let (completed, all_done, durations) =
+            (completed.clone(), all_done.clone(), durations.clone());
+        durably.on(EventType::RunComplete, move |event| {
+            if let EventKind::RunComplete { duration, .. } = &event.kind
+                && let Ok(mut durations) = durations.lock()
+            {
+                durations.push(*duration);
+            }
+            if completed.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
+                all_done.notify_one();
+            }
+        })
+    };
+
+    let enqueue_started = Instant::now();
+    for chunk_start in (0..jobs).step_by(1000) {
+        let items = (chunk_start..(chunk_start + 1000).min(jobs))
+            .map(|n| (BenchInput { n }, TriggerOptions::new()));
+        handle.batch_trigger(items).await?;
+    }
+    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
+
+    let process_started = Instant::now();
+    durably.start();
+    if jobs > 0 {
+        tokio::time::timeout(Duration::from_secs(600), all_done.notified())
+            .await
+            .map_err(|_| "benchmark did not finish within 10 minutes")?;
+    }
+    let process_s = process_started.elapsed().as_secs_f64();
+    durably.stop().await;
+
+    let expected = jobs * steps_per_job;
+    let executed = executions.load(Ordering::SeqCst);
+    let durations = durations.lock().map(|d| d.clone()).unwrap_or_default();
+    let (p50, p99) = percentiles(durations.into_iter().map(|d| d as f64).collect());
+    Ok(json!({
+        "workload": workload,
+        "backend": "sqlite",
+        "concurrency": concurrency,
+        "jobs": jobs,
+        "steps_per_job": steps_per_job,
+        "enqueue_s": round(enqueue_s),
+        "process_s": round(process_s),
+        "jobs_per_s": round(jobs as f64 / process_s),
+        "steps_per_s": round(expected as f64 / process_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "peak_rss_mb": peak_rss_mb(),
+        "duplicate_step_execs": executed.saturating_sub(expected),
+    }))
+}
+
+async fn latency(
+    setup: &mut Setup,
+    calls: u64,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    reset_peak_rss();
+    let durably = Durably::builder()
+        .store(setup.fresh_store()?)
+        .polling_interval(Duration::from_millis(1000))
+        .build()?;
+    let executions = Arc::new(AtomicU64::new(0));
+    let handle = durably.register(bench_job(1, executions.clone()))?;
+    durably.init().await?;
+    let mut samples = Vec::with_capacity(calls as usize);
+    let started = Instant::now();
+    for n in 0..calls {
+        let call = Instant::now();
+        handle
+            .trigger_and_wait(
+                BenchInput { n },
+                TriggerOptions::new(),
+                WaitOptions::new().timeout(Duration::from_secs(30)),
+            )
+            .await?;
+        samples.push(call.elapsed().as_secs_f64() * 1000.0);
+    }
+    let process_s = started.elapsed().as_secs_f64();
+    durably.stop().await;
+    let (p50, p99) = percentiles(samples);
+    Ok(json!({
+        "workload": "latency",
+        "backend": "sqlite",
+        "concurrency": 1,
+        "jobs": calls,
+        "steps_per_job": 1,
+        "enqueue_s": 0.0,
+        "process_s": round(process_s),
+        "jobs_per_s": round(calls as f64 / process_s),
+        "steps_per_s": round(calls as f64 / process_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "peak_rss_mb": peak_rss_mb(),
+        "duplicate_step_execs": executions.load(Ordering::SeqCst).saturating_sub(calls),
+    }))
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (round(at(0.50)), round(at(0.99)))
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// Resets the kernel's peak-RSS counter (`VmHWM`) so each workload reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    round(kib / 1024.0)
+}
