@@ -4,10 +4,11 @@
 //! when the run executes again (after a crash, a restart or a lost lease) the job function runs
 //! from the top and every completed step returns its stored output instead of running again.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +20,17 @@ use crate::events::{EventBus, EventKind};
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::time::Timestamp;
+
+/// While a fenced write confirmed this worker's ownership more recently than this, `step.run`
+/// skips re-reading the run before a step (the fence still guards every write; in-process
+/// cancellation fires the token at once).
+const OWNERSHIP_FRESHNESS: Duration = Duration::from_millis(100);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Why a run's cancellation token fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +51,10 @@ pub(crate) struct StepShared {
     abort_reason: Mutex<Option<AbortReason>>,
     step_index: AtomicI64,
     current_step: Mutex<Option<String>>,
+    /// Outputs of this run's completed steps by name; `None` until loaded from the store.
+    completed: Mutex<Option<HashMap<String, Value>>>,
+    /// When a fenced write last proved this worker still owns the run.
+    confirmed_at: Mutex<Instant>,
 }
 
 impl StepShared {
@@ -56,10 +72,38 @@ impl StepShared {
     }
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
-        *self
-            .abort_reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *lock(&self.abort_reason)
+    }
+
+    /// Records that a fenced write just succeeded.
+    pub(crate) fn confirm_ownership(&self) {
+        *lock(&self.confirmed_at) = Instant::now();
+    }
+
+    fn ownership_is_fresh(&self) -> bool {
+        lock(&self.confirmed_at).elapsed() < OWNERSHIP_FRESHNESS
+    }
+
+    /// The stored output of a completed step, loading this run's completed steps once.
+    async fn completed_output(&self, name: &str) -> Result<Option<Value>> {
+        if let Some(completed) = lock(&self.completed).as_ref() {
+            return Ok(completed.get(name).cloned());
+        }
+        let steps = self.store.get_steps(&self.run_id).await?;
+        let loaded: HashMap<String, Value> = steps
+            .into_iter()
+            .filter(|s| s.status == StepStatus::Completed)
+            .map(|s| (s.name, s.output.unwrap_or(Value::Null)))
+            .collect();
+        let output = loaded.get(name).cloned();
+        lock(&self.completed).get_or_insert(loaded);
+        Ok(output)
+    }
+
+    fn remember_completed(&self, name: &str, output: Value) {
+        if let Some(completed) = lock(&self.completed).as_mut() {
+            completed.entry(name.to_owned()).or_insert(output);
+        }
     }
 
     fn abort_error(&self) -> Option<Error> {
@@ -116,6 +160,7 @@ impl StepContext {
         labels: Labels,
         fence: Fence,
         start_index: i64,
+        completed_steps: i64,
         persist_logs: bool,
     ) -> Self {
         let shared = Arc::new(StepShared {
@@ -130,6 +175,9 @@ impl StepContext {
             abort_reason: Mutex::new(None),
             step_index: AtomicI64::new(start_index),
             current_step: Mutex::new(None),
+            // A run claimed with no completed step has nothing to replay: skip the lookups.
+            completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
+            confirmed_at: Mutex::new(Instant::now()),
         });
         StepContext {
             log: StepLog {
@@ -196,28 +244,25 @@ impl StepContext {
     {
         let shared = &self.shared;
         self.throw_if_aborted()?;
-        match shared.store.get_run(&shared.run_id).await? {
-            Some(run) if run.status == RunStatus::Cancelled => {
-                shared.abort(AbortReason::Cancelled);
-                return Err(shared.error_for(AbortReason::Cancelled));
+        if !shared.ownership_is_fresh() {
+            match shared.store.get_run(&shared.run_id).await? {
+                Some(run) if run.status == RunStatus::Cancelled => {
+                    shared.abort(AbortReason::Cancelled);
+                    return Err(shared.error_for(AbortReason::Cancelled));
+                }
+                Some(run)
+                    if run.status.is_terminal()
+                        || (run.status == RunStatus::Leased
+                            && run.lease_generation != shared.fence.generation) =>
+                {
+                    shared.abort(AbortReason::LeaseLost);
+                    return Err(shared.error_for(AbortReason::LeaseLost));
+                }
+                _ => {}
             }
-            Some(run)
-                if run.status.is_terminal()
-                    || (run.status == RunStatus::Leased
-                        && run.lease_generation != shared.fence.generation) =>
-            {
-                shared.abort(AbortReason::LeaseLost);
-                return Err(shared.error_for(AbortReason::LeaseLost));
-            }
-            _ => {}
         }
-        if let Some(done) = shared
-            .store
-            .get_completed_step(&shared.run_id, name)
-            .await?
-        {
+        if let Some(stored) = shared.completed_output(name).await? {
             shared.step_index.fetch_add(1, Ordering::SeqCst);
-            let stored = done.output.unwrap_or(Value::Null);
             return serde_json::from_value(stored).map_err(|e| {
                 Error::Validation(format!(
                     "Stored output of step \"{name}\" of run {} does not match the step's type: {e}",
@@ -263,6 +308,8 @@ impl StepContext {
                         .await?
                     {
                         Some(_) => {
+                            shared.confirm_ownership();
+                            shared.remember_completed(name, output.clone());
                             shared.step_index.store(index + 1, Ordering::SeqCst);
                             self.emit(EventKind::StepComplete {
                                 run_id: shared.run_id.clone(),
@@ -368,6 +415,9 @@ impl StepContext {
             .store
             .update_progress(&shared.fence, Some(progress.clone()), Timestamp::now())
             .await;
+        if let Ok(true) = written {
+            shared.confirm_ownership();
+        }
         self.emit(EventKind::RunProgress {
             run_id: shared.run_id.clone(),
             job_name: shared.job_name.clone(),

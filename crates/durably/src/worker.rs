@@ -338,6 +338,7 @@ impl Durably {
             run.labels.clone(),
             fence.clone(),
             run.current_step_index,
+            run.completed_step_count,
             config.persist_logs,
         );
         let shared = step.shared().clone();
@@ -524,6 +525,7 @@ impl Durably {
                 .await
             {
                 Ok(Some(expires)) => {
+                    shared.confirm_ownership();
                     deadline = tokio::time::Instant::now() + config.lease_duration;
                     self.inner.events.emit(EventKind::RunLeaseRenewed {
                         run_id: shared.run_id.clone(),

@@ -92,8 +92,12 @@ impl Default for SqliteOptions {
 }
 
 /// What the writer thread runs for one queued write: given the connection (or `None` when the
-/// transaction could not start), it does its work and returns what to report after `COMMIT`.
-type WriteOp = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+/// transaction could not start) and whether other writes share the transaction (then the op runs
+/// in its own savepoint, so its failure rolls back only itself), it does its work and returns
+/// what to report after `COMMIT`.
+type WriteOp = Box<dyn FnOnce(Option<&Connection>, bool) -> (Completion, Failed) + Send>;
+/// Whether the operation itself failed (its completion then carries the error).
+type Failed = bool;
 /// Reports an operation's result; receives the commit error, if the commit failed.
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 
@@ -190,23 +194,26 @@ impl SqliteStore {
         &self.shared.location
     }
 
-    /// Runs `work` on the writer thread inside the current group-commit transaction, in its own
-    /// savepoint. The result is delivered after the transaction commits.
+    /// Runs `work` on the writer thread inside the current group-commit transaction (in its own
+    /// savepoint when other writes share the transaction). The result is delivered after the
+    /// transaction commits.
     async fn write<R, F>(&self, operation: &'static str, work: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let (reply, receiver) = oneshot::channel::<Result<R>>();
-        let op: WriteOp = Box::new(move |conn| {
+        let op: WriteOp = Box::new(move |conn, shared| {
             let outcome = match conn {
-                Some(conn) => in_savepoint(conn, work),
+                Some(conn) if shared => in_savepoint(conn, work),
+                Some(conn) => work(conn),
                 None => Err(Error::storage(
                     operation,
                     "could not begin a write transaction",
                 )),
             };
-            Box::new(move |commit_error| {
+            let failed = outcome.is_err();
+            let done: Completion = Box::new(move |commit_error| {
                 let outcome = match (outcome, commit_error) {
                     (Ok(_), Some(message)) => Err(Error::storage(
                         operation,
@@ -215,7 +222,8 @@ impl SqliteStore {
                     (outcome, _) => outcome,
                 };
                 let _ = reply.send(outcome);
-            })
+            });
+            (done, failed)
         });
         self.send(operation, Command::Write(op), receiver).await
     }
@@ -276,7 +284,7 @@ fn configure(
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={};",
+        "PRAGMA synchronous={}; PRAGMA temp_store=MEMORY;",
         options.synchronous.pragma_value()
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -338,11 +346,24 @@ fn commit_batch(conn: &Connection, batch: Vec<WriteOp>) {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::warn!(%error, "SQLite could not begin a write transaction");
         for op in batch {
-            op(None)(None);
+            (op(None, false).0)(None);
         }
         return;
     }
-    let completions: Vec<Completion> = batch.into_iter().map(|op| op(Some(conn))).collect();
+    let shared = batch.len() > 1;
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    let mut failed_alone = false;
+    for op in batch {
+        let (done, failed) = op(Some(conn), shared);
+        failed_alone |= failed && !shared;
+        completions.push(done);
+    }
+    if failed_alone {
+        // A lone operation failed without a savepoint: undo whatever it wrote.
+        let _ = conn.execute_batch("ROLLBACK");
+        completions.into_iter().for_each(|done| done(None));
+        return;
+    }
     match conn.execute_batch("COMMIT") {
         Ok(()) => completions.into_iter().for_each(|done| done(None)),
         Err(error) => {
