@@ -152,8 +152,9 @@ async fn throughput(
     steps_per_job: u64,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     reset_peak_rss();
+    let store = setup.fresh_store()?;
     let durably = Durably::builder()
-        .store(setup.fresh_store()?)
+        .store(store.clone())
         .max_concurrent_runs(concurrency)
         .polling_interval(Duration::from_millis(50))
         .build()?;
@@ -187,6 +188,7 @@ async fn throughput(
     }
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
 
+    let before = store.stats();
     let process_started = Instant::now();
     durably.start();
     if jobs > 0 {
@@ -196,6 +198,9 @@ async fn throughput(
     }
     let process_s = process_started.elapsed().as_secs_f64();
     durably.stop().await;
+    let after = store.stats();
+    let commits = after.transactions - before.transactions;
+    let operations = after.operations - before.operations;
 
     let expected = jobs * steps_per_job;
     let executed = executions.load(Ordering::SeqCst);
@@ -215,6 +220,8 @@ async fn throughput(
         "p99_ms": p99,
         "peak_rss_mb": peak_rss_mb(),
         "duplicate_step_execs": executed.saturating_sub(expected),
+        "commits_per_job": round(commits as f64 / jobs.max(1) as f64),
+        "writes_per_commit": round(operations as f64 / commits.max(1) as f64),
     }))
 }
 

@@ -56,3 +56,8 @@ pub use store::*;
 pub use time::{Timestamp, new_id};
 pub use tokio_util::sync::CancellationToken;
 pub use worker::Outcome;
+
+/// The README's example is compiled as a doctest so it cannot drift from the API.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

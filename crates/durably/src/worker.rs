@@ -145,6 +145,9 @@ impl Durably {
             if stop.is_cancelled() {
                 break;
             }
+            // Reap every finished run first: `len()` counts finished-but-unjoined tasks, and
+            // undercounting free slots would claim one run per round trip.
+            while in_flight.try_join_next().is_some() {}
             let free = config.max_concurrent_runs.saturating_sub(in_flight.len());
             let mut wait = config.polling_interval;
             if free > 0 {
@@ -308,8 +311,10 @@ impl Durably {
         let Some(job) = self.registered_job(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);
             tracing::warn!(%error, "cannot execute run");
+            // SPEC §3: without preserve_steps, step outputs go at any terminal state (a run
+            // reclaimed from a process that had the job may carry steps).
             return match store
-                .fail_run(&fence, &error, Timestamp::now(), false)
+                .fail_run(&fence, &error, Timestamp::now(), drop_steps)
                 .await
             {
                 Ok(true) => {

@@ -23,7 +23,7 @@ use crate::time::Timestamp;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
 /// The schema version this library writes (upstream schema version 1).
 pub const SCHEMA_VERSION: i64 = 1;

@@ -123,8 +123,24 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
 }
 
+/// Counters of the writer thread, for monitoring group commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Write transactions committed (or attempted).
+    pub transactions: u64,
+    /// Write operations served; `operations / transactions` is the group-commit factor.
+    pub operations: u64,
+}
+
+#[derive(Default)]
+struct WriterCounters {
+    transactions: std::sync::atomic::AtomicU64,
+    operations: std::sync::atomic::AtomicU64,
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
+    counters: Arc<WriterCounters>,
     readers: Option<ReaderPool>,
     location: String,
 }
@@ -170,9 +186,11 @@ impl SqliteStore {
 
         let (commands, receiver) = mpsc::channel();
         let max_batch = options.max_group_commit.max(1);
+        let counters = Arc::new(WriterCounters::default());
+        let writer_counters = counters.clone();
         thread::Builder::new()
             .name("durably-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, receiver, max_batch))
+            .spawn(move || writer_loop(writer, receiver, max_batch, &writer_counters))
             .map_err(|e| Error::storage("open", e))?;
 
         let readers = (!in_memory).then(|| ReaderPool {
@@ -183,10 +201,20 @@ impl SqliteStore {
         Ok(SqliteStore {
             shared: Arc::new(Shared {
                 commands,
+                counters,
                 readers,
                 location,
             }),
         })
+    }
+
+    /// Group-commit counters of this store's writer thread.
+    pub fn stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            transactions: self.shared.counters.transactions.load(Relaxed),
+            operations: self.shared.counters.operations.load(Relaxed),
+        }
     }
 
     /// The path this store was opened with.
@@ -310,7 +338,12 @@ fn in_savepoint<R>(conn: &Connection, work: impl FnOnce(&Connection) -> Result<R
     }
 }
 
-fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    commands: mpsc::Receiver<Command>,
+    max_batch: usize,
+    counters: &WriterCounters,
+) {
     let mut carried: Option<Command> = None;
     loop {
         let first = match carried.take() {
@@ -338,6 +371,12 @@ fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, max_batch: u
                 Err(_) => break,
             }
         }
+        counters
+            .transactions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .operations
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         commit_batch(&conn, batch);
     }
 }

@@ -1,0 +1,240 @@
+//! `migrate()` (upstream §5.2, migrate.shared.ts, migration-consolidated.test.ts).
+mod common;
+
+use std::sync::Arc;
+
+use common::{Backend, TestDb, backend_tests};
+use durably::{
+    Disposition, Durably, Job, RunStatus, SCHEMA_VERSION, SqliteStore, StepContext, Store,
+};
+use serde_json::{Value, json};
+
+fn echo_job() -> Job<Value, Value> {
+    Job::new("echo", |_step: StepContext, input: Value| async move {
+        Ok::<_, durably::Error>(input)
+    })
+}
+
+async fn schema_version_is_zero_before_migrate(backend: Backend) {
+    let db = TestDb::new(backend);
+    assert_eq!(db.store.schema_version().await.expect("version"), 0);
+}
+
+async fn migrate_is_idempotent(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.builder().build().expect("build");
+    for _ in 0..3 {
+        durably.migrate().await.expect("migrate");
+    }
+    // The store itself is idempotent too (not only the instance's once-cell).
+    for _ in 0..3 {
+        db.store.migrate().await.expect("store migrate");
+    }
+    assert_eq!(SCHEMA_VERSION, 1);
+    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    // A fresh instance on the migrated store migrates again without error.
+    let again = db.builder().build().expect("build");
+    again.migrate().await.expect("migrate again");
+    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert!(
+        durably
+            .get_runs(&Default::default())
+            .await
+            .expect("runs")
+            .is_empty()
+    );
+}
+
+async fn concurrent_migrations_on_one_instance_succeed(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.builder().build().expect("build");
+    let echo = durably.register(echo_job()).expect("register");
+    let calls = (0..8).map(|_| {
+        let durably = durably.clone();
+        tokio::spawn(async move { durably.migrate().await })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("task").expect("migrate");
+    }
+    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    let triggered = echo
+        .trigger(json!({"after": "migrate"}))
+        .await
+        .expect("trigger");
+    assert_eq!(triggered.disposition, Disposition::Created);
+    assert_eq!(triggered.run.status, RunStatus::Pending);
+}
+
+async fn concurrent_migrations_on_two_instances_sharing_a_store_succeed(backend: Backend) {
+    let db = TestDb::new(backend);
+    let first = db.builder().build().expect("build first");
+    let second = db.builder().build().expect("build second");
+    let calls = (0..8).map(|i| {
+        let durably = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            if i % 4 == 3 {
+                store.migrate().await
+            } else {
+                durably.migrate().await
+            }
+        })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("task").expect("migrate");
+    }
+    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    let echo = second.register(echo_job()).expect("register");
+    let triggered = echo.trigger(json!({"n": 1})).await.expect("trigger");
+    let seen = first
+        .get_run(&triggered.run.id)
+        .await
+        .expect("read")
+        .expect("run");
+    assert_eq!(seen.input, json!({"n": 1}));
+}
+
+backend_tests!(
+    schema_version_is_zero_before_migrate,
+    migrate_is_idempotent,
+    concurrent_migrations_on_one_instance_succeed,
+    concurrent_migrations_on_two_instances_sharing_a_store_succeed,
+);
+
+// ---- SQLite-only catalog checks (raw SQL through rusqlite) ----
+
+const TABLES: [&str; 5] = [
+    "durably_runs",
+    "durably_steps",
+    "durably_logs",
+    "durably_run_labels",
+    "durably_schema_versions",
+];
+
+const INDEXES: [&str; 12] = [
+    "idx_durably_runs_job_idempotency",
+    "idx_durably_runs_status_concurrency",
+    "idx_durably_runs_status_created",
+    "idx_durably_runs_status_lease_expires",
+    "idx_durably_runs_job_created",
+    "idx_durably_runs_status_completed",
+    "idx_durably_runs_pending_concurrency",
+    "idx_durably_run_labels_pk",
+    "idx_durably_run_labels_key_value",
+    "idx_durably_steps_run_index",
+    "idx_durably_steps_completed_unique",
+    "idx_durably_logs_run_created",
+];
+
+fn names(conn: &rusqlite::Connection, kind: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = ?1 ORDER BY name")
+        .expect("prepare");
+    stmt.query_map([kind], |row| row.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn sqlite_migrate_creates_every_table_column_and_index() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("catalog.sqlite");
+    let store = SqliteStore::open(&path).expect("open");
+    for _ in 0..3 {
+        store.migrate().await.expect("migrate");
+    }
+
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    let tables = names(&conn, "table");
+    for table in TABLES {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "table {table} in {tables:?}"
+        );
+    }
+    let indexes: Vec<String> = names(&conn, "index")
+        .into_iter()
+        .filter(|name| name.starts_with("idx_durably_"))
+        .collect();
+    let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(indexes, expected, "exactly the twelve upstream indexes");
+
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('durably_runs')")
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    for column in [
+        "lease_owner",
+        "lease_expires_at",
+        "lease_generation",
+        "completed_step_count",
+    ] {
+        assert!(columns.iter().any(|c| c == column), "column {column}");
+    }
+
+    let versions: Vec<(i64, String)> = conn
+        .prepare("SELECT version, applied_at FROM durably_schema_versions")
+        .expect("prepare")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(versions.len(), 1, "exactly one version row: {versions:?}");
+    assert_eq!(versions[0].0, 1);
+    assert!(
+        durably::Timestamp::parse(&versions[0].1).is_some(),
+        "applied_at is an ISO timestamp: {}",
+        versions[0].1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_stores_on_one_file_migrate_concurrently() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("shared.sqlite");
+    let stores: Vec<Arc<dyn Store>> = (0..2)
+        .map(|_| Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>)
+        .collect();
+    let calls = (0..8).map(|i| {
+        let store = stores[i % 2].clone();
+        tokio::spawn(async move { store.migrate().await })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("task").expect("migrate");
+    }
+    for store in &stores {
+        assert_eq!(store.schema_version().await.expect("version"), 1);
+    }
+    let conn = rusqlite::Connection::open(&path).expect("raw connection");
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM durably_schema_versions", [], |row| {
+            row.get(0)
+        })
+        .expect("count");
+    assert_eq!(rows, 1);
+
+    // Both can be used afterwards: a run triggered through one is seen by the other.
+    let a = Durably::builder()
+        .shared_store(stores[0].clone())
+        .build()
+        .expect("a");
+    let b = Durably::builder()
+        .shared_store(stores[1].clone())
+        .build()
+        .expect("b");
+    a.migrate().await.expect("migrate a");
+    b.migrate().await.expect("migrate b");
+    let echo = a.register(echo_job()).expect("register");
+    let run = echo.trigger(json!("x")).await.expect("trigger").run;
+    let seen = b.get_run(&run.id).await.expect("read").expect("run");
+    assert_eq!(seen.status, RunStatus::Pending);
+}

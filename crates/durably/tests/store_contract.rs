@@ -1,0 +1,1535 @@
+//! The `Store` contract, exercised directly (upstream storage.shared.ts, db-semantics.shared.ts,
+//! db-concurrency.shared.ts): every backend must behave identically here.
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, TestDb, backend_tests, within};
+use durably::{
+    Coalesce, Disposition, Error, Fence, Labels, LogLevel, NewLog, NewRun, NewStep, Progress,
+    RunFilter, RunPatch, RunStatus, SqliteStore, StepStatus, Store, Timestamp,
+};
+use serde_json::{Value, json};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::new(backend);
+    db.store.migrate().await.expect("migrate");
+    let store = db.store.clone();
+    (db, store)
+}
+
+fn new_run(job: &str, input: Value) -> NewRun {
+    NewRun {
+        job_name: job.into(),
+        input,
+        idempotency_key: None,
+        concurrency_key: None,
+        labels: Labels::new(),
+        coalesce: None,
+    }
+}
+
+fn keyed(job: &str, key: &str) -> NewRun {
+    NewRun {
+        concurrency_key: Some(key.into()),
+        ..new_run(job, json!({}))
+    }
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+async fn enqueue(store: &Arc<dyn Store>, run: NewRun, now: Timestamp) -> durably::Run {
+    let enqueued = store.enqueue(run, now).await.expect("enqueue");
+    assert_eq!(enqueued.disposition, Disposition::Created);
+    enqueued.run
+}
+
+async fn claim(
+    store: &Arc<dyn Store>,
+    worker: &str,
+    now: Timestamp,
+    lease: Duration,
+) -> Option<durably::Run> {
+    let mut claimed = store.claim(worker, now, lease, 1).await.expect("claim");
+    assert!(claimed.len() <= 1);
+    claimed.pop()
+}
+
+async fn get(store: &Arc<dyn Store>, id: &str) -> durably::Run {
+    store
+        .get_run(id)
+        .await
+        .expect("get_run")
+        .unwrap_or_else(|| panic!("run {id} exists"))
+}
+
+fn step(
+    name: &str,
+    index: i64,
+    status: StepStatus,
+    output: Option<Value>,
+    at: Timestamp,
+) -> NewStep {
+    NewStep {
+        name: name.into(),
+        index,
+        status,
+        output,
+        error: (status == StepStatus::Failed).then(|| format!("{name} failed")),
+        started_at: at,
+    }
+}
+
+fn log(run_id: &str, message: &str, data: Option<Value>) -> NewLog {
+    NewLog {
+        run_id: run_id.into(),
+        step_name: None,
+        level: LogLevel::Info,
+        message: message.into(),
+        data,
+    }
+}
+
+fn stale(fence: &Fence) -> Fence {
+    Fence {
+        run_id: fence.run_id.clone(),
+        generation: fence.generation + 1,
+    }
+}
+
+async fn count_runs(store: &Arc<dyn Store>) -> usize {
+    store
+        .get_runs(&RunFilter::new())
+        .await
+        .expect("get_runs")
+        .len()
+}
+
+async fn enqueue_and_get_run_round_trip(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let now = Timestamp::now();
+    let input = json!({
+        "text": "héllo ✓ 日本 😀 \"quoted\"\n\ttab",
+        "nested": {"items": [1, 2.5, -3, null, true], "deep": {"empty": [], "obj": {}}},
+        "big": 9_007_199_254_740_991i64,
+    });
+    let mut labels = Labels::new();
+    labels.insert("organizationId".into(), "org_123".into());
+    labels.insert("app.kubernetes.io/name".into(), "billing".into());
+    let request = NewRun {
+        job_name: "test-job".into(),
+        input: input.clone(),
+        idempotency_key: Some("idem-1".into()),
+        concurrency_key: Some("ck-1".into()),
+        labels: labels.clone(),
+        coalesce: None,
+    };
+    let created = store.enqueue(request, now).await.expect("enqueue");
+    assert_eq!(created.disposition, Disposition::Created);
+    let run = created.run;
+    assert_eq!(run.job_name, "test-job");
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!(run.input, input);
+    assert_eq!(run.labels, labels);
+    assert_eq!(run.idempotency_key.as_deref(), Some("idem-1"));
+    assert_eq!(run.concurrency_key.as_deref(), Some("ck-1"));
+    assert_eq!(run.created_at, now);
+    assert_eq!(run.updated_at, now);
+    assert_eq!(
+        (
+            run.current_step_index,
+            run.completed_step_count,
+            run.lease_generation
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(run.progress, None);
+    assert_eq!(run.output, None);
+    assert_eq!(run.error, None);
+    assert_eq!(run.started_at, None);
+    assert_eq!(run.completed_at, None);
+    assert_eq!(
+        get(&store, &run.id).await,
+        run,
+        "stored exactly as returned"
+    );
+    assert!(
+        store
+            .get_run("non-existent-id")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // Same idempotency key, other input: the first run, unchanged.
+    let again = store
+        .enqueue(
+            NewRun {
+                idempotency_key: Some("idem-1".into()),
+                ..new_run("test-job", json!({"other": true}))
+            },
+            Timestamp::now(),
+        )
+        .await
+        .expect("enqueue");
+    assert_eq!(again.disposition, Disposition::Idempotent);
+    assert_eq!(again.run, run);
+    assert_eq!(count_runs(&store).await, 1);
+
+    // Runs without labels read back `{}`.
+    let plain = enqueue(&store, new_run("test-job", json!(null)), now).await;
+    assert!(get(&store, &plain.id).await.labels.is_empty());
+    assert_eq!(get(&store, &plain.id).await.input, Value::Null);
+}
+
+async fn enqueue_resolves_concurrency_keys(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let now = Timestamp::now();
+    let first = enqueue(&store, keyed("c-job", "ck"), now).await;
+    match store.enqueue(keyed("c-job", "ck"), now).await {
+        Err(Error::Conflict(message)) => assert!(
+            message.contains(
+                "A pending run already exists for concurrency key \"ck\" in job \"c-job\""
+            ),
+            "{message}"
+        ),
+        other => panic!("expected Error::Conflict, got {other:?}"),
+    }
+    let coalesced = store
+        .enqueue(
+            NewRun {
+                coalesce: Some(Coalesce::Skip),
+                input: json!({"skipped": true}),
+                ..keyed("c-job", "ck")
+            },
+            now,
+        )
+        .await
+        .expect("coalesce");
+    assert_eq!(coalesced.disposition, Disposition::Coalesced);
+    assert_eq!(coalesced.run, first);
+    // Another job, same key: its own pending slot.
+    enqueue(&store, keyed("d-job", "ck"), now).await;
+    assert_eq!(count_runs(&store).await, 2);
+
+    // Label keys are validated by the store too.
+    let mut bad = Labels::new();
+    bad.insert("key\"injection".into(), "x".into());
+    match store
+        .enqueue(
+            NewRun {
+                labels: bad,
+                ..new_run("c-job", json!({}))
+            },
+            now,
+        )
+        .await
+    {
+        Err(Error::Validation(message)) => {
+            assert!(message.contains("Invalid label key"), "{message}")
+        }
+        other => panic!("expected Error::Validation, got {other:?}"),
+    }
+    assert_eq!(count_runs(&store).await, 2);
+}
+
+async fn enqueue_many_is_all_or_nothing(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let now = Timestamp::now();
+    assert!(
+        store
+            .enqueue_many(Vec::new(), now)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+    let both = store
+        .enqueue_many(
+            vec![
+                new_run("batch-a", json!({"n": 1})),
+                new_run("batch-b", json!({"n": 2})),
+            ],
+            now,
+        )
+        .await
+        .expect("enqueue_many");
+    assert_eq!(both.len(), 2);
+    assert!(both.iter().all(|e| e.disposition == Disposition::Created));
+    assert_eq!(get(&store, &both[0].run.id).await.input, json!({"n": 1}));
+    assert_eq!(get(&store, &both[1].run.id).await.job_name, "batch-b");
+
+    let result = store
+        .enqueue_many(
+            vec![
+                new_run("c-job", json!({"n": 0})),
+                keyed("c-job", "ck"),
+                keyed("c-job", "ck"),
+            ],
+            now,
+        )
+        .await;
+    assert!(matches!(result, Err(Error::Conflict(_))), "{result:?}");
+    assert_eq!(
+        count_runs(&store).await,
+        2,
+        "the failed batch stored nothing"
+    );
+}
+
+async fn claim_leases_the_oldest_runs(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    assert!(
+        store
+            .claim("w", t0, LEASE, 5)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // Inserted newest first: claim order must follow created_at, not insertion order.
+    let mut ids = Vec::new();
+    for i in (0..5u64).rev() {
+        let run = enqueue(&store, new_run("job", json!({"i": i})), t0 + ms(i)).await;
+        ids.push((i, run.id));
+    }
+    ids.sort();
+    let now = t0 + ms(1_000);
+    let claimed = store.claim("worker-a", now, LEASE, 3).await.expect("claim");
+    let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+    let oldest: Vec<&str> = ids[..3].iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(claimed_ids, oldest, "the three oldest, oldest first");
+    for run in &claimed {
+        assert_eq!(run.status, RunStatus::Leased);
+        assert_eq!(run.lease_owner.as_deref(), Some("worker-a"));
+        assert_eq!(run.lease_generation, 1);
+        assert_eq!(run.started_at, Some(now));
+        assert_eq!(run.lease_expires_at, Some(now + LEASE));
+        assert_eq!(run.updated_at, now);
+        assert_eq!(run.completed_step_count, 0);
+        assert_eq!(&get(&store, &run.id).await, run, "stored as returned");
+    }
+    let rest = store
+        .claim("worker-b", now, LEASE, 10)
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 2);
+    assert!(
+        store
+            .claim("worker-c", now, LEASE, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim("worker-c", now, LEASE, 0)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+async fn an_expired_lease_is_reclaimed(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({})), t0).await;
+    let lease = ms(1_000);
+    let first = claim(&store, "worker-a", t0, lease).await.expect("claimed");
+    assert!(
+        claim(&store, "worker-b", t0 + ms(999), lease)
+            .await
+            .is_none(),
+        "lease still held"
+    );
+    let later = t0 + ms(1_001);
+    let second = claim(&store, "worker-b", later, lease)
+        .await
+        .expect("reclaimed");
+    assert_eq!(second.id, run.id);
+    assert_eq!(second.lease_generation, 2);
+    assert_eq!(second.lease_owner.as_deref(), Some("worker-b"));
+    assert_eq!(second.started_at, Some(t0), "first claim time is kept");
+    assert_eq!(second.lease_expires_at, Some(later + lease));
+
+    let old = Fence::of(&first);
+    let new = Fence::of(&second);
+    assert!(
+        !store
+            .complete_run(&old, Some(json!("a")), later, false)
+            .await
+            .expect("complete")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Leased);
+    assert_eq!(row.output, None);
+    assert!(
+        store
+            .complete_run(&new, Some(json!("b")), later, false)
+            .await
+            .expect("complete")
+    );
+    assert_eq!(get(&store, &run.id).await.output, Some(json!("b")));
+}
+
+async fn a_key_held_by_an_unexpired_lease_is_skipped(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let a = enqueue(&store, keyed("job-a", "group-1"), t0).await;
+    let b = enqueue(&store, keyed("job-b", "group-1"), t0 + ms(1)).await;
+    let c = enqueue(&store, new_run("job-c", json!({})), t0 + ms(2)).await;
+    let now = t0 + ms(10);
+    // One claim call never leases two runs with the same key, even across job names.
+    let claimed = store.claim("w1", now, LEASE, 3).await.expect("claim");
+    let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(claimed_ids, [a.id.as_str(), c.id.as_str()]);
+    assert!(
+        claim(&store, "w2", now, LEASE).await.is_none(),
+        "b is blocked by a"
+    );
+    assert!(
+        store
+            .complete_run(&Fence::of(&claimed[1]), None, now, false)
+            .await
+            .expect("complete c")
+    );
+
+    // Once a's lease expires, a itself is reclaimed first (it is older) and b stays blocked.
+    let expired = now + LEASE + ms(1);
+    let reclaimed = claim(&store, "w3", expired, LEASE).await.expect("reclaim");
+    assert_eq!(reclaimed.id, a.id);
+    assert!(claim(&store, "w3", expired, LEASE).await.is_none());
+
+    // When a ends, b becomes claimable.
+    assert!(
+        store
+            .complete_run(&Fence::of(&reclaimed), None, expired, false)
+            .await
+            .expect("complete")
+    );
+    let next = claim(&store, "w4", expired, LEASE).await.expect("b");
+    assert_eq!(next.id, b.id);
+}
+
+async fn renew_lease_is_fenced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    enqueue(&store, new_run("job", json!({})), t0).await;
+    let run = claim(&store, "w", t0, ms(1_000)).await.expect("claimed");
+    let fence = Fence::of(&run);
+
+    let renewed_at = t0 + ms(500);
+    let expiry = store
+        .renew_lease(&fence, renewed_at, ms(60_000))
+        .await
+        .expect("renew");
+    assert_eq!(expiry, Some(renewed_at + ms(60_000)));
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.lease_expires_at, expiry);
+    assert_eq!(row.updated_at, renewed_at);
+
+    assert_eq!(
+        store
+            .renew_lease(&stale(&fence), renewed_at, ms(90_000))
+            .await
+            .expect("renew"),
+        None
+    );
+    let unchanged = get(&store, &run.id).await;
+    assert_eq!(unchanged.lease_expires_at, expiry);
+    assert_eq!(unchanged.lease_generation, 1);
+
+    // An expired lease cannot be revived.
+    let after_expiry = renewed_at + ms(60_001);
+    assert_eq!(
+        store
+            .renew_lease(&fence, after_expiry, ms(60_000))
+            .await
+            .expect("renew"),
+        None
+    );
+    assert_eq!(get(&store, &run.id).await.lease_expires_at, expiry);
+}
+
+async fn persist_step_is_fenced_and_advances_counters(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    enqueue(&store, new_run("job", json!({})), t0).await;
+    let run = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&run);
+    let at = t0 + ms(5);
+
+    let first = store
+        .persist_step(
+            &fence,
+            step(
+                "fetch-data",
+                0,
+                StepStatus::Completed,
+                Some(json!({"data": [1, 2, 3]})),
+                t0,
+            ),
+            at,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    assert_eq!(first.run_id, run.id);
+    assert_eq!(first.name, "fetch-data");
+    assert_eq!(first.index, 0);
+    assert_eq!(first.status, StepStatus::Completed);
+    assert_eq!(first.output, Some(json!({"data": [1, 2, 3]})));
+    assert_eq!(first.started_at, t0);
+    assert_eq!(first.completed_at, Some(at));
+    let row = get(&store, &run.id).await;
+    assert_eq!((row.current_step_index, row.completed_step_count), (1, 1));
+
+    store
+        .persist_step(
+            &fence,
+            step("second", 1, StepStatus::Completed, Some(json!("two")), t0),
+            at,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    let row = get(&store, &run.id).await;
+    assert_eq!((row.current_step_index, row.completed_step_count), (2, 2));
+
+    // A failed step leaves the counters.
+    let failed = store
+        .persist_step(&fence, step("third", 2, StepStatus::Failed, None, t0), at)
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    assert_eq!(failed.status, StepStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("third failed"));
+    let row = get(&store, &run.id).await;
+    assert_eq!((row.current_step_index, row.completed_step_count), (2, 2));
+
+    // A stale fence stores nothing.
+    assert!(
+        store
+            .persist_step(
+                &stale(&fence),
+                step("stale", 3, StepStatus::Completed, Some(json!(1)), t0),
+                at
+            )
+            .await
+            .expect("persist")
+            .is_none()
+    );
+    // A second completed step with the same name is refused.
+    assert!(
+        store
+            .persist_step(
+                &fence,
+                step("fetch-data", 4, StepStatus::Completed, Some(json!(0)), t0),
+                at
+            )
+            .await
+            .is_err()
+    );
+    let steps = store.get_steps(&run.id).await.expect("steps");
+    let names: Vec<(&str, i64)> = steps.iter().map(|s| (s.name.as_str(), s.index)).collect();
+    assert_eq!(names, [("fetch-data", 0), ("second", 1), ("third", 2)]);
+    let row = get(&store, &run.id).await;
+    assert_eq!((row.current_step_index, row.completed_step_count), (2, 2));
+
+    let completed = store
+        .get_completed_step(&run.id, "fetch-data")
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(completed.output, Some(json!({"data": [1, 2, 3]})));
+    assert!(
+        store
+            .get_completed_step(&run.id, "third")
+            .await
+            .expect("get")
+            .is_none(),
+        "failed"
+    );
+    assert!(
+        store
+            .get_completed_step(&run.id, "unknown")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        store
+            .get_completed_step("other-run", "fetch-data")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // A completed step with no output reads back as None.
+    let empty = store
+        .persist_step(&fence, step("void", 5, StepStatus::Completed, None, t0), at)
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    assert_eq!(empty.output, None);
+    assert_eq!(
+        store
+            .get_completed_step(&run.id, "void")
+            .await
+            .expect("get")
+            .expect("found")
+            .output,
+        None
+    );
+}
+
+async fn complete_run_is_fenced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let keep = enqueue(&store, new_run("job", json!({})), t0).await;
+    let drop = enqueue(&store, new_run("job", json!({})), t0 + ms(1)).await;
+    let claimed = store.claim("w", t0 + ms(2), LEASE, 2).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let at = t0 + ms(10);
+    for run in &claimed {
+        store
+            .persist_step(
+                &Fence::of(run),
+                step("s", 0, StepStatus::Completed, Some(json!(1)), t0),
+                at,
+            )
+            .await
+            .expect("persist")
+            .expect("fence holds");
+    }
+    let fence_keep = Fence::of(&claimed[0]);
+    let fence_drop = Fence::of(&claimed[1]);
+    assert_eq!(fence_keep.run_id, keep.id);
+
+    assert!(
+        !store
+            .complete_run(&stale(&fence_keep), Some(json!({"ok": false})), at, false)
+            .await
+            .expect("complete")
+    );
+    let row = get(&store, &keep.id).await;
+    assert_eq!(row.status, RunStatus::Leased);
+    assert_eq!(row.output, None);
+    assert_eq!(row.completed_at, None);
+
+    assert!(
+        store
+            .complete_run(&fence_keep, Some(json!({"ok": true})), at, false)
+            .await
+            .expect("complete")
+    );
+    let row = get(&store, &keep.id).await;
+    assert_eq!(row.status, RunStatus::Completed);
+    assert_eq!(row.output, Some(json!({"ok": true})));
+    assert_eq!(row.error, None);
+    assert_eq!(row.completed_at, Some(at));
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(
+        store.get_steps(&keep.id).await.expect("steps").len(),
+        1,
+        "steps kept"
+    );
+    // Terminal: not claimable, not cancellable, not completable again.
+    assert!(
+        !store
+            .complete_run(&fence_keep, Some(json!(2)), at, false)
+            .await
+            .expect("complete")
+    );
+    assert!(!store.cancel_run(&keep.id, at, false).await.expect("cancel"));
+    assert_eq!(
+        get(&store, &keep.id).await.output,
+        Some(json!({"ok": true}))
+    );
+
+    assert!(
+        store
+            .complete_run(&fence_drop, None, at, true)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        store.get_steps(&drop.id).await.expect("steps").is_empty(),
+        "steps dropped in the same call"
+    );
+    assert_eq!(get(&store, &drop.id).await.output, None);
+    assert!(
+        store
+            .claim("w", at + LEASE * 2, LEASE, 5)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+async fn fail_run_is_fenced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({})), t0).await;
+    // Claim with a 1 ms lease, then another worker reclaims: the first fence is stale.
+    let first = claim(&store, "worker-a", t0, ms(1)).await.expect("claimed");
+    let at = t0 + ms(100);
+    let second = claim(&store, "worker-b", at, LEASE)
+        .await
+        .expect("reclaimed");
+    store
+        .persist_step(
+            &Fence::of(&second),
+            step("s", 0, StepStatus::Failed, None, t0),
+            at,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+
+    assert!(
+        !store
+            .fail_run(&Fence::of(&first), "stale failure", at, true)
+            .await
+            .expect("fail")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Leased);
+    assert_eq!(row.error, None);
+    assert_eq!(row.lease_generation, 2);
+    assert_eq!(row.lease_owner.as_deref(), Some("worker-b"));
+    assert_eq!(row.lease_expires_at, Some(at + LEASE));
+    assert_eq!(
+        store.get_steps(&run.id).await.expect("steps").len(),
+        1,
+        "nothing dropped"
+    );
+
+    assert!(
+        store
+            .fail_run(&Fence::of(&second), "step failed", at, false)
+            .await
+            .expect("fail")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Failed);
+    assert_eq!(row.error.as_deref(), Some("step failed"));
+    assert_eq!(row.completed_at, Some(at));
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(store.get_steps(&run.id).await.expect("steps").len(), 1);
+    assert!(
+        store
+            .claim("w", at + LEASE * 2, LEASE, 5)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(!store.cancel_run(&run.id, at, false).await.expect("cancel"));
+
+    // drop_steps removes steps together with the failure.
+    let other = enqueue(&store, new_run("job", json!({})), at).await;
+    let leased = claim(&store, "w", at, LEASE).await.expect("claimed");
+    assert_eq!(leased.id, other.id);
+    store
+        .persist_step(
+            &Fence::of(&leased),
+            step("s", 0, StepStatus::Completed, Some(json!(1)), at),
+            at,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    assert!(
+        store
+            .fail_run(&Fence::of(&leased), "boom", at, true)
+            .await
+            .expect("fail")
+    );
+    assert!(store.get_steps(&other.id).await.expect("steps").is_empty());
+}
+
+async fn cancel_run_only_cancels_active_runs(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let pending = enqueue(&store, new_run("job", json!({})), t0).await;
+    let at = t0 + ms(50);
+    assert!(
+        store
+            .cancel_run(&pending.id, at, false)
+            .await
+            .expect("cancel")
+    );
+    let row = get(&store, &pending.id).await;
+    assert_eq!(row.status, RunStatus::Cancelled);
+    assert_eq!(row.completed_at, Some(at));
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert!(
+        store
+            .claim("w", at, LEASE, 5)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        !store
+            .cancel_run(&pending.id, at, false)
+            .await
+            .expect("cancel twice")
+    );
+
+    let leased_run = enqueue(&store, new_run("job", json!({})), t0 + ms(1)).await;
+    let leased = claim(&store, "w", at, LEASE).await.expect("claimed");
+    assert_eq!(leased.id, leased_run.id);
+    let fence = Fence::of(&leased);
+    store
+        .persist_step(
+            &fence,
+            step("s", 0, StepStatus::Completed, Some(json!(1)), at),
+            at,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    store
+        .append_log(Some(&fence), log(&leased.id, "kept", None), at)
+        .await
+        .expect("log")
+        .expect("fence holds");
+    assert!(
+        store
+            .cancel_run(&leased.id, at, true)
+            .await
+            .expect("cancel leased")
+    );
+    let row = get(&store, &leased.id).await;
+    assert_eq!(row.status, RunStatus::Cancelled);
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert!(
+        store.get_steps(&leased.id).await.expect("steps").is_empty(),
+        "drop_steps"
+    );
+    assert_eq!(
+        store.get_logs(&leased.id).await.expect("logs").len(),
+        1,
+        "logs stay"
+    );
+    // The former lease holder's writes are refused.
+    assert!(
+        !store
+            .complete_run(&fence, None, at, false)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !store
+            .update_progress(&fence, None, at)
+            .await
+            .expect("progress")
+    );
+    assert_eq!(get(&store, &leased.id).await.status, RunStatus::Cancelled);
+
+    assert!(
+        !store
+            .cancel_run("missing", at, false)
+            .await
+            .expect("cancel missing")
+    );
+}
+
+async fn delete_run_only_deletes_terminal_runs(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let mut labelled = new_run("job", json!({}));
+    labelled.labels.insert("env".into(), "prod".into());
+    let run = enqueue(&store, labelled.clone(), t0).await;
+    let leased = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&leased);
+    store
+        .persist_step(
+            &fence,
+            step("s", 0, StepStatus::Completed, Some(json!(1)), t0),
+            t0,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    store
+        .append_log(Some(&fence), log(&run.id, "one", None), t0)
+        .await
+        .expect("log");
+
+    assert!(
+        !store.delete_run(&run.id).await.expect("delete leased"),
+        "leased runs stay"
+    );
+    let pending = enqueue(&store, labelled, t0 + ms(1)).await;
+    assert!(
+        !store.delete_run(&pending.id).await.expect("delete pending"),
+        "pending runs stay"
+    );
+    assert_eq!(count_runs(&store).await, 2);
+
+    assert!(
+        store
+            .complete_run(&fence, None, t0, false)
+            .await
+            .expect("complete")
+    );
+    assert!(store.delete_run(&run.id).await.expect("delete"));
+    assert!(store.get_run(&run.id).await.expect("get").is_none());
+    assert!(store.get_steps(&run.id).await.expect("steps").is_empty());
+    assert!(store.get_logs(&run.id).await.expect("logs").is_empty());
+    let by_label = store
+        .get_runs(&RunFilter::new().label("env", "prod"))
+        .await
+        .expect("filter");
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(by_label[0].id, pending.id);
+    assert!(!store.delete_run(&run.id).await.expect("delete again"));
+    assert!(!store.delete_run("missing").await.expect("delete missing"));
+}
+
+async fn append_log_is_fenced_only_when_asked(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({})), t0).await;
+    let leased = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&leased);
+
+    let first = store
+        .append_log(
+            Some(&fence),
+            log(&run.id, "first", Some(json!({"order": 1}))),
+            t0,
+        )
+        .await
+        .expect("log")
+        .expect("lands while leased");
+    assert_eq!(first.run_id, run.id);
+    assert_eq!(first.message, "first");
+    assert_eq!(first.level, LogLevel::Info);
+    assert_eq!(first.created_at, t0);
+    let mut in_step = log(&run.id, "second", Some(json!({"order": 2})));
+    in_step.step_name = Some("step-a".into());
+    in_step.level = LogLevel::Warn;
+    store
+        .append_log(Some(&fence), in_step, t0)
+        .await
+        .expect("log")
+        .expect("lands while leased");
+    assert!(
+        store
+            .append_log(Some(&stale(&fence)), log(&run.id, "stale", None), t0)
+            .await
+            .expect("log")
+            .is_none(),
+        "stale generation"
+    );
+    assert!(
+        store
+            .complete_run(&fence, None, t0, false)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        store
+            .append_log(Some(&fence), log(&run.id, "after end", None), t0)
+            .await
+            .expect("log")
+            .is_none(),
+        "no longer leased"
+    );
+    let unfenced = store
+        .append_log(None, log(&run.id, "unfenced", None), t0 + ms(1))
+        .await
+        .expect("log");
+    assert!(unfenced.is_some(), "without a fence a log always lands");
+
+    let logs = store.get_logs(&run.id).await.expect("logs");
+    let summary: Vec<(&str, Option<&str>, LogLevel, Option<Value>)> = logs
+        .iter()
+        .map(|l| {
+            (
+                l.message.as_str(),
+                l.step_name.as_deref(),
+                l.level,
+                l.data.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("first", None, LogLevel::Info, Some(json!({"order": 1}))),
+            (
+                "second",
+                Some("step-a"),
+                LogLevel::Warn,
+                Some(json!({"order": 2}))
+            ),
+            ("unfenced", None, LogLevel::Info, None),
+        ]
+    );
+    assert!(store.get_logs("missing").await.expect("logs").is_empty());
+}
+
+async fn update_progress_is_fenced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({})), t0).await;
+    let leased = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&leased);
+    let progress = Progress {
+        current: 2,
+        total: Some(10),
+        message: Some("working".into()),
+    };
+    assert!(
+        store
+            .update_progress(&fence, Some(progress.clone()), t0)
+            .await
+            .expect("progress")
+    );
+    assert_eq!(get(&store, &run.id).await.progress, Some(progress.clone()));
+    let ignored = Progress {
+        current: 9,
+        total: None,
+        message: None,
+    };
+    assert!(
+        !store
+            .update_progress(&stale(&fence), Some(ignored), t0)
+            .await
+            .expect("stale")
+    );
+    assert_eq!(get(&store, &run.id).await.progress, Some(progress));
+    let bare = Progress {
+        current: 50,
+        total: None,
+        message: None,
+    };
+    assert!(
+        store
+            .update_progress(&fence, Some(bare.clone()), t0)
+            .await
+            .expect("progress")
+    );
+    assert_eq!(get(&store, &run.id).await.progress, Some(bare));
+    assert!(
+        store
+            .update_progress(&fence, None, t0)
+            .await
+            .expect("clear")
+    );
+    assert_eq!(get(&store, &run.id).await.progress, None);
+}
+
+async fn release_expired_leases_resets_or_fails(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let lone = enqueue(&store, keyed("job", "lone-key"), t0).await;
+    let blocked = enqueue(&store, keyed("job", "shared-key"), t0 + ms(1)).await;
+    let cross = enqueue(&store, keyed("job", "cross-key"), t0 + ms(2)).await;
+    let fresh = enqueue(&store, new_run("job", json!({})), t0 + ms(3)).await;
+    let short = ms(100);
+    let claimed = store
+        .claim("w", t0 + ms(10), short, 3)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let unexpired = claim(&store, "w2", t0 + ms(50), LEASE)
+        .await
+        .expect("claim fresh");
+    assert_eq!(unexpired.id, fresh.id);
+    // Now pending runs with the same job+key (shared-key) and another job (cross-key).
+    let pending = enqueue(&store, keyed("job", "shared-key"), t0 + ms(20)).await;
+    let other_job = enqueue(&store, keyed("other-job", "cross-key"), t0 + ms(21)).await;
+
+    let now = t0 + ms(500);
+    let changed = store.release_expired_leases(now).await.expect("release");
+    let mut changed_ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
+    changed_ids.sort();
+    let mut expected = vec![lone.id.as_str(), blocked.id.as_str(), cross.id.as_str()];
+    expected.sort();
+    assert_eq!(changed_ids, expected);
+
+    for id in [&lone.id, &cross.id] {
+        let row = get(&store, id).await;
+        assert_eq!(row.status, RunStatus::Pending, "{id}");
+        assert_eq!(row.lease_owner, None);
+        assert_eq!(row.lease_expires_at, None);
+        assert_eq!(row.lease_generation, 1, "generation kept");
+        assert_eq!(row.started_at, Some(t0 + ms(10)), "started_at kept");
+        assert_eq!(row.completed_at, None);
+    }
+    let failed = get(&store, &blocked.id).await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("pending run already exists"),
+        "{:?}",
+        failed.error
+    );
+    assert_eq!(failed.completed_at, Some(now));
+    assert_eq!(failed.lease_owner, None);
+    assert_eq!(get(&store, &pending.id).await.status, RunStatus::Pending);
+    assert_eq!(get(&store, &other_job.id).await.status, RunStatus::Pending);
+    // The unexpired lease is untouched.
+    assert_eq!(get(&store, &fresh.id).await, unexpired);
+    assert!(
+        store
+            .release_expired_leases(now)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+}
+
+async fn purge_runs_cascades(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let mut labelled = new_run("job", json!({}));
+    labelled.labels.insert("tier".into(), "gold".into());
+    let old = enqueue(&store, labelled.clone(), t0).await;
+    let leased = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&leased);
+    store
+        .persist_step(
+            &fence,
+            step("s", 0, StepStatus::Completed, Some(json!(1)), t0),
+            t0,
+        )
+        .await
+        .expect("persist")
+        .expect("fence holds");
+    store
+        .append_log(Some(&fence), log(&old.id, "l", None), t0)
+        .await
+        .expect("log");
+    let completed_at = t0 + ms(10);
+    assert!(
+        store
+            .complete_run(&fence, None, completed_at, false)
+            .await
+            .expect("complete")
+    );
+    let pending = enqueue(&store, labelled, t0 + ms(1)).await;
+
+    // Strictly before the cutoff.
+    assert_eq!(store.purge_runs(completed_at, 100).await.expect("purge"), 0);
+    assert_eq!(
+        store
+            .purge_runs(completed_at + ms(1), 0)
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_runs(completed_at + ms(1), 100)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(store.get_run(&old.id).await.expect("get").is_none());
+    assert!(store.get_steps(&old.id).await.expect("steps").is_empty());
+    assert!(store.get_logs(&old.id).await.expect("logs").is_empty());
+    let by_label = store
+        .get_runs(&RunFilter::new().label("tier", "gold"))
+        .await
+        .expect("filter");
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(by_label[0].id, pending.id);
+    let far = t0 + Duration::from_secs(86_400 * 3650);
+    assert_eq!(
+        store.purge_runs(far, 100).await.expect("purge"),
+        0,
+        "pending never purged"
+    );
+}
+
+async fn update_run_patches_fields(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({"a": 1})), t0).await;
+    let at = t0 + ms(5);
+    let progress = Progress {
+        current: 1,
+        total: Some(2),
+        message: None,
+    };
+    assert!(
+        store
+            .update_run(
+                &run.id,
+                RunPatch {
+                    status: Some(RunStatus::Leased),
+                    lease_owner: Some(Some("manual".into())),
+                    lease_expires_at: Some(Some(at + LEASE)),
+                    progress: Some(Some(progress.clone())),
+                    error: Some(Some("note".into())),
+                    completed_at: Some(Some(at)),
+                    input: Some(json!({"b": [2]})),
+                },
+                at,
+            )
+            .await
+            .expect("patch")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Leased);
+    assert_eq!(row.lease_owner.as_deref(), Some("manual"));
+    assert_eq!(row.lease_expires_at, Some(at + LEASE));
+    assert_eq!(row.progress, Some(progress));
+    assert_eq!(row.error.as_deref(), Some("note"));
+    assert_eq!(row.completed_at, Some(at));
+    assert_eq!(row.input, json!({"b": [2]}));
+    assert_eq!(row.updated_at, at);
+    assert_eq!(row.lease_generation, 0, "not touched by a patch");
+
+    // Some(None) clears; absent fields stay.
+    let later = at + ms(5);
+    assert!(
+        store
+            .update_run(
+                &run.id,
+                RunPatch {
+                    status: Some(RunStatus::Pending),
+                    lease_owner: Some(None),
+                    lease_expires_at: Some(None),
+                    progress: Some(None),
+                    ..RunPatch::default()
+                },
+                later,
+            )
+            .await
+            .expect("patch")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Pending);
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(row.progress, None);
+    assert_eq!(row.error.as_deref(), Some("note"));
+    assert_eq!(row.updated_at, later);
+    assert!(
+        !store
+            .update_run("missing", RunPatch::default(), later)
+            .await
+            .expect("patch")
+    );
+}
+
+async fn get_runs_filters_and_pages(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let a1 = enqueue(&store, new_run("job-a", json!(1)), t0).await;
+    let a2 = enqueue(&store, new_run("job-a", json!(2)), t0 + ms(1)).await;
+    let b = enqueue(&store, new_run("job-b", json!(3)), t0 + ms(2)).await;
+    let c = enqueue(&store, new_run("job-c", json!(4)), t0 + ms(3)).await;
+    let leased = claim(&store, "w", t0 + ms(5), LEASE).await.expect("claim");
+    assert_eq!(leased.id, a1.id);
+    assert!(
+        store
+            .complete_run(&Fence::of(&leased), None, t0 + ms(6), false)
+            .await
+            .expect("complete")
+    );
+    let ids = |filter: RunFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .get_runs(&filter)
+                .await
+                .expect("get_runs")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids(RunFilter::new()).await,
+        [c.id.as_str(), b.id.as_str(), a2.id.as_str(), a1.id.as_str()]
+    );
+    assert_eq!(
+        ids(RunFilter::new().status(RunStatus::Pending)).await.len(),
+        3
+    );
+    assert_eq!(
+        ids(RunFilter::new().status(RunStatus::Completed)).await,
+        [a1.id.as_str()]
+    );
+    assert_eq!(
+        ids(RunFilter::new().job_name("job-a")).await,
+        [a2.id.as_str(), a1.id.as_str()]
+    );
+    assert_eq!(
+        ids(RunFilter::new().job_name("job-a").job_name("job-c")).await,
+        [c.id.as_str(), a2.id.as_str(), a1.id.as_str()]
+    );
+    assert_eq!(
+        ids(RunFilter::new()
+            .status(RunStatus::Pending)
+            .job_name("job-a"))
+        .await,
+        [a2.id.as_str()]
+    );
+    let first = ids(RunFilter::new().limit(2)).await;
+    let second = ids(RunFilter::new().limit(2).offset(2)).await;
+    assert_eq!(first, [c.id.as_str(), b.id.as_str()]);
+    assert_eq!(second, [a2.id.as_str(), a1.id.as_str()]);
+    assert_eq!(ids(RunFilter::new().offset(3)).await, [a1.id.as_str()]);
+    assert!(ids(RunFilter::new().offset(4)).await.is_empty());
+    match store
+        .get_runs(&RunFilter::new().label("bad key", "x"))
+        .await
+    {
+        Err(Error::Validation(message)) => {
+            assert!(message.contains("Invalid label key"), "{message}")
+        }
+        other => panic!("expected Error::Validation, got {other:?}"),
+    }
+}
+
+async fn group_commit_handles_many_concurrent_enqueues(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .enqueue(new_run("bulk", json!({"i": i})), Timestamp::now())
+                    .await
+            })
+        })
+        .collect();
+    let results = within(
+        "200 concurrent enqueues",
+        Duration::from_secs(30),
+        futures::future::join_all(tasks),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for result in results {
+        let enqueued = result.expect("task").expect("enqueue");
+        assert_eq!(enqueued.disposition, Disposition::Created);
+        ids.insert(enqueued.run.id);
+    }
+    assert_eq!(ids.len(), 200, "distinct ids");
+    let stored = store.get_runs(&RunFilter::new()).await.expect("get_runs");
+    assert_eq!(stored.len(), 200);
+    assert!(stored.iter().all(|r| ids.contains(&r.id)));
+
+    // Concurrent writes where some fail: the failures roll back only themselves.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .enqueue(
+                        keyed("bulk", if i % 2 == 0 { "same" } else { "other" }),
+                        Timestamp::now(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
+    let created = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(e)) if e.disposition == Disposition::Created))
+        .count();
+    assert_eq!(created, 2, "one pending run per key");
+    assert_eq!(count_runs(&store).await, 202);
+}
+
+async fn concurrent_claims_have_exactly_one_winner(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    for round in 0..25 {
+        let run = enqueue(
+            &store,
+            new_run("race", json!({"round": round})),
+            Timestamp::now(),
+        )
+        .await;
+        let claims: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .claim(&format!("worker-{w}"), Timestamp::now(), LEASE, 1)
+                        .await
+                })
+            })
+            .collect();
+        let winners: Vec<durably::Run> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .flat_map(|r| r.expect("task").expect("claim"))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner");
+        assert_eq!(winners[0].id, run.id);
+        assert_eq!(winners[0].status, RunStatus::Leased);
+        assert_eq!(winners[0].lease_generation, 1);
+        assert!(
+            store
+                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now(), false)
+                .await
+                .expect("complete")
+        );
+    }
+}
+
+async fn concurrent_claims_respect_concurrency_keys(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    for round in 0..10 {
+        let t = Timestamp::now();
+        let a = enqueue(&store, keyed("same-key-a", "group-1"), t).await;
+        let b = enqueue(&store, keyed("same-key-b", "group-1"), t).await;
+        let other = enqueue(&store, keyed("other-key", "group-2"), t).await;
+        let claims: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .claim(&format!("worker-{w}"), Timestamp::now(), LEASE, 1)
+                        .await
+                })
+            })
+            .collect();
+        let winners: Vec<durably::Run> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .flat_map(|r| r.expect("task").expect("claim"))
+            .collect();
+        let group_1: Vec<&durably::Run> = winners
+            .iter()
+            .filter(|r| r.concurrency_key.as_deref() == Some("group-1"))
+            .collect();
+        assert_eq!(
+            winners.len(),
+            2,
+            "round {round}: one winner per key: {winners:?}"
+        );
+        assert_eq!(group_1.len(), 1);
+        assert_eq!(group_1[0].id, a.id, "the older group-1 run");
+        assert!(winners.iter().any(|r| r.id == other.id));
+        for winner in &winners {
+            assert!(
+                store
+                    .complete_run(&Fence::of(winner), None, Timestamp::now(), false)
+                    .await
+                    .expect("complete")
+            );
+        }
+        let drained = claim(&store, "drain", Timestamp::now(), LEASE)
+            .await
+            .expect("b");
+        assert_eq!(drained.id, b.id);
+        assert!(
+            store
+                .complete_run(&Fence::of(&drained), None, Timestamp::now(), false)
+                .await
+                .expect("complete")
+        );
+        assert!(
+            claim(&store, "drain", Timestamp::now(), LEASE)
+                .await
+                .is_none()
+        );
+    }
+}
+
+backend_tests!(
+    enqueue_and_get_run_round_trip,
+    enqueue_resolves_concurrency_keys,
+    enqueue_many_is_all_or_nothing,
+    claim_leases_the_oldest_runs,
+    an_expired_lease_is_reclaimed,
+    a_key_held_by_an_unexpired_lease_is_skipped,
+    renew_lease_is_fenced,
+    persist_step_is_fenced_and_advances_counters,
+    complete_run_is_fenced,
+    fail_run_is_fenced,
+    cancel_run_only_cancels_active_runs,
+    delete_run_only_deletes_terminal_runs,
+    append_log_is_fenced_only_when_asked,
+    update_progress_is_fenced,
+    release_expired_leases_resets_or_fails,
+    purge_runs_cascades,
+    update_run_patches_fields,
+    get_runs_filters_and_pages,
+    group_commit_handles_many_concurrent_enqueues,
+    concurrent_claims_have_exactly_one_winner,
+    concurrent_claims_respect_concurrency_keys,
+);
+
+// ---- SQLite file only: several independent stores (own writer threads and connections) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_separate_stores_on_one_file_have_exactly_one_claim_winner() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("race.sqlite");
+    let stores: Vec<Arc<dyn Store>> = (0..4)
+        .map(|_| Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>)
+        .collect();
+    for store in &stores {
+        store.migrate().await.expect("migrate");
+    }
+    for round in 0..25 {
+        let run = enqueue(
+            &stores[round % 4],
+            new_run("race", json!({"round": round})),
+            Timestamp::now(),
+        )
+        .await;
+        let claims: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(w, store)| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .claim(&format!("runtime-{w}"), Timestamp::now(), LEASE, 1)
+                        .await
+                })
+            })
+            .collect();
+        let winners: Vec<durably::Run> = within(
+            "claims",
+            Duration::from_secs(30),
+            futures::future::join_all(claims),
+        )
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("task").expect("claim"))
+        .collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner");
+        assert_eq!(winners[0].id, run.id);
+        assert_eq!(winners[0].lease_generation, 1);
+        let finisher = &stores[(round + 1) % 4];
+        assert!(
+            finisher
+                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now(), false)
+                .await
+                .expect("complete")
+        );
+    }
+    let completed = stores[0]
+        .get_runs(&RunFilter::new().status(RunStatus::Completed))
+        .await
+        .expect("get_runs");
+    assert_eq!(completed.len(), 25);
+}
