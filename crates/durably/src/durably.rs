@@ -588,12 +588,16 @@ impl Durably {
         wait: WaitOptions,
     ) -> Result<TriggerAndWaitResult> {
         let triggered = self.trigger_json(job_name, input, options).await?;
-        let run = self
-            .wait_inner(&triggered.run.id, wait, "triggerAndWait")
-            .await?;
+        let output = match self
+            .wait_inner(&triggered.run.id, wait, "triggerAndWait", false)
+            .await?
+        {
+            Settled::Run(run) => run.output,
+            Settled::Output(output) => output,
+        };
         Ok(TriggerAndWaitResult {
-            id: run.id,
-            output: run.output,
+            id: triggered.run.id,
+            output,
             disposition: triggered.disposition,
         })
     }
@@ -765,10 +769,22 @@ impl Durably {
     /// cancelled one [`Error::Cancelled`], a deleted one [`Error::NotFound`]. Completion in this
     /// process is seen at once; other processes' changes by polling the store.
     pub async fn wait_for_run(&self, run_id: &str, options: WaitOptions) -> Result<Run> {
-        self.wait_inner(run_id, options, "waitForRun").await
+        match self.wait_inner(run_id, options, "waitForRun", true).await? {
+            Settled::Run(run) => Ok(*run),
+            Settled::Output(_) => self.require_run(run_id).await,
+        }
     }
 
-    async fn wait_inner(&self, run_id: &str, options: WaitOptions, name: &str) -> Result<Run> {
+    /// Waits for a run to settle. With `reread_on_complete` false, an in-process `run:complete`
+    /// settles with the event's output instead of reading the run again (the latency path of
+    /// `trigger_and_wait`).
+    async fn wait_inner(
+        &self,
+        run_id: &str,
+        options: WaitOptions,
+        name: &str,
+        reread_on_complete: bool,
+    ) -> Result<Settled> {
         let interval = options
             .polling_interval
             .unwrap_or(self.inner.config.polling_interval);
@@ -785,13 +801,13 @@ impl Durably {
                 options.timeout.unwrap_or_default().as_millis()
             ))
         };
-        let settle = |run: Option<Run>| -> Option<Result<Run>> {
+        let settle = |run: Option<Run>| -> Option<Result<Settled>> {
             let run = match run {
                 None => return Some(Err(Error::run_not_found(run_id))),
                 Some(run) => run,
             };
             match run.status {
-                RunStatus::Completed => Some(Ok(run)),
+                RunStatus::Completed => Some(Ok(Settled::Run(Box::new(run)))),
                 RunStatus::Failed => Some(Err(Error::RunFailed {
                     run_id: run.id,
                     message: run.error.unwrap_or_else(|| "Run failed".into()),
@@ -816,6 +832,10 @@ impl Durably {
                 event = live.recv() => {
                     let Some(event) = event else { continue };
                     match &event.kind {
+                        EventKind::RunComplete { output, .. } if !reread_on_complete => {
+                            let output = (!output.is_null()).then(|| output.clone());
+                            return Ok(Settled::Output(output));
+                        }
                         EventKind::RunComplete { .. } => {
                             if let Some(done) = settle(self.get_run(run_id).await?) {
                                 return done;
@@ -860,6 +880,13 @@ impl Durably {
         }
     }
 
+    /// How many event streams are open ([`subscribe`](Self::subscribe),
+    /// [`subscribe_all`](Self::subscribe_all) and waits in progress); streams already dropped
+    /// are pruned first. For leak checks and metrics.
+    pub fn open_event_streams(&self) -> usize {
+        self.inner.events.open_streams()
+    }
+
     /// A stream of every event emitted from now on (for dashboards and `/runs/subscribe`).
     /// Dropping the stream unsubscribes.
     pub fn subscribe_all(&self) -> impl Stream<Item = Event> + Send + 'static {
@@ -889,6 +916,14 @@ impl Durably {
             Some((event, state))
         })
     }
+}
+
+/// How a wait ended successfully.
+enum Settled {
+    /// The completed run, as read from the store.
+    Run(Box<Run>),
+    /// The output carried by the in-process `run:complete` event.
+    Output(Option<Value>),
 }
 
 struct SubscribeState {

@@ -96,7 +96,9 @@ fn five_step_instance(db: &Path, log: &Path) -> (Durably, durably::JobHandle<Fiv
         .polling_interval(Duration::from_millis(20))
         .build()
         .expect("build");
-    let handle = durably.register(five_steps(log.to_path_buf())).expect("register");
+    let handle = durably
+        .register(five_steps(log.to_path_buf()))
+        .expect("register");
     (durably, handle)
 }
 
@@ -129,7 +131,9 @@ fn child_worker() {
                     .polling_interval(Duration::from_millis(20))
                     .build()
                     .expect("build");
-                durably.register(drain_job(PathBuf::from(log))).expect("register");
+                durably
+                    .register(drain_job(PathBuf::from(log)))
+                    .expect("register");
                 durably.migrate().await.expect("migrate");
                 while !go.exists() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -152,7 +156,13 @@ fn child_worker() {
 fn spawn_child(mode: &str, db: &Path, log: &Path, go: Option<&Path>) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
     command
-        .args(["--ignored", "--exact", "child_worker", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_MODE, mode)
         .env(ENV_DB, db)
         .env(ENV_LOG, log)
@@ -179,7 +189,10 @@ fn executions_by_pid(log: &Path) -> BTreeMap<u32, Vec<String>> {
 
 async fn crash_after_step(k: i64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (db, log) = (dir.path().join("crash.sqlite"), dir.path().join("executions.log"));
+    let (db, log) = (
+        dir.path().join("crash.sqlite"),
+        dir.path().join("executions.log"),
+    );
     let (survivor, handle) = five_step_instance(&db, &log);
     survivor.migrate().await.expect("migrate");
     let run = handle
@@ -190,18 +203,29 @@ async fn crash_after_step(k: i64) {
 
     let mut child = spawn_child("five-steps", &db, &log, None);
     let child_pid = child.id();
-    eventually(&format!("step {k} persisted by the child"), Duration::from_secs(60), || async {
-        let run = survivor.get_run(&run.id).await.expect("read")?;
-        (run.completed_step_count >= k).then_some(())
-    })
+    eventually(
+        &format!("step {k} persisted by the child"),
+        Duration::from_secs(60),
+        || async {
+            let run = survivor.get_run(&run.id).await.expect("read")?;
+            (run.completed_step_count >= k).then_some(())
+        },
+    )
     .await;
     child.kill().expect("SIGKILL the child");
     child.wait().expect("reap the child");
 
     let at_kill = survivor.get_run(&run.id).await.expect("read").expect("run");
     let persisted = at_kill.completed_step_count;
-    assert!(persisted >= k && persisted < 5, "persisted {persisted} steps");
-    assert_eq!(at_kill.status, RunStatus::Leased, "the dead child still holds the lease");
+    assert!(
+        persisted >= k && persisted < 5,
+        "persisted {persisted} steps"
+    );
+    assert_eq!(
+        at_kill.status,
+        RunStatus::Leased,
+        "the dead child still holds the lease"
+    );
 
     survivor.start();
     let done = survivor
@@ -209,20 +233,23 @@ async fn crash_after_step(k: i64) {
         .await
         .expect("the survivor completes the run");
     survivor.stop().await;
-    assert_eq!(done.output, Some(serde_json::json!(1000 + 10 + 20 + 30 + 40 + 50)));
+    assert_eq!(
+        done.output,
+        Some(serde_json::json!(1000 + 10 + 20 + 30 + 40 + 50))
+    );
     assert!(done.lease_generation >= 2, "the run was reclaimed");
 
     let by_pid = executions_by_pid(&log);
     let child_steps = by_pid.get(&child_pid).cloned().unwrap_or_default();
-    let survivor_steps = by_pid
-        .get(&std::process::id())
-        .cloned()
-        .unwrap_or_default();
+    let survivor_steps = by_pid.get(&std::process::id()).cloned().unwrap_or_default();
     let step = |i: i64| format!("step-{i}");
     // The child ran steps 1..=persisted once each, plus (at most) the in-flight step.
     let completed_by_child: Vec<String> = (1..=persisted).map(step).collect();
     assert_eq!(child_steps[..persisted as usize], completed_by_child[..]);
-    assert!(child_steps.len() as i64 <= persisted + 1, "child steps {child_steps:?}");
+    assert!(
+        child_steps.len() as i64 <= persisted + 1,
+        "child steps {child_steps:?}"
+    );
     // The survivor never re-ran a persisted step: it ran exactly the in-flight step and the rest.
     let rest: Vec<String> = (persisted + 1..=5).map(step).collect();
     assert_eq!(survivor_steps, rest, "survivor steps");
@@ -303,7 +330,10 @@ async fn two_worker_processes_drain_one_sqlite_file_every_step_exactly_once() {
     }
     assert_eq!(executions.len() as u64, JOBS * 3, "every step executed");
     let repeated: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "steps executed more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "steps executed more than once: {repeated:?}"
+    );
     assert!(
         per_process.iter().all(|&n| n > 0),
         "both processes took part: {per_process:?}"
