@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind};
@@ -282,7 +283,8 @@ impl StepContext {
             labels: shared.labels.clone(),
         });
         shared.set_current_step(Some(name.to_owned()));
-        let result = f(shared.token.clone()).await;
+        let span = tracing::info_span!("durably.step", step = name, index);
+        let result = f(shared.token.clone()).instrument(span).await;
         shared.set_current_step(None);
 
         let failure: BoxError = match result {
