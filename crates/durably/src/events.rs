@@ -426,6 +426,21 @@ impl EventBus {
         receiver
     }
 
+    /// Open per-run and all-event queues; queues whose receiver is gone are pruned first.
+    pub(crate) fn open_streams(&self) -> usize {
+        let per_run: usize = {
+            let mut streams = lock(&self.inner.run_streams);
+            streams.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            streams.values().map(Vec::len).sum()
+        };
+        let mut all = lock(&self.inner.all_streams);
+        all.retain(|s| !s.is_closed());
+        per_run + all.len()
+    }
+
     /// A queue receiving every later event.
     pub(crate) fn subscribe_all(&self) -> mpsc::UnboundedReceiver<Arc<Event>> {
         let (sender, receiver) = mpsc::unbounded_channel();
