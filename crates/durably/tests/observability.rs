@@ -66,17 +66,20 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
     let db = common::TestDb::new(common::Backend::SqliteMemory);
     let durably = db.durably(|b| b).await;
     let job = durably
-        .register(Job::new("traced", |step: StepContext, input: Input| async move {
-            step.run("only-step", |_| async move {
-                if input.fail {
-                    Err("traced failure".to_owned())
-                } else {
-                    Ok(1)
-                }
-            })
-            .await?;
-            Ok::<_, durably::Error>(())
-        }))
+        .register(Job::new(
+            "traced",
+            |step: StepContext, input: Input| async move {
+                step.run("only-step", |_| async move {
+                    if input.fail {
+                        Err("traced failure".to_owned())
+                    } else {
+                        Ok(1)
+                    }
+                })
+                .await?;
+                Ok::<_, durably::Error>(())
+            },
+        ))
         .expect("register");
     durably.start();
     let wait = || WaitOptions::new().timeout(Duration::from_secs(10));
@@ -91,10 +94,13 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
 
     // A run whose lease is taken over: its worker's renewal is refused and it says so.
     let lost = durably
-        .register(Job::new("lease-lost", |step: StepContext, _: Input| async move {
-            step.token().cancelled().await;
-            Ok::<_, durably::Error>(())
-        }))
+        .register(Job::new(
+            "lease-lost",
+            |step: StepContext, _: Input| async move {
+                step.token().cancelled().await;
+                Ok::<_, durably::Error>(())
+            },
+        ))
         .expect("register");
     let other = db
         .builder()
@@ -102,11 +108,15 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
         .lease_renew_interval(Duration::from_millis(50))
         .build()
         .expect("build");
-    other.register(Job::new("lease-lost", |step: StepContext, _: Input| async move {
-        step.token().cancelled().await;
-        Ok::<_, durably::Error>(())
-    }))
-    .expect("register");
+    other
+        .register(Job::new(
+            "lease-lost",
+            |step: StepContext, _: Input| async move {
+                step.token().cancelled().await;
+                Ok::<_, durably::Error>(())
+            },
+        ))
+        .expect("register");
     let run = lost
         .trigger(Input { fail: false })
         .await
@@ -150,6 +160,9 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
         "claimed",
         "error=traced failure",
     ] {
-        assert!(recorder.contains(needle), "no trace line contains {needle:?}");
+        assert!(
+            recorder.contains(needle),
+            "no trace line contains {needle:?}"
+        );
     }
 }
