@@ -78,11 +78,36 @@ impl std::ops::Sub<Duration> for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match chrono::DateTime::from_timestamp_millis(self.0) {
-            Some(dt) => write!(f, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
-            None => write!(f, "invalid-timestamp({})", self.0),
+        // Hot path (every write stores timestamps): format directly instead of via strftime.
+        let millis = self.0;
+        let days = millis.div_euclid(86_400_000);
+        let ms_of_day = millis.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return write!(f, "invalid-timestamp({millis})");
         }
+        let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+        let (second, milli) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z"
+        )
     }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Debug for Timestamp {
@@ -152,6 +177,28 @@ mod tests {
         let t = Timestamp::parse("2026-03-29T12:34:56.789Z").expect("valid");
         assert_eq!(t.to_string(), "2026-03-29T12:34:56.789Z");
         assert!(Timestamp::parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn formatting_matches_chrono_across_dates() {
+        let samples = [
+            0i64,
+            951_782_400_000,     // 2000-02-29
+            1_709_164_800_123,   // 2024-02-29T00:00:00.123Z
+            1_774_787_696_789,   // 2026-03-29T12:34:56.789Z
+            4_102_444_799_999,   // 2099-12-31T23:59:59.999Z
+            253_402_300_799_999, // 9999-12-31T23:59:59.999Z
+        ];
+        for millis in samples
+            .into_iter()
+            .chain((0..2000).map(|i| i * 86_399_999_937))
+        {
+            let expected = chrono::DateTime::from_timestamp_millis(millis)
+                .expect("in range")
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(Timestamp::from_millis(millis).to_string(), expected);
+        }
     }
 
     #[test]
