@@ -384,6 +384,25 @@ impl EventBus {
         event
     }
 
+    /// Emits the event built by `build` only if someone observes it: a listener of its type, a
+    /// stream of its run, or an all-events stream. Saves building (and cloning into) events on
+    /// the hot path when nobody listens; `sequence` stays increasing for every observer.
+    pub(crate) fn emit_if_observed(
+        &self,
+        event_type: EventType,
+        run_id: &str,
+        build: impl FnOnce() -> EventKind,
+    ) {
+        let observed = read(&self.inner.listeners)
+            .iter()
+            .any(|l| l.filter.is_none_or(|f| f == event_type))
+            || lock(&self.inner.run_streams).contains_key(run_id)
+            || !lock(&self.inner.all_streams).is_empty();
+        if observed {
+            self.emit(build());
+        }
+    }
+
     /// Registers a listener served by its own task (requires a tokio runtime).
     pub(crate) fn on(&self, filter: Option<EventType>, listener: Listener) -> Unsubscribe {
         let (queue, mut receiver) = mpsc::unbounded_channel::<Arc<Event>>();

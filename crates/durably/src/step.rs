@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
-use crate::events::{EventBus, EventKind};
+use crate::events::{EventBus, EventKind, EventType};
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::time::Timestamp;
@@ -275,13 +275,17 @@ impl StepContext {
         let index = shared.step_index.load(Ordering::SeqCst);
         let started_at = Timestamp::now();
         let started = Instant::now();
-        self.emit(EventKind::StepStart {
-            run_id: shared.run_id.clone(),
-            job_name: shared.job_name.clone(),
-            step_name: name.to_owned(),
-            step_index: index,
-            labels: shared.labels.clone(),
-        });
+        shared
+            .events
+            .emit_if_observed(EventType::StepStart, &shared.run_id, || {
+                EventKind::StepStart {
+                    run_id: shared.run_id.clone(),
+                    job_name: shared.job_name.clone(),
+                    step_name: name.to_owned(),
+                    step_index: index,
+                    labels: shared.labels.clone(),
+                }
+            });
         shared.set_current_step(Some(name.to_owned()));
         let span = tracing::info_span!("durably.step", step = name, index);
         let result = f(shared.token.clone()).instrument(span).await;
@@ -313,15 +317,20 @@ impl StepContext {
                             shared.confirm_ownership();
                             shared.remember_completed(name, output.clone());
                             shared.step_index.store(index + 1, Ordering::SeqCst);
-                            self.emit(EventKind::StepComplete {
-                                run_id: shared.run_id.clone(),
-                                job_name: shared.job_name.clone(),
-                                step_name: name.to_owned(),
-                                step_index: index,
-                                output,
-                                duration: started.elapsed().as_millis() as u64,
-                                labels: shared.labels.clone(),
-                            });
+                            let duration = started.elapsed().as_millis() as u64;
+                            shared.events.emit_if_observed(
+                                EventType::StepComplete,
+                                &shared.run_id,
+                                || EventKind::StepComplete {
+                                    run_id: shared.run_id.clone(),
+                                    job_name: shared.job_name.clone(),
+                                    step_name: name.to_owned(),
+                                    step_index: index,
+                                    output,
+                                    duration,
+                                    labels: shared.labels.clone(),
+                                },
+                            );
                             Ok(value)
                         }
                         None => Err(self.write_refused(name, index).await),
