@@ -17,17 +17,32 @@ use crate::store::{
 };
 use crate::time::{Timestamp, new_id_at};
 
-const RUN_COLUMNS: &str = "id, job_name, input, status, idempotency_key, concurrency_key, \
+macro_rules! run_columns {
+    () => {
+        "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
-    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at";
+    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
+    };
+}
 
-const STEP_COLUMNS: &str =
-    "id, run_id, name, \"index\", status, output, error, started_at, completed_at";
+macro_rules! step_columns {
+    () => {
+        "id, run_id, name, \"index\", status, output, error, started_at, completed_at"
+    };
+}
 
-const LOG_COLUMNS: &str = "id, run_id, step_name, level, message, data, created_at";
+macro_rules! log_columns {
+    () => {
+        "id, run_id, step_name, level, message, data, created_at"
+    };
+}
 
 /// The status list of terminal runs, for SQL.
-const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
+macro_rules! terminal {
+    () => {
+        "('completed', 'failed', 'cancelled')"
+    };
+}
 
 impl ToSql for Timestamp {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -146,8 +161,10 @@ fn log_from_row(row: &Row<'_>) -> rusqlite::Result<Log> {
 }
 
 pub(super) fn get_run(conn: &Connection, id: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = ?1"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM durably_runs WHERE id = ?1"
     ))
     .and_then(|mut stmt| stmt.query_row([id], run_from_row).optional())
     .map_err(sql_error("get_run"))
@@ -157,7 +174,11 @@ pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>
     for key in filter.labels.keys() {
         validate_label_key(key)?;
     }
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs r WHERE 1 = 1");
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM durably_runs r WHERE 1 = 1"
+    ));
     let mut args: Vec<&dyn ToSql> = Vec::new();
     if !filter.statuses.is_empty() {
         sql.push_str(&format!(
@@ -197,8 +218,10 @@ pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>
 }
 
 pub(super) fn get_steps(conn: &Connection, run_id: &str) -> Result<Vec<Step>> {
-    conn.prepare_cached(&format!(
-        "SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = ?1 ORDER BY \"index\" ASC, id ASC"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        step_columns!(),
+        " FROM durably_steps WHERE run_id = ?1 ORDER BY \"index\" ASC, id ASC"
     ))
     .and_then(|mut stmt| stmt.query_map([run_id], step_from_row)?.collect())
     .map_err(sql_error("get_steps"))
@@ -209,8 +232,10 @@ pub(super) fn get_completed_step(
     run_id: &str,
     name: &str,
 ) -> Result<Option<Step>> {
-    conn.prepare_cached(&format!(
-        "SELECT {STEP_COLUMNS} FROM durably_steps \
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        step_columns!(),
+        " FROM durably_steps \
          WHERE run_id = ?1 AND name = ?2 AND status = 'completed'"
     ))
     .and_then(|mut stmt| stmt.query_row([run_id, name], step_from_row).optional())
@@ -218,24 +243,30 @@ pub(super) fn get_completed_step(
 }
 
 pub(super) fn get_logs(conn: &Connection, run_id: &str) -> Result<Vec<Log>> {
-    conn.prepare_cached(&format!(
-        "SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        log_columns!(),
+        " FROM durably_logs WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
     ))
     .and_then(|mut stmt| stmt.query_map([run_id], log_from_row)?.collect())
     .map_err(sql_error("get_logs"))
 }
 
 fn find_by_idempotency_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = ?1 AND idempotency_key = ?2"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM durably_runs WHERE job_name = ?1 AND idempotency_key = ?2"
     ))
     .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
     .map_err(sql_error("enqueue"))
 }
 
 fn oldest_pending_with_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM durably_runs \
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM durably_runs \
          WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'pending' \
          ORDER BY created_at ASC, id ASC LIMIT 1"
     ))
@@ -338,9 +369,13 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
 }
 
 /// A run's key is free when no *other* run holding that key has an unexpired lease.
-const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
+macro_rules! key_is_free {
+    () => {
+        "(r.concurrency_key IS NULL OR NOT EXISTS (\
     SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
-    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > ?1))";
+    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > ?1))"
+    };
+}
 
 /// The oldest claimable run: the older of the oldest free pending run and the oldest free
 /// expired lease (two index-driven lookups instead of one OR that would sort the whole table).
@@ -355,17 +390,21 @@ fn next_claimable(conn: &Connection, now: Timestamp) -> Result<Option<String>> {
         Ok((row.get(1)?, row.get(2)?, row.get(0)?))
     };
     let pending: Option<Candidate> = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "SELECT r.id, r.created_at, r.rowid FROM durably_runs r \
-             WHERE r.status = 'pending' AND {KEY_IS_FREE} \
+             WHERE r.status = 'pending' AND ",
+            key_is_free!(),
+            " \
              ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
         ))
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
     let expired: Option<Candidate> = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "SELECT r.id, r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
-             AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND {KEY_IS_FREE} \
+             AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND ",
+            key_is_free!(),
+            " \
              ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
         ))
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
@@ -390,11 +429,9 @@ pub(super) fn claim(
             break;
         };
         let run = conn
-            .prepare_cached(&format!(
-                "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
+            .prepare_cached(concat!("UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
                  lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
-                 updated_at = ?4 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
-            ))
+                 updated_at = ?4 WHERE id = ?1 RETURNING ", run_columns!()))
             .and_then(|mut stmt| {
                 stmt.query_row(params![id, worker_id, expires, now], run_from_row)
             })
@@ -405,7 +442,11 @@ pub(super) fn claim(
 }
 
 /// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
-const FENCED: &str = "id = ?1 AND status = 'leased' AND lease_generation = ?2";
+macro_rules! fenced {
+    () => {
+        "id = ?1 AND status = 'leased' AND lease_generation = ?2"
+    };
+}
 
 pub(super) fn renew_lease(
     conn: &Connection,
@@ -415,9 +456,11 @@ pub(super) fn renew_lease(
 ) -> Result<Option<Timestamp>> {
     let expires = now + lease;
     let changed = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE durably_runs SET lease_expires_at = ?3, updated_at = ?4 \
-             WHERE {FENCED} AND lease_expires_at > ?4"
+             WHERE ",
+            fenced!(),
+            " AND lease_expires_at > ?4"
         ))
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, expires, now]))
         .map_err(sql_error("renew_lease"))?;
@@ -470,9 +513,10 @@ pub(super) fn persist_step(
         return Ok(None);
     }
     if step.status == StepStatus::Completed {
-        conn.prepare_cached(&format!(
+        conn.prepare_cached(concat!(
             "UPDATE durably_runs SET current_step_index = ?3, \
-             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE {FENCED}"
+             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE ",
+            fenced!()
         ))
         .and_then(|mut stmt| {
             stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
@@ -502,8 +546,9 @@ pub(super) fn update_progress(
         .map(|p| to_json("update_progress", p))
         .transpose()?;
     let changed = conn
-        .prepare_cached(&format!(
-            "UPDATE durably_runs SET progress = ?3, updated_at = ?4 WHERE {FENCED}"
+        .prepare_cached(concat!(
+            "UPDATE durably_runs SET progress = ?3, updated_at = ?4 WHERE ",
+            fenced!()
         ))
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, progress, now]))
         .map_err(sql_error("update_progress"))?;
@@ -533,13 +578,17 @@ pub(super) fn append_log(
     ];
     let inserted = match fence {
         None => conn
-            .prepare_cached(&format!(
-                "INSERT INTO durably_logs ({LOG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            .prepare_cached(concat!(
+                "INSERT INTO durably_logs (",
+                log_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ))
             .and_then(|mut stmt| stmt.execute(values)),
         Some(fence) => conn
-            .prepare_cached(&format!(
-                "INSERT INTO durably_logs ({LOG_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+            .prepare_cached(concat!(
+                "INSERT INTO durably_logs (",
+                log_columns!(),
+                ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
                  FROM durably_runs WHERE id = ?2 AND status = 'leased' AND lease_generation = ?8"
             ))
             .and_then(|mut stmt| {
@@ -583,10 +632,11 @@ pub(super) fn complete_run(
 ) -> Result<bool> {
     let output = output.map(|o| to_json("complete_run", o)).transpose()?;
     let changed = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
              lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
-             WHERE {FENCED}"
+             WHERE ",
+            fenced!()
         ))
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, output, now]))
         .map_err(sql_error("complete_run"))?;
@@ -604,9 +654,10 @@ pub(super) fn fail_run(
     drop_steps: bool,
 ) -> Result<bool> {
     let changed = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
-             lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE {FENCED}"
+             lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE ",
+            fenced!()
         ))
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
         .map_err(sql_error("fail_run"))?;
@@ -652,8 +703,10 @@ fn delete_run_records(conn: &Connection, id: &str) -> Result<()> {
 
 pub(super) fn delete_run(conn: &Connection, id: &str) -> Result<bool> {
     let terminal: bool = conn
-        .prepare_cached(&format!(
-            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN {TERMINAL})"
+        .prepare_cached(concat!(
+            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN ",
+            terminal!(),
+            ")"
         ))
         .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)))
         .map_err(sql_error("delete_run"))?;
@@ -665,8 +718,10 @@ pub(super) fn delete_run(conn: &Connection, id: &str) -> Result<bool> {
 
 pub(super) fn purge_runs(conn: &Connection, older_than: Timestamp, limit: u64) -> Result<u64> {
     let ids: Vec<String> = conn
-        .prepare_cached(&format!(
-            "SELECT id FROM durably_runs WHERE status IN {TERMINAL} \
+        .prepare_cached(concat!(
+            "SELECT id FROM durably_runs WHERE status IN ",
+            terminal!(),
+            " \
              AND completed_at IS NOT NULL AND completed_at < ?1 \
              ORDER BY completed_at ASC, id ASC LIMIT ?2"
         ))
@@ -688,14 +743,15 @@ pub(super) fn release_expired_leases(conn: &Connection, now: Timestamp) -> Resul
     // Phase 1: an expired lease whose job+key already has a pending run cannot go back to
     // pending (the pending-per-key index forbids it): fail it.
     let mut changed: Vec<Run> = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
              lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
              AND concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
                WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
                AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
-             RETURNING {RUN_COLUMNS}"
+             RETURNING ",
+            run_columns!()
         ))
         .and_then(|mut stmt| {
             stmt.query_map(params![now, LEASE_EXPIRED_PENDING_EXISTS], run_from_row)?
@@ -704,11 +760,12 @@ pub(super) fn release_expired_leases(conn: &Connection, now: Timestamp) -> Resul
         .map_err(sql_error("release_expired_leases"))?;
     // Phase 2: the rest go back to pending.
     let released: Vec<Run> = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
              lease_expires_at = NULL, updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
-             RETURNING {RUN_COLUMNS}"
+             RETURNING ",
+            run_columns!()
         ))
         .and_then(|mut stmt| stmt.query_map(params![now], run_from_row)?.collect())
         .map_err(sql_error("release_expired_leases"))?;
