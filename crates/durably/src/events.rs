@@ -325,6 +325,8 @@ pub(crate) struct BusInner {
     listeners: RwLock<Vec<ListenerEntry>>,
     on_error: RwLock<Option<ErrorHandler>>,
     run_streams: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Arc<Event>>>>>,
+    /// `run_streams` size that triggers the next prune of dropped subscriptions.
+    run_streams_watermark: std::sync::atomic::AtomicUsize,
     all_streams: Mutex<Vec<mpsc::UnboundedSender<Arc<Event>>>>,
 }
 
@@ -438,10 +440,20 @@ impl EventBus {
     /// A queue receiving every later event of one run.
     pub(crate) fn subscribe_run(&self, run_id: &str) -> mpsc::UnboundedReceiver<Arc<Event>> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        lock(&self.inner.run_streams)
-            .entry(run_id.to_owned())
-            .or_default()
-            .push(sender);
+        let mut streams = lock(&self.inner.run_streams);
+        // A dropped subscription of a run that emits nothing more (e.g. one already finished)
+        // would otherwise stay forever: prune whenever the map doubled since the last prune.
+        let watermark = self.inner.run_streams_watermark.load(Ordering::Relaxed);
+        if streams.len() >= watermark.max(64) {
+            streams.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            self.inner
+                .run_streams_watermark
+                .store(streams.len() * 2, Ordering::Relaxed);
+        }
+        streams.entry(run_id.to_owned()).or_default().push(sender);
         receiver
     }
 
@@ -463,7 +475,9 @@ impl EventBus {
     /// A queue receiving every later event.
     pub(crate) fn subscribe_all(&self) -> mpsc::UnboundedReceiver<Arc<Event>> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        lock(&self.inner.all_streams).push(sender);
+        let mut all = lock(&self.inner.all_streams);
+        all.retain(|s| !s.is_closed());
+        all.push(sender);
         receiver
     }
 }
@@ -480,5 +494,24 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "listener panicked".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_subscriptions_of_quiet_runs_do_not_accumulate() {
+        let bus = EventBus::default();
+        for i in 0..10_000 {
+            drop(bus.subscribe_run(&format!("finished-run-{i}")));
+        }
+        let kept = lock(&bus.inner.run_streams).len();
+        assert!(kept <= 128, "{kept} dead subscriptions kept");
+        let live: Vec<_> = (0..500)
+            .map(|i| bus.subscribe_run(&format!("live-{i}")))
+            .collect();
+        assert!(lock(&bus.inner.run_streams).len() >= live.len());
     }
 }
