@@ -587,9 +587,14 @@ impl Durably {
         options: TriggerOptions,
         wait: WaitOptions,
     ) -> Result<TriggerAndWaitResult> {
+        // With callbacks, listen before the run exists: a worker of this process may start it
+        // (and report progress) before the trigger returns. Terminal states need no such care:
+        // the wait's first read sees them.
+        let early = (wait.on_progress.is_some() || wait.on_log.is_some())
+            .then(|| self.inner.events.subscribe_all());
         let triggered = self.trigger_json(job_name, input, options).await?;
         let output = match self
-            .wait_inner(&triggered.run.id, wait, "triggerAndWait", false)
+            .wait_inner(&triggered.run.id, wait, "triggerAndWait", false, early)
             .await?
         {
             Settled::Run(run) => run.output,
@@ -769,7 +774,10 @@ impl Durably {
     /// cancelled one [`Error::Cancelled`], a deleted one [`Error::NotFound`]. Completion in this
     /// process is seen at once; other processes' changes by polling the store.
     pub async fn wait_for_run(&self, run_id: &str, options: WaitOptions) -> Result<Run> {
-        match self.wait_inner(run_id, options, "waitForRun", true).await? {
+        match self
+            .wait_inner(run_id, options, "waitForRun", true, None)
+            .await?
+        {
             Settled::Run(run) => Ok(*run),
             Settled::Output(_) => self.require_run(run_id).await,
         }
@@ -784,6 +792,7 @@ impl Durably {
         options: WaitOptions,
         name: &str,
         reread_on_complete: bool,
+        early: Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Event>>>,
     ) -> Result<Settled> {
         let interval = options
             .polling_interval
@@ -793,7 +802,8 @@ impl Durably {
                 "pollingIntervalMs must be a positive finite number".into(),
             ));
         }
-        let mut live = self.inner.events.subscribe_run(run_id);
+        // `early` carries every event since before the run was created (filtered below).
+        let mut live = early.unwrap_or_else(|| self.inner.events.subscribe_run(run_id));
         let deadline = options.timeout.map(|t| tokio::time::Instant::now() + t);
         let timeout_error = || {
             Error::Timeout(format!(
@@ -817,6 +827,7 @@ impl Durably {
             }
         };
         if let Some(done) = settle(self.get_run(run_id).await?) {
+            deliver_queued(&mut live, run_id, &options).await;
             return done;
         }
         let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -831,6 +842,9 @@ impl Durably {
             tokio::select! {
                 event = live.recv() => {
                     let Some(event) = event else { continue };
+                    if event.kind.run_id() != Some(run_id) {
+                        continue;
+                    }
                     match &event.kind {
                         EventKind::RunComplete { output, .. } if !reread_on_complete => {
                             let output = (!output.is_null()).then(|| output.clone());
@@ -848,30 +862,12 @@ impl Durably {
                             return Err(Error::Cancelled { run_id: run_id.to_owned() });
                         }
                         EventKind::RunDelete { .. } => return Err(Error::run_not_found(run_id)),
-                        EventKind::RunProgress { progress, .. } => {
-                            if let Some(callback) = &options.on_progress {
-                                let callback = callback.clone();
-                                let progress = progress.clone();
-                                crate::events::call_guarded(async move { callback(&progress) }).await;
-                            }
-                        }
-                        EventKind::LogWrite { level, message, data, step_name, .. } => {
-                            if let Some(callback) = &options.on_log {
-                                let callback = callback.clone();
-                                let entry = LogEntry {
-                                    level: *level,
-                                    message: message.clone(),
-                                    data: data.clone(),
-                                    step_name: step_name.clone(),
-                                };
-                                crate::events::call_guarded(async move { callback(&entry) }).await;
-                            }
-                        }
-                        _ => {}
+                        kind => deliver(kind, &options).await,
                     }
                 }
                 _ = poll.tick() => {
                     if let Some(done) = settle(self.get_run(run_id).await?) {
+                        deliver_queued(&mut live, run_id, &options).await;
                         return done;
                     }
                 }
@@ -915,6 +911,55 @@ impl Durably {
             let event = state.next().await?;
             Some((event, state))
         })
+    }
+}
+
+/// Calls the wait's `on_progress` / `on_log` callback for a live event of its run.
+async fn deliver(kind: &EventKind, options: &WaitOptions) {
+    match kind {
+        EventKind::RunProgress { progress, .. } => {
+            if let Some(callback) = &options.on_progress {
+                let callback = callback.clone();
+                let progress = progress.clone();
+                crate::events::call_guarded(async move { callback(&progress) }).await;
+            }
+        }
+        EventKind::LogWrite {
+            level,
+            message,
+            data,
+            step_name,
+            ..
+        } => {
+            if let Some(callback) = &options.on_log {
+                let callback = callback.clone();
+                let entry = LogEntry {
+                    level: *level,
+                    message: message.clone(),
+                    data: data.clone(),
+                    step_name: step_name.clone(),
+                };
+                crate::events::call_guarded(async move { callback(&entry) }).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A wait settled by reading the store: the events emitted since it subscribed may still be
+/// queued (the run can finish before the read runs). Their callbacks are owed: call them first.
+async fn deliver_queued(
+    live: &mut tokio::sync::mpsc::UnboundedReceiver<Arc<Event>>,
+    run_id: &str,
+    options: &WaitOptions,
+) {
+    if options.on_progress.is_none() && options.on_log.is_none() {
+        return;
+    }
+    while let Ok(event) = live.try_recv() {
+        if event.kind.run_id() == Some(run_id) {
+            deliver(&event.kind, options).await;
+        }
     }
 }
 
@@ -966,7 +1011,24 @@ impl SubscribeState {
             }
             if !self.started {
                 self.started = true;
-                match self.store.get_run(&self.run_id).await {
+                let current = self.store.get_run(&self.run_id).await;
+                // Live events that arrived since `subscribe` come first, as if delivered when
+                // they happened (upstream §7); one that ends the stream makes the current state
+                // moot.
+                while let Ok(event) = self.live.try_recv() {
+                    let event_type = event.event_type();
+                    if SUBSCRIBED_TYPES.contains(&event_type) {
+                        self.queued.push_back((*event).clone());
+                        if ends_stream(event_type) {
+                            self.closed = true;
+                            break;
+                        }
+                    }
+                }
+                if self.closed {
+                    continue;
+                }
+                match current {
                     Ok(Some(run)) => self.queue_current_state(run),
                     Ok(None) => {}
                     Err(error) => {
