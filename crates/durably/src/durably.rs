@@ -233,6 +233,7 @@ impl DurablyBuilder {
                 migrated: tokio::sync::OnceCell::new(),
                 labels_validator: self.labels_validator,
                 worker: WorkerState::default(),
+                announcing: tokio::sync::RwLock::new(()),
             }),
         };
         for register in self.jobs {
@@ -250,6 +251,10 @@ pub(crate) struct Inner {
     migrated: tokio::sync::OnceCell<()>,
     labels_validator: Option<LabelsValidator>,
     pub(crate) worker: WorkerState,
+    /// Held shared by triggers from before their insert until their `run:trigger` is emitted;
+    /// a worker of this process takes it exclusively before its first event for a run, so a run
+    /// is never seen leased before it was seen triggered.
+    pub(crate) announcing: tokio::sync::RwLock<()>,
 }
 
 /// A durably instance: the job registry, the run API, events and the worker.
@@ -533,6 +538,7 @@ impl Durably {
     ) -> Result<TriggerResult> {
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
+        let _announcing = self.inner.announcing.read().await;
         let enqueued = self
             .inner
             .store
@@ -561,6 +567,7 @@ impl Durably {
             .enumerate()
             .map(|(i, (input, options))| self.prepare(&job, input, options, Some(i)))
             .collect::<Result<Vec<_>>>()?;
+        let _announcing = self.inner.announcing.read().await;
         let enqueued = self
             .inner
             .store
@@ -671,6 +678,7 @@ impl Durably {
             labels: run.labels,
             coalesce: None,
         };
+        let _announcing = self.inner.announcing.read().await;
         let enqueued = self
             .inner
             .store

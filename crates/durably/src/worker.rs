@@ -307,6 +307,8 @@ impl Durably {
         let fence = Fence::of(&run);
         let drop_steps = !config.preserve_steps;
         tracing::debug!("claimed");
+        // Let triggers of this process that are still announcing their runs finish first.
+        drop(self.inner.announcing.write().await);
 
         let Some(job) = self.registered_job(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);

@@ -611,6 +611,8 @@ struct Instrumented {
     inner: Arc<dyn Store>,
     reads: Arc<AtomicUsize>,
     hold_enqueue: Option<Gate>,
+    /// Opened once a claim returned a run.
+    open_on_claim: Option<Gate>,
 }
 
 #[async_trait]
@@ -662,7 +664,13 @@ impl Store for Instrumented {
         lease: Duration,
         max: usize,
     ) -> durably::Result<Vec<Run>> {
-        self.inner.claim(worker_id, now, lease, max).await
+        let claimed = self.inner.claim(worker_id, now, lease, max).await;
+        if let (Ok(runs), Some(gate)) = (&claimed, &self.open_on_claim)
+            && !runs.is_empty()
+        {
+            gate.open();
+        }
+        claimed
     }
     async fn renew_lease(
         &self,
@@ -752,6 +760,7 @@ async fn run_deleted_by_another_instance_is_not_found(backend: Backend) {
             inner: db.store.clone(),
             reads: reads.clone(),
             hold_enqueue: None,
+            open_on_claim: None,
         })
         .polling_interval(Duration::from_secs(1))
         .build()
@@ -842,19 +851,20 @@ async fn delete_in_process_settles_a_wait(backend: Backend) {
     assert!(matches!(error, Error::NotFound(_)), "{error:?}");
 }
 
-/// The worker starts (and finishes) the run while `trigger_and_wait` is still inside the
-/// trigger (its enqueue committed but has not returned): the callbacks still get everything.
+/// The worker claims the run while `trigger_and_wait` is still inside the trigger (its enqueue
+/// committed but has not returned): the callbacks still get everything.
 async fn trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returned(
     backend: Backend,
 ) {
     let db = TestDb::new(backend);
-    // The trigger's enqueue returns only once the run has completed.
-    let completed = Gate::new();
+    // The trigger's enqueue returns only once a worker has claimed the run.
+    let claimed = Gate::new();
     let durably = Durably::builder()
         .store(Instrumented {
             inner: db.store.clone(),
             reads: Arc::default(),
-            hold_enqueue: Some(completed.clone()),
+            hold_enqueue: Some(claimed.clone()),
+            open_on_claim: Some(claimed),
         })
         .polling_interval(Duration::from_millis(10))
         .build()
@@ -863,7 +873,6 @@ async fn trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returne
     let gate = Gate::new();
     gate.open();
     let job = durably.register(reporting_job("reporting", &gate)).unwrap();
-    durably.on(durably::EventType::RunComplete, move |_| completed.open());
     durably.start();
     let (options, progress, logs) = callbacks();
     let done = within(
@@ -875,6 +884,75 @@ async fn trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returne
     .unwrap();
     assert_eq!(done.output, Some(json!("reported")));
     assert_reported(&progress, &logs);
+    durably.stop().await;
+}
+
+/// A worker of this process that claims a run before its trigger has returned does not report
+/// it (`run:leased`) before the trigger reported it (`run:trigger`).
+async fn run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster(backend: Backend) {
+    let db = TestDb::new(backend);
+    let claimed = Gate::new();
+    let release = Gate::new();
+    let durably = Durably::builder()
+        .store(Instrumented {
+            inner: db.store.clone(),
+            reads: Arc::default(),
+            hold_enqueue: Some(release.clone()),
+            open_on_claim: Some(claimed.clone()),
+        })
+        .polling_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    durably.migrate().await.unwrap();
+    let gate = Gate::new();
+    gate.open();
+    let job = durably.register(reporting_job("reporting", &gate)).unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let leased = Gate::new();
+    {
+        let (order, leased) = (order.clone(), leased.clone());
+        durably.on_any(move |event| {
+            let kind = event.event_type();
+            order.lock().unwrap().push(kind.as_str().to_owned());
+            if kind == durably::EventType::RunLeased {
+                leased.open();
+            }
+        });
+    }
+    durably.start();
+    let trigger = tokio::spawn({
+        let job = job.clone();
+        async move { job.trigger(json!({})).await }
+    });
+    // Release the trigger once the worker has claimed the run and either reported it leased
+    // (the bug) or has had ample time to (bounded, so the correct behaviour cannot hang).
+    within("claim", LIMIT, claimed.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(300), leased.wait()).await;
+    release.open();
+    let run = within("trigger", LIMIT, trigger)
+        .await
+        .unwrap()
+        .unwrap()
+        .run;
+    durably
+        .wait_for_run(&run.id, WaitOptions::new().timeout(LIMIT))
+        .await
+        .unwrap();
+    common::eventually("run:complete observed", LIMIT, || async {
+        order
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "run:complete")
+            .then_some(())
+    })
+    .await;
+    let order = order.lock().unwrap().clone();
+    let position = |t: &str| order.iter().position(|o| o == t).unwrap();
+    assert!(
+        position("run:trigger") < position("run:leased"),
+        "events out of order: {order:?}"
+    );
     durably.stop().await;
 }
 
@@ -893,4 +971,5 @@ backend_tests!(
     run_deleted_by_another_instance_is_not_found,
     delete_in_process_settles_a_wait,
     trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returned,
+    run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster,
 );
