@@ -3,10 +3,17 @@
 //! Workloads (issue "The worker…", §7):
 //! - `throughput-1step`: batch-trigger N one-step jobs, then process until all complete;
 //! - `steps-10`: M jobs of 10 steps;
-//! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result).
+//! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result);
+//! - `http-during-drain` (only when named): latency of `GET /runs?limit=10` over loopback HTTP
+//!   while the worker drains a backlog (see [`http_drain`]);
+//! - `multi-worker` (`--backend postgres` only): 4 worker processes, each with concurrency 1,
+//!   drain `--jobs` one-step jobs from one database (see [`postgres`]).
 //!
 //! For the throughput workloads `p50_ms`/`p99_ms` are per-run execution times (claim → complete).
 //! `peak_rss_mb` is the process's peak resident set during the workload (reset before each).
+
+mod http_drain;
+mod postgres;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +31,13 @@ use tokio::sync::Notify;
 /// Options of `durably bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Storage backend (`sqlite`; `postgres` arrives with its own issue).
+    /// Storage backend: `sqlite` (a fresh file per workload) or `postgres` (a fresh schema per
+    /// workload in the database given by `--db`, plus the `multi-worker` workload).
     #[arg(long, default_value = "sqlite")]
     backend: String,
+    /// PostgreSQL URL for `--backend postgres`, e.g. `postgres://postgres@127.0.0.1/bench`.
+    #[arg(long)]
+    db: Option<String>,
     /// SQLite `synchronous` mode: `normal` (default) or `full`.
     #[arg(long, default_value = "normal")]
     synchronous: String,
@@ -45,6 +56,9 @@ pub struct BenchArgs {
     /// Calls of `latency`.
     #[arg(long, default_value_t = 200)]
     calls: u64,
+    /// Backlog drained by `http-during-drain`.
+    #[arg(long, default_value_t = 20_000)]
+    drain_jobs: u64,
     /// Directory for the fresh databases (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -80,12 +94,12 @@ impl Setup {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.backend != "sqlite" {
-        return Err(format!(
-            "backend '{}' is not available in this build; use --backend sqlite",
-            args.backend
-        )
-        .into());
+    match args.backend.as_str() {
+        "sqlite" => {}
+        "postgres" => return postgres::run(&args).await,
+        other => {
+            return Err(format!("unknown backend '{other}': use sqlite or postgres").into());
+        }
     }
     let synchronous: Synchronous = args.synchronous.parse()?;
     let temp = tempfile::tempdir()?;
@@ -116,6 +130,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if wanted("latency") {
         let line = latency(&mut setup, args.calls).await?;
         print_line(line, &args.synchronous);
+    }
+    if args.workload.iter().any(|w| w == "http-during-drain") {
+        for &concurrency in &args.concurrency {
+            let line = http_drain::run(&mut setup, concurrency, args.drain_jobs).await?;
+            print_line(line, &args.synchronous);
+        }
     }
     Ok(())
 }

@@ -118,6 +118,15 @@ impl DurablyBuilder {
         self
     }
 
+    /// Uses the PostgreSQL database at `url` with default [`crate::PostgresOptions`]
+    /// (connections open on first use; `migrate`/`init` create the schema).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: &str) -> Self {
+        self.store =
+            Some(crate::store::PostgresStore::connect(url).map(|s| Arc::new(s) as Arc<dyn Store>));
+        self
+    }
+
     /// Uses any [`Store`].
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Ok(Arc::new(store)));

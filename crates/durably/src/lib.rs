@@ -37,6 +37,8 @@
 mod durably;
 pub mod error;
 pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod job;
 pub mod run;
 pub mod step;

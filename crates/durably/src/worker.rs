@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,7 +25,7 @@ use crate::events::EventKind;
 use crate::job::ExecutionError;
 use crate::run::{Run, RunStatus, StepStatus};
 use crate::step::{AbortReason, StepContext, StepShared};
-use crate::store::{Fence, LEASE_EXPIRED_PENDING_EXISTS};
+use crate::store::{Fence, LEASE_EXPIRED_PENDING_EXISTS, StoreNotice};
 use crate::time::{Timestamp, new_id};
 
 /// How often idle maintenance may purge old runs or checkpoint the WAL.
@@ -51,6 +51,8 @@ struct RunningWorker {
 
 #[derive(Default)]
 struct MaintenanceClock {
+    /// Last expired-lease sweep by the worker loop (at most once per lease period).
+    last_release: Option<Instant>,
     last_purge: Option<Instant>,
     last_checkpoint: Option<Instant>,
 }
@@ -141,6 +143,9 @@ impl Durably {
         let wake = self.inner.worker.wake.clone();
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let mut failures: u32 = 0;
+        // Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY); `None` for backends that
+        // only poll.
+        let mut notices = self.inner.store.notifications();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -171,7 +176,7 @@ impl Durably {
                     Ok(_) => {
                         failures = 0;
                         if in_flight.is_empty() {
-                            self.run_idle_maintenance().await;
+                            self.idle_maintenance(false).await;
                         }
                     }
                     Err(error) => {
@@ -186,10 +191,51 @@ impl Durably {
                 _ = stop.cancelled() => break,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = wake.notified(), if failures == 0 => {}
+                notice = next_notice(&mut notices), if notices.is_some() && failures == 0 => {
+                    self.handle_notices(notice, &mut notices);
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Applies a notice and every other one already queued: cancels fire the run's token if it
+    /// executes here; anything else just lets the loop claim again.
+    fn handle_notices(
+        &self,
+        first: std::result::Result<StoreNotice, broadcast::error::RecvError>,
+        notices: &mut Option<broadcast::Receiver<StoreNotice>>,
+    ) {
+        let mut next = Some(first);
+        while let Some(notice) = next.take() {
+            match notice {
+                Ok(StoreNotice::RunCancelled { run_id }) => {
+                    self.inner.worker.cancel_local(&run_id);
+                }
+                Ok(StoreNotice::StorageFault { operation, error }) => {
+                    tracing::warn!(%operation, %error, "storage fault; the store retries");
+                    self.worker_error(format!("{operation}: {error}"), "storage", None);
+                }
+                Ok(StoreNotice::RunsAvailable) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    *notices = None;
+                    return;
+                }
+            }
+            next = notices
+                .as_mut()
+                .and_then(|receiver| match receiver.try_recv() {
+                    Ok(notice) => Some(Ok(notice)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Some(Err(broadcast::error::RecvError::Lagged(n)))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Some(Err(broadcast::error::RecvError::Closed))
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => None,
+                });
+        }
     }
 
     fn worker_error(&self, error: String, context: &str, run_id: Option<&str>) {
@@ -248,11 +294,30 @@ impl Durably {
     /// Idle maintenance: return expired leases to pending (failing those whose job+key already
     /// has a pending run), apply `retain_runs` (at most once a minute, 100 runs a time), and
     /// checkpoint SQLite's WAL (at most once a minute). Errors become `worker:error` events.
+    ///
+    /// Called directly (and by [`Durably::process_until_idle`]) it always sweeps expired leases;
+    /// the background worker sweeps at most once per lease period, so an idle worker costs the
+    /// database about one claim query per polling interval.
     pub async fn run_idle_maintenance(&self) {
+        self.idle_maintenance(true).await;
+    }
+
+    async fn idle_maintenance(&self, always_release: bool) {
         let mut clock = self.inner.worker.maintenance.lock().await;
         let store = &self.inner.store;
-        match store.release_expired_leases(Timestamp::now()).await {
-            Ok(changed) => {
+        let release_due = always_release
+            || clock
+                .last_release
+                .is_none_or(|at| at.elapsed() >= self.inner.config.lease_duration);
+        let released = if release_due {
+            clock.last_release = Some(Instant::now());
+            Some(store.release_expired_leases(Timestamp::now()).await)
+        } else {
+            None
+        };
+        match released {
+            None => {}
+            Some(Ok(changed)) => {
                 for run in changed {
                     tracing::info!(run_id = %run.id, status = %run.status, "expired lease released");
                     if run.status == RunStatus::Failed {
@@ -266,7 +331,7 @@ impl Durably {
                     }
                 }
             }
-            Err(error) => self.worker_error(error.to_string(), "idle-maintenance", None),
+            Some(Err(error)) => self.worker_error(error.to_string(), "idle-maintenance", None),
         }
         if let Some(retain) = self.inner.config.retain_runs
             && clock
@@ -565,6 +630,16 @@ impl Durably {
                 }
             }
         }
+    }
+}
+
+/// The next notice, for `select!` (pending forever without a channel).
+async fn next_notice(
+    notices: &mut Option<broadcast::Receiver<StoreNotice>>,
+) -> std::result::Result<StoreNotice, broadcast::error::RecvError> {
+    match notices {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

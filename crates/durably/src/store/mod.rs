@@ -5,8 +5,8 @@
 //! and is conditioned on `status = 'leased' AND lease_generation = <fence>` in the same statement,
 //! so nothing a stale or crashed worker does can land after another worker took the run over.
 //!
-//! Backends: [`SqliteStore`] (feature `sqlite`, the default). PostgreSQL joins behind the same
-//! trait. The behaviour suite in `tests/` runs against every backend.
+//! Backends: [`SqliteStore`] (feature `sqlite`, the default) and `PostgresStore` (feature
+//! `postgres`). The behaviour suite in `tests/` runs against every backend.
 
 use std::time::Duration;
 
@@ -24,6 +24,11 @@ use crate::time::Timestamp;
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 
 /// The schema version this library writes (upstream schema version 1).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -103,6 +108,28 @@ pub struct NewLog {
     pub message: String,
     /// Structured data.
     pub data: Option<Value>,
+}
+
+/// A wake-up pushed by a backend that can announce changes made by any process
+/// (PostgreSQL `LISTEN/NOTIFY`). See [`Store::notifications`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreNotice {
+    /// Runs may have become claimable: a trigger, a released lease or a freed concurrency key
+    /// (also sent after the notification channel reconnected, since notices may have been missed).
+    RunsAvailable,
+    /// A run was cancelled (possibly by another process): a worker executing it fires its token.
+    RunCancelled {
+        /// The cancelled run.
+        run_id: String,
+    },
+    /// The backend lost its connection during an operation and is retrying it (the worker
+    /// reports it as `worker:error` with context `storage`).
+    StorageFault {
+        /// The store operation that failed, e.g. `persist_step`.
+        operation: String,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// An unfenced partial update of a run, for operators' tools and tests that fabricate states
@@ -250,6 +277,15 @@ pub trait Store: Send + Sync + 'static {
     /// Backend housekeeping while idle (SQLite: `wal_checkpoint(TRUNCATE)`).
     async fn checkpoint(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Wake-ups announced by any process sharing the database, for idle workers: `None` when the
+    /// backend has no such channel (SQLite: workers poll, and triggers in the same process wake
+    /// the worker directly). Each call returns a new receiver; notices may be coalesced or, after
+    /// a reconnect, replaced by one [`StoreNotice::RunsAvailable`], so they are hints, never the
+    /// source of truth.
+    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
+        None
     }
 }
 

@@ -1,19 +1,91 @@
 //! Shared harness of the behaviour suite: every test is written once against the public API
-//! and run on every backend (SQLite file, SQLite in memory; PostgreSQL joins in its own issue),
-//! the way River runs one driver suite against every driver.
+//! and run on every backend (SQLite file, SQLite in memory, PostgreSQL), the way River runs one
+//! driver suite against every driver.
+//!
+//! PostgreSQL tests use the database named by `DURABLY_TEST_POSTGRES_URL`, each in a fresh schema
+//! `durably_test_<ulid>` dropped afterwards. Without the variable they are reported as ignored
+//! (see `build.rs`).
 #![allow(dead_code, unused_macros, unused_imports)]
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use durably::{Durably, DurablyBuilder, SqliteStore, Store};
+use durably::{Durably, DurablyBuilder, PostgresOptions, PostgresStore, SqliteStore, Store};
+
+/// The environment variable naming the PostgreSQL test database.
+pub const POSTGRES_URL_VAR: &str = "DURABLY_TEST_POSTGRES_URL";
 
 /// A storage backend under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     SqliteFile,
     SqliteMemory,
+    /// A fresh schema in the database named by `DURABLY_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// The PostgreSQL test database URL (panics when unset: such tests are ignored without it).
+pub fn postgres_url() -> String {
+    std::env::var(POSTGRES_URL_VAR)
+        .unwrap_or_else(|_| panic!("{POSTGRES_URL_VAR} is not set: the PostgreSQL suite needs it"))
+}
+
+/// A fresh schema name for one test.
+pub fn fresh_schema() -> String {
+    format!("durably_test_{}", durably::new_id().to_lowercase())
+}
+
+/// A store on `schema` of the test database.
+pub fn postgres_store(schema: &str) -> PostgresStore {
+    PostgresStore::connect_with(
+        &postgres_url(),
+        PostgresOptions {
+            max_connections: 8,
+            schema: Some(schema.to_owned()),
+            ..PostgresOptions::default()
+        },
+    )
+    .expect("connect to the PostgreSQL test database")
+}
+
+/// Drops a test schema when dropped (best effort, on a thread of its own so it works from async
+/// code and never hangs a test for long).
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
+            return;
+        };
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                    )),
+                )
+                .await;
+            });
+        });
+        let _ = dropper.join();
+    }
 }
 
 /// A fresh, isolated database for one test (deleted when dropped).
@@ -22,7 +94,11 @@ pub struct TestDb {
     pub backend: Backend,
     /// For file backends: the database path (other processes or stores may open it).
     pub path: Option<std::path::PathBuf>,
+    /// For PostgreSQL: the test's own schema (other stores or processes may open it with
+    /// [`postgres_store`]).
+    pub schema: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgSchema>,
 }
 
 impl TestDb {
@@ -36,15 +112,30 @@ impl TestDb {
                     store: Arc::new(store),
                     backend,
                     path: Some(path),
+                    schema: None,
                     _dir: Some(dir),
+                    _pg: None,
                 }
             }
             Backend::SqliteMemory => TestDb {
                 store: Arc::new(SqliteStore::memory().expect("open sqlite memory")),
                 backend,
                 path: None,
+                schema: None,
                 _dir: None,
+                _pg: None,
             },
+            Backend::Postgres => {
+                let name = fresh_schema();
+                TestDb {
+                    store: Arc::new(postgres_store(&name)),
+                    backend,
+                    path: None,
+                    schema: Some(name.clone()),
+                    _dir: None,
+                    _pg: Some(PgSchema { name }),
+                }
+            }
         }
     }
 
@@ -113,6 +204,18 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::SqliteMemory).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(durably_postgres_tests),
+                    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+                )]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
                 }
             )*
         }

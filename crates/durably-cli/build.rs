@@ -1,0 +1,62 @@
+//! Enables the real-client browser test (`cfg(durably_browser_tests)`, tests/browser.rs) when
+//! what it needs is on this machine: `node` on PATH, Debian's chromium (`CHROMIUM`, default
+//! `/usr/bin/chromium`) and the npm packages of tests/browser (`npm ci` there). Without them the
+//! test is compiled but reported as ignored, with the reason. `.ci/run` installs all three.
+
+use std::path::{Path, PathBuf};
+
+/// Reruns this script when `path` changes. For a missing path, watches its parent directory
+/// when that exists and is `within` (a missing path itself would make cargo rebuild this crate
+/// on every run, and watching a far ancestor would make it scan a whole tree).
+fn watch(path: &Path, within: &Path) {
+    if path.exists() {
+        println!("cargo::rerun-if-changed={}", path.display());
+    } else if let Some(parent) = path.parent()
+        && parent.is_dir()
+        && parent.starts_with(within)
+        && parent != Path::new("/")
+    {
+        println!("cargo::rerun-if-changed={}", parent.display());
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(durably_browser_tests)");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=CHROMIUM");
+    println!("cargo::rerun-if-env-changed=PATH");
+    let chromium =
+        PathBuf::from(std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into()));
+    let usr_bin = Path::new("/usr/bin");
+    watch(&chromium, usr_bin);
+    let node = find_on_path("node");
+    watch(
+        node.as_deref().unwrap_or(Path::new("/usr/bin/node")),
+        usr_bin,
+    );
+    let browser = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("tests/browser");
+    let installed = browser.join("node_modules/.package-lock.json");
+    if installed.exists() {
+        watch(&installed, &browser);
+    } else {
+        // `npm ci` creates node_modules in this (then small) directory
+        println!(
+            "cargo::rerun-if-changed={}",
+            browser.join("package-lock.json").display()
+        );
+        if !browser.join("node_modules").exists() {
+            println!("cargo::rerun-if-changed={}", browser.display());
+        }
+    }
+    if chromium.is_file() && node.is_some() && installed.is_file() {
+        println!("cargo::rustc-cfg=durably_browser_tests");
+    }
+}

@@ -1,0 +1,384 @@
+//! `durably bench --backend postgres --db URL`: the same workloads on PostgreSQL, each in a fresh
+//! schema of the given database (dropped afterwards), plus `multi-worker`: 4 worker processes
+//! (this binary re-executed, each with concurrency 1) drain one backlog in one schema, and every
+//! process reports how many step executions it made, for the exactly-once check.
+//!
+//! `--synchronous off` runs the sessions with `synchronous_commit=off` (the line then says
+//! `"synchronous":"off"`; otherwise `"on"`, every commit waiting for its WAL flush).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use durably::{
+    Durably, EventKind, EventType, PostgresOptions, PostgresStore, RunFilter, RunStatus,
+    TriggerOptions, WaitOptions,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::{
+    BenchArgs, BenchInput, bench_job, peak_rss_mb, percentiles, print_line, reset_peak_rss, round,
+};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Set in the worker processes of `multi-worker`: the schema to work in.
+const ENV_CHILD_SCHEMA: &str = "DURABLY_BENCH_PG_SCHEMA";
+/// Set in the worker processes of `multi-worker`: the file whose existence means "start".
+const ENV_CHILD_GO: &str = "DURABLY_BENCH_PG_GO";
+/// Worker processes of `multi-worker`.
+const WORKERS: usize = 4;
+
+/// Set in the worker processes of `multi-worker`: `off` for `synchronous_commit=off`.
+const ENV_CHILD_SYNC: &str = "DURABLY_BENCH_PG_SYNC";
+
+struct Setup {
+    url: String,
+    synchronous: String,
+    counter: u64,
+}
+
+impl Setup {
+    fn fresh_store(&mut self, pool: usize) -> durably::Result<PostgresStore> {
+        self.counter += 1;
+        let schema = format!("durably_bench_{}_{}", std::process::id(), self.counter);
+        store(&self.url, &schema, pool, &self.synchronous)
+    }
+}
+
+/// `--synchronous off` runs with `synchronous_commit=off`; anything else keeps it on.
+fn store(
+    url: &str,
+    schema: &str,
+    pool: usize,
+    synchronous: &str,
+) -> durably::Result<PostgresStore> {
+    PostgresStore::connect_with(
+        url,
+        PostgresOptions {
+            max_connections: pool,
+            schema: Some(schema.to_owned()),
+            synchronous_commit: synchronous != "off",
+            // For comparisons: DURABLY_BENCH_PG_GROUP_COMMIT=0 turns group commit off.
+            group_commit: std::env::var("DURABLY_BENCH_PG_GROUP_COMMIT").map_or(true, |v| v != "0"),
+            ..PostgresOptions::default()
+        },
+    )
+}
+
+/// Runs the selected workloads on PostgreSQL (or, in a `multi-worker` child, the worker).
+pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
+    let url = args
+        .db
+        .clone()
+        .ok_or("--backend postgres needs --db postgres://user@host:port/database")?;
+    if let Ok(schema) = std::env::var(ENV_CHILD_SCHEMA) {
+        let synchronous = std::env::var(ENV_CHILD_SYNC).unwrap_or_default();
+        return child(&url, &schema, &synchronous).await;
+    }
+    let synchronous = match args.synchronous.as_str() {
+        "off" => "off",
+        _ => "on",
+    }
+    .to_owned();
+    let mut setup = Setup {
+        url,
+        synchronous: synchronous.clone(),
+        counter: 0,
+    };
+    let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| w == name);
+    for &concurrency in &args.concurrency {
+        if wanted("throughput-1step") {
+            let line =
+                throughput(&mut setup, "throughput-1step", concurrency, args.jobs, 1).await?;
+            print_line(line, &synchronous);
+        }
+    }
+    for &concurrency in &args.concurrency {
+        if wanted("steps-10") {
+            let line = throughput(&mut setup, "steps-10", concurrency, args.step_jobs, 10).await?;
+            print_line(line, &synchronous);
+        }
+    }
+    if wanted("latency") {
+        let line = latency(&mut setup, args.calls).await?;
+        print_line(line, &synchronous);
+    }
+    if wanted("multi-worker") {
+        let line = multi_worker(&mut setup, args.jobs).await?;
+        print_line(line, &synchronous);
+    }
+    Ok(())
+}
+
+async fn throughput(
+    setup: &mut Setup,
+    workload: &str,
+    concurrency: usize,
+    jobs: u64,
+    steps_per_job: u64,
+) -> Result<serde_json::Value, BoxError> {
+    reset_peak_rss();
+    let store = setup.fresh_store(concurrency + 4)?;
+    let durably = Durably::builder()
+        .store(store.clone())
+        .max_concurrent_runs(concurrency)
+        .polling_interval(Duration::from_millis(50))
+        .build()?;
+    let executions = Arc::new(AtomicU64::new(0));
+    let handle = durably.register(bench_job(steps_per_job, executions.clone()))?;
+    durably.migrate().await?;
+
+    let completed = Arc::new(AtomicU64::new(0));
+    let all_done = Arc::new(Notify::new());
+    let durations = Arc::new(std::sync::Mutex::new(Vec::with_capacity(jobs as usize)));
+    let _listener = {
+        let (completed, all_done, durations) =
+            (completed.clone(), all_done.clone(), durations.clone());
+        durably.on(EventType::RunComplete, move |event| {
+            if let EventKind::RunComplete { duration, .. } = &event.kind
+                && let Ok(mut durations) = durations.lock()
+            {
+                durations.push(*duration);
+            }
+            if completed.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
+                all_done.notify_one();
+            }
+        })
+    };
+
+    let enqueue_started = Instant::now();
+    for chunk_start in (0..jobs).step_by(1000) {
+        let items = (chunk_start..(chunk_start + 1000).min(jobs))
+            .map(|n| (BenchInput { n }, TriggerOptions::new()));
+        handle.batch_trigger(items).await?;
+    }
+    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
+
+    let process_started = Instant::now();
+    durably.start();
+    if jobs > 0 {
+        tokio::time::timeout(Duration::from_secs(600), all_done.notified())
+            .await
+            .map_err(|_| "benchmark did not finish within 10 minutes")?;
+    }
+    let process_s = process_started.elapsed().as_secs_f64();
+    durably.stop().await;
+    store.drop_schema().await?;
+
+    let expected = jobs * steps_per_job;
+    let executed = executions.load(Ordering::SeqCst);
+    let durations = durations.lock().map(|d| d.clone()).unwrap_or_default();
+    let (p50, p99) = percentiles(durations.into_iter().map(|d| d as f64).collect());
+    Ok(json!({
+        "workload": workload,
+        "backend": "postgres",
+        "concurrency": concurrency,
+        "jobs": jobs,
+        "steps_per_job": steps_per_job,
+        "enqueue_s": round(enqueue_s),
+        "process_s": round(process_s),
+        "jobs_per_s": round(jobs as f64 / process_s),
+        "steps_per_s": round(expected as f64 / process_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "peak_rss_mb": peak_rss_mb(),
+        "duplicate_step_execs": executed.saturating_sub(expected),
+    }))
+}
+
+async fn latency(setup: &mut Setup, calls: u64) -> Result<serde_json::Value, BoxError> {
+    reset_peak_rss();
+    let store = setup.fresh_store(4)?;
+    // The trigger wakes the worker (in process, and through NOTIFY); the poll is a fallback.
+    let durably = Durably::builder()
+        .store(store.clone())
+        .polling_interval(Duration::from_millis(1000))
+        .build()?;
+    let executions = Arc::new(AtomicU64::new(0));
+    let handle = durably.register(bench_job(1, executions.clone()))?;
+    durably.init().await?;
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the listener connect
+    let mut samples = Vec::with_capacity(calls as usize);
+    let started = Instant::now();
+    for n in 0..calls {
+        let call = Instant::now();
+        handle
+            .trigger_and_wait(
+                BenchInput { n },
+                TriggerOptions::new(),
+                WaitOptions::new().timeout(Duration::from_secs(30)),
+            )
+            .await?;
+        samples.push(call.elapsed().as_secs_f64() * 1000.0);
+    }
+    let process_s = started.elapsed().as_secs_f64();
+    durably.stop().await;
+    store.drop_schema().await?;
+    let (p50, p99) = percentiles(samples);
+    Ok(json!({
+        "workload": "latency",
+        "backend": "postgres",
+        "concurrency": 1,
+        "jobs": calls,
+        "steps_per_job": 1,
+        "enqueue_s": 0.0,
+        "process_s": round(process_s),
+        "jobs_per_s": round(calls as f64 / process_s),
+        "steps_per_s": round(calls as f64 / process_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "peak_rss_mb": peak_rss_mb(),
+        "duplicate_step_execs": executions.load(Ordering::SeqCst).saturating_sub(calls),
+    }))
+}
+
+/// Kills the worker processes if the benchmark bails out early.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value, BoxError> {
+    reset_peak_rss();
+    setup.counter += 1;
+    let schema = format!("durably_bench_{}_{}", std::process::id(), setup.counter);
+    let parent_store = store(&setup.url, &schema, 4, &setup.synchronous)?;
+    let parent = Durably::builder().store(parent_store.clone()).build()?;
+    let handle = parent.register(bench_job(1, Arc::new(AtomicU64::new(0))))?;
+    parent.migrate().await?;
+    let enqueue_started = Instant::now();
+    for chunk_start in (0..jobs).step_by(1000) {
+        let items = (chunk_start..(chunk_start + 1000).min(jobs))
+            .map(|n| (BenchInput { n }, TriggerOptions::new()));
+        handle.batch_trigger(items).await?;
+    }
+    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir()?;
+    let go = dir.path().join("go");
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::with_capacity(WORKERS));
+    for _ in 0..WORKERS {
+        children.0.push(
+            Command::new(&exe)
+                .args(["bench", "--backend", "postgres", "--db", &setup.url])
+                .env(ENV_CHILD_SCHEMA, &schema)
+                .env(ENV_CHILD_GO, &go)
+                .env(ENV_CHILD_SYNC, &setup.synchronous)
+                .stdout(Stdio::piped())
+                .spawn()?,
+        );
+    }
+    // Each worker prints `ready` once it is connected, then waits for the go file.
+    let mut outputs = Vec::with_capacity(WORKERS);
+    for child in &mut children.0 {
+        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::task::spawn_blocking(move || {
+            let first = lines.next();
+            (first, lines)
+        })
+        .await?;
+        match ready.0 {
+            Some(Ok(line)) if line == "ready" => outputs.push(ready.1),
+            other => return Err(format!("worker did not start: {other:?}").into()),
+        }
+    }
+    let started = Instant::now();
+    std::fs::write(&go, b"go")?;
+    let mut executions = 0u64;
+    for lines in outputs {
+        let summary = tokio::task::spawn_blocking(move || lines.last())
+            .await?
+            .ok_or("worker printed no summary")??;
+        let value: serde_json::Value = serde_json::from_str(&summary)?;
+        executions += value["executions"].as_u64().ok_or("worker summary")?;
+    }
+    let process_s = started.elapsed().as_secs_f64();
+    for child in &mut children.0 {
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(format!("a worker process failed: {status}").into());
+        }
+    }
+    let completed = parent
+        .get_runs(&RunFilter::new().status(RunStatus::Completed))
+        .await?;
+    if completed.len() as u64 != jobs {
+        return Err(format!("{} of {jobs} runs completed", completed.len()).into());
+    }
+    let durations: Vec<f64> = completed
+        .iter()
+        .filter_map(|run| {
+            let (start, end) = (run.started_at?, run.completed_at?);
+            Some(end.millis_since(start) as f64)
+        })
+        .collect();
+    let (p50, p99) = percentiles(durations);
+    parent_store.drop_schema().await?;
+    Ok(json!({
+        "workload": "multi-worker",
+        "backend": "postgres",
+        "concurrency": 1,
+        "workers": WORKERS,
+        "jobs": jobs,
+        "steps_per_job": 1,
+        "enqueue_s": round(enqueue_s),
+        "process_s": round(process_s),
+        "jobs_per_s": round(jobs as f64 / process_s),
+        "steps_per_s": round(jobs as f64 / process_s),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "peak_rss_mb": peak_rss_mb(),
+        "duplicate_step_execs": executions.saturating_sub(jobs),
+        "step_execs": executions,
+    }))
+}
+
+/// A `multi-worker` process: one worker with concurrency 1 on `schema`; starts when the go
+/// file appears, stops when no run is pending or leased, prints its step executions.
+async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxError> {
+    let go = PathBuf::from(std::env::var(ENV_CHILD_GO)?);
+    let durably = Durably::builder()
+        .store(store(url, schema, 2, synchronous)?)
+        .max_concurrent_runs(1)
+        .polling_interval(Duration::from_millis(50))
+        .build()?;
+    let executions = Arc::new(AtomicU64::new(0));
+    durably.register(bench_job(1, executions.clone()))?;
+    durably.migrate().await?;
+    println!("ready");
+    while !Path::new(&go).exists() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    durably.start();
+    let active = RunFilter::new()
+        .status(RunStatus::Pending)
+        .status(RunStatus::Leased)
+        .limit(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if durably.get_runs(&active).await?.is_empty() {
+            break;
+        }
+    }
+    durably.stop().await;
+    println!(
+        "{}",
+        json!({ "executions": executions.load(Ordering::SeqCst) })
+    );
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! `durably demo` as a real server: start it on a free port, drive it over HTTP + SSE on the
+//! loopback interface, and stop it with SIGINT.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BASE: &str = "/api/durably";
+
+/// The demo process; killed if the test fails before stopping it.
+struct Demo {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo() -> Demo {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durably"))
+        .args(["demo", "--port", "0", "--db"])
+        .arg(dir.path().join("demo.sqlite"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start durably demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("the demo prints its URL")
+        .expect("stdout line");
+    // "durably demo: http://127.0.0.1:PORT/api/durably"
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"));
+    assert!(url.ends_with(BASE), "{url}");
+    let host_port = url
+        .trim_start_matches("http://")
+        .trim_end_matches(BASE)
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    Demo {
+        child,
+        address: host_port.parse().expect("socket address"),
+        _dir: dir,
+    }
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and decoded body.
+fn http(address: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut stream = connect(address);
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {BASE}{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, payload) = raw.split_once("\r\n\r\n").expect("head and body");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(payload)
+        } else {
+            payload.to_owned()
+        },
+    )
+}
+
+fn dechunk(mut payload: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = payload.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        payload = &rest[size + 2..];
+    }
+    out
+}
+
+fn json_call(address: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, text) = http(address, method, path, body.as_ref());
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}")),
+    )
+}
+
+/// An open SSE response; `data:` events are read line by line.
+struct Sse {
+    reader: BufReader<TcpStream>,
+}
+
+impl Sse {
+    fn open(address: SocketAddr, path: &str) -> Sse {
+        let mut stream = connect(address);
+        write!(
+            stream,
+            "GET {BASE}{path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("status line");
+        assert!(status_line.contains(" 200 "), "{status_line}");
+        let mut saw_event_stream = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            saw_event_stream |= line.eq_ignore_ascii_case("content-type: text/event-stream\r\n");
+        }
+        assert!(saw_event_stream);
+        Sse { reader }
+    }
+
+    /// The next `data:` event, or `None` when the stream ends.
+    fn next_event(&mut self) -> Option<Value> {
+        loop {
+            let mut line = String::new();
+            // EOF, or the last chunk of the chunked body
+            if self.reader.read_line(&mut line).expect("read SSE") == 0 || line == "0\r\n" {
+                return None;
+            }
+            if let Some(data) = line.strip_prefix("data: ") {
+                return Some(serde_json::from_str(data.trim_end()).expect("JSON event"));
+            }
+        }
+    }
+}
+
+fn wait_for_status(address: SocketAddr, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, run) = json_call(address, "GET", &format!("/run?runId={id}"), None);
+        assert_eq!(code, 200, "{run}");
+        if run["status"] == status {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} never became {status}: {run}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn demo_serves_the_reference_jobs_and_stops_on_sigint() {
+    let mut demo = start_demo();
+    let address = demo.address;
+
+    // a live feed of every run, open across the whole test
+    let mut feed = Sse::open(address, "/runs/subscribe");
+
+    // steps: trigger, follow the run over SSE until run:complete
+    let (status, triggered) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "steps", "input": {"count": 3, "stepMs": 50}})),
+    );
+    assert_eq!(status, 200, "{triggered}");
+    assert_eq!(triggered["disposition"], "created");
+    let run_id = triggered["runId"].as_str().expect("runId").to_owned();
+    let mut sse = Sse::open(address, &format!("/subscribe?runId={run_id}"));
+    let mut types = Vec::new();
+    while let Some(event) = sse.next_event() {
+        assert_eq!(event["runId"], run_id.as_str());
+        types.push(event["type"].as_str().unwrap_or_default().to_owned());
+        if event["type"] == "run:complete" {
+            assert_eq!(event["output"], json!({"sum": 6}));
+            break;
+        }
+    }
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("run:complete"),
+        "{types:?}"
+    );
+    assert!(types.iter().any(|t| t == "run:progress"), "{types:?}");
+    assert!(
+        sse.next_event().is_none(),
+        "/subscribe ends after the terminal event"
+    );
+    let first = feed.next_event().expect("feed event");
+    assert_eq!(
+        first,
+        json!({"type": "run:trigger", "runId": run_id, "jobName": "steps", "labels": {}})
+    );
+
+    // invalid input: 400 and nothing stored
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "sleep", "input": {"ms": -1}})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid input: "),
+        "{error}"
+    );
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "echo", "input": {}})),
+    );
+    assert_eq!(status, 400, "echo requires value: {error}");
+    let (_, runs) = json_call(address, "GET", "/runs", None);
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+
+    // sleep: trigger, wait until leased, cancel
+    let (_, sleeping) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "sleep", "input": {"ms": 60000}})),
+    );
+    let sleep_id = sleeping["runId"].as_str().expect("runId").to_owned();
+    wait_for_status(address, &sleep_id, "leased");
+    let (status, body) = json_call(address, "POST", &format!("/cancel?runId={sleep_id}"), None);
+    assert_eq!((status, body), (200, json!({"success": true})));
+    wait_for_status(address, &sleep_id, "cancelled");
+
+    // SIGINT: graceful shutdown ends the open feed and exits 0
+    let pid = demo.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    while feed.next_event().is_some() {}
+    assert!(TcpStream::connect(address).is_err(), "no longer accepting");
+}

@@ -1,0 +1,729 @@
+//! HTTP + SSE (feature `http`): the upstream wire protocol as an axum [`Router`].
+//!
+//! [`router`] serves upstream's nine routes (`createDurablyHandler`) relative to wherever it is
+//! nested, plus two routes of ours beside them:
+//!
+//! | method & path | answer |
+//! |---|---|
+//! | `POST /trigger` | `{"runId", "disposition"}` |
+//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first |
+//! | `GET /run?runId=` | [`ClientRun`] |
+//! | `GET /steps?runId=` | JSON array of steps |
+//! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
+//! | `POST /cancel?runId=` | `{"success": true}` |
+//! | `DELETE /run?runId=` | `{"success": true}` |
+//! | `GET /subscribe?runId=` | SSE: the run's current state, then its live events, until it ends |
+//! | `GET /runs/subscribe` | SSE: slim live events of all runs (filters `jobName`, `label.<k>`) |
+//! | `GET /jobs` (ours) | `[{"name": …}]`, the registered jobs |
+//! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
+//!
+//! Errors are `{"error": "<message>"}` with the status of [`Error::status_code`]; an unknown
+//! path or method is a plain-text `404 Not Found`, as upstream.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let durably = durably::Durably::builder().sqlite("app.db").build()?;
+//! durably.init().await?;
+//! let app = axum::Router::new().nest(
+//!     "/api/durably",
+//!     durably::http::router(durably.clone(), durably::http::HttpOptions::new()),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+// Route helpers return `Result<_, Response>`: the error *is* the HTTP answer, built once per
+// request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod openapi;
+mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use async_trait::async_trait;
+pub use auth::{Auth, Rejection, RunOperation, RunsSubscribeFilter};
+
+use crate::durably::Durably;
+use crate::error::Error;
+use crate::events::Event;
+use crate::run::{
+    Coalesce, Disposition, Labels, Progress, Run, RunFilter, RunStatus, TriggerOptions,
+};
+use crate::time::Timestamp;
+use auth::{Authenticator, Erased, Guard, Open};
+
+/// Options of [`router`].
+#[derive(Clone)]
+pub struct HttpOptions {
+    sse_throttle: Duration,
+    keep_alive: Option<Duration>,
+    body_limit: usize,
+    auth: Option<Arc<dyn Authenticator>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("sse_throttle", &self.sse_throttle)
+            .field("keep_alive", &self.keep_alive)
+            .field("body_limit", &self.body_limit)
+            .field("auth", &self.auth.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            sse_throttle: Duration::from_millis(100),
+            keep_alive: None,
+            body_limit: 1024 * 1024,
+            auth: None,
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Defaults: progress throttled to one per run per 100 ms, no keep-alive comments, 1 MiB
+    /// body limit, no auth.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Per-run `run:progress` throttle of SSE streams (upstream `sseThrottleMs`, default
+    /// 100 ms; zero sends every progress). The first and last progress of a run always go out.
+    pub fn sse_throttle(mut self, throttle: Duration) -> Self {
+        self.sse_throttle = throttle;
+        self
+    }
+
+    /// Sends an SSE comment (`: keep-alive`) this often on idle streams, for proxies that close
+    /// quiet connections. Off by default (upstream sends none).
+    pub fn keep_alive(mut self, every: Duration) -> Self {
+        self.keep_alive = Some(every);
+        self
+    }
+
+    /// Largest accepted request body in bytes (default 1 MiB); larger ones get 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Authenticates every request and checks each route with `auth`'s hooks.
+    pub fn auth(mut self, auth: impl Auth) -> Self {
+        self.auth = Some(Arc::new(Erased(Arc::new(auth))));
+        self
+    }
+
+    /// Ends every open SSE stream when `token` fires (for graceful server shutdown, which
+    /// otherwise waits for `/runs/subscribe` streams that never end).
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+}
+
+/// A run as the HTTP API shows it (upstream `ClientRun`): the run without its idempotency and
+/// concurrency keys, lease fields and `updatedAt`, plus `isTerminal` and `isActive`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRun {
+    /// Run id.
+    pub id: String,
+    /// Job name.
+    pub job_name: String,
+    /// Input.
+    pub input: Value,
+    /// Status.
+    pub status: RunStatus,
+    /// Step index bookkeeping.
+    pub current_step_index: i64,
+    /// Completed steps.
+    pub completed_step_count: i64,
+    /// Last progress.
+    pub progress: Option<Progress>,
+    /// Output once completed.
+    pub output: Option<Value>,
+    /// Error once failed.
+    pub error: Option<String>,
+    /// Labels.
+    pub labels: Labels,
+    /// First claim time.
+    pub started_at: Option<Timestamp>,
+    /// Terminal time.
+    pub completed_at: Option<Timestamp>,
+    /// Trigger time.
+    pub created_at: Timestamp,
+    /// Completed, failed or cancelled.
+    pub is_terminal: bool,
+    /// Pending or leased.
+    pub is_active: bool,
+}
+
+impl From<Run> for ClientRun {
+    fn from(run: Run) -> Self {
+        ClientRun {
+            is_terminal: run.status.is_terminal(),
+            is_active: run.status.is_active(),
+            id: run.id,
+            job_name: run.job_name,
+            input: run.input,
+            status: run.status,
+            current_step_index: run.current_step_index,
+            completed_step_count: run.completed_step_count,
+            progress: run.progress,
+            output: run.output,
+            error: run.error,
+            labels: run.labels,
+            started_at: run.started_at,
+            completed_at: run.completed_at,
+            created_at: run.created_at,
+        }
+    }
+}
+
+/// Body of a successful `POST /trigger` (key order as upstream).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerResponse {
+    run_id: String,
+    disposition: Disposition,
+}
+
+/// Body of a successful `POST /retrigger` (key order as upstream).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RetriggerResponse {
+    success: bool,
+    run_id: String,
+}
+
+struct Shared {
+    durably: Durably,
+    options: HttpOptions,
+}
+
+/// The HTTP API of `durably` as an axum router; nest it under any base path
+/// (`Router::new().nest("/api/durably", router(durably, options))`).
+pub fn router(durably: Durably, options: HttpOptions) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(Shared { durably, options }))
+}
+
+type Reply = Result<Response, Response>;
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("could not serialize the response: {error}"),
+        ),
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    json_response(status, &json!({ "error": message }))
+}
+
+fn durably_error(error: Error) -> Response {
+    let status =
+        StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::warn!(%error, "durably HTTP request failed");
+    }
+    error_response(status, &error.to_string())
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn not_found_text() -> Response {
+    let mut response = Response::new(Body::from("Not Found"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain;charset=UTF-8"),
+    );
+    response
+}
+
+async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // 1. authenticate (before routing, as upstream)
+    let guard: Box<dyn Guard> = match &shared.options.auth {
+        Some(auth) => match auth.authenticate(&parts).await {
+            Ok(guard) => guard,
+            Err(rejection) => return rejection.into_response(),
+        },
+        None => Box::new(Open),
+    };
+    // 2. route
+    let query = Query::parse(parts.uri.query().unwrap_or(""));
+    let path = parts.uri.path();
+    let guard = guard.as_ref();
+    let shared = shared.as_ref();
+    let reply = match (&parts.method, path) {
+        (&Method::POST, "/trigger") => trigger(shared, guard, body).await,
+        (&Method::GET, "/runs") => list_runs(shared, guard, &query).await,
+        (&Method::GET, "/run") => get_run(shared, guard, &query).await,
+        (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
+        (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
+        (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
+        (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
+        (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
+        (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
+        (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
+        (&Method::GET, "/openapi.json") => Ok(json_response(StatusCode::OK, &openapi::document())),
+        _ => Ok(not_found_text()),
+    };
+    reply.unwrap_or_else(|response| response)
+}
+
+/// Decoded query pairs in order (`URLSearchParams` semantics: `+` is a space).
+struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        Query {
+            pairs: form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        }
+    }
+
+    fn first(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, key: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `label.<key>=<value>` pairs; a repeated key keeps the last value.
+    fn labels(&self) -> Labels {
+        self.pairs
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("label.").map(|k| (k.to_owned(), v.clone())))
+            .collect()
+    }
+}
+
+/// JavaScript's `parseInt(text, 10)` for the non-negative integers of `limit`/`offset`:
+/// leading whitespace, an optional sign, then the longest run of digits (`"5abc"` → 5,
+/// `"1.5"` → 1). `None` for NaN or a negative number.
+fn parse_js_int(text: &str) -> Option<u64> {
+    let trimmed = text.trim_start();
+    let (negative, digits) = match trimmed.as_bytes().first() {
+        Some(b'-') => (true, &trimmed[1..]),
+        Some(b'+') => (false, &trimmed[1..]),
+        _ => (false, trimmed),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let digits = &digits[..end];
+    if digits.is_empty() {
+        return None;
+    }
+    let all_zero = digits.bytes().all(|b| b == b'0');
+    if negative && !all_zero {
+        return None;
+    }
+    Some(digits.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+fn page_param(query: &Query, key: &str) -> Result<Option<u64>, Response> {
+    match query.first(key) {
+        None | Some("") => Ok(None),
+        Some(text) => parse_js_int(text)
+            .map(Some)
+            .ok_or_else(|| bad_request(&format!("Invalid {key}: must be a non-negative integer"))),
+    }
+}
+
+fn run_id_param(query: &Query) -> Result<String, Response> {
+    match query.first("runId") {
+        Some(id) if !id.is_empty() => Ok(id.to_owned()),
+        _ => Err(bad_request("runId query parameter is required")),
+    }
+}
+
+/// Loads the run named by `runId` and asks the run-access hook.
+async fn accessible_run(
+    shared: &Shared,
+    guard: &dyn Guard,
+    query: &Query,
+    operation: RunOperation,
+) -> Result<Run, Response> {
+    let run_id = run_id_param(query)?;
+    let run = shared
+        .durably
+        .get_run(&run_id)
+        .await
+        .map_err(durably_error)?
+        .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "Run not found"))?;
+    guard
+        .on_run_access(&run, operation)
+        .await
+        .map_err(Rejection::into_response)?;
+    Ok(run)
+}
+
+async fn read_body(shared: &Shared, body: Body) -> Result<Value, Response> {
+    let limit = shared.options.body_limit;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body too large: the limit is {limit} bytes"),
+        )
+    };
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("Invalid JSON body: {e}")))
+}
+
+fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, Response> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(bad_request(&format!(
+            "{key} must be a string (got {other})"
+        ))),
+    }
+}
+
+fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response> {
+    let mut options = TriggerOptions::new();
+    options.idempotency_key = optional_string(body, "idempotencyKey")?;
+    options.concurrency_key = optional_string(body, "concurrencyKey")?;
+    options.labels = match body.get("labels") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let mut labels = Labels::new();
+            for (key, value) in map {
+                match value {
+                    Value::String(s) => {
+                        labels.insert(key.clone(), s.clone());
+                    }
+                    other => {
+                        return Err(bad_request(&format!(
+                            "labels: Invalid input: the value of label \"{key}\" must be a string (got {other})"
+                        )));
+                    }
+                }
+            }
+            Some(labels)
+        }
+        Some(other) => {
+            return Err(bad_request(&format!(
+                "labels: Invalid input: expected an object of string values (got {other})"
+            )));
+        }
+    };
+    options.coalesce = match body.get("coalesce") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.parse::<Coalesce>().map_err(durably_error)?),
+        Some(other) => {
+            return Err(bad_request(&format!(
+                "Invalid coalesce value: '{other}'. Valid values: 'skip'"
+            )));
+        }
+    };
+    Ok(options)
+}
+
+async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
+    let body = read_body(shared, body).await?;
+    let job_name = match body.get("jobName") {
+        None | Some(Value::Null) => return Err(bad_request("jobName is required")),
+        Some(Value::String(name)) if name.is_empty() => {
+            return Err(bad_request("jobName is required"));
+        }
+        Some(Value::String(name)) => name.clone(),
+        Some(other) => {
+            return Err(bad_request(&format!(
+                "jobName must be a string (got {other})"
+            )));
+        }
+    };
+    if shared.durably.get_job(&job_name).is_none() {
+        return Err(error_response(
+            StatusCode::NOT_FOUND,
+            &format!("Job not found: {job_name}"),
+        ));
+    }
+    guard
+        .on_trigger(&body)
+        .await
+        .map_err(Rejection::into_response)?;
+    let Value::Object(fields) = &body else {
+        return Err(bad_request("jobName is required"));
+    };
+    let options = trigger_options(fields)?;
+    let input = fields.get("input").cloned().unwrap_or(Value::Null);
+    let result = shared
+        .durably
+        .trigger_json(&job_name, input, options)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &TriggerResponse {
+            run_id: result.run.id,
+            disposition: result.disposition,
+        },
+    ))
+}
+
+async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let mut filter = RunFilter {
+        job_names: query.all("jobName"),
+        labels: query.labels(),
+        ..RunFilter::default()
+    };
+    for status in query.all("status") {
+        let parsed = RunStatus::ALL.into_iter().find(|s| s.as_str() == status);
+        match parsed {
+            Some(status) => filter.statuses.push(status),
+            None if status.is_empty() => {
+                return Err(bad_request(
+                    "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+                ));
+            }
+            None => {
+                return Err(bad_request(&format!(
+                    "Invalid status: {status}. Must be one of: pending, leased, completed, failed, cancelled"
+                )));
+            }
+        }
+    }
+    filter.limit = page_param(query, "limit")?;
+    filter.offset = page_param(query, "offset")?;
+    let filter = guard
+        .scope_runs(filter)
+        .await
+        .map_err(Rejection::into_response)?;
+    let runs = shared
+        .durably
+        .get_runs(&filter)
+        .await
+        .map_err(durably_error)?;
+    let runs: Vec<ClientRun> = runs.into_iter().map(ClientRun::from).collect();
+    Ok(json_response(StatusCode::OK, &runs))
+}
+
+async fn get_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Read).await?;
+    Ok(json_response(StatusCode::OK, &ClientRun::from(run)))
+}
+
+async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Steps).await?;
+    let steps = shared
+        .durably
+        .get_steps(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &steps))
+}
+
+async fn retrigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Retrigger).await?;
+    let new_run = shared
+        .durably
+        .retrigger(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RetriggerResponse {
+            success: true,
+            run_id: new_run.id,
+        },
+    ))
+}
+
+async fn cancel(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Cancel).await?;
+    shared
+        .durably
+        .cancel(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &json!({ "success": true })))
+}
+
+async fn delete_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Delete).await?;
+    shared
+        .durably
+        .delete_run(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &json!({ "success": true })))
+}
+
+fn stream_options(shared: &Shared) -> sse::StreamOptions {
+    sse::StreamOptions {
+        throttle: shared.options.sse_throttle,
+        keep_alive: shared.options.keep_alive,
+        shutdown: shared.options.shutdown.clone(),
+    }
+}
+
+async fn subscribe(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Subscribe).await?;
+    let events = shared
+        .durably
+        .subscribe(&run.id)
+        .filter_map(|event| std::future::ready(sse::Item::full(&event)));
+    Ok(sse::response(events, stream_options(shared)))
+}
+
+fn matches(filter: &RunsSubscribeFilter, event: &Event) -> bool {
+    let Some((job_name, labels)) = event_job_and_labels(event) else {
+        return false;
+    };
+    (filter.job_names.is_empty() || filter.job_names.iter().any(|n| n == job_name))
+        && filter
+            .labels
+            .iter()
+            .all(|(k, v)| labels.is_some_and(|labels| labels.get(k) == Some(v)))
+}
+
+fn event_job_and_labels(event: &Event) -> Option<(&str, Option<&Labels>)> {
+    use crate::events::EventKind as K;
+    Some(match &event.kind {
+        K::RunTrigger {
+            job_name, labels, ..
+        }
+        | K::RunCoalesced {
+            job_name, labels, ..
+        }
+        | K::RunLeased {
+            job_name, labels, ..
+        }
+        | K::RunLeaseRenewed {
+            job_name, labels, ..
+        }
+        | K::RunComplete {
+            job_name, labels, ..
+        }
+        | K::RunFail {
+            job_name, labels, ..
+        }
+        | K::RunCancel {
+            job_name, labels, ..
+        }
+        | K::RunDelete {
+            job_name, labels, ..
+        }
+        | K::RunProgress {
+            job_name, labels, ..
+        }
+        | K::StepStart {
+            job_name, labels, ..
+        }
+        | K::StepComplete {
+            job_name, labels, ..
+        }
+        | K::StepFail {
+            job_name, labels, ..
+        }
+        | K::StepCancel {
+            job_name, labels, ..
+        }
+        | K::LogWrite {
+            job_name, labels, ..
+        } => (job_name.as_str(), Some(labels)),
+        K::WorkerError { .. } => return None,
+    })
+}
+
+async fn runs_subscribe(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let filter = RunsSubscribeFilter {
+        job_names: query.all("jobName"),
+        labels: query.labels(),
+    };
+    let filter = guard
+        .scope_runs_subscribe(filter)
+        .await
+        .map_err(Rejection::into_response)?;
+    let events = shared.durably.subscribe_all().filter_map(move |event| {
+        let item = if matches(&filter, &event) {
+            sse::Item::slim(&event)
+        } else {
+            None
+        };
+        std::future::ready(item)
+    });
+    Ok(sse::response(events, stream_options(shared)))
+}
+
+fn list_jobs(shared: &Shared) -> Response {
+    let jobs: Vec<Value> = shared
+        .durably
+        .job_names()
+        .into_iter()
+        .map(|name| json!({ "name": name }))
+        .collect();
+    json_response(StatusCode::OK, &jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_js_int;
+
+    #[test]
+    fn parse_int_follows_javascript() {
+        assert_eq!(parse_js_int("5"), Some(5));
+        assert_eq!(parse_js_int("5abc"), Some(5));
+        assert_eq!(parse_js_int("1.5"), Some(1));
+        assert_eq!(parse_js_int(" 7"), Some(7));
+        assert_eq!(parse_js_int("+3"), Some(3));
+        assert_eq!(parse_js_int("0"), Some(0));
+        assert_eq!(parse_js_int("-0"), Some(0));
+        assert_eq!(parse_js_int("-1"), None);
+        assert_eq!(parse_js_int("abc"), None);
+        assert_eq!(parse_js_int("-"), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! Group commit for the hot lease-holder writes (step persistence and run completion).
+//!
+//! Concurrent `persist_step` and `complete_run` calls queue here; one task takes everything
+//! queued, turns each kind into **one** statement over arrays (`unnest`), and runs the
+//! statements pipelined on one connection: many executions share one round trip and one commit.
+//! Each row keeps the semantics of the single write: fenced on
+//! `status = 'leased' AND lease_generation = <fence>` (the run row locked `FOR NO KEY UPDATE`),
+//! a retry after a lost connection recognises its own earlier commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+
+use super::{Fail, NOTICE_RUNS, count_bool};
+use crate::error::{Error, Result};
+
+/// Most writes of one kind in one statement.
+const MAX_BATCH: usize = 512;
+/// Batches executing at once (each on its own connection).
+const IN_FLIGHT: usize = 2;
+
+/// A step row to insert under a fence.
+pub(super) struct PersistRequest {
+    pub run_id: String,
+    pub generation: i64,
+    pub step_id: String,
+    pub name: String,
+    pub index: i32,
+    pub status: &'static str,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub completed_at: String,
+    /// `(fenced, inserted, already inserted by an earlier attempt)`.
+    pub reply: oneshot::Sender<Result<(bool, bool, bool)>>,
+}
+
+/// A run to complete under a fence.
+pub(super) struct CompleteRequest {
+    pub run_id: String,
+    pub generation: i64,
+    pub output: Option<String>,
+    pub now: String,
+    pub drop_steps: bool,
+    pub reply: oneshot::Sender<Result<bool>>,
+}
+
+pub(super) enum Request {
+    Persist(PersistRequest),
+    Complete(CompleteRequest),
+}
+
+/// Reports a fault that is being retried (operation, error).
+pub(super) type FaultReporter = Arc<dyn Fn(&'static str, String) + Send + Sync>;
+
+/// Starts the batching task; it ends when every sender is dropped.
+pub(super) fn spawn(
+    pool: Pool,
+    channel: String,
+    retry_for: Duration,
+    report: FaultReporter,
+) -> Option<mpsc::UnboundedSender<Request>> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    handle.spawn(batch_loop(pool, channel, retry_for, report, receiver));
+    Some(sender)
+}
+
+async fn batch_loop(
+    pool: Pool,
+    channel: String,
+    retry_for: Duration,
+    report: FaultReporter,
+    mut receiver: mpsc::UnboundedReceiver<Request>,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let channel = Arc::new(channel);
+    while let Some(first) = receiver.recv().await {
+        // Wait for a free slot first: requests queue up meanwhile and share the next batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut persists = Vec::new();
+        let mut completes = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Persist(r) => persists.push(r),
+                Request::Complete(r) => completes.push(r),
+            }
+            if persists.len() >= MAX_BATCH || completes.len() >= MAX_BATCH {
+                break;
+            }
+            next = receiver.try_recv().ok();
+        }
+        let (pool, channel, report) = (pool.clone(), channel.clone(), report.clone());
+        tokio::spawn(async move {
+            execute(&pool, &channel, retry_for, &report, persists, completes).await;
+            drop(permit);
+        });
+    }
+}
+
+const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], \
+    $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], \
+    $10::text[]) WITH ORDINALITY AS t(run_id, gen, step_id, name, idx, status, output, error, \
+    started_at, completed_at, ord)), \
+  run AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
+    WHERE r.status = 'leased' AND r.lease_generation = req.gen ORDER BY r.id \
+    FOR NO KEY UPDATE OF r), \
+  mine AS (SELECT s.id FROM durably_steps s WHERE s.id IN (SELECT step_id FROM req)), \
+  ins AS (INSERT INTO durably_steps (id, run_id, name, \"index\", status, output, error, \
+      started_at, completed_at) \
+    SELECT req.step_id, req.run_id, req.name, req.idx, req.status, req.output, req.error, \
+      req.started_at, req.completed_at FROM req WHERE req.run_id IN (SELECT id FROM run) \
+      AND req.step_id NOT IN (SELECT id FROM mine) \
+    ON CONFLICT DO NOTHING RETURNING id), \
+  upd AS (UPDATE durably_runs r SET current_step_index = req.idx + 1, \
+      completed_step_count = r.completed_step_count + 1, updated_at = req.completed_at \
+    FROM req WHERE r.id = req.run_id AND req.status = 'completed' \
+      AND req.step_id IN (SELECT id FROM ins) RETURNING r.id) \
+  SELECT req.step_id, req.run_id IN (SELECT id FROM run), req.step_id IN (SELECT id FROM ins), \
+    req.step_id IN (SELECT id FROM mine), (SELECT count(*) FROM upd) FROM req ORDER BY req.ord";
+
+fn complete_sql() -> String {
+    format!(
+        "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
+           $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
+         u AS (UPDATE durably_runs r SET status = 'completed', output = req.output, error = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, completed_at = req.at, updated_at = req.at \
+           FROM req WHERE r.id = req.run_id AND r.status = 'leased' AND r.lease_generation = req.gen \
+           RETURNING r.id, r.concurrency_key), \
+         d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
+           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)), \
+         note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
+           WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
+           WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1), \
+         again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
+           WHERE $7::boolean AND r.status = 'completed' AND r.lease_generation = req.gen) \
+         SELECT req.run_id, req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again), \
+           (SELECT count(*) FROM note) FROM req ORDER BY req.ord"
+    )
+}
+
+/// Runs one write on its own (group commit off).
+pub(super) async fn execute_one(
+    pool: &Pool,
+    channel: &str,
+    retry_for: Duration,
+    report: &FaultReporter,
+    request: Request,
+) {
+    match request {
+        Request::Persist(r) => execute(pool, channel, retry_for, report, vec![r], Vec::new()).await,
+        Request::Complete(r) => {
+            execute(pool, channel, retry_for, report, Vec::new(), vec![r]).await
+        }
+    }
+}
+
+async fn execute(
+    pool: &Pool,
+    channel: &str,
+    retry_for: Duration,
+    report: &FaultReporter,
+    persists: Vec<PersistRequest>,
+    completes: Vec<CompleteRequest>,
+) {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let complete_sql = complete_sql();
+    let mut tries: u32 = 0;
+    let outcome = loop {
+        let attempt = async {
+            let client = pool.get().await.map_err(Fail::Pool)?;
+            let persist_statement = if persists.is_empty() {
+                None
+            } else {
+                Some(client.prepare_cached(PERSIST_SQL).await?)
+            };
+            let complete_statement = if completes.is_empty() {
+                None
+            } else {
+                Some(client.prepare_cached(&complete_sql).await?)
+            };
+            let persist_columns = persist_columns(&persists);
+            let complete_columns = complete_columns(&completes);
+            let retrying = tries > 0;
+            let persist_params: Vec<&(dyn ToSql + Sync)> = persist_columns.params();
+            let mut complete_params: Vec<&(dyn ToSql + Sync)> = complete_columns.params();
+            let channel = channel.to_owned();
+            complete_params.push(&channel);
+            complete_params.push(&retrying);
+            let persisted = async {
+                match &persist_statement {
+                    Some(statement) => client.query(statement, &persist_params).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let completed = async {
+                match &complete_statement {
+                    Some(statement) => client.query(statement, &complete_params).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            // Pipelined: both statements go out at once (each commits on its own).
+            let (persisted, completed) = futures::join!(persisted, completed);
+            Ok::<_, Fail>((persisted?, completed?))
+        };
+        match attempt.await {
+            Ok(rows) => break Ok(rows),
+            Err(fail) => {
+                let wait = Duration::from_millis(50u64 << tries.min(4));
+                if !fail.is_transient() || tokio::time::Instant::now() + wait > deadline {
+                    break Err(fail.describe());
+                }
+                let error = fail.describe();
+                tracing::debug!(%error, "PostgreSQL group write failed; retrying");
+                if tries == 0 {
+                    let operation = if persists.is_empty() {
+                        "complete_run"
+                    } else {
+                        "persist_step"
+                    };
+                    report(operation, error);
+                }
+                tries += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    match outcome {
+        Ok((persisted, completed)) => {
+            let persisted = persisted.unwrap_or_default();
+            for (request, row) in persists.into_iter().zip(persisted.iter()) {
+                let result = (|| -> std::result::Result<_, Fail> {
+                    Ok((
+                        count_bool(row, 1)?,
+                        count_bool(row, 2)?,
+                        count_bool(row, 3)?,
+                    ))
+                })();
+                let _ = request
+                    .reply
+                    .send(result.map_err(|f| f.into_error("persist_step")));
+            }
+            let completed = completed.unwrap_or_default();
+            for (request, row) in completes.into_iter().zip(completed.iter()) {
+                let result = count_bool(row, 1).map_err(|f| f.into_error("complete_run"));
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(message) => {
+            for request in persists {
+                let _ = request
+                    .reply
+                    .send(Err(Error::storage("persist_step", message.clone())));
+            }
+            for request in completes {
+                let _ = request
+                    .reply
+                    .send(Err(Error::storage("complete_run", message.clone())));
+            }
+        }
+    }
+}
+
+struct PersistColumns {
+    run_id: Vec<String>,
+    generation: Vec<i64>,
+    step_id: Vec<String>,
+    name: Vec<String>,
+    index: Vec<i32>,
+    status: Vec<&'static str>,
+    output: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    started_at: Vec<String>,
+    completed_at: Vec<String>,
+}
+
+impl PersistColumns {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.run_id,
+            &self.generation,
+            &self.step_id,
+            &self.name,
+            &self.index,
+            &self.status,
+            &self.output,
+            &self.error,
+            &self.started_at,
+            &self.completed_at,
+        ]
+    }
+}
+
+fn persist_columns(requests: &[PersistRequest]) -> PersistColumns {
+    PersistColumns {
+        run_id: requests.iter().map(|r| r.run_id.clone()).collect(),
+        generation: requests.iter().map(|r| r.generation).collect(),
+        step_id: requests.iter().map(|r| r.step_id.clone()).collect(),
+        name: requests.iter().map(|r| r.name.clone()).collect(),
+        index: requests.iter().map(|r| r.index).collect(),
+        status: requests.iter().map(|r| r.status).collect(),
+        output: requests.iter().map(|r| r.output.clone()).collect(),
+        error: requests.iter().map(|r| r.error.clone()).collect(),
+        started_at: requests.iter().map(|r| r.started_at.clone()).collect(),
+        completed_at: requests.iter().map(|r| r.completed_at.clone()).collect(),
+    }
+}
+
+struct CompleteColumns {
+    run_id: Vec<String>,
+    generation: Vec<i64>,
+    output: Vec<Option<String>>,
+    at: Vec<String>,
+    drop_steps: Vec<bool>,
+}
+
+impl CompleteColumns {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.run_id,
+            &self.generation,
+            &self.output,
+            &self.at,
+            &self.drop_steps,
+        ]
+    }
+}
+
+fn complete_columns(requests: &[CompleteRequest]) -> CompleteColumns {
+    CompleteColumns {
+        run_id: requests.iter().map(|r| r.run_id.clone()).collect(),
+        generation: requests.iter().map(|r| r.generation).collect(),
+        output: requests.iter().map(|r| r.output.clone()).collect(),
+        at: requests.iter().map(|r| r.now.clone()).collect(),
+        drop_steps: requests.iter().map(|r| r.drop_steps).collect(),
+    }
+}

@@ -1,0 +1,1678 @@
+//! PostgreSQL backend (`tokio-postgres`, pooled by `deadpool-postgres`).
+//!
+//! Many workers on many hosts share one database. Every operation is one statement where the
+//! semantics allow it (CTEs with `RETURNING`), run on a pooled connection with cached prepared
+//! statements, so most operations cost one round trip and one commit.
+//!
+//! - **Claim** (`claim`): one statement picks the oldest claimable runs with
+//!   `FOR UPDATE SKIP LOCKED` (pending runs and expired leases, skipping keys held by an unexpired
+//!   lease) and leases the ones without a concurrency key at once. Runs with a key are then
+//!   leased in a short transaction that takes `pg_advisory_xact_lock(hashtext(key))` for each key
+//!   (in hash order, so claimers never deadlock) and re-checks, in a fresh snapshot, that no other
+//!   run with that key holds an unexpired lease (upstream §4.1). Several runs are claimed in one
+//!   call when several slots are free.
+//! - **Fencing**: every lease-holder write is conditioned on
+//!   `status = 'leased' AND lease_generation = <fence>` in the same statement.
+//! - **Wake-ups**: enqueue, cancel, lease release and the end of a run holding a concurrency key
+//!   send `NOTIFY` on a channel named after the schema; [`Store::notifications`] exposes them
+//!   through a dedicated listener connection that reconnects on its own. A cancel notice is not
+//!   echoed to the store that wrote it (in-process cancels reach the worker directly; a cancel
+//!   written by another store, process or host fires the executing run's token).
+//! - **Faults**: writes whose outcome is unknown because the connection dropped (server restart,
+//!   terminated backend) are retried for [`PostgresOptions::retry_for`]; each retry is idempotent
+//!   (the row ids are fixed before the first attempt and a retry recognises its own earlier
+//!   commit), so a completed step is never recorded twice nor run again. Claims are not retried
+//!   here: the worker reports the error (`worker:error`) and backs off.
+
+mod batch;
+mod schema;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
+    SCHEMA_VERSION, Store, StoreNotice, parse_labels, parse_optional_json, pending_conflict,
+    validate_label_key,
+};
+use crate::error::{Error, Result};
+use crate::run::{Disposition, Log, LogLevel, Progress, Run, RunFilter, Step, StepStatus};
+use crate::time::{Timestamp, new_id_at};
+
+/// Options for [`PostgresStore::connect_with`].
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Most pooled connections kept open by this store (default 16). The notification listener
+    /// uses one more connection of its own.
+    pub max_connections: usize,
+    /// Schema holding the durably tables (sets `search_path`; default: the server's
+    /// `search_path`, usually `public`). `migrate` creates it when missing. Letters, digits and
+    /// `_` only. Useful to isolate tests or tenants in one database.
+    pub schema: Option<String>,
+    /// How long opening a connection may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long an operation waits for a pooled connection (default 30 s).
+    pub wait_timeout: Duration,
+    /// How long a write whose connection failed is retried before the error is returned
+    /// (default 20 s; zero disables retries). Claims are never retried here.
+    pub retry_for: Duration,
+    /// Group commit (default on): concurrent step writes and completions share one statement
+    /// and one commit. Off: each runs as its own statement.
+    pub group_commit: bool,
+    /// `synchronous_commit` of this store's sessions (default `true`: every commit waits for
+    /// its WAL flush). `false` acknowledges commits before the flush: much higher throughput on
+    /// slow disks, but a server crash (not a clean restart) may lose the last fraction of a
+    /// second of acknowledged writes, so a step completed just before may run again. The
+    /// database stays consistent either way (fencing is unaffected).
+    pub synchronous_commit: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            max_connections: 16,
+            schema: None,
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(20),
+            group_commit: true,
+            synchronous_commit: true,
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone; all clones share one pool and one listener.
+///
+/// ```no_run
+/// # async fn example() -> durably::Result<()> {
+/// use durably::{PostgresStore, Store};
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app")?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    channel: String,
+    /// This store's id in cancel notices: a cancel written through this very store is not
+    /// echoed back to it (in-process cancels reach the worker directly).
+    origin: String,
+    schema: Option<String>,
+    retry_for: Duration,
+    group_commit: bool,
+    notices: Arc<Mutex<Option<broadcast::Sender<StoreNotice>>>>,
+    batcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("hosts", &self.shared.config.get_hosts())
+            .field("dbname", &self.shared.config.get_dbname())
+            .field("schema", &self.shared.schema)
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// A store on the database at `url` (`postgres://user:password@host:port/db`, or a
+    /// key-value connection string) with default options. Connections open on first use.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PostgresOptions::default())
+    }
+
+    /// A store on the database at `url` with `options`. Connections open on first use.
+    pub fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        if let Some(schema) = &options.schema {
+            let valid = !schema.is_empty()
+                && schema.len() <= 50
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(Error::Config(format!(
+                    "invalid PostgreSQL schema name {schema:?}: use 1 to 50 letters, digits or '_'"
+                )));
+            }
+            let mut server_options = config.get_options().unwrap_or_default().to_owned();
+            if !server_options.is_empty() {
+                server_options.push(' ');
+            }
+            server_options.push_str(&format!("-c search_path={schema}"));
+            config.options(&server_options);
+        }
+        if !options.synchronous_commit {
+            let mut server_options = config.get_options().unwrap_or_default().to_owned();
+            if !server_options.is_empty() {
+                server_options.push(' ');
+            }
+            server_options.push_str("-c synchronous_commit=off");
+            config.options(&server_options);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("durably");
+        }
+        config.connect_timeout(options.connect_timeout);
+        config.keepalives_idle(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.wait_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let channel = match &options.schema {
+            Some(schema) => format!("durably_{schema}"),
+            None => "durably".to_owned(),
+        };
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                pool,
+                config,
+                channel,
+                origin: crate::time::new_id(),
+                schema: options.schema,
+                retry_for: options.retry_for,
+                group_commit: options.group_commit,
+                notices: Arc::new(Mutex::new(None)),
+                batcher: Mutex::new(None),
+                stop: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The schema this store works in, if one was configured.
+    pub fn schema(&self) -> Option<&str> {
+        self.shared.schema.as_deref()
+    }
+
+    /// Drops this store's schema with everything in it (`DROP SCHEMA … CASCADE`); for tools and
+    /// benchmarks that work in a throw-away schema. Does nothing without a configured schema.
+    pub async fn drop_schema(&self) -> Result<()> {
+        let Some(schema) = self.shared.schema.clone() else {
+            return Ok(());
+        };
+        self.run("drop_schema", false, |client, _| {
+            let schema = schema.clone();
+            async move {
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&schema)))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// The `LISTEN/NOTIFY` channel of this store's schema.
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// Runs `attempt` on a pooled connection; when the connection fails in a way that leaves the
+    /// outcome unknown (connection closed, server shutting down, pool timeout) and `retry` is set,
+    /// tries again with a fresh connection for up to [`PostgresOptions::retry_for`]. `attempt`
+    /// gets the attempt number (0 first) so it can recognise its own earlier commit.
+    async fn run<T, F, Fut>(&self, operation: &'static str, retry: bool, attempt: F) -> Result<T>
+    where
+        F: Fn(Object, u32) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Fail>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.shared.retry_for;
+        let mut tries: u32 = 0;
+        loop {
+            let outcome = match self.shared.pool.get().await {
+                Ok(client) => attempt(client, tries).await,
+                Err(error) => Err(Fail::Pool(error)),
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(fail) => {
+                    let wait = Duration::from_millis(50u64 << tries.min(4));
+                    if !retry
+                        || !fail.is_transient()
+                        || tokio::time::Instant::now() + wait > deadline
+                    {
+                        return Err(fail.into_error(operation));
+                    }
+                    let error = fail.describe();
+                    tracing::debug!(operation, %error, "PostgreSQL operation failed; retrying");
+                    if tries == 0 {
+                        self.report_fault(operation, error);
+                    }
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a write through the group-commit task (started on first use), or on its own when
+    /// group commit is off.
+    async fn batch(&self, operation: &'static str, request: batch::Request) -> Result<()> {
+        let notices = self.shared.notices.clone();
+        let report: batch::FaultReporter =
+            Arc::new(move |operation, error| report_fault(&notices, operation, error));
+        if !self.shared.group_commit {
+            batch::execute_one(
+                &self.shared.pool,
+                &self.shared.channel,
+                self.shared.retry_for,
+                &report,
+                request,
+            )
+            .await;
+            return Ok(());
+        }
+        let mut slot = self
+            .shared
+            .batcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = batch::spawn(
+                self.shared.pool.clone(),
+                self.shared.channel.clone(),
+                self.shared.retry_for,
+                report,
+            );
+        }
+        let sender = slot.as_ref().ok_or_else(|| {
+            Error::storage(operation, "no tokio runtime for the PostgreSQL store")
+        })?;
+        sender
+            .send(request)
+            .map_err(|_| Error::storage(operation, "the PostgreSQL write task has stopped"))
+    }
+
+    /// Tells listening workers (if any) that an operation is being retried after a fault.
+    fn report_fault(&self, operation: &'static str, error: String) {
+        report_fault(&self.shared.notices, operation, error);
+    }
+
+    fn notice_sender(&self) -> Option<broadcast::Sender<StoreNotice>> {
+        let mut slot = self
+            .shared
+            .notices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = slot.as_ref() {
+            return Some(sender.clone());
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let (sender, _) = broadcast::channel(1024);
+        handle.spawn(listen_loop(
+            self.shared.config.clone(),
+            self.shared.channel.clone(),
+            self.shared.origin.clone(),
+            sender.clone(),
+            self.shared.stop.clone(),
+        ));
+        *slot = Some(sender.clone());
+        Some(sender)
+    }
+}
+
+/// Tells listening workers (if any) that an operation is being retried after a fault.
+fn report_fault(
+    notices: &Mutex<Option<broadcast::Sender<StoreNotice>>>,
+    operation: &'static str,
+    error: String,
+) {
+    let slot = notices
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(sender) = slot.as_ref() {
+        let _ = sender.send(StoreNotice::StorageFault {
+            operation: operation.to_owned(),
+            error,
+        });
+    }
+}
+
+/// Why one attempt failed.
+enum Fail {
+    Db(tokio_postgres::Error),
+    Pool(PoolError),
+    Other(Error),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Fail::Db(error)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(error: Error) -> Self {
+        Fail::Other(error)
+    }
+}
+
+fn db_error_is_transient(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") // connection exception
+            || code == "57P01" // admin_shutdown (pg_terminate_backend, fast shutdown)
+            || code == "57P02" // crash_shutdown
+            || code == "57P03" // cannot_connect_now (starting up)
+            || code == "40001" // serialization_failure
+            || code == "40P01"; // deadlock_detected
+    }
+    // No server error: an I/O failure of the socket.
+    std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+}
+
+impl Fail {
+    fn is_transient(&self) -> bool {
+        match self {
+            Fail::Db(error) => db_error_is_transient(error),
+            Fail::Pool(PoolError::Timeout(_)) => true,
+            Fail::Pool(PoolError::Backend(error)) => {
+                db_error_is_transient(error) || error.as_db_error().is_none()
+            }
+            Fail::Pool(_) => false,
+            Fail::Other(_) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Fail::Db(error) => db_error_text(error),
+            Fail::Pool(error) => error.to_string(),
+            Fail::Other(error) => error.to_string(),
+        }
+    }
+
+    fn into_error(self, operation: &'static str) -> Error {
+        match self {
+            Fail::Other(error) => error,
+            other => Error::storage(operation, other.describe()),
+        }
+    }
+}
+
+/// The server's message (with its SQLSTATE) rather than tokio-postgres' generic "db error".
+fn db_error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows
+
+const RUN_COLUMNS: &str = "id, job_name, input, status, idempotency_key, concurrency_key, \
+    current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
+    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at";
+
+const STEP_COLUMNS: &str =
+    "id, run_id, name, \"index\", status, output, error, started_at, completed_at";
+
+const LOG_COLUMNS: &str = "id, run_id, step_name, level, message, data, created_at";
+
+/// The status list of terminal runs, for SQL.
+const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
+
+/// `RUN_COLUMNS` qualified by `alias`.
+fn run_columns(alias: &str) -> String {
+    RUN_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn corrupt(what: String) -> Fail {
+    Fail::Other(Error::storage("decode", what))
+}
+
+fn timestamp(text: &str) -> std::result::Result<Timestamp, Fail> {
+    Timestamp::parse(text).ok_or_else(|| corrupt(format!("invalid timestamp {text:?}")))
+}
+
+fn get_ts(row: &Row, idx: usize) -> std::result::Result<Timestamp, Fail> {
+    let text: String = row.try_get(idx)?;
+    timestamp(&text)
+}
+
+fn get_opt_ts(row: &Row, idx: usize) -> std::result::Result<Option<Timestamp>, Fail> {
+    let text: Option<String> = row.try_get(idx)?;
+    text.as_deref().map(timestamp).transpose()
+}
+
+fn get_int(row: &Row, idx: usize) -> std::result::Result<i64, Fail> {
+    Ok(i64::from(row.try_get::<_, i32>(idx)?))
+}
+
+/// A run from `RUN_COLUMNS` starting at column `at`.
+fn run_from_row(row: &Row, at: usize) -> std::result::Result<Run, Fail> {
+    let input: String = row.try_get(at + 2)?;
+    let status: String = row.try_get(at + 3)?;
+    let progress: Option<String> = row.try_get(at + 8)?;
+    let labels: String = row.try_get(at + 11)?;
+    Ok(Run {
+        id: row.try_get(at)?,
+        job_name: row.try_get(at + 1)?,
+        input: serde_json::from_str(&input).unwrap_or(Value::Null),
+        status: status
+            .parse()
+            .map_err(|_| corrupt(format!("invalid run status {status:?}")))?,
+        idempotency_key: row.try_get(at + 4)?,
+        concurrency_key: row.try_get(at + 5)?,
+        current_step_index: get_int(row, at + 6)?,
+        completed_step_count: get_int(row, at + 7)?,
+        progress: parse_optional_json(progress).and_then(|v| serde_json::from_value(v).ok()),
+        output: parse_optional_json(row.try_get(at + 9)?),
+        error: row.try_get(at + 10)?,
+        labels: parse_labels(&labels),
+        lease_owner: row.try_get(at + 12)?,
+        lease_expires_at: get_opt_ts(row, at + 13)?,
+        lease_generation: get_int(row, at + 14)?,
+        started_at: get_opt_ts(row, at + 15)?,
+        completed_at: get_opt_ts(row, at + 16)?,
+        created_at: get_ts(row, at + 17)?,
+        updated_at: get_ts(row, at + 18)?,
+    })
+}
+
+fn step_from_row(row: &Row) -> std::result::Result<Step, Fail> {
+    let status: String = row.try_get(4)?;
+    Ok(Step {
+        id: row.try_get(0)?,
+        run_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        index: get_int(row, 3)?,
+        status: StepStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("invalid step status {status:?}")))?,
+        output: parse_optional_json(row.try_get(5)?),
+        error: row.try_get(6)?,
+        started_at: get_ts(row, 7)?,
+        completed_at: get_opt_ts(row, 8)?,
+    })
+}
+
+fn log_from_row(row: &Row) -> std::result::Result<Log, Fail> {
+    let level: String = row.try_get(3)?;
+    Ok(Log {
+        id: row.try_get(0)?,
+        run_id: row.try_get(1)?,
+        step_name: row.try_get(2)?,
+        level: LogLevel::parse(&level)
+            .ok_or_else(|| corrupt(format!("invalid log level {level:?}")))?,
+        message: row.try_get(4)?,
+        data: parse_optional_json(row.try_get(5)?),
+        created_at: get_ts(row, 6)?,
+    })
+}
+
+fn to_json(operation: &'static str, value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::storage(operation, e))
+}
+
+fn count_bool(row: &Row, idx: usize) -> std::result::Result<bool, Fail> {
+    Ok(row.try_get::<_, bool>(idx)?)
+}
+
+fn count(row: &Row, idx: usize) -> std::result::Result<i64, Fail> {
+    Ok(row.try_get::<_, i64>(idx)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL
+
+/// Notification payload: runs may be claimable.
+const NOTICE_RUNS: &str = "runs";
+/// Notification payload prefix: `cancel:<origin store>:<run id>`.
+const NOTICE_CANCEL: &str = "cancel:";
+
+/// One enqueue as one statement: the run's own earlier commit (a retry) → idempotency key →
+/// oldest pending run of the job+key → insert (with its labels, and a `NOTIFY`).
+/// `kind`: 0 idempotent, 1 pending run of the key exists, 2 created.
+fn enqueue_sql() -> String {
+    format!(
+        "WITH mine AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $4), \
+         idem AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $2::text IS NOT NULL \
+           AND job_name = $1 AND idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM mine)), \
+         pend AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $3::text IS NOT NULL \
+           AND job_name = $1 AND concurrency_key = $3 AND status = 'pending' \
+           AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM idem) \
+           ORDER BY created_at ASC, id ASC LIMIT 1), \
+         ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
+           concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
+           created_at, updated_at) \
+           SELECT $4::text, $1::text, $5::text, 'pending', $2::text, $3::text, $6::text, 0, 0, 0, \
+           $7::text, $7::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
+           AND NOT EXISTS (SELECT 1 FROM idem) AND NOT EXISTS (SELECT 1 FROM pend) \
+           ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}), \
+         lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
+           SELECT ins.id, l.k, l.v FROM ins, unnest($8::text[], $9::text[]) AS l(k, v)), \
+         note AS (SELECT pg_notify($10::text, '{NOTICE_RUNS}') FROM ins LIMIT 1) \
+         SELECT 2 AS kind, {RUN_COLUMNS} FROM mine \
+         UNION ALL SELECT 0, {RUN_COLUMNS} FROM idem \
+         UNION ALL SELECT 1, {RUN_COLUMNS} FROM pend \
+         UNION ALL SELECT 2, {RUN_COLUMNS} FROM ins WHERE (SELECT count(*) FROM note) >= 0"
+    )
+}
+
+/// Only the idempotency lookup (a request whose labels are invalid may still be idempotent).
+fn idempotency_sql() -> String {
+    format!(
+        "SELECT 0 AS kind, {RUN_COLUMNS} FROM durably_runs WHERE job_name = $1 AND idempotency_key = $2"
+    )
+}
+
+/// A run's key is free when no *other* run holding that key has an unexpired lease (`$1` = now).
+const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
+    SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
+    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $1))";
+
+/// Claim, first statement: the oldest `$2` claimable runs (locked, skipping runs other claimers
+/// hold); those without a concurrency key are leased at once. Returns one row per candidate:
+/// `(has_key, candidate id, key, leased run columns or NULLs)`.
+fn claim_sql() -> String {
+    let leased = run_columns("u");
+    let returning = run_columns("r");
+    format!(
+        "WITH p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'pending' AND {KEY_IS_FREE} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
+         e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
+           AND r.lease_expires_at <= $1 AND {KEY_IS_FREE} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
+         c AS (SELECT id, concurrency_key, created_at FROM \
+           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC LIMIT $2), \
+         u AS (UPDATE durably_runs r SET status = 'leased', lease_owner = $3, \
+           lease_expires_at = $4, lease_generation = r.lease_generation + 1, \
+           started_at = COALESCE(r.started_at, $1), updated_at = $1 \
+           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning}) \
+         SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, {leased} \
+         FROM c LEFT JOIN u ON u.id = c.id ORDER BY c.created_at ASC, c.id ASC"
+    )
+}
+
+/// Claim, keyed runs: one transaction advisory lock per key, in hash order (no deadlocks).
+const CLAIM_KEY_LOCKS: &str = "SELECT count(pg_advisory_xact_lock(h)) FROM \
+    (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) s";
+
+/// Claim, keyed runs (under the keys' advisory locks, in this statement's fresh snapshot, which
+/// sees every lease committed by whoever held a lock before): for each key that no unexpired
+/// lease holds, lease its oldest claimable run (runs sharing a key go oldest first, across job
+/// names). A row another claimer's first statement has locked is waited for, then re-checked.
+fn claim_keyed_sql() -> String {
+    let returning = run_columns("r");
+    format!(
+        "WITH pick AS (SELECT DISTINCT ON (r.concurrency_key) r.id FROM durably_runs r \
+           WHERE r.concurrency_key = ANY($1::text[]) AND (r.status = 'pending' \
+           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $4)) \
+           AND NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
+             AND o.concurrency_key = r.concurrency_key AND o.id <> r.id \
+             AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $4) \
+           ORDER BY r.concurrency_key, r.created_at ASC, r.id ASC) \
+         UPDATE durably_runs r SET status = 'leased', lease_owner = $2, lease_expires_at = $3, \
+         lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, $4), \
+         updated_at = $4 FROM pick WHERE r.id = pick.id AND (r.status = 'pending' \
+           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $4)) \
+         RETURNING {returning}"
+    )
+}
+
+/// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
+const FENCED: &str = "id = $1 AND status = 'leased' AND lease_generation = $2::bigint";
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let schema = self.shared.schema.clone();
+        self.run("migrate", true, |mut client, _| {
+            let schema = schema.clone();
+            async move {
+                let tx = client.transaction().await?;
+                // One migrator at a time per database (and schema): concurrent `CREATE ... IF
+                // NOT EXISTS` can otherwise fail on the catalogs' unique indexes.
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('durably_migrate:' || $1::text))",
+                    &[&schema.clone().unwrap_or_default()],
+                )
+                .await?;
+                if let Some(schema) = &schema {
+                    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+                        .await?;
+                }
+                let version = current_version(&tx).await?;
+                if version < SCHEMA_VERSION {
+                    for statement in schema::SCHEMA_V1 {
+                        tx.batch_execute(statement).await?;
+                    }
+                    tx.execute(
+                        "INSERT INTO durably_schema_versions (version, applied_at) \
+                         VALUES ($1::integer, $2) ON CONFLICT DO NOTHING",
+                        &[&(SCHEMA_VERSION as i32), &Timestamp::now().to_string()],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        self.run("schema_version", true, |client, _| async move {
+            current_version(&client).await
+        })
+        .await
+    }
+
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
+        let id = new_id_at(now);
+        let prepared = Prepared::new(&run, id, now)?;
+        let channel = self.shared.channel.clone();
+        let request = &run;
+        for round in 0..3 {
+            let outcome = self
+                .run("enqueue", true, |client, _| {
+                    let (prepared, channel) = (&prepared, &channel);
+                    async move {
+                        let statement = client.prepare_cached(&prepared.sql()).await?;
+                        let rows = client.query(&statement, &prepared.params(channel)).await?;
+                        resolve(request, prepared, &rows)
+                    }
+                })
+                .await?;
+            match outcome {
+                Some(result) => return result,
+                None if round < 2 => continue,
+                None => {}
+            }
+        }
+        Err(conflict_after_retry(&run))
+    }
+
+    async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared: Vec<Prepared> = runs
+            .iter()
+            .map(|run| Prepared::new(run, new_id_at(now), now))
+            .collect::<Result<_>>()?;
+        let channel = self.shared.channel.clone();
+        for _round in 0..3 {
+            let outcome = self
+                .run("enqueue_many", true, |mut client, _| {
+                    let (prepared, channel, runs) = (&prepared, &channel, &runs);
+                    async move {
+                        let full = client.prepare_cached(&enqueue_sql()).await?;
+                        let idem = client.prepare_cached(&idempotency_sql()).await?;
+                        let tx = client.transaction().await?;
+                        let params: Vec<_> = prepared.iter().map(|p| p.params(channel)).collect();
+                        // Pipelined: every statement is sent at once and executed in order, each
+                        // seeing the ones before it.
+                        let results = futures::future::join_all(prepared.iter().zip(&params).map(
+                            |(p, params)| {
+                                let statement = if p.labels_valid { &full } else { &idem };
+                                tx.query(statement, &params[..])
+                            },
+                        ))
+                        .await;
+                        let mut out = Vec::with_capacity(results.len());
+                        for ((run, p), rows) in runs.iter().zip(prepared).zip(results) {
+                            match resolve(run, p, &rows?)? {
+                                Some(Ok(enqueued)) => out.push(enqueued),
+                                Some(Err(error)) => return Ok(Some(Err(error))), // rolls back
+                                None => return Ok(None), // a concurrent insert won: retry
+                            }
+                        }
+                        tx.commit().await?;
+                        Ok(Some(Ok(out)))
+                    }
+                })
+                .await?;
+            if let Some(result) = outcome {
+                return result;
+            }
+        }
+        Err(Error::Conflict(
+            "Conflict after retry: concurrent triggers kept colliding with this batch".into(),
+        ))
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $1");
+        self.run("get_run", true, |client, _| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client.query(&statement, &[&id]).await?;
+                rows.first().map(|row| run_from_row(row, 0)).transpose()
+            }
+        })
+        .await
+    }
+
+    async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        for key in filter.labels.keys() {
+            validate_label_key(key)?;
+        }
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let limit: Option<i64> = filter.limit.map(|l| l.min(i64::MAX as u64) as i64);
+        let offset: i64 = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs r WHERE 1 = 1");
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if !statuses.is_empty() {
+            params.push(&statuses);
+            sql.push_str(&format!(" AND r.status = ANY(${}::text[])", params.len()));
+        }
+        if !filter.job_names.is_empty() {
+            params.push(&filter.job_names);
+            sql.push_str(&format!(" AND r.job_name = ANY(${}::text[])", params.len()));
+        }
+        for (key, value) in &filter.labels {
+            params.push(key);
+            params.push(value);
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM durably_run_labels l WHERE l.run_id = r.id \
+                 AND l.key = ${} AND l.value = ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        params.push(&limit);
+        params.push(&offset);
+        sql.push_str(&format!(
+            " ORDER BY r.created_at DESC, r.id DESC LIMIT ${}::bigint OFFSET ${}::bigint",
+            params.len() - 1,
+            params.len()
+        ));
+        self.run("get_runs", true, |client, _| {
+            let (sql, params) = (&sql, &params);
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client.query(&statement, params).await?;
+                rows.iter().map(|row| run_from_row(row, 0)).collect()
+            }
+        })
+        .await
+    }
+
+    async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = $1 ORDER BY \"index\" ASC, id ASC"
+        );
+        self.run("get_steps", true, |client, _| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client.query(&statement, &[&run_id]).await?;
+                rows.iter().map(step_from_row).collect()
+            }
+        })
+        .await
+    }
+
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>> {
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM durably_steps \
+             WHERE run_id = $1 AND name = $2 AND status = 'completed'"
+        );
+        self.run("get_completed_step", true, |client, _| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client.query(&statement, &[&run_id, &name]).await?;
+                rows.first().map(step_from_row).transpose()
+            }
+        })
+        .await
+    }
+
+    async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = $1 ORDER BY created_at ASC, id ASC"
+        );
+        self.run("get_logs", true, |client, _| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client.query(&statement, &[&run_id]).await?;
+                rows.iter().map(log_from_row).collect()
+            }
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Run>> {
+        let now_text = now.to_string();
+        let expires = (now + lease).to_string();
+        let first_sql = claim_sql();
+        let keyed_sql = claim_keyed_sql();
+        let mut claimed: Vec<Run> = Vec::new();
+        // Claims are not retried on connection failures: a claim whose commit went
+        // unacknowledged leaves runs leased to nobody, and they return when the lease expires.
+        for _round in 0..4 {
+            let wanted = max.saturating_sub(claimed.len());
+            if wanted == 0 {
+                break;
+            }
+            let limit = wanted.min(i64::MAX as usize) as i64;
+            let (keyless, keys) = self
+                .run("claim", false, |client, _| {
+                    let (sql, now_text, expires) = (&first_sql, &now_text, &expires);
+                    async move {
+                        let statement = client.prepare_cached(sql).await?;
+                        let rows = client
+                            .query(&statement, &[now_text, &limit, &worker_id, expires])
+                            .await?;
+                        let mut runs = Vec::new();
+                        let mut keys: Vec<String> = Vec::new();
+                        for row in &rows {
+                            if row.try_get::<_, bool>(0)? {
+                                let key: String = row.try_get(2)?;
+                                if !keys.contains(&key) {
+                                    keys.push(key);
+                                }
+                            } else {
+                                runs.push(run_from_row(row, 3)?);
+                            }
+                        }
+                        Ok((runs, keys))
+                    }
+                })
+                .await?;
+            claimed.extend(keyless);
+            if keys.is_empty() {
+                break;
+            }
+            let room = max.saturating_sub(claimed.len());
+            let keys: Vec<String> = keys.into_iter().take(room).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let leased = self
+                .run("claim", false, |mut client, _| {
+                    let (sql, now_text, expires, keys) = (&keyed_sql, &now_text, &expires, &keys);
+                    async move {
+                        let update = client.prepare_cached(sql).await?;
+                        let key_locks = client.prepare_cached(CLAIM_KEY_LOCKS).await?;
+                        let tx = client.transaction().await?;
+                        let lock_params: [&(dyn ToSql + Sync); 1] = [keys];
+                        let update_params: [&(dyn ToSql + Sync); 4] =
+                            [keys, &worker_id, expires, now_text];
+                        // Pipelined: the update is sent with the locks and runs once they are held.
+                        let (locked, leased) = futures::join!(
+                            tx.query(&key_locks, &lock_params),
+                            tx.query(&update, &update_params)
+                        );
+                        locked?;
+                        let runs = leased?
+                            .iter()
+                            .map(|row| run_from_row(row, 0))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        tx.commit().await?;
+                        Ok(runs)
+                    }
+                })
+                .await?;
+            let all_keys_leased = leased.len() == keys.len();
+            claimed.extend(leased);
+            if all_keys_leased {
+                break;
+            }
+            // Some key was taken by another claimer meanwhile: look again with a fresh view.
+        }
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>> {
+        let expires = now + lease;
+        let (expires_text, now_text) = (expires.to_string(), now.to_string());
+        let sql = format!(
+            "UPDATE durably_runs SET lease_expires_at = $3, updated_at = $4 \
+             WHERE {FENCED} AND lease_expires_at > $4"
+        );
+        let changed = self
+            .run("renew_lease", true, |client, _| {
+                let (sql, expires_text, now_text) = (&sql, &expires_text, &now_text);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[&fence.run_id, &fence.generation, expires_text, now_text],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok((changed == 1).then_some(expires))
+    }
+
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> Result<Option<Step>> {
+        let id = new_id_at(now);
+        let output = step
+            .output
+            .as_ref()
+            .map(|o| to_json("persist_step", o))
+            .transpose()?;
+        let index = i32::try_from(step.index)
+            .map_err(|_| Error::Validation(format!("step index {} is too large", step.index)))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batch(
+            "persist_step",
+            batch::Request::Persist(batch::PersistRequest {
+                run_id: fence.run_id.clone(),
+                generation: fence.generation,
+                step_id: id.clone(),
+                name: step.name.clone(),
+                index,
+                status: step.status.as_str(),
+                output,
+                error: step.error.clone(),
+                started_at: step.started_at.to_string(),
+                completed_at: now.to_string(),
+                reply,
+            }),
+        )
+        .await?;
+        let (fenced, inserted, mine) = answer
+            .await
+            .map_err(|_| Error::storage("persist_step", "the PostgreSQL write task stopped"))??;
+        if !mine && !fenced {
+            return Ok(None);
+        }
+        if !mine && !inserted {
+            return Err(Error::Conflict(format!(
+                "Step \"{}\" of run {} is already completed",
+                step.name, fence.run_id
+            )));
+        }
+        Ok(Some(Step {
+            id,
+            run_id: fence.run_id.clone(),
+            name: step.name,
+            index: step.index,
+            status: step.status,
+            output: step.output.filter(|o| !o.is_null()),
+            error: step.error,
+            started_at: step.started_at,
+            completed_at: Some(now),
+        }))
+    }
+
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let progress = progress
+            .as_ref()
+            .map(|p| to_json("update_progress", p))
+            .transpose()?;
+        let now_text = now.to_string();
+        let sql = format!("UPDATE durably_runs SET progress = $3, updated_at = $4 WHERE {FENCED}");
+        let changed = self
+            .run("update_progress", true, |client, _| {
+                let (sql, progress, now_text) = (&sql, &progress, &now_text);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[&fence.run_id, &fence.generation, progress, now_text],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> Result<Option<Log>> {
+        let id = new_id_at(now);
+        let data = log
+            .data
+            .as_ref()
+            .map(|d| to_json("append_log", d))
+            .transpose()?;
+        let now_text = now.to_string();
+        let generation = fence.map(|f| f.generation);
+        // Unfenced when `$8` is NULL; a retry recognises its own earlier insert by id.
+        let sql = format!(
+            "INSERT INTO durably_logs ({LOG_COLUMNS}) \
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text \
+             WHERE $8::bigint IS NULL OR EXISTS (SELECT 1 FROM durably_runs \
+               WHERE id = $2 AND status = 'leased' AND lease_generation = $8::bigint) \
+             ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING id"
+        );
+        let inserted = self
+            .run("append_log", true, |client, _| {
+                let (sql, id, data, now_text, log) = (&sql, &id, &data, &now_text, &log);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[
+                                id,
+                                &log.run_id,
+                                &log.step_name,
+                                &log.level.as_str(),
+                                &log.message,
+                                data,
+                                now_text,
+                                &generation,
+                            ],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok((inserted == 1).then(|| Log {
+            id,
+            run_id: log.run_id,
+            step_name: log.step_name,
+            level: log.level,
+            message: log.message,
+            data: log.data.filter(|d| !d.is_null()),
+            created_at: now,
+        }))
+    }
+
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        let output = output
+            .as_ref()
+            .map(|o| to_json("complete_run", o))
+            .transpose()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batch(
+            "complete_run",
+            batch::Request::Complete(batch::CompleteRequest {
+                run_id: fence.run_id.clone(),
+                generation: fence.generation,
+                output,
+                now: now.to_string(),
+                drop_steps,
+                reply,
+            }),
+        )
+        .await?;
+        answer
+            .await
+            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
+    }
+
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        self.finish(
+            "fail_run",
+            fence,
+            "status = 'failed', error = $3",
+            "failed",
+            Some(error.to_owned()),
+            now,
+            drop_steps,
+        )
+        .await
+    }
+
+    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let prefix = format!("{NOTICE_CANCEL}{}:", self.shared.origin);
+        let sql = "WITH u AS (UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $2, updated_at = $2 \
+               WHERE id = $1 AND status IN ('pending', 'leased') RETURNING id), \
+             d AS (DELETE FROM durably_steps WHERE $3::boolean AND run_id IN (SELECT id FROM u)), \
+             note AS (SELECT pg_notify($4::text, $5::text || id) FROM u) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)";
+        let changed = self
+            .run("cancel_run", true, |client, _| {
+                let (now_text, channel, prefix) = (&now_text, &channel, &prefix);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let rows = client
+                        .query(&statement, &[&id, now_text, &drop_steps, channel, prefix])
+                        .await?;
+                    match rows.first() {
+                        Some(row) => count(row, 0),
+                        None => Ok(0),
+                    }
+                }
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let sql = format!(
+            "WITH r AS (DELETE FROM durably_runs WHERE id = $1 AND status IN {TERMINAL} RETURNING id), \
+             s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
+             l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
+             b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \
+             SELECT count(*) FROM r"
+        );
+        let deleted = self
+            .run("delete_run", true, |client, _| {
+                let sql = &sql;
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let row = client.query_one(&statement, &[&id]).await?;
+                    count(&row, 0)
+                }
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64> {
+        let cutoff = older_than.to_string();
+        let limit = limit.min(i64::MAX as u64) as i64;
+        let sql = format!(
+            "WITH ids AS (SELECT id FROM durably_runs WHERE status IN {TERMINAL} \
+               AND completed_at IS NOT NULL AND completed_at < $1 \
+               ORDER BY completed_at ASC, id ASC LIMIT $2::bigint FOR UPDATE SKIP LOCKED), \
+             r AS (DELETE FROM durably_runs WHERE id IN (SELECT id FROM ids) RETURNING id), \
+             s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
+             l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
+             b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \
+             SELECT count(*) FROM r"
+        );
+        let deleted = self
+            .run("purge_runs", true, |client, _| {
+                let (sql, cutoff) = (&sql, &cutoff);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let row = client.query_one(&statement, &[cutoff, &limit]).await?;
+                    count(&row, 0)
+                }
+            })
+            .await?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let returning = RUN_COLUMNS;
+        // An expired lease goes back to pending unless its job+key already has a pending run, or
+        // an older expired lease of the same job+key goes back instead (the pending-per-key
+        // index allows one): those fail.
+        let sql = format!(
+            "WITH x AS (SELECT id, job_name, concurrency_key, created_at FROM durably_runs \
+               WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= $1 \
+               FOR UPDATE SKIP LOCKED), \
+             blocked AS (SELECT x.id FROM x WHERE x.concurrency_key IS NOT NULL AND ( \
+               EXISTS (SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
+                 AND p.job_name = x.job_name AND p.concurrency_key = x.concurrency_key \
+                 AND p.id <> x.id) \
+               OR EXISTS (SELECT 1 FROM x y WHERE y.job_name = x.job_name \
+                 AND y.concurrency_key = x.concurrency_key \
+                 AND (y.created_at, y.id) < (x.created_at, x.id)))), \
+             f AS (UPDATE durably_runs SET status = 'failed', error = $2, lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $1, updated_at = $1 \
+               WHERE id IN (SELECT id FROM blocked) RETURNING {returning}), \
+             p AS (UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = $1 \
+               WHERE id IN (SELECT id FROM x) AND id NOT IN (SELECT id FROM blocked) \
+               RETURNING {returning}), \
+             note AS (SELECT pg_notify($3::text, '{NOTICE_RUNS}') FROM p LIMIT 1) \
+             SELECT {returning} FROM f UNION ALL \
+             SELECT {returning} FROM p WHERE (SELECT count(*) FROM note) >= 0"
+        );
+        self.run("release_expired_leases", true, |client, _| {
+            let (sql, now_text, channel) = (&sql, &now_text, &channel);
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client
+                    .query(
+                        &statement,
+                        &[now_text, &LEASE_EXPIRED_PENDING_EXISTS, channel],
+                    )
+                    .await?;
+                rows.iter().map(|row| run_from_row(row, 0)).collect()
+            }
+        })
+        .await
+    }
+
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
+        let mut sets = vec!["updated_at = $1".to_string()];
+        let mut values: Vec<Option<String>> = vec![Some(now.to_string())];
+        let mut set = |column: &str, value: Option<String>| {
+            values.push(value);
+            sets.push(format!("{column} = ${}", values.len()));
+        };
+        if let Some(status) = patch.status {
+            set("status", Some(status.as_str().to_owned()));
+        }
+        if let Some(owner) = &patch.lease_owner {
+            set("lease_owner", owner.clone());
+        }
+        if let Some(expires) = patch.lease_expires_at {
+            set("lease_expires_at", expires.map(|t| t.to_string()));
+        }
+        if let Some(progress) = &patch.progress {
+            let text = progress
+                .as_ref()
+                .map(|p| to_json("update_run", p))
+                .transpose()?;
+            set("progress", text);
+        }
+        if let Some(error) = &patch.error {
+            set("error", error.clone());
+        }
+        if let Some(completed_at) = patch.completed_at {
+            set("completed_at", completed_at.map(|t| t.to_string()));
+        }
+        if let Some(input) = &patch.input {
+            set("input", Some(to_json("update_run", input)?));
+        }
+        values.push(Some(id.to_owned()));
+        let sql = format!(
+            "UPDATE durably_runs SET {} WHERE id = ${}",
+            sets.join(", "),
+            values.len()
+        );
+        let changed = self
+            .run("update_run", true, |client, _| {
+                let (sql, values) = (&sql, &values);
+                async move {
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    Ok(client.execute(sql.as_str(), &params).await?)
+                }
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    fn notifications(&self) -> Option<broadcast::Receiver<StoreNotice>> {
+        self.notice_sender().map(|sender| sender.subscribe())
+    }
+}
+
+impl PostgresStore {
+    /// Completes or fails a run (fenced), dropping its steps if asked, and wakes workers when
+    /// the run held a concurrency key another pending run waits for. A retry whose first
+    /// attempt committed recognises the run in the state it wrote (same generation).
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        operation: &'static str,
+        fence: &Fence,
+        set: &str,
+        status: &'static str,
+        value: Option<String>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let sql = format!(
+            "WITH u AS (UPDATE durably_runs SET {set}, lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $4, updated_at = $4 \
+               WHERE {FENCED} RETURNING id, job_name, concurrency_key), \
+             d AS (DELETE FROM durably_steps WHERE $5::boolean AND run_id IN (SELECT id FROM u)), \
+             note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
+               WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
+               WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key)), \
+             again AS (SELECT 1 FROM durably_runs WHERE $7::boolean AND id = $1 \
+               AND status = '{status}' AND lease_generation = $2::bigint) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note), \
+               (SELECT count(*) FROM again)"
+        );
+        let (changed, again) = self
+            .run(operation, true, |client, attempt| {
+                let (sql, now_text, channel, value) = (&sql, &now_text, &channel, &value);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let retrying = attempt > 0;
+                    let row = client
+                        .query_one(
+                            &statement,
+                            &[
+                                &fence.run_id,
+                                &fence.generation,
+                                value,
+                                now_text,
+                                &drop_steps,
+                                channel,
+                                &retrying,
+                            ],
+                        )
+                        .await?;
+                    Ok((count(&row, 0)?, count(&row, 2)?))
+                }
+            })
+            .await?;
+        Ok(changed == 1 || again == 1)
+    }
+}
+
+/// `MAX(version)` of `durably_schema_versions` in the current schema, or 0 without the table.
+async fn current_version<C: deadpool_postgres::GenericClient>(
+    client: &C,
+) -> std::result::Result<i64, Fail> {
+    let exists = client
+        .query_one(
+            "SELECT to_regclass('durably_schema_versions') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if !exists.try_get::<_, bool>(0)? {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::bigint FROM durably_schema_versions",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get::<_, i64>(0)?)
+}
+
+/// An enqueue request turned into statement parameters (the id is fixed across retries).
+struct Prepared {
+    id: String,
+    job_name: String,
+    idempotency_key: Option<String>,
+    concurrency_key: Option<String>,
+    input: String,
+    labels: String,
+    now: String,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+    labels_valid: bool,
+}
+
+impl Prepared {
+    fn new(run: &NewRun, id: String, now: Timestamp) -> Result<Self> {
+        let labels_valid = run.labels.keys().all(|key| validate_label_key(key).is_ok());
+        if !labels_valid && run.idempotency_key.is_none() {
+            // Nothing can make the request idempotent: report the bad key now.
+            for key in run.labels.keys() {
+                validate_label_key(key)?;
+            }
+        }
+        Ok(Prepared {
+            id,
+            job_name: run.job_name.clone(),
+            idempotency_key: run.idempotency_key.clone(),
+            concurrency_key: run.concurrency_key.clone(),
+            input: to_json("enqueue", &run.input)?,
+            labels: to_json("enqueue", &run.labels)?,
+            now: now.to_string(),
+            label_keys: run.labels.keys().cloned().collect(),
+            label_values: run.labels.values().cloned().collect(),
+            labels_valid,
+        })
+    }
+
+    fn sql(&self) -> String {
+        if self.labels_valid {
+            enqueue_sql()
+        } else {
+            idempotency_sql()
+        }
+    }
+
+    fn params<'a>(&'a self, channel: &'a String) -> Vec<&'a (dyn ToSql + Sync)> {
+        if !self.labels_valid {
+            return vec![&self.job_name, &self.idempotency_key];
+        }
+        vec![
+            &self.job_name,
+            &self.idempotency_key,
+            &self.concurrency_key,
+            &self.id,
+            &self.input,
+            &self.labels,
+            &self.now,
+            &self.label_keys,
+            &self.label_values,
+            channel,
+        ]
+    }
+}
+
+/// Turns the enqueue statement's rows into the outcome (upstream §5.5). `None`: a concurrent
+/// insert won a race (retry). `Some(Err)`: the request is rejected (validation or conflict) and
+/// a batch must roll back.
+fn resolve(
+    run: &NewRun,
+    prepared: &Prepared,
+    rows: &[Row],
+) -> std::result::Result<Option<Result<Enqueued>>, Fail> {
+    let Some(row) = rows.first() else {
+        if !prepared.labels_valid {
+            // Not idempotent after all: the bad label key is the answer.
+            for key in run.labels.keys() {
+                if let Err(error) = validate_label_key(key) {
+                    return Ok(Some(Err(error)));
+                }
+            }
+        }
+        return Ok(None);
+    };
+    let kind: i32 = row.try_get(0)?;
+    let stored = run_from_row(row, 1)?;
+    Ok(Some(match kind {
+        0 => Ok(Enqueued {
+            run: stored,
+            disposition: Disposition::Idempotent,
+        }),
+        1 => match (&run.coalesce, &run.concurrency_key) {
+            (Some(_), _) => Ok(Enqueued {
+                run: stored,
+                disposition: Disposition::Coalesced,
+            }),
+            (None, Some(key)) => Err(pending_conflict(&run.job_name, key)),
+            (None, None) => Err(conflict_after_retry(run)),
+        },
+        _ => Ok(Enqueued {
+            run: stored,
+            disposition: Disposition::Created,
+        }),
+    }))
+}
+
+fn conflict_after_retry(run: &NewRun) -> Error {
+    Error::Conflict(format!(
+        "Conflict after retry: a run of job \"{}\" with the same keys was inserted concurrently",
+        run.job_name
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// LISTEN/NOTIFY
+
+/// Keeps one connection listening on `channel` until `stop` fires, reconnecting with backoff;
+/// after every (re)connect it announces `RunsAvailable` (notices may have been missed).
+async fn listen_loop(
+    config: tokio_postgres::Config,
+    channel: String,
+    origin: String,
+    sender: broadcast::Sender<StoreNotice>,
+    stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match listen_once(&config, &channel, &origin, &sender, &stop, &mut failures).await {
+            Ok(true) => return,
+            Ok(false) => failures = failures.saturating_add(1),
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let error = db_error_text(&error);
+                tracing::warn!(%error, "PostgreSQL listener disconnected; reconnecting");
+                let _ = sender.send(StoreNotice::StorageFault {
+                    operation: "listen".to_owned(),
+                    error,
+                });
+            }
+        }
+        let wait = Duration::from_millis((50u64 << failures.min(6)).min(2_000));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One listening session: `Ok(true)` when stopped, `Ok(false)` or `Err` when the connection
+/// ended.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    origin: &str,
+    sender: &broadcast::Sender<StoreNotice>,
+    stop: &CancellationToken,
+    failures: &mut u32,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (forward, mut payloads) = tokio::sync::mpsc::unbounded_channel::<
+        std::result::Result<String, tokio_postgres::Error>,
+    >();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    let _ = forward.send(Ok(notification.payload().to_owned()));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = forward.send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    let outcome = async {
+        client
+            .batch_execute(&format!("LISTEN {}", ident(channel)))
+            .await?;
+        *failures = 0;
+        let _ = sender.send(StoreNotice::RunsAvailable);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(true),
+                payload = payloads.recv() => match payload {
+                    Some(Ok(payload)) => {
+                        let notice = match payload.strip_prefix(NOTICE_CANCEL) {
+                            Some(rest) => match rest.split_once(':') {
+                                Some((from, _)) if from == origin => None,
+                                Some((_, run_id)) => Some(StoreNotice::RunCancelled {
+                                    run_id: run_id.to_owned(),
+                                }),
+                                None => Some(StoreNotice::RunsAvailable),
+                            },
+                            None => Some(StoreNotice::RunsAvailable),
+                        };
+                        if let Some(notice) = notice {
+                            let _ = sender.send(notice);
+                        }
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => {
+                        // The connection ended without an error message: probe it to get one.
+                        client.simple_query("SELECT 1").await?;
+                        return Ok(false);
+                    }
+                },
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    outcome
+}

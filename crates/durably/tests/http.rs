@@ -1,0 +1,1189 @@
+//! Route-level tests of the HTTP + SSE layer (`durably::http`), through
+//! `tower::ServiceExt::oneshot` (no network), on every backend. The router is nested under
+//! `/api/durably` as the demo serves it. Upstream references: UPSTREAM.md §7–§9, server.shared,
+//! sse.shared; our deliberate differences: SPEC.md §3 (#9–#13).
+#![cfg(feature = "http")]
+
+mod common;
+#[path = "http_support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Backend, backend_tests, within};
+use durably::RunStatus;
+use durably::http::HttpOptions;
+use serde_json::{Value, json};
+use support::{Api, keys_in_order};
+
+const LONG: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// POST /trigger
+
+async fn trigger_returns_run_id_and_disposition(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let (status, body) = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "echo", "input": {"value": 42}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let run_id = body["runId"].as_str().expect("runId").to_owned();
+    assert_eq!(body["disposition"], "created");
+    assert_eq!(keys_in_order(&api.raw_last()), vec!["runId", "disposition"]);
+    let run = api.durably.get_run(&run_id).await.unwrap().expect("stored");
+    assert_eq!(run.input, json!({"value": 42}));
+    assert_eq!(run.status, RunStatus::Pending);
+
+    // idempotency key and concurrency key are persisted; a repeat is `idempotent`
+    let request = json!({"jobName": "echo", "input": {"value": 1},
+        "idempotencyKey": "idem-key", "concurrencyKey": "conc-key", "labels": {"org": "a"}});
+    let (_, first) = api.post_json("/trigger", request.clone()).await;
+    let (status, again) = api.post_json("/trigger", request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["disposition"], "idempotent");
+    assert_eq!(again["runId"], first["runId"]);
+    let stored = api
+        .durably
+        .get_run(first["runId"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.idempotency_key.as_deref(), Some("idem-key"));
+    assert_eq!(stored.concurrency_key.as_deref(), Some("conc-key"));
+    assert_eq!(stored.labels.get("org").map(String::as_str), Some("a"));
+
+    // coalesce onto the pending run of the same key
+    let (status, coalesced) = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "echo", "input": {"value": 2}, "concurrencyKey": "conc-key", "coalesce": "skip"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{coalesced}");
+    assert_eq!(coalesced["disposition"], "coalesced");
+    assert_eq!(coalesced["runId"], first["runId"]);
+
+    // a second pending run for the key without coalesce: 409
+    let (status, conflict) = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "echo", "input": {"value": 3}, "concurrencyKey": "conc-key"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(conflict["error"].as_str().unwrap().contains("conc-key"));
+    assert_eq!(api.run_count().await, 2);
+}
+
+async fn trigger_rejects_bad_requests_and_stores_nothing(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new().body_limit(4096)).await;
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        ("no jobName", json!({"input": {}}).to_string(), StatusCode::BAD_REQUEST, "jobName is required"),
+        ("empty jobName", json!({"jobName": "", "input": {}}).to_string(), StatusCode::BAD_REQUEST, "jobName is required"),
+        ("jobName not a string", json!({"jobName": 5}).to_string(), StatusCode::BAD_REQUEST, "jobName must be a string"),
+        ("body not an object", "[1,2]".to_owned(), StatusCode::BAD_REQUEST, "jobName is required"),
+        ("unknown job", json!({"jobName": "non-existent", "input": {}}).to_string(), StatusCode::NOT_FOUND, "Job not found: non-existent"),
+        ("invalid JSON (SPEC §3 #9)", "not json".to_owned(), StatusCode::BAD_REQUEST, "Invalid JSON body"),
+        ("empty body", String::new(), StatusCode::BAD_REQUEST, "Invalid JSON body"),
+        ("missing input", json!({"jobName": "echo"}).to_string(), StatusCode::BAD_REQUEST, "Invalid input: "),
+        ("input of the wrong type", json!({"jobName": "steps", "input": {"count": "three"}}).to_string(), StatusCode::BAD_REQUEST, "Invalid input: "),
+        ("input out of range", json!({"jobName": "steps", "input": {"count": 0}}).to_string(), StatusCode::BAD_REQUEST, "Invalid input: "),
+        ("idempotencyKey not a string", json!({"jobName": "echo", "input": {"value": 1}, "idempotencyKey": 7}).to_string(), StatusCode::BAD_REQUEST, "idempotencyKey must be a string"),
+        ("empty idempotencyKey", json!({"jobName": "echo", "input": {"value": 1}, "idempotencyKey": ""}).to_string(), StatusCode::BAD_REQUEST, "idempotencyKey"),
+        ("concurrencyKey not a string", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": []}).to_string(), StatusCode::BAD_REQUEST, "concurrencyKey must be a string"),
+        ("labels not an object", json!({"jobName": "echo", "input": {"value": 1}, "labels": "x"}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
+        ("label value not a string", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"a": 1}}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
+        ("invalid label key (SPEC §3 #9)", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"bad key!": "x"}}).to_string(), StatusCode::BAD_REQUEST, "Invalid label key"),
+        ("bad coalesce", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": "merge"}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: 'merge'. Valid values: 'skip'"),
+        ("coalesce without key", json!({"jobName": "echo", "input": {"value": 1}, "coalesce": "skip"}).to_string(), StatusCode::BAD_REQUEST, "coalesce requires concurrencyKey"),
+        ("oversized body", json!({"jobName": "echo", "input": {"value": "x".repeat(10_000)}}).to_string(), StatusCode::PAYLOAD_TOO_LARGE, "too large"),
+    ];
+    for (what, body, expected_status, expected_error) in cases {
+        let (status, _, text) = api.request("POST", "/trigger", Some(body)).await;
+        assert_eq!(status, expected_status, "{what}: {text}");
+        let parsed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
+        let message = parsed["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {text}"));
+        assert!(
+            message.contains(expected_error),
+            "{what}: {message:?} should contain {expected_error:?}"
+        );
+    }
+    assert_eq!(
+        api.run_count().await,
+        0,
+        "a rejected trigger stores nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /runs
+
+async fn runs_is_a_bare_array_of_client_runs(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.trigger("echo", json!({"value": 1}), json!({})).await;
+    api.trigger("echo", json!({"value": 2}), json!({})).await;
+    let (status, headers, text) = api.request("GET", "/runs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let runs: Value = serde_json::from_str(&text).unwrap();
+    let runs = runs.as_array().expect("a bare array");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["input"], json!({"value": 2}), "newest first");
+    assert_eq!(
+        keys_in_order(&text),
+        vec![
+            "id",
+            "jobName",
+            "input",
+            "status",
+            "currentStepIndex",
+            "completedStepCount",
+            "progress",
+            "output",
+            "error",
+            "labels",
+            "startedAt",
+            "completedAt",
+            "createdAt",
+            "isTerminal",
+            "isActive"
+        ]
+    );
+    for hidden in [
+        "idempotencyKey",
+        "concurrencyKey",
+        "leaseOwner",
+        "leaseExpiresAt",
+        "leaseGeneration",
+        "updatedAt",
+        "heartbeatAt",
+    ] {
+        assert!(
+            runs[0].get(hidden).is_none(),
+            "{hidden} must not be exposed"
+        );
+    }
+    assert_eq!(runs[0]["isTerminal"], false);
+    assert_eq!(runs[0]["isActive"], true);
+    assert_eq!(runs[0]["status"], "pending");
+}
+
+async fn runs_filters_and_pages(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let first = api
+        .trigger(
+            "echo",
+            json!({"value": 1}),
+            json!({"labels": {"org": "one"}}),
+        )
+        .await;
+    api.trigger(
+        "echo",
+        json!({"value": 2}),
+        json!({"labels": {"org": "two"}}),
+    )
+    .await;
+    api.trigger("steps", json!({"count": 1}), json!({})).await;
+    api.trigger("sleep", json!({"ms": 0}), json!({})).await;
+    api.durably.cancel(&first).await.unwrap();
+
+    let count = |v: &Value| v.as_array().map(Vec::len).unwrap_or(usize::MAX);
+    let ok = |path: &'static str, expected: usize| {
+        let api = &api;
+        async move {
+            let (status, body) = api.get_json(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!(count(&body), expected, "{path}: {body}");
+            body
+        }
+    };
+    ok("/runs?jobName=echo", 2).await;
+    let both = ok("/runs?jobName=steps&jobName=sleep", 2).await;
+    let mut names: Vec<&str> = both
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["jobName"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["sleep", "steps"]);
+    ok("/runs?jobName=", 0).await;
+    ok("/runs?status=cancelled", 1).await;
+    ok("/runs?status=pending&status=cancelled", 4).await;
+    ok("/runs?status=completed", 0).await;
+    ok("/runs?label.org=two", 1).await;
+    ok("/runs?label.org=one&label.org=two", 1).await;
+    ok("/runs?jobName=echo&label.org=nobody", 0).await;
+    ok("/runs?limit=2", 2).await;
+    ok("/runs?limit=2&offset=3", 1).await;
+    ok("/runs?offset=1", 3).await;
+    ok("/runs?limit=0", 0).await;
+    ok("/runs?limit=5abc", 4).await;
+    ok("/runs?limit=1.5", 1).await;
+    ok("/runs?limit=", 4).await;
+    ok("/runs?status=pending&other=ignored", 3).await;
+
+    let bad = [
+        (
+            "/runs?status=running",
+            "Invalid status: running. Must be one of: pending, leased, completed, failed, cancelled",
+        ),
+        (
+            "/runs?status=pending&status=running",
+            "Invalid status: running. Must be one of: pending, leased, completed, failed, cancelled",
+        ),
+        (
+            "/runs?status=",
+            "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+        ),
+        (
+            "/runs?status=pending&status=",
+            "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+        ),
+        (
+            "/runs?limit=-1",
+            "Invalid limit: must be a non-negative integer",
+        ),
+        (
+            "/runs?limit=abc",
+            "Invalid limit: must be a non-negative integer",
+        ),
+        (
+            "/runs?offset=-3",
+            "Invalid offset: must be a non-negative integer",
+        ),
+        (
+            "/runs?offset=x",
+            "Invalid offset: must be a non-negative integer",
+        ),
+    ];
+    for (path, message) in bad {
+        let (status, body) = api.get_json(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(body, json!({"error": message}), "{path}");
+    }
+    let (status, body) = api.get_json("/runs?label.bad%20key=x").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "invalid label key (SPEC §3 #9): {body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid label key")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /run, GET /steps
+
+async fn run_returns_one_client_run(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let id = api.trigger("echo", json!({"value": 42}), json!({})).await;
+    let (status, body) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["input"], json!({"value": 42}));
+    assert_eq!(body["isTerminal"], false);
+    assert_eq!(body["isActive"], true);
+    assert!(body.get("leaseOwner").is_none() && body.get("updatedAt").is_none());
+
+    api.durably.start();
+    api.wait_status(&id, "completed").await;
+    let (_, body) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(body["output"], json!({"value": 42}));
+    assert_eq!(body["isTerminal"], true);
+    assert_eq!(body["isActive"], false);
+    api.durably.stop().await;
+
+    for path in ["/run", "/run?runId=", "/run?other=1"] {
+        let (status, body) = api.get_json(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    }
+    let (status, body) = api.get_json("/run?runId=01UNKNOWN").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
+async fn steps_lists_persisted_steps(backend: Backend) {
+    let api = Api::with(backend, HttpOptions::new(), |b| b.preserve_steps(true)).await;
+    api.durably.start();
+    let id = api.trigger("steps", json!({"count": 3}), json!({})).await;
+    api.wait_status(&id, "completed").await;
+    let (status, _, text) = api
+        .request("GET", &format!("/steps?runId={id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let steps: Value = serde_json::from_str(&text).unwrap();
+    let steps = steps.as_array().expect("array");
+    assert_eq!(steps.len(), 3);
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["step-1", "step-2", "step-3"]);
+    assert_eq!(steps[1]["output"], 2);
+    assert_eq!(steps[0]["status"], "completed");
+    assert_eq!(
+        keys_in_order(&text),
+        vec![
+            "id",
+            "runId",
+            "name",
+            "index",
+            "status",
+            "output",
+            "error",
+            "startedAt",
+            "completedAt"
+        ]
+    );
+    api.durably.stop().await;
+
+    let (status, body) = api.get_json("/steps").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    let (status, body) = api.get_json("/steps?runId=nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
+async fn steps_are_empty_once_done_without_preserve_steps(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api.trigger("steps", json!({"count": 2}), json!({})).await;
+    api.wait_status(&id, "completed").await;
+    let (status, body) = api.get_json(&format!("/steps?runId={id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!([]));
+    api.durably.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /retrigger, POST /cancel, DELETE /run
+
+async fn retrigger_creates_a_new_run(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api
+        .trigger(
+            "steps",
+            json!({"count": 2, "failAt": 2}),
+            json!({"labels": {"org": "x"}}),
+        )
+        .await;
+    api.wait_status(&id, "failed").await;
+    let (status, body) = api
+        .request_json("POST", &format!("/retrigger?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let new_id = body["runId"].as_str().expect("runId").to_owned();
+    assert_ne!(new_id, id);
+    assert_eq!(keys_in_order(&api.raw_last()), vec!["success", "runId"]);
+    api.wait_status(&new_id, "failed").await;
+    let (_, new_run) = api.get_json(&format!("/run?runId={new_id}")).await;
+    assert_eq!(new_run["labels"], json!({"org": "x"}));
+    api.durably.stop().await;
+
+    let pending = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let (status, body) = api
+        .request_json("POST", &format!("/retrigger?runId={pending}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["error"],
+        format!("Cannot retrigger pending run: {pending}")
+    );
+    let (status, body) = api.request_json("POST", "/retrigger").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    let (status, body) = api.request_json("POST", "/retrigger?runId=missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
+async fn cancel_cancels_active_runs_only(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let id = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let (status, body) = api
+        .request_json("POST", &format!("/cancel?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"success": true}));
+    let (_, run) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(run["status"], "cancelled");
+
+    let (status, body) = api
+        .request_json("POST", &format!("/cancel?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["error"],
+        format!("Cannot cancel already cancelled run: {id}")
+    );
+
+    api.durably.start();
+    let done = api.trigger("echo", json!({"value": 2}), json!({})).await;
+    api.wait_status(&done, "completed").await;
+    let (status, body) = api
+        .request_json("POST", &format!("/cancel?runId={done}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["error"],
+        format!("Cannot cancel completed run: {done}")
+    );
+
+    // a leased run is cancelled at once and its step is aborted
+    let sleeping = api.trigger("sleep", json!({"ms": 60_000}), json!({})).await;
+    api.wait_status(&sleeping, "leased").await;
+    let (status, _) = api
+        .request_json("POST", &format!("/cancel?runId={sleeping}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    within(
+        "the worker to let go of the cancelled run",
+        LONG,
+        api.durably.stop(),
+    )
+    .await;
+    let (_, run) = api.get_json(&format!("/run?runId={sleeping}")).await;
+    assert_eq!(run["status"], "cancelled");
+
+    let (status, body) = api.request_json("POST", "/cancel?runId=").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    let (status, body) = api.request_json("POST", "/cancel?runId=missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
+async fn delete_removes_terminal_runs_only(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let id = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let (status, body) = api
+        .request_json("DELETE", &format!("/run?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"], format!("Cannot delete pending run: {id}"));
+    api.durably.cancel(&id).await.unwrap();
+    let (status, body) = api
+        .request_json("DELETE", &format!("/run?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"success": true}));
+    let (status, _) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api.request_json("DELETE", "/run").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    let (status, body) = api
+        .request_json("DELETE", &format!("/run?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+async fn unknown_routes_are_plain_text_404(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    for (method, path) in [
+        ("GET", "/unknown"),
+        ("GET", "/runs/"),
+        ("GET", "/trigger"),
+        ("PUT", "/run"),
+        ("POST", "/runs"),
+        ("GET", ""),
+        ("OPTIONS", "/runs"),
+    ] {
+        let (status, headers, text) = api.request(method, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(text, "Not Found", "{method} {path}");
+        assert_eq!(headers["content-type"], "text/plain;charset=UTF-8");
+    }
+}
+
+async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let (status, body) = api.get_json("/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!([{"name": "burst"}, {"name": "echo"}, {"name": "sleep"}, {"name": "steps"}])
+    );
+    let (status, doc) = api.get_json("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/trigger",
+        "/runs",
+        "/run",
+        "/steps",
+        "/retrigger",
+        "/cancel",
+        "/subscribe",
+        "/runs/subscribe",
+        "/jobs",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    assert!(doc["paths"]["/run"].get("delete").is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /subscribe
+
+async fn subscribe_replays_terminal_state_and_closes(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let completed = api.trigger("echo", json!({"value": "hi"}), json!({})).await;
+    api.wait_status(&completed, "completed").await;
+    let failed = api
+        .trigger("steps", json!({"count": 1, "failAt": 1}), json!({}))
+        .await;
+    api.wait_status(&failed, "failed").await;
+    api.durably.stop().await;
+    let cancelled = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    api.durably.cancel(&cancelled).await.unwrap();
+
+    for (id, kind) in [
+        (&completed, "run:complete"),
+        (&failed, "run:fail"),
+        (&cancelled, "run:cancel"),
+    ] {
+        let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+        assert_eq!(sse.status, StatusCode::OK);
+        assert_eq!(sse.headers["content-type"], "text/event-stream");
+        assert_eq!(sse.headers["cache-control"], "no-cache");
+        assert_eq!(sse.headers["connection"], "keep-alive");
+        let events = sse.collect_to_end(LONG).await;
+        assert_eq!(events.len(), 1, "{kind}: {events:?}");
+        assert_eq!(events[0]["type"], kind);
+        assert_eq!(events[0]["runId"], id.as_str());
+        assert_eq!(events[0]["sequence"], 0);
+        assert!(
+            sse.raw.starts_with("data: {\"type\":\"") && sse.raw.ends_with("}\n\n"),
+            "{}",
+            sse.raw
+        );
+    }
+    let mut sse = api.sse(&format!("/subscribe?runId={completed}")).await;
+    let events = sse.collect_to_end(LONG).await;
+    assert_eq!(events[0]["output"], json!({"value": "hi"}));
+    assert_eq!(events[0]["duration"], 0);
+    let mut sse = api.sse(&format!("/subscribe?runId={failed}")).await;
+    let events = sse.collect_to_end(LONG).await;
+    assert_eq!(events[0]["error"], "failed at step 1");
+    assert_eq!(events[0]["failedStepName"], "");
+
+    let (status, _, text) = api.request("GET", "/subscribe", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(text, r#"{"error":"runId query parameter is required"}"#);
+    let (status, _, text) = api.request("GET", "/subscribe?runId=nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(text, r#"{"error":"Run not found"}"#);
+}
+
+async fn subscribe_streams_a_live_run_until_it_ends(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new().sse_throttle(Duration::ZERO)).await;
+    let id = api
+        .trigger(
+            "steps",
+            json!({"count": 3, "stepMs": 20}),
+            json!({"labels": {"org": "a"}}),
+        )
+        .await;
+    let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    // read the (empty) current state of the pending run before the worker starts
+    assert!(sse.next_event(Duration::from_millis(50)).await.is_none());
+    api.durably.start();
+    let events = sse.collect_to_end(LONG).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"run:leased"), "{types:?}");
+    assert_eq!(types.last(), Some(&"run:complete"), "{types:?}");
+    for expected in ["step:start", "step:complete", "run:progress", "log:write"] {
+        assert!(types.contains(&expected), "{expected} in {types:?}");
+    }
+    assert!(!types.contains(&"run:trigger") && !types.contains(&"run:lease-renewed"));
+    assert_eq!(types.iter().filter(|t| **t == "run:progress").count(), 3);
+    let complete = events.last().unwrap();
+    assert_eq!(complete["output"], json!({"sum": 6}));
+    assert_eq!(complete["labels"], json!({"org": "a"}));
+    assert!(complete["timestamp"].is_string());
+    // live events only: synthetic "current state" events (sequence 0) may follow live ones
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .filter(|s| *s != 0)
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    // byte-exact framing: unnamed `data:` events only
+    for frame in sse.raw.split_terminator("\n\n") {
+        assert!(
+            frame.starts_with("data: {") && !frame.contains('\n'),
+            "{frame:?}"
+        );
+    }
+    api.durably.stop().await;
+}
+
+async fn subscribe_to_a_leased_run_starts_with_its_state(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api
+        .trigger("steps", json!({"count": 2, "stepMs": 30_000}), json!({}))
+        .await;
+    api.wait_status(&id, "leased").await;
+    let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    let first = sse.next_event(LONG).await.expect("initial state");
+    assert_eq!(first["type"], "run:leased");
+    assert_eq!(first["sequence"], 0);
+    assert_eq!(first["input"], json!({"count": 2, "stepMs": 30_000}));
+    assert!(first["leaseOwner"].as_str().is_some_and(|o| !o.is_empty()));
+    let (status, _) = api
+        .request_json("POST", &format!("/cancel?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rest = sse.collect_to_end(LONG).await;
+    assert_eq!(
+        rest.last().map(|e| e["type"].clone()),
+        Some(json!("run:cancel"))
+    );
+    api.durably.stop().await;
+}
+
+async fn subscribe_of_a_pending_run_waits_for_it(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let id = api.trigger("echo", json!({"value": 5}), json!({})).await;
+    let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    assert!(
+        sse.next_event(Duration::from_millis(200)).await.is_none(),
+        "nothing while pending"
+    );
+    api.durably.start();
+    let events = sse.collect_to_end(LONG).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"run:leased"));
+    assert_eq!(types.last(), Some(&"run:complete"));
+    api.durably.stop().await;
+}
+
+async fn progress_is_throttled_per_run_and_flushed_in_order(backend: Backend) {
+    let api = Api::new(
+        backend,
+        HttpOptions::new().sse_throttle(Duration::from_millis(100)),
+    )
+    .await;
+    let id = api.trigger("burst", json!({"count": 200}), json!({})).await;
+    let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    // read the (empty) current state of the pending run before the worker starts
+    assert!(sse.next_event(Duration::from_millis(50)).await.is_none());
+    api.durably.start();
+    let events = sse.collect_to_end(LONG).await;
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "run:progress")
+        .map(|e| e["progress"]["current"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        progress.first(),
+        Some(&1),
+        "first progress always sent: {progress:?}"
+    );
+    assert_eq!(
+        progress.last(),
+        Some(&200),
+        "last progress always sent: {progress:?}"
+    );
+    assert!(progress.len() < 200, "throttled: {}", progress.len());
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    // SPEC §3 #13: a held-back progress goes out before any later event of the run
+    // live events only: synthetic "current state" events (sequence 0) may follow live ones
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .filter(|s| *s != 0)
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    let last_progress = events
+        .iter()
+        .rposition(|e| e["type"] == "run:progress")
+        .unwrap();
+    let last_log = events
+        .iter()
+        .rposition(|e| e["type"] == "log:write")
+        .unwrap();
+    assert!(
+        last_progress < last_log,
+        "the last progress precedes the log written after it"
+    );
+    api.durably.stop().await;
+
+    // throttle off: every progress
+    let api = Api::new(backend, HttpOptions::new().sse_throttle(Duration::ZERO)).await;
+    let id = api.trigger("burst", json!({"count": 50}), json!({})).await;
+    let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    // read the (empty) current state of the pending run before the worker starts
+    assert!(sse.next_event(Duration::from_millis(50)).await.is_none());
+    api.durably.start();
+    let events = sse.collect_to_end(LONG).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "run:progress")
+            .count(),
+        50
+    );
+    api.durably.stop().await;
+}
+
+async fn disconnecting_drops_the_subscription(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let id = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let baseline = api.durably.open_event_streams();
+    let sse = api.sse(&format!("/subscribe?runId={id}")).await;
+    let all = api.sse("/runs/subscribe").await;
+    assert_eq!(api.durably.open_event_streams(), baseline + 2);
+    drop(sse);
+    drop(all);
+    assert_eq!(
+        api.durably.open_event_streams(),
+        baseline,
+        "SPEC §3 #12: a client that goes away leaves no subscription behind"
+    );
+}
+
+async fn keep_alive_comments_are_opt_in(backend: Backend) {
+    let api = Api::new(
+        backend,
+        HttpOptions::new().keep_alive(Duration::from_millis(50)),
+    )
+    .await;
+    let mut sse = api.sse("/runs/subscribe").await;
+    sse.read_for(Duration::from_millis(180)).await;
+    assert!(sse.raw.contains(": keep-alive\n\n"), "{:?}", sse.raw);
+    let quiet = Api::new(backend, HttpOptions::new()).await;
+    let mut sse = quiet.sse("/runs/subscribe").await;
+    sse.read_for(Duration::from_millis(180)).await;
+    assert_eq!(sse.raw, "", "no comments by default");
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /runs/subscribe
+
+async fn runs_subscribe_sends_slim_events_live(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new().sse_throttle(Duration::ZERO)).await;
+    let mut sse = api.sse("/runs/subscribe").await;
+    assert_eq!(sse.status, StatusCode::OK);
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    let id = api
+        .trigger(
+            "steps",
+            json!({"count": 1, "failAt": 1}),
+            json!({"labels": {"org": "a"}}),
+        )
+        .await;
+    let trigger = sse.next_event(LONG).await.expect("run:trigger");
+    assert_eq!(
+        trigger,
+        json!({"type": "run:trigger", "runId": id, "jobName": "steps", "labels": {"org": "a"}})
+    );
+    assert!(
+        sse.raw
+            .starts_with(r#"data: {"type":"run:trigger","runId":""#)
+    );
+    api.durably.start();
+    let events = sse.collect_until("run:fail", LONG).await;
+    api.durably.stop().await;
+    let by_type = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t} in {events:?}"))
+    };
+    assert_eq!(
+        by_type("run:leased"),
+        json!({"type": "run:leased", "runId": id, "jobName": "steps", "labels": {"org": "a"}})
+    );
+    assert_eq!(
+        by_type("step:start"),
+        json!({"type": "step:start", "runId": id, "jobName": "steps", "stepName": "step-1", "stepIndex": 0, "labels": {"org": "a"}})
+    );
+    assert_eq!(
+        by_type("step:fail"),
+        json!({"type": "step:fail", "runId": id, "jobName": "steps", "stepName": "step-1", "stepIndex": 0, "error": "failed at step 1", "labels": {"org": "a"}})
+    );
+    assert_eq!(
+        by_type("run:fail"),
+        json!({"type": "run:fail", "runId": id, "jobName": "steps", "labels": {"org": "a"}})
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.get("timestamp").is_none() && e.get("sequence").is_none())
+    );
+
+    let (status, retriggered) = api
+        .request_json("POST", &format!("/retrigger?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let trigger = sse.next_event(LONG).await.unwrap();
+    assert_eq!(trigger["type"], "run:trigger");
+    assert_eq!(trigger["runId"], retriggered["runId"]);
+    let (status, _) = api
+        .request_json(
+            "POST",
+            &format!("/cancel?runId={}", retriggered["runId"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cancel = sse.next_event(LONG).await.unwrap();
+    assert_eq!(cancel["type"], "run:cancel");
+
+    // complete, progress, log and step:complete projections
+    let ok = api.trigger("steps", json!({"count": 1}), json!({})).await;
+    api.durably.start();
+    let events = sse.collect_until("run:complete", LONG).await;
+    api.durably.stop().await;
+    let find = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t} in {events:?}"))
+    };
+    assert_eq!(
+        find("run:complete"),
+        json!({"type": "run:complete", "runId": ok, "jobName": "steps", "labels": {}})
+    );
+    assert_eq!(
+        find("step:complete"),
+        json!({"type": "step:complete", "runId": ok, "jobName": "steps", "stepName": "step-1", "stepIndex": 0, "labels": {}})
+    );
+    assert_eq!(
+        find("run:progress"),
+        json!({"type": "run:progress", "runId": ok, "jobName": "steps", "progress": {"current": 1, "total": 1, "message": "step 1/1"}, "labels": {}})
+    );
+    assert_eq!(
+        find("log:write"),
+        json!({"type": "log:write", "runId": ok, "jobName": "steps", "labels": {}, "stepName": null, "level": "info", "message": "step 1 done", "data": {"i": 1}})
+    );
+    assert!(
+        sse.next_event(Duration::from_millis(100)).await.is_none(),
+        "the stream stays open"
+    );
+    assert!(!sse.ended, "/runs/subscribe never ends by itself");
+}
+
+async fn runs_subscribe_filters_by_job_and_labels(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let mut by_job = api.sse("/runs/subscribe?jobName=echo").await;
+    let mut by_jobs = api
+        .sse("/runs/subscribe?jobName=echo&jobName=sleep&status=ignored&limit=1")
+        .await;
+    let mut by_label = api.sse("/runs/subscribe?label.org=a").await;
+    let steps = api
+        .trigger(
+            "steps",
+            json!({"count": 1}),
+            json!({"labels": {"org": "a"}}),
+        )
+        .await;
+    let echo = api
+        .trigger("echo", json!({"value": 1}), json!({"labels": {"org": "b"}}))
+        .await;
+    let sleep = api.trigger("sleep", json!({"ms": 0}), json!({})).await;
+    let ids = |events: Vec<Value>| {
+        events
+            .into_iter()
+            .map(|e| e["runId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(by_job.read_for(Duration::from_millis(200)).await),
+        vec![echo.clone()]
+    );
+    assert_eq!(
+        ids(by_jobs.read_for(Duration::from_millis(200)).await),
+        vec![echo, sleep]
+    );
+    assert_eq!(
+        ids(by_label.read_for(Duration::from_millis(200)).await),
+        vec![steps]
+    );
+}
+
+async fn runs_subscribe_projects_coalesced_and_skips_operational_noise(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let mut sse = api.sse("/runs/subscribe").await;
+    let first = api
+        .trigger(
+            "echo",
+            json!({"value": 1}),
+            json!({"concurrencyKey": "k", "labels": {"a": "1"}}),
+        )
+        .await;
+    api.durably.emit(durably::EventKind::RunLeaseRenewed {
+        run_id: first.clone(),
+        job_name: "echo".into(),
+        lease_owner: "w".into(),
+        lease_expires_at: String::new(),
+        labels: Default::default(),
+    });
+    api.durably.emit(durably::EventKind::WorkerError {
+        error: "boom".into(),
+        context: "idle-maintenance".into(),
+        run_id: None,
+    });
+    api.trigger(
+        "echo",
+        json!({"value": 2}),
+        json!({"concurrencyKey": "k", "coalesce": "skip", "labels": {"b": "2"}}),
+    )
+    .await;
+    let events = sse.read_for(Duration::from_millis(200)).await;
+    assert_eq!(
+        events,
+        vec![
+            json!({"type": "run:trigger", "runId": first, "jobName": "echo", "labels": {"a": "1"}}),
+            json!({"type": "run:coalesced", "runId": first, "jobName": "echo", "labels": {"a": "1"},
+                "skippedInput": {"value": 2}, "skippedLabels": {"b": "2"}}),
+        ]
+    );
+    assert!(
+        sse.raw
+            .contains(r#""skippedInput":{"value":2},"skippedLabels":{"b":"2"}}"#)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auth hooks: two tenants
+
+async fn auth_runs_first_and_rejects_with_its_status(backend: Backend) {
+    let (options, trigger_hook_calls) = support::tenant_auth();
+    let api = Api::new(backend, options).await;
+    for (method, path) in [
+        ("GET", "/runs"),
+        ("GET", "/unknown"),
+        ("GET", "/runs/subscribe"),
+        ("GET", "/subscribe?runId=x"),
+        ("POST", "/trigger"),
+    ] {
+        let (status, _, text) = api.request_as(None, method, path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {text}");
+        assert_eq!(text, r#"{"error":"missing x-tenant header"}"#);
+    }
+    let (status, _, _) = api.request_as(Some("a"), "GET", "/unknown", None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "routing after authentication"
+    );
+    // validation comes before on_trigger: 400/404 without calling it
+    let (status, _, text) = api
+        .request_as(
+            Some("a"),
+            "POST",
+            "/trigger",
+            Some(json!({"input": {}}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"jobName is required"}"#
+        )
+    );
+    let (status, _, _) = api
+        .request_as(
+            Some("a"),
+            "POST",
+            "/trigger",
+            Some(json!({"jobName": "nope"}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        trigger_hook_calls.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // on_trigger rejects another tenant's label with 403 and nothing is stored
+    let (status, _, text) = api
+        .request_as(
+            Some("a"),
+            "POST",
+            "/trigger",
+            Some(
+                json!({"jobName": "echo", "input": {"value": 1}, "labels": {"tenant": "b"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert_eq!(api.run_count().await, 0);
+    // a stream rejected by a hook keeps the hook's status (SPEC §3 #11)
+    let (status, _, text) = api
+        .request_as(Some("blocked"), "GET", "/runs/subscribe", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+}
+
+async fn tenants_cannot_see_or_touch_each_others_runs(backend: Backend) {
+    let api = Api::with(backend, support::tenant_auth().0, |b| {
+        b.preserve_steps(true)
+    })
+    .await;
+    let trigger_as = |tenant: &'static str, value: i64| {
+        let api = &api;
+        async move {
+            let (status, _, text) = api
+                .request_as(Some(tenant), "POST", "/trigger", Some(json!({"jobName": "echo", "input": {"value": value}, "labels": {"tenant": tenant}}).to_string()))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            let body: Value = serde_json::from_str(&text).unwrap();
+            body["runId"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut a_stream = api.sse_as("a", "/runs/subscribe").await;
+    let mut b_stream = api.sse_as("b", "/runs/subscribe").await;
+    let mut b_stream_asking_for_a = api.sse_as("b", "/runs/subscribe?label.tenant=a").await;
+    let a_done = trigger_as("a", 1).await;
+    api.durably.start();
+    api.wait_status(&a_done, "completed").await;
+    api.durably.stop().await;
+    let a_pending = trigger_as("a", 2).await;
+    let b_run = trigger_as("b", 3).await;
+
+    // list: each tenant sees only its runs, whatever filter it asks for
+    for (tenant, path, expected) in [
+        ("a", "/runs", vec![a_pending.clone(), a_done.clone()]),
+        ("b", "/runs", vec![b_run.clone()]),
+        ("b", "/runs?label.tenant=a", vec![b_run.clone()]),
+        ("b", "/runs?jobName=echo&status=completed", vec![]),
+    ] {
+        let (status, _, text) = api.request_as(Some(tenant), "GET", path, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let runs: Vec<Value> = serde_json::from_str(&text).unwrap();
+        let ids: Vec<String> = runs
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, expected, "{tenant} {path}");
+    }
+    // per-run routes: b gets 404 for a's runs and nothing changes
+    for (method, path) in [
+        ("GET", format!("/run?runId={a_done}")),
+        ("GET", format!("/steps?runId={a_done}")),
+        ("GET", format!("/subscribe?runId={a_done}")),
+        ("GET", format!("/subscribe?runId={a_pending}")),
+        ("POST", format!("/retrigger?runId={a_done}")),
+        ("POST", format!("/cancel?runId={a_pending}")),
+        ("DELETE", format!("/run?runId={a_done}")),
+    ] {
+        let (status, headers, text) = api.request_as(Some("b"), method, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "b {method} {path}: {text}");
+        assert_eq!(
+            headers["content-type"], "application/json",
+            "{method} {path}"
+        );
+        assert_eq!(text, r#"{"error":"Run not found"}"#);
+    }
+    let a_runs = api
+        .durably
+        .get_runs(&durably::RunFilter::new().label("tenant", "a"))
+        .await
+        .unwrap();
+    assert_eq!(a_runs.len(), 2, "b's retrigger/delete changed nothing");
+    assert_eq!(
+        api.durably
+            .get_run(&a_pending)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::Pending
+    );
+    assert_eq!(
+        api.durably.get_run(&a_done).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+    // a can do all of it on its own runs
+    let (status, _, _) = api
+        .request_as(Some("a"), "GET", &format!("/steps?runId={a_done}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = api
+        .request_as(
+            Some("a"),
+            "POST",
+            &format!("/cancel?runId={a_pending}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = api
+        .request_as(Some("a"), "DELETE", &format!("/run?runId={a_done}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // runs/subscribe: b's streams never carried a's events
+    let a_seen: Vec<Value> = a_stream.read_for(Duration::from_millis(200)).await;
+    let b_seen: Vec<Value> = b_stream.read_for(Duration::from_millis(200)).await;
+    let b_spy: Vec<Value> = b_stream_asking_for_a
+        .read_for(Duration::from_millis(200))
+        .await;
+    assert!(
+        a_seen.iter().all(|e| e["labels"]["tenant"] == "a") && a_seen.len() >= 4,
+        "{a_seen:?}"
+    );
+    assert!(a_seen.iter().any(|e| e["type"] == "run:delete"));
+    assert!(
+        b_seen.iter().all(|e| e["labels"]["tenant"] == "b"),
+        "{b_seen:?}"
+    );
+    assert_eq!(b_seen.len(), 1, "only b's own trigger: {b_seen:?}");
+    assert!(
+        b_spy.len() == 1 && b_spy[0]["runId"] == b_run.as_str(),
+        "asking for a's label still gets only b's events: {b_spy:?}"
+    );
+}
+
+backend_tests!(
+    trigger_returns_run_id_and_disposition,
+    trigger_rejects_bad_requests_and_stores_nothing,
+    runs_is_a_bare_array_of_client_runs,
+    runs_filters_and_pages,
+    run_returns_one_client_run,
+    steps_lists_persisted_steps,
+    steps_are_empty_once_done_without_preserve_steps,
+    retrigger_creates_a_new_run,
+    cancel_cancels_active_runs_only,
+    delete_removes_terminal_runs_only,
+    unknown_routes_are_plain_text_404,
+    jobs_and_openapi_are_served_beside_the_routes,
+    subscribe_replays_terminal_state_and_closes,
+    subscribe_streams_a_live_run_until_it_ends,
+    subscribe_to_a_leased_run_starts_with_its_state,
+    subscribe_of_a_pending_run_waits_for_it,
+    progress_is_throttled_per_run_and_flushed_in_order,
+    disconnecting_drops_the_subscription,
+    keep_alive_comments_are_opt_in,
+    runs_subscribe_sends_slim_events_live,
+    runs_subscribe_filters_by_job_and_labels,
+    runs_subscribe_projects_coalesced_and_skips_operational_noise,
+    auth_runs_first_and_rejects_with_its_status,
+    tenants_cannot_see_or_touch_each_others_runs,
+);

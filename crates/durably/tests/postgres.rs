@@ -1,0 +1,971 @@
+//! PostgreSQL-only tests: LISTEN/NOTIFY wake-ups, idle cost, faults (terminated backends, a
+//! cluster restart) and several worker processes sharing one database.
+//!
+//! Needs `DURABLY_TEST_POSTGRES_URL` (see `build.rs`); without it every test here is reported as
+//! ignored. Each test works in its own fresh schema. The multi-process tests re-execute this
+//! test binary as child workers (the `#[ignore]`d `postgres_child` entry point, selected by
+//! environment variables), like `crash.rs` does for SQLite.
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use common::{PgSchema, eventually, fresh_schema, postgres_store, postgres_url, within};
+use durably::{
+    Durably, Enqueued, EventType, Fence, Job, Log, NewLog, NewRun, NewStep, PostgresOptions,
+    PostgresStore, Progress, Run, RunFilter, RunPatch, RunStatus, Step, StepContext, Store,
+    StoreNotice, Timestamp, TriggerOptions, WaitOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const ENV_MODE: &str = "DURABLY_PG_CHILD_MODE";
+const ENV_SCHEMA: &str = "DURABLY_PG_CHILD_SCHEMA";
+const ENV_LOG: &str = "DURABLY_PG_CHILD_LOG";
+const ENV_GO: &str = "DURABLY_PG_CHILD_GO";
+
+/// Tests that restart the cluster take this for writing; every other test here for reading.
+static CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+#[derive(Serialize, Deserialize)]
+struct Input {
+    n: u64,
+}
+
+/// Counts every execution of every step, by `<run id> <step>`.
+#[derive(Clone, Default)]
+struct Executions(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Executions {
+    fn record(&self, what: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(what)
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> HashMap<String, u32> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Three quick steps, each counted in `executions`.
+fn three_steps(executions: Executions, step_time: Duration) -> Job<Input, u64> {
+    Job::new("three-steps", move |step: StepContext, input: Input| {
+        let executions = executions.clone();
+        async move {
+            for k in 1..=3u64 {
+                let (executions, what) = (executions.clone(), format!("{} s{k}", step.run_id()));
+                step.run(&format!("s{k}"), |_| async move {
+                    executions.record(what);
+                    tokio::time::sleep(step_time).await;
+                    Ok::<_, std::io::Error>(k)
+                })
+                .await?;
+            }
+            Ok::<_, durably::Error>(input.n)
+        }
+    })
+}
+
+fn url_with_application_name(name: &str) -> String {
+    let url = postgres_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_trigger_on_another_instance_wakes_an_idle_worker_at_once() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let executions = Executions::default();
+    // The worker polls once a minute: only a notification can wake it in time.
+    let worker = Durably::builder()
+        .store(postgres_store(&schema))
+        .polling_interval(Duration::from_secs(60))
+        .build()
+        .expect("build");
+    worker
+        .register(three_steps(executions.clone(), Duration::ZERO))
+        .expect("register");
+    worker.init().await.expect("init");
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle, listening
+
+    let other = Durably::builder()
+        .store(postgres_store(&schema))
+        .build()
+        .expect("build");
+    let handle = other
+        .register(three_steps(Executions::default(), Duration::ZERO))
+        .expect("register");
+    for n in 0..5 {
+        let started = Instant::now();
+        let run = handle.trigger(Input { n }).await.expect("trigger").run;
+        let done = other
+            .wait_for_run(
+                &run.id,
+                WaitOptions::new()
+                    .timeout(Duration::from_secs(10))
+                    .polling_interval(Duration::from_millis(5)),
+            )
+            .await
+            .expect("the worker on the other instance ran it");
+        assert_eq!(done.status, RunStatus::Completed);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken by NOTIFY, not by the 60 s poll: {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_cancel_on_another_instance_fires_the_running_step_token() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (fired_tx, mut fired_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let job = Job::new(
+        "waits-for-cancel",
+        move |step: StepContext, _input: Input| {
+            let (started_tx, fired_tx) = (started_tx.clone(), fired_tx.clone());
+            async move {
+                step.run("wait", |cancel| async move {
+                    let _ = started_tx.send(());
+                    cancel.cancelled().await;
+                    let _ = fired_tx.send(());
+                    Ok::<_, std::io::Error>(())
+                })
+                .await?;
+                Ok::<_, durably::Error>(())
+            }
+        },
+    );
+    // Long renewal interval: the renewal cannot be what notices the cancel.
+    let worker = Durably::builder()
+        .store(postgres_store(&schema))
+        .polling_interval(Duration::from_millis(50))
+        .lease_duration(Duration::from_secs(120))
+        .lease_renew_interval(Duration::from_secs(60))
+        .build()
+        .expect("build");
+    let handle = worker.register(job).expect("register");
+    worker.init().await.expect("init");
+    let run = handle.trigger(Input { n: 1 }).await.expect("trigger").run;
+    within("step started", Duration::from_secs(10), started_rx.recv()).await;
+
+    let other = Durably::builder()
+        .store(postgres_store(&schema))
+        .build()
+        .expect("build");
+    other.migrate().await.expect("migrate");
+    let cancelled_at = Instant::now();
+    other
+        .cancel(&run.id)
+        .await
+        .expect("cancel from the other instance");
+    within(
+        "the token fired on the executing instance",
+        Duration::from_secs(5),
+        fired_rx.recv(),
+    )
+    .await;
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5));
+    let run = eventually("run cancelled", Duration::from_secs(5), || async {
+        let run = worker.get_run(&run.id).await.expect("read")?;
+        (run.status == RunStatus::Cancelled).then_some(run)
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Cancelled);
+    worker.stop().await;
+}
+
+/// Delegates to a store and counts the calls an idle worker makes.
+struct Counting {
+    inner: PostgresStore,
+    claims: AtomicU64,
+    releases: AtomicU64,
+}
+
+#[async_trait]
+impl Store for Counting {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn migrate(&self) -> durably::Result<()> {
+        self.inner.migrate().await
+    }
+    async fn schema_version(&self) -> durably::Result<i64> {
+        self.inner.schema_version().await
+    }
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
+        self.inner.enqueue(run, now).await
+    }
+    async fn enqueue_many(
+        &self,
+        runs: Vec<NewRun>,
+        now: Timestamp,
+    ) -> durably::Result<Vec<Enqueued>> {
+        self.inner.enqueue_many(runs, now).await
+    }
+    async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
+        self.inner.get_run(id).await
+    }
+    async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
+        self.inner.get_runs(filter).await
+    }
+    async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
+        self.inner.get_steps(run_id).await
+    }
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
+        self.inner.get_completed_step(run_id, name).await
+    }
+    async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
+        self.inner.get_logs(run_id).await
+    }
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> durably::Result<Vec<Run>> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(worker_id, now, lease, max).await
+    }
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> durably::Result<Option<Timestamp>> {
+        self.inner.renew_lease(fence, now, lease).await
+    }
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> durably::Result<Option<Step>> {
+        self.inner.persist_step(fence, step, now).await
+    }
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> durably::Result<bool> {
+        self.inner.update_progress(fence, progress, now).await
+    }
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> durably::Result<Option<Log>> {
+        self.inner.append_log(fence, log, now).await
+    }
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.inner
+            .complete_run(fence, output, now, drop_steps)
+            .await
+    }
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.inner.fail_run(fence, error, now, drop_steps).await
+    }
+    async fn cancel_run(
+        &self,
+        id: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.inner.cancel_run(id, now, drop_steps).await
+    }
+    async fn delete_run(&self, id: &str) -> durably::Result<bool> {
+        self.inner.delete_run(id).await
+    }
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
+        self.inner.purge_runs(older_than, limit).await
+    }
+    async fn release_expired_leases(&self, now: Timestamp) -> durably::Result<Vec<Run>> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        self.inner.release_expired_leases(now).await
+    }
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
+        self.inner.update_run(id, patch, now).await
+    }
+    async fn checkpoint(&self) -> durably::Result<()> {
+        self.inner.checkpoint().await
+    }
+    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
+        self.inner.notifications()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn an_idle_worker_costs_one_claim_per_polling_interval_and_one_sweep_per_lease() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let store = Arc::new(Counting {
+        inner: postgres_store(&schema),
+        claims: AtomicU64::new(0),
+        releases: AtomicU64::new(0),
+    });
+    let worker = Durably::builder()
+        .shared_store(store.clone())
+        .polling_interval(Duration::from_millis(50))
+        .lease_duration(Duration::from_secs(30))
+        .build()
+        .expect("build");
+    worker.init().await.expect("init");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    let claims = store.claims.load(Ordering::SeqCst);
+    let releases = store.releases.load(Ordering::SeqCst);
+    // 2 s at 50 ms: about 40 polls (plus the wake-up the listener sends when it connects).
+    assert!(claims <= 45, "{claims} claims in 2 s at a 50 ms interval");
+    assert!(claims >= 10, "the worker kept polling: {claims}");
+    assert_eq!(releases, 1, "one expired-lease sweep per 30 s lease");
+}
+
+/// Drains `jobs` three-step runs with one in-process worker while `disturb` runs; returns the
+/// number of `worker:error` events seen.
+async fn drain_while(
+    schema: &str,
+    application_name: &str,
+    jobs: u64,
+    disturb: impl std::future::Future<Output = ()>,
+) -> u64 {
+    let executions = Executions::default();
+    let store = PostgresStore::connect_with(
+        &url_with_application_name(application_name),
+        PostgresOptions {
+            max_connections: 8,
+            schema: Some(schema.to_owned()),
+            retry_for: Duration::from_secs(30),
+            ..PostgresOptions::default()
+        },
+    )
+    .expect("store");
+    let worker = Durably::builder()
+        .store(store)
+        .max_concurrent_runs(4)
+        .polling_interval(Duration::from_millis(20))
+        // Long enough that an outage of a few seconds never expires a lease (an expired lease
+        // may legitimately run its in-flight step again); runs whose claim was lost in the
+        // outage come back after it.
+        .lease_duration(Duration::from_secs(15))
+        .lease_renew_interval(Duration::from_secs(1))
+        .build()
+        .expect("build");
+    let handle = worker
+        .register(three_steps(executions.clone(), Duration::from_millis(2)))
+        .expect("register");
+    worker.migrate().await.expect("migrate");
+    let errors = Arc::new(AtomicU64::new(0));
+    let _listener = {
+        let errors = errors.clone();
+        worker.on(EventType::WorkerError, move |_| {
+            errors.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    handle
+        .batch_trigger((0..jobs).map(|n| (Input { n }, TriggerOptions::new())))
+        .await
+        .expect("enqueue");
+    worker.start();
+    disturb.await;
+    let all = RunFilter::new().status(RunStatus::Completed);
+    eventually(
+        "every run completed after the fault",
+        Duration::from_secs(180),
+        || async {
+            let done = worker.get_runs(&all).await.ok()?;
+            (done.len() as u64 == jobs).then_some(())
+        },
+    )
+    .await;
+    worker.stop().await;
+    let executions = executions.snapshot();
+    assert_eq!(executions.len() as u64, jobs * 3, "every step executed");
+    let repeated: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "steps executed more than once: {repeated:?}"
+    );
+    errors.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn terminated_backends_during_a_drain_lose_no_run_and_rerun_no_step() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let application_name = format!("durably_kill_{}", durably::new_id().to_lowercase());
+    let admin = admin().await;
+    let terminated = Arc::new(AtomicU64::new(0));
+    let disturb = {
+        let (application_name, terminated) = (application_name.clone(), terminated.clone());
+        async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let rows = admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&application_name],
+                    )
+                    .await
+                    .expect("terminate backends");
+                terminated.fetch_add(rows.len() as u64, Ordering::SeqCst);
+            }
+        }
+    };
+    let errors = drain_while(&schema, &application_name, 400, disturb).await;
+    let terminated = terminated.load(Ordering::SeqCst);
+    eprintln!("terminated {terminated} backends; {errors} worker:error events");
+    assert!(terminated > 0, "the test terminated some backends");
+    assert!(errors > 0, "the faults were reported as worker:error");
+}
+
+fn cluster_version() -> String {
+    std::fs::read_dir("/etc/postgresql")
+        .expect("a local PostgreSQL cluster (/etc/postgresql)")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a cluster version")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_cluster_restart_during_a_drain_loses_no_run_and_reruns_no_step() {
+    let _cluster = CLUSTER.write().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let application_name = format!("durably_restart_{}", durably::new_id().to_lowercase());
+    let disturb = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let version = cluster_version();
+        let status = tokio::task::spawn_blocking(move || {
+            Command::new("pg_ctlcluster")
+                .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+                .status()
+        })
+        .await
+        .expect("join")
+        .expect("run pg_ctlcluster");
+        assert!(status.success(), "pg_ctlcluster restart failed: {status}");
+    };
+    let errors = drain_while(&schema, &application_name, 600, disturb).await;
+    eprintln!("{errors} worker:error events across the restart");
+    assert!(errors > 0, "the outage was reported as worker:error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several worker processes
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// The race workload: job names `race-0..RACE_JOBS`, keys `key-0..RACE_KEYS` shared by all.
+const RACE_JOBS: u64 = 40;
+const RACE_KEYS: u64 = 4;
+
+fn appender(path: &Path) -> Arc<Mutex<std::fs::File>> {
+    Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file"),
+    ))
+}
+
+fn append(log: &Arc<Mutex<std::fs::File>>, line: String) -> std::io::Result<()> {
+    let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+    file.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Entry point of the child processes (run by the tests below, not directly).
+#[test]
+#[ignore = "child-process entry point of the PostgreSQL multi-process tests"]
+fn postgres_child() {
+    let (Ok(mode), Ok(schema), Ok(log), Ok(go)) = (
+        std::env::var(ENV_MODE),
+        std::env::var(ENV_SCHEMA),
+        std::env::var(ENV_LOG),
+        std::env::var(ENV_GO),
+    ) else {
+        panic!("postgres_child runs only as a child of the PostgreSQL tests");
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let log = appender(Path::new(&log));
+        let durably = Durably::builder()
+            .store(postgres_store(&schema))
+            .max_concurrent_runs(4)
+            .polling_interval(Duration::from_millis(20))
+            .build()
+            .expect("build");
+        match mode.as_str() {
+            "drain" => {
+                let log = log.clone();
+                durably
+                    .register(Job::new("drain", move |step: StepContext, input: Input| {
+                        let log = log.clone();
+                        async move {
+                            for k in 1..=3u64 {
+                                let (log, line) = (log.clone(), format!("{} s{k}", step.run_id()));
+                                step.run(&format!("s{k}"), |_| async move {
+                                    append(&log, line)?;
+                                    Ok::<_, std::io::Error>(k)
+                                })
+                                .await?;
+                            }
+                            Ok::<_, durably::Error>(input.n)
+                        }
+                    }))
+                    .expect("register");
+            }
+            "race" => {
+                for j in 0..RACE_JOBS {
+                    let log = log.clone();
+                    durably
+                        .register(Job::new(
+                            format!("race-{j}"),
+                            move |step: StepContext, input: Input| {
+                                let log = log.clone();
+                                async move {
+                                    let key = format!("key-{}", input.n % RACE_KEYS);
+                                    let run_id = step.run_id().to_owned();
+                                    step.run("hold", |_| async move {
+                                        append(
+                                            &log,
+                                            format!("start {key} {run_id} {}", now_micros()),
+                                        )?;
+                                        tokio::time::sleep(Duration::from_millis(3)).await;
+                                        append(
+                                            &log,
+                                            format!("end {key} {run_id} {}", now_micros()),
+                                        )?;
+                                        Ok::<_, std::io::Error>(())
+                                    })
+                                    .await?;
+                                    Ok::<_, durably::Error>(input.n)
+                                }
+                            },
+                        ))
+                        .expect("register");
+                }
+            }
+            other => panic!("unknown child mode {other}"),
+        }
+        durably.migrate().await.expect("migrate");
+        while !Path::new(&go).exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        durably.start();
+        let active = RunFilter::new()
+            .status(RunStatus::Pending)
+            .status(RunStatus::Leased)
+            .limit(1);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match durably.get_runs(&active).await {
+                Ok(runs) if runs.is_empty() => break,
+                _ => {}
+            }
+        }
+        durably.stop().await;
+    });
+}
+
+fn spawn_child(mode: &str, schema: &str, log: &Path, go: &Path) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "postgres_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_MODE, mode)
+        .env(ENV_SCHEMA, schema)
+        .env(ENV_LOG, log)
+        .env(ENV_GO, go)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child worker")
+}
+
+async fn wait_children(children: &mut [Child]) {
+    for child in children {
+        let status = within("child drain", Duration::from_secs(300), async {
+            loop {
+                if let Some(status) = child.try_wait().expect("poll child") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(status.success(), "child worker failed: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn four_worker_processes_drain_2000_runs_every_step_exactly_once() {
+    const JOBS: u64 = 2000;
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let go = dir.path().join("go");
+    let logs: Vec<PathBuf> = (0..4)
+        .map(|i| dir.path().join(format!("{i}.log")))
+        .collect();
+    let parent = Durably::builder()
+        .store(postgres_store(&schema))
+        .build()
+        .expect("build");
+    let handle = parent
+        .register(Job::new(
+            "drain",
+            |_step: StepContext, input: Input| async move { Ok::<_, durably::Error>(input.n) },
+        ))
+        .expect("register");
+    parent.migrate().await.expect("migrate");
+    for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
+        handle
+            .batch_trigger(chunk.iter().map(|&n| (Input { n }, TriggerOptions::new())))
+            .await
+            .expect("enqueue");
+    }
+    let mut children: Vec<Child> = logs
+        .iter()
+        .map(|log| spawn_child("drain", &schema, log, &go))
+        .collect();
+    std::fs::write(&go, b"go").expect("start the workers");
+    wait_children(&mut children).await;
+
+    let completed = parent
+        .get_runs(&RunFilter::new().status(RunStatus::Completed))
+        .await
+        .expect("query");
+    assert_eq!(completed.len() as u64, JOBS, "every run completed");
+    let mut executions = HashMap::<String, u32>::new();
+    let mut per_process = Vec::new();
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        per_process.push(text.lines().count());
+        for line in text.lines() {
+            *executions.entry(line.to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(executions.len() as u64, JOBS * 3, "every step executed");
+    let repeated: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "steps executed more than once: {repeated:?}"
+    );
+    assert!(
+        per_process.iter().filter(|&&n| n > 0).count() >= 2,
+        "the processes shared the work: {per_process:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let go = dir.path().join("go");
+    let logs: Vec<PathBuf> = (0..4)
+        .map(|i| dir.path().join(format!("{i}.log")))
+        .collect();
+    let parent = Durably::builder()
+        .store(postgres_store(&schema))
+        .build()
+        .expect("build");
+    parent.migrate().await.expect("migrate");
+    let mut total = 0u64;
+    for j in 0..RACE_JOBS {
+        let handle = parent
+            .register(Job::new(
+                format!("race-{j}"),
+                |_step: StepContext, input: Input| async move { Ok::<_, durably::Error>(input.n) },
+            ))
+            .expect("register");
+        // One pending run per job and key (the pending-per-key rule), keys shared by all jobs.
+        for k in 0..RACE_KEYS {
+            handle
+                .trigger_with(
+                    Input { n: k },
+                    TriggerOptions::new().concurrency_key(format!("key-{k}")),
+                )
+                .await
+                .expect("trigger");
+            total += 1;
+        }
+    }
+    let mut children: Vec<Child> = logs
+        .iter()
+        .map(|log| spawn_child("race", &schema, log, &go))
+        .collect();
+
+    // Watch the table while they race: never two unexpired leases on one key.
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .expect("search_path");
+    std::fs::write(&go, b"go").expect("start the workers");
+    let watch = async {
+        let mut checks = 0u64;
+        loop {
+            let rows = admin
+                .query(
+                    "SELECT concurrency_key, count(*) FROM durably_runs WHERE status = 'leased' \
+                     GROUP BY concurrency_key HAVING count(*) > 1",
+                    &[],
+                )
+                .await
+                .expect("watch");
+            assert!(rows.is_empty(), "two leased runs share a key");
+            checks += 1;
+            let done = admin
+                .query_one(
+                    "SELECT count(*) FROM durably_runs WHERE status = 'completed'",
+                    &[],
+                )
+                .await
+                .expect("count");
+            if done.get::<_, i64>(0) as u64 == total {
+                return checks;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let checks = within("race drained", Duration::from_secs(300), watch).await;
+    wait_children(&mut children).await;
+    assert!(checks > 0);
+
+    // And from the processes' own records: per key, executions never overlap in time.
+    let mut intervals: BTreeMap<String, Vec<(u128, u128, String)>> = BTreeMap::new();
+    let mut starts: HashMap<String, (String, u128)> = HashMap::new();
+    let mut busy_processes = 0;
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if !text.is_empty() {
+            busy_processes += 1;
+        }
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (kind, key, run, at) = (parts[0], parts[1], parts[2], parts[3]);
+            let at: u128 = at.parse().expect("time");
+            match kind {
+                "start" => {
+                    starts.insert(run.to_owned(), (key.to_owned(), at));
+                }
+                _ => {
+                    let (key, start) = starts.remove(run).expect("start before end");
+                    intervals
+                        .entry(key)
+                        .or_default()
+                        .push((start, at, run.to_owned()));
+                }
+            }
+        }
+    }
+    let executed: usize = intervals.values().map(Vec::len).sum();
+    assert_eq!(executed as u64, total, "every run executed exactly once");
+    for (key, spans) in &mut intervals {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "runs {} and {} of {key} overlapped",
+                pair[0].2,
+                pair[1].2
+            );
+        }
+    }
+    assert!(busy_processes >= 2, "the processes raced: {busy_processes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let store = postgres_store(&schema);
+    // Concurrent migrations (many processes starting at once) serialize on an advisory lock.
+    let migrations: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.migrate().await })
+        })
+        .collect();
+    for migration in migrations {
+        migration.await.expect("task").expect("migrate");
+    }
+    assert_eq!(store.schema_version().await.expect("version"), 1);
+    let admin = admin().await;
+    let indexes: Vec<String> = admin
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND indexname LIKE 'idx_%' \
+             ORDER BY indexname",
+            &[&schema],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "idx_durably_logs_run_created",
+            "idx_durably_run_labels_key_value",
+            "idx_durably_run_labels_pk",
+            "idx_durably_runs_job_created",
+            "idx_durably_runs_job_idempotency",
+            "idx_durably_runs_pending_concurrency",
+            "idx_durably_runs_status_completed",
+            "idx_durably_runs_status_concurrency",
+            "idx_durably_runs_status_created",
+            "idx_durably_runs_status_lease_expires",
+            "idx_durably_steps_completed_unique",
+            "idx_durably_steps_run_index",
+        ]
+    );
+    let partial: Vec<String> = admin
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND indexdef LIKE '%WHERE%' \
+             ORDER BY indexname",
+            &[&schema],
+        )
+        .await
+        .expect("partial indexes")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        partial,
+        [
+            "idx_durably_runs_pending_concurrency",
+            "idx_durably_steps_completed_unique"
+        ]
+    );
+    let types: Vec<(String, String)> = admin
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'durably_runs' ORDER BY ordinal_position",
+            &[&schema],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let integers = [
+        "current_step_index",
+        "completed_step_count",
+        "lease_generation",
+    ];
+    assert_eq!(types.len(), 19);
+    for (column, data_type) in &types {
+        let expected = if integers.contains(&column.as_str()) {
+            "integer"
+        } else {
+            "text"
+        };
+        assert_eq!(data_type, expected, "type of durably_runs.{column}");
+    }
+}
