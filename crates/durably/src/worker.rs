@@ -311,7 +311,11 @@ impl Durably {
                 .is_none_or(|at| at.elapsed() >= self.inner.config.lease_duration);
         let released = if release_due {
             clock.last_release = Some(Instant::now());
-            Some(store.release_expired_leases(Timestamp::now()).await)
+            Some(
+                store
+                    .release_expired_leases(Timestamp::now(), !self.inner.config.preserve_steps)
+                    .await,
+            )
         } else {
             None
         };

@@ -1055,7 +1055,10 @@ async fn release_expired_leases_resets_or_fails(backend: Backend) {
     let other_job = enqueue(&store, keyed("other-job", "cross-key"), t0 + ms(21)).await;
 
     let now = t0 + ms(500);
-    let changed = store.release_expired_leases(now).await.expect("release");
+    let changed = store
+        .release_expired_leases(now, false)
+        .await
+        .expect("release");
     let mut changed_ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
     changed_ids.sort();
     let mut expected = vec![lone.id.as_str(), blocked.id.as_str(), cross.id.as_str()];
@@ -1090,9 +1093,77 @@ async fn release_expired_leases_resets_or_fails(backend: Backend) {
     assert_eq!(get(&store, &fresh.id).await, unexpired);
     assert!(
         store
-            .release_expired_leases(now)
+            .release_expired_leases(now, false)
             .await
             .expect("again")
+            .is_empty()
+    );
+}
+
+/// Two runs of one job+key whose leases both expired: only the older may return to pending
+/// (the pending-per-key index allows one); the younger fails. `drop_steps` removes the failed
+/// run's steps and nothing else.
+async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_failed_steps(
+    backend: Backend,
+) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let older = enqueue(&store, keyed("job", "k"), t0).await;
+    let older = claim(&store, "w1", t0 + ms(10), ms(100))
+        .await
+        .expect("claim older");
+    let younger = enqueue(&store, keyed("job", "k"), t0 + ms(20)).await;
+    // A second worker holds the younger one too (as after a reclaim race), also expired.
+    store
+        .update_run(
+            &younger.id,
+            RunPatch {
+                status: Some(RunStatus::Leased),
+                lease_owner: Some(Some("w2".into())),
+                lease_expires_at: Some(Some(t0 + ms(150))),
+                ..RunPatch::default()
+            },
+            t0 + ms(30),
+        )
+        .await
+        .expect("lease younger");
+    for (run, generation) in [(&older.id, older.lease_generation), (&younger.id, 0)] {
+        let fence = Fence {
+            run_id: run.clone(),
+            generation,
+        };
+        store
+            .persist_step(
+                &fence,
+                step("s1", 0, StepStatus::Completed, Some(json!(1)), t0),
+                t0 + ms(40),
+            )
+            .await
+            .expect("persist")
+            .expect("fenced write lands");
+    }
+
+    let changed = store
+        .release_expired_leases(t0 + ms(500), true)
+        .await
+        .expect("release");
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert_eq!(get(&store, &older.id).await.status, RunStatus::Pending);
+    let failed = get(&store, &younger.id).await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("pending run already exists")
+    );
+    assert_eq!(store.get_steps(&older.id).await.expect("steps").len(), 1);
+    assert!(
+        store
+            .get_steps(&younger.id)
+            .await
+            .expect("steps")
             .is_empty()
     );
 }
@@ -1468,6 +1539,7 @@ backend_tests!(
     append_log_is_fenced_only_when_asked,
     update_progress_is_fenced,
     release_expired_leases_resets_or_fails,
+    release_expired_leases_of_one_key_keeps_one_pending_and_drops_failed_steps,
     purge_runs_cascades,
     update_run_patches_fields,
     get_runs_filters_and_pages,

@@ -738,8 +738,12 @@ impl Store for Instrumented {
     async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
         self.inner.purge_runs(older_than, limit).await
     }
-    async fn release_expired_leases(&self, now: Timestamp) -> durably::Result<Vec<Run>> {
-        self.inner.release_expired_leases(now).await
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<Vec<Run>> {
+        self.inner.release_expired_leases(now, drop_steps).await
     }
     async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
         self.inner.update_run(id, patch, now).await

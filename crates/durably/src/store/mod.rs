@@ -267,9 +267,12 @@ pub trait Store: Send + Sync + 'static {
     /// their steps, logs and labels. Returns how many were deleted.
     async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64>;
 
-    /// Returns expired leases to `pending` (or fails them when a pending run with the same job
-    /// and concurrency key exists). Returns the runs changed, with their new state.
-    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
+    /// Returns expired leases to `pending`, or fails them (error
+    /// `Lease expired; pending run already exists`) when their job+key already has a pending
+    /// run or an older expired lease that goes back instead (the pending-per-key index allows
+    /// one). With `drop_steps` the failed runs' steps are deleted in the same transaction.
+    /// Returns the runs changed, with their new state.
+    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>>;
 
     /// Unfenced partial update (tools and tests). `false` if the run does not exist.
     async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;

@@ -1277,7 +1277,7 @@ impl Store for PostgresStore {
         Ok(deleted.max(0) as u64)
     }
 
-    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
         let now_text = now.to_string();
         let channel = self.shared.channel.clone();
         let returning = RUN_COLUMNS;
@@ -1302,6 +1302,7 @@ impl Store for PostgresStore {
                lease_expires_at = NULL, updated_at = $1 \
                WHERE id IN (SELECT id FROM x) AND id NOT IN (SELECT id FROM blocked) \
                RETURNING {returning}), \
+             dropped AS (DELETE FROM durably_steps WHERE $4 AND run_id IN (SELECT id FROM f)), \
              note AS (SELECT pg_notify($3::text, '{NOTICE_RUNS}') FROM p LIMIT 1) \
              SELECT {returning} FROM f UNION ALL \
              SELECT {returning} FROM p WHERE (SELECT count(*) FROM note) >= 0"
@@ -1313,7 +1314,12 @@ impl Store for PostgresStore {
                 let rows = client
                     .query(
                         &statement,
-                        &[now_text, &LEASE_EXPIRED_PENDING_EXISTS, channel],
+                        &[
+                            now_text,
+                            &LEASE_EXPIRED_PENDING_EXISTS,
+                            channel,
+                            &drop_steps,
+                        ],
                     )
                     .await?;
                 rows.iter().map(|row| run_from_row(row, 0)).collect()

@@ -643,9 +643,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
         self.write("release_expired_leases", move |conn| {
-            ops::release_expired_leases(conn, now)
+            ops::release_expired_leases(conn, now, drop_steps)
         })
         .await
     }

@@ -739,17 +739,29 @@ pub(super) fn purge_runs(conn: &Connection, older_than: Timestamp, limit: u64) -
     Ok(ids.len() as u64)
 }
 
-pub(super) fn release_expired_leases(conn: &Connection, now: Timestamp) -> Result<Vec<Run>> {
-    // Phase 1: an expired lease whose job+key already has a pending run cannot go back to
-    // pending (the pending-per-key index forbids it): fail it.
+pub(super) fn release_expired_leases(
+    conn: &Connection,
+    now: Timestamp,
+    drop_steps: bool,
+) -> Result<Vec<Run>> {
+    // Phase 1: an expired lease cannot go back to pending when its job+key already has a
+    // pending run, or an older expired lease of the same job+key goes back instead (the
+    // pending-per-key index allows one): fail it.
     let mut changed: Vec<Run> = conn
         .prepare_cached(concat!(
             "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
              lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
-             AND concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
-               WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
-               AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
+             AND concurrency_key IS NOT NULL AND ( \
+               EXISTS (SELECT 1 FROM durably_runs p \
+                 WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
+                 AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
+               OR EXISTS (SELECT 1 FROM durably_runs y \
+                 WHERE y.status = 'leased' AND y.lease_expires_at IS NOT NULL \
+                 AND y.lease_expires_at <= ?1 AND y.job_name = durably_runs.job_name \
+                 AND y.concurrency_key = durably_runs.concurrency_key \
+                 AND (y.created_at < durably_runs.created_at \
+                   OR (y.created_at = durably_runs.created_at AND y.id < durably_runs.id)))) \
              RETURNING ",
             run_columns!()
         ))
@@ -758,6 +770,11 @@ pub(super) fn release_expired_leases(conn: &Connection, now: Timestamp) -> Resul
                 .collect()
         })
         .map_err(sql_error("release_expired_leases"))?;
+    if drop_steps {
+        for run in &changed {
+            delete_steps(conn, &run.id)?;
+        }
+    }
     // Phase 2: the rest go back to pending.
     let released: Vec<Run> = conn
         .prepare_cached(concat!(
