@@ -1108,7 +1108,7 @@ async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_failed_st
 ) {
     let (_db, store) = open(backend).await;
     let t0 = Timestamp::now();
-    let older = enqueue(&store, keyed("job", "k"), t0).await;
+    enqueue(&store, keyed("job", "k"), t0).await;
     let older = claim(&store, "w1", t0 + ms(10), ms(100))
         .await
         .expect("claim older");
