@@ -6,69 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, count, eventually, within};
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, RunFilter, RunStatus, StepContext,
-    StepStatus, Timestamp, TriggerOptions, WaitOptions,
+    Error, Event, EventKind, EventType, Job, RunFilter, RunStatus, StepContext, StepStatus,
+    Timestamp, TriggerOptions, WaitOptions,
 };
 use serde_json::{Value, json};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn attach(durably: &Durably) -> Self {
-        let recorder = Recorder::default();
-        let sink = recorder.0.clone();
-        durably.on_any(move |event| sink.lock().unwrap().push(event.clone()));
-        recorder
-    }
-
-    /// Waits until every event emitted so far was delivered.
-    async fn flush(&self, durably: &Durably) -> Vec<Event> {
-        let sentinel = durably.emit(EventKind::WorkerError {
-            error: "flush".into(),
-            context: "test-flush".into(),
-            run_id: None,
-        });
-        eventually("recorder flush", LIMIT, || async {
-            let seen = self.0.lock().unwrap().clone();
-            seen.iter()
-                .any(|e| e.sequence == sentinel.sequence)
-                .then(|| {
-                    seen.into_iter()
-                        .filter(|e| e.sequence != sentinel.sequence)
-                        .collect()
-                })
-        })
-        .await
-    }
-}
-
-fn count(events: &[Event], event_type: EventType) -> usize {
-    events
-        .iter()
-        .filter(|e| e.event_type() == event_type)
-        .count()
-}
 
 fn step_cancels(events: &[Event]) -> Vec<(String, String)> {
     events

@@ -7,64 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, Labels, LogLevel, Progress, StepContext,
-    Timestamp, TriggerOptions, WaitOptions,
+    Error, Event, EventKind, EventType, Job, Labels, LogLevel, Progress, StepContext, Timestamp,
+    TriggerOptions, WaitOptions,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-const LIMIT: Duration = Duration::from_secs(10);
 const TS: &str = "2026-03-29T12:34:56.789Z";
-
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn attach(durably: &Durably) -> Self {
-        let recorder = Recorder::default();
-        let sink = recorder.0.clone();
-        durably.on_any(move |event| sink.lock().unwrap().push(event.clone()));
-        recorder
-    }
-
-    /// Waits until every event emitted so far was delivered.
-    async fn flush(&self, durably: &Durably) -> Vec<Event> {
-        let sentinel = durably.emit(EventKind::WorkerError {
-            error: "flush".into(),
-            context: "test-flush".into(),
-            run_id: None,
-        });
-        eventually("recorder flush", LIMIT, || async {
-            let seen = self.0.lock().unwrap().clone();
-            seen.iter()
-                .any(|e| e.sequence == sentinel.sequence)
-                .then(|| {
-                    seen.into_iter()
-                        .filter(|e| e.sequence != sentinel.sequence)
-                        .collect()
-                })
-        })
-        .await
-    }
-}
 
 fn labels() -> Labels {
     [("env".to_string(), "test".to_string())].into()

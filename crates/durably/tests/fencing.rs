@@ -6,69 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, Event, EventKind, EventType, Fence, Job, NewStep, Run, RunPatch, RunStatus,
-    StepContext, StepStatus, Timestamp, TriggerOptions,
+    Durably, EventKind, EventType, Fence, Job, NewStep, Run, RunPatch, RunStatus, StepContext,
+    StepStatus, Timestamp, TriggerOptions,
 };
 use serde_json::{Value, json};
 
-const LIMIT: Duration = Duration::from_secs(10);
-
 /// A gate a job waits on until the test opens it.
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
 /// Records every event of an instance, in emission order.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn attach(durably: &Durably) -> Self {
-        let recorder = Recorder::default();
-        let sink = recorder.0.clone();
-        durably.on_any(move |event| sink.lock().unwrap().push(event.clone()));
-        recorder
-    }
-
-    fn snapshot(&self) -> Vec<Event> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Waits until every event emitted so far was delivered.
-    async fn flush(&self, durably: &Durably) -> Vec<Event> {
-        let sentinel = durably.emit(EventKind::WorkerError {
-            error: "flush".into(),
-            context: "test-flush".into(),
-            run_id: None,
-        });
-        eventually("recorder flush", LIMIT, || async {
-            let seen = self.snapshot();
-            seen.iter()
-                .any(|e| e.sequence == sentinel.sequence)
-                .then(|| {
-                    seen.into_iter()
-                        .filter(|e| e.sequence != sentinel.sequence)
-                        .collect()
-                })
-        })
-        .await
-    }
-}
-
 async fn terminal(durably: &Durably, id: &str) -> Run {
     eventually("run reaches a terminal state", LIMIT, || async {
         durably

@@ -2,64 +2,17 @@
 //! retention and the job function's outcome (upstream step.shared, log.shared, run-api progress).
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
     Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunPatch, RunStatus,
     StepContext, StepStatus, Timestamp,
 };
 use serde_json::{Value, json};
 
-const LIMIT: Duration = Duration::from_secs(10);
-
 /// Records every event of an instance, in emission order.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    fn attach(durably: &Durably) -> Self {
-        let recorder = Recorder::default();
-        let sink = recorder.0.clone();
-        durably.on_any(move |event| sink.lock().unwrap().push(event.clone()));
-        recorder
-    }
-
-    /// Waits until every event emitted so far was delivered (a sentinel went through the queue).
-    async fn flush(&self, durably: &Durably) -> Vec<Event> {
-        let sentinel = durably.emit(EventKind::WorkerError {
-            error: "flush".into(),
-            context: "test-flush".into(),
-            run_id: None,
-        });
-        let events = self.0.clone();
-        eventually("recorder flush", LIMIT, || {
-            let events = events.clone();
-            async move {
-                let seen = events.lock().unwrap().clone();
-                seen.iter()
-                    .any(|e| e.sequence == sentinel.sequence)
-                    .then(|| {
-                        seen.into_iter()
-                            .filter(|e| e.sequence != sentinel.sequence)
-                            .collect()
-                    })
-            }
-        })
-        .await
-    }
-
-    async fn of(&self, durably: &Durably, event_type: EventType) -> Vec<Event> {
-        self.flush(durably)
-            .await
-            .into_iter()
-            .filter(|e| e.event_type() == event_type)
-            .collect()
-    }
-}
-
 /// Polls until the run is terminal.
 async fn terminal(durably: &Durably, id: &str) -> Run {
     eventually("run reaches a terminal state", LIMIT, || async {

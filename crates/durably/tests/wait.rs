@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
 use durably::{
     Disposition, Durably, Enqueued, Error, Fence, Job, Log, LogEntry, LogLevel, NewLog, NewRun,
     NewStep, Progress, Run, RunFilter, RunPatch, RunStatus, Step, StepContext, Store, Timestamp,
@@ -16,24 +16,6 @@ use durably::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Input {

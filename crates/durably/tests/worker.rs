@@ -8,30 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
 use durably::{
     Durably, Error, Event, EventKind, EventType, Job, JobHandle, Run, RunPatch, RunStatus,
     StepContext, Timestamp, TriggerOptions, WaitOptions,
 };
 use serde_json::{Value, json};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
 
 /// Shared bookkeeping of the test jobs: an ordered log, the number of runs executing now and
 /// the highest number seen at once.

@@ -222,3 +222,91 @@ macro_rules! backend_tests {
     };
 }
 pub(crate) use backend_tests;
+
+/// The default hang guard of the behaviour suite.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// A one-shot gate: tasks `wait` until someone `open`s it (opening is idempotent).
+#[derive(Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records every event of an instance (through `on_any`).
+#[derive(Clone, Default)]
+pub struct Recorder(pub Arc<std::sync::Mutex<Vec<durably::Event>>>);
+
+impl Recorder {
+    pub fn attach(durably: &Durably) -> Self {
+        let recorder = Recorder::default();
+        let sink = recorder.0.clone();
+        durably.on_any(move |event| sink.lock().unwrap().push(event.clone()));
+        recorder
+    }
+
+    /// The events delivered so far.
+    pub fn snapshot(&self) -> Vec<durably::Event> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until every event emitted so far was delivered (a sentinel went through the
+    /// listener's queue), then returns them without the sentinel.
+    pub async fn flush(&self, durably: &Durably) -> Vec<durably::Event> {
+        let sentinel = durably.emit(durably::EventKind::WorkerError {
+            error: "flush".into(),
+            context: "test-flush".into(),
+            run_id: None,
+        });
+        eventually("recorder flush", LIMIT, || async {
+            let seen = self.snapshot();
+            seen.iter()
+                .any(|e| e.sequence == sentinel.sequence)
+                .then(|| {
+                    seen.into_iter()
+                        .filter(|e| e.sequence != sentinel.sequence)
+                        .collect()
+                })
+        })
+        .await
+    }
+
+    /// The flushed events of one type.
+    pub async fn of(
+        &self,
+        durably: &Durably,
+        event_type: durably::EventType,
+    ) -> Vec<durably::Event> {
+        self.flush(durably)
+            .await
+            .into_iter()
+            .filter(|e| e.event_type() == event_type)
+            .collect()
+    }
+}
+
+/// How many of `events` have type `event_type`.
+pub fn count(events: &[durably::Event], event_type: durably::EventType) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event_type() == event_type)
+        .count()
+}
