@@ -9,18 +9,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
-use durably::CancellationToken;
 use durably::Durably;
-use durably::http::HttpOptions;
 
 use crate::reference_jobs;
-
-/// Where the API is served.
-pub const BASE_PATH: &str = "/api/durably";
+use crate::server::{self, BASE_PATH};
 
 /// Options of `durably demo`.
 #[derive(clap::Args, Debug)]
@@ -42,48 +34,6 @@ pub struct DemoArgs {
     shutdown_timeout: u64,
 }
 
-/// The demo's HTTP application: the API under [`BASE_PATH`] and a small page at `/`.
-pub fn app(durably: Durably, options: HttpOptions) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .nest(BASE_PATH, durably::http::router(durably, options))
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "no-cache")],
-        Html(include_str!("demo_index.html")),
-    )
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let durably = Durably::builder()
         .sqlite(&args.db)
@@ -93,39 +43,15 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     reference_jobs::register_all(&durably)?;
     durably.init().await?;
 
-    let streams = CancellationToken::new();
-    let options = HttpOptions::new().shutdown(streams.clone());
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    let address = listener.local_addr()?;
-    println!("durably demo: http://{address}{BASE_PATH}");
-    println!(
-        "  jobs: echo, steps, sleep · database: {} · Ctrl-C stops",
-        args.db.display()
-    );
-    println!(
-        "  try: curl -s -X POST http://{address}{BASE_PATH}/trigger -d '{{\"jobName\":\"steps\",\"input\":{{\"count\":5,\"stepMs\":500}}}}'"
-    );
-    println!("       curl -N http://{address}{BASE_PATH}/runs/subscribe");
-
-    let served = axum::serve(listener, app(durably.clone(), options))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!("shutting down: no new connections; closing event streams");
-            streams.cancel();
-        })
-        .await;
-
+    let db = args.db.display().to_string();
     let timeout = Duration::from_secs(args.shutdown_timeout);
-    tokio::select! {
-        _ = durably.stop() => eprintln!("worker stopped"),
-        _ = tokio::time::sleep(timeout) => eprintln!(
-            "runs still in flight after {}s; exiting (they resume after their lease expires)",
-            args.shutdown_timeout
-        ),
-        _ = shutdown_signal() => eprintln!("second signal: exiting now"),
-    }
-    served.map_err(|e| format!("server error: {e}"))?;
-    Ok(())
+    server::serve(durably, &args.host, args.port, timeout, |address| {
+        println!("durably demo: http://{address}{BASE_PATH}");
+        println!("  jobs: echo, steps, sleep · database: {db} · Ctrl-C stops");
+        println!(
+            "  try: curl -s -X POST http://{address}{BASE_PATH}/trigger -d '{{\"jobName\":\"steps\",\"input\":{{\"count\":5,\"stepMs\":500}}}}'"
+        );
+        println!("       curl -N http://{address}{BASE_PATH}/runs/subscribe");
+    })
+    .await
 }

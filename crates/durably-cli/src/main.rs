@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod reference_jobs;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

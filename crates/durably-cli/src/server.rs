@@ -1,0 +1,95 @@
+//! The HTTP application shared by `durably demo` and `durably serve`: the API under
+//! [`BASE_PATH`], the page at `/`, and graceful shutdown on Ctrl-C / SIGTERM.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use durably::CancellationToken;
+use durably::Durably;
+use durably::http::HttpOptions;
+
+/// Where the API is served.
+pub const BASE_PATH: &str = "/api/durably";
+
+/// The HTTP application: the API under [`BASE_PATH`] and the page at `/`.
+pub fn app(durably: Durably, options: HttpOptions) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .nest(BASE_PATH, durably::http::router(durably, options))
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(include_str!("demo_index.html")),
+    )
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Serves `durably` on `host:port` until Ctrl-C / SIGTERM, then shuts down gracefully: stop
+/// accepting, end open event streams, stop the worker (waiting up to `shutdown_timeout` for runs
+/// in flight; a second signal exits at once). `announce` prints the banner once the address is
+/// known.
+pub async fn serve(
+    durably: Durably,
+    host: &str,
+    port: u16,
+    shutdown_timeout: Duration,
+    announce: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), Box<dyn std::error::Error>> {
+    let streams = CancellationToken::new();
+    let options = HttpOptions::new().shutdown(streams.clone());
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    announce(listener.local_addr()?);
+
+    let served = axum::serve(listener, app(durably.clone(), options))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!("shutting down: no new connections; closing event streams");
+            streams.cancel();
+        })
+        .await;
+
+    tokio::select! {
+        _ = durably.stop() => eprintln!("worker stopped"),
+        _ = tokio::time::sleep(shutdown_timeout) => eprintln!(
+            "runs still in flight after {}s; exiting (they resume after their lease expires)",
+            shutdown_timeout.as_secs()
+        ),
+        _ = shutdown_signal() => eprintln!("second signal: exiting now"),
+    }
+    served.map_err(|e| format!("server error: {e}"))?;
+    Ok(())
+}
