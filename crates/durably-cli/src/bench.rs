@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use durably::{
-    Durably, EventKind, EventType, Job, SqliteOptions, SqliteStore, StepContext, Synchronous,
-    TriggerOptions, WaitOptions,
+    Durably, EventKind, EventType, Job, SqliteOptions, SqliteStore, StepContext, Store,
+    Synchronous, TriggerOptions, WaitOptions, WriterStats,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -171,10 +171,35 @@ async fn throughput(
     jobs: u64,
     steps_per_job: u64,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    reset_peak_rss();
     let store = setup.fresh_store()?;
+    let counters = store.clone();
+    throughput_on(
+        Arc::new(store),
+        "sqlite",
+        Some(&move || counters.stats()),
+        workload,
+        concurrency,
+        jobs,
+        steps_per_job,
+    )
+    .await
+}
+
+/// A throughput workload on any store: batch-trigger `jobs` runs of `steps_per_job` steps, then
+/// process them all with `concurrency` slots. With `stats` (SQLite), the line also says how well
+/// group commit batched (`commits_per_job`, `writes_per_commit`).
+pub(super) async fn throughput_on(
+    store: Arc<dyn Store>,
+    backend: &str,
+    stats: Option<&dyn Fn() -> WriterStats>,
+    workload: &str,
+    concurrency: usize,
+    jobs: u64,
+    steps_per_job: u64,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    reset_peak_rss();
     let durably = Durably::builder()
-        .store(store.clone())
+        .shared_store(store)
         .max_concurrent_runs(concurrency)
         .polling_interval(Duration::from_millis(50))
         .build()?;
@@ -208,7 +233,7 @@ async fn throughput(
     }
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
 
-    let before = store.stats();
+    let before = stats.map(|stats| stats());
     let process_started = Instant::now();
     durably.start();
     if jobs > 0 {
@@ -218,17 +243,14 @@ async fn throughput(
     }
     let process_s = process_started.elapsed().as_secs_f64();
     durably.stop().await;
-    let after = store.stats();
-    let commits = after.transactions - before.transactions;
-    let operations = after.operations - before.operations;
 
     let expected = jobs * steps_per_job;
     let executed = executions.load(Ordering::SeqCst);
     let durations = durations.lock().map(|d| d.clone()).unwrap_or_default();
     let (p50, p99) = percentiles(durations.into_iter().map(|d| d as f64).collect());
-    Ok(json!({
+    let mut line = json!({
         "workload": workload,
-        "backend": "sqlite",
+        "backend": backend,
         "concurrency": concurrency,
         "jobs": jobs,
         "steps_per_job": steps_per_job,
@@ -240,23 +262,48 @@ async fn throughput(
         "p99_ms": p99,
         "peak_rss_mb": peak_rss_mb(),
         "duplicate_step_execs": executed.saturating_sub(expected),
-        "commits_per_job": round(commits as f64 / jobs.max(1) as f64),
-        "writes_per_commit": round(operations as f64 / commits.max(1) as f64),
-    }))
+    });
+    if let (Some(stats), Some(before)) = (stats, before) {
+        let after = stats();
+        let commits = after.transactions - before.transactions;
+        let operations = after.operations - before.operations;
+        line["commits_per_job"] = json!(round(commits as f64 / jobs.max(1) as f64));
+        line["writes_per_commit"] = json!(round(operations as f64 / commits.max(1) as f64));
+    }
+    Ok(line)
 }
 
 async fn latency(
     setup: &mut Setup,
     calls: u64,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    latency_on(
+        Arc::new(setup.fresh_store()?),
+        "sqlite",
+        calls,
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Sequential trigger-and-wait calls on an idle worker of any store; p50/p99 from call to
+/// result. `settle` is waited after start (e.g. for a LISTEN connection to come up).
+pub(super) async fn latency_on(
+    store: Arc<dyn Store>,
+    backend: &str,
+    calls: u64,
+    settle: Duration,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     reset_peak_rss();
+    // The trigger wakes the worker at once (in process, and through NOTIFY); the poll is a fallback.
     let durably = Durably::builder()
-        .store(setup.fresh_store()?)
+        .shared_store(store)
         .polling_interval(Duration::from_millis(1000))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
     let handle = durably.register(bench_job(1, executions.clone()))?;
     durably.init().await?;
+    tokio::time::sleep(settle).await;
     let mut samples = Vec::with_capacity(calls as usize);
     let started = Instant::now();
     for n in 0..calls {
@@ -275,7 +322,7 @@ async fn latency(
     let (p50, p99) = percentiles(samples);
     Ok(json!({
         "workload": "latency",
-        "backend": "sqlite",
+        "backend": backend,
         "concurrency": 1,
         "jobs": calls,
         "steps_per_job": 1,

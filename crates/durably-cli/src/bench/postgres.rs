@@ -13,15 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use durably::{
-    Durably, EventKind, EventType, PostgresOptions, PostgresStore, RunFilter, RunStatus,
-    TriggerOptions, WaitOptions,
-};
+use durably::{Durably, PostgresOptions, PostgresStore, RunFilter, RunStatus, TriggerOptions};
 use serde_json::json;
-use tokio::sync::Notify;
 
 use super::{
-    BenchArgs, BenchInput, bench_job, peak_rss_mb, percentiles, print_line, reset_peak_rss, round,
+    BenchArgs, BenchInput, bench_job, latency_on, peak_rss_mb, percentiles, print_line,
+    reset_peak_rss, round, throughput_on,
 };
 
 type BoxError = Box<dyn std::error::Error>;
@@ -122,119 +119,33 @@ async fn throughput(
     jobs: u64,
     steps_per_job: u64,
 ) -> Result<serde_json::Value, BoxError> {
-    reset_peak_rss();
     let store = setup.fresh_store(concurrency + 4)?;
-    let durably = Durably::builder()
-        .store(store.clone())
-        .max_concurrent_runs(concurrency)
-        .polling_interval(Duration::from_millis(50))
-        .build()?;
-    let executions = Arc::new(AtomicU64::new(0));
-    let handle = durably.register(bench_job(steps_per_job, executions.clone()))?;
-    durably.migrate().await?;
-
-    let completed = Arc::new(AtomicU64::new(0));
-    let all_done = Arc::new(Notify::new());
-    let durations = Arc::new(std::sync::Mutex::new(Vec::with_capacity(jobs as usize)));
-    let _listener = {
-        let (completed, all_done, durations) =
-            (completed.clone(), all_done.clone(), durations.clone());
-        durably.on(EventType::RunComplete, move |event| {
-            if let EventKind::RunComplete { duration, .. } = &event.kind
-                && let Ok(mut durations) = durations.lock()
-            {
-                durations.push(*duration);
-            }
-            if completed.fetch_add(1, Ordering::SeqCst) + 1 == jobs {
-                all_done.notify_one();
-            }
-        })
-    };
-
-    let enqueue_started = Instant::now();
-    for chunk_start in (0..jobs).step_by(1000) {
-        let items = (chunk_start..(chunk_start + 1000).min(jobs))
-            .map(|n| (BenchInput { n }, TriggerOptions::new()));
-        handle.batch_trigger(items).await?;
-    }
-    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
-
-    let process_started = Instant::now();
-    durably.start();
-    if jobs > 0 {
-        tokio::time::timeout(Duration::from_secs(600), all_done.notified())
-            .await
-            .map_err(|_| "benchmark did not finish within 10 minutes")?;
-    }
-    let process_s = process_started.elapsed().as_secs_f64();
-    durably.stop().await;
+    let line = throughput_on(
+        Arc::new(store.clone()),
+        "postgres",
+        None,
+        workload,
+        concurrency,
+        jobs,
+        steps_per_job,
+    )
+    .await?;
     store.drop_schema().await?;
-
-    let expected = jobs * steps_per_job;
-    let executed = executions.load(Ordering::SeqCst);
-    let durations = durations.lock().map(|d| d.clone()).unwrap_or_default();
-    let (p50, p99) = percentiles(durations.into_iter().map(|d| d as f64).collect());
-    Ok(json!({
-        "workload": workload,
-        "backend": "postgres",
-        "concurrency": concurrency,
-        "jobs": jobs,
-        "steps_per_job": steps_per_job,
-        "enqueue_s": round(enqueue_s),
-        "process_s": round(process_s),
-        "jobs_per_s": round(jobs as f64 / process_s),
-        "steps_per_s": round(expected as f64 / process_s),
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "peak_rss_mb": peak_rss_mb(),
-        "duplicate_step_execs": executed.saturating_sub(expected),
-    }))
+    Ok(line)
 }
 
 async fn latency(setup: &mut Setup, calls: u64) -> Result<serde_json::Value, BoxError> {
-    reset_peak_rss();
     let store = setup.fresh_store(4)?;
-    // The trigger wakes the worker (in process, and through NOTIFY); the poll is a fallback.
-    let durably = Durably::builder()
-        .store(store.clone())
-        .polling_interval(Duration::from_millis(1000))
-        .build()?;
-    let executions = Arc::new(AtomicU64::new(0));
-    let handle = durably.register(bench_job(1, executions.clone()))?;
-    durably.init().await?;
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the listener connect
-    let mut samples = Vec::with_capacity(calls as usize);
-    let started = Instant::now();
-    for n in 0..calls {
-        let call = Instant::now();
-        handle
-            .trigger_and_wait(
-                BenchInput { n },
-                TriggerOptions::new(),
-                WaitOptions::new().timeout(Duration::from_secs(30)),
-            )
-            .await?;
-        samples.push(call.elapsed().as_secs_f64() * 1000.0);
-    }
-    let process_s = started.elapsed().as_secs_f64();
-    durably.stop().await;
+    // Let the LISTEN connection come up before the first trigger.
+    let line = latency_on(
+        Arc::new(store.clone()),
+        "postgres",
+        calls,
+        Duration::from_millis(100),
+    )
+    .await?;
     store.drop_schema().await?;
-    let (p50, p99) = percentiles(samples);
-    Ok(json!({
-        "workload": "latency",
-        "backend": "postgres",
-        "concurrency": 1,
-        "jobs": calls,
-        "steps_per_job": 1,
-        "enqueue_s": 0.0,
-        "process_s": round(process_s),
-        "jobs_per_s": round(calls as f64 / process_s),
-        "steps_per_s": round(calls as f64 / process_s),
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "peak_rss_mb": peak_rss_mb(),
-        "duplicate_step_execs": executions.load(Ordering::SeqCst).saturating_sub(calls),
-    }))
+    Ok(line)
 }
 
 /// Kills the worker processes if the benchmark bails out early.
