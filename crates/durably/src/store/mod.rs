@@ -20,6 +20,8 @@ use crate::run::{
 };
 use crate::time::Timestamp;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod schema;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -307,6 +309,7 @@ pub fn validate_label_key(key: &str) -> Result<()> {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// The conflict error for a second pending run with the same job and concurrency key.
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
@@ -317,6 +320,7 @@ pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
 /// Error text stored when an expired lease cannot return to pending.
 pub(crate) const LEASE_EXPIRED_PENDING_EXISTS: &str = "Lease expired; pending run already exists";
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Parses stored labels JSON leniently (upstream may store non-string values).
 pub(crate) fn parse_labels(text: &str) -> Labels {
     match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
@@ -334,6 +338,7 @@ pub(crate) fn parse_labels(text: &str) -> Labels {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Parses an optional JSON column: NULL, empty text or JSON `null` reads as `None`.
 pub(crate) fn parse_optional_json(text: Option<String>) -> Option<Value> {
     match text {

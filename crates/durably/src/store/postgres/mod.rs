@@ -25,7 +25,6 @@
 //!   here: the worker reports the error (`worker:error`) and backs off.
 
 mod batch;
-mod schema;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -692,7 +691,7 @@ impl Store for PostgresStore {
                 }
                 let version = current_version(&tx).await?;
                 if version < SCHEMA_VERSION {
-                    for statement in schema::SCHEMA_V1 {
+                    for statement in crate::store::schema::SCHEMA_V1 {
                         tx.batch_execute(statement).await?;
                     }
                     tx.execute(

@@ -1,11 +1,13 @@
-//! Upstream schema version 1 on PostgreSQL.
+//! Upstream schema version 1, byte for byte, shared by every backend.
 //!
-//! The same tables, columns (`text` and `integer`), defaults and index names as the SQLite
-//! schema and as `@coji/durably` v0.15 creates on PostgreSQL (timestamps are ISO text, JSON is
-//! text), so one database can be shared with the TypeScript runtime.
+//! The statements reproduce the DDL the TypeScript library (Kysely) issues, so `sqlite_master`
+//! of a SQLite database migrated by durably equals one migrated by `@coji/durably` v0.15
+//! (checked by `tests/upstream_compat.rs` against a fixture the TypeScript library produced),
+//! and PostgreSQL gets the same tables, columns (`text`, `integer`), defaults and index names.
+//! Generated from `tests/fixtures/upstream-v0.15/sqlite_master.json`; do not edit by hand.
 
-/// Version 1 DDL in upstream's creation order (every statement is `IF NOT EXISTS`).
-pub(super) const SCHEMA_V1: &[&str] = &[
+/// Version 1 DDL in upstream's creation order.
+pub(crate) const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS \"durably_runs\" (\"id\" text primary key, \"job_name\" text not null, \"input\" text not null, \"status\" text not null, \"idempotency_key\" text, \"concurrency_key\" text, \"labels\" text default '{}' not null, \"current_step_index\" integer default 0 not null, \"completed_step_count\" integer default 0 not null, \"progress\" text, \"output\" text, \"error\" text, \"lease_owner\" text, \"lease_expires_at\" text, \"lease_generation\" integer default 0 not null, \"started_at\" text, \"completed_at\" text, \"created_at\" text not null, \"updated_at\" text not null)",
     "CREATE UNIQUE INDEX IF NOT EXISTS \"idx_durably_runs_job_idempotency\" on \"durably_runs\" (\"job_name\", \"idempotency_key\")",
     "CREATE INDEX IF NOT EXISTS \"idx_durably_runs_status_concurrency\" on \"durably_runs\" (\"status\", \"concurrency_key\")",
