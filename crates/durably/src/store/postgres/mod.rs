@@ -416,6 +416,8 @@ impl Fail {
     fn describe(&self) -> String {
         match self {
             Fail::Db(error) => db_error_text(error),
+            // The pool's own message ("error connecting to server") hides why: add the cause.
+            Fail::Pool(PoolError::Backend(error)) => db_error_text(error),
             Fail::Pool(error) => error.to_string(),
             Fail::Other(error) => error.to_string(),
         }
