@@ -2,6 +2,9 @@
 //! what it needs is on this machine: `node` on PATH, Debian's chromium (`CHROMIUM`, default
 //! `/usr/bin/chromium`) and the npm packages of tests/browser (`npm ci` there). Without them the
 //! test is compiled but reported as ignored, with the reason. `.ci/run` installs all three.
+//!
+//! Also enables the PostgreSQL smoke test of tests/commands.rs (`cfg(durably_postgres_tests)`)
+//! when `DURABLY_TEST_POSTGRES_URL` is set, as the library's build script does.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +31,11 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(durably_postgres_tests)");
+    println!("cargo::rerun-if-env-changed=DURABLY_TEST_POSTGRES_URL");
+    if std::env::var_os("DURABLY_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
+        println!("cargo::rustc-cfg=durably_postgres_tests");
+    }
     println!("cargo::rustc-check-cfg=cfg(durably_browser_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CHROMIUM");

@@ -39,6 +39,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         .sqlite(&args.db)
         .polling_interval(Duration::from_millis(200))
         .max_concurrent_runs(args.concurrency)
+        // keep step outputs of finished runs, so the dashboard can show them
+        .preserve_steps(true)
         .build()?;
     reference_jobs::register_all(&durably)?;
     durably.init().await?;

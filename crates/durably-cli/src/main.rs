@@ -1,19 +1,29 @@
-//! The `durably` command: run the demo, manage the schema and benchmark the engine.
+//! The `durably` command: run the demo, manage the schema, operate on runs (list, inspect,
+//! cancel, delete, purge, watch, serve the API over a database) and benchmark the engine.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod db;
 mod demo;
+mod exit;
+mod mirror;
+mod ops;
 mod reference_jobs;
+mod serve;
 mod server;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// durably — steps that survive crashes.
+///
+/// Every command that takes `--db` accepts a SQLite file path or a PostgreSQL URL
+/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, cancel, delete,
+/// purge, watch) need a database that holds the durably schema (`durably migrate` creates it)
+/// and start no worker.
 #[derive(Parser, Debug)]
-#[command(name = "durably", version, about, long_about = None)]
+#[command(name = "durably", version, about, after_help = exit::EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,11 +34,63 @@ enum Command {
     /// Run the reference jobs (echo, steps, sleep) on embedded SQLite and watch them execute.
     Demo(demo::DemoArgs),
     /// Create or upgrade the durably schema in a database (safe to run many times).
-    Migrate {
-        /// Path of the SQLite database file.
-        #[arg(long)]
-        db: PathBuf,
-    },
+    ///
+    /// A SQLite file is created if missing; on PostgreSQL the database must exist (and
+    /// `--schema`, when given, is created).
+    Migrate(db::DbArgs),
+    /// Serve the HTTP API (under /api/durably) and the page (at /) over an existing database.
+    ///
+    /// For operators: browse, watch, cancel and delete the runs of an application from outside
+    /// it. `serve` has no job code, so it starts NO worker (a worker without the job
+    /// definitions would fail every run it claimed as an unknown job; the application's own
+    /// workers keep executing runs). For the same reason `POST /trigger` and `POST /retrigger`
+    /// answer 501 Not Implemented with
+    /// `{"error": "durably serve has no job definitions: trigger runs from the application that
+    /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, delete,
+    /// subscribe, runs/subscribe, jobs (an empty list), openapi.json.
+    ///
+    /// The live event streams (subscribe, runs/subscribe) carry what workers in other
+    /// processes write: serve reads the database every --poll-ms (default 300 ms) and emits
+    /// run:trigger, run:leased, step:complete, run:progress, run:complete, run:fail, run:cancel
+    /// and run:delete for the changes it finds (changes within one interval are reported once,
+    /// with their latest value).
+    Serve(serve::ServeArgs),
+    /// List runs, newest first, as a table (or JSON with --json).
+    ///
+    /// Columns: id, job, status, progress (current/total and message), created (UTC), and how
+    /// long the run has been waiting or running, or took once it ended. Filters combine: any of
+    /// the given statuses, any of the given jobs, every given label. An unknown --status or a
+    /// malformed --label exits with 2.
+    #[command(
+        after_help = "Examples:\n  durably runs --db app.db --status failed --limit 50\n  durably runs --db postgres://me@db/app --job send-email --label tenant=acme --json"
+    )]
+    Runs(ops::RunsArgs),
+    /// Show one run: its fields, input, output or error, its steps and its logs.
+    ///
+    /// An unknown id exits with 4.
+    Run(ops::RunArgs),
+    /// Cancel a pending or leased run.
+    ///
+    /// A pending run never starts; a leased run's worker (in any process) notices at its next
+    /// step boundary or lease renewal (at once on PostgreSQL) and stops. Ending runs cannot be
+    /// cancelled (exit code 1); an unknown id exits with 4.
+    Cancel(ops::CancelArgs),
+    /// Delete a finished run (completed, failed or cancelled) with its steps and logs.
+    ///
+    /// A pending or leased run is refused (exit code 1): cancel it first. An unknown id exits
+    /// with 4.
+    Delete(ops::DeleteArgs),
+    /// Delete finished runs that ended longer ago than --older-than (e.g. 30d, 12h, 90m).
+    ///
+    /// Pending and leased runs are never purged. Prints how many runs were deleted. A malformed
+    /// --older-than (e.g. 30s) exits with 2.
+    Purge(ops::PurgeArgs),
+    /// Follow a run until it ends: a live progress bar and each step as it completes.
+    ///
+    /// Reads the run from the database every --interval-ms (default 200 ms), so it follows runs
+    /// executed by any process. Exit code by outcome: 0 completed, 1 failed (the error is
+    /// printed), 3 cancelled, 4 no such run (or deleted while watching).
+    Watch(ops::WatchArgs),
     /// Measure throughput and latency on a fresh database; prints one JSON line per workload.
     Bench(bench::BenchArgs),
 }
@@ -53,25 +115,38 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let done = |result: Result<(), Box<dyn std::error::Error>>| {
+            result.map(|()| exit::OK).map_err(exit::CliError::from)
+        };
         match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-            Command::Migrate { db } => migrate(db).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Demo(args) => done(demo::run(args).await),
+            Command::Migrate(db) => migrate(db).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Runs(args) => ops::runs(args).await,
+            Command::Run(args) => ops::run(args).await,
+            Command::Cancel(args) => ops::cancel(args).await,
+            Command::Delete(args) => ops::delete(args).await,
+            Command::Purge(args) => ops::purge(args).await,
+            Command::Watch(args) => ops::watch(args).await,
+            Command::Bench(args) => done(bench::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", error.message);
+            ExitCode::from(error.code)
         }
     }
 }
 
-async fn migrate(db: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
-    let durably = durably::Durably::builder().sqlite(&db).build()?;
-    durably.migrate().await?;
-    let version = durably.store().schema_version().await?;
+async fn migrate(db: db::DbArgs) -> Result<u8, exit::CliError> {
+    let durably = db.open(db::Purpose::Migrate, false).await?;
+    let failed = |e: durably::Error| {
+        exit::CliError::new(format!("cannot migrate database {}: {e}", db.display()))
+    };
+    durably.migrate().await.map_err(failed)?;
+    let version = durably.store().schema_version().await.map_err(failed)?;
     println!("{}: schema version {version}", db.display());
-    Ok(())
+    Ok(exit::OK)
 }

@@ -56,6 +56,13 @@ pub fn echo() -> Job<EchoInput, Value> {
             .await?;
         Ok::<_, durably::Error>(json!({ "value": value }))
     })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["value"],
+        "properties": {
+            "value": { "description": "Any JSON value, returned as the output", "examples": ["hello"] }
+        }
+    }))
 }
 
 /// `steps`: `count` steps `step-{i}`, each sleeping `stepMs`, failing at `failAt`, reporting
@@ -84,6 +91,15 @@ pub fn steps() -> Job<StepsInput, Value> {
         }
         Ok::<_, durably::Error>(json!({ "sum": sum }))
     })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["count"],
+        "properties": {
+            "count": { "type": "integer", "minimum": 1, "maximum": 1000, "description": "Number of steps", "examples": [5] },
+            "stepMs": { "type": "integer", "minimum": 0, "maximum": 60000, "description": "Milliseconds each step sleeps", "examples": [500] },
+            "failAt": { "type": "integer", "description": "Fail at this step (optional)" }
+        }
+    }))
     .validate(|input| {
         if !(1..=1000).contains(&input.count) {
             return Err(format!(
@@ -110,6 +126,13 @@ pub fn sleep() -> Job<SleepInput, Value> {
         .await?;
         Ok::<_, durably::Error>(json!({ "slept": ms }))
     })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["ms"],
+        "properties": {
+            "ms": { "type": "integer", "minimum": 0, "maximum": 600000, "description": "Milliseconds to sleep", "examples": [30000] }
+        }
+    }))
     .validate(|input| {
         if input.ms > 600_000 {
             Err(format!(

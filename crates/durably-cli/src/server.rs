@@ -1,12 +1,9 @@
 //! The HTTP application shared by `durably demo` and `durably serve`: the API under
-//! [`BASE_PATH`], the page at `/`, and graceful shutdown on Ctrl-C / SIGTERM.
+//! [`BASE_PATH`], the dashboard at `/`, and graceful shutdown on Ctrl-C / SIGTERM.
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
 use durably::CancellationToken;
 use durably::Durably;
 use durably::http::HttpOptions;
@@ -14,22 +11,16 @@ use durably::http::HttpOptions;
 /// Where the API is served.
 pub const BASE_PATH: &str = "/api/durably";
 
-/// The HTTP application: the API under [`BASE_PATH`] and the page at `/`.
+/// The HTTP application: the API under [`BASE_PATH`] and the dashboard
+/// ([`durably::http::dashboard`]) at `/`.
 pub fn app(durably: Durably, options: HttpOptions) -> Router {
     Router::new()
-        .route("/", get(index))
+        .merge(durably::http::dashboard(BASE_PATH))
         .nest(BASE_PATH, durably::http::router(durably, options))
 }
 
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "no-cache")],
-        Html(include_str!("demo_index.html")),
-    )
-}
-
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -357,6 +357,8 @@ impl WaitOptions {
 pub struct JobInfo {
     /// The job's name.
     pub name: String,
+    /// The JSON Schema of its input, if the job was given one ([`Job::input_schema`]).
+    pub input_schema: Option<Value>,
 }
 
 impl Durably {
@@ -446,6 +448,7 @@ impl Durably {
     pub fn get_job(&self, name: &str) -> Option<JobInfo> {
         self.registered_job(name).map(|job| JobInfo {
             name: job.name.clone(),
+            input_schema: job.input_schema.clone(),
         })
     }
 

@@ -48,6 +48,7 @@ pub struct Job<I, O> {
     run: Arc<JobFn<I, O>>,
     validate_input: Option<Arc<Validator<I>>>,
     validate_output: Option<Arc<Validator<O>>>,
+    input_schema: Option<Arc<Value>>,
 }
 
 impl<I, O> Clone for Job<I, O> {
@@ -57,6 +58,7 @@ impl<I, O> Clone for Job<I, O> {
             run: self.run.clone(),
             validate_input: self.validate_input.clone(),
             validate_output: self.validate_output.clone(),
+            input_schema: self.input_schema.clone(),
         }
     }
 }
@@ -79,6 +81,7 @@ impl<I: JobData, O: JobData> Job<I, O> {
             run: Arc::new(run),
             validate_input: None,
             validate_output: None,
+            input_schema: None,
         }
     }
 
@@ -101,6 +104,36 @@ impl<I: JobData, O: JobData> Job<I, O> {
         self
     }
 
+    /// Attaches the JSON Schema of the job's input, for tools: `GET /jobs` of
+    /// `durably::http` (feature `http`) lists it and the dashboard renders a trigger form from it.
+    /// Documentation only: inputs are still checked by deserialization and
+    /// [`validate`](Job::validate), not against this schema.
+    ///
+    /// ```
+    /// # use durably::{Job, StepContext};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Input { ms: u64 }
+    /// let job = Job::new("sleep", |_step: StepContext, input: Input| async move {
+    ///     Ok::<_, durably::Error>(input.ms)
+    /// })
+    /// .input_schema(serde_json::json!({
+    ///     "type": "object",
+    ///     "required": ["ms"],
+    ///     "properties": { "ms": { "type": "integer", "minimum": 0 } }
+    /// }));
+    /// assert!(job.get_input_schema().is_some());
+    /// ```
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(Arc::new(schema));
+        self
+    }
+
+    /// The JSON Schema given with [`input_schema`](Job::input_schema), if any.
+    pub fn get_input_schema(&self) -> Option<&Value> {
+        self.input_schema.as_deref()
+    }
+
     /// The job's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -113,12 +146,14 @@ impl<I: JobData, O: JobData> Job<I, O> {
     pub(crate) fn into_registered(self) -> RegisteredJob {
         let identity = self.identity();
         let name = self.name.clone();
+        let input_schema = self.input_schema.as_deref().cloned();
         let parse_job = self.clone();
         let run_job = self;
         RegisteredJob {
             name,
             identity,
             type_id: std::any::TypeId::of::<(I, O)>(),
+            input_schema,
             parse_input: Box::new(move |input| parse_job.parse_input(input).map(|(_, v)| v)),
             execute: Box::new(move |step, input| {
                 let job = run_job.clone();
@@ -166,6 +201,7 @@ pub(crate) struct RegisteredJob {
     pub(crate) name: String,
     identity: usize,
     type_id: std::any::TypeId,
+    pub(crate) input_schema: Option<Value>,
     parse_input: Box<ParseFn>,
     pub(crate) execute: Box<ExecuteFn>,
 }

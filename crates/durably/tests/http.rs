@@ -519,7 +519,12 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!([{"name": "burst"}, {"name": "echo"}, {"name": "sleep"}, {"name": "steps"}])
+        json!([
+            {"name": "burst", "inputSchema": null},
+            {"name": "echo", "inputSchema": null},
+            {"name": "sleep", "inputSchema": null},
+            {"name": "steps", "inputSchema": null}
+        ])
     );
     let (status, doc) = api.get_json("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
@@ -529,6 +534,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         "/runs",
         "/run",
         "/steps",
+        "/logs",
         "/retrigger",
         "/cancel",
         "/subscribe",

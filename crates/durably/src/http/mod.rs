@@ -14,8 +14,11 @@
 //! | `DELETE /run?runId=` | `{"success": true}` |
 //! | `GET /subscribe?runId=` | SSE: the run's current state, then its live events, until it ends |
 //! | `GET /runs/subscribe` | SSE: slim live events of all runs (filters `jobName`, `label.<k>`) |
-//! | `GET /jobs` (ours) | `[{"name": …}]`, the registered jobs |
+//! | `GET /logs?runId=` (ours) | JSON array of the run's persisted logs, oldest first |
+//! | `GET /jobs` (ours) | `[{"name", "inputSchema"}]`, the registered jobs with the JSON Schema of their input (`null` if none, see [`Job::input_schema`](crate::Job::input_schema)) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
+//!
+//! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
 //!
 //! Errors are `{"error": "<message>"}` with the status of [`Error::status_code`]; an unknown
 //! path or method is a plain-text `404 Not Found`, as upstream.
@@ -38,6 +41,7 @@
 #![allow(clippy::result_large_err)]
 
 mod auth;
+mod dashboard;
 mod openapi;
 mod sse;
 
@@ -56,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use async_trait::async_trait;
 pub use auth::{Auth, Rejection, RunOperation, RunsSubscribeFilter};
+pub use dashboard::dashboard;
 
 use crate::durably::Durably;
 use crate::error::Error;
@@ -295,6 +300,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/runs") => list_runs(shared, guard, &query).await,
         (&Method::GET, "/run") => get_run(shared, guard, &query).await,
         (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
+        (&Method::GET, "/logs") => get_logs(shared, guard, &query).await,
         (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
         (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
         (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
@@ -566,6 +572,16 @@ async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     Ok(json_response(StatusCode::OK, &steps))
 }
 
+async fn get_logs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Read).await?;
+    let logs = shared
+        .durably
+        .get_logs(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &logs))
+}
+
 async fn retrigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     let run = accessible_run(shared, guard, query, RunOperation::Retrigger).await?;
     let new_run = shared
@@ -704,7 +720,8 @@ fn list_jobs(shared: &Shared) -> Response {
         .durably
         .job_names()
         .into_iter()
-        .map(|name| json!({ "name": name }))
+        .filter_map(|name| shared.durably.get_job(&name))
+        .map(|job| json!({ "name": job.name, "inputSchema": job.input_schema }))
         .collect();
     json_response(StatusCode::OK, &jobs)
 }

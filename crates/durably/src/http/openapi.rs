@@ -60,7 +60,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "durably HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes) plus GET /jobs and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
+            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes) plus GET /logs, GET /jobs and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
         },
         "paths": {
             "/trigger": { "post": {
@@ -97,6 +97,8 @@ pub(crate) fn document() -> Value {
             },
             "/steps": { "get": run_route("The run's persisted steps by index", "getSteps",
                 json_ok("Steps", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Step" } })), None) },
+            "/logs": { "get": run_route("The run's persisted logs, oldest first (durably for Rust extension)", "getLogs",
+                json_ok("Logs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Log" } })), None) },
             "/retrigger": { "post": run_route("Create a new run with the same input", "retrigger",
                 json_ok("The new run", json!({ "type": "object", "required": ["success", "runId"],
                     "properties": { "success": { "type": "boolean", "const": true }, "runId": { "type": "string" } } })),
@@ -118,7 +120,9 @@ pub(crate) fn document() -> Value {
                 "summary": "Registered jobs (durably for Rust extension)",
                 "operationId": "listJobs",
                 "responses": { "200": json_ok("Jobs", json!({ "type": "array", "items": {
-                    "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } } })) }
+                    "type": "object", "required": ["name", "inputSchema"], "properties": {
+                        "name": { "type": "string" },
+                        "inputSchema": { "description": "JSON Schema of the job's input, null if the job has none" } } } })) }
             }},
             "/openapi.json": { "get": {
                 "summary": "This document",
@@ -161,6 +165,12 @@ pub(crate) fn document() -> Value {
                 "isActive": { "type": "boolean" }
             }, "required": ["id", "jobName", "input", "status", "currentStepIndex", "completedStepCount",
                 "progress", "output", "error", "labels", "startedAt", "completedAt", "createdAt", "isTerminal", "isActive"] },
+            "Log": { "type": "object", "properties": {
+                "id": { "type": "string" }, "runId": { "type": "string" },
+                "stepName": { "type": ["string", "null"] },
+                "level": { "type": "string", "enum": ["info", "warn", "error"] },
+                "message": { "type": "string" }, "data": {}, "createdAt": { "type": "string" }
+            }},
             "Step": { "type": "object", "properties": {
                 "id": { "type": "string" }, "runId": { "type": "string" }, "name": { "type": "string" },
                 "index": { "type": "integer" },

@@ -1,0 +1,207 @@
+//! The `--db` argument shared by the operator commands, and the one place that turns it into a
+//! [`Durably`] instance (SQLite file or PostgreSQL URL).
+
+use std::path::Path;
+use std::time::Duration;
+
+use durably::{Durably, PostgresOptions, PostgresStore, SCHEMA_VERSION};
+
+use crate::exit::{CliError, USAGE};
+
+/// The database a command works on.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    /// The database: a SQLite file path, or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db` or `postgresql://…`).
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: String,
+    /// PostgreSQL only: the schema holding the durably tables (default: the server's
+    /// `search_path`, usually `public`).
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+}
+
+/// What the command is going to do with the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `durably migrate`: the SQLite file may be created and the schema may be missing.
+    Migrate,
+    /// Every other command: the database must exist and hold a current durably schema.
+    Operate,
+}
+
+impl DbArgs {
+    /// `true` for a `postgres://` or `postgresql://` URL.
+    pub fn is_postgres(&self) -> bool {
+        self.db.starts_with("postgres://") || self.db.starts_with("postgresql://")
+    }
+
+    /// The database for messages (a PostgreSQL password is masked).
+    pub fn display(&self) -> String {
+        if self.is_postgres() {
+            mask_password(&self.db)
+        } else {
+            self.db.clone()
+        }
+    }
+
+    /// `--db …` as the user would type it again in a suggested command.
+    pub fn flag(&self) -> String {
+        let mut flag = format!("--db {}", shell_quote(&self.display()));
+        if let Some(schema) = &self.schema {
+            flag.push_str(&format!(" --schema {}", shell_quote(schema)));
+        }
+        flag
+    }
+
+    /// Builds the instance (no worker is started) and checks the schema: for
+    /// [`Purpose::Operate`] the database must exist and be migrated.
+    pub async fn open(&self, purpose: Purpose, preserve_steps: bool) -> Result<Durably, CliError> {
+        let shown = self.display();
+        let hint = if self.is_postgres() {
+            " (check that the server is up and reachable, and the URL's host, port, user, \
+             password and database name)"
+        } else {
+            ""
+        };
+        let cannot_open = |error: &durably::Error| {
+            CliError::new(format!(
+                "cannot open database {shown}: {}{hint}",
+                describe(error)
+            ))
+        };
+        let builder = Durably::builder().preserve_steps(preserve_steps);
+        let builder = if self.is_postgres() {
+            let options = PostgresOptions {
+                max_connections: 4,
+                schema: self.schema.clone(),
+                connect_timeout: Duration::from_secs(5),
+                wait_timeout: Duration::from_secs(10),
+                retry_for: Duration::from_secs(2),
+                ..PostgresOptions::default()
+            };
+            let store = PostgresStore::connect_with(&self.db, options)
+                .map_err(|e| cannot_open(&e).with_code(USAGE))?;
+            builder.store(store)
+        } else {
+            if self.schema.is_some() {
+                return Err(CliError::usage(
+                    "--schema applies to PostgreSQL only; a SQLite file holds one durably schema",
+                ));
+            }
+            if self.db.is_empty() {
+                return Err(CliError::usage(
+                    "--db is empty: give a SQLite file path or a postgres:// URL",
+                ));
+            }
+            if purpose == Purpose::Operate && !Path::new(&self.db).is_file() {
+                return Err(CliError::new(format!(
+                    "cannot open database {shown}: no such file (check the path, or create the \
+                     schema with `durably migrate --db {}`)",
+                    shell_quote(&shown)
+                )));
+            }
+            builder.sqlite(&self.db)
+        };
+        let durably = builder.build().map_err(|e| cannot_open(&e))?;
+        if purpose == Purpose::Migrate {
+            return Ok(durably);
+        }
+        let version = durably
+            .store()
+            .schema_version()
+            .await
+            .map_err(|e| cannot_open(&e))?;
+        if version == 0 {
+            return Err(CliError::new(format!(
+                "database {shown} has no durably schema (create it with `durably migrate {}`, \
+                 or check that --db names your application's database)",
+                self.flag()
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(CliError::new(format!(
+                "database {shown} has durably schema version {version}, newer than this command \
+                 supports ({SCHEMA_VERSION}): upgrade the durably command"
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            return Err(CliError::new(format!(
+                "database {shown} has durably schema version {version}; this command needs \
+                 {SCHEMA_VERSION} (upgrade it with `durably migrate {}`)",
+                self.flag()
+            )));
+        }
+        Ok(durably)
+    }
+}
+
+/// The error's message followed by those of its causes that it does not already include
+/// (a failed PostgreSQL connection says why only in its causes).
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Quotes `text` for a POSIX shell when it holds anything but plain path characters.
+pub fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mask_password, shell_quote};
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://me:secret@db:5432/app"),
+            "postgres://me:***@db:5432/app"
+        );
+        assert_eq!(
+            mask_password("postgresql://me@db/app?sslmode=require"),
+            "postgresql://me@db/app?sslmode=require"
+        );
+        assert_eq!(mask_password("postgres://db/app"), "postgres://db/app");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("app.db"), "app.db");
+        assert_eq!(shell_quote("my app.db"), "'my app.db'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

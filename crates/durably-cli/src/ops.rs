@@ -1,0 +1,675 @@
+//! The operator commands that work on runs: `runs`, `run`, `cancel`, `delete`, `purge` and
+//! `watch`. They open the database named by `--db` without starting a worker.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use durably::{Durably, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus, Timestamp};
+use serde_json::{Value, json};
+
+use crate::db::{DbArgs, Purpose, describe, shell_quote};
+use crate::exit::{CANCELLED, CliError, FAILURE, NOT_FOUND, OK};
+
+/// Options of `durably runs`.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Only runs in this status: pending, leased, completed, failed or cancelled (repeat for
+    /// several).
+    #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+    status: Vec<RunStatus>,
+    /// Only runs of this job (repeat for several).
+    #[arg(long, value_name = "NAME")]
+    job: Vec<String>,
+    /// Only runs carrying this label, written KEY=VALUE (repeat: every label must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// At most this many runs, newest first (0: all of them).
+    #[arg(long, default_value_t = 20)]
+    limit: u64,
+    /// Print the runs as one JSON array (the stored run fields, camelCase) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `durably run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The run's id.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Print `{"run": …, "steps": […], "logs": […]}` as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `durably cancel`.
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The run's id.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Keep the run's step outputs (match an application that runs with `preserve_steps`; by
+    /// default they are dropped, as the library does).
+    #[arg(long)]
+    keep_steps: bool,
+}
+
+/// Options of `durably delete`.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The run's id.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+/// Options of `durably purge`.
+#[derive(clap::Args, Debug)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Delete runs that ended longer ago than this: a whole number followed by d (days), h
+    /// (hours) or m (minutes), e.g. 30d, 12h, 90m (the same forms as `retain_runs`).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    older_than: Duration,
+    /// Delete at most this many runs (default: every matching run, in batches of 500).
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+/// Options of `durably watch`.
+#[derive(clap::Args, Debug)]
+pub struct WatchArgs {
+    /// The run's id.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// How often to read the run from the database, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
+    interval_ms: u64,
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    text.parse::<RunStatus>().map_err(|e| e.to_string())
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE (e.g. tenant=acme), got '{text}'"))?;
+    durably::validate_label_key(key).map_err(|e| e.to_string())?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_age(text: &str) -> Result<Duration, String> {
+    durably::parse_retention(text).map_err(|e| e.to_string())
+}
+
+fn database_error(db: &DbArgs, error: durably::Error) -> CliError {
+    CliError::new(format!("database {}: {}", db.display(), describe(&error)))
+}
+
+fn no_such_run(db: &DbArgs, id: &str) -> CliError {
+    CliError::new(format!(
+        "no such run: {id} (list runs with `durably runs {}`)",
+        db.flag()
+    ))
+    .with_code(NOT_FOUND)
+}
+
+async fn require_run(durably: &Durably, db: &DbArgs, id: &str) -> Result<Run, CliError> {
+    durably
+        .get_run(id)
+        .await
+        .map_err(|e| database_error(db, e))?
+        .ok_or_else(|| no_such_run(db, id))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::new(format!("cannot write JSON: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// formatting
+
+/// `850ms`, `12.3s`, `5m 3s`, `2h 5m`, `3d 4h`.
+fn human_duration(millis: u64) -> String {
+    let secs = millis / 1000;
+    match secs {
+        0 => format!("{millis}ms"),
+        1..=59 => format!("{}.{}s", secs, millis % 1000 / 100),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// `2026-11-21 07:11:00` (UTC).
+fn human_time(at: Timestamp) -> String {
+    let text = at.to_string();
+    let text = text.split('.').next().unwrap_or(&text);
+    text.replace('T', " ")
+}
+
+fn human_progress(progress: Option<&Progress>) -> String {
+    let Some(progress) = progress else {
+        return "-".to_owned();
+    };
+    let mut text = match progress.total {
+        Some(total) => format!("{}/{total}", progress.current),
+        None => progress.current.to_string(),
+    };
+    if let Some(message) = &progress.message {
+        text.push(' ');
+        text.push_str(message);
+    }
+    text
+}
+
+/// How long a run took (terminal) or has been waiting / running (active).
+fn age_or_duration(run: &Run, now: Timestamp) -> String {
+    match run.status {
+        RunStatus::Pending => format!(
+            "waiting {}",
+            human_duration(now.millis_since(run.created_at))
+        ),
+        RunStatus::Leased => {
+            let since = run.started_at.unwrap_or(run.created_at);
+            format!("running {}", human_duration(now.millis_since(since)))
+        }
+        _ => {
+            let since = run.started_at.unwrap_or(run.created_at);
+            let until = run.completed_at.unwrap_or(run.updated_at);
+            format!("took {}", human_duration(until.millis_since(since)))
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let kept: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}
+
+fn labels_text(run: &Run) -> String {
+    run.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = width - cell.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn compact(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// commands
+
+/// `durably runs`.
+pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let mut filter = RunFilter::new();
+    filter.statuses = args.status.clone();
+    filter.job_names = args.job.clone();
+    filter.labels = args.label.iter().cloned().collect();
+    if args.limit > 0 {
+        filter.limit = Some(args.limit);
+    }
+    let runs = durably
+        .get_runs(&filter)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    if args.json {
+        println!("{}", to_json(&runs)?);
+        return Ok(OK);
+    }
+    if runs.is_empty() {
+        println!("no runs match in {}", args.db.display());
+        return Ok(OK);
+    }
+    let now = Timestamp::now();
+    let with_labels = runs.iter().any(|run| !run.labels.is_empty());
+    let mut header = vec!["ID", "JOB", "STATUS", "PROGRESS", "CREATED", "AGE/DURATION"];
+    if with_labels {
+        header.push("LABELS");
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            let mut row = vec![
+                run.id.clone(),
+                truncate(&run.job_name, 30),
+                run.status.to_string(),
+                truncate(&human_progress(run.progress.as_ref()), 32),
+                human_time(run.created_at),
+                age_or_duration(run, now),
+            ];
+            if with_labels {
+                row.push(truncate(&labels_text(run), 40));
+            }
+            row
+        })
+        .collect();
+    println!("{}", table(&header, &rows));
+    if args.limit > 0 && runs.len() as u64 == args.limit {
+        eprintln!(
+            "(showing the newest {}; --limit N shows more, --limit 0 all)",
+            args.limit
+        );
+    }
+    Ok(OK)
+}
+
+/// `durably run ID`.
+pub async fn run(args: RunArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = require_run(&durably, &args.db, &args.id).await?;
+    let steps = durably
+        .get_steps(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    let logs = durably
+        .get_logs(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    if args.json {
+        println!(
+            "{}",
+            to_json(&json!({ "run": run, "steps": steps, "logs": logs }))?
+        );
+        return Ok(OK);
+    }
+    print!("{}", describe_run(&run, &steps, &logs, Timestamp::now()));
+    Ok(OK)
+}
+
+fn describe_run(run: &Run, steps: &[Step], logs: &[Log], now: Timestamp) -> String {
+    let mut out = format!("run {}\n", run.id);
+    let mut field = |name: &str, value: String| {
+        out.push_str(&format!("  {name:<16}{value}\n"));
+    };
+    field("job", run.job_name.clone());
+    field(
+        "status",
+        format!("{} ({})", run.status, age_or_duration(run, now)),
+    );
+    if let Some(progress) = &run.progress {
+        field("progress", human_progress(Some(progress)));
+    }
+    if !run.labels.is_empty() {
+        field("labels", labels_text(run));
+    }
+    field("created", human_time(run.created_at));
+    if let Some(at) = run.started_at {
+        field("started", human_time(at));
+    }
+    if let Some(at) = run.completed_at {
+        field("ended", human_time(at));
+    }
+    if let Some(key) = &run.idempotency_key {
+        field("idempotency key", key.clone());
+    }
+    if let Some(key) = &run.concurrency_key {
+        field("concurrency key", key.clone());
+    }
+    if run.status == RunStatus::Leased {
+        let owner = run.lease_owner.clone().unwrap_or_else(|| "?".into());
+        let expires = run
+            .lease_expires_at
+            .map(human_time)
+            .unwrap_or_else(|| "?".into());
+        field(
+            "lease",
+            format!(
+                "{owner}, expires {expires}, generation {}",
+                run.lease_generation
+            ),
+        );
+    }
+    field("input", compact(&run.input));
+    if let Some(output) = &run.output {
+        field("output", compact(output));
+    }
+    if let Some(error) = &run.error {
+        field("error", error.clone());
+    }
+    out.push_str(&format!("steps ({} completed)\n", run.completed_step_count));
+    if steps.is_empty() {
+        if run.is_terminal() && run.completed_step_count > 0 {
+            out.push_str(
+                "  (step outputs are dropped when a run ends, unless the application sets preserve_steps)\n",
+            );
+        } else {
+            out.push_str("  (none)\n");
+        }
+    }
+    for step in steps {
+        out.push_str(&format!("  {}\n", step_line(step)));
+    }
+    out.push_str(&format!("logs ({})\n", logs.len()));
+    if logs.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for log in logs {
+        let step = log
+            .step_name
+            .as_deref()
+            .map(|s| format!(" [{s}]"))
+            .unwrap_or_default();
+        let data = log
+            .data
+            .as_ref()
+            .map(|d| format!(" {}", compact(d)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {} {:<5}{step} {}{data}\n",
+            human_time(log.created_at),
+            log.level.as_str(),
+            log.message
+        ));
+    }
+    out
+}
+
+fn step_line(step: &Step) -> String {
+    let took = step
+        .completed_at
+        .map(|at| format!(" ({})", human_duration(at.millis_since(step.started_at))))
+        .unwrap_or_default();
+    match step.status {
+        StepStatus::Completed => {
+            let output = step
+                .output
+                .as_ref()
+                .filter(|o| !o.is_null())
+                .map(|o| format!(" → {}", truncate(&compact(o), 80)))
+                .unwrap_or_default();
+            format!("✓ {}{took}{output}", step.name)
+        }
+        StepStatus::Failed => format!(
+            "✗ {}{took}: {}",
+            step.name,
+            step.error.as_deref().unwrap_or("failed")
+        ),
+        StepStatus::Cancelled => format!("⊘ {}{took} (cancelled)", step.name),
+    }
+}
+
+/// `durably cancel ID`.
+pub async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, args.keep_steps).await?;
+    let run = require_run(&durably, &args.db, &args.id).await?;
+    if run.status.is_terminal() {
+        return Err(CliError::new(format!(
+            "cannot cancel run {}: it already ended ({})",
+            run.id, run.status
+        )));
+    }
+    durably.cancel(&run.id).await.map_err(|e| match e {
+        durably::Error::NotFound(_) => no_such_run(&args.db, &run.id),
+        other => CliError::new(format!("cannot cancel run {}: {other}", run.id)),
+    })?;
+    let note = if run.status == RunStatus::Leased {
+        " (its worker stops at its next step boundary or lease renewal)"
+    } else {
+        ""
+    };
+    println!("cancelled run {} of job {}{note}", run.id, run.job_name);
+    Ok(OK)
+}
+
+/// `durably delete ID`.
+pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = require_run(&durably, &args.db, &args.id).await?;
+    if run.status.is_active() {
+        return Err(CliError::new(format!(
+            "cannot delete run {}: it is still {} (cancel it first with `durably cancel {} {}`)",
+            run.id,
+            run.status,
+            shell_quote(&run.id),
+            args.db.flag()
+        )));
+    }
+    durably.delete_run(&run.id).await.map_err(|e| match e {
+        durably::Error::NotFound(_) => no_such_run(&args.db, &run.id),
+        other => CliError::new(format!("cannot delete run {}: {other}", run.id)),
+    })?;
+    println!(
+        "deleted run {} of job {} ({}) with its steps and logs",
+        run.id, run.job_name, run.status
+    );
+    Ok(OK)
+}
+
+/// Runs deleted per `purge_runs` call.
+const PURGE_BATCH: u64 = 500;
+
+/// `durably purge --older-than AGE`.
+pub async fn purge(args: PurgeArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let before = Timestamp::now() - args.older_than;
+    let mut purged = 0u64;
+    loop {
+        let batch = match args.limit {
+            Some(limit) => PURGE_BATCH.min(limit - purged),
+            None => PURGE_BATCH,
+        };
+        if batch == 0 {
+            break;
+        }
+        let deleted = durably
+            .purge_runs(before, Some(batch))
+            .await
+            .map_err(|e| database_error(&args.db, e))?;
+        purged += deleted;
+        if deleted < batch {
+            break;
+        }
+    }
+    println!(
+        "purged {purged} run{} that ended before {} UTC",
+        if purged == 1 { "" } else { "s" },
+        human_time(before)
+    );
+    Ok(OK)
+}
+
+/// `durably watch ID`.
+pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let mut run = require_run(&durably, &args.db, &args.id).await?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let tty = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout();
+    let mut seen_steps: HashSet<String> = HashSet::new();
+    let mut last_line = String::new();
+    let mut bar_shown = false;
+    let _ = writeln!(out, "watching run {} of job {}", run.id, run.job_name);
+    loop {
+        let steps = durably
+            .get_steps(&run.id)
+            .await
+            .map_err(|e| database_error(&args.db, e))?;
+        for step in steps {
+            if seen_steps.insert(step.id.clone()) {
+                if bar_shown {
+                    let _ = write!(out, "\r\x1b[2K");
+                    bar_shown = false;
+                }
+                let _ = writeln!(out, "  {}", step_line(&step));
+                last_line.clear();
+            }
+        }
+        if run.status.is_terminal() {
+            break;
+        }
+        let line = status_line(&run, Timestamp::now());
+        if tty {
+            let _ = write!(out, "\r\x1b[2K{line}");
+            bar_shown = true;
+        } else {
+            // without a terminal, one line per change (the age in a pending line is left out)
+            let key = format!("{} {}", run.status, human_progress(run.progress.as_ref()));
+            if key != last_line {
+                let _ = writeln!(out, "{line}");
+                last_line = key;
+            }
+        }
+        let _ = out.flush();
+        tokio::time::sleep(interval).await;
+        run = match durably.get_run(&args.id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                if bar_shown {
+                    let _ = writeln!(out);
+                }
+                return Err(
+                    CliError::new(format!("run {} was deleted while watching", args.id))
+                        .with_code(NOT_FOUND),
+                );
+            }
+            Err(error) => {
+                if bar_shown {
+                    let _ = writeln!(out);
+                }
+                return Err(database_error(&args.db, error));
+            }
+        };
+    }
+    if bar_shown {
+        let _ = write!(out, "\r\x1b[2K");
+    }
+    let took = age_or_duration(&run, Timestamp::now());
+    let code = match run.status {
+        RunStatus::Completed => {
+            let output = run
+                .output
+                .as_ref()
+                .filter(|o| !o.is_null())
+                .map(|o| format!("\noutput: {}", compact(o)))
+                .unwrap_or_default();
+            let _ = writeln!(out, "completed ({took}){output}");
+            OK
+        }
+        RunStatus::Failed => {
+            let _ = writeln!(
+                out,
+                "failed ({took}): {}",
+                run.error.as_deref().unwrap_or("no error message stored")
+            );
+            FAILURE
+        }
+        _ => {
+            let _ = writeln!(out, "cancelled ({took})");
+            CANCELLED
+        }
+    };
+    let _ = out.flush();
+    Ok(code)
+}
+
+/// `[##########..........] 3/6 50% message` while leased, `pending …` before.
+fn status_line(run: &Run, now: Timestamp) -> String {
+    const WIDTH: u64 = 24;
+    if run.status == RunStatus::Pending {
+        return format!(
+            "pending: waiting for a worker ({})",
+            human_duration(now.millis_since(run.created_at))
+        );
+    }
+    let Some(progress) = &run.progress else {
+        return format!("running ({} steps done)", run.completed_step_count);
+    };
+    let message = progress
+        .message
+        .as_deref()
+        .map(|m| format!(" {}", truncate(m, 48)))
+        .unwrap_or_default();
+    match progress.total {
+        Some(total) if total > 0 => {
+            let current = progress.current.min(total);
+            let filled = (current * WIDTH / total) as usize;
+            format!(
+                "[{}{}] {}/{total} {}%{message}",
+                "#".repeat(filled),
+                ".".repeat(WIDTH as usize - filled),
+                progress.current,
+                current * 100 / total
+            )
+        }
+        _ => format!("running: {} done{message}", progress.current),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(850), "850ms");
+        assert_eq!(human_duration(12_345), "12.3s");
+        assert_eq!(human_duration(303_000), "5m 3s");
+        assert_eq!(human_duration(7_500_000), "2h 5m");
+        assert_eq!(human_duration(273_600_000), "3d 4h");
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(
+            parse_label("tenant=acme"),
+            Ok(("tenant".into(), "acme".into()))
+        );
+        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_label("tenant").is_err());
+        assert!(parse_label("bad key=x").is_err());
+    }
+
+    #[test]
+    fn tables_align() {
+        let text = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
+        );
+        assert_eq!(text, "A    BB\nxxx  y\nz");
+    }
+}

@@ -1,0 +1,858 @@
+//! The operator commands (`runs`, `run`, `cancel`, `delete`, `purge`, `watch`, `serve`) as a
+//! user runs them: the real binary against a database prepared through the library.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use durably::{Durably, Job, RunStatus, StepContext, Timestamp, TriggerOptions};
+use serde_json::{Value, json};
+
+/// Runs `durably ARGS` to completion.
+fn durably_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_durably"))
+        .args(args)
+        .output()
+        .expect("run the durably binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the exit code and returns stdout.
+#[track_caller]
+fn expect_code(output: &Output, code: i32) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+    stdout(output)
+}
+
+/// A SQLite file with jobs `work` (steps, progress, a log; fails when input has `fail`) and
+/// `wait` (never processed in these tests).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    durably: Durably,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.sqlite");
+        let durably = Durably::builder()
+            .sqlite(&path)
+            .preserve_steps(true)
+            .build()
+            .expect("build");
+        durably
+            .register(Job::new(
+                "work",
+                |step: StepContext, input: Value| async move {
+                    let steps = input["steps"].as_u64().unwrap_or(2);
+                    let step_ms = input["stepMs"].as_u64().unwrap_or(0);
+                    for i in 0..steps {
+                        step.run(&format!("step-{i}"), |_| async move {
+                            tokio::time::sleep(Duration::from_millis(step_ms)).await;
+                            Ok::<_, std::io::Error>(i)
+                        })
+                        .await?;
+                        step.progress(i + 1, Some(steps), Some("working")).await?;
+                    }
+                    step.log.info("all steps done", None).await?;
+                    if input["fail"].as_bool() == Some(true) {
+                        return Err(durably::Error::Validation("boom: the input said so".into()));
+                    }
+                    Ok(json!({ "steps": steps }))
+                },
+            ))
+            .expect("register work");
+        durably.migrate().await.expect("migrate");
+        Fixture {
+            _dir: dir,
+            path,
+            durably,
+        }
+    }
+
+    fn db(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+
+    async fn trigger(&self, job: &str, input: Value, labels: &[(&str, &str)]) -> String {
+        let mut options = TriggerOptions::new();
+        for (k, v) in labels {
+            options = options.label(*k, *v);
+        }
+        // `wait` is not registered: enqueue it through the store so it stays pending.
+        if job != "work" {
+            let run = self
+                .durably
+                .store()
+                .enqueue(
+                    durably::NewRun {
+                        job_name: job.to_owned(),
+                        input,
+                        idempotency_key: None,
+                        concurrency_key: None,
+                        labels: options.labels.unwrap_or_default(),
+                        coalesce: None,
+                    },
+                    Timestamp::now(),
+                )
+                .await
+                .expect("enqueue");
+            return run.run.id;
+        }
+        self.durably
+            .trigger_json(job, input, options)
+            .await
+            .expect("trigger")
+            .run
+            .id
+    }
+
+    async fn process(&self) {
+        self.durably
+            .process_until_idle(None, None)
+            .await
+            .expect("process");
+    }
+
+    async fn status(&self, id: &str) -> Option<RunStatus> {
+        self.durably
+            .get_run(id)
+            .await
+            .expect("get run")
+            .map(|r| r.status)
+    }
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_lists_filters_and_prints_json() {
+    let fx = Fixture::new().await;
+    let done = fx
+        .trigger("work", json!({ "steps": 2 }), &[("tenant", "acme")])
+        .await;
+    fx.process().await;
+    let failed = fx
+        .trigger("work", json!({ "fail": true }), &[("tenant", "globex")])
+        .await;
+    fx.process().await;
+    let pending = fx.trigger("wait", json!({}), &[]).await;
+
+    let table = expect_code(&durably_cli(&["runs", "--db", fx.db()]), 0);
+    let header = table.lines().next().expect("a header line");
+    for column in [
+        "ID",
+        "JOB",
+        "STATUS",
+        "PROGRESS",
+        "CREATED",
+        "AGE/DURATION",
+        "LABELS",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let line_of = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing:\n{table}"))
+            .to_owned()
+    };
+    assert!(line_of(&done).contains("completed"), "{table}");
+    assert!(line_of(&done).contains("2/2 working"), "{table}");
+    assert!(line_of(&done).contains("took "), "{table}");
+    assert!(line_of(&done).contains("tenant=acme"), "{table}");
+    assert!(line_of(&failed).contains("failed"), "{table}");
+    assert!(line_of(&pending).contains("waiting "), "{table}");
+    // newest first
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&pending))
+    );
+
+    let json = json_of(&expect_code(
+        &durably_cli(&["runs", "--db", fx.db(), "--json"]),
+        0,
+    ));
+    let ids: Vec<&str> = json
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, [pending.as_str(), failed.as_str(), done.as_str()]);
+
+    let only = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "--db", fx.db(), "--json"];
+        all.extend_from_slice(args);
+        json_of(&expect_code(&durably_cli(&all), 0))
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(only(&["--status", "failed"]), [failed.as_str()]);
+    assert_eq!(
+        only(&["--status", "failed", "--status", "pending"]),
+        [pending.as_str(), failed.as_str()]
+    );
+    assert_eq!(only(&["--job", "wait"]), [pending.as_str()]);
+    assert_eq!(only(&["--label", "tenant=acme"]), [done.as_str()]);
+    assert_eq!(only(&["--limit", "1"]), [pending.as_str()]);
+    assert_eq!(only(&["--job", "nobody"]), Vec::<String>::new());
+
+    let none = expect_code(
+        &durably_cli(&["runs", "--db", fx.db(), "--job", "nobody"]),
+        0,
+    );
+    assert!(none.contains("no runs match"), "{none}");
+
+    let bad = durably_cli(&["runs", "--db", fx.db(), "--status", "done"]);
+    expect_code(&bad, 2);
+    assert!(
+        stderr(&bad).contains("pending, leased, completed, failed, cancelled"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = durably_cli(&["runs", "--db", fx.db(), "--label", "tenant"]);
+    expect_code(&bad, 2);
+    assert!(stderr(&bad).contains("KEY=VALUE"), "{}", stderr(&bad));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_unmigrated_databases_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("nope.sqlite");
+    let missing = missing.to_str().expect("utf-8");
+    let output = durably_cli(&["runs", "--db", missing]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains("cannot open database"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("durably migrate"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !Path::new(missing).exists(),
+        "runs must not create the file"
+    );
+
+    // an empty SQLite file: no schema yet
+    let empty = dir.path().join("empty.sqlite");
+    std::fs::write(&empty, b"").expect("create");
+    let empty = empty.to_str().expect("utf-8");
+    let output = durably_cli(&["runs", "--db", empty]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains("no durably schema"),
+        "{}",
+        stderr(&output)
+    );
+    let migrated = expect_code(&durably_cli(&["migrate", "--db", empty]), 0);
+    assert!(migrated.contains("schema version 1"), "{migrated}");
+    expect_code(&durably_cli(&["runs", "--db", empty]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_shows_details_steps_and_logs() {
+    let fx = Fixture::new().await;
+    let id = fx
+        .trigger("work", json!({ "steps": 3 }), &[("tenant", "acme")])
+        .await;
+    fx.process().await;
+
+    let text = expect_code(&durably_cli(&["run", &id, "--db", fx.db()]), 0);
+    for expected in [
+        format!("run {id}"),
+        "work".into(),
+        "completed".into(),
+        "tenant=acme".into(),
+        "{\"steps\":3}".into(),
+        "steps (3 completed)".into(),
+        "✓ step-0".into(),
+        "✓ step-2".into(),
+        "logs (1)".into(),
+        "all steps done".into(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} missing:\n{text}");
+    }
+
+    let json = json_of(&expect_code(
+        &durably_cli(&["run", &id, "--db", fx.db(), "--json"]),
+        0,
+    ));
+    assert_eq!(json["run"]["id"], id.as_str());
+    assert_eq!(json["run"]["status"], "completed");
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["logs"][0]["message"], "all steps done");
+
+    let failed = fx.trigger("work", json!({ "fail": true }), &[]).await;
+    fx.process().await;
+    let text = expect_code(&durably_cli(&["run", &failed, "--db", fx.db()]), 0);
+    assert!(text.contains("boom: the input said so"), "{text}");
+
+    let output = durably_cli(&["run", "01NOSUCHRUN", "--db", fx.db()]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains("no such run: 01NOSUCHRUN (list runs with `durably runs --db"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_delete_and_purge_change_the_database() {
+    let fx = Fixture::new().await;
+    let done = fx.trigger("work", json!({}), &[]).await;
+    fx.process().await;
+    // after processing: a worker would fail a run of the unregistered job `wait`
+    let pending = fx.trigger("wait", json!({}), &[]).await;
+
+    // delete refuses an active run and says what to do
+    let output = durably_cli(&["delete", &pending, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains("still pending"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("durably cancel"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fx.status(&pending).await, Some(RunStatus::Pending));
+
+    let text = expect_code(&durably_cli(&["cancel", &pending, "--db", fx.db()]), 0);
+    assert!(text.contains(&format!("cancelled run {pending}")), "{text}");
+    assert_eq!(fx.status(&pending).await, Some(RunStatus::Cancelled));
+
+    // cancelling again, or a completed run, is refused
+    let output = durably_cli(&["cancel", &pending, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains("already ended"),
+        "{}",
+        stderr(&output)
+    );
+    expect_code(&durably_cli(&["cancel", &done, "--db", fx.db()]), 1);
+    expect_code(&durably_cli(&["cancel", "01NOSUCHRUN", "--db", fx.db()]), 4);
+
+    let text = expect_code(&durably_cli(&["delete", &pending, "--db", fx.db()]), 0);
+    assert!(text.contains(&format!("deleted run {pending}")), "{text}");
+    assert_eq!(fx.status(&pending).await, None);
+    expect_code(&durably_cli(&["delete", &pending, "--db", fx.db()]), 4);
+
+    // purge: nothing ended 1 day ago; everything that ended ended before "0 minutes ago"
+    let text = expect_code(
+        &durably_cli(&["purge", "--older-than", "1d", "--db", fx.db()]),
+        0,
+    );
+    assert!(text.contains("purged 0 runs"), "{text}");
+    assert_eq!(fx.status(&done).await, Some(RunStatus::Completed));
+    let second = fx.trigger("work", json!({}), &[]).await;
+    fx.process().await;
+    let still_pending = fx.trigger("wait", json!({}), &[]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let text = expect_code(
+        &durably_cli(&[
+            "purge",
+            "--older-than",
+            "0m",
+            "--limit",
+            "1",
+            "--db",
+            fx.db(),
+        ]),
+        0,
+    );
+    assert!(text.contains("purged 1 run "), "{text}");
+    let text = expect_code(
+        &durably_cli(&["purge", "--older-than", "0m", "--db", fx.db()]),
+        0,
+    );
+    assert!(text.contains("purged 1 run "), "{text}");
+    assert_eq!(fx.status(&done).await, None);
+    assert_eq!(fx.status(&second).await, None);
+    assert_eq!(fx.status(&still_pending).await, Some(RunStatus::Pending));
+
+    let output = durably_cli(&["purge", "--older-than", "30s", "--db", fx.db()]);
+    expect_code(&output, 2);
+    assert!(
+        stderr(&output).contains("Invalid duration format"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_exit_codes_follow_the_outcome() {
+    let fx = Fixture::new().await;
+    let done = fx.trigger("work", json!({ "steps": 2 }), &[]).await;
+    fx.process().await;
+    let failed = fx.trigger("work", json!({ "fail": true }), &[]).await;
+    fx.process().await;
+    let cancelled = fx.trigger("wait", json!({}), &[]).await;
+    fx.durably.cancel(&cancelled).await.expect("cancel");
+
+    let text = expect_code(&durably_cli(&["watch", &done, "--db", fx.db()]), 0);
+    assert!(text.contains("completed"), "{text}");
+    assert!(text.contains("output: {\"steps\":2}"), "{text}");
+    let text = expect_code(&durably_cli(&["watch", &failed, "--db", fx.db()]), 1);
+    assert!(
+        text.contains("failed") && text.contains("boom: the input said so"),
+        "{text}"
+    );
+    let text = expect_code(&durably_cli(&["watch", &cancelled, "--db", fx.db()]), 3);
+    assert!(text.contains("cancelled"), "{text}");
+    let output = durably_cli(&["watch", "01NOSUCHRUN", "--db", fx.db()]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains("no such run"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_follows_a_run_executed_by_another_process() {
+    let fx = Fixture::new().await;
+    let id = fx
+        .trigger("work", json!({ "steps": 3, "stepMs": 250 }), &[])
+        .await;
+    let watcher = Command::new(env!("CARGO_BIN_EXE_durably"))
+        .args(["watch", &id, "--db", fx.db(), "--interval-ms", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.process().await;
+    let output = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .expect("join")
+        .expect("watch output");
+    let text = expect_code(&output, 0);
+    assert!(text.contains("pending: waiting for a worker"), "{text}");
+    for step in ["✓ step-0", "✓ step-1", "✓ step-2"] {
+        assert!(text.contains(step), "{step} missing:\n{text}");
+    }
+    assert!(text.contains("/3"), "a progress line is missing:\n{text}");
+    assert!(text.contains("completed"), "{text}");
+}
+
+/// A running `durably serve`; killed when dropped.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_serve(db: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durably"))
+        .args(["serve", "--port", "0", "--db", db])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start durably serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("serve prints its URL")
+        .expect("a stdout line");
+    // "durably serve: http://127.0.0.1:PORT/ (API under …)"
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"));
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("a socket address");
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, address }
+}
+
+/// One HTTP/1.1 request; returns (status, content type, body).
+fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, rest) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, content_type, body)
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        text = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_triggers_and_serves_everything_else() {
+    let fx = Fixture::new().await;
+    let done = fx.trigger("work", json!({}), &[]).await;
+    fx.process().await;
+    let pending = fx.trigger("wait", json!({}), &[]).await;
+    let db = fx.db().to_owned();
+    let server = tokio::task::spawn_blocking(move || start_serve(&db))
+        .await
+        .expect("join");
+    let address = server.address;
+    let api = "/api/durably";
+
+    let results = tokio::task::spawn_blocking(move || {
+        let trigger = http(
+            address,
+            "POST",
+            &format!("{api}/trigger"),
+            Some(&json!({ "jobName": "work", "input": {} })),
+        );
+        let retrigger = http(
+            address,
+            "POST",
+            &format!("{api}/retrigger?runId={done}"),
+            None,
+        );
+        let runs = http(address, "GET", &format!("{api}/runs"), None);
+        let run = http(address, "GET", &format!("{api}/run?runId={done}"), None);
+        let steps = http(address, "GET", &format!("{api}/steps?runId={done}"), None);
+        let jobs = http(address, "GET", &format!("{api}/jobs"), None);
+        let page = http(address, "GET", "/", None);
+        let cancel = http(
+            address,
+            "POST",
+            &format!("{api}/cancel?runId={pending}"),
+            None,
+        );
+        let delete = http(
+            address,
+            "DELETE",
+            &format!("{api}/run?runId={pending}"),
+            None,
+        );
+        let bad_trigger = http(address, "POST", &format!("{api}/trigger"), Some(&json!({})));
+        (
+            trigger,
+            retrigger,
+            runs,
+            run,
+            steps,
+            jobs,
+            page,
+            cancel,
+            delete,
+            bad_trigger,
+        )
+    })
+    .await
+    .expect("join");
+    let (trigger, retrigger, runs, run, steps, jobs, page, cancel, delete, bad_trigger) = results;
+
+    assert_eq!(trigger.0, 501, "{trigger:?}");
+    assert_eq!(
+        json_of(&trigger.2)["error"],
+        "durably serve has no job definitions: trigger runs from the application that registers job \"work\""
+    );
+    assert_eq!(retrigger.0, 501, "{retrigger:?}");
+    assert!(
+        json_of(&retrigger.2)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retrigger run") && e.contains("job \"work\"")),
+        "{retrigger:?}"
+    );
+    assert_eq!(runs.0, 200, "{runs:?}");
+    assert_eq!(
+        json_of(&runs.2).as_array().map(Vec::len),
+        Some(2),
+        "{runs:?}"
+    );
+    assert_eq!(run.0, 200, "{run:?}");
+    assert_eq!(json_of(&run.2)["status"], "completed");
+    assert_eq!(steps.0, 200, "{steps:?}");
+    assert_eq!(json_of(&jobs.2), json!([]));
+    assert_eq!(page.0, 200, "{page:?}");
+    assert!(page.1.starts_with("text/html"), "{page:?}");
+    assert!(page.2.to_ascii_lowercase().contains("<html"), "{}", page.2);
+    assert_eq!(cancel.0, 200, "{cancel:?}");
+    assert_eq!(delete.0, 200, "{delete:?}");
+    assert_eq!(bad_trigger.0, 400, "{bad_trigger:?}");
+    // the server claimed nothing: the pending run was cancelled (then deleted) by us
+    drop(server);
+}
+
+/// Opens an SSE stream and returns its reader (after the response head).
+fn open_sse(address: SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("write request");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("read head");
+        if line == "\r\n" || line.is_empty() {
+            return reader;
+        }
+    }
+}
+
+/// Reads SSE `data:` lines until one has `"type":"<until>"`; returns the event types seen.
+fn sse_types_until(reader: &mut BufReader<TcpStream>, until: &str) -> Vec<String> {
+    let mut types = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => panic!("the stream ended before {until}: {types:?}"),
+            Ok(_) => {}
+            Err(error) => panic!("no {until} within the timeout ({error}): {types:?}"),
+        }
+        let Some(data) = line.trim().strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
+        let Some(kind) = event["type"].as_str() else {
+            continue;
+        };
+        types.push(kind.to_owned());
+        if kind == until {
+            return types;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_streams_changes_made_by_other_processes() {
+    let fx = Fixture::new().await;
+    let db = fx.db().to_owned();
+    let server = tokio::task::spawn_blocking(move || start_serve(&db))
+        .await
+        .expect("join");
+    let address = server.address;
+    let mut all =
+        tokio::task::spawn_blocking(move || open_sse(address, "/api/durably/runs/subscribe"))
+            .await
+            .expect("join");
+    // let serve take its first snapshot, then work in this process (another process for serve)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let id = fx
+        .trigger("work", json!({ "steps": 3, "stepMs": 400 }), &[])
+        .await;
+    let mut one = tokio::task::spawn_blocking(move || {
+        open_sse(address, &format!("/api/durably/subscribe?runId={id}"))
+    })
+    .await
+    .expect("join");
+    fx.process().await;
+    let (all_types, one_types) = tokio::task::spawn_blocking(move || {
+        (
+            sse_types_until(&mut all, "run:complete"),
+            sse_types_until(&mut one, "run:complete"),
+        )
+    })
+    .await
+    .expect("join");
+    for expected in ["run:trigger", "run:leased", "run:progress"] {
+        assert!(
+            all_types.iter().any(|t| t == expected),
+            "{expected}: {all_types:?}"
+        );
+    }
+    assert!(
+        one_types.iter().any(|t| t == "run:progress"),
+        "{one_types:?}"
+    );
+    assert!(
+        one_types.iter().any(|t| t == "step:complete"),
+        "{one_types:?}"
+    );
+    drop(server);
+}
+
+/// Drops a PostgreSQL test schema when dropped (best effort, on a thread of its own).
+struct PgSchema {
+    url: String,
+    name: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                    )),
+                )
+                .await;
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL smoke test"
+)]
+async fn runs_works_on_postgres() {
+    let url = std::env::var("DURABLY_TEST_POSTGRES_URL").expect("DURABLY_TEST_POSTGRES_URL");
+    let schema = PgSchema {
+        url: url.clone(),
+        name: format!("durably_cli_test_{}", durably::new_id().to_lowercase()),
+    };
+    let store = durably::PostgresStore::connect_with(
+        &url,
+        durably::PostgresOptions {
+            max_connections: 2,
+            schema: Some(schema.name.clone()),
+            ..durably::PostgresOptions::default()
+        },
+    )
+    .expect("connect");
+    let durably = Durably::builder().store(store).build().expect("build");
+    durably.migrate().await.expect("migrate");
+    let run = durably
+        .store()
+        .enqueue(
+            durably::NewRun {
+                job_name: "pg-job".into(),
+                input: json!({ "n": 1 }),
+                idempotency_key: None,
+                concurrency_key: None,
+                labels: [("tenant".to_owned(), "acme".to_owned())].into(),
+                coalesce: None,
+            },
+            Timestamp::now(),
+        )
+        .await
+        .expect("enqueue")
+        .run;
+
+    let (db, name) = (url.clone(), schema.name.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        let json = durably_cli(&[
+            "runs",
+            "--db",
+            &db,
+            "--schema",
+            &name,
+            "--label",
+            "tenant=acme",
+            "--json",
+        ]);
+        let table = durably_cli(&["runs", "--db", &db, "--schema", &name]);
+        (json, table)
+    })
+    .await
+    .expect("join");
+    let json = json_of(&expect_code(&output.0, 0));
+    assert_eq!(json[0]["id"], run.id.as_str());
+    assert_eq!(json[0]["jobName"], "pg-job");
+    let table = expect_code(&output.1, 0);
+    assert!(
+        table.contains(&run.id) && table.contains("pending"),
+        "{table}"
+    );
+    drop(durably);
+    drop(schema);
+}

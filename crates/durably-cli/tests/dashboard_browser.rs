@@ -1,0 +1,42 @@
+//! The web dashboard of `durably demo` in real headless chromium: runs tests/browser/dashboard.mjs
+//! (playwright-core from node, sharing tests/browser's package.json and lockfile). Triggers
+//! `steps` from the form and watches its progress advance live in the runs table, opens the run
+//! detail, checks that invalid input shows the server's message, cancels a `sleep` run, filters
+//! by status, job and label. Screenshots (laptop and phone width) are saved under
+//! `target/dashboard-screenshots/`. See build.rs for when it runs; `.ci/run` installs what it needs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn screenshot_dir() -> PathBuf {
+    let target = option_env!("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
+    target.join("dashboard-screenshots")
+}
+
+#[test]
+#[cfg_attr(
+    not(durably_browser_tests),
+    ignore = "needs node, chromium (/usr/bin/chromium or $CHROMIUM) and `npm ci` in crates/durably-cli/tests/browser: .ci/run installs them"
+)]
+fn dashboard_triggers_follows_progress_cancels_and_filters() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    let shots = screenshot_dir();
+    let output = Command::new("node")
+        .arg("dashboard.mjs")
+        .current_dir(dir)
+        .env("DURABLY_BIN", env!("CARGO_BIN_EXE_durably"))
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("dashboard test passed"),
+        "dashboard browser test failed ({}; screenshots in {}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status,
+        shots.display()
+    );
+    println!("{stdout}screenshots: {}", shots.display());
+}

@@ -1,0 +1,823 @@
+// durably dashboard: vanilla JavaScript over the HTTP API (no build step, no dependencies).
+// Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
+// GET /subscribe); actions: POST /cancel, POST /retrigger, DELETE /run; trigger: GET /jobs and
+// POST /trigger. The filters and the open run live in the page URL.
+
+const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
+const PAGE = 20
+const STATUSES = ['pending', 'leased', 'completed', 'failed', 'cancelled']
+const $ = (id) => document.getElementById(id)
+
+const state = {
+  filters: { status: '', job: '', labels: '' },
+  limit: PAGE,
+  runs: [],
+  hasMore: false,
+  jobs: [],
+  selected: null, // run id
+  detail: null, // ClientRun
+  steps: [],
+  logs: [],
+  runsSource: null,
+  runSource: null,
+}
+
+// ---------- helpers
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag)
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue
+    if (key === 'class') node.className = value
+    else if (key === 'text') node.textContent = value
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value)
+    else if (key === 'dataset') Object.assign(node.dataset, value)
+    else node.setAttribute(key, value === true ? '' : value)
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)))
+  }
+  return node
+}
+
+/** Calls the API; throws an Error carrying the server's `{"error"}` message. */
+async function api(method, path, body) {
+  const init = { method, headers: {} }
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json'
+    init.body = JSON.stringify(body)
+  }
+  let response
+  try {
+    response = await fetch(API + path, init)
+  } catch (error) {
+    throw new Error(`Cannot reach the server (${error.message})`)
+  }
+  const text = await response.text()
+  let data = null
+  try {
+    data = text ? JSON.parse(text) : null
+  } catch {
+    data = null
+  }
+  if (!response.ok) {
+    const message = data && typeof data.error === 'string' && data.error ? data.error : text || response.statusText
+    throw new Error(`${message} (HTTP ${response.status})`)
+  }
+  return data
+}
+
+function parseLabels(text) {
+  const labels = {}
+  for (const part of text.split(',')) {
+    const item = part.trim()
+    if (!item) continue
+    const eq = item.indexOf('=')
+    if (eq <= 0) throw new Error(`Label "${item}" must look like key=value`)
+    labels[item.slice(0, eq).trim()] = item.slice(eq + 1).trim()
+  }
+  return labels
+}
+
+function safeLabels(text) {
+  try {
+    return parseLabels(text)
+  } catch {
+    return {}
+  }
+}
+
+function showError(node, message) {
+  node.textContent = message || ''
+  node.hidden = !message
+}
+
+function formatTime(iso) {
+  if (!iso) return '—'
+  const date = new Date(iso)
+  if (Number.isNaN(date.getTime())) return iso
+  const today = new Date().toDateString() === date.toDateString()
+  return today ? date.toLocaleTimeString() : date.toLocaleString()
+}
+
+function formatDuration(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`
+  const minutes = Math.floor(ms / 60_000)
+  if (minutes < 60) return `${minutes} min ${Math.round((ms % 60_000) / 1000)} s`
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`
+}
+
+function json(value) {
+  return value === undefined ? '' : JSON.stringify(value, null, 2)
+}
+
+function badge(status) {
+  return el('span', { class: `badge ${status}`, dataset: { testid: 'status' }, text: status })
+}
+
+function progressView(run) {
+  const progress = run.progress
+  const wrap = el('div', { class: 'progress' })
+  if (!progress && run.status !== 'leased') {
+    wrap.append(el('span', { class: 'text', text: run.completedStepCount ? `${run.completedStepCount} step${run.completedStepCount === 1 ? '' : 's'}` : '' }))
+    return wrap
+  }
+  const bar = el('div', { class: `bar ${run.status}` }, el('span'))
+  const total = progress && typeof progress.total === 'number' && progress.total > 0 ? progress.total : null
+  if (total !== null) {
+    bar.firstChild.style.width = `${Math.min(100, (100 * progress.current) / total)}%`
+    if (progress.current >= total) bar.classList.add('done')
+  } else if (run.status === 'leased') {
+    bar.classList.add('indeterminate')
+  } else {
+    bar.firstChild.style.width = '100%'
+  }
+  const parts = []
+  if (progress) parts.push(total !== null ? `${progress.current}/${total}` : `${progress.current}`)
+  if (progress && progress.message) parts.push(progress.message)
+  wrap.append(bar, el('span', { class: 'text', dataset: { testid: 'progress' }, text: parts.join(' · ') }))
+  return wrap
+}
+
+function labelChips(labels, clickable) {
+  return Object.entries(labels || {}).map(([key, value]) =>
+    clickable
+      ? el('button', {
+          type: 'button',
+          class: 'label',
+          title: 'Filter by this label',
+          text: `${key}=${value}`,
+          onclick: (event) => {
+            event.stopPropagation()
+            const current = safeLabels(state.filters.labels)
+            current[key] = value
+            setFilters({
+              labels: Object.entries(current)
+                .map(([k, v]) => `${k}=${v}`)
+                .join(', '),
+            })
+          },
+        })
+      : el('span', { class: 'label', text: `${key}=${value}` }),
+  )
+}
+
+const confirmDialog = $('confirm')
+function confirmAction(text) {
+  if (typeof confirmDialog.showModal !== 'function') return Promise.resolve(window.confirm(text))
+  $('confirm-text').textContent = text
+  confirmDialog.returnValue = ''
+  confirmDialog.showModal()
+  return new Promise((resolve) => {
+    confirmDialog.addEventListener('close', () => resolve(confirmDialog.returnValue === 'yes'), { once: true })
+  })
+}
+
+// ---------- URL <-> state
+
+function readUrl() {
+  const params = new URLSearchParams(location.search)
+  const status = params.get('status') || ''
+  state.filters = {
+    status: STATUSES.includes(status) ? status : '',
+    job: params.get('job') || '',
+    labels: params.getAll('label').join(', '),
+  }
+  state.selected = params.get('run') || null
+  $('filter-status').value = state.filters.status
+  $('filter-job').value = state.filters.job
+  $('filter-labels').value = state.filters.labels
+}
+
+function writeUrl(push) {
+  const params = new URLSearchParams()
+  if (state.filters.status) params.set('status', state.filters.status)
+  if (state.filters.job) params.set('job', state.filters.job)
+  for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append('label', `${key}=${value}`)
+  if (state.selected) params.set('run', state.selected)
+  const query = params.toString()
+  const url = location.pathname + (query ? `?${query}` : '')
+  if (url === location.pathname + location.search) return
+  if (push) history.pushState(null, '', url)
+  else history.replaceState(null, '', url)
+}
+
+function filterQuery(includeStatus) {
+  const params = new URLSearchParams()
+  if (state.filters.job) params.append('jobName', state.filters.job)
+  if (includeStatus && state.filters.status) params.append('status', state.filters.status)
+  for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append(`label.${key}`, value)
+  return params
+}
+
+function setFilters(changes) {
+  Object.assign(state.filters, changes)
+  $('filter-status').value = state.filters.status
+  $('filter-job').value = state.filters.job
+  $('filter-labels').value = state.filters.labels
+  state.limit = PAGE
+  writeUrl(true)
+  connectRuns()
+  loadRuns()
+}
+
+// ---------- runs list
+
+let runsRequest = 0
+async function loadRuns() {
+  const ticket = ++runsRequest
+  try {
+    parseLabels(state.filters.labels)
+  } catch (error) {
+    showError($('runs-error'), error.message)
+    return
+  }
+  const params = filterQuery(true)
+  params.set('limit', String(state.limit + 1))
+  try {
+    const runs = await api('GET', `/runs?${params}`)
+    if (ticket !== runsRequest) return
+    state.hasMore = runs.length > state.limit
+    state.runs = runs.slice(0, state.limit)
+    showError($('runs-error'), '')
+    renderRuns()
+  } catch (error) {
+    if (ticket === runsRequest) showError($('runs-error'), `Cannot load runs: ${error.message}`)
+  }
+}
+
+let refreshTimer = null
+function scheduleRefresh() {
+  if (refreshTimer) return
+  refreshTimer = setTimeout(() => {
+    refreshTimer = null
+    loadRuns()
+  }, 150)
+}
+
+function renderRuns() {
+  const body = $('runs')
+  body.replaceChildren(
+    ...state.runs.map((run) =>
+      el(
+        'tr',
+        {
+          dataset: { runId: run.id, job: run.jobName, status: run.status },
+          class: run.id === state.selected ? 'selected' : '',
+          onclick: () => openRun(run.id),
+          tabindex: '0',
+          onkeydown: (event) => {
+            if (event.key === 'Enter') openRun(run.id)
+          },
+        },
+        el('td', {}, badge(run.status)),
+        el('td', { class: 'job', text: run.jobName }),
+        el('td', { class: 'progress-cell' }, progressView(run)),
+        el('td', { class: 'labels' }, labelChips(run.labels, true)),
+        el('td', { class: 'created', title: run.createdAt, text: formatTime(run.createdAt) }),
+        el('td', { class: 'id', title: run.id, text: run.id.slice(-8) }),
+      ),
+    ),
+  )
+  $('runs-empty').hidden = state.runs.length > 0
+  $('load-more').hidden = !state.hasMore
+}
+
+function patchRow(runId, patch) {
+  const run = state.runs.find((r) => r.id === runId)
+  if (!run) return
+  Object.assign(run, patch)
+  const row = $('runs').querySelector(`tr[data-run-id="${CSS.escape(runId)}"]`)
+  if (row) {
+    row.querySelector('.progress-cell').replaceChildren(progressView(run))
+    row.dataset.status = run.status
+  }
+}
+
+function setLive(on, text) {
+  const live = $('live')
+  live.className = `live ${on ? 'on' : 'off'}`
+  live.textContent = text
+}
+
+function connectRuns() {
+  if (state.runsSource) state.runsSource.close()
+  const query = filterQuery(false).toString()
+  const source = new EventSource(`${API}/runs/subscribe${query ? `?${query}` : ''}`)
+  state.runsSource = source
+  source.onopen = () => {
+    setLive(true, 'live')
+    scheduleRefresh() // catch up on anything missed while disconnected
+  }
+  source.onerror = () => {
+    if (state.runsSource !== source) return
+    setLive(false, source.readyState === EventSource.CLOSED ? 'disconnected' : 'reconnecting…')
+  }
+  source.onmessage = (message) => {
+    let event
+    try {
+      event = JSON.parse(message.data)
+    } catch {
+      return
+    }
+    if (event.type === 'run:progress') {
+      patchRow(event.runId, { progress: event.progress })
+    } else if (event.type === 'step:complete') {
+      patchRow(event.runId, { currentStepIndex: event.stepIndex + 1 })
+    } else if (event.type !== 'log:write') {
+      scheduleRefresh()
+    }
+    if (event.runId && event.runId === state.selected && event.type === 'run:delete') {
+      showError($('detail-error'), 'This run was deleted.')
+    }
+  }
+}
+
+// ---------- run detail
+
+let detailRequest = 0
+async function loadDetail() {
+  const id = state.selected
+  if (!id) return
+  const ticket = ++detailRequest
+  try {
+    const [run, steps, logs] = await Promise.all([
+      api('GET', `/run?runId=${encodeURIComponent(id)}`),
+      api('GET', `/steps?runId=${encodeURIComponent(id)}`),
+      api('GET', `/logs?runId=${encodeURIComponent(id)}`).catch(() => null),
+    ])
+    if (ticket !== detailRequest || id !== state.selected) return
+    state.detail = run
+    state.steps = steps
+    if (logs) state.logs = logs
+    showError($('detail-error'), '')
+    renderDetail()
+  } catch (error) {
+    if (ticket !== detailRequest) return
+    showError($('detail-error'), error.message)
+    if (!state.detail) renderDetail()
+  }
+}
+
+let detailTimer = null
+function scheduleDetail() {
+  if (detailTimer) return
+  detailTimer = setTimeout(() => {
+    detailTimer = null
+    loadDetail()
+  }, 60)
+}
+
+function connectRun(id) {
+  if (state.runSource) {
+    state.runSource.close()
+    state.runSource = null
+  }
+  const source = new EventSource(`${API}/subscribe?runId=${encodeURIComponent(id)}`)
+  state.runSource = source
+  source.onmessage = (message) => {
+    let event
+    try {
+      event = JSON.parse(message.data)
+    } catch {
+      return
+    }
+    if (event.runId !== state.selected || !state.detail) return
+    switch (event.type) {
+      case 'run:leased':
+        state.detail.status = 'leased'
+        renderDetail()
+        break
+      case 'run:progress':
+        state.detail.progress = event.progress
+        renderDetailProgress()
+        break
+      case 'log:write':
+        state.logs.push({
+          stepName: event.stepName,
+          level: event.level,
+          message: event.message,
+          data: event.data,
+          createdAt: event.timestamp,
+        })
+        renderLogs()
+        break
+      case 'run:complete':
+      case 'run:fail':
+      case 'run:cancel':
+      case 'run:delete':
+        // the stream ends here; EventSource would reconnect and replay, so stop it
+        source.close()
+        if (state.runSource === source) state.runSource = null
+        if (event.type === 'run:delete') showError($('detail-error'), 'This run was deleted.')
+        else scheduleDetail()
+        break
+      default:
+        scheduleDetail()
+    }
+  }
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED && state.runSource === source) state.runSource = null
+  }
+}
+
+function openRun(id, push = true) {
+  const changed = state.selected !== id || !state.detail
+  state.selected = id
+  writeUrl(push)
+  $('layout').classList.add('with-detail')
+  $('detail').hidden = false
+  for (const row of $('runs').children) row.classList.toggle('selected', row.dataset.runId === id)
+  if (changed) {
+    state.detail = null
+    state.steps = []
+    state.logs = []
+    showError($('detail-error'), '')
+    $('detail-id').textContent = id
+    renderDetail()
+    loadDetail().then(() => {
+      if (state.selected === id && state.detail && !state.detail.isTerminal) connectRun(id)
+    })
+  }
+}
+
+function closeRun(push = true) {
+  state.selected = null
+  state.detail = null
+  if (state.runSource) state.runSource.close()
+  state.runSource = null
+  writeUrl(push)
+  $('detail').hidden = true
+  $('layout').classList.remove('with-detail')
+  for (const row of $('runs').children) row.classList.remove('selected')
+}
+
+function renderDetailProgress() {
+  const run = state.detail
+  $('detail-progress').replaceChildren(run && (run.progress || run.status === 'leased') ? progressView(run) : '')
+  if (run) patchRow(run.id, { progress: run.progress })
+}
+
+function renderLogs() {
+  const list = $('detail-logs')
+  if (!state.logs.length) {
+    list.replaceChildren(el('li', { class: 'muted', text: 'No logs.' }))
+    return
+  }
+  list.replaceChildren(
+    ...state.logs.map((log) =>
+      el(
+        'li',
+        {},
+        el('span', { class: 'when', text: log.createdAt ? formatTime(log.createdAt) : '' }),
+        el('span', { class: `lvl ${log.level}`, text: log.level }),
+        log.stepName ? el('span', { class: 'step', text: `[${log.stepName}]` }) : null,
+        el('span', { text: log.message }),
+        log.data !== undefined && log.data !== null ? el('span', { class: 'muted', text: JSON.stringify(log.data) }) : null,
+      ),
+    ),
+  )
+}
+
+function renderDetail() {
+  const run = state.detail
+  const id = state.selected
+  $('detail-id').textContent = id || ''
+  const status = $('detail-status')
+  if (!run) {
+    $('detail-title').textContent = 'Run'
+    status.className = 'badge'
+    status.textContent = 'loading'
+    for (const name of ['cancel', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
+    for (const name of ['detail-input', 'detail-result']) $(name).textContent = ''
+    $('detail-steps').replaceChildren()
+    $('detail-logs').replaceChildren()
+    $('detail-times').replaceChildren()
+    $('detail-labels').replaceChildren()
+    $('detail-progress').replaceChildren()
+    return
+  }
+  $('detail-title').textContent = run.jobName
+  status.className = `badge ${run.status}`
+  status.textContent = run.status
+  $('action-cancel').hidden = !run.isActive
+  $('action-retrigger').hidden = !run.isTerminal
+  $('action-delete').hidden = !run.isTerminal
+  renderDetailProgress()
+  const times = [
+    ['Created', run.createdAt],
+    ['Started', run.startedAt],
+    ['Finished', run.completedAt],
+  ]
+  const rows = times.flatMap(([name, value]) => [el('dt', { text: name }), el('dd', { title: value || '', text: formatTime(value) })])
+  if (run.startedAt && run.completedAt) {
+    rows.push(el('dt', { text: 'Took' }), el('dd', { text: formatDuration(new Date(run.completedAt) - new Date(run.startedAt)) }))
+  }
+  $('detail-times').replaceChildren(...rows)
+  const chips = labelChips(run.labels, false)
+  $('detail-labels').replaceChildren(...(chips.length ? [el('h3', { text: 'Labels' }), ...chips] : []))
+  $('detail-input').textContent = json(run.input)
+  const resultBox = $('detail-result-box')
+  const result = $('detail-result')
+  if (run.status === 'failed') {
+    resultBox.hidden = false
+    $('detail-result-title').textContent = 'Error'
+    result.className = 'error-text'
+    result.textContent = run.error || 'Unknown error'
+  } else if (run.status === 'completed') {
+    resultBox.hidden = false
+    $('detail-result-title').textContent = 'Output'
+    result.className = ''
+    result.textContent = json(run.output)
+  } else {
+    resultBox.hidden = true
+  }
+  $('steps-count').textContent = state.steps.length ? `(${state.steps.length})` : ''
+  const steps = state.steps.map((step) => {
+    const took = step.startedAt && step.completedAt ? formatDuration(new Date(step.completedAt) - new Date(step.startedAt)) : ''
+    return el(
+      'li',
+      { dataset: { status: step.status } },
+      el('span', { class: 'idx', text: step.index }),
+      el('span', { class: 'name' }, step.name, ' ', el('span', { class: 'dur', text: took })),
+      badge(step.status),
+      step.error ? el('span', { class: 'step-error', text: step.error }) : null,
+    )
+  })
+  if (!steps.length) steps.push(el('li', { class: 'muted', text: run.isActive ? 'No steps yet.' : 'No steps stored.' }))
+  $('detail-steps').replaceChildren(...steps)
+  renderLogs()
+}
+
+async function runAction(kind) {
+  const run = state.detail
+  if (!run) return
+  const id = run.id
+  const questions = {
+    cancel: `Cancel this ${run.jobName} run? Its current step is aborted.`,
+    retrigger: `Start a new ${run.jobName} run with the same input?`,
+    delete: `Delete this ${run.jobName} run with its steps and logs? This cannot be undone.`,
+  }
+  if (!(await confirmAction(questions[kind]))) return
+  const button = $(`action-${kind}`)
+  button.disabled = true
+  showError($('detail-error'), '')
+  try {
+    if (kind === 'cancel') {
+      await api('POST', `/cancel?runId=${encodeURIComponent(id)}`)
+      await loadDetail()
+    } else if (kind === 'retrigger') {
+      const result = await api('POST', `/retrigger?runId=${encodeURIComponent(id)}`)
+      scheduleRefresh()
+      if (result && result.runId) openRun(result.runId)
+    } else {
+      await api('DELETE', `/run?runId=${encodeURIComponent(id)}`)
+      closeRun()
+    }
+    scheduleRefresh()
+  } catch (error) {
+    showError($('detail-error'), `Cannot ${kind}: ${error.message}`)
+  } finally {
+    button.disabled = false
+  }
+}
+
+// ---------- trigger form
+
+function schemaType(schema) {
+  if (!schema || typeof schema !== 'object') return null
+  let type = schema.type
+  if (Array.isArray(type)) type = type.find((t) => t !== 'null')
+  if (!type && Array.isArray(schema.enum)) type = 'enum'
+  return type || null
+}
+
+function renderForm() {
+  const select = $('trigger-job')
+  const job = state.jobs.find((j) => j.name === select.value)
+  const box = $('schema-fields')
+  box.replaceChildren()
+  const raw = $('raw-input')
+  raw.dataset.edited = ''
+  const schema = job && job.inputSchema
+  const properties = schema && schema.type === 'object' && schema.properties && typeof schema.properties === 'object' ? schema.properties : null
+  if (!properties) {
+    raw.value = job ? '{}' : ''
+    $('raw-box').open = Boolean(job)
+    if (job) box.append(el('p', { class: 'muted small', text: 'This job has no input schema: write its input as JSON below.' }))
+    return
+  }
+  $('raw-box').open = false
+  const required = new Set(Array.isArray(schema.required) ? schema.required : [])
+  for (const [name, property] of Object.entries(properties)) {
+    const type = schemaType(property)
+    const id = `input-${name}`
+    const title = [name, required.has(name) ? ' *' : '']
+    const hint = property.description ? el('span', { class: 'muted small hint', text: property.description }) : null
+    let control
+    if (Array.isArray(property.enum)) {
+      control = el(
+        'select',
+        { id, name, dataset: { kind: 'enum' } },
+        required.has(name) ? null : el('option', { value: '', text: '' }),
+        property.enum.map((value, i) => el('option', { value: String(i), text: JSON.stringify(value) })),
+      )
+      control.enumValues = property.enum
+    } else if (type === 'boolean') {
+      control = el('input', { id, name, type: 'checkbox', dataset: { kind: 'boolean' } })
+      if (property.default === true) control.checked = true
+      box.append(el('label', { class: 'check' }, control, title, hint))
+      control.addEventListener('input', syncRaw)
+      continue
+    } else if (type === 'integer' || type === 'number') {
+      control = el('input', {
+        id,
+        name,
+        type: 'number',
+        inputmode: type === 'integer' ? 'numeric' : 'decimal',
+        step: type === 'integer' ? '1' : 'any',
+        min: property.minimum,
+        max: property.maximum,
+        placeholder: property.default !== undefined ? String(property.default) : '',
+        dataset: { kind: type },
+      })
+    } else if (type === 'string') {
+      control = el('input', { id, name, type: 'text', placeholder: property.default ?? '', dataset: { kind: 'string' } })
+    } else {
+      control = el('textarea', { id, name, rows: '2', spellcheck: 'false', placeholder: 'JSON', dataset: { kind: 'json' } })
+    }
+    if (property.examples && property.examples.length && control.tagName !== 'SELECT') {
+      const example = property.examples[0]
+      control.value = control.dataset.kind === 'json' ? JSON.stringify(example) : String(example)
+    }
+    control.required = required.has(name)
+    control.addEventListener('input', syncRaw)
+    box.append(el('label', { class: 'field', for: id }, el('span', {}, title), control, hint))
+  }
+  syncRaw()
+}
+
+/** The input built from the schema fields; throws on a value that cannot be read. */
+function formInput() {
+  const input = {}
+  for (const control of $('schema-fields').querySelectorAll('[data-kind]')) {
+    const name = control.name
+    const kind = control.dataset.kind
+    if (kind === 'boolean') {
+      input[name] = control.checked
+      continue
+    }
+    if (kind === 'enum') {
+      if (control.value !== '') input[name] = control.enumValues[Number(control.value)]
+      continue
+    }
+    const text = control.value.trim()
+    if (text === '') continue
+    if (kind === 'integer' || kind === 'number') {
+      const number = Number(text)
+      if (!Number.isFinite(number)) throw new Error(`${name} must be a number`)
+      input[name] = number
+    } else if (kind === 'string') {
+      input[name] = control.value
+    } else {
+      try {
+        input[name] = JSON.parse(text)
+      } catch {
+        throw new Error(`${name} must be JSON (for text, use quotes: "like this")`)
+      }
+    }
+  }
+  return input
+}
+
+function syncRaw() {
+  const raw = $('raw-input')
+  try {
+    raw.value = JSON.stringify(formInput(), null, 2)
+  } catch {
+    /* keep the last valid value */
+  }
+  raw.dataset.edited = ''
+}
+
+async function loadJobs() {
+  try {
+    state.jobs = await api('GET', '/jobs')
+  } catch (error) {
+    state.jobs = []
+    showError($('trigger-error'), `Cannot list jobs: ${error.message}`)
+  }
+  $('job-names').replaceChildren(...state.jobs.map((job) => el('option', { value: job.name })))
+  const select = $('trigger-job')
+  const previous = select.value
+  select.replaceChildren(...state.jobs.map((job) => el('option', { value: job.name, text: job.name })))
+  if (state.jobs.some((job) => job.name === previous)) select.value = previous
+  const none = state.jobs.length === 0
+  const note = $('no-jobs')
+  note.hidden = !none
+  note.textContent = none
+    ? 'This server has no job definitions, so it cannot trigger runs. Runs created by your application still show here, and you can cancel or delete them. To trigger from here, serve the dashboard from a process that registers the jobs.'
+    : ''
+  for (const id of ['job-field', 'raw-box', 'trigger-submit']) $(id).hidden = none
+  $('trigger-labels').closest('label').hidden = none
+  $('trigger-card').open = window.innerWidth > 760
+  renderForm()
+}
+
+async function submitTrigger(event) {
+  event.preventDefault()
+  const jobName = $('trigger-job').value
+  showError($('trigger-error'), '')
+  $('trigger-ok').hidden = true
+  if (!jobName) {
+    showError($('trigger-error'), 'Choose a job first.')
+    return
+  }
+  let input
+  let labels
+  try {
+    const raw = $('raw-input')
+    if (raw.dataset.edited || !$('schema-fields').querySelector('[data-kind]')) {
+      try {
+        input = raw.value.trim() ? JSON.parse(raw.value) : null
+      } catch (error) {
+        throw new Error(`The input is not valid JSON: ${error.message}`)
+      }
+    } else {
+      input = formInput()
+    }
+    labels = parseLabels($('trigger-labels').value)
+  } catch (error) {
+    showError($('trigger-error'), error.message)
+    return
+  }
+  const body = { jobName, input }
+  if (Object.keys(labels).length) body.labels = labels
+  const button = $('trigger-submit')
+  button.disabled = true
+  try {
+    const result = await api('POST', '/trigger', body)
+    const ok = $('trigger-ok')
+    ok.replaceChildren(
+      `${result.disposition === 'created' ? 'Triggered' : `Existing run (${result.disposition})`}: `,
+      el('a', {
+        href: `?run=${encodeURIComponent(result.runId)}`,
+        class: 'mono',
+        dataset: { testid: 'trigger-run' },
+        text: result.runId,
+        onclick: (e) => {
+          e.preventDefault()
+          openRun(result.runId)
+        },
+      }),
+    )
+    ok.hidden = false
+    scheduleRefresh()
+  } catch (error) {
+    showError($('trigger-error'), error.message)
+  } finally {
+    button.disabled = false
+  }
+}
+
+// ---------- wiring
+
+function applyUrl() {
+  readUrl()
+  state.limit = PAGE
+  connectRuns()
+  loadRuns()
+  if (state.selected) openRun(state.selected, false)
+  else closeRun(false)
+}
+
+$('filter-status').addEventListener('change', (e) => setFilters({ status: e.target.value }))
+$('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value.trim() }))
+$('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
+$('filters').addEventListener('submit', (e) => e.preventDefault())
+$('filter-clear').addEventListener('click', () => setFilters({ status: '', job: '', labels: '' }))
+$('load-more').addEventListener('click', () => {
+  state.limit += PAGE
+  loadRuns()
+})
+$('detail-close').addEventListener('click', () => closeRun())
+$('action-cancel').addEventListener('click', () => runAction('cancel'))
+$('action-retrigger').addEventListener('click', () => runAction('retrigger'))
+$('action-delete').addEventListener('click', () => runAction('delete'))
+$('trigger-job').addEventListener('change', () => {
+  showError($('trigger-error'), '')
+  renderForm()
+})
+$('raw-input').addEventListener('input', (e) => {
+  e.target.dataset.edited = '1'
+})
+$('trigger-form').addEventListener('submit', submitTrigger)
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && state.selected && !confirmDialog.open) closeRun()
+})
+window.addEventListener('popstate', applyUrl)
+
+applyUrl()
+loadJobs()
