@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use common::{PgSchema, eventually, fresh_schema, postgres_store, postgres_url, within};
+use common::{
+    Instrumented, PgSchema, eventually, fresh_schema, postgres_store, postgres_url, within,
+};
 use durably::{
-    Durably, Enqueued, EventType, Fence, Job, Log, NewLog, NewRun, NewStep, PostgresOptions,
-    PostgresStore, Progress, Run, RunFilter, RunPatch, RunStatus, Step, StepContext, Store,
-    StoreNotice, Timestamp, TriggerOptions, WaitOptions,
+    Durably, EventType, Job, PostgresOptions, PostgresStore, RunFilter, RunStatus, StepContext,
+    Store, TriggerOptions, WaitOptions,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 const ENV_MODE: &str = "DURABLY_PG_CHILD_MODE";
 const ENV_SCHEMA: &str = "DURABLY_PG_CHILD_SCHEMA";
@@ -212,144 +211,6 @@ async fn a_cancel_on_another_instance_fires_the_running_step_token() {
     worker.stop().await;
 }
 
-/// Delegates to a store and counts the calls an idle worker makes.
-struct Counting {
-    inner: PostgresStore,
-    claims: AtomicU64,
-    releases: AtomicU64,
-}
-
-#[async_trait]
-impl Store for Counting {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn migrate(&self) -> durably::Result<()> {
-        self.inner.migrate().await
-    }
-    async fn schema_version(&self) -> durably::Result<i64> {
-        self.inner.schema_version().await
-    }
-    async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
-        self.inner.enqueue(run, now).await
-    }
-    async fn enqueue_many(
-        &self,
-        runs: Vec<NewRun>,
-        now: Timestamp,
-    ) -> durably::Result<Vec<Enqueued>> {
-        self.inner.enqueue_many(runs, now).await
-    }
-    async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
-        self.inner.get_run(id).await
-    }
-    async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
-        self.inner.get_runs(filter).await
-    }
-    async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
-        self.inner.get_steps(run_id).await
-    }
-    async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
-        self.inner.get_completed_step(run_id, name).await
-    }
-    async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
-        self.inner.get_logs(run_id).await
-    }
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> durably::Result<Vec<Run>> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim(worker_id, now, lease, max).await
-    }
-    async fn renew_lease(
-        &self,
-        fence: &Fence,
-        now: Timestamp,
-        lease: Duration,
-    ) -> durably::Result<Option<Timestamp>> {
-        self.inner.renew_lease(fence, now, lease).await
-    }
-    async fn persist_step(
-        &self,
-        fence: &Fence,
-        step: NewStep,
-        now: Timestamp,
-    ) -> durably::Result<Option<Step>> {
-        self.inner.persist_step(fence, step, now).await
-    }
-    async fn update_progress(
-        &self,
-        fence: &Fence,
-        progress: Option<Progress>,
-        now: Timestamp,
-    ) -> durably::Result<bool> {
-        self.inner.update_progress(fence, progress, now).await
-    }
-    async fn append_log(
-        &self,
-        fence: Option<&Fence>,
-        log: NewLog,
-        now: Timestamp,
-    ) -> durably::Result<Option<Log>> {
-        self.inner.append_log(fence, log, now).await
-    }
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner
-            .complete_run(fence, output, now, drop_steps)
-            .await
-    }
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner.fail_run(fence, error, now, drop_steps).await
-    }
-    async fn cancel_run(
-        &self,
-        id: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner.cancel_run(id, now, drop_steps).await
-    }
-    async fn delete_run(&self, id: &str) -> durably::Result<bool> {
-        self.inner.delete_run(id).await
-    }
-    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
-        self.inner.purge_runs(older_than, limit).await
-    }
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<Vec<Run>> {
-        self.releases.fetch_add(1, Ordering::SeqCst);
-        self.inner.release_expired_leases(now, drop_steps).await
-    }
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
-        self.inner.update_run(id, patch, now).await
-    }
-    async fn checkpoint(&self) -> durably::Result<()> {
-        self.inner.checkpoint().await
-    }
-    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
-        self.inner.notifications()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(durably_postgres_tests),
@@ -361,11 +222,7 @@ async fn an_idle_worker_costs_one_claim_per_polling_interval_and_one_sweep_per_l
     let _guard = PgSchema {
         name: schema.clone(),
     };
-    let store = Arc::new(Counting {
-        inner: postgres_store(&schema),
-        claims: AtomicU64::new(0),
-        releases: AtomicU64::new(0),
-    });
+    let store = Arc::new(Instrumented::over(Arc::new(postgres_store(&schema))));
     let worker = Durably::builder()
         .shared_store(store.clone())
         .polling_interval(Duration::from_millis(50))
@@ -376,7 +233,7 @@ async fn an_idle_worker_costs_one_claim_per_polling_interval_and_one_sweep_per_l
     tokio::time::sleep(Duration::from_secs(2)).await;
     worker.stop().await;
     let claims = store.claims.load(Ordering::SeqCst);
-    let releases = store.releases.load(Ordering::SeqCst);
+    let releases = store.sweeps.load(Ordering::SeqCst);
     // 2 s at 50 ms: about 40 polls (plus the wake-up the listener sends when it connects).
     assert!(claims <= 45, "{claims} claims in 2 s at a 50 ms interval");
     assert!(claims >= 10, "the worker kept polling: {claims}");

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, Instrumented, LIMIT, TestDb, backend_tests, eventually, within};
 use durably::{
-    Disposition, Durably, Enqueued, Error, Fence, Job, Log, LogEntry, LogLevel, NewLog, NewRun,
-    NewStep, Progress, Run, RunFilter, RunPatch, RunStatus, Step, StepContext, Store, Timestamp,
-    TriggerOptions, WaitOptions,
+    Disposition, Durably, Error, Job, LogEntry, LogLevel, Progress, RunFilter, RunStatus,
+    StepContext, Timestamp, TriggerOptions, WaitOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -586,155 +584,6 @@ async fn waits_see_another_instances_results(backend: Backend) {
     assert!(error.is_cancelled(), "{error:?}");
 }
 
-/// A store that counts finished `get_run` calls (so a test can tell when a wait has made its
-/// first read) and can hold `enqueue` back after it committed (so a worker can start the run
-/// before the trigger returns). Everything else is passed through.
-struct Instrumented {
-    inner: Arc<dyn Store>,
-    reads: Arc<AtomicUsize>,
-    hold_enqueue: Option<Gate>,
-    /// Opened once a claim returned a run.
-    open_on_claim: Option<Gate>,
-}
-
-#[async_trait]
-impl Store for Instrumented {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn migrate(&self) -> durably::Result<()> {
-        self.inner.migrate().await
-    }
-    async fn schema_version(&self) -> durably::Result<i64> {
-        self.inner.schema_version().await
-    }
-    async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
-        let enqueued = self.inner.enqueue(run, now).await;
-        if let Some(gate) = &self.hold_enqueue {
-            gate.wait().await;
-        }
-        enqueued
-    }
-    async fn enqueue_many(
-        &self,
-        runs: Vec<NewRun>,
-        now: Timestamp,
-    ) -> durably::Result<Vec<Enqueued>> {
-        self.inner.enqueue_many(runs, now).await
-    }
-    async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
-        let run = self.inner.get_run(id).await;
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        run
-    }
-    async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
-        self.inner.get_runs(filter).await
-    }
-    async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
-        self.inner.get_steps(run_id).await
-    }
-    async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
-        self.inner.get_completed_step(run_id, name).await
-    }
-    async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
-        self.inner.get_logs(run_id).await
-    }
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> durably::Result<Vec<Run>> {
-        let claimed = self.inner.claim(worker_id, now, lease, max).await;
-        if let (Ok(runs), Some(gate)) = (&claimed, &self.open_on_claim)
-            && !runs.is_empty()
-        {
-            gate.open();
-        }
-        claimed
-    }
-    async fn renew_lease(
-        &self,
-        fence: &Fence,
-        now: Timestamp,
-        lease: Duration,
-    ) -> durably::Result<Option<Timestamp>> {
-        self.inner.renew_lease(fence, now, lease).await
-    }
-    async fn persist_step(
-        &self,
-        fence: &Fence,
-        step: NewStep,
-        now: Timestamp,
-    ) -> durably::Result<Option<Step>> {
-        self.inner.persist_step(fence, step, now).await
-    }
-    async fn update_progress(
-        &self,
-        fence: &Fence,
-        progress: Option<Progress>,
-        now: Timestamp,
-    ) -> durably::Result<bool> {
-        self.inner.update_progress(fence, progress, now).await
-    }
-    async fn append_log(
-        &self,
-        fence: Option<&Fence>,
-        log: NewLog,
-        now: Timestamp,
-    ) -> durably::Result<Option<Log>> {
-        self.inner.append_log(fence, log, now).await
-    }
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner
-            .complete_run(fence, output, now, drop_steps)
-            .await
-    }
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner.fail_run(fence, error, now, drop_steps).await
-    }
-    async fn cancel_run(
-        &self,
-        id: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner.cancel_run(id, now, drop_steps).await
-    }
-    async fn delete_run(&self, id: &str) -> durably::Result<bool> {
-        self.inner.delete_run(id).await
-    }
-    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
-        self.inner.purge_runs(older_than, limit).await
-    }
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<Vec<Run>> {
-        self.inner.release_expired_leases(now, drop_steps).await
-    }
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
-        self.inner.update_run(id, patch, now).await
-    }
-    async fn checkpoint(&self) -> durably::Result<()> {
-        self.inner.checkpoint().await
-    }
-}
-
 /// B completes then deletes the run before A's next poll: A reports it as missing.
 async fn run_deleted_by_another_instance_is_not_found(backend: Backend) {
     let db = TestDb::new(backend);
@@ -743,10 +592,10 @@ async fn run_deleted_by_another_instance_is_not_found(backend: Backend) {
     // (the run still pending); A's next poll is a second away, long after B is done.
     let a = Durably::builder()
         .store(Instrumented {
-            inner: db.store.clone(),
             reads: reads.clone(),
             hold_enqueue: None,
             open_on_claim: None,
+            ..Instrumented::over(db.store.clone())
         })
         .polling_interval(Duration::from_secs(1))
         .build()
@@ -847,10 +696,10 @@ async fn trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returne
     let claimed = Gate::new();
     let durably = Durably::builder()
         .store(Instrumented {
-            inner: db.store.clone(),
             reads: Arc::default(),
             hold_enqueue: Some(claimed.clone()),
             open_on_claim: Some(claimed),
+            ..Instrumented::over(db.store.clone())
         })
         .polling_interval(Duration::from_millis(10))
         .build()
@@ -881,10 +730,10 @@ async fn run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster(back
     let release = Gate::new();
     let durably = Durably::builder()
         .store(Instrumented {
-            inner: db.store.clone(),
             reads: Arc::default(),
             hold_enqueue: Some(release.clone()),
             open_on_claim: Some(claimed.clone()),
+            ..Instrumented::over(db.store.clone())
         })
         .polling_interval(Duration::from_millis(10))
         .build()

@@ -310,3 +310,203 @@ pub fn count(events: &[durably::Event], event_type: durably::EventType) -> usize
         .filter(|e| e.event_type() == event_type)
         .count()
 }
+
+/// A pass-through store that counts calls and can gate a few of them.
+pub mod instrumented {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use durably::{
+        Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter, RunPatch, Step,
+        Store, Timestamp,
+    };
+    use serde_json::Value;
+
+    use super::Gate;
+
+    /// A store that passes everything through to `inner` while counting calls (`get_run` reads,
+    /// claims, expired-lease sweeps), and can hold `enqueue` back after it committed (so a worker
+    /// can start the run before the trigger returns) or open a gate once a claim returned a run.
+    pub struct Instrumented {
+        pub inner: Arc<dyn Store>,
+        /// Finished `get_run` calls.
+        pub reads: Arc<std::sync::atomic::AtomicUsize>,
+        /// `claim` calls.
+        pub claims: Arc<std::sync::atomic::AtomicUsize>,
+        /// `release_expired_leases` calls.
+        pub sweeps: Arc<std::sync::atomic::AtomicUsize>,
+        /// `enqueue` returns only once this gate opens.
+        pub hold_enqueue: Option<Gate>,
+        /// Opened once a claim returned a run.
+        pub open_on_claim: Option<Gate>,
+    }
+
+    impl Instrumented {
+        /// Passes everything through to `inner`, counting, with no gates.
+        pub fn over(inner: Arc<dyn Store>) -> Self {
+            Instrumented {
+                inner,
+                reads: Arc::default(),
+                claims: Arc::default(),
+                sweeps: Arc::default(),
+                hold_enqueue: None,
+                open_on_claim: None,
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Instrumented {
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        async fn migrate(&self) -> durably::Result<()> {
+            self.inner.migrate().await
+        }
+        async fn schema_version(&self) -> durably::Result<i64> {
+            self.inner.schema_version().await
+        }
+        async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
+            let enqueued = self.inner.enqueue(run, now).await;
+            if let Some(gate) = &self.hold_enqueue {
+                gate.wait().await;
+            }
+            enqueued
+        }
+        async fn enqueue_many(
+            &self,
+            runs: Vec<NewRun>,
+            now: Timestamp,
+        ) -> durably::Result<Vec<Enqueued>> {
+            self.inner.enqueue_many(runs, now).await
+        }
+        async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
+            let run = self.inner.get_run(id).await;
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            run
+        }
+        async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
+            self.inner.get_runs(filter).await
+        }
+        async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
+            self.inner.get_steps(run_id).await
+        }
+        async fn get_completed_step(
+            &self,
+            run_id: &str,
+            name: &str,
+        ) -> durably::Result<Option<Step>> {
+            self.inner.get_completed_step(run_id, name).await
+        }
+        async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
+            self.inner.get_logs(run_id).await
+        }
+        async fn claim(
+            &self,
+            worker_id: &str,
+            now: Timestamp,
+            lease: Duration,
+            max: usize,
+        ) -> durably::Result<Vec<Run>> {
+            self.claims
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let claimed = self.inner.claim(worker_id, now, lease, max).await;
+            if let (Ok(runs), Some(gate)) = (&claimed, &self.open_on_claim)
+                && !runs.is_empty()
+            {
+                gate.open();
+            }
+            claimed
+        }
+        async fn renew_lease(
+            &self,
+            fence: &Fence,
+            now: Timestamp,
+            lease: Duration,
+        ) -> durably::Result<Option<Timestamp>> {
+            self.inner.renew_lease(fence, now, lease).await
+        }
+        async fn persist_step(
+            &self,
+            fence: &Fence,
+            step: NewStep,
+            now: Timestamp,
+        ) -> durably::Result<Option<Step>> {
+            self.inner.persist_step(fence, step, now).await
+        }
+        async fn update_progress(
+            &self,
+            fence: &Fence,
+            progress: Option<Progress>,
+            now: Timestamp,
+        ) -> durably::Result<bool> {
+            self.inner.update_progress(fence, progress, now).await
+        }
+        async fn append_log(
+            &self,
+            fence: Option<&Fence>,
+            log: NewLog,
+            now: Timestamp,
+        ) -> durably::Result<Option<Log>> {
+            self.inner.append_log(fence, log, now).await
+        }
+        async fn complete_run(
+            &self,
+            fence: &Fence,
+            output: Option<Value>,
+            now: Timestamp,
+            drop_steps: bool,
+        ) -> durably::Result<bool> {
+            self.inner
+                .complete_run(fence, output, now, drop_steps)
+                .await
+        }
+        async fn fail_run(
+            &self,
+            fence: &Fence,
+            error: &str,
+            now: Timestamp,
+            drop_steps: bool,
+        ) -> durably::Result<bool> {
+            self.inner.fail_run(fence, error, now, drop_steps).await
+        }
+        async fn cancel_run(
+            &self,
+            id: &str,
+            now: Timestamp,
+            drop_steps: bool,
+        ) -> durably::Result<bool> {
+            self.inner.cancel_run(id, now, drop_steps).await
+        }
+        async fn delete_run(&self, id: &str) -> durably::Result<bool> {
+            self.inner.delete_run(id).await
+        }
+        async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
+            self.inner.purge_runs(older_than, limit).await
+        }
+        async fn release_expired_leases(
+            &self,
+            now: Timestamp,
+            drop_steps: bool,
+        ) -> durably::Result<Vec<Run>> {
+            self.sweeps
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.release_expired_leases(now, drop_steps).await
+        }
+        async fn update_run(
+            &self,
+            id: &str,
+            patch: RunPatch,
+            now: Timestamp,
+        ) -> durably::Result<bool> {
+            self.inner.update_run(id, patch, now).await
+        }
+        async fn checkpoint(&self) -> durably::Result<()> {
+            self.inner.checkpoint().await
+        }
+        fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
+            self.inner.notifications()
+        }
+    }
+}
+pub use instrumented::Instrumented;
