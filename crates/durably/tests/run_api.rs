@@ -361,6 +361,99 @@ async fn get_runs_orders_newest_first_with_an_id_tie_break(backend: Backend) {
     assert_eq!(typed[5].id, first.id);
 }
 
+/// Pages over runs of every status (ties within one millisecond included) are exactly slices of
+/// the full newest-first list, with and without status and label filters.
+async fn pages_over_mixed_statuses_are_slices_of_the_full_list(backend: Backend) {
+    let (_db, durably, handle) = setup(backend).await;
+    let store = durably.store().clone();
+    // Two batches (each shares one millisecond) and some single triggers in between.
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        let batch = handle
+            .batch_trigger((0..6).map(|v| {
+                let options =
+                    TriggerOptions::new().label("half", if v % 2 == 0 { "even" } else { "odd" });
+                (task(round * 10 + v), options)
+            }))
+            .await
+            .expect("batch");
+        ids.extend(batch.into_iter().map(|r| r.run.id));
+        ids.push(
+            handle
+                .trigger(task(round * 10 + 9))
+                .await
+                .expect("trigger")
+                .run
+                .id,
+        );
+    }
+    // Spread the runs over every status.
+    let now = Timestamp::now();
+    for (i, id) in ids.iter().enumerate() {
+        let patch = match i % 5 {
+            0 => None,
+            1 => Some(RunStatus::Leased),
+            2 => Some(RunStatus::Completed),
+            3 => Some(RunStatus::Failed),
+            _ => Some(RunStatus::Cancelled),
+        };
+        if let Some(status) = patch {
+            store
+                .update_run(
+                    id,
+                    durably::RunPatch {
+                        status: Some(status),
+                        completed_at: Some(status.is_terminal().then_some(now)),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await
+                .expect("patch");
+        }
+    }
+    let filters = [
+        RunFilter::new(),
+        RunFilter::new()
+            .status(RunStatus::Pending)
+            .status(RunStatus::Completed),
+        RunFilter::new().label("half", "odd"),
+        RunFilter::new()
+            .status(RunStatus::Leased)
+            .label("half", "even"),
+    ];
+    for filter in filters {
+        let full: Vec<String> = durably
+            .get_runs(&filter)
+            .await
+            .expect("full list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let mut sorted = full.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(full, sorted, "newest first by id within ties: {filter:?}");
+        for limit in [0u64, 1, 3, 5, 20] {
+            for offset in [0u64, 1, 2, 4, 7, 30] {
+                let page: Vec<String> = durably
+                    .get_runs(&filter.clone().limit(limit).offset(offset))
+                    .await
+                    .expect("page")
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect();
+                let start = (offset as usize).min(full.len());
+                let end = (start + limit as usize).min(full.len());
+                assert_eq!(
+                    page,
+                    full[start..end],
+                    "{filter:?} limit {limit} offset {offset}"
+                );
+            }
+        }
+    }
+}
+
 async fn get_runs_paginates_with_limit_and_offset(backend: Backend) {
     let (_db, durably, handle) = setup(backend).await;
     let other = durably.register(other_job()).expect("register other");
@@ -1047,6 +1140,7 @@ backend_tests!(
     get_runs_filters_by_status_job_and_labels,
     get_runs_orders_newest_first_with_an_id_tie_break,
     get_runs_paginates_with_limit_and_offset,
+    pages_over_mixed_statuses_are_slices_of_the_full_list,
     handle_get_runs_ignores_caller_job_names,
     cancel_a_pending_run,
     cancel_of_a_terminal_or_unknown_run_fails,

@@ -174,42 +174,72 @@ pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>
     for key in filter.labels.keys() {
         validate_label_key(key)?;
     }
-    let mut sql = String::from(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM durably_runs r WHERE 1 = 1"
-    ));
-    let mut args: Vec<&dyn ToSql> = Vec::new();
-    if !filter.statuses.is_empty() {
-        sql.push_str(&format!(
-            " AND r.status IN ({})",
-            vec!["?"; filter.statuses.len()].join(", ")
-        ));
-        args.extend(filter.statuses.iter().map(|s| s as &dyn ToSql));
-    }
+    // The job-name and label conditions, shared by both query shapes below.
+    let mut conditions = String::new();
+    let mut condition_args: Vec<&dyn ToSql> = Vec::new();
     if !filter.job_names.is_empty() {
-        sql.push_str(&format!(
+        conditions.push_str(&format!(
             " AND r.job_name IN ({})",
             vec!["?"; filter.job_names.len()].join(", ")
         ));
-        args.extend(filter.job_names.iter().map(|s| s as &dyn ToSql));
+        condition_args.extend(filter.job_names.iter().map(|s| s as &dyn ToSql));
     }
     for (key, value) in &filter.labels {
-        sql.push_str(
+        conditions.push_str(
             " AND EXISTS (SELECT 1 FROM durably_run_labels l \
              WHERE l.run_id = r.id AND l.key = ? AND l.value = ?)",
         );
-        args.push(key);
-        args.push(value);
+        condition_args.push(key);
+        condition_args.push(value);
     }
-    sql.push_str(" ORDER BY r.created_at DESC, r.id DESC");
-    let limit = filter
+    let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+    // SQLite's `LIMIT -1` is "no limit".
+    let page_limit: i64 = filter
         .limit
         .map(|l| l.min(i64::MAX as u64) as i64)
         .unwrap_or(-1);
-    let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
-    sql.push_str(" LIMIT ? OFFSET ?");
-    args.push(&limit);
+    let all_statuses = RunStatus::ALL;
+    let statuses: &[RunStatus] = if filter.statuses.is_empty() {
+        &all_statuses
+    } else {
+        &filter.statuses
+    };
+    let mut args: Vec<&dyn ToSql> = Vec::new();
+    let sql = match filter.limit {
+        // A page: schema v1 has no index on `created_at` alone, so instead of sorting every
+        // matching run, take the newest `offset + limit` of each status from its
+        // `(status, created_at)` index slice and merge those few.
+        Some(_) => {
+            let per_status = page_limit.saturating_add(offset);
+            let part = format!(
+                "SELECT * FROM (SELECT {} FROM durably_runs r WHERE r.status = ?{conditions} \
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT {per_status})",
+                run_columns!()
+            );
+            let parts = vec![part; statuses.len()].join(" UNION ALL ");
+            for status in statuses {
+                args.push(status);
+                args.extend(condition_args.iter().copied());
+            }
+            args.push(&page_limit);
+            format!(
+                "SELECT {} FROM ({parts}) ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                run_columns!()
+            )
+        }
+        // Everything from `offset` on: one query.
+        None => {
+            args.extend(statuses.iter().map(|s| s as &dyn ToSql));
+            args.extend(condition_args.iter().copied());
+            args.push(&page_limit);
+            format!(
+                "SELECT {} FROM durably_runs r WHERE r.status IN ({}){conditions} \
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
+                run_columns!(),
+                vec!["?"; statuses.len()].join(", ")
+            )
+        }
+    };
     args.push(&offset);
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_error("get_runs"))?;
     stmt.query_map(params_from_iter(args), run_from_row)
