@@ -76,22 +76,42 @@ impl std::ops::Sub<Duration> for Timestamp {
     }
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Hot path (every write stores timestamps): format directly instead of via strftime.
+impl Timestamp {
+    /// The `YYYY-MM-DDTHH:MM:SS.mmmZ` text as bytes, or `None` outside years 0..=9999.
+    fn iso_bytes(self) -> Option<[u8; 24]> {
+        // Hot path (every write stores timestamps): digits written directly, no formatter.
         let millis = self.0;
         let days = millis.div_euclid(86_400_000);
         let ms_of_day = millis.rem_euclid(86_400_000);
         let (year, month, day) = civil_from_days(days);
         if !(0..=9999).contains(&year) {
-            return write!(f, "invalid-timestamp({millis})");
+            return None;
         }
-        let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
-        let (second, milli) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z"
-        )
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, ms_of_day / 3_600_000);
+        put(14, 2, ms_of_day / 60_000 % 60);
+        put(17, 2, ms_of_day / 1000 % 60);
+        put(20, 3, ms_of_day % 1000);
+        Some(out)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.iso_bytes() {
+            // The buffer holds ASCII digits and separators only.
+            Some(bytes) => f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?),
+            None => write!(f, "invalid-timestamp({})", self.0),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::events::EventKind;
 use crate::job::ExecutionError;
 use crate::run::{Run, RunStatus, StepStatus};
 use crate::step::{AbortReason, StepContext, StepShared};
-use crate::store::{Fence, LEASE_EXPIRED_PENDING_EXISTS, StoreNotice};
+use crate::store::{ClaimRequest, Fence, LEASE_EXPIRED_PENDING_EXISTS, StoreNotice};
 use crate::time::{Timestamp, new_id};
 
 /// How often idle maintenance may purge old runs or checkpoint the WAL.
@@ -129,12 +129,19 @@ impl Durably {
     /// Stops the worker gracefully: no new claims; waits for in-flight runs (they are not
     /// cancelled) and any running maintenance. Returns at once if the worker is not running.
     pub async fn stop(&self) {
-        let running = lock(&self.inner.worker.running).take();
-        if let Some(worker) = running {
-            worker.stop.cancel();
-            if let Err(error) = worker.task.await {
-                tracing::error!(%error, "durably worker task ended abnormally");
+        let running = {
+            // Fire the token before the worker stops counting as running, so whoever sees
+            // `is_running() == false` knows no new claims will be made.
+            let mut running = lock(&self.inner.worker.running);
+            if let Some(worker) = running.as_ref() {
+                worker.stop.cancel();
             }
+            running.take()
+        };
+        if let Some(worker) = running
+            && let Err(error) = worker.task.await
+        {
+            tracing::error!(%error, "durably worker task ended abnormally");
         }
     }
 
@@ -167,8 +174,9 @@ impl Durably {
                         for run in runs {
                             let durably = self.clone();
                             let owner = worker_id.clone();
+                            let stop = stop.clone();
                             in_flight.spawn(async move {
-                                durably.execute(run, &owner).await;
+                                durably.execute_in_slot(run, &owner, &stop).await;
                             });
                         }
                         continue;
@@ -361,16 +369,47 @@ impl Durably {
 
     /// Executes one claimed run to its end (upstream §4.3).
     pub(crate) async fn execute(&self, run: Run, worker_id: &str) -> Outcome {
+        self.execute_then_claim(run, worker_id, None).await.0
+    }
+
+    /// Executes a claimed run in one of the worker's slots, then the runs claimed in the same
+    /// transaction as each completion, until one finishes with nothing left to claim or the
+    /// worker is stopping (a stopping worker claims nothing new).
+    async fn execute_in_slot(&self, run: Run, worker_id: &str, stop: &CancellationToken) {
+        let mut queue = std::collections::VecDeque::from([run]);
+        while let Some(run) = queue.pop_front() {
+            let (_, claimed) = self.execute_then_claim(run, worker_id, Some(stop)).await;
+            // `max: 1` claims one run; should a store return more, they run here in turn
+            // rather than being dropped.
+            queue.extend(claimed);
+        }
+    }
+
+    /// Executes one claimed run; when it completes and a worker's `stop` token is given that
+    /// has not fired, claims the next run in the same write as the completion.
+    async fn execute_then_claim(
+        &self,
+        run: Run,
+        worker_id: &str,
+        handoff: Option<&CancellationToken>,
+    ) -> (Outcome, Vec<Run>) {
         let span = tracing::info_span!(
             "durably.run",
             run_id = %run.id,
             job = %run.job_name,
             generation = run.lease_generation
         );
-        self.execute_inner(run, worker_id).instrument(span).await
+        self.execute_inner(run, worker_id, handoff)
+            .instrument(span)
+            .await
     }
 
-    async fn execute_inner(&self, run: Run, worker_id: &str) -> Outcome {
+    async fn execute_inner(
+        &self,
+        run: Run,
+        worker_id: &str,
+        handoff: Option<&CancellationToken>,
+    ) -> (Outcome, Vec<Run>) {
         let config = &self.inner.config;
         let store = &self.inner.store;
         let fence = Fence::of(&run);
@@ -384,7 +423,7 @@ impl Durably {
             tracing::warn!(%error, "cannot execute run");
             // SPEC §3: without preserve_steps, step outputs go at any terminal state (a run
             // reclaimed from a process that had the job may carry steps).
-            return match store
+            let outcome = match store
                 .fail_run(&fence, &error, Timestamp::now(), drop_steps)
                 .await
             {
@@ -404,6 +443,7 @@ impl Durably {
                     Outcome::LeaseLost
                 }
             };
+            return (outcome, Vec::new());
         };
 
         let step = StepContext::new(
@@ -455,7 +495,7 @@ impl Durably {
         let failure = match result {
             Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
                 return self
-                    .finish_completed(&run, &fence, output, started, drop_steps)
+                    .finish_completed(&run, &fence, output, started, worker_id, handoff)
                     .await;
             }
             Ok(Ok(_)) => None,
@@ -466,7 +506,7 @@ impl Durably {
             Ok(Err(ExecutionError::Message(message))) => Some(message),
             Err(panic) => Some(format!("Job panicked: {}", panic_text(&*panic))),
         };
-        match (failure, shared.abort_reason()) {
+        let outcome = match (failure, shared.abort_reason()) {
             (_, Some(AbortReason::Cancelled)) => {
                 tracing::info!("run cancelled while executing");
                 Outcome::Cancelled
@@ -476,7 +516,8 @@ impl Durably {
                 Outcome::LeaseLost
             }
             (Some(message), None) => self.finish_failed(&run, &fence, message, drop_steps).await,
-        }
+        };
+        (outcome, Vec::new())
     }
 
     async fn finish_completed(
@@ -485,15 +526,35 @@ impl Durably {
         fence: &Fence,
         output: Value,
         started: Instant,
-        drop_steps: bool,
-    ) -> Outcome {
+        worker_id: &str,
+        handoff: Option<&CancellationToken>,
+    ) -> (Outcome, Vec<Run>) {
+        let drop_steps = !self.inner.config.preserve_steps;
         let stored = (!output.is_null()).then(|| output.clone());
-        match self
-            .inner
-            .store
-            .complete_run(fence, stored, Timestamp::now(), drop_steps)
-            .await
-        {
+        let store = &self.inner.store;
+        let now = Timestamp::now();
+        // A stopping worker claims nothing new.
+        let completed = match handoff.filter(|stop| !stop.is_cancelled()) {
+            Some(_) => {
+                let next = ClaimRequest {
+                    worker_id: worker_id.to_owned(),
+                    lease: self.inner.config.lease_duration,
+                    max: 1,
+                };
+                store
+                    .complete_run_and_claim(fence, stored, now, drop_steps, &next)
+                    .await
+            }
+            None => store
+                .complete_run(fence, stored, now, drop_steps)
+                .await
+                .map(|completed| (completed, Vec::new())),
+        };
+        let (completed, claimed) = match completed {
+            Ok((completed, claimed)) => (Ok(completed), claimed),
+            Err(error) => (Err(error), Vec::new()),
+        };
+        let outcome = match completed {
             Ok(true) => {
                 tracing::debug!("completed");
                 self.inner.events.emit(EventKind::RunComplete {
@@ -519,7 +580,8 @@ impl Durably {
                 self.worker_error(error.to_string(), "run-completion", Some(&run.id));
                 Outcome::LeaseLost
             }
-        }
+        };
+        (outcome, claimed)
     }
 
     async fn finish_failed(

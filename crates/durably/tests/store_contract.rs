@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests, within};
 use durably::{
-    Coalesce, Disposition, Error, Fence, Labels, LogLevel, NewLog, NewRun, NewStep, Progress,
-    RunFilter, RunPatch, RunStatus, SqliteStore, StepStatus, Store, Timestamp,
+    ClaimRequest, Coalesce, Disposition, Error, Fence, Labels, LogLevel, NewLog, NewRun, NewStep,
+    Progress, RunFilter, RunPatch, RunStatus, SqliteStore, StepStatus, Store, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -671,6 +671,90 @@ async fn complete_run_is_fenced(backend: Backend) {
             .expect("claim")
             .is_empty()
     );
+}
+
+async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let first = enqueue(&store, new_run("job", json!({"n": 1})), t0).await;
+    let second = enqueue(&store, new_run("job", json!({"n": 2})), t0 + ms(1)).await;
+    let third = enqueue(&store, new_run("job", json!({"n": 3})), t0 + ms(2)).await;
+    let running = claim(&store, "w", t0 + ms(3), LEASE)
+        .await
+        .expect("claimable");
+    assert_eq!(running.id, first.id);
+    let next = ClaimRequest {
+        worker_id: "w2".into(),
+        lease: LEASE,
+        max: 1,
+    };
+    let at = t0 + ms(10);
+
+    // The completion lands and the oldest pending run is leased in the same call.
+    let (completed, claimed) = store
+        .complete_run_and_claim(
+            &Fence::of(&running),
+            Some(json!({"ok": 1})),
+            at,
+            true,
+            &next,
+        )
+        .await
+        .expect("complete and claim");
+    assert!(completed);
+    let row = get(&store, &first.id).await;
+    assert_eq!(row.status, RunStatus::Completed);
+    assert_eq!(row.output, Some(json!({"ok": 1})));
+    assert_eq!(claimed.len(), 1);
+    let handed = &claimed[0];
+    assert_eq!(handed.id, second.id);
+    assert_eq!(handed.status, RunStatus::Leased);
+    assert_eq!(handed.lease_owner.as_deref(), Some("w2"));
+    assert_eq!(handed.lease_generation, 1);
+    assert_eq!(handed.lease_expires_at, Some(at + LEASE));
+    assert_eq!(handed.input, json!({"n": 2}));
+    assert_eq!(get(&store, &second.id).await, *handed);
+
+    // A stale fence completes nothing, but the free slot still claims.
+    let (completed, claimed) = store
+        .complete_run_and_claim(&stale(&Fence::of(handed)), None, at, true, &next)
+        .await
+        .expect("complete and claim");
+    assert!(!completed);
+    assert_eq!(get(&store, &second.id).await.status, RunStatus::Leased);
+    assert_eq!(
+        claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![third.id.as_str()]
+    );
+
+    // Nothing left to claim, or nothing asked for: the completion alone.
+    let none = ClaimRequest {
+        max: 0,
+        ..next.clone()
+    };
+    let (completed, claimed) = store
+        .complete_run_and_claim(&Fence::of(handed), None, at, true, &none)
+        .await
+        .expect("complete");
+    assert!(completed && claimed.is_empty());
+    let (completed, claimed) = store
+        .complete_run_and_claim(
+            &Fence::of(&claimed_run(&store, &third.id).await),
+            None,
+            at,
+            true,
+            &next,
+        )
+        .await
+        .expect("complete");
+    assert!(completed && claimed.is_empty());
+    assert_eq!(get(&store, &third.id).await.status, RunStatus::Completed);
+}
+
+async fn claimed_run(store: &Arc<dyn Store>, id: &str) -> durably::Run {
+    let run = get(store, id).await;
+    assert_eq!(run.status, RunStatus::Leased);
+    run
 }
 
 async fn fail_run_is_fenced(backend: Backend) {
@@ -1533,6 +1617,7 @@ backend_tests!(
     renew_lease_is_fenced,
     persist_step_is_fenced_and_advances_counters,
     complete_run_is_fenced,
+    complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run,
     fail_run_is_fenced,
     cancel_run_only_cancels_active_runs,
     delete_run_only_deletes_terminal_runs,

@@ -167,6 +167,50 @@ async fn stop_waits_for_in_flight_runs(backend: Backend) {
     assert_eq!(tracker.running(), 0);
 }
 
+async fn a_stopping_worker_hands_no_slot_to_a_pending_run(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b.max_concurrent_runs(2)).await;
+    let tracker = Tracker::default();
+    let gate = Gate::new();
+    let job = durably
+        .register(tracked_job("stop-hands-off", &tracker, Some(&gate)))
+        .unwrap();
+    durably.start();
+    let ids = trigger_all(&job, [1, 2, 3, 4]).await;
+    tracker.until_running(2).await;
+
+    let stopping = {
+        let durably = durably.clone();
+        tokio::spawn(async move { durably.stop().await })
+    };
+    eventually("stop begins", LIMIT, || async {
+        (!durably.is_running()).then_some(())
+    })
+    .await;
+    gate.open();
+    within("stop returns after the runs", LIMIT, stopping)
+        .await
+        .unwrap();
+    // The two runs finished; their completions claimed nothing for the stopping worker.
+    assert_eq!(status_of(&durably, &ids[0]).await, RunStatus::Completed);
+    assert_eq!(status_of(&durably, &ids[1]).await, RunStatus::Completed);
+    assert_eq!(status_of(&durably, &ids[2]).await, RunStatus::Pending);
+    assert_eq!(status_of(&durably, &ids[3]).await, RunStatus::Pending);
+    assert_eq!(
+        tracker.log().len(),
+        4,
+        "two starts and two ends: {:?}",
+        tracker.log()
+    );
+
+    // Started again, the worker picks them up.
+    durably.start();
+    for id in &ids[2..] {
+        assert_eq!(terminal(&durably, id).await.status, RunStatus::Completed);
+    }
+    durably.stop().await;
+}
+
 async fn stop_with_nothing_running_returns_at_once(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.retain_runs("30d")).await;
@@ -780,6 +824,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
 backend_tests!(
     start_picks_up_a_pending_run,
     stop_waits_for_in_flight_runs,
+    a_stopping_worker_hands_no_slot_to_a_pending_run,
     stop_with_nothing_running_returns_at_once,
     default_concurrency_runs_in_trigger_order,
     max_concurrent_runs_execute_together,

@@ -154,6 +154,18 @@ pub struct RunPatch {
     pub input: Option<Value>,
 }
 
+/// A claim made in the same round trip as another write (see
+/// [`Store::complete_run_and_claim`]): the claiming worker, the lease to take, and how many runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The worker id written as lease owner.
+    pub worker_id: String,
+    /// Lease length from the write's `now`.
+    pub lease: Duration,
+    /// The most runs to claim.
+    pub max: usize,
+}
+
 /// All persistence of durably. Implementations must be safe to share between tasks and
 /// processes: the database is the source of truth.
 #[async_trait]
@@ -246,6 +258,32 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         drop_steps: bool,
     ) -> Result<bool>;
+
+    /// [`Store::complete_run`], then [`Store::claim`] of up to `next.max` runs with the same
+    /// `now`, so a worker hands the slot of a finished run straight to the next one. Returns
+    /// whether the completion landed and the runs claimed.
+    ///
+    /// The default makes the two calls one after the other and reports a failed claim as
+    /// nothing claimed (the worker loop claims again); a backend may do both in one
+    /// transaction, where any failure fails both.
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let completed = self.complete_run(fence, output, now, drop_steps).await?;
+        let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
+            Ok(runs) => runs,
+            Err(error) => {
+                tracing::warn!(%error, "claim after completion failed");
+                Vec::new()
+            }
+        };
+        Ok((completed, claimed))
+    }
 
     /// Marks a leased run failed with `error` if the fence still holds; with `drop_steps` its
     /// step rows are deleted in the same transaction.

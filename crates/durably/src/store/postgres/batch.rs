@@ -6,6 +6,12 @@
 //! Each row keeps the semantics of the single write: fenced on
 //! `status = 'leased' AND lease_generation = <fence>` (the run row locked `FOR NO KEY UPDATE`),
 //! a retry after a lost connection recognises its own earlier commit.
+//!
+//! The statements of one batch share **one** transaction (`BEGIN` and `COMMIT` pipelined with
+//! them), so a batch costs one WAL flush. Completions that hand their worker slot on
+//! ([`Store::complete_run_and_claim`](crate::Store::complete_run_and_claim)) add one claim of
+//! keyless runs to that transaction; a run whose concurrency key needs the advisory-lock path
+//! is left to the worker loop, whose slot frees when the hand-off claims nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +20,11 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::{Fail, NOTICE_RUNS, count_bool};
+use super::{Fail, NOTICE_RUNS, claim_sql, count_bool, run_from_row};
 use crate::error::{Error, Result};
+use crate::run::Run;
+use crate::store::ClaimRequest;
+use crate::time::Timestamp;
 
 /// Most writes of one kind in one statement.
 const MAX_BATCH: usize = 512;
@@ -45,7 +54,10 @@ pub(super) struct CompleteRequest {
     pub output: Option<String>,
     pub now: String,
     pub drop_steps: bool,
-    pub reply: oneshot::Sender<Result<bool>>,
+    /// Runs to claim in the same transaction, with the claim's `now`.
+    pub claim: Option<(ClaimRequest, Timestamp)>,
+    /// `(completed, runs claimed)`.
+    pub reply: oneshot::Sender<Result<(bool, Vec<Run>)>>,
 }
 
 pub(super) enum Request {
@@ -171,6 +183,24 @@ async fn execute(
 ) {
     let deadline = tokio::time::Instant::now() + retry_for;
     let complete_sql = complete_sql();
+    let claim_sql = claim_sql();
+    // One claim serves the completions of the first claiming worker (one per process in
+    // practice); others claim nothing here.
+    let claimer = completes
+        .iter()
+        .find_map(|r| r.claim.as_ref())
+        .map(|(next, now)| (next.worker_id.clone(), next.lease, *now));
+    let claims_of = |request: &CompleteRequest| -> usize {
+        match (&request.claim, &claimer) {
+            (Some((next, _)), Some((worker, lease, _)))
+                if next.worker_id == *worker && next.lease == *lease =>
+            {
+                next.max
+            }
+            _ => 0,
+        }
+    };
+    let wanted: usize = completes.iter().map(claims_of).sum();
     let mut tries: u32 = 0;
     let outcome = loop {
         let attempt = async {
@@ -184,6 +214,18 @@ async fn execute(
                 None
             } else {
                 Some(client.prepare_cached(&complete_sql).await?)
+            };
+            // Never on a retry: the first attempt's claim may have committed unacknowledged
+            // (its runs come back when their leases expire).
+            let claim = match &claimer {
+                Some((worker, lease, now)) if wanted > 0 && tries == 0 => Some((
+                    client.prepare_cached(&claim_sql).await?,
+                    now.to_string(),
+                    (*now + *lease).to_string(),
+                    wanted.min(i64::MAX as usize) as i64,
+                    worker.clone(),
+                )),
+                _ => None,
             };
             let persist_columns = persist_columns(&persists);
             let complete_columns = complete_columns(&completes);
@@ -205,9 +247,28 @@ async fn execute(
                     None => Ok(None),
                 }
             };
-            // Pipelined: both statements go out at once (each commits on its own).
-            let (persisted, completed) = futures::join!(persisted, completed);
-            Ok::<_, Fail>((persisted?, completed?))
+            let claimed = async {
+                match &claim {
+                    Some((statement, now, expires, limit, worker)) => client
+                        .query(statement, &[now, limit, worker, expires])
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            };
+            // Pipelined: every statement goes out at once, in this order, in one transaction.
+            // After a failed statement the rest fail too and `COMMIT` rolls back.
+            let (began, persisted, completed, claimed, committed) = futures::join!(
+                client.batch_execute("BEGIN"),
+                persisted,
+                completed,
+                claimed,
+                client.batch_execute("COMMIT")
+            );
+            began?;
+            let (persisted, completed, claimed) = (persisted?, completed?, claimed?);
+            committed?;
+            Ok::<_, Fail>((persisted, completed, claimed))
         };
         match attempt.await {
             Ok(rows) => break Ok(rows),
@@ -232,7 +293,7 @@ async fn execute(
         }
     };
     match outcome {
-        Ok((persisted, completed)) => {
+        Ok((persisted, completed, claimed)) => {
             let persisted = persisted.unwrap_or_default();
             for (request, row) in persists.into_iter().zip(persisted.iter()) {
                 let result = (|| -> std::result::Result<_, Fail> {
@@ -246,9 +307,31 @@ async fn execute(
                     .reply
                     .send(result.map_err(|f| f.into_error("persist_step")));
             }
+            // Keyless runs the claim leased, oldest first (keyed candidates were not leased).
+            let mut runs = Vec::new();
+            for row in claimed.unwrap_or_default() {
+                let run = count_bool(&row, 0).and_then(|keyed| {
+                    if keyed {
+                        Ok(None)
+                    } else {
+                        run_from_row(&row, 3).map(Some)
+                    }
+                });
+                match run {
+                    Ok(run) => runs.extend(run),
+                    // Cannot happen with the schema we migrate; the run's lease expires.
+                    Err(fail) => {
+                        tracing::error!(error = %fail.describe(), "unreadable claimed run")
+                    }
+                }
+            }
+            let mut runs = runs.into_iter();
             let completed = completed.unwrap_or_default();
             for (request, row) in completes.into_iter().zip(completed.iter()) {
-                let result = count_bool(row, 1).map_err(|f| f.into_error("complete_run"));
+                let share: Vec<Run> = runs.by_ref().take(claims_of(&request)).collect();
+                let result = count_bool(row, 1)
+                    .map(|done| (done, share))
+                    .map_err(|f| f.into_error("complete_run"));
                 let _ = request.reply.send(result);
             }
         }

@@ -42,7 +42,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
+    ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
     SCHEMA_VERSION, Store, StoreNotice, parse_labels, parse_optional_json, pending_conflict,
     validate_label_key,
 };
@@ -1175,6 +1175,39 @@ impl Store for PostgresStore {
                 output,
                 now: now.to_string(),
                 drop_steps,
+                claim: None,
+                reply,
+            }),
+        )
+        .await?;
+        answer
+            .await
+            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
+            .map(|(completed, _)| completed)
+    }
+
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let output = output
+            .as_ref()
+            .map(|o| to_json("complete_run", o))
+            .transpose()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batch(
+            "complete_run",
+            batch::Request::Complete(batch::CompleteRequest {
+                run_id: fence.run_id.clone(),
+                generation: fence.generation,
+                output,
+                now: now.to_string(),
+                drop_steps,
+                claim: (next.max > 0).then(|| (next.clone(), now)),
                 reply,
             }),
         )

@@ -1,9 +1,13 @@
 //! Embedded SQLite backend (`rusqlite`, bundled SQLite).
 //!
 //! One writer thread owns the only writing connection and serves every write in order. When
-//! several callers' writes queue up, it runs them in **one** `BEGIN IMMEDIATE` transaction (each
-//! inside its own savepoint, so one failing operation rolls back only itself) and acknowledges
-//! each caller only after the `COMMIT` (group commit). Reads use a small pool of separate
+//! several callers' writes queue up, it runs them in **one** `BEGIN IMMEDIATE` transaction and
+//! acknowledges each caller only after the `COMMIT` (group commit). One failing operation never
+//! takes the others down: a failed statement is undone by SQLite itself, so an operation that
+//! fails having changed nothing is simply reported; the rare operations that could fail after a
+//! write of their own (migrations, batch enqueues, purges) run in their own savepoint; and should
+//! any other operation fail part-way (an I/O error), the transaction is rolled back, the
+//! operations before it are told so, and the ones after it run in a new transaction. Reads use a small pool of separate
 //! connections, so readers never wait behind the writer (WAL mode). An in-memory database
 //! (`:memory:`) has a single connection, so its reads run on the writer thread too.
 
@@ -21,7 +25,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store};
+use super::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store};
 use crate::error::{Error, Result};
 use crate::run::{Log, Progress, Run, RunFilter, Step};
 use crate::time::Timestamp;
@@ -78,6 +82,12 @@ pub struct SqliteOptions {
     pub max_group_commit: usize,
     /// Reader connections kept open (default 4).
     pub max_readers: usize,
+    /// WAL pages after which a commit also checkpoints (`PRAGMA wal_autocheckpoint`; default
+    /// 10,000 pages, about 40 MB, where SQLite's own default is 1,000). Busy queues rewrite the
+    /// same index pages over and over; checkpointing less often copies each of them back to the
+    /// database once instead of ten times. An idle worker truncates the WAL anyway (at most
+    /// once a minute). `0` turns automatic checkpoints off.
+    pub wal_autocheckpoint: u32,
 }
 
 impl Default for SqliteOptions {
@@ -87,14 +97,14 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(10),
             max_group_commit: 512,
             max_readers: 4,
+            wal_autocheckpoint: 10_000,
         }
     }
 }
 
 /// What the writer thread runs for one queued write: given the connection (or `None` when the
-/// transaction could not start) and whether other writes share the transaction (then the op runs
-/// in its own savepoint, so its failure rolls back only itself), it does its work and returns
-/// what to report after `COMMIT`.
+/// transaction could not start) and whether to run in its own savepoint, it does its work and
+/// returns what to report after `COMMIT`.
 type WriteOp = Box<dyn FnOnce(Option<&Connection>, bool) -> (Completion, Failed) + Send>;
 /// Whether the operation itself failed (its completion then carries the error).
 type Failed = bool;
@@ -103,9 +113,17 @@ type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 
 enum Command {
     /// A write, batched with others into one transaction.
-    Write(WriteOp),
+    Write(QueuedWrite),
     /// Work that must run outside any transaction (checkpoint, reads of an in-memory database).
     Direct(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// A write waiting for the writer thread.
+struct QueuedWrite {
+    op: WriteOp,
+    /// The operation may fail after writing something itself, so it runs in a savepoint when
+    /// other writes share its transaction.
+    isolated: bool,
 }
 
 /// The embedded SQLite store. Cheap to clone; all clones share one writer thread.
@@ -222,18 +240,40 @@ impl SqliteStore {
         &self.shared.location
     }
 
-    /// Runs `work` on the writer thread inside the current group-commit transaction (in its own
-    /// savepoint when other writes share the transaction). The result is delivered after the
-    /// transaction commits.
+    /// Runs `work` on the writer thread inside the current group-commit transaction. The result
+    /// is delivered after the transaction commits.
+    ///
+    /// `work` must be atomic on failure except for storage faults: when it returns an error,
+    /// either nothing it ran changed a row (a failing statement is undone by SQLite itself) or
+    /// the error is an I/O-class fault. Operations that can fail after writing use
+    /// [`SqliteStore::write_isolated`].
     async fn write<R, F>(&self, operation: &'static str, work: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
+        self.queue_write(operation, false, work).await
+    }
+
+    /// Like [`SqliteStore::write`], in its own savepoint when other writes share the
+    /// transaction, so a failure after some of its statements succeeded undoes only itself.
+    async fn write_isolated<R, F>(&self, operation: &'static str, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        self.queue_write(operation, true, work).await
+    }
+
+    async fn queue_write<R, F>(&self, operation: &'static str, isolated: bool, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
         let (reply, receiver) = oneshot::channel::<Result<R>>();
-        let op: WriteOp = Box::new(move |conn, shared| {
+        let op: WriteOp = Box::new(move |conn, savepoint| {
             let outcome = match conn {
-                Some(conn) if shared => in_savepoint(conn, work),
+                Some(conn) if savepoint => in_savepoint(conn, work),
                 Some(conn) => work(conn),
                 None => Err(Error::storage(
                     operation,
@@ -253,7 +293,12 @@ impl SqliteStore {
             });
             (done, failed)
         });
-        self.send(operation, Command::Write(op), receiver).await
+        self.send(
+            operation,
+            Command::Write(QueuedWrite { op, isolated }),
+            receiver,
+        )
+        .await
     }
 
     /// Runs `work` on the writer thread outside any transaction.
@@ -312,8 +357,9 @@ fn configure(
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={}; PRAGMA temp_store=MEMORY;",
-        options.synchronous.pragma_value()
+        "PRAGMA synchronous={}; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint={};",
+        options.synchronous.pragma_value(),
+        options.wal_autocheckpoint
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -353,17 +399,17 @@ fn writer_loop(
                 Err(_) => return, // every store handle is gone
             },
         };
-        let op = match first {
+        let write = match first {
             Command::Direct(work) => {
                 work(&conn);
                 continue;
             }
-            Command::Write(op) => op,
+            Command::Write(write) => write,
         };
-        let mut batch = vec![op];
+        let mut batch = vec![write];
         while batch.len() < max_batch {
             match commands.try_recv() {
-                Ok(Command::Write(op)) => batch.push(op),
+                Ok(Command::Write(write)) => batch.push(write),
                 Ok(direct) => {
                     carried = Some(direct);
                     break;
@@ -372,42 +418,74 @@ fn writer_loop(
             }
         }
         counters
-            .transactions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        counters
             .operations
             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        commit_batch(&conn, batch);
+        commit_batch(&conn, batch, counters);
     }
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<WriteOp>) {
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+/// Runs one cached transaction-control statement (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Rolls back the open transaction, if SQLite has not already done so.
+fn roll_back(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = control(conn, "ROLLBACK");
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<QueuedWrite>, counters: &WriterCounters) {
+    counters
+        .transactions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Err(error) = control(conn, "BEGIN IMMEDIATE") {
         tracing::warn!(%error, "SQLite could not begin a write transaction");
-        for op in batch {
-            (op(None, false).0)(None);
+        for write in batch {
+            ((write.op)(None, false).0)(None);
         }
         return;
     }
-    let shared = batch.len() > 1;
+    let alone = batch.len() == 1;
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-    let mut failed_alone = false;
-    for op in batch {
-        let (done, failed) = op(Some(conn), shared);
-        failed_alone |= failed && !shared;
-        completions.push(done);
-    }
-    if failed_alone {
-        // A lone operation failed without a savepoint: undo whatever it wrote.
-        let _ = conn.execute_batch("ROLLBACK");
-        completions.into_iter().for_each(|done| done(None));
+    let mut writes = batch.into_iter();
+    while let Some(write) = writes.next() {
+        let savepoint = write.isolated && !alone;
+        let changes_before = conn.total_changes();
+        let (done, failed) = (write.op)(Some(conn), savepoint);
+        if !failed {
+            completions.push(done);
+            continue;
+        }
+        // A failure that changed nothing (or was undone by its savepoint) leaves the
+        // transaction as the other writes made it.
+        let transaction_gone = conn.is_autocommit();
+        let undone = savepoint || conn.total_changes() == changes_before;
+        if undone && !transaction_gone && !alone {
+            completions.push(done);
+            continue;
+        }
+        // The operation failed part-way (or SQLite ended the transaction): undo everything,
+        // tell the writes before it, and run the ones after it in a new transaction.
+        roll_back(conn);
+        done(None);
+        let message = "rolled back with another write of the same transaction that failed part-way";
+        if !completions.is_empty() {
+            tracing::warn!("SQLite group commit rolled back: {message}");
+        }
+        completions.into_iter().for_each(|done| done(Some(message)));
+        let rest: Vec<QueuedWrite> = writes.collect();
+        if !rest.is_empty() {
+            commit_batch(conn, rest, counters);
+        }
         return;
     }
-    match conn.execute_batch("COMMIT") {
+    match control(conn, "COMMIT") {
         Ok(()) => completions.into_iter().for_each(|done| done(None)),
         Err(error) => {
             tracing::warn!(%error, "SQLite group commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            roll_back(conn);
             let message = error.to_string();
             completions
                 .into_iter()
@@ -469,7 +547,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        self.write("migrate", schema::migrate).await
+        self.write_isolated("migrate", schema::migrate).await
     }
 
     async fn schema_version(&self) -> Result<i64> {
@@ -485,9 +563,11 @@ impl Store for SqliteStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        self.write("enqueue_many", move |conn| {
+        self.write_isolated("enqueue_many", move |conn| {
+            // All or nothing: a failing item fails the whole write, which its savepoint (or,
+            // alone, the transaction's rollback) undoes.
             runs.iter()
-                .map(|run| in_savepoint(conn, |conn| ops::enqueue(conn, run, now)))
+                .map(|run| ops::enqueue(conn, run, now))
                 .collect()
         })
         .await
@@ -608,6 +688,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let (fence, next) = (fence.clone(), next.clone());
+        self.write("complete_run_and_claim", move |conn| {
+            let completed = ops::complete_run(conn, &fence, output.as_ref(), now, drop_steps)?;
+            let claimed = match next.max {
+                0 => Vec::new(),
+                max => ops::claim(conn, &next.worker_id, now, next.lease, max)?,
+            };
+            Ok((completed, claimed))
+        })
+        .await
+    }
+
     async fn fail_run(
         &self,
         fence: &Fence,
@@ -632,19 +732,19 @@ impl Store for SqliteStore {
 
     async fn delete_run(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
-        self.write("delete_run", move |conn| ops::delete_run(conn, &id))
+        self.write_isolated("delete_run", move |conn| ops::delete_run(conn, &id))
             .await
     }
 
     async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64> {
-        self.write("purge_runs", move |conn| {
+        self.write_isolated("purge_runs", move |conn| {
             ops::purge_runs(conn, older_than, limit)
         })
         .await
     }
 
     async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
-        self.write("release_expired_leases", move |conn| {
+        self.write_isolated("release_expired_leases", move |conn| {
             ops::release_expired_leases(conn, now, drop_steps)
         })
         .await
@@ -667,5 +767,112 @@ impl Store for SqliteStore {
                 .map_err(|e| Error::storage("checkpoint", e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds the writer thread until the returned sender fires, so the writes queued meanwhile
+    /// are committed as one group.
+    fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        store
+            .shared
+            .commands
+            .send(Command::Direct(Box::new(move |_| {
+                let _ = started.send(());
+                let _ = held.recv();
+            })))
+            .expect("writer running");
+        running.recv().expect("writer held");
+        release
+    }
+
+    fn insert_version(version: i64) -> impl FnOnce(&Connection) -> Result<()> + Send + 'static {
+        move |conn| {
+            conn.execute(
+                "INSERT INTO durably_schema_versions (version, applied_at) VALUES (?1, 'x')",
+                [version],
+            )
+            .map(drop)
+            .map_err(|e| Error::storage("test", e))
+        }
+    }
+
+    async fn versions(store: &SqliteStore) -> Vec<i64> {
+        store
+            .read("test", |conn| {
+                conn.prepare("SELECT version FROM durably_schema_versions ORDER BY version")
+                    .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
+                    .map_err(|e| Error::storage("test", e))
+            })
+            .await
+            .expect("read versions")
+    }
+
+    async fn group_of_three(
+        store: &SqliteStore,
+        middle: impl FnOnce(&Connection) -> Result<()> + Send + 'static,
+    ) -> ([Result<()>; 3], u64) {
+        let release = hold_writer(store);
+        let before = store.stats();
+        let mut first = Box::pin(store.write("first", insert_version(100)));
+        let mut second = Box::pin(store.write("second", middle));
+        let mut third = Box::pin(store.write("third", insert_version(300)));
+        // The first poll queues each write; none can finish while the writer is held.
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+        assert!(futures::poll!(&mut third).is_pending());
+        release.send(()).expect("release writer");
+        let results = [first.await, second.await, third.await];
+        let after = store.stats();
+        assert_eq!(
+            after.operations - before.operations,
+            3,
+            "three writes served"
+        );
+        (results, after.transactions - before.transactions)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_without_writing_leaves_its_group_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("db.sqlite")).expect("open");
+        store.migrate().await.expect("migrate");
+        // A primary-key violation: SQLite undoes the statement, nothing else changed.
+        let ([first, second, third], transactions) =
+            group_of_three(&store, insert_version(1)).await;
+        assert_eq!(transactions, 1, "one shared transaction");
+        assert!(first.is_ok() && third.is_ok(), "{first:?} {third:?}");
+        assert!(second.is_err());
+        assert_eq!(versions(&store).await, vec![1, 100, 300]);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_part_way_rolls_back_its_group_and_the_rest_still_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("db.sqlite")).expect("open");
+        store.migrate().await.expect("migrate");
+        // Writes a row, then fails: the shared transaction cannot keep the row.
+        let part_way = |conn: &Connection| -> Result<()> {
+            insert_version(200)(conn)?;
+            Err(Error::storage("test", "failed after writing"))
+        };
+        let ([first, second, third], transactions) = group_of_three(&store, part_way).await;
+        assert_eq!(
+            transactions, 2,
+            "the group, then the write after the failure"
+        );
+        let first = first.expect_err("the write before it was rolled back with it");
+        assert!(first.to_string().contains("rolled back"), "{first}");
+        assert!(second.is_err());
+        assert!(
+            third.is_ok(),
+            "the write after it ran in a new transaction: {third:?}"
+        );
+        assert_eq!(versions(&store).await, vec![1, 300]);
     }
 }

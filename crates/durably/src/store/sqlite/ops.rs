@@ -1,5 +1,10 @@
 //! The SQL behind each [`Store`](crate::Store) operation, as plain functions on a connection.
-//! Writes run inside the writer thread's group-commit transaction (each in its own savepoint).
+//! Writes run inside the writer thread's group-commit transaction.
+//!
+//! Hot single-row writes that SQLite cannot prove single-row (`INSERT … SELECT`, `UPDATE …
+//! RETURNING`) say `OR FAIL`: for one row it means the same as the default `ABORT` (a violated
+//! constraint is found before the row is written), but SQLite then skips the statement journal
+//! it would otherwise fill with a copy of every page the statement touches.
 
 use std::time::Duration;
 
@@ -414,14 +419,16 @@ macro_rules! key_is_free {
 /// millisecond; ordering that tie by rowid lets SQLite walk the `(status, created_at)` index
 /// (whose entries end with the rowid) instead of sorting the whole tie group on every claim.
 /// Ids are generated inside the insert, so for runs enqueued by one process this is also id order.
-fn next_claimable(conn: &Connection, now: Timestamp) -> Result<Option<String>> {
-    type Candidate = (String, i64, String);
-    let candidate = |row: &Row<'_>| -> rusqlite::Result<Candidate> {
-        Ok((row.get(1)?, row.get(2)?, row.get(0)?))
-    };
+///
+/// `expired_leases` says whether any lease had expired when the claim began; without one, the
+/// second lookup (which sorts its few candidates) is skipped.
+fn next_claimable(conn: &Connection, now: Timestamp, expired_leases: bool) -> Result<Option<i64>> {
+    type Candidate = (String, i64);
+    let candidate =
+        |row: &Row<'_>| -> rusqlite::Result<Candidate> { Ok((row.get(0)?, row.get(1)?)) };
     let pending: Option<Candidate> = conn
         .prepare_cached(concat!(
-            "SELECT r.id, r.created_at, r.rowid FROM durably_runs r \
+            "SELECT r.created_at, r.rowid FROM durably_runs r \
              WHERE r.status = 'pending' AND ",
             key_is_free!(),
             " \
@@ -429,9 +436,12 @@ fn next_claimable(conn: &Connection, now: Timestamp) -> Result<Option<String>> {
         ))
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
+    if !expired_leases {
+        return Ok(pending.map(|(_, rowid)| rowid));
+    }
     let expired: Option<Candidate> = conn
         .prepare_cached(concat!(
-            "SELECT r.id, r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
+            "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
              AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND ",
             key_is_free!(),
             " \
@@ -440,8 +450,8 @@ fn next_claimable(conn: &Connection, now: Timestamp) -> Result<Option<String>> {
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
     Ok(match (pending, expired) {
-        (Some(a), Some(b)) => Some(a.min(b).2),
-        (a, b) => a.or(b).map(|(_, _, id)| id),
+        (Some(a), Some(b)) => Some(a.min(b).1),
+        (a, b) => a.or(b).map(|(_, rowid)| rowid),
     })
 }
 
@@ -453,18 +463,35 @@ pub(super) fn claim(
     max: usize,
 ) -> Result<Vec<Run>> {
     let expires = now + lease;
+    // Claiming never makes another lease expire, so one check serves the whole claim.
+    let expired_leases: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE status = 'leased' \
+             AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1)",
+        )
+        .and_then(|mut stmt| stmt.query_row([now], |row| row.get(0)))
+        .map_err(sql_error("claim"))?;
     let mut claimed = Vec::new();
     while claimed.len() < max {
-        let Some(id) = next_claimable(conn, now)? else {
+        let Some(rowid) = next_claimable(conn, now, expired_leases)? else {
             break;
         };
+        // A plain single-row UPDATE, then a read of the row: `RETURNING` would collect its
+        // row in a temporary table and need a statement journal.
+        conn.prepare_cached(
+            "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
+             lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
+             updated_at = ?4 WHERE rowid = ?1",
+        )
+        .and_then(|mut stmt| stmt.execute(params![rowid, worker_id, expires, now]))
+        .map_err(sql_error("claim"))?;
         let run = conn
-            .prepare_cached(concat!("UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
-                 lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
-                 updated_at = ?4 WHERE id = ?1 RETURNING ", run_columns!()))
-            .and_then(|mut stmt| {
-                stmt.query_row(params![id, worker_id, expires, now], run_from_row)
-            })
+            .prepare_cached(concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM durably_runs WHERE rowid = ?1"
+            ))
+            .and_then(|mut stmt| stmt.query_row([rowid], run_from_row))
             .map_err(sql_error("claim"))?;
         claimed.push(run);
     }
@@ -511,7 +538,7 @@ pub(super) fn persist_step(
         .transpose()?;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
+            "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
              SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
              WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2",
         )
@@ -616,7 +643,7 @@ pub(super) fn append_log(
             .and_then(|mut stmt| stmt.execute(values)),
         Some(fence) => conn
             .prepare_cached(concat!(
-                "INSERT INTO durably_logs (",
+                "INSERT OR FAIL INTO durably_logs (",
                 log_columns!(),
                 ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
                  FROM durably_runs WHERE id = ?2 AND status = 'leased' AND lease_generation = ?8"
