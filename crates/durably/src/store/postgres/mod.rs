@@ -283,6 +283,38 @@ impl PostgresStore {
 
     /// Runs a write through the group-commit task (started on first use), or on its own when
     /// group commit is off.
+    /// Completes a run through the write batcher, claiming `claim` in the same transaction.
+    async fn complete(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        claim: Option<(ClaimRequest, Timestamp)>,
+    ) -> Result<(bool, Vec<Run>)> {
+        let output = output
+            .as_ref()
+            .map(|o| to_json("complete_run", o))
+            .transpose()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batch(
+            "complete_run",
+            batch::Request::Complete(batch::CompleteRequest {
+                run_id: fence.run_id.clone(),
+                generation: fence.generation,
+                output,
+                now: now.to_string(),
+                drop_steps,
+                claim,
+                reply,
+            }),
+        )
+        .await?;
+        answer
+            .await
+            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
+    }
+
     async fn batch(&self, operation: &'static str, request: batch::Request) -> Result<()> {
         let notices = self.shared.notices.clone();
         let report: batch::FaultReporter =
@@ -1162,27 +1194,8 @@ impl Store for PostgresStore {
         now: Timestamp,
         drop_steps: bool,
     ) -> Result<bool> {
-        let output = output
-            .as_ref()
-            .map(|o| to_json("complete_run", o))
-            .transpose()?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.batch(
-            "complete_run",
-            batch::Request::Complete(batch::CompleteRequest {
-                run_id: fence.run_id.clone(),
-                generation: fence.generation,
-                output,
-                now: now.to_string(),
-                drop_steps,
-                claim: None,
-                reply,
-            }),
-        )
-        .await?;
-        answer
+        self.complete(fence, output, now, drop_steps, None)
             .await
-            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
             .map(|(completed, _)| completed)
     }
 
@@ -1194,27 +1207,8 @@ impl Store for PostgresStore {
         drop_steps: bool,
         next: &ClaimRequest,
     ) -> Result<(bool, Vec<Run>)> {
-        let output = output
-            .as_ref()
-            .map(|o| to_json("complete_run", o))
-            .transpose()?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.batch(
-            "complete_run",
-            batch::Request::Complete(batch::CompleteRequest {
-                run_id: fence.run_id.clone(),
-                generation: fence.generation,
-                output,
-                now: now.to_string(),
-                drop_steps,
-                claim: (next.max > 0).then(|| (next.clone(), now)),
-                reply,
-            }),
-        )
-        .await?;
-        answer
-            .await
-            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
+        let claim = (next.max > 0).then(|| (next.clone(), now));
+        self.complete(fence, output, now, drop_steps, claim).await
     }
 
     async fn fail_run(
