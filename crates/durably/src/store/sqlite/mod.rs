@@ -85,8 +85,11 @@ pub struct SqliteOptions {
     /// WAL pages after which a commit also checkpoints (`PRAGMA wal_autocheckpoint`; default
     /// 10,000 pages, about 40 MB, where SQLite's own default is 1,000). Busy queues rewrite the
     /// same index pages over and over; checkpointing less often copies each of them back to the
-    /// database once instead of ten times. An idle worker truncates the WAL anyway (at most
-    /// once a minute). `0` turns automatic checkpoints off.
+    /// database once instead of ten times. The price: the checkpoint runs inside the commit
+    /// that crosses the threshold, so on a busy queue that commit (and the writes queued behind
+    /// it) takes tens of milliseconds, where at 1,000 pages it takes a few, ten times as often.
+    /// An idle worker truncates the WAL anyway (at most once a minute). `0` turns automatic
+    /// checkpoints off.
     pub wal_autocheckpoint: u32,
 }
 
