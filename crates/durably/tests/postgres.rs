@@ -541,6 +541,55 @@ async fn wait_children(children: &mut [Child]) {
     }
 }
 
+/// Four worker processes on one fresh schema: their log files, the file whose creation starts
+/// them, and a parent instance to trigger from and check with (schema migrated).
+struct WorkerProcesses {
+    _cluster: tokio::sync::RwLockReadGuard<'static, ()>,
+    _schema: PgSchema,
+    _dir: tempfile::TempDir,
+    schema: String,
+    go: PathBuf,
+    logs: Vec<PathBuf>,
+    parent: Durably,
+}
+
+impl WorkerProcesses {
+    async fn new() -> Self {
+        let cluster = CLUSTER.read().await;
+        let schema = fresh_schema();
+        let guard = PgSchema {
+            name: schema.clone(),
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let go = dir.path().join("go");
+        let logs = (0..4)
+            .map(|i| dir.path().join(format!("{i}.log")))
+            .collect();
+        let parent = Durably::builder()
+            .store(postgres_store(&schema))
+            .build()
+            .expect("build");
+        parent.migrate().await.expect("migrate");
+        WorkerProcesses {
+            _cluster: cluster,
+            _schema: guard,
+            _dir: dir,
+            schema,
+            go,
+            logs,
+            parent,
+        }
+    }
+
+    /// Starts one child per log file in `mode`; they begin together once `go` exists.
+    fn spawn(&self, mode: &str) -> Vec<Child> {
+        self.logs
+            .iter()
+            .map(|log| spawn_child(mode, &self.schema, log, &self.go))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(durably_postgres_tests),
@@ -548,38 +597,22 @@ async fn wait_children(children: &mut [Child]) {
 )]
 async fn four_worker_processes_drain_2000_runs_every_step_exactly_once() {
     const JOBS: u64 = 2000;
-    let _cluster = CLUSTER.read().await;
-    let schema = fresh_schema();
-    let _guard = PgSchema {
-        name: schema.clone(),
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let go = dir.path().join("go");
-    let logs: Vec<PathBuf> = (0..4)
-        .map(|i| dir.path().join(format!("{i}.log")))
-        .collect();
-    let parent = Durably::builder()
-        .store(postgres_store(&schema))
-        .build()
-        .expect("build");
+    let processes = WorkerProcesses::new().await;
+    let (parent, logs, go) = (&processes.parent, &processes.logs, &processes.go);
     let handle = parent
         .register(Job::new(
             "drain",
             |_step: StepContext, input: Input| async move { Ok::<_, durably::Error>(input.n) },
         ))
         .expect("register");
-    parent.migrate().await.expect("migrate");
     for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
         handle
             .batch_trigger(chunk.iter().map(|&n| (Input { n }, TriggerOptions::new())))
             .await
             .expect("enqueue");
     }
-    let mut children: Vec<Child> = logs
-        .iter()
-        .map(|log| spawn_child("drain", &schema, log, &go))
-        .collect();
-    std::fs::write(&go, b"go").expect("start the workers");
+    let mut children = processes.spawn("drain");
+    std::fs::write(go, b"go").expect("start the workers");
     wait_children(&mut children).await;
 
     let completed = parent
@@ -589,7 +622,7 @@ async fn four_worker_processes_drain_2000_runs_every_step_exactly_once() {
     assert_eq!(completed.len() as u64, JOBS, "every run completed");
     let mut executions = HashMap::<String, u32>::new();
     let mut per_process = Vec::new();
-    for log in &logs {
+    for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         per_process.push(text.lines().count());
         for line in text.lines() {
@@ -614,21 +647,13 @@ async fn four_worker_processes_drain_2000_runs_every_step_exactly_once() {
     ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
 )]
 async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
-    let _cluster = CLUSTER.read().await;
-    let schema = fresh_schema();
-    let _guard = PgSchema {
-        name: schema.clone(),
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let go = dir.path().join("go");
-    let logs: Vec<PathBuf> = (0..4)
-        .map(|i| dir.path().join(format!("{i}.log")))
-        .collect();
-    let parent = Durably::builder()
-        .store(postgres_store(&schema))
-        .build()
-        .expect("build");
-    parent.migrate().await.expect("migrate");
+    let processes = WorkerProcesses::new().await;
+    let (parent, logs, go, schema) = (
+        &processes.parent,
+        &processes.logs,
+        &processes.go,
+        &processes.schema,
+    );
     let mut total = 0u64;
     for j in 0..RACE_JOBS {
         let handle = parent
@@ -649,10 +674,7 @@ async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
             total += 1;
         }
     }
-    let mut children: Vec<Child> = logs
-        .iter()
-        .map(|log| spawn_child("race", &schema, log, &go))
-        .collect();
+    let mut children = processes.spawn("race");
 
     // Watch the table while they race: never two unexpired leases on one key.
     let admin = admin().await;
@@ -660,7 +682,7 @@ async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
         .batch_execute(&format!("SET search_path = {schema}"))
         .await
         .expect("search_path");
-    std::fs::write(&go, b"go").expect("start the workers");
+    std::fs::write(go, b"go").expect("start the workers");
     let watch = async {
         let mut checks = 0u64;
         loop {
@@ -695,7 +717,7 @@ async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
     let mut intervals: BTreeMap<String, Vec<(u128, u128, String)>> = BTreeMap::new();
     let mut starts: HashMap<String, (String, u128)> = HashMap::new();
     let mut busy_processes = 0;
-    for log in &logs {
+    for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if !text.is_empty() {
             busy_processes += 1;
