@@ -264,26 +264,33 @@ pub(super) async fn throughput_on(
         "duplicate_step_execs": executed.saturating_sub(expected),
     });
     if let (Some(stats), Some(before)) = (stats, before) {
-        let after = stats();
-        let commits = after.transactions - before.transactions;
-        let operations = after.operations - before.operations;
-        line["commits_per_job"] = json!(round(commits as f64 / jobs.max(1) as f64));
-        line["writes_per_commit"] = json!(round(operations as f64 / commits.max(1) as f64));
+        add_commit_stats(&mut line, before, stats(), jobs);
     }
     Ok(line)
+}
+
+/// Adds how well group commit batched: `commits_per_job` and `writes_per_commit`.
+fn add_commit_stats(
+    line: &mut serde_json::Value,
+    before: WriterStats,
+    after: WriterStats,
+    jobs: u64,
+) {
+    let commits = after.transactions - before.transactions;
+    let operations = after.operations - before.operations;
+    line["commits_per_job"] = json!(round(commits as f64 / jobs.max(1) as f64));
+    line["writes_per_commit"] = json!(round(operations as f64 / commits.max(1) as f64));
 }
 
 async fn latency(
     setup: &mut Setup,
     calls: u64,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    latency_on(
-        Arc::new(setup.fresh_store()?),
-        "sqlite",
-        calls,
-        Duration::ZERO,
-    )
-    .await
+    let store = setup.fresh_store()?;
+    let before = store.stats();
+    let mut line = latency_on(Arc::new(store.clone()), "sqlite", calls, Duration::ZERO).await?;
+    add_commit_stats(&mut line, before, store.stats(), calls);
+    Ok(line)
 }
 
 /// Sequential trigger-and-wait calls on an idle worker of any store; p50/p99 from call to
