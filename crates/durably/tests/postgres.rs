@@ -822,9 +822,11 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
     assert_eq!(
         partial,
         [
+            "durably_rs_runs_pending_order",
             "idx_durably_runs_pending_concurrency",
             "idx_durably_steps_completed_unique"
-        ]
+        ],
+        "upstream's two partial indexes and durably's own claim-order index"
     );
     let types: Vec<(String, String)> = admin
         .query(
@@ -851,4 +853,82 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
         };
         assert_eq!(data_type, expected, "type of durably_runs.{column}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let store = postgres_store(&schema);
+    store.migrate().await.expect("migrate");
+    // A database the TypeScript runtime created has upstream's indexes only: migrating adds ours.
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!(
+            "SET search_path TO \"{schema}\"; DROP INDEX durably_rs_runs_pending_order"
+        ))
+        .await
+        .expect("drop the index");
+    store.migrate().await.expect("migrate again");
+    let exists: bool = admin
+        .query_one(
+            "SELECT to_regclass('durably_rs_runs_pending_order') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("look up the index")
+        .get(0);
+    assert!(exists, "migrate re-created the claim-order index");
+
+    // One batch shares one millisecond: only the id orders it.
+    let now = durably::Timestamp::now();
+    let runs = (0..3000)
+        .map(|n| durably::NewRun {
+            job_name: "batch".into(),
+            input: serde_json::json!({ "n": n }),
+            idempotency_key: None,
+            concurrency_key: None,
+            labels: Default::default(),
+            coalesce: None,
+        })
+        .collect();
+    let enqueued = store.enqueue_many(runs, now).await.expect("enqueue");
+    let mut ids: Vec<String> = enqueued.iter().map(|e| e.run.id.clone()).collect();
+    ids.sort();
+    admin
+        .batch_execute("ANALYZE durably_runs")
+        .await
+        .expect("analyze");
+    let plan: Vec<String> = admin
+        .query(
+            "EXPLAIN SELECT r.id FROM durably_runs r WHERE r.status = 'pending' \
+             ORDER BY r.created_at ASC, r.id ASC LIMIT 8 FOR UPDATE OF r SKIP LOCKED",
+            &[],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("durably_rs_runs_pending_order"), "{plan}");
+    assert!(!plan.contains("Sort"), "no sort: {plan}");
+
+    let claimed = store
+        .claim("w", durably::Timestamp::now(), Duration::from_secs(30), 8)
+        .await
+        .expect("claim");
+    let claimed: Vec<String> = claimed.into_iter().map(|run| run.id).collect();
+    assert_eq!(
+        claimed,
+        ids[..8],
+        "the oldest eight, by id within the millisecond"
+    );
 }

@@ -637,6 +637,20 @@ fn idempotency_sql() -> String {
     )
 }
 
+/// durably's own index beside upstream's schema version 1: the pending runs in claim order
+/// (`created_at`, then `id`). Upstream's `(status, created_at)` index cannot break ties by id,
+/// so without it every claim sorts the whole oldest same-millisecond group (a batch trigger of
+/// 20,000 runs: 23 ms per claim). It holds pending runs only, so a claim or completion does not
+/// add entries to it. The TypeScript runtime ignores it.
+const PENDING_ORDER_INDEX: &str = "durably_rs_runs_pending_order";
+
+fn pending_order_index_sql() -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {PENDING_ORDER_INDEX} ON durably_runs (created_at, id) \
+         WHERE status = 'pending'"
+    )
+}
+
 /// A run's key is free when no *other* run holding that key has an unexpired lease (`$1` = now).
 const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
     SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
@@ -734,6 +748,17 @@ impl Store for PostgresStore {
                         &[&(SCHEMA_VERSION as i32), &Timestamp::now().to_string()],
                     )
                     .await?;
+                }
+                // Checked first: `CREATE INDEX IF NOT EXISTS` would lock the table even when
+                // the index is there, and every worker migrates at start.
+                let ours = tx
+                    .query_one(
+                        &format!("SELECT to_regclass('{PENDING_ORDER_INDEX}') IS NOT NULL"),
+                        &[],
+                    )
+                    .await?;
+                if !ours.try_get::<_, bool>(0)? {
+                    tx.batch_execute(&pending_order_index_sql()).await?;
                 }
                 tx.commit().await?;
                 Ok(())
