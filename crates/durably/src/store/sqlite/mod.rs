@@ -15,6 +15,7 @@ mod ops;
 mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -102,7 +103,8 @@ pub struct SqliteOptions {
     /// How long a caller waiting for its write to commit keeps checking for the result, letting
     /// the runtime's other tasks run in between (`tokio::task::yield_now`), before its task
     /// sleeps (default 50 µs; zero sleeps at once). A result that arrives within the window is
-    /// picked up without waking a parked runtime thread.
+    /// picked up without waking a parked runtime thread. Only a caller whose write is alone in
+    /// the queue spins: behind other writes its result is at least one commit away.
     pub reply_spin: Duration,
 }
 
@@ -200,9 +202,35 @@ struct WriterCounters {
 struct Shared {
     commands: mpsc::Sender<Command>,
     reply_spin: Duration,
+    /// Callers waiting for the writer thread.
+    waiting: AtomicUsize,
     counters: Arc<WriterCounters>,
     readers: Option<ReaderPool>,
     location: String,
+}
+
+/// Counts one caller waiting for the writer thread, for as long as it lives.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// No other caller was waiting when this one arrived.
+    alone: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -273,6 +301,7 @@ impl SqliteStore {
             shared: Arc::new(Shared {
                 commands,
                 reply_spin: options.reply_spin,
+                waiting: AtomicUsize::new(0),
                 counters,
                 readers,
                 location,
@@ -391,13 +420,16 @@ impl SqliteStore {
         command: Command,
         receiver: oneshot::Receiver<Result<R>>,
     ) -> Result<R> {
+        // Spin only for a write that is alone in the queue: behind others, its result is at
+        // least one commit away, and spinning would take CPU from the writer thread.
+        let waiting = Waiting::enter(&self.shared.waiting);
         self.shared
             .commands
             .send(command)
             .map_err(|_| Error::storage(operation, "the SQLite writer thread has stopped"))?;
         let dropped = || Error::storage(operation, "the SQLite writer thread dropped the request");
         let mut receiver = receiver;
-        if !self.shared.reply_spin.is_zero() {
+        if waiting.alone && !self.shared.reply_spin.is_zero() {
             let until = Instant::now() + self.shared.reply_spin;
             loop {
                 match receiver.try_recv() {
