@@ -280,9 +280,14 @@ async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxErro
         .status(RunStatus::Pending)
         .status(RunStatus::Leased)
         .limit(1);
+    // Ask the database only after a quiet interval: while this worker keeps executing, runs
+    // remain, and the list query (a sort of the pending runs) would cost the server more than
+    // the runs themselves.
+    let mut seen = u64::MAX;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if durably.get_runs(&active).await?.is_empty() {
+        let now = executions.load(Ordering::SeqCst);
+        if std::mem::replace(&mut seen, now) == now && durably.get_runs(&active).await?.is_empty() {
             break;
         }
     }

@@ -116,12 +116,34 @@ async fn batch_loop(
     }
 }
 
+/// Opens a batch's transaction with planner settings for its statements, which look rows up by
+/// primary key (a handful per batch) and claim through the pending-order index:
+/// - `plan_cache_mode = force_generic_plan`: the statements are prepared once per connection
+///   and planned once; otherwise PostgreSQL plans them again at every execution, which cost
+///   a third of the server's CPU on a busy queue.
+/// - sequential and bitmap scans, hash and merge joins off: on a table that has not been
+///   analysed yet (every new queue, for up to a minute under autovacuum's defaults) the planner
+///   guesses a few rows per status and picks scans that read every row of that status; a bitmap
+///   scan also never marks dead index entries, so each one grew with every run ever leased.
+///
+/// The statements test a run's status as `(r.status = ...) IS TRUE` (the same for a column that
+/// is never NULL): an index cannot serve that form, so the planner finds the row by its id
+/// through the primary key instead of walking every run of the status in upstream's
+/// `(status, ...)` indexes, however few runs of that status it believes there are.
+///
+/// `SET LOCAL` lasts until the transaction ends, so other statements on the pooled connection
+/// keep the server's settings. Measured on a 10,000-run `throughput-1step`
+/// (`durably bench --backend postgres`): 8.2 s of server CPU before, 4.6 s after.
+const BEGIN_WITH_KEYED_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+    SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], \
     $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], \
     $10::text[]) WITH ORDINALITY AS t(run_id, gen, step_id, name, idx, status, output, error, \
     started_at, completed_at, ord)), \
   run AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
-    WHERE r.status = 'leased' AND r.lease_generation = req.gen ORDER BY r.id \
+    WHERE (r.status = 'leased') IS TRUE AND r.lease_generation = req.gen ORDER BY r.id \
     FOR NO KEY UPDATE OF r), \
   mine AS (SELECT s.id FROM durably_steps s WHERE s.id IN (SELECT step_id FROM req)), \
   ins AS (INSERT INTO durably_steps (id, run_id, name, \"index\", status, output, error, \
@@ -143,7 +165,8 @@ fn complete_sql() -> String {
            $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
          u AS (UPDATE durably_runs r SET status = 'completed', output = req.output, error = NULL, \
              lease_owner = NULL, lease_expires_at = NULL, completed_at = req.at, updated_at = req.at \
-           FROM req WHERE r.id = req.run_id AND r.status = 'leased' AND r.lease_generation = req.gen \
+           FROM req WHERE r.id = req.run_id AND (r.status = 'leased') IS TRUE \
+             AND r.lease_generation = req.gen \
            RETURNING r.id, r.concurrency_key), \
          d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
            AND req.drop_steps AND req.run_id IN (SELECT id FROM u)), \
@@ -151,7 +174,7 @@ fn complete_sql() -> String {
            WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
            WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1), \
          again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
-           WHERE $7::boolean AND r.status = 'completed' AND r.lease_generation = req.gen) \
+           WHERE $7::boolean AND (r.status = 'completed') IS TRUE AND r.lease_generation = req.gen) \
          SELECT req.run_id, req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again), \
            (SELECT count(*) FROM note) FROM req ORDER BY req.ord"
     )
@@ -259,7 +282,7 @@ async fn execute(
             // Pipelined: every statement goes out at once, in this order, in one transaction.
             // After a failed statement the rest fail too and `COMMIT` rolls back.
             let (began, persisted, completed, claimed, committed) = futures::join!(
-                client.batch_execute("BEGIN"),
+                client.batch_execute(BEGIN_WITH_KEYED_PLANS),
                 persisted,
                 completed,
                 claimed,
@@ -422,5 +445,110 @@ fn complete_columns(requests: &[CompleteRequest]) -> CompleteColumns {
         output: requests.iter().map(|r| r.output.clone()).collect(),
         at: requests.iter().map(|r| r.now.clone()).collect(),
         drop_steps: requests.iter().map(|r| r.drop_steps).collect(),
+    }
+}
+
+#[cfg(all(test, durably_postgres_tests))]
+mod tests {
+    use std::time::Duration;
+
+    use super::{BEGIN_WITH_KEYED_PLANS, PERSIST_SQL, complete_sql};
+    use crate::store::{NewRun, Store};
+    use crate::{PostgresOptions, PostgresStore, Timestamp};
+
+    /// The plan of `statement` (prepared as `name`, run with `arguments`) under the batch
+    /// settings, on the table as it is now.
+    async fn plan(
+        client: &tokio_postgres::Client,
+        name: &str,
+        sql: &str,
+        arguments: &str,
+    ) -> String {
+        client
+            .batch_execute(&format!(
+                "{BEGIN_WITH_KEYED_PLANS}; PREPARE {name} AS {sql}"
+            ))
+            .await
+            .expect("prepare");
+        let rows = client
+            .query(&format!("EXPLAIN EXECUTE {name}({arguments})"), &[])
+            .await
+            .expect("explain");
+        client.batch_execute("COMMIT").await.expect("commit");
+        rows.iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// On a queue the server has not analysed yet, with a thousand runs leased, the batch
+    /// statements still find their rows by key: no sequential or bitmap scan, whose cost grows
+    /// with the table (every step and completion would read every leased run).
+    #[tokio::test]
+    async fn batch_writes_find_their_rows_by_key_on_a_table_never_analysed() {
+        let url = std::env::var("DURABLY_TEST_POSTGRES_URL").expect("test database URL");
+        let schema = format!("durably_test_{}", crate::new_id().to_lowercase());
+        let store = PostgresStore::connect_with(
+            &url,
+            PostgresOptions {
+                schema: Some(schema.clone()),
+                ..PostgresOptions::default()
+            },
+        )
+        .expect("connect");
+        store.migrate().await.expect("migrate");
+        let now = Timestamp::now();
+        let runs = (0..2000)
+            .map(|n| NewRun {
+                job_name: "job".into(),
+                input: serde_json::json!(n),
+                idempotency_key: None,
+                concurrency_key: None,
+                labels: Default::default(),
+                coalesce: None,
+            })
+            .collect();
+        store.enqueue_many(runs, now).await.expect("enqueue");
+        let leased = store
+            .claim("w", now, Duration::from_secs(60), 1000)
+            .await
+            .expect("claim");
+        assert_eq!(leased.len(), 1000);
+
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .expect("search path");
+        let id = &leased[0].id;
+        let persist = plan(
+            &client,
+            "persist",
+            PERSIST_SQL,
+            &format!(
+                "'{{{id}}}', '{{1}}', '{{s1}}', '{{s}}', '{{0}}', '{{completed}}', '{{null}}', \
+                 '{{null}}', '{{{now}}}', '{{{now}}}'"
+            ),
+        )
+        .await;
+        let complete = plan(
+            &client,
+            "complete",
+            &complete_sql(),
+            &format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false"),
+        )
+        .await;
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .expect("drop schema");
+        for (name, plan) in [("persist", persist), ("complete", complete)] {
+            assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
+            assert!(!plan.contains("Bitmap"), "{name}: {plan}");
+            assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
+        }
     }
 }

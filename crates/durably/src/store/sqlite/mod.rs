@@ -84,15 +84,23 @@ pub struct SqliteOptions {
     pub max_group_commit: usize,
     /// Reader connections kept open (default 4).
     pub max_readers: usize,
-    /// WAL pages after which a commit also checkpoints (`PRAGMA wal_autocheckpoint`; default
-    /// 10,000 pages, about 40 MB, where SQLite's own default is 1,000). Busy queues rewrite the
-    /// same index pages over and over; checkpointing less often copies each of them back to the
-    /// database once instead of ten times. The price: the checkpoint runs inside the commit
-    /// that crosses the threshold, so on a busy queue that commit (and the writes queued behind
-    /// it) takes tens of milliseconds, where at 1,000 pages it takes a few, ten times as often.
-    /// An idle worker truncates the WAL anyway (at most once a minute). `0` turns automatic
-    /// checkpoints off.
-    pub wal_autocheckpoint: u32,
+    /// WAL pages after which a commit also checkpoints (`PRAGMA wal_autocheckpoint`; `0` turns
+    /// automatic checkpoints off). `None` (the default) picks by [`Self::synchronous`]; see
+    /// [`Self::effective_wal_autocheckpoint`]:
+    /// - `normal` and `off`: 10,000 pages, about 40 MB (SQLite's own default is 1,000). Busy
+    ///   queues rewrite the same index pages over and over; checkpointing less often copies each
+    ///   of them back to the database once instead of ten times. The price: the checkpoint runs
+    ///   inside the commit that crosses the threshold, so on a busy queue that commit (and the
+    ///   writes queued behind it) takes tens of milliseconds, where at 1,000 pages it takes a
+    ///   few, ten times as often.
+    /// - `full` and `extra`: 1,000 pages, about 4 MB. Every commit flushes the WAL, and a flush
+    ///   of a WAL that is still growing must also flush the file's new size, which costs about
+    ///   twice the flush of pages the WAL already holds (on this project's test machines: 200
+    ///   against 120 µs). A checkpoint lets the WAL start again from its beginning, so a small
+    ///   WAL turns to overwriting after 4 MB instead of 40.
+    ///
+    /// An idle worker truncates the WAL anyway (at most once a minute).
+    pub wal_autocheckpoint: Option<u32>,
     /// How long the writer thread keeps looking for the next write after it finished one,
     /// yielding the CPU between looks, before it goes to sleep (default 100 µs; zero sleeps at
     /// once). A job's writes come one after another (claim, each step, completion); when the next
@@ -115,10 +123,29 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(10),
             max_group_commit: 512,
             max_readers: 4,
-            wal_autocheckpoint: 10_000,
+            wal_autocheckpoint: None,
             writer_spin: Duration::from_micros(100),
             reply_spin: Duration::from_micros(50),
         }
+    }
+}
+
+impl SqliteOptions {
+    /// The `PRAGMA wal_autocheckpoint` the store sets: [`Self::wal_autocheckpoint`], or when that
+    /// is `None`, 1,000 pages under `synchronous = full | extra` and 10,000 otherwise.
+    ///
+    /// ```
+    /// use durably::{SqliteOptions, Synchronous};
+    ///
+    /// let full = SqliteOptions { synchronous: Synchronous::Full, ..SqliteOptions::default() };
+    /// assert_eq!(full.effective_wal_autocheckpoint(), 1_000);
+    /// assert_eq!(SqliteOptions::default().effective_wal_autocheckpoint(), 10_000);
+    /// ```
+    pub fn effective_wal_autocheckpoint(&self) -> u32 {
+        self.wal_autocheckpoint.unwrap_or(match self.synchronous {
+            Synchronous::Full | Synchronous::Extra => 1_000,
+            Synchronous::Normal | Synchronous::Off => 10_000,
+        })
     }
 }
 
@@ -475,7 +502,7 @@ fn configure(
     conn.execute_batch(&format!(
         "PRAGMA synchronous={}; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint={};",
         options.synchronous.pragma_value(),
-        options.wal_autocheckpoint
+        options.effective_wal_autocheckpoint()
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -1062,6 +1089,43 @@ mod tests {
             })
             .await
             .expect("read synchronous")
+    }
+
+    async fn writer_autocheckpoint(store: &SqliteStore) -> i64 {
+        store
+            .direct("test", |conn| {
+                conn.pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+                    .map_err(|e| Error::storage("test", e))
+            })
+            .await
+            .expect("read wal_autocheckpoint")
+    }
+
+    #[tokio::test]
+    async fn the_wal_checkpoints_sooner_when_every_commit_is_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |name: &str, options: SqliteOptions| {
+            SqliteStore::open_with(dir.path().join(name), options).expect("open")
+        };
+        let normal = open("normal.sqlite", SqliteOptions::default());
+        assert_eq!(writer_autocheckpoint(&normal).await, 10_000);
+        let full = open(
+            "full.sqlite",
+            SqliteOptions {
+                synchronous: Synchronous::Full,
+                ..SqliteOptions::default()
+            },
+        );
+        assert_eq!(writer_autocheckpoint(&full).await, 1_000);
+        let chosen = open(
+            "chosen.sqlite",
+            SqliteOptions {
+                synchronous: Synchronous::Full,
+                wal_autocheckpoint: Some(0),
+                ..SqliteOptions::default()
+            },
+        );
+        assert_eq!(writer_autocheckpoint(&chosen).await, 0);
     }
 
     #[tokio::test]
