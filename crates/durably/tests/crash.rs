@@ -132,9 +132,10 @@ fn child_worker() {
                     .build()
                     .expect("build");
                 durably
-                    .register(drain_job(PathBuf::from(log)))
+                    .register(drain_job(PathBuf::from(&log)))
                     .expect("register");
                 durably.migrate().await.expect("migrate");
+                std::fs::write(ready_file(Path::new(&log)), b"ready").expect("report ready");
                 while !go.exists() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -171,6 +172,11 @@ fn spawn_child(mode: &str, db: &Path, log: &Path, go: Option<&Path>) -> Child {
         command.env(ENV_GO, go);
     }
     command.spawn().expect("spawn child worker")
+}
+
+/// Written by a `drain` child once it is connected and waits for the go file.
+fn ready_file(log: &Path) -> PathBuf {
+    log.with_extension("ready")
 }
 
 /// `<pid> <what>` lines of an execution log, grouped by pid.
@@ -300,6 +306,12 @@ async fn two_worker_processes_drain_one_sqlite_file_every_step_exactly_once() {
         .iter()
         .map(|log| spawn_child("drain", &db, log, Some(&go)))
         .collect();
+    // Both start together: a worker that started alone could drain the queue by itself.
+    common::eventually("both workers ready", Duration::from_secs(60), || {
+        let ready = logs.iter().all(|log| ready_file(log).exists());
+        async move { ready.then_some(()) }
+    })
+    .await;
     std::fs::write(&go, b"go").expect("start both workers");
     for child in &mut children {
         let status = common::within("child drain", Duration::from_secs(180), async {
