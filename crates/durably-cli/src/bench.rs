@@ -186,7 +186,7 @@ async fn throughput(
 }
 
 /// A throughput workload on any store: batch-trigger `jobs` runs of `steps_per_job` steps, then
-/// process them all with `concurrency` slots. With `stats` (SQLite), the line also says how well
+/// process them all with `concurrency` slots. With `stats`, the line also says how well
 /// group commit batched (`commits_per_job`, `writes_per_commit`).
 pub(super) async fn throughput_on(
     store: Arc<dyn Store>,

@@ -932,3 +932,128 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
         "the oldest eight, by id within the millisecond"
     );
 }
+
+/// A store on `schema` whose group commit waits up to `delay` for returning runs.
+fn store_with_commit_delay(schema: &str, delay: Duration) -> PostgresStore {
+    PostgresStore::connect_with(
+        &postgres_url(),
+        PostgresOptions {
+            max_connections: 8,
+            schema: Some(schema.to_owned()),
+            commit_delay: delay,
+            ..PostgresOptions::default()
+        },
+    )
+    .expect("connect")
+}
+
+/// Leases `runs` fresh runs of `store` and returns their fences.
+async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::Fence> {
+    store.migrate().await.expect("migrate");
+    let now = durably::Timestamp::now();
+    let new_runs = (0..runs)
+        .map(|n| durably::NewRun {
+            job_name: "steps".into(),
+            input: serde_json::json!(n),
+            idempotency_key: None,
+            concurrency_key: None,
+            labels: Default::default(),
+            coalesce: None,
+        })
+        .collect();
+    store.enqueue_many(new_runs, now).await.expect("enqueue");
+    let leased = store
+        .claim("w", now, Duration::from_secs(60), runs)
+        .await
+        .expect("claim");
+    assert_eq!(leased.len(), runs);
+    leased
+        .into_iter()
+        .map(|run| durably::Fence {
+            run_id: run.id,
+            generation: run.lease_generation,
+        })
+        .collect()
+}
+
+/// `steps` steps of the leased run `fence`, one after another.
+async fn persist_steps(store: PostgresStore, fence: durably::Fence, steps: i64) {
+    for index in 0..steps {
+        let step = durably::NewStep {
+            name: format!("s{index}"),
+            index,
+            status: durably::StepStatus::Completed,
+            output: Some(serde_json::json!(index)),
+            error: None,
+            started_at: durably::Timestamp::now(),
+        };
+        let persisted = store
+            .persist_step(&fence, step, durably::Timestamp::now())
+            .await
+            .expect("persist");
+        assert!(persisted.is_some(), "the lease holder's step lands");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_batch_waits_for_the_next_steps_of_the_runs_it_just_served() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    // A delay far longer than a step takes: every batch waits for the runs it expects.
+    let store = store_with_commit_delay(&schema, Duration::from_secs(5));
+    let fences = leased_runs(&store, 2).await;
+    let before = store.stats();
+    let steps = 20;
+    within("two runs step", Duration::from_secs(120), async {
+        tokio::join!(
+            persist_steps(store.clone(), fences[0].clone(), steps),
+            persist_steps(store.clone(), fences[1].clone(), steps),
+        )
+    })
+    .await;
+    let after = store.stats();
+    assert_eq!(after.operations - before.operations, 2 * steps as u64);
+    let batches = after.transactions - before.transactions;
+    // Without the wait the two runs alternate (up to one batch per step, 40); with it, after
+    // the first two batches (both runs' first steps may go out apart), each carries one step
+    // of each run.
+    assert!(
+        batches <= steps as u64 + 1,
+        "{batches} batches for 2 x {steps} steps"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_lone_run_never_waits_for_its_own_steps() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let store = store_with_commit_delay(&schema, Duration::from_secs(10));
+    let fences = leased_runs(&store, 1).await;
+    // One delay per step would take 200 s; the run's own next step ends every wait.
+    let started = Instant::now();
+    within(
+        "one run steps",
+        Duration::from_secs(120),
+        persist_steps(store.clone(), fences[0].clone(), 20),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -120,10 +120,11 @@ async fn throughput(
     steps_per_job: u64,
 ) -> Result<serde_json::Value, BoxError> {
     let store = setup.fresh_store(concurrency + 4)?;
+    let counters = store.clone();
     let line = throughput_on(
         Arc::new(store.clone()),
         "postgres",
-        None,
+        Some(&move || counters.stats()),
         workload,
         concurrency,
         jobs,

@@ -25,12 +25,23 @@ pub(crate) mod schema;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
+
+/// Group-commit counters of a store ([`SqliteStore::stats`], [`PostgresStore::stats`]): how
+/// many write transactions carried how many writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Write transactions committed (or attempted). On PostgreSQL: group-commit batches only
+    /// (step writes and completions; other writes run on their own).
+    pub transactions: u64,
+    /// Write operations served; `operations / transactions` is the group-commit factor.
+    pub operations: u64,
+}
 
 /// The schema version this library writes (upstream schema version 1).
 pub const SCHEMA_VERSION: i64 = 1;

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store};
+use super::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store, WriterStats};
 use crate::error::{Error, Result};
 use crate::run::{Log, Progress, Run, RunFilter, Step};
 use crate::time::Timestamp;
@@ -255,15 +255,6 @@ impl WriteKind {
 #[derive(Clone)]
 pub struct SqliteStore {
     shared: Arc<Shared>,
-}
-
-/// Counters of the writer thread, for monitoring group commit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Write transactions committed (or attempted).
-    pub transactions: u64,
-    /// Write operations served; `operations / transactions` is the group-commit factor.
-    pub operations: u64,
 }
 
 #[derive(Default)]
