@@ -12,6 +12,9 @@
 //! ([`Store::complete_run_and_claim`](crate::Store::complete_run_and_claim)) add one claim of
 //! keyless runs to that transaction; a run whose concurrency key needs the advisory-lock path
 //! is left to the worker loop, whose slot frees when the hand-off claims nothing.
+//!
+//! One batch executes at a time. The next one waits briefly for the runs the last one served
+//! ([`crate::PostgresOptions::commit_delay`]), so runs stepping at once share every batch.
 
 use std::collections::HashSet;
 use std::sync::Arc;
