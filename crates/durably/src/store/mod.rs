@@ -32,7 +32,7 @@ pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 
-/// Group-commit counters of a store ([`SqliteStore::stats`], [`PostgresStore::stats`]): how
+/// Group-commit counters of a store (`SqliteStore::stats`, `PostgresStore::stats`): how
 /// many write transactions carried how many writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
