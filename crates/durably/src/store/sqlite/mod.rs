@@ -391,7 +391,6 @@ impl SqliteStore {
 
     /// Group-commit counters of this store's writer thread.
     pub fn stats(&self) -> WriterStats {
-        use std::sync::atomic::Ordering::Relaxed;
         WriterStats {
             transactions: self
                 .shared
