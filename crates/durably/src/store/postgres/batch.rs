@@ -596,8 +596,9 @@ mod tests {
     use std::time::Duration;
 
     use super::{BEGIN_WITH_KEYED_PLANS, PERSIST_SQL, complete_sql};
+    use crate::Timestamp;
+    use crate::store::postgres::test_schema;
     use crate::store::{NewRun, Store};
-    use crate::{PostgresOptions, PostgresStore, Timestamp};
 
     /// The plan of `statement` (prepared as `name`, run with `arguments`) under the batch
     /// settings, on the table as it is now.
@@ -629,17 +630,7 @@ mod tests {
     /// with the table (every step and completion would read every leased run).
     #[tokio::test]
     async fn batch_writes_find_their_rows_by_key_on_a_table_never_analysed() {
-        let url = std::env::var("DURABLY_TEST_POSTGRES_URL").expect("test database URL");
-        let schema = format!("durably_test_{}", crate::new_id().to_lowercase());
-        let store = PostgresStore::connect_with(
-            &url,
-            PostgresOptions {
-                schema: Some(schema.clone()),
-                ..PostgresOptions::default()
-            },
-        )
-        .expect("connect");
-        store.migrate().await.expect("migrate");
+        let (store, client, schema) = test_schema::fresh().await;
         let now = Timestamp::now();
         let runs = (0..2000)
             .map(|n| NewRun {
@@ -658,14 +649,6 @@ mod tests {
             .expect("claim");
         assert_eq!(leased.len(), 1000);
 
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET search_path TO \"{schema}\""))
-            .await
-            .expect("search path");
         let id = &leased[0].id;
         let persist = plan(
             &client,
@@ -684,10 +667,7 @@ mod tests {
             &format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false"),
         )
         .await;
-        client
-            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .await
-            .expect("drop schema");
+        test_schema::drop(&client, &schema).await;
         for (name, plan) in [("persist", persist), ("complete", complete)] {
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
             assert!(!plan.contains("Bitmap"), "{name}: {plan}");

@@ -1832,15 +1832,16 @@ async fn listen_once(
     outcome
 }
 
+/// Test support: a store in a schema of its own, and a plain client on that schema.
 #[cfg(all(test, durably_postgres_tests))]
-mod tests {
-    use super::*;
+pub(super) mod test_schema {
+    use super::{NoTls, PostgresOptions, PostgresStore};
+    use crate::store::Store;
 
-    /// A page of the run list reads a few index entries per status, whatever the size of the
-    /// table: no sequential scan, and no plan node handles more rows than the page needs from
-    /// one status (a sort of every matching run would read them all).
-    #[tokio::test]
-    async fn a_page_of_runs_reads_only_the_newest_of_each_status() {
+    /// A migrated store in a fresh schema, a client whose `search_path` is that schema, and
+    /// the schema's name (drop it with [`drop`]).
+    pub(in crate::store::postgres) async fn fresh()
+    -> (PostgresStore, tokio_postgres::Client, String) {
         let url = std::env::var("DURABLY_TEST_POSTGRES_URL").expect("test database URL");
         let schema = format!("durably_test_{}", crate::new_id().to_lowercase());
         let store = PostgresStore::connect_with(
@@ -1855,20 +1856,44 @@ mod tests {
         let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
         tokio::spawn(connection);
         client
-            .batch_execute(&format!(
-                "SET search_path TO \"{schema}\"; \
-                 INSERT INTO durably_runs (id, job_name, input, status, created_at, updated_at) \
-                 SELECT 'c' || lpad(g::text, 8, '0'), 'job', '{{}}', \
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .expect("search path");
+        (store, client, schema)
+    }
+
+    pub(in crate::store::postgres) async fn drop(client: &tokio_postgres::Client, schema: &str) {
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .expect("drop schema");
+    }
+}
+
+#[cfg(all(test, durably_postgres_tests))]
+mod tests {
+    use super::*;
+
+    /// A page of the run list reads a few index entries per status, whatever the size of the
+    /// table: no sequential scan, and no plan node handles more rows than the page needs from
+    /// one status (a sort of every matching run would read them all).
+    #[tokio::test]
+    async fn a_page_of_runs_reads_only_the_newest_of_each_status() {
+        let (store, client, schema) = test_schema::fresh().await;
+        client
+            .batch_execute(
+                "INSERT INTO durably_runs (id, job_name, input, status, created_at, updated_at) \
+                 SELECT 'c' || lpad(g::text, 8, '0'), 'job', '{}', \
                    CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'completed' END, \
                    to_char(timestamp '2026-01-01' + g * interval '10 ms', \
                      'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), '2026-01-01T00:00:00.000Z' \
                  FROM generate_series(1, 20000) g; \
                  INSERT INTO durably_runs (id, job_name, input, status, created_at, updated_at) \
-                 SELECT 'p' || lpad(g::text, 8, '0'), 'job', '{{}}', 'pending', \
+                 SELECT 'p' || lpad(g::text, 8, '0'), 'job', '{}', 'pending', \
                    '2026-02-01T00:00:00.000Z', '2026-02-01T00:00:00.000Z' \
                  FROM generate_series(1, 5000) g; \
-                 ANALYZE durably_runs"
-            ))
+                 ANALYZE durably_runs",
+            )
             .await
             .expect("fill");
 
@@ -1905,10 +1930,7 @@ mod tests {
             plans.push(plan.join("\n"));
         }
         let newest = store.get_runs(&filters[0]).await.expect("list");
-        client
-            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .await
-            .expect("drop schema");
+        test_schema::drop(&client, &schema).await;
 
         assert_eq!(newest.len(), 50);
         assert!(newest.iter().all(|run| run.status == RunStatus::Pending));

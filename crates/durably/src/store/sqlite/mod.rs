@@ -1278,15 +1278,20 @@ mod tests {
         assert_eq!(versions(&store).await, vec![1, 300]);
     }
 
-    /// The writer connection's `PRAGMA synchronous` (1 = NORMAL, 2 = FULL).
-    async fn writer_sync_mode(store: &SqliteStore) -> i64 {
+    /// A `PRAGMA` value of the writer connection.
+    async fn writer_pragma(store: &SqliteStore, name: &'static str) -> i64 {
         store
-            .direct("test", |conn| {
-                conn.pragma_query_value(None, "synchronous", |row| row.get(0))
+            .direct("test", move |conn| {
+                conn.pragma_query_value(None, name, |row| row.get(0))
                     .map_err(|e| Error::storage("test", e))
             })
             .await
-            .expect("read synchronous")
+            .expect("read a pragma")
+    }
+
+    /// The writer connection's `PRAGMA synchronous` (1 = NORMAL, 2 = FULL).
+    async fn writer_sync_mode(store: &SqliteStore) -> i64 {
+        writer_pragma(store, "synchronous").await
     }
 
     /// `writes` continuing writes one after another, as a run's steps come.
@@ -1322,11 +1327,28 @@ mod tests {
             .expect("count")
     }
 
-    #[test]
-    fn a_held_group_runs_the_writes_that_arrive_and_commits_them_together() {
+    /// An in-memory connection with a table `t`, for [`commit_batch`] run by hand.
+    fn table_connection() -> Connection {
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (x INTEGER)")
             .expect("table");
+        conn
+    }
+
+    /// A group held for `expected` writes of the runs served before `replied` = 5.
+    fn gather(commands: &mpsc::Receiver<Command>, expected: usize) -> Gather<'_> {
+        Gather {
+            commands,
+            expected,
+            replied: 5,
+            delay: Duration::from_secs(30),
+            max_batch: 512,
+        }
+    }
+
+    #[test]
+    fn a_held_group_runs_the_writes_that_arrive_and_commits_them_together() {
+        let conn = table_connection();
         let counters = WriterCounters::default();
         let mut sync = CommitSync::new(Synchronous::Normal);
         let (queue, commands) = mpsc::channel();
@@ -1338,13 +1360,7 @@ mod tests {
             queue.send(Command::Write(write)).expect("queue");
             outcomes.push(outcome);
         }
-        let gather = Gather {
-            commands: &commands,
-            expected: 3,
-            replied: 5,
-            delay: Duration::from_secs(30),
-            max_batch: 512,
-        };
+        let gather = gather(&commands, 3);
         let started = Instant::now();
         let group = commit_batch(&conn, vec![first], Some(gather), &mut sync, &counters);
 
@@ -1372,22 +1388,14 @@ mod tests {
 
     #[test]
     fn under_full_a_group_without_a_flush_leaves_a_write_that_needs_one_to_the_next() {
-        let conn = Connection::open_in_memory().expect("open");
-        conn.execute_batch("CREATE TABLE t (x INTEGER)")
-            .expect("table");
+        let conn = table_connection();
         let counters = WriterCounters::default();
         let mut sync = CommitSync::new(Synchronous::Full);
         let (queue, commands) = mpsc::channel();
         let (claim, claim_outcome) = sql_write(WriteKind::UNSYNCED, 5, "INSERT INTO t VALUES (1)");
         let (step, step_outcome) = sql_write(WriteKind::CONTINUING, 5, "INSERT INTO t VALUES (2)");
         queue.send(Command::Write(step)).expect("queue");
-        let gather = Gather {
-            commands: &commands,
-            expected: 2,
-            replied: 5,
-            delay: Duration::from_secs(30),
-            max_batch: 512,
-        };
+        let gather = gather(&commands, 2);
         let group = commit_batch(&conn, vec![claim], Some(gather), &mut sync, &counters);
         let synchronous = |conn: &Connection| -> i64 {
             conn.pragma_query_value(None, "synchronous", |row| row.get(0))
@@ -1460,32 +1468,12 @@ mod tests {
         );
     }
 
-    async fn writer_autocheckpoint(store: &SqliteStore) -> i64 {
-        store
-            .direct("test", |conn| {
-                conn.pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
-                    .map_err(|e| Error::storage("test", e))
-            })
-            .await
-            .expect("read wal_autocheckpoint")
-    }
-
-    async fn page_size(store: &SqliteStore) -> i64 {
-        store
-            .direct("test", |conn| {
-                conn.pragma_query_value(None, "page_size", |row| row.get(0))
-                    .map_err(|e| Error::storage("test", e))
-            })
-            .await
-            .expect("read page_size")
-    }
-
     #[tokio::test]
     async fn a_new_database_gets_small_pages_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fresh = SqliteStore::open(dir.path().join("fresh.sqlite")).expect("open");
         fresh.migrate().await.expect("migrate");
-        assert_eq!(page_size(&fresh).await, 2_048);
+        assert_eq!(writer_pragma(&fresh, "page_size").await, 2_048);
 
         // A database created elsewhere with SQLite's default pages (the TypeScript runtime's).
         let existing = dir.path().join("existing.sqlite");
@@ -1496,7 +1484,7 @@ mod tests {
             .expect("create a database");
         let store = SqliteStore::open(&existing).expect("open");
         store.migrate().await.expect("migrate");
-        assert_eq!(page_size(&store).await, 4_096);
+        assert_eq!(writer_pragma(&store, "page_size").await, 4_096);
         let run = NewRun {
             job_name: "job".into(),
             input: Value::Null,
@@ -1516,7 +1504,7 @@ mod tests {
             },
         )
         .expect("open");
-        assert_eq!(page_size(&memory).await, 8_192);
+        assert_eq!(writer_pragma(&memory, "page_size").await, 8_192);
     }
 
     #[test]
@@ -1544,7 +1532,7 @@ mod tests {
             SqliteStore::open_with(dir.path().join(name), options).expect("open")
         };
         let normal = open("normal.sqlite", SqliteOptions::default());
-        assert_eq!(writer_autocheckpoint(&normal).await, 10_000);
+        assert_eq!(writer_pragma(&normal, "wal_autocheckpoint").await, 10_000);
         let full = open(
             "full.sqlite",
             SqliteOptions {
@@ -1552,7 +1540,7 @@ mod tests {
                 ..SqliteOptions::default()
             },
         );
-        assert_eq!(writer_autocheckpoint(&full).await, 1_000);
+        assert_eq!(writer_pragma(&full, "wal_autocheckpoint").await, 1_000);
         let chosen = open(
             "chosen.sqlite",
             SqliteOptions {
@@ -1561,7 +1549,7 @@ mod tests {
                 ..SqliteOptions::default()
             },
         );
-        assert_eq!(writer_autocheckpoint(&chosen).await, 0);
+        assert_eq!(writer_pragma(&chosen, "wal_autocheckpoint").await, 0);
     }
 
     #[tokio::test]
