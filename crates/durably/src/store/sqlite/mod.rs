@@ -714,6 +714,7 @@ impl Gather<'_> {
 /// written but not flushed; the next synced commit flushes them with its own.
 struct CommitSync {
     configured: Synchronous,
+    /// The connection is set to commit without a flush (the open group needs none).
     relaxed: bool,
 }
 
@@ -821,7 +822,7 @@ fn commit_batch(
                     .as_ref()
                     .and_then(|g| g.next(size, arrived, &mut until))
                 {
-                    Some(Command::Write(write)) if write.kind.synced && !synced => {
+                    Some(Command::Write(write)) if write.kind.synced && sync.relaxed => {
                         // This group commits without a flush; a write that needs one waits.
                         outcome.carried = Some(Command::Write(write));
                         break;
@@ -1384,6 +1385,28 @@ mod tests {
         for outcome in outcomes {
             assert_eq!(outcome.try_recv().expect("reported"), None);
         }
+    }
+
+    #[test]
+    fn under_normal_a_group_of_claims_takes_in_the_steps_that_arrive() {
+        let conn = table_connection();
+        let counters = WriterCounters::default();
+        let mut sync = CommitSync::new(Synchronous::Normal);
+        let (queue, commands) = mpsc::channel();
+        let (claim, _) = sql_write(WriteKind::UNSYNCED, 5, "INSERT INTO t VALUES (1)");
+        let (step, step_outcome) = sql_write(WriteKind::CONTINUING, 5, "INSERT INTO t VALUES (2)");
+        queue.send(Command::Write(step)).expect("queue");
+        let group = commit_batch(
+            &conn,
+            vec![claim],
+            Some(gather(&commands, 2)),
+            &mut sync,
+            &counters,
+        );
+        // No commit flushes under NORMAL, so nothing is left for the next group.
+        assert!(group.carried.is_none());
+        assert_eq!(rows(&conn), 2);
+        assert_eq!(step_outcome.try_recv().expect("reported"), None);
     }
 
     #[test]
