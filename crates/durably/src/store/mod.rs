@@ -366,6 +366,32 @@ pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     ))
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+/// The row a newly created run starts as: `request` stored under `id` at `now`.
+pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
+    Run {
+        id,
+        job_name: request.job_name.clone(),
+        input: request.input.clone(),
+        status: RunStatus::Pending,
+        idempotency_key: request.idempotency_key.clone(),
+        concurrency_key: request.concurrency_key.clone(),
+        current_step_index: 0,
+        completed_step_count: 0,
+        progress: None,
+        output: None,
+        error: None,
+        labels: request.labels.clone(),
+        lease_owner: None,
+        lease_expires_at: None,
+        lease_generation: 0,
+        started_at: None,
+        completed_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 /// Error text stored when an expired lease cannot return to pending.
 pub(crate) const LEASE_EXPIRED_PENDING_EXISTS: &str = "Lease expired; pending run already exists";
 

@@ -18,7 +18,7 @@ use crate::run::{
 };
 use crate::store::{
     Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch, parse_labels,
-    parse_optional_json, pending_conflict, validate_label_key,
+    parse_optional_json, pending_conflict, pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 
@@ -378,27 +378,7 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
         }
     }
     Ok(Enqueued {
-        run: Run {
-            id,
-            job_name: request.job_name.clone(),
-            input: request.input.clone(),
-            status: RunStatus::Pending,
-            idempotency_key: request.idempotency_key.clone(),
-            concurrency_key: request.concurrency_key.clone(),
-            current_step_index: 0,
-            completed_step_count: 0,
-            progress: None,
-            output: None,
-            error: None,
-            labels: request.labels.clone(),
-            lease_owner: None,
-            lease_expires_at: None,
-            lease_generation: 0,
-            started_at: None,
-            completed_at: None,
-            created_at: now,
-            updated_at: now,
-        },
+        run: pending_run(id, request, now),
         disposition: Disposition::Created,
     })
 }
