@@ -16,7 +16,7 @@ use crate::run::{
 };
 use crate::store::{Enqueued, NewRun, Store};
 use crate::time::Timestamp;
-use crate::worker::WorkerState;
+use crate::worker::{Handed, WorkerState};
 
 /// Validated configuration of a [`Durably`] instance (upstream option names in parentheses).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +36,10 @@ pub struct Config {
     pub retain_runs: Option<Duration>,
     /// Store `step.log` entries (default `true`; upstream needed a plugin).
     pub persist_logs: bool,
+    /// Hand triggers to this process's worker while it waits (default `true`): the worker
+    /// enqueues the run and claims in the same transaction, so the run starts after one commit
+    /// instead of two. Off: every trigger enqueues on its own and wakes the worker.
+    pub trigger_hand_off: bool,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             preserve_steps: false,
             retain_runs: None,
             persist_logs: true,
+            trigger_hand_off: true,
         }
     }
 }
@@ -185,6 +190,13 @@ impl DurablyBuilder {
     /// Store `step.log` entries (default `true`).
     pub fn persist_logs(mut self, persist: bool) -> Self {
         self.config.persist_logs = persist;
+        self
+    }
+
+    /// Hand triggers to this process's waiting worker, which enqueues and claims in one
+    /// transaction (default `true`; see [`Config::trigger_hand_off`]).
+    pub fn trigger_hand_off(mut self, hand_off: bool) -> Self {
+        self.config.trigger_hand_off = hand_off;
         self
     }
 
@@ -515,7 +527,16 @@ impl Durably {
         })
     }
 
+    /// Emits the trigger's event and wakes this process's worker for a new run.
     fn announce(&self, enqueued: &Enqueued, request: &NewRun) {
+        self.announce_without_wake(enqueued, request);
+        if enqueued.disposition == Disposition::Created {
+            self.inner.worker.wake();
+        }
+    }
+
+    /// Emits `run:trigger` for a new run or `run:coalesced` for a coalesced one.
+    pub(crate) fn announce_without_wake(&self, enqueued: &Enqueued, request: &NewRun) {
         let run = &enqueued.run;
         match enqueued.disposition {
             Disposition::Created => {
@@ -525,7 +546,6 @@ impl Durably {
                     input: request.input.clone(),
                     labels: run.labels.clone(),
                 });
-                self.inner.worker.wake();
             }
             Disposition::Coalesced => {
                 self.inner.events.emit(EventKind::RunCoalesced {
@@ -551,12 +571,21 @@ impl Durably {
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
         let _announcing = self.inner.announcing.read().await;
-        let enqueued = self
-            .inner
-            .store
-            .enqueue(request.clone(), Timestamp::now())
-            .await?;
-        self.announce(&enqueued, &request);
+        // A worker of this process waiting idle enqueues the run and claims it in one commit.
+        let enqueued = match self.inner.worker.hand_off(request) {
+            Handed::Taken(answer) => answer.await.map_err(|_| {
+                Error::storage("enqueue", "the worker stopped before answering the trigger")
+            })??,
+            Handed::Refused(request) => {
+                let enqueued = self
+                    .inner
+                    .store
+                    .enqueue(request.clone(), Timestamp::now())
+                    .await?;
+                self.announce(&enqueued, &request);
+                enqueued
+            }
+        };
         Ok(TriggerResult {
             run: enqueued.run,
             disposition: enqueued.disposition,

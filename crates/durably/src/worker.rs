@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,7 +25,9 @@ use crate::events::EventKind;
 use crate::job::ExecutionError;
 use crate::run::{Run, RunStatus, StepStatus};
 use crate::step::{AbortReason, StepContext, StepShared};
-use crate::store::{ClaimRequest, Fence, LEASE_EXPIRED_PENDING_EXISTS, StoreNotice};
+use crate::store::{
+    ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewRun, StoreNotice,
+};
 use crate::time::{Timestamp, new_id};
 
 /// How often idle maintenance may purge old runs or checkpoint the WAL.
@@ -39,6 +41,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct WorkerState {
     wake: Arc<Notify>,
+    /// Open while the worker loop waits with a free slot: a trigger of this process hands its
+    /// run to the loop, which enqueues it and claims in one transaction (see
+    /// [`WorkerState::hand_off`]).
+    intake: Mutex<Option<mpsc::UnboundedSender<HandOff>>>,
     running: Mutex<Option<RunningWorker>>,
     active: Mutex<HashMap<String, Arc<StepShared>>>,
     maintenance: tokio::sync::Mutex<MaintenanceClock>,
@@ -63,10 +69,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A trigger handed to the worker loop: the run to enqueue and where its outcome goes.
+pub(crate) struct HandOff {
+    run: NewRun,
+    reply: oneshot::Sender<Result<Enqueued>>,
+}
+
+/// What became of a trigger offered to the worker loop.
+pub(crate) enum Handed {
+    /// The loop took it; its outcome comes on the receiver.
+    Taken(oneshot::Receiver<Result<Enqueued>>),
+    /// The loop is not waiting: the caller enqueues the run itself.
+    Refused(NewRun),
+}
+
 impl WorkerState {
     /// Wakes an idle worker at once (a run was triggered in this process).
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Hands a trigger to the worker loop if it waits with a free slot: the loop enqueues the
+    /// run and claims in the same transaction (one commit fewer before the run starts), announces
+    /// the run, and answers on the returned receiver. Gives the run back when the loop is busy,
+    /// stopped or not running; the caller then enqueues it itself.
+    pub(crate) fn hand_off(&self, run: NewRun) -> Handed {
+        let intake = lock(&self.intake);
+        let Some(sender) = intake.as_ref() else {
+            return Handed::Refused(run);
+        };
+        let (reply, answer) = oneshot::channel();
+        match sender.send(HandOff { run, reply }) {
+            Ok(()) => Handed::Taken(answer),
+            Err(unsent) => Handed::Refused(unsent.0.run),
+        }
     }
 
     /// Fires the cancellation token of a run executing in this process.
@@ -148,21 +184,37 @@ impl Durably {
     async fn worker_loop(self, worker_id: String, stop: CancellationToken) {
         let config = self.inner.config.clone();
         let wake = self.inner.worker.wake.clone();
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut in_flight: JoinSet<bool> = JoinSet::new();
         let mut failures: u32 = 0;
         // Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY); `None` for backends that
         // only poll.
         let mut notices = self.inner.store.notifications();
+        // Triggers of this process handed to the loop (see `WorkerState::hand_off`).
+        let (intake_sender, mut intake) = mpsc::unbounded_channel::<HandOff>();
+        let mut handed: Vec<HandOff> = Vec::new();
+        let mut claimable = Claimable::default();
         loop {
             if stop.is_cancelled() {
                 break;
             }
             // Reap every finished run first: `len()` counts finished-but-unjoined tasks, and
             // undercounting free slots would claim one run per round trip.
-            while in_flight.try_join_next().is_some() {}
+            reap(&mut in_flight, &mut claimable);
+            handed.extend(std::iter::from_fn(|| intake.try_recv().ok()));
+            if !handed.is_empty() {
+                self.take_hand_offs(
+                    std::mem::take(&mut handed),
+                    &worker_id,
+                    &stop,
+                    &mut in_flight,
+                    &mut claimable,
+                )
+                .await;
+                continue;
+            }
             let free = config.max_concurrent_runs.saturating_sub(in_flight.len());
             let mut wait = config.polling_interval;
-            if free > 0 {
+            if free > 0 && claimable.should_claim() {
                 let claimed = self
                     .inner
                     .store
@@ -171,18 +223,15 @@ impl Durably {
                 match claimed {
                     Ok(runs) if !runs.is_empty() => {
                         failures = 0;
-                        for run in runs {
-                            let durably = self.clone();
-                            let owner = worker_id.clone();
-                            let stop = stop.clone();
-                            in_flight.spawn(async move {
-                                durably.execute_in_slot(run, &owner, &stop).await;
-                            });
+                        if runs.len() < free {
+                            claimable.found_nothing_more();
                         }
+                        self.start_runs(runs, &worker_id, &stop, &mut in_flight);
                         continue;
                     }
                     Ok(_) => {
                         failures = 0;
+                        claimable.found_nothing_more();
                         if in_flight.is_empty() {
                             self.idle_maintenance(false).await;
                         }
@@ -195,17 +244,112 @@ impl Durably {
                     }
                 }
             }
+            // While the store fails the loop backs off, and triggers enqueue themselves.
+            let hand_off = config.trigger_hand_off && failures == 0;
+            self.set_intake(hand_off.then(|| intake_sender.clone()));
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = wake.notified(), if failures == 0 => {}
+                Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    claimable.slot_ended(ended);
+                }
+                _ = wake.notified(), if failures == 0 => claimable.look_again(),
                 notice = next_notice(&mut notices), if notices.is_some() && failures == 0 => {
                     self.handle_notices(notice, &mut notices);
+                    claimable.look_again();
                 }
-                _ = tokio::time::sleep(wait) => {}
+                Some(hand_off) = intake.recv() => handed.push(hand_off),
+                _ = tokio::time::sleep(wait) => claimable.look_again()
             }
         }
+        // Closed: every hand-off was sent before, and is enqueued here (a stopping worker
+        // claims nothing new).
+        self.set_intake(None);
+        handed.extend(std::iter::from_fn(|| intake.try_recv().ok()));
+        if !handed.is_empty() {
+            self.take_hand_offs(handed, &worker_id, &stop, &mut in_flight, &mut claimable)
+                .await;
+        }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Opens (`Some`) or closes the intake of hand-offs.
+    fn set_intake(&self, sender: Option<mpsc::UnboundedSender<HandOff>>) {
+        *lock(&self.inner.worker.intake) = sender;
+    }
+
+    /// Starts each claimed run in a slot of its own.
+    fn start_runs(
+        &self,
+        runs: Vec<Run>,
+        worker_id: &str,
+        stop: &CancellationToken,
+        in_flight: &mut JoinSet<bool>,
+    ) {
+        for run in runs {
+            let durably = self.clone();
+            let owner = worker_id.to_owned();
+            let stop = stop.clone();
+            in_flight.spawn(async move { durably.execute_in_slot(run, &owner, &stop).await });
+        }
+    }
+
+    /// Enqueues handed-off triggers, all at once. The first also claims for the free slots in
+    /// its own transaction, so on an idle worker a trigger's run starts after one commit
+    /// instead of two. Each run is announced before its trigger is answered (and so before any
+    /// of its own events: see `announcing`); then the claimed runs start.
+    async fn take_hand_offs(
+        &self,
+        handed: Vec<HandOff>,
+        worker_id: &str,
+        stop: &CancellationToken,
+        in_flight: &mut JoinSet<bool>,
+        claimable: &mut Claimable,
+    ) {
+        let config = &self.inner.config;
+        reap(in_flight, claimable);
+        // A stopping worker claims nothing new; the runs are only enqueued.
+        let free = match stop.is_cancelled() {
+            true => 0,
+            false => config.max_concurrent_runs.saturating_sub(in_flight.len()),
+        };
+        let now = Timestamp::now();
+        let store = &self.inner.store;
+        let outcomes = futures::future::join_all(handed.iter().enumerate().map(|(i, hand_off)| {
+            let next = ClaimRequest {
+                worker_id: worker_id.to_owned(),
+                lease: config.lease_duration,
+                max: if i == 0 { free } else { 0 },
+            };
+            async move {
+                store
+                    .enqueue_and_claim(hand_off.run.clone(), now, &next)
+                    .await
+            }
+        }))
+        .await;
+        // With one hand-off whose claim ran, and found fewer runs than it could take.
+        let looked = handed.len() == 1 && outcomes.iter().all(|outcome| outcome.is_ok());
+        let mut claimed = Vec::new();
+        for (hand_off, outcome) in handed.into_iter().zip(outcomes) {
+            let answer = outcome.map(|(enqueued, runs)| {
+                // No wake: this loop claims next.
+                self.announce_without_wake(&enqueued, &hand_off.run);
+                claimed.extend(runs);
+                enqueued
+            });
+            let _ = hand_off.reply.send(answer);
+        }
+        if looked && free > 0 {
+            // That claim was a full look, after every enqueue.
+            *claimable = Claimable::default();
+            if claimed.len() < free {
+                claimable.found_nothing_more();
+            }
+        } else {
+            // Runs were enqueued that no claim has looked for.
+            claimable.look_again();
+        }
+        self.start_runs(claimed, worker_id, stop, in_flight);
     }
 
     /// Applies a notice and every other one already queued: cancels fire the run's token if it
@@ -375,14 +519,21 @@ impl Durably {
     /// Executes a claimed run in one of the worker's slots, then the runs claimed in the same
     /// transaction as each completion, until one finishes with nothing left to claim or the
     /// worker is stopping (a stopping worker claims nothing new).
-    async fn execute_in_slot(&self, run: Run, worker_id: &str, stop: &CancellationToken) {
+    ///
+    /// Returns `true` when the slot ends *quietly*: its last run completed and the claim made
+    /// with that completion found nothing, so nothing was claimable a moment ago.
+    async fn execute_in_slot(&self, run: Run, worker_id: &str, stop: &CancellationToken) -> bool {
         let mut queue = std::collections::VecDeque::from([run]);
+        let mut quiet = false;
         while let Some(run) = queue.pop_front() {
-            let (_, claimed) = self.execute_then_claim(run, worker_id, Some(stop)).await;
+            let claiming = !stop.is_cancelled();
+            let (outcome, claimed) = self.execute_then_claim(run, worker_id, Some(stop)).await;
+            quiet = claiming && outcome == Outcome::Completed && claimed.is_empty();
             // `max: 1` claims one run; should a store return more, they run here in turn
             // rather than being dropped.
             queue.extend(claimed);
         }
+        quiet
     }
 
     /// Executes one claimed run; when it completes and a worker's `stop` token is given that
@@ -700,6 +851,49 @@ impl Durably {
 }
 
 /// The next notice, for `select!` (pending forever without a channel).
+/// Whether the worker loop has to claim: after a look that found nothing more to claim (a
+/// claim that took fewer runs than it could, or a slot that ended quietly), the loop does not
+/// claim again until something may have changed that: a trigger's wake, a notice, the poll, or
+/// a slot that ended otherwise.
+#[derive(Default)]
+struct Claimable {
+    nothing_more: bool,
+    look_again: bool,
+}
+
+impl Claimable {
+    fn found_nothing_more(&mut self) {
+        self.nothing_more = true;
+    }
+
+    fn look_again(&mut self) {
+        self.look_again = true;
+    }
+
+    /// Notes how a slot ended: quietly (`true`), or otherwise (failed, cancelled, lease lost,
+    /// stopped, panicked), which frees a slot without having looked for the next run.
+    fn slot_ended(&mut self, ended: std::result::Result<bool, tokio::task::JoinError>) {
+        match ended {
+            Ok(true) => self.found_nothing_more(),
+            _ => self.look_again(),
+        }
+    }
+
+    /// Whether to claim now; the claim is the next look, so this starts over.
+    fn should_claim(&mut self) -> bool {
+        let skip = self.nothing_more && !self.look_again;
+        *self = Claimable::default();
+        !skip
+    }
+}
+
+/// Joins every finished slot, noting how each ended.
+fn reap(in_flight: &mut JoinSet<bool>, claimable: &mut Claimable) {
+    while let Some(ended) = in_flight.try_join_next() {
+        claimable.slot_ended(ended);
+    }
+}
+
 async fn next_notice(
     notices: &mut Option<broadcast::Receiver<StoreNotice>>,
 ) -> std::result::Result<StoreNotice, broadcast::error::RecvError> {

@@ -751,6 +751,106 @@ async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backe
     assert_eq!(get(&store, &third.id).await.status, RunStatus::Completed);
 }
 
+/// `enqueue_and_claim`: the enqueue and, only when it created a run, a claim of the oldest
+/// claimable runs with the same `now`.
+async fn enqueue_and_claim_claims_only_after_creating_a_run(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let next = ClaimRequest {
+        worker_id: "w".into(),
+        lease: LEASE,
+        max: 1,
+    };
+
+    // On an empty queue the new run is the one claimed, leased from the same `now`.
+    let (enqueued, claimed) = store
+        .enqueue_and_claim(new_run("job", json!({"n": 1})), t0, &next)
+        .await
+        .expect("enqueue and claim");
+    assert_eq!(enqueued.disposition, Disposition::Created);
+    assert_eq!(enqueued.run.status, RunStatus::Pending);
+    assert_eq!(claimed.len(), 1);
+    let first = &claimed[0];
+    assert_eq!(first.id, enqueued.run.id);
+    assert_eq!(first.status, RunStatus::Leased);
+    assert_eq!(first.lease_owner.as_deref(), Some("w"));
+    assert_eq!(first.lease_generation, 1);
+    assert_eq!(first.lease_expires_at, Some(t0 + LEASE));
+    assert_eq!(get(&store, &first.id).await, *first);
+
+    // An older pending run goes first; the new one stays pending.
+    let older = enqueue(&store, new_run("job", json!({"n": 2})), t0 + ms(1)).await;
+    let (enqueued, claimed) = store
+        .enqueue_and_claim(new_run("job", json!({"n": 3})), t0 + ms(2), &next)
+        .await
+        .expect("enqueue and claim");
+    let newer = enqueued.run;
+    assert_eq!(
+        claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![older.id.as_str()]
+    );
+    assert_eq!(get(&store, &newer.id).await.status, RunStatus::Pending);
+
+    // Nothing asked for: only the enqueue.
+    let none = ClaimRequest {
+        max: 0,
+        ..next.clone()
+    };
+    let (enqueued, claimed) = store
+        .enqueue_and_claim(new_run("job", json!({"n": 4})), t0 + ms(3), &none)
+        .await
+        .expect("enqueue");
+    assert_eq!(enqueued.disposition, Disposition::Created);
+    assert!(claimed.is_empty());
+
+    // An idempotent or coalesced trigger creates nothing and claims nothing, though runs are
+    // claimable.
+    let idempotent = NewRun {
+        idempotency_key: Some("once".into()),
+        ..new_run("job", json!({"n": 5}))
+    };
+    let (_, claimed) = store
+        .enqueue_and_claim(idempotent.clone(), t0 + ms(4), &none)
+        .await
+        .expect("enqueue");
+    assert!(claimed.is_empty());
+    let (again, claimed) = store
+        .enqueue_and_claim(idempotent, t0 + ms(5), &next)
+        .await
+        .expect("idempotent");
+    assert_eq!(again.disposition, Disposition::Idempotent);
+    assert!(claimed.is_empty(), "{claimed:?}");
+    enqueue(&store, keyed("keyed-job", "k"), t0 + ms(6)).await;
+    let (coalesced, claimed) = store
+        .enqueue_and_claim(
+            NewRun {
+                coalesce: Some(Coalesce::Skip),
+                ..keyed("keyed-job", "k")
+            },
+            t0 + ms(7),
+            &next,
+        )
+        .await
+        .expect("coalesce");
+    assert_eq!(coalesced.disposition, Disposition::Coalesced);
+    assert!(claimed.is_empty(), "{claimed:?}");
+
+    // A rejected trigger fails, claims nothing and writes nothing.
+    let before = store.get_runs(&RunFilter::default()).await.expect("runs");
+    match store
+        .enqueue_and_claim(keyed("keyed-job", "k"), t0 + ms(8), &next)
+        .await
+    {
+        Err(Error::Conflict(_)) => {}
+        other => panic!("expected Error::Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_runs(&RunFilter::default()).await.expect("runs"),
+        before
+    );
+    assert_eq!(get(&store, &newer.id).await.status, RunStatus::Pending);
+}
+
 async fn claimed_run(store: &Arc<dyn Store>, id: &str) -> durably::Run {
     let run = get(store, id).await;
     assert_eq!(run.status, RunStatus::Leased);
@@ -1618,6 +1718,7 @@ backend_tests!(
     persist_step_is_fenced_and_advances_counters,
     complete_run_is_fenced,
     complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run,
+    enqueue_and_claim_claims_only_after_creating_a_run,
     fail_run_is_fenced,
     cancel_run_only_cancels_active_runs,
     delete_run_only_deletes_terminal_runs,

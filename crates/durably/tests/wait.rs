@@ -702,6 +702,8 @@ async fn trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returne
             ..Instrumented::over(db.store.clone())
         })
         .polling_interval(Duration::from_millis(10))
+        // The race under test is a trigger's own enqueue against the worker's claim.
+        .trigger_hand_off(false)
         .build()
         .unwrap();
     durably.migrate().await.unwrap();
@@ -736,6 +738,8 @@ async fn run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster(back
             ..Instrumented::over(db.store.clone())
         })
         .polling_interval(Duration::from_millis(10))
+        // The race under test is a trigger's own enqueue against the worker's claim.
+        .trigger_hand_off(false)
         .build()
         .unwrap();
     durably.migrate().await.unwrap();

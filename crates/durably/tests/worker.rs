@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
+use common::{
+    Backend, Gate, Instrumented, LIMIT, Recorder, TestDb, backend_tests, eventually, within,
+};
 use durably::{
     Durably, Error, Event, EventKind, EventType, Job, JobHandle, Run, RunPatch, RunStatus,
     StepContext, Timestamp, TriggerOptions, WaitOptions,
@@ -315,6 +317,125 @@ async fn trigger_wakes_an_idle_worker(backend: Backend) {
         assert_eq!(done.output, Some(n + 1));
     }
     durably.stop().await;
+}
+
+/// A worker waiting with a free slot takes this process's triggers: it enqueues each run and
+/// claims it in one store call, and announces the run before reporting it leased.
+async fn triggers_on_a_waiting_worker_are_enqueued_and_claimed_together(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = Instrumented::over(db.store.clone());
+    let hand_offs = store.hand_offs.clone();
+    let durably = Durably::builder()
+        .store(store)
+        .polling_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    durably.migrate().await.unwrap();
+    let job = durably
+        .register(Job::new("handed", |_: StepContext, n: u64| async move {
+            Ok::<_, Error>(n + 1)
+        }))
+        .unwrap();
+    let recorder = Recorder::attach(&durably);
+    durably.start();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let done = within(
+            "trigger_and_wait",
+            LIMIT,
+            job.trigger_and_wait(n, TriggerOptions::new(), WaitOptions::new()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.output, Some(n + 1));
+        ids.push(done.id);
+    }
+    durably.stop().await;
+    // The first trigger may come before the worker first waits; every later one finds it
+    // waiting.
+    let handed = hand_offs.load(Ordering::SeqCst);
+    assert!(handed >= 4, "{handed} of 5 triggers handed to the worker");
+    let mut events = recorder.flush(&durably).await;
+    events.sort_by_key(|event| event.sequence);
+    for id in &ids {
+        let position = |event_type: EventType| {
+            events
+                .iter()
+                .position(|e| e.event_type() == event_type && e.kind.run_id() == Some(id))
+                .unwrap_or_else(|| panic!("no {event_type:?} for {id}"))
+        };
+        assert!(position(EventType::RunTrigger) < position(EventType::RunLeased));
+    }
+}
+
+/// A run enqueued while the worker's only slot is finishing (its completion written, the slot
+/// not yet free) starts as soon as the slot frees, not at the next poll.
+async fn a_run_triggered_while_the_last_slot_finishes_starts_without_the_poll(backend: Backend) {
+    let db = TestDb::new(backend);
+    let completion = Gate::new();
+    let durably = Durably::builder()
+        .store(Instrumented {
+            hold_completion: Some((json!(1), completion.clone())),
+            ..Instrumented::over(db.store.clone())
+        })
+        .polling_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    durably.migrate().await.unwrap();
+    let job = durably
+        .register(Job::new("quick", |_: StepContext, n: u64| async move {
+            Ok::<_, Error>(n)
+        }))
+        .unwrap();
+    durably.start();
+    // A first run settles the worker into waiting.
+    let warm = within(
+        "trigger_and_wait",
+        LIMIT,
+        job.trigger_and_wait(0, TriggerOptions::new(), WaitOptions::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm.output, Some(0));
+    let first = job.trigger(1).await.unwrap().run.id;
+    // Its completion, and the claim that came with it (which found nothing), are written.
+    eventually("the first run is completed", LIMIT, || async {
+        let run = durably.get_run(&first).await.unwrap()?;
+        (run.status == RunStatus::Completed).then_some(())
+    })
+    .await;
+    let second = job.trigger(2).await.unwrap().run.id;
+    completion.open();
+    let done = terminal(&durably, &second).await;
+    assert_eq!(done.status, RunStatus::Completed);
+    durably.stop().await;
+}
+
+/// A stopped worker takes no triggers: the run is enqueued on its own and stays pending.
+async fn a_trigger_after_stop_is_only_enqueued(backend: Backend) {
+    let db = TestDb::new(backend);
+    let store = Instrumented::over(db.store.clone());
+    let hand_offs = store.hand_offs.clone();
+    let durably = Durably::builder().store(store).build().unwrap();
+    durably.migrate().await.unwrap();
+    let job = durably
+        .register(Job::new("later", |_: StepContext, n: u64| async move {
+            Ok::<_, Error>(n)
+        }))
+        .unwrap();
+    durably.start();
+    let warm = job
+        .trigger_and_wait(1, TriggerOptions::new(), WaitOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(warm.output, Some(1));
+    durably.stop().await;
+    let before = hand_offs.load(Ordering::SeqCst);
+    let run = job.trigger(2).await.unwrap().run;
+    assert_eq!(hand_offs.load(Ordering::SeqCst), before);
+    let stored = durably.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Pending);
+    assert_eq!(stored.lease_generation, 0);
 }
 
 async fn same_concurrency_key_runs_one_at_a_time(backend: Backend) {
@@ -798,6 +919,9 @@ backend_tests!(
     never_more_than_max_concurrent_runs,
     slots_refill_without_waiting_for_the_poll,
     trigger_wakes_an_idle_worker,
+    triggers_on_a_waiting_worker_are_enqueued_and_claimed_together,
+    a_run_triggered_while_the_last_slot_finishes_starts_without_the_poll,
+    a_trigger_after_stop_is_only_enqueued,
     same_concurrency_key_runs_one_at_a_time,
     concurrency_key_excludes_across_job_names,
     different_concurrency_keys_run_in_parallel,

@@ -196,6 +196,35 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Conflict`] otherwise.
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued>;
 
+    /// [`Store::enqueue`], then, if that created a run, [`Store::claim`] of up to `next.max`
+    /// runs with the same `now`: a trigger handed to a waiting worker starts the oldest
+    /// claimable run (usually the new one) without a second commit. Returns the enqueue's
+    /// result and the runs claimed. An idempotent or coalesced enqueue claims nothing, and a
+    /// rejected one fails with nothing written.
+    ///
+    /// The default makes the two calls one after the other and reports a failed claim as
+    /// nothing claimed (the worker looks again at its next poll); a backend may do both in one
+    /// transaction.
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let enqueued = self.enqueue(run, now).await?;
+        if next.max == 0 || enqueued.disposition != Disposition::Created {
+            return Ok((enqueued, Vec::new()));
+        }
+        let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
+            Ok(runs) => runs,
+            Err(error) => {
+                tracing::warn!(%error, "claim after enqueue failed");
+                Vec::new()
+            }
+        };
+        Ok((enqueued, claimed))
+    }
+
     /// Enqueues every run in one transaction, in order, each seeing the ones before it.
     /// All or nothing: one conflict rolls the whole batch back.
     async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>>;
@@ -274,8 +303,12 @@ pub trait Store: Send + Sync + 'static {
     /// `now`, so a worker hands the slot of a finished run straight to the next one. Returns
     /// whether the completion landed and the runs claimed.
     ///
+    /// The worker takes fewer runs than `next.max` as "nothing else was claimable": it claims
+    /// again only when woken (a trigger, a [`StoreNotice`], its poll). A backend whose claim
+    /// here may leave claimable runs behind sends [`StoreNotice::RunsAvailable`].
+    ///
     /// The default makes the two calls one after the other and reports a failed claim as
-    /// nothing claimed (the worker loop claims again); a backend may do both in one
+    /// nothing claimed (the worker looks again at its next poll); a backend may do both in one
     /// transaction, where any failure fails both.
     async fn complete_run_and_claim(
         &self,

@@ -317,16 +317,17 @@ pub mod instrumented {
     use std::time::Duration;
 
     use durably::{
-        Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter, RunPatch, Step,
-        Store, Timestamp,
+        ClaimRequest, Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter,
+        RunPatch, Step, Store, Timestamp,
     };
     use serde_json::Value;
 
     use super::Gate;
 
     /// A store that passes everything through to `inner` while counting calls (`get_run` reads,
-    /// claims, expired-lease sweeps), and can hold `enqueue` back after it committed (so a worker
-    /// can start the run before the trigger returns) or open a gate once a claim returned a run.
+    /// claims, expired-lease sweeps, hand-offs), and can hold `enqueue` back after it committed
+    /// (so a worker can start the run before the trigger returns), hold a completion back after
+    /// it committed, or open a gate once a claim returned a run.
     pub struct Instrumented {
         pub inner: Arc<dyn Store>,
         /// Finished `get_run` calls.
@@ -335,6 +336,11 @@ pub mod instrumented {
         pub claims: Arc<std::sync::atomic::AtomicUsize>,
         /// `release_expired_leases` calls.
         pub sweeps: Arc<std::sync::atomic::AtomicUsize>,
+        /// `enqueue_and_claim` calls (triggers handed to a worker).
+        pub hand_offs: Arc<std::sync::atomic::AtomicUsize>,
+        /// `complete_run_and_claim` with this output returns (after it wrote) only once the
+        /// gate opens.
+        pub hold_completion: Option<(Value, Gate)>,
         /// `enqueue` returns only once this gate opens.
         pub hold_enqueue: Option<Gate>,
         /// Opened once a claim returned a run.
@@ -349,6 +355,8 @@ pub mod instrumented {
                 reads: Arc::default(),
                 claims: Arc::default(),
                 sweeps: Arc::default(),
+                hand_offs: Arc::default(),
+                hold_completion: None,
                 hold_enqueue: None,
                 open_on_claim: None,
             }
@@ -372,6 +380,37 @@ pub mod instrumented {
                 gate.wait().await;
             }
             enqueued
+        }
+        async fn enqueue_and_claim(
+            &self,
+            run: NewRun,
+            now: Timestamp,
+            next: &ClaimRequest,
+        ) -> durably::Result<(Enqueued, Vec<Run>)> {
+            self.hand_offs
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.enqueue_and_claim(run, now, next).await
+        }
+        async fn complete_run_and_claim(
+            &self,
+            fence: &Fence,
+            output: Option<Value>,
+            now: Timestamp,
+            drop_steps: bool,
+            next: &ClaimRequest,
+        ) -> durably::Result<(bool, Vec<Run>)> {
+            let held = match &self.hold_completion {
+                Some((value, gate)) if output.as_ref() == Some(value) => Some(gate.clone()),
+                _ => None,
+            };
+            let done = self
+                .inner
+                .complete_run_and_claim(fence, output, now, drop_steps, next)
+                .await;
+            if let Some(gate) = held {
+                gate.wait().await;
+            }
+            done
         }
         async fn enqueue_many(
             &self,

@@ -64,8 +64,10 @@ pub(super) struct CompleteRequest {
     pub drop_steps: bool,
     /// Runs to claim in the same transaction, with the claim's `now`.
     pub claim: Option<(ClaimRequest, Timestamp)>,
-    /// `(completed, runs claimed)`.
-    pub reply: oneshot::Sender<Result<(bool, Vec<Run>)>>,
+    /// `(completed, runs claimed, claimable runs left unclaimed)`: the last is set when a claim
+    /// was asked for but could not look at everything (a keyed run, a retry, another worker's
+    /// claim), so the worker must look again itself.
+    pub reply: oneshot::Sender<Result<(bool, Vec<Run>, bool)>>,
 }
 
 pub(super) enum Request {
@@ -474,10 +476,13 @@ async fn execute(
                     .send(result.map_err(|f| f.into_error("persist_step")));
             }
             // Keyless runs the claim leased, oldest first (keyed candidates were not leased).
+            let looked = claimed.is_some();
+            let mut keyed_left = false;
             let mut runs = Vec::new();
             for row in claimed.unwrap_or_default() {
                 let run = count_bool(&row, 0).and_then(|keyed| {
                     if keyed {
+                        keyed_left = true;
                         Ok(None)
                     } else {
                         run_from_row(&row, 3).map(Some)
@@ -494,9 +499,11 @@ async fn execute(
             let mut runs = runs.into_iter();
             let completed = completed.unwrap_or_default();
             for (request, row) in completes.into_iter().zip(completed.iter()) {
-                let share: Vec<Run> = runs.by_ref().take(claims_of(&request)).collect();
+                let wanted = claims_of(&request);
+                let share: Vec<Run> = runs.by_ref().take(wanted).collect();
+                let unlooked = request.claim.is_some() && (!looked || wanted == 0 || keyed_left);
                 let result = count_bool(row, 1)
-                    .map(|done| (done, share))
+                    .map(|done| (done, share, unlooked))
                     .map_err(|f| f.into_error("complete_run"));
                 let _ = request.reply.send(result);
             }

@@ -334,9 +334,93 @@ impl PostgresStore {
             }),
         )
         .await?;
-        answer
+        let (completed, claimed, unlooked) = answer
             .await
-            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))?
+            .map_err(|_| Error::storage("complete_run", "the PostgreSQL write task stopped"))??;
+        if unlooked {
+            // The worker takes an empty hand-off as "nothing claimable"; tell it to look.
+            self.notice(StoreNotice::RunsAvailable);
+        }
+        Ok((completed, claimed))
+    }
+
+    /// Inserts one prepared run (upstream §5.5), retrying lost races and lost connections; a
+    /// retry recognises the row an earlier attempt committed by its id.
+    async fn enqueue_prepared(&self, run: &NewRun, prepared: &Prepared) -> Result<Enqueued> {
+        let channel = &self.shared.channel;
+        for round in 0..3 {
+            let outcome = self
+                .run("enqueue", true, |client, _| async move {
+                    let statement = client.prepare_cached(&prepared.sql()).await?;
+                    let rows = client.query(&statement, &prepared.params(channel)).await?;
+                    resolve(run, prepared, &rows)
+                })
+                .await?;
+            match outcome {
+                Some(result) => return result,
+                None if round < 2 => continue,
+                None => {}
+            }
+        }
+        Err(conflict_after_retry(run))
+    }
+
+    /// One attempt at [`Store::enqueue_and_claim`] in one transaction: the enqueue and the
+    /// claim's first statement pipelined between `BEGIN` and `COMMIT`; the claim claims only if
+    /// the enqueue inserted its run, so a rejected or lost enqueue claims nothing. Returns the
+    /// enqueue's outcome (`None` when it lost a race or the attempt failed), the keyless runs
+    /// leased, and whether claimable runs with a concurrency key were left for the keyed claim.
+    ///
+    /// Never retried: a claim whose commit went unacknowledged leaves its runs leased to
+    /// nobody until their leases expire, as with [`Store::claim`].
+    async fn enqueue_then_claim_once(
+        &self,
+        run: &NewRun,
+        prepared: &Prepared,
+        next: &ClaimRequest,
+        now: Timestamp,
+    ) -> (Option<Result<Enqueued>>, Vec<Run>, bool) {
+        let channel = &self.shared.channel;
+        let claim_sql = claim_after_insert_sql();
+        let now_text = now.to_string();
+        let expires = (now + next.lease).to_string();
+        let limit = next.max.min(i64::MAX as usize) as i64;
+        let attempt = async {
+            let client = self.shared.pool.get().await.map_err(Fail::Pool)?;
+            let enqueue = client.prepare_cached(&prepared.sql()).await?;
+            let claim = client.prepare_cached(&claim_sql).await?;
+            let enqueue_params = prepared.params(channel);
+            let claim_params: [&(dyn ToSql + Sync); 5] =
+                [&now_text, &limit, &next.worker_id, &expires, &prepared.id];
+            // Pipelined: all four go out at once; after a failed statement the rest fail and
+            // `COMMIT` rolls back.
+            let (began, enqueued, claimed, committed) = futures::join!(
+                client.batch_execute("BEGIN"),
+                client.query(&enqueue, &enqueue_params),
+                client.query(&claim, &claim_params),
+                client.batch_execute("COMMIT")
+            );
+            began?;
+            let (enqueued, claimed) = (enqueued?, claimed?);
+            committed?;
+            let mut runs = Vec::new();
+            let mut keyed = false;
+            for row in &claimed {
+                if row.try_get::<_, bool>(0)? {
+                    keyed = true;
+                } else {
+                    runs.push(run_from_row(row, 3)?);
+                }
+            }
+            Ok::<_, Fail>((resolve(run, prepared, &enqueued)?, runs, keyed))
+        };
+        match attempt.await {
+            Ok((enqueued, runs, keyed)) => (enqueued, runs, keyed),
+            Err(fail) => {
+                tracing::debug!(error = %fail.describe(), "enqueue with claim failed; enqueuing alone");
+                (None, Vec::new(), false)
+            }
+        }
     }
 
     /// Inserts runs without idempotency or concurrency keys (nothing to look up, nothing
@@ -445,6 +529,18 @@ impl PostgresStore {
         sender
             .send(request)
             .map_err(|_| Error::storage(operation, "the PostgreSQL write task has stopped"))
+    }
+
+    /// Sends a notice to the workers of this process that listen (if any).
+    fn notice(&self, notice: StoreNotice) {
+        let slot = self
+            .shared
+            .notices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = slot.as_ref() {
+            let _ = sender.send(notice);
+        }
     }
 
     /// Tells listening workers (if any) that an operation is being retried after a fault.
@@ -851,15 +947,25 @@ const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
 /// hold); those without a concurrency key are leased at once. Returns one row per candidate:
 /// `(has_key, candidate id, key, leased run columns or NULLs)`.
 fn claim_sql() -> String {
+    claim_sql_when("")
+}
+
+/// [`claim_sql`] that claims only if the run with id `$5` exists: in the transaction of an
+/// enqueue, only when that enqueue inserted its run.
+fn claim_after_insert_sql() -> String {
+    claim_sql_when(" AND EXISTS (SELECT 1 FROM durably_runs n WHERE n.id = $5)")
+}
+
+fn claim_sql_when(condition: &str) -> String {
     let leased = run_columns("u");
     let returning = run_columns("r");
     format!(
         "WITH p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
-           WHERE r.status = 'pending' AND {KEY_IS_FREE} \
+           WHERE r.status = 'pending' AND {KEY_IS_FREE}{condition} \
            ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
          e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
-           AND r.lease_expires_at <= $1 AND {KEY_IS_FREE} \
+           AND r.lease_expires_at <= $1 AND {KEY_IS_FREE}{condition} \
            ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
          c AS (SELECT id, concurrency_key, created_at FROM \
            (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC LIMIT $2), \
@@ -966,28 +1072,38 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
-        let id = new_id_at(now);
-        let prepared = Prepared::new(&run, id, now)?;
-        let channel = self.shared.channel.clone();
-        let request = &run;
-        for round in 0..3 {
-            let outcome = self
-                .run("enqueue", true, |client, _| {
-                    let (prepared, channel) = (&prepared, &channel);
-                    async move {
-                        let statement = client.prepare_cached(&prepared.sql()).await?;
-                        let rows = client.query(&statement, &prepared.params(channel)).await?;
-                        resolve(request, prepared, &rows)
-                    }
-                })
-                .await?;
-            match outcome {
-                Some(result) => return result,
-                None if round < 2 => continue,
-                None => {}
+        let prepared = Prepared::new(&run, new_id_at(now), now)?;
+        self.enqueue_prepared(&run, &prepared).await
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let prepared = Prepared::new(&run, new_id_at(now), now)?;
+        if next.max == 0 {
+            return Ok((self.enqueue_prepared(&run, &prepared).await?, Vec::new()));
+        }
+        let (enqueued, mut claimed, keyed) = self
+            .enqueue_then_claim_once(&run, &prepared, next, now)
+            .await;
+        let enqueued = match enqueued {
+            Some(result) => result?,
+            // Lost a race, or the attempt failed: the enqueue alone, with the same id, so a
+            // retry recognises a row the attempt committed.
+            None => self.enqueue_prepared(&run, &prepared).await?,
+        };
+        // Runs with a concurrency key need the claim's advisory-lock path.
+        let room = next.max.saturating_sub(claimed.len());
+        if keyed && room > 0 {
+            match self.claim(&next.worker_id, now, next.lease, room).await {
+                Ok(runs) => claimed.extend(runs),
+                Err(error) => tracing::warn!(%error, "claim after enqueue failed"),
             }
         }
-        Err(conflict_after_retry(&run))
+        Ok((enqueued, claimed))
     }
 
     async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store, WriterStats};
 use crate::error::{Error, Result};
-use crate::run::{Log, Progress, Run, RunFilter, Step};
+use crate::run::{Disposition, Log, Progress, Run, RunFilter, Step};
 use crate::time::Timestamp;
 
 /// SQLite's `synchronous` setting: how hard each commit waits for the disk.
@@ -955,6 +955,33 @@ impl Store for SqliteStore {
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
         self.write("enqueue", move |conn| ops::enqueue(conn, &run, now))
             .await
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let next = next.clone();
+        // In its own savepoint when shared: a claim failing after the insert undoes the insert.
+        // A claimed run usually writes its first step at once.
+        let kind = WriteKind {
+            isolated: true,
+            synced: true,
+            continues: next.max > 0,
+        };
+        self.queue_write("enqueue", kind, move |conn| {
+            let enqueued = ops::enqueue(conn, &run, now)?;
+            let claimed = match (next.max, enqueued.disposition) {
+                (0, _) | (_, Disposition::Idempotent | Disposition::Coalesced) => Vec::new(),
+                (max, Disposition::Created) => {
+                    ops::claim(conn, &next.worker_id, now, next.lease, max)?
+                }
+            };
+            Ok((enqueued, claimed))
+        })
+        .await
     }
 
     async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
