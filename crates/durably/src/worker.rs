@@ -41,9 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct WorkerState {
     wake: Arc<Notify>,
-    /// Open while the worker loop waits with a free slot: a trigger of this process hands its
-    /// run to the loop, which enqueues it and claims in one transaction (see
-    /// [`WorkerState::hand_off`]).
+    /// Open while the worker loop runs (and is not backing off after a store error): a trigger
+    /// of this process hands its run to the loop, which enqueues it and claims in one
+    /// transaction (see [`WorkerState::hand_off`]).
     intake: Mutex<Option<mpsc::UnboundedSender<HandOff>>>,
     running: Mutex<Option<RunningWorker>>,
     active: Mutex<HashMap<String, Arc<StepShared>>>,
@@ -89,10 +89,10 @@ impl WorkerState {
         self.wake.notify_one();
     }
 
-    /// Hands a trigger to the worker loop if it waits with a free slot: the loop enqueues the
-    /// run and claims in the same transaction (one commit fewer before the run starts), announces
-    /// the run, and answers on the returned receiver. Gives the run back when the loop is busy,
-    /// stopped or not running; the caller then enqueues it itself.
+    /// Hands a trigger to the worker loop if its intake is open: the loop enqueues the run and
+    /// claims for its free slots in the same transaction (one commit fewer before the run
+    /// starts), announces the run, and answers on the returned receiver. Gives the run back when
+    /// the worker is stopped, not running or backing off; the caller then enqueues it itself.
     pub(crate) fn hand_off(&self, run: NewRun) -> Handed {
         let intake = lock(&self.intake);
         let Some(sender) = intake.as_ref() else {
@@ -327,7 +327,7 @@ impl Durably {
             }
         }))
         .await;
-        // With one hand-off whose claim ran, and found fewer runs than it could take.
+        // One hand-off, whose store call (so its claim) went through.
         let looked = handed.len() == 1 && outcomes.iter().all(|outcome| outcome.is_ok());
         let mut claimed = Vec::new();
         for (hand_off, outcome) in handed.into_iter().zip(outcomes) {
@@ -850,7 +850,6 @@ impl Durably {
     }
 }
 
-/// The next notice, for `select!` (pending forever without a channel).
 /// Whether the worker loop has to claim: after a look that found nothing more to claim (a
 /// claim that took fewer runs than it could, or a slot that ended quietly), the loop does not
 /// claim again until something may have changed that: a trigger's wake, a notice, the poll, or
@@ -894,6 +893,7 @@ fn reap(in_flight: &mut JoinSet<bool>, claimable: &mut Claimable) {
     }
 }
 
+/// The next notice, for `select!` (pending forever without a channel).
 async fn next_notice(
     notices: &mut Option<broadcast::Receiver<StoreNotice>>,
 ) -> std::result::Result<StoreNotice, broadcast::error::RecvError> {

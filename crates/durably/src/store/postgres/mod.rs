@@ -533,14 +533,7 @@ impl PostgresStore {
 
     /// Sends a notice to the workers of this process that listen (if any).
     fn notice(&self, notice: StoreNotice) {
-        let slot = self
-            .shared
-            .notices
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(sender) = slot.as_ref() {
-            let _ = sender.send(notice);
-        }
+        send_notice(&self.shared.notices, notice);
     }
 
     /// Tells listening workers (if any) that an operation is being retried after a fault.
@@ -577,14 +570,22 @@ fn report_fault(
     operation: &'static str,
     error: String,
 ) {
+    send_notice(
+        notices,
+        StoreNotice::StorageFault {
+            operation: operation.to_owned(),
+            error,
+        },
+    );
+}
+
+/// Sends a notice to the workers of this process that listen (if any).
+fn send_notice(notices: &Mutex<Option<broadcast::Sender<StoreNotice>>>, notice: StoreNotice) {
     let slot = notices
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(sender) = slot.as_ref() {
-        let _ = sender.send(StoreNotice::StorageFault {
-            operation: operation.to_owned(),
-            error,
-        });
+        let _ = sender.send(notice);
     }
 }
 
