@@ -524,6 +524,18 @@ async fn persist_step_is_fenced_and_advances_counters(backend: Backend) {
             .expect("persist")
             .is_none()
     );
+    // ... also when a completed step of that name exists: the lease is what is lost.
+    assert!(
+        store
+            .persist_step(
+                &stale(&fence),
+                step("fetch-data", 3, StepStatus::Completed, Some(json!(1)), t0),
+                at
+            )
+            .await
+            .expect("persist")
+            .is_none()
+    );
     // A second completed step with the same name is refused.
     assert!(
         store
