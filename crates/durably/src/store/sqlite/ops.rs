@@ -485,17 +485,6 @@ macro_rules! fenced {
     };
 }
 
-/// Whether `fence` still holds: the run is leased under that generation.
-fn fence_holds(conn: &Connection, fence: &Fence) -> Result<bool> {
-    conn.prepare_cached(concat!(
-        "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE ",
-        fenced!(),
-        ")"
-    ))
-    .and_then(|mut stmt| stmt.query_row(params![fence.run_id, fence.generation], |row| row.get(0)))
-    .map_err(sql_error("persist_step"))
-}
-
 pub(super) fn renew_lease(
     conn: &Connection,
     fence: &Fence,
@@ -527,79 +516,49 @@ pub(super) fn persist_step(
         .as_ref()
         .map(|o| to_json("persist_step", o))
         .transpose()?;
-    let already_completed = || {
-        Error::Conflict(format!(
-            "Step \"{}\" of run {} is already completed",
-            step.name, fence.run_id
-        ))
-    };
-    let values = params![
-        fence.run_id,
-        fence.generation,
-        id,
-        step.name,
-        step.index,
-        step.status.as_str(),
-        output,
-        step.error,
-        step.started_at,
-        now
-    ];
-    if step.status != StepStatus::Completed {
-        // Fenced in the insert itself.
-        let inserted = conn
-            .prepare_cached(
-                "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
-                 SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
-                 WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2",
-            )
-            .and_then(|mut stmt| stmt.execute(values))
-            .map_err(|e| match is_unique_violation(&e) {
-                true => already_completed(),
-                false => Error::storage("persist_step", e),
-            })?;
-        if inserted == 0 {
-            return Ok(None);
-        }
-    } else {
-        // A completed step also advances the run's counters: the row goes in unfenced, and the
-        // fenced counter update that follows (one lookup of the run instead of two) decides;
-        // when the fence does not hold, the row comes out again in the same transaction.
-        let inserted = conn
-            .prepare_cached(
-                "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
-                 VALUES (?3, ?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut stmt| stmt.execute(values));
-        match inserted {
-            Ok(_) => {}
-            // A completed step of that name exists: a conflict for the lease holder, a lost
-            // lease for anyone else.
-            Err(e) if is_unique_violation(&e) => {
-                return match fence_holds(conn, fence)? {
-                    true => Err(already_completed()),
-                    false => Ok(None),
-                };
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
+             SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                fence.run_id,
+                fence.generation,
+                id,
+                step.name,
+                step.index,
+                step.status.as_str(),
+                output,
+                step.error,
+                step.started_at,
+                now
+            ])
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict(format!(
+                    "Step \"{}\" of run {} is already completed",
+                    step.name, fence.run_id
+                ))
+            } else {
+                Error::storage("persist_step", e)
             }
-            Err(e) => return Err(Error::storage("persist_step", e)),
-        }
-        let step_row = conn.last_insert_rowid();
-        let advanced = conn
-            .prepare_cached(concat!(
-                "UPDATE durably_runs SET current_step_index = ?3, \
-                 completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE ",
-                fenced!()
-            ))
-            .and_then(|mut stmt| {
-                stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
-            })
-            .map_err(sql_error("persist_step"))?;
-        if advanced == 0 {
-            conn.prepare_cached("DELETE FROM durably_steps WHERE rowid = ?1")
-                .and_then(|mut stmt| stmt.execute([step_row]))
-                .map_err(sql_error("persist_step"))?;
-            return Ok(None);
-        }
+        })?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    if step.status == StepStatus::Completed {
+        conn.prepare_cached(concat!(
+            "UPDATE durably_runs SET current_step_index = ?3, \
+             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE ",
+            fenced!()
+        ))
+        .and_then(|mut stmt| {
+            stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
+        })
+        .map_err(sql_error("persist_step"))?;
     }
     Ok(Some(Step {
         id,
