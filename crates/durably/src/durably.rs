@@ -36,9 +36,10 @@ pub struct Config {
     pub retain_runs: Option<Duration>,
     /// Store `step.log` entries (default `true`; upstream needed a plugin).
     pub persist_logs: bool,
-    /// Hand triggers to this process's worker while it waits (default `true`): the worker
-    /// enqueues the run and claims in the same transaction, so the run starts after one commit
-    /// instead of two. Off: every trigger enqueues on its own and wakes the worker.
+    /// Hand triggers to this process's worker while it runs (default `true`): the worker loop
+    /// enqueues the run and claims for its free slots in the same transaction, so the run
+    /// starts after one commit instead of two. Off: every trigger enqueues on its own and wakes
+    /// the worker.
     pub trigger_hand_off: bool,
 }
 
@@ -193,7 +194,7 @@ impl DurablyBuilder {
         self
     }
 
-    /// Hand triggers to this process's waiting worker, which enqueues and claims in one
+    /// Hand triggers to this process's running worker, which enqueues and claims in one
     /// transaction (default `true`; see [`Config::trigger_hand_off`]).
     pub fn trigger_hand_off(mut self, hand_off: bool) -> Self {
         self.config.trigger_hand_off = hand_off;
@@ -571,7 +572,8 @@ impl Durably {
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
         let _announcing = self.inner.announcing.read().await;
-        // A worker of this process waiting idle enqueues the run and claims it in one commit.
+        // The running worker of this process enqueues the run and claims for its free slots
+        // in one commit.
         let enqueued = match self.inner.worker.hand_off(request) {
             Handed::Taken(answer) => answer.await.map_err(|_| {
                 Error::storage("enqueue", "the worker stopped before answering the trigger")

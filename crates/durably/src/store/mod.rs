@@ -197,7 +197,7 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued>;
 
     /// [`Store::enqueue`], then, if that created a run, [`Store::claim`] of up to `next.max`
-    /// runs with the same `now`: a trigger handed to a waiting worker starts the oldest
+    /// runs with the same `now`: a trigger handed to the worker loop starts the oldest
     /// claimable run (usually the new one) without a second commit. Returns the enqueue's
     /// result and the runs claimed. An idempotent or coalesced enqueue claims nothing, and a
     /// rejected one fails with nothing written.
