@@ -561,6 +561,27 @@ impl Durably {
         }
     }
 
+    /// Enqueues one run and announces it, before any event of the run itself. The running
+    /// worker of this process, if any, enqueues it and claims for its free slots in one commit
+    /// (see [`Config::trigger_hand_off`]).
+    async fn enqueue_announced(&self, request: NewRun) -> Result<Enqueued> {
+        let _announcing = self.inner.announcing.read().await;
+        match self.inner.worker.hand_off(request) {
+            Handed::Taken(answer) => answer.await.map_err(|_| {
+                Error::storage("enqueue", "the worker stopped before answering the trigger")
+            })?,
+            Handed::Refused(request) => {
+                let enqueued = self
+                    .inner
+                    .store
+                    .enqueue(request.clone(), Timestamp::now())
+                    .await?;
+                self.announce(&enqueued, &request);
+                Ok(enqueued)
+            }
+        }
+    }
+
     /// Triggers a run of the job named `job_name` with a JSON input (the untyped form of
     /// [`JobHandle::trigger_with`]). Unknown job → [`Error::NotFound`] `Job not found: <name>`.
     pub async fn trigger_json(
@@ -571,23 +592,7 @@ impl Durably {
     ) -> Result<TriggerResult> {
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
-        let _announcing = self.inner.announcing.read().await;
-        // The running worker of this process enqueues the run and claims for its free slots
-        // in one commit.
-        let enqueued = match self.inner.worker.hand_off(request) {
-            Handed::Taken(answer) => answer.await.map_err(|_| {
-                Error::storage("enqueue", "the worker stopped before answering the trigger")
-            })??,
-            Handed::Refused(request) => {
-                let enqueued = self
-                    .inner
-                    .store
-                    .enqueue(request.clone(), Timestamp::now())
-                    .await?;
-                self.announce(&enqueued, &request);
-                enqueued
-            }
-        };
+        let enqueued = self.enqueue_announced(request).await?;
         Ok(TriggerResult {
             run: enqueued.run,
             disposition: enqueued.disposition,
@@ -721,14 +726,7 @@ impl Durably {
             labels: run.labels,
             coalesce: None,
         };
-        let _announcing = self.inner.announcing.read().await;
-        let enqueued = self
-            .inner
-            .store
-            .enqueue(request.clone(), Timestamp::now())
-            .await?;
-        self.announce(&enqueued, &request);
-        Ok(enqueued.run)
+        Ok(self.enqueue_announced(request).await?.run)
     }
 
     /// Cancels a pending or leased run. A leased run is marked cancelled at once; its worker
