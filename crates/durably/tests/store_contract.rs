@@ -763,6 +763,73 @@ async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backe
     assert_eq!(get(&store, &third.id).await.status, RunStatus::Completed);
 }
 
+/// `complete_run_and_claim` around the run it completes: a run waiting for the completed run's
+/// concurrency key is claimed in the same call or announced with a notice (never left for the
+/// poll), and a completed run whose own lease had expired is not claimed back.
+async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let holder = enqueue(&store, keyed("job", "k"), t0).await;
+    let running = claim(&store, "w", t0 + ms(1), LEASE)
+        .await
+        .expect("claimable");
+    assert_eq!(running.id, holder.id);
+    let waiting = enqueue(&store, keyed("job", "k"), t0 + ms(2)).await;
+    assert!(
+        claim(&store, "w", t0 + ms(3), LEASE).await.is_none(),
+        "key held"
+    );
+    let mut notices = store.notifications();
+    let next = ClaimRequest {
+        worker_id: "w".into(),
+        lease: LEASE,
+        max: 1,
+    };
+    let at = t0 + ms(10);
+    let (completed, claimed) = store
+        .complete_run_and_claim(&Fence::of(&running), None, at, true, &next)
+        .await
+        .expect("complete and claim");
+    assert!(completed);
+    if claimed.is_empty() {
+        let notices = notices
+            .as_mut()
+            .expect("a store that leaves a run behind announces it");
+        within("a RunsAvailable notice", Duration::from_secs(10), async {
+            loop {
+                match notices.recv().await {
+                    Ok(durably::StoreNotice::RunsAvailable) => break,
+                    Ok(_) => continue,
+                    Err(error) => panic!("notices ended: {error}"),
+                }
+            }
+        })
+        .await;
+        let leased = claim(&store, "w", at, LEASE).await.expect("claimable now");
+        assert_eq!(leased.id, waiting.id);
+    } else {
+        assert_eq!(
+            claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec![waiting.id.as_str()]
+        );
+    }
+
+    // A run whose lease expired before its completion landed: completed, not claimed back.
+    let late = enqueue(&store, new_run("job", json!({"late": true})), at).await;
+    let short = claim(&store, "w", at + ms(1), ms(5)).await.expect("late");
+    assert_eq!(short.id, late.id);
+    let after_expiry = at + ms(1000);
+    let (completed, claimed) = store
+        .complete_run_and_claim(&Fence::of(&short), None, after_expiry, true, &next)
+        .await
+        .expect("complete and claim");
+    assert!(completed, "the fence still held");
+    assert!(claimed.iter().all(|r| r.id != late.id), "{claimed:?}");
+    let row = get(&store, &late.id).await;
+    assert_eq!(row.status, RunStatus::Completed);
+    assert_eq!(row.lease_generation, short.lease_generation);
+}
+
 /// `enqueue_and_claim`: the enqueue and, only when it created a run, a claim of the oldest
 /// claimable runs with the same `now`.
 async fn enqueue_and_claim_claims_only_after_creating_a_run(backend: Backend) {
@@ -1730,6 +1797,7 @@ backend_tests!(
     persist_step_is_fenced_and_advances_counters,
     complete_run_is_fenced,
     complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run,
+    complete_run_and_claim_announces_a_run_waiting_for_the_completed_key,
     enqueue_and_claim_claims_only_after_creating_a_run,
     fail_run_is_fenced,
     cancel_run_only_cancels_active_runs,

@@ -24,7 +24,10 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::{Fail, NOTICE_RUNS, claim_sql, count_bool, run_from_row};
+use super::{
+    ClaimPlaceholders, Fail, NOTICE_RUNS, claim_ctes, count, count_bool, run_column_count,
+    run_columns, run_from_row,
+};
 use crate::error::{Error, Result};
 use crate::run::Run;
 use crate::store::ClaimRequest;
@@ -231,8 +234,9 @@ struct Batch<'a> {
     counters: &'a Counters,
 }
 
-/// Opens a batch's transaction with planner settings for its statements, which look rows up by
-/// primary key (a handful per batch) and claim through the pending-order index:
+/// Planner settings of the batch connections (set for their whole session), for statements
+/// that look rows up by primary key (a handful per batch) and claim through the pending-order
+/// index:
 /// - `plan_cache_mode = force_generic_plan`: the statements are prepared once per connection
 ///   and planned once; otherwise PostgreSQL plans them again at every execution, which cost
 ///   a third of the server's CPU on a busy queue.
@@ -246,12 +250,18 @@ struct Batch<'a> {
 /// through the primary key instead of walking every run of the status in upstream's
 /// `(status, ...)` indexes, however few runs of that status it believes there are.
 ///
-/// `SET LOCAL` lasts until the transaction ends, so other statements on the pooled connection
-/// keep the server's settings. Measured on a 10,000-run `throughput-1step`
-/// (`durably bench --backend postgres`): 8.2 s of server CPU before, 4.6 s after.
-const BEGIN_WITH_KEYED_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-    SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+/// Only the batches run on these connections, which set this once when they open (not through
+/// the connection's startup options, which connection poolers such as PgBouncer reject); every
+/// other statement keeps the server's settings. Measured on a 10,000-run `throughput-1step`
+/// (`durably bench --backend postgres`): 8.2 s of server CPU without the settings, 4.6 s with
+/// them.
+pub(super) const PLANNER_SETTINGS: &str = "SET plan_cache_mode = force_generic_plan; \
+    SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_hashjoin = off; \
+    SET enable_mergejoin = off";
+
+/// Connections of the batch pool: one batch executes at a time ([`IN_FLIGHT`]); the second
+/// serves a retry while a broken connection is being dropped.
+pub(super) const CONNECTIONS: usize = 2;
 
 const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], \
     $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], \
@@ -274,9 +284,13 @@ const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::big
   SELECT req.step_id, req.run_id IN (SELECT id FROM run), req.step_id IN (SELECT id FROM ins), \
     req.step_id IN (SELECT id FROM mine), (SELECT count(*) FROM upd) FROM req ORDER BY req.ord";
 
-fn complete_sql() -> String {
+/// The completions' common table expressions (`req`, `u`, `d`, `note`, `again`), for a `WITH`
+/// list: `$1`-`$5` the runs, fences, outputs, times and whether to drop their steps, `$6` the
+/// notification channel, `$7` whether this is a retry (then `again` finds completions an
+/// earlier attempt committed).
+fn complete_ctes() -> String {
     format!(
-        "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
+        "req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
            $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
          u AS (UPDATE durably_runs r SET status = 'completed', output = req.output, error = NULL, \
              lease_owner = NULL, lease_expires_at = NULL, completed_at = req.at, updated_at = req.at \
@@ -289,9 +303,52 @@ fn complete_sql() -> String {
            WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
            WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1), \
          again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
-           WHERE $7::boolean AND (r.status = 'completed') IS TRUE AND r.lease_generation = req.gen) \
-         SELECT req.run_id, req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again), \
-           (SELECT count(*) FROM note) FROM req ORDER BY req.ord"
+           WHERE $7::boolean AND (r.status = 'completed') IS TRUE AND r.lease_generation = req.gen)"
+    )
+}
+
+/// Whether a completion row's run is completed (by this statement or an earlier attempt).
+const COMPLETED: &str = "req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again)";
+
+/// The completions: one row per request, in order: `(run id, completed, notices sent)`.
+fn complete_sql() -> String {
+    format!(
+        "WITH {} SELECT req.run_id, {COMPLETED}, (SELECT count(*) FROM note) \
+         FROM req ORDER BY req.ord",
+        complete_ctes()
+    )
+}
+
+/// The completions and, in the same statement (so the same transaction, with no `BEGIN` and
+/// `COMMIT` to send), the claim of the slots they hand on: `$8` now, `$9` how many, `$10` the
+/// worker, `$11` the lease expiry. First one row per completion, in order, as
+/// `(NULL, run id, NULL, NULL for each run column, completed, notices sent)`; then one row per
+/// claim candidate, oldest first, as [`claim_sql`] returns it.
+///
+/// The claim reads the snapshot the statement started with, where the runs being completed
+/// still hold their leases: a pending run that waits for one of their concurrency keys is not
+/// seen, but its completion sends a notice (counted in the rows), and the worker looks again.
+/// Expired leases among the runs being completed are not claimed back.
+fn complete_and_claim_sql() -> String {
+    let at = ClaimPlaceholders {
+        now: "$8",
+        limit: "$9",
+        worker: "$10",
+        expires: "$11",
+    };
+    let claim = claim_ctes(&at, " AND r.id <> ALL($1::text[])");
+    let nulls = vec!["NULL"; run_column_count()].join(", ");
+    let leased = run_columns("won");
+    format!(
+        "WITH {}, {claim} \
+         SELECT NULL::boolean AS keyed, req.run_id AS id, NULL::text AS concurrency_key, {nulls}, \
+           {COMPLETED} AS completed, (SELECT count(*) FROM note) AS noted, req.ord AS ord, \
+           NULL::text AS created_order FROM req \
+         UNION ALL \
+         SELECT c.concurrency_key IS NOT NULL, c.id, c.concurrency_key, {leased}, NULL, NULL, \
+           NULL, c.created_at FROM c LEFT JOIN won ON won.id = c.id \
+         ORDER BY ord, created_order, id",
+        complete_ctes()
     )
 }
 
@@ -337,8 +394,6 @@ async fn execute(
         counters.writes.fetch_add(writes, Relaxed);
     }
     let deadline = tokio::time::Instant::now() + retry_for;
-    let complete_sql = complete_sql();
-    let claim_sql = claim_sql();
     // One claim serves the completions of the first claiming worker (one per process in
     // practice); others claim nothing here.
     let claimer = completes
@@ -358,6 +413,17 @@ async fn execute(
     let wanted: usize = completes.iter().map(claims_of).sum();
     let mut tries: u32 = 0;
     let outcome = loop {
+        // Never claims on a retry: the first attempt's claim may have committed unacknowledged
+        // (its runs come back when their leases expire).
+        let claim = match &claimer {
+            Some((worker, lease, now)) if wanted > 0 && tries == 0 => Some((
+                now.to_string(),
+                wanted.min(i64::MAX as usize) as i64,
+                worker.clone(),
+                (*now + *lease).to_string(),
+            )),
+            _ => None,
+        };
         let attempt = async {
             let client = pool.get().await.map_err(Fail::Pool)?;
             let persist_statement = if persists.is_empty() {
@@ -365,22 +431,10 @@ async fn execute(
             } else {
                 Some(client.prepare_cached(PERSIST_SQL).await?)
             };
-            let complete_statement = if completes.is_empty() {
-                None
-            } else {
-                Some(client.prepare_cached(&complete_sql).await?)
-            };
-            // Never on a retry: the first attempt's claim may have committed unacknowledged
-            // (its runs come back when their leases expire).
-            let claim = match &claimer {
-                Some((worker, lease, now)) if wanted > 0 && tries == 0 => Some((
-                    client.prepare_cached(&claim_sql).await?,
-                    now.to_string(),
-                    (*now + *lease).to_string(),
-                    wanted.min(i64::MAX as usize) as i64,
-                    worker.clone(),
-                )),
-                _ => None,
+            let complete_statement = match (completes.is_empty(), claim.is_some()) {
+                (true, _) => None,
+                (false, false) => Some(client.prepare_cached(&complete_sql()).await?),
+                (false, true) => Some(client.prepare_cached(&complete_and_claim_sql()).await?),
             };
             let persist_columns = persist_columns(&persists);
             let complete_columns = complete_columns(&completes);
@@ -390,6 +444,9 @@ async fn execute(
             let channel = channel.to_owned();
             complete_params.push(&channel);
             complete_params.push(&retrying);
+            if let Some((now, limit, worker, expires)) = &claim {
+                complete_params.extend([now as &(dyn ToSql + Sync), limit, worker, expires]);
+            }
             let persisted = async {
                 match &persist_statement {
                     Some(statement) => client.query(statement, &persist_params).await.map(Some),
@@ -402,28 +459,20 @@ async fn execute(
                     None => Ok(None),
                 }
             };
-            let claimed = async {
-                match &claim {
-                    Some((statement, now, expires, limit, worker)) => client
-                        .query(statement, &[now, limit, worker, expires])
-                        .await
-                        .map(Some),
-                    None => Ok(None),
-                }
-            };
             // Pipelined: every statement goes out at once, in this order, in one transaction.
-            // After a failed statement the rest fail too and `COMMIT` rolls back.
-            let (began, persisted, completed, claimed, committed) = futures::join!(
-                client.batch_execute(BEGIN_WITH_KEYED_PLANS),
+            // After a failed statement the rest fail too and `COMMIT` rolls back. A lone
+            // statement is its own transaction: no `BEGIN` and `COMMIT` to parse and answer.
+            let block = persist_statement.is_some() && complete_statement.is_some();
+            let (began, persisted, completed, committed) = futures::join!(
+                in_block(&client, block, "BEGIN"),
                 persisted,
                 completed,
-                claimed,
-                client.batch_execute("COMMIT")
+                in_block(&client, block, "COMMIT")
             );
             began?;
-            let (persisted, completed, claimed) = (persisted?, completed?, claimed?);
+            let (persisted, completed) = (persisted?, completed?);
             committed?;
-            Ok::<_, Fail>((persisted, completed, claimed))
+            Ok::<_, Fail>((persisted, completed, claim.is_some()))
         };
         match attempt.await {
             Ok(rows) => break Ok(rows),
@@ -448,7 +497,7 @@ async fn execute(
         }
     };
     match outcome {
-        Ok((persisted, completed, claimed)) => {
+        Ok((persisted, completed, looked)) => {
             let persisted = persisted.unwrap_or_default();
             let results: Vec<_> = persisted
                 .iter()
@@ -475,34 +524,17 @@ async fn execute(
                     .reply
                     .send(result.map_err(|f| f.into_error("persist_step")));
             }
-            // Keyless runs the claim leased, oldest first (keyed candidates were not leased).
-            let looked = claimed.is_some();
-            let mut keyed_left = false;
-            let mut runs = Vec::new();
-            for row in claimed.unwrap_or_default() {
-                let run = count_bool(&row, 0).and_then(|keyed| {
-                    if keyed {
-                        keyed_left = true;
-                        Ok(None)
-                    } else {
-                        run_from_row(&row, 3).map(Some)
-                    }
-                });
-                match run {
-                    Ok(run) => runs.extend(run),
-                    // Cannot happen with the schema we migrate; the run's lease expires.
-                    Err(fail) => {
-                        tracing::error!(error = %fail.describe(), "unreadable claimed run")
-                    }
-                }
-            }
+            let Completions {
+                completed,
+                runs,
+                look_again,
+            } = read_completions(completed.unwrap_or_default(), looked);
             let mut runs = runs.into_iter();
-            let completed = completed.unwrap_or_default();
-            for (request, row) in completes.into_iter().zip(completed.iter()) {
+            for (request, done) in completes.into_iter().zip(completed) {
                 let wanted = claims_of(&request);
                 let share: Vec<Run> = runs.by_ref().take(wanted).collect();
-                let unlooked = request.claim.is_some() && (!looked || wanted == 0 || keyed_left);
-                let result = count_bool(row, 1)
+                let unlooked = request.claim.is_some() && (!looked || wanted == 0 || look_again);
+                let result = done
                     .map(|done| (done, share, unlooked))
                     .map_err(|f| f.into_error("complete_run"));
                 let _ = request.reply.send(result);
@@ -520,6 +552,69 @@ async fn execute(
                     .send(Err(Error::storage("complete_run", message.clone())));
             }
         }
+    }
+}
+
+/// What the completion statement returned.
+struct Completions {
+    /// Per completion, in order: whether its run is completed.
+    completed: Vec<std::result::Result<bool, Fail>>,
+    /// Keyless runs the claim leased, oldest first.
+    runs: Vec<Run>,
+    /// The claim may have left claimable runs behind: a keyed candidate (not leased here), or a
+    /// pending run that waits for the key of a run completed here (which the claim's snapshot
+    /// shows still leased).
+    look_again: bool,
+}
+
+/// Reads the rows of [`complete_sql`] (`claimed` false) or [`complete_and_claim_sql`].
+fn read_completions(rows: Vec<tokio_postgres::Row>, claimed: bool) -> Completions {
+    let mut read = Completions {
+        completed: Vec::new(),
+        runs: Vec::new(),
+        look_again: false,
+    };
+    if !claimed {
+        read.completed = rows.iter().map(|row| count_bool(row, 1)).collect();
+        return read;
+    }
+    let tail = 3 + run_column_count();
+    for row in &rows {
+        let keyed = match row.try_get::<_, Option<bool>>(0) {
+            Ok(keyed) => keyed,
+            Err(error) => {
+                read.completed.push(Err(error.into()));
+                continue;
+            }
+        };
+        match keyed {
+            // A completion.
+            None => {
+                let noted = count(row, tail + 1).map(|sent| sent > 0);
+                read.look_again |= noted.unwrap_or(true);
+                read.completed.push(count_bool(row, tail));
+            }
+            Some(true) => read.look_again = true,
+            Some(false) => match run_from_row(row, 3) {
+                Ok(run) => read.runs.push(run),
+                // Cannot happen with the schema we migrate; the run's lease expires.
+                Err(fail) => tracing::error!(error = %fail.describe(), "unreadable claimed run"),
+            },
+        }
+    }
+    read
+}
+
+/// Runs `statement` (`BEGIN` or `COMMIT`) when the batch needs a transaction block.
+async fn in_block(
+    client: &deadpool_postgres::Client,
+    block: bool,
+    statement: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if block {
+        client.batch_execute(statement).await
+    } else {
+        Ok(())
     }
 }
 
@@ -602,7 +697,7 @@ fn complete_columns(requests: &[CompleteRequest]) -> CompleteColumns {
 mod tests {
     use std::time::Duration;
 
-    use super::{BEGIN_WITH_KEYED_PLANS, PERSIST_SQL, complete_sql};
+    use super::{PERSIST_SQL, PLANNER_SETTINGS, complete_and_claim_sql, complete_sql};
     use crate::Timestamp;
     use crate::store::postgres::test_schema;
     use crate::store::{NewRun, Store};
@@ -615,10 +710,9 @@ mod tests {
         sql: &str,
         arguments: &str,
     ) -> String {
+        let settings = PLANNER_SETTINGS.replace("SET ", "SET LOCAL ");
         client
-            .batch_execute(&format!(
-                "{BEGIN_WITH_KEYED_PLANS}; PREPARE {name} AS {sql}"
-            ))
+            .batch_execute(&format!("BEGIN; {settings}; PREPARE {name} AS {sql}"))
             .await
             .expect("prepare");
         let rows = client
@@ -630,6 +724,40 @@ mod tests {
             .map(|row| row.get::<_, String>(0))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The planner settings hold on the batch connections only; every other statement of the
+    /// store keeps the server's settings.
+    #[tokio::test]
+    async fn only_the_batch_connections_carry_the_planner_settings() {
+        let (store, client, schema) = test_schema::fresh().await;
+        let batch = store
+            .shared
+            .batch_pool
+            .get()
+            .await
+            .expect("batch connection");
+        let other = store.shared.pool.get().await.expect("connection");
+        for setting in PLANNER_SETTINGS.split(';') {
+            let setting = setting.trim().trim_start_matches("SET ");
+            let (name, value) = setting.split_once(" = ").expect("name = value");
+            let shown = |row: tokio_postgres::Row| row.get::<_, String>(0);
+            let on_batch = shown(
+                batch
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .expect("show"),
+            );
+            let on_other = shown(
+                other
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .expect("show"),
+            );
+            assert_eq!(on_batch, value, "{name} on the batch connection");
+            assert_ne!(on_other, value, "{name} on the other connections");
+        }
+        test_schema::drop(&client, &schema).await;
     }
 
     /// On a queue the server has not analysed yet, with a thousand runs leased, the batch
@@ -674,8 +802,22 @@ mod tests {
             &format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false"),
         )
         .await;
+        let complete_and_claim = plan(
+            &client,
+            "complete_and_claim",
+            &complete_and_claim_sql(),
+            &format!(
+                "'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false, \
+                 '{now}', 1, 'w', '{now}'"
+            ),
+        )
+        .await;
         test_schema::drop(&client, &schema).await;
-        for (name, plan) in [("persist", persist), ("complete", complete)] {
+        for (name, plan) in [
+            ("persist", persist),
+            ("complete", complete),
+            ("complete_and_claim", complete_and_claim),
+        ] {
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
             assert!(!plan.contains("Bitmap"), "{name}: {plan}");
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");

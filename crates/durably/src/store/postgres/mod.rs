@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -118,6 +118,8 @@ pub struct PostgresStore {
 
 struct Shared {
     pool: Pool,
+    /// Connections of the lease-holder batches (group commit).
+    batch_pool: Pool,
     config: tokio_postgres::Config,
     channel: String,
     /// This store's id in cancel notices: a cancel written through this very store is not
@@ -147,6 +149,41 @@ impl std::fmt::Debug for PostgresStore {
             .field("schema", &self.shared.schema)
             .finish()
     }
+}
+
+/// A connection pool on `config` with at most `max_size` connections.
+fn build_pool(
+    config: &tokio_postgres::Config,
+    max_size: usize,
+    options: &PostgresOptions,
+    session_setup: Option<&'static str>,
+) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let mut builder = Pool::builder(manager);
+    if let Some(setup) = session_setup {
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(setup)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }));
+    }
+    builder
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.wait_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .recycle_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
 impl PostgresStore {
@@ -192,21 +229,20 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.keepalives_idle(Duration::from_secs(10));
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.wait_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let pool = build_pool(&config, options.max_connections.max(1), &options, None)?;
+        let batch_connections = if options.group_commit {
+            batch::CONNECTIONS
+        } else {
+            options.max_connections.max(1)
+        };
+        // The lease-holder batches get their own connections, with the planner settings their
+        // statements need set once per session (see [`batch::PLANNER_SETTINGS`]).
+        let batch_pool = build_pool(
+            &config,
+            batch_connections,
+            &options,
+            Some(batch::PLANNER_SETTINGS),
+        )?;
         let channel = match &options.schema {
             Some(schema) => format!("durably_{schema}"),
             None => "durably".to_owned(),
@@ -214,6 +250,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
+                batch_pool,
                 config,
                 channel,
                 origin: crate::time::new_id(),
@@ -496,7 +533,7 @@ impl PostgresStore {
             Arc::new(move |operation, error| report_fault(&notices, operation, error));
         if !self.shared.group_commit {
             batch::execute_one(
-                &self.shared.pool,
+                &self.shared.batch_pool,
                 &self.shared.channel,
                 self.shared.retry_for,
                 &report,
@@ -513,7 +550,7 @@ impl PostgresStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.is_none() {
             *slot = batch::spawn(
-                self.shared.pool.clone(),
+                self.shared.batch_pool.clone(),
                 self.shared.channel.clone(),
                 self.shared.retry_for,
                 report,
@@ -630,9 +667,9 @@ impl Fail {
         match self {
             Fail::Db(error) => db_error_is_transient(error),
             Fail::Pool(PoolError::Timeout(_)) => true,
-            Fail::Pool(PoolError::Backend(error)) => {
-                db_error_is_transient(error) || error.as_db_error().is_none()
-            }
+            Fail::Pool(
+                PoolError::Backend(error) | PoolError::PostCreateHook(HookError::Backend(error)),
+            ) => db_error_is_transient(error) || error.as_db_error().is_none(),
             Fail::Pool(_) => false,
             Fail::Other(_) => false,
         }
@@ -642,7 +679,9 @@ impl Fail {
         match self {
             Fail::Db(error) => db_error_text(error),
             // The pool's own message ("error connecting to server") hides why: add the cause.
-            Fail::Pool(PoolError::Backend(error)) => db_error_text(error),
+            Fail::Pool(
+                PoolError::Backend(error) | PoolError::PostCreateHook(HookError::Backend(error)),
+            ) => db_error_text(error),
             Fail::Pool(error) => error.to_string(),
             Fail::Other(error) => error.to_string(),
         }
@@ -683,6 +722,11 @@ const LOG_COLUMNS: &str = "id, run_id, step_name, level, message, data, created_
 const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
 
 /// `RUN_COLUMNS` qualified by `alias`.
+/// How many columns [`run_from_row`] reads.
+fn run_column_count() -> usize {
+    RUN_COLUMNS.split(", ").count()
+}
+
 fn run_columns(alias: &str) -> String {
     RUN_COLUMNS
         .split(", ")
@@ -939,10 +983,15 @@ fn pending_order_index_sql() -> String {
     )
 }
 
-/// A run's key is free when no *other* run holding that key has an unexpired lease (`$1` = now).
-const KEY_IS_FREE: &str = "(r.concurrency_key IS NULL OR NOT EXISTS (\
-    SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
-    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $1))";
+/// A run's key is free when no *other* run holding that key has an unexpired lease at `now`
+/// (a placeholder).
+fn key_is_free(now: &str) -> String {
+    format!(
+        "(r.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs o \
+         WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key AND o.id <> r.id \
+         AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > {now}))"
+    )
+}
 
 /// Claim, first statement: the oldest `$2` claimable runs (locked, skipping runs other claimers
 /// hold); those without a concurrency key are leased at once. Returns one row per candidate:
@@ -958,24 +1007,59 @@ fn claim_after_insert_sql() -> String {
 }
 
 fn claim_sql_when(condition: &str) -> String {
-    let leased = run_columns("u");
-    let returning = run_columns("r");
+    let leased = run_columns("won");
     format!(
-        "WITH p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
-           WHERE r.status = 'pending' AND {KEY_IS_FREE}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
+        "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
+         {leased} FROM c LEFT JOIN won ON won.id = c.id ORDER BY c.created_at ASC, c.id ASC",
+        claim_ctes(&ClaimPlaceholders::FIRST, condition)
+    )
+}
+
+/// Where a claim's parameters are in its statement.
+pub(super) struct ClaimPlaceholders {
+    pub now: &'static str,
+    pub limit: &'static str,
+    pub worker: &'static str,
+    pub expires: &'static str,
+}
+
+impl ClaimPlaceholders {
+    /// A claim statement of its own: `$1` now, `$2` limit, `$3` worker, `$4` lease expiry.
+    const FIRST: ClaimPlaceholders = ClaimPlaceholders {
+        now: "$1",
+        limit: "$2",
+        worker: "$3",
+        expires: "$4",
+    };
+}
+
+/// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
+/// the oldest `limit` claimable runs that match `condition` (locked, skipping runs other
+/// claimers hold), `won` those of them without a concurrency key, leased.
+pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
+    let returning = run_columns("r");
+    let ClaimPlaceholders {
+        now,
+        limit,
+        worker,
+        expires,
+    } = at;
+    let key_is_free = key_is_free(now);
+    format!(
+        "p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'pending' AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
-           AND r.lease_expires_at <= $1 AND {KEY_IS_FREE}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
+           AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          c AS (SELECT id, concurrency_key, created_at FROM \
-           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC LIMIT $2), \
-         u AS (UPDATE durably_runs r SET status = 'leased', lease_owner = $3, \
-           lease_expires_at = $4, lease_generation = r.lease_generation + 1, \
-           started_at = COALESCE(r.started_at, $1), updated_at = $1 \
-           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning}) \
-         SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, {leased} \
-         FROM c LEFT JOIN u ON u.id = c.id ORDER BY c.created_at ASC, c.id ASC"
+           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
+           LIMIT {limit}), \
+         won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = {worker}, \
+           lease_expires_at = {expires}, lease_generation = r.lease_generation + 1, \
+           started_at = COALESCE(r.started_at, {now}), updated_at = {now} \
+           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
     )
 }
 
