@@ -56,7 +56,8 @@ use crate::time::{Timestamp, new_id_at};
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
     /// Most pooled connections kept open by this store (default 16). The notification listener
-    /// uses one more connection of its own.
+    /// uses one more connection of its own, and the lease holders' step writes and completions
+    /// a pool of their own: 2 connections with group commit, up to `max_connections` without.
     pub max_connections: usize,
     /// Schema holding the durably tables (sets `search_path`; default: the server's
     /// `search_path`, usually `public`). `migrate` creates it when missing. Letters, digits and
