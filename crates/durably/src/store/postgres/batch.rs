@@ -17,7 +17,7 @@
 //! ([`crate::PostgresOptions::commit_delay`]), so runs stepping at once share every batch.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -433,8 +433,8 @@ async fn execute(
             };
             let complete_statement = match (completes.is_empty(), claim.is_some()) {
                 (true, _) => None,
-                (false, false) => Some(client.prepare_cached(&complete_sql()).await?),
-                (false, true) => Some(client.prepare_cached(&complete_and_claim_sql()).await?),
+                (false, false) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
+                (false, true) => Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?),
             };
             let persist_columns = persist_columns(&persists);
             let complete_columns = complete_columns(&completes);
@@ -554,6 +554,10 @@ async fn execute(
         }
     }
 }
+
+/// The statement texts, built once (every batch looks its prepared statement up by text).
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(complete_sql);
+static COMPLETE_AND_CLAIM_SQL: LazyLock<String> = LazyLock::new(complete_and_claim_sql);
 
 /// What the completion statement returned.
 struct Completions {
