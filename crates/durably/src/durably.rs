@@ -748,12 +748,18 @@ impl Durably {
             _ => {}
         }
         let drop_steps = !self.inner.config.preserve_steps;
-        if !self
+        // Marked before the write: the worker executing the run here may see the cancellation
+        // in the store before this call emits `run:cancel`, and must not announce it too.
+        self.inner.worker.announce_cancel(run_id, true);
+        let cancelled = self
             .inner
             .store
             .cancel_run(run_id, Timestamp::now(), drop_steps)
-            .await?
-        {
+            .await;
+        if !matches!(cancelled, Ok(true)) {
+            self.inner.worker.announce_cancel(run_id, false);
+        }
+        if !cancelled? {
             return Err(self.status_changed(run_id, "cancel").await);
         }
         self.inner.events.emit(EventKind::RunCancel {
@@ -942,10 +948,14 @@ impl Durably {
         })
     }
 
-    /// A stream of one run's events: first its current state (a synthetic `run:leased` plus
-    /// `run:progress` while leased, or the terminal event, with `sequence` 0), then live events.
-    /// It ends after the run's `run:complete`, `run:fail`, `run:cancel` or `run:delete`.
-    /// Dropping the stream unsubscribes.
+    /// A stream of one run's events, as upstream's: it listens from this call on, and when first
+    /// polled reads the run's current state. It yields the live events that arrived in between
+    /// (in order), then that state as synthetic events with `sequence` 0 (`run:leased` plus
+    /// `run:progress` while leased; the terminal event of a finished run), then live events.
+    /// A live event may therefore precede or repeat a synthetic one. It ends after the run's
+    /// `run:complete`, `run:fail`, `run:cancel` or `run:delete` (for a cancel made by another
+    /// process, once the worker executing the run here notices it). Dropping the stream
+    /// unsubscribes.
     pub fn subscribe(&self, run_id: &str) -> impl Stream<Item = Event> + Send + 'static {
         let live = self.inner.events.subscribe_run(run_id);
         let state = SubscribeState {

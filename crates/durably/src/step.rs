@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub(crate) struct StepShared {
     pub(crate) token: CancellationToken,
     pub(crate) persist_logs: bool,
     abort_reason: Mutex<Option<AbortReason>>,
+    /// A `cancel` of this process is announcing the cancellation (`run:cancel`); otherwise the
+    /// worker announces a cancellation it finds (made by another process).
+    cancel_announced: AtomicBool,
     step_index: AtomicI64,
     current_step: Mutex<Option<String>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
@@ -74,6 +77,17 @@ impl StepShared {
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
         *lock(&self.abort_reason)
+    }
+
+    /// Marks (or, after a failed cancel, unmarks) the cancellation as announced by this
+    /// process's `cancel`.
+    pub(crate) fn set_cancel_announced(&self, announced: bool) {
+        self.cancel_announced.store(announced, Ordering::SeqCst);
+    }
+
+    /// Whether this process's `cancel` announces the cancellation.
+    pub(crate) fn cancel_announced(&self) -> bool {
+        self.cancel_announced.load(Ordering::SeqCst)
     }
 
     /// Records that a fenced write just succeeded.
@@ -109,6 +123,21 @@ impl StepShared {
 
     fn abort_error(&self) -> Option<Error> {
         self.abort_reason().map(|reason| self.error_for(reason))
+    }
+
+    /// A fenced write matched no row: finds out why (the run was cancelled, or another worker
+    /// owns it), fires the token with that reason and returns it.
+    async fn refused(&self) -> AbortReason {
+        let cancelled = matches!(
+            self.store.get_run(&self.run_id).await,
+            Ok(Some(run)) if run.status == RunStatus::Cancelled
+        );
+        let reason = match cancelled {
+            true => AbortReason::Cancelled,
+            false => AbortReason::LeaseLost,
+        };
+        self.abort(reason);
+        reason
     }
 
     fn error_for(&self, reason: AbortReason) -> Error {
@@ -174,6 +203,7 @@ impl StepContext {
             token: CancellationToken::new(),
             persist_logs,
             abort_reason: Mutex::new(None),
+            cancel_announced: AtomicBool::new(false),
             step_index: AtomicI64::new(start_index),
             current_step: Mutex::new(None),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
@@ -393,23 +423,18 @@ impl StepContext {
 
     /// A fenced step write matched no row: the run was cancelled, or another worker owns it.
     async fn write_refused(&self, name: &str, index: i64) -> Error {
-        let shared = &self.shared;
-        let cancelled = matches!(
-            shared.store.get_run(&shared.run_id).await,
-            Ok(Some(run)) if run.status == RunStatus::Cancelled
-        );
-        if cancelled {
-            shared.abort(AbortReason::Cancelled);
+        let reason = self.shared.refused().await;
+        if reason == AbortReason::Cancelled {
             self.emit_step_cancel(name, index);
-            shared.error_for(AbortReason::Cancelled)
-        } else {
-            shared.abort(AbortReason::LeaseLost);
-            shared.error_for(AbortReason::LeaseLost)
         }
+        self.shared.error_for(reason)
     }
 
     /// Reports progress: stored on the run (fenced by the lease, in order with the run's other
     /// writes) and emitted as `run:progress`.
+    ///
+    /// Once the run was cancelled or this worker lost its lease, nothing is written or emitted
+    /// and the call returns [`Error::Cancelled`] or [`Error::LeaseLost`], as `step.run` does.
     pub async fn progress(
         &self,
         current: u64,
@@ -417,6 +442,9 @@ impl StepContext {
         message: Option<&str>,
     ) -> Result<()> {
         let shared = &self.shared;
+        if let Some(reason) = shared.abort_reason() {
+            return Err(shared.error_for(reason));
+        }
         let progress = Progress {
             current,
             total,
@@ -426,8 +454,11 @@ impl StepContext {
             .store
             .update_progress(&shared.fence, Some(progress.clone()), Timestamp::now())
             .await;
-        if let Ok(true) = written {
-            shared.confirm_ownership();
+        match written {
+            Ok(true) => shared.confirm_ownership(),
+            Ok(false) => return Err(shared.error_for(shared.refused().await)),
+            // A failed write is reported; the event still goes out, as upstream's does.
+            Err(_) => {}
         }
         self.emit(EventKind::RunProgress {
             run_id: shared.run_id.clone(),
@@ -484,8 +515,14 @@ impl StepLog {
     }
 
     /// Writes an entry at `level`, attributed to the step currently executing (if any).
+    ///
+    /// Once the run was cancelled or this worker lost its lease, nothing is written or emitted
+    /// and the call returns [`Error::Cancelled`] or [`Error::LeaseLost`].
     pub async fn write(&self, level: LogLevel, message: String, data: Option<Value>) -> Result<()> {
         let shared = &self.shared;
+        if let Some(reason) = shared.abort_reason() {
+            return Err(shared.error_for(reason));
+        }
         let step_name = shared.current_step_name();
         let written = if shared.persist_logs {
             let log = NewLog {
@@ -495,11 +532,16 @@ impl StepLog {
                 message: message.clone(),
                 data: data.clone(),
             };
-            shared
+            match shared
                 .store
                 .append_log(Some(&shared.fence), log, Timestamp::now())
                 .await
-                .map(|_| ())
+            {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => return Err(shared.error_for(shared.refused().await)),
+                // A failed write is reported; the event still goes out.
+                Err(error) => Err(error),
+            }
         } else {
             Ok(())
         };

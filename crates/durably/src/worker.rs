@@ -32,6 +32,8 @@ use crate::time::{Timestamp, new_id};
 
 /// How often idle maintenance may purge old runs or checkpoint the WAL.
 const MAINTENANCE_CADENCE: Duration = Duration::from_secs(60);
+/// How soon idle maintenance tries a checkpoint again after one found the database busy.
+const BUSY_CHECKPOINT_RETRY: Duration = Duration::from_secs(30);
 /// Runs deleted per retention purge.
 const RETENTION_BATCH: u64 = 100;
 /// Longest wait between retries after the store failed.
@@ -61,6 +63,8 @@ struct MaintenanceClock {
     last_release: Option<Instant>,
     last_purge: Option<Instant>,
     last_checkpoint: Option<Instant>,
+    /// The last checkpoint could not finish (the database was busy).
+    checkpoint_busy: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +106,15 @@ impl WorkerState {
         match sender.send(HandOff { run, reply }) {
             Ok(()) => Handed::Taken(answer),
             Err(unsent) => Handed::Refused(unsent.0.run),
+        }
+    }
+
+    /// Marks a run executing in this process as being cancelled by this process's `cancel`,
+    /// which announces it (`run:cancel`); `false` after that cancel failed.
+    pub(crate) fn announce_cancel(&self, run_id: &str, announced: bool) {
+        let execution = lock(&self.active).get(run_id).cloned();
+        if let Some(execution) = execution {
+            execution.set_cancel_announced(announced);
         }
     }
 
@@ -445,7 +458,8 @@ impl Durably {
 
     /// Idle maintenance: return expired leases to pending (failing those whose job+key already
     /// has a pending run), apply `retain_runs` (at most once a minute, 100 runs a time), and
-    /// checkpoint SQLite's WAL (at most once a minute). Errors become `worker:error` events.
+    /// checkpoint SQLite's WAL (at most once a minute; 30 s after one that found the database
+    /// busy). Errors become `worker:error` events.
     ///
     /// Called directly (and by [`Durably::process_until_idle`]) it always sweeps expired leases;
     /// the background worker sweeps at most once per lease period, so an idle worker costs the
@@ -500,13 +514,18 @@ impl Durably {
                 self.worker_error(error.to_string(), "idle-maintenance", None);
             }
         }
+        let checkpoint_cadence = match clock.checkpoint_busy {
+            true => BUSY_CHECKPOINT_RETRY,
+            false => MAINTENANCE_CADENCE,
+        };
         if clock
             .last_checkpoint
-            .is_none_or(|at| at.elapsed() >= MAINTENANCE_CADENCE)
+            .is_none_or(|at| at.elapsed() >= checkpoint_cadence)
         {
             clock.last_checkpoint = Some(Instant::now());
-            if let Err(error) = store.checkpoint().await {
-                self.worker_error(error.to_string(), "wal-checkpoint", None);
+            match store.checkpoint().await {
+                Ok(finished) => clock.checkpoint_busy = !finished,
+                Err(error) => self.worker_error(error.to_string(), "wal-checkpoint", None),
             }
         }
     }
@@ -641,12 +660,35 @@ impl Durably {
             .catch_unwind()
             .await;
         keeper.abort();
+        // The run stays among the active ones until its end is recorded, so that a `cancel` of
+        // this process meanwhile marks it as announced (see `announce_cancel_found`).
+        let finished = self
+            .finish(&run, &fence, &shared, result, started, worker_id, handoff)
+            .await;
         lock(&self.inner.worker.active).remove(&run.id);
+        finished
+    }
 
+    /// Records how an execution ended: completed, failed, cancelled or lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        shared: &StepShared,
+        result: std::result::Result<
+            std::result::Result<Value, ExecutionError>,
+            Box<dyn std::any::Any + Send>,
+        >,
+        started: Instant,
+        worker_id: &str,
+        handoff: Option<&CancellationToken>,
+    ) -> (Outcome, Vec<Run>) {
+        let drop_steps = !self.inner.config.preserve_steps;
         let failure = match result {
             Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
                 return self
-                    .finish_completed(&run, &fence, output, started, worker_id, handoff)
+                    .finish_completed(run, fence, shared, output, started, worker_id, handoff)
                     .await;
             }
             Ok(Ok(_)) => None,
@@ -660,21 +702,62 @@ impl Durably {
         let outcome = match (failure, shared.abort_reason()) {
             (_, Some(AbortReason::Cancelled)) => {
                 tracing::info!("run cancelled while executing");
+                self.announce_cancel_found(run, shared);
                 Outcome::Cancelled
             }
             (_, Some(AbortReason::LeaseLost)) | (None, None) => {
                 tracing::warn!("lease lost; execution abandoned");
                 Outcome::LeaseLost
             }
-            (Some(message), None) => self.finish_failed(&run, &fence, message, drop_steps).await,
+            (Some(message), None) => {
+                self.finish_failed(run, fence, shared, message, drop_steps)
+                    .await
+            }
         };
         (outcome, Vec::new())
     }
 
+    /// Emits `run:cancel` for a cancellation this worker found in the store, unless this
+    /// process's own `cancel` announces it: a cancel made by another process then still ends
+    /// this process's listeners' view of the run and its `subscribe` streams.
+    fn announce_cancel_found(&self, run: &Run, shared: &StepShared) {
+        if !shared.cancel_announced() {
+            self.inner.events.emit(EventKind::RunCancel {
+                run_id: run.id.clone(),
+                job_name: run.job_name.clone(),
+                labels: run.labels.clone(),
+            });
+        }
+    }
+
+    /// A completion or failure that the fence refused: the run was cancelled meanwhile, or
+    /// another worker holds it now (reported as `worker:error` under `context`).
+    async fn refused(
+        &self,
+        run: &Run,
+        shared: &StepShared,
+        context: &'static str,
+        message: String,
+    ) -> Outcome {
+        let current = self.inner.store.get_run(&run.id).await;
+        if let Ok(Some(current)) = current
+            && current.status == RunStatus::Cancelled
+        {
+            tracing::info!("run cancelled before its end was recorded");
+            self.announce_cancel_found(run, shared);
+            return Outcome::Cancelled;
+        }
+        tracing::warn!("{message}");
+        self.worker_error(message, context, None);
+        Outcome::LeaseLost
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn finish_completed(
         &self,
         run: &Run,
         fence: &Fence,
+        shared: &StepShared,
         output: Value,
         started: Instant,
         worker_id: &str,
@@ -718,13 +801,8 @@ impl Durably {
                 Outcome::Completed
             }
             Ok(false) => {
-                tracing::warn!("lease lost before completing");
-                self.worker_error(
-                    format!("Lease lost before completing run {}", run.id),
-                    "run-completion",
-                    None,
-                );
-                Outcome::LeaseLost
+                let message = format!("Lease lost before completing run {}", run.id);
+                self.refused(run, shared, "run-completion", message).await
             }
             Err(error) => {
                 tracing::error!(%error, "could not record completion");
@@ -739,6 +817,7 @@ impl Durably {
         &self,
         run: &Run,
         fence: &Fence,
+        shared: &StepShared,
         message: String,
         drop_steps: bool,
     ) -> Outcome {
@@ -770,13 +849,8 @@ impl Durably {
                 Outcome::Failed
             }
             Ok(false) => {
-                tracing::warn!("lease lost before recording failure");
-                self.worker_error(
-                    format!("Lease lost before recording failure for run {}", run.id),
-                    "run-failure",
-                    None,
-                );
-                Outcome::LeaseLost
+                let message = format!("Lease lost before recording failure for run {}", run.id);
+                self.refused(run, shared, "run-failure", message).await
             }
             Err(error) => {
                 tracing::error!(%error, "could not record failure");

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, count, eventually, within};
+use futures::StreamExt;
 use durably::{
     Error, Event, EventKind, EventType, Job, RunFilter, RunStatus, StepContext, StepStatus,
     Timestamp, TriggerOptions, WaitOptions,
@@ -163,8 +164,9 @@ async fn database_level_cancel_is_noticed_at_the_fenced_write(backend: Backend) 
     durably.start();
     let id = job.trigger(json!({})).await.unwrap().run.id;
     within("step starts", LIMIT, gated.entered.wait()).await;
+    let stream = durably.subscribe(&id);
 
-    // Another process cancels: no in-process `run:cancel` event.
+    // Another process cancels: this process hears of it only through the store.
     assert!(
         durably
             .store()
@@ -173,6 +175,13 @@ async fn database_level_cancel_is_noticed_at_the_fenced_write(backend: Backend) 
             .unwrap()
     );
     gated.release.open();
+    // The worker that finds the cancellation announces it, so the run's stream ends.
+    let streamed: Vec<Event> = within("the run's stream ends", LIMIT, stream.collect()).await;
+    assert_eq!(
+        streamed.last().map(Event::event_type),
+        Some(EventType::RunCancel),
+        "{streamed:?}"
+    );
     within("stop waits for the run", LIMIT, durably.stop()).await;
 
     // Whether the token fired depends on the backend (PostgreSQL forwards cancels to workers
@@ -198,6 +207,7 @@ async fn database_level_cancel_is_noticed_at_the_fenced_write(backend: Backend) 
     assert_eq!(count(&events, EventType::StepFail), 0);
     assert_eq!(count(&events, EventType::RunFail), 0);
     assert_eq!(count(&events, EventType::RunComplete), 0);
+    assert_eq!(count(&events, EventType::RunCancel), 1, "announced once");
 }
 
 async fn cancel_while_pending_rejects_waits(backend: Backend) {
@@ -260,6 +270,79 @@ async fn cancel_while_pending_rejects_waits(backend: Backend) {
     assert!(run.completed_at.is_some());
 }
 
+/// A job that ignores its token and keeps reporting after its run was cancelled: progress and
+/// log calls return the cancellation, and nothing they report is stored or emitted.
+async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let recorder = Recorder::attach(&durably);
+    let (entered, release) = (Gate::new(), Gate::new());
+    let results = Arc::new(Mutex::new(Vec::<String>::new()));
+    let job = {
+        let (entered, release, results) = (entered.clone(), release.clone(), results.clone());
+        durably
+            .register(Job::new(
+                "reports-after-cancel",
+                move |step: StepContext, _: Value| {
+                    let (entered, release) = (entered.clone(), release.clone());
+                    let results = results.clone();
+                    async move {
+                        step.progress(1, Some(3), None).await?;
+                        entered.open();
+                        release.wait().await;
+                        let outcome = |r: durably::Result<()>| match r {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        let progress = step.progress(2, Some(3), Some("after")).await;
+                        let log = step.log.info("after the cancel", None).await;
+                        results
+                            .lock()
+                            .unwrap()
+                            .extend([outcome(progress), outcome(log)]);
+                        Ok::<_, Error>(json!("done"))
+                    }
+                },
+            ))
+            .unwrap()
+    };
+    durably.start();
+    let id = job.trigger(json!({})).await.unwrap().run.id;
+    within("job starts", LIMIT, entered.wait()).await;
+    if in_process {
+        durably.cancel(&id).await.unwrap();
+    } else {
+        assert!(
+            durably
+                .store()
+                .cancel_run(&id, Timestamp::now(), false)
+                .await
+                .unwrap()
+        );
+    }
+    release.open();
+    within("stop waits for the run", LIMIT, durably.stop()).await;
+
+    let refused = format!("Run was cancelled: {id}");
+    assert_eq!(*results.lock().unwrap(), [refused.clone(), refused]);
+    let run = durably.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.progress.map(|p| p.current), Some(1), "the later progress is not stored");
+    let logs = durably.get_logs(&id).await.unwrap();
+    assert!(logs.is_empty(), "{logs:?}");
+    let events = recorder.flush(&durably).await;
+    assert_eq!(count(&events, EventType::RunProgress), 1, "{events:?}");
+    assert_eq!(count(&events, EventType::LogWrite), 0, "{events:?}");
+}
+
+async fn reports_after_an_in_process_cancel_are_refused(backend: Backend) {
+    reports_after_a_cancel(backend, true).await
+}
+
+async fn reports_after_a_database_cancel_are_refused(backend: Backend) {
+    reports_after_a_cancel(backend, false).await
+}
+
 /// The job function (no steps) returns after its run was cancelled.
 async fn cancelled_result(backend: Backend, in_process: bool) {
     let db = TestDb::new(backend);
@@ -306,6 +389,10 @@ async fn cancelled_result(backend: Backend, in_process: bool) {
     let events = recorder.flush(&durably).await;
     assert_eq!(count(&events, EventType::RunComplete), 0);
     assert_eq!(count(&events, EventType::RunFail), 0);
+    // Announced once: by `cancel`, or by the worker that found the cancel made elsewhere (a
+    // refused completion of a cancelled run is no worker error).
+    assert_eq!(count(&events, EventType::RunCancel), 1, "{events:?}");
+    assert_eq!(count(&events, EventType::WorkerError), 0, "{events:?}");
 }
 
 async fn cancelled_run_result_is_not_written(backend: Backend) {
@@ -424,6 +511,11 @@ async fn cancel_between_steps(backend: Backend, settle: Duration) -> (String, Ve
     let events = recorder.flush(&durably).await;
     assert_eq!(count(&events, EventType::StepFail), 0);
     assert_eq!(count(&events, EventType::RunComplete), 0);
+    assert_eq!(
+        count(&events, EventType::RunCancel),
+        1,
+        "the worker announces the cancel it found"
+    );
     (id, events, step2_calls.load(Ordering::SeqCst))
 }
 
@@ -462,6 +554,8 @@ async fn database_level_cancel_right_before_a_step_is_refused(backend: Backend) 
 }
 
 backend_tests!(
+    reports_after_an_in_process_cancel_are_refused,
+    reports_after_a_database_cancel_are_refused,
     cancel_during_a_step_fires_the_token,
     cancel_while_a_step_ignores_its_token,
     database_level_cancel_is_noticed_at_the_fenced_write,

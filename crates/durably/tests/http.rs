@@ -1047,6 +1047,87 @@ async fn auth_runs_first_and_rejects_with_its_status(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
 }
 
+/// Upstream `onRequest`: after authentication, before routing, on every request; never after a
+/// rejected authentication; its rejection is the response.
+async fn request_hook_runs_after_authentication(backend: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::request::Parts;
+    use durably::http::{Auth, Rejection, async_trait};
+
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+    struct Recorded(Log);
+    #[async_trait]
+    impl Auth for Recorded {
+        type Context = ();
+        async fn authenticate(&self, request: &Parts) -> Result<(), Rejection> {
+            self.0.lock().unwrap().push("authenticate");
+            match request.headers.get("x-tenant") {
+                Some(_) => Ok(()),
+                None => Err(Rejection::unauthorized("who are you")),
+            }
+        }
+    }
+
+    let log = Log::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let options = HttpOptions::new().auth(Recorded(log.clone())).on_request({
+        let (log, closed) = (log.clone(), closed.clone());
+        move || {
+            log.lock().unwrap().push("on_request");
+            let closed = closed.load(Ordering::SeqCst);
+            async move {
+                match closed {
+                    true => Err(Rejection::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "closed for maintenance",
+                    )),
+                    false => Ok(()),
+                }
+            }
+        }
+    });
+    let api = Api::new(backend, options).await;
+    let take = || std::mem::take(&mut *log.lock().unwrap());
+
+    let (status, _, _) = api.request_as(None, "GET", "/runs", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        take(),
+        ["authenticate"],
+        "a rejected request skips the hook"
+    );
+
+    for (path, expected) in [
+        ("/runs", StatusCode::OK),
+        ("/unknown", StatusCode::NOT_FOUND),
+    ] {
+        let (status, _, text) = api.request_as(Some("a"), "GET", path, None).await;
+        assert_eq!(status, expected, "{path}: {text}");
+        assert_eq!(take(), ["authenticate", "on_request"], "{path}");
+    }
+
+    closed.store(true, Ordering::SeqCst);
+    let body = json!({"jobName": "echo", "input": {"value": 1}}).to_string();
+    let (status, _, text) = api
+        .request_as(Some("a"), "POST", "/trigger", Some(body))
+        .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"closed for maintenance"}"#
+        )
+    );
+    assert_eq!(take(), ["authenticate", "on_request"]);
+    assert_eq!(
+        api.run_count().await,
+        0,
+        "a rejected request changes nothing"
+    );
+}
+
 async fn tenants_cannot_see_or_touch_each_others_runs(backend: Backend) {
     let api = Api::with(backend, support::tenant_auth().0, |b| {
         b.preserve_steps(true)
@@ -1192,4 +1273,5 @@ backend_tests!(
     runs_subscribe_projects_coalesced_and_skips_operational_noise,
     auth_runs_first_and_rejects_with_its_status,
     tenants_cannot_see_or_touch_each_others_runs,
+    request_hook_runs_after_authentication,
 );

@@ -78,8 +78,14 @@ pub struct HttpOptions {
     keep_alive: Option<Duration>,
     body_limit: usize,
     auth: Option<Arc<dyn Authenticator>>,
+    on_request: Option<RequestHook>,
     shutdown: CancellationToken,
 }
+
+/// The boxed [`HttpOptions::on_request`] hook.
+type RequestHook = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), Rejection>> + Send>> + Send + Sync,
+>;
 
 impl std::fmt::Debug for HttpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +94,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("keep_alive", &self.keep_alive)
             .field("body_limit", &self.body_limit)
             .field("auth", &self.auth.is_some())
+            .field("on_request", &self.on_request.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +106,7 @@ impl Default for HttpOptions {
             keep_alive: None,
             body_limit: 1024 * 1024,
             auth: None,
+            on_request: None,
             shutdown: CancellationToken::new(),
         }
     }
@@ -134,6 +142,27 @@ impl HttpOptions {
     /// Authenticates every request and checks each route with `auth`'s hooks.
     pub fn auth(mut self, auth: impl Auth) -> Self {
         self.auth = Some(Arc::new(Erased(Arc::new(auth))));
+        self
+    }
+
+    /// Runs `hook` on every request, after authentication and before routing (upstream
+    /// `onRequest`, e.g. for a lazy `migrate()`); it also runs for unknown routes. A request
+    /// that authentication rejects never reaches it; a [`Rejection`] from the hook is the
+    /// response.
+    ///
+    /// ```
+    /// # use durably::http::HttpOptions;
+    /// let options = HttpOptions::new().on_request(|| async {
+    ///     tracing::debug!("durably API request");
+    ///     Ok(())
+    /// });
+    /// ```
+    pub fn on_request<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Rejection>> + Send + 'static,
+    {
+        self.on_request = Some(Arc::new(move || Box::pin(hook())));
         self
     }
 
@@ -290,7 +319,13 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         },
         None => Box::new(Open),
     };
-    // 2. route
+    // 2. the request hook (after authentication, as upstream)
+    if let Some(hook) = &shared.options.on_request
+        && let Err(rejection) = hook().await
+    {
+        return rejection.into_response();
+    }
+    // 3. route
     let query = Query::parse(parts.uri.query().unwrap_or(""));
     let path = parts.uri.path();
     let guard = guard.as_ref();

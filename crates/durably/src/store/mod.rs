@@ -361,9 +361,11 @@ pub trait Store: Send + Sync + 'static {
     /// Unfenced partial update (tools and tests). `false` if the run does not exist.
     async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
 
-    /// Backend housekeeping while idle (SQLite: `wal_checkpoint(TRUNCATE)`).
-    async fn checkpoint(&self) -> Result<()> {
-        Ok(())
+    /// Backend housekeeping while idle (SQLite: `wal_checkpoint(TRUNCATE)`). `Ok(false)` when
+    /// it could not finish because the database was busy (readers or a writer in the way); the
+    /// worker then tries again sooner, in about 30 s instead of a minute.
+    async fn checkpoint(&self) -> Result<bool> {
+        Ok(true)
     }
 
     /// Wake-ups announced by any process sharing the database, for idle workers: `None` when the

@@ -540,7 +540,7 @@ pub mod instrumented {
         ) -> durably::Result<bool> {
             self.inner.update_run(id, patch, now).await
         }
-        async fn checkpoint(&self) -> durably::Result<()> {
+        async fn checkpoint(&self) -> durably::Result<bool> {
             self.inner.checkpoint().await
         }
         fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {

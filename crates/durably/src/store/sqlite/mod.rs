@@ -1188,13 +1188,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn checkpoint(&self) -> Result<()> {
-        if self.shared.readers.is_none() {
-            return Ok(()); // in-memory: no WAL
-        }
-        self.direct("checkpoint", |conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(|e| Error::storage("checkpoint", e))
+    async fn checkpoint(&self) -> Result<bool> {
+        let Some(readers) = &self.shared.readers else {
+            return Ok(true); // in-memory: no WAL
+        };
+        let busy_timeout = readers.options.busy_timeout;
+        self.direct("checkpoint", move |conn| {
+            // Never waits for readers, since every write waits for the writer thread meanwhile:
+            // with readers in the way it copies what it can (as `PASSIVE` does) and reports busy.
+            // One row: (busy, WAL frames, frames checkpointed).
+            let checkpoint = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            });
+            let restored = conn.busy_timeout(busy_timeout);
+            let busy = checkpoint.map_err(|e| Error::storage("checkpoint", e))?;
+            restored.map_err(|e| Error::storage("checkpoint", e))?;
+            Ok(busy == 0)
         })
         .await
     }
@@ -1555,6 +1566,54 @@ mod tests {
         )
         .expect("open");
         assert_eq!(writer_pragma(&memory, "page_size").await, 8_192);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_with_a_reader_in_the_way_reports_busy_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("busy.sqlite");
+        let store = SqliteStore::open(&path).expect("open");
+        store.migrate().await.expect("migrate");
+        let run = || NewRun {
+            job_name: "job".into(),
+            input: Value::Null,
+            idempotency_key: None,
+            concurrency_key: None,
+            labels: Default::default(),
+            coalesce: None,
+        };
+        store
+            .enqueue(run(), Timestamp::now())
+            .await
+            .expect("enqueue");
+        assert!(
+            store.checkpoint().await.expect("checkpoint"),
+            "nothing in the way"
+        );
+
+        // A reader holds a snapshot that predates the next write.
+        let reader = Connection::open(&path).expect("reader");
+        reader.execute_batch("BEGIN").expect("begin");
+        let runs: i64 = reader
+            .query_row("SELECT count(*) FROM durably_runs", [], |row| row.get(0))
+            .expect("read");
+        assert_eq!(runs, 1);
+        store
+            .enqueue(run(), Timestamp::now())
+            .await
+            .expect("enqueue");
+        let started = Instant::now();
+        assert!(!store.checkpoint().await.expect("checkpoint"), "busy");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the checkpoint waited for the reader ({:?}; busy timeout 10 s)",
+            started.elapsed()
+        );
+        // The writer's own busy timeout is back: writes still wait for locks as configured.
+        assert_eq!(writer_pragma(&store, "busy_timeout").await, 10_000);
+
+        reader.execute_batch("COMMIT").expect("end the read");
+        assert!(store.checkpoint().await.expect("checkpoint"), "reader gone");
     }
 
     #[test]
