@@ -242,7 +242,8 @@ impl DurablyBuilder {
         }
         let store = self.store.ok_or_else(|| {
             Error::Config(
-                "no store configured: call .sqlite(path), .store(store) or .shared_store(store)"
+                "no store configured: call .sqlite(path), .postgres(url) (feature `postgres`), \
+                 .store(store) or .shared_store(store)"
                     .into(),
             )
         })??;
