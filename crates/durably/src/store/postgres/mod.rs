@@ -27,6 +27,7 @@
 mod batch;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +38,10 @@ use deadpool_postgres::{
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -86,6 +89,20 @@ pub struct PostgresOptions {
     /// runs' next steps are in lets one batch carry them all. A lone run never waits for
     /// itself, and a run that goes quiet (a long step) costs one wait, once.
     pub commit_delay: Duration,
+    /// A PEM file of extra root certificates (one or more `CERTIFICATE` blocks) to trust for
+    /// the server's TLS certificate under `sslmode=require`, besides the system's roots and
+    /// Mozilla's (webpki-roots): the CA bundle of a managed service with a private CA (Amazon
+    /// RDS, Cloud SQL, Supabase, …), a company CA, or a self-signed server's own certificate.
+    /// Default: none. [`PostgresStore::connect_with`] reads it at once and fails with
+    /// [`Error::Config`] naming the file when it cannot be read or holds no valid certificate.
+    /// See [`PostgresStore::connect_with`] for how `sslmode` decides what is verified.
+    pub root_certificates: Option<PathBuf>,
+    /// **Dangerous: for development only.** Accept any server certificate under
+    /// `sslmode=require` (self-signed, expired, issued for another host) without verifying it
+    /// (default `false`). The connection is still encrypted, but anyone who can intercept it can
+    /// impersonate the server and read or change everything, credentials included. Prefer
+    /// [`root_certificates`](Self::root_certificates) with the server's CA.
+    pub danger_accept_invalid_certificates: bool,
 }
 
 impl Default for PostgresOptions {
@@ -99,6 +116,8 @@ impl Default for PostgresOptions {
             group_commit: true,
             synchronous_commit: true,
             commit_delay: Duration::from_micros(200),
+            root_certificates: None,
+            danger_accept_invalid_certificates: false,
         }
     }
 }
@@ -122,6 +141,8 @@ struct Shared {
     /// Connections of the lease-holder batches (group commit).
     batch_pool: Pool,
     config: tokio_postgres::Config,
+    /// The TLS settings of every connection: both pools' and the listener's.
+    tls: MakeRustlsConnect,
     channel: String,
     /// This store's id in cancel notices: a cancel written through this very store is not
     /// echoed back to it (in-process cancels reach the worker directly).
@@ -152,16 +173,17 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// A connection pool on `config` with at most `max_size` connections.
+/// A connection pool on `config` with at most `max_size` connections, connecting with `tls`.
 fn build_pool(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     max_size: usize,
     options: &PostgresOptions,
     session_setup: Option<&'static str>,
 ) -> Result<Pool> {
     let manager = Manager::from_config(
         config.clone(),
-        NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -187,6 +209,183 @@ fn build_pool(
         .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// The TLS settings of a store's connections, for the `sslmode` of `config` (see
+/// [`PostgresStore::connect_with`]). Reads [`PostgresOptions::root_certificates`] whatever the
+/// mode, so a wrong path fails here rather than on the first `require` connection.
+fn tls_connector(
+    config: &tokio_postgres::Config,
+    options: &PostgresOptions,
+) -> Result<MakeRustlsConnect> {
+    // An explicit provider: no dependence on (or conflict with) a process-wide default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = match &options.root_certificates {
+        Some(path) => read_root_certificates(path)?,
+        None => rustls::RootCertStore::empty(),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("cannot configure TLS: {e}")))?;
+    // Every mode that insists on TLS verifies (`require`, and any stricter mode a later
+    // tokio-postgres may parse); `prefer` does not (see `connect_with`).
+    let insists = !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer);
+    let verify = insists && !options.danger_accept_invalid_certificates;
+    let mut tls = if verify {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let native = rustls_native_certs::load_native_certs();
+        if !native.errors.is_empty() {
+            tracing::debug!(errors = ?native.errors, "some system root certificates were not loaded");
+        }
+        roots.add_parsable_certificates(native.certs);
+        roots.roots.extend(extra.roots);
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        if insists {
+            tracing::warn!(
+                "PostgresOptions::danger_accept_invalid_certificates is set: the PostgreSQL \
+                 server's certificate is not verified, so the connection can be intercepted"
+            );
+        } else if options.root_certificates.is_some() {
+            tracing::warn!(
+                "PostgresOptions::root_certificates has no effect without sslmode=require in the \
+                 URL: certificates are only verified under sslmode=require"
+            );
+        }
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    // What PostgreSQL 17 requires of `sslnegotiation=direct`; older servers ignore it.
+    tls.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(MakeRustlsConnect::new(tls))
+}
+
+/// The certificates of the PEM file at `path`, as trust anchors.
+fn read_root_certificates(path: &Path) -> Result<rustls::RootCertStore> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let invalid = |why: String| {
+        Error::Config(format!(
+            "cannot use the root certificates of PostgresOptions::root_certificates ({}): {why}",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read the file: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, certificate) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let certificate = certificate
+            .map_err(|e| invalid(format!("invalid PEM (certificate {}): {e}", n + 1)))?;
+        roots.add(certificate).map_err(|e| {
+            invalid(format!(
+                "certificate {} is not a valid X.509 certificate: {e}",
+                n + 1
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The verifier of `prefer` and of [`PostgresOptions::danger_accept_invalid_certificates`]:
+/// accepts any certificate, but still checks that the server holds its key (the handshake's
+/// signatures), as encryption needs.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The rustls error that failed a TLS handshake, if that is what `error` is.
+fn rustls_error(error: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    std::error::Error::source(error)?
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
+}
+
+/// A TLS failure that retrying cannot fix: the handshake failed on the certificate or the
+/// protocol (not on the socket), or the server has no TLS under `sslmode=require`.
+fn tls_error_is_permanent(error: &tokio_postgres::Error) -> bool {
+    if rustls_error(error).is_some() {
+        return true;
+    }
+    // tokio-postgres' own negotiation errors ("server does not support TLS", "no hostname
+    // provided for TLS handshake") carry no I/O error; a socket failure mid-handshake does.
+    error.to_string() == "error performing TLS handshake"
+        && std::error::Error::source(error).is_some_and(|source| !source.is::<std::io::Error>())
+}
+
+/// What to do about a failed certificate, for the error message.
+fn tls_hint(error: &tokio_postgres::Error) -> Option<&'static str> {
+    use rustls::CertificateError;
+    match rustls_error(error)? {
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => Some(
+            "the server's certificate does not name the URL's host: connect by a host name the \
+             certificate lists",
+        ),
+        rustls::Error::InvalidCertificate(_) => Some(
+            "the server's certificate is not trusted: give its CA (a PEM file) in \
+             PostgresOptions::root_certificates, or, for development only, set \
+             PostgresOptions::danger_accept_invalid_certificates",
+        ),
+        _ => None,
+    }
+}
+
 impl PostgresStore {
     /// A store on the database at `url` (`postgres://user:password@host:port/db`, or a
     /// key-value connection string) with default options. Connections open on first use.
@@ -195,10 +394,31 @@ impl PostgresStore {
     }
 
     /// A store on the database at `url` with `options`. Connections open on first use.
+    ///
+    /// # TLS
+    ///
+    /// The URL's `sslmode` decides, for every connection of the store (both pools and the
+    /// notification listener), with rustls:
+    ///
+    /// - `disable`: plain connections.
+    /// - `prefer` (the default, as in libpq): TLS when the server offers it, plain otherwise.
+    ///   As in libpq, the certificate is not verified: whoever can intercept the connection
+    ///   could also make it plain, so `prefer` only guards against eavesdropping, and a server
+    ///   with a self-signed certificate (the default of Debian's and Ubuntu's packages) keeps
+    ///   working.
+    /// - `require`: TLS or no connection, and (unlike libpq, which needs `verify-full` for
+    ///   that) the certificate is verified: its chain against the system's roots, Mozilla's
+    ///   (webpki-roots) and [`PostgresOptions::root_certificates`], and its names against the
+    ///   URL's host. [`PostgresOptions::danger_accept_invalid_certificates`] turns the
+    ///   verification off.
+    ///
+    /// A certificate that fails verification, or a server without TLS under `require`, fails
+    /// the operation at once (it is not retried as a connection fault).
     pub fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let tls = tls_connector(&config, &options)?;
         if let Some(schema) = &options.schema {
             let valid = !schema.is_empty()
                 && schema.len() <= 50
@@ -230,7 +450,13 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.keepalives_idle(Duration::from_secs(10));
-        let pool = build_pool(&config, options.max_connections.max(1), &options, None)?;
+        let pool = build_pool(
+            &config,
+            &tls,
+            options.max_connections.max(1),
+            &options,
+            None,
+        )?;
         let batch_connections = if options.group_commit {
             batch::CONNECTIONS
         } else {
@@ -240,6 +466,7 @@ impl PostgresStore {
         // statements need set once per session (see [`batch::PLANNER_SETTINGS`]).
         let batch_pool = build_pool(
             &config,
+            &tls,
             batch_connections,
             &options,
             Some(batch::PLANNER_SETTINGS),
@@ -253,6 +480,7 @@ impl PostgresStore {
                 pool,
                 batch_pool,
                 config,
+                tls,
                 channel,
                 origin: crate::time::new_id(),
                 schema: options.schema,
@@ -592,6 +820,7 @@ impl PostgresStore {
         let (sender, _) = broadcast::channel(1024);
         handle.spawn(listen_loop(
             self.shared.config.clone(),
+            self.shared.tls.clone(),
             self.shared.channel.clone(),
             self.shared.origin.clone(),
             sender.clone(),
@@ -647,6 +876,9 @@ impl From<Error> for Fail {
 }
 
 fn db_error_is_transient(error: &tokio_postgres::Error) -> bool {
+    if tls_error_is_permanent(error) {
+        return false;
+    }
     if error.is_closed() {
         return true;
     }
@@ -670,7 +902,10 @@ impl Fail {
             Fail::Pool(PoolError::Timeout(_)) => true,
             Fail::Pool(
                 PoolError::Backend(error) | PoolError::PostCreateHook(HookError::Backend(error)),
-            ) => db_error_is_transient(error) || error.as_db_error().is_none(),
+            ) => {
+                !tls_error_is_permanent(error)
+                    && (db_error_is_transient(error) || error.as_db_error().is_none())
+            }
             Fail::Pool(_) => false,
             Fail::Other(_) => false,
         }
@@ -700,9 +935,10 @@ impl Fail {
 fn db_error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => match std::error::Error::source(error) {
-            Some(source) => format!("{error}: {source}"),
-            None => error.to_string(),
+        None => match (std::error::Error::source(error), tls_hint(error)) {
+            (Some(source), Some(hint)) => format!("{error}: {source} ({hint})"),
+            (Some(source), None) => format!("{error}: {source}"),
+            (None, _) => error.to_string(),
         },
     }
 }
@@ -1243,7 +1479,9 @@ impl Store for PostgresStore {
             }
         }
         Err(Error::Conflict(
-            "Conflict after retry: concurrent triggers kept colliding with this batch".into(),
+            "Conflict after retry for a batch trigger: concurrent triggers kept colliding with \
+             its keys. Concurrent modification detected."
+                .into(),
         ))
     }
 
@@ -1993,9 +2231,16 @@ fn resolve(
     }))
 }
 
+/// Upstream's message for an enqueue that kept losing races (UPSTREAM §2), naming the key it
+/// raced on.
 fn conflict_after_retry(run: &NewRun) -> Error {
+    let key = match (&run.concurrency_key, &run.idempotency_key) {
+        (Some(key), _) => format!("concurrency key \"{key}\""),
+        (None, Some(key)) => format!("idempotency key \"{key}\""),
+        (None, None) => "its keys".to_owned(),
+    };
     Error::Conflict(format!(
-        "Conflict after retry: a run of job \"{}\" with the same keys was inserted concurrently",
+        "Conflict after retry for {key} in job \"{}\". Concurrent modification detected.",
         run.job_name
     ))
 }
@@ -2007,6 +2252,7 @@ fn conflict_after_retry(run: &NewRun) -> Error {
 /// after every (re)connect it announces `RunsAvailable` (notices may have been missed).
 async fn listen_loop(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     channel: String,
     origin: String,
     sender: broadcast::Sender<StoreNotice>,
@@ -2017,7 +2263,17 @@ async fn listen_loop(
         if stop.is_cancelled() {
             return;
         }
-        match listen_once(&config, &channel, &origin, &sender, &stop, &mut failures).await {
+        match listen_once(
+            &config,
+            &tls,
+            &channel,
+            &origin,
+            &sender,
+            &stop,
+            &mut failures,
+        )
+        .await
+        {
             Ok(true) => return,
             Ok(false) => failures = failures.saturating_add(1),
             Err(error) => {
@@ -2042,13 +2298,14 @@ async fn listen_loop(
 /// ended.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     channel: &str,
     origin: &str,
     sender: &broadcast::Sender<StoreNotice>,
     stop: &CancellationToken,
     failures: &mut u32,
 ) -> std::result::Result<bool, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (forward, mut payloads) = tokio::sync::mpsc::unbounded_channel::<
         std::result::Result<String, tokio_postgres::Error>,
     >();
@@ -2110,8 +2367,9 @@ async fn listen_once(
 /// Test support: a store in a schema of its own, and a plain client on that schema.
 #[cfg(all(test, durably_postgres_tests))]
 pub(super) mod test_schema {
-    use super::{NoTls, PostgresOptions, PostgresStore};
+    use super::{PostgresOptions, PostgresStore};
     use crate::store::Store;
+    use tokio_postgres::NoTls;
 
     /// A migrated store in a fresh schema, a client whose `search_path` is that schema, and
     /// the schema's name (drop it with [`drop`]).
@@ -2142,6 +2400,36 @@ pub(super) mod test_schema {
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await
             .expect("drop schema");
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn conflict_after_retry_names_the_key_as_upstream_does() {
+        let run = |concurrency: Option<&str>, idempotency: Option<&str>| NewRun {
+            job_name: "sync".into(),
+            input: Value::Null,
+            idempotency_key: idempotency.map(str::to_owned),
+            concurrency_key: concurrency.map(str::to_owned),
+            labels: Default::default(),
+            coalesce: None,
+        };
+        let message = |run| conflict_after_retry(&run).to_string();
+        assert!(
+            message(run(Some("user-1"), Some("once"))).ends_with(
+                "Conflict after retry for concurrency key \"user-1\" in job \"sync\". \
+                 Concurrent modification detected."
+            ),
+            "{}",
+            message(run(Some("user-1"), None))
+        );
+        assert!(
+            message(run(None, Some("once")))
+                .contains("for idempotency key \"once\" in job \"sync\"")
+        );
     }
 }
 
