@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, count, eventually, within};
-use futures::StreamExt;
 use durably::{
     Error, Event, EventKind, EventType, Job, RunFilter, RunStatus, StepContext, StepStatus,
     Timestamp, TriggerOptions, WaitOptions,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn step_cancels(events: &[Event]) -> Vec<(String, String)> {
@@ -327,7 +327,11 @@ async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
     assert_eq!(*results.lock().unwrap(), [refused.clone(), refused]);
     let run = durably.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Cancelled);
-    assert_eq!(run.progress.map(|p| p.current), Some(1), "the later progress is not stored");
+    assert_eq!(
+        run.progress.map(|p| p.current),
+        Some(1),
+        "the later progress is not stored"
+    );
     let logs = durably.get_logs(&id).await.unwrap();
     assert!(logs.is_empty(), "{logs:?}");
     let events = recorder.flush(&durably).await;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Backend, Gate, Instrumented, LIMIT, TestDb, backend_tests, eventually, within};
 use durably::{
-    Disposition, Durably, Error, Job, LogEntry, LogLevel, Progress, RunFilter, RunStatus,
-    StepContext, Timestamp, TriggerOptions, WaitOptions,
+    Coalesce, Disposition, Durably, Error, EventType, Job, LogEntry, LogLevel, Progress, RunFilter,
+    RunStatus, StepContext, Timestamp, TriggerOptions, WaitOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -795,6 +795,98 @@ async fn run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster(back
     durably.stop().await;
 }
 
+/// `trigger_and_wait` with `coalesce: skip` onto a pending run of the same concurrency key,
+/// pending because no worker runs (`busy == false`) or because the only slot is taken
+/// (`busy == true`, the trigger goes through the worker's hand-off): it reports `Coalesced`
+/// with the pending run's id, settles only once that run ends, and returns that run's output.
+/// The skipped input never runs.
+async fn coalesced_trigger_and_wait(backend: Backend, busy: bool) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b.max_concurrent_runs(1)).await;
+    let job = register_doubler(&durably, "wait-coalesce");
+    let (entered, release) = (Gate::new(), Gate::new());
+    let blocker = {
+        let (entered, release) = (entered.clone(), release.clone());
+        durably
+            .register(Job::new("wait-blocker", move |_: StepContext, n: u64| {
+                let (entered, release) = (entered.clone(), release.clone());
+                async move {
+                    entered.open();
+                    release.wait().await;
+                    Ok::<_, Error>(n)
+                }
+            }))
+            .expect("register the blocker")
+    };
+    let coalesced = Gate::new();
+    {
+        let coalesced = coalesced.clone();
+        durably.on(EventType::RunCoalesced, move |_| coalesced.open());
+    }
+    if busy {
+        durably.start();
+        blocker.trigger(1).await.expect("trigger the blocker");
+        within("the blocker takes the only slot", LIMIT, entered.wait()).await;
+    }
+
+    let first = job
+        .trigger_with(
+            Input { value: 21 },
+            TriggerOptions::new().concurrency_key("k"),
+        )
+        .await
+        .expect("trigger the first run")
+        .run;
+    assert_eq!(first.status, RunStatus::Pending);
+    let waiting = {
+        let job = job.clone();
+        tokio::spawn(async move {
+            job.trigger_and_wait(
+                Input { value: 999 },
+                TriggerOptions::new()
+                    .concurrency_key("k")
+                    .coalesce(Coalesce::Skip),
+                WaitOptions::new(),
+            )
+            .await
+        })
+    };
+    within("the trigger coalesces", LIMIT, coalesced.wait()).await;
+    let pending = job
+        .get_run(&first.id)
+        .await
+        .expect("get_run")
+        .expect("the first run");
+    assert_eq!(pending.status, RunStatus::Pending);
+    assert!(!waiting.is_finished(), "settled before the run ran");
+
+    match busy {
+        true => release.open(),
+        false => durably.start(),
+    }
+    let done = within("trigger_and_wait settles", LIMIT, waiting)
+        .await
+        .expect("join")
+        .expect("trigger_and_wait");
+    assert_eq!(done.disposition, Disposition::Coalesced);
+    assert_eq!(done.id, first.id);
+    assert_eq!(done.output, Some(Output { result: 42 }));
+    let runs = job.get_runs(RunFilter::new()).await.expect("get_runs");
+    assert_eq!(runs.len(), 1, "the skipped trigger created no run");
+    assert_eq!(runs[0].input, Input { value: 21 });
+    assert_eq!(runs[0].status, RunStatus::Completed);
+    release.open();
+    durably.stop().await;
+}
+
+async fn trigger_and_wait_coalesced_onto_a_pending_run_returns_its_output(backend: Backend) {
+    coalesced_trigger_and_wait(backend, false).await
+}
+
+async fn trigger_and_wait_coalesced_while_the_worker_is_busy_returns_its_output(backend: Backend) {
+    coalesced_trigger_and_wait(backend, true).await
+}
+
 backend_tests!(
     wait_for_run_resolves_with_the_completed_run,
     in_process_completion_settles_without_polling,
@@ -811,4 +903,6 @@ backend_tests!(
     delete_in_process_settles_a_wait,
     trigger_and_wait_callbacks_see_a_run_started_before_the_trigger_returned,
     run_trigger_is_emitted_before_run_leased_when_the_worker_is_faster,
+    trigger_and_wait_coalesced_onto_a_pending_run_returns_its_output,
+    trigger_and_wait_coalesced_while_the_worker_is_busy_returns_its_output,
 );
