@@ -9,244 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
-use durably::{
-    ClaimRequest, Durably, Enqueued, Error, Event, EventKind, EventType, Fence, Job, Log, NewLog,
-    NewRun, NewStep, Progress, Run, RunFilter, RunPatch, RunStatus, Step, StepContext, Store,
-    StoreNotice, Timestamp, TriggerOptions, WaitOptions,
+use common::{
+    Answer, Backend, INJECTED, Instrumented, LIMIT, Recorder, TestDb, backend_tests, eventually,
+    within,
 };
-use serde_json::{Value, json};
-
-/// How an intercepted store call answers instead of reaching the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// As when the lease is lost: `renew_lease` → `Ok(None)`, `complete_run` / `fail_run` →
-    /// `Ok(false)`. Nothing is written.
-    Refuse,
-    /// As when the database fails: `Err(Error::Storage)` whose message contains [`INJECTED`].
-    /// Nothing is written.
-    Fail,
-}
-
-/// The message of every injected storage failure.
-const INJECTED: &str = "injected failure: database unavailable";
-
-fn injected(operation: &'static str) -> Error {
-    Error::storage(operation, INJECTED)
-}
-
-/// Answers the next `times` calls of one store operation with an [`Answer`].
-#[derive(Default)]
-struct Knob(Mutex<Option<(Answer, usize)>>);
-
-impl Knob {
-    fn arm(&self, answer: Answer, times: usize) {
-        *self.0.lock().expect("knob") = Some((answer, times));
-    }
-
-    /// The answer for this call, if it is intercepted.
-    fn next(&self) -> Option<Answer> {
-        let mut plan = self.0.lock().expect("knob");
-        match plan.as_mut() {
-            Some((answer, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*answer)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A pass-through store that can refuse or fail lease renewals, completion writes (both
-/// `complete_run` and `complete_run_and_claim`), failure writes and expired-lease sweeps.
-struct Refusing {
-    inner: Arc<dyn Store>,
-    renew: Knob,
-    complete: Knob,
-    fail: Knob,
-    release: Knob,
-}
-
-impl Refusing {
-    fn over(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Refusing {
-            inner,
-            renew: Knob::default(),
-            complete: Knob::default(),
-            fail: Knob::default(),
-            release: Knob::default(),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Refusing {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn migrate(&self) -> durably::Result<()> {
-        self.inner.migrate().await
-    }
-    async fn schema_version(&self) -> durably::Result<i64> {
-        self.inner.schema_version().await
-    }
-    async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
-        self.inner.enqueue(run, now).await
-    }
-    async fn enqueue_and_claim(
-        &self,
-        run: NewRun,
-        now: Timestamp,
-        next: &ClaimRequest,
-    ) -> durably::Result<(Enqueued, Vec<Run>)> {
-        self.inner.enqueue_and_claim(run, now, next).await
-    }
-    async fn enqueue_many(
-        &self,
-        runs: Vec<NewRun>,
-        now: Timestamp,
-    ) -> durably::Result<Vec<Enqueued>> {
-        self.inner.enqueue_many(runs, now).await
-    }
-    async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
-        self.inner.get_run(id).await
-    }
-    async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
-        self.inner.get_runs(filter).await
-    }
-    async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
-        self.inner.get_steps(run_id).await
-    }
-    async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
-        self.inner.get_completed_step(run_id, name).await
-    }
-    async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
-        self.inner.get_logs(run_id).await
-    }
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> durably::Result<Vec<Run>> {
-        self.inner.claim(worker_id, now, lease, max).await
-    }
-    async fn renew_lease(
-        &self,
-        fence: &Fence,
-        now: Timestamp,
-        lease: Duration,
-    ) -> durably::Result<Option<Timestamp>> {
-        match self.renew.next() {
-            Some(Answer::Refuse) => Ok(None),
-            Some(Answer::Fail) => Err(injected("renew_lease")),
-            None => self.inner.renew_lease(fence, now, lease).await,
-        }
-    }
-    async fn persist_step(
-        &self,
-        fence: &Fence,
-        step: NewStep,
-        now: Timestamp,
-    ) -> durably::Result<Option<Step>> {
-        self.inner.persist_step(fence, step, now).await
-    }
-    async fn update_progress(
-        &self,
-        fence: &Fence,
-        progress: Option<Progress>,
-        now: Timestamp,
-    ) -> durably::Result<bool> {
-        self.inner.update_progress(fence, progress, now).await
-    }
-    async fn append_log(
-        &self,
-        fence: Option<&Fence>,
-        log: NewLog,
-        now: Timestamp,
-    ) -> durably::Result<Option<Log>> {
-        self.inner.append_log(fence, log, now).await
-    }
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        match self.complete.next() {
-            Some(Answer::Refuse) => Ok(false),
-            Some(Answer::Fail) => Err(injected("complete_run")),
-            None => {
-                self.inner
-                    .complete_run(fence, output, now, drop_steps)
-                    .await
-            }
-        }
-    }
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-        next: &ClaimRequest,
-    ) -> durably::Result<(bool, Vec<Run>)> {
-        match self.complete.next() {
-            Some(Answer::Refuse) => Ok((false, Vec::new())),
-            Some(Answer::Fail) => Err(injected("complete_run")),
-            None => {
-                self.inner
-                    .complete_run_and_claim(fence, output, now, drop_steps, next)
-                    .await
-            }
-        }
-    }
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        match self.fail.next() {
-            Some(Answer::Refuse) => Ok(false),
-            Some(Answer::Fail) => Err(injected("fail_run")),
-            None => self.inner.fail_run(fence, error, now, drop_steps).await,
-        }
-    }
-    async fn cancel_run(
-        &self,
-        id: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.inner.cancel_run(id, now, drop_steps).await
-    }
-    async fn delete_run(&self, id: &str) -> durably::Result<bool> {
-        self.inner.delete_run(id).await
-    }
-    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
-        self.inner.purge_runs(older_than, limit).await
-    }
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<Vec<Run>> {
-        match self.release.next() {
-            Some(_) => Err(injected("release_expired_leases")),
-            None => self.inner.release_expired_leases(now, drop_steps).await,
-        }
-    }
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
-        self.inner.update_run(id, patch, now).await
-    }
-    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
-        self.inner.notifications()
-    }
-}
+use durably::{
+    Durably, Error, Event, EventKind, EventType, Job, Run, RunFilter, RunPatch, RunStatus,
+    StepContext, Timestamp, TriggerOptions, WaitOptions,
+};
+use serde_json::json;
 
 /// A `worker:error` event as seen by a listener.
 #[derive(Clone, Debug)]
@@ -434,7 +205,7 @@ async fn start_before_migrate_reports_claim_errors_with_backoff_then_recovers(ba
 /// lease expires the run is claimed again and completes on its second execution.
 async fn refused_lease_renewal_aborts_the_execution(backend: Backend) {
     let db = TestDb::new(backend);
-    let store = Refusing::over(db.store.clone());
+    let store = Arc::new(Instrumented::over(db.store.clone()));
     store.renew.arm(Answer::Refuse, 1);
     let lease = Duration::from_secs(3);
     let durably = db
@@ -530,7 +301,7 @@ async fn refused_lease_renewal_aborts_the_execution(backend: Backend) {
 /// the run completes in the same execution.
 async fn failed_lease_renewal_is_reported_and_the_run_goes_on(backend: Backend) {
     let db = TestDb::new(backend);
-    let store = Refusing::over(db.store.clone());
+    let store = Arc::new(Instrumented::over(db.store.clone()));
     store.renew.arm(Answer::Fail, 1);
     let durably = db
         .durably(|b| {
@@ -614,7 +385,7 @@ enum FinalWrite {
 /// then expires and a second execution records its result.
 async fn final_write_not_recorded(backend: Backend, write: FinalWrite, answer: Answer) {
     let db = TestDb::new(backend);
-    let store = Refusing::over(db.store.clone());
+    let store = Arc::new(Instrumented::over(db.store.clone()));
     match write {
         FinalWrite::Completion => store.complete.arm(answer, 1),
         FinalWrite::Failure => store.fail.arm(answer, 1),
@@ -726,7 +497,7 @@ async fn failed_failure_write_is_reported_with_the_run_id(backend: Backend) {
 /// write the same way and still returns `true`: it processed a run.
 async fn process_one_reports_failed_final_writes(backend: Backend) {
     let db = TestDb::new(backend);
-    let store = Refusing::over(db.store.clone());
+    let store = Arc::new(Instrumented::over(db.store.clone()));
     store.complete.arm(Answer::Fail, 1);
     store.fail.arm(Answer::Fail, 1);
     let durably = db.durably(|b| b.shared_store(store.clone())).await;
@@ -772,7 +543,7 @@ async fn process_one_reports_failed_final_writes(backend: Backend) {
 /// retention purge) still runs.
 async fn idle_maintenance_errors_are_reported_not_returned(backend: Backend) {
     let db = TestDb::new(backend);
-    let store = Refusing::over(db.store.clone());
+    let store = Arc::new(Instrumented::over(db.store.clone()));
     let durably = db
         .durably(|b| b.shared_store(store.clone()).retain_runs("1m"))
         .await;

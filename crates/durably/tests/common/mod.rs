@@ -313,21 +313,63 @@ pub fn count(events: &[durably::Event], event_type: durably::EventType) -> usize
 
 /// A pass-through store that counts calls and can gate a few of them.
 pub mod instrumented {
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use durably::{
-        ClaimRequest, Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter,
-        RunPatch, Step, Store, Timestamp,
+        ClaimRequest, Enqueued, Error, Fence, Log, NewLog, NewRun, NewStep, Progress, Run,
+        RunFilter, RunPatch, Step, Store, Timestamp,
     };
     use serde_json::Value;
 
     use super::Gate;
 
+    /// How an intercepted store call answers instead of reaching the database.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Answer {
+        /// As when the lease is lost: `renew_lease` → `Ok(None)`, `complete_run` / `fail_run` →
+        /// `Ok(false)`. Nothing is written.
+        Refuse,
+        /// As when the database fails: `Err(Error::Storage)` whose message contains [`INJECTED`].
+        /// Nothing is written.
+        Fail,
+    }
+
+    /// The message of every injected storage failure.
+    pub const INJECTED: &str = "injected failure: database unavailable";
+
+    pub fn injected(operation: &'static str) -> Error {
+        Error::storage(operation, INJECTED)
+    }
+
+    /// Answers the next `times` calls of one store operation with an [`Answer`].
+    #[derive(Default)]
+    pub struct Knob(Mutex<Option<(Answer, usize)>>);
+
+    impl Knob {
+        pub fn arm(&self, answer: Answer, times: usize) {
+            *self.0.lock().expect("knob") = Some((answer, times));
+        }
+
+        /// The answer for this call, if it is intercepted.
+        fn next(&self) -> Option<Answer> {
+            let mut plan = self.0.lock().expect("knob");
+            match plan.as_mut() {
+                Some((answer, left)) if *left > 0 => {
+                    *left -= 1;
+                    Some(*answer)
+                }
+                _ => None,
+            }
+        }
+    }
+
     /// A store that passes everything through to `inner` while counting calls (`get_run` reads,
     /// claims, expired-lease sweeps, hand-offs), and can hold `enqueue` back after it committed
     /// (so a worker can start the run before the trigger returns), hold a completion back after
-    /// it committed, or open a gate once a claim returned a run.
+    /// it committed, or open a gate once a claim returned a run; its [`Knob`]s make the next
+    /// lease renewals, completion writes (`complete_run` and `complete_run_and_claim`), failure
+    /// writes or expired-lease sweeps refuse or fail without reaching the database.
     pub struct Instrumented {
         pub inner: Arc<dyn Store>,
         /// Finished `get_run` calls.
@@ -345,6 +387,11 @@ pub mod instrumented {
         pub hold_enqueue: Option<Gate>,
         /// Opened once a claim returned a run.
         pub open_on_claim: Option<Gate>,
+        pub renew: Knob,
+        pub complete: Knob,
+        pub fail: Knob,
+        /// Sweeps fail with either answer.
+        pub release: Knob,
     }
 
     impl Instrumented {
@@ -359,6 +406,10 @@ pub mod instrumented {
                 hold_completion: None,
                 hold_enqueue: None,
                 open_on_claim: None,
+                renew: Knob::default(),
+                complete: Knob::default(),
+                fail: Knob::default(),
+                release: Knob::default(),
             }
         }
     }
@@ -399,6 +450,11 @@ pub mod instrumented {
             drop_steps: bool,
             next: &ClaimRequest,
         ) -> durably::Result<(bool, Vec<Run>)> {
+            match self.complete.next() {
+                Some(Answer::Refuse) => return Ok((false, Vec::new())),
+                Some(Answer::Fail) => return Err(injected("complete_run")),
+                None => {}
+            }
             let held = match &self.hold_completion {
                 Some((value, gate)) if output.as_ref() == Some(value) => Some(gate.clone()),
                 _ => None,
@@ -463,7 +519,11 @@ pub mod instrumented {
             now: Timestamp,
             lease: Duration,
         ) -> durably::Result<Option<Timestamp>> {
-            self.inner.renew_lease(fence, now, lease).await
+            match self.renew.next() {
+                Some(Answer::Refuse) => Ok(None),
+                Some(Answer::Fail) => Err(injected("renew_lease")),
+                None => self.inner.renew_lease(fence, now, lease).await,
+            }
         }
         async fn persist_step(
             &self,
@@ -496,9 +556,15 @@ pub mod instrumented {
             now: Timestamp,
             drop_steps: bool,
         ) -> durably::Result<bool> {
-            self.inner
-                .complete_run(fence, output, now, drop_steps)
-                .await
+            match self.complete.next() {
+                Some(Answer::Refuse) => Ok(false),
+                Some(Answer::Fail) => Err(injected("complete_run")),
+                None => {
+                    self.inner
+                        .complete_run(fence, output, now, drop_steps)
+                        .await
+                }
+            }
         }
         async fn fail_run(
             &self,
@@ -507,7 +573,11 @@ pub mod instrumented {
             now: Timestamp,
             drop_steps: bool,
         ) -> durably::Result<bool> {
-            self.inner.fail_run(fence, error, now, drop_steps).await
+            match self.fail.next() {
+                Some(Answer::Refuse) => Ok(false),
+                Some(Answer::Fail) => Err(injected("fail_run")),
+                None => self.inner.fail_run(fence, error, now, drop_steps).await,
+            }
         }
         async fn cancel_run(
             &self,
@@ -530,7 +600,10 @@ pub mod instrumented {
         ) -> durably::Result<Vec<Run>> {
             self.sweeps
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.release_expired_leases(now, drop_steps).await
+            match self.release.next() {
+                Some(_) => Err(injected("release_expired_leases")),
+                None => self.inner.release_expired_leases(now, drop_steps).await,
+            }
         }
         async fn update_run(
             &self,
@@ -548,4 +621,4 @@ pub mod instrumented {
         }
     }
 }
-pub use instrumented::Instrumented;
+pub use instrumented::{Answer, INJECTED, Instrumented, Knob};
