@@ -10,7 +10,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Result alias used throughout durably.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in durably. Every message names the offending id or value.
+/// Everything that can go wrong in durably. Every message names the offending id or value
+/// (over HTTP, a few keep upstream's exact wording instead, e.g. `Run not found`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
