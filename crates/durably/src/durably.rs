@@ -953,19 +953,24 @@ impl Durably {
     /// polled reads the run's current state. It yields the live events that arrived in between
     /// (in order), then that state as synthetic events with `sequence` 0 (`run:leased` plus
     /// `run:progress` while leased; the terminal event of a finished run), then live events.
-    /// A live event may therefore precede or repeat a synthetic one. It ends after the run's
-    /// `run:complete`, `run:fail`, `run:cancel` or `run:delete` (for a cancel made by another
-    /// process, once the worker executing the run here notices it). Dropping the stream
-    /// unsubscribes.
+    /// A live event may therefore precede or repeat a synthetic one. While no worker of this
+    /// process executes the run (another process does), the stream reads it every polling
+    /// interval and yields what changed as synthetic events (`run:leased`, `step:complete`,
+    /// `run:progress`, the end). It ends after the run's `run:complete`, `run:fail`,
+    /// `run:cancel` or `run:delete` (for a cancel made by another process, once the worker
+    /// executing the run notices it). Dropping the stream unsubscribes.
     pub fn subscribe(&self, run_id: &str) -> impl Stream<Item = Event> + Send + 'static {
         let live = self.inner.events.subscribe_run(run_id);
         let state = SubscribeState {
-            store: self.inner.store.clone(),
+            durably: self.clone(),
             run_id: run_id.to_owned(),
             live,
             queued: VecDeque::new(),
             started: false,
             closed: false,
+            observed: None,
+            rebaseline: false,
+            lease_sighted: false,
         };
         futures::stream::unfold(state, |mut state| async move {
             let event = state.next().await?;
@@ -1032,12 +1037,40 @@ enum Settled {
 }
 
 struct SubscribeState {
-    store: Arc<dyn Store>,
+    durably: Durably,
     run_id: String,
     live: tokio::sync::mpsc::UnboundedReceiver<Arc<Event>>,
     queued: VecDeque<Event>,
     started: bool,
     closed: bool,
+    /// The run as last read from the store, while another process executes it (`None`: not
+    /// seen yet, or executing here, whose events arrive live).
+    observed: Option<Observed>,
+    /// The run executed here since the last read: the next read is only a starting point.
+    rebaseline: bool,
+    /// A read found the pending run leased (announced when the next read confirms it).
+    lease_sighted: bool,
+}
+
+/// What a run stream last reported of a run executing in another process.
+struct Observed {
+    status: RunStatus,
+    progress: Option<Progress>,
+    completed_steps: i64,
+    job_name: String,
+    labels: Labels,
+}
+
+impl Observed {
+    fn of(run: &Run) -> Self {
+        Observed {
+            status: run.status,
+            progress: run.progress.clone(),
+            completed_steps: run.completed_step_count,
+            job_name: run.job_name.clone(),
+            labels: run.labels.clone(),
+        }
+    }
 }
 
 const SUBSCRIBED_TYPES: [EventType; 10] = [
@@ -1052,6 +1085,16 @@ const SUBSCRIBED_TYPES: [EventType; 10] = [
     EventType::StepFail,
     EventType::LogWrite,
 ];
+
+/// An event a run stream makes up from the store (`sequence` 0, as upstream's current-state
+/// events).
+fn synthetic_event(kind: EventKind) -> Event {
+    Event {
+        kind,
+        timestamp: Timestamp::now(),
+        sequence: 0,
+    }
+}
 
 fn ends_stream(event_type: EventType) -> bool {
     matches!(
@@ -1071,7 +1114,7 @@ impl SubscribeState {
             }
             if !self.started {
                 self.started = true;
-                let current = self.store.get_run(&self.run_id).await;
+                let current = self.durably.inner.store.get_run(&self.run_id).await;
                 // Live events that arrived since `subscribe` come first, as if delivered when
                 // they happened (upstream §7); one that ends the stream makes the current state
                 // moot.
@@ -1089,7 +1132,10 @@ impl SubscribeState {
                     continue;
                 }
                 match current {
-                    Ok(Some(run)) => self.queue_current_state(run),
+                    Ok(Some(run)) => {
+                        self.observed = Some(Observed::of(&run));
+                        self.queue_current_state(run);
+                    }
                     Ok(None) => {}
                     Err(error) => {
                         tracing::warn!(run_id = %self.run_id, %error, "subscribe could not read the run");
@@ -1098,7 +1144,21 @@ impl SubscribeState {
                 }
                 continue;
             }
-            let event = self.live.recv().await?;
+            // A run that another process executes: its events never reach this one, so the
+            // stream follows the store every polling interval.
+            let event = match self.observed.is_some() {
+                true => {
+                    let every = self.durably.inner.config.polling_interval;
+                    tokio::select! {
+                        event = self.live.recv() => event?,
+                        () = tokio::time::sleep(every) => {
+                            self.follow().await;
+                            continue;
+                        }
+                    }
+                }
+                false => self.live.recv().await?,
+            };
             let event_type = event.event_type();
             if !SUBSCRIBED_TYPES.contains(&event_type) {
                 continue;
@@ -1110,12 +1170,105 @@ impl SubscribeState {
         }
     }
 
-    fn queue_current_state(&mut self, run: Run) {
-        let synthetic = |kind| Event {
-            kind,
-            timestamp: Timestamp::now(),
-            sequence: 0,
+    /// Reads the run and queues, as synthetic events, what changed since it was last read:
+    /// its lease, newly completed steps, progress, its end (or deletion), unless it is
+    /// executing in this process, whose own events arrive live.
+    async fn follow(&mut self) {
+        if self.durably.inner.worker.is_executing(&self.run_id) {
+            // Its events arrived live: once it is no longer here (another worker may take it
+            // over), the next read is only a new starting point.
+            self.rebaseline = true;
+            return;
+        }
+        let store = &self.durably.inner.store;
+        let run = match store.get_run(&self.run_id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                self.closed = true;
+                if let Some(seen) = self.observed.take() {
+                    self.queued.push_back(synthetic_event(EventKind::RunDelete {
+                        run_id: self.run_id.clone(),
+                        job_name: seen.job_name,
+                        labels: seen.labels,
+                    }));
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(run_id = %self.run_id, %error, "subscribe could not follow the run");
+                return;
+            }
         };
+        let before = self.observed.replace(Observed::of(&run));
+        let Some(before) = before.filter(|_| !std::mem::take(&mut self.rebaseline)) else {
+            return;
+        };
+        if before.status == RunStatus::Pending
+            && run.status == RunStatus::Leased
+            && !std::mem::replace(&mut self.lease_sighted, true)
+        {
+            // A worker of this process may have claimed it a moment ago and not be executing
+            // it yet (its events then come live): announced if still so at the next read.
+            self.observed = Some(before);
+            return;
+        }
+        let (run_id, job_name, labels) = (&run.id, &run.job_name, &run.labels);
+        if before.status == RunStatus::Pending && run.status != RunStatus::Pending {
+            self.queued.push_back(synthetic_event(EventKind::RunLeased {
+                run_id: run_id.clone(),
+                job_name: job_name.clone(),
+                input: run.input.clone(),
+                lease_owner: run.lease_owner.clone().unwrap_or_default(),
+                lease_expires_at: run
+                    .lease_expires_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                labels: labels.clone(),
+            }));
+        }
+        if run.completed_step_count > before.completed_steps
+            && let Ok(steps) = store.get_steps(run_id).await
+        {
+            let already = usize::try_from(before.completed_steps).unwrap_or(0);
+            for step in steps
+                .into_iter()
+                .filter(|s| s.status == crate::run::StepStatus::Completed)
+                .skip(already)
+            {
+                self.queued
+                    .push_back(synthetic_event(EventKind::StepComplete {
+                        run_id: run_id.clone(),
+                        job_name: job_name.clone(),
+                        step_name: step.name,
+                        step_index: step.index,
+                        output: step.output.unwrap_or(Value::Null),
+                        duration: step
+                            .completed_at
+                            .map(|at| at.millis_since(step.started_at))
+                            .unwrap_or(0),
+                        labels: labels.clone(),
+                    }));
+            }
+        }
+        if let Some(progress) = &run.progress
+            && before.progress.as_ref() != Some(progress)
+            && run.status == RunStatus::Leased
+        {
+            self.queued
+                .push_back(synthetic_event(EventKind::RunProgress {
+                    run_id: run_id.clone(),
+                    job_name: job_name.clone(),
+                    progress: progress.clone(),
+                    labels: labels.clone(),
+                }));
+        }
+        if run.status.is_terminal() {
+            self.queue_current_state(run);
+        }
+    }
+
+    fn queue_current_state(&mut self, run: Run) {
+        let synthetic = synthetic_event;
         let (run_id, job_name, labels) = (run.id.clone(), run.job_name.clone(), run.labels.clone());
         match run.status {
             RunStatus::Leased => {

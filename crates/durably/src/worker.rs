@@ -118,6 +118,11 @@ impl WorkerState {
         }
     }
 
+    /// Whether the run is executing in this process.
+    pub(crate) fn is_executing(&self, run_id: &str) -> bool {
+        lock(&self.active).contains_key(run_id)
+    }
+
     /// Fires the cancellation token of a run executing in this process.
     pub(crate) fn cancel_local(&self, run_id: &str) {
         let execution = lock(&self.active).get(run_id).cloned();

@@ -646,6 +646,51 @@ async fn subscribe_streams_a_live_run_and_ends(backend: Backend) {
     durably.stop().await;
 }
 
+/// A run that another process executes (here another instance on the same database, whose
+/// events never reach this one): the stream follows the store and ends with the run.
+async fn subscribe_follows_a_run_executed_elsewhere(backend: Backend) {
+    let db = TestDb::new(backend);
+    let executor = db.durably(|b| b.preserve_steps(true)).await;
+    let observer = db.durably(|b| b).await;
+    let (entered, gate) = (Gate::new(), Gate::new());
+    let job = executor
+        .register(gated_job("elsewhere", &entered, &gate))
+        .unwrap();
+    let id = job.trigger(7).await.unwrap().run.id;
+    let mut stream = Box::pin(observer.subscribe(&id));
+    executor.start();
+    within("the step starts", LIMIT, entered.wait()).await;
+    let mut events = Vec::new();
+    while !event_types(&events).contains(&"run:progress") {
+        let event = within("the observer sees the run start", LIMIT, stream.next()).await;
+        events.push(event.expect("the stream is still open"));
+    }
+    gate.open();
+    events.extend(within("the stream ends", LIMIT, stream.collect::<Vec<_>>()).await);
+    let types = event_types(&events);
+    let position = |kind: &str| types.iter().position(|t| *t == kind);
+    assert!(
+        position("run:leased") < position("run:progress"),
+        "{types:?}"
+    );
+    assert!(
+        position("run:progress") < position("step:complete"),
+        "{types:?}"
+    );
+    assert_eq!(types.last(), Some(&"run:complete"), "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "run:leased").count(),
+        1,
+        "{types:?}"
+    );
+    assert!(events.iter().all(|e| e.kind.run_id() == Some(id.as_str())));
+    match &events.last().unwrap().kind {
+        EventKind::RunComplete { output, .. } => assert_eq!(output, &json!(7)),
+        other => panic!("unexpected {other:?}"),
+    }
+    executor.stop().await;
+}
+
 async fn subscribe_streams_a_live_failure_and_ends(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b).await;
@@ -870,6 +915,7 @@ async fn subscribe_keeps_events_emitted_before_the_first_poll(backend: Backend) 
 }
 
 backend_tests!(
+    subscribe_follows_a_run_executed_elsewhere,
     all_fifteen_event_types_serialize_as_upstream,
     sequence_starts_at_one_and_increments,
     listeners_receive_only_their_type,
