@@ -75,6 +75,13 @@ enum Command {
     /// step boundary or lease renewal (at once on PostgreSQL) and stops. Ending runs cannot be
     /// cancelled (exit code 1); an unknown id exits with 4.
     Cancel(ops::CancelArgs),
+    /// Run a finished run (completed, failed or cancelled) again: a new pending run of the same
+    /// job with the same input, concurrency key and labels; the application's workers run it.
+    ///
+    /// The command has no job code, so the input is not validated again. A pending or leased
+    /// run is refused (exit code 1), as is a new run whose concurrency key already has a pending
+    /// run; an unknown id exits with 4.
+    Retrigger(ops::RetriggerArgs),
     /// Delete a finished run (completed, failed or cancelled) with its steps and logs.
     ///
     /// A pending or leased run is refused (exit code 1): cancel it first. An unknown id exits
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
             Command::Runs(args) => ops::runs(args).await,
             Command::Run(args) => ops::run(args).await,
             Command::Cancel(args) => ops::cancel(args).await,
+            Command::Retrigger(args) => ops::retrigger(args).await,
             Command::Delete(args) => ops::delete(args).await,
             Command::Purge(args) => ops::purge(args).await,
             Command::Watch(args) => ops::watch(args).await,

@@ -59,6 +59,15 @@ pub struct CancelArgs {
     keep_steps: bool,
 }
 
+/// Options of `durably retrigger`.
+#[derive(clap::Args, Debug)]
+pub struct RetriggerArgs {
+    /// The id of the finished run to run again.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
 /// Options of `durably delete`.
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
@@ -476,6 +485,38 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     println!(
         "deleted run {} of job {} ({}) with its steps and logs",
         run.id, run.job_name, run.status
+    );
+    Ok(OK)
+}
+
+/// `durably retrigger ID`: a new pending run of the same job with the same input, concurrency
+/// key and labels, for the application's workers. The command has no job code, so the input is
+/// not validated again (a worker fails a run whose input its job rejects).
+pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = require_run(&durably, &args.db, &args.id).await?;
+    if run.status.is_active() {
+        return Err(CliError::new(format!(
+            "cannot retrigger run {}: it is still {} (retrigger runs that ended)",
+            run.id, run.status
+        )));
+    }
+    let request = durably::NewRun {
+        job_name: run.job_name.clone(),
+        input: run.input,
+        idempotency_key: None,
+        concurrency_key: run.concurrency_key,
+        labels: run.labels,
+        coalesce: None,
+    };
+    let enqueued = durably
+        .store()
+        .enqueue(request, Timestamp::now())
+        .await
+        .map_err(|e| CliError::new(format!("cannot retrigger run {}: {e}", run.id)))?;
+    println!(
+        "retriggered run {} of job {}: new run {} (pending; the application's workers run it)",
+        run.id, run.job_name, enqueued.run.id
     );
     Ok(OK)
 }

@@ -137,6 +137,22 @@ impl Fixture {
             .expect("get run")
             .map(|r| r.status)
     }
+
+    async fn run(&self, id: &str) -> durably::Run {
+        self.durably
+            .get_run(id)
+            .await
+            .expect("get run")
+            .expect("the run exists")
+    }
+
+    async fn run_count(&self) -> usize {
+        self.durably
+            .get_runs(&durably::RunFilter::new())
+            .await
+            .expect("list runs")
+            .len()
+    }
 }
 
 fn json_of(text: &str) -> Value {
@@ -408,6 +424,52 @@ async fn cancel_delete_and_purge_change_the_database() {
         stderr(&output).contains("Invalid duration format"),
         "{}",
         stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retrigger_queues_a_new_run_of_a_finished_one() {
+    let fx = Fixture::new().await;
+    let failed = fx
+        .trigger("work", json!({ "fail": true }), &[("team", "ops")])
+        .await;
+    fx.process().await;
+    assert_eq!(fx.status(&failed).await, Some(RunStatus::Failed));
+
+    let text = expect_code(&durably_cli(&["retrigger", &failed, "--db", fx.db()]), 0);
+    assert!(
+        text.contains(&format!("retriggered run {failed}")),
+        "{text}"
+    );
+    let new_id = text
+        .split("new run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the new run's id")
+        .to_owned();
+    assert_ne!(new_id, failed);
+    let (old, new) = (fx.run(&failed).await, fx.run(&new_id).await);
+    assert_eq!(new.status, RunStatus::Pending);
+    assert_eq!((&new.job_name, &new.input), (&old.job_name, &old.input));
+    assert_eq!(new.labels, old.labels);
+    assert_eq!(
+        old.status,
+        RunStatus::Failed,
+        "the old run is left as it was"
+    );
+
+    // an active run is refused and changes nothing; an unknown id exits with 4
+    let output = durably_cli(&["retrigger", &new_id, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains("it is still pending"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fx.run_count().await, 2);
+    expect_code(
+        &durably_cli(&["retrigger", "01NOSUCHRUN", "--db", fx.db()]),
+        4,
     );
 }
 
