@@ -74,11 +74,13 @@ pub async fn serve(
         .await;
 
     tokio::select! {
-        _ = durably.stop() => eprintln!("worker stopped"),
-        _ = tokio::time::sleep(shutdown_timeout) => eprintln!(
-            "runs still in flight after {}s; exiting (they resume after their lease expires)",
-            shutdown_timeout.as_secs()
-        ),
+        finished = durably.stop_within(shutdown_timeout) => match finished {
+            true => eprintln!("worker stopped"),
+            false => eprintln!(
+                "runs still in flight after {}s; exiting (they resume after their lease expires)",
+                shutdown_timeout.as_secs()
+            ),
+        },
         _ = shutdown_signal() => eprintln!("second signal: exiting now"),
     }
     served.map_err(|e| format!("server error: {e}"))?;

@@ -132,6 +132,27 @@ impl WorkerState {
     }
 }
 
+/// Aborts a task when dropped (a lease keeper must not outlive its execution).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removes a run from the ones executing in this process when dropped.
+struct Deregister {
+    worker: Arc<crate::durably::Inner>,
+    run_id: String,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        lock(&self.worker.worker.active).remove(&self.run_id);
+    }
+}
+
 /// How one execution of a claimed run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -182,21 +203,60 @@ impl Durably {
 
     /// Stops the worker gracefully: no new claims; waits for in-flight runs (they are not
     /// cancelled) and any running maintenance. Returns at once if the worker is not running.
+    /// [`stop_within`](Self::stop_within) bounds the wait.
     pub async fn stop(&self) {
-        let running = {
-            // Fire the token before the worker stops counting as running, so whoever sees
-            // `is_running() == false` knows no new claims will be made.
-            let mut running = lock(&self.inner.worker.running);
-            if let Some(worker) = running.as_ref() {
-                worker.stop.cancel();
-            }
-            running.take()
-        };
-        if let Some(worker) = running
+        if let Some(worker) = self.stop_claiming()
             && let Err(error) = worker.task.await
         {
             tracing::error!(%error, "durably worker task ended abnormally");
         }
+    }
+
+    /// Stops the worker like [`stop`](Self::stop), but waits at most `grace` for the runs in
+    /// flight. Runs still executing then are abandoned as a crash abandons them: their
+    /// executions are dropped, their leases are no longer renewed, and once a lease expires
+    /// (`lease_duration`) any worker takes the run over, replaying its completed steps.
+    /// Returns `true` when everything finished within `grace`.
+    ///
+    /// ```no_run
+    /// # async fn example(durably: durably::Durably) {
+    /// use std::time::Duration;
+    /// if !durably.stop_within(Duration::from_secs(30)).await {
+    ///     eprintln!("some runs did not finish in time; another worker will resume them");
+    /// }
+    /// # }
+    /// ```
+    pub async fn stop_within(&self, grace: Duration) -> bool {
+        let Some(mut worker) = self.stop_claiming() else {
+            return true;
+        };
+        match tokio::time::timeout(grace, &mut worker.task).await {
+            Ok(Err(error)) if !error.is_cancelled() => {
+                tracing::error!(%error, "durably worker task ended abnormally");
+                true
+            }
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "runs still executing at the end of the grace period are abandoned"
+                );
+                worker.task.abort();
+                let _ = worker.task.await;
+                false
+            }
+        }
+    }
+
+    /// Fires the worker's stop token and takes it out of the running state.
+    fn stop_claiming(&self) -> Option<RunningWorker> {
+        // Fire the token before the worker stops counting as running, so whoever sees
+        // `is_running() == false` knows no new claims will be made.
+        let mut running = lock(&self.inner.worker.running);
+        if let Some(worker) = running.as_ref() {
+            worker.stop.cancel();
+        }
+        running.take()
     }
 
     async fn worker_loop(self, worker_id: String, stop: CancellationToken) {
@@ -634,11 +694,16 @@ impl Durably {
         );
         let shared = step.shared().clone();
         lock(&self.inner.worker.active).insert(run.id.clone(), shared.clone());
+        // Also when the execution is dropped midway (`stop_within` abandoning it).
+        let _active = Deregister {
+            worker: self.inner.clone(),
+            run_id: run.id.clone(),
+        };
         let lease_owner = run
             .lease_owner
             .clone()
             .unwrap_or_else(|| worker_id.to_owned());
-        let keeper = tokio::spawn(
+        let keeper = AbortOnDrop(tokio::spawn(
             self.clone()
                 .keep_lease(
                     shared.clone(),
@@ -646,7 +711,7 @@ impl Durably {
                     lease_owner.clone(),
                 )
                 .in_current_span(),
-        );
+        ));
 
         let started = Instant::now();
         self.inner.events.emit(EventKind::RunLeased {
@@ -664,14 +729,11 @@ impl Durably {
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
             .await;
-        keeper.abort();
+        drop(keeper);
         // The run stays among the active ones until its end is recorded, so that a `cancel` of
         // this process meanwhile marks it as announced (see `announce_cancel_found`).
-        let finished = self
-            .finish(&run, &fence, &shared, result, started, worker_id, handoff)
-            .await;
-        lock(&self.inner.worker.active).remove(&run.id);
-        finished
+        self.finish(&run, &fence, &shared, result, started, worker_id, handoff)
+            .await
     }
 
     /// Records how an execution ended: completed, failed, cancelled or lost.

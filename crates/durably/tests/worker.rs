@@ -181,6 +181,76 @@ async fn stop_waits_for_in_flight_runs_and_claims_nothing_new(backend: Backend) 
     durably.stop().await;
 }
 
+/// A job that ignores its token: `stop_within` gives up after the grace period, and the
+/// abandoned run is taken over once its lease expires (its lease is no longer renewed), with
+/// its completed step replayed, not run again.
+async fn stop_within_abandons_runs_that_outlive_the_grace(backend: Backend) {
+    let db = TestDb::new(backend);
+    let timings = |b: durably::DurablyBuilder| {
+        b.lease_duration(Duration::from_millis(600))
+            .lease_renew_interval(Duration::from_millis(100))
+    };
+    let first_steps = Arc::new(AtomicUsize::new(0));
+    let (entered, release) = (Gate::new(), Gate::new());
+    let job = |durably: &Durably| {
+        let (steps, entered, release) = (first_steps.clone(), entered.clone(), release.clone());
+        durably
+            .register(Job::new("stubborn", move |step: StepContext, _: Value| {
+                let (steps, entered, release) = (steps.clone(), entered.clone(), release.clone());
+                async move {
+                    step.run("first", |_| async move {
+                        steps.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Error>(1)
+                    })
+                    .await?;
+                    // Ignores its token: only the gate ends it.
+                    step.run("stubborn", |_| async move {
+                        entered.open();
+                        release.wait().await;
+                        Ok::<_, Error>(2)
+                    })
+                    .await?;
+                    Ok::<_, Error>(json!("done"))
+                }
+            }))
+            .unwrap()
+    };
+    let durably = db.durably(timings).await;
+    let handle = job(&durably);
+    durably.start();
+    let id = handle.trigger(json!({})).await.unwrap().run.id;
+    within("the stubborn step starts", LIMIT, entered.wait()).await;
+    let leased = durably.get_run(&id).await.unwrap().unwrap();
+
+    let finished = within(
+        "stop_within returns after its grace",
+        LIMIT,
+        durably.stop_within(Duration::from_millis(200)),
+    )
+    .await;
+    assert!(!finished, "the run was still executing");
+    assert!(!durably.is_running());
+    assert_eq!(status_of(&durably, &id).await, RunStatus::Leased);
+
+    // Another worker takes the run over once the unrenewed lease expires.
+    release.open();
+    let other = db.durably(timings).await;
+    job(&other);
+    other.start();
+    let run = terminal(&other, &id).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!("done")));
+    assert!(run.lease_generation > leased.lease_generation, "taken over");
+    assert_eq!(
+        first_steps.load(Ordering::SeqCst),
+        1,
+        "the completed step is replayed"
+    );
+    other.stop().await;
+    // A worker whose runs all finish in time reports so.
+    assert!(other.stop_within(Duration::from_millis(10)).await);
+}
+
 async fn stop_with_nothing_running_returns_at_once(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.retain_runs("30d")).await;
@@ -913,6 +983,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
 backend_tests!(
     start_picks_up_a_pending_run,
     stop_waits_for_in_flight_runs_and_claims_nothing_new,
+    stop_within_abandons_runs_that_outlive_the_grace,
     stop_with_nothing_running_returns_at_once,
     default_concurrency_runs_in_trigger_order,
     max_concurrent_runs_execute_together,
