@@ -28,6 +28,9 @@ pub enum Purpose {
     Migrate,
     /// Every other command: the database must exist and hold a current durably schema.
     Operate,
+    /// `durably serve`: as `Operate`; its mirror relays what other processes do, so run streams
+    /// do not follow runs themselves.
+    Serve,
 }
 
 impl DbArgs {
@@ -70,7 +73,9 @@ impl DbArgs {
                 describe(error)
             ))
         };
-        let builder = Durably::builder().preserve_steps(preserve_steps);
+        let builder = Durably::builder()
+            .preserve_steps(preserve_steps)
+            .follow_runs_elsewhere(purpose != Purpose::Serve);
         let builder = if self.is_postgres() {
             let options = PostgresOptions {
                 max_connections: 4,
@@ -94,7 +99,7 @@ impl DbArgs {
                     "--db is empty: give a SQLite file path or a postgres:// URL",
                 ));
             }
-            if purpose == Purpose::Operate && !Path::new(&self.db).is_file() {
+            if purpose != Purpose::Migrate && !Path::new(&self.db).is_file() {
                 return Err(CliError::new(format!(
                     "cannot open database {shown}: no such file (check the path, or create the \
                      schema with `durably migrate --db {}`)",

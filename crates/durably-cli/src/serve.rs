@@ -125,7 +125,7 @@ pub fn app(durably: Durably, options: HttpOptions) -> axum::Router {
 /// `durably serve`: serves until Ctrl-C / SIGTERM, then stops accepting and ends open event
 /// streams. There is no worker to drain.
 pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
-    let durably = args.db.open(Purpose::Operate, false).await?;
+    let durably = args.db.open(Purpose::Serve, false).await?;
     let streams = CancellationToken::new();
     tokio::spawn(mirror::run(
         durably.clone(),

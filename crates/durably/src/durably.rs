@@ -41,6 +41,11 @@ pub struct Config {
     /// starts after one commit instead of two. Off: every trigger enqueues on its own and wakes
     /// the worker.
     pub trigger_hand_off: bool,
+    /// Run streams ([`Durably::subscribe`]) follow a run that another process executes by
+    /// reading it every `polling_interval` (default `true`). Off where something else relays
+    /// other processes' events into this instance (as `durably serve` does), which the
+    /// following would repeat.
+    pub follow_runs_elsewhere: bool,
 }
 
 impl Default for Config {
@@ -54,6 +59,7 @@ impl Default for Config {
             retain_runs: None,
             persist_logs: true,
             trigger_hand_off: true,
+            follow_runs_elsewhere: true,
         }
     }
 }
@@ -198,6 +204,13 @@ impl DurablyBuilder {
     /// transaction (default `true`; see [`Config::trigger_hand_off`]).
     pub fn trigger_hand_off(mut self, hand_off: bool) -> Self {
         self.config.trigger_hand_off = hand_off;
+        self
+    }
+
+    /// Whether run streams follow runs that other processes execute (default `true`; see
+    /// [`Config::follow_runs_elsewhere`]).
+    pub fn follow_runs_elsewhere(mut self, follow: bool) -> Self {
+        self.config.follow_runs_elsewhere = follow;
         self
     }
 
@@ -1133,7 +1146,9 @@ impl SubscribeState {
                 }
                 match current {
                     Ok(Some(run)) => {
-                        self.observed = Some(Observed::of(&run));
+                        if self.durably.inner.config.follow_runs_elsewhere {
+                            self.observed = Some(Observed::of(&run));
+                        }
                         self.queue_current_state(run);
                     }
                     Ok(None) => {}
@@ -1145,7 +1160,7 @@ impl SubscribeState {
                 continue;
             }
             // A run that another process executes: its events never reach this one, so the
-            // stream follows the store every polling interval.
+            // stream reads the store after each polling interval without a live event.
             let event = match self.observed.is_some() {
                 true => {
                     let every = self.durably.inner.config.polling_interval;
