@@ -177,12 +177,25 @@ async function main() {
 
     // 5. filters: status, job, label — in the URL, kept across a reload
     await page.click('[data-testid="detail-close"]')
-    await page.selectOption('#filter-status', 'cancelled')
+    await page.check('#filter-status input[value="cancelled"]')
     await page.waitForFunction(() => [...document.querySelectorAll('#runs tr')].every((tr) => tr.dataset.status === 'cancelled'))
     let shown = await rows(page)
     check(shown.length === 1 && shown[0].id === sleepId, `status filter rows ${JSON.stringify(shown)}`)
-    check(new URL(page.url()).searchParams.get('status') === 'cancelled', `status in URL ${page.url()}`)
-    await page.selectOption('#filter-status', '')
+    check(new URL(page.url()).searchParams.getAll('status').join() === 'cancelled', `status in URL ${page.url()}`)
+    // several statuses: any of them
+    await page.check('#filter-status input[value="completed"]')
+    await page.waitForFunction(() => {
+      const trs = [...document.querySelectorAll('#runs tr')]
+      return trs.some((tr) => tr.dataset.status === 'completed') && trs.every((tr) => ['completed', 'cancelled'].includes(tr.dataset.status))
+    })
+    shown = await rows(page)
+    check(shown.some((r) => r.id === sleepId) && shown.some((r) => r.id === stepsId), `two-status filter rows ${JSON.stringify(shown)}`)
+    check(new URL(page.url()).searchParams.getAll('status').join() === 'completed,cancelled', `statuses in URL ${page.url()}`)
+    await page.reload()
+    await page.waitForSelector(`#runs tr[data-run-id="${sleepId}"]`)
+    check(await page.isChecked('#filter-status input[value="completed"]'), 'status filter kept across reload')
+    await page.uncheck('#filter-status input[value="completed"]')
+    await page.uncheck('#filter-status input[value="cancelled"]')
     await page.fill('#filter-job', 'steps')
     await page.press('#filter-job', 'Enter')
     await page.dispatchEvent('#filter-job', 'change')

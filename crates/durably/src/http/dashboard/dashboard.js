@@ -9,7 +9,7 @@ const STATUSES = ['pending', 'leased', 'completed', 'failed', 'cancelled']
 const $ = (id) => document.getElementById(id)
 
 const state = {
-  filters: { status: '', job: '', labels: '' },
+  filters: { statuses: [], job: '', labels: '' }, // no status: every status
   limit: PAGE,
   runs: [],
   hasMore: false,
@@ -179,21 +179,21 @@ function confirmAction(text) {
 
 function readUrl() {
   const params = new URLSearchParams(location.search)
-  const status = params.get('status') || ''
+  const statuses = params.getAll('status')
   state.filters = {
-    status: STATUSES.includes(status) ? status : '',
+    statuses: STATUSES.filter((s) => statuses.includes(s)),
     job: params.get('job') || '',
     labels: params.getAll('label').join(', '),
   }
   state.selected = params.get('run') || null
-  $('filter-status').value = state.filters.status
+  showStatuses()
   $('filter-job').value = state.filters.job
   $('filter-labels').value = state.filters.labels
 }
 
 function writeUrl(push) {
   const params = new URLSearchParams()
-  if (state.filters.status) params.set('status', state.filters.status)
+  for (const status of state.filters.statuses) params.append('status', status)
   if (state.filters.job) params.set('job', state.filters.job)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append('label', `${key}=${value}`)
   if (state.selected) params.set('run', state.selected)
@@ -207,14 +207,21 @@ function writeUrl(push) {
 function filterQuery(includeStatus) {
   const params = new URLSearchParams()
   if (state.filters.job) params.append('jobName', state.filters.job)
-  if (includeStatus && state.filters.status) params.append('status', state.filters.status)
+  if (includeStatus) for (const status of state.filters.statuses) params.append('status', status)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append(`label.${key}`, value)
   return params
 }
 
+// Ticks the status boxes of the current filter.
+function showStatuses() {
+  for (const box of $('filter-status').querySelectorAll('input[type="checkbox"]')) {
+    box.checked = state.filters.statuses.includes(box.value)
+  }
+}
+
 function setFilters(changes) {
   Object.assign(state.filters, changes)
-  $('filter-status').value = state.filters.status
+  showStatuses()
   $('filter-job').value = state.filters.job
   $('filter-labels').value = state.filters.labels
   state.limit = PAGE
@@ -793,11 +800,14 @@ function applyUrl() {
   else closeRun(false)
 }
 
-$('filter-status').addEventListener('change', (e) => setFilters({ status: e.target.value }))
+$('filter-status').addEventListener('change', () => {
+  const ticked = [...$('filter-status').querySelectorAll('input:checked')].map((box) => box.value)
+  setFilters({ statuses: STATUSES.filter((s) => ticked.includes(s)) })
+})
 $('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value.trim() }))
 $('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
 $('filters').addEventListener('submit', (e) => e.preventDefault())
-$('filter-clear').addEventListener('click', () => setFilters({ status: '', job: '', labels: '' }))
+$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '' }))
 $('load-more').addEventListener('click', () => {
   state.limit += PAGE
   loadRuns()
