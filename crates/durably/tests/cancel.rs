@@ -270,6 +270,22 @@ async fn cancel_while_pending_rejects_waits(backend: Backend) {
     assert!(run.completed_at.is_some());
 }
 
+/// Cancels `id` through this process's `cancel` or, as another process would, in the store
+/// alone (no in-process event).
+async fn cancel_from(durably: &durably::Durably, id: &str, in_process: bool) {
+    if in_process {
+        durably.cancel(id).await.unwrap();
+    } else {
+        assert!(
+            durably
+                .store()
+                .cancel_run(id, Timestamp::now(), false)
+                .await
+                .unwrap()
+        );
+    }
+}
+
 /// A job that ignores its token and keeps reporting after its run was cancelled: progress and
 /// log calls return the cancellation, and nothing they report is stored or emitted.
 async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
@@ -309,17 +325,7 @@ async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
     durably.start();
     let id = job.trigger(json!({})).await.unwrap().run.id;
     within("job starts", LIMIT, entered.wait()).await;
-    if in_process {
-        durably.cancel(&id).await.unwrap();
-    } else {
-        assert!(
-            durably
-                .store()
-                .cancel_run(&id, Timestamp::now(), false)
-                .await
-                .unwrap()
-        );
-    }
+    cancel_from(&durably, &id, in_process).await;
     release.open();
     within("stop waits for the run", LIMIT, durably.stop()).await;
 
@@ -373,17 +379,7 @@ async fn cancelled_result(backend: Backend, in_process: bool) {
     durably.start();
     let id = job.trigger(json!({})).await.unwrap().run.id;
     within("job starts", LIMIT, entered.wait()).await;
-    if in_process {
-        durably.cancel(&id).await.unwrap();
-    } else {
-        assert!(
-            durably
-                .store()
-                .cancel_run(&id, Timestamp::now(), false)
-                .await
-                .unwrap()
-        );
-    }
+    cancel_from(&durably, &id, in_process).await;
     release.open();
     within("stop waits for the run", LIMIT, durably.stop()).await;
     let run = durably.get_run(&id).await.unwrap().unwrap();
