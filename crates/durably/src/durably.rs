@@ -46,6 +46,12 @@ pub struct Config {
     /// other processes' events into this instance (as `durably serve` does), which the
     /// following would repeat.
     pub follow_runs_elsewhere: bool,
+    /// After a run that executed for less than this, the worker slot that ran it claims one
+    /// more run than it needs and holds it (leased) while the next run executes, so that a
+    /// run's completion and the next run's first step share a write (default 100 ms;
+    /// `Duration::ZERO` turns it off). Such a held run waits at most as long as the run
+    /// executing in its slot, and shows as `leased` meanwhile; at most one per slot.
+    pub claim_ahead_below: Duration,
 }
 
 impl Default for Config {
@@ -60,6 +66,7 @@ impl Default for Config {
             persist_logs: true,
             trigger_hand_off: true,
             follow_runs_elsewhere: true,
+            claim_ahead_below: Duration::from_millis(100),
         }
     }
 }
@@ -204,6 +211,13 @@ impl DurablyBuilder {
     /// transaction (default `true`; see [`Config::trigger_hand_off`]).
     pub fn trigger_hand_off(mut self, hand_off: bool) -> Self {
         self.config.trigger_hand_off = hand_off;
+        self
+    }
+
+    /// Claim ahead after runs that executed for less than `below` (default 100 ms; zero turns
+    /// it off; see [`Config::claim_ahead_below`]).
+    pub fn claim_ahead_below(mut self, below: Duration) -> Self {
+        self.config.claim_ahead_below = below;
         self
     }
 

@@ -153,6 +153,74 @@ impl Drop for Deregister {
     }
 }
 
+/// A claimed run registered as executing here, waiting for its job function to start.
+struct Held {
+    run: Run,
+    /// The lease owner (this worker).
+    owner: String,
+    step: StepContext,
+    shared: Arc<StepShared>,
+    active: Deregister,
+    /// Renews the lease from the claim on.
+    keeper: AbortOnDrop,
+}
+
+/// What a job function returned (or how it panicked).
+type JobResult =
+    std::result::Result<std::result::Result<Value, ExecutionError>, Box<dyn std::any::Any + Send>>;
+
+/// A run whose job function returned; its end is not recorded yet.
+struct Returned {
+    run: Run,
+    fence: Fence,
+    shared: Arc<StepShared>,
+    result: JobResult,
+    started: Instant,
+    /// How long the job function ran.
+    elapsed: Duration,
+    _active: Deregister,
+}
+
+/// How far a held run got.
+enum Execution {
+    /// Ended without its job function returning a result to record.
+    Ended(Outcome),
+    /// Its job function returned.
+    Returned(Box<Returned>),
+}
+
+/// A recorded end, with the runs claimed in the same write.
+struct Ended {
+    outcome: Outcome,
+    claimed: Vec<Run>,
+    /// A completion whose claim looked for runs: fewer than asked means nothing more was
+    /// claimable.
+    looked: bool,
+}
+
+/// The output of a future that may be absent (then pending forever, for `select!`).
+async fn pending_or<F: std::future::Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a slot holds a run that may go back to pending (one without a concurrency key).
+fn releasable(held: &std::collections::VecDeque<Held>) -> bool {
+    held.iter().any(|held| held.run.concurrency_key.is_none())
+}
+
+/// The tracing span of one run's execution.
+fn run_span(run: &Run) -> tracing::Span {
+    tracing::info_span!(
+        "durably.run",
+        run_id = %run.id,
+        job = %run.job_name,
+        generation = run.lease_generation
+    )
+}
+
 /// How one execution of a claimed run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -597,61 +665,205 @@ impl Durably {
 
     /// Executes one claimed run to its end (upstream §4.3).
     pub(crate) async fn execute(&self, run: Run, worker_id: &str) -> Outcome {
-        self.execute_then_claim(run, worker_id, None).await.0
+        let span = run_span(&run);
+        let held = self.hold(run, worker_id);
+        match self.run_job(held).instrument(span.clone()).await {
+            Execution::Ended(outcome) => outcome,
+            Execution::Returned(returned) => {
+                let ending = self.record_end(returned, worker_id, 0);
+                ending.instrument(span).await.outcome
+            }
+        }
     }
 
-    /// Executes a claimed run in one of the worker's slots, then the runs claimed in the same
-    /// transaction as each completion, until one finishes with nothing left to claim or the
-    /// worker is stopping (a stopping worker claims nothing new).
+    /// Executes a claimed run in one of the worker's slots, then the runs claimed with each
+    /// completion, until one finishes with nothing left to claim or the worker is stopping (a
+    /// stopping worker claims nothing new, but executes the runs it holds).
     ///
-    /// Returns `true` when the slot ends *quietly*: its last run completed and the claim made
-    /// with that completion found nothing, so nothing was claimable a moment ago.
+    /// The slot is free for the next run as soon as a job function returns: the completion is
+    /// written while the next run executes, so the next run's first step and the completion
+    /// share a write. For that the slot *claims ahead* (see [`Config::claim_ahead_below`]):
+    /// after a run that executed for less than `claim_ahead_below`, its completion claims one
+    /// run more than the slot needs at once, and the slot holds it (leased, its lease renewed)
+    /// until the run executing returns. At most one run per slot is held; a held run without
+    /// a concurrency key goes back to pending once the run executing has taken
+    /// `claim_ahead_below` (it may be long), so that an idle worker takes it.
+    ///
+    /// Returns `true` when the slot ends *quietly*: its last completion's claim found nothing,
+    /// so nothing was claimable a moment ago.
+    ///
+    /// [`Config::claim_ahead_below`]: crate::Config::claim_ahead_below
     async fn execute_in_slot(&self, run: Run, worker_id: &str, stop: &CancellationToken) -> bool {
-        let mut queue = std::collections::VecDeque::from([run]);
+        let claim_ahead_below = self.inner.config.claim_ahead_below;
+        let mut held = std::collections::VecDeque::from([self.hold(run, worker_id)]);
+        let mut ending: Option<futures::future::BoxFuture<'_, Ended>> = None;
         let mut quiet = false;
-        while let Some(run) = queue.pop_front() {
-            let claiming = !stop.is_cancelled();
-            let (outcome, claimed) = self.execute_then_claim(run, worker_id, Some(stop)).await;
-            quiet = claiming && outcome == Outcome::Completed && claimed.is_empty();
-            // `max: 1` claims one run; should a store return more, they run here in turn
-            // rather than being dropped.
-            queue.extend(claimed);
+        let mut take = |ended: Ended, held: &mut std::collections::VecDeque<Held>| {
+            quiet = ended.looked && ended.claimed.is_empty();
+            let claimed = ended.claimed.into_iter();
+            held.extend(claimed.map(|run| self.hold(run, worker_id)));
+        };
+        loop {
+            let Some(next) = held.pop_front() else {
+                match ending.take() {
+                    Some(end) => {
+                        take(end.await, &mut held);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            let span = run_span(&next.run);
+            let execution = self.run_job(next).instrument(span.clone());
+            let mut execution = std::pin::pin!(execution);
+            let release_at = tokio::time::Instant::now() + claim_ahead_below;
+            let execution = loop {
+                tokio::select! {
+                    ended = pending_or(&mut ending), if ending.is_some() => {
+                        ending = None;
+                        take(ended, &mut held);
+                    }
+                    execution = &mut execution => break execution,
+                    _ = tokio::time::sleep_until(release_at), if releasable(&held) => {
+                        for run in std::mem::take(&mut held) {
+                            match run.run.concurrency_key {
+                                None => self.release_held(run),
+                                Some(_) => held.push_back(run),
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(end) = ending.take() {
+                take(end.await, &mut held);
+            }
+            let Execution::Returned(returned) = execution else {
+                continue;
+            };
+            // One run to execute next, plus one held ahead after a short execution.
+            let wanted: usize = match returned.elapsed < claim_ahead_below {
+                true => 2,
+                false => 1,
+            };
+            let claim = match stop.is_cancelled() {
+                true => 0,
+                false => wanted.saturating_sub(held.len()),
+            };
+            let end = self.record_end(returned, worker_id, claim);
+            ending = Some(Box::pin(end.instrument(span)));
         }
         quiet
     }
 
-    /// Executes one claimed run; when it completes and a worker's `stop` token is given that
-    /// has not fired, claims the next run in the same write as the completion.
-    async fn execute_then_claim(
-        &self,
-        run: Run,
-        worker_id: &str,
-        handoff: Option<&CancellationToken>,
-    ) -> (Outcome, Vec<Run>) {
-        let span = tracing::info_span!(
-            "durably.run",
-            run_id = %run.id,
-            job = %run.job_name,
-            generation = run.lease_generation
+    /// Registers a claimed run as executing here before its job starts (a `cancel` meanwhile
+    /// fires its token, as for a run already executing) and keeps its lease from now on.
+    fn hold(&self, run: Run, worker_id: &str) -> Held {
+        let config = &self.inner.config;
+        let step = StepContext::new(
+            self.inner.store.clone(),
+            self.inner.events.clone(),
+            run.id.clone(),
+            run.job_name.clone(),
+            run.labels.clone(),
+            Fence::of(&run),
+            run.current_step_index,
+            run.completed_step_count,
+            config.persist_logs,
         );
-        self.execute_inner(run, worker_id, handoff)
-            .instrument(span)
-            .await
+        let shared = step.shared().clone();
+        lock(&self.inner.worker.active).insert(run.id.clone(), shared.clone());
+        // Also when the execution is dropped midway (`stop_within` abandoning it).
+        let active = Deregister {
+            worker: self.inner.clone(),
+            run_id: run.id.clone(),
+        };
+        let lease_owner = run
+            .lease_owner
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned());
+        let span = run_span(&run);
+        let keeper = AbortOnDrop(tokio::spawn(
+            self.clone()
+                .keep_lease(
+                    shared.clone(),
+                    run.lease_expires_at.unwrap_or_else(Timestamp::now),
+                    lease_owner.clone(),
+                )
+                .instrument(span),
+        ));
+        Held {
+            run,
+            owner: lease_owner,
+            step,
+            shared,
+            active,
+            keeper,
+        }
     }
 
-    async fn execute_inner(
-        &self,
-        run: Run,
-        worker_id: &str,
-        handoff: Option<&CancellationToken>,
-    ) -> (Outcome, Vec<Run>) {
-        let config = &self.inner.config;
+    /// Gives a held run back (to pending, in the background), so that any worker may take it;
+    /// wakes this process's worker, whose idle slots may.
+    fn release_held(&self, held: Held) {
+        let Held {
+            run,
+            shared,
+            active,
+            keeper,
+            ..
+        } = held;
+        // No renewal of a lease being given back.
+        drop(keeper);
+        let span = run_span(&run);
+        let durably = self.clone();
+        let release = async move {
+            let released = durably
+                .inner
+                .store
+                .release_lease(&shared.fence, Timestamp::now())
+                .await;
+            drop(active);
+            match released {
+                Ok(true) => {
+                    tracing::debug!("held run released: the run executing in its slot is long");
+                    durably.inner.worker.wake();
+                }
+                // Cancelled or taken over meanwhile: nothing of it to give back.
+                Ok(false) => {}
+                Err(error) => {
+                    // Not started here: its lease expires and any worker takes it over.
+                    durably.worker_error(error.to_string(), "lease-release", Some(&run.id));
+                }
+            }
+        };
+        tokio::spawn(release.instrument(span));
+    }
+
+    /// Runs a held run's job function until it returns (or ends the run at once: an unknown
+    /// job, a run cancelled or lost while it was held).
+    async fn run_job(&self, held: Held) -> Execution {
         let store = &self.inner.store;
-        let fence = Fence::of(&run);
-        let drop_steps = !config.preserve_steps;
+        let drop_steps = !self.inner.config.preserve_steps;
         tracing::debug!("claimed");
         // Let triggers of this process that are still announcing their runs finish first.
         drop(self.inner.announcing.write().await);
+        let Held {
+            run,
+            owner,
+            step,
+            shared,
+            active,
+            keeper,
+        } = held;
+        match shared.abort_reason() {
+            Some(AbortReason::Cancelled) => {
+                tracing::info!("run cancelled before it started");
+                self.announce_cancel_found(&run, &shared);
+                return Execution::Ended(Outcome::Cancelled);
+            }
+            Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
+            None => {}
+        }
+        let fence = shared.fence.clone();
 
         let Some(job) = self.registered_job(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);
@@ -678,47 +890,15 @@ impl Durably {
                     Outcome::LeaseLost
                 }
             };
-            return (outcome, Vec::new());
+            return Execution::Ended(outcome);
         };
-
-        let step = StepContext::new(
-            store.clone(),
-            self.inner.events.clone(),
-            run.id.clone(),
-            run.job_name.clone(),
-            run.labels.clone(),
-            fence.clone(),
-            run.current_step_index,
-            run.completed_step_count,
-            config.persist_logs,
-        );
-        let shared = step.shared().clone();
-        lock(&self.inner.worker.active).insert(run.id.clone(), shared.clone());
-        // Also when the execution is dropped midway (`stop_within` abandoning it).
-        let _active = Deregister {
-            worker: self.inner.clone(),
-            run_id: run.id.clone(),
-        };
-        let lease_owner = run
-            .lease_owner
-            .clone()
-            .unwrap_or_else(|| worker_id.to_owned());
-        let keeper = AbortOnDrop(tokio::spawn(
-            self.clone()
-                .keep_lease(
-                    shared.clone(),
-                    run.lease_expires_at.unwrap_or_else(Timestamp::now),
-                    lease_owner.clone(),
-                )
-                .in_current_span(),
-        ));
 
         let started = Instant::now();
         self.inner.events.emit(EventKind::RunLeased {
             run_id: run.id.clone(),
             job_name: run.job_name.clone(),
             input: run.input.clone(),
-            lease_owner,
+            lease_owner: owner,
             lease_expires_at: run
                 .lease_expires_at
                 .unwrap_or_else(Timestamp::now)
@@ -732,8 +912,38 @@ impl Durably {
         drop(keeper);
         // The run stays among the active ones until its end is recorded, so that a `cancel` of
         // this process meanwhile marks it as announced (see `announce_cancel_found`).
-        self.finish(&run, &fence, &shared, result, started, worker_id, handoff)
-            .await
+        Execution::Returned(Box::new(Returned {
+            run,
+            fence,
+            shared,
+            result,
+            started,
+            elapsed: started.elapsed(),
+            _active: active,
+        }))
+    }
+
+    /// Records how an execution ended (completed, failed, cancelled or lost); a completion
+    /// also claims up to `claim` runs in the same write.
+    async fn record_end(&self, returned: Box<Returned>, worker_id: &str, claim: usize) -> Ended {
+        let Returned {
+            run,
+            fence,
+            shared,
+            result,
+            started,
+            _active: active,
+            ..
+        } = *returned;
+        let (outcome, claimed) = self
+            .finish(&run, &fence, &shared, result, started, worker_id, claim)
+            .await;
+        drop(active);
+        Ended {
+            looked: claim > 0 && outcome == Outcome::Completed,
+            outcome,
+            claimed,
+        }
     }
 
     /// Records how an execution ended: completed, failed, cancelled or lost.
@@ -749,13 +959,13 @@ impl Durably {
         >,
         started: Instant,
         worker_id: &str,
-        handoff: Option<&CancellationToken>,
+        claim: usize,
     ) -> (Outcome, Vec<Run>) {
         let drop_steps = !self.inner.config.preserve_steps;
         let failure = match result {
             Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
                 return self
-                    .finish_completed(run, fence, shared, output, started, worker_id, handoff)
+                    .finish_completed(run, fence, shared, output, started, worker_id, claim)
                     .await;
             }
             Ok(Ok(_)) => None,
@@ -828,25 +1038,24 @@ impl Durably {
         output: Value,
         started: Instant,
         worker_id: &str,
-        handoff: Option<&CancellationToken>,
+        claim: usize,
     ) -> (Outcome, Vec<Run>) {
         let drop_steps = !self.inner.config.preserve_steps;
         let stored = (!output.is_null()).then(|| output.clone());
         let store = &self.inner.store;
         let now = Timestamp::now();
-        // A stopping worker claims nothing new.
-        let completed = match handoff.filter(|stop| !stop.is_cancelled()) {
-            Some(_) => {
+        let completed = match claim {
+            1.. => {
                 let next = ClaimRequest {
                     worker_id: worker_id.to_owned(),
                     lease: self.inner.config.lease_duration,
-                    max: 1,
+                    max: claim,
                 };
                 store
                     .complete_run_and_claim(fence, stored, now, drop_steps, &next)
                     .await
             }
-            None => store
+            0 => store
                 .complete_run(fence, stored, now, drop_steps)
                 .await
                 .map(|completed| (completed, Vec::new())),

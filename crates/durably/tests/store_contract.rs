@@ -456,6 +456,79 @@ async fn renew_lease_is_fenced(backend: Backend) {
     assert_eq!(get(&store, &run.id).await.lease_expires_at, expiry);
 }
 
+async fn release_lease_gives_a_claimed_run_back(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let t0 = Timestamp::now();
+    let run = enqueue(&store, new_run("job", json!({})), t0).await;
+    let claimed = claim(&store, "w", t0, LEASE).await.expect("claimed");
+    let fence = Fence::of(&claimed);
+
+    // Fenced: another generation changes nothing.
+    let released = store.release_lease(&stale(&fence), t0 + ms(1)).await;
+    assert!(!released.expect("release"));
+    assert_eq!(get(&store, &run.id).await.status, RunStatus::Leased);
+
+    assert!(
+        store
+            .release_lease(&fence, t0 + ms(2))
+            .await
+            .expect("release")
+    );
+    let row = get(&store, &run.id).await;
+    assert_eq!(row.status, RunStatus::Pending);
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(row.lease_generation, 1);
+    assert_eq!(row.updated_at, t0 + ms(2));
+    // Only once; then any worker claims it, under the next generation.
+    assert!(
+        !store
+            .release_lease(&fence, t0 + ms(3))
+            .await
+            .expect("release")
+    );
+    let again = claim(&store, "w2", t0 + ms(4), LEASE)
+        .await
+        .expect("claimed again");
+    assert_eq!(
+        (again.id.as_str(), again.lease_generation),
+        (run.id.as_str(), 2)
+    );
+
+    // A cancelled run stays cancelled.
+    assert!(
+        store
+            .cancel_run(&run.id, t0 + ms(5), false)
+            .await
+            .expect("cancel")
+    );
+    let released = store.release_lease(&Fence::of(&again), t0 + ms(6)).await;
+    assert!(!released.expect("release"));
+    assert_eq!(get(&store, &run.id).await.status, RunStatus::Cancelled);
+
+    // A keyed run whose job and key already have a pending run stays leased (the
+    // pending-per-key index allows one).
+    let first = enqueue(&store, keyed("job", "k"), t0 + ms(7)).await;
+    let held = claim(&store, "w", t0 + ms(8), LEASE)
+        .await
+        .expect("keyed run");
+    assert_eq!(held.id, first.id);
+    let second = enqueue(&store, keyed("job", "k"), t0 + ms(9)).await;
+    let released = store.release_lease(&Fence::of(&held), t0 + ms(10)).await;
+    assert!(!released.expect("release"));
+    assert_eq!(get(&store, &first.id).await.status, RunStatus::Leased);
+    // Without the pending sibling it goes back.
+    assert!(
+        store
+            .cancel_run(&second.id, t0 + ms(11), false)
+            .await
+            .expect("cancel")
+    );
+    let released = store.release_lease(&Fence::of(&held), t0 + ms(12)).await;
+    assert!(released.expect("release"));
+    assert_eq!(get(&store, &first.id).await.status, RunStatus::Pending);
+}
+
 async fn persist_step_is_fenced_and_advances_counters(backend: Backend) {
     let (_db, store) = open(backend).await;
     let t0 = Timestamp::now();
@@ -1794,6 +1867,7 @@ backend_tests!(
     an_expired_lease_is_reclaimed,
     a_key_held_by_an_unexpired_lease_is_skipped,
     renew_lease_is_fenced,
+    release_lease_gives_a_claimed_run_back,
     persist_step_is_fenced_and_advances_counters,
     complete_run_is_fenced,
     complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run,

@@ -264,6 +264,11 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Option<Timestamp>>;
 
+    /// Gives back a run this worker claimed but has not started: back to `pending` with its
+    /// lease cleared, if the fence still holds and no other run of its job and concurrency key
+    /// is pending (the pending-per-key index allows one). `false` when nothing changed.
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool>;
+
     /// Persists a step row if the fence still holds (a completed step also advances the run's
     /// step counters). `None` means the lease is lost and nothing was written.
     async fn persist_step(

@@ -525,6 +525,9 @@ pub mod instrumented {
                 None => self.inner.renew_lease(fence, now, lease).await,
             }
         }
+        async fn release_lease(&self, fence: &Fence, now: Timestamp) -> durably::Result<bool> {
+            self.inner.release_lease(fence, now).await
+        }
         async fn persist_step(
             &self,
             fence: &Fence,

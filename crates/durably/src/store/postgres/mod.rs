@@ -1328,6 +1328,8 @@ fn claim_keyed_sql() -> String {
 
 /// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
 const FENCED: &str = "id = $1 AND status = 'leased' AND lease_generation = $2::bigint";
+/// [`FENCED`] for a table aliased `r`, after its first `r.`.
+const FENCED_R: &str = "id = $1 AND r.status = 'leased' AND r.lease_generation = $2::bigint";
 
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -1677,6 +1679,40 @@ impl Store for PostgresStore {
             })
             .await?;
         Ok((changed == 1).then_some(expires))
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let sql = format!(
+            "WITH u AS (UPDATE durably_runs r SET status = 'pending', lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = $3 \
+               WHERE r.{FENCED_R} AND (r.concurrency_key IS NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
+                 AND p.job_name = r.job_name AND p.concurrency_key = r.concurrency_key)) \
+               RETURNING r.id), \
+             note AS (SELECT pg_notify($4::text, '{NOTICE_RUNS}') FROM u) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)"
+        );
+        let changed = self
+            .run("release_lease", true, |client, _| {
+                let (sql, now_text, channel) = (&sql, &now_text, &channel);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let rows = client
+                        .query(
+                            &statement,
+                            &[&fence.run_id, &fence.generation, now_text, channel],
+                        )
+                        .await?;
+                    match rows.first() {
+                        Some(row) => count(row, 0),
+                        None => Ok(0),
+                    }
+                }
+            })
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn persist_step(

@@ -1060,6 +1060,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
+        let fence = fence.clone();
+        self.write_unsynced("release_lease", move |conn| {
+            ops::release_lease(conn, &fence, now)
+        })
+        .await
+    }
+
     async fn persist_step(
         &self,
         fence: &Fence,

@@ -504,6 +504,21 @@ pub(super) fn renew_lease(
     Ok((changed == 1).then_some(expires))
 }
 
+pub(super) fn release_lease(conn: &Connection, fence: &Fence, now: Timestamp) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(concat!(
+            "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ?3 WHERE ",
+            fenced!(),
+            " AND (concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs p \
+               WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
+               AND p.concurrency_key = durably_runs.concurrency_key))"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, now]))
+        .map_err(sql_error("release_lease"))?;
+    Ok(changed == 1)
+}
+
 pub(super) fn persist_step(
     conn: &Connection,
     fence: &Fence,
