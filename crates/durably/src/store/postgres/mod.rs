@@ -1067,6 +1067,11 @@ fn count(row: &Row, idx: usize) -> std::result::Result<i64, Fail> {
     Ok(row.try_get::<_, i64>(idx)?)
 }
 
+/// The first column of the first row as a count (0 without rows).
+fn first_count(rows: &[Row]) -> std::result::Result<i64, Fail> {
+    rows.first().map_or(Ok(0), |row| count(row, 0))
+}
+
 // ---------------------------------------------------------------------------------------------
 // SQL
 
@@ -1705,10 +1710,7 @@ impl Store for PostgresStore {
                             &[&fence.run_id, &fence.generation, now_text, channel],
                         )
                         .await?;
-                    match rows.first() {
-                        Some(row) => count(row, 0),
-                        None => Ok(0),
-                    }
+                    first_count(&rows)
                 }
             })
             .await?;
@@ -1918,10 +1920,7 @@ impl Store for PostgresStore {
                     let rows = client
                         .query(&statement, &[&id, now_text, &drop_steps, channel, prefix])
                         .await?;
-                    match rows.first() {
-                        Some(row) => count(row, 0),
-                        None => Ok(0),
-                    }
+                    first_count(&rows)
                 }
             })
             .await?;
