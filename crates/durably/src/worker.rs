@@ -163,6 +163,9 @@ struct Held {
     active: Deregister,
     /// Renews the lease from the claim on.
     keeper: AbortOnDrop,
+    /// Set when its job starts (and `run:leased` is emitted): the keeper announces renewals
+    /// from then on.
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a job function returned (or how it panicked).
@@ -782,18 +785,21 @@ impl Durably {
             .clone()
             .unwrap_or_else(|| worker_id.to_owned());
         let span = run_span(&run);
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let keeper = AbortOnDrop(tokio::spawn(
             self.clone()
                 .keep_lease(
                     shared.clone(),
                     run.lease_expires_at.unwrap_or_else(Timestamp::now),
                     lease_owner.clone(),
+                    started.clone(),
                 )
                 .instrument(span),
         ));
         Held {
             run,
             owner: lease_owner,
+            started,
             step,
             shared,
             active,
@@ -853,6 +859,7 @@ impl Durably {
             shared,
             active,
             keeper,
+            started: announced,
         } = held;
         match shared.abort_reason() {
             Some(AbortReason::Cancelled) => {
@@ -905,6 +912,7 @@ impl Durably {
                 .to_string(),
             labels: run.labels.clone(),
         });
+        announced.store(true, std::sync::atomic::Ordering::SeqCst);
 
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
@@ -1138,7 +1146,13 @@ impl Durably {
 
     /// Renews the lease every `lease_renew_interval`, and fires the run's token with
     /// `LeaseLost` when the local deadline passes or a renewal is refused.
-    async fn keep_lease(self, shared: Arc<StepShared>, expires_at: Timestamp, owner: String) {
+    async fn keep_lease(
+        self,
+        shared: Arc<StepShared>,
+        expires_at: Timestamp,
+        owner: String,
+        started: Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let config = &self.inner.config;
         let store = &self.inner.store;
         let remaining = |at: Timestamp| {
@@ -1166,6 +1180,10 @@ impl Durably {
                 Ok(Some(expires)) => {
                     shared.confirm_ownership();
                     deadline = tokio::time::Instant::now() + config.lease_duration;
+                    // A held run's renewals are not announced before its `run:leased`.
+                    if !started.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
                     self.inner.events.emit(EventKind::RunLeaseRenewed {
                         run_id: shared.run_id.clone(),
                         job_name: shared.job_name.clone(),

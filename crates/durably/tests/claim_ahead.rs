@@ -197,7 +197,15 @@ async fn a_held_run_goes_back_when_the_run_ahead_is_long(backend: Backend) {
 async fn a_held_run_with_a_concurrency_key_stays_with_its_slot(backend: Backend) {
     let db = TestDb::new(backend);
     let below = Duration::from_millis(100);
-    let (durably, tracker, gate, ids) = three_runs(&db, below, Some("k")).await;
+    let renew = Duration::from_millis(40);
+    let durably = db
+        .durably(|b| b.claim_ahead_below(below).lease_renew_interval(renew))
+        .await;
+    let recorder = Recorder::attach(&durably);
+    let (tracker, gate) = (Tracker::default(), Gate::new());
+    let handle = durably.register(job(&tracker, &gate)).unwrap();
+    let ids = trigger(&handle, Some("k")).await;
+    durably.start();
     tracker.until_started(2).await;
     // Past the bound, a keyed run is not given back: going back to pending could collide with
     // a pending run of its key triggered meanwhile.
@@ -208,6 +216,20 @@ async fn a_held_run_with_a_concurrency_key_stays_with_its_slot(backend: Backend)
     assert_eq!(keyed.lease_generation, 1, "claimed once");
     assert_eq!(tracker.stepped(), vec![1, 2, 3]);
     durably.stop().await;
+    // Its lease was renewed while it waited, but renewals are announced only after its
+    // `run:leased`.
+    let events = recorder.flush(&durably).await;
+    let of_keyed: Vec<EventType> = events
+        .iter()
+        .filter(|e| e.kind.run_id() == Some(ids[2].as_str()))
+        .map(|e| e.event_type())
+        .filter(|t| matches!(t, EventType::RunLeased | EventType::RunLeaseRenewed))
+        .collect();
+    assert_eq!(
+        of_keyed.first(),
+        Some(&EventType::RunLeased),
+        "{of_keyed:?}"
+    );
 }
 
 backend_tests!(
