@@ -334,7 +334,6 @@ impl Durably {
         let config = self.inner.config.clone();
         let wake = self.inner.worker.wake.clone();
         let mut in_flight: JoinSet<bool> = JoinSet::new();
-        let mut failures: u32 = 0;
         // Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY); `None` for backends that
         // only poll.
         let mut notices = self.inner.store.notifications();
@@ -342,6 +341,8 @@ impl Durably {
         let (intake_sender, mut intake) = mpsc::unbounded_channel::<HandOff>();
         let mut handed: Vec<HandOff> = Vec::new();
         let mut claimable = Claimable::default();
+        // While the store fails: no claim before this (see `Backoff`).
+        let mut backoff = Backoff::default();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -362,8 +363,7 @@ impl Durably {
                 continue;
             }
             let free = config.max_concurrent_runs.saturating_sub(in_flight.len());
-            let mut wait = config.polling_interval;
-            if free > 0 && claimable.should_claim() {
+            if free > 0 && backoff.allows_claim() && claimable.should_claim() {
                 let claimed = self
                     .inner
                     .store
@@ -371,7 +371,7 @@ impl Durably {
                     .await;
                 match claimed {
                     Ok(runs) if !runs.is_empty() => {
-                        failures = 0;
+                        backoff = Backoff::default();
                         if runs.len() < free {
                             claimable.found_nothing_more();
                         }
@@ -379,35 +379,45 @@ impl Durably {
                         continue;
                     }
                     Ok(_) => {
-                        failures = 0;
+                        backoff = Backoff::default();
                         claimable.found_nothing_more();
                         if in_flight.is_empty() {
                             self.idle_maintenance(false).await;
                         }
                     }
                     Err(error) => {
-                        failures = failures.saturating_add(1);
-                        wait = backoff(failures);
+                        let wait = backoff.failed();
                         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "claim failed");
                         self.worker_error(error.to_string(), "claim", None);
                     }
                 }
             }
             // While the store fails the loop backs off, and triggers enqueue themselves.
-            let hand_off = config.trigger_hand_off && failures == 0;
+            let hand_off = config.trigger_hand_off && !backoff.is_failing();
             self.set_intake(hand_off.then(|| intake_sender.clone()));
+            let now = tokio::time::Instant::now();
+            let next_look = match backoff.retry_at {
+                Some(at) if at > now => at,
+                _ => now + config.polling_interval,
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
                     claimable.slot_ended(ended);
                 }
-                _ = wake.notified(), if failures == 0 => claimable.look_again(),
-                notice = next_notice(&mut notices), if notices.is_some() && failures == 0 => {
-                    self.handle_notices(notice, &mut notices);
+                // A wake-up comes after a write that succeeded: the store answers again.
+                _ = wake.notified() => {
+                    backoff.store_answered();
+                    claimable.look_again();
+                }
+                notice = next_notice(&mut notices), if notices.is_some() => {
+                    if self.handle_notices(notice, &mut notices) {
+                        backoff.store_answered();
+                    }
                     claimable.look_again();
                 }
                 Some(hand_off) = intake.recv() => handed.push(hand_off),
-                _ = tokio::time::sleep(wait) => claimable.look_again()
+                _ = tokio::time::sleep_until(next_look) => claimable.look_again()
             }
         }
         // Closed: every hand-off was sent before, and is enqueued here (a stopping worker
@@ -502,26 +512,30 @@ impl Durably {
     }
 
     /// Applies a notice and every other one already queued: cancels fire the run's token if it
-    /// executes here; anything else just lets the loop claim again.
+    /// executes here; anything else just lets the loop claim again. Returns whether one of them
+    /// came from the database (a run became available or was cancelled), which then answers.
     fn handle_notices(
         &self,
         first: std::result::Result<StoreNotice, broadcast::error::RecvError>,
         notices: &mut Option<broadcast::Receiver<StoreNotice>>,
-    ) {
+    ) -> bool {
+        let mut from_database = false;
         let mut next = Some(first);
         while let Some(notice) = next.take() {
             match notice {
                 Ok(StoreNotice::RunCancelled { run_id }) => {
+                    from_database = true;
                     self.inner.worker.cancel_local(&run_id);
                 }
                 Ok(StoreNotice::StorageFault { operation, error }) => {
                     tracing::warn!(%operation, %error, "storage fault; the store retries");
                     self.worker_error(format!("{operation}: {error}"), "storage", None);
                 }
-                Ok(StoreNotice::RunsAvailable) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(StoreNotice::RunsAvailable) => from_database = true,
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
                     *notices = None;
-                    return;
+                    return from_database;
                 }
             }
             next = notices
@@ -537,6 +551,7 @@ impl Durably {
                     Err(broadcast::error::TryRecvError::Empty) => None,
                 });
         }
+        from_database
     }
 
     fn worker_error(&self, error: String, context: &str, run_id: Option<&str>) {
@@ -1274,6 +1289,52 @@ async fn next_notice(
 fn backoff(failures: u32) -> Duration {
     let millis = 100u64.saturating_mul(1u64 << failures.min(16));
     Duration::from_millis(millis).min(MAX_BACKOFF)
+}
+
+/// The worker loop's claims while the store fails: after the n-th failure in a row the next
+/// claim waits [`backoff`]`(n)`, unless the store shows it answers again first (a wake-up after
+/// a trigger's write, a notice from the database): then the claim is retried at once, though
+/// never sooner than [`EARLIEST_RETRY`] after the failure, so a stream of wake-ups while claims
+/// keep failing costs at most one claim per that much.
+#[derive(Default)]
+struct Backoff {
+    /// Failed claims in a row.
+    failures: u32,
+    /// When the last claim failed.
+    failed_at: Option<tokio::time::Instant>,
+    /// No claim before this (while failing).
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// The shortest wait between two claims while claims fail.
+const EARLIEST_RETRY: Duration = Duration::from_millis(100);
+
+impl Backoff {
+    /// Notes a failed claim; returns how long until the next one.
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let wait = backoff(self.failures);
+        let now = tokio::time::Instant::now();
+        self.failed_at = Some(now);
+        self.retry_at = Some(now + wait);
+        wait
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failures > 0
+    }
+
+    fn allows_claim(&self) -> bool {
+        self.retry_at
+            .is_none_or(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// The store answered: retry the claim as soon as allowed.
+    fn store_answered(&mut self) {
+        if let (Some(failed_at), Some(retry_at)) = (self.failed_at, self.retry_at) {
+            self.retry_at = Some(retry_at.min(failed_at + EARLIEST_RETRY));
+        }
+    }
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
