@@ -349,7 +349,9 @@ impl Durably {
             }
             // Reap every finished run first: `len()` counts finished-but-unjoined tasks, and
             // undercounting free slots would claim one run per round trip.
-            reap(&mut in_flight, &mut claimable);
+            if reap(&mut in_flight, &mut claimable) {
+                backoff.retry_soon();
+            }
             handed.extend(std::iter::from_fn(|| intake.try_recv().ok()));
             if !handed.is_empty() {
                 self.take_hand_offs(
@@ -403,16 +405,17 @@ impl Durably {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    backoff.retry_soon();
                     claimable.slot_ended(ended);
                 }
                 // A wake-up comes after a write that succeeded: the store answers again.
                 _ = wake.notified() => {
-                    backoff.store_answered();
+                    backoff.retry_soon();
                     claimable.look_again();
                 }
                 notice = next_notice(&mut notices), if notices.is_some() => {
                     if self.handle_notices(notice, &mut notices) {
-                        backoff.store_answered();
+                        backoff.retry_soon();
                     }
                     claimable.look_again();
                 }
@@ -1269,11 +1272,14 @@ impl Claimable {
     }
 }
 
-/// Joins every finished slot, noting how each ended.
-fn reap(in_flight: &mut JoinSet<bool>, claimable: &mut Claimable) {
+/// Joins every finished slot, noting how each ended; returns whether any had.
+fn reap(in_flight: &mut JoinSet<bool>, claimable: &mut Claimable) -> bool {
+    let mut any = false;
     while let Some(ended) = in_flight.try_join_next() {
         claimable.slot_ended(ended);
+        any = true;
     }
+    any
 }
 
 /// The next notice, for `select!` (pending forever without a channel).
@@ -1293,9 +1299,10 @@ fn backoff(failures: u32) -> Duration {
 
 /// The worker loop's claims while the store fails: after the n-th failure in a row the next
 /// claim waits [`backoff`]`(n)`, unless the store shows it answers again first (a wake-up after
-/// a trigger's write, a notice from the database): then the claim is retried at once, though
-/// never sooner than [`EARLIEST_RETRY`] after the failure, so a stream of wake-ups while claims
-/// keep failing costs at most one claim per that much.
+/// a trigger's write, a notice from the database) or a slot ends (its writes are over, and a
+/// slot is free): then the claim is retried at once, though never sooner than
+/// [`EARLIEST_RETRY`] after the failure, so a stream of these while claims keep failing costs
+/// at most one claim per that much.
 #[derive(Default)]
 struct Backoff {
     /// Failed claims in a row.
@@ -1329,8 +1336,8 @@ impl Backoff {
             .is_none_or(|at| tokio::time::Instant::now() >= at)
     }
 
-    /// The store answered: retry the claim as soon as allowed.
-    fn store_answered(&mut self) {
+    /// Retry the claim as soon as allowed (the store answered, or a slot ended).
+    fn retry_soon(&mut self) {
         if let (Some(failed_at), Some(retry_at)) = (self.failed_at, self.retry_at) {
             self.retry_at = Some(retry_at.min(failed_at + EARLIEST_RETRY));
         }

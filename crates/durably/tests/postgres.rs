@@ -287,6 +287,7 @@ async fn drain_while(
         .expect("enqueue");
     worker.start();
     disturb.await;
+    let fault_ended = Instant::now();
     let all = RunFilter::new().status(RunStatus::Completed);
     eventually(
         "every run completed after the fault",
@@ -297,6 +298,10 @@ async fn drain_while(
         },
     )
     .await;
+    eprintln!(
+        "every run completed {:?} after the fault ended",
+        fault_ended.elapsed()
+    );
     worker.stop().await;
     let executions = executions.snapshot();
     assert_eq!(executions.len() as u64, jobs * 3, "every step executed");
