@@ -533,6 +533,22 @@ impl PostgresStore {
         &self.shared.channel
     }
 
+    /// Runs the query `sql` (a read: retried on transient faults) and maps each row it returns.
+    async fn read<T>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: fn(&Row) -> std::result::Result<T, Fail>,
+    ) -> Result<Vec<T>> {
+        self.run(operation, true, |client, _| async move {
+            let statement = client.prepare_cached(sql).await?;
+            let rows = client.query(&statement, params).await?;
+            rows.iter().map(map).collect()
+        })
+        .await
+    }
+
     /// Runs `attempt` on a pooled connection; when the connection fails in a way that leaves the
     /// outcome unknown (connection closed, server shutting down, pool timeout) and `retry` is set,
     /// tries again with a fresh connection for up to [`PostgresOptions::retry_for`]. `attempt`
@@ -1494,15 +1510,10 @@ impl Store for PostgresStore {
 
     async fn get_run(&self, id: &str) -> Result<Option<Run>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $1");
-        self.run("get_run", true, |client, _| {
-            let sql = &sql;
-            async move {
-                let statement = client.prepare_cached(sql).await?;
-                let rows = client.query(&statement, &[&id]).await?;
-                rows.first().map(|row| run_from_row(row, 0)).transpose()
-            }
-        })
-        .await
+        let runs = self
+            .read("get_run", &sql, &[&id], |row| run_from_row(row, 0))
+            .await?;
+        Ok(runs.into_iter().next())
     }
 
     async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
@@ -1511,30 +1522,16 @@ impl Store for PostgresStore {
         }
         let values = RunsValues::new(filter);
         let (sql, params) = runs_query(filter, &values);
-        self.run("get_runs", true, |client, _| {
-            let (sql, params) = (&sql, &params);
-            async move {
-                let statement = client.prepare_cached(sql).await?;
-                let rows = client.query(&statement, params).await?;
-                rows.iter().map(|row| run_from_row(row, 0)).collect()
-            }
-        })
-        .await
+        self.read("get_runs", &sql, &params, |row| run_from_row(row, 0))
+            .await
     }
 
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = $1 ORDER BY \"index\" ASC, id ASC"
         );
-        self.run("get_steps", true, |client, _| {
-            let sql = &sql;
-            async move {
-                let statement = client.prepare_cached(sql).await?;
-                let rows = client.query(&statement, &[&run_id]).await?;
-                rows.iter().map(step_from_row).collect()
-            }
-        })
-        .await
+        self.read("get_steps", &sql, &[&run_id], step_from_row)
+            .await
     }
 
     async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>> {
@@ -1542,30 +1539,17 @@ impl Store for PostgresStore {
             "SELECT {STEP_COLUMNS} FROM durably_steps \
              WHERE run_id = $1 AND name = $2 AND status = 'completed'"
         );
-        self.run("get_completed_step", true, |client, _| {
-            let sql = &sql;
-            async move {
-                let statement = client.prepare_cached(sql).await?;
-                let rows = client.query(&statement, &[&run_id, &name]).await?;
-                rows.first().map(step_from_row).transpose()
-            }
-        })
-        .await
+        let steps = self
+            .read("get_completed_step", &sql, &[&run_id, &name], step_from_row)
+            .await?;
+        Ok(steps.into_iter().next())
     }
 
     async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
         let sql = format!(
             "SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = $1 ORDER BY created_at ASC, id ASC"
         );
-        self.run("get_logs", true, |client, _| {
-            let sql = &sql;
-            async move {
-                let statement = client.prepare_cached(sql).await?;
-                let rows = client.query(&statement, &[&run_id]).await?;
-                rows.iter().map(log_from_row).collect()
-            }
-        })
-        .await
+        self.read("get_logs", &sql, &[&run_id], log_from_row).await
     }
 
     async fn claim(
