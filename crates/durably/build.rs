@@ -1,11 +1,37 @@
 //! Enables the PostgreSQL behaviour suite (`cfg(durably_postgres_tests)`) when the test database
-//! is configured; without it those tests are compiled but reported as ignored, with the reason.
+//! is configured, and the interoperability test with the TypeScript runtime
+//! (`cfg(durably_interop_tests)`, tests/postgres_interop.rs) when `node` is on PATH and the npm
+//! packages of tests/interop are installed (`npm ci` there; `.ci/run` does). Without them those
+//! tests are compiled but reported as ignored, with the reason.
+
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(durably_postgres_tests)");
+    println!("cargo::rustc-check-cfg=cfg(durably_interop_tests)");
     println!("cargo::rerun-if-env-changed=DURABLY_TEST_POSTGRES_URL");
+    println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rerun-if-changed=build.rs");
     if std::env::var_os("DURABLY_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
         println!("cargo::rustc-cfg=durably_postgres_tests");
     }
+    let interop = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("tests/interop");
+    let installed = interop.join("node_modules/.package-lock.json");
+    // `npm ci` creates node_modules there: watch the directory until it has.
+    let watched = if installed.exists() {
+        &installed
+    } else {
+        &interop
+    };
+    println!("cargo::rerun-if-changed={}", watched.display());
+    if installed.is_file() && node_on_path() {
+        println!("cargo::rustc-cfg=durably_interop_tests");
+    }
+}
+
+fn node_on_path() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("node").is_file())
+    })
 }

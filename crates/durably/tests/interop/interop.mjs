@@ -1,0 +1,76 @@
+// The published TypeScript @coji/durably 0.15.0 on PostgreSQL, for tests/postgres_interop.rs.
+//
+// Usage: node interop.mjs COMMAND URL SCHEMA [ARGS...]; prints one JSON value on stdout.
+//   migrate          migrate the schema (a no-op on a schema the Rust runtime migrated)
+//   trigger N        trigger N runs of `interop-double` (inputs {n: 0..N-1}, label from=typescript)
+//   work             process runs with processOne until none is left
+//   read ID...       the runs (getRun) and their steps (storage.getSteps)
+import { createDurably, defineJob } from '@coji/durably'
+import { PostgresDialect } from 'kysely'
+import pg from 'pg'
+import { z } from 'zod'
+
+const [command, url, schema, ...args] = process.argv.slice(2)
+if (!command || !url || !schema) {
+  console.error('usage: node interop.mjs migrate|trigger|work|read URL SCHEMA [ARGS...]')
+  process.exit(2)
+}
+
+const pool = new pg.Pool({ connectionString: url, options: `-c search_path=${schema}`, max: 4 })
+
+// The same job as the Rust side of the test: two steps, progress, a typed output saying which
+// runtime executed it.
+const doubleJob = defineJob({
+  name: 'interop-double',
+  input: z.object({ n: z.number() }),
+  output: z.object({ doubled: z.number(), by: z.string() }),
+  run: async (step, input) => {
+    const doubled = await step.run('double', async () => input.n * 2)
+    const by = await step.run('sign', async () => 'typescript')
+    step.progress(2, 2, 'signed')
+    return { doubled, by }
+  },
+})
+
+const durably = createDurably({
+  dialect: new PostgresDialect({ pool }),
+  preserveSteps: true,
+}).register({ doubleJob })
+
+let result
+try {
+  await durably.migrate()
+  switch (command) {
+    case 'migrate':
+      result = { migrated: true }
+      break
+    case 'trigger': {
+      const ids = []
+      for (let n = 0; n < Number(args[0]); n++) {
+        const run = await durably.jobs.doubleJob.trigger({ n }, { labels: { from: 'typescript' } })
+        ids.push(run.id)
+      }
+      result = ids
+      break
+    }
+    case 'work': {
+      let processed = 0
+      while (await durably.processOne({ workerId: 'typescript-worker' })) processed++
+      result = { processed }
+      break
+    }
+    case 'read':
+      result = await Promise.all(
+        args.map(async (id) => ({
+          run: await durably.getRun(id),
+          steps: await durably.storage.getSteps(id),
+        })),
+      )
+      break
+    default:
+      throw new Error(`unknown command ${command}`)
+  }
+} finally {
+  await pool.end()
+}
+console.log(JSON.stringify(result))

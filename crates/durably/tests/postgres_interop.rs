@@ -1,0 +1,272 @@
+//! One PostgreSQL database shared with the TypeScript runtime: the published `@coji/durably`
+//! 0.15.0 (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read
+//! each other's runs in one schema, whichever migrated it first, and a step persisted by one is
+//! replayed, not executed again, by the other.
+//!
+//! Needs `DURABLY_TEST_POSTGRES_URL`, `node` on PATH and `npm ci` in `tests/interop` (`.ci/run`
+//! does all three); without them the tests are reported as ignored, with the reason (build.rs).
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Backend, LIMIT, TestDb, postgres_url, within};
+use durably::{
+    Fence, Job, NewStep, RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions, WaitOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The job both runtimes define: `interop.mjs` has the same name, steps and output shape.
+const JOB: &str = "interop-double";
+
+#[derive(Serialize, Deserialize)]
+struct Input {
+    n: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Output {
+    doubled: i64,
+    by: String,
+}
+
+fn double_job() -> Job<Input, Output> {
+    Job::new(JOB, |step: StepContext, input: Input| async move {
+        let doubled = step
+            .run("double", move |_| async move {
+                Ok::<_, std::io::Error>(input.n * 2)
+            })
+            .await?;
+        let by = step
+            .run("sign", |_| async {
+                Ok::<_, std::io::Error>("rust".to_owned())
+            })
+            .await?;
+        step.progress(2, Some(2), Some("signed")).await?;
+        Ok::<_, durably::Error>(Output { doubled, by })
+    })
+}
+
+/// Runs `node interop.mjs command URL schema args…` and returns what it printed (JSON).
+async fn typescript(command: &str, schema: &str, args: &[String]) -> Value {
+    let mut node = std::process::Command::new("node");
+    node.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop"))
+        .args(["interop.mjs", command, &postgres_url(), schema])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || node.output())
+        .await
+        .expect("join")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node interop.mjs {command} failed ({}): {}\n{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn schema_of(db: &TestDb) -> String {
+    db.schema.clone().expect("a PostgreSQL test database")
+}
+
+/// Runs triggered by the TypeScript runtime, in a schema it migrated, are executed by a Rust
+/// worker; the TypeScript runtime reads their outputs, progress and steps back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(durably_postgres_tests, durably_interop_tests)),
+    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+)]
+async fn runs_the_typescript_runtime_triggers_are_executed_here() {
+    let db = TestDb::new(Backend::Postgres);
+    let schema = schema_of(&db);
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await
+        .expect("create schema");
+    assert_eq!(
+        typescript("migrate", &schema, &[]).await,
+        json!({"migrated": true})
+    );
+
+    // Our migration finds upstream's version 1 and adds nothing upstream would see.
+    let durably = db.durably(|b| b.preserve_steps(true)).await;
+    durably.register(double_job()).expect("register");
+    let ids: Vec<String> =
+        serde_json::from_value(typescript("trigger", &schema, &["3".into()]).await)
+            .expect("run ids");
+    assert_eq!(ids.len(), 3);
+    durably.start();
+    for id in &ids {
+        let run = within("a run the TypeScript runtime triggered", LIMIT, async {
+            durably.wait_for_run(id, WaitOptions::new()).await
+        })
+        .await
+        .expect("the run completes");
+        assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    }
+    durably.stop().await;
+
+    let read = typescript("read", &schema, &ids).await;
+    for (n, entry) in read.as_array().expect("an array").iter().enumerate() {
+        let run = &entry["run"];
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["jobName"], JOB);
+        assert_eq!(run["input"], json!({"n": n}));
+        assert_eq!(run["output"], json!({"doubled": 2 * n, "by": "rust"}));
+        assert_eq!(run["labels"], json!({"from": "typescript"}));
+        assert_eq!(
+            run["progress"],
+            json!({"current": 2, "total": 2, "message": "signed"})
+        );
+        assert_eq!(run["completedStepCount"], 2);
+        let steps: Vec<(Value, Value, Value, Value)> = entry["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].clone(),
+                    s["index"].clone(),
+                    s["status"].clone(),
+                    s["output"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                (json!("double"), json!(0), json!("completed"), json!(2 * n)),
+                (json!("sign"), json!(1), json!("completed"), json!("rust")),
+            ],
+            "{entry}"
+        );
+    }
+}
+
+/// Runs triggered here, in a schema this crate migrated, are executed by the TypeScript
+/// runtime's worker (`processOne`); their outputs, progress and steps read back here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(durably_postgres_tests, durably_interop_tests)),
+    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+)]
+async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
+    let db = TestDb::new(Backend::Postgres);
+    let schema = schema_of(&db);
+    let durably = db.durably(|b| b.preserve_steps(true)).await;
+    let job = durably.register(double_job()).expect("register");
+    let labels = BTreeMap::from([("from".to_owned(), "rust".to_owned())]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let options = TriggerOptions::new().labels(labels.clone());
+        ids.push(
+            job.trigger_with(Input { n }, options)
+                .await
+                .expect("trigger")
+                .run
+                .id,
+        );
+    }
+
+    assert_eq!(
+        typescript("work", &schema, &[]).await,
+        json!({"processed": 3})
+    );
+
+    for (n, id) in ids.iter().enumerate() {
+        let n = n as i64;
+        let run = durably.get_run(id).await.expect("read").expect("the run");
+        assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+        assert_eq!(
+            run.output,
+            Some(json!({"doubled": 2 * n, "by": "typescript"}))
+        );
+        assert_eq!(run.labels, labels);
+        let progress = run.progress.expect("progress");
+        assert_eq!((progress.current, progress.total), (2, Some(2)));
+        assert_eq!(progress.message.as_deref(), Some("signed"));
+        let steps = durably.get_steps(id).await.expect("steps");
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.index, s.status, s.output.clone()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("double", 0, StepStatus::Completed, Some(json!(2 * n))),
+                ("sign", 1, StepStatus::Completed, Some(json!("typescript"))),
+            ]
+        );
+    }
+}
+
+/// A run that a Rust worker left half done (one step persisted, then its lease given back, as
+/// after a lost lease) is finished by the TypeScript runtime, which returns the stored step
+/// result instead of executing the step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(durably_postgres_tests, durably_interop_tests)),
+    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+)]
+async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime() {
+    let db = TestDb::new(Backend::Postgres);
+    let schema = schema_of(&db);
+    let durably = db.durably(|b| b.preserve_steps(true)).await;
+    let job = durably.register(double_job()).expect("register");
+    let id = job.trigger(Input { n: 5 }).await.expect("trigger").run.id;
+
+    let store = durably.store();
+    let now = Timestamp::now();
+    let claimed = store
+        .claim("rust-worker", now, Duration::from_secs(60), 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let fence = Fence::of(&claimed[0]);
+    // A value the step function would never return (5 × 2 = 10): only a replay yields it.
+    let step = NewStep {
+        name: "double".into(),
+        index: 0,
+        status: StepStatus::Completed,
+        output: Some(json!(999)),
+        error: None,
+        started_at: now,
+    };
+    store
+        .persist_step(&fence, step, now)
+        .await
+        .expect("persist")
+        .expect("the fence holds");
+    assert!(store.release_lease(&fence, now).await.expect("release"));
+
+    assert_eq!(
+        typescript("work", &schema, &[]).await,
+        json!({"processed": 1})
+    );
+    let run = durably.get_run(&id).await.expect("read").expect("the run");
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(
+        run.output,
+        Some(json!({"doubled": 999, "by": "typescript"}))
+    );
+    // `sign` at index 2: upstream starts a resumed run's step index at its `current_step_index`
+    // (1 here) and the replayed `double` advances it too (UPSTREAM.md §3.2, index drift).
+    let names: Vec<_> = durably
+        .get_steps(&id)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| (s.name, s.index))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("double".to_owned(), 0), ("sign".to_owned(), 2)]
+    );
+}
