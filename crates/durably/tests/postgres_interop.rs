@@ -7,12 +7,14 @@
 //! does all three); without them the tests are reported as ignored, with the reason (build.rs).
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Backend, LIMIT, TestDb, postgres_url, within};
+use common::{Backend, LIMIT, TestDb, eventually, postgres_url, within};
 use durably::{
-    Fence, Job, NewStep, RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions, WaitOptions,
+    EventType, Fence, Job, NewStep, RunFilter, RunStatus, StepContext, StepStatus, Timestamp,
+    TriggerOptions, WaitOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -175,10 +177,7 @@ async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
         );
     }
 
-    assert_eq!(
-        typescript("work", &schema, &[]).await,
-        json!({"processed": 3})
-    );
+    assert_eq!(typescript("work", &schema, &[]).await["processed"], 3);
 
     for (n, id) in ids.iter().enumerate() {
         let n = n as i64;
@@ -246,10 +245,7 @@ async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime() {
         .expect("the fence holds");
     assert!(store.release_lease(&fence, now).await.expect("release"));
 
-    assert_eq!(
-        typescript("work", &schema, &[]).await,
-        json!({"processed": 1})
-    );
+    assert_eq!(typescript("work", &schema, &[]).await["processed"], 1);
     let run = durably.get_run(&id).await.expect("read").expect("the run");
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     assert_eq!(
@@ -269,4 +265,169 @@ async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime() {
         names,
         vec![("double".to_owned(), 0), ("sign".to_owned(), 2)]
     );
+}
+
+/// What a keyed run's execution returns: who executed it, and when (ms since the epoch).
+#[derive(Serialize, Deserialize)]
+struct Execution {
+    by: String,
+    started: u64,
+    ended: u64,
+}
+
+fn epoch_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Steps executed here: `(n, step name)`.
+type Executed = Arc<Mutex<Vec<(i64, String)>>>;
+
+/// `interop-keyed-{i}` as `interop.mjs` defines it: two 30 ms steps.
+fn keyed_job(i: usize, executed: &Executed) -> Job<Input, Execution> {
+    let executed = executed.clone();
+    Job::new(
+        format!("interop-keyed-{i}"),
+        move |step: StepContext, input: Input| {
+            let executed = executed.clone();
+            async move {
+                let started = epoch_millis();
+                for name in ["first", "second"] {
+                    let executed = executed.clone();
+                    step.run(name, move |_| async move {
+                        executed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((input.n, name.to_owned()));
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok::<_, std::io::Error>(name.to_owned())
+                    })
+                    .await?;
+                }
+                let by = "rust".to_owned();
+                Ok::<_, durably::Error>(Execution {
+                    by,
+                    started,
+                    ended: epoch_millis(),
+                })
+            }
+        },
+    )
+}
+
+/// A TypeScript worker and a Rust worker drain one queue at once, with concurrency keys shared
+/// by both (the same `hashtext(key)` advisory locks): every run completes, every step executes
+/// exactly once across the two runtimes, and runs of one key never execute at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(durably_postgres_tests, durably_interop_tests)),
+    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+)]
+async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys() {
+    const JOBS: usize = 10;
+    const KEYS: usize = 4;
+    let db = TestDb::new(Backend::Postgres);
+    let schema = schema_of(&db);
+    let durably = db
+        .durably(|b| b.preserve_steps(true).max_concurrent_runs(4))
+        .await;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let _listener = {
+        let errors = errors.clone();
+        durably.on(EventType::WorkerError, move |event| {
+            errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event.clone());
+        })
+    };
+    let executed = Executed::default();
+    let handles: Vec<_> = (0..JOBS)
+        .map(|i| durably.register(keyed_job(i, &executed)).expect("register"))
+        .collect();
+    // One pending run per job and key (upstream's unique index), so ten jobs share four keys.
+    let mut keys = HashMap::new();
+    for (i, handle) in handles.iter().enumerate() {
+        for k in 0..KEYS {
+            let n = (i * KEYS + k) as i64;
+            let options = TriggerOptions::new().concurrency_key(format!("key-{k}"));
+            let id = handle
+                .trigger_with(Input { n }, options)
+                .await
+                .expect("trigger")
+                .run
+                .id;
+            keys.insert(id, k);
+        }
+    }
+
+    // The TypeScript worker starts first; ours joins once it has leased a run.
+    let typescript_worker = tokio::spawn({
+        let schema = schema.clone();
+        async move { typescript("work", &schema, &[]).await }
+    });
+    eventually("the TypeScript worker leases a run", LIMIT, || async {
+        let runs = durably.get_runs(&RunFilter::new()).await.ok()?;
+        runs.iter()
+            .any(|run| run.lease_owner.as_deref() == Some("typescript-worker"))
+            .then_some(())
+    })
+    .await;
+    durably.start();
+    let typescript_worker = within("the TypeScript worker", LIMIT, typescript_worker)
+        .await
+        .expect("join");
+    let completed = RunFilter::new().status(RunStatus::Completed);
+    eventually("every run completed", LIMIT, || async {
+        let done = durably.get_runs(&completed).await.ok()?;
+        (done.len() == JOBS * KEYS).then_some(())
+    })
+    .await;
+    durably.stop().await;
+
+    // No claim failed (a claim aborted as a deadlock victim is reported as a worker:error).
+    let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(errors.is_empty(), "worker errors: {errors:?}");
+
+    // Every step exactly once, across both runtimes.
+    let mut steps: Vec<(i64, String)> = executed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let here = steps.len();
+    let there: Vec<(i64, String)> =
+        serde_json::from_value(typescript_worker["executed"].clone()).expect("executed steps");
+    steps.extend(there.iter().cloned());
+    steps.sort();
+    let expected: Vec<(i64, String)> = (0..(JOBS * KEYS) as i64)
+        .flat_map(|n| [(n, "first".to_owned()), (n, "second".to_owned())])
+        .collect();
+    assert_eq!(
+        steps,
+        expected,
+        "{here} steps executed here, {} there",
+        there.len()
+    );
+    assert!(!there.is_empty() && here > 0, "both runtimes executed runs");
+
+    // Runs of one key one after another: ordered by start, each starts after the last ended.
+    let mut by_key: HashMap<usize, Vec<Execution>> = HashMap::new();
+    for run in durably.get_runs(&completed).await.expect("runs") {
+        let execution: Execution =
+            serde_json::from_value(run.output.clone().expect("output")).expect("an execution");
+        assert!(["rust", "typescript"].contains(&execution.by.as_str()));
+        by_key.entry(keys[&run.id]).or_default().push(execution);
+    }
+    for (key, mut executions) in by_key {
+        executions.sort_by_key(|e| e.started);
+        for pair in executions.windows(2) {
+            assert!(
+                pair[1].started >= pair[0].ended,
+                "key-{key}: a run by {} started at {} before one by {} ended at {}",
+                pair[1].by,
+                pair[1].started,
+                pair[0].by,
+                pair[0].ended
+            );
+        }
+    }
 }

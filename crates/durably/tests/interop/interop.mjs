@@ -3,7 +3,8 @@
 // Usage: node interop.mjs COMMAND URL SCHEMA [ARGS...]; prints one JSON value on stdout.
 //   migrate          migrate the schema (a no-op on a schema the Rust runtime migrated)
 //   trigger N        trigger N runs of `interop-double` (inputs {n: 0..N-1}, label from=typescript)
-//   work             process runs with processOne until none is left
+//   work             process runs with processOne until none is claimable; prints how many and
+//                    which steps it executed ([n, step name] of the `interop-keyed-*` jobs)
 //   read ID...       the runs (getRun) and their steps (storage.getSteps)
 import { createDurably, defineJob } from '@coji/durably'
 import { PostgresDialect } from 'kysely'
@@ -32,10 +33,34 @@ const doubleJob = defineJob({
   },
 })
 
+// Ten jobs `interop-keyed-0..9` run with concurrency keys shared by both runtimes: two 30 ms
+// steps, and the execution's start and end (ms since the epoch) in the output.
+const executed = []
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const keyedJobs = {}
+for (let i = 0; i < 10; i++) {
+  keyedJobs[`keyed${i}`] = defineJob({
+    name: `interop-keyed-${i}`,
+    input: z.object({ n: z.number() }),
+    output: z.object({ by: z.string(), started: z.number(), ended: z.number() }),
+    run: async (step, input) => {
+      const started = Date.now()
+      for (const name of ['first', 'second']) {
+        await step.run(name, async () => {
+          executed.push([input.n, name])
+          await pause(30)
+          return name
+        })
+      }
+      return { by: 'typescript', started, ended: Date.now() }
+    },
+  })
+}
+
 const durably = createDurably({
   dialect: new PostgresDialect({ pool }),
   preserveSteps: true,
-}).register({ doubleJob })
+}).register({ doubleJob, ...keyedJobs })
 
 let result
 try {
@@ -56,7 +81,7 @@ try {
     case 'work': {
       let processed = 0
       while (await durably.processOne({ workerId: 'typescript-worker' })) processed++
-      result = { processed }
+      result = { processed, executed }
       break
     }
     case 'read':

@@ -7,10 +7,13 @@
 //! - **Claim** (`claim`): one statement picks the oldest claimable runs with
 //!   `FOR UPDATE SKIP LOCKED` (pending runs and expired leases, skipping keys held by an unexpired
 //!   lease) and leases the ones without a concurrency key at once. Runs with a key are then
-//!   leased in a short transaction that takes `pg_advisory_xact_lock(hashtext(key))` for each key
-//!   (in hash order, so claimers never deadlock) and re-checks, in a fresh snapshot, that no other
-//!   run with that key holds an unexpired lease (upstream §4.1). Several runs are claimed in one
-//!   call when several slots are free.
+//!   leased in a short transaction that takes the advisory lock `hashtext(key)` of each key
+//!   (upstream §4.1) and re-checks, in a fresh snapshot, that no other run with that key holds
+//!   an unexpired lease. It never waits, for a key's lock (`pg_try_advisory_xact_lock`) nor for a
+//!   run's row (`SKIP LOCKED`): a key another claimer is claiming is left to it, and no claim can
+//!   close a deadlock with another, ours or the TypeScript runtime's (which holds a run's row and
+//!   other keys' locks while it waits for a key's lock). Several runs are claimed in one call
+//!   when several slots are free.
 //! - **Fencing**: every lease-holder write is conditioned on
 //!   `status = 'leased' AND lease_generation = <fence>` in the same statement.
 //! - **Wake-ups**: enqueue, cancel, lease release and the end of a run holding a concurrency key
@@ -1321,29 +1324,40 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
     )
 }
 
-/// Claim, keyed runs: one transaction advisory lock per key, in hash order (no deadlocks).
-const CLAIM_KEY_LOCKS: &str = "SELECT count(pg_advisory_xact_lock(h)) FROM \
-    (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) s";
+/// Claim, keyed runs: the transaction advisory lock of each key, *tried*: returns the keys whose
+/// lock this transaction now holds. A key whose lock another claimer holds is being claimed
+/// by it; waiting would hold the locks taken so far meanwhile, and the TypeScript runtime's
+/// claim takes a key's lock while it holds other keys' locks and a run's row lock, so waiting
+/// could close a deadlock. Never waiting for a lock nor a row, a claim cannot be part of one.
+const CLAIM_KEY_LOCKS: &str =
+    "SELECT k FROM unnest($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtext(k))";
 
 /// Claim, keyed runs (under the keys' advisory locks, in this statement's fresh snapshot, which
 /// sees every lease committed by whoever held a lock before): for each key that no unexpired
 /// lease holds, lease its oldest claimable run (runs sharing a key go oldest first, across job
-/// names). A row another claimer's first statement has locked is waited for, then re-checked.
+/// names).
+///
+/// A run whose row another claimer holds locked is skipped (`SKIP LOCKED`), its key left for
+/// this round, never waited for: the TypeScript runtime's claim locks a run's row *before* it
+/// takes the key's advisory lock, so waiting for that row while holding the key's lock is a
+/// deadlock (PostgreSQL aborts one of the two claims; tests/postgres_interop.rs found it). That
+/// claimer leases the run, or the worker looks again.
 fn claim_keyed_sql() -> String {
     let returning = run_columns("r");
+    let claimable = "(r.status = 'pending' \
+           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $4))";
     format!(
-        "WITH pick AS (SELECT DISTINCT ON (r.concurrency_key) r.id FROM durably_runs r \
-           WHERE r.concurrency_key = ANY($1::text[]) AND (r.status = 'pending' \
-           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $4)) \
+        "WITH oldest AS (SELECT DISTINCT ON (r.concurrency_key) r.id FROM durably_runs r \
+           WHERE r.concurrency_key = ANY($1::text[]) AND {claimable} \
            AND NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
              AND o.concurrency_key = r.concurrency_key AND o.id <> r.id \
              AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $4) \
-           ORDER BY r.concurrency_key, r.created_at ASC, r.id ASC) \
+           ORDER BY r.concurrency_key, r.created_at ASC, r.id ASC), \
+         pick AS (SELECT r.id FROM durably_runs r WHERE r.id IN (SELECT id FROM oldest) \
+           AND {claimable} FOR UPDATE OF r SKIP LOCKED) \
          UPDATE durably_runs r SET status = 'leased', lease_owner = $2, lease_expires_at = $3, \
          lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, $4), \
-         updated_at = $4 FROM pick WHERE r.id = pick.id AND (r.status = 'pending' \
-           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $4)) \
-         RETURNING {returning}"
+         updated_at = $4 FROM pick WHERE r.id = pick.id AND {claimable} RETURNING {returning}"
     )
 }
 
@@ -1612,16 +1626,23 @@ impl Store for PostgresStore {
                         let update = client.prepare_cached(sql).await?;
                         let key_locks = client.prepare_cached(CLAIM_KEY_LOCKS).await?;
                         let tx = client.transaction().await?;
-                        let lock_params: [&(dyn ToSql + Sync); 1] = [keys];
+                        let locked = tx
+                            .query(&key_locks, &[keys])
+                            .await?
+                            .iter()
+                            .map(|row| row.try_get::<_, String>(0))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        if locked.is_empty() {
+                            tx.commit().await?;
+                            return Ok(Vec::new());
+                        }
+                        // A statement of its own, after the locks: its snapshot sees every lease
+                        // committed under them before.
                         let update_params: [&(dyn ToSql + Sync); 4] =
-                            [keys, &worker_id, expires, now_text];
-                        // Pipelined: the update is sent with the locks and runs once they are held.
-                        let (locked, leased) = futures::join!(
-                            tx.query(&key_locks, &lock_params),
-                            tx.query(&update, &update_params)
-                        );
-                        locked?;
-                        let runs = leased?
+                            [&locked, &worker_id, expires, now_text];
+                        let runs = tx
+                            .query(&update, &update_params)
+                            .await?
                             .iter()
                             .map(|row| run_from_row(row, 0))
                             .collect::<std::result::Result<Vec<_>, _>>()?;
