@@ -1,7 +1,8 @@
 //! One PostgreSQL database shared with the TypeScript runtime: the published `@coji/durably`
 //! 0.15.0 (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read
-//! each other's runs in one schema, whichever migrated it first, and a step persisted by one is
-//! replayed, not executed again, by the other.
+//! each other's runs in one schema, whichever migrated it first; a step persisted by one is
+//! replayed, not executed again, by the other; and the two runtimes' workers drain one queue
+//! together, with shared concurrency keys.
 //!
 //! Needs `DURABLY_TEST_POSTGRES_URL`, `node` on PATH and `npm ci` in `tests/interop` (`.ci/run`
 //! does all three); without them the tests are reported as ignored, with the reason (build.rs).
