@@ -116,6 +116,18 @@ async fn runs_the_typescript_runtime_triggers_are_executed_here() {
     }
     durably.stop().await;
 
+    // Our label filter finds the runs it triggered.
+    let labelled = RunFilter::new().label("from", "typescript");
+    let mut found: Vec<_> = durably
+        .get_runs(&labelled)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|run| run.id)
+        .collect();
+    found.sort();
+    assert_eq!(found, ids);
+
     let read = typescript("read", &schema, &ids).await;
     for (n, entry) in read.as_array().expect("an array").iter().enumerate() {
         let run = &entry["run"];
@@ -154,7 +166,7 @@ async fn runs_the_typescript_runtime_triggers_are_executed_here() {
 }
 
 /// Runs triggered here, in a schema this crate migrated, are executed by the TypeScript
-/// runtime's worker (`processOne`); their outputs, progress and steps read back here.
+/// runtime's worker (`processOne`); their outputs and steps read back here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(all(durably_postgres_tests, durably_interop_tests)),
@@ -179,6 +191,9 @@ async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
     }
 
     assert_eq!(typescript("work", &schema, &[]).await["processed"], 3);
+    // Its label filter (through `durably_run_labels`) finds the runs triggered here.
+    let labelled = typescript("labelled", &schema, &["from".into(), "rust".into()]).await;
+    assert_eq!(labelled, json!(ids));
 
     for (n, id) in ids.iter().enumerate() {
         let n = n as i64;
@@ -189,9 +204,8 @@ async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
             Some(json!({"doubled": 2 * n, "by": "typescript"}))
         );
         assert_eq!(run.labels, labels);
-        let progress = run.progress.expect("progress");
-        assert_eq!((progress.current, progress.total), (2, Some(2)));
-        assert_eq!(progress.message.as_deref(), Some("signed"));
+        // Its progress is not checked: upstream does not await the progress write (SPEC §3,
+        // quirk 18), so the run may complete first and the fenced write then finds no lease.
         let steps = durably.get_steps(id).await.expect("steps");
         let steps: Vec<_> = steps
             .iter()

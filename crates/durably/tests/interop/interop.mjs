@@ -6,6 +6,7 @@
 //   work             process runs with processOne until none is claimable; prints how many and
 //                    which steps it executed ([n, step name] of the `interop-keyed-*` jobs)
 //   read ID...       the runs (getRun) and their steps (storage.getSteps)
+//   labelled K V     the ids of the runs labelled K=V (getRuns with a labels filter), oldest first
 import { createDurably, defineJob } from '@coji/durably'
 import { PostgresDialect } from 'kysely'
 import pg from 'pg'
@@ -92,6 +93,11 @@ try {
         })),
       )
       break
+    case 'labelled': {
+      const runs = await durably.getRuns({ labels: { [args[0]]: args[1] } })
+      result = runs.map((run) => run.id).reverse()
+      break
+    }
     default:
       throw new Error(`unknown command ${command}`)
   }
