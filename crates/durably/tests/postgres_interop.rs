@@ -1,14 +1,15 @@
 //! One PostgreSQL database shared with the TypeScript runtime: the published `@coji/durably`
 //! 0.15.0 (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read
 //! each other's runs in one schema, whichever migrated it first; a step persisted by one is
-//! replayed, not executed again, by the other; and the two runtimes' workers drain one queue
-//! together, with shared concurrency keys.
+//! replayed, not executed again, by the other; its cancel stops a run executing here; and the
+//! two runtimes' workers drain one queue together, with shared concurrency keys.
 //!
 //! Needs `DURABLY_TEST_POSTGRES_URL`, `node` on PATH and `npm ci` in `tests/interop` (`.ci/run`
 //! does all three); without them the tests are reported as ignored, with the reason (build.rs).
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -445,4 +446,63 @@ async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys() {
             );
         }
     }
+}
+
+/// A run executing here, cancelled by the TypeScript runtime (which sends no `NOTIFY`), stops
+/// here: the next lease renewal finds the run cancelled and fires the step's cancellation token,
+/// and nothing this worker writes afterwards changes the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(durably_postgres_tests, durably_interop_tests)),
+    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+)]
+async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here() {
+    let db = TestDb::new(Backend::Postgres);
+    let schema = schema_of(&db);
+    let durably = db
+        .durably(|b| b.lease_renew_interval(Duration::from_millis(200)))
+        .await;
+    let started = common::Gate::new();
+    let token_fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = durably
+        .register(Job::new("interop-wait", {
+            let (started, token_fired) = (started.clone(), token_fired.clone());
+            move |step: StepContext, _: Input| {
+                let (started, token_fired) = (started.clone(), token_fired.clone());
+                async move {
+                    step.run("wait", move |cancel| async move {
+                        started.open();
+                        tokio::select! {
+                            _ = cancel.cancelled() => token_fired.store(true, Ordering::SeqCst),
+                            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        }
+                        Ok::<_, std::io::Error>("waited".to_owned())
+                    })
+                    .await?;
+                    Ok::<_, durably::Error>("finished".to_owned())
+                }
+            }
+        }))
+        .expect("register");
+    let id = job.trigger(Input { n: 1 }).await.expect("trigger").run.id;
+    durably.start();
+    within("the step starts", LIMIT, started.wait()).await;
+
+    assert_eq!(
+        typescript("cancel", &schema, std::slice::from_ref(&id)).await,
+        json!({"cancelled": id})
+    );
+    eventually("the step's cancellation token fires", LIMIT, || async {
+        token_fired.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    durably.stop().await;
+    let run = durably.get_run(&id).await.expect("read").expect("the run");
+    assert_eq!(run.status, RunStatus::Cancelled, "{run:?}");
+    assert_eq!(run.output, None);
+    let steps = durably.get_steps(&id).await.expect("steps");
+    assert!(
+        steps.iter().all(|s| s.status != StepStatus::Completed),
+        "no completed step was recorded after the cancel: {steps:?}"
+    );
 }

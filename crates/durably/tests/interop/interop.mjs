@@ -7,6 +7,7 @@
 //                    which steps it executed ([n, step name] of the `interop-keyed-*` jobs)
 //   read ID...       the runs (getRun) and their steps (storage.getSteps)
 //   labelled K V     the ids of the runs labelled K=V (getRuns with a labels filter), oldest first
+//   cancel ID        cancel a run
 import { createDurably, defineJob } from '@coji/durably'
 import { PostgresDialect } from 'kysely'
 import pg from 'pg'
@@ -98,6 +99,10 @@ try {
       result = runs.map((run) => run.id).reverse()
       break
     }
+    case 'cancel':
+      await durably.cancel(args[0])
+      result = { cancelled: args[0] }
+      break
     default:
       throw new Error(`unknown command ${command}`)
   }
