@@ -398,7 +398,7 @@ impl Durably {
             let hand_off = config.trigger_hand_off && !backoff.is_failing();
             self.set_intake(hand_off.then(|| intake_sender.clone()));
             let now = tokio::time::Instant::now();
-            let next_look = match backoff.retry_at {
+            let next_look = match backoff.retry_at() {
                 Some(at) if at > now => at,
                 _ => now + config.polling_interval,
             };
@@ -1292,25 +1292,20 @@ async fn next_notice(
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1u64 << failures.min(16));
-    Duration::from_millis(millis).min(MAX_BACKOFF)
-}
-
 /// The worker loop's claims while the store fails: after the n-th failure in a row the next
-/// claim waits [`backoff`]`(n)`, unless the store shows it answers again first (a wake-up after
-/// a trigger's write, a notice from the database) or a slot ends (its writes are over, and a
-/// slot is free): then the claim is retried at once, though never sooner than
-/// [`EARLIEST_RETRY`] after the failure, so a stream of these while claims keep failing costs
-/// at most one claim per that much.
+/// claim waits 100 ms × 2ⁿ (at most [`MAX_BACKOFF`]), unless the store shows it answers again
+/// first (a wake-up after a trigger's write, a notice from the database) or a slot ends (its
+/// writes are over, and a slot is free): then the claim is retried at once, though never sooner
+/// than [`EARLIEST_RETRY`] after the failure, so a stream of these while claims keep failing
+/// costs at most one claim per that much.
 #[derive(Default)]
 struct Backoff {
     /// Failed claims in a row.
     failures: u32,
-    /// When the last claim failed.
+    /// When the last claim failed (`None`: not failing).
     failed_at: Option<tokio::time::Instant>,
-    /// No claim before this (while failing).
-    retry_at: Option<tokio::time::Instant>,
+    /// Whether a sign that the store answers came since.
+    answered: bool,
 }
 
 /// The shortest wait between two claims while claims fail.
@@ -1320,27 +1315,36 @@ impl Backoff {
     /// Notes a failed claim; returns how long until the next one.
     fn failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let wait = backoff(self.failures);
-        let now = tokio::time::Instant::now();
-        self.failed_at = Some(now);
-        self.retry_at = Some(now + wait);
-        wait
+        self.failed_at = Some(tokio::time::Instant::now());
+        self.answered = false;
+        self.wait()
+    }
+
+    fn wait(&self) -> Duration {
+        let full = Duration::from_millis(100u64.saturating_mul(1u64 << self.failures.min(16)));
+        match self.answered {
+            true => EARLIEST_RETRY,
+            false => full.min(MAX_BACKOFF),
+        }
     }
 
     fn is_failing(&self) -> bool {
-        self.failures > 0
+        self.failed_at.is_some()
+    }
+
+    /// When the next claim may go out (`None`: at once, not failing).
+    fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.failed_at.map(|at| at + self.wait())
     }
 
     fn allows_claim(&self) -> bool {
-        self.retry_at
+        self.retry_at()
             .is_none_or(|at| tokio::time::Instant::now() >= at)
     }
 
     /// Retry the claim as soon as allowed (the store answered, or a slot ended).
     fn retry_soon(&mut self) {
-        if let (Some(failed_at), Some(retry_at)) = (self.failed_at, self.retry_at) {
-            self.retry_at = Some(retry_at.min(failed_at + EARLIEST_RETRY));
-        }
+        self.answered = true;
     }
 }
 
