@@ -1,14 +1,16 @@
 //! Enables the PostgreSQL behaviour suite (`cfg(durably_postgres_tests)`) when the test database
-//! is configured, and the interoperability test with the TypeScript runtime
-//! (`cfg(durably_interop_tests)`, tests/postgres_interop.rs) when `node` is on PATH and the npm
-//! packages of tests/interop are installed (`npm ci` there; `.ci/run` does). Without them those
-//! tests are compiled but reported as ignored, with the reason.
+//! is configured, and the interoperability tests with the TypeScript runtime (tests/interop.rs)
+//! when `node` is on PATH and the npm packages of tests/interop are installed (`npm ci` there;
+//! `.ci/run` does): `cfg(durably_interop_tests)` for PostgreSQL, `cfg(durably_interop_sqlite_tests)`
+//! once better-sqlite3's native module is built too. Without them those tests are compiled but
+//! reported as ignored, with the reason.
 
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(durably_postgres_tests)");
     println!("cargo::rustc-check-cfg=cfg(durably_interop_tests)");
+    println!("cargo::rustc-check-cfg=cfg(durably_interop_sqlite_tests)");
     println!("cargo::rerun-if-env-changed=DURABLY_TEST_POSTGRES_URL");
     println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rerun-if-changed=build.rs");
@@ -27,6 +29,11 @@ fn main() {
     println!("cargo::rerun-if-changed={}", watched.display());
     if installed.is_file() && node_on_path() {
         println!("cargo::rustc-cfg=durably_interop_tests");
+        let sqlite = interop.join("node_modules/better-sqlite3/build/Release/better_sqlite3.node");
+        println!("cargo::rerun-if-changed={}", sqlite.display());
+        if sqlite.is_file() {
+            println!("cargo::rustc-cfg=durably_interop_sqlite_tests");
+        }
     }
 }
 

@@ -1,25 +1,43 @@
-// The published TypeScript @coji/durably 0.15.0 on PostgreSQL, for tests/postgres_interop.rs.
+// The published TypeScript @coji/durably 0.15.0 sharing a database with the Rust runtime, for
+// tests/interop.rs: PostgreSQL (kysely PostgresDialect, node-postgres) or a SQLite file
+// (SqliteDialect, better-sqlite3).
 //
-// Usage: node interop.mjs COMMAND URL SCHEMA [ARGS...]; prints one JSON value on stdout.
+// Usage: node interop.mjs COMMAND DATABASE SCHEMA [ARGS...]; prints one JSON value on stdout.
+// DATABASE is a postgres:// URL (SCHEMA: the schema to work in) or a SQLite file (SCHEMA: -).
 //   migrate          migrate the schema (a no-op on a schema the Rust runtime migrated)
 //   trigger N        trigger N runs of `interop-double` (inputs {n: 0..N-1}, label from=typescript)
 //   work             process runs with processOne until none is claimable; prints how many and
 //                    which steps it executed ([n, step name] of the `interop-keyed-*` jobs)
 //   read ID...       the runs (getRun) and their steps (storage.getSteps)
-//   labelled K V     the ids of the runs labelled K=V (getRuns with a labels filter), oldest first
+//   labelled K V     the ids of the runs labelled K=V (getRuns with a labels filter), sorted
 //   cancel ID        cancel a run
 import { createDurably, defineJob } from '@coji/durably'
-import { PostgresDialect } from 'kysely'
-import pg from 'pg'
+import { PostgresDialect, SqliteDialect } from 'kysely'
 import { z } from 'zod'
 
-const [command, url, schema, ...args] = process.argv.slice(2)
-if (!command || !url || !schema) {
-  console.error('usage: node interop.mjs migrate|trigger|work|read URL SCHEMA [ARGS...]')
+const [command, database, schema, ...args] = process.argv.slice(2)
+if (!command || !database || !schema) {
+  console.error('usage: node interop.mjs COMMAND DATABASE SCHEMA [ARGS...]')
   process.exit(2)
 }
 
-const pool = new pg.Pool({ connectionString: url, options: `-c search_path=${schema}`, max: 4 })
+let dialect
+let close
+if (/^postgres(ql)?:/.test(database)) {
+  const { default: pg } = await import('pg')
+  const pool = new pg.Pool({
+    connectionString: database,
+    options: `-c search_path=${schema}`,
+    max: 4,
+  })
+  dialect = new PostgresDialect({ pool })
+  close = () => pool.end()
+} else {
+  const { default: Database } = await import('better-sqlite3')
+  const sqlite = new Database(database, { timeout: 10000 })
+  dialect = new SqliteDialect({ database: sqlite })
+  close = () => sqlite.close()
+}
 
 // The same job as the Rust side of the test: two steps, progress, a typed output saying which
 // runtime executed it.
@@ -60,7 +78,7 @@ for (let i = 0; i < 10; i++) {
 }
 
 const durably = createDurably({
-  dialect: new PostgresDialect({ pool }),
+  dialect,
   preserveSteps: true,
 }).register({ doubleJob, ...keyedJobs })
 
@@ -96,7 +114,8 @@ try {
       break
     case 'labelled': {
       const runs = await durably.getRuns({ labels: { [args[0]]: args[1] } })
-      result = runs.map((run) => run.id).reverse()
+      // Sorted here: upstream orders by created_at alone (no tie-breaker, SPEC §3 quirk 15).
+      result = runs.map((run) => run.id).sort()
       break
     }
     case 'cancel':
@@ -107,6 +126,6 @@ try {
       throw new Error(`unknown command ${command}`)
   }
 } finally {
-  await pool.end()
+  await close()
 }
 console.log(JSON.stringify(result))

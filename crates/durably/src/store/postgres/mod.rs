@@ -1340,7 +1340,7 @@ const CLAIM_KEY_LOCKS: &str =
 /// A run whose row another claimer holds locked is skipped (`SKIP LOCKED`), its key left for
 /// this round, never waited for: the TypeScript runtime's claim locks a run's row *before* it
 /// takes the key's advisory lock, so waiting for that row while holding the key's lock is a
-/// deadlock (PostgreSQL aborts one of the two claims; tests/postgres_interop.rs found it). That
+/// deadlock (PostgreSQL aborts one of the two claims; tests/interop.rs found it). That
 /// claimer leases the run, or the worker looks again.
 fn claim_keyed_sql() -> String {
     let returning = run_columns("r");

@@ -1,11 +1,13 @@
-//! One PostgreSQL database shared with the TypeScript runtime: the published `@coji/durably`
-//! 0.15.0 (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read
-//! each other's runs in one schema, whichever migrated it first; a step persisted by one is
-//! replayed, not executed again, by the other; its cancel stops a run executing here; and the
-//! two runtimes' workers drain one queue together, with shared concurrency keys.
+//! One database shared with the TypeScript runtime, on PostgreSQL (a schema of the test
+//! database) and on a SQLite file: the published `@coji/durably` 0.15.0
+//! (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read each
+//! other's runs, whichever migrated the database first; a step persisted by one is replayed, not
+//! executed again, by the other; its cancel stops a run executing here; and the two runtimes'
+//! workers drain one queue together, with shared concurrency keys.
 //!
-//! Needs `DURABLY_TEST_POSTGRES_URL`, `node` on PATH and `npm ci` in `tests/interop` (`.ci/run`
-//! does all three); without them the tests are reported as ignored, with the reason (build.rs).
+//! Needs `node` on PATH and `npm ci` in `tests/interop` (its native better-sqlite3 build for the
+//! SQLite tests), and `DURABLY_TEST_POSTGRES_URL` for the PostgreSQL ones (`.ci/run` does all
+//! three); without them the tests are reported as ignored, with the reason (build.rs).
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,11 +54,32 @@ fn double_job() -> Job<Input, Output> {
     })
 }
 
-/// Runs `node interop.mjs command URL schema args…` and returns what it printed (JSON).
-async fn typescript(command: &str, schema: &str, args: &[String]) -> Value {
+/// Where both runtimes work: a PostgreSQL URL and schema, or a SQLite file (schema `-`).
+#[derive(Clone)]
+struct Place {
+    database: String,
+    schema: String,
+}
+
+fn place_of(db: &TestDb) -> Place {
+    match (&db.schema, &db.path) {
+        (Some(schema), _) => Place {
+            database: postgres_url(),
+            schema: schema.clone(),
+        },
+        (None, Some(path)) => Place {
+            database: path.display().to_string(),
+            schema: "-".into(),
+        },
+        (None, None) => panic!("the TypeScript runtime cannot open an in-memory database"),
+    }
+}
+
+/// Runs `node interop.mjs command database schema args…` and returns what it printed (JSON).
+async fn typescript(command: &str, place: &Place, args: &[String]) -> Value {
     let mut node = std::process::Command::new("node");
     node.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop"))
-        .args(["interop.mjs", command, &postgres_url(), schema])
+        .args(["interop.mjs", command, &place.database, &place.schema])
         .args(args);
     let output = tokio::task::spawn_blocking(move || node.output())
         .await
@@ -72,30 +95,23 @@ async fn typescript(command: &str, schema: &str, args: &[String]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn schema_of(db: &TestDb) -> String {
-    db.schema.clone().expect("a PostgreSQL test database")
-}
-
-/// Runs triggered by the TypeScript runtime, in a schema it migrated, are executed by a Rust
+/// Runs triggered by the TypeScript runtime, in a database it migrated, are executed by a Rust
 /// worker; the TypeScript runtime reads their outputs, progress and steps back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(durably_postgres_tests, durably_interop_tests)),
-    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
-)]
-async fn runs_the_typescript_runtime_triggers_are_executed_here() {
-    let db = TestDb::new(Backend::Postgres);
-    let schema = schema_of(&db);
-    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
-        .await
-        .expect("create schema");
+async fn runs_the_typescript_runtime_triggers_are_executed_here(backend: Backend) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
+    if backend == Backend::Postgres {
+        let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{}\"", place.schema))
+            .await
+            .expect("create schema");
+    }
     assert_eq!(
-        typescript("migrate", &schema, &[]).await,
+        typescript("migrate", &place, &[]).await,
         json!({"migrated": true})
     );
 
@@ -103,7 +119,7 @@ async fn runs_the_typescript_runtime_triggers_are_executed_here() {
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     durably.register(double_job()).expect("register");
     let ids: Vec<String> =
-        serde_json::from_value(typescript("trigger", &schema, &["3".into()]).await)
+        serde_json::from_value(typescript("trigger", &place, &["3".into()]).await)
             .expect("run ids");
     assert_eq!(ids.len(), 3);
     durably.start();
@@ -129,7 +145,7 @@ async fn runs_the_typescript_runtime_triggers_are_executed_here() {
     found.sort();
     assert_eq!(found, ids);
 
-    let read = typescript("read", &schema, &ids).await;
+    let read = typescript("read", &place, &ids).await;
     for (n, entry) in read.as_array().expect("an array").iter().enumerate() {
         let run = &entry["run"];
         assert_eq!(run["status"], "completed", "{run}");
@@ -166,16 +182,11 @@ async fn runs_the_typescript_runtime_triggers_are_executed_here() {
     }
 }
 
-/// Runs triggered here, in a schema this crate migrated, are executed by the TypeScript
+/// Runs triggered here, in a database this crate migrated, are executed by the TypeScript
 /// runtime's worker (`processOne`); their outputs and steps read back here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(durably_postgres_tests, durably_interop_tests)),
-    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
-)]
-async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
-    let db = TestDb::new(Backend::Postgres);
-    let schema = schema_of(&db);
+async fn runs_triggered_here_are_executed_by_the_typescript_runtime(backend: Backend) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     let job = durably.register(double_job()).expect("register");
     let labels = BTreeMap::from([("from".to_owned(), "rust".to_owned())]);
@@ -191,9 +202,9 @@ async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
         );
     }
 
-    assert_eq!(typescript("work", &schema, &[]).await["processed"], 3);
+    assert_eq!(typescript("work", &place, &[]).await["processed"], 3);
     // Its label filter (through `durably_run_labels`) finds the runs triggered here.
-    let labelled = typescript("labelled", &schema, &["from".into(), "rust".into()]).await;
+    let labelled = typescript("labelled", &place, &["from".into(), "rust".into()]).await;
     assert_eq!(labelled, json!(ids));
 
     for (n, id) in ids.iter().enumerate() {
@@ -225,14 +236,9 @@ async fn runs_triggered_here_are_executed_by_the_typescript_runtime() {
 /// A run that a Rust worker left half done (one step persisted, then its lease given back, as
 /// after a lost lease) is finished by the TypeScript runtime, which returns the stored step
 /// result instead of executing the step again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(durably_postgres_tests, durably_interop_tests)),
-    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
-)]
-async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime() {
-    let db = TestDb::new(Backend::Postgres);
-    let schema = schema_of(&db);
+async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime(backend: Backend) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     let job = durably.register(double_job()).expect("register");
     let id = job.trigger(Input { n: 5 }).await.expect("trigger").run.id;
@@ -261,7 +267,7 @@ async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime() {
         .expect("the fence holds");
     assert!(store.release_lease(&fence, now).await.expect("release"));
 
-    assert_eq!(typescript("work", &schema, &[]).await["processed"], 1);
+    assert_eq!(typescript("work", &place, &[]).await["processed"], 1);
     let run = durably.get_run(&id).await.expect("read").expect("the run");
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     assert_eq!(
@@ -336,16 +342,11 @@ fn keyed_job(i: usize, executed: &Executed) -> Job<Input, Execution> {
 /// A TypeScript worker and a Rust worker drain one queue at once, with concurrency keys shared
 /// by both (the same `hashtext(key)` advisory locks): every run completes, every step executes
 /// exactly once across the two runtimes, and runs of one key never execute at the same time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(durably_postgres_tests, durably_interop_tests)),
-    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
-)]
-async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys() {
+async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys(backend: Backend) {
     const JOBS: usize = 10;
     const KEYS: usize = 4;
-    let db = TestDb::new(Backend::Postgres);
-    let schema = schema_of(&db);
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
     let durably = db
         .durably(|b| b.preserve_steps(true).max_concurrent_runs(4))
         .await;
@@ -381,8 +382,8 @@ async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys() {
 
     // The TypeScript worker starts first; ours joins once it has leased a run.
     let typescript_worker = tokio::spawn({
-        let schema = schema.clone();
-        async move { typescript("work", &schema, &[]).await }
+        let place = place.clone();
+        async move { typescript("work", &place, &[]).await }
     });
     eventually("the TypeScript worker leases a run", LIMIT, || async {
         let runs = durably.get_runs(&RunFilter::new()).await.ok()?;
@@ -451,14 +452,9 @@ async fn typescript_and_rust_workers_drain_one_queue_with_shared_keys() {
 /// A run executing here, cancelled by the TypeScript runtime (which sends no `NOTIFY`), stops
 /// here: the next lease renewal finds the run cancelled and fires the step's cancellation token,
 /// and nothing this worker writes afterwards changes the run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(durably_postgres_tests, durably_interop_tests)),
-    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
-)]
-async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here() {
-    let db = TestDb::new(Backend::Postgres);
-    let schema = schema_of(&db);
+async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here(backend: Backend) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
     let durably = db
         .durably(|b| b.lease_renew_interval(Duration::from_millis(200)))
         .await;
@@ -489,7 +485,7 @@ async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here() {
     within("the step starts", LIMIT, started.wait()).await;
 
     assert_eq!(
-        typescript("cancel", &schema, std::slice::from_ref(&id)).await,
+        typescript("cancel", &place, std::slice::from_ref(&id)).await,
         json!({"cancelled": id})
     );
     eventually("the step's cancellation token fires", LIMIT, || async {
@@ -506,3 +502,43 @@ async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here() {
         "no completed step was recorded after the cancel: {steps:?}"
     );
 }
+
+/// Each scenario on PostgreSQL (a schema of the test database) and on a SQLite file.
+macro_rules! interop_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(all(durably_postgres_tests, durably_interop_tests)),
+                    ignore = "needs DURABLY_TEST_POSTGRES_URL, node and `npm ci` in crates/durably/tests/interop"
+                )]
+                async fn $name() {
+                    super::$name(Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(durably_interop_sqlite_tests),
+                    ignore = "needs node and `npm ci` (with its native better-sqlite3 build) in crates/durably/tests/interop"
+                )]
+                async fn $name() {
+                    super::$name(Backend::SqliteFile).await
+                }
+            )*
+        }
+    };
+}
+
+interop_tests!(
+    runs_the_typescript_runtime_triggers_are_executed_here,
+    runs_triggered_here_are_executed_by_the_typescript_runtime,
+    a_step_persisted_here_is_replayed_by_the_typescript_runtime,
+    typescript_and_rust_workers_drain_one_queue_with_shared_keys,
+    a_cancel_by_the_typescript_runtime_stops_the_run_executing_here,
+);
