@@ -2,8 +2,9 @@
 //! database) and on a SQLite file: the published `@coji/durably` 0.15.0
 //! (`tests/interop/interop.mjs`, run with `node`) and this crate trigger, execute and read each
 //! other's runs, whichever migrated the database first; a step persisted by one is replayed, not
-//! executed again, by the other; its cancel stops a run executing here; and the two runtimes'
-//! workers drain one queue together, with shared concurrency keys.
+//! executed again, by the other; a run whose TypeScript worker crashed is finished here; its
+//! cancel stops a run executing here; and the two runtimes' workers drain one queue together,
+//! with shared concurrency keys.
 //!
 //! Needs `node` on PATH and `npm ci` in `tests/interop` (its native better-sqlite3 build for the
 //! SQLite tests), and `DURABLY_TEST_POSTGRES_URL` for the PostgreSQL ones (`.ci/run` does all
@@ -75,16 +76,21 @@ fn place_of(db: &TestDb) -> Place {
     }
 }
 
-/// Runs `node interop.mjs command database schema args…` and returns what it printed (JSON).
-async fn typescript(command: &str, place: &Place, args: &[String]) -> Value {
+/// Runs `node interop.mjs command database schema args…` to its end.
+async fn node(command: &str, place: &Place, args: &[String]) -> std::process::Output {
     let mut node = std::process::Command::new("node");
     node.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop"))
         .args(["interop.mjs", command, &place.database, &place.schema])
         .args(args);
-    let output = tokio::task::spawn_blocking(move || node.output())
+    tokio::task::spawn_blocking(move || node.output())
         .await
         .expect("join")
-        .expect("run node");
+        .expect("run node")
+}
+
+/// Runs `node interop.mjs command database schema args…` and returns what it printed (JSON).
+async fn typescript(command: &str, place: &Place, args: &[String]) -> Value {
+    let output = node(command, place, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -503,6 +509,77 @@ async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here(backend
     );
 }
 
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Crashed {
+    first: String,
+    second: String,
+}
+
+/// A TypeScript worker dies inside a run's second step; once its lease expires our worker takes
+/// the run over: the first step returns the result the TypeScript runtime stored (it does not
+/// run again here), the second runs here, and the run completes under the new lease.
+async fn a_run_whose_typescript_worker_crashed_is_finished_here(backend: Backend) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
+    let durably = db.durably(|b| b.preserve_steps(true)).await;
+    let first_here = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = durably
+        .register(Job::new("interop-crash", {
+            let first_here = first_here.clone();
+            move |step: StepContext, _: Input| {
+                let first_here = first_here.clone();
+                async move {
+                    let first = step
+                        .run("first", move |_| async move {
+                            first_here.store(true, Ordering::SeqCst);
+                            Ok::<_, std::io::Error>("first by rust".to_owned())
+                        })
+                        .await?;
+                    let second = step
+                        .run("second", |_| async {
+                            Ok::<_, std::io::Error>("second by rust".to_owned())
+                        })
+                        .await?;
+                    Ok::<_, durably::Error>(Crashed { first, second })
+                }
+            }
+        }))
+        .expect("register");
+    let id = job.trigger(Input { n: 1 }).await.expect("trigger").run.id;
+
+    let crashed = node("crash", &place, &[]).await;
+    assert_eq!(
+        crashed.status.code(),
+        Some(3),
+        "the TypeScript worker exits inside step 2: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let left = durably.get_run(&id).await.expect("read").expect("the run");
+    assert_eq!(left.status, RunStatus::Leased, "{left:?}");
+    assert_eq!(
+        left.lease_owner.as_deref(),
+        Some("typescript-crashing-worker")
+    );
+
+    durably.start();
+    let done = within("the run is taken over and completes", LIMIT, async {
+        durably.wait_for_run(&id, WaitOptions::new()).await
+    })
+    .await
+    .expect("the run completes");
+    durably.stop().await;
+    assert_eq!(done.status, RunStatus::Completed, "{done:?}");
+    assert_eq!(
+        done.output,
+        Some(json!({"first": "first by typescript", "second": "second by rust"}))
+    );
+    assert!(done.lease_generation >= 2, "a new lease: {done:?}");
+    assert!(
+        !first_here.load(Ordering::SeqCst),
+        "the first step ran again here"
+    );
+}
+
 /// Each scenario on PostgreSQL (a schema of the test database) and on a SQLite file.
 macro_rules! interop_tests {
     ($($name:ident),* $(,)?) => {
@@ -541,4 +618,5 @@ interop_tests!(
     a_step_persisted_here_is_replayed_by_the_typescript_runtime,
     typescript_and_rust_workers_drain_one_queue_with_shared_keys,
     a_cancel_by_the_typescript_runtime_stops_the_run_executing_here,
+    a_run_whose_typescript_worker_crashed_is_finished_here,
 );

@@ -11,6 +11,8 @@
 //   read ID...       the runs (getRun) and their steps (storage.getSteps)
 //   labelled K V     the ids of the runs labelled K=V (getRuns with a labels filter), sorted
 //   cancel ID        cancel a run
+//   crash            process one run of `interop-crash` with a 500 ms lease, and exit (code 3)
+//                    inside its second step, as a crashed worker would
 import { createDurably, defineJob } from '@coji/durably'
 import { PostgresDialect, SqliteDialect } from 'kysely'
 import { z } from 'zod'
@@ -77,10 +79,25 @@ for (let i = 0; i < 10; i++) {
   })
 }
 
+// A job whose second step kills the process: its first step's result is stored, its lease is
+// left to expire.
+const crashJob = defineJob({
+  name: 'interop-crash',
+  input: z.object({ n: z.number() }),
+  output: z.object({ first: z.string(), second: z.string() }),
+  run: async (step) => {
+    const first = await step.run('first', async () => 'first by typescript')
+    const second = await step.run('second', async () => process.exit(3))
+    return { first, second }
+  },
+})
+
 const durably = createDurably({
   dialect,
   preserveSteps: true,
-}).register({ doubleJob, ...keyedJobs })
+  // Short only for the crash: the other commands' runs must not outlive their leases.
+  ...(command === 'crash' ? { leaseMs: 500 } : {}),
+}).register({ doubleJob, crashJob, ...keyedJobs })
 
 let result
 try {
@@ -122,6 +139,9 @@ try {
       await durably.cancel(args[0])
       result = { cancelled: args[0] }
       break
+    case 'crash':
+      await durably.processOne({ workerId: 'typescript-crashing-worker' })
+      throw new Error('the crash job did not crash')
     default:
       throw new Error(`unknown command ${command}`)
   }
