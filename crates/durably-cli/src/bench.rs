@@ -3,6 +3,9 @@
 //! Workloads (issue "The worker…", §7):
 //! - `throughput-1step`: batch-trigger N one-step jobs, then process until all complete;
 //! - `steps-10`: M jobs of 10 steps;
+//! - `keyed-1step`: N one-step jobs sharing `--keys` concurrency keys round-robin (at most one
+//!   leased run per key, so at most that many run at once; one pending run per job name and key,
+//!   so the runs spread over N / keys job names): the claim path of keyed runs;
 //! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result);
 //! - `http-during-drain` (only when named): latency of `GET /runs?limit=10` over loopback HTTP
 //!   while the worker drains a backlog (see [`http_drain`]);
@@ -53,6 +56,9 @@ pub struct BenchArgs {
     /// Jobs of `steps-10`.
     #[arg(long, default_value_t = 300)]
     step_jobs: u64,
+    /// Concurrency keys of `keyed-1step` (its jobs: `--jobs`).
+    #[arg(long, default_value_t = 8)]
+    keys: u64,
     /// Calls of `latency`.
     #[arg(long, default_value_t = 200)]
     calls: u64,
@@ -114,16 +120,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         counter: 0,
     };
     let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| w == name);
-    for &concurrency in &args.concurrency {
-        if wanted("throughput-1step") {
-            let line =
-                throughput(&mut setup, "throughput-1step", concurrency, args.jobs, 1).await?;
-            print_line(line, &args.synchronous);
-        }
-    }
-    for &concurrency in &args.concurrency {
-        if wanted("steps-10") {
-            let line = throughput(&mut setup, "steps-10", concurrency, args.step_jobs, 10).await?;
+    for shape in Shape::all(&args) {
+        if wanted(shape.workload) {
+            let line = throughput(&mut setup, &shape).await?;
             print_line(line, &args.synchronous);
         }
     }
@@ -145,8 +144,43 @@ fn print_line(mut line: serde_json::Value, synchronous: &str) {
     println!("{line}");
 }
 
-fn bench_job(steps: u64, executions: Arc<AtomicU64>) -> Job<BenchInput, u64> {
-    Job::new("bench", move |step: StepContext, input: BenchInput| {
+/// What a throughput workload runs.
+pub(super) struct Shape {
+    pub workload: &'static str,
+    pub concurrency: usize,
+    pub jobs: u64,
+    pub steps_per_job: u64,
+    /// Concurrency keys the runs share round-robin (`0`: none). Upstream allows one pending run
+    /// per job name and key, so keyed runs spread over `jobs / keys` job names.
+    pub keys: u64,
+}
+
+impl Shape {
+    /// The throughput workloads of `args`, in the order they run: `throughput-1step`,
+    /// `steps-10` and `keyed-1step`, each at every concurrency level.
+    pub fn all(args: &BenchArgs) -> Vec<Shape> {
+        let kinds = [
+            ("throughput-1step", args.jobs, 1, 0),
+            ("steps-10", args.step_jobs, 10, 0),
+            ("keyed-1step", args.jobs, 1, args.keys),
+        ];
+        kinds
+            .into_iter()
+            .flat_map(|(workload, jobs, steps_per_job, keys)| {
+                args.concurrency.iter().map(move |&concurrency| Shape {
+                    workload,
+                    concurrency,
+                    jobs,
+                    steps_per_job,
+                    keys,
+                })
+            })
+            .collect()
+    }
+}
+
+fn bench_job(name: String, steps: u64, executions: Arc<AtomicU64>) -> Job<BenchInput, u64> {
+    Job::new(name, move |step: StepContext, input: BenchInput| {
         let executions = executions.clone();
         async move {
             let mut total = 0;
@@ -166,10 +200,7 @@ fn bench_job(steps: u64, executions: Arc<AtomicU64>) -> Job<BenchInput, u64> {
 
 async fn throughput(
     setup: &mut Setup,
-    workload: &str,
-    concurrency: usize,
-    jobs: u64,
-    steps_per_job: u64,
+    shape: &Shape,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let store = setup.fresh_store()?;
     let counters = store.clone();
@@ -177,10 +208,7 @@ async fn throughput(
         Arc::new(store),
         "sqlite",
         Some(&move || counters.stats()),
-        workload,
-        concurrency,
-        jobs,
-        steps_per_job,
+        shape,
     )
     .await
 }
@@ -192,11 +220,15 @@ pub(super) async fn throughput_on(
     store: Arc<dyn Store>,
     backend: &str,
     stats: Option<&dyn Fn() -> WriterStats>,
-    workload: &str,
-    concurrency: usize,
-    jobs: u64,
-    steps_per_job: u64,
+    shape: &Shape,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let Shape {
+        workload,
+        concurrency,
+        jobs,
+        steps_per_job,
+        keys,
+    } = *shape;
     reset_peak_rss();
     let durably = Durably::builder()
         .shared_store(store)
@@ -204,7 +236,16 @@ pub(super) async fn throughput_on(
         .polling_interval(Duration::from_millis(50))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
-    let handle = durably.register(bench_job(steps_per_job, executions.clone()))?;
+    let names: Vec<String> = match keys {
+        0 => vec!["bench".into()],
+        _ => (0..jobs.div_ceil(keys))
+            .map(|j| format!("bench-{j}"))
+            .collect(),
+    };
+    let handles = names
+        .into_iter()
+        .map(|name| durably.register(bench_job(name, steps_per_job, executions.clone())))
+        .collect::<durably::Result<Vec<_>>>()?;
     durably.migrate().await?;
 
     let completed = Arc::new(AtomicU64::new(0));
@@ -226,9 +267,19 @@ pub(super) async fn throughput_on(
     };
 
     let enqueue_started = Instant::now();
-    for chunk_start in (0..jobs).step_by(1000) {
-        let items = (chunk_start..(chunk_start + 1000).min(jobs))
-            .map(|n| (BenchInput { n }, TriggerOptions::new()));
+    // Keyless: batches of 1,000 of the one job; keyed: run n is job n / keys with key n % keys.
+    let chunk = if keys == 0 { 1000 } else { keys };
+    for (chunk_start, handle) in (0..jobs)
+        .step_by(chunk as usize)
+        .zip(handles.iter().cycle())
+    {
+        let items = (chunk_start..(chunk_start + chunk).min(jobs)).map(|n| {
+            let options = match keys {
+                0 => TriggerOptions::new(),
+                _ => TriggerOptions::new().concurrency_key(format!("key-{}", n % keys)),
+            };
+            (BenchInput { n }, options)
+        });
         handle.batch_trigger(items).await?;
     }
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
@@ -254,6 +305,7 @@ pub(super) async fn throughput_on(
         "concurrency": concurrency,
         "jobs": jobs,
         "steps_per_job": steps_per_job,
+        "keys": keys,
         "enqueue_s": round(enqueue_s),
         "process_s": round(process_s),
         "jobs_per_s": round(jobs as f64 / process_s),
@@ -308,7 +360,7 @@ pub(super) async fn latency_on(
         .polling_interval(Duration::from_millis(1000))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
-    let handle = durably.register(bench_job(1, executions.clone()))?;
+    let handle = durably.register(bench_job("bench".into(), 1, executions.clone()))?;
     durably.init().await?;
     tokio::time::sleep(settle).await;
     let mut samples = Vec::with_capacity(calls as usize);

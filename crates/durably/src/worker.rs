@@ -761,8 +761,13 @@ impl Durably {
             let Execution::Returned(returned) = execution else {
                 continue;
             };
-            // One run to execute next, plus one held ahead after a short execution.
-            let wanted: usize = match returned.elapsed < claim_ahead_below {
+            // One run to execute next, plus one held ahead after a short execution of a run
+            // without a concurrency key. After a keyed run the slot does not claim ahead: in a
+            // queue of keyed runs, runs held ahead hold their keys, which other slots could
+            // run meanwhile (measured: `keyed-1step` on SQLite, 8 slots and 8 keys, 450 jobs/s
+            // claiming ahead, 3,400 without).
+            let short = returned.elapsed < claim_ahead_below;
+            let wanted: usize = match short && returned.run.concurrency_key.is_none() {
                 true => 2,
                 false => 1,
             };

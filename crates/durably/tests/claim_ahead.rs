@@ -232,7 +232,34 @@ async fn a_held_run_with_a_concurrency_key_stays_with_its_slot(backend: Backend)
     );
 }
 
+/// After a run with a concurrency key the slot claims no run ahead: in a queue of keyed runs a
+/// held run would hold its key while other slots could run it. Runs 1, 2 and 3 have keys of
+/// their own; run 1 is short, and while run 2 executes in the one slot, run 3 stays pending.
+async fn a_keyed_run_claims_nothing_ahead(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.claim_ahead_below(Duration::from_secs(10)))
+        .await;
+    let (tracker, gate) = (Tracker::default(), Gate::new());
+    let handle = durably.register(job(&tracker, &gate)).unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=3u64 {
+        let options = TriggerOptions::new().concurrency_key(format!("k{n}"));
+        ids.push(handle.trigger_with(n, options).await.unwrap().run.id);
+    }
+    durably.start();
+    tracker.until_started(2).await;
+    assert_eq!(run(&durably, &ids[2]).await.status, RunStatus::Pending);
+    gate.open();
+    for id in &ids {
+        assert_eq!(terminal(&durably, id).await.status, RunStatus::Completed);
+    }
+    assert_eq!(tracker.stepped(), vec![1, 2, 3]);
+    durably.stop().await;
+}
+
 backend_tests!(
+    a_keyed_run_claims_nothing_ahead,
     a_short_run_claims_the_next_one_ahead,
     claiming_ahead_off_claims_only_the_next_run,
     a_held_run_cancelled_before_it_starts_never_executes,

@@ -83,7 +83,7 @@ pub async fn run(
         .max_concurrent_runs(concurrency)
         .polling_interval(Duration::from_millis(50))
         .build()?;
-    let handle = durably.register(bench_job(1, Arc::new(AtomicU64::new(0))))?;
+    let handle = durably.register(bench_job("bench".into(), 1, Arc::new(AtomicU64::new(0))))?;
     durably.migrate().await?;
     for chunk_start in (0..jobs).step_by(1000) {
         let items = (chunk_start..(chunk_start + 1000).min(jobs))

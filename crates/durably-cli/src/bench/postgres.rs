@@ -17,7 +17,7 @@ use durably::{Durably, PostgresOptions, PostgresStore, RunFilter, RunStatus, Tri
 use serde_json::json;
 
 use super::{
-    BenchArgs, BenchInput, bench_job, latency_on, peak_rss_mb, percentiles, print_line,
+    BenchArgs, BenchInput, Shape, bench_job, latency_on, peak_rss_mb, percentiles, print_line,
     reset_peak_rss, round, throughput_on,
 };
 
@@ -88,16 +88,9 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         counter: 0,
     };
     let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| w == name);
-    for &concurrency in &args.concurrency {
-        if wanted("throughput-1step") {
-            let line =
-                throughput(&mut setup, "throughput-1step", concurrency, args.jobs, 1).await?;
-            print_line(line, &synchronous);
-        }
-    }
-    for &concurrency in &args.concurrency {
-        if wanted("steps-10") {
-            let line = throughput(&mut setup, "steps-10", concurrency, args.step_jobs, 10).await?;
+    for shape in Shape::all(args) {
+        if wanted(shape.workload) {
+            let line = throughput(&mut setup, &shape).await?;
             print_line(line, &synchronous);
         }
     }
@@ -112,23 +105,14 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn throughput(
-    setup: &mut Setup,
-    workload: &str,
-    concurrency: usize,
-    jobs: u64,
-    steps_per_job: u64,
-) -> Result<serde_json::Value, BoxError> {
-    let store = setup.fresh_store(concurrency + 4)?;
+async fn throughput(setup: &mut Setup, shape: &Shape) -> Result<serde_json::Value, BoxError> {
+    let store = setup.fresh_store(shape.concurrency + 4)?;
     let counters = store.clone();
     let line = throughput_on(
         Arc::new(store.clone()),
         "postgres",
         Some(&move || counters.stats()),
-        workload,
-        concurrency,
-        jobs,
-        steps_per_job,
+        shape,
     )
     .await?;
     store.drop_schema().await?;
@@ -169,7 +153,7 @@ async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value,
     let schema = format!("durably_bench_{}_{}", std::process::id(), setup.counter);
     let parent_store = store(&setup.url, &schema, 4, &setup.synchronous)?;
     let parent = Durably::builder().store(parent_store.clone()).build()?;
-    let handle = parent.register(bench_job(1, Arc::new(AtomicU64::new(0))))?;
+    let handle = parent.register(bench_job("bench".into(), 1, Arc::new(AtomicU64::new(0))))?;
     parent.migrate().await?;
     let enqueue_started = Instant::now();
     for chunk_start in (0..jobs).step_by(1000) {
@@ -270,7 +254,7 @@ async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxErro
         .polling_interval(Duration::from_millis(50))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
-    durably.register(bench_job(1, executions.clone()))?;
+    durably.register(bench_job("bench".into(), 1, executions.clone()))?;
     durably.migrate().await?;
     println!("ready");
     while !Path::new(&go).exists() {
