@@ -536,7 +536,8 @@ impl PostgresStore {
         &self.shared.channel
     }
 
-    /// Runs the query `sql` (a read: retried on transient faults) and maps each row it returns.
+    /// Runs `sql` (retried on transient faults: a read, or a write whose retry recognises its
+    /// own earlier commit) and maps each row it returns.
     async fn read<T>(
         &self,
         operation: &'static str,
@@ -1084,11 +1085,6 @@ fn count_bool(row: &Row, idx: usize) -> std::result::Result<bool, Fail> {
 
 fn count(row: &Row, idx: usize) -> std::result::Result<i64, Fail> {
     Ok(row.try_get::<_, i64>(idx)?)
-}
-
-/// The first column of the first row as a count (0 without rows).
-fn first_count(rows: &[Row]) -> std::result::Result<i64, Fail> {
-    rows.first().map_or(Ok(0), |row| count(row, 0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1704,22 +1700,12 @@ impl Store for PostgresStore {
              note AS (SELECT pg_notify($4::text, '{NOTICE_RUNS}') FROM u) \
              SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)"
         );
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&fence.run_id, &fence.generation, &now_text, &channel];
         let changed = self
-            .run("release_lease", true, |client, _| {
-                let (sql, now_text, channel) = (&sql, &now_text, &channel);
-                async move {
-                    let statement = client.prepare_cached(sql).await?;
-                    let rows = client
-                        .query(
-                            &statement,
-                            &[&fence.run_id, &fence.generation, now_text, channel],
-                        )
-                        .await?;
-                    first_count(&rows)
-                }
-            })
+            .read("release_lease", &sql, &params, |row| count(row, 0))
             .await?;
-        Ok(changed == 1)
+        Ok(changed.first() == Some(&1))
     }
 
     async fn persist_step(
@@ -1917,19 +1903,11 @@ impl Store for PostgresStore {
              d AS (DELETE FROM durably_steps WHERE $3::boolean AND run_id IN (SELECT id FROM u)), \
              note AS (SELECT pg_notify($4::text, $5::text || id) FROM u) \
              SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)";
+        let params: [&(dyn ToSql + Sync); 5] = [&id, &now_text, &drop_steps, &channel, &prefix];
         let changed = self
-            .run("cancel_run", true, |client, _| {
-                let (now_text, channel, prefix) = (&now_text, &channel, &prefix);
-                async move {
-                    let statement = client.prepare_cached(sql).await?;
-                    let rows = client
-                        .query(&statement, &[&id, now_text, &drop_steps, channel, prefix])
-                        .await?;
-                    first_count(&rows)
-                }
-            })
+            .read("cancel_run", sql, &params, |row| count(row, 0))
             .await?;
-        Ok(changed == 1)
+        Ok(changed.first() == Some(&1))
     }
 
     async fn delete_run(&self, id: &str) -> Result<bool> {
