@@ -481,6 +481,7 @@ impl Durably {
                 worker_id: worker_id.to_owned(),
                 lease: config.lease_duration,
                 max: if i == 0 { free } else { 0 },
+                frees_key: false,
             };
             async move {
                 store
@@ -1081,6 +1082,7 @@ impl Durably {
                     worker_id: worker_id.to_owned(),
                     lease: self.inner.config.lease_duration,
                     max: claim,
+                    frees_key: run.concurrency_key.is_some(),
                 };
                 store
                     .complete_run_and_claim(fence, stored, now, drop_steps, &next)

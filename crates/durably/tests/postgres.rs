@@ -401,8 +401,10 @@ fn now_micros() -> u128 {
 }
 
 /// The race workload: job names `race-0..RACE_JOBS`, keys `key-0..RACE_KEYS` shared by all.
-const RACE_JOBS: u64 = 40;
-const RACE_KEYS: u64 = 4;
+/// More keys than one process has slots (4): a completion hands its key to the next run
+/// waiting for it, so a process holding every key could keep them all.
+const RACE_JOBS: u64 = 20;
+const RACE_KEYS: u64 = 8;
 
 fn appender(path: &Path) -> Arc<Mutex<std::fs::File>> {
     Arc::new(Mutex::new(
@@ -827,11 +829,12 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
     assert_eq!(
         partial,
         [
+            "durably_rs_runs_pending_key_order",
             "durably_rs_runs_pending_order",
             "idx_durably_runs_pending_concurrency",
             "idx_durably_steps_completed_unique"
         ],
-        "upstream's two partial indexes and durably's own claim-order index"
+        "upstream's two partial indexes and durably's own two claim-order indexes"
     );
     let types: Vec<(String, String)> = admin
         .query(
@@ -860,6 +863,149 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
     }
 }
 
+/// Notices from `notices` up to the next [`durably::StoreNotice::RunCancelled`] (a marker,
+/// cancelled through another store: a store does not hear its own cancels; notices arrive in
+/// commit order), whether any of them was `RunsAvailable`.
+async fn runs_available_before_the_marker(
+    notices: &mut tokio::sync::broadcast::Receiver<durably::StoreNotice>,
+) -> bool {
+    let mut available = false;
+    within("the marker notice", Duration::from_secs(10), async {
+        loop {
+            match notices.recv().await {
+                Ok(durably::StoreNotice::RunCancelled { .. }) => break,
+                Ok(durably::StoreNotice::RunsAvailable) => available = true,
+                Ok(_) => continue,
+                Err(error) => panic!("notices ended: {error}"),
+            }
+        }
+    })
+    .await;
+    available
+}
+
+/// A completion that frees a concurrency key hands it to the run waiting for it in the same
+/// transaction, under the key's lock, and then wakes nobody (every listening worker would claim
+/// for nothing). When another claimer holds the key's lock meanwhile, the completion hands
+/// nothing on and sends the notice, so the waiting run is claimed once that claimer lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
+    let _cluster = CLUSTER.read().await;
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    let store = postgres_store(&schema);
+    store.migrate().await.expect("migrate");
+    let canceller = postgres_store(&schema);
+    let lease = Duration::from_secs(60);
+    let keyed = |key: &str| durably::NewRun {
+        job_name: "job".into(),
+        input: serde_json::json!({}),
+        idempotency_key: None,
+        concurrency_key: Some(key.into()),
+        labels: Default::default(),
+        coalesce: None,
+    };
+    let next = durably::ClaimRequest {
+        worker_id: "w".into(),
+        lease,
+        max: 1,
+        frees_key: true,
+    };
+    // Keys of this test's own: key locks are shared by every schema of the database.
+    let (handed, blocked) = (format!("handed-{schema}"), format!("blocked-{schema}"));
+    let mut notices = store.notifications().expect("PostgreSQL notices");
+    for key in [&handed, &blocked] {
+        store
+            .enqueue(keyed(key), durably::Timestamp::now())
+            .await
+            .expect("enqueue");
+    }
+    let holders = store
+        .claim("w", durably::Timestamp::now(), lease, 2)
+        .await
+        .expect("claim");
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    let holder_of = |key: &str| {
+        holders
+            .iter()
+            .find(|run| run.concurrency_key.as_deref() == Some(key))
+            .cloned()
+            .expect("a holder")
+    };
+    let (handed_holder, blocked_holder) = (holder_of(&handed), holder_of(&blocked));
+    let now = durably::Timestamp::now();
+    let handed_waiting = store.enqueue(keyed(&handed), now).await.expect("enqueue");
+    let blocked_waiting = store.enqueue(keyed(&blocked), now).await.expect("enqueue");
+    // A marker run per look at the notices, cancelled through another store when needed.
+    let mut markers = Vec::new();
+    for n in 0..3 {
+        let marker = keyed(&format!("marker-{n}-{schema}"));
+        markers.push(store.enqueue(marker, now).await.expect("enqueue").run.id);
+    }
+    let mut look = async |marker: &str| {
+        canceller
+            .cancel_run(marker, durably::Timestamp::now(), true)
+            .await
+            .expect("cancel the marker");
+        runs_available_before_the_marker(&mut notices).await
+    };
+    look(&markers[0]).await; // the enqueues' own notices
+
+    // Handed on: the waiting run is leased in the same call, and no notice goes out.
+    let (completed, claimed) = store
+        .complete_run_and_claim(
+            &durably::Fence::of(&handed_holder),
+            None,
+            durably::Timestamp::now(),
+            true,
+            &next,
+        )
+        .await
+        .expect("complete and claim");
+    assert!(completed);
+    let ids: Vec<&str> = claimed.iter().map(|run| run.id.as_str()).collect();
+    assert_eq!(ids, [handed_waiting.run.id.as_str()]);
+    assert!(!look(&markers[1]).await, "a key handed on wakes nobody");
+
+    // Another claimer holds the key's lock: nothing handed on, and the notice goes out.
+    let other = admin().await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{blocked}'))"
+        ))
+        .await
+        .expect("hold the key's lock");
+    let (completed, claimed) = store
+        .complete_run_and_claim(
+            &durably::Fence::of(&blocked_holder),
+            None,
+            durably::Timestamp::now(),
+            true,
+            &next,
+        )
+        .await
+        .expect("complete and claim");
+    assert!(completed);
+    assert!(claimed.is_empty(), "{claimed:?}");
+    assert!(
+        look(&markers[2]).await,
+        "a freed key not handed on is announced"
+    );
+    other.batch_execute("COMMIT").await.expect("let go");
+    let leased = store
+        .claim("w", durably::Timestamp::now(), lease, 1)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = leased.iter().map(|run| run.id.as_str()).collect();
+    assert_eq!(ids, [blocked_waiting.run.id.as_str()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(durably_postgres_tests),
@@ -877,20 +1023,23 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
     let admin = admin().await;
     admin
         .batch_execute(&format!(
-            "SET search_path TO \"{schema}\"; DROP INDEX durably_rs_runs_pending_order"
+            "SET search_path TO \"{schema}\"; DROP INDEX durably_rs_runs_pending_order; \
+             DROP INDEX durably_rs_runs_pending_key_order"
         ))
         .await
-        .expect("drop the index");
+        .expect("drop the indexes");
     store.migrate().await.expect("migrate again");
-    let exists: bool = admin
-        .query_one(
-            "SELECT to_regclass('durably_rs_runs_pending_order') IS NOT NULL",
-            &[],
-        )
-        .await
-        .expect("look up the index")
-        .get(0);
-    assert!(exists, "migrate re-created the claim-order index");
+    for index in [
+        "durably_rs_runs_pending_order",
+        "durably_rs_runs_pending_key_order",
+    ] {
+        let exists: bool = admin
+            .query_one(&format!("SELECT to_regclass('{index}') IS NOT NULL"), &[])
+            .await
+            .expect("look up the index")
+            .get(0);
+        assert!(exists, "migrate re-created {index}");
+    }
 
     // One batch shares one millisecond: only the id orders it.
     let now = durably::Timestamp::now();

@@ -772,6 +772,7 @@ async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backe
         worker_id: "w2".into(),
         lease: LEASE,
         max: 1,
+        frees_key: false,
     };
     let at = t0 + ms(10);
 
@@ -838,7 +839,9 @@ async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backe
 
 /// `complete_run_and_claim` around the run it completes: a run waiting for the completed run's
 /// concurrency key is claimed in the same call or announced with a notice (never left for the
-/// poll), and a completed run whose own lease had expired is not claimed back.
+/// poll), and claimed in the same call when the worker says the completed run holds a key
+/// ([`ClaimRequest::frees_key`]); a completed run whose own lease had expired is not claimed
+/// back.
 async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(backend: Backend) {
     let (_db, store) = open(backend).await;
     let t0 = Timestamp::now();
@@ -857,6 +860,7 @@ async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(ba
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
+        frees_key: false,
     };
     let at = t0 + ms(10);
     let (completed, claimed) = store
@@ -887,6 +891,30 @@ async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(ba
         );
     }
 
+    // Told that the run frees a key, the store claims the run waiting for it in the same call.
+    // (A key of its own: PostgreSQL's key locks are shared by every test on the database.)
+    let key = format!("freed-{}-{at}", std::process::id());
+    let holder = enqueue(&store, keyed("job", &key), at).await;
+    let running = claim(&store, "w", at + ms(1), LEASE)
+        .await
+        .expect("claimable");
+    assert_eq!(running.id, holder.id);
+    let waiting = enqueue(&store, keyed("job", &key), at + ms(2)).await;
+    let freeing = ClaimRequest {
+        frees_key: true,
+        ..next.clone()
+    };
+    let (completed, claimed) = store
+        .complete_run_and_claim(&Fence::of(&running), None, at + ms(3), true, &freeing)
+        .await
+        .expect("complete and claim");
+    assert!(completed);
+    assert_eq!(
+        claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec![waiting.id.as_str()],
+        "the run waiting for the freed key, claimed in the same call"
+    );
+
     // A run whose lease expired before its completion landed: completed, not claimed back.
     let late = enqueue(&store, new_run("job", json!({"late": true})), at).await;
     let short = claim(&store, "w", at + ms(1), ms(5)).await.expect("late");
@@ -912,6 +940,7 @@ async fn enqueue_and_claim_claims_only_after_creating_a_run(backend: Backend) {
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
+        frees_key: false,
     };
 
     // On an empty queue the new run is the one claimed, leased from the same `now`.

@@ -175,6 +175,11 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The most runs to claim.
     pub max: usize,
+    /// Whether the run whose write carries this claim holds a concurrency key. Its completion
+    /// frees that key for the next run waiting for it, which a backend may then claim in the
+    /// same transaction (PostgreSQL takes the key's advisory lock for that only when asked
+    /// here, sparing keyless queues the statements).
+    pub frees_key: bool,
 }
 
 /// All persistence of durably. Implementations must be safe to share between tasks and

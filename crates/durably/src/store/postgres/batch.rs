@@ -25,8 +25,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{
-    ClaimPlaceholders, Fail, NOTICE_RUNS, claim_ctes, count, count_bool, run_column_count,
-    run_columns, run_from_row,
+    CLAIM_KEYS, ClaimPlaceholders, Fail, NOTICE_RUNS, claim_ctes, claim_keyed_sql, count,
+    count_bool, lock_claim_keys_sql, run_column_count, run_columns, run_from_row,
 };
 use crate::error::{Error, Result};
 use crate::run::Run;
@@ -288,7 +288,26 @@ const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::big
 /// list: `$1`-`$5` the runs, fences, outputs, times and whether to drop their steps, `$6` the
 /// notification channel, `$7` whether this is a retry (then `again` finds completions an
 /// earlier attempt committed).
-fn complete_ctes() -> String {
+///
+/// `note` sends a notice when a completed run's key has a pending run waiting for it. With
+/// `note_later`, it sends none (it counts no rows; `$6` only keeps its type) and keeps those
+/// keys in [`FREED_KEYS`] instead, for
+/// [`NOTE_FREED_KEYS_SQL`] after the keyed claim: a key that claim handed on needs no notice
+/// (every worker listening would otherwise claim, for nothing, at every keyed completion).
+fn complete_ctes(note_later: bool) -> String {
+    let note = match note_later {
+        false => format!(
+            "note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
+             WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
+             WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1)"
+        ),
+        true => format!(
+            "freed AS (SELECT set_config('{FREED_KEYS}', \
+               COALESCE(json_agg(DISTINCT u.concurrency_key)::text, '[]'), true) AS keys \
+               FROM u WHERE u.concurrency_key IS NOT NULL), \
+             note AS (SELECT $6::text FROM freed WHERE freed.keys IS NULL)"
+        ),
+    };
     format!(
         "req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
            $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
@@ -299,13 +318,38 @@ fn complete_ctes() -> String {
            RETURNING r.id, r.concurrency_key), \
          d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
            AND req.drop_steps AND req.run_id IN (SELECT id FROM u)), \
-         note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
-           WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
-           WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1), \
+         {note}, \
          again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
            WHERE $7::boolean AND (r.status = 'completed') IS TRUE AND r.lease_generation = req.gen)"
     )
 }
+
+/// The transaction-local setting that carries the keys a batch's completions freed (a JSON
+/// array) to [`NOTE_FREED_KEYS_SQL`].
+const FREED_KEYS: &str = "durably.freed_keys";
+
+/// After the keyed claim of a batch, in the same transaction: one notice if a key that the
+/// batch's completions freed (in [`FREED_KEYS`]) has a pending run and no unexpired lease
+/// (`$1` the channel, `$2` now). A key whose lock another claimer held when the batch tried it
+/// comes out free here (that claimer's lease is not committed yet, or it saw the key still
+/// held), so the notice makes someone look again after the commit. Returns the notices sent.
+///
+/// The lookups are scalar subqueries, so each runs per key through an index on the key: as
+/// `EXISTS`, the planner (guessing a few rows on a young table) joined the keys against a
+/// walk over every pending keyed run, 1 ms a batch at 4,000 pending runs.
+static NOTE_FREED_KEYS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH note AS (SELECT pg_notify($1::text, '{NOTICE_RUNS}') \
+           FROM json_array_elements_text(COALESCE(NULLIF(current_setting('{FREED_KEYS}', true), \
+             ''), '[]')::json) AS t(k) \
+           WHERE (SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
+             AND p.concurrency_key = t.k LIMIT 1) IS NOT NULL \
+           AND (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
+             AND o.concurrency_key = t.k AND o.lease_expires_at IS NOT NULL \
+             AND o.lease_expires_at > $2 LIMIT 1) IS NULL LIMIT 1) \
+         SELECT count(*) FROM note"
+    )
+});
 
 /// Whether a completion row's run is completed (by this statement or an earlier attempt).
 const COMPLETED: &str = "req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again)";
@@ -315,7 +359,7 @@ fn complete_sql() -> String {
     format!(
         "WITH {} SELECT req.run_id, {COMPLETED}, (SELECT count(*) FROM note) \
          FROM req ORDER BY req.ord",
-        complete_ctes()
+        complete_ctes(false)
     )
 }
 
@@ -325,30 +369,45 @@ fn complete_sql() -> String {
 /// `(NULL, run id, NULL, NULL for each run column, completed, notices sent)`; then one row per
 /// claim candidate, oldest first, as [`claim_sql`] returns it.
 ///
+/// With `keyed`, [`lock_claim_keys_sql`], [`claim_keyed_sql`] and [`NOTE_FREED_KEYS_SQL`]
+/// follow in the same transaction: this statement keeps the keys of its keyed candidates in
+/// [`CLAIM_KEYS`] for them, and leaves the notice to the last.
+///
 /// The claim reads the snapshot the statement started with, where the runs being completed
-/// still hold their leases: a pending run that waits for one of their concurrency keys is not
-/// seen, but its completion sends a notice (counted in the rows), and the worker looks again.
-/// Expired leases among the runs being completed are not claimed back.
-fn complete_and_claim_sql() -> String {
+/// still hold their leases: their keys count as free for picking candidates (the keyed claim
+/// checks again, later, under the keys' locks). Expired leases among the runs being completed
+/// are not claimed back.
+fn complete_and_claim_sql(keyed: bool) -> String {
     let at = ClaimPlaceholders {
         now: "$8",
         limit: "$9",
         worker: "$10",
         expires: "$11",
+        ending: " AND o.id <> ALL($1::text[])",
     };
     let claim = claim_ctes(&at, " AND r.id <> ALL($1::text[])");
     let nulls = vec!["NULL"; run_column_count()].join(", ");
     let leased = run_columns("won");
+    let (keys, completions) = match keyed {
+        false => ("", "req"),
+        true => (
+            ", keys AS (SELECT set_config('{CLAIM_KEYS}', \
+               COALESCE(json_agg(DISTINCT c.concurrency_key)::text, '[]'), true) AS keys \
+               FROM c WHERE c.concurrency_key IS NOT NULL)",
+            "req CROSS JOIN keys",
+        ),
+    };
+    let keys = keys.replace("{CLAIM_KEYS}", CLAIM_KEYS);
     format!(
-        "WITH {}, {claim} \
+        "WITH {}, {claim}{keys} \
          SELECT NULL::boolean AS keyed, req.run_id AS id, NULL::text AS concurrency_key, {nulls}, \
            {COMPLETED} AS completed, (SELECT count(*) FROM note) AS noted, req.ord AS ord, \
-           NULL::text AS created_order FROM req \
+           NULL::text AS created_order FROM {completions} \
          UNION ALL \
          SELECT c.concurrency_key IS NOT NULL, c.id, c.concurrency_key, {leased}, NULL, NULL, \
            NULL, c.created_at FROM c LEFT JOIN won ON won.id = c.id \
          ORDER BY ord, created_order, id",
-        complete_ctes()
+        complete_ctes(keyed)
     )
 }
 
@@ -411,6 +470,15 @@ async fn execute(
         }
     };
     let wanted: usize = completes.iter().map(claims_of).sum();
+    // Completions that free a concurrency key also claim keyed runs, through the keys' locks,
+    // in the same transaction: the run waiting for a freed key is leased with the completion.
+    let frees_key = completes.iter().any(|request| {
+        claims_of(request) > 0
+            && request
+                .claim
+                .as_ref()
+                .is_some_and(|(next, _)| next.frees_key)
+    });
     let mut tries: u32 = 0;
     let outcome = loop {
         // Never claims on a retry: the first attempt's claim may have committed unacknowledged
@@ -431,10 +499,22 @@ async fn execute(
             } else {
                 Some(client.prepare_cached(PERSIST_SQL).await?)
             };
-            let complete_statement = match (completes.is_empty(), claim.is_some()) {
-                (true, _) => None,
-                (false, false) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
-                (false, true) => Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?),
+            let claims_keyed = claim.is_some() && frees_key;
+            let complete_statement = match (completes.is_empty(), claim.is_some(), claims_keyed) {
+                (true, _, _) => None,
+                (false, false, _) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
+                (false, true, false) => Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?),
+                (false, true, true) => {
+                    Some(client.prepare_cached(&COMPLETE_AND_CLAIM_KEYED_SQL).await?)
+                }
+            };
+            let keyed_statements = match claims_keyed && complete_statement.is_some() {
+                true => Some((
+                    client.prepare_cached(&LOCK_CLAIM_KEYS_SQL).await?,
+                    client.prepare_cached(&CLAIM_KEYED_SQL).await?,
+                    client.prepare_cached(&NOTE_FREED_KEYS_SQL).await?,
+                )),
+                false => None,
             };
             let persist_columns = persist_columns(&persists);
             let complete_columns = complete_columns(&completes);
@@ -444,9 +524,14 @@ async fn execute(
             let channel = channel.to_owned();
             complete_params.push(&channel);
             complete_params.push(&retrying);
+            let mut keyed_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            let mut note_params: Vec<&(dyn ToSql + Sync)> = vec![&channel];
             if let Some((now, limit, worker, expires)) = &claim {
                 complete_params.extend([now as &(dyn ToSql + Sync), limit, worker, expires]);
+                keyed_params.extend([worker as &(dyn ToSql + Sync), expires, now]);
+                note_params.push(now);
             }
+            let from_setting: Option<&str> = None;
             let persisted = async {
                 match &persist_statement {
                     Some(statement) => client.query(statement, &persist_params).await.map(Some),
@@ -459,20 +544,39 @@ async fn execute(
                     None => Ok(None),
                 }
             };
+            let keyed = async {
+                match &keyed_statements {
+                    Some((lock, keyed, note)) => {
+                        let lock_params: [&(dyn ToSql + Sync); 1] = [&from_setting];
+                        let (locked, leased, noted) = futures::join!(
+                            client.query(lock, &lock_params),
+                            client.query(keyed, &keyed_params),
+                            client.query_one(note, &note_params)
+                        );
+                        locked?;
+                        let (leased, noted) = (leased?, noted?);
+                        Ok(Some((leased, count(&noted, 0)? > 0)))
+                    }
+                    None => Ok::<_, Fail>(None),
+                }
+            };
             // Pipelined: every statement goes out at once, in this order, in one transaction.
             // After a failed statement the rest fail too and `COMMIT` rolls back. A lone
             // statement is its own transaction: no `BEGIN` and `COMMIT` to parse and answer.
-            let block = persist_statement.is_some() && complete_statement.is_some();
-            let (began, persisted, completed, committed) = futures::join!(
+            let block = (persist_statement.is_some() && complete_statement.is_some())
+                || keyed_statements.is_some();
+            let (began, persisted, completed, keyed, committed) = futures::join!(
                 in_block(&client, block, "BEGIN"),
                 persisted,
                 completed,
+                keyed,
                 in_block(&client, block, "COMMIT")
             );
             began?;
-            let (persisted, completed) = (persisted?, completed?);
+            let (persisted, completed, keyed) = (persisted?, completed?, keyed?);
             committed?;
-            Ok::<_, Fail>((persisted, completed, claim.is_some()))
+            let claimed = claim.is_some().then_some(keyed);
+            Ok::<_, Fail>((persisted, completed, claimed))
         };
         match attempt.await {
             Ok(rows) => break Ok(rows),
@@ -497,7 +601,7 @@ async fn execute(
         }
     };
     match outcome {
-        Ok((persisted, completed, looked)) => {
+        Ok((persisted, completed, claimed)) => {
             let persisted = persisted.unwrap_or_default();
             let results: Vec<_> = persisted
                 .iter()
@@ -524,11 +628,34 @@ async fn execute(
                     .reply
                     .send(result.map_err(|f| f.into_error("persist_step")));
             }
+            let looked = claimed.is_some();
             let Completions {
                 completed,
-                runs,
-                look_again,
+                mut runs,
+                keyed_keys,
+                noted,
             } = read_completions(completed.unwrap_or_default(), looked);
+            let look_again = match claimed.flatten() {
+                // The keyed claim ran: only a keyed candidate it could not lease (another
+                // claimer holds its key or its row), or a freed key it did not hand on, may
+                // have been left behind.
+                Some((keyed_rows, noted)) => {
+                    let leased = keyed_rows.len();
+                    for row in &keyed_rows {
+                        match run_from_row(row, 0) {
+                            Ok(run) => runs.push(run),
+                            // Cannot happen with the schema we migrate; the lease expires.
+                            Err(fail) => tracing::error!(
+                                error = %fail.describe(),
+                                "unreadable claimed run"
+                            ),
+                        }
+                    }
+                    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                    leased < keyed_keys || noted
+                }
+                None => keyed_keys > 0 || noted,
+            };
             let mut runs = runs.into_iter();
             for (request, done) in completes.into_iter().zip(completed) {
                 let wanted = claims_of(&request);
@@ -557,7 +684,11 @@ async fn execute(
 
 /// The statement texts, built once (every batch looks its prepared statement up by text).
 static COMPLETE_SQL: LazyLock<String> = LazyLock::new(complete_sql);
-static COMPLETE_AND_CLAIM_SQL: LazyLock<String> = LazyLock::new(complete_and_claim_sql);
+static COMPLETE_AND_CLAIM_SQL: LazyLock<String> = LazyLock::new(|| complete_and_claim_sql(false));
+static COMPLETE_AND_CLAIM_KEYED_SQL: LazyLock<String> =
+    LazyLock::new(|| complete_and_claim_sql(true));
+static LOCK_CLAIM_KEYS_SQL: LazyLock<String> = LazyLock::new(lock_claim_keys_sql);
+static CLAIM_KEYED_SQL: LazyLock<String> = LazyLock::new(claim_keyed_sql);
 
 /// What the completion statement returned.
 struct Completions {
@@ -565,10 +696,10 @@ struct Completions {
     completed: Vec<std::result::Result<bool, Fail>>,
     /// Keyless runs the claim leased, oldest first.
     runs: Vec<Run>,
-    /// The claim may have left claimable runs behind: a keyed candidate (not leased here), or a
-    /// pending run that waits for the key of a run completed here (which the claim's snapshot
-    /// shows still leased).
-    look_again: bool,
+    /// The distinct keys of the keyed candidates, which only the keyed claim leases.
+    keyed_keys: usize,
+    /// A completion freed a key that a pending run waits for (and sent a notice).
+    noted: bool,
 }
 
 /// Reads the rows of [`complete_sql`] (`claimed` false) or [`complete_and_claim_sql`].
@@ -576,8 +707,10 @@ fn read_completions(rows: Vec<tokio_postgres::Row>, claimed: bool) -> Completion
     let mut read = Completions {
         completed: Vec::new(),
         runs: Vec::new(),
-        look_again: false,
+        keyed_keys: 0,
+        noted: false,
     };
+    let mut keys = HashSet::new();
     if !claimed {
         read.completed = rows.iter().map(|row| count_bool(row, 1)).collect();
         return read;
@@ -595,10 +728,15 @@ fn read_completions(rows: Vec<tokio_postgres::Row>, claimed: bool) -> Completion
             // A completion.
             None => {
                 let noted = count(row, tail + 1).map(|sent| sent > 0);
-                read.look_again |= noted.unwrap_or(true);
+                read.noted |= noted.unwrap_or(true);
                 read.completed.push(count_bool(row, tail));
             }
-            Some(true) => read.look_again = true,
+            Some(true) => match row.try_get::<_, String>(2) {
+                Ok(key) => {
+                    keys.insert(key);
+                }
+                Err(_) => read.noted = true,
+            },
             Some(false) => match run_from_row(row, 3) {
                 Ok(run) => read.runs.push(run),
                 // Cannot happen with the schema we migrate; the run's lease expires.
@@ -606,6 +744,7 @@ fn read_completions(rows: Vec<tokio_postgres::Row>, claimed: bool) -> Completion
             },
         }
     }
+    read.keyed_keys = keys.len();
     read
 }
 
@@ -701,7 +840,10 @@ fn complete_columns(requests: &[CompleteRequest]) -> CompleteColumns {
 mod tests {
     use std::time::Duration;
 
-    use super::{PERSIST_SQL, PLANNER_SETTINGS, complete_and_claim_sql, complete_sql};
+    use super::{
+        NOTE_FREED_KEYS_SQL, PERSIST_SQL, PLANNER_SETTINGS, claim_keyed_sql,
+        complete_and_claim_sql, complete_sql, lock_claim_keys_sql,
+    };
     use crate::Timestamp;
     use crate::store::postgres::test_schema;
     use crate::store::{NewRun, Store};
@@ -766,7 +908,8 @@ mod tests {
 
     /// On a queue the server has not analysed yet, with a thousand runs leased, the batch
     /// statements still find their rows by key: no sequential or bitmap scan, whose cost grows
-    /// with the table (every step and completion would read every leased run).
+    /// with the table (every step and completion would read every leased run); the keyed claim
+    /// finds a key's runs by their key.
     #[tokio::test]
     async fn batch_writes_find_their_rows_by_key_on_a_table_never_analysed() {
         let (store, client, schema) = test_schema::fresh().await;
@@ -809,22 +952,64 @@ mod tests {
         let complete_and_claim = plan(
             &client,
             "complete_and_claim",
-            &complete_and_claim_sql(),
+            &complete_and_claim_sql(false),
             &format!(
                 "'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false, \
                  '{now}', 1, 'w', '{now}'"
             ),
         )
         .await;
+        let lock_keys = plan(&client, "lock_keys", &lock_claim_keys_sql(), "NULL").await;
+        let note_freed_keys = plan(
+            &client,
+            "note_freed_keys",
+            &NOTE_FREED_KEYS_SQL,
+            &format!("'c', '{now}'"),
+        )
+        .await;
+        let claim_keyed = plan(
+            &client,
+            "claim_keyed",
+            &claim_keyed_sql(),
+            &format!("'w', '{now}', '{now}'"),
+        )
+        .await;
         test_schema::drop(&client, &schema).await;
         for (name, plan) in [
-            ("persist", persist),
-            ("complete", complete),
-            ("complete_and_claim", complete_and_claim),
+            ("persist", &persist),
+            ("complete", &complete),
+            ("complete_and_claim", &complete_and_claim),
+            ("lock_keys", &lock_keys),
+            ("claim_keyed", &claim_keyed),
+            ("note_freed_keys", &note_freed_keys),
         ] {
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
             assert!(!plan.contains("Bitmap"), "{name}: {plan}");
+        }
+        for (name, plan) in [
+            ("persist", &persist),
+            ("complete", &complete),
+            ("complete_and_claim", &complete_and_claim),
+        ] {
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
         }
+        // Each freed key looked up by its key: no join of the keys against an index walk.
+        assert!(!note_freed_keys.contains("Join"), "{note_freed_keys}");
+        assert_eq!(
+            note_freed_keys
+                .matches("Index Cond: (concurrency_key = t.k)")
+                .count()
+                + note_freed_keys
+                    .matches("AND (concurrency_key = t.k))")
+                    .count(),
+            2,
+            "{note_freed_keys}"
+        );
+        // A key's oldest pending run through durably's index of pending keyed runs, never a
+        // walk over every pending run.
+        assert!(
+            claim_keyed.contains("durably_rs_runs_pending_key_order"),
+            "{claim_keyed}"
+        );
     }
 }
