@@ -958,17 +958,21 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
     look(&markers[0]).await; // the enqueues' own notices
 
     // Handed on: the waiting run is leased in the same call, and no notice goes out.
-    let (completed, claimed) = store
-        .complete_run_and_claim(
-            &durably::Fence::of(&handed_holder),
-            None,
-            durably::Timestamp::now(),
-            true,
-            &next,
-        )
-        .await
-        .expect("complete and claim");
-    assert!(completed);
+    let complete = async |holder: &durably::Run| {
+        let (completed, claimed) = store
+            .complete_run_and_claim(
+                &durably::Fence::of(holder),
+                None,
+                durably::Timestamp::now(),
+                true,
+                &next,
+            )
+            .await
+            .expect("complete and claim");
+        assert!(completed);
+        claimed
+    };
+    let claimed = complete(&handed_holder).await;
     let ids: Vec<&str> = claimed.iter().map(|run| run.id.as_str()).collect();
     assert_eq!(ids, [handed_waiting.run.id.as_str()]);
     assert!(!look(&markers[1]).await, "a key handed on wakes nobody");
@@ -981,17 +985,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
         ))
         .await
         .expect("hold the key's lock");
-    let (completed, claimed) = store
-        .complete_run_and_claim(
-            &durably::Fence::of(&blocked_holder),
-            None,
-            durably::Timestamp::now(),
-            true,
-            &next,
-        )
-        .await
-        .expect("complete and claim");
-    assert!(completed);
+    let claimed = complete(&blocked_holder).await;
     assert!(claimed.is_empty(), "{claimed:?}");
     assert!(
         look(&markers[2]).await,
