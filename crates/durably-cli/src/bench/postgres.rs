@@ -30,6 +30,11 @@ const ENV_CHILD_GO: &str = "DURABLY_BENCH_PG_GO";
 /// Worker processes of `multi-worker`.
 const WORKERS: usize = 4;
 
+/// Whether this process is a worker process of `multi-worker` (started by [`multi_worker`]).
+pub(super) fn is_worker_process() -> bool {
+    std::env::var_os(ENV_CHILD_SCHEMA).is_some()
+}
+
 /// Set in the worker processes of `multi-worker`: `off` for `synchronous_commit=off`.
 const ENV_CHILD_SYNC: &str = "DURABLY_BENCH_PG_SYNC";
 
