@@ -1,7 +1,9 @@
 //! `durably bench --backend postgres --db URL`: the same workloads on PostgreSQL, each in a fresh
 //! schema of the given database (dropped afterwards), plus `multi-worker`: 4 worker processes
 //! (this binary re-executed, each with concurrency 1) drain one backlog in one schema, and every
-//! process reports how many step executions it made, for the exactly-once check.
+//! process reports how many step executions it made, for the exactly-once check, and when its
+//! last run completed: `process_s` runs from the start signal to the last completion of any
+//! process (as the other workloads stop at their last completion), not to the processes' exit.
 //!
 //! `--synchronous off` runs the sessions with `synchronous_commit=off` (the line then says
 //! `"synchronous":"off"`; otherwise `"on"`, every commit waiting for its WAL flush).
@@ -11,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use durably::{Durably, PostgresOptions, PostgresStore, RunFilter, RunStatus, TriggerOptions};
+use durably::{
+    Durably, EventType, PostgresOptions, PostgresStore, RunFilter, RunStatus, TriggerOptions,
+};
 use serde_json::json;
 
 use super::{
@@ -198,17 +202,22 @@ async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value,
             other => return Err(format!("worker did not start: {other:?}").into()),
         }
     }
-    let started = Instant::now();
+    let started = epoch_micros();
     std::fs::write(&go, b"go")?;
     let mut executions = 0u64;
+    let mut last_completed = started;
     for lines in outputs {
         let summary = tokio::task::spawn_blocking(move || lines.last())
             .await?
             .ok_or("worker printed no summary")??;
         let value: serde_json::Value = serde_json::from_str(&summary)?;
         executions += value["executions"].as_u64().ok_or("worker summary")?;
+        let last = value["last_completed_us"]
+            .as_u64()
+            .ok_or("worker summary")?;
+        last_completed = last_completed.max(last);
     }
-    let process_s = started.elapsed().as_secs_f64();
+    let process_s = (last_completed - started) as f64 / 1e6;
     for child in &mut children.0 {
         let status = child.wait()?;
         if !status.success() {
@@ -260,6 +269,13 @@ async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxErro
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
     durably.register(bench_job("bench".into(), 1, executions.clone()))?;
+    let last_completed = Arc::new(AtomicU64::new(0));
+    let _listener = {
+        let last_completed = last_completed.clone();
+        durably.on(EventType::RunComplete, move |_| {
+            last_completed.fetch_max(epoch_micros(), Ordering::SeqCst);
+        })
+    };
     durably.migrate().await?;
     println!("ready");
     while !Path::new(&go).exists() {
@@ -284,7 +300,17 @@ async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxErro
     durably.stop().await;
     println!(
         "{}",
-        json!({ "executions": executions.load(Ordering::SeqCst) })
+        json!({
+            "executions": executions.load(Ordering::SeqCst),
+            "last_completed_us": last_completed.load(Ordering::SeqCst),
+        })
     );
     Ok(())
+}
+
+/// Microseconds since the Unix epoch: the clock the processes of `multi-worker` share.
+fn epoch_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
 }
