@@ -838,74 +838,33 @@ async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(backe
 }
 
 /// `complete_run_and_claim` around the run it completes: a run waiting for the completed run's
-/// concurrency key is claimed in the same call or announced with a notice (never left for the
-/// poll), and claimed in the same call when the worker says the completed run holds a key
-/// ([`ClaimRequest::frees_key`]); a completed run whose own lease had expired is not claimed
+/// concurrency key is claimed in the same call (the worker says the run holds a key,
+/// [`ClaimRequest::frees_key`]), and a completed run whose own lease had expired is not claimed
 /// back.
-async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(backend: Backend) {
+async fn complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_it(backend: Backend) {
     let (_db, store) = open(backend).await;
     let t0 = Timestamp::now();
-    let holder = enqueue(&store, keyed("job", "k"), t0).await;
+    // A key of its own: PostgreSQL's key locks are shared by every test on the database.
+    let key = format!("freed-{}-{t0}", std::process::id());
+    let holder = enqueue(&store, keyed("job", &key), t0).await;
     let running = claim(&store, "w", t0 + ms(1), LEASE)
         .await
         .expect("claimable");
     assert_eq!(running.id, holder.id);
-    let waiting = enqueue(&store, keyed("job", "k"), t0 + ms(2)).await;
+    let waiting = enqueue(&store, keyed("job", &key), t0 + ms(2)).await;
     assert!(
         claim(&store, "w", t0 + ms(3), LEASE).await.is_none(),
         "key held"
     );
-    let mut notices = store.notifications();
     let next = ClaimRequest {
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
-        frees_key: false,
+        frees_key: true,
     };
     let at = t0 + ms(10);
     let (completed, claimed) = store
         .complete_run_and_claim(&Fence::of(&running), None, at, true, &next)
-        .await
-        .expect("complete and claim");
-    assert!(completed);
-    if claimed.is_empty() {
-        let notices = notices
-            .as_mut()
-            .expect("a store that leaves a run behind announces it");
-        within("a RunsAvailable notice", Duration::from_secs(10), async {
-            loop {
-                match notices.recv().await {
-                    Ok(durably::StoreNotice::RunsAvailable) => break,
-                    Ok(_) => continue,
-                    Err(error) => panic!("notices ended: {error}"),
-                }
-            }
-        })
-        .await;
-        let leased = claim(&store, "w", at, LEASE).await.expect("claimable now");
-        assert_eq!(leased.id, waiting.id);
-    } else {
-        assert_eq!(
-            claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            vec![waiting.id.as_str()]
-        );
-    }
-
-    // Told that the run frees a key, the store claims the run waiting for it in the same call.
-    // (A key of its own: PostgreSQL's key locks are shared by every test on the database.)
-    let key = format!("freed-{}-{at}", std::process::id());
-    let holder = enqueue(&store, keyed("job", &key), at).await;
-    let running = claim(&store, "w", at + ms(1), LEASE)
-        .await
-        .expect("claimable");
-    assert_eq!(running.id, holder.id);
-    let waiting = enqueue(&store, keyed("job", &key), at + ms(2)).await;
-    let freeing = ClaimRequest {
-        frees_key: true,
-        ..next.clone()
-    };
-    let (completed, claimed) = store
-        .complete_run_and_claim(&Fence::of(&running), None, at + ms(3), true, &freeing)
         .await
         .expect("complete and claim");
     assert!(completed);
@@ -920,8 +879,12 @@ async fn complete_run_and_claim_announces_a_run_waiting_for_the_completed_key(ba
     let short = claim(&store, "w", at + ms(1), ms(5)).await.expect("late");
     assert_eq!(short.id, late.id);
     let after_expiry = at + ms(1000);
+    let keyless = ClaimRequest {
+        frees_key: false,
+        ..next.clone()
+    };
     let (completed, claimed) = store
-        .complete_run_and_claim(&Fence::of(&short), None, after_expiry, true, &next)
+        .complete_run_and_claim(&Fence::of(&short), None, after_expiry, true, &keyless)
         .await
         .expect("complete and claim");
     assert!(completed, "the fence still held");
@@ -1900,7 +1863,7 @@ backend_tests!(
     persist_step_is_fenced_and_advances_counters,
     complete_run_is_fenced,
     complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run,
-    complete_run_and_claim_announces_a_run_waiting_for_the_completed_key,
+    complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_it,
     enqueue_and_claim_claims_only_after_creating_a_run,
     fail_run_is_fenced,
     cancel_run_only_cancels_active_runs,

@@ -175,10 +175,11 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The most runs to claim.
     pub max: usize,
-    /// Whether the run whose write carries this claim holds a concurrency key. Its completion
-    /// frees that key for the next run waiting for it, which a backend may then claim in the
-    /// same transaction (PostgreSQL takes the key's advisory lock for that only when asked
-    /// here, sparing keyless queues the statements).
+    /// Whether the run whose write carries this claim holds a concurrency key; set it whenever
+    /// it does. Its completion frees that key for the next run waiting for it, which the
+    /// backend claims in the same transaction or announces ([`StoreNotice::RunsAvailable`]).
+    /// Told `false`, a backend may skip that work: PostgreSQL then sends neither the key
+    /// statements nor the check for waiting runs, sparing keyless queues both.
     pub frees_key: bool,
 }
 

@@ -284,31 +284,62 @@ const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::big
   SELECT req.step_id, req.run_id IN (SELECT id FROM run), req.step_id IN (SELECT id FROM ins), \
     req.step_id IN (SELECT id FROM mine), (SELECT count(*) FROM upd) FROM req ORDER BY req.ord";
 
-/// The completions' common table expressions (`req`, `u`, `d`, `note`, `again`), for a `WITH`
-/// list: `$1`-`$5` the runs, fences, outputs, times and whether to drop their steps, `$6` the
-/// notification channel, `$7` whether this is a retry (then `again` finds completions an
-/// earlier attempt committed).
+/// What a completion statement does about runs waiting for the keys its completions free.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// Sends one notice (on the channel, `$6`) when a completed run's key has a pending run.
+    Now,
+    /// Sends none and keeps the completed runs' keys in [`FREED_KEYS`] for
+    /// [`NOTE_FREED_KEYS_SQL`] after the keyed claim (channel `$6` only typed): a key that
+    /// claim handed on needs no notice (every listening worker would otherwise claim, for
+    /// nothing, at every keyed completion).
+    Later,
+    /// Nothing: the worker said that no completed run holds a key (no channel parameter).
+    Never,
+}
+
+/// The completions' common table expressions (`req`, `u`, `d`, `note`, and with `retry` also
+/// `again`), for a `WITH` list: `$1`-`$5` the runs, fences, outputs, times and whether to drop
+/// their steps; then, numbered on, the notification channel (unless [`Note::Never`]) and with
+/// `retry` whether this is a retry (`again` then finds completions an earlier attempt
+/// committed). Returns the text and the next free parameter number.
 ///
-/// `note` sends a notice when a completed run's key has a pending run waiting for it. With
-/// `note_later`, it sends none (it counts no rows; `$6` only keeps its type) and keeps those
-/// keys in [`FREED_KEYS`] instead, for
-/// [`NOTE_FREED_KEYS_SQL`] after the keyed claim: a key that claim handed on needs no notice
-/// (every worker listening would otherwise claim, for nothing, at every keyed completion).
-fn complete_ctes(note_later: bool) -> String {
-    let note = match note_later {
-        false => format!(
-            "note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
+/// A claim is never retried (an unacknowledged claim may have committed), so the statements
+/// that claim leave `again` out; with [`Note::Never`] also `note`: each is a join or a lookup
+/// per completion that the planner sets up at every execution (together 7 % of the
+/// `multi-worker` throughput, 4 interleaved pairs).
+fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
+    let mut next = 6;
+    let mut placeholder = || {
+        next += 1;
+        format!("${}", next - 1)
+    };
+    let note = match note {
+        Note::Now => format!(
+            "note AS (SELECT pg_notify({}::text, '{NOTICE_RUNS}') FROM u \
              WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
-             WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1)"
+             WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key) LIMIT 1), ",
+            placeholder()
         ),
-        true => format!(
+        Note::Later => format!(
             "freed AS (SELECT set_config('{FREED_KEYS}', \
                COALESCE(json_agg(DISTINCT u.concurrency_key)::text, '[]'), true) AS keys \
                FROM u WHERE u.concurrency_key IS NOT NULL), \
-             note AS (SELECT $6::text FROM freed WHERE freed.keys IS NULL)"
+             note AS (SELECT {}::text FROM freed WHERE freed.keys IS NULL), ",
+            placeholder()
         ),
+        Note::Never => "note AS (SELECT 1 WHERE false), ".to_owned(),
     };
-    format!(
+    let again = match retry {
+        true => format!(
+            ", again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
+               WHERE {}::boolean AND (r.status = 'completed') IS TRUE \
+               AND r.lease_generation = req.gen)",
+            placeholder()
+        ),
+        false => String::new(),
+    };
+    let text = format!(
         "req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
            $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
          u AS (UPDATE durably_runs r SET status = 'completed', output = req.output, error = NULL, \
@@ -316,12 +347,11 @@ fn complete_ctes(note_later: bool) -> String {
            FROM req WHERE r.id = req.run_id AND (r.status = 'leased') IS TRUE \
              AND r.lease_generation = req.gen \
            RETURNING r.id, r.concurrency_key), \
+         {note}\
          d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
-           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)), \
-         {note}, \
-         again AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
-           WHERE $7::boolean AND (r.status = 'completed') IS TRUE AND r.lease_generation = req.gen)"
-    )
+           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)){again}"
+    );
+    (text, next)
 }
 
 /// The transaction-local setting that carries the keys a batch's completions freed (a JSON
@@ -355,59 +385,56 @@ static NOTE_FREED_KEYS_SQL: LazyLock<String> = LazyLock::new(|| {
 const COMPLETED: &str = "req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELECT id FROM again)";
 
 /// The completions: one row per request, in order: `(run id, completed, notices sent)`.
+/// `$6` the channel, `$7` whether this is a retry.
 fn complete_sql() -> String {
+    let (ctes, _) = complete_ctes(Note::Now, true);
     format!(
-        "WITH {} SELECT req.run_id, {COMPLETED}, (SELECT count(*) FROM note) \
-         FROM req ORDER BY req.ord",
-        complete_ctes(false)
+        "WITH {ctes} SELECT req.run_id, {COMPLETED}, (SELECT count(*) FROM note) \
+         FROM req ORDER BY req.ord"
     )
 }
 
 /// The completions and, in the same statement (so the same transaction, with no `BEGIN` and
-/// `COMMIT` to send), the claim of the slots they hand on: `$8` now, `$9` how many, `$10` the
-/// worker, `$11` the lease expiry. First one row per completion, in order, as
-/// `(NULL, run id, NULL, NULL for each run column, completed, notices sent)`; then one row per
-/// claim candidate, oldest first, as [`claim_sql`] returns it.
+/// `COMMIT` to send), the claim of the slots they hand on: after the completions' parameters
+/// (see [`complete_ctes`]; never a retry) now, how many, the worker and the lease expiry. First
+/// one row per completion, in order, as `(NULL, run id, NULL, NULL for each run column,
+/// completed, notices sent)`; then one row per claim candidate, oldest first, as [`claim_sql`]
+/// returns it.
 ///
-/// With `keyed`, [`lock_claim_keys_sql`], [`claim_keyed_sql`] and [`NOTE_FREED_KEYS_SQL`]
-/// follow in the same transaction: this statement keeps the keys of its keyed candidates in
-/// [`CLAIM_KEYS`] for them, and leaves the notice to the last.
+/// With [`Note::Later`], [`lock_claim_keys_sql`], [`claim_keyed_sql`] and
+/// [`NOTE_FREED_KEYS_SQL`] follow in the same transaction: this statement keeps the keys of its
+/// keyed candidates in [`CLAIM_KEYS`] for them, and leaves the notice to the last.
 ///
 /// The claim reads the snapshot the statement started with, where the runs being completed
 /// still hold their leases: their keys count as free for picking candidates (the keyed claim
 /// checks again, later, under the keys' locks). Expired leases among the runs being completed
 /// are not claimed back.
-fn complete_and_claim_sql(keyed: bool) -> String {
-    let at = ClaimPlaceholders {
-        now: "$8",
-        limit: "$9",
-        worker: "$10",
-        expires: "$11",
-        ending: " AND o.id <> ALL($1::text[])",
-    };
+fn complete_and_claim_sql(note: Note) -> String {
+    let (ctes, next) = complete_ctes(note, false);
+    let at = ClaimPlaceholders::numbered_from(next, " AND o.id <> ALL($1::text[])");
     let claim = claim_ctes(&at, " AND r.id <> ALL($1::text[])");
     let nulls = vec!["NULL"; run_column_count()].join(", ");
     let leased = run_columns("won");
-    let (keys, completions) = match keyed {
-        false => ("", "req"),
-        true => (
-            ", keys AS (SELECT set_config('{CLAIM_KEYS}', \
-               COALESCE(json_agg(DISTINCT c.concurrency_key)::text, '[]'), true) AS keys \
-               FROM c WHERE c.concurrency_key IS NOT NULL)",
+    let (keys, completions) = match note {
+        Note::Later => (
+            format!(
+                ", keys AS (SELECT set_config('{CLAIM_KEYS}', \
+                   COALESCE(json_agg(DISTINCT c.concurrency_key)::text, '[]'), true) AS keys \
+                   FROM c WHERE c.concurrency_key IS NOT NULL)"
+            ),
             "req CROSS JOIN keys",
         ),
+        Note::Now | Note::Never => (String::new(), "req"),
     };
-    let keys = keys.replace("{CLAIM_KEYS}", CLAIM_KEYS);
     format!(
-        "WITH {}, {claim}{keys} \
+        "WITH {ctes}, {claim}{keys} \
          SELECT NULL::boolean AS keyed, req.run_id AS id, NULL::text AS concurrency_key, {nulls}, \
-           {COMPLETED} AS completed, (SELECT count(*) FROM note) AS noted, req.ord AS ord, \
-           NULL::text AS created_order FROM {completions} \
+           req.run_id IN (SELECT id FROM u) AS completed, (SELECT count(*) FROM note) AS noted, \
+           req.ord AS ord, NULL::text AS created_order FROM {completions} \
          UNION ALL \
          SELECT c.concurrency_key IS NOT NULL, c.id, c.concurrency_key, {leased}, NULL, NULL, \
            NULL, c.created_at FROM c LEFT JOIN won ON won.id = c.id \
-         ORDER BY ord, created_order, id",
-        complete_ctes(keyed)
+         ORDER BY ord, created_order, id"
     )
 }
 
@@ -479,6 +506,13 @@ async fn execute(
                 .as_ref()
                 .is_some_and(|(next, _)| next.frees_key)
     });
+    // Every completion comes from a worker that said its run holds no key: none can free one.
+    let keyless = completes.iter().all(|request| {
+        request
+            .claim
+            .as_ref()
+            .is_some_and(|(next, _)| !next.frees_key)
+    });
     let mut tries: u32 = 0;
     let outcome = loop {
         // Never claims on a retry: the first attempt's claim may have committed unacknowledged
@@ -499,16 +533,29 @@ async fn execute(
             } else {
                 Some(client.prepare_cached(PERSIST_SQL).await?)
             };
-            let claims_keyed = claim.is_some() && frees_key;
-            let complete_statement = match (completes.is_empty(), claim.is_some(), claims_keyed) {
-                (true, _, _) => None,
-                (false, false, _) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
-                (false, true, false) => Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?),
-                (false, true, true) => {
+            // With a claim: the statement for what the completions' keys need (see [`Note`]).
+            let note = match claim.is_some() {
+                false => None,
+                true if frees_key => Some(Note::Later),
+                true if keyless => Some(Note::Never),
+                true => Some(Note::Now),
+            };
+            let complete_statement = match (completes.is_empty(), note) {
+                (true, _) => None,
+                (false, None) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
+                (false, Some(Note::Now)) => {
+                    Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?)
+                }
+                (false, Some(Note::Never)) => Some(
+                    client
+                        .prepare_cached(&COMPLETE_AND_CLAIM_KEYLESS_SQL)
+                        .await?,
+                ),
+                (false, Some(Note::Later)) => {
                     Some(client.prepare_cached(&COMPLETE_AND_CLAIM_KEYED_SQL).await?)
                 }
             };
-            let keyed_statements = match claims_keyed && complete_statement.is_some() {
+            let keyed_statements = match note == Some(Note::Later) {
                 true => Some((
                     client.prepare_cached(&LOCK_CLAIM_KEYS_SQL).await?,
                     client.prepare_cached(&CLAIM_KEYED_SQL).await?,
@@ -522,8 +569,12 @@ async fn execute(
             let persist_params: Vec<&(dyn ToSql + Sync)> = persist_columns.params();
             let mut complete_params: Vec<&(dyn ToSql + Sync)> = complete_columns.params();
             let channel = channel.to_owned();
-            complete_params.push(&channel);
-            complete_params.push(&retrying);
+            if note != Some(Note::Never) {
+                complete_params.push(&channel);
+            }
+            if note.is_none() {
+                complete_params.push(&retrying);
+            }
             let mut keyed_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
             let mut note_params: Vec<&(dyn ToSql + Sync)> = vec![&channel];
             if let Some((now, limit, worker, expires)) = &claim {
@@ -684,9 +735,12 @@ async fn execute(
 
 /// The statement texts, built once (every batch looks its prepared statement up by text).
 static COMPLETE_SQL: LazyLock<String> = LazyLock::new(complete_sql);
-static COMPLETE_AND_CLAIM_SQL: LazyLock<String> = LazyLock::new(|| complete_and_claim_sql(false));
+static COMPLETE_AND_CLAIM_SQL: LazyLock<String> =
+    LazyLock::new(|| complete_and_claim_sql(Note::Now));
+static COMPLETE_AND_CLAIM_KEYLESS_SQL: LazyLock<String> =
+    LazyLock::new(|| complete_and_claim_sql(Note::Never));
 static COMPLETE_AND_CLAIM_KEYED_SQL: LazyLock<String> =
-    LazyLock::new(|| complete_and_claim_sql(true));
+    LazyLock::new(|| complete_and_claim_sql(Note::Later));
 static LOCK_CLAIM_KEYS_SQL: LazyLock<String> = LazyLock::new(lock_claim_keys_sql);
 static CLAIM_KEYED_SQL: LazyLock<String> = LazyLock::new(claim_keyed_sql);
 
@@ -841,7 +895,7 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        NOTE_FREED_KEYS_SQL, PERSIST_SQL, PLANNER_SETTINGS, claim_keyed_sql,
+        NOTE_FREED_KEYS_SQL, Note, PERSIST_SQL, PLANNER_SETTINGS, claim_keyed_sql,
         complete_and_claim_sql, complete_sql, lock_claim_keys_sql,
     };
     use crate::Timestamp;
@@ -949,16 +1003,21 @@ mod tests {
             &format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false"),
         )
         .await;
-        let complete_and_claim = plan(
-            &client,
-            "complete_and_claim",
-            &complete_and_claim_sql(false),
-            &format!(
-                "'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false, \
-                 '{now}', 1, 'w', '{now}'"
+        let completions = format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}'");
+        let claim = format!("'{now}', 1, 'w', '{now}'");
+        let mut complete_and_claim = Vec::new();
+        for (name, note, arguments) in [
+            (
+                "complete_and_claim",
+                Note::Now,
+                format!("{completions}, 'c', {claim}"),
             ),
-        )
-        .await;
+            ("keyless", Note::Never, format!("{completions}, {claim}")),
+            ("keyed", Note::Later, format!("{completions}, 'c', {claim}")),
+        ] {
+            let sql = complete_and_claim_sql(note);
+            complete_and_claim.push((name, plan(&client, name, &sql, &arguments).await));
+        }
         let lock_keys = plan(&client, "lock_keys", &lock_claim_keys_sql(), "NULL").await;
         let note_freed_keys = plan(
             &client,
@@ -975,22 +1034,18 @@ mod tests {
         )
         .await;
         test_schema::drop(&client, &schema).await;
-        for (name, plan) in [
-            ("persist", &persist),
-            ("complete", &complete),
-            ("complete_and_claim", &complete_and_claim),
+        let by_key = [("persist", &persist), ("complete", &complete)]
+            .into_iter()
+            .chain(complete_and_claim.iter().map(|(name, plan)| (*name, plan)));
+        for (name, plan) in by_key.clone().chain([
             ("lock_keys", &lock_keys),
             ("claim_keyed", &claim_keyed),
             ("note_freed_keys", &note_freed_keys),
-        ] {
+        ]) {
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
             assert!(!plan.contains("Bitmap"), "{name}: {plan}");
         }
-        for (name, plan) in [
-            ("persist", &persist),
-            ("complete", &complete),
-            ("complete_and_claim", &complete_and_claim),
-        ] {
+        for (name, plan) in by_key {
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
         }
         // Each freed key looked up by its key: no join of the keys against an index walk.

@@ -1290,16 +1290,16 @@ fn claim_sql_when(condition: &str) -> String {
     format!(
         "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
          {leased} FROM c LEFT JOIN won ON won.id = c.id ORDER BY c.created_at ASC, c.id ASC",
-        claim_ctes(&ClaimPlaceholders::FIRST, condition)
+        claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition)
     )
 }
 
 /// Where a claim's parameters are in its statement.
 pub(super) struct ClaimPlaceholders {
-    pub now: &'static str,
-    pub limit: &'static str,
-    pub worker: &'static str,
-    pub expires: &'static str,
+    pub now: String,
+    pub limit: String,
+    pub worker: String,
+    pub expires: String,
     /// A condition over `o` (after `AND`, or empty) true of runs whose leases end with the
     /// statement: their keys count as free when picking keyed candidates (which only the keyed
     /// claim, under the keys' locks and in a later snapshot, leases).
@@ -1307,14 +1307,17 @@ pub(super) struct ClaimPlaceholders {
 }
 
 impl ClaimPlaceholders {
-    /// A claim statement of its own: `$1` now, `$2` limit, `$3` worker, `$4` lease expiry.
-    const FIRST: ClaimPlaceholders = ClaimPlaceholders {
-        now: "$1",
-        limit: "$2",
-        worker: "$3",
-        expires: "$4",
-        ending: "",
-    };
+    /// Parameters `$first` now, then limit, worker and lease expiry.
+    pub(super) fn numbered_from(first: usize, ending: &'static str) -> Self {
+        let number = |offset: usize| format!("${}", first + offset);
+        ClaimPlaceholders {
+            now: number(0),
+            limit: number(1),
+            worker: number(2),
+            expires: number(3),
+            ending,
+        }
+    }
 }
 
 /// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
