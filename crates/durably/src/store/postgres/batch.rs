@@ -306,7 +306,7 @@ enum Note {
 ///
 /// A claim is never retried (an unacknowledged claim may have committed), so the statements
 /// that claim leave `again` out; with [`Note::Never`] also `note`: each is a join or a lookup
-/// per completion that the planner sets up at every execution (together 7 % of the
+/// per completion that the executor sets up at every execution (together 10 % of the
 /// `multi-worker` throughput, 4 interleaved pairs).
 fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
     let mut next = 6;
