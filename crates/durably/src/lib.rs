@@ -40,6 +40,7 @@ pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod job;
+mod lease;
 pub mod run;
 pub mod step;
 pub mod store;

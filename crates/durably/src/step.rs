@@ -18,13 +18,15 @@ use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
+use crate::lease::LeaseClock;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::time::Timestamp;
 
-/// While a fenced write confirmed this worker's ownership more recently than this, `step.run`
-/// skips re-reading the run before a step (the fence still guards every write; in-process
-/// cancellation fires the token at once).
+/// While a fenced write *sent* less than this ago confirmed this worker's ownership (and the
+/// lease is provably valid, see [`crate::lease`]), `step.run` skips re-reading the run before a
+/// step: the read only looks for a cancellation made by another process (the fence still
+/// guards every write; in-process cancellation fires the token at once).
 const OWNERSHIP_FRESHNESS: Duration = Duration::from_millis(100);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,8 +59,8 @@ pub(crate) struct StepShared {
     current_step: Mutex<Option<String>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, Value>>>,
-    /// When a fenced write last proved this worker still owns the run.
-    confirmed_at: Mutex<Instant>,
+    /// This worker's lease on the run, by its own clock.
+    pub(crate) lease: LeaseClock,
 }
 
 impl StepShared {
@@ -90,13 +92,61 @@ impl StepShared {
         self.cancel_announced.load(Ordering::SeqCst)
     }
 
-    /// Records that a fenced write just succeeded.
-    pub(crate) fn confirm_ownership(&self) {
-        *lock(&self.confirmed_at) = Instant::now();
+    /// Makes sure the lease is provably this worker's by its own clock: when it may have run
+    /// out (the claim or the last renewal was sent too long ago, e.g. before the process
+    /// froze), renews it first. `Err(Cancelled)` / `Err(LeaseLost)` (with the token fired)
+    /// when the renewal is refused.
+    pub(crate) async fn ensure_lease(&self) -> Result<()> {
+        if self.lease.is_provably_valid(Instant::now()) {
+            return Ok(());
+        }
+        tracing::debug!("lease not provably valid: renewing it before going on");
+        let sent = Instant::now();
+        let renewed = self
+            .store
+            .renew_lease(&self.fence, Timestamp::now(), self.lease.duration())
+            .await?;
+        match renewed {
+            Some(_) => {
+                self.lease.renewed(sent);
+                Ok(())
+            }
+            None => Err(self.error_for(self.refused().await)),
+        }
     }
 
-    fn ownership_is_fresh(&self) -> bool {
-        lock(&self.confirmed_at).elapsed() < OWNERSHIP_FRESHNESS
+    /// Before a step: `Err` when the run was cancelled or is no longer this worker's. Renews
+    /// a lease that is not provably valid; otherwise re-reads the run unless a fenced write
+    /// sent less than [`OWNERSHIP_FRESHNESS`] ago proved ownership.
+    async fn check_before_step(&self) -> Result<()> {
+        if let Some(error) = self.abort_error() {
+            return Err(error);
+        }
+        if !self.lease.is_provably_valid(Instant::now()) {
+            // A successful renewal is itself the freshest proof (a cancelled run refuses it).
+            return self.ensure_lease().await;
+        }
+        if self
+            .lease
+            .confirmed_within(Instant::now(), OWNERSHIP_FRESHNESS)
+        {
+            return Ok(());
+        }
+        match self.store.get_run(&self.run_id).await? {
+            Some(run) if run.status == RunStatus::Cancelled => {
+                self.abort(AbortReason::Cancelled);
+                Err(self.error_for(AbortReason::Cancelled))
+            }
+            Some(run)
+                if run.status.is_terminal()
+                    || (run.status == RunStatus::Leased
+                        && run.lease_generation != self.fence.generation) =>
+            {
+                self.abort(AbortReason::LeaseLost);
+                Err(self.error_for(AbortReason::LeaseLost))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The stored output of a completed step, loading this run's completed steps once.
@@ -189,6 +239,7 @@ impl StepContext {
         job_name: String,
         labels: Labels,
         fence: Fence,
+        lease: LeaseClock,
         start_index: i64,
         completed_steps: i64,
         persist_logs: bool,
@@ -208,7 +259,7 @@ impl StepContext {
             current_step: Mutex::new(None),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
-            confirmed_at: Mutex::new(Instant::now()),
+            lease,
         });
         StepContext {
             log: StepLog {
@@ -274,24 +325,7 @@ impl StepContext {
         E: Into<BoxError>,
     {
         let shared = &self.shared;
-        self.throw_if_aborted()?;
-        if !shared.ownership_is_fresh() {
-            match shared.store.get_run(&shared.run_id).await? {
-                Some(run) if run.status == RunStatus::Cancelled => {
-                    shared.abort(AbortReason::Cancelled);
-                    return Err(shared.error_for(AbortReason::Cancelled));
-                }
-                Some(run)
-                    if run.status.is_terminal()
-                        || (run.status == RunStatus::Leased
-                            && run.lease_generation != shared.fence.generation) =>
-                {
-                    shared.abort(AbortReason::LeaseLost);
-                    return Err(shared.error_for(AbortReason::LeaseLost));
-                }
-                _ => {}
-            }
-        }
+        shared.check_before_step().await?;
         if let Some(stored) = shared.completed_output(name).await? {
             shared.step_index.fetch_add(1, Ordering::SeqCst);
             return serde_json::from_value(stored).map_err(|e| {
@@ -338,13 +372,14 @@ impl StepContext {
                         error: None,
                         started_at,
                     };
+                    let sent = Instant::now();
                     return match shared
                         .store
                         .persist_step(&shared.fence, step, Timestamp::now())
                         .await?
                     {
                         Some(_) => {
-                            shared.confirm_ownership();
+                            shared.lease.confirmed(sent);
                             shared.remember_completed(name, output.clone());
                             shared.step_index.store(index + 1, Ordering::SeqCst);
                             let duration = started.elapsed().as_millis() as u64;
@@ -450,12 +485,13 @@ impl StepContext {
             total,
             message: message.map(str::to_owned),
         };
+        let sent = Instant::now();
         let written = shared
             .store
             .update_progress(&shared.fence, Some(progress.clone()), Timestamp::now())
             .await;
         match written {
-            Ok(true) => shared.confirm_ownership(),
+            Ok(true) => shared.lease.confirmed(sent),
             Ok(false) => return Err(shared.error_for(shared.refused().await)),
             // A failed write is reported; the event still goes out, as upstream's does.
             Err(_) => {}

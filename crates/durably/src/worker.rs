@@ -23,6 +23,7 @@ use crate::durably::Durably;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::job::ExecutionError;
+use crate::lease::LeaseClock;
 use crate::run::{Run, RunStatus, StepStatus};
 use crate::step::{AbortReason, StepContext, StepShared};
 use crate::store::{
@@ -196,6 +197,8 @@ enum Execution {
 struct Ended {
     outcome: Outcome,
     claimed: Vec<Run>,
+    /// When the claim of `claimed` was sent: their leases count from then.
+    claim_sent: Instant,
     /// A completion whose claim looked for runs: fewer than asked means nothing more was
     /// claimable.
     looked: bool,
@@ -366,6 +369,7 @@ impl Durably {
             }
             let free = config.max_concurrent_runs.saturating_sub(in_flight.len());
             if free > 0 && backoff.allows_claim() && claimable.should_claim() {
+                let sent = Instant::now();
                 let claimed = self
                     .inner
                     .store
@@ -377,7 +381,7 @@ impl Durably {
                         if runs.len() < free {
                             claimable.found_nothing_more();
                         }
-                        self.start_runs(runs, &worker_id, &stop, &mut in_flight);
+                        self.start_runs(runs, sent, &worker_id, &stop, &mut in_flight);
                         continue;
                     }
                     Ok(_) => {
@@ -439,10 +443,11 @@ impl Durably {
         *lock(&self.inner.worker.intake) = sender;
     }
 
-    /// Starts each claimed run in a slot of its own.
+    /// Starts each run of a claim sent at `sent` in a slot of its own.
     fn start_runs(
         &self,
         runs: Vec<Run>,
+        sent: Instant,
         worker_id: &str,
         stop: &CancellationToken,
         in_flight: &mut JoinSet<bool>,
@@ -451,7 +456,7 @@ impl Durably {
             let durably = self.clone();
             let owner = worker_id.to_owned();
             let stop = stop.clone();
-            in_flight.spawn(async move { durably.execute_in_slot(run, &owner, &stop).await });
+            in_flight.spawn(async move { durably.execute_in_slot(run, sent, &owner, &stop).await });
         }
     }
 
@@ -474,7 +479,7 @@ impl Durably {
             true => 0,
             false => config.max_concurrent_runs.saturating_sub(in_flight.len()),
         };
-        let now = Timestamp::now();
+        let (sent, now) = (Instant::now(), Timestamp::now());
         let store = &self.inner.store;
         let outcomes = futures::future::join_all(handed.iter().enumerate().map(|(i, hand_off)| {
             let next = ClaimRequest {
@@ -512,7 +517,7 @@ impl Durably {
             // Runs were enqueued that no claim has looked for.
             claimable.look_again();
         }
-        self.start_runs(claimed, worker_id, stop, in_flight);
+        self.start_runs(claimed, sent, worker_id, stop, in_flight);
     }
 
     /// Applies a notice and every other one already queued: cancels fire the run's token if it
@@ -572,6 +577,7 @@ impl Durably {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("worker_{}", new_id()));
         let config = &self.inner.config;
+        let sent = Instant::now();
         let mut claimed = self
             .inner
             .store
@@ -579,7 +585,7 @@ impl Durably {
             .await?;
         match claimed.pop() {
             Some(run) => {
-                self.execute(run, &worker_id).await;
+                self.execute(run, sent, &worker_id).await;
                 Ok(true)
             }
             None => Ok(false),
@@ -685,10 +691,10 @@ impl Durably {
         }
     }
 
-    /// Executes one claimed run to its end (upstream §4.3).
-    pub(crate) async fn execute(&self, run: Run, worker_id: &str) -> Outcome {
+    /// Executes one run, claimed by a claim sent at `sent`, to its end (upstream §4.3).
+    pub(crate) async fn execute(&self, run: Run, sent: Instant, worker_id: &str) -> Outcome {
         let span = run_span(&run);
-        let held = self.hold(run, worker_id);
+        let held = self.hold(run, sent, worker_id);
         match self.run_job(held).instrument(span.clone()).await {
             Execution::Ended(outcome) => outcome,
             Execution::Returned(returned) => {
@@ -715,15 +721,22 @@ impl Durably {
     /// so nothing was claimable a moment ago.
     ///
     /// [`Config::claim_ahead_below`]: crate::Config::claim_ahead_below
-    async fn execute_in_slot(&self, run: Run, worker_id: &str, stop: &CancellationToken) -> bool {
+    async fn execute_in_slot(
+        &self,
+        run: Run,
+        sent: Instant,
+        worker_id: &str,
+        stop: &CancellationToken,
+    ) -> bool {
         let claim_ahead_below = self.inner.config.claim_ahead_below;
-        let mut held = std::collections::VecDeque::from([self.hold(run, worker_id)]);
+        let mut held = std::collections::VecDeque::from([self.hold(run, sent, worker_id)]);
         let mut ending: Option<futures::future::BoxFuture<'_, Ended>> = None;
         let mut quiet = false;
         let mut take = |ended: Ended, held: &mut std::collections::VecDeque<Held>| {
             quiet = ended.looked && ended.claimed.is_empty();
+            let sent = ended.claim_sent;
             let claimed = ended.claimed.into_iter();
-            held.extend(claimed.map(|run| self.hold(run, worker_id)));
+            held.extend(claimed.map(|run| self.hold(run, sent, worker_id)));
         };
         loop {
             let Some(next) = held.pop_front() else {
@@ -782,9 +795,10 @@ impl Durably {
         quiet
     }
 
-    /// Registers a claimed run as executing here before its job starts (a `cancel` meanwhile
-    /// fires its token, as for a run already executing) and keeps its lease from now on.
-    fn hold(&self, run: Run, worker_id: &str) -> Held {
+    /// Registers a run, claimed by a claim sent at `sent`, as executing here before its job
+    /// starts (a `cancel` meanwhile fires its token, as for a run already executing) and keeps
+    /// its lease from now on.
+    fn hold(&self, run: Run, sent: Instant, worker_id: &str) -> Held {
         let config = &self.inner.config;
         let step = StepContext::new(
             self.inner.store.clone(),
@@ -793,6 +807,7 @@ impl Durably {
             run.job_name.clone(),
             run.labels.clone(),
             Fence::of(&run),
+            LeaseClock::new(config.lease_duration, sent),
             run.current_step_index,
             run.completed_step_count,
             config.persist_logs,
@@ -812,12 +827,7 @@ impl Durably {
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let keeper = AbortOnDrop(tokio::spawn(
             self.clone()
-                .keep_lease(
-                    shared.clone(),
-                    run.lease_expires_at.unwrap_or_else(Timestamp::now),
-                    lease_owner.clone(),
-                    started.clone(),
-                )
+                .keep_lease(shared.clone(), lease_owner.clone(), started.clone())
                 .instrument(span),
         ));
         Held {
@@ -885,6 +895,17 @@ impl Durably {
             keeper,
             started: announced,
         } = held;
+        // A run held (claimed ahead) while this process froze may have lost its lease: it
+        // starts only while its lease is provably valid (renewed first otherwise).
+        if shared.abort_reason().is_none()
+            && let Err(error) = shared.ensure_lease().await
+            && shared.abort_reason().is_none()
+        {
+            // The renewal itself failed (the store did not answer): not started here; its
+            // lease expires and any worker takes it over.
+            self.worker_error(error.to_string(), "lease-renewal", Some(&run.id));
+            return Execution::Ended(Outcome::LeaseLost);
+        }
         match shared.abort_reason() {
             Some(AbortReason::Cancelled) => {
                 tracing::info!("run cancelled before it started");
@@ -967,6 +988,7 @@ impl Durably {
             _active: active,
             ..
         } = *returned;
+        let claim_sent = Instant::now();
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)
             .await;
@@ -975,6 +997,7 @@ impl Durably {
             looked: claim > 0 && outcome == Outcome::Completed,
             outcome,
             claimed,
+            claim_sent,
         }
     }
 
@@ -1170,41 +1193,46 @@ impl Durably {
     }
 
     /// Renews the lease every `lease_renew_interval`, and fires the run's token with
-    /// `LeaseLost` when the local deadline passes or a renewal is refused.
+    /// `LeaseLost` when the lease ends by this worker's clock (counted from the send time of
+    /// the claim or of the last successful renewal, so a reply that comes back late never
+    /// lengthens it) or a renewal is refused.
     async fn keep_lease(
         self,
         shared: Arc<StepShared>,
-        expires_at: Timestamp,
         owner: String,
         started: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let config = &self.inner.config;
         let store = &self.inner.store;
-        let remaining = |at: Timestamp| {
-            Duration::from_millis(
-                at.as_millis()
-                    .saturating_sub(Timestamp::now().as_millis())
-                    .max(0) as u64,
-            )
-        };
-        let mut deadline = tokio::time::Instant::now() + remaining(expires_at);
         loop {
+            // Renewals made before a step (see `StepShared::ensure_lease`) move it too.
+            let deadline = tokio::time::Instant::from_std(shared.lease.expires());
             tokio::select! {
                 _ = shared.token.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() < shared.lease.expires() {
+                        continue;
+                    }
                     tracing::warn!("lease deadline passed without renewal");
                     shared.abort(AbortReason::LeaseLost);
                     return;
                 }
                 _ = tokio::time::sleep(config.lease_renew_interval) => {}
             }
+            let sent = Instant::now();
             match store
                 .renew_lease(&shared.fence, Timestamp::now(), config.lease_duration)
                 .await
             {
                 Ok(Some(expires)) => {
-                    shared.confirm_ownership();
-                    deadline = tokio::time::Instant::now() + config.lease_duration;
+                    shared.lease.renewed(sent);
+                    if Instant::now() >= shared.lease.expires() {
+                        // Answered after the lease it set had run out: another worker may
+                        // hold the run by now.
+                        tracing::warn!("lease renewal answered too late: ownership lost");
+                        shared.abort(AbortReason::LeaseLost);
+                        return;
+                    }
                     // A held run's renewals are not announced before its `run:leased`.
                     if !started.load(std::sync::atomic::Ordering::SeqCst) {
                         continue;

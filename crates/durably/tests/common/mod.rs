@@ -239,6 +239,10 @@ impl Gate {
         self.0.send_replace(true);
     }
 
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
+
     pub async fn wait(&self) {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|open| *open).await;
@@ -310,6 +314,8 @@ pub fn count(events: &[durably::Event], event_type: durably::EventType) -> usize
         .filter(|e| e.event_type() == event_type)
         .count()
 }
+
+pub mod freezing;
 
 /// A pass-through store that counts calls and can gate a few of them.
 pub mod instrumented {

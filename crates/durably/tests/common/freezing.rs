@@ -1,0 +1,322 @@
+//! A store that freezes its caller the way a paused process freezes: once a chosen call has
+//! committed, its reply (and every later call of this store) waits until the test thaws it.
+//!
+//! A worker built on [`Freezing`] then behaves like a worker whose process stopped right after
+//! that write (a paused VM, swap, a stalled network): nothing it sends reaches the database
+//! while frozen, its lease runs out, and another worker on the *inner* store takes the run over.
+//! Unlike a stopped process its timers keep running, but a lease keeper waiting on a frozen
+//! renewal cannot act on them either.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use durably::{
+    ClaimRequest, Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter,
+    RunPatch, Step, StepStatus, Store, Timestamp,
+};
+use serde_json::Value;
+
+use super::Gate;
+
+/// Which committed write freezes the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// The completed step with this name was persisted.
+    StepPersisted(String),
+    /// A lease renewal succeeded.
+    LeaseRenewed,
+    /// A completion claimed runs for its slot (claiming ahead).
+    CompletionClaimed,
+    /// A claim of the worker loop took runs.
+    Claimed,
+}
+
+/// See the module docs.
+pub struct Freezing {
+    pub inner: Arc<dyn Store>,
+    trap: Mutex<Option<Trap>>,
+    /// Open once the trap sprang.
+    pub frozen: Gate,
+    /// Every call waits for this once the trap sprang.
+    pub thawed: Gate,
+    /// Instead of freezing its callers, the trap stops this whole process with SIGSTOP (for a
+    /// child process that another one continues with SIGCONT).
+    stop_process: AtomicBool,
+}
+
+impl Freezing {
+    /// Passes everything through to `inner` until a trap is [armed](Self::arm) and springs.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Freezing {
+            inner,
+            trap: Mutex::new(None),
+            frozen: Gate::new(),
+            thawed: Gate::new(),
+            stop_process: AtomicBool::new(false),
+        }
+    }
+
+    /// The trap stops this process with SIGSTOP right after the write committed (its reply is
+    /// processed once another process sends SIGCONT) instead of freezing the store's callers.
+    pub fn stop_process_on_trap(&self) {
+        self.stop_process.store(true, Ordering::SeqCst);
+    }
+
+    /// The next write matching `trap` freezes the store once it committed.
+    pub fn arm(&self, trap: Trap) {
+        *self.trap.lock().expect("trap") = Some(trap);
+    }
+
+    /// Lets every waiting call (and the trapped reply) go on.
+    pub fn thaw(&self) {
+        self.thawed.open();
+    }
+
+    /// Before a call: while frozen, nothing reaches the database.
+    async fn gate(&self) {
+        if self.frozen.is_open() {
+            self.thawed.wait().await;
+        }
+    }
+
+    /// After a call committed: springs the trap if `hit`, then waits until thawed.
+    async fn after(&self, hit: bool) {
+        if hit {
+            let sprang = self.trap.lock().expect("trap").take().is_some();
+            if sprang && self.stop_process.load(Ordering::SeqCst) {
+                // `raise` stops the calling thread before it returns (an external `kill`
+                // would let this thread run on for a moment), then the whole process.
+                // SAFETY: raising a signal has no memory-safety preconditions.
+                let raised = unsafe { libc::raise(libc::SIGSTOP) };
+                assert_eq!(raised, 0, "SIGSTOP itself");
+                return;
+            }
+            if sprang {
+                self.frozen.open();
+            }
+        }
+        self.gate().await;
+    }
+
+    fn armed(&self, trap: &Trap) -> bool {
+        self.trap.lock().expect("trap").as_ref() == Some(trap)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Freezing {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn migrate(&self) -> durably::Result<()> {
+        self.gate().await;
+        self.inner.migrate().await
+    }
+    async fn schema_version(&self) -> durably::Result<i64> {
+        self.gate().await;
+        self.inner.schema_version().await
+    }
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
+        self.gate().await;
+        let enqueued = self.inner.enqueue(run, now).await;
+        self.after(false).await;
+        enqueued
+    }
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> durably::Result<(Enqueued, Vec<Run>)> {
+        self.gate().await;
+        let done = self.inner.enqueue_and_claim(run, now, next).await;
+        let hit = self.armed(&Trap::Claimed) && matches!(&done, Ok((_, runs)) if !runs.is_empty());
+        self.after(hit).await;
+        done
+    }
+    async fn enqueue_many(
+        &self,
+        runs: Vec<NewRun>,
+        now: Timestamp,
+    ) -> durably::Result<Vec<Enqueued>> {
+        self.gate().await;
+        let done = self.inner.enqueue_many(runs, now).await;
+        self.after(false).await;
+        done
+    }
+    async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
+        self.gate().await;
+        let run = self.inner.get_run(id).await;
+        self.after(false).await;
+        run
+    }
+    async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
+        self.gate().await;
+        self.inner.get_runs(filter).await
+    }
+    async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
+        self.gate().await;
+        let steps = self.inner.get_steps(run_id).await;
+        self.after(false).await;
+        steps
+    }
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
+        self.gate().await;
+        self.inner.get_completed_step(run_id, name).await
+    }
+    async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
+        self.gate().await;
+        self.inner.get_logs(run_id).await
+    }
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> durably::Result<Vec<Run>> {
+        self.gate().await;
+        let claimed = self.inner.claim(worker_id, now, lease, max).await;
+        let hit = self.armed(&Trap::Claimed) && matches!(&claimed, Ok(runs) if !runs.is_empty());
+        self.after(hit).await;
+        claimed
+    }
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> durably::Result<Option<Timestamp>> {
+        self.gate().await;
+        let renewed = self.inner.renew_lease(fence, now, lease).await;
+        let hit = self.armed(&Trap::LeaseRenewed) && matches!(renewed, Ok(Some(_)));
+        self.after(hit).await;
+        renewed
+    }
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> durably::Result<bool> {
+        self.gate().await;
+        let released = self.inner.release_lease(fence, now).await;
+        self.after(false).await;
+        released
+    }
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> durably::Result<Option<Step>> {
+        self.gate().await;
+        let trap = Trap::StepPersisted(step.name.clone());
+        let completed = step.status == StepStatus::Completed;
+        let persisted = self.inner.persist_step(fence, step, now).await;
+        let hit = completed && self.armed(&trap) && matches!(persisted, Ok(Some(_)));
+        self.after(hit).await;
+        persisted
+    }
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        let updated = self.inner.update_progress(fence, progress, now).await;
+        self.after(false).await;
+        updated
+    }
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> durably::Result<Option<Log>> {
+        self.gate().await;
+        let appended = self.inner.append_log(fence, log, now).await;
+        self.after(false).await;
+        appended
+    }
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        let completed = self
+            .inner
+            .complete_run(fence, output, now, drop_steps)
+            .await;
+        self.after(false).await;
+        completed
+    }
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> durably::Result<(bool, Vec<Run>)> {
+        self.gate().await;
+        let done = self
+            .inner
+            .complete_run_and_claim(fence, output, now, drop_steps, next)
+            .await;
+        let hit = self.armed(&Trap::CompletionClaimed)
+            && matches!(&done, Ok((true, runs)) if !runs.is_empty());
+        self.after(hit).await;
+        done
+    }
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        let failed = self.inner.fail_run(fence, error, now, drop_steps).await;
+        self.after(false).await;
+        failed
+    }
+    async fn cancel_run(
+        &self,
+        id: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner.cancel_run(id, now, drop_steps).await
+    }
+    async fn delete_run(&self, id: &str) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner.delete_run(id).await
+    }
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
+        self.gate().await;
+        self.inner.purge_runs(older_than, limit).await
+    }
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> durably::Result<Vec<Run>> {
+        self.gate().await;
+        let released = self.inner.release_expired_leases(now, drop_steps).await;
+        self.after(false).await;
+        released
+    }
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner.update_run(id, patch, now).await
+    }
+    async fn checkpoint(&self) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner.checkpoint().await
+    }
+    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
+        self.inner.notifications()
+    }
+}
