@@ -551,12 +551,28 @@ impl SqliteStore {
     }
 
     /// Runs `work` on a reader connection (on the writer thread for in-memory databases).
+    /// Dropping the returned future interrupts `work`'s statements (`sqlite3_interrupt`), or
+    /// skips `work` if it has not started.
     async fn read<R, F>(&self, operation: &'static str, work: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
-        match &self.shared.readers {
+        let abandon = Abandon::default();
+        let state = abandon.0.clone();
+        let work = move |conn: &Connection| {
+            {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(*state, ReadState::Abandoned) {
+                    return Err(Error::storage(operation, "the read was abandoned"));
+                }
+                *state = ReadState::Running(conn.get_interrupt_handle());
+            }
+            let result = work(conn);
+            *state.lock().unwrap_or_else(|p| p.into_inner()) = ReadState::Done;
+            result
+        };
+        let result = match &self.shared.readers {
             None => self.direct(operation, work).await,
             Some(pool) => {
                 let pool = pool.clone();
@@ -564,6 +580,49 @@ impl SqliteStore {
                     .await
                     .map_err(|e| Error::storage(operation, e))?
             }
+        };
+        abandon.finished();
+        result
+    }
+}
+
+/// Where a read stands, for [`Abandon`].
+#[derive(Default)]
+enum ReadState {
+    /// Not started.
+    #[default]
+    Waiting,
+    /// Its statements run on the connection this handle interrupts.
+    Running(rusqlite::InterruptHandle),
+    /// Returned (an interrupt now would hit whatever the connection runs next).
+    Done,
+    /// Its caller went away.
+    Abandoned,
+}
+
+/// Interrupts a read whose future is dropped before it finished (an HTTP client that went
+/// away, a timeout), so that it does not run on to its end on a reader (or, in memory, on the
+/// writer thread). The state is locked around both the interrupt and the read's end, so an
+/// interrupt never reaches a later statement of another read on the same connection.
+#[derive(Default)]
+struct Abandon(Arc<Mutex<ReadState>>);
+
+impl Abandon {
+    fn finished(self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = ReadState::Done;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*state {
+            ReadState::Running(handle) => {
+                handle.interrupt();
+                *state = ReadState::Abandoned;
+            }
+            ReadState::Waiting => *state = ReadState::Abandoned,
+            ReadState::Done | ReadState::Abandoned => {}
         }
     }
 }
