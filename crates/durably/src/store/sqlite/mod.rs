@@ -1635,6 +1635,44 @@ mod tests {
         assert_eq!(writer_pragma(&memory, "page_size").await, 8_192);
     }
 
+    /// A read whose future is dropped (a client gone, a timeout) is interrupted instead of
+    /// running on, on a reader (file) and on the writer thread (memory); the connection then
+    /// serves the next read; `get_runs_within` gives up with `Error::Timeout` on its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_read_is_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SqliteStore::open(dir.path().join("abandon.sqlite")).expect("open");
+        let memory = SqliteStore::memory().expect("memory");
+        for store in [file, memory] {
+            store.migrate().await.expect("migrate");
+            let (ended, end) = std::sync::mpsc::channel::<String>();
+            let endless = store.read("test", move |conn| {
+                let outcome = conn.query_row(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                     SELECT count(*) FROM c",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                );
+                let _ = ended.send(format!("{outcome:?}"));
+                Ok(())
+            });
+            let abandoned = tokio::time::timeout(Duration::from_millis(200), endless).await;
+            assert!(abandoned.is_err(), "the endless read cannot finish");
+            let outcome =
+                tokio::task::spawn_blocking(move || end.recv_timeout(Duration::from_secs(10)))
+                    .await
+                    .expect("join")
+                    .expect("the read was interrupted");
+            assert!(outcome.contains("interrupted"), "{outcome}");
+            assert_eq!(store.schema_version().await.expect("next read"), 1);
+            let listed = store
+                .get_runs_within(&RunFilter::new(), Duration::from_secs(5))
+                .await
+                .expect("a quick listing");
+            assert!(listed.is_empty());
+        }
+    }
+
     #[tokio::test]
     async fn a_checkpoint_with_a_reader_in_the_way_reports_busy_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
