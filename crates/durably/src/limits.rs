@@ -32,7 +32,7 @@ use crate::store::validate_label_key;
 /// | [`max_label_filters`](Self::max_label_filters) | 32 | a listing's `label.<key>=<value>` conditions; queries stay linear in them, but a tenant, an environment and a handful of business keys rarely exceed ten |
 /// | [`max_job_name_filters`](Self::max_job_name_filters) | 100 | a listing's `jobName` alternatives: every job of a large application |
 /// | [`max_labels_per_run`](Self::max_labels_per_run) | 64 | each label is a row of `durably_run_labels`, written with the run and read by every filter |
-/// | [`max_label_key_bytes`](Self::max_label_key_bytes) | 256 | Kubernetes-style prefixed keys (`app.kubernetes.io/name`) need 63 + 253 at most |
+/// | [`max_label_key_bytes`](Self::max_label_key_bytes) | 256 | Kubernetes-style prefixed keys (`app.kubernetes.io/name`) fit with room to spare |
 /// | [`max_label_value_bytes`](Self::max_label_value_bytes) | 1,024 | ids, names, URLs; labels are indexed for filtering, not a place for documents (use the input) |
 /// | [`max_key_bytes`](Self::max_key_bytes) | 256 | idempotency and concurrency keys are indexed: a hash, a UUID or a composed business key fits |
 ///
