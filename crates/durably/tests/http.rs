@@ -545,6 +545,66 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     assert!(doc["paths"]["/run"].get("delete").is_some());
+    // It says what the server does (issue 19, item 4): the registered jobs, minimum lengths,
+    // the bounds, the label family, and links from a trigger's runId to the run routes.
+    let request = &doc["components"]["schemas"]["TriggerRequest"];
+    let jobs: Vec<&str> = request["oneOf"]
+        .as_array()
+        .expect("one alternative per job")
+        .iter()
+        .map(|alternative| {
+            alternative["properties"]["jobName"]["const"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(jobs, ["burst", "echo", "sleep", "steps"]);
+    let echo = &request["oneOf"][1]["properties"];
+    assert_eq!(echo["idempotencyKey"]["minLength"], 1);
+    assert_eq!(echo["idempotencyKey"]["maxLength"], 256);
+    assert_eq!(echo["labels"]["maxProperties"], 64);
+    let runs = &doc["paths"]["/runs"]["get"];
+    assert_eq!(
+        runs["parameters"][0]["schema"]["items"]["enum"],
+        json!(["burst", "echo", "sleep", "steps"])
+    );
+    assert!(
+        runs["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains('<')),
+        "no parameter literally named label.<key>"
+    );
+    assert_eq!(runs["x-parameter-family"]["prefix"], "label.");
+    assert_eq!(runs["x-parameter-family"]["maxItems"], 32);
+    assert_eq!(
+        doc["paths"]["/run"]["get"]["parameters"][0]["schema"]["minLength"],
+        1
+    );
+    let links = &doc["paths"]["/trigger"]["post"]["responses"]["200"]["links"];
+    for (link, operation) in [
+        ("GetRun", "getRun"),
+        ("GetSteps", "getSteps"),
+        ("Cancel", "cancel"),
+        ("Retrigger", "retrigger"),
+        ("DeleteRun", "deleteRun"),
+        ("Subscribe", "subscribe"),
+    ] {
+        assert_eq!(links[link]["operationId"], operation, "{link}");
+        assert_eq!(links[link]["parameters"]["runId"], "$response.body#/runId");
+    }
+    // Every linked operation exists.
+    let operations: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|path| path.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    for link in links.as_object().unwrap().values() {
+        assert!(operations.contains(&link["operationId"].as_str().unwrap()));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -360,7 +360,10 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
-        (&Method::GET, "/openapi.json") => Ok(json_response(StatusCode::OK, &openapi::document())),
+        (&Method::GET, "/openapi.json") => Ok(json_response(
+            StatusCode::OK,
+            &openapi::document(&shared.durably),
+        )),
         _ => Ok(not_found_text()),
     };
     reply.unwrap_or_else(|response| response)
