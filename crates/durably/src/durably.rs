@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventKind, EventType, Unsubscribe};
 use crate::job::{Job, JobData, JobHandle, RegisteredJob};
+use crate::limits::{Limits, check_run_id, check_text};
 use crate::run::{
     Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     TriggerAndWaitResult, TriggerOptions, TriggerResult,
@@ -52,6 +53,9 @@ pub struct Config {
     /// `Duration::ZERO` turns it off). Such a held run waits at most as long as the run
     /// executing in its slot, and shows as `leased` meanwhile; at most one per slot.
     pub claim_ahead_below: Duration,
+    /// Bounds on what one run may carry and one listing may ask ([`Limits`]; its defaults
+    /// unless [`DurablyBuilder::limits`] sets others).
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             trigger_hand_off: true,
             follow_runs_elsewhere: true,
             claim_ahead_below: Duration::from_millis(100),
+            limits: Limits::default(),
         }
     }
 }
@@ -225,6 +230,16 @@ impl DurablyBuilder {
     /// [`Config::follow_runs_elsewhere`]).
     pub fn follow_runs_elsewhere(mut self, follow: bool) -> Self {
         self.config.follow_runs_elsewhere = follow;
+        self
+    }
+
+    /// Bounds on what one run may carry and one listing may ask (default [`Limits::default`]:
+    /// 32 label filters, 100 job names per listing; 64 labels per run, 256-byte label keys,
+    /// 1 KiB label values, 256-byte idempotency and concurrency keys). Every entry point
+    /// (triggers, listings, HTTP, the command line) refuses what exceeds them with
+    /// [`Error::Validation`] before the store is touched.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
         self
     }
 
@@ -534,6 +549,10 @@ impl Durably {
                 "concurrencyKey must not be empty".into()
             )));
         }
+        self.inner
+            .config
+            .limits
+            .check_trigger(&job.name, &options, &at)?;
         let input = job.parse_input(input).map_err(|e| match index {
             Some(i) => Error::Validation(format!("at index {i}: {e}")),
             None => e,
@@ -618,6 +637,7 @@ impl Durably {
         input: Value,
         options: TriggerOptions,
     ) -> Result<TriggerResult> {
+        check_text("jobName", job_name)?;
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
         let enqueued = self.enqueue_announced(request).await?;
@@ -634,6 +654,7 @@ impl Durably {
         job_name: &str,
         items: Vec<(Value, TriggerOptions)>,
     ) -> Result<Vec<TriggerResult>> {
+        check_text("jobName", job_name)?;
         let job = self.registered(job_name)?;
         if items.is_empty() {
             return Ok(Vec::new());
@@ -690,23 +711,42 @@ impl Durably {
         })
     }
 
-    /// One run, or `None`.
+    /// One run, or `None`. An id with a NUL character is [`Error::Validation`] (no backend can
+    /// store one).
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        check_run_id(id)?;
         self.inner.store.get_run(id).await
     }
 
-    /// Runs matching `filter`, newest first.
+    /// Runs matching `filter`, newest first. A filter over [`Limits`] (too many labels or job
+    /// names, a label key or value too long) or with text no backend can store is
+    /// [`Error::Validation`], before any query runs.
     pub async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.inner.config.limits.check_filter(filter)?;
         self.inner.store.get_runs(filter).await
+    }
+
+    /// [`get_runs`](Self::get_runs) that gives up after `timeout` with [`Error::Timeout`],
+    /// cancelling the query in the database (as dropping the future does).
+    #[cfg(feature = "http")]
+    pub(crate) async fn get_runs_within(
+        &self,
+        filter: &RunFilter,
+        timeout: Duration,
+    ) -> Result<Vec<Run>> {
+        self.inner.config.limits.check_filter(filter)?;
+        self.inner.store.get_runs_within(filter, timeout).await
     }
 
     /// The persisted steps of a run, by index.
     pub async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        check_run_id(run_id)?;
         self.inner.store.get_steps(run_id).await
     }
 
     /// The persisted logs of a run, oldest first.
     pub async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        check_run_id(run_id)?;
         self.inner.store.get_logs(run_id).await
     }
 
@@ -1141,7 +1181,7 @@ impl SubscribeState {
             }
             if !self.started {
                 self.started = true;
-                let current = self.durably.inner.store.get_run(&self.run_id).await;
+                let current = self.durably.get_run(&self.run_id).await;
                 // Live events that arrived since `subscribe` come first, as if delivered when
                 // they happened (upstream §7); one that ends the stream makes the current state
                 // moot.

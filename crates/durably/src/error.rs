@@ -48,7 +48,8 @@ pub enum Error {
         /// The run's error message (`Run failed` when none was stored).
         message: String,
     },
-    /// A wait gave up (`waitForRun timeout after 100ms`). The run itself is unaffected.
+    /// A wait gave up (`waitForRun timeout after 100ms`; the run itself is unaffected), or a
+    /// read bounded in time was cancelled (`Store::get_runs_within`; over HTTP: 503).
     #[error("{0}")]
     Timeout(String),
     /// Invalid configuration or registration (bad `retain_runs`, duplicate job definition, …).

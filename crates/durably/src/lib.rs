@@ -41,6 +41,7 @@ pub mod events;
 pub mod http;
 pub mod job;
 mod lease;
+pub mod limits;
 pub mod run;
 pub mod step;
 pub mod store;
@@ -53,6 +54,7 @@ pub use crate::durably::{
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use job::{Job, JobData, JobHandle};
+pub use limits::Limits;
 pub use run::*;
 pub use step::{StepContext, StepLog};
 pub use store::*;

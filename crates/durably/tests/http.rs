@@ -545,6 +545,143 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     assert!(doc["paths"]["/run"].get("delete").is_some());
+    // It says what the server does (issue 19, item 4): the registered jobs, minimum lengths,
+    // the bounds, the label family, and links from a trigger's runId to the run routes.
+    let request = &doc["components"]["schemas"]["TriggerRequest"];
+    let jobs: Vec<&str> = request["oneOf"]
+        .as_array()
+        .expect("one alternative per job")
+        .iter()
+        .map(|alternative| {
+            alternative["properties"]["jobName"]["const"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(jobs, ["burst", "echo", "sleep", "steps"]);
+    let echo = &request["oneOf"][1]["properties"];
+    assert_eq!(echo["idempotencyKey"]["minLength"], 1);
+    assert_eq!(echo["idempotencyKey"]["maxLength"], 256);
+    assert_eq!(echo["labels"]["maxProperties"], 64);
+    let runs = &doc["paths"]["/runs"]["get"];
+    assert_eq!(
+        runs["parameters"][0]["schema"]["items"]["enum"],
+        json!(["burst", "echo", "sleep", "steps"])
+    );
+    assert!(
+        runs["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains('<')),
+        "no parameter literally named label.<key>"
+    );
+    assert_eq!(runs["x-parameter-family"]["prefix"], "label.");
+    assert_eq!(runs["x-parameter-family"]["maxItems"], 32);
+    assert_eq!(
+        doc["paths"]["/run"]["get"]["parameters"][0]["schema"]["minLength"],
+        1
+    );
+    let links = &doc["paths"]["/trigger"]["post"]["responses"]["200"]["links"];
+    for (link, operation) in [
+        ("GetRun", "getRun"),
+        ("GetSteps", "getSteps"),
+        ("Cancel", "cancel"),
+        ("Retrigger", "retrigger"),
+        ("DeleteRun", "deleteRun"),
+        ("Subscribe", "subscribe"),
+    ] {
+        assert_eq!(links[link]["operationId"], operation, "{link}");
+        assert_eq!(links[link]["parameters"]["runId"], "$response.body#/runId");
+    }
+    // Every linked operation exists.
+    let operations: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|path| path.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    for link in links.as_object().unwrap().values() {
+        assert!(operations.contains(&link["operationId"].as_str().unwrap()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input (issue 19): the same 400 on every backend, nothing stored
+
+async fn hostile_text_and_oversized_requests_are_400_everywhere(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let nul_id = "Invalid runId: it contains a NUL character (U+0000) at byte 3, which cannot be \
+                  stored; remove it";
+    for (method, path) in [
+        ("GET", "/run?runId=01J%00X"),
+        ("DELETE", "/run?runId=01J%00X"),
+        ("GET", "/steps?runId=01J%00X"),
+        ("GET", "/logs?runId=01J%00X"),
+        ("POST", "/cancel?runId=01J%00X"),
+        ("POST", "/retrigger?runId=01J%00X"),
+        ("GET", "/subscribe?runId=01J%00X"),
+    ] {
+        let (status, body) = api.request_json(method, path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert_eq!(body, json!({ "error": nul_id }), "{method} {path}");
+    }
+    let too_many: String = (0..33).map(|i| format!("&label.k{i}=v")).collect();
+    for (path, start) in [
+        ("/runs?jobName=e%00", "Invalid jobName"),
+        ("/runs?label.tenant=a%00", "Invalid label filter \"tenant\""),
+        (
+            &format!("/runs?limit=5{too_many}"),
+            "Too many label filters: 33",
+        ),
+        (
+            &format!("/runs/subscribe?x=1{too_many}"),
+            "Too many label filters: 33",
+        ),
+    ] {
+        let (status, body) = api.get_json(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let message = body["error"].as_str().expect("error");
+        assert!(message.starts_with(start), "{path}: {message}");
+    }
+    let labels: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (body, start) in [
+        (
+            json!({"jobName": "ec\u{0}ho", "input": {}}),
+            "Invalid jobName",
+        ),
+        (
+            json!({"jobName": "echo", "input": {"value": 1}, "labels": {"t": "\u{0}"}}),
+            "Invalid label \"t\"",
+        ),
+        (
+            json!({"jobName": "echo", "input": {"value": 1}, "idempotencyKey": "\u{0}"}),
+            "Invalid idempotencyKey",
+        ),
+        (
+            json!({"jobName": "echo", "input": {"value": 1}, "labels": labels}),
+            "labels: 65 labels given",
+        ),
+        (
+            json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "x".repeat(257)}),
+            "concurrencyKey is 257 bytes long",
+        ),
+    ] {
+        let (status, reply) = api.post_json("/trigger", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        let message = reply["error"].as_str().expect("error");
+        assert!(message.starts_with(start), "{body}: {message}");
+    }
+    assert_eq!(api.run_count().await, 0, "a refused request stores nothing");
+    // NUL inside the input is JSON like any other and is stored as given.
+    let id = api
+        .trigger("echo", json!({"value": "a\u{0}b"}), json!({}))
+        .await;
+    let (status, run) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["input"], json!({"value": "a\u{0}b"}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1274,4 +1411,81 @@ backend_tests!(
     auth_runs_first_and_rejects_with_its_status,
     tenants_cannot_see_or_touch_each_others_runs,
     request_hook_runs_after_authentication,
+    hostile_text_and_oversized_requests_are_400_everywhere,
 );
+
+/// PostgreSQL (where a statement can be made to wait: a lock another session holds): a
+/// `GET /runs` that outlives `HttpOptions::read_timeout` answers 503 and leaves nothing running
+/// in the database; one whose client goes away is cancelled there at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn slow_listings_time_out_with_503_and_abandoned_ones_are_cancelled() {
+    let options = HttpOptions::new().read_timeout(Duration::from_millis(300));
+    let api = std::sync::Arc::new(Api::new(Backend::Postgres, options).await);
+    let schema = api.schema().expect("schema");
+    let (locker, connection) =
+        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    // Watched from a session of its own: inside the locker's transaction, pg_stat_activity
+    // would stay the snapshot of its first read.
+    let (observer, connection) =
+        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    let locker_pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".durably_runs IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("lock");
+    let blocked = || async {
+        observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&locker_pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+    };
+    let (status, body) = within(
+        "a listing to time out",
+        LONG,
+        api.get_json("/runs?label.tenant=acme&limit=10"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["error"].as_str().expect("error");
+    assert!(
+        message.starts_with("get_runs was cancelled after 300 ms"),
+        "{message}"
+    );
+    common::eventually("no statement left waiting", LONG, || async {
+        (blocked().await == 0).then_some(())
+    })
+    .await;
+    // A client that goes away: its request future is dropped, and with it the statement.
+    let client = api.clone();
+    let request = tokio::spawn(async move { client.get_json("/runs?status=pending").await });
+    common::eventually("the listing to wait for the lock", LONG, || async {
+        (blocked().await == 1).then_some(())
+    })
+    .await;
+    request.abort();
+    common::eventually("the abandoned statement to end", LONG, || async {
+        (blocked().await == 0).then_some(())
+    })
+    .await;
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+}

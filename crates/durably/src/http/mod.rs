@@ -77,6 +77,7 @@ pub struct HttpOptions {
     sse_throttle: Duration,
     keep_alive: Option<Duration>,
     body_limit: usize,
+    read_timeout: Duration,
     auth: Option<Arc<dyn Authenticator>>,
     on_request: Option<RequestHook>,
     shutdown: CancellationToken,
@@ -93,6 +94,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("sse_throttle", &self.sse_throttle)
             .field("keep_alive", &self.keep_alive)
             .field("body_limit", &self.body_limit)
+            .field("read_timeout", &self.read_timeout)
             .field("auth", &self.auth.is_some())
             .field("on_request", &self.on_request.is_some())
             .finish_non_exhaustive()
@@ -105,6 +107,7 @@ impl Default for HttpOptions {
             sse_throttle: Duration::from_millis(100),
             keep_alive: None,
             body_limit: 1024 * 1024,
+            read_timeout: Duration::from_secs(5),
             auth: None,
             on_request: None,
             shutdown: CancellationToken::new(),
@@ -114,7 +117,7 @@ impl Default for HttpOptions {
 
 impl HttpOptions {
     /// Defaults: progress throttled to one per run per 100 ms, no keep-alive comments, 1 MiB
-    /// body limit, no auth.
+    /// body limit, 5 s per database read, no auth.
     pub fn new() -> Self {
         Self::default()
     }
@@ -136,6 +139,18 @@ impl HttpOptions {
     /// Largest accepted request body in bytes (default 1 MiB); larger ones get 413.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// The longest a request's database read may take (default 5 s): `GET /runs`, and the run,
+    /// steps and logs lookups of the routes that take a `runId`. A read that takes longer is
+    /// cancelled in the database (PostgreSQL: `statement_timeout` and a cancel request; SQLite:
+    /// `sqlite3_interrupt`) and the request answers **503 Service Unavailable** with
+    /// `{"error": "get_runs was cancelled after 5000 ms, …"}`: the server is fine, the query was
+    /// too costly for it (narrow it, or raise this). A read whose client disconnects is
+    /// cancelled the same way at once, whatever this says.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
         self
     }
 
@@ -287,8 +302,11 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 fn durably_error(error: Error) -> Response {
-    let status =
-        StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = match &error {
+        // A read that outlived `HttpOptions::read_timeout`.
+        Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
     if status.is_server_error() {
         tracing::warn!(%error, "durably HTTP request failed");
     }
@@ -342,7 +360,10 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
-        (&Method::GET, "/openapi.json") => Ok(json_response(StatusCode::OK, &openapi::document())),
+        (&Method::GET, "/openapi.json") => Ok(json_response(
+            StatusCode::OK,
+            &openapi::document(&shared.durably),
+        )),
         _ => Ok(not_found_text()),
     };
     reply.unwrap_or_else(|response| response)
@@ -427,6 +448,19 @@ fn run_id_param(query: &Query) -> Result<String, Response> {
     }
 }
 
+/// A read bounded by [`HttpOptions::read_timeout`]: dropped (which cancels it in the database)
+/// and answered with [`Error::Timeout`] once the time is up.
+async fn within<T>(
+    shared: &Shared,
+    operation: &str,
+    read: impl Future<Output = crate::Result<T>>,
+) -> crate::Result<T> {
+    let timeout = shared.options.read_timeout;
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| Err(crate::store::read_timeout(operation, timeout)))
+}
+
 /// Loads the run named by `runId` and asks the run-access hook.
 async fn accessible_run(
     shared: &Shared,
@@ -435,9 +469,7 @@ async fn accessible_run(
     operation: RunOperation,
 ) -> Result<Run, Response> {
     let run_id = run_id_param(query)?;
-    let run = shared
-        .durably
-        .get_run(&run_id)
+    let run = within(shared, "get_run", shared.durably.get_run(&run_id))
         .await
         .map_err(durably_error)?
         .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "Run not found"))?;
@@ -526,6 +558,7 @@ async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
             )));
         }
     };
+    crate::limits::check_text("jobName", &job_name).map_err(durably_error)?;
     if shared.durably.get_job(&job_name).is_none() {
         return Err(error_response(
             StatusCode::NOT_FOUND,
@@ -585,7 +618,7 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         .map_err(Rejection::into_response)?;
     let runs = shared
         .durably
-        .get_runs(&filter)
+        .get_runs_within(&filter, shared.options.read_timeout)
         .await
         .map_err(durably_error)?;
     let runs: Vec<ClientRun> = runs.into_iter().map(ClientRun::from).collect();
@@ -599,9 +632,7 @@ async fn get_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
 
 async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     let run = accessible_run(shared, guard, query, RunOperation::Steps).await?;
-    let steps = shared
-        .durably
-        .get_steps(&run.id)
+    let steps = within(shared, "get_steps", shared.durably.get_steps(&run.id))
         .await
         .map_err(durably_error)?;
     Ok(json_response(StatusCode::OK, &steps))
@@ -609,9 +640,7 @@ async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
 
 async fn get_logs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     let run = accessible_run(shared, guard, query, RunOperation::Read).await?;
-    let logs = shared
-        .durably
-        .get_logs(&run.id)
+    let logs = within(shared, "get_logs", shared.durably.get_logs(&run.id))
         .await
         .map_err(durably_error)?;
     Ok(json_response(StatusCode::OK, &logs))
@@ -735,6 +764,18 @@ async fn runs_subscribe(shared: &Shared, guard: &dyn Guard, query: &Query) -> Re
         job_names: query.all("jobName"),
         labels: query.labels(),
     };
+    // The same bounds and text rules as `GET /runs`, though no query runs.
+    let as_listing = RunFilter {
+        job_names: filter.job_names.clone(),
+        labels: filter.labels.clone(),
+        ..RunFilter::default()
+    };
+    shared
+        .durably
+        .config()
+        .limits
+        .check_filter(&as_listing)
+        .map_err(durably_error)?;
     let filter = guard
         .scope_runs_subscribe(filter)
         .await

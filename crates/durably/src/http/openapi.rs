@@ -1,13 +1,98 @@
 //! The OpenAPI 3.1 document served at `GET <base>/openapi.json` (hand-written; paths are
-//! relative to wherever the router is nested).
+//! relative to wherever the router is nested). It says what the server does: the registered
+//! jobs' names and input schemas, the bounds of [`Limits`](crate::Limits) and the minimum
+//! lengths where empty values are refused, the `label.<key>` parameter family, and links from
+//! a trigger's `runId` to the run routes (so that a fuzzer reaches real runs).
 
 use serde_json::{Value, json};
+
+use crate::Durably;
+use crate::limits::Limits;
 
 fn run_id_param() -> Value {
     json!({
         "name": "runId", "in": "query", "required": true,
-        "schema": { "type": "string" }, "description": "Run id (ULID)."
+        "schema": { "type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$" },
+        "description": "Run id (a ULID). Empty or with a NUL character: 400."
     })
+}
+
+/// The `label.<key>` family, which OpenAPI cannot name (a parameter name is fixed): described
+/// on the operation and in the `x-parameter-family` extension, not as a parameter, so that
+/// clients generated from the document and fuzzers send only valid requests.
+fn label_family(limits: &Limits) -> Value {
+    json!({
+        "prefix": "label.",
+        "keyPattern": "^[a-zA-Z0-9\\-_./]+$",
+        "maxKeyLength": limits.max_label_key_bytes,
+        "maxItems": limits.max_label_filters,
+        "schema": { "type": "string", "maxLength": limits.max_label_value_bytes },
+        "description": "Query parameters named label.<key>=<value> filter on labels (all must match; a repeated key keeps its last value)."
+    })
+}
+
+fn label_description(limits: &Limits) -> String {
+    format!(
+        "Label filters are query parameters named `label.<key>` (e.g. `label.tenant=acme`): \
+         every one must match. Keys match `^[a-zA-Z0-9\\-_./]+$` and are at most {} bytes, values \
+         at most {} bytes; at most {} label filters per request (see x-parameter-family); beyond \
+         that, or with a NUL character: 400.",
+        limits.max_label_key_bytes, limits.max_label_value_bytes, limits.max_label_filters
+    )
+}
+
+/// Links from a response's `runId` (at `pointer`) to every route that takes one.
+fn run_links(pointer: &str) -> Value {
+    let run_id = json!({ "runId": format!("$response.body#{pointer}") });
+    let link = |operation: &str, description: &str| json!({ "operationId": operation, "parameters": run_id, "description": description });
+    json!({
+        "GetRun": link("getRun", "The run"),
+        "GetSteps": link("getSteps", "Its steps"),
+        "GetLogs": link("getLogs", "Its logs"),
+        "Cancel": link("cancel", "Cancel it"),
+        "Retrigger": link("retrigger", "Run it again"),
+        "DeleteRun": link("deleteRun", "Delete it once finished"),
+        "Subscribe": link("subscribe", "Its events")
+    })
+}
+
+/// `TriggerRequest`: one alternative per registered job (its name as a constant, its input
+/// schema); without registered jobs (`durably serve`), any name.
+fn trigger_request(durably: &Durably, limits: &Limits) -> Value {
+    let key = json!({ "type": "string", "minLength": 1, "maxLength": limits.max_key_bytes });
+    let labels = json!({
+        "type": "object",
+        "maxProperties": limits.max_labels_per_run,
+        "propertyNames": { "pattern": "^[a-zA-Z0-9\\-_./]+$", "maxLength": limits.max_label_key_bytes },
+        "additionalProperties": { "type": "string", "maxLength": limits.max_label_value_bytes }
+    });
+    let request = |job_name: Value, input: Value| {
+        json!({ "type": "object", "required": ["jobName"], "properties": {
+            "jobName": job_name,
+            "input": input,
+            "idempotencyKey": key,
+            "concurrencyKey": key,
+            "labels": labels,
+            "coalesce": { "type": "string", "enum": ["skip"] }
+        }})
+    };
+    let names = durably.job_names();
+    if names.is_empty() {
+        return request(json!({ "type": "string", "minLength": 1 }), json!({}));
+    }
+    let alternatives: Vec<Value> = names
+        .iter()
+        .filter_map(|name| durably.get_job(name))
+        .map(|job| {
+            request(
+                json!({ "type": "string", "const": job.name }),
+                job.input_schema.unwrap_or_else(|| json!({})),
+            )
+        })
+        .collect();
+    // Told apart by `jobName`'s constant (a discriminator would need named components, and
+    // job names need not be valid component names).
+    json!({ "oneOf": alternatives })
 }
 
 fn error_response(description: &str) -> Value {
@@ -34,9 +119,10 @@ fn sse_ok(description: &str) -> Value {
 fn run_route(summary: &str, operation_id: &str, ok: Value, conflict: Option<&str>) -> Value {
     let mut responses = json!({
         "200": ok,
-        "400": error_response("runId query parameter is required"),
+        "400": error_response("runId missing, empty or with a NUL character"),
         "404": error_response("Run not found"),
-        "500": error_response("Storage failure")
+        "500": error_response("Storage failure"),
+        "503": error_response("The read took longer than the server allows (HttpOptions::read_timeout)")
     });
     if let (Some(text), Some(map)) = (conflict, responses.as_object_mut()) {
         map.insert("409".into(), error_response(text));
@@ -49,8 +135,15 @@ fn run_route(summary: &str, operation_id: &str, ok: Value, conflict: Option<&str
     })
 }
 
-/// The document.
-pub(crate) fn document() -> Value {
+/// The document for the jobs registered on `durably` and its limits.
+pub(crate) fn document(durably: &Durably) -> Value {
+    let limits = &durably.config().limits;
+    let job_names = durably.job_names();
+    let job_name = if job_names.is_empty() {
+        json!({ "type": "string", "minLength": 1 })
+    } else {
+        json!({ "type": "string", "enum": job_names })
+    };
     let success = json!({
         "type": "object", "required": ["success"],
         "properties": { "success": { "type": "boolean", "const": true } }
@@ -69,7 +162,11 @@ pub(crate) fn document() -> Value {
                 "requestBody": { "required": true, "content": { "application/json": {
                     "schema": { "$ref": "#/components/schemas/TriggerRequest" } } } },
                 "responses": {
-                    "200": json_ok("Run created, or an existing one returned", json!({ "$ref": "#/components/schemas/TriggerResponse" })),
+                    "200": {
+                        "description": "Run created, or an existing one returned",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TriggerResponse" } } },
+                        "links": run_links("/runId")
+                    },
                     "400": error_response("jobName missing, invalid JSON, invalid input, labels or options"),
                     "404": error_response("Job not found: <jobName>"),
                     "409": error_response("A pending run already exists for the concurrency key"),
@@ -78,17 +175,19 @@ pub(crate) fn document() -> Value {
             }},
             "/runs": { "get": {
                 "summary": "List runs, newest first (a bare array)",
+                "description": label_description(limits),
                 "operationId": "listRuns",
+                "x-parameter-family": label_family(limits),
                 "parameters": [
-                    { "name": "jobName", "in": "query", "schema": { "type": "array", "items": { "type": "string" } }, "style": "form", "explode": true },
+                    { "name": "jobName", "in": "query", "schema": { "type": "array", "maxItems": limits.max_job_name_filters, "items": job_name }, "style": "form", "explode": true },
                     { "name": "status", "in": "query", "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RunStatus" } }, "style": "form", "explode": true },
-                    { "name": "label.<key>", "in": "query", "schema": { "type": "string" }, "description": "Any number of label filters (AND)." },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),
-                    "400": error_response("Invalid status, limit, offset or label key")
+                    "400": error_response("Invalid status, limit, offset, label key or value, too many filters, or a NUL character"),
+                    "503": error_response("The listing took longer than the server allows (HttpOptions::read_timeout)")
                 }
             }},
             "/run": {
@@ -100,8 +199,12 @@ pub(crate) fn document() -> Value {
             "/logs": { "get": run_route("The run's persisted logs, oldest first (durably for Rust extension)", "getLogs",
                 json_ok("Logs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Log" } })), None) },
             "/retrigger": { "post": run_route("Create a new run with the same input", "retrigger",
-                json_ok("The new run", json!({ "type": "object", "required": ["success", "runId"],
-                    "properties": { "success": { "type": "boolean", "const": true }, "runId": { "type": "string" } } })),
+                {
+                    let mut ok = json_ok("The new run", json!({ "type": "object", "required": ["success", "runId"],
+                        "properties": { "success": { "type": "boolean", "const": true }, "runId": { "type": "string" } } }));
+                    ok["links"] = run_links("/runId");
+                    ok
+                },
                 Some("Cannot retrigger pending/leased run")) },
             "/cancel": { "post": run_route("Cancel a pending or leased run", "cancel",
                 json_ok("Cancelled", success), Some("Cannot cancel a terminal run")) },
@@ -109,12 +212,16 @@ pub(crate) fn document() -> Value {
                 sse_ok("data: <full event JSON> messages"), None) },
             "/runs/subscribe": { "get": {
                 "summary": "SSE: slim live events of all runs; never ends by itself",
+                "description": label_description(limits),
                 "operationId": "subscribeRuns",
+                "x-parameter-family": label_family(limits),
                 "parameters": [
-                    { "name": "jobName", "in": "query", "schema": { "type": "array", "items": { "type": "string" } }, "style": "form", "explode": true },
-                    { "name": "label.<key>", "in": "query", "schema": { "type": "string" } }
+                    { "name": "jobName", "in": "query", "schema": { "type": "array", "maxItems": limits.max_job_name_filters, "items": job_name }, "style": "form", "explode": true }
                 ],
-                "responses": { "200": sse_ok("data: <slim event JSON> messages") }
+                "responses": {
+                    "200": sse_ok("data: <slim event JSON> messages"),
+                    "400": error_response("Invalid label key or value, too many filters, or a NUL character")
+                }
             }},
             "/jobs": { "get": {
                 "summary": "Registered jobs (durably for Rust extension)",
@@ -133,14 +240,7 @@ pub(crate) fn document() -> Value {
         "components": { "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
             "RunStatus": { "type": "string", "enum": ["pending", "leased", "completed", "failed", "cancelled"] },
-            "TriggerRequest": { "type": "object", "required": ["jobName"], "properties": {
-                "jobName": { "type": "string" },
-                "input": {},
-                "idempotencyKey": { "type": "string" },
-                "concurrencyKey": { "type": "string" },
-                "labels": { "type": "object", "additionalProperties": { "type": "string" } },
-                "coalesce": { "type": "string", "enum": ["skip"] }
-            }},
+            "TriggerRequest": trigger_request(durably, limits),
             "TriggerResponse": { "type": "object", "required": ["runId", "disposition"], "properties": {
                 "runId": { "type": "string" },
                 "disposition": { "type": "string", "enum": ["created", "idempotent", "coalesced"] }

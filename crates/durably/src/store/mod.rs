@@ -238,8 +238,21 @@ pub trait Store: Send + Sync + 'static {
     /// One run by id.
     async fn get_run(&self, id: &str) -> Result<Option<Run>>;
 
-    /// Runs matching `filter`, newest first (`created_at DESC, id DESC`).
+    /// Runs matching `filter`, newest first (`created_at DESC, id DESC`). The cost of the query
+    /// grows linearly with the number of label filters (callers bound them: [`crate::Limits`]).
+    /// Dropping the returned future cancels the query in the database.
     async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+
+    /// [`Store::get_runs`] for a caller that will not wait longer than `timeout` (the HTTP API):
+    /// after it, the query is cancelled in the database and the call fails with
+    /// [`Error::Timeout`]. The default drops [`Store::get_runs`]'s future after `timeout`; a
+    /// backend may also bound the query on the server (PostgreSQL: `statement_timeout`).
+    async fn get_runs_within(&self, filter: &RunFilter, timeout: Duration) -> Result<Vec<Run>> {
+        match tokio::time::timeout(timeout, self.get_runs(filter)).await {
+            Ok(runs) => runs,
+            Err(_) => Err(read_timeout("get_runs", timeout)),
+        }
+    }
 
     /// Steps of a run ordered by index.
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>>;
@@ -387,6 +400,15 @@ pub trait Store: Send + Sync + 'static {
     fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
         None
     }
+}
+
+/// The [`Error::Timeout`] of a read that a caller bounded (see [`Store::get_runs_within`]).
+pub fn read_timeout(operation: &str, timeout: Duration) -> Error {
+    Error::Timeout(format!(
+        "{operation} was cancelled after {} ms, the time allowed to one read: narrow the query \
+         (a status, a jobName or fewer label filters) or allow reads longer",
+        timeout.as_millis()
+    ))
 }
 
 /// Upstream's label-key rule: `^[a-zA-Z0-9\-_./]+$`.

@@ -206,6 +206,11 @@ impl Api {
         self.request_as(None, method, path, body).await
     }
 
+    /// The PostgreSQL schema of the test database, if on PostgreSQL.
+    pub fn schema(&self) -> Option<String> {
+        self._db.schema.clone()
+    }
+
     /// The body text of the last request.
     pub fn raw_last(&self) -> String {
         self.last.lock().unwrap().clone()

@@ -551,12 +551,28 @@ impl SqliteStore {
     }
 
     /// Runs `work` on a reader connection (on the writer thread for in-memory databases).
+    /// Dropping the returned future interrupts `work`'s statements (`sqlite3_interrupt`), or
+    /// skips `work` if it has not started.
     async fn read<R, F>(&self, operation: &'static str, work: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
-        match &self.shared.readers {
+        let abandon = Abandon::default();
+        let state = abandon.0.clone();
+        let work = move |conn: &Connection| {
+            {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(*state, ReadState::Abandoned) {
+                    return Err(Error::storage(operation, "the read was abandoned"));
+                }
+                *state = ReadState::Running(conn.get_interrupt_handle());
+            }
+            let result = work(conn);
+            *state.lock().unwrap_or_else(|p| p.into_inner()) = ReadState::Done;
+            result
+        };
+        let result = match &self.shared.readers {
             None => self.direct(operation, work).await,
             Some(pool) => {
                 let pool = pool.clone();
@@ -564,6 +580,49 @@ impl SqliteStore {
                     .await
                     .map_err(|e| Error::storage(operation, e))?
             }
+        };
+        abandon.finished();
+        result
+    }
+}
+
+/// Where a read stands, for [`Abandon`].
+#[derive(Default)]
+enum ReadState {
+    /// Not started.
+    #[default]
+    Waiting,
+    /// Its statements run on the connection this handle interrupts.
+    Running(rusqlite::InterruptHandle),
+    /// Returned (an interrupt now would hit whatever the connection runs next).
+    Done,
+    /// Its caller went away.
+    Abandoned,
+}
+
+/// Interrupts a read whose future is dropped before it finished (an HTTP client that went
+/// away, a timeout), so that it does not run on to its end on a reader (or, in memory, on the
+/// writer thread). The state is locked around both the interrupt and the read's end, so an
+/// interrupt never reaches a later statement of another read on the same connection.
+#[derive(Default)]
+struct Abandon(Arc<Mutex<ReadState>>);
+
+impl Abandon {
+    fn finished(self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = ReadState::Done;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*state {
+            ReadState::Running(handle) => {
+                handle.interrupt();
+                *state = ReadState::Abandoned;
+            }
+            ReadState::Waiting => *state = ReadState::Abandoned,
+            ReadState::Done | ReadState::Abandoned => {}
         }
     }
 }
@@ -1574,6 +1633,44 @@ mod tests {
         )
         .expect("open");
         assert_eq!(writer_pragma(&memory, "page_size").await, 8_192);
+    }
+
+    /// A read whose future is dropped (a client gone, a timeout) is interrupted instead of
+    /// running on, on a reader (file) and on the writer thread (memory); the connection then
+    /// serves the next read; `get_runs_within` gives up with `Error::Timeout` on its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_read_is_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SqliteStore::open(dir.path().join("abandon.sqlite")).expect("open");
+        let memory = SqliteStore::memory().expect("memory");
+        for store in [file, memory] {
+            store.migrate().await.expect("migrate");
+            let (ended, end) = std::sync::mpsc::channel::<String>();
+            let endless = store.read("test", move |conn| {
+                let outcome = conn.query_row(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                     SELECT count(*) FROM c",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                );
+                let _ = ended.send(format!("{outcome:?}"));
+                Ok(())
+            });
+            let abandoned = tokio::time::timeout(Duration::from_millis(200), endless).await;
+            assert!(abandoned.is_err(), "the endless read cannot finish");
+            let outcome =
+                tokio::task::spawn_blocking(move || end.recv_timeout(Duration::from_secs(10)))
+                    .await
+                    .expect("join")
+                    .expect("the read was interrupted");
+            assert!(outcome.contains("interrupted"), "{outcome}");
+            assert_eq!(store.schema_version().await.expect("next read"), 1);
+            let listed = store
+                .get_runs_within(&RunFilter::new(), Duration::from_secs(5))
+                .await
+                .expect("a quick listing");
+            assert!(listed.is_empty());
+        }
     }
 
     #[tokio::test]

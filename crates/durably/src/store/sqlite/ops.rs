@@ -175,27 +175,49 @@ pub(super) fn get_run(conn: &Connection, id: &str) -> Result<Option<Run>> {
     .map_err(sql_error("get_run"))
 }
 
+/// The statuses a listing asks for, each once (all of them when it names none).
+pub(crate) fn listed_statuses(filter: &RunFilter) -> Vec<RunStatus> {
+    if filter.statuses.is_empty() {
+        return RunStatus::ALL.to_vec();
+    }
+    RunStatus::ALL
+        .into_iter()
+        .filter(|status| filter.statuses.contains(status))
+        .collect()
+}
+
+/// Lists runs. The statement's text depends only on which kinds of condition the filter has
+/// (job names or not; no, one or several labels; which statuses; a page or not), never on how
+/// many job names or labels it lists: those go in as JSON arrays and objects read by
+/// `json_each`. So a handful of statements serve every filter (and may stay in the statement
+/// cache), and the cost of a query grows linearly with its filters: the first label is an
+/// indexed `IN` (the planner may drive the query from it), every label of a run is then looked
+/// up once in the filter's labels.
 pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>> {
     for key in filter.labels.keys() {
         validate_label_key(key)?;
     }
     // The job-name and label conditions, shared by both query shapes below.
     let mut conditions = String::new();
-    let mut condition_args: Vec<&dyn ToSql> = Vec::new();
+    let mut condition_args: Vec<Box<dyn ToSql>> = Vec::new();
     if !filter.job_names.is_empty() {
-        conditions.push_str(&format!(
-            " AND r.job_name IN ({})",
-            vec!["?"; filter.job_names.len()].join(", ")
-        ));
-        condition_args.extend(filter.job_names.iter().map(|s| s as &dyn ToSql));
+        conditions.push_str(" AND r.job_name IN (SELECT value FROM json_each(?))");
+        condition_args.push(Box::new(to_json("get_runs", &filter.job_names)?));
     }
-    for (key, value) in &filter.labels {
+    if let Some((key, value)) = filter.labels.iter().next() {
         conditions.push_str(
-            " AND EXISTS (SELECT 1 FROM durably_run_labels l \
-             WHERE l.run_id = r.id AND l.key = ? AND l.value = ?)",
+            " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",
         );
-        condition_args.push(key);
-        condition_args.push(value);
+        condition_args.push(Box::new(key.clone()));
+        condition_args.push(Box::new(value.clone()));
+    }
+    if filter.labels.len() > 1 {
+        conditions.push_str(
+            " AND (SELECT count(*) FROM durably_run_labels l WHERE l.run_id = r.id \
+             AND (l.key, l.value) IN (SELECT key, value FROM json_each(?))) = ?",
+        );
+        condition_args.push(Box::new(to_json("get_runs", &filter.labels)?));
+        condition_args.push(Box::new(filter.labels.len() as i64));
     }
     let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
     // SQLite's `LIMIT -1` is "no limit".
@@ -203,28 +225,25 @@ pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>
         .limit
         .map(|l| l.min(i64::MAX as u64) as i64)
         .unwrap_or(-1);
-    let all_statuses = RunStatus::ALL;
-    let statuses: &[RunStatus] = if filter.statuses.is_empty() {
-        &all_statuses
-    } else {
-        &filter.statuses
-    };
+    // Runs taken from each status slice of a page.
+    let per_status = page_limit.saturating_add(offset);
+    let statuses = listed_statuses(filter);
     let mut args: Vec<&dyn ToSql> = Vec::new();
     let sql = match filter.limit {
         // A page: schema v1 has no index on `created_at` alone, so instead of sorting every
         // matching run, take the newest `offset + limit` of each status from its
         // `(status, created_at)` index slice and merge those few.
         Some(_) => {
-            let per_status = page_limit.saturating_add(offset);
             let part = format!(
                 "SELECT * FROM (SELECT {} FROM durably_runs r WHERE r.status = ?{conditions} \
-                 ORDER BY r.created_at DESC, r.id DESC LIMIT {per_status})",
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT ?)",
                 run_columns!()
             );
             let parts = vec![part; statuses.len()].join(" UNION ALL ");
-            for status in statuses {
+            for status in &statuses {
                 args.push(status);
-                args.extend(condition_args.iter().copied());
+                args.extend(condition_args.iter().map(|a| a.as_ref()));
+                args.push(&per_status);
             }
             args.push(&page_limit);
             format!(
@@ -235,7 +254,7 @@ pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>
         // Everything from `offset` on: one query.
         None => {
             args.extend(statuses.iter().map(|s| s as &dyn ToSql));
-            args.extend(condition_args.iter().copied());
+            args.extend(condition_args.iter().map(|a| a.as_ref()));
             args.push(&page_limit);
             format!(
                 "SELECT {} FROM durably_runs r WHERE r.status IN ({}){conditions} \
