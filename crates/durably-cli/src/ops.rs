@@ -262,10 +262,11 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
     if args.limit > 0 {
         filter.limit = Some(args.limit);
     }
-    let runs = durably
-        .get_runs(&filter)
-        .await
-        .map_err(|e| database_error(&args.db, e))?;
+    let runs = durably.get_runs(&filter).await.map_err(|e| match e {
+        // The filter exceeds the limits (too many labels, a value too long): bad arguments.
+        durably::Error::Validation(message) => CliError::usage(message),
+        e => database_error(&args.db, e),
+    })?;
     if args.json {
         println!("{}", to_json(&runs)?);
         return Ok(OK);

@@ -255,6 +255,19 @@ async fn runs_lists_filters_and_prints_json() {
     let bad = durably_cli(&["runs", "--db", fx.db(), "--label", "tenant"]);
     expect_code(&bad, 2);
     assert!(stderr(&bad).contains("KEY=VALUE"), "{}", stderr(&bad));
+    // More label filters than a query may combine (durably::Limits): bad arguments too.
+    let labels: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    let mut args = vec!["runs", "--db", fx.db()];
+    for label in &labels {
+        args.extend(["--label", label.as_str()]);
+    }
+    let bad = durably_cli(&args);
+    expect_code(&bad, 2);
+    assert!(
+        stderr(&bad).contains("Too many label filters"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

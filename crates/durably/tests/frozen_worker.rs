@@ -264,6 +264,7 @@ mod sigstop {
     const ENV_DB: &str = "DURABLY_TEST_FROZEN_DB";
     const ENV_SCHEMA: &str = "DURABLY_TEST_FROZEN_SCHEMA";
     const ENV_LOG: &str = "DURABLY_TEST_FROZEN_LOG";
+    const ENV_TRAP: &str = "DURABLY_TEST_FROZEN_TRAP";
     const STEPS: u64 = 40;
     /// The child stops once this step's write committed.
     const STOP_AFTER: &str = "s20";
@@ -288,6 +289,8 @@ mod sigstop {
                     let ran = step
                         .run(&format!("s{k}"), |_| async move {
                             record(&log2, &format!("s{k}"))?;
+                            // Slow enough for the lease keeper to renew during the run.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             Ok::<_, std::io::Error>(k)
                         })
                         .await;
@@ -334,7 +337,10 @@ mod sigstop {
         runtime.block_on(async move {
             let freezing = Arc::new(Freezing::new(open_store(&db, schema.as_deref())));
             freezing.stop_process_on_trap();
-            freezing.arm(Trap::StepPersisted(STOP_AFTER.into()));
+            freezing.arm(match std::env::var(ENV_TRAP).as_deref() {
+                Ok("renewal") => Trap::LeaseRenewed,
+                _ => Trap::StepPersisted(STOP_AFTER.into()),
+            });
             let durably = instance(freezing, Path::new(&log));
             durably.init().await.expect("init");
             // Work until the parent kills this process.
@@ -386,7 +392,17 @@ mod sigstop {
             .collect()
     }
 
-    async fn sigstopped_worker_runs_no_step_after_the_takeover(backend: Backend) {
+    /// Where the child stops itself.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum StopAt {
+        /// Right after step `STOP_AFTER` committed.
+        StepWrite,
+        /// Right after its first lease renewal committed (its job goes on meanwhile on
+        /// another thread, so the step in flight may run again on the parent).
+        Renewal,
+    }
+
+    async fn sigstopped_worker_runs_no_step_after_the_takeover(backend: Backend, at: StopAt) {
         let db = TestDb::new(backend);
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("executions.log");
@@ -413,6 +429,13 @@ mod sigstop {
             ])
             .env(ENV_DB, &path)
             .env(ENV_LOG, &log)
+            .env(
+                ENV_TRAP,
+                match at {
+                    StopAt::StepWrite => "step",
+                    StopAt::Renewal => "renewal",
+                },
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if let Some(schema) = &db.schema {
@@ -458,19 +481,51 @@ mod sigstop {
                 .map(|(_, what)| what.clone())
                 .collect()
         };
-        // The child ran up to the step after which it stopped, and nothing after; the parent
-        // ran the rest, each step once.
-        let stop_at: u64 = STOP_AFTER[1..].parse().expect("step number");
-        let expected_child: Vec<String> = (1..=stop_at).map(|k| format!("s{k}")).collect();
-        let expected_parent: Vec<String> = (stop_at + 1..=STEPS).map(|k| format!("s{k}")).collect();
-        assert_eq!(ran(child_pid), expected_child, "log: {lines:?}");
-        assert_eq!(ran(std::process::id()), expected_parent, "log: {lines:?}");
+        let (child_ran, parent_ran) = (ran(child_pid), ran(std::process::id()));
+        let step = |k: u64| format!("s{k}");
+        // No step ran in the child once the parent had taken the run over.
+        let first_of_parent = lines
+            .iter()
+            .position(|(pid, _)| *pid == std::process::id())
+            .expect("the parent ran steps");
+        assert!(
+            !lines[first_of_parent..]
+                .iter()
+                .any(|(pid, what)| *pid == child_pid && !what.starts_with("abandoned")),
+            "the child ran a step after the takeover: {lines:?}"
+        );
+        // The child ran a prefix of the steps, the parent the rest, each once; only the step in
+        // flight when the child stopped after a renewal may have run in both.
+        let stopped_after = child_ran.len() as u64;
+        assert_eq!(child_ran, (1..=stopped_after).map(step).collect::<Vec<_>>());
+        let resumed_at = match at {
+            StopAt::StepWrite => {
+                assert_eq!(child_ran.last(), Some(&STOP_AFTER.to_owned()), "{lines:?}");
+                stopped_after + 1
+            }
+            StopAt::Renewal => STEPS - parent_ran.len() as u64 + 1,
+        };
+        assert!(
+            resumed_at == stopped_after + 1 || resumed_at == stopped_after,
+            "{lines:?}"
+        );
+        assert_eq!(
+            parent_ran,
+            (resumed_at..=STEPS).map(step).collect::<Vec<_>>()
+        );
     }
 
     // A process of its own needs a database it can open: a SQLite file or PostgreSQL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_file_sigstopped_worker_runs_no_step_after_the_takeover() {
-        sigstopped_worker_runs_no_step_after_the_takeover(Backend::SqliteFile).await;
+    async fn sqlite_file_stopped_after_a_step_write() {
+        sigstopped_worker_runs_no_step_after_the_takeover(Backend::SqliteFile, StopAt::StepWrite)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_file_stopped_after_a_renewal() {
+        sigstopped_worker_runs_no_step_after_the_takeover(Backend::SqliteFile, StopAt::Renewal)
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,7 +533,17 @@ mod sigstop {
         not(durably_postgres_tests),
         ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
     )]
-    async fn postgres_sigstopped_worker_runs_no_step_after_the_takeover() {
-        sigstopped_worker_runs_no_step_after_the_takeover(Backend::Postgres).await;
+    async fn postgres_stopped_after_a_step_write() {
+        sigstopped_worker_runs_no_step_after_the_takeover(Backend::Postgres, StopAt::StepWrite)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(durably_postgres_tests),
+        ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+    )]
+    async fn postgres_stopped_after_a_renewal() {
+        sigstopped_worker_runs_no_step_after_the_takeover(Backend::Postgres, StopAt::Renewal).await;
     }
 }
