@@ -164,6 +164,11 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
     let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(indexes, expected, "exactly the twelve upstream indexes");
+    // durably has no addition of its own on SQLite yet, so no version table of its own either.
+    assert!(
+        !tables.iter().any(|t| t.starts_with("durably_rs_")),
+        "no durably_rs_* table: {tables:?}"
+    );
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -237,4 +242,85 @@ async fn sqlite_two_stores_on_one_file_migrate_concurrently() {
     let run = echo.trigger(json!("x")).await.expect("trigger").run;
     let seen = b.get_run(&run.id).await.expect("read").expect("run");
     assert_eq!(seen.status, RunStatus::Pending);
+}
+
+// ---- PostgreSQL: durably's own additions climb a ladder of their own ----
+
+async fn pg_client() -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs `sql` in the test database and returns the first column of each row as text.
+async fn pg_texts(sql: &str) -> Vec<String> {
+    pg_client()
+        .await
+        .query(sql, &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect()
+}
+
+async fn pg_versions(schema: &str, table: &str) -> Vec<String> {
+    pg_texts(&format!(
+        "SELECT version::text FROM \"{schema}\".\"{table}\" ORDER BY version"
+    ))
+    .await
+}
+
+async fn pg_own_indexes(schema: &str) -> Vec<String> {
+    pg_texts(&format!(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{schema}' \
+         AND tablename = 'durably_runs' AND indexname LIKE 'durably_rs_%' ORDER BY indexname"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
+    let db = TestDb::new(Backend::Postgres);
+    let schema = db.schema.clone().expect("schema");
+    for _ in 0..2 {
+        db.store.migrate().await.expect("migrate");
+    }
+    // Upstream's table holds upstream's versions only; ours holds ours.
+    assert_eq!(pg_versions(&schema, "durably_schema_versions").await, ["1"]);
+    assert_eq!(
+        pg_versions(&schema, "durably_rs_schema_versions").await,
+        ["1"]
+    );
+    assert_eq!(
+        pg_own_indexes(&schema).await,
+        [
+            "durably_rs_runs_pending_key_order",
+            "durably_rs_runs_pending_order"
+        ]
+    );
+
+    // A database migrated before the ladder existed (the indexes, no version table of ours)
+    // climbs it without error and records where it is.
+    pg_client()
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".durably_rs_schema_versions"
+        ))
+        .await
+        .expect("drop our version table");
+    db.store.migrate().await.expect("migrate an older database");
+    assert_eq!(
+        pg_versions(&schema, "durably_rs_schema_versions").await,
+        ["1"]
+    );
+    assert_eq!(pg_own_indexes(&schema).await.len(), 2);
+    assert_eq!(db.store.schema_version().await.expect("version"), 1);
 }

@@ -1013,12 +1013,13 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
     };
     let store = postgres_store(&schema);
     store.migrate().await.expect("migrate");
-    // A database the TypeScript runtime created has upstream's indexes only: migrating adds ours.
+    // A database the TypeScript runtime created has upstream's indexes only (and no version
+    // table of durably's own additions): migrating adds ours.
     let admin = admin().await;
     admin
         .batch_execute(&format!(
             "SET search_path TO \"{schema}\"; DROP INDEX durably_rs_runs_pending_order; \
-             DROP INDEX durably_rs_runs_pending_key_order"
+             DROP INDEX durably_rs_runs_pending_key_order; DROP TABLE durably_rs_schema_versions"
         ))
         .await
         .expect("drop the indexes");

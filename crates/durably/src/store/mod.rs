@@ -21,6 +21,7 @@ use crate::run::{
 use crate::time::Timestamp;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod migrations;
 pub(crate) mod schema;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -43,7 +44,8 @@ pub struct WriterStats {
     pub operations: u64,
 }
 
-/// The schema version this library writes (upstream schema version 1).
+/// The upstream schema version this library migrates to (upstream schema version 1; durably's
+/// own additions are versioned separately, see `docs/architecture.md`).
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// A run to insert.

@@ -49,13 +49,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
-    SCHEMA_VERSION, Store, StoreNotice, parse_labels, parse_optional_json, pending_conflict,
-    pending_run, validate_label_key,
+    Store, StoreNotice, parse_labels, parse_optional_json, pending_conflict, pending_run,
+    validate_label_key,
 };
 use crate::error::{Error, Result};
 use crate::run::{
     Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
+use crate::store::migrations::{Ladder, POSTGRES_OWN, UPSTREAM};
 use crate::time::{Timestamp, new_id_at};
 
 /// Options for [`PostgresStore::connect_with`].
@@ -1359,41 +1360,6 @@ fn runs_query<'a>(
     (sql, params)
 }
 
-/// durably's own index beside upstream's schema version 1: the pending runs in claim order
-/// (`created_at`, then `id`). Upstream's `(status, created_at)` index cannot break ties by id,
-/// so without it every claim sorts the whole oldest same-millisecond group (a batch trigger of
-/// 20,000 runs: 23 ms per claim). It holds pending runs only, so a claim or completion does not
-/// add entries to it. The TypeScript runtime ignores it.
-const PENDING_ORDER_INDEX: &str = "durably_rs_runs_pending_order";
-
-/// durably's second own index: the pending runs that have a concurrency key, by key, in claim
-/// order. The keyed claim finds a key's oldest pending run in it at once; through upstream's
-/// `(status, concurrency_key)` index it read and sorted every pending run of the key (at 1,250
-/// pending runs per key, a tenth of the keyed throughput). Keyless runs never enter it.
-const PENDING_KEY_ORDER_INDEX: &str = "durably_rs_runs_pending_key_order";
-
-/// durably's own indexes (see [`PENDING_ORDER_INDEX`], [`PENDING_KEY_ORDER_INDEX`]): name and
-/// statement.
-fn own_indexes() -> [(&'static str, String); 2] {
-    [
-        (
-            PENDING_ORDER_INDEX,
-            format!(
-                "CREATE INDEX IF NOT EXISTS {PENDING_ORDER_INDEX} ON durably_runs (created_at, id) \
-                 WHERE status = 'pending'"
-            ),
-        ),
-        (
-            PENDING_KEY_ORDER_INDEX,
-            format!(
-                "CREATE INDEX IF NOT EXISTS {PENDING_KEY_ORDER_INDEX} ON durably_runs \
-                 (concurrency_key, created_at, id) \
-                 WHERE status = 'pending' AND concurrency_key IS NOT NULL"
-            ),
-        ),
-    ]
-}
-
 /// A run's key is free when no *other* run holding that key has an unexpired lease at `now`
 /// (a placeholder), leaving out leases that `ending` (SQL over `o`, or empty) says end with the
 /// statement.
@@ -1515,7 +1481,7 @@ pub(super) fn lock_claim_keys_sql() -> String {
 /// each locked key that no unexpired lease holds, lease its oldest claimable run (runs sharing a
 /// key go oldest first, across job names). `$1` worker, `$2` lease expiry, `$3` now.
 ///
-/// A key's oldest pending run comes from [`PENDING_KEY_ORDER_INDEX`]. A run whose row
+/// A key's oldest pending run comes from durably's index `durably_rs_runs_pending_key_order`. A run whose row
 /// another claimer holds locked is skipped (`SKIP LOCKED`), its key left for this round, never
 /// waited for: the TypeScript runtime's claim locks a run's row *before* it takes the key's
 /// advisory lock, so waiting for that row while holding the key's lock is a deadlock
@@ -1582,28 +1548,8 @@ impl Store for PostgresStore {
                     tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
                         .await?;
                 }
-                let version = current_version(&tx).await?;
-                if version < SCHEMA_VERSION {
-                    for statement in crate::store::schema::SCHEMA_V1 {
-                        tx.batch_execute(statement).await?;
-                    }
-                    tx.execute(
-                        "INSERT INTO durably_schema_versions (version, applied_at) \
-                         VALUES ($1::integer, $2) ON CONFLICT DO NOTHING",
-                        &[&(SCHEMA_VERSION as i32), &Timestamp::now().to_string()],
-                    )
-                    .await?;
-                }
-                // Checked first: `CREATE INDEX IF NOT EXISTS` would lock the table even when
-                // the index is there, and every worker migrates at start.
-                for (name, create) in own_indexes() {
-                    let ours = tx
-                        .query_one(&format!("SELECT to_regclass('{name}') IS NOT NULL"), &[])
-                        .await?;
-                    if !ours.try_get::<_, bool>(0)? {
-                        tx.batch_execute(&create).await?;
-                    }
-                }
+                climb(&tx, &UPSTREAM).await?;
+                climb(&tx, &POSTGRES_OWN).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -2336,22 +2282,60 @@ impl PostgresStore {
     }
 }
 
-/// `MAX(version)` of `durably_schema_versions` in the current schema, or 0 without the table.
+/// Applies the steps of `ladder` above the version its table records, recording each (inside
+/// the migration's transaction). Reads only when the database is up to date: every worker
+/// migrates at start, and `CREATE INDEX IF NOT EXISTS` locks the table even when the index is
+/// there.
+async fn climb(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ladder: &Ladder,
+) -> std::result::Result<(), Fail> {
+    let current = version_in(tx, ladder.table).await?;
+    if current >= ladder.latest() {
+        return Ok(());
+    }
+    if let Some(create) = ladder.create_table() {
+        tx.batch_execute(&create).await?;
+    }
+    for migration in ladder.pending(current) {
+        for statement in migration.statements {
+            tx.batch_execute(statement).await?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO \"{}\" (version, applied_at) VALUES ($1::integer, $2) \
+                 ON CONFLICT DO NOTHING",
+                ladder.table
+            ),
+            &[&(migration.version as i32), &Timestamp::now().to_string()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The upstream schema version: `MAX(version)` of `durably_schema_versions` in the current
+/// schema, or 0 without the table.
 async fn current_version<C: deadpool_postgres::GenericClient>(
     client: &C,
 ) -> std::result::Result<i64, Fail> {
+    version_in(client, UPSTREAM.table).await
+}
+
+/// `MAX(version)` of a version table in the current schema, or 0 without the table.
+async fn version_in<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    table: &str,
+) -> std::result::Result<i64, Fail> {
     let exists = client
-        .query_one(
-            "SELECT to_regclass('durably_schema_versions') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?;
     if !exists.try_get::<_, bool>(0)? {
         return Ok(0);
     }
     let row = client
         .query_one(
-            "SELECT COALESCE(MAX(version), 0)::bigint FROM durably_schema_versions",
+            &format!("SELECT COALESCE(MAX(version), 0)::bigint FROM \"{table}\""),
             &[],
         )
         .await?;

@@ -1,49 +1,70 @@
-//! Migrations on SQLite: applies the shared upstream schema version 1
-//! ([`crate::store::schema::SCHEMA_V1`]).
+//! Migrations on SQLite: climbs the upstream ladder and durably's own
+//! ([`crate::store::migrations`]) inside the writer's transaction.
 
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::store::SCHEMA_VERSION;
-use crate::store::schema::SCHEMA_V1;
+use crate::store::migrations::{Ladder, SQLITE_OWN, UPSTREAM};
 use crate::time::Timestamp;
 
-/// Applies missing migrations inside the writer's transaction. A database already at version 1
-/// or later is left untouched.
+/// Applies the missing steps of both ladders inside the writer's transaction. A database
+/// already at the latest versions is only read.
 pub(super) fn migrate(conn: &Connection) -> Result<()> {
-    if current_version(conn)? >= SCHEMA_VERSION {
+    climb(conn, &UPSTREAM)?;
+    climb(conn, &SQLITE_OWN)
+}
+
+/// Applies the steps of `ladder` above the version its table records, recording each.
+fn climb(conn: &Connection, ladder: &Ladder) -> Result<()> {
+    let current = version_in(conn, ladder.table)?;
+    if current >= ladder.latest() {
         return Ok(());
     }
-    for statement in SCHEMA_V1 {
-        conn.execute_batch(statement)
-            .map_err(|e| Error::storage("migrate", e))?;
+    let failed = |e| Error::storage("migrate", e);
+    if let Some(create) = ladder.create_table() {
+        conn.execute_batch(&create).map_err(failed)?;
     }
-    conn.execute(
-        "INSERT OR IGNORE INTO durably_schema_versions (version, applied_at) VALUES (?1, ?2)",
-        rusqlite::params![SCHEMA_VERSION, Timestamp::now()],
-    )
-    .map_err(|e| Error::storage("migrate", e))?;
+    for migration in ladder.pending(current) {
+        for statement in migration.statements {
+            conn.execute_batch(statement).map_err(failed)?;
+        }
+        conn.execute(
+            &format!(
+                "INSERT OR IGNORE INTO \"{}\" (version, applied_at) VALUES (?1, ?2)",
+                ladder.table
+            ),
+            rusqlite::params![migration.version, Timestamp::now()],
+        )
+        .map_err(failed)?;
+    }
     Ok(())
 }
 
-/// `MAX(version)` of `durably_schema_versions`, or 0 when the table does not exist.
+/// The upstream schema version: `MAX(version)` of `durably_schema_versions`, or 0 when the
+/// table does not exist.
 pub(super) fn current_version(conn: &Connection) -> Result<i64> {
+    version_in(conn, UPSTREAM.table)
+}
+
+/// `MAX(version)` of a version table, or 0 when it does not exist.
+fn version_in(conn: &Connection, table: &str) -> Result<i64> {
+    let failed = |e| Error::storage("schema_version", e);
     let exists = conn
         .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durably_schema_versions'",
-            [],
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
             |_| Ok(()),
         )
         .optional()
-        .map_err(|e| Error::storage("schema_version", e))?
+        .map_err(failed)?
         .is_some();
     if !exists {
         return Ok(0);
     }
     conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM durably_schema_versions",
+        &format!("SELECT COALESCE(MAX(version), 0) FROM \"{table}\""),
         [],
         |row| row.get(0),
     )
-    .map_err(|e| Error::storage("schema_version", e))
+    .map_err(failed)
 }
