@@ -1,0 +1,333 @@
+//! The SQL text of the claim, the enqueue and the listings, written once for every caller
+//! (the store and its batches).
+
+use super::*;
+
+/// Notification payload: runs may be claimable.
+pub(super) const NOTICE_RUNS: &str = "runs";
+/// Notification payload prefix: `cancel:<origin store>:<run id>`.
+pub(super) const NOTICE_CANCEL: &str = "cancel:";
+
+/// One enqueue as one statement: the run's own earlier commit (a retry) → idempotency key →
+/// oldest pending run of the job+key → insert (with its labels, and a `NOTIFY`).
+/// `kind`: 0 idempotent, 1 pending run of the key exists, 2 created.
+pub(super) fn enqueue_sql() -> String {
+    format!(
+        "WITH mine AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $4), \
+         idem AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $2::text IS NOT NULL \
+           AND job_name = $1 AND idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM mine)), \
+         pend AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $3::text IS NOT NULL \
+           AND job_name = $1 AND concurrency_key = $3 AND status = 'pending' \
+           AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM idem) \
+           ORDER BY created_at ASC, id ASC LIMIT 1), \
+         ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
+           concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
+           created_at, updated_at) \
+           SELECT $4::text, $1::text, $5::text, 'pending', $2::text, $3::text, $6::text, 0, 0, 0, \
+           $7::text, $7::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
+           AND NOT EXISTS (SELECT 1 FROM idem) AND NOT EXISTS (SELECT 1 FROM pend) \
+           ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}), \
+         lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
+           SELECT ins.id, l.k, l.v FROM ins, unnest($8::text[], $9::text[]) AS l(k, v)), \
+         note AS (SELECT pg_notify($10::text, '{NOTICE_RUNS}') FROM ins LIMIT 1) \
+         SELECT 2 AS kind, {RUN_COLUMNS} FROM mine \
+         UNION ALL SELECT 0, {RUN_COLUMNS} FROM idem \
+         UNION ALL SELECT 1, {RUN_COLUMNS} FROM pend \
+         UNION ALL SELECT 2, {RUN_COLUMNS} FROM ins WHERE (SELECT count(*) FROM note) >= 0"
+    )
+}
+
+/// Only the idempotency lookup (a request whose labels are invalid may still be idempotent).
+pub(super) fn idempotency_sql() -> String {
+    format!(
+        "SELECT 0 AS kind, {RUN_COLUMNS} FROM durably_runs WHERE job_name = $1 AND idempotency_key = $2"
+    )
+}
+
+/// The parameter values of a `get_runs` statement that are computed from its filter.
+pub(super) struct RunsValues<'a> {
+    pub(super) limit: Option<i64>,
+    pub(super) offset: i64,
+    /// Runs taken from each status slice of a page: `limit + offset`.
+    pub(super) per_status: i64,
+    /// The statuses asked for, or all of them.
+    pub(super) statuses: Vec<&'static str>,
+    /// The label filters' keys and values, in the same order.
+    pub(super) label_keys: Vec<&'a str>,
+    pub(super) label_values: Vec<&'a str>,
+    pub(super) label_count: i64,
+}
+
+impl<'a> RunsValues<'a> {
+    pub(super) fn new(filter: &'a RunFilter) -> Self {
+        let limit = filter.limit.map(|l| l.min(i64::MAX as u64) as i64);
+        let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+        // Each status once, whatever the filter repeats.
+        let statuses = RunStatus::ALL
+            .into_iter()
+            .filter(|status| filter.statuses.is_empty() || filter.statuses.contains(status))
+            .map(|status| status.as_str())
+            .collect();
+        RunsValues {
+            limit,
+            offset,
+            per_status: limit.unwrap_or(0).saturating_add(offset),
+            statuses,
+            label_keys: filter.labels.keys().map(String::as_str).collect(),
+            label_values: filter.labels.values().map(String::as_str).collect(),
+            label_count: filter.labels.len() as i64,
+        }
+    }
+}
+
+/// The statement listing the runs `filter` selects, newest first, with its parameters.
+pub(super) fn runs_query<'a>(
+    filter: &'a RunFilter,
+    values: &'a RunsValues<'a>,
+) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    // The job-name and label conditions, shared by both query shapes below.
+    let mut conditions = String::new();
+    if !filter.job_names.is_empty() {
+        params.push(&filter.job_names);
+        conditions.push_str(&format!(" AND r.job_name = ANY(${}::text[])", params.len()));
+    }
+    // The statement's text depends on whether there are no, one or several labels, never on
+    // how many: their keys and values go in as two arrays. Planning stays constant (one
+    // `EXISTS` per label made planning grow explosively: 100 labels took 1.1 s, 300 took 54 s)
+    // and execution linear: the first label is an `EXISTS` the planner may drive the query
+    // from (the `(key, value)` index); then the labels of each candidate run, read through
+    // the `(run_id, key)` index whatever the table's statistics say, are compared with the
+    // filter value of their key, and all must be there.
+    if let (Some(key), Some(value)) = (values.label_keys.first(), values.label_values.first()) {
+        params.push(key);
+        params.push(value);
+        conditions.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM durably_run_labels l WHERE l.run_id = r.id \
+             AND l.key = ${} AND l.value = ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    if values.label_count > 1 {
+        params.push(&values.label_keys);
+        params.push(&values.label_values);
+        params.push(&values.label_count);
+        conditions.push_str(&format!(
+            " AND (SELECT count(*) FROM durably_run_labels l WHERE l.run_id = r.id \
+             AND l.value = (${}::text[])[array_position(${}::text[], l.key)]) = ${}::bigint",
+            params.len() - 1,
+            params.len() - 2,
+            params.len()
+        ));
+    }
+    let order = "ORDER BY created_at DESC, id DESC";
+    let sql = if values.limit.is_some() {
+        // A page: schema v1 has no index on `created_at` alone, so instead of sorting every
+        // matching run (a parallel sequential scan of the table: 100 ms for 220,000 runs), take
+        // the newest `offset + limit` of each status from its `(status, created_at)` index slice
+        // (the pending ones from durably's own pending-order index) and merge those few.
+        params.push(&values.per_status);
+        let per_status = params.len();
+        // Each status is written into the statement (they are the fixed `RunStatus` names),
+        // so the planner of the pending slice sees that its partial index applies.
+        let parts: Vec<String> = values
+            .statuses
+            .iter()
+            .map(|status| {
+                format!(
+                    "(SELECT {RUN_COLUMNS} FROM durably_runs r WHERE r.status = '{status}'\
+                     {conditions} ORDER BY r.created_at DESC, r.id DESC \
+                     LIMIT ${per_status}::bigint)"
+                )
+            })
+            .collect();
+        params.push(&values.limit);
+        params.push(&values.offset);
+        format!(
+            "SELECT {RUN_COLUMNS} FROM ({}) r {order} LIMIT ${}::bigint OFFSET ${}::bigint",
+            parts.join(" UNION ALL "),
+            params.len() - 1,
+            params.len()
+        )
+    } else {
+        // Everything from `offset` on: one query.
+        if !filter.statuses.is_empty() {
+            params.push(&values.statuses);
+            conditions.push_str(&format!(" AND r.status = ANY(${}::text[])", params.len()));
+        }
+        params.push(&values.offset);
+        format!(
+            "SELECT {RUN_COLUMNS} FROM durably_runs r WHERE true{conditions} {order} \
+             OFFSET ${}::bigint",
+            params.len()
+        )
+    };
+    (sql, params)
+}
+
+/// A run's key is free when no *other* run holding that key has an unexpired lease at `now`
+/// (a placeholder), leaving out leases that `ending` (SQL over `o`, or empty) says end with the
+/// statement.
+pub(super) fn key_is_free(now: &str, ending: &str) -> String {
+    format!(
+        "(r.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs o \
+         WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key AND o.id <> r.id \
+         AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > {now}{ending}))"
+    )
+}
+
+/// Claim, first statement: the oldest `$2` claimable runs (locked, skipping runs other claimers
+/// hold); those without a concurrency key are leased at once. Returns one row per candidate:
+/// `(has_key, candidate id, key, leased run columns or NULLs)`.
+pub(super) fn claim_sql() -> String {
+    claim_sql_when("")
+}
+
+/// [`claim_sql`] that claims only if the run with id `$5` exists: in the transaction of an
+/// enqueue, only when that enqueue inserted its run.
+pub(super) fn claim_after_insert_sql() -> String {
+    claim_sql_when(" AND EXISTS (SELECT 1 FROM durably_runs n WHERE n.id = $5)")
+}
+
+pub(super) fn claim_sql_when(condition: &str) -> String {
+    let leased = run_columns("won");
+    format!(
+        "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
+         {leased} FROM c LEFT JOIN won ON won.id = c.id ORDER BY c.created_at ASC, c.id ASC",
+        claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition)
+    )
+}
+
+/// Where a claim's parameters are in its statement.
+pub(super) struct ClaimPlaceholders {
+    pub now: String,
+    pub limit: String,
+    pub worker: String,
+    pub expires: String,
+    /// A condition over `o` (after `AND`, or empty) true of runs whose leases end with the
+    /// statement: their keys count as free when picking keyed candidates (which only the keyed
+    /// claim, under the keys' locks and in a later snapshot, leases).
+    pub ending: &'static str,
+}
+
+impl ClaimPlaceholders {
+    /// Parameters `$first` now, then limit, worker and lease expiry.
+    pub(super) fn numbered_from(first: usize, ending: &'static str) -> Self {
+        let number = |offset: usize| format!("${}", first + offset);
+        ClaimPlaceholders {
+            now: number(0),
+            limit: number(1),
+            worker: number(2),
+            expires: number(3),
+            ending,
+        }
+    }
+}
+
+/// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
+/// the oldest `limit` claimable runs that match `condition` (locked, skipping runs other
+/// claimers hold), `won` those of them without a concurrency key, leased.
+pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
+    let returning = run_columns("r");
+    let ClaimPlaceholders {
+        now,
+        limit,
+        worker,
+        expires,
+        ending,
+    } = at;
+    let key_is_free = key_is_free(now, ending);
+    format!(
+        "p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'pending' AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+         e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
+           AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+         c AS (SELECT id, concurrency_key, created_at FROM \
+           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
+           LIMIT {limit}), \
+         won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = {worker}, \
+           lease_expires_at = {expires}, lease_generation = r.lease_generation + 1, \
+           started_at = COALESCE(r.started_at, {now}), updated_at = {now} \
+           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
+    )
+}
+
+/// The transaction-local setting that carries a claim's keyed candidates, as a JSON array of
+/// keys, from the statement that finds them to the one that locks them and the one that leases
+/// their runs: the three can then be sent at once (pipelined), each reading what the one before
+/// wrote.
+pub(super) const CLAIM_KEYS: &str = "durably.claim_keys";
+
+/// The keys in [`CLAIM_KEYS`] (`'[]'` when unset), as JSON.
+pub(super) fn claim_keys_json() -> String {
+    format!("COALESCE(NULLIF(current_setting('{CLAIM_KEYS}', true), ''), '[]')::json")
+}
+
+/// Claim, keyed runs: the transaction advisory lock of each key, *tried*; [`CLAIM_KEYS`] keeps
+/// the keys whose lock this transaction now holds. The keys are `$1` (a JSON array), or the
+/// setting when `$1` is NULL. A key whose lock another claimer holds is being claimed by it;
+/// waiting would hold the locks taken so far meanwhile, and the TypeScript runtime's claim
+/// takes a key's lock while it holds other keys' locks and a run's row lock, so waiting could
+/// close a deadlock. Never waiting for a lock nor a row, a claim cannot be part of one.
+pub(super) fn lock_claim_keys_sql() -> String {
+    let keys = claim_keys_json();
+    format!(
+        "SELECT set_config('{CLAIM_KEYS}', COALESCE((SELECT json_agg(t.k)::text \
+           FROM json_array_elements_text(COALESCE($1::text::json, {keys})) AS t(k) \
+           WHERE pg_try_advisory_xact_lock(hashtext(t.k))), '[]'), true)"
+    )
+}
+
+/// Claim, keyed runs, after [`lock_claim_keys_sql`] in the same transaction (a statement of its
+/// own, so its fresh snapshot sees every lease committed by whoever held a lock before): for
+/// each locked key that no unexpired lease holds, lease its oldest claimable run (runs sharing a
+/// key go oldest first, across job names). `$1` worker, `$2` lease expiry, `$3` now.
+///
+/// A key's oldest pending run comes from durably's index `durably_rs_runs_pending_key_order`. A run whose row
+/// another claimer holds locked is skipped (`SKIP LOCKED`), its key left for this round, never
+/// waited for: the TypeScript runtime's claim locks a run's row *before* it takes the key's
+/// advisory lock, so waiting for that row while holding the key's lock is a deadlock
+/// (PostgreSQL aborts one of the two claims; tests/interop.rs found it). That claimer leases the
+/// run, or the worker looks again.
+pub(super) fn claim_keyed_sql() -> String {
+    let returning = run_columns("r");
+    let keys = claim_keys_json();
+    let claimable = "(r.status = 'pending' \
+           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3))";
+    format!(
+        "WITH locked AS (SELECT DISTINCT t.k FROM json_array_elements_text({keys}) AS t(k)), \
+         oldest AS (SELECT x.id FROM locked l CROSS JOIN LATERAL ( \
+             SELECT y.id, y.created_at FROM ( \
+               (SELECT r.id, r.created_at FROM durably_runs r \
+                 WHERE r.status = 'pending' AND r.concurrency_key = l.k \
+                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1) \
+               UNION ALL \
+               (SELECT r.id, r.created_at FROM durably_runs r \
+                 WHERE r.status = 'leased' AND r.concurrency_key = l.k \
+                 AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3 \
+                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1)) y \
+             ORDER BY y.created_at ASC, y.id ASC LIMIT 1) x \
+           WHERE NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
+             AND o.concurrency_key = l.k AND o.id <> x.id \
+             AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $3)), \
+         pick AS (SELECT r.id FROM durably_runs r WHERE r.id IN (SELECT id FROM oldest) \
+           AND {claimable} FOR UPDATE OF r SKIP LOCKED) \
+         UPDATE durably_runs r SET status = 'leased', lease_owner = $1, lease_expires_at = $2, \
+         lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, $3), \
+         updated_at = $3 FROM pick WHERE r.id = pick.id AND {claimable} RETURNING {returning}"
+    )
+}
+
+/// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
+pub(super) const FENCED: &str = "id = $1 AND status = 'leased' AND lease_generation = $2::bigint";
+/// [`FENCED`] for a table aliased `r`, after its first `r.`.
+pub(super) const FENCED_R: &str =
+    "id = $1 AND r.status = 'leased' AND r.lease_generation = $2::bigint";
+
+pub(super) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

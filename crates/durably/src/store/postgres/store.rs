@@ -1,0 +1,760 @@
+//! [`Store`] for [`PostgresStore`]: each operation as one statement (or one short transaction).
+
+use super::*;
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let schema = self.shared.schema.clone();
+        self.run("migrate", true, |mut client, _| {
+            let schema = schema.clone();
+            async move {
+                let tx = client.transaction().await?;
+                // One migrator at a time per database (and schema): concurrent `CREATE ... IF
+                // NOT EXISTS` can otherwise fail on the catalogs' unique indexes.
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('durably_migrate:' || $1::text))",
+                    &[&schema.clone().unwrap_or_default()],
+                )
+                .await?;
+                if let Some(schema) = &schema {
+                    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+                        .await?;
+                }
+                climb(&tx, &UPSTREAM).await?;
+                climb(&tx, &POSTGRES_OWN).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        self.run("schema_version", true, |client, _| async move {
+            current_version(&client).await
+        })
+        .await
+    }
+
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
+        let prepared = Prepared::new(&run, new_id_at(now), now)?;
+        self.enqueue_prepared(&run, &prepared).await
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let prepared = Prepared::new(&run, new_id_at(now), now)?;
+        if next.max == 0 {
+            return Ok((self.enqueue_prepared(&run, &prepared).await?, Vec::new()));
+        }
+        let (enqueued, mut claimed, keyed) = self
+            .enqueue_then_claim_once(&run, &prepared, next, now)
+            .await;
+        let enqueued = match enqueued {
+            Some(result) => result?,
+            // Lost a race, or the attempt failed: the enqueue alone, with the same id, so a
+            // retry recognises a row the attempt committed.
+            None => self.enqueue_prepared(&run, &prepared).await?,
+        };
+        // Runs with a concurrency key need the claim's advisory-lock path.
+        let room = next.max.saturating_sub(claimed.len());
+        if keyed && room > 0 {
+            match self.claim(&next.worker_id, now, next.lease, room).await {
+                Ok(runs) => claimed.extend(runs),
+                Err(error) => tracing::warn!(%error, "claim after enqueue failed"),
+            }
+        }
+        Ok((enqueued, claimed))
+    }
+
+    async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared: Vec<Prepared> = runs
+            .iter()
+            .map(|run| Prepared::new(run, new_id_at(now), now))
+            .collect::<Result<_>>()?;
+        let channel = self.shared.channel.clone();
+        let plain = runs
+            .iter()
+            .all(|run| run.idempotency_key.is_none() && run.concurrency_key.is_none());
+        if plain {
+            return self.enqueue_plain(&runs, &prepared, now).await;
+        }
+        for _round in 0..3 {
+            let outcome = self
+                .run("enqueue_many", true, |mut client, _| {
+                    let (prepared, channel, runs) = (&prepared, &channel, &runs);
+                    async move {
+                        let full = client.prepare_cached(&enqueue_sql()).await?;
+                        let idem = client.prepare_cached(&idempotency_sql()).await?;
+                        let tx = client.transaction().await?;
+                        let params: Vec<_> = prepared.iter().map(|p| p.params(channel)).collect();
+                        // Pipelined: every statement is sent at once and executed in order, each
+                        // seeing the ones before it.
+                        let results = futures::future::join_all(prepared.iter().zip(&params).map(
+                            |(p, params)| {
+                                let statement = if p.labels_valid { &full } else { &idem };
+                                tx.query(statement, &params[..])
+                            },
+                        ))
+                        .await;
+                        let mut out = Vec::with_capacity(results.len());
+                        for ((run, p), rows) in runs.iter().zip(prepared).zip(results) {
+                            match resolve(run, p, &rows?)? {
+                                Some(Ok(enqueued)) => out.push(enqueued),
+                                Some(Err(error)) => return Ok(Some(Err(error))), // rolls back
+                                None => return Ok(None), // a concurrent insert won: retry
+                            }
+                        }
+                        tx.commit().await?;
+                        Ok(Some(Ok(out)))
+                    }
+                })
+                .await?;
+            if let Some(result) = outcome {
+                return result;
+            }
+        }
+        Err(Error::Conflict(
+            "Conflict after retry for a batch trigger: concurrent triggers kept colliding with \
+             its keys. Concurrent modification detected."
+                .into(),
+        ))
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $1");
+        let runs = self
+            .read("get_run", &sql, &[&id], |row| run_from_row(row, 0))
+            .await?;
+        Ok(runs.into_iter().next())
+    }
+
+    async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        for key in filter.labels.keys() {
+            validate_label_key(key)?;
+        }
+        let values = RunsValues::new(filter);
+        let (sql, params) = runs_query(filter, &values);
+        self.read("get_runs", &sql, &params, |row| run_from_row(row, 0))
+            .await
+    }
+
+    async fn get_runs_within(&self, filter: &RunFilter, timeout: Duration) -> Result<Vec<Run>> {
+        for key in filter.labels.keys() {
+            validate_label_key(key)?;
+        }
+        let values = RunsValues::new(filter);
+        let (sql, params) = runs_query(filter, &values);
+        let read = self.read_within(
+            "get_runs",
+            &sql,
+            &params,
+            |row| run_from_row(row, 0),
+            timeout,
+        );
+        // The server's timeout ends the statement; the client's (a little later) covers the
+        // round trips around it and a server that does not answer.
+        match tokio::time::timeout(timeout + Duration::from_millis(500), read).await {
+            Ok(runs) => runs,
+            Err(_) => Err(crate::store::read_timeout("get_runs", timeout)),
+        }
+    }
+
+    async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = $1 ORDER BY \"index\" ASC, id ASC"
+        );
+        self.read("get_steps", &sql, &[&run_id], step_from_row)
+            .await
+    }
+
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>> {
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM durably_steps \
+             WHERE run_id = $1 AND name = $2 AND status = 'completed'"
+        );
+        let steps = self
+            .read("get_completed_step", &sql, &[&run_id, &name], step_from_row)
+            .await?;
+        Ok(steps.into_iter().next())
+    }
+
+    async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = $1 ORDER BY created_at ASC, id ASC"
+        );
+        self.read("get_logs", &sql, &[&run_id], log_from_row).await
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Run>> {
+        let now_text = now.to_string();
+        let expires = (now + lease).to_string();
+        let first_sql = claim_sql();
+        let (lock_sql, keyed_sql) = (lock_claim_keys_sql(), claim_keyed_sql());
+        let mut claimed: Vec<Run> = Vec::new();
+        // Claims are not retried on connection failures: a claim whose commit went
+        // unacknowledged leaves runs leased to nobody, and they return when the lease expires.
+        for _round in 0..4 {
+            let wanted = max.saturating_sub(claimed.len());
+            if wanted == 0 {
+                break;
+            }
+            let limit = wanted.min(i64::MAX as usize) as i64;
+            let (keyless, keys) = self
+                .run("claim", false, |client, _| {
+                    let (sql, now_text, expires) = (&first_sql, &now_text, &expires);
+                    async move {
+                        let statement = client.prepare_cached(sql).await?;
+                        let rows = client
+                            .query(&statement, &[now_text, &limit, &worker_id, expires])
+                            .await?;
+                        let mut runs = Vec::new();
+                        let mut keys: Vec<String> = Vec::new();
+                        for row in &rows {
+                            if row.try_get::<_, bool>(0)? {
+                                let key: String = row.try_get(2)?;
+                                if !keys.contains(&key) {
+                                    keys.push(key);
+                                }
+                            } else {
+                                runs.push(run_from_row(row, 3)?);
+                            }
+                        }
+                        Ok((runs, keys))
+                    }
+                })
+                .await?;
+            claimed.extend(keyless);
+            if keys.is_empty() {
+                break;
+            }
+            let room = max.saturating_sub(claimed.len());
+            let keys: Vec<String> = keys.into_iter().take(room).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let keys_json = serde_json::to_string(&keys)
+                .map_err(|error| Error::storage("claim", error.to_string()))?;
+            let leased = self
+                .run("claim", false, |client, _| {
+                    let (lock_sql, keyed_sql) = (&lock_sql, &keyed_sql);
+                    let (now_text, expires, keys_json) = (&now_text, &expires, &keys_json);
+                    async move {
+                        let lock = client.prepare_cached(lock_sql).await?;
+                        let keyed = client.prepare_cached(keyed_sql).await?;
+                        let keys_json = Some(keys_json.as_str());
+                        let lock_params: [&(dyn ToSql + Sync); 1] = [&keys_json];
+                        let keyed_params: [&(dyn ToSql + Sync); 3] =
+                            [&worker_id, expires, now_text];
+                        // Pipelined, one round trip: the locks, then (a statement of its own,
+                        // whose snapshot sees every lease committed under them before) the
+                        // leases; a failed statement fails the rest and `COMMIT` rolls back.
+                        let (began, locked, leased, committed) = futures::join!(
+                            client.batch_execute("BEGIN"),
+                            client.query(&lock, &lock_params),
+                            client.query(&keyed, &keyed_params),
+                            client.batch_execute("COMMIT"),
+                        );
+                        began?;
+                        locked?;
+                        let leased = leased?;
+                        committed?;
+                        leased
+                            .iter()
+                            .map(|row| run_from_row(row, 0))
+                            .collect::<std::result::Result<Vec<_>, _>>()
+                    }
+                })
+                .await?;
+            let all_keys_leased = leased.len() == keys.len();
+            claimed.extend(leased);
+            if all_keys_leased {
+                break;
+            }
+            // Some key was taken by another claimer meanwhile: look again with a fresh view.
+        }
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>> {
+        let expires = now + lease;
+        let (expires_text, now_text) = (expires.to_string(), now.to_string());
+        let sql = format!(
+            "UPDATE durably_runs SET lease_expires_at = $3, updated_at = $4 \
+             WHERE {FENCED} AND lease_expires_at > $4"
+        );
+        let changed = self
+            .run("renew_lease", true, |client, _| {
+                let (sql, expires_text, now_text) = (&sql, &expires_text, &now_text);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[&fence.run_id, &fence.generation, expires_text, now_text],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok((changed == 1).then_some(expires))
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let sql = format!(
+            "WITH u AS (UPDATE durably_runs r SET status = 'pending', lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = $3 \
+               WHERE r.{FENCED_R} AND (r.concurrency_key IS NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
+                 AND p.job_name = r.job_name AND p.concurrency_key = r.concurrency_key)) \
+               RETURNING r.id), \
+             note AS (SELECT pg_notify($4::text, '{NOTICE_RUNS}') FROM u) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)"
+        );
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&fence.run_id, &fence.generation, &now_text, &channel];
+        let changed = self
+            .read("release_lease", &sql, &params, |row| count(row, 0))
+            .await?;
+        Ok(changed.first() == Some(&1))
+    }
+
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> Result<Option<Step>> {
+        let id = new_id_at(now);
+        let output = step
+            .output
+            .as_ref()
+            .map(|o| to_json("persist_step", o))
+            .transpose()?;
+        let index = i32::try_from(step.index)
+            .map_err(|_| Error::Validation(format!("step index {} is too large", step.index)))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batch(
+            "persist_step",
+            batch::Request::Persist(batch::PersistRequest {
+                run_id: fence.run_id.clone(),
+                generation: fence.generation,
+                step_id: id.clone(),
+                name: step.name.clone(),
+                index,
+                status: step.status.as_str(),
+                output,
+                error: step.error.clone(),
+                started_at: step.started_at.to_string(),
+                completed_at: now.to_string(),
+                reply,
+            }),
+        )
+        .await?;
+        let (fenced, inserted, mine) = answer
+            .await
+            .map_err(|_| Error::storage("persist_step", "the PostgreSQL write task stopped"))??;
+        if !mine && !fenced {
+            return Ok(None);
+        }
+        if !mine && !inserted {
+            return Err(Error::Conflict(format!(
+                "Step \"{}\" of run {} is already completed",
+                step.name, fence.run_id
+            )));
+        }
+        Ok(Some(Step {
+            id,
+            run_id: fence.run_id.clone(),
+            name: step.name,
+            index: step.index,
+            status: step.status,
+            output: step.output.filter(|o| !o.is_null()),
+            error: step.error,
+            started_at: step.started_at,
+            completed_at: Some(now),
+        }))
+    }
+
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let progress = progress
+            .as_ref()
+            .map(|p| to_json("update_progress", p))
+            .transpose()?;
+        let now_text = now.to_string();
+        let sql = format!("UPDATE durably_runs SET progress = $3, updated_at = $4 WHERE {FENCED}");
+        let changed = self
+            .run("update_progress", true, |client, _| {
+                let (sql, progress, now_text) = (&sql, &progress, &now_text);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[&fence.run_id, &fence.generation, progress, now_text],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> Result<Option<Log>> {
+        let id = new_id_at(now);
+        let data = log
+            .data
+            .as_ref()
+            .map(|d| to_json("append_log", d))
+            .transpose()?;
+        let now_text = now.to_string();
+        let generation = fence.map(|f| f.generation);
+        // Unfenced when `$8` is NULL; a retry recognises its own earlier insert by id.
+        let sql = format!(
+            "INSERT INTO durably_logs ({LOG_COLUMNS}) \
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text \
+             WHERE $8::bigint IS NULL OR EXISTS (SELECT 1 FROM durably_runs \
+               WHERE id = $2 AND status = 'leased' AND lease_generation = $8::bigint) \
+             ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING id"
+        );
+        let inserted = self
+            .run("append_log", true, |client, _| {
+                let (sql, id, data, now_text, log) = (&sql, &id, &data, &now_text, &log);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    Ok(client
+                        .execute(
+                            &statement,
+                            &[
+                                id,
+                                &log.run_id,
+                                &log.step_name,
+                                &log.level.as_str(),
+                                &log.message,
+                                data,
+                                now_text,
+                                &generation,
+                            ],
+                        )
+                        .await?)
+                }
+            })
+            .await?;
+        Ok((inserted == 1).then(|| Log {
+            id,
+            run_id: log.run_id,
+            step_name: log.step_name,
+            level: log.level,
+            message: log.message,
+            data: log.data.filter(|d| !d.is_null()),
+            created_at: now,
+        }))
+    }
+
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        self.complete(fence, output, now, drop_steps, None)
+            .await
+            .map(|(completed, _)| completed)
+    }
+
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let claim = (next.max > 0).then(|| (next.clone(), now));
+        self.complete(fence, output, now, drop_steps, claim).await
+    }
+
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        self.finish(
+            "fail_run",
+            fence,
+            "status = 'failed', error = $3",
+            "failed",
+            Some(error.to_owned()),
+            now,
+            drop_steps,
+        )
+        .await
+    }
+
+    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let prefix = format!("{NOTICE_CANCEL}{}:", self.shared.origin);
+        let sql = "WITH u AS (UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $2, updated_at = $2 \
+               WHERE id = $1 AND status IN ('pending', 'leased') RETURNING id), \
+             d AS (DELETE FROM durably_steps WHERE $3::boolean AND run_id IN (SELECT id FROM u)), \
+             note AS (SELECT pg_notify($4::text, $5::text || id) FROM u) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)";
+        let params: [&(dyn ToSql + Sync); 5] = [&id, &now_text, &drop_steps, &channel, &prefix];
+        let changed = self
+            .read("cancel_run", sql, &params, |row| count(row, 0))
+            .await?;
+        Ok(changed.first() == Some(&1))
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let sql = format!(
+            "WITH r AS (DELETE FROM durably_runs WHERE id = $1 AND status IN {TERMINAL} RETURNING id), \
+             s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
+             l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
+             b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \
+             SELECT count(*) FROM r"
+        );
+        let deleted = self
+            .run("delete_run", true, |client, _| {
+                let sql = &sql;
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let row = client.query_one(&statement, &[&id]).await?;
+                    count(&row, 0)
+                }
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64> {
+        let cutoff = older_than.to_string();
+        let limit = limit.min(i64::MAX as u64) as i64;
+        let sql = format!(
+            "WITH ids AS (SELECT id FROM durably_runs WHERE status IN {TERMINAL} \
+               AND completed_at IS NOT NULL AND completed_at < $1 \
+               ORDER BY completed_at ASC, id ASC LIMIT $2::bigint FOR UPDATE SKIP LOCKED), \
+             r AS (DELETE FROM durably_runs WHERE id IN (SELECT id FROM ids) RETURNING id), \
+             s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
+             l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
+             b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \
+             SELECT count(*) FROM r"
+        );
+        let deleted = self
+            .run("purge_runs", true, |client, _| {
+                let (sql, cutoff) = (&sql, &cutoff);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let row = client.query_one(&statement, &[cutoff, &limit]).await?;
+                    count(&row, 0)
+                }
+            })
+            .await?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let returning = RUN_COLUMNS;
+        // An expired lease goes back to pending unless its job+key already has a pending run, or
+        // an older expired lease of the same job+key goes back instead (the pending-per-key
+        // index allows one): those fail.
+        let sql = format!(
+            "WITH x AS (SELECT id, job_name, concurrency_key, created_at FROM durably_runs \
+               WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= $1 \
+               FOR UPDATE SKIP LOCKED), \
+             blocked AS (SELECT x.id FROM x WHERE x.concurrency_key IS NOT NULL AND ( \
+               EXISTS (SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
+                 AND p.job_name = x.job_name AND p.concurrency_key = x.concurrency_key \
+                 AND p.id <> x.id) \
+               OR EXISTS (SELECT 1 FROM x y WHERE y.job_name = x.job_name \
+                 AND y.concurrency_key = x.concurrency_key \
+                 AND (y.created_at, y.id) < (x.created_at, x.id)))), \
+             f AS (UPDATE durably_runs SET status = 'failed', error = $2, lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $1, updated_at = $1 \
+               WHERE id IN (SELECT id FROM blocked) RETURNING {returning}), \
+             p AS (UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = $1 \
+               WHERE id IN (SELECT id FROM x) AND id NOT IN (SELECT id FROM blocked) \
+               RETURNING {returning}), \
+             dropped AS (DELETE FROM durably_steps WHERE $4 AND run_id IN (SELECT id FROM f)), \
+             note AS (SELECT pg_notify($3::text, '{NOTICE_RUNS}') FROM p LIMIT 1) \
+             SELECT {returning} FROM f UNION ALL \
+             SELECT {returning} FROM p WHERE (SELECT count(*) FROM note) >= 0"
+        );
+        self.run("release_expired_leases", true, |client, _| {
+            let (sql, now_text, channel) = (&sql, &now_text, &channel);
+            async move {
+                let statement = client.prepare_cached(sql).await?;
+                let rows = client
+                    .query(
+                        &statement,
+                        &[
+                            now_text,
+                            &LEASE_EXPIRED_PENDING_EXISTS,
+                            channel,
+                            &drop_steps,
+                        ],
+                    )
+                    .await?;
+                rows.iter().map(|row| run_from_row(row, 0)).collect()
+            }
+        })
+        .await
+    }
+
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
+        let mut sets = vec!["updated_at = $1".to_string()];
+        let mut values: Vec<Option<String>> = vec![Some(now.to_string())];
+        let mut set = |column: &str, value: Option<String>| {
+            values.push(value);
+            sets.push(format!("{column} = ${}", values.len()));
+        };
+        if let Some(status) = patch.status {
+            set("status", Some(status.as_str().to_owned()));
+        }
+        if let Some(owner) = &patch.lease_owner {
+            set("lease_owner", owner.clone());
+        }
+        if let Some(expires) = patch.lease_expires_at {
+            set("lease_expires_at", expires.map(|t| t.to_string()));
+        }
+        if let Some(progress) = &patch.progress {
+            let text = progress
+                .as_ref()
+                .map(|p| to_json("update_run", p))
+                .transpose()?;
+            set("progress", text);
+        }
+        if let Some(error) = &patch.error {
+            set("error", error.clone());
+        }
+        if let Some(completed_at) = patch.completed_at {
+            set("completed_at", completed_at.map(|t| t.to_string()));
+        }
+        if let Some(input) = &patch.input {
+            set("input", Some(to_json("update_run", input)?));
+        }
+        values.push(Some(id.to_owned()));
+        let sql = format!(
+            "UPDATE durably_runs SET {} WHERE id = ${}",
+            sets.join(", "),
+            values.len()
+        );
+        let changed = self
+            .run("update_run", true, |client, _| {
+                let (sql, values) = (&sql, &values);
+                async move {
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    Ok(client.execute(sql.as_str(), &params).await?)
+                }
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    fn notifications(&self) -> Option<broadcast::Receiver<StoreNotice>> {
+        self.notice_sender().map(|sender| sender.subscribe())
+    }
+}
+
+impl PostgresStore {
+    /// Completes or fails a run (fenced), dropping its steps if asked, and wakes workers when
+    /// the run held a concurrency key another pending run waits for. A retry whose first
+    /// attempt committed recognises the run in the state it wrote (same generation).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish(
+        &self,
+        operation: &'static str,
+        fence: &Fence,
+        set: &str,
+        status: &'static str,
+        value: Option<String>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        let sql = format!(
+            "WITH u AS (UPDATE durably_runs SET {set}, lease_owner = NULL, \
+               lease_expires_at = NULL, completed_at = $4, updated_at = $4 \
+               WHERE {FENCED} RETURNING id, job_name, concurrency_key), \
+             d AS (DELETE FROM durably_steps WHERE $5::boolean AND run_id IN (SELECT id FROM u)), \
+             note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
+               WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
+               WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key)), \
+             again AS (SELECT 1 FROM durably_runs WHERE $7::boolean AND id = $1 \
+               AND status = '{status}' AND lease_generation = $2::bigint) \
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note), \
+               (SELECT count(*) FROM again)"
+        );
+        let (changed, again) = self
+            .run(operation, true, |client, attempt| {
+                let (sql, now_text, channel, value) = (&sql, &now_text, &channel, &value);
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let retrying = attempt > 0;
+                    let row = client
+                        .query_one(
+                            &statement,
+                            &[
+                                &fence.run_id,
+                                &fence.generation,
+                                value,
+                                now_text,
+                                &drop_steps,
+                                channel,
+                                &retrying,
+                            ],
+                        )
+                        .await?;
+                    Ok((count(&row, 0)?, count(&row, 2)?))
+                }
+            })
+            .await?;
+        Ok(changed == 1 || again == 1)
+    }
+}
