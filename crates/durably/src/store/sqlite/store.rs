@@ -1,0 +1,284 @@
+//! [`Store`] for [`SqliteStore`]: reads go to the reader pool, writes to the writer thread.
+
+use super::*;
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.write_isolated("migrate", schema::migrate).await
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        self.read("schema_version", schema::current_version).await
+    }
+
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
+        self.write("enqueue", move |conn| ops::enqueue(conn, &run, now))
+            .await
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let next = next.clone();
+        // In its own savepoint when shared: a claim failing after the insert undoes the insert.
+        // A claimed run usually writes its first step at once.
+        let kind = WriteKind {
+            isolated: true,
+            synced: true,
+            continues: next.max > 0,
+        };
+        self.queue_write("enqueue", kind, move |conn| {
+            let enqueued = ops::enqueue(conn, &run, now)?;
+            let claimed = match (next.max, enqueued.disposition) {
+                (0, _) | (_, Disposition::Idempotent | Disposition::Coalesced) => Vec::new(),
+                (max, Disposition::Created) => {
+                    ops::claim(conn, &next.worker_id, now, next.lease, max)?
+                }
+            };
+            Ok((enqueued, claimed))
+        })
+        .await
+    }
+
+    async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_isolated("enqueue_many", move |conn| {
+            // All or nothing: a failing item fails the whole write, which its savepoint (or,
+            // alone, the transaction's rollback) undoes.
+            runs.iter()
+                .map(|run| ops::enqueue(conn, run, now))
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let id = id.to_owned();
+        self.read("get_run", move |conn| ops::get_run(conn, &id))
+            .await
+    }
+
+    async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let filter = filter.clone();
+        self.read("get_runs", move |conn| ops::get_runs(conn, &filter))
+            .await
+    }
+
+    async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        let run_id = run_id.to_owned();
+        self.read("get_steps", move |conn| ops::get_steps(conn, &run_id))
+            .await
+    }
+
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>> {
+        let (run_id, name) = (run_id.to_owned(), name.to_owned());
+        self.read("get_completed_step", move |conn| {
+            ops::get_completed_step(conn, &run_id, &name)
+        })
+        .await
+    }
+
+    async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        let run_id = run_id.to_owned();
+        self.read("get_logs", move |conn| ops::get_logs(conn, &run_id))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Run>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let worker_id = worker_id.to_owned();
+        self.write_unsynced("claim", move |conn| {
+            ops::claim(conn, &worker_id, now, lease, max)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>> {
+        let fence = fence.clone();
+        self.write_unsynced("renew_lease", move |conn| {
+            ops::renew_lease(conn, &fence, now, lease)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
+        let fence = fence.clone();
+        self.write_unsynced("release_lease", move |conn| {
+            ops::release_lease(conn, &fence, now)
+        })
+        .await
+    }
+
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> Result<Option<Step>> {
+        let fence = fence.clone();
+        self.write_continuing("persist_step", move |conn| {
+            ops::persist_step(conn, &fence, step, now)
+        })
+        .await
+    }
+
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let fence = fence.clone();
+        self.write_continuing("update_progress", move |conn| {
+            ops::update_progress(conn, &fence, progress.as_ref(), now)
+        })
+        .await
+    }
+
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> Result<Option<Log>> {
+        let fence = fence.cloned();
+        self.write_continuing("append_log", move |conn| {
+            ops::append_log(conn, fence.as_ref(), log, now)
+        })
+        .await
+    }
+
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        let fence = fence.clone();
+        self.write("complete_run", move |conn| {
+            ops::complete_run(conn, &fence, output.as_ref(), now, drop_steps)
+        })
+        .await
+    }
+
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        drop_steps: bool,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let (fence, next) = (fence.clone(), next.clone());
+        // A hand-off usually claims a run whose first step follows at once.
+        let kind = match next.max {
+            0 => WriteKind::PLAIN,
+            _ => WriteKind::CONTINUING,
+        };
+        self.queue_write("complete_run_and_claim", kind, move |conn| {
+            let completed = ops::complete_run(conn, &fence, output.as_ref(), now, drop_steps)?;
+            let claimed = match next.max {
+                0 => Vec::new(),
+                max => ops::claim(conn, &next.worker_id, now, next.lease, max)?,
+            };
+            Ok((completed, claimed))
+        })
+        .await
+    }
+
+    async fn fail_run(
+        &self,
+        fence: &Fence,
+        error: &str,
+        now: Timestamp,
+        drop_steps: bool,
+    ) -> Result<bool> {
+        let (fence, error) = (fence.clone(), error.to_owned());
+        self.write("fail_run", move |conn| {
+            ops::fail_run(conn, &fence, &error, now, drop_steps)
+        })
+        .await
+    }
+
+    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool> {
+        let id = id.to_owned();
+        self.write("cancel_run", move |conn| {
+            ops::cancel_run(conn, &id, now, drop_steps)
+        })
+        .await
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write_isolated("delete_run", move |conn| ops::delete_run(conn, &id))
+            .await
+    }
+
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64> {
+        self.write_isolated("purge_runs", move |conn| {
+            ops::purge_runs(conn, older_than, limit)
+        })
+        .await
+    }
+
+    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
+        self.write_isolated("release_expired_leases", move |conn| {
+            ops::release_expired_leases(conn, now, drop_steps)
+        })
+        .await
+    }
+
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
+        let id = id.to_owned();
+        self.write("update_run", move |conn| {
+            ops::update_run(conn, &id, &patch, now)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<bool> {
+        let Some(readers) = &self.shared.readers else {
+            return Ok(true); // in-memory: no WAL
+        };
+        let busy_timeout = readers.options.busy_timeout;
+        self.direct("checkpoint", move |conn| {
+            // Never waits for readers, since every write waits for the writer thread meanwhile:
+            // with readers in the way it copies what it can (as `PASSIVE` does) and reports busy.
+            // One row: (busy, WAL frames, frames checkpointed).
+            let checkpoint = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            });
+            let restored = conn.busy_timeout(busy_timeout);
+            let busy = checkpoint.map_err(|e| Error::storage("checkpoint", e))?;
+            restored.map_err(|e| Error::storage("checkpoint", e))?;
+            Ok(busy == 0)
+        })
+        .await
+    }
+}
