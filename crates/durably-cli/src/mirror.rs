@@ -11,9 +11,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use durably::{
-    CancellationToken, Durably, EventKind, Labels, Progress, Run, RunFilter, RunStatus, StepStatus,
-};
+use durably::follow::RunSnapshot;
+use durably::{CancellationToken, Durably, EventKind, Run, RunFilter, RunStatus};
 
 /// Newest runs read on every poll besides the active ones (catches runs that were triggered
 /// and finished between two polls).
@@ -21,30 +20,9 @@ pub const RECENT: u64 = 100;
 /// Most active runs tracked.
 const ACTIVE: u64 = 1000;
 
-/// What was last reported about a run.
-struct Seen {
-    status: RunStatus,
-    progress: Option<Progress>,
-    steps: i64,
-    job_name: String,
-    labels: Labels,
-}
-
-impl Seen {
-    fn of(run: &Run) -> Self {
-        Seen {
-            status: run.status,
-            progress: run.progress.clone(),
-            steps: run.completed_step_count,
-            job_name: run.job_name.clone(),
-            labels: run.labels.clone(),
-        }
-    }
-}
-
 /// Polls every `every` until `stop` fires.
 pub async fn run(durably: Durably, every: Duration, stop: CancellationToken) {
-    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut seen: HashMap<String, RunSnapshot> = HashMap::new();
     let mut started = false;
     // events of this process (cancel and delete through the API, and our own): keep `seen` in
     // step so they are not reported twice
@@ -73,7 +51,7 @@ pub async fn run(durably: Durably, every: Duration, stop: CancellationToken) {
     }
 }
 
-fn note_local(seen: &mut HashMap<String, Seen>, kind: &EventKind) {
+fn note_local(seen: &mut HashMap<String, RunSnapshot>, kind: &EventKind) {
     match kind {
         EventKind::RunCancel { run_id, .. } => {
             if let Some(entry) = seen.get_mut(run_id) {
@@ -89,7 +67,7 @@ fn note_local(seen: &mut HashMap<String, Seen>, kind: &EventKind) {
 
 async fn poll(
     durably: &Durably,
-    seen: &mut HashMap<String, Seen>,
+    seen: &mut HashMap<String, RunSnapshot>,
     started: bool,
 ) -> durably::Result<()> {
     let active = durably
@@ -133,7 +111,7 @@ async fn poll(
     let tracked: std::collections::HashSet<String> = runs.iter().map(|r| r.id.clone()).collect();
     for run in runs {
         if !started {
-            seen.insert(run.id.clone(), Seen::of(&run));
+            seen.insert(run.id.clone(), RunSnapshot::of(&run));
             continue;
         }
         let before = match seen.remove(&run.id) {
@@ -145,17 +123,11 @@ async fn poll(
                     input: run.input.clone(),
                     labels: run.labels.clone(),
                 });
-                Seen {
-                    status: RunStatus::Pending,
-                    progress: None,
-                    steps: 0,
-                    job_name: run.job_name.clone(),
-                    labels: run.labels.clone(),
-                }
+                RunSnapshot::triggered(&run)
             }
         };
         report_changes(durably, &before, &run).await?;
-        seen.insert(run.id.clone(), Seen::of(&run));
+        seen.insert(run.id.clone(), RunSnapshot::of(&run));
     }
     // forget finished runs that left the window
     seen.retain(|id, s| s.status.is_active() || tracked.contains(id));
@@ -163,84 +135,13 @@ async fn poll(
 }
 
 /// Emits the events that lead from `before` to `run`.
-async fn report_changes(durably: &Durably, before: &Seen, run: &Run) -> durably::Result<()> {
-    let (run_id, job_name, labels) = (&run.id, &run.job_name, &run.labels);
-    if before.status == RunStatus::Pending && run.status == RunStatus::Leased {
-        durably.emit(EventKind::RunLeased {
-            run_id: run_id.clone(),
-            job_name: job_name.clone(),
-            input: run.input.clone(),
-            lease_owner: run.lease_owner.clone().unwrap_or_default(),
-            lease_expires_at: run
-                .lease_expires_at
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            labels: labels.clone(),
-        });
-    }
-    if run.completed_step_count > before.steps {
-        let steps = durably.get_steps(run_id).await?;
-        let skip = usize::try_from(before.steps).unwrap_or(0);
-        for step in steps
-            .iter()
-            .filter(|s| s.status == StepStatus::Completed)
-            .skip(skip)
-        {
-            durably.emit(EventKind::StepComplete {
-                run_id: run_id.clone(),
-                job_name: job_name.clone(),
-                step_name: step.name.clone(),
-                step_index: step.index,
-                output: step.output.clone().unwrap_or_default(),
-                duration: step
-                    .completed_at
-                    .map(|at| at.millis_since(step.started_at))
-                    .unwrap_or(0),
-                labels: labels.clone(),
-            });
-        }
-    }
-    if let Some(progress) = &run.progress
-        && before.progress.as_ref() != Some(progress)
-    {
-        durably.emit(EventKind::RunProgress {
-            run_id: run_id.clone(),
-            job_name: job_name.clone(),
-            progress: progress.clone(),
-            labels: labels.clone(),
-        });
-    }
-    if before.status != run.status {
-        match run.status {
-            RunStatus::Completed => {
-                let start = run.started_at.unwrap_or(run.created_at);
-                let end = run.completed_at.unwrap_or(run.updated_at);
-                durably.emit(EventKind::RunComplete {
-                    run_id: run_id.clone(),
-                    job_name: job_name.clone(),
-                    output: run.output.clone().unwrap_or_default(),
-                    duration: end.millis_since(start),
-                    labels: labels.clone(),
-                });
-            }
-            RunStatus::Failed => {
-                durably.emit(EventKind::RunFail {
-                    run_id: run_id.clone(),
-                    job_name: job_name.clone(),
-                    error: run.error.clone().unwrap_or_else(|| "Unknown error".into()),
-                    failed_step_name: String::new(),
-                    labels: labels.clone(),
-                });
-            }
-            RunStatus::Cancelled => {
-                durably.emit(EventKind::RunCancel {
-                    run_id: run_id.clone(),
-                    job_name: job_name.clone(),
-                    labels: labels.clone(),
-                });
-            }
-            RunStatus::Pending | RunStatus::Leased => {}
-        }
+async fn report_changes(durably: &Durably, before: &RunSnapshot, run: &Run) -> durably::Result<()> {
+    let steps = match before.needs_steps(run) {
+        true => durably.get_steps(&run.id).await?,
+        false => Vec::new(),
+    };
+    for kind in before.changes(run, &steps) {
+        durably.emit(kind);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventKind, EventType, Unsubscribe};
+use crate::follow::RunSnapshot;
 use crate::job::{Job, JobData, JobHandle, RegisteredJob};
 use crate::limits::{Limits, check_run_id, check_text};
 use crate::run::{
@@ -1112,32 +1113,11 @@ struct SubscribeState {
     closed: bool,
     /// The run as last read from the store, while another process executes it (`None`: not
     /// seen yet, or executing here, whose events arrive live).
-    observed: Option<Observed>,
+    observed: Option<RunSnapshot>,
     /// The run executed here since the last read: the next read is only a starting point.
     rebaseline: bool,
     /// A read found the pending run leased (announced when the next read confirms it).
     lease_sighted: bool,
-}
-
-/// What a run stream last reported of a run executing in another process.
-struct Observed {
-    status: RunStatus,
-    progress: Option<Progress>,
-    completed_steps: i64,
-    job_name: String,
-    labels: Labels,
-}
-
-impl Observed {
-    fn of(run: &Run) -> Self {
-        Observed {
-            status: run.status,
-            progress: run.progress.clone(),
-            completed_steps: run.completed_step_count,
-            job_name: run.job_name.clone(),
-            labels: run.labels.clone(),
-        }
-    }
 }
 
 const SUBSCRIBED_TYPES: [EventType; 10] = [
@@ -1201,7 +1181,7 @@ impl SubscribeState {
                 match current {
                     Ok(Some(run)) => {
                         if self.durably.inner.config.follow_runs_elsewhere {
-                            self.observed = Some(Observed::of(&run));
+                            self.observed = Some(RunSnapshot::of(&run));
                         }
                         self.queue_current_state(run);
                     }
@@ -1268,7 +1248,7 @@ impl SubscribeState {
                 return;
             }
         };
-        let before = self.observed.replace(Observed::of(&run));
+        let before = self.observed.replace(RunSnapshot::of(&run));
         let Some(before) = before.filter(|_| !std::mem::take(&mut self.rebaseline)) else {
             return;
         };
@@ -1281,58 +1261,15 @@ impl SubscribeState {
             self.observed = Some(before);
             return;
         }
-        let (run_id, job_name, labels) = (&run.id, &run.job_name, &run.labels);
-        if before.status == RunStatus::Pending && run.status != RunStatus::Pending {
-            self.queued.push_back(synthetic_event(EventKind::RunLeased {
-                run_id: run_id.clone(),
-                job_name: job_name.clone(),
-                input: run.input.clone(),
-                lease_owner: run.lease_owner.clone().unwrap_or_default(),
-                lease_expires_at: run
-                    .lease_expires_at
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-                labels: labels.clone(),
-            }));
-        }
-        if run.completed_step_count > before.completed_steps
-            && let Ok(steps) = store.get_steps(run_id).await
-        {
-            let already = usize::try_from(before.completed_steps).unwrap_or(0);
-            for step in steps
-                .into_iter()
-                .filter(|s| s.status == crate::run::StepStatus::Completed)
-                .skip(already)
-            {
-                self.queued
-                    .push_back(synthetic_event(EventKind::StepComplete {
-                        run_id: run_id.clone(),
-                        job_name: job_name.clone(),
-                        step_name: step.name,
-                        step_index: step.index,
-                        output: step.output.unwrap_or(Value::Null),
-                        duration: step
-                            .completed_at
-                            .map(|at| at.millis_since(step.started_at))
-                            .unwrap_or(0),
-                        labels: labels.clone(),
-                    }));
+        let steps = match before.needs_steps(&run) {
+            true => store.get_steps(&run.id).await.unwrap_or_default(),
+            false => Vec::new(),
+        };
+        for kind in before.changes(&run, &steps) {
+            if ends_stream(kind.event_type()) {
+                self.closed = true;
             }
-        }
-        if let Some(progress) = &run.progress
-            && before.progress.as_ref() != Some(progress)
-            && run.status == RunStatus::Leased
-        {
-            self.queued
-                .push_back(synthetic_event(EventKind::RunProgress {
-                    run_id: run_id.clone(),
-                    job_name: job_name.clone(),
-                    progress: progress.clone(),
-                    labels: labels.clone(),
-                }));
-        }
-        if run.status.is_terminal() {
-            self.queue_current_state(run);
+            self.queued.push_back(synthetic_event(kind));
         }
     }
 

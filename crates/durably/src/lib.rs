@@ -37,6 +37,7 @@
 mod durably;
 pub mod error;
 pub mod events;
+pub mod follow;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod job;
