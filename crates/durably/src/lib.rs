@@ -46,6 +46,8 @@ pub mod limits;
 pub mod run;
 pub mod step;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 mod worker;
 
