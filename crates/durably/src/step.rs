@@ -335,6 +335,9 @@ impl StepContext {
                 ))
             });
         }
+        // The lookup may have read the store (the first step after a takeover): a worker that
+        // froze meanwhile must prove its lease again before the closure runs.
+        shared.ensure_lease().await?;
 
         let index = shared.step_index.load(Ordering::SeqCst);
         let started_at = Timestamp::now();

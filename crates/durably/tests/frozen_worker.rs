@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::freezing::{Freezing, Trap};
 use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
-use durably::{Durably, Job, JobHandle, RunStatus, StepContext};
+use durably::{
+    Durably, Fence, Job, JobHandle, NewStep, RunStatus, StepContext, StepStatus, Timestamp,
+};
 use serde_json::{Value, json};
 
 const LEASE: Duration = Duration::from_millis(1_000);
@@ -241,8 +243,76 @@ async fn frozen_after_a_claim_starts_no_claimed_run(backend: Backend) {
     );
 }
 
+/// A worker takes over a run whose first step a dead worker persisted, then freezes before its
+/// read of the run's completed steps reaches the store; meanwhile another worker completes the
+/// run and its steps are deleted (the default). When the read finally answers (no steps), the
+/// frozen worker must not run the step.
+async fn frozen_before_reading_the_steps_runs_no_step(backend: Backend) {
+    let db = TestDb::new(backend);
+    let freezing = Arc::new(Freezing::new(db.store.clone()));
+    let trace = Trace::default();
+    let a = Durably::builder()
+        .shared_store(freezing.clone())
+        .polling_interval(Duration::from_millis(20))
+        .lease_duration(LEASE)
+        .lease_renew_interval(RENEW)
+        .build()
+        .expect("build A");
+    a.migrate().await.expect("migrate");
+    a.register(two_steps("A", trace.clone(), None))
+        .expect("register on A");
+    let b = db
+        .durably(|b| b.lease_duration(LEASE).lease_renew_interval(RENEW))
+        .await;
+    let job_b = b
+        .register(two_steps("B", trace.clone(), None))
+        .expect("register on B");
+
+    // A worker that died after step one: one persisted step, a lease that has run out.
+    let id = job_b.trigger(json!({})).await.expect("trigger").run.id;
+    let now = Timestamp::now();
+    let dead = db
+        .store
+        .claim("dead", now, Duration::from_millis(1), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("the run");
+    let one = NewStep {
+        name: "one".into(),
+        index: 0,
+        status: StepStatus::Completed,
+        output: Some(json!(1)),
+        error: None,
+        started_at: now,
+    };
+    db.store
+        .persist_step(&Fence::of(&dead), one, now)
+        .await
+        .expect("persist")
+        .expect("fenced by the dead worker's lease");
+
+    freezing.arm(Trap::StepsRead);
+    a.start();
+    within("worker A freezes", LIMIT, freezing.frozen.wait()).await;
+    b.start();
+    let run = eventually("B completes the run", LIMIT, || async {
+        b.get_run(&id)
+            .await
+            .expect("get_run")
+            .filter(|run| run.status.is_terminal())
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    freezing.thaw();
+    within("A stops", LIMIT, a.stop()).await;
+    within("B stops", LIMIT, b.stop()).await;
+    assert_eq!(trace.lines(), [format!("B {id} two")]);
+}
+
 backend_tests!(
     frozen_after_a_step_write_runs_no_further_step,
+    frozen_before_reading_the_steps_runs_no_step,
     frozen_after_a_renewal_runs_no_further_step,
     frozen_after_a_claim_ahead_starts_no_held_run,
     frozen_after_a_claim_starts_no_claimed_run,

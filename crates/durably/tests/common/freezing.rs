@@ -30,6 +30,8 @@ pub enum Trap {
     CompletionClaimed,
     /// A claim of the worker loop took runs.
     Claimed,
+    /// A read of a run's steps is about to be sent (the store freezes *before* it).
+    StepsRead,
 }
 
 /// See the module docs.
@@ -80,7 +82,8 @@ impl Freezing {
         }
     }
 
-    /// After a call committed: springs the trap if `hit`, then waits until thawed.
+    /// After a call committed (or before one is sent): springs the trap if `hit`, then waits
+    /// until thawed.
     async fn after(&self, hit: bool) {
         if hit {
             let sprang = self.trap.lock().expect("trap").take().is_some();
@@ -157,6 +160,8 @@ impl Store for Freezing {
     }
     async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
         self.gate().await;
+        let hit = self.armed(&Trap::StepsRead);
+        self.after(hit).await;
         let steps = self.inner.get_steps(run_id).await;
         self.after(false).await;
         steps
