@@ -104,9 +104,10 @@ enum Command {
     /// Kill and stop real worker processes at random (seeded) moments while they drain runs,
     /// then check the invariants from an fsynced execution log; prints one JSON line.
     ///
-    /// Invariants: every run completes with the output its input determines; a step seen
-    /// persisted (in the database, or by a later step of its run) never executes again; step
-    /// re-executions stay within kills × concurrency + long stops × workers × concurrency.
+    /// Invariants: every run completes with the output its input determines; a step known
+    /// persisted (seen in the database, or once its `step.run` returned) never executes again,
+    /// nor after its run completed; step re-executions stay within kills × concurrency + long
+    /// stops × workers × concurrency.
     /// Exit code 1 when one broke (the log and the database are kept). See docs/chaos.md.
     Chaos(chaos::ChaosArgs),
     /// A worker process of `durably chaos` (started by it).
