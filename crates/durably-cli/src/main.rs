@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chaos;
 mod db;
 mod demo;
 mod exit;
@@ -100,6 +101,18 @@ enum Command {
     Watch(ops::WatchArgs),
     /// Measure throughput and latency on a fresh database; prints one JSON line per workload.
     Bench(bench::BenchArgs),
+    /// Kill and stop real worker processes at random (seeded) moments while they drain runs,
+    /// then check the invariants from an fsynced execution log; prints one JSON line.
+    ///
+    /// Invariants: every run completes with the output its input determines; a step known
+    /// persisted (seen in the database, or once its `step.run` returned) never executes again,
+    /// nor after its run completed; step re-executions stay within kills × concurrency + long
+    /// stops × workers × concurrency.
+    /// Exit code 1 when one broke (the log and the database are kept). See docs/chaos.md.
+    Chaos(chaos::ChaosArgs),
+    /// A worker process of `durably chaos` (started by it).
+    #[command(hide = true)]
+    ChaosWorker(chaos::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +151,8 @@ fn main() -> ExitCode {
             Command::Purge(args) => ops::purge(args).await,
             Command::Watch(args) => ops::watch(args).await,
             Command::Bench(args) => done(bench::run(args).await),
+            Command::Chaos(args) => chaos::run(args).await,
+            Command::ChaosWorker(args) => done(chaos::worker(args).await),
         }
     });
     match result {
