@@ -1,15 +1,15 @@
 //! `durably demo`: the reference jobs (`echo`, `steps`, `sleep`) served over HTTP + SSE under
-//! `/api/durably` on embedded SQLite — the upstream wire protocol, so the published React
-//! client `@coji/durably-react` (fullstack mode) talks to it unchanged.
+//! `/api/durably` on embedded SQLite (or on PostgreSQL with a `postgres://` URL) — the upstream
+//! wire protocol, so the published React client `@coji/durably-react` (fullstack mode) talks to
+//! it unchanged.
 //!
 //! Ctrl-C (or SIGTERM) shuts down gracefully: the listener stops accepting, open SSE streams
 //! end, in-flight requests finish, then the worker stops (waiting a bounded time for runs in
 //! flight; a run still going then is picked up again after its lease expires on the next start).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use durably::Durably;
+use durably::{Durably, PostgresOptions, PostgresStore};
 
 use crate::reference_jobs;
 use crate::server::{self, BASE_PATH};
@@ -23,9 +23,14 @@ pub struct DemoArgs {
     /// Address to bind (use 0.0.0.0 to accept connections from other machines).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// SQLite database file (created if missing).
-    #[arg(long, default_value = "durably-demo.sqlite")]
-    db: PathBuf,
+    /// SQLite database file (created if missing), or a PostgreSQL URL (`postgres://…`; the
+    /// database must exist, the schema is created or upgraded).
+    #[arg(long, value_name = "PATH|URL", default_value = "durably-demo.sqlite")]
+    db: String,
+    /// PostgreSQL only: the schema holding the durably tables, created if missing (default: the
+    /// server's `search_path`, usually `public`).
+    #[arg(long, value_name = "NAME")]
+    schema: Option<String>,
     /// Runs executed at once by the worker.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -35,8 +40,20 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let durably = Durably::builder()
-        .sqlite(&args.db)
+    let is_postgres = args.db.starts_with("postgres://") || args.db.starts_with("postgresql://");
+    let builder = Durably::builder();
+    let builder = match (is_postgres, &args.schema) {
+        (true, schema) => builder.store(PostgresStore::connect_with(
+            &args.db,
+            PostgresOptions {
+                schema: schema.clone(),
+                ..PostgresOptions::default()
+            },
+        )?),
+        (false, Some(_)) => return Err("--schema applies to PostgreSQL only".into()),
+        (false, None) => builder.sqlite(&args.db),
+    };
+    let durably = builder
         .polling_interval(Duration::from_millis(200))
         .max_concurrent_runs(args.concurrency)
         // keep step outputs of finished runs, so the dashboard can show them
@@ -45,7 +62,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     reference_jobs::register_all(&durably)?;
     durably.init().await?;
 
-    let db = args.db.display().to_string();
+    let db = crate::db::DbArgs {
+        db: args.db.clone(),
+        schema: args.schema.clone(),
+    }
+    .display();
     let timeout = Duration::from_secs(args.shutdown_timeout);
     server::serve(durably, &args.host, args.port, timeout, |address| {
         println!("durably demo: http://{address}{BASE_PATH}");

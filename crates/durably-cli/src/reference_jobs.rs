@@ -96,8 +96,8 @@ pub fn steps() -> Job<StepsInput, Value> {
         "required": ["count"],
         "properties": {
             "count": { "type": "integer", "minimum": 1, "maximum": 1000, "description": "Number of steps", "examples": [5] },
-            "stepMs": { "type": "integer", "minimum": 0, "maximum": 60000, "description": "Milliseconds each step sleeps", "examples": [500] },
-            "failAt": { "type": "integer", "description": "Fail at this step (optional)" }
+            "stepMs": { "type": ["integer", "null"], "minimum": 0, "maximum": 60000, "description": "Milliseconds each step sleeps (null: 0)", "examples": [500] },
+            "failAt": { "type": ["integer", "null"], "minimum": i64::MIN, "maximum": i64::MAX, "description": "Fail at this step (optional; null: never)" }
         }
     }))
     .validate(|input| {

@@ -26,9 +26,14 @@ impl Drop for Demo {
 
 fn start_demo() -> Demo {
     let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("demo.sqlite");
+    start_demo_with(dir, &["--db", db.to_str().expect("UTF-8 path")])
+}
+
+fn start_demo_with(dir: tempfile::TempDir, args: &[&str]) -> Demo {
     let mut child = Command::new(env!("CARGO_BIN_EXE_durably"))
-        .args(["demo", "--port", "0", "--db"])
-        .arg(dir.path().join("demo.sqlite"))
+        .args(["demo", "--port", "0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -279,4 +284,130 @@ fn demo_serves_the_reference_jobs_and_stops_on_sigint() {
     assert!(status.success(), "exit status {status}");
     while feed.next_event().is_some() {}
     assert!(TcpStream::connect(address).is_err(), "no longer accepting");
+}
+
+/// Defects of the reference jobs' input schemas found by fuzzing (issue 19, item 5:
+/// fuzz/run.sh), each reproduced: the document said what the server refused, or refused what
+/// it took.
+#[test]
+fn fuzz_reference_job_schemas_say_what_the_jobs_take() {
+    let demo = start_demo();
+    let address = demo.address;
+    let (status, doc) = json_call(address, "GET", "/openapi.json", None);
+    assert_eq!(status, 200);
+    let alternatives = doc["components"]["schemas"]["TriggerRequest"]["oneOf"]
+        .as_array()
+        .expect("one alternative per job")
+        .clone();
+    // A missing input is null, which no reference job takes: `input` is required (ST202:
+    // `{"jobName":"steps"}` was valid by the document and refused).
+    for alternative in &alternatives {
+        assert_eq!(
+            alternative["required"],
+            json!(["jobName", "input"]),
+            "{alternative}"
+        );
+    }
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "steps"})),
+    );
+    assert_eq!(status, 400, "{error}");
+    let steps = alternatives
+        .iter()
+        .find(|a| a["properties"]["jobName"]["const"] == "steps")
+        .expect("steps")["properties"]["input"]["properties"]
+        .clone();
+    // `stepMs` and `failAt` take null (ST201: `"stepMs": null` was accepted against the
+    // document); `failAt` is an i64 (ST202: 1e20 was valid by the document and refused).
+    assert_eq!(steps["stepMs"]["type"], json!(["integer", "null"]));
+    assert_eq!(steps["failAt"]["type"], json!(["integer", "null"]));
+    assert_eq!(steps["failAt"]["maximum"], json!(i64::MAX));
+    assert_eq!(steps["failAt"]["minimum"], json!(i64::MIN));
+    let (status, body) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "steps", "input": {"count": 1, "stepMs": null, "failAt": null}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        address,
+        "POST",
+        "/trigger",
+        Some(&json!({"jobName": "steps", "input": {"count": 1, "failAt": 1e20}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    // Just below i64::MIN: the document's minimum, and the server refuses it too (ST201, once
+    // integral floats were read as integers: it parses as the float -2^63).
+    let (status, body) = http(
+        address,
+        "POST",
+        "/trigger",
+        Some(
+            &serde_json::from_str::<Value>(
+                r#"{"jobName": "steps", "input": {"count": 1, "failAt": -9223372036854775809}}"#,
+            )
+            .expect("JSON"),
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    // An integral float is the integer it equals (ST202: `"count": 3.0` was refused).
+    let (status, body) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "steps", "input": {"count": 3.0}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let run = wait_for_status(address, body["runId"].as_str().unwrap(), "completed");
+    assert_eq!(run["output"], json!({"sum": 6}));
+}
+
+/// `durably demo --db postgres://… --schema NAME` (what fuzz/run.sh fuzzes on PostgreSQL):
+/// the schema is created, a run completes, the schema is dropped afterwards.
+#[test]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL demo test"
+)]
+fn demo_runs_on_postgresql() {
+    let url = std::env::var("DURABLY_TEST_POSTGRES_URL").expect("DURABLY_TEST_POSTGRES_URL");
+    let schema = format!("durably_demo_test_{}", std::process::id());
+    let drop_schema = |url: &str, schema: &str| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await
+                .expect("drop schema");
+        });
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut demo = start_demo_with(dir, &["--db", &url, "--schema", &schema]);
+    let (status, triggered) = json_call(
+        demo.address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "steps", "input": {"count": 2}})),
+    );
+    assert_eq!(status, 200, "{triggered}");
+    let run = wait_for_status(
+        demo.address,
+        triggered["runId"].as_str().unwrap(),
+        "completed",
+    );
+    assert_eq!(run["output"], json!({"sum": 3}));
+    let _ = demo.child.kill();
+    let _ = demo.child.wait();
+    drop_schema(&url, &schema);
 }

@@ -184,6 +184,29 @@ impl<I: JobData, O: JobData> Job<I, O> {
     }
 }
 
+/// Reads JSON numbers as JavaScript and JSON Schema do: a float with no fractional part
+/// (`106.0`, `1e2`, `-0.0`) is the integer it equals, so an integer field of a job's input
+/// accepts it (serde refuses a float for an integer type; upstream, `JSON.parse` cannot tell
+/// them apart). Only within JavaScript's safe integers (|n| < 2^53), where a float is exact:
+/// beyond, an integral float may be a rounded integer literal (`-9223372036854775809` parses
+/// as -2^63), so it stays a float and an integer field refuses it.
+fn integral_floats_as_integers(value: &mut Value) {
+    const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float.abs() < TWO_POW_53
+            {
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+}
+
 /// Why an execution did not produce an output.
 pub(crate) enum ExecutionError {
     /// The job function returned an error.
@@ -208,7 +231,8 @@ pub(crate) struct RegisteredJob {
 
 impl RegisteredJob {
     /// Validates and normalizes an untyped input (`Invalid input: …` on failure).
-    pub(crate) fn parse_input(&self, input: Value) -> Result<Value> {
+    pub(crate) fn parse_input(&self, mut input: Value) -> Result<Value> {
+        integral_floats_as_integers(&mut input);
         (self.parse_input)(input).map_err(|e| Error::Validation(format!("Invalid input: {e}")))
     }
 

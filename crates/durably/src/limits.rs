@@ -158,6 +158,11 @@ impl Limits {
             }
             self.check_labels(labels, "label")
                 .map_err(|e| relabel(e, at))?;
+            // The key format too, before the store's idempotency lookup: a request with a bad
+            // key is refused even when its idempotency key names an existing run.
+            for key in labels.keys() {
+                validate_label_key(key).map_err(|e| relabel(e, at))?;
+            }
         }
         Ok(())
     }

@@ -565,7 +565,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
     assert_eq!(echo["labels"]["maxProperties"], 64);
     let runs = &doc["paths"]["/runs"]["get"];
     assert_eq!(
-        runs["parameters"][0]["schema"]["items"]["enum"],
+        runs["parameters"][0]["schema"]["items"]["examples"],
         json!(["burst", "echo", "sleep", "steps"])
     );
     assert!(
@@ -605,6 +605,151 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
     for link in links.as_object().unwrap().values() {
         assert!(operations.contains(&link["operationId"].as_str().unwrap()));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by fuzzing (issue 19, item 5: fuzz/run.sh, docs/fuzzing.md): each defect Schemathesis
+// found, reproduced deterministically.
+
+/// The document described each SSE message as a string; a message is an unnamed event whose
+/// `data` is the JSON of one event (Schemathesis ST108 on both streams).
+async fn fuzz_sse_messages_are_documented_as_json_events(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let (_, doc) = api.get_json("/openapi.json").await;
+    let message = |path: &str| {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+            .clone()
+    };
+    let id = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    api.wait_status(&id, "completed").await;
+    for (path, stream) in [
+        ("/subscribe", format!("/subscribe?runId={id}")),
+        ("/runs/subscribe", "/runs/subscribe".to_owned()),
+    ] {
+        let schema = message(path);
+        assert_eq!(schema["type"], "object", "{path}: {schema}");
+        assert_eq!(schema["required"], json!(["data"]), "{path}");
+        assert_eq!(schema["properties"]["event"]["const"], "message", "{path}");
+        let data = &schema["properties"]["data"];
+        assert_eq!(data["type"], "string", "{path}");
+        assert_eq!(data["contentMediaType"], "application/json", "{path}");
+        let event = &data["contentSchema"];
+        // A real event of the stream has the documented fields and type.
+        let mut sse = api.sse(&stream).await;
+        if path == "/runs/subscribe" {
+            api.trigger("echo", json!({"value": 2}), json!({})).await;
+        }
+        let received = sse.next_event(LONG).await.expect("an event");
+        for field in event["required"].as_array().expect("required") {
+            let field = field.as_str().unwrap();
+            assert!(
+                received.get(field).is_some(),
+                "{path}: {field} in {received}"
+            );
+        }
+        let types = event["properties"]["type"]["enum"].as_array().unwrap();
+        assert!(types.contains(&received["type"]), "{path}: {received}");
+        assert_eq!(types.len(), if path == "/subscribe" { 14 } else { 13 });
+    }
+}
+
+/// The document allowed `coalesce: "skip"` without a concurrency key (400) and any `null` was
+/// refused where the server takes it as absent (Schemathesis ST202/ST201 on POST /trigger).
+async fn fuzz_trigger_rules_are_documented(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let (_, doc) = api.get_json("/openapi.json").await;
+    let echo = &doc["components"]["schemas"]["TriggerRequest"]["oneOf"][1];
+    assert_eq!(echo["if"]["properties"]["coalesce"]["const"], "skip");
+    assert_eq!(echo["then"]["required"], json!(["concurrencyKey"]));
+    let (status, body) = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "echo", "input": {"value": 1}, "coalesce": "skip"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "coalesce requires concurrencyKey");
+    for field in ["idempotencyKey", "concurrencyKey", "labels", "coalesce"] {
+        let types = &echo["properties"][field]["type"];
+        assert!(
+            types.as_array().unwrap().contains(&json!("null")),
+            "{field}"
+        );
+        let (status, body) = api
+            .post_json(
+                "/trigger",
+                json!({"jobName": "echo", "input": {"value": 1}, field: null}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{field}: null is absent: {body}");
+    }
+    // Keys and label values: no NUL (documented as a pattern), bounded in bytes.
+    for schema in [
+        &echo["properties"]["idempotencyKey"],
+        &echo["properties"]["labels"]["additionalProperties"],
+    ] {
+        assert_eq!(schema["pattern"], "^[^\\u0000]*$", "{schema}");
+        assert!(schema["x-maxBytes"].is_u64(), "{schema}");
+    }
+    // A listing's jobName is any text: an unknown name matches nothing (200, as upstream).
+    let items = &doc["paths"]["/runs"]["get"]["parameters"][0]["schema"]["items"];
+    assert!(items.get("enum").is_none(), "{items}");
+    let (status, runs) = api.get_json("/runs?jobName=no-such-job").await;
+    assert_eq!((status, runs), (StatusCode::OK, json!([])));
+}
+
+/// An invalid label key was accepted (200 `idempotent`) when the idempotency key named an
+/// existing run: the store looked the key up before checking labels (Schemathesis ST201).
+async fn fuzz_label_keys_are_checked_before_idempotency(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let first = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "echo", "input": {"value": 1}, "idempotencyKey": "k"}),
+        )
+        .await;
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    for key in ["", "bad key"] {
+        let (status, body) = api
+            .post_json(
+                "/trigger",
+                json!({"jobName": "echo", "input": {"value": 1}, "idempotencyKey": "k",
+                       "labels": {key: "v"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("Invalid label key \"{key}\"")),
+            "{body}"
+        );
+    }
+    assert_eq!(api.run_count().await, 1);
+}
+
+/// `{"count": 2.0}` is the integer 2 to JSON Schema and to JavaScript, but serde refused it for
+/// an integer field: 400 `invalid type: floating point` (Schemathesis ST202).
+async fn fuzz_integral_floats_are_integers_in_input(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api
+        .trigger("steps", json!({"count": 2.0, "stepMs": 0e0}), json!({}))
+        .await;
+    api.wait_status(&id, "completed").await;
+    let (_, run) = api.get_json(&format!("/run?runId={id}")).await;
+    assert_eq!(run["input"], json!({"count": 2, "stepMs": 0}));
+    assert_eq!(run["output"], json!({"sum": 3}));
+    // A fractional number is still refused.
+    let (status, body) = api
+        .post_json(
+            "/trigger",
+            json!({"jobName": "steps", "input": {"count": 2.5}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1412,6 +1557,10 @@ backend_tests!(
     tenants_cannot_see_or_touch_each_others_runs,
     request_hook_runs_after_authentication,
     hostile_text_and_oversized_requests_are_400_everywhere,
+    fuzz_sse_messages_are_documented_as_json_events,
+    fuzz_trigger_rules_are_documented,
+    fuzz_label_keys_are_checked_before_idempotency,
+    fuzz_integral_floats_are_integers_in_input,
 );
 
 /// PostgreSQL (where a statement can be made to wait: a lock another session holds): a

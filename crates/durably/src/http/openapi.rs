@@ -9,10 +9,13 @@ use serde_json::{Value, json};
 use crate::Durably;
 use crate::limits::Limits;
 
+/// Text without a NUL character (refused with a 400 wherever the server stores or matches text).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
 fn run_id_param() -> Value {
     json!({
         "name": "runId", "in": "query", "required": true,
-        "schema": { "type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$" },
+        "schema": { "type": "string", "minLength": 1, "pattern": NO_NUL },
         "description": "Run id (a ULID). Empty or with a NUL character: 400."
     })
 }
@@ -56,29 +59,60 @@ fn run_links(pointer: &str) -> Value {
     })
 }
 
+/// Whether a JSON Schema's `type` leaves `null` out.
+fn refuses_null(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(name)) => name != "null",
+        Some(Value::Array(names)) => !names.iter().any(|name| name == "null"),
+        _ => false,
+    }
+}
+
 /// `TriggerRequest`: one alternative per registered job (its name as a constant, its input
 /// schema); without registered jobs (`durably serve`), any name.
 fn trigger_request(durably: &Durably, limits: &Limits) -> Value {
-    let key = json!({ "type": "string", "minLength": 1, "maxLength": limits.max_key_bytes });
+    // Keys and label values are bounded in UTF-8 bytes (`x-maxBytes`), which JSON Schema cannot
+    // say: `maxLength` (characters) is the same number, an upper bound that ASCII text reaches.
+    let key = json!({
+        "type": ["string", "null"], "minLength": 1, "maxLength": limits.max_key_bytes,
+        "x-maxBytes": limits.max_key_bytes, "pattern": NO_NUL,
+        "description": format!("Non-empty, at most {} bytes in UTF-8, no NUL character; null is absent", limits.max_key_bytes)
+    });
     let labels = json!({
-        "type": "object",
+        "type": ["object", "null"],
         "maxProperties": limits.max_labels_per_run,
         "propertyNames": { "pattern": "^[a-zA-Z0-9\\-_./]+$", "maxLength": limits.max_label_key_bytes },
-        "additionalProperties": { "type": "string", "maxLength": limits.max_label_value_bytes }
+        "additionalProperties": {
+            "type": "string", "maxLength": limits.max_label_value_bytes,
+            "x-maxBytes": limits.max_label_value_bytes, "pattern": NO_NUL,
+            "description": format!("At most {} bytes in UTF-8, no NUL character", limits.max_label_value_bytes)
+        }
     });
     let request = |job_name: Value, input: Value| {
-        json!({ "type": "object", "required": ["jobName"], "properties": {
+        // A missing `input` is `null` to the job: required unless the job's schema takes null.
+        let required = match refuses_null(&input) {
+            true => json!(["jobName", "input"]),
+            false => json!(["jobName"]),
+        };
+        json!({ "type": "object", "required": required, "properties": {
             "jobName": job_name,
             "input": input,
             "idempotencyKey": key,
             "concurrencyKey": key,
             "labels": labels,
-            "coalesce": { "type": "string", "enum": ["skip"] }
-        }})
+            "coalesce": { "type": ["string", "null"], "enum": ["skip", null] }
+        },
+        // `coalesce: "skip"` needs a concurrency key to coalesce on (400 without).
+        "if": { "required": ["coalesce"], "properties": { "coalesce": { "const": "skip" } } },
+        "then": { "required": ["concurrencyKey"], "properties": { "concurrencyKey": { "type": "string" } } }
+        })
     };
     let names = durably.job_names();
     if names.is_empty() {
-        return request(json!({ "type": "string", "minLength": 1 }), json!({}));
+        return request(
+            json!({ "type": "string", "minLength": 1, "pattern": NO_NUL }),
+            json!({}),
+        );
     }
     let alternatives: Vec<Value> = names
         .iter()
@@ -109,10 +143,58 @@ fn json_ok(description: &str, schema: Value) -> Value {
     })
 }
 
-fn sse_ok(description: &str) -> Value {
+/// The event types of the slim projection of `GET /runs/subscribe`.
+const SLIM_EVENT_TYPES: [&str; 13] = [
+    "run:trigger",
+    "run:coalesced",
+    "run:leased",
+    "run:complete",
+    "run:fail",
+    "run:cancel",
+    "run:delete",
+    "run:progress",
+    "step:start",
+    "step:complete",
+    "step:fail",
+    "step:cancel",
+    "log:write",
+];
+
+/// The JSON of one event: a slim one (`/runs/subscribe`) or a full one (`/subscribe`: every
+/// run event but `worker:error`, plus `timestamp` and `sequence`).
+fn event_data(full: bool) -> Value {
+    let mut types: Vec<&str> = SLIM_EVENT_TYPES.to_vec();
+    let mut required = vec!["type", "runId", "jobName"];
+    let mut properties = json!({
+        "type": { "type": "string", "enum": types },
+        "runId": { "type": "string" },
+        "jobName": { "type": "string" },
+        "labels": { "type": "object", "additionalProperties": { "type": "string" } }
+    });
+    if full {
+        types.push("run:lease-renewed");
+        properties["type"] = json!({ "type": "string", "enum": types });
+        properties["timestamp"] = json!({ "type": "string" });
+        properties["sequence"] = json!({ "type": "integer", "minimum": 0 });
+        required.extend(["timestamp", "sequence"]);
+    }
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// An SSE response. The media type's `schema` describes one message of the stream (the
+/// OpenAPI 3.1 reading of a sequential media type, which Schemathesis follows): an unnamed
+/// event (its type is the default, `message`) whose `data` is the JSON of `event`.
+fn sse_ok(description: &str, event: Value) -> Value {
     json!({
         "description": description,
-        "content": { "text/event-stream": { "schema": { "type": "string" } } }
+        "content": { "text/event-stream": { "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": { "type": "string", "const": "message" },
+                "data": { "type": "string", "contentMediaType": "application/json", "contentSchema": event }
+            }
+        } } }
     })
 }
 
@@ -139,11 +221,9 @@ fn run_route(summary: &str, operation_id: &str, ok: Value, conflict: Option<&str
 pub(crate) fn document(durably: &Durably) -> Value {
     let limits = &durably.config().limits;
     let job_names = durably.job_names();
-    let job_name = if job_names.is_empty() {
-        json!({ "type": "string", "minLength": 1 })
-    } else {
-        json!({ "type": "string", "enum": job_names })
-    };
+    // A listing's `jobName`: any text without NUL (a name no job has matches no run; an empty
+    // one too, as upstream), the registered names as examples.
+    let job_name = json!({ "type": "string", "pattern": NO_NUL, "examples": job_names });
     let success = json!({
         "type": "object", "required": ["success"],
         "properties": { "success": { "type": "boolean", "const": true } }
@@ -209,7 +289,7 @@ pub(crate) fn document(durably: &Durably) -> Value {
             "/cancel": { "post": run_route("Cancel a pending or leased run", "cancel",
                 json_ok("Cancelled", success), Some("Cannot cancel a terminal run")) },
             "/subscribe": { "get": run_route("SSE: the run's current state, then its live events; ends after the terminal event", "subscribe",
-                sse_ok("data: <full event JSON> messages"), None) },
+                sse_ok("data: <full event JSON> messages", event_data(true)), None) },
             "/runs/subscribe": { "get": {
                 "summary": "SSE: slim live events of all runs; never ends by itself",
                 "description": label_description(limits),
@@ -219,7 +299,7 @@ pub(crate) fn document(durably: &Durably) -> Value {
                     { "name": "jobName", "in": "query", "schema": { "type": "array", "maxItems": limits.max_job_name_filters, "items": job_name }, "style": "form", "explode": true }
                 ],
                 "responses": {
-                    "200": sse_ok("data: <slim event JSON> messages"),
+                    "200": sse_ok("data: <slim event JSON> messages", event_data(false)),
                     "400": error_response("Invalid label key or value, too many filters, or a NUL character")
                 }
             }},
