@@ -74,9 +74,14 @@ struct Setup {
     trace: Trace,
 }
 
-/// Worker A on a freezing store and worker B on the plain one, both with a 1 s lease; neither
-/// started.
-async fn setup(backend: Backend, max_runs_a: usize, pause_a: Option<Gate>) -> Setup {
+/// Worker A on a freezing store and worker B on the plain one, both with a 1 s lease and
+/// `preserve_steps`; neither started.
+async fn setup(
+    backend: Backend,
+    max_runs_a: usize,
+    pause_a: Option<Gate>,
+    preserve_steps: bool,
+) -> Setup {
     let db = TestDb::new(backend);
     let freezing = Arc::new(Freezing::new(db.store.clone()));
     let trace = Trace::default();
@@ -86,7 +91,7 @@ async fn setup(backend: Backend, max_runs_a: usize, pause_a: Option<Gate>) -> Se
         .lease_duration(LEASE)
         .lease_renew_interval(RENEW)
         .max_concurrent_runs(max_runs_a)
-        .preserve_steps(true)
+        .preserve_steps(preserve_steps)
         .build()
         .expect("build A");
     a.migrate().await.expect("migrate");
@@ -96,7 +101,7 @@ async fn setup(backend: Backend, max_runs_a: usize, pause_a: Option<Gate>) -> Se
         .durably(|b| {
             b.lease_duration(LEASE)
                 .lease_renew_interval(RENEW)
-                .preserve_steps(true)
+                .preserve_steps(preserve_steps)
         })
         .await;
     let job_b = b
@@ -161,7 +166,7 @@ impl Setup {
 /// A freezes right after its step `one` committed; B completes the run meanwhile. A must not
 /// run step `two` when the late reply arrives.
 async fn frozen_after_a_step_write_runs_no_further_step(backend: Backend) {
-    let s = setup(backend, 1, None).await;
+    let s = setup(backend, 1, None, true).await;
     let id = s.trigger().await;
     s.freezing.arm(Trap::StepPersisted("one".into()));
     s.a.start();
@@ -178,7 +183,7 @@ async fn frozen_after_a_step_write_runs_no_further_step(backend: Backend) {
 /// reply must not make A trust its lease again.
 async fn frozen_after_a_renewal_runs_no_further_step(backend: Backend) {
     let pause = Gate::new();
-    let s = setup(backend, 1, Some(pause.clone())).await;
+    let s = setup(backend, 1, Some(pause.clone()), true).await;
     let id = s.trigger().await;
     s.a.start();
     eventually("A ran step one", LIMIT, || async {
@@ -200,7 +205,7 @@ async fn frozen_after_a_renewal_runs_no_further_step(backend: Backend) {
 /// A's completion claims two runs ahead for its slot, then A freezes; B completes both. A must
 /// not start either when it wakes up.
 async fn frozen_after_a_claim_ahead_starts_no_held_run(backend: Backend) {
-    let s = setup(backend, 1, None).await;
+    let s = setup(backend, 1, None, true).await;
     let mut runs = Vec::new();
     for _ in 0..3 {
         runs.push(s.trigger().await);
@@ -230,7 +235,7 @@ async fn frozen_after_a_claim_ahead_starts_no_held_run(backend: Backend) {
 
 /// A's worker loop claims the run, then A freezes before it starts it; B completes it.
 async fn frozen_after_a_claim_starts_no_claimed_run(backend: Backend) {
-    let s = setup(backend, 1, None).await;
+    let s = setup(backend, 1, None, true).await;
     let id = s.trigger().await;
     s.freezing.arm(Trap::Claimed);
     s.a.start();
@@ -248,36 +253,18 @@ async fn frozen_after_a_claim_starts_no_claimed_run(backend: Backend) {
 /// run and its steps are deleted (the default). When the read finally answers (no steps), the
 /// frozen worker must not run the step.
 async fn frozen_before_reading_the_steps_runs_no_step(backend: Backend) {
-    let db = TestDb::new(backend);
-    let freezing = Arc::new(Freezing::new(db.store.clone()));
-    let trace = Trace::default();
-    let a = Durably::builder()
-        .shared_store(freezing.clone())
-        .polling_interval(Duration::from_millis(20))
-        .lease_duration(LEASE)
-        .lease_renew_interval(RENEW)
-        .build()
-        .expect("build A");
-    a.migrate().await.expect("migrate");
-    a.register(two_steps("A", trace.clone(), None))
-        .expect("register on A");
-    let b = db
-        .durably(|b| b.lease_duration(LEASE).lease_renew_interval(RENEW))
-        .await;
-    let job_b = b
-        .register(two_steps("B", trace.clone(), None))
-        .expect("register on B");
-
+    // B drops the run's steps when it completes it (the default).
+    let s = setup(backend, 1, None, false).await;
     // A worker that died after step one: one persisted step, a lease that has run out.
-    let id = job_b.trigger(json!({})).await.expect("trigger").run.id;
+    let id = s.trigger().await;
     let now = Timestamp::now();
-    let dead = db
-        .store
-        .claim("dead", now, Duration::from_millis(1), 1)
-        .await
-        .expect("claim")
-        .pop()
-        .expect("the run");
+    let dead =
+        s.db.store
+            .claim("dead", now, Duration::from_millis(1), 1)
+            .await
+            .expect("claim")
+            .pop()
+            .expect("the run");
     let one = NewStep {
         name: "one".into(),
         index: 0,
@@ -286,28 +273,17 @@ async fn frozen_before_reading_the_steps_runs_no_step(backend: Backend) {
         error: None,
         started_at: now,
     };
-    db.store
+    s.db.store
         .persist_step(&Fence::of(&dead), one, now)
         .await
         .expect("persist")
         .expect("fenced by the dead worker's lease");
 
-    freezing.arm(Trap::StepsRead);
-    a.start();
-    within("worker A freezes", LIMIT, freezing.frozen.wait()).await;
-    b.start();
-    let run = eventually("B completes the run", LIMIT, || async {
-        b.get_run(&id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await;
-    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
-    freezing.thaw();
-    within("A stops", LIMIT, a.stop()).await;
-    within("B stops", LIMIT, b.stop()).await;
-    assert_eq!(trace.lines(), [format!("B {id} two")]);
+    s.freezing.arm(Trap::StepsRead);
+    s.a.start();
+    s.take_over_and_thaw(std::slice::from_ref(&id)).await;
+    s.stop().await;
+    assert_eq!(s.trace.lines(), [format!("B {id} two")]);
 }
 
 backend_tests!(

@@ -322,39 +322,8 @@ async fn postgres_reads_abandoned_or_timed_out_are_cancelled() {
     let db = TestDb::new(Backend::Postgres);
     let durably = db.durably(|b| b).await;
     let schema = db.schema.clone().expect("schema");
-    let (locker, connection) =
-        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    tokio::spawn(connection);
-    // Watched from a session of its own: inside the locker's transaction, pg_stat_activity
-    // would stay the snapshot of its first read.
-    let (observer, connection) =
-        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    tokio::spawn(connection);
-    let locker_pid: i32 = locker
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    locker
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE \"{schema}\".durably_runs IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .expect("lock");
-    let blocked = || async {
-        observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&locker_pid],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get::<_, i64>(0)
-    };
+    let lock = common::RunsTableLock::take(&schema).await;
+    let blocked = || lock.blocked();
     let filter = RunFilter::new().label("tenant", "acme");
 
     // 1. A caller that goes away: its statement is cancelled in the database.
@@ -391,7 +360,7 @@ async fn postgres_reads_abandoned_or_timed_out_are_cancelled() {
         (blocked().await == 0).then_some(())
     })
     .await;
-    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    lock.release().await;
     // The pool still serves reads.
     assert!(durably.get_runs(&RunFilter::new()).await.is_ok());
 }

@@ -1575,39 +1575,8 @@ async fn slow_listings_time_out_with_503_and_abandoned_ones_are_cancelled() {
     let options = HttpOptions::new().read_timeout(Duration::from_millis(300));
     let api = std::sync::Arc::new(Api::new(Backend::Postgres, options).await);
     let schema = api.schema().expect("schema");
-    let (locker, connection) =
-        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    tokio::spawn(connection);
-    // Watched from a session of its own: inside the locker's transaction, pg_stat_activity
-    // would stay the snapshot of its first read.
-    let (observer, connection) =
-        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    tokio::spawn(connection);
-    let locker_pid: i32 = locker
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    locker
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE \"{schema}\".durably_runs IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .expect("lock");
-    let blocked = || async {
-        observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&locker_pid],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get::<_, i64>(0)
-    };
+    let lock = common::RunsTableLock::take(&schema).await;
+    let blocked = || lock.blocked();
     let (status, body) = within(
         "a listing to time out",
         LONG,
@@ -1636,5 +1605,5 @@ async fn slow_listings_time_out_with_503_and_abandoned_ones_are_cancelled() {
         (blocked().await == 0).then_some(())
     })
     .await;
-    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    lock.release().await;
 }

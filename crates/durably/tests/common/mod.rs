@@ -223,6 +223,65 @@ macro_rules! backend_tests {
 }
 pub(crate) use backend_tests;
 
+/// Holds `ACCESS EXCLUSIVE` on `durably_runs` of a PostgreSQL test schema, so that reads of it
+/// wait, and counts the sessions waiting behind it.
+pub struct RunsTableLock {
+    locker: tokio_postgres::Client,
+    observer: tokio_postgres::Client,
+    locker_pid: i32,
+}
+
+impl RunsTableLock {
+    /// Takes the lock in a transaction of its own.
+    pub async fn take(schema: &str) -> Self {
+        let connect = || async {
+            let (client, connection) =
+                tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+            tokio::spawn(connection);
+            client
+        };
+        let locker = connect().await;
+        // Watched from a session of its own: inside the locker's transaction, pg_stat_activity
+        // would stay the snapshot of its first read.
+        let observer = connect().await;
+        let locker_pid: i32 = locker
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".durably_runs IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .expect("lock");
+        RunsTableLock {
+            locker,
+            observer,
+            locker_pid,
+        }
+    }
+
+    /// How many sessions wait for the lock.
+    pub async fn blocked(&self) -> i64 {
+        self.observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&self.locker_pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+    }
+
+    /// Lets go of the lock.
+    pub async fn release(self) {
+        self.locker.batch_execute("ROLLBACK").await.expect("unlock");
+    }
+}
+
 /// The default hang guard of the behaviour suite.
 pub const LIMIT: Duration = Duration::from_secs(10);
 
