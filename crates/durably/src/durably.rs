@@ -1,12 +1,13 @@
 //! The [`Durably`] instance: configuration, job registry, triggering and the run API.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use serde_json::Value;
 
+use crate::engine::{Engine, Handed, Settings};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventKind, EventType, Unsubscribe};
 use crate::follow::RunSnapshot;
@@ -18,7 +19,6 @@ use crate::run::{
 };
 use crate::store::{Enqueued, NewRun, Store};
 use crate::time::Timestamp;
-use crate::worker::{Handed, WorkerState};
 
 /// Validated configuration of a [`Durably`] instance (upstream option names in parentheses).
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +32,9 @@ pub struct Config {
     pub lease_renew_interval: Duration,
     /// Runs executed at once by the worker (`maxConcurrentRuns`, 1..=1000, default 1).
     pub max_concurrent_runs: usize,
-    /// Keep step outputs after a run ends (`preserveSteps`, default `false`).
+    /// Keep step outputs after a run ends (`preserveSteps`, default `false`). A policy of the
+    /// store ([`Store::preserves_steps`]): the builder sets it on the stores it opens, and
+    /// reads it from a store it is given.
     pub preserve_steps: bool,
     /// Delete terminal runs this long after they ended (`retainRuns`, default: keep forever).
     pub retain_runs: Option<Duration>,
@@ -127,7 +129,9 @@ type PendingJob = Box<dyn FnOnce(&Durably) -> Result<()> + Send>;
 /// ```
 #[must_use]
 pub struct DurablyBuilder {
-    store: Option<Result<Arc<dyn Store>>>,
+    store: Option<StoreChoice>,
+    /// Set by [`DurablyBuilder::preserve_steps`] (`None`: the default, or the given store's).
+    preserve_steps: Option<bool>,
     config: Config,
     retain_runs: Option<String>,
     labels_validator: Option<LabelsValidator>,
@@ -138,8 +142,7 @@ impl DurablyBuilder {
     /// Uses an embedded SQLite database at `path` (`":memory:"` for a private in-memory one).
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, path: impl AsRef<std::path::Path>) -> Self {
-        self.store =
-            Some(crate::store::SqliteStore::open(path).map(|s| Arc::new(s) as Arc<dyn Store>));
+        self.store = Some(StoreChoice::Sqlite(path.as_ref().to_path_buf()));
         self
     }
 
@@ -147,20 +150,19 @@ impl DurablyBuilder {
     /// (connections open on first use; `migrate`/`init` create the schema).
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, url: &str) -> Self {
-        self.store =
-            Some(crate::store::PostgresStore::connect(url).map(|s| Arc::new(s) as Arc<dyn Store>));
+        self.store = Some(StoreChoice::Postgres(url.to_owned()));
         self
     }
 
     /// Uses any [`Store`].
     pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Ok(Arc::new(store)));
+        self.store = Some(StoreChoice::Given(Arc::new(store)));
         self
     }
 
     /// Uses a shared [`Store`].
     pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(Ok(store));
+        self.store = Some(StoreChoice::Given(store));
         self
     }
 
@@ -188,9 +190,14 @@ impl DurablyBuilder {
         self
     }
 
-    /// Keep step outputs after runs end (default `false`).
+    /// Keep step outputs after runs end (default `false`). Sets the policy of the store the
+    /// builder opens ([`DurablyBuilder::sqlite`], [`DurablyBuilder::postgres`]); a store given
+    /// to [`DurablyBuilder::store`] brings its own (`SqliteOptions::preserve_steps`,
+    /// `PostgresOptions::preserve_steps`), and a different one here uses the store's view with
+    /// this policy ([`Store::with_step_policy`]), or fails [`build`](Self::build) when the
+    /// store has none.
     pub fn preserve_steps(mut self, preserve: bool) -> Self {
-        self.config.preserve_steps = preserve;
+        self.preserve_steps = Some(preserve);
         self
     }
 
@@ -283,23 +290,25 @@ impl DurablyBuilder {
         if let Some(text) = self.retain_runs.filter(|t| !t.is_empty()) {
             config.retain_runs = Some(parse_retention(&text)?);
         }
-        let store = self.store.ok_or_else(|| {
+        let choice = self.store.ok_or_else(|| {
             Error::Config(
                 "no store configured: call .sqlite(path), .postgres(url) (feature `postgres`), \
                  .store(store) or .shared_store(store)"
                     .into(),
             )
-        })??;
+        })?;
+        let store = choice.open(self.preserve_steps)?;
+        config.preserve_steps = store.preserves_steps();
+        let events = EventBus::default();
+        let engine = Engine::new(store.clone(), settings_of(&config), events.clone());
         let durably = Durably {
             inner: Arc::new(Inner {
                 store,
                 config,
-                jobs: RwLock::new(HashMap::new()),
-                events: EventBus::default(),
+                events,
+                engine: Arc::new(engine),
                 migrated: tokio::sync::OnceCell::new(),
                 labels_validator: self.labels_validator,
-                worker: WorkerState::default(),
-                announcing: tokio::sync::RwLock::new(()),
             }),
         };
         for register in self.jobs {
@@ -312,15 +321,73 @@ impl DurablyBuilder {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Config,
-    jobs: RwLock<HashMap<String, Arc<RegisteredJob>>>,
     pub(crate) events: EventBus,
+    /// Claims, executes and maintains (`src/engine/`).
+    pub(crate) engine: Arc<Engine>,
     migrated: tokio::sync::OnceCell<()>,
     labels_validator: Option<LabelsValidator>,
-    pub(crate) worker: WorkerState,
-    /// Held shared by triggers from before their insert until their `run:trigger` is emitted;
-    /// a worker of this process takes it exclusively before its first event for a run, so a run
-    /// is never seen leased before it was seen triggered.
-    pub(crate) announcing: tokio::sync::RwLock<()>,
+}
+
+/// Where the builder's store comes from: opened by [`DurablyBuilder::build`] with the
+/// instance's step policy, or given ready.
+enum StoreChoice {
+    #[cfg(feature = "sqlite")]
+    Sqlite(std::path::PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+    Given(Arc<dyn Store>),
+}
+
+impl StoreChoice {
+    /// The store, with `preserve_steps` as its step policy when the builder opens it.
+    fn open(self, preserve_steps: Option<bool>) -> Result<Arc<dyn Store>> {
+        let preserve = preserve_steps.unwrap_or(false);
+        Ok(match self {
+            #[cfg(feature = "sqlite")]
+            StoreChoice::Sqlite(path) => {
+                let options = crate::store::SqliteOptions {
+                    preserve_steps: preserve,
+                    ..Default::default()
+                };
+                Arc::new(crate::store::SqliteStore::open_with(path, options)?)
+            }
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(url) => {
+                let options = crate::store::PostgresOptions {
+                    preserve_steps: preserve,
+                    ..Default::default()
+                };
+                Arc::new(crate::store::PostgresStore::connect_with(&url, options)?)
+            }
+            StoreChoice::Given(store) => match preserve_steps {
+                Some(wanted) if wanted != store.preserves_steps() => {
+                    store.with_step_policy(wanted).ok_or_else(|| {
+                        Error::Config(format!(
+                            "preserve_steps({wanted}) differs from the given store's policy \
+                         ({}): set it where the store is built \
+                         (SqliteOptions::preserve_steps, PostgresOptions::preserve_steps)",
+                            store.preserves_steps()
+                        ))
+                    })?
+                }
+                _ => store,
+            },
+        })
+    }
+}
+
+/// What the engine needs of `config`.
+fn settings_of(config: &Config) -> Settings {
+    Settings {
+        polling_interval: config.polling_interval,
+        lease_duration: config.lease_duration,
+        lease_renew_interval: config.lease_renew_interval,
+        max_concurrent_runs: config.max_concurrent_runs,
+        retain_runs: config.retain_runs,
+        persist_logs: config.persist_logs,
+        trigger_hand_off: config.trigger_hand_off,
+        claim_ahead_below: config.claim_ahead_below,
+    }
 }
 
 /// A durably instance: the job registry, the run API, events and the worker.
@@ -423,6 +490,7 @@ impl Durably {
     pub fn builder() -> DurablyBuilder {
         DurablyBuilder {
             store: None,
+            preserve_steps: None,
             config: Config::default(),
             retain_runs: None,
             labels_validator: None,
@@ -457,22 +525,12 @@ impl Durably {
         if name.is_empty() {
             return Err(Error::Config("A job name must not be empty".into()));
         }
-        let registered = job.into_registered();
-        let mut jobs = self
-            .inner
-            .jobs
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match jobs.get(&name) {
-            Some(existing) if existing.same_definition(&registered) => {}
-            Some(_) => {
-                return Err(Error::Config(format!(
-                    "Job \"{name}\" is already registered with a different definition"
-                )));
-            }
-            None => {
-                jobs.insert(name.clone(), Arc::new(registered));
-            }
+        let registered = Arc::new(job.into_registered());
+        let current = self.inner.engine.jobs.insert_if_absent(registered.clone());
+        if !current.same_definition(&registered) {
+            return Err(Error::Config(format!(
+                "Job \"{name}\" is already registered with a different definition"
+            )));
         }
         Ok(JobHandle::new(self.clone(), &name))
     }
@@ -491,14 +549,7 @@ impl Durably {
 
     /// Names of all registered jobs, sorted.
     pub fn job_names(&self) -> Vec<String> {
-        let jobs = self
-            .inner
-            .jobs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut names: Vec<String> = jobs.keys().cloned().collect();
-        names.sort();
-        names
+        self.inner.engine.jobs.names()
     }
 
     /// Information about a registered job, or `None`.
@@ -510,12 +561,7 @@ impl Durably {
     }
 
     pub(crate) fn registered_job(&self, name: &str) -> Option<Arc<RegisteredJob>> {
-        self.inner
-            .jobs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(name)
-            .cloned()
+        self.inner.engine.jobs.get(name)
     }
 
     fn registered(&self, name: &str) -> Result<Arc<RegisteredJob>> {
@@ -578,34 +624,9 @@ impl Durably {
 
     /// Emits the trigger's event and wakes this process's worker for a new run.
     fn announce(&self, enqueued: &Enqueued, request: &NewRun) {
-        self.announce_without_wake(enqueued, request);
+        self.inner.engine.announce(enqueued, request);
         if enqueued.disposition == Disposition::Created {
-            self.inner.worker.wake();
-        }
-    }
-
-    /// Emits `run:trigger` for a new run or `run:coalesced` for a coalesced one.
-    pub(crate) fn announce_without_wake(&self, enqueued: &Enqueued, request: &NewRun) {
-        let run = &enqueued.run;
-        match enqueued.disposition {
-            Disposition::Created => {
-                self.inner.events.emit(EventKind::RunTrigger {
-                    run_id: run.id.clone(),
-                    job_name: run.job_name.clone(),
-                    input: request.input.clone(),
-                    labels: run.labels.clone(),
-                });
-            }
-            Disposition::Coalesced => {
-                self.inner.events.emit(EventKind::RunCoalesced {
-                    run_id: run.id.clone(),
-                    job_name: run.job_name.clone(),
-                    labels: run.labels.clone(),
-                    skipped_input: request.input.clone(),
-                    skipped_labels: request.labels.clone(),
-                });
-            }
-            Disposition::Idempotent => {}
+            self.inner.engine.wake();
         }
     }
 
@@ -613,8 +634,8 @@ impl Durably {
     /// worker of this process, if any, enqueues it and claims for its free slots in one commit
     /// (see [`Config::trigger_hand_off`]).
     async fn enqueue_announced(&self, request: NewRun) -> Result<Enqueued> {
-        let _announcing = self.inner.announcing.read().await;
-        match self.inner.worker.hand_off(request) {
+        let _announcing = self.inner.engine.announcing.read().await;
+        match self.inner.engine.hand_off(request) {
             Handed::Taken(answer) => answer.await.map_err(|_| {
                 Error::storage("enqueue", "the worker stopped before answering the trigger")
             })?,
@@ -665,7 +686,7 @@ impl Durably {
             .enumerate()
             .map(|(i, (input, options))| self.prepare(&job, input, options, Some(i)))
             .collect::<Result<Vec<_>>>()?;
-        let _announcing = self.inner.announcing.read().await;
+        let _announcing = self.inner.engine.announcing.read().await;
         let enqueued = self
             .inner
             .store
@@ -816,27 +837,9 @@ impl Durably {
             }
             _ => {}
         }
-        let drop_steps = !self.inner.config.preserve_steps;
-        // Marked before the write: the worker executing the run here may see the cancellation
-        // in the store before this call emits `run:cancel`, and must not announce it too.
-        self.inner.worker.announce_cancel(run_id, true);
-        let cancelled = self
-            .inner
-            .store
-            .cancel_run(run_id, Timestamp::now(), drop_steps)
-            .await;
-        if !matches!(cancelled, Ok(true)) {
-            self.inner.worker.announce_cancel(run_id, false);
-        }
-        if !cancelled? {
+        if !self.inner.engine.cancel(&run).await? {
             return Err(self.status_changed(run_id, "cancel").await);
         }
-        self.inner.events.emit(EventKind::RunCancel {
-            run_id: run.id.clone(),
-            job_name: run.job_name,
-            labels: run.labels,
-        });
-        self.inner.worker.cancel_local(run_id);
         Ok(())
     }
 
@@ -1223,7 +1226,7 @@ impl SubscribeState {
     /// its lease, newly completed steps, progress, its end (or deletion), unless it is
     /// executing in this process, whose own events arrive live.
     async fn follow(&mut self) {
-        if self.durably.inner.worker.is_executing(&self.run_id) {
+        if self.durably.inner.engine.is_executing(&self.run_id) {
             // Its events arrived live: once it is no longer here (another worker may take it
             // over), the next read is only a new starting point.
             self.rebaseline = true;

@@ -15,7 +15,9 @@
 //! bounds how late that check may have been made.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::runtime::Instant;
 
 /// The safety margin of a lease: a fifth of its duration, at most 5 s (6 s would be a fifth of
 /// the default 30 s lease). It covers the time between the check and the step's start, and a

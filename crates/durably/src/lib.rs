@@ -35,6 +35,7 @@
 //! PostgreSQL for many workers on many hosts.
 
 mod durably;
+mod engine;
 pub mod error;
 pub mod events;
 pub mod follow;
@@ -43,7 +44,9 @@ pub mod http;
 pub mod job;
 mod lease;
 pub mod limits;
+pub mod maintenance;
 pub mod run;
+mod runtime;
 pub mod step;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -54,6 +57,7 @@ mod worker;
 pub use crate::durably::{
     Config, Durably, DurablyBuilder, JobInfo, LogEntry, WaitOptions, parse_retention,
 };
+pub use engine::Outcome;
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use job::{Job, JobData, JobHandle};
@@ -63,7 +67,6 @@ pub use step::{StepContext, StepLog};
 pub use store::*;
 pub use time::{Timestamp, new_id};
 pub use tokio_util::sync::CancellationToken;
-pub use worker::Outcome;
 
 /// The README's example is compiled as a doctest so it cannot drift from the API.
 #[doc = include_str!("../../../README.md")]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +20,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
+use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::time::Timestamp;
 
@@ -97,11 +98,11 @@ impl StepShared {
     /// froze), renews it first. `Err(Cancelled)` / `Err(LeaseLost)` (with the token fired)
     /// when the renewal is refused.
     pub(crate) async fn ensure_lease(&self) -> Result<()> {
-        if self.lease.is_provably_valid(Instant::now()) {
+        if self.lease.is_provably_valid(runtime::now()) {
             return Ok(());
         }
         tracing::debug!("lease not provably valid: renewing it before going on");
-        let sent = Instant::now();
+        let sent = runtime::now();
         let renewed = self
             .store
             .renew_lease(&self.fence, Timestamp::now(), self.lease.duration())
@@ -122,13 +123,13 @@ impl StepShared {
         if let Some(error) = self.abort_error() {
             return Err(error);
         }
-        if !self.lease.is_provably_valid(Instant::now()) {
+        if !self.lease.is_provably_valid(runtime::now()) {
             // A successful renewal is itself the freshest proof (a cancelled run refuses it).
             return self.ensure_lease().await;
         }
         if self
             .lease
-            .confirmed_within(Instant::now(), OWNERSHIP_FRESHNESS)
+            .confirmed_within(runtime::now(), OWNERSHIP_FRESHNESS)
         {
             return Ok(());
         }
@@ -341,7 +342,7 @@ impl StepContext {
 
         let index = shared.step_index.load(Ordering::SeqCst);
         let started_at = Timestamp::now();
-        let started = Instant::now();
+        let started = runtime::now();
         shared
             .events
             .emit_if_observed(EventType::StepStart, &shared.run_id, || {
@@ -375,7 +376,7 @@ impl StepContext {
                         error: None,
                         started_at,
                     };
-                    let sent = Instant::now();
+                    let sent = runtime::now();
                     return match shared
                         .store
                         .persist_step(&shared.fence, step, Timestamp::now())
@@ -488,7 +489,7 @@ impl StepContext {
             total,
             message: message.map(str::to_owned),
         };
-        let sent = Instant::now();
+        let sent = runtime::now();
         let written = shared
             .store
             .update_progress(&shared.fence, Some(progress.clone()), Timestamp::now())

@@ -170,7 +170,7 @@ async fn database_level_cancel_is_noticed_at_the_fenced_write(backend: Backend) 
     assert!(
         durably
             .store()
-            .cancel_run(&id, Timestamp::now(), false)
+            .cancel_run(&id, Timestamp::now())
             .await
             .unwrap()
     );
@@ -279,7 +279,7 @@ async fn cancel_from(durably: &durably::Durably, id: &str, in_process: bool) {
         assert!(
             durably
                 .store()
-                .cancel_run(id, Timestamp::now(), false)
+                .cancel_run(id, Timestamp::now())
                 .await
                 .unwrap()
         );
@@ -427,7 +427,7 @@ async fn terminal_runs_cannot_be_cancelled(backend: Backend) {
     assert!(
         !durably
             .store()
-            .cancel_run(&done.id, Timestamp::now(), false)
+            .cancel_run(&done.id, Timestamp::now())
             .await
             .unwrap()
     );
@@ -481,7 +481,7 @@ async fn cancel_between_steps(backend: Backend, settle: Duration) -> (String, Ve
     assert!(
         durably
             .store()
-            .cancel_run(&id, Timestamp::now(), false)
+            .cancel_run(&id, Timestamp::now())
             .await
             .unwrap()
     );

@@ -787,7 +787,7 @@ async fn delete_ends_a_pending_runs_stream(backend: Backend) {
     assert!(
         durably
             .store()
-            .cancel_run(&id, Timestamp::now(), true)
+            .cancel_run(&id, Timestamp::now())
             .await
             .unwrap()
     );

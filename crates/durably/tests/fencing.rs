@@ -2,6 +2,9 @@
 //! instances on one database), lease renewal (upstream recovery.shared, stale-owner.e2e).
 mod common;
 
+#[allow(unused_imports)]
+use common::Ends;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +105,8 @@ async fn worker_resumes_after_manual_claim_and_expiry(backend: Backend) {
     assert!(step.is_some());
     assert!(
         store
+            .admin()
+            .expect("operator writes")
             .update_run(&id, expire_lease(), Timestamp::now())
             .await
             .unwrap()
@@ -156,6 +161,8 @@ async fn stale_step_write_is_refused_after_reclaim(backend: Backend) {
             .is_some()
     );
     store
+        .admin()
+        .expect("operator writes")
         .update_run(&id, expire_lease(), Timestamp::now())
         .await
         .unwrap();
@@ -233,6 +240,8 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
         .unwrap()
         .remove(0);
     store
+        .admin()
+        .expect("operator writes")
         .update_run(&id, expire_lease(), Timestamp::now())
         .await
         .unwrap();
@@ -245,13 +254,13 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
 
     assert!(
         !store
-            .complete_run(&fence_a, Some(json!("stale")), Timestamp::now(), false)
+            .complete_run(&fence_a, Some(json!("stale")), Timestamp::now())
             .await
             .unwrap()
     );
     assert!(
         !store
-            .fail_run(&fence_a, "stale failure", Timestamp::now(), false)
+            .fail_run(&fence_a, "stale failure", Timestamp::now())
             .await
             .unwrap()
     );
@@ -270,19 +279,19 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
 
     assert!(
         store
-            .complete_run(&fence_b, Some(json!("winner")), Timestamp::now(), false)
+            .complete_run(&fence_b, Some(json!("winner")), Timestamp::now())
             .await
             .unwrap()
     );
     assert!(
         !store
-            .complete_run(&fence_a, Some(json!("stale")), Timestamp::now(), false)
+            .complete_run(&fence_a, Some(json!("stale")), Timestamp::now())
             .await
             .unwrap()
     );
     assert!(
         !store
-            .fail_run(&fence_a, "stale failure", Timestamp::now(), false)
+            .fail_run(&fence_a, "stale failure", Timestamp::now())
             .await
             .unwrap()
     );

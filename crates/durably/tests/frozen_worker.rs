@@ -83,7 +83,12 @@ async fn setup(
     preserve_steps: bool,
 ) -> Setup {
     let db = TestDb::new(backend);
-    let freezing = Arc::new(Freezing::new(db.store.clone()));
+    // The step policy is the store's: the wrapper wraps the view with the one asked for.
+    let store = db
+        .store
+        .with_step_policy(preserve_steps)
+        .expect("a view with the step policy");
+    let freezing = Arc::new(Freezing::new(store));
     let trace = Trace::default();
     let a = Durably::builder()
         .shared_store(freezing.clone())

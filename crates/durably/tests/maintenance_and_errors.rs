@@ -112,6 +112,8 @@ async fn ended_ago(durably: &Durably, id: &str, status: RunStatus, ago: Duration
     assert!(
         durably
             .store()
+            .admin()
+            .expect("operator writes")
             .update_run(id, patch, Timestamp::now())
             .await
             .expect("patch the run"),

@@ -131,6 +131,8 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
     // Fake a takeover: bump the generation by expiring the lease and reclaiming it elsewhere.
     let store = durably.store().clone();
     store
+        .admin()
+        .expect("operator writes")
         .update_run(
             &run.id,
             RunPatch {

@@ -7,6 +7,9 @@
 //! environment variables), like `crash.rs` does for SQLite.
 mod common;
 
+#[allow(unused_imports)]
+use common::Ends;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -915,7 +918,6 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
         worker_id: "w".into(),
         lease,
         max: 1,
-        frees_key: true,
     };
     // Keys of this test's own: key locks are shared by every schema of the database.
     let (handed, blocked) = (format!("handed-{schema}"), format!("blocked-{schema}"));
@@ -950,7 +952,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
     }
     let mut look = async |marker: &str| {
         canceller
-            .cancel_run(marker, durably::Timestamp::now(), true)
+            .cancel_run(marker, durably::Timestamp::now())
             .await
             .expect("cancel the marker");
         runs_available_before_the_marker(&mut notices).await
@@ -964,7 +966,6 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
                 &durably::Fence::of(holder),
                 None,
                 durably::Timestamp::now(),
-                true,
                 &next,
             )
             .await
@@ -1118,10 +1119,7 @@ async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::Fence> 
     assert_eq!(leased.len(), runs);
     leased
         .into_iter()
-        .map(|run| durably::Fence {
-            run_id: run.id,
-            generation: run.lease_generation,
-        })
+        .map(|run| durably::store::Fence::of(&run))
         .collect()
 }
 

@@ -2,6 +2,9 @@
 //! purge.shared.ts): queries, cancel, retrigger, delete, purge, steps and logs.
 mod common;
 
+#[allow(unused_imports)]
+use common::Ends;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -228,6 +231,8 @@ async fn get_runs_filters_by_status_job_and_labels(backend: Backend) {
     assert!(
         durably
             .store()
+            .admin()
+            .expect("operator writes")
             .update_run(
                 &b1.id,
                 RunPatch {
@@ -399,6 +404,8 @@ async fn pages_over_mixed_statuses_are_slices_of_the_full_list(backend: Backend)
         };
         if let Some(status) = patch {
             store
+                .admin()
+                .expect("operator writes")
                 .update_run(
                     id,
                     durably::RunPatch {
@@ -599,7 +606,7 @@ async fn cancel_of_a_terminal_or_unknown_run_fails(backend: Backend) {
     assert!(
         !durably
             .store()
-            .cancel_run(&completed.id, Timestamp::now(), false)
+            .cancel_run(&completed.id, Timestamp::now())
             .await
             .expect("cancel_run")
     );
@@ -665,7 +672,7 @@ async fn cancel_of_a_leased_run_drops_its_steps_but_keeps_logs(backend: Backend)
         assert!(
             !durably
                 .store()
-                .complete_run(&fence, Some(json!(2)), Timestamp::now(), false)
+                .complete_run(&fence, Some(json!(2)), Timestamp::now())
                 .await
                 .expect("complete")
         );
@@ -804,6 +811,8 @@ async fn retrigger_validates_the_stored_input_again(backend: Backend) {
     let store = durably.store();
     assert!(
         store
+            .admin()
+            .expect("operator writes")
             .update_run(
                 &run.id,
                 RunPatch {
@@ -837,6 +846,8 @@ async fn retrigger_validates_the_stored_input_again(backend: Backend) {
 
     // A stored input that still parses is normalized by the current definition.
     store
+        .admin()
+        .expect("operator writes")
         .update_run(
             &run.id,
             RunPatch {
@@ -966,6 +977,8 @@ async fn backdate(durably: &Durably, id: &str, completed_at: Timestamp) {
     assert!(
         durably
             .store()
+            .admin()
+            .expect("operator writes")
             .update_run(
                 id,
                 RunPatch {

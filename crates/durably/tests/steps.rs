@@ -146,6 +146,8 @@ async fn resumed_run_replays_completed_steps(backend: Backend) {
     assert!(
         durably
             .store()
+            .admin()
+            .expect("operator writes")
             .update_run(&id, reset, Timestamp::now())
             .await
             .unwrap()

@@ -2,6 +2,9 @@
 //! backend of this crate: SQLite file, SQLite in memory, PostgreSQL.
 mod common;
 
+#[allow(unused_imports)]
+use common::Ends;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +105,7 @@ async fn sqlite_separate_stores_on_one_file_have_exactly_one_claim_winner() {
         let finisher = &stores[(round + 1) % 4];
         assert!(
             finisher
-                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now(), false)
+                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now())
                 .await
                 .expect("complete")
         );

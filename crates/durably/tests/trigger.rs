@@ -2,6 +2,9 @@
 //! input validation, dispositions and their precedence, conflicts, labels, events, registration.
 mod common;
 
+#[allow(unused_imports)]
+use common::Ends;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -262,7 +265,7 @@ async fn idempotency_key_returns_the_existing_run(backend: Backend) {
     assert!(
         durably
             .store()
-            .complete_run(&Fence::of(&leased), Some(json!(1)), Timestamp::now(), false)
+            .complete_run(&Fence::of(&leased), Some(json!(1)), Timestamp::now())
             .await
             .expect("complete")
     );

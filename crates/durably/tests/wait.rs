@@ -668,7 +668,7 @@ async fn delete_in_process_settles_a_wait(backend: Backend) {
     assert!(
         durably
             .store()
-            .cancel_run(&id, Timestamp::now(), true)
+            .cancel_run(&id, Timestamp::now())
             .await
             .unwrap()
     );

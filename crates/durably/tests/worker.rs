@@ -755,6 +755,8 @@ async fn retention_purges_old_terminal_runs(backend: Backend) {
     assert!(
         durably
             .store()
+            .admin()
+            .expect("operator writes")
             .update_run(&old, backdate, Timestamp::now())
             .await
             .unwrap()
@@ -786,6 +788,8 @@ async fn idle_maintenance_releases_expired_leases(backend: Backend) {
         ..RunPatch::default()
     };
     store
+        .admin()
+        .expect("operator writes")
         .update_run(&id, expire, Timestamp::now())
         .await
         .unwrap();
@@ -831,6 +835,8 @@ async fn expired_lease_with_pending_sibling_fails(backend: Backend) {
         ..RunPatch::default()
     };
     store
+        .admin()
+        .expect("operator writes")
         .update_run(&leased, expire, Timestamp::now())
         .await
         .unwrap();
@@ -970,6 +976,8 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
         ..RunPatch::default()
     };
     store
+        .admin()
+        .expect("operator writes")
         .update_run(&id, expire, Timestamp::now())
         .await
         .unwrap();

@@ -1,19 +1,21 @@
 //! The storage seam: one [`Store`] trait owns all persistence.
 //!
-//! Operations are those of the domain (enqueue, claim, persist a step, renew, complete, fail,
-//! cancel, delete, purge, query), never SQL. Every write made by a lease holder takes a [`Fence`]
+//! Operations are those of the domain (enqueue, claim, persist a step, renew, finish with a
+//! [`Transition`], cancel, delete, purge, query), never SQL. Every write made by a lease holder takes a [`Fence`]
 //! and is conditioned on `status = 'leased' AND lease_generation = <fence>` in the same statement,
 //! so nothing a stale or crashed worker does can land after another worker took the run over.
 //!
 //! Backends: [`SqliteStore`] (feature `sqlite`, the default) and `PostgresStore` (feature
 //! `postgres`). The behaviour suite in `tests/` runs against every backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::maintenance::MaintenanceTask;
 use crate::run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     StepStatus,
@@ -81,6 +83,9 @@ pub struct Fence {
     pub run_id: String,
     /// The `lease_generation` the worker claimed.
     pub generation: i64,
+    /// The run's concurrency key, which the lease holds: when the run ends, the key is free
+    /// for the next run waiting for it (a backend may skip that work for a run without one).
+    pub concurrency_key: Option<String>,
 }
 
 impl Fence {
@@ -89,8 +94,46 @@ impl Fence {
         Fence {
             run_id: run.id.clone(),
             generation: run.lease_generation,
+            concurrency_key: run.concurrency_key.clone(),
         }
     }
+}
+
+/// How a lease holder ends a run ([`Store::finish_run`]). Shaped to grow: a run that retries
+/// later, sleeps until a time or waits for a signal will be further transitions that leave the
+/// run for later instead of ending it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// The job returned: the run is `completed` with this output (`None` stores no output).
+    Complete {
+        /// The job's output.
+        output: Option<Value>,
+    },
+    /// The job failed: the run is `failed` with this error message.
+    Fail {
+        /// The message stored as the run's error.
+        error: String,
+    },
+}
+
+impl Transition {
+    /// The run status this transition leads to.
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Transition::Complete { .. } => RunStatus::Completed,
+            Transition::Fail { .. } => RunStatus::Failed,
+        }
+    }
+}
+
+/// What [`Store::finish_run`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Finished {
+    /// Whether the transition landed (`false`: the fence no longer held, nothing was written).
+    pub landed: bool,
+    /// The runs claimed in the same write (see [`Store::finish_run`]'s `then_claim`).
+    pub claimed: Vec<Run>,
 }
 
 /// A step row to persist.
@@ -148,7 +191,7 @@ pub enum StoreNotice {
 }
 
 /// An unfenced partial update of a run, for operators' tools and tests that fabricate states
-/// (expire a lease, reset a run to pending). Workers never use it.
+/// (expire a lease, reset a run to pending). Workers never use it ([`RunAdmin::update_run`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunPatch {
     /// New status.
@@ -167,8 +210,8 @@ pub struct RunPatch {
     pub input: Option<Value>,
 }
 
-/// A claim made in the same round trip as another write (see
-/// [`Store::complete_run_and_claim`]): the claiming worker, the lease to take, and how many runs.
+/// A claim made in the same round trip as another write (see [`Store::finish_run`] and
+/// [`Store::enqueue_and_claim`]): the claiming worker, the lease to take, and how many runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRequest {
     /// The worker id written as lease owner.
@@ -177,12 +220,14 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The most runs to claim.
     pub max: usize,
-    /// Whether the run whose write carries this claim holds a concurrency key; set it whenever
-    /// it does. Its completion frees that key for the next run waiting for it, which the
-    /// backend claims in the same transaction or announces ([`StoreNotice::RunsAvailable`]).
-    /// Told `false`, a backend may skip that work: PostgreSQL then sends neither the key
-    /// statements nor the check for waiting runs, sparing keyless queues both.
-    pub frees_key: bool,
+}
+
+/// Operators' writes that bypass the lease protocol ([`Store::admin`]): tools that repair a
+/// database by hand, and tests that fabricate states. The engine never calls them.
+#[async_trait]
+pub trait RunAdmin: Send + Sync {
+    /// Unfenced partial update. `false` if the run does not exist.
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
 }
 
 /// All persistence of durably. Implementations must be safe to share between tasks and
@@ -315,59 +360,28 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<Log>>;
 
-    /// Marks a leased run completed with its output if the fence still holds; with
-    /// `drop_steps` its step rows are deleted in the same transaction.
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool>;
-
-    /// [`Store::complete_run`], then [`Store::claim`] of up to `next.max` runs with the same
-    /// `now`, so a worker hands the slot of a finished run straight to the next one. Returns
-    /// whether the completion landed and the runs claimed.
+    /// Applies `transition` to a leased run if the fence still holds (`landed: false`, nothing
+    /// written, otherwise). A run that ends drops its step rows in the same transaction unless
+    /// the store preserves them ([`Store::preserves_steps`]); a completion also frees the run's
+    /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it.
     ///
-    /// The worker takes fewer runs than `next.max` as "nothing else was claimable": it claims
-    /// again only when woken (a trigger, a [`StoreNotice`], its poll). A backend whose claim
-    /// here may leave claimable runs behind sends [`StoreNotice::RunsAvailable`].
-    ///
-    /// The default makes the two calls one after the other and reports a failed claim as
-    /// nothing claimed (the worker looks again at its next poll); a backend may do both in one
-    /// transaction, where any failure fails both.
-    async fn complete_run_and_claim(
+    /// With `then_claim`, the same write also claims up to `max` runs ([`Store::claim`] with
+    /// the same `now`), so a worker hands the slot of a finished run straight to the next one.
+    /// The worker takes fewer runs than `max` as "nothing else was claimable": it claims again
+    /// only when woken (a trigger, a [`StoreNotice`], its poll). A backend whose claim here may
+    /// leave claimable runs behind sends [`StoreNotice::RunsAvailable`]. A backend may claim in
+    /// a second call after the transition (a failed claim is then reported as nothing claimed).
+    async fn finish_run(
         &self,
         fence: &Fence,
-        output: Option<Value>,
+        transition: Transition,
         now: Timestamp,
-        drop_steps: bool,
-        next: &ClaimRequest,
-    ) -> Result<(bool, Vec<Run>)> {
-        let completed = self.complete_run(fence, output, now, drop_steps).await?;
-        let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
-            Ok(runs) => runs,
-            Err(error) => {
-                tracing::warn!(%error, "claim after completion failed");
-                Vec::new()
-            }
-        };
-        Ok((completed, claimed))
-    }
+        then_claim: Option<&ClaimRequest>,
+    ) -> Result<Finished>;
 
-    /// Marks a leased run failed with `error` if the fence still holds; with `drop_steps` its
-    /// step rows are deleted in the same transaction.
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool>;
-
-    /// Cancels a pending or leased run; `false` if it is missing or already terminal. With
-    /// `drop_steps` its step rows are deleted in the same transaction.
-    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool>;
+    /// Cancels a pending or leased run; `false` if it is missing or already terminal. Any
+    /// process may cancel (unfenced); its step rows go as for [`Store::finish_run`].
+    async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
 
     /// Deletes a terminal run with its steps, logs and labels; `false` if it is missing or
     /// still active.
@@ -380,18 +394,32 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to `pending`, or fails them (error
     /// `Lease expired; pending run already exists`) when their job+key already has a pending
     /// run or an older expired lease that goes back instead (the pending-per-key index allows
-    /// one). With `drop_steps` the failed runs' steps are deleted in the same transaction.
-    /// Returns the runs changed, with their new state.
-    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>>;
+    /// one). The failed runs' steps go as for [`Store::finish_run`]. Returns the runs changed,
+    /// with their new state.
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
 
-    /// Unfenced partial update (tools and tests). `false` if the run does not exist.
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
+    /// Whether step rows outlive the run they belong to (upstream's `preserveSteps`), a policy
+    /// set when the store is built (`SqliteOptions::preserve_steps`,
+    /// `PostgresOptions::preserve_steps`). `false`: a run that ends loses its steps' outputs.
+    fn preserves_steps(&self) -> bool;
 
-    /// Backend housekeeping while idle (SQLite: `wal_checkpoint(TRUNCATE)`). `Ok(false)` when
-    /// it could not finish because the database was busy (readers or a writer in the way); the
-    /// worker then tries again sooner, in about 30 s instead of a minute.
-    async fn checkpoint(&self) -> Result<bool> {
-        Ok(true)
+    /// This store with the other step policy, sharing its connections (for instances of one
+    /// process that differ only in it). `None` (the default): the backend offers no such view;
+    /// set the policy where the store is built.
+    fn with_step_policy(&self, preserve_steps: bool) -> Option<Arc<dyn Store>> {
+        let _ = preserve_steps;
+        None
+    }
+
+    /// Operators' unfenced writes, for a backend that offers them (`None` by default).
+    fn admin(&self) -> Option<&dyn RunAdmin> {
+        None
+    }
+
+    /// The backend's own housekeeping, which an idle worker runs beside its own maintenance
+    /// (SQLite: truncating the write-ahead log). None by default.
+    fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
+        Vec::new()
     }
 
     /// Wake-ups announced by any process sharing the database, for idle workers: `None` when the

@@ -2,7 +2,9 @@
 //!
 //! A new backend is "implement [`Store`](crate::Store), call the suite": in a test file of its
 //! crate, give [`store_contract_tests!`](crate::store_contract_tests) a function that opens a
-//! fresh, migrated store (and whatever must live as long as the test, such as a temporary
+//! fresh, migrated store with default options (so its runs drop their steps when they end; the
+//! suite checks the other policy through [`Store::with_step_policy`](crate::Store::with_step_policy),
+//! and fabricates states through [`Store::admin`](crate::Store::admin)) (and whatever must live as long as the test, such as a temporary
 //! directory), and it writes one `#[tokio::test]` per contract test:
 //!
 //! ```ignore
@@ -54,7 +56,11 @@ macro_rules! store_contract_tests {
             get_runs_filters_and_pages,
             group_commit_handles_many_concurrent_enqueues,
             concurrent_claims_have_exactly_one_winner,
-            concurrent_claims_respect_concurrency_keys
+            concurrent_claims_respect_concurrency_keys,
+            complete_run_keeps_steps_when_preserving,
+            fail_run_keeps_steps_when_preserving,
+            cancel_run_keeps_steps_when_preserving,
+            release_expired_leases_keeps_steps_when_preserving
         );
     };
 }

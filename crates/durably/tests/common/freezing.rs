@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use durably::{
-    ClaimRequest, Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter,
-    RunPatch, Step, StepStatus, Store, Timestamp,
+use durably::maintenance::MaintenanceTask;
+use durably::store::{
+    ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin, Store, Transition,
 };
-use serde_json::Value;
+use durably::{Log, Progress, Run, RunFilter, Step, StepStatus, Timestamp};
 
 use super::Gate;
 
@@ -241,59 +241,26 @@ impl Store for Freezing {
         self.after(false).await;
         appended
     }
-    async fn complete_run(
+    async fn finish_run(
         &self,
         fence: &Fence,
-        output: Option<Value>,
+        transition: Transition,
         now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.gate().await;
-        let completed = self
-            .inner
-            .complete_run(fence, output, now, drop_steps)
-            .await;
-        self.after(false).await;
-        completed
-    }
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-        next: &ClaimRequest,
-    ) -> durably::Result<(bool, Vec<Run>)> {
+        then_claim: Option<&ClaimRequest>,
+    ) -> durably::Result<Finished> {
         self.gate().await;
         let done = self
             .inner
-            .complete_run_and_claim(fence, output, now, drop_steps, next)
+            .finish_run(fence, transition, now, then_claim)
             .await;
         let hit = self.armed(&Trap::CompletionClaimed)
-            && matches!(&done, Ok((true, runs)) if !runs.is_empty());
+            && matches!(&done, Ok(finished) if finished.landed && !finished.claimed.is_empty());
         self.after(hit).await;
         done
     }
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
+    async fn cancel_run(&self, id: &str, now: Timestamp) -> durably::Result<bool> {
         self.gate().await;
-        let failed = self.inner.fail_run(fence, error, now, drop_steps).await;
-        self.after(false).await;
-        failed
-    }
-    async fn cancel_run(
-        &self,
-        id: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<bool> {
-        self.gate().await;
-        self.inner.cancel_run(id, now, drop_steps).await
+        self.inner.cancel_run(id, now).await
     }
     async fn delete_run(&self, id: &str) -> durably::Result<bool> {
         self.gate().await;
@@ -303,23 +270,20 @@ impl Store for Freezing {
         self.gate().await;
         self.inner.purge_runs(older_than, limit).await
     }
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> durably::Result<Vec<Run>> {
+    async fn release_expired_leases(&self, now: Timestamp) -> durably::Result<Vec<Run>> {
         self.gate().await;
-        let released = self.inner.release_expired_leases(now, drop_steps).await;
+        let released = self.inner.release_expired_leases(now).await;
         self.after(false).await;
         released
     }
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> durably::Result<bool> {
-        self.gate().await;
-        self.inner.update_run(id, patch, now).await
+    fn preserves_steps(&self) -> bool {
+        self.inner.preserves_steps()
     }
-    async fn checkpoint(&self) -> durably::Result<bool> {
-        self.gate().await;
-        self.inner.checkpoint().await
+    fn admin(&self) -> Option<&dyn RunAdmin> {
+        self.inner.admin()
+    }
+    fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
+        self.inner.maintenance_tasks()
     }
     fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
         self.inner.notifications()

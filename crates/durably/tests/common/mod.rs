@@ -381,10 +381,12 @@ pub mod instrumented {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use durably::{
-        ClaimRequest, Enqueued, Error, Fence, Log, NewLog, NewRun, NewStep, Progress, Run,
-        RunFilter, RunPatch, Step, Store, Timestamp,
+    use durably::maintenance::MaintenanceTask;
+    use durably::store::{
+        ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin, Store,
+        Transition,
     };
+    use durably::{Error, Log, Progress, Run, RunFilter, Step, Timestamp};
     use serde_json::Value;
 
     use super::Gate;
@@ -507,26 +509,39 @@ pub mod instrumented {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.enqueue_and_claim(run, now, next).await
         }
-        async fn complete_run_and_claim(
+        async fn finish_run(
             &self,
             fence: &Fence,
-            output: Option<Value>,
+            transition: Transition,
             now: Timestamp,
-            drop_steps: bool,
-            next: &ClaimRequest,
-        ) -> durably::Result<(bool, Vec<Run>)> {
-            match self.complete.next() {
-                Some(Answer::Refuse) => return Ok((false, Vec::new())),
-                Some(Answer::Fail) => return Err(injected("complete_run")),
-                None => {}
-            }
-            let held = match &self.hold_completion {
-                Some((value, gate)) if output.as_ref() == Some(value) => Some(gate.clone()),
+            then_claim: Option<&ClaimRequest>,
+        ) -> durably::Result<Finished> {
+            let refused = Finished::default();
+            let held = match &transition {
+                Transition::Complete { output } => {
+                    match self.complete.next() {
+                        Some(Answer::Refuse) => return Ok(refused),
+                        Some(Answer::Fail) => return Err(injected("complete_run")),
+                        None => {}
+                    }
+                    match &self.hold_completion {
+                        Some((value, gate)) if output.as_ref() == Some(value) => Some(gate.clone()),
+                        _ => None,
+                    }
+                }
+                Transition::Fail { .. } => {
+                    match self.fail.next() {
+                        Some(Answer::Refuse) => return Ok(refused),
+                        Some(Answer::Fail) => return Err(injected("fail_run")),
+                        None => {}
+                    }
+                    None
+                }
                 _ => None,
             };
             let done = self
                 .inner
-                .complete_run_and_claim(fence, output, now, drop_steps, next)
+                .finish_run(fence, transition, now, then_claim)
                 .await;
             if let Some(gate) = held {
                 gate.wait().await;
@@ -617,43 +632,8 @@ pub mod instrumented {
         ) -> durably::Result<Option<Log>> {
             self.inner.append_log(fence, log, now).await
         }
-        async fn complete_run(
-            &self,
-            fence: &Fence,
-            output: Option<Value>,
-            now: Timestamp,
-            drop_steps: bool,
-        ) -> durably::Result<bool> {
-            match self.complete.next() {
-                Some(Answer::Refuse) => Ok(false),
-                Some(Answer::Fail) => Err(injected("complete_run")),
-                None => {
-                    self.inner
-                        .complete_run(fence, output, now, drop_steps)
-                        .await
-                }
-            }
-        }
-        async fn fail_run(
-            &self,
-            fence: &Fence,
-            error: &str,
-            now: Timestamp,
-            drop_steps: bool,
-        ) -> durably::Result<bool> {
-            match self.fail.next() {
-                Some(Answer::Refuse) => Ok(false),
-                Some(Answer::Fail) => Err(injected("fail_run")),
-                None => self.inner.fail_run(fence, error, now, drop_steps).await,
-            }
-        }
-        async fn cancel_run(
-            &self,
-            id: &str,
-            now: Timestamp,
-            drop_steps: bool,
-        ) -> durably::Result<bool> {
-            self.inner.cancel_run(id, now, drop_steps).await
+        async fn cancel_run(&self, id: &str, now: Timestamp) -> durably::Result<bool> {
+            self.inner.cancel_run(id, now).await
         }
         async fn delete_run(&self, id: &str) -> durably::Result<bool> {
             self.inner.delete_run(id).await
@@ -661,28 +641,22 @@ pub mod instrumented {
         async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
             self.inner.purge_runs(older_than, limit).await
         }
-        async fn release_expired_leases(
-            &self,
-            now: Timestamp,
-            drop_steps: bool,
-        ) -> durably::Result<Vec<Run>> {
+        async fn release_expired_leases(&self, now: Timestamp) -> durably::Result<Vec<Run>> {
             self.sweeps
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match self.release.next() {
                 Some(_) => Err(injected("release_expired_leases")),
-                None => self.inner.release_expired_leases(now, drop_steps).await,
+                None => self.inner.release_expired_leases(now).await,
             }
         }
-        async fn update_run(
-            &self,
-            id: &str,
-            patch: RunPatch,
-            now: Timestamp,
-        ) -> durably::Result<bool> {
-            self.inner.update_run(id, patch, now).await
+        fn preserves_steps(&self) -> bool {
+            self.inner.preserves_steps()
         }
-        async fn checkpoint(&self) -> durably::Result<bool> {
-            self.inner.checkpoint().await
+        fn admin(&self) -> Option<&dyn RunAdmin> {
+            self.inner.admin()
+        }
+        fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
+            self.inner.maintenance_tasks()
         }
         fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
             self.inner.notifications()
@@ -690,3 +664,67 @@ pub mod instrumented {
     }
 }
 pub use instrumented::{Answer, INJECTED, Instrumented, Knob};
+
+/// A run's end in the shape the tests read best: [`durably::store::Store::finish_run`] with
+/// one [`durably::store::Transition`].
+#[allow(dead_code)]
+#[async_trait::async_trait]
+pub trait Ends {
+    /// Completes the run if `fence` holds; whether it landed.
+    async fn complete_run(
+        &self,
+        fence: &durably::store::Fence,
+        output: Option<serde_json::Value>,
+        now: durably::Timestamp,
+    ) -> durably::Result<bool>;
+    /// Fails the run if `fence` holds; whether it landed.
+    async fn fail_run(
+        &self,
+        fence: &durably::store::Fence,
+        error: &str,
+        now: durably::Timestamp,
+    ) -> durably::Result<bool>;
+    /// Completes the run and claims for `next` in the same write.
+    async fn complete_run_and_claim(
+        &self,
+        fence: &durably::store::Fence,
+        output: Option<serde_json::Value>,
+        now: durably::Timestamp,
+        next: &durably::store::ClaimRequest,
+    ) -> durably::Result<(bool, Vec<durably::Run>)>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> Ends for S {
+    async fn complete_run(
+        &self,
+        fence: &durably::store::Fence,
+        output: Option<serde_json::Value>,
+        now: durably::Timestamp,
+    ) -> durably::Result<bool> {
+        let transition = durably::store::Transition::Complete { output };
+        Ok(self.finish_run(fence, transition, now, None).await?.landed)
+    }
+    async fn fail_run(
+        &self,
+        fence: &durably::store::Fence,
+        error: &str,
+        now: durably::Timestamp,
+    ) -> durably::Result<bool> {
+        let transition = durably::store::Transition::Fail {
+            error: error.to_owned(),
+        };
+        Ok(self.finish_run(fence, transition, now, None).await?.landed)
+    }
+    async fn complete_run_and_claim(
+        &self,
+        fence: &durably::store::Fence,
+        output: Option<serde_json::Value>,
+        now: durably::Timestamp,
+        next: &durably::store::ClaimRequest,
+    ) -> durably::Result<(bool, Vec<durably::Run>)> {
+        let transition = durably::store::Transition::Complete { output };
+        let finished = self.finish_run(fence, transition, now, Some(next)).await?;
+        Ok((finished.landed, finished.claimed))
+    }
+}

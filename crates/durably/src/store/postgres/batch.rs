@@ -65,6 +65,9 @@ pub(super) struct CompleteRequest {
     pub output: Option<String>,
     pub now: String,
     pub drop_steps: bool,
+    /// Whether the run holds a concurrency key ([`Fence::concurrency_key`]): only then can its
+    /// completion free a key for a waiting run.
+    pub frees_key: bool,
     /// Runs to claim in the same transaction, with the claim's `now`.
     pub claim: Option<(ClaimRequest, Timestamp)>,
     /// `(completed, runs claimed, claimable runs left unclaimed)`: the last is set when a claim
@@ -499,20 +502,13 @@ async fn execute(
     let wanted: usize = completes.iter().map(claims_of).sum();
     // Completions that free a concurrency key also claim keyed runs, through the keys' locks,
     // in the same transaction: the run waiting for a freed key is leased with the completion.
-    let frees_key = completes.iter().any(|request| {
-        claims_of(request) > 0
-            && request
-                .claim
-                .as_ref()
-                .is_some_and(|(next, _)| next.frees_key)
-    });
-    // Every completion comes from a worker that said its run holds no key: none can free one.
-    let keyless = completes.iter().all(|request| {
-        request
-            .claim
-            .as_ref()
-            .is_some_and(|(next, _)| !next.frees_key)
-    });
+    let frees_key = completes
+        .iter()
+        .any(|request| claims_of(request) > 0 && request.frees_key);
+    // Every completion claims and its run holds no key: none can free one.
+    let keyless = completes
+        .iter()
+        .all(|request| request.claim.is_some() && !request.frees_key);
     let mut tries: u32 = 0;
     let outcome = loop {
         // Never claims on a retry: the first attempt's claim may have committed unacknowledged

@@ -58,9 +58,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
-    Store, StoreNotice, parse_labels, parse_optional_json, pending_conflict, pending_run,
-    validate_label_key,
+    ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep,
+    RunAdmin, RunPatch, Store, StoreNotice, Transition, parse_labels, parse_optional_json,
+    pending_conflict, pending_run, validate_label_key,
 };
 use crate::error::{Error, Result};
 use crate::run::{
@@ -91,6 +91,9 @@ use tls::*;
 #[derive(Clone)]
 pub struct PostgresStore {
     shared: Arc<Shared>,
+    /// Step rows outlive their run (the options' `preserve_steps`; see
+    /// [`Store::with_step_policy`] for views with the other policy).
+    preserve_steps: bool,
 }
 
 struct Shared {
@@ -220,6 +223,7 @@ impl PostgresStore {
             None => "durably".to_owned(),
         };
         Ok(PostgresStore {
+            preserve_steps: options.preserve_steps,
             shared: Arc::new(Shared {
                 pool,
                 batch_pool,
@@ -387,9 +391,9 @@ impl PostgresStore {
         fence: &Fence,
         output: Option<Value>,
         now: Timestamp,
-        drop_steps: bool,
         claim: Option<(ClaimRequest, Timestamp)>,
     ) -> Result<(bool, Vec<Run>)> {
+        let drop_steps = !self.preserve_steps;
         let output = output
             .as_ref()
             .map(|o| to_json("complete_run", o))
@@ -403,6 +407,7 @@ impl PostgresStore {
                 output,
                 now: now.to_string(),
                 drop_steps,
+                frees_key: fence.concurrency_key.is_some(),
                 claim,
                 reply,
             }),

@@ -50,6 +50,11 @@ pub struct PostgresOptions {
     /// impersonate the server and read or change everything, credentials included. Prefer
     /// [`root_certificates`](Self::root_certificates) with the server's CA.
     pub danger_accept_invalid_certificates: bool,
+    /// Keep a run's step rows (and their outputs) after it ends (upstream's `preserveSteps`,
+    /// default `false`: a run that completes, fails or is cancelled drops them in the same
+    /// transaction). `Durably::builder().preserve_steps(true)` sets it for the stores the
+    /// builder opens.
+    pub preserve_steps: bool,
 }
 
 impl Default for PostgresOptions {
@@ -65,6 +70,7 @@ impl Default for PostgresOptions {
             commit_delay: Duration::from_micros(200),
             root_certificates: None,
             danger_accept_invalid_certificates: false,
+            preserve_steps: false,
         }
     }
 }

@@ -487,50 +487,54 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn complete_run(
+    async fn finish_run(
         &self,
         fence: &Fence,
-        output: Option<Value>,
+        transition: Transition,
         now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool> {
-        self.complete(fence, output, now, drop_steps, None)
-            .await
-            .map(|(completed, _)| completed)
+        then_claim: Option<&ClaimRequest>,
+    ) -> Result<Finished> {
+        let claim = then_claim
+            .filter(|next| next.max > 0)
+            .map(|next| (next.clone(), now));
+        match transition {
+            Transition::Complete { output } => {
+                let (landed, claimed) = self.complete(fence, output, now, claim).await?;
+                Ok(Finished { landed, claimed })
+            }
+            Transition::Fail { error } => {
+                let drop_steps = !self.preserve_steps;
+                let landed = self
+                    .finish(
+                        "fail_run",
+                        fence,
+                        "status = 'failed', error = $3",
+                        "failed",
+                        Some(error),
+                        now,
+                        drop_steps,
+                    )
+                    .await?;
+                // Failures are rare: their claim is a second statement.
+                let claimed = match claim {
+                    Some((next, now)) => {
+                        match self.claim(&next.worker_id, now, next.lease, next.max).await {
+                            Ok(runs) => runs,
+                            Err(error) => {
+                                tracing::warn!(%error, "claim after failure failed");
+                                Vec::new()
+                            }
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                Ok(Finished { landed, claimed })
+            }
+        }
     }
 
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-        next: &ClaimRequest,
-    ) -> Result<(bool, Vec<Run>)> {
-        let claim = (next.max > 0).then(|| (next.clone(), now));
-        self.complete(fence, output, now, drop_steps, claim).await
-    }
-
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool> {
-        self.finish(
-            "fail_run",
-            fence,
-            "status = 'failed', error = $3",
-            "failed",
-            Some(error.to_owned()),
-            now,
-            drop_steps,
-        )
-        .await
-    }
-
-    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool> {
+    async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool> {
+        let drop_steps = !self.preserve_steps;
         let now_text = now.to_string();
         let channel = self.shared.channel.clone();
         let prefix = format!("{NOTICE_CANCEL}{}:", self.shared.origin);
@@ -594,7 +598,8 @@ impl Store for PostgresStore {
         Ok(deleted.max(0) as u64)
     }
 
-    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+        let drop_steps = !self.preserve_steps;
         let now_text = now.to_string();
         let channel = self.shared.channel.clone();
         let returning = RUN_COLUMNS;
@@ -645,6 +650,28 @@ impl Store for PostgresStore {
         .await
     }
 
+    fn preserves_steps(&self) -> bool {
+        self.preserve_steps
+    }
+
+    fn with_step_policy(&self, preserve_steps: bool) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(Self {
+            shared: self.shared.clone(),
+            preserve_steps,
+        }))
+    }
+
+    fn admin(&self) -> Option<&dyn RunAdmin> {
+        Some(self)
+    }
+
+    fn notifications(&self) -> Option<broadcast::Receiver<StoreNotice>> {
+        self.notice_sender().map(|sender| sender.subscribe())
+    }
+}
+
+#[async_trait]
+impl RunAdmin for PostgresStore {
     async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
         let mut sets = vec!["updated_at = $1".to_string()];
         let mut values: Vec<Option<String>> = vec![Some(now.to_string())];
@@ -694,10 +721,6 @@ impl Store for PostgresStore {
             })
             .await?;
         Ok(changed == 1)
-    }
-
-    fn notifications(&self) -> Option<broadcast::Receiver<StoreNotice>> {
-        self.notice_sender().map(|sender| sender.subscribe())
     }
 }
 

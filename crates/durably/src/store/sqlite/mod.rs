@@ -27,11 +27,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch, Store, WriterStats};
+use super::{
+    ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin, RunPatch, Store,
+    Transition, WriterStats,
+};
 use crate::error::{Error, Result};
+use crate::maintenance::{Maintained, MaintenanceTask};
 use crate::run::{Disposition, Log, Progress, Run, RunFilter, Step};
 use crate::time::Timestamp;
 
@@ -53,6 +56,9 @@ use writer::*;
 #[derive(Clone)]
 pub struct SqliteStore {
     shared: Arc<Shared>,
+    /// Step rows outlive their run (the options' `preserve_steps`; see
+    /// [`Store::with_step_policy`] for views with the other policy).
+    preserve_steps: bool,
 }
 
 #[derive(Default)]
@@ -162,6 +168,7 @@ impl SqliteStore {
             idle: Arc::new(Mutex::new(Vec::new())),
         });
         Ok(SqliteStore {
+            preserve_steps: options.preserve_steps,
             shared: Arc::new(Shared {
                 commands,
                 reply_spin: options.reply_spin,
@@ -373,6 +380,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// Holds the writer thread until the returned sender fires, so the writes queued meanwhile
     /// are committed as one group.
@@ -885,19 +893,16 @@ mod tests {
         let claimed = store.claim("w", now, lease, 1).await.expect("claim");
         assert_eq!(claimed.len(), 1);
         assert_eq!(writer_sync_mode(&store).await, 1, "a claim alone is not");
-        let fence = Fence {
-            run_id: claimed[0].id.clone(),
-            generation: claimed[0].lease_generation,
-        };
+        let fence = Fence::of(&claimed[0]);
         let renewed = store.renew_lease(&fence, now, lease).await.expect("renew");
         assert!(renewed.is_some());
         assert_eq!(writer_sync_mode(&store).await, 1, "nor is a renewal");
 
         let completed = store
-            .complete_run(&fence, None, now, false)
+            .finish_run(&fence, Transition::Complete { output: None }, now, None)
             .await
             .expect("complete");
-        assert!(completed);
+        assert!(completed.landed);
         assert_eq!(writer_sync_mode(&store).await, 2, "a completion is synced");
         let run = store
             .get_run(&fence.run_id)

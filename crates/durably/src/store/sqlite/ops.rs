@@ -17,8 +17,8 @@ use crate::run::{
     Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
 use crate::store::{
-    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch, parse_labels,
-    parse_optional_json, pending_conflict, pending_run, validate_label_key,
+    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch, Transition,
+    parse_labels, parse_optional_json, pending_conflict, pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 
@@ -694,44 +694,39 @@ fn delete_steps(conn: &Connection, run_id: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn complete_run(
+/// Applies a lease holder's [`Transition`] if the fence holds; `drop_steps` deletes the run's
+/// steps with it.
+pub(super) fn finish_run(
     conn: &Connection,
     fence: &Fence,
-    output: Option<&Value>,
+    transition: &Transition,
     now: Timestamp,
     drop_steps: bool,
 ) -> Result<bool> {
-    let output = output.map(|o| to_json("complete_run", o)).transpose()?;
-    let changed = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
-             lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
-             WHERE ",
-            fenced!()
-        ))
-        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, output, now]))
-        .map_err(sql_error("complete_run"))?;
-    if changed == 1 && drop_steps {
-        delete_steps(conn, &fence.run_id)?;
-    }
-    Ok(changed == 1)
-}
-
-pub(super) fn fail_run(
-    conn: &Connection,
-    fence: &Fence,
-    error: &str,
-    now: Timestamp,
-    drop_steps: bool,
-) -> Result<bool> {
-    let changed = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
-             lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE ",
-            fenced!()
-        ))
-        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
-        .map_err(sql_error("fail_run"))?;
+    let changed = match transition {
+        Transition::Complete { output } => {
+            let output = output
+                .as_ref()
+                .map(|o| to_json("complete_run", o))
+                .transpose()?;
+            conn.prepare_cached(concat!(
+                "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
+                 lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
+                 WHERE ",
+                fenced!()
+            ))
+            .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, output, now]))
+            .map_err(sql_error("complete_run"))?
+        }
+        Transition::Fail { error } => conn
+            .prepare_cached(concat!(
+                "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
+                 lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE ",
+                fenced!()
+            ))
+            .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
+            .map_err(sql_error("fail_run"))?,
+    };
     if changed == 1 && drop_steps {
         delete_steps(conn, &fence.run_id)?;
     }

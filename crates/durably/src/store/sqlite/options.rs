@@ -109,6 +109,11 @@ pub struct SqliteOptions {
     /// `synchronous = normal`, about 15 % more one-step jobs per second. Large values (big step
     /// outputs) span more overflow pages, which costs little.
     pub page_size: u32,
+    /// Keep a run's step rows (and their outputs) after it ends (upstream's `preserveSteps`,
+    /// default `false`: a run that completes, fails or is cancelled drops them in the same
+    /// transaction). `Durably::builder().preserve_steps(true)` sets it for the stores the
+    /// builder opens.
+    pub preserve_steps: bool,
 }
 
 impl Default for SqliteOptions {
@@ -123,6 +128,7 @@ impl Default for SqliteOptions {
             reply_spin: Duration::from_micros(50),
             commit_delay: None,
             page_size: 2_048,
+            preserve_steps: false,
         }
     }
 }

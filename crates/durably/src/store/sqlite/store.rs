@@ -171,61 +171,42 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete_run(
+    async fn finish_run(
         &self,
         fence: &Fence,
-        output: Option<Value>,
+        transition: Transition,
         now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool> {
-        let fence = fence.clone();
-        self.write("complete_run", move |conn| {
-            ops::complete_run(conn, &fence, output.as_ref(), now, drop_steps)
-        })
-        .await
-    }
-
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        drop_steps: bool,
-        next: &ClaimRequest,
-    ) -> Result<(bool, Vec<Run>)> {
-        let (fence, next) = (fence.clone(), next.clone());
+        then_claim: Option<&ClaimRequest>,
+    ) -> Result<Finished> {
+        let (fence, next) = (fence.clone(), then_claim.cloned());
+        let drop_steps = !self.preserve_steps;
+        let operation = match (&transition, &next) {
+            (Transition::Complete { .. }, None) => "complete_run",
+            (Transition::Complete { .. }, Some(_)) => "complete_run_and_claim",
+            (Transition::Fail { .. }, None) => "fail_run",
+            (Transition::Fail { .. }, Some(_)) => "fail_run_and_claim",
+        };
         // A hand-off usually claims a run whose first step follows at once.
-        let kind = match next.max {
+        let kind = match next.as_ref().map_or(0, |next| next.max) {
             0 => WriteKind::PLAIN,
             _ => WriteKind::CONTINUING,
         };
-        self.queue_write("complete_run_and_claim", kind, move |conn| {
-            let completed = ops::complete_run(conn, &fence, output.as_ref(), now, drop_steps)?;
-            let claimed = match next.max {
-                0 => Vec::new(),
-                max => ops::claim(conn, &next.worker_id, now, next.lease, max)?,
+        self.queue_write(operation, kind, move |conn| {
+            let landed = ops::finish_run(conn, &fence, &transition, now, drop_steps)?;
+            let claimed = match next {
+                Some(next) if next.max > 0 => {
+                    ops::claim(conn, &next.worker_id, now, next.lease, next.max)?
+                }
+                _ => Vec::new(),
             };
-            Ok((completed, claimed))
+            Ok(Finished { landed, claimed })
         })
         .await
     }
 
-    async fn fail_run(
-        &self,
-        fence: &Fence,
-        error: &str,
-        now: Timestamp,
-        drop_steps: bool,
-    ) -> Result<bool> {
-        let (fence, error) = (fence.clone(), error.to_owned());
-        self.write("fail_run", move |conn| {
-            ops::fail_run(conn, &fence, &error, now, drop_steps)
-        })
-        .await
-    }
-
-    async fn cancel_run(&self, id: &str, now: Timestamp, drop_steps: bool) -> Result<bool> {
+    async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool> {
         let id = id.to_owned();
+        let drop_steps = !self.preserve_steps;
         self.write("cancel_run", move |conn| {
             ops::cancel_run(conn, &id, now, drop_steps)
         })
@@ -245,13 +226,36 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_expired_leases(&self, now: Timestamp, drop_steps: bool) -> Result<Vec<Run>> {
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+        let drop_steps = !self.preserve_steps;
         self.write_isolated("release_expired_leases", move |conn| {
             ops::release_expired_leases(conn, now, drop_steps)
         })
         .await
     }
 
+    fn preserves_steps(&self) -> bool {
+        self.preserve_steps
+    }
+
+    fn with_step_policy(&self, preserve_steps: bool) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(Self {
+            shared: self.shared.clone(),
+            preserve_steps,
+        }))
+    }
+
+    fn admin(&self) -> Option<&dyn RunAdmin> {
+        Some(self)
+    }
+
+    fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
+        vec![Arc::new(WalCheckpoint(self.clone()))]
+    }
+}
+
+#[async_trait]
+impl RunAdmin for SqliteStore {
     async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
         let id = id.to_owned();
         self.write("update_run", move |conn| {
@@ -259,8 +263,44 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn checkpoint(&self) -> Result<bool> {
+/// Truncates the write-ahead log while the worker is idle, at most once a minute (30 s after
+/// one that found the database busy): the WAL of a busy queue otherwise only ever grows to
+/// its autocheckpoint size and stays there.
+struct WalCheckpoint(SqliteStore);
+
+#[async_trait]
+impl MaintenanceTask for WalCheckpoint {
+    fn name(&self) -> &'static str {
+        "wal-checkpoint"
+    }
+
+    fn every(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn after_busy(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn error_context(&self) -> &'static str {
+        "wal-checkpoint"
+    }
+
+    async fn run(&self) -> Result<Maintained> {
+        Ok(match self.0.checkpoint().await? {
+            true => Maintained::Done,
+            false => Maintained::Busy,
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Truncates the write-ahead log (`wal_checkpoint(TRUNCATE)`) without waiting for readers.
+    /// `Ok(false)` when it could not finish because the database was busy (readers or a
+    /// writer in the way). An idle worker calls it at most once a minute.
+    pub async fn checkpoint(&self) -> Result<bool> {
         let Some(readers) = &self.shared.readers else {
             return Ok(true); // in-memory: no WAL
         };

@@ -81,7 +81,7 @@ pub async fn an_expired_lease_is_reclaimed(store: Arc<dyn Store>) {
     let new = Fence::of(&second);
     assert!(
         !store
-            .complete_run(&old, Some(json!("a")), later, false)
+            .complete_run(&old, Some(json!("a")), later)
             .await
             .expect("complete")
     );
@@ -90,7 +90,7 @@ pub async fn an_expired_lease_is_reclaimed(store: Arc<dyn Store>) {
     assert_eq!(row.output, None);
     assert!(
         store
-            .complete_run(&new, Some(json!("b")), later, false)
+            .complete_run(&new, Some(json!("b")), later)
             .await
             .expect("complete")
     );
@@ -114,7 +114,7 @@ pub async fn a_key_held_by_an_unexpired_lease_is_skipped(store: Arc<dyn Store>) 
     );
     assert!(
         store
-            .complete_run(&Fence::of(&claimed[1]), None, now, false)
+            .complete_run(&Fence::of(&claimed[1]), None, now)
             .await
             .expect("complete c")
     );
@@ -128,7 +128,7 @@ pub async fn a_key_held_by_an_unexpired_lease_is_skipped(store: Arc<dyn Store>) 
     // When a ends, b becomes claimable.
     assert!(
         store
-            .complete_run(&Fence::of(&reclaimed), None, expired, false)
+            .complete_run(&Fence::of(&reclaimed), None, expired)
             .await
             .expect("complete")
     );
@@ -216,12 +216,7 @@ pub async fn release_lease_gives_a_claimed_run_back(store: Arc<dyn Store>) {
     );
 
     // A cancelled run stays cancelled.
-    assert!(
-        store
-            .cancel_run(&run.id, t0 + ms(5), false)
-            .await
-            .expect("cancel")
-    );
+    assert!(store.cancel_run(&run.id, t0 + ms(5)).await.expect("cancel"));
     let released = store.release_lease(&Fence::of(&again), t0 + ms(6)).await;
     assert!(!released.expect("release"));
     assert_eq!(get(&store, &run.id).await.status, RunStatus::Cancelled);
@@ -240,7 +235,7 @@ pub async fn release_lease_gives_a_claimed_run_back(store: Arc<dyn Store>) {
     // Without the pending sibling it goes back.
     assert!(
         store
-            .cancel_run(&second.id, t0 + ms(11), false)
+            .cancel_run(&second.id, t0 + ms(11))
             .await
             .expect("cancel")
     );
@@ -279,7 +274,7 @@ pub async fn concurrent_claims_have_exactly_one_winner(store: Arc<dyn Store>) {
         assert_eq!(winners[0].lease_generation, 1);
         assert!(
             store
-                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now(), false)
+                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now())
                 .await
                 .expect("complete")
         );
@@ -323,7 +318,7 @@ pub async fn concurrent_claims_respect_concurrency_keys(store: Arc<dyn Store>) {
         for winner in &winners {
             assert!(
                 store
-                    .complete_run(&Fence::of(winner), None, Timestamp::now(), false)
+                    .complete_run(&Fence::of(winner), None, Timestamp::now())
                     .await
                     .expect("complete")
             );
@@ -334,7 +329,7 @@ pub async fn concurrent_claims_respect_concurrency_keys(store: Arc<dyn Store>) {
         assert_eq!(drained.id, b.id);
         assert!(
             store
-                .complete_run(&Fence::of(&drained), None, Timestamp::now(), false)
+                .complete_run(&Fence::of(&drained), None, Timestamp::now())
                 .await
                 .expect("complete")
         );

@@ -182,7 +182,6 @@ pub async fn enqueue_and_claim_claims_only_after_creating_a_run(store: Arc<dyn S
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
-        frees_key: false,
     };
 
     // On an empty queue the new run is the one claimed, leased from the same `now`.

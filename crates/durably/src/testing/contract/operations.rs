@@ -8,12 +8,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
     let t0 = Timestamp::now();
     let pending = enqueue(&store, new_run("job", json!({})), t0).await;
     let at = t0 + ms(50);
-    assert!(
-        store
-            .cancel_run(&pending.id, at, false)
-            .await
-            .expect("cancel")
-    );
+    assert!(store.cancel_run(&pending.id, at).await.expect("cancel"));
     let row = get(&store, &pending.id).await;
     assert_eq!(row.status, RunStatus::Cancelled);
     assert_eq!(row.completed_at, Some(at));
@@ -28,7 +23,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
     );
     assert!(
         !store
-            .cancel_run(&pending.id, at, false)
+            .cancel_run(&pending.id, at)
             .await
             .expect("cancel twice")
     );
@@ -53,7 +48,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
         .expect("fence holds");
     assert!(
         store
-            .cancel_run(&leased.id, at, true)
+            .cancel_run(&leased.id, at)
             .await
             .expect("cancel leased")
     );
@@ -62,8 +57,8 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
     assert_eq!(row.lease_owner, None);
     assert_eq!(row.lease_expires_at, None);
     assert!(
-        store.get_steps(&leased.id).await.expect("steps").is_empty(),
-        "drop_steps"
+        store.get_steps(&leased.id).await.expect("steps").len() == kept(&store, 1),
+        "steps dropped with the cancel unless preserved"
     );
     assert_eq!(
         store.get_logs(&leased.id).await.expect("logs").len(),
@@ -73,7 +68,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
     // The former lease holder's writes are refused.
     assert!(
         !store
-            .complete_run(&fence, None, at, false)
+            .complete_run(&fence, None, at)
             .await
             .expect("complete")
     );
@@ -87,7 +82,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
 
     assert!(
         !store
-            .cancel_run("missing", at, false)
+            .cancel_run("missing", at)
             .await
             .expect("cancel missing")
     );
@@ -128,7 +123,7 @@ pub async fn delete_run_only_deletes_terminal_runs(store: Arc<dyn Store>) {
 
     assert!(
         store
-            .complete_run(&fence, None, t0, false)
+            .complete_run(&fence, None, t0)
             .await
             .expect("complete")
     );
@@ -168,10 +163,7 @@ pub async fn release_expired_leases_resets_or_fails(store: Arc<dyn Store>) {
     let other_job = enqueue(&store, keyed("other-job", "cross-key"), t0 + ms(21)).await;
 
     let now = t0 + ms(500);
-    let changed = store
-        .release_expired_leases(now, false)
-        .await
-        .expect("release");
+    let changed = store.release_expired_leases(now).await.expect("release");
     let mut changed_ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
     changed_ids.sort();
     let mut expected = vec![lone.id.as_str(), blocked.id.as_str(), cross.id.as_str()];
@@ -206,7 +198,7 @@ pub async fn release_expired_leases_resets_or_fails(store: Arc<dyn Store>) {
     assert_eq!(get(&store, &fresh.id).await, unexpired);
     assert!(
         store
-            .release_expired_leases(now, false)
+            .release_expired_leases(now)
             .await
             .expect("again")
             .is_empty()
@@ -214,8 +206,8 @@ pub async fn release_expired_leases_resets_or_fails(store: Arc<dyn Store>) {
 }
 
 /// Two runs of one job+key whose leases both expired: only the older may return to pending
-/// (the pending-per-key index allows one); the younger fails. `drop_steps` removes the failed
-/// run's steps and nothing else.
+/// (the pending-per-key index allows one); the younger fails. Unless the store preserves steps,
+/// the failed run's steps go with it, and nothing else.
 /// Contract: release expired leases of one key keeps one pending and drops failed steps.
 pub async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_failed_steps(
     store: Arc<dyn Store>,
@@ -244,6 +236,7 @@ pub async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_faile
         let fence = Fence {
             run_id: run.clone(),
             generation,
+            concurrency_key: Some("k".into()),
         };
         store
             .persist_step(
@@ -257,7 +250,7 @@ pub async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_faile
     }
 
     let changed = store
-        .release_expired_leases(t0 + ms(500), true)
+        .release_expired_leases(t0 + ms(500))
         .await
         .expect("release");
     assert_eq!(changed.len(), 2, "{changed:?}");
@@ -272,12 +265,9 @@ pub async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_faile
             .contains("pending run already exists")
     );
     assert_eq!(store.get_steps(&older.id).await.expect("steps").len(), 1);
-    assert!(
-        store
-            .get_steps(&younger.id)
-            .await
-            .expect("steps")
-            .is_empty()
+    assert_eq!(
+        store.get_steps(&younger.id).await.expect("steps").len(),
+        kept(&store, 1)
     );
 }
 
@@ -305,7 +295,7 @@ pub async fn purge_runs_cascades(store: Arc<dyn Store>) {
     let completed_at = t0 + ms(10);
     assert!(
         store
-            .complete_run(&fence, None, completed_at, false)
+            .complete_run(&fence, None, completed_at)
             .await
             .expect("complete")
     );
@@ -427,7 +417,7 @@ pub async fn get_runs_filters_and_pages(store: Arc<dyn Store>) {
     assert_eq!(leased.id, a1.id);
     assert!(
         store
-            .complete_run(&Fence::of(&leased), None, t0 + ms(6), false)
+            .complete_run(&Fence::of(&leased), None, t0 + ms(6))
             .await
             .expect("complete")
     );

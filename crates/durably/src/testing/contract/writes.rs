@@ -171,7 +171,7 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
 
     assert!(
         !store
-            .complete_run(&stale(&fence_keep), Some(json!({"ok": false})), at, false)
+            .complete_run(&stale(&fence_keep), Some(json!({"ok": false})), at)
             .await
             .expect("complete")
     );
@@ -182,7 +182,7 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
 
     assert!(
         store
-            .complete_run(&fence_keep, Some(json!({"ok": true})), at, false)
+            .complete_run(&fence_keep, Some(json!({"ok": true})), at)
             .await
             .expect("complete")
     );
@@ -195,17 +195,17 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
     assert_eq!(row.lease_expires_at, None);
     assert_eq!(
         store.get_steps(&keep.id).await.expect("steps").len(),
-        1,
-        "steps kept"
+        kept(&store, 1),
+        "steps kept only by a store that preserves them"
     );
     // Terminal: not claimable, not cancellable, not completable again.
     assert!(
         !store
-            .complete_run(&fence_keep, Some(json!(2)), at, false)
+            .complete_run(&fence_keep, Some(json!(2)), at)
             .await
             .expect("complete")
     );
-    assert!(!store.cancel_run(&keep.id, at, false).await.expect("cancel"));
+    assert!(!store.cancel_run(&keep.id, at).await.expect("cancel"));
     assert_eq!(
         get(&store, &keep.id).await.output,
         Some(json!({"ok": true}))
@@ -213,13 +213,13 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
 
     assert!(
         store
-            .complete_run(&fence_drop, None, at, true)
+            .complete_run(&fence_drop, None, at)
             .await
             .expect("complete")
     );
     assert!(
-        store.get_steps(&drop.id).await.expect("steps").is_empty(),
-        "steps dropped in the same call"
+        store.get_steps(&drop.id).await.expect("steps").len() == kept(&store, 1),
+        "steps dropped in the same call unless preserved"
     );
     assert_eq!(get(&store, &drop.id).await.output, None);
     assert!(
@@ -247,19 +247,12 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
         worker_id: "w2".into(),
         lease: LEASE,
         max: 1,
-        frees_key: false,
     };
     let at = t0 + ms(10);
 
     // The completion lands and the oldest pending run is leased in the same call.
     let (completed, claimed) = store
-        .complete_run_and_claim(
-            &Fence::of(&running),
-            Some(json!({"ok": 1})),
-            at,
-            true,
-            &next,
-        )
+        .complete_run_and_claim(&Fence::of(&running), Some(json!({"ok": 1})), at, &next)
         .await
         .expect("complete and claim");
     assert!(completed);
@@ -278,7 +271,7 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
 
     // A stale fence completes nothing, but the free slot still claims.
     let (completed, claimed) = store
-        .complete_run_and_claim(&stale(&Fence::of(handed)), None, at, true, &next)
+        .complete_run_and_claim(&stale(&Fence::of(handed)), None, at, &next)
         .await
         .expect("complete and claim");
     assert!(!completed);
@@ -294,7 +287,7 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
         ..next.clone()
     };
     let (completed, claimed) = store
-        .complete_run_and_claim(&Fence::of(handed), None, at, true, &none)
+        .complete_run_and_claim(&Fence::of(handed), None, at, &none)
         .await
         .expect("complete");
     assert!(completed && claimed.is_empty());
@@ -303,7 +296,6 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
             &Fence::of(&claimed_run(&store, &third.id).await),
             None,
             at,
-            true,
             &next,
         )
         .await
@@ -313,8 +305,8 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
 }
 
 /// `complete_run_and_claim` around the run it completes: a run waiting for the completed run's
-/// concurrency key is claimed in the same call (the worker says the run holds a key,
-/// [`ClaimRequest::frees_key`]), and a completed run whose own lease had expired is not claimed
+/// concurrency key is claimed in the same call (the fence carries the run's key,
+/// [`Fence::concurrency_key`]), and a completed run whose own lease had expired is not claimed
 /// back.
 /// Contract: complete run and claim hands the freed key to the run waiting for it.
 pub async fn complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_it(
@@ -337,11 +329,10 @@ pub async fn complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_i
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
-        frees_key: true,
     };
     let at = t0 + ms(10);
     let (completed, claimed) = store
-        .complete_run_and_claim(&Fence::of(&running), None, at, true, &next)
+        .complete_run_and_claim(&Fence::of(&running), None, at, &next)
         .await
         .expect("complete and claim");
     assert!(completed);
@@ -356,12 +347,9 @@ pub async fn complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_i
     let short = claim(&store, "w", at + ms(1), ms(5)).await.expect("late");
     assert_eq!(short.id, late.id);
     let after_expiry = at + ms(1000);
-    let keyless = ClaimRequest {
-        frees_key: false,
-        ..next.clone()
-    };
+    let keyless = next.clone();
     let (completed, claimed) = store
-        .complete_run_and_claim(&Fence::of(&short), None, after_expiry, true, &keyless)
+        .complete_run_and_claim(&Fence::of(&short), None, after_expiry, &keyless)
         .await
         .expect("complete and claim");
     assert!(completed, "the fence still held");
@@ -393,7 +381,7 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
 
     assert!(
         !store
-            .fail_run(&Fence::of(&first), "stale failure", at, true)
+            .fail_run(&Fence::of(&first), "stale failure", at)
             .await
             .expect("fail")
     );
@@ -411,7 +399,7 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
 
     assert!(
         store
-            .fail_run(&Fence::of(&second), "step failed", at, false)
+            .fail_run(&Fence::of(&second), "step failed", at)
             .await
             .expect("fail")
     );
@@ -421,7 +409,10 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
     assert_eq!(row.completed_at, Some(at));
     assert_eq!(row.lease_owner, None);
     assert_eq!(row.lease_expires_at, None);
-    assert_eq!(store.get_steps(&run.id).await.expect("steps").len(), 1);
+    assert_eq!(
+        store.get_steps(&run.id).await.expect("steps").len(),
+        kept(&store, 1)
+    );
     assert!(
         store
             .claim("w", at + LEASE * 2, LEASE, 5)
@@ -429,9 +420,9 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
             .expect("claim")
             .is_empty()
     );
-    assert!(!store.cancel_run(&run.id, at, false).await.expect("cancel"));
+    assert!(!store.cancel_run(&run.id, at).await.expect("cancel"));
 
-    // drop_steps removes steps together with the failure.
+    // A store that does not preserve steps drops them together with the failure.
     let other = enqueue(&store, new_run("job", json!({})), at).await;
     let leased = claim(&store, "w", at, LEASE).await.expect("claimed");
     assert_eq!(leased.id, other.id);
@@ -446,11 +437,14 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
         .expect("fence holds");
     assert!(
         store
-            .fail_run(&Fence::of(&leased), "boom", at, true)
+            .fail_run(&Fence::of(&leased), "boom", at)
             .await
             .expect("fail")
     );
-    assert!(store.get_steps(&other.id).await.expect("steps").is_empty());
+    assert_eq!(
+        store.get_steps(&other.id).await.expect("steps").len(),
+        kept(&store, 1)
+    );
 }
 
 /// Contract: append log is fenced only when asked.
@@ -491,7 +485,7 @@ pub async fn append_log_is_fenced_only_when_asked(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .complete_run(&fence, None, t0, false)
+            .complete_run(&fence, None, t0)
             .await
             .expect("complete")
     );

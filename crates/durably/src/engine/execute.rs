@@ -1,0 +1,365 @@
+//! Executing one claimed run: its job function, then recording how it ended (completed,
+//! failed, cancelled or lost) through one fenced [`Transition`].
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::slots::{Deregister, Held};
+use super::{Engine, Outcome, run_span};
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::job::ExecutionError;
+use crate::run::{Run, StepStatus};
+use crate::runtime::{self, Instant};
+use crate::step::{AbortReason, StepShared};
+use crate::store::{ClaimRequest, Fence, Transition};
+use crate::time::Timestamp;
+
+/// What a job function returned (or how it panicked).
+type JobResult =
+    std::result::Result<std::result::Result<Value, ExecutionError>, Box<dyn std::any::Any + Send>>;
+
+/// A run whose job function returned; its end is not recorded yet.
+pub(super) struct Returned {
+    pub(super) run: Run,
+    fence: Fence,
+    shared: Arc<StepShared>,
+    result: JobResult,
+    started: Instant,
+    /// How long the job function ran.
+    pub(super) elapsed: Duration,
+    _active: Deregister,
+}
+
+/// How far a held run got.
+pub(super) enum Execution {
+    /// Ended without its job function returning a result to record.
+    Ended(Outcome),
+    /// Its job function returned.
+    Returned(Box<Returned>),
+}
+
+/// A recorded end, with the runs claimed in the same write.
+pub(super) struct Ended {
+    pub(super) outcome: Outcome,
+    pub(super) claimed: Vec<Run>,
+    /// When the claim of `claimed` was sent: their leases count from then.
+    pub(super) claim_sent: Instant,
+    /// A completion whose claim looked for runs: fewer than asked means nothing more was
+    /// claimable.
+    pub(super) looked: bool,
+}
+
+impl Engine {
+    /// Executes one run, claimed by a claim sent at `sent`, to its end (upstream §4.3).
+    pub(crate) async fn execute(
+        self: &Arc<Self>,
+        run: Run,
+        sent: Instant,
+        worker_id: &str,
+    ) -> Outcome {
+        let span = run_span(&run);
+        let held = self.hold(run, sent, worker_id);
+        match self.run_job(held).instrument(span.clone()).await {
+            Execution::Ended(outcome) => outcome,
+            Execution::Returned(returned) => {
+                let ending = self.record_end(returned, worker_id, 0);
+                ending.instrument(span).await.outcome
+            }
+        }
+    }
+
+    /// Runs a held run's job function until it returns (or ends the run at once: an unknown
+    /// job, a run cancelled or lost while it was held).
+    pub(super) async fn run_job(&self, held: Held) -> Execution {
+        let store = &self.store;
+        tracing::debug!("claimed");
+        // Let triggers of this process that are still announcing their runs finish first.
+        drop(self.announcing.write().await);
+        let Held {
+            run,
+            owner,
+            step,
+            shared,
+            active,
+            keeper,
+            started: announced,
+        } = held;
+        // A run held (claimed ahead) while this process froze may have lost its lease: it
+        // starts only while its lease is provably valid (renewed first otherwise).
+        if shared.abort_reason().is_none()
+            && let Err(error) = shared.ensure_lease().await
+            && shared.abort_reason().is_none()
+        {
+            // The renewal itself failed (the store did not answer): not started here; its
+            // lease expires and any worker takes it over.
+            self.worker_error(error.to_string(), "lease-renewal", Some(&run.id));
+            return Execution::Ended(Outcome::LeaseLost);
+        }
+        match shared.abort_reason() {
+            Some(AbortReason::Cancelled) => {
+                tracing::info!("run cancelled before it started");
+                self.announce_cancel_found(&run, &shared);
+                return Execution::Ended(Outcome::Cancelled);
+            }
+            Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
+            None => {}
+        }
+        let fence = shared.fence.clone();
+
+        let Some(job) = self.jobs.get(&run.job_name) else {
+            let error = format!("Unknown job: {}", run.job_name);
+            tracing::warn!(%error, "cannot execute run");
+            // SPEC §3: without preserve_steps, step outputs go at any terminal state (a run
+            // reclaimed from a process that had the job may carry steps).
+            let transition = Transition::Fail {
+                error: error.clone(),
+            };
+            let outcome = match store
+                .finish_run(&fence, transition, Timestamp::now(), None)
+                .await
+            {
+                Ok(finished) if finished.landed => {
+                    self.events.emit(EventKind::RunFail {
+                        run_id: run.id,
+                        job_name: run.job_name,
+                        error,
+                        failed_step_name: "unknown".into(),
+                        labels: run.labels,
+                    });
+                    Outcome::Failed
+                }
+                Ok(_) => Outcome::LeaseLost,
+                Err(e) => {
+                    self.worker_error(e.to_string(), "run-failure", Some(&run.id));
+                    Outcome::LeaseLost
+                }
+            };
+            return Execution::Ended(outcome);
+        };
+
+        let started = runtime::now();
+        self.events.emit(EventKind::RunLeased {
+            run_id: run.id.clone(),
+            job_name: run.job_name.clone(),
+            input: run.input.clone(),
+            lease_owner: owner,
+            lease_expires_at: run
+                .lease_expires_at
+                .unwrap_or_else(Timestamp::now)
+                .to_string(),
+            labels: run.labels.clone(),
+        });
+        announced.store(true, std::sync::atomic::Ordering::SeqCst);
+
+        let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
+            .catch_unwind()
+            .await;
+        drop(keeper);
+        // The run stays among the active ones until its end is recorded, so that a `cancel` of
+        // this process meanwhile marks it as announced (see `announce_cancel_found`).
+        Execution::Returned(Box::new(Returned {
+            run,
+            fence,
+            shared,
+            result,
+            started,
+            elapsed: started.elapsed(),
+            _active: active,
+        }))
+    }
+
+    /// Records how an execution ended (completed, failed, cancelled or lost); a completion
+    /// also claims up to `claim` runs in the same write.
+    pub(super) async fn record_end(
+        &self,
+        returned: Box<Returned>,
+        worker_id: &str,
+        claim: usize,
+    ) -> Ended {
+        let Returned {
+            run,
+            fence,
+            shared,
+            result,
+            started,
+            _active: active,
+            ..
+        } = *returned;
+        let claim_sent = runtime::now();
+        let (outcome, claimed) = self
+            .finish(&run, &fence, &shared, result, started, worker_id, claim)
+            .await;
+        drop(active);
+        Ended {
+            looked: claim > 0 && outcome == Outcome::Completed,
+            outcome,
+            claimed,
+            claim_sent,
+        }
+    }
+
+    /// Records how an execution ended: completed, failed, cancelled or lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        shared: &StepShared,
+        result: std::result::Result<
+            std::result::Result<Value, ExecutionError>,
+            Box<dyn std::any::Any + Send>,
+        >,
+        started: Instant,
+        worker_id: &str,
+        claim: usize,
+    ) -> (Outcome, Vec<Run>) {
+        let failure = match result {
+            Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
+                return self
+                    .finish_completed(run, fence, shared, output, started, worker_id, claim)
+                    .await;
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(ExecutionError::Job(error))) => match error.downcast_ref::<Error>() {
+                Some(Error::Cancelled { .. }) | Some(Error::LeaseLost { .. }) => None,
+                _ => Some(error.to_string()),
+            },
+            Ok(Err(ExecutionError::Message(message))) => Some(message),
+            Err(panic) => Some(format!("Job panicked: {}", panic_text(&*panic))),
+        };
+        let outcome = match (failure, shared.abort_reason()) {
+            (_, Some(AbortReason::Cancelled)) => {
+                tracing::info!("run cancelled while executing");
+                self.announce_cancel_found(run, shared);
+                Outcome::Cancelled
+            }
+            (_, Some(AbortReason::LeaseLost)) | (None, None) => {
+                tracing::warn!("lease lost; execution abandoned");
+                Outcome::LeaseLost
+            }
+            (Some(message), None) => self.finish_failed(run, fence, shared, message).await,
+        };
+        (outcome, Vec::new())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_completed(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        shared: &StepShared,
+        output: Value,
+        started: Instant,
+        worker_id: &str,
+        claim: usize,
+    ) -> (Outcome, Vec<Run>) {
+        let stored = (!output.is_null()).then(|| output.clone());
+        let next = ClaimRequest {
+            worker_id: worker_id.to_owned(),
+            lease: self.settings.lease_duration,
+            max: claim,
+        };
+        let then_claim = (claim > 0).then_some(&next);
+        let finished = self
+            .store
+            .finish_run(
+                fence,
+                Transition::Complete { output: stored },
+                Timestamp::now(),
+                then_claim,
+            )
+            .await;
+        let (completed, claimed) = match finished {
+            Ok(finished) => (Ok(finished.landed), finished.claimed),
+            Err(error) => (Err(error), Vec::new()),
+        };
+        let outcome = match completed {
+            Ok(true) => {
+                tracing::debug!("completed");
+                self.events.emit(EventKind::RunComplete {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    output,
+                    duration: started.elapsed().as_millis() as u64,
+                    labels: run.labels.clone(),
+                });
+                Outcome::Completed
+            }
+            Ok(false) => {
+                let message = format!("Lease lost before completing run {}", run.id);
+                self.refused(run, shared, "run-completion", message).await
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not record completion");
+                self.worker_error(error.to_string(), "run-completion", Some(&run.id));
+                Outcome::LeaseLost
+            }
+        };
+        (outcome, claimed)
+    }
+
+    async fn finish_failed(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        shared: &StepShared,
+        message: String,
+    ) -> Outcome {
+        let store = &self.store;
+        let failed_step_name = store
+            .get_steps(&run.id)
+            .await
+            .ok()
+            .and_then(|steps| {
+                steps
+                    .into_iter()
+                    .find(|s| s.status == StepStatus::Failed)
+                    .map(|s| s.name)
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let transition = Transition::Fail {
+            error: message.clone(),
+        };
+        match store
+            .finish_run(fence, transition, Timestamp::now(), None)
+            .await
+        {
+            Ok(finished) if finished.landed => {
+                tracing::info!(error = %message, "failed");
+                self.events.emit(EventKind::RunFail {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    error: message,
+                    failed_step_name,
+                    labels: run.labels.clone(),
+                });
+                Outcome::Failed
+            }
+            Ok(_) => {
+                let message = format!("Lease lost before recording failure for run {}", run.id);
+                self.refused(run, shared, "run-failure", message).await
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not record failure");
+                self.worker_error(error.to_string(), "run-failure", Some(&run.id));
+                Outcome::LeaseLost
+            }
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

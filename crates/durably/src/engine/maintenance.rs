@@ -1,0 +1,145 @@
+//! The engine's maintenance: its own tasks (returning expired leases, applying retention) and
+//! the store's ([`Store::maintenance_tasks`]), each run while the worker is idle at most as
+//! often as its cadence allows. Failures become `worker:error` events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Engine, Settings};
+use crate::error::Result;
+use crate::events::{EventBus, EventKind};
+use crate::maintenance::{Maintained, MaintenanceTask};
+use crate::run::RunStatus;
+use crate::runtime::{self, Instant};
+use crate::store::{LEASE_EXPIRED_PENDING_EXISTS, Store};
+use crate::time::Timestamp;
+
+/// How often retention may purge old runs.
+const RETENTION_CADENCE: Duration = Duration::from_secs(60);
+/// Runs deleted per retention purge.
+const RETENTION_BATCH: u64 = 100;
+
+/// Every maintenance task of an engine, with when each last ran.
+pub(super) struct Maintenance {
+    tasks: Vec<Arc<dyn MaintenanceTask>>,
+    /// Per task (same order): when it last started, and whether it found the database busy.
+    /// An async lock: maintenance runs one pass at a time.
+    clocks: tokio::sync::Mutex<Vec<Clock>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Clock {
+    last: Option<Instant>,
+    busy: bool,
+}
+
+impl Maintenance {
+    pub(super) fn new(store: &Arc<dyn Store>, settings: &Settings, events: &EventBus) -> Self {
+        let mut tasks: Vec<Arc<dyn MaintenanceTask>> = vec![Arc::new(LeaseSweep {
+            store: store.clone(),
+            events: events.clone(),
+            every: settings.lease_duration,
+        })];
+        if let Some(retain) = settings.retain_runs {
+            tasks.push(Arc::new(Retention {
+                store: store.clone(),
+                retain,
+            }));
+        }
+        tasks.extend(store.maintenance_tasks());
+        let clocks = tokio::sync::Mutex::new(vec![Clock::default(); tasks.len()]);
+        Maintenance { tasks, clocks }
+    }
+}
+
+impl Engine {
+    /// Runs every task that is due; with `requested`, also those that run on request (the
+    /// expired-lease sweep) whether due or not.
+    pub(crate) async fn maintain(&self, requested: bool) {
+        let maintenance = &self.maintenance;
+        let mut clocks = maintenance.clocks.lock().await;
+        for (task, clock) in maintenance.tasks.iter().zip(clocks.iter_mut()) {
+            let cadence = match clock.busy {
+                true => task.after_busy(),
+                false => task.every(),
+            };
+            let due = (requested && task.runs_on_request())
+                || clock.last.is_none_or(|at| at.elapsed() >= cadence);
+            if !due {
+                continue;
+            }
+            clock.last = Some(runtime::now());
+            match task.run().await {
+                Ok(Maintained::Done) => clock.busy = false,
+                Ok(Maintained::Busy) => clock.busy = true,
+                Err(error) => self.worker_error(error.to_string(), task.error_context(), None),
+            }
+        }
+    }
+}
+
+/// Returns expired leases to pending, failing those whose job and concurrency key already have
+/// a pending run (`Lease expired; pending run already exists`). At most once per lease period
+/// while idle, so an idle worker costs the database about one claim query per polling
+/// interval; always when maintenance is requested.
+struct LeaseSweep {
+    store: Arc<dyn Store>,
+    events: EventBus,
+    every: Duration,
+}
+
+#[async_trait]
+impl MaintenanceTask for LeaseSweep {
+    fn name(&self) -> &'static str {
+        "lease-sweep"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn runs_on_request(&self) -> bool {
+        true
+    }
+
+    async fn run(&self) -> Result<Maintained> {
+        for run in self.store.release_expired_leases(Timestamp::now()).await? {
+            tracing::info!(run_id = %run.id, status = %run.status, "expired lease released");
+            if run.status == RunStatus::Failed {
+                self.events.emit(EventKind::RunFail {
+                    run_id: run.id,
+                    job_name: run.job_name,
+                    error: LEASE_EXPIRED_PENDING_EXISTS.to_owned(),
+                    failed_step_name: "unknown".into(),
+                    labels: run.labels,
+                });
+            }
+        }
+        Ok(Maintained::Done)
+    }
+}
+
+/// Deletes terminal runs older than `retain_runs`, 100 at a time, at most once a minute.
+struct Retention {
+    store: Arc<dyn Store>,
+    retain: Duration,
+}
+
+#[async_trait]
+impl MaintenanceTask for Retention {
+    fn name(&self) -> &'static str {
+        "retention"
+    }
+
+    fn every(&self) -> Duration {
+        RETENTION_CADENCE
+    }
+
+    async fn run(&self) -> Result<Maintained> {
+        let cutoff = Timestamp::now() - self.retain;
+        self.store.purge_runs(cutoff, RETENTION_BATCH).await?;
+        Ok(Maintained::Done)
+    }
+}

@@ -1,0 +1,250 @@
+//! The engine: claims runs with leases, executes them, keeps their leases, cancels them, and
+//! keeps the database tidy while idle. [`crate::Durably`] is a facade over it.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `claim_loop.rs` | the worker loop: when to claim, wake-ups, notices, the serverless primitives |
+//! | `slots.rs` | a slot's life: claim-ahead, held runs, the trigger hand-off intake |
+//! | `execute.rs` | executing one run: its job function, recording how it ended |
+//! | `lease_keeper.rs` | renewing a lease and noticing its loss |
+//! | `cancel.rs` | the cancellation protocol, whichever process cancels |
+//! | `backoff.rs` | claims while the store fails |
+//! | `maintenance.rs` | the engine's maintenance tasks and their cadence |
+//!
+//! Every write the engine makes for a run is fenced by the lease generation it claimed, so a
+//! worker that lost its lease (expired and reclaimed elsewhere, or cancelled) cannot overwrite
+//! anything: its writes match no row, its cancellation token fires, and `step.run` refuses to
+//! start new steps.
+//!
+//! The engine reaches the async runtime only through [`crate::runtime`].
+
+mod backoff;
+mod cancel;
+mod claim_loop;
+mod execute;
+mod lease_keeper;
+mod maintenance;
+mod slots;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventBus, EventKind};
+use crate::job::RegisteredJob;
+use crate::run::{Disposition, Run};
+use crate::runtime;
+use crate::step::StepShared;
+use crate::store::{Enqueued, NewRun, Store};
+
+pub(crate) use slots::Handed;
+
+/// What the engine needs to know of an instance's configuration (the facade's `Config`
+/// says what each means and its default).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) polling_interval: Duration,
+    pub(crate) lease_duration: Duration,
+    pub(crate) lease_renew_interval: Duration,
+    pub(crate) max_concurrent_runs: usize,
+    pub(crate) retain_runs: Option<Duration>,
+    pub(crate) persist_logs: bool,
+    pub(crate) trigger_hand_off: bool,
+    pub(crate) claim_ahead_below: Duration,
+}
+
+/// How one execution of a claimed run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The run completed.
+    Completed,
+    /// The run failed.
+    Failed,
+    /// The run was cancelled while executing.
+    Cancelled,
+    /// This worker lost the lease; whatever it did after that did not land.
+    LeaseLost,
+}
+
+/// The registered jobs, by name, shared by the facade (which registers and triggers them) and
+/// the engine (which executes them).
+#[derive(Default)]
+pub(crate) struct Jobs(RwLock<HashMap<String, Arc<RegisteredJob>>>);
+
+impl Jobs {
+    /// The job registered under `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<RegisteredJob>> {
+        read(&self.0).get(name).cloned()
+    }
+
+    /// Every registered name, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.0).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Registers `job` unless a job of that name exists; returns the one registered under
+    /// its name afterwards (the existing one, or `job`).
+    pub(crate) fn insert_if_absent(&self, job: Arc<RegisteredJob>) -> Arc<RegisteredJob> {
+        let mut jobs = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        jobs.entry(job.name.clone()).or_insert(job).clone()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The engine of one instance: shared by every clone of its facade.
+pub(crate) struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) settings: Settings,
+    pub(crate) events: EventBus,
+    pub(crate) jobs: Jobs,
+    /// Held shared by triggers from before their insert until their `run:trigger` is emitted;
+    /// a worker of this process takes it exclusively before its first event for a run, so a run
+    /// is never seen leased before it was seen triggered.
+    pub(crate) announcing: tokio::sync::RwLock<()>,
+    wake: Arc<Notify>,
+    /// Open while the worker loop runs (and is not backing off after a store error): a trigger
+    /// of this process hands its run to the loop (see [`Engine::hand_off`]).
+    intake: slots::Intake,
+    running: Mutex<Option<RunningWorker>>,
+    /// The runs executing (or held) in this process, by id.
+    active: Mutex<HashMap<String, Arc<StepShared>>>,
+    maintenance: maintenance::Maintenance,
+}
+
+struct RunningWorker {
+    stop: CancellationToken,
+    task: runtime::Task<()>,
+}
+
+impl Engine {
+    /// An engine over `store`; nothing runs until [`Engine::start`].
+    pub(crate) fn new(store: Arc<dyn Store>, settings: Settings, events: EventBus) -> Self {
+        let maintenance = maintenance::Maintenance::new(&store, &settings, &events);
+        Engine {
+            store,
+            settings,
+            events,
+            jobs: Jobs::default(),
+            announcing: tokio::sync::RwLock::new(()),
+            wake: Arc::default(),
+            intake: slots::Intake::default(),
+            running: Mutex::new(None),
+            active: Mutex::new(HashMap::new()),
+            maintenance,
+        }
+    }
+
+    /// Wakes an idle worker at once (a run was triggered in this process).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the worker loop as `worker_id` (no-op if it runs already).
+    pub(crate) fn start(self: &Arc<Self>, worker_id: String) {
+        let mut running = lock(&self.running);
+        if running.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let span = tracing::info_span!("durably.worker", worker_id = %worker_id);
+        let task = runtime::spawn_in(span, self.clone().worker_loop(worker_id, stop.clone()));
+        *running = Some(RunningWorker { stop, task });
+    }
+
+    /// `true` while the worker loop runs.
+    pub(crate) fn is_running(&self) -> bool {
+        lock(&self.running).is_some()
+    }
+
+    /// Stops claiming and waits for the runs in flight (at most `grace`, when given: the runs
+    /// still executing then are dropped, as a crash drops them). `true` when everything
+    /// finished in time (or nothing ran).
+    pub(crate) async fn stop(&self, grace: Option<Duration>) -> bool {
+        // Fire the token before the worker stops counting as running, so whoever sees
+        // `is_running() == false` knows no new claims will be made.
+        let worker = {
+            let mut running = lock(&self.running);
+            if let Some(worker) = running.as_ref() {
+                worker.stop.cancel();
+            }
+            running.take()
+        };
+        let Some(worker) = worker else {
+            return true;
+        };
+        let finished = worker.task.join_within(grace).await;
+        if !finished {
+            tracing::warn!(
+                ?grace,
+                "runs still executing at the end of the grace period are abandoned"
+            );
+        }
+        finished
+    }
+
+    /// Whether the run is executing in this process.
+    pub(crate) fn is_executing(&self, run_id: &str) -> bool {
+        lock(&self.active).contains_key(run_id)
+    }
+
+    /// Emits `run:trigger` for a new run or `run:coalesced` for a coalesced one.
+    pub(crate) fn announce(&self, enqueued: &Enqueued, request: &NewRun) {
+        let run = &enqueued.run;
+        match enqueued.disposition {
+            Disposition::Created => {
+                self.events.emit(EventKind::RunTrigger {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    input: request.input.clone(),
+                    labels: run.labels.clone(),
+                });
+            }
+            Disposition::Coalesced => {
+                self.events.emit(EventKind::RunCoalesced {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    labels: run.labels.clone(),
+                    skipped_input: request.input.clone(),
+                    skipped_labels: request.labels.clone(),
+                });
+            }
+            Disposition::Idempotent => {}
+        }
+    }
+
+    fn worker_error(&self, error: String, context: &str, run_id: Option<&str>) {
+        self.events.emit(EventKind::WorkerError {
+            error,
+            context: context.to_owned(),
+            run_id: run_id.map(str::to_owned),
+        });
+    }
+}
+
+/// The tracing span of one run's execution.
+fn run_span(run: &Run) -> tracing::Span {
+    tracing::info_span!(
+        "durably.run",
+        run_id = %run.id,
+        job = %run.job_name,
+        generation = run.lease_generation
+    )
+}
