@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, EventKind, EventType, Fence, Job, NewStep, Run, RunPatch, RunStatus, StepContext,
-    StepStatus, Timestamp, TriggerOptions,
+    Durably, EventKind, EventType, Job, Run, RunStatus, StepContext, StepStatus, Timestamp,
+    TriggerOptions,
+    store::{Fence, NewStep, RunPatch},
 };
 use serde_json::{Value, json};
 

@@ -14,8 +14,8 @@ use common::{
     within,
 };
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, Run, RunFilter, RunPatch, RunStatus,
-    StepContext, Timestamp, TriggerOptions, WaitOptions,
+    Durably, Error, Event, EventKind, EventType, Job, Run, RunFilter, RunStatus, StepContext,
+    Timestamp, TriggerOptions, WaitOptions, store::RunPatch,
 };
 use serde_json::json;
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests, eventually, within};
 use durably::{
-    BoxError, Durably, Error, Event, EventKind, Fence, Job, JobHandle, Labels, LogLevel, NewLog,
-    NewStep, RunFilter, RunPatch, RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    BoxError, Durably, Error, Event, EventKind, Job, JobHandle, Labels, LogLevel, RunFilter,
+    RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    store::{Fence, NewLog, NewStep, RunPatch},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -401,7 +402,7 @@ async fn pages_over_mixed_statuses_are_slices_of_the_full_list(backend: Backend)
             store
                 .update_run(
                     id,
-                    durably::RunPatch {
+                    durably::store::RunPatch {
                         status: Some(status),
                         completed_at: Some(status.is_terminal().then_some(now)),
                         ..Default::default()

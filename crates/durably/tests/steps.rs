@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunPatch, RunStatus,
-    StepContext, StepStatus, Timestamp,
+    Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunStatus, StepContext,
+    StepStatus, Timestamp, store::RunPatch,
 };
 use serde_json::{Value, json};
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use durably::{
-    ClaimRequest, Enqueued, Fence, Log, NewLog, NewRun, NewStep, Progress, Run, RunFilter,
-    RunPatch, Step, StepStatus, Store, Timestamp,
+    Log, Progress, Run, RunFilter, Step, StepStatus, Store, Timestamp,
+    store::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch},
 };
 use serde_json::Value;
 
@@ -321,7 +321,9 @@ impl Store for Freezing {
         self.gate().await;
         self.inner.checkpoint().await
     }
-    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
+    fn notifications(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<durably::store::StoreNotice>> {
         self.inner.notifications()
     }
 }

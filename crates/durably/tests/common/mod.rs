@@ -382,8 +382,8 @@ pub mod instrumented {
     use std::time::Duration;
 
     use durably::{
-        ClaimRequest, Enqueued, Error, Fence, Log, NewLog, NewRun, NewStep, Progress, Run,
-        RunFilter, RunPatch, Step, Store, Timestamp,
+        Error, Log, Progress, Run, RunFilter, Step, Store, Timestamp,
+        store::{ClaimRequest, Enqueued, Fence, NewLog, NewRun, NewStep, RunPatch},
     };
     use serde_json::Value;
 
@@ -684,7 +684,9 @@ pub mod instrumented {
         async fn checkpoint(&self) -> durably::Result<bool> {
             self.inner.checkpoint().await
         }
-        fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
+        fn notifications(
+            &self,
+        ) -> Option<tokio::sync::broadcast::Receiver<durably::store::StoreNotice>> {
             self.inner.notifications()
         }
     }
