@@ -70,7 +70,7 @@ impl Fixture {
                         .await?;
                         step.progress(i + 1, Some(steps), Some("working")).await?;
                     }
-                    step.log.info("all steps done", None).await?;
+                    step.log().info("all steps done", None).await?;
                     if input["fail"].as_bool() == Some(true) {
                         return Err(durably::Error::Validation("boom: the input said so".into()));
                     }

@@ -36,7 +36,7 @@ pub struct Config {
     pub preserve_steps: bool,
     /// Delete terminal runs this long after they ended (`retainRuns`, default: keep forever).
     pub retain_runs: Option<Duration>,
-    /// Store `step.log` entries (default `true`; upstream needed a plugin).
+    /// Store `step.log()` entries (default `true`; upstream needed a plugin).
     pub persist_logs: bool,
     /// Hand triggers to this process's worker while it runs (default `true`): the worker loop
     /// enqueues the run and claims for its free slots in the same transaction, so the run
@@ -207,7 +207,7 @@ impl DurablyBuilder {
         self
     }
 
-    /// Store `step.log` entries (default `true`).
+    /// Store `step.log()` entries (default `true`).
     pub fn persist_logs(mut self, persist: bool) -> Self {
         self.config.persist_logs = persist;
         self

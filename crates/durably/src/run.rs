@@ -342,7 +342,7 @@ pub struct Step {
     pub completed_at: Option<Timestamp>,
 }
 
-/// Severity of a log entry written with `step.log`.
+/// Severity of a log entry written with `step.log()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {

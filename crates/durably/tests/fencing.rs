@@ -325,7 +325,7 @@ async fn stale_owner_never_starts_the_next_step(backend: Backend) {
                         release.wait().await;
                         done.store(true, Ordering::SeqCst);
                         // Fenced like every other write: refused after the reclaim.
-                        inner.log.info("stale owner inside step-1", None).await?;
+                        inner.log().info("stale owner inside step-1", None).await?;
                         Ok::<_, durably::Error>("stale-1".to_string())
                     })
                     .await?;
@@ -510,8 +510,8 @@ async fn step_polling_its_token_observes_lease_loss(backend: Backend) {
                         .await;
                     let error = result.expect_err("the step reports the loss");
                     assert!(error.is_lease_lost(), "{error}");
-                    assert!(step.is_aborted());
-                    assert!(step.throw_if_aborted().unwrap_err().is_lease_lost());
+                    assert!(step.is_cancelled());
+                    assert!(step.check_cancelled().unwrap_err().is_lease_lost());
                     after_step.store(true, Ordering::SeqCst);
                     Err::<Value, _>(error)
                 }

@@ -371,7 +371,7 @@ async fn failed_lease_renewal_is_reported_and_the_run_goes_on(backend: Backend) 
                             Ok::<_, Error>(())
                         })
                         .await?;
-                        *aborted.lock().expect("aborted") = Some(step.is_aborted());
+                        *aborted.lock().expect("aborted") = Some(step.is_cancelled());
                         Ok::<_, Error>(n * 2)
                     }
                 },

@@ -39,7 +39,7 @@ fn task_job() -> Job<Task, i64> {
                 Ok::<_, durably::Error>(input.value * 2)
             })
             .await?;
-        step.log
+        step.log()
             .info("doubled", json!({ "value": doubled }))
             .await?;
         if input.fail {
@@ -1064,7 +1064,7 @@ async fn steps_and_logs_of_a_run_are_readable(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     let job = Job::new("two-steps", |step: StepContext, input: Task| async move {
-        step.log.info("outside", None).await?;
+        step.log().info("outside", None).await?;
         let a = step
             .run("first", |_| async move {
                 Ok::<_, durably::Error>(json!({"items": [1, 2, 3], "meta": {"nested": true}}))
@@ -1075,7 +1075,7 @@ async fn steps_and_logs_of_a_run_are_readable(backend: Backend) {
                 Ok::<_, durably::Error>(input.value + 1)
             })
             .await?;
-        step.log.warn("after", json!({"b": b})).await?;
+        step.log().warn("after", json!({"b": b})).await?;
         Ok::<_, durably::Error>(json!({"a": a, "b": b}))
     });
     let handle = durably.register(job).expect("register");
