@@ -440,6 +440,7 @@ fn step_line(step: &Step) -> String {
             step.error.as_deref().unwrap_or("failed")
         ),
         StepStatus::Cancelled => format!("⊘ {}{took} (cancelled)", step.name),
+        other => format!("· {}{took} ({})", step.name, other.as_str()),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::worker::{Handed, WorkerState};
 
 /// Validated configuration of a [`Durably`] instance (upstream option names in parentheses).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// How long an idle worker waits before polling again (`pollingIntervalMs`, default 1 s).
     /// A trigger in the same process wakes the worker at once.
@@ -341,6 +342,7 @@ impl std::fmt::Debug for Durably {
 
 /// A live log entry passed to [`WaitOptions::on_log`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LogEntry {
     /// Severity.
     pub level: LogLevel,
@@ -357,6 +359,7 @@ type LogCallback = Arc<dyn Fn(&LogEntry) + Send + Sync>;
 
 /// Options of [`Durably::wait_for_run`] and `trigger_and_wait`.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct WaitOptions {
     /// Give up after this long (the run itself is unaffected).
     pub timeout: Option<Duration>,
@@ -411,6 +414,7 @@ impl WaitOptions {
 
 /// Information about a registered job, for tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JobInfo {
     /// The job's name.
     pub name: String,

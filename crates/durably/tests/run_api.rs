@@ -267,12 +267,7 @@ async fn get_runs_filters_by_status_job_and_labels(backend: Backend) {
         [a2.id.as_str(), a1.id.as_str()]
     );
     assert_eq!(
-        get(RunFilter {
-            statuses: vec![],
-            ..RunFilter::new()
-        })
-        .await
-        .len(),
+        get(RunFilter::new().statuses([])).await.len(),
         3,
         "an empty status list does not filter"
     );

@@ -350,14 +350,22 @@ fn assert_reported(progress: &Calls<Progress>, logs: &Calls<LogEntry>) {
         *progress.lock().unwrap(),
         [p(1, "Step 1"), p(2, "Step 2"), p(3, "Done")]
     );
-    let l = |level, message: &str, data: Option<Value>| LogEntry {
-        level,
-        message: message.into(),
-        data,
-        step_name: None,
-    };
+    let l = |level, message: &str, data: Option<Value>| (level, message.to_owned(), data, None);
+    let logs: Vec<_> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e.level,
+                e.message.clone(),
+                e.data.clone(),
+                e.step_name.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
-        *logs.lock().unwrap(),
+        logs,
         [
             l(LogLevel::Info, "Starting", None),
             l(LogLevel::Warn, "Almost done", None),

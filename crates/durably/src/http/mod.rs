@@ -195,6 +195,7 @@ impl HttpOptions {
 /// concurrency keys, lease fields and `updatedAt`, plus `isTerminal` and `isActive`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ClientRun {
     /// Run id.
     pub id: String,
