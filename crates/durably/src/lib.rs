@@ -54,7 +54,7 @@ mod worker;
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
 // requests, notices, schema version, ...) stays in `durably::store`.
 pub use crate::durably::{
-    Config, Durably, DurablyBuilder, JobInfo, LogEntry, WaitOptions, parse_retention,
+    Config, Durably, DurablyBuilder, JobInfo, LogEntry, Tuning, WaitOptions, parse_retention,
 };
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
