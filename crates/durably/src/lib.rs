@@ -33,7 +33,11 @@
 //! durably.init().await?; // migrate the schema, start this process's worker
 //!
 //! let done = ship
-//!     .trigger_and_wait(Order { id: 7 }, TriggerOptions::new().idempotency_key("order-7"), WaitOptions::new())
+//!     .trigger_and_wait(
+//!         Order { id: 7 },
+//!         TriggerOptions::new().idempotency_key("order-7"),
+//!         WaitOptions::new(),
+//!     )
 //!     .await?;
 //! assert_eq!(done.output.as_deref(), Some("label-7"));
 //! durably.stop().await; // waits for the runs in flight
