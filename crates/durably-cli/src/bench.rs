@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use durably::{
     Durably, EventKind, EventType, Job, SqliteOptions, SqliteStore, StepContext, Store,
-    Synchronous, TriggerOptions, WaitOptions, WriterStats,
+    Synchronous, TriggerOptions, WaitOptions, store::WriterStats,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;

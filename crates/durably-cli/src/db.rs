@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use durably::{Durably, PostgresOptions, PostgresStore, SCHEMA_VERSION};
+use durably::{Durably, PostgresOptions, PostgresStore, store::SCHEMA_VERSION};
 
 use crate::exit::{CliError, USAGE};
 

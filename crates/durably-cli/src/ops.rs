@@ -111,7 +111,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("expected KEY=VALUE (e.g. tenant=acme), got '{text}'"))?;
-    durably::validate_label_key(key).map_err(|e| e.to_string())?;
+    durably::store::validate_label_key(key).map_err(|e| e.to_string())?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
@@ -440,6 +440,7 @@ fn step_line(step: &Step) -> String {
             step.error.as_deref().unwrap_or("failed")
         ),
         StepStatus::Cancelled => format!("⊘ {}{took} (cancelled)", step.name),
+        other => format!("· {}{took} ({})", step.name, other.as_str()),
     }
 }
 
@@ -502,7 +503,7 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
             run.id, run.status
         )));
     }
-    let request = durably::NewRun {
+    let request = durably::store::NewRun {
         job_name: run.job_name.clone(),
         input: run.input,
         idempotency_key: None,

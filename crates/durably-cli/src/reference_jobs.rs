@@ -85,7 +85,7 @@ pub fn steps() -> Job<StepsInput, Value> {
             sum += value;
             step.progress(i, Some(count), Some(&format!("step {i}/{count}")))
                 .await?;
-            step.log
+            step.log()
                 .info(format!("step {i} done"), json!({ "i": i }))
                 .await?;
         }

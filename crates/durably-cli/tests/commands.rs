@@ -70,7 +70,7 @@ impl Fixture {
                         .await?;
                         step.progress(i + 1, Some(steps), Some("working")).await?;
                     }
-                    step.log.info("all steps done", None).await?;
+                    step.log().info("all steps done", None).await?;
                     if input["fail"].as_bool() == Some(true) {
                         return Err(durably::Error::Validation("boom: the input said so".into()));
                     }
@@ -101,7 +101,7 @@ impl Fixture {
                 .durably
                 .store()
                 .enqueue(
-                    durably::NewRun {
+                    durably::store::NewRun {
                         job_name: job.to_owned(),
                         input,
                         idempotency_key: None,
@@ -893,7 +893,7 @@ async fn runs_works_on_postgres() {
     let run = durably
         .store()
         .enqueue(
-            durably::NewRun {
+            durably::store::NewRun {
                 job_name: "pg-job".into(),
                 input: json!({ "n": 1 }),
                 idempotency_key: None,

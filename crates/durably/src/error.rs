@@ -1,8 +1,10 @@
 //! The one public error type of durably.
 //!
 //! The kinds mirror the upstream TypeScript library (`NotFoundError`, `ValidationError`,
-//! `ConflictError`, `CancelledError`, `LeaseLostError`) plus [`Error::Storage`] for backend failures.
-//! [`Error::status_code`] gives the HTTP status each kind maps to.
+//! `ConflictError`, `CancelledError`, `LeaseLostError`) plus [`Error::Storage`] for backend failures,
+//! and [`Error::Step`] / [`Error::Job`] for errors of a job's own code. Over HTTP
+//! (`durably::http`, feature `http`) `NotFound` is a 404, `Validation` a 400, `Conflict` a 409,
+//! a read that timed out a 503 and the rest a 500.
 
 /// A boxed error that any job function may return (anything `Into<BoxError>` works with `?`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -15,13 +17,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A run or job does not exist (`Run not found: <id>`, `Unknown job: <name>`). HTTP 404.
+    /// A run or job does not exist (`Run not found: <id>`, `Unknown job: <name>`).
     #[error("{0}")]
     NotFound(String),
-    /// Bad input: invalid job input, labels, keys or options. Nothing was stored. HTTP 400.
+    /// Bad input: invalid job input, labels, keys or options. Nothing was stored.
     #[error("{0}")]
     Validation(String),
-    /// The operation conflicts with the run's current state or another run. HTTP 409.
+    /// The operation conflicts with the run's current state or another run.
     #[error("{0}")]
     Conflict(String),
     /// The run was cancelled (returned by waits and by `step.run` inside a cancelled run).
@@ -36,8 +38,19 @@ pub enum Error {
         /// The run whose lease was lost.
         run_id: String,
     },
-    /// An error returned by a job's own code (a step function or the job function). Its
-    /// message becomes the run's (or step's) stored error.
+    /// A step's function returned an error (from [`StepContext::run`](crate::StepContext::run),
+    /// after the failed step was recorded). It displays as the step's own error, unchanged:
+    /// that text is the step's stored error, and the run's when the job returns it.
+    #[error("{source}")]
+    Step {
+        /// The step's name.
+        name: String,
+        /// The error the step's function returned.
+        source: BoxError,
+    },
+    /// An error of a job's own code outside a step, for job functions that return
+    /// `durably::Error` (`Err(Error::Job("order is empty".into()))`). Its message becomes the
+    /// run's stored error.
     #[error("{0}")]
     Job(BoxError),
     /// A waited-for run ended in `failed`; the message is the run's stored error.
@@ -49,7 +62,7 @@ pub enum Error {
         message: String,
     },
     /// A wait gave up (`waitForRun timeout after 100ms`; the run itself is unaffected), or a
-    /// read bounded in time was cancelled (`Store::get_runs_within`; over HTTP: 503).
+    /// read bounded in time was cancelled (`Store::get_runs_within`).
     #[error("{0}")]
     Timeout(String),
     /// Invalid configuration or registration (bad `retain_runs`, duplicate job definition, …).
@@ -67,16 +80,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status code this error maps to (upstream §8.3 with SPEC §3's fixes).
-    pub fn status_code(&self) -> u16 {
-        match self {
-            Error::NotFound(_) => 404,
-            Error::Validation(_) => 400,
-            Error::Conflict(_) => 409,
-            _ => 500,
-        }
-    }
-
     /// `true` for [`Error::Cancelled`].
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled { .. })

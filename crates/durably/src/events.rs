@@ -36,6 +36,7 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 #[allow(missing_docs)] // field names are self-explanatory and documented per variant
+#[non_exhaustive]
 pub enum EventKind {
     /// A run was created by trigger, batch trigger or retrigger.
     #[serde(rename = "run:trigger", rename_all = "camelCase")]
@@ -177,6 +178,7 @@ pub enum EventKind {
 /// The type of an event, for [`Durably::on`](crate::Durably::on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub enum EventType {
     RunTrigger,
     RunCoalesced,

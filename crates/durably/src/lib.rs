@@ -1,38 +1,180 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-//! # durably — steps that survive crashes
+//! # durably: steps that survive crashes
 //!
-//! A job is a named async function with typed input and output. Inside it, `step.run(name, f)`
-//! persists each step's result; after a crash, a restart or a lost lease the job runs again from
-//! the top and completed steps return their stored result without running again.
+//! A job is a named async function with serde input and output. Inside it,
+//! [`step.run(name, f)`](StepContext::run) stores each step's output; when the run executes
+//! again (after a crash, a restart or a lost lease) the job function runs from the top and
+//! every completed step returns its stored output instead of running again. Runs live in a
+//! database (embedded SQLite or PostgreSQL) shared by any number of worker processes.
 //!
-//! ```no_run
+//! ## A job with steps, triggered and awaited
+//!
+//! ```
 //! use durably::{Durably, Job, StepContext, TriggerOptions, WaitOptions};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Order { id: u64 }
 //!
-//! # async fn example() -> durably::Result<()> {
-//! let durably = Durably::builder().sqlite("app.db").build()?;
+//! # #[tokio::main]
+//! # async fn main() -> durably::Result<()> {
+//! let durably = Durably::builder().sqlite(":memory:").build()?;
 //! let ship = durably.register(Job::new("ship-order", |step: StepContext, order: Order| async move {
-//!     let label = step.run("print-label", |_| async move {
+//!     // Stored under its name: on a re-run this returns the stored label without running.
+//!     let label = step.run("print-label", |_cancel| async move {
 //!         Ok::<_, std::io::Error>(format!("label-{}", order.id))
 //!     }).await?;
-//!     step.run("notify", |_| async { Ok::<_, std::io::Error>(()) }).await?;
+//!     step.progress(1, Some(2), Some("label printed")).await?;
+//!     step.log().info("label printed", None).await?;
+//!     step.run("notify-customer", |_cancel| async { Ok::<_, std::io::Error>(()) }).await?;
 //!     Ok::<_, durably::Error>(label)
 //! }))?;
-//! durably.init().await?; // migrate + start the worker
+//! durably.init().await?; // migrate the schema, start this process's worker
+//!
 //! let done = ship
-//!     .trigger_and_wait(Order { id: 7 }, TriggerOptions::new(), WaitOptions::new())
+//!     .trigger_and_wait(
+//!         Order { id: 7 },
+//!         TriggerOptions::new().idempotency_key("order-7"),
+//!         WaitOptions::new(),
+//!     )
 //!     .await?;
 //! assert_eq!(done.output.as_deref(), Some("label-7"));
-//! durably.stop().await;
+//! durably.stop().await; // waits for the runs in flight
 //! # Ok(()) }
 //! ```
 //!
-//! Storage goes through one [`Store`] trait: [`SqliteStore`] (embedded, the default) and
-//! PostgreSQL for many workers on many hosts.
+//! [`JobHandle::trigger`] returns at once with the stored [`Run`]; [`Durably::get_run`],
+//! [`Durably::get_runs`] with a [`RunFilter`], [`Durably::on`] (events) and
+//! [`Durably::subscribe`] (one run's event stream) follow it. [`TriggerOptions`] carries
+//! idempotency and concurrency keys, labels and [`Coalesce`].
+//!
+//! ## The crash and replay promise
+//!
+//! - A step that completed is never run again for that run: its stored output is returned.
+//!   A step's **name** is its identity, so a step inside a loop needs a name per iteration
+//!   (`format!("charge-{i}")`).
+//! - A step in flight when its process died runs again, whole, once another worker takes the
+//!   run over (after the dead worker's lease expires, [`Config::lease_duration`], 30 s by
+//!   default). Make external side effects idempotent.
+//! - Every write of a worker is fenced by its lease: a worker that froze or lost its lease
+//!   never lands a step, a completion or a failure after another worker took over.
+//! - There are no automatic retries: a failed run stays failed; [`Durably::retrigger`] starts a
+//!   new run with the same input.
+//!
+//! `cargo run -p durably --example resume` shows it: a copy of the program dies inside step 2,
+//! and the next process completes the run without running step 1 again.
+//!
+//! ## Errors
+//!
+//! One [`Error`] enum. A failed step is [`Error::Step`] with the step's name and its own error
+//! (`source`, which a caller can downcast); waiting on a run that failed gives
+//! [`Error::RunFailed`] with the run's stored message.
+//!
+//! ```
+//! # use durably::{Durably, Error, Job, StepContext, TriggerOptions, WaitOptions};
+//! # #[tokio::main]
+//! # async fn main() -> durably::Result<()> {
+//! # let durably = Durably::builder().sqlite(":memory:").build()?;
+//! let charge = durably.register(Job::new("charge", |step: StepContext, cents: u64| async move {
+//!     let charged = step.run("authorize", |_| async move {
+//!         if cents > 10_000 { Err("card declined") } else { Ok(cents) }
+//!     }).await;
+//!     if let Err(Error::Step { name, source }) = &charged {
+//!         step.log().warn(format!("step {name} failed: {source}"), None).await?;
+//!     }
+//!     charged
+//! }))?;
+//! durably.init().await?;
+//! let waited = charge.trigger_and_wait(50_000, TriggerOptions::new(), WaitOptions::new()).await;
+//! assert!(matches!(waited, Err(Error::RunFailed { message, .. }) if message == "card declined"));
+//! # durably.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Cancellation
+//!
+//! [`Durably::cancel`] marks the run cancelled and fires its [`CancellationToken`], which every
+//! step closure receives (and [`StepContext::token`] returns); it also fires when this worker
+//! loses its lease. Cancellation is cooperative: long work watches the token, and every later
+//! `step.run`, progress or log call returns [`Error::Cancelled`]
+//! ([`StepContext::check_cancelled`] checks between pieces of work outside steps). Whatever a
+//! job does after the cancel, nothing it writes lands.
+//!
+//! ```
+//! # use durably::{Durably, Error, Job, StepContext, WaitOptions};
+//! # #[tokio::main]
+//! # async fn main() -> durably::Result<()> {
+//! # let durably = Durably::builder().sqlite(":memory:").build()?;
+//! let watch = durably.register(Job::new("watch", |step: StepContext, _: ()| async move {
+//!     step.run("wait-for-cancel", |cancel| async move {
+//!         cancel.cancelled().await;
+//!         Ok::<_, std::io::Error>(())
+//!     }).await?;
+//!     step.check_cancelled()?;
+//!     Ok::<_, Error>(())
+//! }))?;
+//! durably.init().await?;
+//! let run = watch.trigger(()).await?.run;
+//! durably.cancel(&run.id).await?;
+//! let waited = durably.wait_for_run(&run.id, WaitOptions::new()).await;
+//! assert!(matches!(waited, Err(Error::Cancelled { .. })));
+//! # durably.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Choosing a backend
+//!
+//! - **SQLite** (feature `sqlite`, the default): `.sqlite("app.db")`, or
+//!   [`SqliteStore::open_with`] and [`SqliteOptions`] (e.g. [`Synchronous::Full`]) passed to
+//!   [`DurablyBuilder::store`]. Embedded: one file, no server.
+//! - **PostgreSQL** (feature `postgres`): `.postgres(url)`, or `PostgresStore::connect_with` and
+//!   `PostgresOptions`. Many workers on many hosts, woken by `LISTEN/NOTIFY`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn example() -> durably::Result<()> {
+//! let durably = durably::Durably::builder()
+//!     .postgres("postgres://app@db.internal/app")
+//!     .max_concurrent_runs(16)
+//!     .build()?;
+//! durably.init().await?; // every process: migrate (idempotent) and start a worker
+//! # Ok(()) }
+//! ```
+//!
+//! Both keep upstream's schema, so a database can be shared with the TypeScript
+//! `@coji/durably`. Every backend implements the [`Store`] trait; what only a backend needs
+//! (fences, row requests, notices) is in [`store`], and its contract suite in `testing`
+//! (feature `testing`). The worker's speed knobs are [`Tuning`].
+//!
+//! ## Serving HTTP
+//!
+//! With feature `http`, `durably::http::router` serves upstream's HTTP + SSE protocol (the
+//! React client `@coji/durably-react` works unchanged) as an axum router to nest anywhere,
+//! with optional auth hooks, and `durably::http::dashboard` a web dashboard:
+//!
+//! ```no_run
+//! # #[cfg(feature = "http")]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! # let durably = durably::Durably::builder().sqlite("app.db").build()?;
+//! use durably::http::{HttpOptions, dashboard, router};
+//! durably.init().await?;
+//! let app = axum::Router::new()
+//!     .merge(dashboard("/api/durably"))
+//!     .nest("/api/durably", router(durably.clone(), HttpOptions::new()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Further reading
+//!
+//! In the repository's `docs/` directory: `features.md` (everything durably does),
+//! `leases.md` (leases, fencing, crashes and frozen workers), `limits.md` (bounds on labels,
+//! keys and filters), `operations.md` (the `durably` command and the dashboard), `postgres.md`
+//! (many hosts, TLS), `upstream-compat.md` (where durably differs from `@coji/durably`),
+//! `performance.md` (benchmark figures), `architecture.md` (layout, migrations, test suites),
+//! and `CHANGELOG.md` at the root.
 
 mod durably;
 mod engine;
@@ -54,17 +196,29 @@ pub mod testing;
 pub mod time;
 mod worker;
 
+// The crate root holds what an application uses. What only a storage backend needs (fences, row
+// requests, notices, schema version, ...) stays in `durably::store`.
 pub use crate::durably::{
-    Config, Durably, DurablyBuilder, JobInfo, LogEntry, WaitOptions, parse_retention,
+    Config, Durably, DurablyBuilder, JobInfo, LogEntry, Tuning, WaitOptions, parse_retention,
 };
 pub use engine::Outcome;
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use job::{Job, JobData, JobHandle};
 pub use limits::Limits;
-pub use run::*;
+pub use run::{
+    Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
+    StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
+};
 pub use step::{StepContext, StepLog};
-pub use store::*;
+pub use store::Store;
+#[cfg(feature = "postgres")]
+pub use store::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use store::{SqliteOptions, SqliteStore, Synchronous};
+// Crate-internal only: files being rewritten on another branch (`store/`, `testing/`) still
+// name these through the crate root. Remove once they import them from `crate::store`.
+#[allow(unused_imports)]
 pub use time::{Timestamp, new_id};
 pub use tokio_util::sync::CancellationToken;
 

@@ -17,6 +17,7 @@ pub type Labels = BTreeMap<String, String>;
 /// The lifecycle state of a run. Terminal states never change again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum RunStatus {
     /// Waiting to be claimed by a worker.
     Pending,
@@ -235,6 +236,7 @@ impl<I, O> Run<I, O> {
 /// assert_eq!(filter.statuses, vec![RunStatus::Pending]);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct RunFilter {
     /// Any of these statuses (none = all).
     pub statuses: Vec<RunStatus>,
@@ -260,15 +262,33 @@ impl RunFilter {
         self
     }
 
+    /// Matches any of `statuses` (replaces those added before; none matches every status).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = RunStatus>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
     /// Adds a job name to match.
     pub fn job_name(mut self, name: impl Into<String>) -> Self {
         self.job_names.push(name.into());
         self
     }
 
+    /// Matches any of `names` (replaces those added before; none matches every job).
+    pub fn job_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.job_names = names.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Requires a label.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Requires every one of `labels` (replaces those added before).
+    pub fn labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
         self
     }
 
@@ -288,6 +308,7 @@ impl RunFilter {
 /// The state of a persisted step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum StepStatus {
     /// The step finished; its output replays on every later execution.
     Completed,
@@ -342,9 +363,10 @@ pub struct Step {
     pub completed_at: Option<Timestamp>,
 }
 
-/// Severity of a log entry written with `step.log`.
+/// Severity of a log entry written with `step.log()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LogLevel {
     /// Informational.
     Info,
@@ -398,6 +420,7 @@ pub struct Log {
 /// How a trigger was resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Disposition {
     /// A new run was created.
     Created,
@@ -421,6 +444,7 @@ impl Disposition {
 /// What to do when a pending run with the same job and concurrency key already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Coalesce {
     /// Return the existing pending run instead of failing with a conflict.
     Skip,
@@ -450,6 +474,7 @@ impl FromStr for Coalesce {
 /// assert_eq!(options.idempotency_key.as_deref(), Some("order-42"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct TriggerOptions {
     /// A second trigger with the same job and key returns the first run (`idempotent`).
     pub idempotency_key: Option<String>,
@@ -503,6 +528,7 @@ impl TriggerOptions {
 /// The result of a trigger: the run plus how the trigger was resolved.
 /// Serializes flat, as upstream: all run fields plus `disposition`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct TriggerResult<I = Value, O = Value> {
     /// The created, idempotent or coalesced run.
     #[serde(flatten)]
@@ -513,6 +539,7 @@ pub struct TriggerResult<I = Value, O = Value> {
 
 /// The result of `trigger_and_wait`: the run id, its output and the trigger's disposition.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct TriggerAndWaitResult<O = Value> {
     /// The run that was waited for.
     pub id: String,

@@ -219,8 +219,7 @@ impl StepShared {
 #[derive(Clone)]
 pub struct StepContext {
     shared: Arc<StepShared>,
-    /// Structured logs of this run (`step.log.info("message", None).await`).
-    pub log: StepLog,
+    log: StepLog,
 }
 
 impl std::fmt::Debug for StepContext {
@@ -295,13 +294,20 @@ impl StepContext {
         self.shared.token.clone()
     }
 
-    /// `true` once the run was cancelled or the lease lost.
-    pub fn is_aborted(&self) -> bool {
+    /// Structured logs of this run: `step.log().info("message", None).await?`.
+    pub fn log(&self) -> &StepLog {
+        &self.log
+    }
+
+    /// `true` once the run should stop: it was cancelled, or this worker lost its lease (the
+    /// [`token`](Self::token) fired).
+    pub fn is_cancelled(&self) -> bool {
         self.shared.token.is_cancelled()
     }
 
-    /// `Err(Cancelled)` or `Err(LeaseLost)` once the run should stop.
-    pub fn throw_if_aborted(&self) -> Result<()> {
+    /// `Err(`[`Error::Cancelled`]`)` or `Err(`[`Error::LeaseLost`]`)` once the run should stop,
+    /// `Ok(())` otherwise: `step.check_cancelled()?` between two pieces of work outside steps.
+    pub fn check_cancelled(&self) -> Result<()> {
         match self.shared.abort_error() {
             Some(error) => Err(error),
             None => Ok(()),
@@ -316,8 +322,21 @@ impl StepContext {
     /// run, its stored output is returned and `f` does not run. Otherwise `f` runs with the run's
     /// cancellation token and its output is stored, fenced by this worker's lease.
     ///
-    /// Errors: `Cancelled` / `LeaseLost` when the run must stop (nothing is written), or
-    /// [`Error::Job`] carrying `f`'s own error after the failed step was recorded.
+    /// Errors: [`Error::Cancelled`] / [`Error::LeaseLost`] when the run must stop (nothing is
+    /// written), or [`Error::Step`] carrying the step's name and `f`'s own error after the
+    /// failed step was recorded (its message is the step's stored error, and the run's when the
+    /// job returns it).
+    ///
+    /// ```
+    /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
+    /// match step.run("charge", |_| async { Err::<(), _>("card declined") }).await {
+    ///     Err(durably::Error::Step { name, source }) => {
+    ///         assert_eq!((name.as_str(), source.to_string().as_str()), ("charge", "card declined"));
+    ///     }
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn run<T, F, Fut, E>(&self, name: &str, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
@@ -444,7 +463,10 @@ impl StepContext {
                     step_index: index,
                     labels: shared.labels.clone(),
                 });
-                Err(Error::Job(failure))
+                Err(Error::Step {
+                    name: name.to_owned(),
+                    source: failure,
+                })
             }
         }
     }

@@ -311,7 +311,7 @@ async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
                             Err(e) => e.to_string(),
                         };
                         let progress = step.progress(2, Some(3), Some("after")).await;
-                        let log = step.log.info("after the cancel", None).await;
+                        let log = step.log().info("after the cancel", None).await;
                         results
                             .lock()
                             .unwrap()

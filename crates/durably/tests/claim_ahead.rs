@@ -81,9 +81,9 @@ async fn three_runs(
 async fn trigger(handle: &JobHandle<u64, u64>, key: Option<&str>) -> Vec<String> {
     let mut ids = Vec::new();
     for n in 1..=3u64 {
-        let options = TriggerOptions {
-            concurrency_key: key.filter(|_| n == 3).map(str::to_owned),
-            ..Default::default()
+        let options = match key.filter(|_| n == 3) {
+            Some(key) => TriggerOptions::new().concurrency_key(key),
+            None => TriggerOptions::new(),
         };
         ids.push(handle.trigger_with(n, options).await.unwrap().run.id);
     }

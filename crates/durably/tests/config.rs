@@ -4,7 +4,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests};
-use durably::{Durably, Error, parse_retention};
+use durably::{Durably, Error, Tuning, parse_retention};
 
 fn expect_validation(result: durably::Result<Durably>) -> String {
     match result {
@@ -61,6 +61,26 @@ async fn defaults_are_upstream_defaults(backend: Backend) {
     assert!(!config.preserve_steps);
     assert_eq!(config.retain_runs, None);
     assert!(config.persist_logs);
+    assert!(config.follow_runs_elsewhere);
+    assert_eq!(config.tuning, Tuning::default());
+    assert!(config.tuning.trigger_hand_off);
+    assert_eq!(config.tuning.claim_ahead_below, Duration::from_millis(100));
+}
+
+async fn tuning_is_set_whole_or_by_shortcuts(backend: Backend) {
+    let db = TestDb::new(backend);
+    let tuning = Tuning::new()
+        .trigger_hand_off(false)
+        .claim_ahead_below(Duration::ZERO);
+    let whole = db.builder().tuning(tuning).build().expect("tuning");
+    assert_eq!(whole.config().tuning, tuning);
+    let shortcuts = db
+        .builder()
+        .trigger_hand_off(false)
+        .claim_ahead_below(Duration::ZERO)
+        .build()
+        .expect("shortcuts");
+    assert_eq!(shortcuts.config().tuning, tuning);
 }
 
 async fn custom_timings_are_accepted(backend: Backend) {
@@ -188,6 +208,7 @@ backend_tests!(
     max_concurrent_runs_bounds_are_accepted,
     defaults_are_upstream_defaults,
     custom_timings_are_accepted,
+    tuning_is_set_whole_or_by_shortcuts,
     retain_runs_accepts_days_hours_minutes,
     retain_runs_rejects_other_forms_with_a_config_error,
     empty_retain_runs_means_not_set,

@@ -34,7 +34,7 @@ async fn instance(dir: &tempfile::TempDir) -> Durably {
     durably
         .register(
             Job::new("greet", |step: StepContext, input: Greet| async move {
-                step.log
+                step.log()
                     .info(
                         format!("hello {}", input.name),
                         json!({ "len": input.name.len() }),

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, EventKind, EventType, Fence, Job, NewStep, Run, RunPatch, RunStatus, StepContext,
-    StepStatus, Timestamp, TriggerOptions,
+    Durably, EventKind, EventType, Job, Run, RunStatus, StepContext, StepStatus, Timestamp,
+    TriggerOptions,
+    store::{Fence, NewStep, RunPatch},
 };
 use serde_json::{Value, json};
 
@@ -333,7 +334,7 @@ async fn stale_owner_never_starts_the_next_step(backend: Backend) {
                         release.wait().await;
                         done.store(true, Ordering::SeqCst);
                         // Fenced like every other write: refused after the reclaim.
-                        inner.log.info("stale owner inside step-1", None).await?;
+                        inner.log().info("stale owner inside step-1", None).await?;
                         Ok::<_, durably::Error>("stale-1".to_string())
                     })
                     .await?;
@@ -518,8 +519,8 @@ async fn step_polling_its_token_observes_lease_loss(backend: Backend) {
                         .await;
                     let error = result.expect_err("the step reports the loss");
                     assert!(error.is_lease_lost(), "{error}");
-                    assert!(step.is_aborted());
-                    assert!(step.throw_if_aborted().unwrap_err().is_lease_lost());
+                    assert!(step.is_cancelled());
+                    assert!(step.check_cancelled().unwrap_err().is_lease_lost());
                     after_step.store(true, Ordering::SeqCst);
                     Err::<Value, _>(error)
                 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::freezing::{Freezing, Trap};
 use common::{Backend, Gate, LIMIT, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, Fence, Job, JobHandle, NewStep, RunStatus, StepContext, StepStatus, Timestamp,
+    Durably, Job, JobHandle, RunStatus, StepContext, StepStatus, Timestamp,
+    store::{Fence, NewStep},
 };
 use serde_json::{Value, json};
 

@@ -18,8 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Backend, LIMIT, TestDb, eventually, postgres_url, within};
 use durably::{
-    EventType, Fence, Job, NewStep, RunFilter, RunStatus, StepContext, StepStatus, Timestamp,
-    TriggerOptions, WaitOptions,
+    EventType, Job, RunFilter, RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    WaitOptions,
+    store::{Fence, NewStep},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -14,8 +14,8 @@ use common::{
     within,
 };
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, Run, RunFilter, RunPatch, RunStatus,
-    StepContext, Timestamp, TriggerOptions, WaitOptions,
+    Durably, Error, Event, EventKind, EventType, Job, Run, RunFilter, RunStatus, StepContext,
+    Timestamp, TriggerOptions, WaitOptions, store::RunPatch,
 };
 use serde_json::json;
 
@@ -373,7 +373,7 @@ async fn failed_lease_renewal_is_reported_and_the_run_goes_on(backend: Backend) 
                             Ok::<_, Error>(())
                         })
                         .await?;
-                        *aborted.lock().expect("aborted") = Some(step.is_aborted());
+                        *aborted.lock().expect("aborted") = Some(step.is_cancelled());
                         Ok::<_, Error>(n * 2)
                     }
                 },

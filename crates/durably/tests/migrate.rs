@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use common::{Backend, TestDb, backend_tests};
 use durably::{
-    Disposition, Durably, Job, RunStatus, SCHEMA_VERSION, SqliteStore, StepContext, Store,
+    Disposition, Durably, Job, RunStatus, SqliteStore, StepContext, Store, store::SCHEMA_VERSION,
 };
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use durably::{Job, RunPatch, StepContext, Timestamp, TriggerOptions, WaitOptions};
+use durably::{Job, StepContext, Timestamp, TriggerOptions, WaitOptions, store::RunPatch};
 use tracing::span;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;

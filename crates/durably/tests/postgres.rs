@@ -866,18 +866,18 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
     }
 }
 
-/// Notices from `notices` up to the next [`durably::StoreNotice::RunCancelled`] (a marker,
+/// Notices from `notices` up to the next [`durably::store::StoreNotice::RunCancelled`] (a marker,
 /// cancelled through another store: a store does not hear its own cancels; notices arrive in
 /// commit order), whether any of them was `RunsAvailable`.
 async fn runs_available_before_the_marker(
-    notices: &mut tokio::sync::broadcast::Receiver<durably::StoreNotice>,
+    notices: &mut tokio::sync::broadcast::Receiver<durably::store::StoreNotice>,
 ) -> bool {
     let mut available = false;
     within("the marker notice", Duration::from_secs(10), async {
         loop {
             match notices.recv().await {
-                Ok(durably::StoreNotice::RunCancelled { .. }) => break,
-                Ok(durably::StoreNotice::RunsAvailable) => available = true,
+                Ok(durably::store::StoreNotice::RunCancelled { .. }) => break,
+                Ok(durably::store::StoreNotice::RunsAvailable) => available = true,
                 Ok(_) => continue,
                 Err(error) => panic!("notices ended: {error}"),
             }
@@ -906,7 +906,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
     store.migrate().await.expect("migrate");
     let canceller = postgres_store(&schema);
     let lease = Duration::from_secs(60);
-    let keyed = |key: &str| durably::NewRun {
+    let keyed = |key: &str| durably::store::NewRun {
         job_name: "job".into(),
         input: serde_json::json!({}),
         idempotency_key: None,
@@ -914,7 +914,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
         labels: Default::default(),
         coalesce: None,
     };
-    let next = durably::ClaimRequest {
+    let next = durably::store::ClaimRequest {
         worker_id: "w".into(),
         lease,
         max: 1,
@@ -963,7 +963,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
     let complete = async |holder: &durably::Run| {
         let (completed, claimed) = store
             .complete_run_and_claim(
-                &durably::Fence::of(holder),
+                &durably::store::Fence::of(holder),
                 None,
                 durably::Timestamp::now(),
                 &next,
@@ -1040,7 +1040,7 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
     // One batch shares one millisecond: only the id orders it.
     let now = durably::Timestamp::now();
     let runs = (0..3000)
-        .map(|n| durably::NewRun {
+        .map(|n| durably::store::NewRun {
             job_name: "batch".into(),
             input: serde_json::json!({ "n": n }),
             idempotency_key: None,
@@ -1098,11 +1098,11 @@ fn store_with_commit_delay(schema: &str, delay: Duration) -> PostgresStore {
 }
 
 /// Leases `runs` fresh runs of `store` and returns their fences.
-async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::Fence> {
+async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::store::Fence> {
     store.migrate().await.expect("migrate");
     let now = durably::Timestamp::now();
     let new_runs = (0..runs)
-        .map(|n| durably::NewRun {
+        .map(|n| durably::store::NewRun {
             job_name: "steps".into(),
             input: serde_json::json!(n),
             idempotency_key: None,
@@ -1124,9 +1124,9 @@ async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::Fence> 
 }
 
 /// `steps` steps of the leased run `fence`, one after another.
-async fn persist_steps(store: PostgresStore, fence: durably::Fence, steps: i64) {
+async fn persist_steps(store: PostgresStore, fence: durably::store::Fence, steps: i64) {
     for index in 0..steps {
-        let step = durably::NewStep {
+        let step = durably::store::NewStep {
             name: format!("s{index}"),
             index,
             status: durably::StepStatus::Completed,

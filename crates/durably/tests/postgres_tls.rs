@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{PgSchema, fresh_schema, postgres_url};
 use durably::{
-    Durably, Error, Job, NewRun, PostgresOptions, PostgresStore, StepContext, Store, Timestamp,
-    TriggerOptions, WaitOptions,
+    Durably, Error, Job, PostgresOptions, PostgresStore, StepContext, Store, Timestamp,
+    TriggerOptions, WaitOptions, store::NewRun,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::NoTls;

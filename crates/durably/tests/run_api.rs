@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests, eventually, within};
 use durably::{
-    BoxError, Durably, Error, Event, EventKind, Fence, Job, JobHandle, Labels, LogLevel, NewLog,
-    NewStep, RunFilter, RunPatch, RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    BoxError, Durably, Error, Event, EventKind, Job, JobHandle, Labels, LogLevel, RunFilter,
+    RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    store::{Fence, NewLog, NewStep, RunPatch},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -41,7 +42,7 @@ fn task_job() -> Job<Task, i64> {
                 Ok::<_, durably::Error>(input.value * 2)
             })
             .await?;
-        step.log
+        step.log()
             .info("doubled", json!({ "value": doubled }))
             .await?;
         if input.fail {
@@ -271,12 +272,7 @@ async fn get_runs_filters_by_status_job_and_labels(backend: Backend) {
         [a2.id.as_str(), a1.id.as_str()]
     );
     assert_eq!(
-        get(RunFilter {
-            statuses: vec![],
-            ..RunFilter::new()
-        })
-        .await
-        .len(),
+        get(RunFilter::new().statuses([])).await.len(),
         3,
         "an empty status list does not filter"
     );
@@ -408,7 +404,7 @@ async fn pages_over_mixed_statuses_are_slices_of_the_full_list(backend: Backend)
                 .expect("operator writes")
                 .update_run(
                     id,
-                    durably::RunPatch {
+                    durably::store::RunPatch {
                         status: Some(status),
                         completed_at: Some(status.is_terminal().then_some(now)),
                         ..Default::default()
@@ -1076,7 +1072,7 @@ async fn steps_and_logs_of_a_run_are_readable(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     let job = Job::new("two-steps", |step: StepContext, input: Task| async move {
-        step.log.info("outside", None).await?;
+        step.log().info("outside", None).await?;
         let a = step
             .run("first", |_| async move {
                 Ok::<_, durably::Error>(json!({"items": [1, 2, 3], "meta": {"nested": true}}))
@@ -1087,7 +1083,7 @@ async fn steps_and_logs_of_a_run_are_readable(backend: Backend) {
                 Ok::<_, durably::Error>(input.value + 1)
             })
             .await?;
-        step.log.warn("after", json!({"b": b})).await?;
+        step.log().warn("after", json!({"b": b})).await?;
         Ok::<_, durably::Error>(json!({"a": a, "b": b}))
     });
     let handle = durably.register(job).expect("register");

@@ -27,7 +27,7 @@ async fn a_job_runs_steps_and_completes(backend: Backend) {
                     .run("b", |_| async move { Ok::<_, durably::Error>(input.b) })
                     .await?;
                 step.progress(2, Some(2), Some("done")).await?;
-                step.log
+                step.log()
                     .info("added", serde_json::json!({"sum": a + b}))
                     .await?;
                 Ok::<_, durably::Error>(a + b)

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
 use durably::{
-    Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunPatch, RunStatus,
-    StepContext, StepStatus, Timestamp,
+    Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunStatus, StepContext,
+    StepStatus, Timestamp, store::RunPatch,
 };
 use serde_json::{Value, json};
 
@@ -315,11 +315,21 @@ async fn failing_step_fails_the_run(backend: Backend) {
             |step: StepContext, _input: Value| async move {
                 step.run("ok-step", |_| async { Ok::<_, durably::Error>(1) })
                     .await?;
-                step.run("failing-step", |_| async {
-                    Err::<(), _>("intentional error")
-                })
-                .await?;
-                Ok::<_, durably::Error>(())
+                let error = step
+                    .run("failing-step", |_| async {
+                        Err::<(), _>(std::io::Error::other("intentional error"))
+                    })
+                    .await
+                    .unwrap_err();
+                // The step's own error, typed, without parsing messages.
+                match &error {
+                    durably::Error::Step { name, source } => {
+                        assert_eq!(name, "failing-step");
+                        assert!(source.downcast_ref::<std::io::Error>().is_some());
+                    }
+                    other => panic!("expected Error::Step, got {other:?}"),
+                }
+                Err::<(), _>(error)
             },
         ))
         .unwrap();
@@ -509,17 +519,17 @@ async fn progress_with_current_only_is_stored_as_current_only(backend: Backend) 
 
 fn logging_job() -> Job<Value, ()> {
     Job::new("logger", |step: StepContext, _input: Value| async move {
-        step.log.info("Outside step", None).await?;
+        step.log().info("Outside step", None).await?;
         let inner = step.clone();
         step.run("my-step", |_| async move {
             inner
-                .log
+                .log()
                 .warn("Inside step", json!({"itemId": 123, "status": "active"}))
                 .await?;
             Ok::<_, durably::Error>(())
         })
         .await?;
-        step.log.error("After step", json!({"code": 42})).await?;
+        step.log().error("After step", json!({"code": 42})).await?;
         Ok::<_, durably::Error>(())
     })
 }
@@ -607,7 +617,7 @@ async fn persist_logs_false_emits_but_stores_nothing(backend: Backend) {
 
 fn step_and_log_job() -> Job<Value, ()> {
     Job::new("retention", |step: StepContext, input: Value| async move {
-        step.log.info("started", None).await?;
+        step.log().info("started", None).await?;
         step.run("s1", |_| async { Ok::<_, durably::Error>(1) })
             .await?;
         if input["fail"] == json!(true) {
@@ -745,12 +755,12 @@ async fn step_context_exposes_run_id_and_a_live_token(backend: Backend) {
                         Ok::<_, durably::Error>(token.is_cancelled())
                     })
                     .await?;
-                step.throw_if_aborted()?;
+                step.check_cancelled()?;
                 Ok::<_, durably::Error>(json!({
                     "runId": step.run_id(),
                     "jobName": step.job_name(),
                     "abortedInStep": aborted_in_step,
-                    "aborted": step.is_aborted() || step.token().is_cancelled(),
+                    "aborted": step.is_cancelled() || step.token().is_cancelled(),
                 }))
             },
         ))

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, within};
 use durably::{
-    Disposition, Fence, Labels, NewRun, RunFilter, RunStatus, SqliteStore, Store, Timestamp,
+    Disposition, Labels, RunFilter, RunStatus, SqliteStore, Store, Timestamp,
+    store::{Fence, NewRun},
 };
 use serde_json::{Value, json};
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests, eventually};
 use durably::{
-    Coalesce, Disposition, Durably, Error, Event, EventKind, Fence, Job, Labels, RunFilter,
-    RunStatus, StepContext, Timestamp, TriggerOptions,
+    Coalesce, Disposition, Durably, Error, Event, EventKind, Job, Labels, RunFilter, RunStatus,
+    StepContext, Timestamp, TriggerOptions, store::Fence,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -12,8 +12,8 @@ use common::{
     Backend, Gate, Instrumented, LIMIT, Recorder, TestDb, backend_tests, eventually, within,
 };
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, JobHandle, Run, RunPatch, RunStatus,
-    StepContext, Timestamp, TriggerOptions, WaitOptions,
+    Durably, Error, Event, EventKind, EventType, Job, JobHandle, Run, RunStatus, StepContext,
+    Timestamp, TriggerOptions, WaitOptions, store::RunPatch,
 };
 use serde_json::{Value, json};
 
@@ -956,7 +956,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
         .await
         .unwrap()
         .remove(0);
-    let step = durably::NewStep {
+    let step = durably::store::NewStep {
         name: "step1".into(),
         index: 0,
         status: durably::StepStatus::Completed,
@@ -966,7 +966,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
     };
     assert!(
         store
-            .persist_step(&durably::Fence::of(&claimed), step, Timestamp::now())
+            .persist_step(&durably::store::Fence::of(&claimed), step, Timestamp::now())
             .await
             .unwrap()
             .is_some()

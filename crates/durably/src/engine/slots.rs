@@ -68,7 +68,7 @@ impl Engine {
     ///
     /// The slot is free for the next run as soon as a job function returns: the completion is
     /// written while the next run executes, so the next run's first step and the completion
-    /// share a write. For that the slot *claims ahead* (see [`Config::claim_ahead_below`]):
+    /// share a write. For that the slot *claims ahead* (see [`Tuning::claim_ahead_below`]):
     /// after a run that executed for less than `claim_ahead_below`, its completion claims one
     /// run more than the slot needs at once, and the slot holds it (leased, its lease renewed)
     /// until the run executing returns. At most one run per slot is held; a held run without
@@ -78,7 +78,7 @@ impl Engine {
     /// Returns `true` when the slot ends *quietly*: its last completion's claim found nothing,
     /// so nothing was claimable a moment ago.
     ///
-    /// [`Config::claim_ahead_below`]: crate::Config::claim_ahead_below
+    /// [`Tuning::claim_ahead_below`]: crate::Tuning::claim_ahead_below
     pub(super) async fn execute_in_slot(
         self: &Arc<Self>,
         run: Run,

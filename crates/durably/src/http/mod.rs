@@ -20,8 +20,10 @@
 //!
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
 //!
-//! Errors are `{"error": "<message>"}` with the status of [`Error::status_code`]; an unknown
-//! path or method is a plain-text `404 Not Found`, as upstream.
+//! Errors are `{"error": "<message>"}` with upstream's status for their kind:
+//! [`Error::NotFound`] 404, [`Error::Validation`] 400, [`Error::Conflict`] 409, a read that
+//! outlived [`HttpOptions::read_timeout`] ([`Error::Timeout`]) 503, anything else 500. An
+//! unknown path or method is a plain-text `404 Not Found`, as upstream.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -193,6 +195,7 @@ impl HttpOptions {
 /// concurrency keys, lease fields and `updatedAt`, plus `isTerminal` and `isActive`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ClientRun {
     /// Run id.
     pub id: String,
@@ -301,12 +304,20 @@ fn error_response(status: StatusCode, message: &str) -> Response {
     json_response(status, &json!({ "error": message }))
 }
 
-fn durably_error(error: Error) -> Response {
-    let status = match &error {
+/// The HTTP status of an error (upstream §8.3 with SPEC §3's fixes).
+fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Validation(_) => StatusCode::BAD_REQUEST,
+        Error::Conflict(_) => StatusCode::CONFLICT,
         // A read that outlived `HttpOptions::read_timeout`.
         Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    };
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn durably_error(error: Error) -> Response {
+    let status = status_of(&error);
     if status.is_server_error() {
         tracing::warn!(%error, "durably HTTP request failed");
     }

@@ -658,7 +658,9 @@ pub mod instrumented {
         fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
             self.inner.maintenance_tasks()
         }
-        fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<durably::StoreNotice>> {
+        fn notifications(
+            &self,
+        ) -> Option<tokio::sync::broadcast::Receiver<durably::store::StoreNotice>> {
             self.inner.notifications()
         }
     }

@@ -89,7 +89,7 @@ pub fn register_jobs(durably: &Durably) {
                     sum += value;
                     step.progress(i, Some(count), Some(&format!("step {i}/{count}")))
                         .await?;
-                    step.log
+                    step.log()
                         .info(format!("step {i} done"), json!({ "i": i }))
                         .await?;
                 }
@@ -125,7 +125,7 @@ pub fn register_jobs(durably: &Durably) {
                 for i in 1..=input.count {
                     step.progress(i, Some(input.count), None).await?;
                 }
-                step.log.info("burst done", Value::Null).await?;
+                step.log().info("burst done", Value::Null).await?;
                 Ok::<_, durably::Error>(json!({ "count": input.count }))
             },
         ))

@@ -245,9 +245,9 @@ impl PostgresStore {
 
     /// Group-commit counters: the batches of step writes and completions executed (with group
     /// commit off, one per write) and the writes they carried.
-    pub fn stats(&self) -> crate::WriterStats {
+    pub fn stats(&self) -> crate::store::WriterStats {
         use std::sync::atomic::Ordering::Relaxed;
-        crate::WriterStats {
+        crate::store::WriterStats {
             transactions: self.shared.counters.batches.load(Relaxed),
             operations: self.shared.counters.writes.load(Relaxed),
         }
