@@ -176,11 +176,14 @@
 //! `performance.md` (benchmark figures), `architecture.md` (layout, migrations, test suites),
 //! and `CHANGELOG.md` at the root.
 
+mod builder;
+mod config;
 mod durably;
 mod engine;
 pub mod error;
 pub mod events;
 pub mod follow;
+mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod job;
@@ -191,20 +194,23 @@ pub mod run;
 mod runtime;
 pub mod step;
 pub mod store;
+mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+mod wait;
 mod worker;
 
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
 // requests, notices, schema version, ...) stays in `durably::store`.
-pub use crate::durably::{
-    Config, Durably, DurablyBuilder, JobInfo, LogEntry, Tuning, WaitOptions, parse_retention,
-};
+pub use builder::DurablyBuilder;
+pub use config::{Config, Tuning, parse_retention};
+pub use durably::{Durably, JobInfo};
 pub use engine::Outcome;
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
-pub use job::{Job, JobData, JobHandle};
+pub use handle::JobHandle;
+pub use job::{Job, JobData};
 pub use limits::Limits;
 pub use run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
@@ -221,6 +227,7 @@ pub use store::{SqliteOptions, SqliteStore, Synchronous};
 #[allow(unused_imports)]
 pub use time::{Timestamp, new_id};
 pub use tokio_util::sync::CancellationToken;
+pub use wait::{LogEntry, WaitOptions};
 
 /// The README's example is compiled as a doctest so it cannot drift from the API.
 #[doc = include_str!("../../../README.md")]

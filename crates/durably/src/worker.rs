@@ -79,7 +79,7 @@ impl Durably {
     /// checkpoint SQLite's WAL (at most once a minute; 30 s after one that found the database
     /// busy). Errors become `worker:error` events.
     ///
-    /// Called directly (and by [`Durably::process_until_idle`]) it always sweeps expired leases;
+    /// Called directly (and by [`Durably::process_until_idle`](crate::Durably::process_until_idle)) it always sweeps expired leases;
     /// the background worker sweeps at most once per lease period, so an idle worker costs the
     /// database about one claim query per polling interval.
     pub async fn run_idle_maintenance(&self) {

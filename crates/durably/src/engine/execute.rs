@@ -9,7 +9,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::slots::{Deregister, Held};
+use super::held::{Deregister, Held};
 use super::{Engine, Outcome, run_span};
 use crate::error::Error;
 use crate::events::EventKind;

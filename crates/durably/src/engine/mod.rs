@@ -4,7 +4,8 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `claim_loop.rs` | the worker loop: when to claim, wake-ups, notices, the serverless primitives |
-//! | `slots.rs` | a slot's life: claim-ahead, held runs, the trigger hand-off intake |
+//! | `slots.rs` | a slot's life: claim-ahead, handing the slot on, the trigger hand-off intake |
+//! | `held.rs` | a claimed run held before its job starts: registered, its lease kept, given back |
 //! | `execute.rs` | executing one run: its job function, recording how it ended |
 //! | `lease_keeper.rs` | renewing a lease and noticing its loss |
 //! | `cancel.rs` | the cancellation protocol, whichever process cancels |
@@ -22,6 +23,7 @@ mod backoff;
 mod cancel;
 mod claim_loop;
 mod execute;
+mod held;
 mod lease_keeper;
 mod maintenance;
 mod slots;

@@ -28,6 +28,7 @@
 //!   here: the worker reports the error (`worker:error`) and backs off.
 
 mod batch;
+mod batch_sql;
 mod enqueue;
 mod faults;
 mod listener;
@@ -205,18 +206,18 @@ impl PostgresStore {
             None,
         )?;
         let batch_connections = if options.group_commit {
-            batch::CONNECTIONS
+            batch_sql::CONNECTIONS
         } else {
             options.max_connections.max(1)
         };
         // The lease-holder batches get their own connections, with the planner settings their
-        // statements need set once per session (see [`batch::PLANNER_SETTINGS`]).
+        // statements need set once per session (see [`batch_sql::PLANNER_SETTINGS`]).
         let batch_pool = build_pool(
             &config,
             &tls,
             batch_connections,
             &options,
-            Some(batch::PLANNER_SETTINGS),
+            Some(batch_sql::PLANNER_SETTINGS),
         )?;
         let channel = match &options.schema {
             Some(schema) => format!("durably_{schema}"),

@@ -1,0 +1,125 @@
+//! A claimed run held by this worker before (and while) its job runs: registered as executing
+//! here, its lease kept from the claim on, and given back when it will not start soon.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::{Engine, lock, run_span};
+use crate::lease::LeaseClock;
+use crate::run::Run;
+use crate::runtime::{self, AbortOnDrop, Instant};
+use crate::step::{StepContext, StepShared};
+use crate::store::Fence;
+use crate::time::Timestamp;
+
+impl Engine {
+    /// Registers a run, claimed by a claim sent at `sent`, as executing here before its job
+    /// starts (a `cancel` meanwhile fires its token, as for a run already executing) and keeps
+    /// its lease from now on.
+    pub(super) fn hold(self: &Arc<Self>, run: Run, sent: Instant, worker_id: &str) -> Held {
+        let config = &self.settings;
+        let step = StepContext::new(
+            self.store.clone(),
+            self.events.clone(),
+            run.id.clone(),
+            run.job_name.clone(),
+            run.labels.clone(),
+            Fence::of(&run),
+            LeaseClock::new(config.lease_duration, sent),
+            run.current_step_index,
+            run.completed_step_count,
+            config.persist_logs,
+        );
+        let shared = step.shared().clone();
+        lock(&self.active).insert(run.id.clone(), shared.clone());
+        // Also when the execution is dropped midway (`stop_within` abandoning it).
+        let active = Deregister {
+            engine: self.clone(),
+            run_id: run.id.clone(),
+        };
+        let lease_owner = run
+            .lease_owner
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned());
+        let span = run_span(&run);
+        let started = Arc::new(AtomicBool::new(false));
+        let keeper = runtime::spawn_in(
+            span,
+            self.clone()
+                .keep_lease(shared.clone(), lease_owner.clone(), started.clone()),
+        )
+        .abort_on_drop();
+        Held {
+            run,
+            owner: lease_owner,
+            started,
+            step,
+            shared,
+            active,
+            keeper,
+        }
+    }
+
+    /// Gives a held run back (to pending, in the background), so that any worker may take it;
+    /// wakes this process's worker, whose idle slots may.
+    pub(super) fn release_held(self: &Arc<Self>, held: Held) {
+        let Held {
+            run,
+            shared,
+            active,
+            keeper,
+            ..
+        } = held;
+        // No renewal of a lease being given back.
+        drop(keeper);
+        let span = run_span(&run);
+        let engine = self.clone();
+        let release = async move {
+            let released = engine
+                .store
+                .release_lease(&shared.fence, Timestamp::now())
+                .await;
+            drop(active);
+            match released {
+                Ok(true) => {
+                    tracing::debug!("held run released: the run executing in its slot is long");
+                    engine.wake();
+                }
+                // Cancelled or taken over meanwhile: nothing of it to give back.
+                Ok(false) => {}
+                Err(error) => {
+                    // Not started here: its lease expires and any worker takes it over.
+                    engine.worker_error(error.to_string(), "lease-release", Some(&run.id));
+                }
+            }
+        };
+        runtime::spawn_in(span, release);
+    }
+}
+
+/// Removes a run from the ones executing in this process when dropped.
+pub(super) struct Deregister {
+    engine: Arc<Engine>,
+    run_id: String,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        lock(&self.engine.active).remove(&self.run_id);
+    }
+}
+
+/// A claimed run registered as executing here, waiting for its job function to start.
+pub(super) struct Held {
+    pub(super) run: Run,
+    /// The lease owner (this worker).
+    pub(super) owner: String,
+    pub(super) step: StepContext,
+    pub(super) shared: Arc<StepShared>,
+    pub(super) active: Deregister,
+    /// Renews the lease from the claim on.
+    pub(super) keeper: AbortOnDrop<()>,
+    /// Set when its job starts (and `run:leased` is emitted): the keeper announces renewals
+    /// from then on.
+    pub(super) started: Arc<std::sync::atomic::AtomicBool>,
+}
