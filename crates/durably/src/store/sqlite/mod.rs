@@ -11,6 +11,8 @@
 //! connections, so readers never wait behind the writer (WAL mode). An in-memory database
 //! (`:memory:`) has a single connection, so its reads run on the writer thread too.
 
+#[macro_use]
+mod sql;
 mod ops;
 mod options;
 mod reader;

@@ -22,32 +22,7 @@ use crate::store::{
 };
 use crate::time::{Timestamp, new_id_at};
 
-macro_rules! run_columns {
-    () => {
-        "id, job_name, input, status, idempotency_key, concurrency_key, \
-    current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
-    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
-    };
-}
-
-macro_rules! step_columns {
-    () => {
-        "id, run_id, name, \"index\", status, output, error, started_at, completed_at"
-    };
-}
-
-macro_rules! log_columns {
-    () => {
-        "id, run_id, step_name, level, message, data, created_at"
-    };
-}
-
-/// The status list of terminal runs, for SQL.
-macro_rules! terminal {
-    () => {
-        "('completed', 'failed', 'cancelled')"
-    };
-}
+use super::sql;
 
 impl ToSql for Timestamp {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -166,119 +141,24 @@ fn log_from_row(row: &Row<'_>) -> rusqlite::Result<Log> {
 }
 
 pub(super) fn get_run(conn: &Connection, id: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM durably_runs WHERE id = ?1"
-    ))
-    .and_then(|mut stmt| stmt.query_row([id], run_from_row).optional())
-    .map_err(sql_error("get_run"))
+    conn.prepare_cached(sql::GET_RUN)
+        .and_then(|mut stmt| stmt.query_row([id], run_from_row).optional())
+        .map_err(sql_error("get_run"))
 }
 
-/// The statuses a listing asks for, each once (all of them when it names none).
-pub(crate) fn listed_statuses(filter: &RunFilter) -> Vec<RunStatus> {
-    if filter.statuses.is_empty() {
-        return RunStatus::ALL.to_vec();
-    }
-    RunStatus::ALL
-        .into_iter()
-        .filter(|status| filter.statuses.contains(status))
-        .collect()
-}
-
-/// Lists runs. The statement's text depends only on which kinds of condition the filter has
-/// (job names or not; no, one or several labels; which statuses; a page or not), never on how
-/// many job names or labels it lists: those go in as JSON arrays and objects read by
-/// `json_each`. So a handful of statements serve every filter (and may stay in the statement
-/// cache), and the cost of a query grows linearly with its filters: the first label is an
-/// indexed `IN` (the planner may drive the query from it), every label of a run is then looked
-/// up once in the filter's labels.
+/// Lists runs (the statement: [`sql::list_runs`]).
 pub(super) fn get_runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<Run>> {
-    for key in filter.labels.keys() {
-        validate_label_key(key)?;
-    }
-    // The job-name and label conditions, shared by both query shapes below.
-    let mut conditions = String::new();
-    let mut condition_args: Vec<Box<dyn ToSql>> = Vec::new();
-    if !filter.job_names.is_empty() {
-        conditions.push_str(" AND r.job_name IN (SELECT value FROM json_each(?))");
-        condition_args.push(Box::new(to_json("get_runs", &filter.job_names)?));
-    }
-    if let Some((key, value)) = filter.labels.iter().next() {
-        conditions.push_str(
-            " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",
-        );
-        condition_args.push(Box::new(key.clone()));
-        condition_args.push(Box::new(value.clone()));
-    }
-    if filter.labels.len() > 1 {
-        conditions.push_str(
-            " AND (SELECT count(*) FROM durably_run_labels l WHERE l.run_id = r.id \
-             AND (l.key, l.value) IN (SELECT key, value FROM json_each(?))) = ?",
-        );
-        condition_args.push(Box::new(to_json("get_runs", &filter.labels)?));
-        condition_args.push(Box::new(filter.labels.len() as i64));
-    }
-    let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
-    // SQLite's `LIMIT -1` is "no limit".
-    let page_limit: i64 = filter
-        .limit
-        .map(|l| l.min(i64::MAX as u64) as i64)
-        .unwrap_or(-1);
-    // Runs taken from each status slice of a page.
-    let per_status = page_limit.saturating_add(offset);
-    let statuses = listed_statuses(filter);
-    let mut args: Vec<&dyn ToSql> = Vec::new();
-    let sql = match filter.limit {
-        // A page: schema v1 has no index on `created_at` alone, so instead of sorting every
-        // matching run, take the newest `offset + limit` of each status from its
-        // `(status, created_at)` index slice and merge those few.
-        Some(_) => {
-            let part = format!(
-                "SELECT * FROM (SELECT {} FROM durably_runs r WHERE r.status = ?{conditions} \
-                 ORDER BY r.created_at DESC, r.id DESC LIMIT ?)",
-                run_columns!()
-            );
-            let parts = vec![part; statuses.len()].join(" UNION ALL ");
-            for status in &statuses {
-                args.push(status);
-                args.extend(condition_args.iter().map(|a| a.as_ref()));
-                args.push(&per_status);
-            }
-            args.push(&page_limit);
-            format!(
-                "SELECT {} FROM ({parts}) ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                run_columns!()
-            )
-        }
-        // Everything from `offset` on: one query.
-        None => {
-            args.extend(statuses.iter().map(|s| s as &dyn ToSql));
-            args.extend(condition_args.iter().map(|a| a.as_ref()));
-            args.push(&page_limit);
-            format!(
-                "SELECT {} FROM durably_runs r WHERE r.status IN ({}){conditions} \
-                 ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
-                run_columns!(),
-                vec!["?"; statuses.len()].join(", ")
-            )
-        }
-    };
-    args.push(&offset);
-    let mut stmt = conn.prepare_cached(&sql).map_err(sql_error("get_runs"))?;
+    let (text, args) = sql::list_runs(filter)?;
+    let mut stmt = conn.prepare_cached(&text).map_err(sql_error("get_runs"))?;
     stmt.query_map(params_from_iter(args), run_from_row)
         .and_then(|rows| rows.collect())
         .map_err(sql_error("get_runs"))
 }
 
 pub(super) fn get_steps(conn: &Connection, run_id: &str) -> Result<Vec<Step>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        step_columns!(),
-        " FROM durably_steps WHERE run_id = ?1 ORDER BY \"index\" ASC, id ASC"
-    ))
-    .and_then(|mut stmt| stmt.query_map([run_id], step_from_row)?.collect())
-    .map_err(sql_error("get_steps"))
+    conn.prepare_cached(sql::GET_STEPS)
+        .and_then(|mut stmt| stmt.query_map([run_id], step_from_row)?.collect())
+        .map_err(sql_error("get_steps"))
 }
 
 pub(super) fn get_completed_step(
@@ -286,46 +166,27 @@ pub(super) fn get_completed_step(
     run_id: &str,
     name: &str,
 ) -> Result<Option<Step>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        step_columns!(),
-        " FROM durably_steps \
-         WHERE run_id = ?1 AND name = ?2 AND status = 'completed'"
-    ))
-    .and_then(|mut stmt| stmt.query_row([run_id, name], step_from_row).optional())
-    .map_err(sql_error("get_completed_step"))
+    conn.prepare_cached(sql::GET_COMPLETED_STEP)
+        .and_then(|mut stmt| stmt.query_row([run_id, name], step_from_row).optional())
+        .map_err(sql_error("get_completed_step"))
 }
 
 pub(super) fn get_logs(conn: &Connection, run_id: &str) -> Result<Vec<Log>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        log_columns!(),
-        " FROM durably_logs WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
-    ))
-    .and_then(|mut stmt| stmt.query_map([run_id], log_from_row)?.collect())
-    .map_err(sql_error("get_logs"))
+    conn.prepare_cached(sql::GET_LOGS)
+        .and_then(|mut stmt| stmt.query_map([run_id], log_from_row)?.collect())
+        .map_err(sql_error("get_logs"))
 }
 
 fn find_by_idempotency_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM durably_runs WHERE job_name = ?1 AND idempotency_key = ?2"
-    ))
-    .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
-    .map_err(sql_error("enqueue"))
+    conn.prepare_cached(sql::RUN_BY_IDEMPOTENCY_KEY)
+        .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
+        .map_err(sql_error("enqueue"))
 }
 
 fn oldest_pending_with_key(conn: &Connection, job_name: &str, key: &str) -> Result<Option<Run>> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM durably_runs \
-         WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'pending' \
-         ORDER BY created_at ASC, id ASC LIMIT 1"
-    ))
-    .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
-    .map_err(sql_error("enqueue"))
+    conn.prepare_cached(sql::OLDEST_PENDING_WITH_KEY)
+        .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
+        .map_err(sql_error("enqueue"))
 }
 
 /// Upstream §5.5: idempotency first, then label keys, then the pending-per-key rule.
@@ -356,11 +217,7 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     let id = new_id_at(now);
     let input = to_json("enqueue", &request.input)?;
     let labels = to_json("enqueue", &request.labels)?;
-    conn.prepare_cached(
-        "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
-         labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7)",
-    )
+    conn.prepare_cached(sql::INSERT_RUN)
     .and_then(|mut stmt| {
         stmt.execute(params![
             id,
@@ -387,9 +244,7 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     })?;
     if !request.labels.is_empty() {
         let mut stmt = conn
-            .prepare_cached(
-                "INSERT INTO durably_run_labels (run_id, key, value) VALUES (?1, ?2, ?3)",
-            )
+            .prepare_cached(sql::INSERT_LABEL)
             .map_err(sql_error("enqueue"))?;
         for (key, value) in &request.labels {
             stmt.execute(params![id, key, value])
@@ -400,15 +255,6 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
         run: pending_run(id, request, now),
         disposition: Disposition::Created,
     })
-}
-
-/// A run's key is free when no *other* run holding that key has an unexpired lease.
-macro_rules! key_is_free {
-    () => {
-        "(r.concurrency_key IS NULL OR NOT EXISTS (\
-    SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
-    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > ?1))"
-    };
 }
 
 /// The oldest claimable run: the older of the oldest free pending run and the oldest free
@@ -426,26 +272,14 @@ fn next_claimable(conn: &Connection, now: Timestamp, expired_leases: bool) -> Re
     let candidate =
         |row: &Row<'_>| -> rusqlite::Result<Candidate> { Ok((row.get(0)?, row.get(1)?)) };
     let pending: Option<Candidate> = conn
-        .prepare_cached(concat!(
-            "SELECT r.created_at, r.rowid FROM durably_runs r \
-             WHERE r.status = 'pending' AND ",
-            key_is_free!(),
-            " \
-             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
-        ))
+        .prepare_cached(sql::OLDEST_FREE_PENDING)
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
     if !expired_leases {
         return Ok(pending.map(|(_, rowid)| rowid));
     }
     let expired: Option<Candidate> = conn
-        .prepare_cached(concat!(
-            "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
-             AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND ",
-            key_is_free!(),
-            " \
-             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
-        ))
+        .prepare_cached(sql::OLDEST_FREE_EXPIRED_LEASE)
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
     Ok(match (pending, expired) {
@@ -464,10 +298,7 @@ pub(super) fn claim(
     let expires = now + lease;
     // Claiming never makes another lease expire, so one check serves the whole claim.
     let expired_leases: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE status = 'leased' \
-             AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1)",
-        )
+        .prepare_cached(sql::ANY_EXPIRED_LEASE)
         .and_then(|mut stmt| stmt.query_row([now], |row| row.get(0)))
         .map_err(sql_error("claim"))?;
     let mut claimed = Vec::new();
@@ -477,31 +308,16 @@ pub(super) fn claim(
         };
         // A plain single-row UPDATE, then a read of the row: `RETURNING` would collect its
         // row in a temporary table and need a statement journal.
-        conn.prepare_cached(
-            "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
-             lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
-             updated_at = ?4 WHERE rowid = ?1",
-        )
-        .and_then(|mut stmt| stmt.execute(params![rowid, worker_id, expires, now]))
-        .map_err(sql_error("claim"))?;
+        conn.prepare_cached(sql::LEASE_ROW)
+            .and_then(|mut stmt| stmt.execute(params![rowid, worker_id, expires, now]))
+            .map_err(sql_error("claim"))?;
         let run = conn
-            .prepare_cached(concat!(
-                "SELECT ",
-                run_columns!(),
-                " FROM durably_runs WHERE rowid = ?1"
-            ))
+            .prepare_cached(sql::RUN_BY_ROWID)
             .and_then(|mut stmt| stmt.query_row([rowid], run_from_row))
             .map_err(sql_error("claim"))?;
         claimed.push(run);
     }
     Ok(claimed)
-}
-
-/// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
-macro_rules! fenced {
-    () => {
-        "id = ?1 AND status = 'leased' AND lease_generation = ?2"
-    };
 }
 
 pub(super) fn renew_lease(
@@ -512,12 +328,7 @@ pub(super) fn renew_lease(
 ) -> Result<Option<Timestamp>> {
     let expires = now + lease;
     let changed = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET lease_expires_at = ?3, updated_at = ?4 \
-             WHERE ",
-            fenced!(),
-            " AND lease_expires_at > ?4"
-        ))
+        .prepare_cached(sql::RENEW_LEASE)
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, expires, now]))
         .map_err(sql_error("renew_lease"))?;
     Ok((changed == 1).then_some(expires))
@@ -525,14 +336,7 @@ pub(super) fn renew_lease(
 
 pub(super) fn release_lease(conn: &Connection, fence: &Fence, now: Timestamp) -> Result<bool> {
     let changed = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
-             lease_expires_at = NULL, updated_at = ?3 WHERE ",
-            fenced!(),
-            " AND (concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs p \
-               WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
-               AND p.concurrency_key = durably_runs.concurrency_key))"
-        ))
+        .prepare_cached(sql::RELEASE_LEASE)
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, now]))
         .map_err(sql_error("release_lease"))?;
     Ok(changed == 1)
@@ -551,11 +355,7 @@ pub(super) fn persist_step(
         .map(|o| to_json("persist_step", o))
         .transpose()?;
     let inserted = conn
-        .prepare_cached(
-            "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
-             SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
-             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2",
-        )
+        .prepare_cached(sql::INSERT_STEP)
         .and_then(|mut stmt| {
             stmt.execute(params![
                 fence.run_id,
@@ -584,15 +384,11 @@ pub(super) fn persist_step(
         return Ok(None);
     }
     if step.status == StepStatus::Completed {
-        conn.prepare_cached(concat!(
-            "UPDATE durably_runs SET current_step_index = ?3, \
-             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE ",
-            fenced!()
-        ))
-        .and_then(|mut stmt| {
-            stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
-        })
-        .map_err(sql_error("persist_step"))?;
+        conn.prepare_cached(sql::ADVANCE_STEP_COUNTERS)
+            .and_then(|mut stmt| {
+                stmt.execute(params![fence.run_id, fence.generation, step.index + 1, now])
+            })
+            .map_err(sql_error("persist_step"))?;
     }
     Ok(Some(Step {
         id,
@@ -617,10 +413,7 @@ pub(super) fn update_progress(
         .map(|p| to_json("update_progress", p))
         .transpose()?;
     let changed = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET progress = ?3, updated_at = ?4 WHERE ",
-            fenced!()
-        ))
+        .prepare_cached(sql::UPDATE_PROGRESS)
         .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, progress, now]))
         .map_err(sql_error("update_progress"))?;
     Ok(changed == 1)
@@ -649,19 +442,10 @@ pub(super) fn append_log(
     ];
     let inserted = match fence {
         None => conn
-            .prepare_cached(concat!(
-                "INSERT INTO durably_logs (",
-                log_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
+            .prepare_cached(sql::INSERT_LOG)
             .and_then(|mut stmt| stmt.execute(values)),
         Some(fence) => conn
-            .prepare_cached(concat!(
-                "INSERT OR FAIL INTO durably_logs (",
-                log_columns!(),
-                ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-                 FROM durably_runs WHERE id = ?2 AND status = 'leased' AND lease_generation = ?8"
-            ))
+            .prepare_cached(sql::INSERT_FENCED_LOG)
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     id,
@@ -688,7 +472,7 @@ pub(super) fn append_log(
 }
 
 fn delete_steps(conn: &Connection, run_id: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM durably_steps WHERE run_id = ?1")
+    conn.prepare_cached(sql::DELETE_STEPS)
         .and_then(|mut stmt| stmt.execute([run_id]))
         .map_err(sql_error("delete_steps"))?;
     Ok(())
@@ -709,21 +493,14 @@ pub(super) fn finish_run(
                 .as_ref()
                 .map(|o| to_json("complete_run", o))
                 .transpose()?;
-            conn.prepare_cached(concat!(
-                "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
-                 lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
-                 WHERE ",
-                fenced!()
-            ))
-            .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, output, now]))
-            .map_err(sql_error("complete_run"))?
+            conn.prepare_cached(sql::COMPLETE_RUN)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![fence.run_id, fence.generation, output, now])
+                })
+                .map_err(sql_error("complete_run"))?
         }
         Transition::Fail { error } => conn
-            .prepare_cached(concat!(
-                "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
-                 lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE ",
-                fenced!()
-            ))
+            .prepare_cached(sql::FAIL_RUN)
             .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
             .map_err(sql_error("fail_run"))?,
     };
@@ -740,11 +517,7 @@ pub(super) fn cancel_run(
     drop_steps: bool,
 ) -> Result<bool> {
     let changed = conn
-        .prepare_cached(
-            "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
-             lease_expires_at = NULL, completed_at = ?2, updated_at = ?2 \
-             WHERE id = ?1 AND status IN ('pending', 'leased')",
-        )
+        .prepare_cached(sql::CANCEL_RUN)
         .and_then(|mut stmt| stmt.execute(params![id, now]))
         .map_err(sql_error("cancel_run"))?;
     if changed == 1 && drop_steps {
@@ -754,12 +527,7 @@ pub(super) fn cancel_run(
 }
 
 fn delete_run_records(conn: &Connection, id: &str) -> Result<()> {
-    for sql in [
-        "DELETE FROM durably_steps WHERE run_id = ?1",
-        "DELETE FROM durably_logs WHERE run_id = ?1",
-        "DELETE FROM durably_run_labels WHERE run_id = ?1",
-        "DELETE FROM durably_runs WHERE id = ?1",
-    ] {
+    for sql in sql::DELETE_RUN_RECORDS {
         conn.prepare_cached(sql)
             .and_then(|mut stmt| stmt.execute([id]))
             .map_err(sql_error("delete_run"))?;
@@ -769,11 +537,7 @@ fn delete_run_records(conn: &Connection, id: &str) -> Result<()> {
 
 pub(super) fn delete_run(conn: &Connection, id: &str) -> Result<bool> {
     let terminal: bool = conn
-        .prepare_cached(concat!(
-            "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN ",
-            terminal!(),
-            ")"
-        ))
+        .prepare_cached(sql::IS_TERMINAL)
         .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)))
         .map_err(sql_error("delete_run"))?;
     if terminal {
@@ -784,13 +548,7 @@ pub(super) fn delete_run(conn: &Connection, id: &str) -> Result<bool> {
 
 pub(super) fn purge_runs(conn: &Connection, older_than: Timestamp, limit: u64) -> Result<u64> {
     let ids: Vec<String> = conn
-        .prepare_cached(concat!(
-            "SELECT id FROM durably_runs WHERE status IN ",
-            terminal!(),
-            " \
-             AND completed_at IS NOT NULL AND completed_at < ?1 \
-             ORDER BY completed_at ASC, id ASC LIMIT ?2"
-        ))
+        .prepare_cached(sql::PURGE_CANDIDATES)
         .and_then(|mut stmt| {
             stmt.query_map(
                 params![older_than, limit.min(i64::MAX as u64) as i64],
@@ -814,23 +572,7 @@ pub(super) fn release_expired_leases(
     // pending run, or an older expired lease of the same job+key goes back instead (the
     // pending-per-key index allows one): fail it.
     let mut changed: Vec<Run> = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
-             lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
-             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
-             AND concurrency_key IS NOT NULL AND ( \
-               EXISTS (SELECT 1 FROM durably_runs p \
-                 WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
-                 AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
-               OR EXISTS (SELECT 1 FROM durably_runs y \
-                 WHERE y.status = 'leased' AND y.lease_expires_at IS NOT NULL \
-                 AND y.lease_expires_at <= ?1 AND y.job_name = durably_runs.job_name \
-                 AND y.concurrency_key = durably_runs.concurrency_key \
-                 AND (y.created_at < durably_runs.created_at \
-                   OR (y.created_at = durably_runs.created_at AND y.id < durably_runs.id)))) \
-             RETURNING ",
-            run_columns!()
-        ))
+        .prepare_cached(sql::FAIL_BLOCKED_EXPIRED_LEASES)
         .and_then(|mut stmt| {
             stmt.query_map(params![now, LEASE_EXPIRED_PENDING_EXISTS], run_from_row)?
                 .collect()
@@ -843,13 +585,7 @@ pub(super) fn release_expired_leases(
     }
     // Phase 2: the rest go back to pending.
     let released: Vec<Run> = conn
-        .prepare_cached(concat!(
-            "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
-             lease_expires_at = NULL, updated_at = ?1 \
-             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
-             RETURNING ",
-            run_columns!()
-        ))
+        .prepare_cached(sql::RELEASE_EXPIRED_LEASES)
         .and_then(|mut stmt| stmt.query_map(params![now], run_from_row)?.collect())
         .map_err(sql_error("release_expired_leases"))?;
     changed.extend(released);
@@ -862,44 +598,19 @@ pub(super) fn update_run(
     patch: &RunPatch,
     now: Timestamp,
 ) -> Result<bool> {
-    let mut sets = vec!["updated_at = ?".to_string()];
-    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(now)];
-    if let Some(status) = patch.status {
-        sets.push("status = ?".into());
-        args.push(Box::new(status));
-    }
-    if let Some(owner) = &patch.lease_owner {
-        sets.push("lease_owner = ?".into());
-        args.push(Box::new(owner.clone()));
-    }
-    if let Some(expires) = patch.lease_expires_at {
-        sets.push("lease_expires_at = ?".into());
-        args.push(Box::new(expires));
-    }
-    if let Some(progress) = &patch.progress {
-        sets.push("progress = ?".into());
-        let text = progress
-            .as_ref()
-            .map(|p| to_json("update_run", p))
-            .transpose()?;
-        args.push(Box::new(text));
-    }
-    if let Some(error) = &patch.error {
-        sets.push("error = ?".into());
-        args.push(Box::new(error.clone()));
-    }
-    if let Some(completed_at) = patch.completed_at {
-        sets.push("completed_at = ?".into());
-        args.push(Box::new(completed_at));
-    }
-    if let Some(input) = &patch.input {
-        sets.push("input = ?".into());
-        args.push(Box::new(to_json("update_run", input)?));
-    }
-    args.push(Box::new(id.to_owned()));
-    let sql = format!("UPDATE durably_runs SET {} WHERE id = ?", sets.join(", "));
+    let (text, args) = sql::patch_run(id, patch, now)?;
     let changed = conn
-        .execute(&sql, params_from_iter(args.iter().map(|a| a.as_ref())))
+        .execute(&text, params_from_iter(args))
         .map_err(sql_error("update_run"))?;
     Ok(changed == 1)
+}
+
+impl ToSql for sql::SqlArg {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            sql::SqlArg::Null => ToSqlOutput::from(rusqlite::types::Null),
+            sql::SqlArg::Integer(value) => ToSqlOutput::from(*value),
+            sql::SqlArg::Text(text) => ToSqlOutput::from(text.as_str()),
+        })
+    }
 }

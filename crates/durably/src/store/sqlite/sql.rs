@@ -1,0 +1,433 @@
+//! The SQLite dialect of the store as text: every statement the SQLite store runs, named, with
+//! `?N` parameters, and the builders of the two statements whose text depends on their input
+//! (listings and operators' patches) returning their arguments as plain [`SqlArg`] values. Only
+//! `ops.rs` runs them through `rusqlite`; another SQLite-dialect backend (libSQL over HTTP)
+//! runs the same text through its own client.
+
+use crate::error::{Error, Result};
+use crate::run::{RunFilter, RunStatus};
+use crate::store::{RunPatch, validate_label_key};
+use crate::time::Timestamp;
+
+/// An argument of a statement, as plain data any SQLite client can bind.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum SqlArg {
+    Null,
+    Integer(i64),
+    Text(String),
+}
+
+impl SqlArg {
+    /// Text, or NULL for `None`.
+    fn text(value: Option<String>) -> Self {
+        value.map_or(SqlArg::Null, SqlArg::Text)
+    }
+
+    /// `value` as JSON text.
+    fn json(operation: &'static str, value: &impl serde::Serialize) -> Result<Self> {
+        to_json(operation, value).map(SqlArg::Text)
+    }
+}
+
+fn to_json(operation: &'static str, value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::storage(operation, e))
+}
+
+/// The statuses a listing asks for, each once (all of them when it names none).
+pub(crate) fn listed_statuses(filter: &RunFilter) -> Vec<RunStatus> {
+    if filter.statuses.is_empty() {
+        return RunStatus::ALL.to_vec();
+    }
+    RunStatus::ALL
+        .into_iter()
+        .filter(|status| filter.statuses.contains(status))
+        .collect()
+}
+
+macro_rules! run_columns {
+    () => {
+        "id, job_name, input, status, idempotency_key, concurrency_key, \
+    current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
+    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
+    };
+}
+
+macro_rules! step_columns {
+    () => {
+        "id, run_id, name, \"index\", status, output, error, started_at, completed_at"
+    };
+}
+
+macro_rules! log_columns {
+    () => {
+        "id, run_id, step_name, level, message, data, created_at"
+    };
+}
+
+/// The status list of terminal runs, for SQL.
+macro_rules! terminal {
+    () => {
+        "('completed', 'failed', 'cancelled')"
+    };
+}
+
+/// A run's key is free when no *other* run holding that key has an unexpired lease.
+macro_rules! key_is_free {
+    () => {
+        "(r.concurrency_key IS NULL OR NOT EXISTS (\
+    SELECT 1 FROM durably_runs o WHERE o.status = 'leased' AND o.concurrency_key = r.concurrency_key \
+    AND o.id <> r.id AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > ?1))"
+    };
+}
+
+/// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
+macro_rules! fenced {
+    () => {
+        "id = ?1 AND status = 'leased' AND lease_generation = ?2"
+    };
+}
+
+/// One run by id.
+pub(crate) const GET_RUN: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs WHERE id = ?1"
+);
+
+/// A run's steps in order.
+pub(crate) const GET_STEPS: &str = concat!(
+    "SELECT ",
+    step_columns!(),
+    " FROM durably_steps WHERE run_id = ?1 ORDER BY \"index\" ASC, id ASC"
+);
+
+/// The completed step of a run with a name.
+pub(crate) const GET_COMPLETED_STEP: &str = concat!(
+    "SELECT ",
+    step_columns!(),
+    " FROM durably_steps \
+         WHERE run_id = ?1 AND name = ?2 AND status = 'completed'"
+);
+
+/// A run's logs in the order written.
+pub(crate) const GET_LOGS: &str = concat!(
+    "SELECT ",
+    log_columns!(),
+    " FROM durably_logs WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
+);
+
+/// The run of a job with an idempotency key.
+pub(crate) const RUN_BY_IDEMPOTENCY_KEY: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs WHERE job_name = ?1 AND idempotency_key = ?2"
+);
+
+/// The oldest pending run of a job with a concurrency key.
+pub(crate) const OLDEST_PENDING_WITH_KEY: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs \
+         WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'pending' \
+         ORDER BY created_at ASC, id ASC LIMIT 1"
+);
+
+/// A new pending run.
+pub(crate) const INSERT_RUN: &str = "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
+         labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7)";
+
+/// One label of a new run.
+pub(crate) const INSERT_LABEL: &str =
+    "INSERT INTO durably_run_labels (run_id, key, value) VALUES (?1, ?2, ?3)";
+
+/// The oldest pending run whose key is free (`?1` now): its `created_at` and rowid.
+pub(crate) const OLDEST_FREE_PENDING: &str = concat!(
+    "SELECT r.created_at, r.rowid FROM durably_runs r \
+             WHERE r.status = 'pending' AND ",
+    key_is_free!(),
+    " \
+             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+);
+
+/// The oldest expired lease whose key is free (`?1` now): its `created_at` and rowid.
+pub(crate) const OLDEST_FREE_EXPIRED_LEASE: &str = concat!(
+    "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
+             AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND ",
+    key_is_free!(),
+    " \
+             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+);
+
+/// Whether any lease has expired at `?1`.
+pub(crate) const ANY_EXPIRED_LEASE: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE status = 'leased' \
+             AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1)";
+
+/// Leases the run at rowid `?1` (claims: the next generation).
+pub(crate) const LEASE_ROW: &str = "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
+             lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
+             updated_at = ?4 WHERE rowid = ?1";
+
+/// The run at a rowid.
+pub(crate) const RUN_BY_ROWID: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs WHERE rowid = ?1"
+);
+
+/// Extends a held, unexpired lease (fenced).
+pub(crate) const RENEW_LEASE: &str = concat!(
+    "UPDATE durably_runs SET lease_expires_at = ?3, updated_at = ?4 \
+             WHERE ",
+    fenced!(),
+    " AND lease_expires_at > ?4"
+);
+
+/// Gives a claimed run back to pending (fenced).
+pub(crate) const RELEASE_LEASE: &str = concat!(
+    "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ?3 WHERE ",
+    fenced!(),
+    " AND (concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs p \
+               WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
+               AND p.concurrency_key = durably_runs.concurrency_key))"
+);
+
+/// A step row, only while the fence holds.
+pub(crate) const INSERT_STEP: &str = "INSERT OR FAIL INTO durably_steps (id, run_id, name, \"index\", status, output, error, started_at, completed_at) \
+             SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2";
+
+/// A completed step advances the run's counters (fenced).
+pub(crate) const ADVANCE_STEP_COUNTERS: &str = concat!(
+    "UPDATE durably_runs SET current_step_index = ?3, \
+             completed_step_count = completed_step_count + 1, updated_at = ?4 WHERE ",
+    fenced!()
+);
+
+/// Stores progress (fenced).
+pub(crate) const UPDATE_PROGRESS: &str = concat!(
+    "UPDATE durably_runs SET progress = ?3, updated_at = ?4 WHERE ",
+    fenced!()
+);
+
+/// A log line without a fence.
+pub(crate) const INSERT_LOG: &str = concat!(
+    "INSERT INTO durably_logs (",
+    log_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+);
+
+/// A log line, only while the fence (`?8`) holds.
+pub(crate) const INSERT_FENCED_LOG: &str = concat!(
+    "INSERT OR FAIL INTO durably_logs (",
+    log_columns!(),
+    ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+                 FROM durably_runs WHERE id = ?2 AND status = 'leased' AND lease_generation = ?8"
+);
+
+/// Drops a run's steps.
+pub(crate) const DELETE_STEPS: &str = "DELETE FROM durably_steps WHERE run_id = ?1";
+
+/// Completes a leased run (fenced).
+pub(crate) const COMPLETE_RUN: &str = concat!(
+    "UPDATE durably_runs SET status = 'completed', output = ?3, error = NULL, \
+                 lease_owner = NULL, lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 \
+                 WHERE ",
+    fenced!()
+);
+
+/// Fails a leased run (fenced).
+pub(crate) const FAIL_RUN: &str = concat!(
+    "UPDATE durably_runs SET status = 'failed', error = ?3, lease_owner = NULL, \
+                 lease_expires_at = NULL, completed_at = ?4, updated_at = ?4 WHERE ",
+    fenced!()
+);
+
+/// Cancels a pending or leased run (unfenced).
+pub(crate) const CANCEL_RUN: &str = "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
+             lease_expires_at = NULL, completed_at = ?2, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('pending', 'leased')";
+
+/// Whether a run exists and is terminal.
+pub(crate) const IS_TERMINAL: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN ",
+    terminal!(),
+    ")"
+);
+
+/// Terminal runs that ended before `?1`, oldest first, at most `?2`.
+pub(crate) const PURGE_CANDIDATES: &str = concat!(
+    "SELECT id FROM durably_runs WHERE status IN ",
+    terminal!(),
+    " \
+             AND completed_at IS NOT NULL AND completed_at < ?1 \
+             ORDER BY completed_at ASC, id ASC LIMIT ?2"
+);
+
+/// Fails the expired leases that cannot return to pending (their job and key have a pending run, or an older expired lease goes back).
+pub(crate) const FAIL_BLOCKED_EXPIRED_LEASES: &str = concat!(
+    "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
+             lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             AND concurrency_key IS NOT NULL AND ( \
+               EXISTS (SELECT 1 FROM durably_runs p \
+                 WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
+                 AND p.concurrency_key = durably_runs.concurrency_key AND p.id <> durably_runs.id) \
+               OR EXISTS (SELECT 1 FROM durably_runs y \
+                 WHERE y.status = 'leased' AND y.lease_expires_at IS NOT NULL \
+                 AND y.lease_expires_at <= ?1 AND y.job_name = durably_runs.job_name \
+                 AND y.concurrency_key = durably_runs.concurrency_key \
+                 AND (y.created_at < durably_runs.created_at \
+                   OR (y.created_at = durably_runs.created_at AND y.id < durably_runs.id)))) \
+             RETURNING ",
+    run_columns!()
+);
+
+/// Returns the other expired leases to pending.
+pub(crate) const RELEASE_EXPIRED_LEASES: &str = concat!(
+    "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ?1 \
+             WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             RETURNING ",
+    run_columns!()
+);
+
+/// Deletes a run's records: steps, logs, labels, then the run (each `?1` the run id).
+pub(crate) const DELETE_RUN_RECORDS: [&str; 4] = [
+    "DELETE FROM durably_steps WHERE run_id = ?1",
+    "DELETE FROM durably_logs WHERE run_id = ?1",
+    "DELETE FROM durably_run_labels WHERE run_id = ?1",
+    "DELETE FROM durably_runs WHERE id = ?1",
+];
+
+/// The listing of runs matching `filter`. The statement's text depends only on which kinds of condition the filter has
+/// (job names or not; no, one or several labels; which statuses; a page or not), never on how
+/// many job names or labels it lists: those go in as JSON arrays and objects read by
+/// `json_each`. So a handful of statements serve every filter (and may stay in the statement
+/// cache), and the cost of a query grows linearly with its filters: the first label is an
+/// indexed `IN` (the planner may drive the query from it), every label of a run is then looked
+/// up once in the filter's labels.
+pub(crate) fn list_runs(filter: &RunFilter) -> Result<(String, Vec<SqlArg>)> {
+    for key in filter.labels.keys() {
+        validate_label_key(key)?;
+    }
+    // The job-name and label conditions, shared by both query shapes below.
+    let mut conditions = String::new();
+    let mut condition_args: Vec<SqlArg> = Vec::new();
+    if !filter.job_names.is_empty() {
+        conditions.push_str(" AND r.job_name IN (SELECT value FROM json_each(?))");
+        condition_args.push(SqlArg::json("get_runs", &filter.job_names)?);
+    }
+    if let Some((key, value)) = filter.labels.iter().next() {
+        conditions.push_str(
+            " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",
+        );
+        condition_args.push(SqlArg::Text(key.clone()));
+        condition_args.push(SqlArg::Text(value.clone()));
+    }
+    if filter.labels.len() > 1 {
+        conditions.push_str(
+            " AND (SELECT count(*) FROM durably_run_labels l WHERE l.run_id = r.id \
+             AND (l.key, l.value) IN (SELECT key, value FROM json_each(?))) = ?",
+        );
+        condition_args.push(SqlArg::json("get_runs", &filter.labels)?);
+        condition_args.push(SqlArg::Integer(filter.labels.len() as i64));
+    }
+    let offset = filter.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+    // SQLite's `LIMIT -1` is "no limit".
+    let page_limit: i64 = filter
+        .limit
+        .map(|l| l.min(i64::MAX as u64) as i64)
+        .unwrap_or(-1);
+    // Runs taken from each status slice of a page.
+    let per_status = page_limit.saturating_add(offset);
+    let statuses = listed_statuses(filter);
+    let mut args: Vec<SqlArg> = Vec::new();
+    let sql = match filter.limit {
+        // A page: schema v1 has no index on `created_at` alone, so instead of sorting every
+        // matching run, take the newest `offset + limit` of each status from its
+        // `(status, created_at)` index slice and merge those few.
+        Some(_) => {
+            let part = format!(
+                "SELECT * FROM (SELECT {} FROM durably_runs r WHERE r.status = ?{conditions} \
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT ?)",
+                run_columns!()
+            );
+            let parts = vec![part; statuses.len()].join(" UNION ALL ");
+            for status in &statuses {
+                args.push(SqlArg::Text(status.as_str().to_owned()));
+                args.extend(condition_args.iter().cloned());
+                args.push(SqlArg::Integer(per_status));
+            }
+            args.push(SqlArg::Integer(page_limit));
+            format!(
+                "SELECT {} FROM ({parts}) ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                run_columns!()
+            )
+        }
+        // Everything from `offset` on: one query.
+        None => {
+            args.extend(statuses.iter().map(|s| SqlArg::Text(s.as_str().to_owned())));
+            args.extend(condition_args);
+            args.push(SqlArg::Integer(page_limit));
+            format!(
+                "SELECT {} FROM durably_runs r WHERE r.status IN ({}){conditions} \
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
+                run_columns!(),
+                vec!["?"; statuses.len()].join(", ")
+            )
+        }
+    };
+    args.push(SqlArg::Integer(offset));
+    Ok((sql, args))
+}
+
+/// The operators' unfenced patch of run `id` ([`RunPatch`]): only the fields it sets, and
+/// `updated_at`.
+pub(crate) fn patch_run(
+    id: &str,
+    patch: &RunPatch,
+    now: Timestamp,
+) -> Result<(String, Vec<SqlArg>)> {
+    let mut sets = vec!["updated_at = ?"];
+    let mut args = vec![SqlArg::Text(now.to_string())];
+    let mut set = |column: &'static str, value: SqlArg| {
+        sets.push(column);
+        args.push(value);
+    };
+    if let Some(status) = patch.status {
+        set("status = ?", SqlArg::Text(status.as_str().to_owned()));
+    }
+    if let Some(owner) = &patch.lease_owner {
+        set("lease_owner = ?", SqlArg::text(owner.clone()));
+    }
+    if let Some(expires) = patch.lease_expires_at {
+        set(
+            "lease_expires_at = ?",
+            SqlArg::text(expires.map(|at| at.to_string())),
+        );
+    }
+    if let Some(progress) = &patch.progress {
+        let text = progress
+            .as_ref()
+            .map(|p| to_json("update_run", p))
+            .transpose()?;
+        set("progress = ?", SqlArg::text(text));
+    }
+    if let Some(error) = &patch.error {
+        set("error = ?", SqlArg::text(error.clone()));
+    }
+    if let Some(completed_at) = patch.completed_at {
+        set(
+            "completed_at = ?",
+            SqlArg::text(completed_at.map(|at| at.to_string())),
+        );
+    }
+    if let Some(input) = &patch.input {
+        set("input = ?", SqlArg::json("update_run", input)?);
+    }
+    args.push(SqlArg::Text(id.to_owned()));
+    let text = format!("UPDATE durably_runs SET {} WHERE id = ?", sets.join(", "));
+    Ok((text, args))
+}
