@@ -89,13 +89,7 @@ impl Setup {
             std::process::id(),
             self.counter
         ));
-        SqliteStore::open_with(
-            path,
-            SqliteOptions {
-                synchronous: self.synchronous,
-                ..SqliteOptions::default()
-            },
-        )
+        SqliteStore::open_with(path, SqliteOptions::default().synchronous(self.synchronous))
     }
 }
 

@@ -606,11 +606,9 @@ async fn chaos(args: ChaosArgs, postgres_url: Option<String>) -> Result<u8, BoxE
         if violations.is_empty() {
             let store = durably::PostgresStore::connect_with(
                 url,
-                durably::PostgresOptions {
-                    max_connections: 1,
-                    schema: Some(schema.clone()),
-                    ..durably::PostgresOptions::default()
-                },
+                durably::PostgresOptions::default()
+                    .max_connections(1)
+                    .schema(Some(schema.clone())),
             )?;
             store.drop_schema().await?;
         } else {

@@ -77,14 +77,12 @@ impl DbArgs {
             .preserve_steps(preserve_steps)
             .follow_runs_elsewhere(purpose != Purpose::Serve);
         let builder = if self.is_postgres() {
-            let options = PostgresOptions {
-                max_connections: 4,
-                schema: self.schema.clone(),
-                connect_timeout: Duration::from_secs(5),
-                wait_timeout: Duration::from_secs(10),
-                retry_for: Duration::from_secs(2),
-                ..PostgresOptions::default()
-            };
+            let options = PostgresOptions::default()
+                .max_connections(4)
+                .schema(self.schema.clone())
+                .connect_timeout(Duration::from_secs(5))
+                .wait_timeout(Duration::from_secs(10))
+                .retry_for(Duration::from_secs(2));
             let store = PostgresStore::connect_with(&self.db, options)
                 .map_err(|e| cannot_open(&e).with_code(USAGE))?;
             builder.store(store)

@@ -45,10 +45,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let builder = match (is_postgres, &args.schema) {
         (true, schema) => builder.store(PostgresStore::connect_with(
             &args.db,
-            PostgresOptions {
-                schema: schema.clone(),
-                ..PostgresOptions::default()
-            },
+            PostgresOptions::default().schema(schema.clone()),
         )?),
         (false, Some(_)) => return Err("--schema applies to PostgreSQL only".into()),
         (false, None) => builder.sqlite(&args.db),

@@ -881,11 +881,9 @@ async fn runs_works_on_postgres() {
     };
     let store = durably::PostgresStore::connect_with(
         &url,
-        durably::PostgresOptions {
-            max_connections: 2,
-            schema: Some(schema.name.clone()),
-            ..durably::PostgresOptions::default()
-        },
+        durably::PostgresOptions::default()
+            .max_connections(2)
+            .schema(Some(schema.name.clone())),
     )
     .expect("connect");
     let durably = Durably::builder().store(store).build().expect("build");

@@ -257,18 +257,12 @@ impl StoreChoice {
         Ok(match self {
             #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path) => {
-                let options = crate::store::SqliteOptions {
-                    preserve_steps: preserve,
-                    ..Default::default()
-                };
+                let options = crate::store::SqliteOptions::default().preserve_steps(preserve);
                 Arc::new(crate::store::SqliteStore::open_with(path, options)?)
             }
             #[cfg(feature = "postgres")]
             StoreChoice::Postgres(url) => {
-                let options = crate::store::PostgresOptions {
-                    preserve_steps: preserve,
-                    ..Default::default()
-                };
+                let options = crate::store::PostgresOptions::default().preserve_steps(preserve);
                 Arc::new(crate::store::PostgresStore::connect_with(&url, options)?)
             }
             StoreChoice::Given(store) => match preserve_steps {

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::run::{Labels, LogLevel, Progress};
+use crate::runtime;
 use crate::time::Timestamp;
 
 /// One event: what happened plus when (`timestamp`) and in which order (`sequence`, counting
@@ -413,7 +414,7 @@ impl EventBus {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         write(&self.inner.listeners).push(ListenerEntry { id, filter, queue });
         let bus = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        runtime::spawn(async move {
             while let Some(event) = receiver.recv().await {
                 let call = AssertUnwindSafe(|| listener(&event));
                 if let Err(panic) = std::panic::catch_unwind(call) {

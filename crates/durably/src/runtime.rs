@@ -1,4 +1,5 @@
-//! The only door of the engine (and of the step context and lease clock it uses) to the async runtime: spawning tasks, a set of slot tasks, timers
+//! The only door of the library's core (the engine, the step context and lease clock, waits,
+//! event streams and listeners) to the async runtime: spawning tasks, a set of slot tasks, timers
 //! and the monotonic clock. Everything else in the engine is plain futures and
 //! runtime-agnostic channels (`tokio::sync`, `tokio_util`'s cancellation token), so running
 //! the engine elsewhere (a browser's Web Worker, where tasks are `spawn_local` and time comes
@@ -33,6 +34,14 @@ pub(crate) async fn sleep_until(deadline: Instant) {
 /// A spawned task; dropping the handle lets it run on (see [`Task::abort_on_drop`]).
 pub(crate) struct Task<T> {
     handle: tokio::task::JoinHandle<T>,
+}
+
+/// Runs `future` on its own task, detached (it runs to its end unless the runtime stops).
+pub(crate) fn spawn<F>(future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    drop(tokio::spawn(future));
 }
 
 /// Runs `future` on its own task inside `span`.

@@ -11,6 +11,7 @@ use crate::durably::Durably;
 use crate::events::{Event, EventKind, EventType};
 use crate::follow::RunSnapshot;
 use crate::run::{Run, RunStatus};
+use crate::runtime;
 use crate::time::Timestamp;
 
 impl Durably {
@@ -157,7 +158,7 @@ impl SubscribeState {
                     let every = self.durably.inner.config.polling_interval;
                     tokio::select! {
                         event = self.live.recv() => event?,
-                        () = tokio::time::sleep(every) => {
+                        () = runtime::sleep(every) => {
                             self.follow().await;
                             continue;
                         }

@@ -10,6 +10,7 @@ use crate::durably::Durably;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind};
 use crate::run::{LogLevel, Progress, Run, RunStatus, TriggerAndWaitResult, TriggerOptions};
+use crate::runtime;
 
 /// A live log entry passed to [`WaitOptions::on_log`](crate::WaitOptions::on_log).
 #[derive(Clone, Debug, PartialEq)]
@@ -146,7 +147,7 @@ impl Durably {
         }
         // `early` carries every event since before the run was created (filtered below).
         let mut live = early.unwrap_or_else(|| self.inner.events.subscribe_run(run_id));
-        let deadline = options.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = options.timeout.map(|t| runtime::now() + t);
         let timeout_error = || {
             Error::Timeout(format!(
                 "{name} timeout after {}ms",
@@ -172,12 +173,12 @@ impl Durably {
             deliver_queued(&mut live, run_id, &options).await;
             return done;
         }
-        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Polled every `interval` from the last poll, whatever arrives in between.
+        let mut next_poll = runtime::now() + interval;
         loop {
             let sleep_until_deadline = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => runtime::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -207,7 +208,8 @@ impl Durably {
                         kind => deliver(kind, &options).await,
                     }
                 }
-                _ = poll.tick() => {
+                _ = runtime::sleep_until(next_poll) => {
+                    next_poll = runtime::now() + interval;
                     if let Some(done) = settle(self.get_run(run_id).await?) {
                         deliver_queued(&mut live, run_id, &options).await;
                         return done;

@@ -254,12 +254,10 @@ async fn drain_while(
     let executions = Executions::default();
     let store = PostgresStore::connect_with(
         &url_with_application_name(application_name),
-        PostgresOptions {
-            max_connections: 8,
-            schema: Some(schema.to_owned()),
-            retry_for: Duration::from_secs(30),
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default()
+            .max_connections(8)
+            .schema(Some(schema.to_owned()))
+            .retry_for(Duration::from_secs(30)),
     )
     .expect("store");
     let worker = Durably::builder()
@@ -1087,12 +1085,10 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
 fn store_with_commit_delay(schema: &str, delay: Duration) -> PostgresStore {
     PostgresStore::connect_with(
         &postgres_url(),
-        PostgresOptions {
-            max_connections: 8,
-            schema: Some(schema.to_owned()),
-            commit_delay: delay,
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default()
+            .max_connections(8)
+            .schema(Some(schema.to_owned()))
+            .commit_delay(delay),
     )
     .expect("connect")
 }

@@ -189,10 +189,7 @@ async fn migrate_fails(store: &PostgresStore) -> String {
 // Without a database
 
 fn options_with_roots(path: &Path) -> PostgresOptions {
-    PostgresOptions {
-        root_certificates: Some(path.to_owned()),
-        ..PostgresOptions::default()
-    }
+    PostgresOptions::default().root_certificates(Some(path.to_owned()))
 }
 
 #[test]
@@ -292,14 +289,9 @@ async fn require_fails_at_once_on_a_server_without_tls_and_prefer_goes_plain() {
     assert_eq!(reports.recv().await, Some(false), "no plain startup");
 
     let url = format!("postgres://postgres@127.0.0.1:{port}/app?sslmode=prefer");
-    let store = PostgresStore::connect_with(
-        &url,
-        PostgresOptions {
-            retry_for: Duration::ZERO,
-            ..PostgresOptions::default()
-        },
-    )
-    .expect("connect");
+    let store =
+        PostgresStore::connect_with(&url, PostgresOptions::default().retry_for(Duration::ZERO))
+            .expect("connect");
     let _ = store.migrate().await; // the fake server says no more
     assert_eq!(
         reports.recv().await,
@@ -335,12 +327,10 @@ async fn require_without_verification_encrypts_every_connection() {
     let app = application_name();
     let store = PostgresStore::connect_with(
         &url_with(&[("sslmode", "require"), ("application_name", &app)]),
-        PostgresOptions {
-            schema: Some(schema.clone()),
-            max_connections: 4,
-            danger_accept_invalid_certificates: true,
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default()
+            .schema(Some(schema.clone()))
+            .max_connections(4)
+            .danger_accept_invalid_certificates(true),
     )
     .expect("connect");
     store.migrate().await.expect("migrate over TLS");
@@ -429,10 +419,7 @@ async fn prefer_encrypts_when_the_server_offers_tls() {
     let app = application_name();
     let store = PostgresStore::connect_with(
         &url_with(&[("sslmode", "prefer"), ("application_name", &app)]),
-        PostgresOptions {
-            schema: Some(schema.clone()),
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default().schema(Some(schema.clone())),
     )
     .expect("connect");
     store.migrate().await.expect("migrate");
@@ -512,10 +499,7 @@ async fn disable_stays_plain() {
     let app = application_name();
     let store = PostgresStore::connect_with(
         &url_with(&[("sslmode", "disable"), ("application_name", &app)]),
-        PostgresOptions {
-            schema: Some(schema.clone()),
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default().schema(Some(schema.clone())),
     )
     .expect("connect");
     store.migrate().await.expect("migrate");
@@ -694,11 +678,9 @@ fn tls_trust_child() {
         let app = application_name();
         let store = PostgresStore::connect_with(
             &conninfo_at(&host, &[("sslmode", "require"), ("application_name", &app)]),
-            PostgresOptions {
-                schema: Some(schema.clone()),
-                root_certificates: Some(PathBuf::from(&ca)),
-                ..PostgresOptions::default()
-            },
+            PostgresOptions::default()
+                .schema(Some(schema.clone()))
+                .root_certificates(Some(PathBuf::from(&ca))),
         )
         .expect("connect");
         store

@@ -65,14 +65,14 @@ fn store(
 ) -> durably::Result<PostgresStore> {
     PostgresStore::connect_with(
         url,
-        PostgresOptions {
-            max_connections: pool,
-            schema: Some(schema.to_owned()),
-            synchronous_commit: synchronous != "off",
+        PostgresOptions::default()
+            .max_connections(pool)
+            .schema(Some(schema.to_owned()))
+            .synchronous_commit(synchronous != "off")
             // For comparisons: DURABLY_BENCH_PG_GROUP_COMMIT=0 turns group commit off.
-            group_commit: std::env::var("DURABLY_BENCH_PG_GROUP_COMMIT").map_or(true, |v| v != "0"),
-            ..PostgresOptions::default()
-        },
+            .group_commit(
+                std::env::var("DURABLY_BENCH_PG_GROUP_COMMIT").map_or(true, |v| v != "0"),
+            ),
     )
 }
 

@@ -152,11 +152,9 @@ pub fn builder(
     Ok(match backend {
         "postgres" => builder.store(PostgresStore::connect_with(
             db,
-            PostgresOptions {
-                max_connections: connections,
-                schema: schema.map(str::to_owned),
-                ..PostgresOptions::default()
-            },
+            PostgresOptions::default()
+                .max_connections(connections)
+                .schema(schema.map(str::to_owned)),
         )?),
         _ => builder.sqlite(db),
     })

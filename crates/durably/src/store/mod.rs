@@ -38,6 +38,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 /// Group-commit counters of a store (`SqliteStore::stats`, `PostgresStore::stats`): how
 /// many write transactions carried how many writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriterStats {
     /// Write transactions committed (or attempted). On PostgreSQL: group-commit batches only
     /// (step writes and completions; other writes run on their own).
@@ -171,6 +172,7 @@ pub struct NewLog {
 /// A wake-up pushed by a backend that can announce changes made by any process
 /// (PostgreSQL `LISTEN/NOTIFY`). See [`Store::notifications`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreNotice {
     /// Runs may have become claimable: a trigger, a released lease or a freed concurrency key
     /// (also sent after the notification channel reconnected, since notices may have been missed).

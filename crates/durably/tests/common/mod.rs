@@ -40,11 +40,9 @@ pub fn fresh_schema() -> String {
 pub fn postgres_store(schema: &str) -> PostgresStore {
     PostgresStore::connect_with(
         &postgres_url(),
-        PostgresOptions {
-            max_connections: 8,
-            schema: Some(schema.to_owned()),
-            ..PostgresOptions::default()
-        },
+        PostgresOptions::default()
+            .max_connections(8)
+            .schema(Some(schema.to_owned())),
     )
     .expect("connect to the PostgreSQL test database")
 }

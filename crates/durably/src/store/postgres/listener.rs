@@ -134,10 +134,7 @@ pub(super) mod test_schema {
         let schema = format!("durably_test_{}", crate::new_id().to_lowercase());
         let store = PostgresStore::connect_with(
             &url,
-            PostgresOptions {
-                schema: Some(schema.clone()),
-                ..PostgresOptions::default()
-            },
+            PostgresOptions::default().schema(Some(schema.clone())),
         )
         .expect("connect");
         store.migrate().await.expect("migrate");

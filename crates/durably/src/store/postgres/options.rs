@@ -4,6 +4,7 @@ use super::*;
 
 /// Options for [`PostgresStore::connect_with`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PostgresOptions {
     /// Most pooled connections kept open by this store (default 16). The notification listener
     /// uses one more connection of its own, and the lease holders' step writes and completions
@@ -72,5 +73,78 @@ impl Default for PostgresOptions {
             danger_accept_invalid_certificates: false,
             preserve_steps: false,
         }
+    }
+}
+
+/// Setters, one per option (the struct is `#[non_exhaustive]`: build it from
+/// `PostgresOptions::default()`).
+impl PostgresOptions {
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`schema`](Self::schema).
+    pub fn schema(mut self, schema: Option<String>) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`wait_timeout`](Self::wait_timeout).
+    pub fn wait_timeout(mut self, wait_timeout: Duration) -> Self {
+        self.wait_timeout = wait_timeout;
+        self
+    }
+
+    /// Sets [`retry_for`](Self::retry_for).
+    pub fn retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// Sets [`group_commit`](Self::group_commit).
+    pub fn group_commit(mut self, group_commit: bool) -> Self {
+        self.group_commit = group_commit;
+        self
+    }
+
+    /// Sets [`synchronous_commit`](Self::synchronous_commit).
+    pub fn synchronous_commit(mut self, synchronous_commit: bool) -> Self {
+        self.synchronous_commit = synchronous_commit;
+        self
+    }
+
+    /// Sets [`commit_delay`](Self::commit_delay).
+    pub fn commit_delay(mut self, commit_delay: Duration) -> Self {
+        self.commit_delay = commit_delay;
+        self
+    }
+
+    /// Sets [`root_certificates`](Self::root_certificates).
+    pub fn root_certificates(mut self, root_certificates: Option<PathBuf>) -> Self {
+        self.root_certificates = root_certificates;
+        self
+    }
+
+    /// Sets [`danger_accept_invalid_certificates`](Self::danger_accept_invalid_certificates).
+    pub fn danger_accept_invalid_certificates(
+        mut self,
+        danger_accept_invalid_certificates: bool,
+    ) -> Self {
+        self.danger_accept_invalid_certificates = danger_accept_invalid_certificates;
+        self
+    }
+
+    /// Sets [`preserve_steps`](Self::preserve_steps).
+    pub fn preserve_steps(mut self, preserve_steps: bool) -> Self {
+        self.preserve_steps = preserve_steps;
+        self
     }
 }

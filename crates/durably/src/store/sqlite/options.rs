@@ -46,6 +46,7 @@ impl std::str::FromStr for Synchronous {
 
 /// Options for [`SqliteStore::open_with`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SqliteOptions {
     /// `PRAGMA synchronous` (default [`Synchronous::Normal`]).
     pub synchronous: Synchronous,
@@ -133,6 +134,70 @@ impl Default for SqliteOptions {
     }
 }
 
+/// Setters, one per option (the struct is `#[non_exhaustive]`: build it from
+/// `SqliteOptions::default()`).
+impl SqliteOptions {
+    /// Sets [`synchronous`](Self::synchronous).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Sets [`busy_timeout`](Self::busy_timeout).
+    pub fn busy_timeout(mut self, busy_timeout: Duration) -> Self {
+        self.busy_timeout = busy_timeout;
+        self
+    }
+
+    /// Sets [`max_group_commit`](Self::max_group_commit).
+    pub fn max_group_commit(mut self, max_group_commit: usize) -> Self {
+        self.max_group_commit = max_group_commit;
+        self
+    }
+
+    /// Sets [`max_readers`](Self::max_readers).
+    pub fn max_readers(mut self, max_readers: usize) -> Self {
+        self.max_readers = max_readers;
+        self
+    }
+
+    /// Sets [`wal_autocheckpoint`](Self::wal_autocheckpoint).
+    pub fn wal_autocheckpoint(mut self, wal_autocheckpoint: Option<u32>) -> Self {
+        self.wal_autocheckpoint = wal_autocheckpoint;
+        self
+    }
+
+    /// Sets [`writer_spin`](Self::writer_spin).
+    pub fn writer_spin(mut self, writer_spin: Duration) -> Self {
+        self.writer_spin = writer_spin;
+        self
+    }
+
+    /// Sets [`reply_spin`](Self::reply_spin).
+    pub fn reply_spin(mut self, reply_spin: Duration) -> Self {
+        self.reply_spin = reply_spin;
+        self
+    }
+
+    /// Sets [`commit_delay`](Self::commit_delay).
+    pub fn commit_delay(mut self, commit_delay: Option<Duration>) -> Self {
+        self.commit_delay = commit_delay;
+        self
+    }
+
+    /// Sets [`page_size`](Self::page_size).
+    pub fn page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets [`preserve_steps`](Self::preserve_steps).
+    pub fn preserve_steps(mut self, preserve_steps: bool) -> Self {
+        self.preserve_steps = preserve_steps;
+        self
+    }
+}
+
 impl SqliteOptions {
     /// The delay the writer thread uses: [`Self::commit_delay`], or when that is `None`,
     /// 100 µs under `synchronous = full | extra`, where each commit waits for the disk, and
@@ -143,7 +208,7 @@ impl SqliteOptions {
     /// use std::time::Duration;
     /// use durably::{SqliteOptions, Synchronous};
     ///
-    /// let full = SqliteOptions { synchronous: Synchronous::Full, ..SqliteOptions::default() };
+    /// let full = SqliteOptions::default().synchronous(Synchronous::Full);
     /// assert_eq!(full.effective_commit_delay(), Duration::from_micros(100));
     /// assert_eq!(SqliteOptions::default().effective_commit_delay(), Duration::from_micros(50));
     /// ```
@@ -160,7 +225,7 @@ impl SqliteOptions {
     /// ```
     /// use durably::{SqliteOptions, Synchronous};
     ///
-    /// let full = SqliteOptions { synchronous: Synchronous::Full, ..SqliteOptions::default() };
+    /// let full = SqliteOptions::default().synchronous(Synchronous::Full);
     /// assert_eq!(full.effective_wal_autocheckpoint(), 1_000);
     /// assert_eq!(SqliteOptions::default().effective_wal_autocheckpoint(), 10_000);
     /// ```
