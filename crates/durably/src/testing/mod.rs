@@ -1,11 +1,11 @@
 //! Test suites for `Store` implementations, to run from outside the crate (feature `testing`).
 //!
-//! A new backend is "implement [`Store`](crate::Store), call the suite": in a test file of its
-//! crate, give [`store_contract_tests!`](crate::store_contract_tests) a function that opens a
-//! fresh, migrated store with default options (so its runs drop their steps when they end; the
-//! suite checks the other policy through [`Store::with_step_policy`](crate::Store::with_step_policy),
-//! and fabricates states through [`Store::admin`](crate::Store::admin)) (and whatever must live as long as the test, such as a temporary
-//! directory), and it writes one `#[tokio::test]` per contract test:
+//! A new backend is "implement [`Store`], call the suite": in a test file of its crate, give
+//! [`store_contract_tests!`](crate::store_contract_tests) a function that opens a fresh,
+//! migrated store with default options (and whatever must live as long as the test, such as a
+//! temporary directory), and it writes one `#[tokio::test]` per contract test. A store with
+//! default options drops a run's steps when the run ends; the suite checks the other policy
+//! through [`Store::with_step_policy`], and fabricates states through [`Store::admin`].
 //!
 //! ```ignore
 //! // tests/my_store_contract.rs (dev-dependencies: durably with feature "testing", tokio)
@@ -21,6 +21,87 @@
 //! backends run through it in `tests/store_contract.rs`.
 
 pub mod contract;
+
+use serde_json::Value;
+
+use crate::store::{ClaimRequest, Fence, RunPatch, Store, Transition};
+use crate::{Result, Run, Timestamp};
+
+/// A run's end and operators' writes in the shape tests read best: [`Store::finish_run`] with
+/// one [`Transition`], and [`RunAdmin::update_run`](crate::store::RunAdmin::update_run) through
+/// [`Store::admin`]. For any store, `Arc<dyn Store>` included.
+///
+/// [`Store::finish_run`]: crate::store::Store::finish_run
+/// [`Store::admin`]: crate::store::Store::admin
+/// [`Transition`]: crate::store::Transition
+#[async_trait::async_trait]
+pub trait Ends {
+    /// Completes the run if `fence` holds; whether it landed.
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Completes the run and claims for `next` in the same write; whether it landed, and the
+    /// runs claimed.
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)>;
+    /// Fails the run if `fence` holds; whether it landed.
+    async fn fail_run(&self, fence: &Fence, error: &str, now: Timestamp) -> Result<bool>;
+    /// The operators' unfenced patch (panics when the store has no [`Store::admin`]).
+    ///
+    /// [`Store::admin`]: crate::store::Store::admin
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> Ends for S {
+    async fn complete_run(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let finished = self
+            .finish_run(fence, Transition::Complete { output }, now, None)
+            .await?;
+        assert!(finished.claimed.is_empty(), "claimed without being asked");
+        Ok(finished.landed)
+    }
+
+    async fn complete_run_and_claim(
+        &self,
+        fence: &Fence,
+        output: Option<Value>,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(bool, Vec<Run>)> {
+        let finished = self
+            .finish_run(fence, Transition::Complete { output }, now, Some(next))
+            .await?;
+        Ok((finished.landed, finished.claimed))
+    }
+
+    async fn fail_run(&self, fence: &Fence, error: &str, now: Timestamp) -> Result<bool> {
+        let transition = Transition::Fail {
+            error: error.to_owned(),
+        };
+        Ok(self.finish_run(fence, transition, now, None).await?.landed)
+    }
+
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
+        let admin = self
+            .admin()
+            .expect("this test fabricates states through `Store::admin`");
+        admin.update_run(id, patch, now).await
+    }
+}
 
 /// One `#[tokio::test]` per test of [`contract`], each on a fresh store from `$fresh` (an async
 /// function or closure returning `(guard, Arc<dyn Store>)`; the guard lives as long as the

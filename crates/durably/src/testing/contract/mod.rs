@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::store::{ClaimRequest, Fence, NewLog, NewRun, NewStep, RunPatch, Store, Transition};
+use crate::store::{ClaimRequest, Fence, NewLog, NewRun, NewStep, RunPatch, Store};
+use crate::testing::Ends;
 use crate::{
-    Coalesce, Disposition, Error, Labels, LogLevel, Progress, Result, RunFilter, RunStatus,
-    StepStatus, Timestamp,
+    Coalesce, Disposition, Error, Labels, LogLevel, Progress, RunFilter, RunStatus, StepStatus,
+    Timestamp,
 };
 
 /// Runs `future`, failing the test if it takes longer than `limit` (hang guard).
@@ -125,70 +126,6 @@ fn kept(store: &Arc<dyn Store>, steps: usize) -> usize {
     match store.preserves_steps() {
         true => steps,
         false => 0,
-    }
-}
-
-/// The store's transitions in the shape the tests read best, and its operators' writes.
-#[async_trait::async_trait]
-trait Ends {
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-    ) -> Result<bool>;
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        next: &ClaimRequest,
-    ) -> Result<(bool, Vec<crate::Run>)>;
-    async fn fail_run(&self, fence: &Fence, error: &str, now: Timestamp) -> Result<bool>;
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool>;
-}
-
-#[async_trait::async_trait]
-impl Ends for Arc<dyn Store> {
-    async fn complete_run(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-    ) -> Result<bool> {
-        let finished = self
-            .finish_run(fence, Transition::Complete { output }, now, None)
-            .await?;
-        assert!(finished.claimed.is_empty(), "claimed without being asked");
-        Ok(finished.landed)
-    }
-
-    async fn complete_run_and_claim(
-        &self,
-        fence: &Fence,
-        output: Option<Value>,
-        now: Timestamp,
-        next: &ClaimRequest,
-    ) -> Result<(bool, Vec<crate::Run>)> {
-        let finished = self
-            .finish_run(fence, Transition::Complete { output }, now, Some(next))
-            .await?;
-        Ok((finished.landed, finished.claimed))
-    }
-
-    async fn fail_run(&self, fence: &Fence, error: &str, now: Timestamp) -> Result<bool> {
-        let transition = Transition::Fail {
-            error: error.to_owned(),
-        };
-        let finished = self.finish_run(fence, transition, now, None).await?;
-        Ok(finished.landed)
-    }
-
-    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
-        let admin = self
-            .admin()
-            .expect("this contract test fabricates states through `Store::admin`");
-        admin.update_run(id, patch, now).await
     }
 }
 
