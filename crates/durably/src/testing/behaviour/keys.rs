@@ -132,11 +132,9 @@ pub async fn runs_sharing_a_concurrency_key_never_overlap(store: Arc<dyn Store>)
     for durably in &instances {
         durably.start();
     }
+    let mut runs = Vec::new();
     for (id, key) in &ids {
-        let run = terminal(&instances[1], id).await;
-        assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
-        assert_eq!(run.output, Some(json!(key)));
-        assert_eq!(run.concurrency_key.as_deref(), Some(*key));
+        runs.push((terminal(&instances[1], id).await, *key));
     }
     for durably in &instances {
         within("stop", durably.stop()).await;
@@ -152,6 +150,11 @@ pub async fn runs_sharing_a_concurrency_key_never_overlap(store: Arc<dyn Store>)
         Some(&1),
         "tenant-b overlapped: {most:?}"
     );
+    for (run, key) in runs {
+        assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+        assert_eq!(run.output, Some(json!(key)));
+        assert_eq!(run.concurrency_key.as_deref(), Some(key));
+    }
 }
 
 /// Behaviour: `coalesce: skip` returns the pending run of the job and key instead of a

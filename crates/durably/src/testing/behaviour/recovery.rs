@@ -19,12 +19,31 @@ fn short_leases(builder: DurablyBuilder) -> DurablyBuilder {
         .lease_renew_interval(Duration::from_millis(100))
 }
 
-/// A lease of 300 ms that is never renewed in time: the worker keeps executing after another
-/// one may take the run over (a frozen or partitioned worker).
-fn lapsing_leases(builder: DurablyBuilder) -> DurablyBuilder {
+/// A long lease, renewed rarely: a worker that believes it holds its run for the whole test
+/// (the store's fence is then all that stops it after a takeover).
+fn long_leases(builder: DurablyBuilder) -> DurablyBuilder {
     builder
-        .lease_duration(Duration::from_millis(300))
-        .lease_renew_interval(Duration::from_secs(10))
+        .lease_duration(Duration::from_secs(120))
+        .lease_renew_interval(Duration::from_secs(60))
+}
+
+/// Expires the lease of run `id` in the store ([`Store::admin`]), as if its worker froze for
+/// longer than the lease: the worker itself does not know.
+async fn expire_lease(store: &Arc<dyn Store>, id: &str) {
+    let patch = RunPatch {
+        lease_expires_at: Some(Some(Timestamp::now() - Duration::from_secs(5))),
+        ..RunPatch::default()
+    };
+    let admin = store
+        .admin()
+        .expect("this behaviour test fabricates states through `Store::admin`");
+    assert!(
+        admin
+            .update_run(id, patch, Timestamp::now())
+            .await
+            .expect("update_run"),
+        "run {id} exists"
+    );
 }
 
 /// Calls `process_one` on `durably` until it claims something (a lease must expire first).
@@ -172,18 +191,7 @@ pub async fn an_expired_lease_resumes_from_the_stored_steps(store: Arc<dyn Store
         .await
         .expect("persist_step");
     assert!(stored.is_some(), "the lost worker's step landed");
-    let expire = RunPatch {
-        lease_expires_at: Some(Some(Timestamp::now() - Duration::from_secs(5))),
-        ..RunPatch::default()
-    };
-    assert!(
-        store
-            .admin()
-            .expect("this behaviour test fabricates states through `Store::admin`")
-            .update_run(&id, expire, Timestamp::now())
-            .await
-            .expect("update_run")
-    );
+    expire_lease(&store, &id).await;
 
     durably.start();
     let run = terminal(&durably, &id).await;
@@ -201,187 +209,248 @@ pub async fn an_expired_lease_resumes_from_the_stored_steps(store: Arc<dyn Store
     within("stop", durably.stop()).await;
 }
 
-/// Behaviour: a worker whose lease lapsed inside a step, after another instance took the run
-/// over and completed it, lands nothing: not the step, not its log, not a later step, not a
-/// completion; it announces no step or run end either.
-pub async fn a_stale_worker_s_writes_do_not_land_after_a_takeover(store: Arc<dyn Store>) {
-    let stale = instance(&store, lapsing_leases).await;
-    let stale_events = Recorder::attach(&stale);
-    let (entered, release) = (Gate::new(), Gate::new());
-    let stale_step_done = Arc::new(AtomicUsize::new(0));
-    let stale_next_step = Arc::new(AtomicUsize::new(0));
-    {
-        let (entered, release) = (entered.clone(), release.clone());
-        let (done, next) = (stale_step_done.clone(), stale_next_step.clone());
+/// Two workers of one run: `stale` (long leases) claims it and blocks in its job until
+/// `stale_release`; the test expires its lease in the store and `owner` takes the run over in
+/// the background, blocking in its own job (after its first step) until `owner_release`.
+struct Takeover {
+    id: String,
+    stale: Durably,
+    stale_events: Recorder,
+    stale_worker: tokio::task::JoinHandle<crate::Result<bool>>,
+    stale_release: Gate,
+    owner: Durably,
+    owner_worker: tokio::task::JoinHandle<()>,
+    owner_release: Gate,
+}
+
+impl Takeover {
+    /// `stale_job` and `owner_job` get (entered, release) gates: each opens `entered` once it
+    /// blocks, then waits for `release`.
+    async fn new(
+        store: &Arc<dyn Store>,
+        name: &str,
+        stale_job: impl FnOnce(Gate, Gate) -> Job<Value, Value>,
+        owner_job: impl FnOnce(Gate, Gate) -> Job<Value, Value>,
+    ) -> Takeover {
+        let (stale_entered, stale_release) = (Gate::new(), Gate::new());
+        let (owner_entered, owner_release) = (Gate::new(), Gate::new());
+        let stale = instance(store, long_leases).await;
+        let stale_events = Recorder::attach(&stale);
         stale
-            .register(Job::new(
-                "behaviour-stale-owner",
-                move |step: StepContext, _: Value| {
-                    let (entered, release) = (entered.clone(), release.clone());
-                    let (done, next) = (done.clone(), next.clone());
-                    async move {
-                        let inner = step.clone();
-                        step.run("step-1", |_| async move {
-                            entered.open();
-                            release.wait().await;
-                            done.fetch_add(1, Ordering::SeqCst);
-                            // Refused like every other write of a stale owner; its error is
-                            // ignored so that the step's own write is what gets refused.
-                            let _ = inner.log().info("written by the stale owner", None).await;
-                            Ok::<_, Error>("stale-1".to_string())
-                        })
-                        .await?;
-                        step.run("step-2", |_| async move {
-                            next.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, Error>("stale-2".to_string())
-                        })
-                        .await?;
-                        Ok::<_, Error>(json!({ "winner": "stale" }))
-                    }
-                },
-            ))
+            .register(stale_job(stale_entered.clone(), stale_release.clone()))
             .expect("register");
+        let owner = instance(store, |b| b).await;
+        owner
+            .register(owner_job(owner_entered.clone(), owner_release.clone()))
+            .expect("register");
+        let id = owner
+            .trigger_json(name, json!({}), TriggerOptions::new())
+            .await
+            .expect("trigger")
+            .run
+            .id;
+        let stale_worker = {
+            let stale = stale.clone();
+            tokio::spawn(async move { stale.process_one(Some("stale-worker")).await })
+        };
+        within("the stale worker blocks in its job", stale_entered.wait()).await;
+        let claimed = run_of(&owner, &id).await;
+        assert_eq!(claimed.lease_owner.as_deref(), Some("stale-worker"));
+        expire_lease(store, &id).await;
+        let owner_worker = {
+            let owner = owner.clone();
+            tokio::spawn(async move { take_over(&owner, "new-owner").await })
+        };
+        within("the new owner blocks in its job", owner_entered.wait()).await;
+        let taken = run_of(&owner, &id).await;
+        assert_eq!(taken.status, RunStatus::Leased);
+        assert_eq!(taken.lease_owner.as_deref(), Some("new-owner"));
+        assert_eq!(taken.lease_generation, claimed.lease_generation + 1);
+        Takeover {
+            id,
+            stale,
+            stale_events,
+            stale_worker,
+            stale_release,
+            owner,
+            owner_worker,
+            owner_release,
+        }
     }
-    // The new owner preserves steps when the store can, so its steps can be read at the end.
-    let preserving = has_preserving_view(&store);
-    let owner = instance(&store, |b| match preserving {
-        true => b.preserve_steps(true),
-        false => b,
-    })
-    .await;
-    let job = owner
-        .register(Job::new(
-            "behaviour-stale-owner",
-            |step: StepContext, _: Value| async move {
+
+    /// Lets the stale worker go on and waits until its `process_one` returns.
+    async fn release_stale(&mut self) {
+        self.stale_release.open();
+        let processed = within("the stale worker returns", &mut self.stale_worker)
+            .await
+            .expect("the stale worker's task")
+            .expect("process_one");
+        assert!(processed, "the stale worker had claimed the run");
+    }
+
+    /// Lets the new owner finish; the run it completed.
+    async fn release_owner(&mut self) -> Run {
+        self.owner_release.open();
+        within("the new owner finishes", &mut self.owner_worker)
+            .await
+            .expect("the new owner's task");
+        let run = run_of(&self.owner, &self.id).await;
+        assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+        assert_eq!(run.lease_owner, None);
+        run
+    }
+
+    /// Fails unless the stale worker announced none of `types`.
+    async fn stale_announced_none(&self, types: &[EventType]) {
+        let seen = self.stale_events.flush(&self.stale).await;
+        assert!(
+            seen.iter().all(|e| !types.contains(&e.event_type())),
+            "the stale worker announced one of {types:?}: {seen:?}"
+        );
+    }
+}
+
+/// Behaviour: a worker that froze inside a step (its lease expired in the store while it still
+/// believes it holds it) and wakes up while another instance owns the run lands nothing: not
+/// its step, not its log, not a later step; it announces no step or run end. Only the store's
+/// fencing by lease generation stops it.
+pub async fn a_stale_worker_s_writes_do_not_land_after_a_takeover(store: Arc<dyn Store>) {
+    let name = "behaviour-stale-steps";
+    let stale_next_step = Arc::new(AtomicUsize::new(0));
+    let next = stale_next_step.clone();
+    let stale_job = move |entered: Gate, release: Gate| {
+        Job::new(name, move |step: StepContext, _: Value| {
+            let (entered, release, next) = (entered.clone(), release.clone(), next.clone());
+            async move {
+                let inner = step.clone();
+                step.run("step-1", |_| async move {
+                    entered.open();
+                    release.wait().await;
+                    // Refused like every write of a stale worker; its error is ignored so that
+                    // the step's own write is refused too.
+                    let _ = inner.log().info("written by the stale worker", None).await;
+                    Ok::<_, Error>("stale-1".to_string())
+                })
+                .await?;
+                step.run("step-2", |_| async move {
+                    next.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Error>("stale-2".to_string())
+                })
+                .await?;
+                Ok::<_, Error>(json!({ "winner": "stale" }))
+            }
+        })
+    };
+    let owner_job = move |entered: Gate, release: Gate| {
+        Job::new(name, move |step: StepContext, _: Value| {
+            let (entered, release) = (entered.clone(), release.clone());
+            async move {
                 step.run("step-1", |_| async { Ok::<_, Error>("new-1".to_string()) })
                     .await?;
+                entered.open();
+                release.wait().await;
                 step.run("step-2", |_| async { Ok::<_, Error>("new-2".to_string()) })
                     .await?;
                 Ok::<_, Error>(json!({ "winner": "new owner" }))
-            },
-        ))
-        .expect("register");
-    let id = job.trigger(json!({})).await.expect("trigger").run.id;
-
-    let stale_worker = {
-        let stale = stale.clone();
-        tokio::spawn(async move { stale.process_one(Some("stale-worker")).await })
+            }
+        })
     };
-    within("the stale worker enters step-1", entered.wait()).await;
-    take_over(&owner, "new-owner").await;
-    let run = run_of(&owner, &id).await;
-    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
-    let generation = run.lease_generation;
-
-    release.open();
-    let processed = within("the stale worker returns", stale_worker)
-        .await
-        .expect("the stale worker's task")
-        .expect("process_one");
-    assert!(processed, "the stale worker had claimed the run");
-    assert_eq!(stale_step_done.load(Ordering::SeqCst), 1);
+    let mut takeover = Takeover::new(&store, name, stale_job, owner_job).await;
+    takeover.release_stale().await;
     assert_eq!(
         stale_next_step.load(Ordering::SeqCst),
         0,
         "the stale worker never started step-2"
     );
 
-    let run = run_of(&owner, &id).await;
-    assert_eq!(run.status, RunStatus::Completed);
-    assert_eq!(run.output, Some(json!({ "winner": "new owner" })));
-    assert_eq!(run.error, None);
-    assert_eq!(run.lease_generation, generation);
-    assert_eq!(run.lease_owner, None);
-    assert_eq!(run.completed_step_count, 2);
+    // The new owner still holds the run: only its own step and no log are stored.
+    let (owner, id) = (&takeover.owner, takeover.id.clone());
+    let run = run_of(owner, &id).await;
+    assert_eq!(run.status, RunStatus::Leased);
+    assert_eq!(run.lease_owner.as_deref(), Some("new-owner"));
+    assert_eq!(run.completed_step_count, 1);
+    let steps: Vec<_> = owner
+        .get_steps(&id)
+        .await
+        .expect("get_steps")
+        .into_iter()
+        .map(|s| (s.name, s.index, s.output))
+        .collect();
+    assert_eq!(steps, [("step-1".to_string(), 0, Some(json!("new-1")))]);
     assert!(
         owner.get_logs(&id).await.expect("get_logs").is_empty(),
-        "the stale owner's log did not land"
+        "the stale worker's log did not land"
     );
-    if preserving {
-        let steps: Vec<_> = owner
-            .get_steps(&id)
-            .await
-            .expect("get_steps")
-            .into_iter()
-            .map(|s| (s.name, s.output))
-            .collect();
-        assert_eq!(
-            steps,
-            [
-                ("step-1".to_string(), Some(json!("new-1"))),
-                ("step-2".to_string(), Some(json!("new-2"))),
-            ]
-        );
-    }
-    let seen = stale_events.flush(&stale).await;
+
+    let run = takeover.release_owner().await;
+    assert_eq!(run.output, Some(json!({ "winner": "new owner" })));
+    assert_eq!(run.error, None);
+    assert_eq!(run.completed_step_count, 2);
     assert!(
-        seen.iter().all(|e| !matches!(
-            e.event_type(),
-            EventType::StepComplete | EventType::RunComplete | EventType::RunFail
-        )),
-        "the stale worker announced nothing: {seen:?}"
+        takeover
+            .owner
+            .get_logs(&id)
+            .await
+            .expect("get_logs")
+            .is_empty()
     );
+    takeover
+        .stale_announced_none(&[
+            EventType::StepComplete,
+            EventType::RunComplete,
+            EventType::RunFail,
+        ])
+        .await;
 }
 
-/// A job without steps whose first execution waits for `release`, then succeeds or fails.
+/// A frozen worker's job (no steps) ends, succeeding or failing, while another instance owns
+/// the run.
 async fn stale_end(store: &Arc<dyn Store>, fails: bool) {
     let name = match fails {
         true => "behaviour-stale-failure",
         false => "behaviour-stale-success",
     };
-    let stale = instance(store, lapsing_leases).await;
-    let stale_events = Recorder::attach(&stale);
-    let (entered, release) = (Gate::new(), Gate::new());
-    {
-        let (entered, release) = (entered.clone(), release.clone());
-        stale
-            .register(Job::new(name, move |_: StepContext, _: Value| {
-                let (entered, release) = (entered.clone(), release.clone());
-                async move {
-                    entered.open();
-                    release.wait().await;
-                    match fails {
-                        true => Err(Error::Job("stale failure".into())),
-                        false => Ok::<_, Error>(json!("stale output")),
-                    }
+    let stale_job = move |entered: Gate, release: Gate| {
+        Job::new(name, move |_: StepContext, _: Value| {
+            let (entered, release) = (entered.clone(), release.clone());
+            async move {
+                entered.open();
+                release.wait().await;
+                match fails {
+                    true => Err(Error::Job("stale failure".into())),
+                    false => Ok::<_, Error>(json!("stale output")),
                 }
-            }))
-            .expect("register");
-    }
-    let owner = instance(store, |b| b).await;
-    let job = owner
-        .register(Job::new(name, |_: StepContext, _: Value| async {
-            Ok::<_, Error>(json!("new owner's output"))
-        }))
-        .expect("register");
-    let id = job.trigger(json!({})).await.expect("trigger").run.id;
-    let stale_worker = {
-        let stale = stale.clone();
-        tokio::spawn(async move { stale.process_one(Some("stale-worker")).await })
+            }
+        })
     };
-    within("the stale worker starts", entered.wait()).await;
-    take_over(&owner, "new-owner").await;
-    release.open();
-    let processed = within("the stale worker returns", stale_worker)
-        .await
-        .expect("the stale worker's task")
-        .expect("process_one");
-    assert!(processed);
-    let run = run_of(&owner, &id).await;
-    assert_eq!(run.status, RunStatus::Completed, "stale failure: {fails}");
+    let owner_job = move |entered: Gate, release: Gate| {
+        Job::new(name, move |_: StepContext, _: Value| {
+            let (entered, release) = (entered.clone(), release.clone());
+            async move {
+                entered.open();
+                release.wait().await;
+                Ok::<_, Error>(json!("new owner's output"))
+            }
+        })
+    };
+    let mut takeover = Takeover::new(store, name, stale_job, owner_job).await;
+    takeover.release_stale().await;
+    let run = run_of(&takeover.owner, &takeover.id).await;
+    assert_eq!(run.status, RunStatus::Leased, "stale failure: {fails}");
+    assert_eq!(run.lease_owner.as_deref(), Some("new-owner"));
+    assert_eq!(run.output, None);
+    assert_eq!(run.error, None);
+
+    let run = takeover.release_owner().await;
     assert_eq!(run.output, Some(json!("new owner's output")));
     assert_eq!(run.error, None);
-    assert_eq!(run.lease_owner, None);
-    let seen = stale_events.flush(&stale).await;
-    assert!(
-        seen.iter()
-            .all(|e| !matches!(e.event_type(), EventType::RunComplete | EventType::RunFail)),
-        "the stale worker announced no end: {seen:?}"
-    );
+    takeover
+        .stale_announced_none(&[EventType::RunComplete, EventType::RunFail])
+        .await;
 }
 
-/// Behaviour: a stale worker's completion and its failure, returned after another instance
-/// took the run over and completed it, do not overwrite the new owner's result.
+/// Behaviour: a frozen worker's completion and its failure, returned while another instance
+/// owns the run, do not land; the new owner's result does.
 pub async fn a_stale_worker_s_completion_or_failure_does_not_land(store: Arc<dyn Store>) {
     stale_end(&store, false).await;
     stale_end(&store, true).await;
