@@ -144,8 +144,8 @@
 //!
 //! Both keep upstream's schema, so a database can be shared with the TypeScript
 //! `@coji/durably`. Every backend implements the [`Store`] trait; what only a backend needs
-//! (fences, row requests, notices) is in [`store`], and its contract suite in `testing`
-//! (feature `testing`). The worker's speed knobs are [`Tuning`].
+//! (fences, row requests, notices) is in [`store`], and its contract and behaviour suites in
+//! `testing` (feature `testing`). The worker's speed knobs are [`Tuning`].
 //!
 //! ## Serving HTTP
 //!

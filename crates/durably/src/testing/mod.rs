@@ -1,25 +1,41 @@
 //! Test suites for `Store` implementations, to run from outside the crate (feature `testing`).
 //!
-//! A new backend is "implement [`Store`], call the suite": in a test file of its crate, give
-//! [`store_contract_tests!`](crate::store_contract_tests) a function that opens a fresh,
-//! migrated store with default options (and whatever must live as long as the test, such as a
-//! temporary directory), and it writes one `#[tokio::test]` per contract test. A store with
-//! default options drops a run's steps when the run ends; the suite checks the other policy
-//! through [`Store::with_step_policy`], and fabricates states through [`Store::admin`].
+//! A new backend is "implement [`Store`], call the suites". Two suites check it:
+//!
+//! - [`contract`]: the store's own operations, one by one (enqueue, claim, fencing, leases,
+//!   transitions, listings, concurrent claimers), through the trait.
+//! - [`behaviour`]: the end-to-end guarantees of durably on that store, through the public
+//!   [`Durably`](crate::Durably) API: jobs and their steps, replay after a lost worker,
+//!   fencing of stale workers, failures, cancellation, idempotency and concurrency keys,
+//!   retrigger, delete, purge and retention, listings, serverless processing and several
+//!   instances on one store.
+//!
+//! In a test file of the backend's crate, give [`store_contract_tests!`](crate::store_contract_tests)
+//! and [`store_behaviour_tests!`](crate::store_behaviour_tests) a function that opens a fresh,
+//! migrated store with default options (so its runs drop their steps when they end; the suites
+//! check the other policy through [`Store::with_step_policy`],
+//! and fabricate states through [`Store::admin`]), together with whatever
+//! must live as long as the test (such as a temporary directory). Each macro writes one
+//! `#[tokio::test]` per test of its suite:
 //!
 //! ```ignore
-//! // tests/my_store_contract.rs (dev-dependencies: durably with feature "testing", tokio)
+//! // tests/my_store.rs (dev-dependencies: durably with feature "testing", tokio)
 //! async fn fresh() -> ((), std::sync::Arc<dyn durably::Store>) {
 //!     let store = std::sync::Arc::new(my_backend::MyStore::connect("…").unwrap());
 //!     durably::Store::migrate(&*store).await.unwrap();
 //!     ((), store)
 //! }
 //! durably::store_contract_tests!(fresh);
+//! durably::store_behaviour_tests!(fresh);
 //! ```
 //!
-//! The tests' names say what they check; each panics with what went wrong. durably's own
-//! backends run through it in `tests/store_contract.rs`.
+//! The two suites' test names differ, so both macros may be called in one module. The tests'
+//! names say what they check; each panics with what went wrong. The behaviour tests start
+//! workers with short polling intervals and leases of a few hundred milliseconds, and bound
+//! every wait (a hang fails after [`behaviour::LIMIT`]). durably's own backends run the suites
+//! in `tests/store_contract.rs` and `tests/store_behaviour.rs`.
 
+pub mod behaviour;
 pub mod contract;
 
 use serde_json::Value;
@@ -110,8 +126,8 @@ impl<S: Store + ?Sized> Ends for S {
 #[macro_export]
 macro_rules! store_contract_tests {
     ($fresh:expr $(, #[$attr:meta])* $(,)?) => {
-        $crate::__store_contract_tests!(
-            [$(#[$attr])*] $fresh;
+        $crate::__store_suite_tests!(
+            contract [$(#[$attr])*] $fresh;
             enqueue_and_get_run_round_trip,
             enqueue_resolves_concurrency_keys,
             enqueue_many_is_all_or_nothing,
@@ -146,23 +162,57 @@ macro_rules! store_contract_tests {
     };
 }
 
-#[doc(hidden)]
+/// One `#[tokio::test]` per test of [`behaviour`], each on a fresh store from `$fresh` (as for
+/// [`store_contract_tests!`](crate::store_contract_tests): an async function or closure
+/// returning `(guard, Arc<dyn Store>)`, then attributes for every test):
+/// `store_behaviour_tests!(fresh, #[ignore = "no database"])`.
 #[macro_export]
-macro_rules! __store_contract_tests {
-    ($attrs:tt $fresh:expr; $($name:ident),* $(,)?) => {
-        $( $crate::__store_contract_test!($attrs $fresh; $name); )*
+macro_rules! store_behaviour_tests {
+    ($fresh:expr $(, #[$attr:meta])* $(,)?) => {
+        $crate::__store_suite_tests!(
+            behaviour [$(#[$attr])*] $fresh;
+            a_job_with_steps_completes_with_its_output,
+            a_failing_step_fails_the_run_with_its_error,
+            trigger_and_wait_returns_the_output_or_the_failure,
+            progress_and_logs_are_stored,
+            process_one_and_process_until_idle_drain_the_queue,
+            default_options_drop_the_steps_of_an_ended_run,
+            a_preserving_view_keeps_the_steps_of_ended_runs,
+            an_abandoned_run_is_taken_over_without_rerunning_completed_steps,
+            an_expired_lease_resumes_from_the_stored_steps,
+            a_stale_worker_s_writes_do_not_land_after_a_takeover,
+            a_stale_worker_s_completion_or_failure_does_not_land,
+            several_instances_execute_each_run_exactly_once,
+            an_idempotency_key_returns_the_same_run,
+            runs_sharing_a_concurrency_key_never_overlap,
+            coalesce_skip_returns_the_pending_run,
+            cancel_of_a_pending_run_ends_it_without_executing,
+            cancel_of_a_running_run_fires_its_token_and_stops_it,
+            retrigger_starts_a_new_run_with_the_same_input,
+            delete_run_and_purge_runs_remove_ended_runs,
+            retention_deletes_ended_runs_older_than_the_period,
+            get_runs_filters_by_labels_job_and_status
+        );
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __store_contract_test {
-    ([$(#[$attr:meta])*] $fresh:expr; $name:ident) => {
+macro_rules! __store_suite_tests {
+    ($suite:ident $attrs:tt $fresh:expr; $($name:ident),* $(,)?) => {
+        $( $crate::__store_suite_test!($suite $attrs $fresh; $name); )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_suite_test {
+    ($suite:ident [$(#[$attr:meta])*] $fresh:expr; $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         $(#[$attr])*
         async fn $name() {
             let (_guard, store) = ($fresh)().await;
-            $crate::testing::contract::$name(store).await;
+            $crate::testing::$suite::$name(store).await;
         }
     };
 }
