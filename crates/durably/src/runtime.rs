@@ -1,6 +1,6 @@
 //! The only door of the library's core (the engine, the step context and lease clock, waits,
-//! event streams and listeners) to the async runtime: spawning tasks, a set of slot tasks, timers
-//! and the monotonic clock. Everything else in the engine is plain futures and
+//! event streams and listeners) to the async runtime: spawning tasks, a set of slot tasks, timers,
+//! the monotonic clock and the wall clock. Everything else in the engine is plain futures and
 //! runtime-agnostic channels (`tokio::sync`, `tokio_util`'s cancellation token), so running
 //! the engine elsewhere (a browser's Web Worker, where tasks are `spawn_local` and time comes
 //! from `performance.now()`) means another implementation of this file, not of the engine.
@@ -19,6 +19,15 @@ pub(crate) type Instant = tokio::time::Instant;
 /// Now, on the monotonic clock of [`sleep_until`].
 pub(crate) fn now() -> Instant {
     Instant::now()
+}
+
+/// The wall clock: milliseconds since the Unix epoch (what `Timestamp::now` reads; 0 for a
+/// clock set before 1970). Leases and run times stored in the database come from it.
+pub(crate) fn wall_clock_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Completes after `duration`.

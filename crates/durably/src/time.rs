@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -23,11 +23,7 @@ pub struct Timestamp(i64);
 impl Timestamp {
     /// The current wall-clock time, truncated to milliseconds.
     pub fn now() -> Self {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Timestamp(millis)
+        Timestamp(crate::runtime::wall_clock_millis())
     }
 
     /// From milliseconds since the Unix epoch.
