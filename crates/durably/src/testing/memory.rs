@@ -106,12 +106,17 @@ impl Default for MemoryStore {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
-        f.debug_struct("MemoryStore")
-            .field("preserve_steps", &self.preserve_steps)
-            .field("migrated", &state.migrated)
-            .field("runs", &state.runs.len())
-            .finish()
+        let mut out = f.debug_struct("MemoryStore");
+        out.field("preserve_steps", &self.preserve_steps);
+        // Never waits: formatting must not block on (or deadlock with) an operation.
+        match self.state.try_lock() {
+            Ok(state) => out.field("runs", &state.runs.len()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                out.field("runs", &p.into_inner().runs.len())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => out.field("runs", &"<busy>"),
+        };
+        out.finish()
     }
 }
 
