@@ -458,7 +458,7 @@ pub fn validate_label_key(key: &str) -> Result<()> {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
 /// The conflict error for a second pending run with the same job and concurrency key.
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
@@ -466,7 +466,7 @@ pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     ))
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
 /// The row a newly created run starts as: `request` stored under `id` at `now`.
 pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
     Run {

@@ -34,9 +34,16 @@
 //! workers with short polling intervals and leases of a few hundred milliseconds, and bound
 //! every wait (a hang fails after [`behaviour::LIMIT`]). durably's own backends run the suites
 //! in `tests/store_contract.rs` and `tests/store_behaviour.rs`.
+//!
+//! [`MemoryStore`] is a fourth backend built exactly that way: an in-memory store (no threads,
+//! no I/O, no clock of its own) for tests and simulations, passing both suites in
+//! `tests/store_memory.rs`.
 
 pub mod behaviour;
 pub mod contract;
+pub mod memory;
+
+pub use memory::MemoryStore;
 
 use serde_json::Value;
 

@@ -1,0 +1,733 @@
+//! [`MemoryStore`]: the whole store in one process's memory, for tests and simulation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::run::{Disposition, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus};
+use crate::store::{
+    ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep,
+    RunAdmin, RunPatch, SCHEMA_VERSION, Store, Transition, pending_conflict, pending_run,
+    validate_label_key,
+};
+use crate::time::{Timestamp, new_id_at};
+
+/// A [`Store`] kept in memory: a fourth backend beside SQLite and PostgreSQL, passing the same
+/// exported suites ([`contract`](crate::testing::contract) and
+/// [`behaviour`](crate::testing::behaviour)).
+///
+/// Every operation takes one lock over the whole state and finishes before returning it, so
+/// each is atomic (as a transaction is elsewhere) and none waits on anything. It starts no
+/// thread, does no I/O and never reads the clock: every time it stores is the `now` its caller
+/// passed, which makes it a store for a deterministic simulation of the engine as well as a fast
+/// one for tests. Ids are ULIDs made from that `now`, as the SQLite store makes them.
+///
+/// Runs are claimed oldest first (`created_at`, then insertion order), keys resolve as in
+/// SQLite (idempotency, then the pending-per-key rule), and every lease holder's write lands
+/// only while its [`Fence`] holds. It has no notification channel (workers poll; triggers in
+/// the same process wake their worker directly) and no housekeeping of its own. Clones share
+/// the state; so does [`Store::with_step_policy`]'s view. The state lives as long as a clone
+/// does and is lost with the last one.
+///
+/// ```
+/// use durably::testing::MemoryStore;
+/// use durably::{Durably, Job, StepContext, TriggerOptions, WaitOptions};
+///
+/// # #[tokio::main]
+/// # async fn main() -> durably::Result<()> {
+/// let durably = Durably::builder().store(MemoryStore::new()).build()?;
+/// let double = durably.register(Job::new("double", |step: StepContext, n: u64| async move {
+///     let doubled = step.run("double", |_cancel| async move {
+///         Ok::<_, std::io::Error>(n * 2)
+///     }).await?;
+///     Ok::<_, durably::Error>(doubled)
+/// }))?;
+/// durably.init().await?;
+///
+/// let done = double
+///     .trigger_and_wait(21, TriggerOptions::new(), WaitOptions::new())
+///     .await?;
+/// assert_eq!(done.output, Some(42));
+/// durably.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    preserve_steps: bool,
+}
+
+/// Everything the store holds.
+#[derive(Default)]
+struct State {
+    migrated: bool,
+    /// Runs by insertion sequence (the claim order's tie-break).
+    runs: BTreeMap<u64, Run>,
+    /// Run id → insertion sequence.
+    ids: HashMap<String, u64>,
+    next_seq: u64,
+    /// Step rows by run id, in insertion order.
+    steps: HashMap<String, Vec<Step>>,
+    /// Log entries by run id, in insertion order (a log may name a run that does not exist,
+    /// as in the SQL backends).
+    logs: HashMap<String, Vec<Log>>,
+}
+
+impl MemoryStore {
+    /// An empty store with default options (runs that end drop their steps), not yet migrated.
+    pub fn new() -> Self {
+        Self::with_preserve_steps(false)
+    }
+
+    /// An empty store that keeps the step rows of runs that end (`true`) or drops them.
+    pub fn with_preserve_steps(preserve_steps: bool) -> Self {
+        MemoryStore {
+            state: Arc::new(Mutex::new(State::default())),
+            preserve_steps,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("MemoryStore");
+        out.field("preserve_steps", &self.preserve_steps);
+        // Never waits: formatting must not block on (or deadlock with) an operation.
+        match self.state.try_lock() {
+            Ok(state) => out.field("runs", &state.runs.len()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                out.field("runs", &p.into_inner().runs.len())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => out.field("runs", &"<busy>"),
+        };
+        out.finish()
+    }
+}
+
+/// Whether the lease `fence` names is still held.
+fn fenced(run: &Run, generation: i64) -> bool {
+    run.status == RunStatus::Leased && run.lease_generation == generation
+}
+
+/// Whether `run` holds its lease at `now`.
+fn unexpired_lease(run: &Run, now: Timestamp) -> bool {
+    run.status == RunStatus::Leased && run.lease_expires_at.is_some_and(|at| at > now)
+}
+
+/// Whether `run`'s lease expired at `now`.
+fn expired_lease(run: &Run, now: Timestamp) -> bool {
+    run.status == RunStatus::Leased && run.lease_expires_at.is_some_and(|at| at <= now)
+}
+
+/// Clears the lease of a run that ends at `now`.
+fn end(run: &mut Run, status: RunStatus, now: Timestamp) {
+    run.status = status;
+    run.lease_owner = None;
+    run.lease_expires_at = None;
+    run.completed_at = Some(now);
+    run.updated_at = now;
+}
+
+impl State {
+    fn run(&self, id: &str) -> Option<&Run> {
+        self.ids.get(id).and_then(|seq| self.runs.get(seq))
+    }
+
+    fn run_mut(&mut self, id: &str) -> Option<&mut Run> {
+        self.ids.get(id).and_then(|seq| self.runs.get_mut(seq))
+    }
+
+    /// The run `fence` names, while the fence holds.
+    fn fenced_mut(&mut self, fence: &Fence) -> Option<&mut Run> {
+        self.run_mut(&fence.run_id)
+            .filter(|run| fenced(run, fence.generation))
+    }
+
+    /// The oldest pending run of `job_name` with concurrency key `key`.
+    fn oldest_pending_with_key(&self, job_name: &str, key: &str) -> Option<&Run> {
+        self.runs
+            .values()
+            .filter(|run| {
+                run.status == RunStatus::Pending
+                    && run.job_name == job_name
+                    && run.concurrency_key.as_deref() == Some(key)
+            })
+            .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+    }
+
+    fn has_pending_with_key(&self, job_name: &str, key: &str, except: &str) -> bool {
+        self.runs.values().any(|run| {
+            run.status == RunStatus::Pending
+                && run.job_name == job_name
+                && run.concurrency_key.as_deref() == Some(key)
+                && run.id != except
+        })
+    }
+
+    /// Upstream §5.5: idempotency first, then label keys, then the pending-per-key rule.
+    fn enqueue(&mut self, request: &NewRun, now: Timestamp) -> Result<Enqueued> {
+        if let Some(key) = &request.idempotency_key
+            && let Some(run) = self.runs.values().find(|run| {
+                run.job_name == request.job_name && run.idempotency_key.as_ref() == Some(key)
+            })
+        {
+            return Ok(Enqueued {
+                run: run.clone(),
+                disposition: Disposition::Idempotent,
+            });
+        }
+        for key in request.labels.keys() {
+            validate_label_key(key)?;
+        }
+        if let Some(key) = &request.concurrency_key
+            && let Some(existing) = self.oldest_pending_with_key(&request.job_name, key)
+        {
+            return match request.coalesce {
+                Some(_) => Ok(Enqueued {
+                    run: existing.clone(),
+                    disposition: Disposition::Coalesced,
+                }),
+                None => Err(pending_conflict(&request.job_name, key)),
+            };
+        }
+        let run = pending_run(new_id_at(now), request, now);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ids.insert(run.id.clone(), seq);
+        self.runs.insert(seq, run.clone());
+        Ok(Enqueued {
+            run,
+            disposition: Disposition::Created,
+        })
+    }
+
+    /// Removes a run and everything it owns.
+    fn remove(&mut self, id: &str) {
+        if let Some(seq) = self.ids.remove(id) {
+            self.runs.remove(&seq);
+        }
+        self.steps.remove(id);
+        self.logs.remove(id);
+    }
+
+    /// The oldest claimable run's sequence: pending (or, when `expired_leases`, leased with an
+    /// expired lease) and its concurrency key not held by another unexpired lease.
+    fn next_claimable(&self, now: Timestamp, expired_leases: bool) -> Option<u64> {
+        let held: HashSet<&str> = self
+            .runs
+            .values()
+            .filter(|run| unexpired_lease(run, now))
+            .filter_map(|run| run.concurrency_key.as_deref())
+            .collect();
+        self.runs
+            .iter()
+            .filter(|(_, run)| {
+                run.status == RunStatus::Pending || (expired_leases && expired_lease(run, now))
+            })
+            // A candidate never holds an unexpired lease itself, so any holder is another run.
+            .filter(|(_, run)| {
+                run.concurrency_key
+                    .as_deref()
+                    .is_none_or(|key| !held.contains(key))
+            })
+            .min_by_key(|(seq, run)| (run.created_at, **seq))
+            .map(|(seq, _)| *seq)
+    }
+
+    fn claim(&mut self, worker_id: &str, now: Timestamp, lease: Duration, max: usize) -> Vec<Run> {
+        let expires = now + lease;
+        // Claiming never makes another lease expire, so one check serves the whole claim.
+        let expired_leases = self.runs.values().any(|run| expired_lease(run, now));
+        let mut claimed = Vec::new();
+        while claimed.len() < max {
+            let Some(seq) = self.next_claimable(now, expired_leases) else {
+                break;
+            };
+            let Some(run) = self.runs.get_mut(&seq) else {
+                break;
+            };
+            run.status = RunStatus::Leased;
+            run.lease_owner = Some(worker_id.to_owned());
+            run.lease_expires_at = Some(expires);
+            run.lease_generation += 1;
+            run.started_at = run.started_at.or(Some(now));
+            run.updated_at = now;
+            claimed.push(run.clone());
+        }
+        claimed
+    }
+
+    /// Drops a run's step rows unless the store preserves them.
+    fn drop_steps(&mut self, run_id: &str, preserve_steps: bool) {
+        if !preserve_steps {
+            self.steps.remove(run_id);
+        }
+    }
+
+    fn finish_run(
+        &mut self,
+        fence: &Fence,
+        transition: Transition,
+        now: Timestamp,
+        preserve_steps: bool,
+    ) -> bool {
+        let Some(run) = self.fenced_mut(fence) else {
+            return false;
+        };
+        match transition {
+            Transition::Complete { output } => {
+                run.output = output.filter(|o| !o.is_null());
+                run.error = None;
+                end(run, RunStatus::Completed, now);
+            }
+            Transition::Fail { error } => {
+                run.error = Some(error);
+                end(run, RunStatus::Failed, now);
+            }
+        }
+        self.drop_steps(&fence.run_id, preserve_steps);
+        true
+    }
+
+    fn release_expired_leases(&mut self, now: Timestamp, preserve_steps: bool) -> Vec<Run> {
+        // Phase 1: an expired lease cannot go back to pending when its job+key already has a
+        // pending run, or an older expired lease of the same job+key goes back instead (the
+        // pending-per-key rule allows one): fail it.
+        let blocked: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| expired_lease(run, now))
+            .filter(|(_, run)| {
+                let Some(key) = run.concurrency_key.as_deref() else {
+                    return false;
+                };
+                self.has_pending_with_key(&run.job_name, key, &run.id)
+                    || self.runs.values().any(|older| {
+                        expired_lease(older, now)
+                            && older.job_name == run.job_name
+                            && older.concurrency_key.as_deref() == Some(key)
+                            && (older.created_at, &older.id) < (run.created_at, &run.id)
+                    })
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut changed = Vec::new();
+        for seq in blocked {
+            if let Some(run) = self.runs.get_mut(&seq) {
+                run.error = Some(LEASE_EXPIRED_PENDING_EXISTS.to_owned());
+                end(run, RunStatus::Failed, now);
+                changed.push(run.clone());
+            }
+        }
+        for run in &changed {
+            self.drop_steps(&run.id, preserve_steps);
+        }
+        // Phase 2: the rest go back to pending.
+        for run in self.runs.values_mut() {
+            if expired_lease(run, now) {
+                run.status = RunStatus::Pending;
+                run.lease_owner = None;
+                run.lease_expires_at = None;
+                run.updated_at = now;
+                changed.push(run.clone());
+            }
+        }
+        changed
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.lock().migrated = true;
+        Ok(())
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        Ok(match self.lock().migrated {
+            true => SCHEMA_VERSION,
+            false => 0,
+        })
+    }
+
+    async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
+        self.lock().enqueue(&run, now)
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        let mut state = self.lock();
+        let enqueued = state.enqueue(&run, now)?;
+        let claimed = match (next.max, enqueued.disposition) {
+            (max, Disposition::Created) if max > 0 => {
+                state.claim(&next.worker_id, now, next.lease, max)
+            }
+            _ => Vec::new(),
+        };
+        Ok((enqueued, claimed))
+    }
+
+    async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        let mut state = self.lock();
+        let mut done: Vec<Enqueued> = Vec::with_capacity(runs.len());
+        for run in &runs {
+            match state.enqueue(run, now) {
+                Ok(enqueued) => done.push(enqueued),
+                Err(error) => {
+                    // All or nothing: undo the runs this batch created.
+                    for enqueued in &done {
+                        if enqueued.disposition == Disposition::Created {
+                            state.remove(&enqueued.run.id);
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        Ok(self.lock().run(id).cloned())
+    }
+
+    async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        for key in filter.labels.keys() {
+            validate_label_key(key)?;
+        }
+        let state = self.lock();
+        let mut runs: Vec<&Run> = state
+            .runs
+            .values()
+            .filter(|run| filter.statuses.is_empty() || filter.statuses.contains(&run.status))
+            .filter(|run| filter.job_names.is_empty() || filter.job_names.contains(&run.job_name))
+            .filter(|run| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(key, value)| run.labels.get(key) == Some(value))
+            })
+            .collect();
+        runs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        let offset = usize::try_from(filter.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+        let limit = filter
+            .limit
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        Ok(runs.into_iter().skip(offset).take(limit).cloned().collect())
+    }
+
+    async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        let mut steps = self.lock().steps.get(run_id).cloned().unwrap_or_default();
+        steps.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
+        Ok(steps)
+    }
+
+    async fn get_completed_step(&self, run_id: &str, name: &str) -> Result<Option<Step>> {
+        Ok(self.lock().steps.get(run_id).and_then(|steps| {
+            steps
+                .iter()
+                .find(|step| step.status == StepStatus::Completed && step.name == name)
+                .cloned()
+        }))
+    }
+
+    async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>> {
+        let mut logs = self.lock().logs.get(run_id).cloned().unwrap_or_default();
+        logs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(logs)
+    }
+
+    async fn claim(
+        &self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Run>> {
+        Ok(self.lock().claim(worker_id, now, lease, max))
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Option<Timestamp>> {
+        let mut state = self.lock();
+        let Some(run) = state
+            .fenced_mut(fence)
+            .filter(|run| unexpired_lease(run, now))
+        else {
+            return Ok(None);
+        };
+        let expires = now + lease;
+        run.lease_expires_at = Some(expires);
+        run.updated_at = now;
+        Ok(Some(expires))
+    }
+
+    async fn release_lease(&self, fence: &Fence, now: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(run) = state
+            .run(&fence.run_id)
+            .filter(|r| fenced(r, fence.generation))
+        else {
+            return Ok(false);
+        };
+        if let Some(key) = run.concurrency_key.as_deref()
+            && state.has_pending_with_key(&run.job_name, key, &run.id)
+        {
+            return Ok(false);
+        }
+        let Some(run) = state.run_mut(&fence.run_id) else {
+            return Ok(false);
+        };
+        run.status = RunStatus::Pending;
+        run.lease_owner = None;
+        run.lease_expires_at = None;
+        run.updated_at = now;
+        Ok(true)
+    }
+
+    async fn persist_step(
+        &self,
+        fence: &Fence,
+        step: NewStep,
+        now: Timestamp,
+    ) -> Result<Option<Step>> {
+        let mut state = self.lock();
+        if state.fenced_mut(fence).is_none() {
+            return Ok(None);
+        }
+        let steps = state.steps.entry(fence.run_id.clone()).or_default();
+        if step.status == StepStatus::Completed
+            && steps
+                .iter()
+                .any(|s| s.status == StepStatus::Completed && s.name == step.name)
+        {
+            return Err(Error::Conflict(format!(
+                "Step \"{}\" of run {} is already completed",
+                step.name, fence.run_id
+            )));
+        }
+        let row = Step {
+            id: new_id_at(now),
+            run_id: fence.run_id.clone(),
+            name: step.name,
+            index: step.index,
+            status: step.status,
+            output: step.output.filter(|o| !o.is_null()),
+            error: step.error,
+            started_at: step.started_at,
+            completed_at: Some(now),
+        };
+        steps.push(row.clone());
+        if row.status == StepStatus::Completed
+            && let Some(run) = state.fenced_mut(fence)
+        {
+            run.current_step_index = row.index + 1;
+            run.completed_step_count += 1;
+            run.updated_at = now;
+        }
+        Ok(Some(row))
+    }
+
+    async fn update_progress(
+        &self,
+        fence: &Fence,
+        progress: Option<Progress>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(run) = state.fenced_mut(fence) else {
+            return Ok(false);
+        };
+        run.progress = progress;
+        run.updated_at = now;
+        Ok(true)
+    }
+
+    async fn append_log(
+        &self,
+        fence: Option<&Fence>,
+        log: NewLog,
+        now: Timestamp,
+    ) -> Result<Option<Log>> {
+        let mut state = self.lock();
+        // As in SQL: the fence's generation checked on the run the log names.
+        if let Some(fence) = fence
+            && !state
+                .run(&log.run_id)
+                .is_some_and(|run| fenced(run, fence.generation))
+        {
+            return Ok(None);
+        }
+        let row = Log {
+            id: new_id_at(now),
+            run_id: log.run_id,
+            step_name: log.step_name,
+            level: log.level,
+            message: log.message,
+            data: log.data.filter(|d| !d.is_null()),
+            created_at: now,
+        };
+        state
+            .logs
+            .entry(row.run_id.clone())
+            .or_default()
+            .push(row.clone());
+        Ok(Some(row))
+    }
+
+    async fn finish_run(
+        &self,
+        fence: &Fence,
+        transition: Transition,
+        now: Timestamp,
+        then_claim: Option<&ClaimRequest>,
+    ) -> Result<Finished> {
+        let mut state = self.lock();
+        let landed = state.finish_run(fence, transition, now, self.preserve_steps);
+        let claimed = match then_claim {
+            Some(next) if next.max > 0 => state.claim(&next.worker_id, now, next.lease, next.max),
+            _ => Vec::new(),
+        };
+        Ok(Finished { landed, claimed })
+    }
+
+    async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(run) = state
+            .run_mut(id)
+            .filter(|run| matches!(run.status, RunStatus::Pending | RunStatus::Leased))
+        else {
+            return Ok(false);
+        };
+        end(run, RunStatus::Cancelled, now);
+        state.drop_steps(id, self.preserve_steps);
+        Ok(true)
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let mut state = self.lock();
+        let terminal = state.run(id).is_some_and(|run| run.status.is_terminal());
+        if terminal {
+            state.remove(id);
+        }
+        Ok(terminal)
+    }
+
+    async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64> {
+        let mut state = self.lock();
+        let mut ended: Vec<(Timestamp, String)> = state
+            .runs
+            .values()
+            .filter(|run| run.status.is_terminal())
+            .filter_map(|run| {
+                run.completed_at
+                    .filter(|at| *at < older_than)
+                    .map(|at| (at, run.id.clone()))
+            })
+            .collect();
+        ended.sort();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        ended.truncate(limit);
+        for (_, id) in &ended {
+            state.remove(id);
+        }
+        Ok(ended.len() as u64)
+    }
+
+    async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>> {
+        Ok(self.lock().release_expired_leases(now, self.preserve_steps))
+    }
+
+    fn preserves_steps(&self) -> bool {
+        self.preserve_steps
+    }
+
+    fn with_step_policy(&self, preserve_steps: bool) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(MemoryStore {
+            state: self.state.clone(),
+            preserve_steps,
+        }))
+    }
+
+    fn admin(&self) -> Option<&dyn RunAdmin> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RunAdmin for MemoryStore {
+    async fn update_run(&self, id: &str, patch: RunPatch, now: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(run) = state.run(id) else {
+            return Ok(false);
+        };
+        // The pending-per-key rule holds for operators' writes too (SQL: a unique index).
+        if patch.status == Some(RunStatus::Pending)
+            && run.status != RunStatus::Pending
+            && let Some(key) = run.concurrency_key.as_deref()
+            && state.has_pending_with_key(&run.job_name, key, &run.id)
+        {
+            return Err(Error::storage(
+                "update_run",
+                format!(
+                    "another run of job \"{}\" with concurrency key \"{key}\" is pending",
+                    run.job_name
+                ),
+            ));
+        }
+        let Some(run) = state.run_mut(id) else {
+            return Ok(false);
+        };
+        run.updated_at = now;
+        if let Some(status) = patch.status {
+            run.status = status;
+        }
+        if let Some(owner) = patch.lease_owner {
+            run.lease_owner = owner;
+        }
+        if let Some(expires) = patch.lease_expires_at {
+            run.lease_expires_at = expires;
+        }
+        if let Some(progress) = patch.progress {
+            run.progress = progress;
+        }
+        if let Some(error) = patch.error {
+            run.error = error;
+        }
+        if let Some(completed_at) = patch.completed_at {
+            run.completed_at = completed_at;
+        }
+        if let Some(input) = patch.input {
+            run.input = input;
+        }
+        Ok(true)
+    }
+}
