@@ -4,7 +4,6 @@
 //! (`worker.rs`, over the engine).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -258,7 +257,7 @@ impl Durably {
     pub(crate) async fn get_runs_within(
         &self,
         filter: &RunFilter,
-        timeout: Duration,
+        timeout: std::time::Duration,
     ) -> Result<Vec<Run>> {
         self.inner.config.limits.check_filter(filter)?;
         self.inner.store.get_runs_within(filter, timeout).await

@@ -24,10 +24,28 @@ pub(crate) fn now() -> Instant {
 /// The wall clock: milliseconds since the Unix epoch (what `Timestamp::now` reads; 0 for a
 /// clock set before 1970). Leases and run times stored in the database come from it.
 pub(crate) fn wall_clock_millis() -> i64 {
+    #[cfg(feature = "testing")]
+    if let Some((start, at)) = VIRTUAL_WALL_CLOCK.with(std::cell::Cell::get) {
+        return start + now().saturating_duration_since(at).as_millis() as i64;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(feature = "testing")]
+thread_local! {
+    /// On this thread, the wall clock follows the monotonic clock from a start time (see
+    /// [`crate::testing::use_virtual_wall_clock`]).
+    static VIRTUAL_WALL_CLOCK: std::cell::Cell<Option<(i64, Instant)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Makes the wall clock of this thread follow the monotonic clock from `start_millis` on.
+#[cfg(feature = "testing")]
+pub(crate) fn use_virtual_wall_clock(start_millis: i64) {
+    VIRTUAL_WALL_CLOCK.with(|clock| clock.set(Some((start_millis, now()))));
 }
 
 /// Completes after `duration`.

@@ -50,6 +50,28 @@ use serde_json::Value;
 use crate::store::{ClaimRequest, Fence, RunPatch, Store, Transition};
 use crate::{Result, Run, Timestamp};
 
+/// Makes the wall clock (`Timestamp::now`, which leases and run times come from) of the
+/// calling thread follow tokio's clock from `start` on, so that a test on a current-thread
+/// runtime with paused time (`start_paused`) moves both clocks together: a 30-second lease
+/// expires when tokio's clock has advanced 30 seconds, at once in real time. Only for tests
+/// whose tasks all run on this thread (a current-thread runtime and an in-process store such
+/// as [`MemoryStore`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use durably::Timestamp;
+///
+/// durably::testing::use_virtual_wall_clock(Timestamp::from_millis(1_800_000_000_000));
+/// tokio::time::sleep(Duration::from_secs(30)).await; // at once: time is paused
+/// assert!(Timestamp::now().as_millis() >= 1_800_000_030_000);
+/// # }
+/// ```
+pub fn use_virtual_wall_clock(start: Timestamp) {
+    crate::runtime::use_virtual_wall_clock(start.as_millis());
+}
+
 /// A run's end and operators' writes in the shape tests read best: [`Store::finish_run`] with
 /// one [`Transition`], and [`RunAdmin::update_run`](crate::store::RunAdmin::update_run) through
 /// [`Store::admin`]. For any store, `Arc<dyn Store>` included.
