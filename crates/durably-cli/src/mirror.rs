@@ -87,7 +87,7 @@ async fn poll(
     // deleted
     let missing: Vec<String> = seen
         .iter()
-        .filter(|(id, s)| s.status.is_active() && !current.contains_key(*id))
+        .filter(|(id, s)| !s.status.is_terminal() && !current.contains_key(*id))
         .map(|(id, _)| id.clone())
         .collect();
     for id in missing {
@@ -130,7 +130,7 @@ async fn poll(
         seen.insert(run.id.clone(), RunSnapshot::of(&run));
     }
     // forget finished runs that left the window
-    seen.retain(|id, s| s.status.is_active() || tracked.contains(id));
+    seen.retain(|id, s| !s.status.is_terminal() || tracked.contains(id));
     Ok(())
 }
 

@@ -471,7 +471,7 @@ pub async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
 pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
     let run = require_run(&durably, &args.db, &args.id).await?;
-    if run.status.is_active() {
+    if !run.status.is_terminal() {
         return Err(CliError::new(format!(
             "cannot delete run {}: it is still {} (cancel it first with `durably cancel {} {}`)",
             run.id,
@@ -497,7 +497,7 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
 pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
     let run = require_run(&durably, &args.db, &args.id).await?;
-    if run.status.is_active() {
+    if !run.status.is_terminal() {
         return Err(CliError::new(format!(
             "cannot retrigger run {}: it is still {} (retrigger runs that ended)",
             run.id, run.status

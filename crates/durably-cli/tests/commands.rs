@@ -304,7 +304,7 @@ async fn missing_or_unmigrated_databases_say_what_to_do() {
         stderr(&output)
     );
     let migrated = expect_code(&durably_cli(&["migrate", "--db", empty]), 0);
-    assert!(migrated.contains("schema version 1"), "{migrated}");
+    assert!(migrated.contains("schema version 4"), "{migrated}");
     expect_code(&durably_cli(&["runs", "--db", empty]), 0);
 }
 

@@ -303,6 +303,11 @@ impl Durably {
                     run.status
                 )));
             }
+            RunStatus::Waiting => {
+                return Err(Error::Conflict(format!(
+                    "Cannot retrigger waiting run: {run_id}; cancel it first"
+                )));
+            }
             _ => {}
         }
         let job = self
@@ -349,6 +354,11 @@ impl Durably {
     /// Deletes a terminal run with its steps, logs and labels.
     pub async fn delete_run(&self, run_id: &str) -> Result<()> {
         let run = self.require_run(run_id).await?;
+        if run.status == RunStatus::Waiting {
+            return Err(Error::Conflict(format!(
+                "Cannot delete waiting run: {run_id}; cancel it first"
+            )));
+        }
         if run.status.is_active() {
             return Err(Error::Conflict(format!(
                 "Cannot delete {} run: {run_id}",

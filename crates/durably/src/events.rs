@@ -33,7 +33,7 @@ pub struct Event {
     pub sequence: u64,
 }
 
-/// The 15 event types, serialized with upstream's `type` strings and camelCase fields.
+/// The 16 event types, serialized with upstream's `type` strings and camelCase fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 #[allow(missing_docs)] // field names are self-explanatory and documented per variant
@@ -52,9 +52,19 @@ pub enum EventKind {
     RunCoalesced {
         run_id: String,
         job_name: String,
+        /// The reused run's status: `pending`, `leased` or `waiting`.
+        status: crate::run::RunStatus,
         labels: Labels,
         skipped_input: Value,
         skipped_labels: Labels,
+    },
+    /// A run suspended on a durable wait: it gave up its lease and its worker slot.
+    #[serde(rename = "run:waiting", rename_all = "camelCase")]
+    RunWaiting {
+        run_id: String,
+        job_name: String,
+        labels: Labels,
+        wait_id: String,
     },
     /// A worker started executing a claimed run.
     #[serde(rename = "run:leased", rename_all = "camelCase")]
@@ -183,6 +193,7 @@ pub enum EventKind {
 pub enum EventType {
     RunTrigger,
     RunCoalesced,
+    RunWaiting,
     RunLeased,
     RunLeaseRenewed,
     RunComplete,
@@ -204,6 +215,7 @@ impl EventType {
         match self {
             EventType::RunTrigger => "run:trigger",
             EventType::RunCoalesced => "run:coalesced",
+            EventType::RunWaiting => "run:waiting",
             EventType::RunLeased => "run:leased",
             EventType::RunLeaseRenewed => "run:lease-renewed",
             EventType::RunComplete => "run:complete",
@@ -220,12 +232,13 @@ impl EventType {
         }
     }
 
-    /// Domain events: trigger, coalesced, complete, fail, cancel, delete.
+    /// Domain events: trigger, coalesced, waiting, complete, fail, cancel, delete.
     pub fn is_domain(self) -> bool {
         matches!(
             self,
             EventType::RunTrigger
                 | EventType::RunCoalesced
+                | EventType::RunWaiting
                 | EventType::RunComplete
                 | EventType::RunFail
                 | EventType::RunCancel
@@ -240,6 +253,7 @@ impl EventKind {
         match self {
             EventKind::RunTrigger { .. } => EventType::RunTrigger,
             EventKind::RunCoalesced { .. } => EventType::RunCoalesced,
+            EventKind::RunWaiting { .. } => EventType::RunWaiting,
             EventKind::RunLeased { .. } => EventType::RunLeased,
             EventKind::RunLeaseRenewed { .. } => EventType::RunLeaseRenewed,
             EventKind::RunComplete { .. } => EventType::RunComplete,
@@ -261,6 +275,7 @@ impl EventKind {
         match self {
             EventKind::RunTrigger { run_id, .. }
             | EventKind::RunCoalesced { run_id, .. }
+            | EventKind::RunWaiting { run_id, .. }
             | EventKind::RunLeased { run_id, .. }
             | EventKind::RunLeaseRenewed { run_id, .. }
             | EventKind::RunComplete { run_id, .. }

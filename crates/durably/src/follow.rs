@@ -57,18 +57,20 @@ impl RunSnapshot {
     }
 
     /// The events that lead from this snapshot to `run`, in order: `run:leased` (once a
-    /// pending run was claimed), `step:complete` for each step completed since (from `steps`,
+    /// pending run was claimed or a waiting one resumed), `step:complete` for each step completed since (from `steps`,
     /// the run's steps by index, needed only when [`needs_steps`](Self::needs_steps)),
-    /// `run:progress` when its progress changed, and its end (`run:complete`, `run:fail`,
+    /// `run:progress` when its progress changed, `run:waiting` when it suspended, and its end (`run:complete`, `run:fail`,
     /// `run:cancel`) when it reached one.
     pub fn changes(&self, run: &Run, steps: &[Step]) -> Vec<EventKind> {
         let (run_id, job_name, labels) = (&run.id, &run.job_name, &run.labels);
         let mut events = Vec::new();
         // A run cancelled while pending was never leased (no start time).
-        if self.status == RunStatus::Pending
+        let claimed = self.status == RunStatus::Pending
             && run.status != RunStatus::Pending
-            && run.started_at.is_some()
-        {
+            && run.started_at.is_some();
+        // A waiting run resumed by a worker is leased again.
+        let resumed = self.status == RunStatus::Waiting && run.status == RunStatus::Leased;
+        if claimed || resumed {
             events.push(EventKind::RunLeased {
                 run_id: run_id.clone(),
                 job_name: job_name.clone(),
@@ -113,6 +115,14 @@ impl RunSnapshot {
                 labels: labels.clone(),
             });
         }
+        if run.status == RunStatus::Waiting && self.status != RunStatus::Waiting {
+            events.push(EventKind::RunWaiting {
+                run_id: run_id.clone(),
+                job_name: job_name.clone(),
+                labels: labels.clone(),
+                wait_id: run.waiting_on_wait_id.clone().unwrap_or_default(),
+            });
+        }
         if self.status != run.status
             && let Some(end) = end_event(run)
         {
@@ -150,7 +160,7 @@ pub fn end_event(run: &Run) -> Option<EventKind> {
             job_name,
             labels,
         }),
-        RunStatus::Pending | RunStatus::Leased => None,
+        _ => None,
     }
 }
 
@@ -182,6 +192,7 @@ mod tests {
             lease_owner: None,
             lease_expires_at: None,
             lease_generation: 0,
+            waiting_on_wait_id: None,
             started_at: None,
             completed_at: None,
             created_at: now,

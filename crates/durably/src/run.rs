@@ -23,6 +23,9 @@ pub enum RunStatus {
     Pending,
     /// Claimed by a worker that holds a time-limited lease.
     Leased,
+    /// Suspended on a durable wait (upstream schema v4): holds no lease, no worker slot and no
+    /// concurrency key until the wait resolves and a worker resumes it.
+    Waiting,
     /// Finished successfully; `output` is stored.
     Completed,
     /// Finished with an error; `error` is stored.
@@ -33,9 +36,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 5] = [
+    pub const ALL: [RunStatus; 6] = [
         RunStatus::Pending,
         RunStatus::Leased,
+        RunStatus::Waiting,
         RunStatus::Completed,
         RunStatus::Failed,
         RunStatus::Cancelled,
@@ -46,6 +50,7 @@ impl RunStatus {
         match self {
             RunStatus::Pending => "pending",
             RunStatus::Leased => "leased",
+            RunStatus::Waiting => "waiting",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
@@ -60,9 +65,10 @@ impl RunStatus {
         )
     }
 
-    /// `pending` or `leased`.
+    /// `pending` or `leased` (upstream's "active"; a `waiting` run is neither active nor
+    /// terminal: "unfinished" is `!is_terminal()`).
     pub fn is_active(self) -> bool {
-        !self.is_terminal()
+        matches!(self, RunStatus::Pending | RunStatus::Leased)
     }
 }
 
@@ -165,6 +171,10 @@ pub struct Run<I = Value, O = Value> {
     pub lease_expires_at: Option<Timestamp>,
     /// Fencing token: incremented on every claim.
     pub lease_generation: i64,
+    /// The durable wait the run was last suspended on (never cleared: a resumed or finished
+    /// run still names its last wait).
+    #[serde(default)]
+    pub waiting_on_wait_id: Option<String>,
     /// First claim time.
     pub started_at: Option<Timestamp>,
     /// When the run reached a terminal state.
@@ -208,6 +218,7 @@ impl Run {
             lease_owner: self.lease_owner,
             lease_expires_at: self.lease_expires_at,
             lease_generation: self.lease_generation,
+            waiting_on_wait_id: self.waiting_on_wait_id,
             started_at: self.started_at,
             completed_at: self.completed_at,
             created_at: self.created_at,

@@ -78,8 +78,9 @@ struct SubscribeState {
     lease_sighted: bool,
 }
 
-const SUBSCRIBED_TYPES: [EventType; 10] = [
+const SUBSCRIBED_TYPES: [EventType; 11] = [
     EventType::RunLeased,
+    EventType::RunWaiting,
     EventType::RunComplete,
     EventType::RunFail,
     EventType::RunCancel,
@@ -284,7 +285,23 @@ impl SubscribeState {
                 }));
                 self.closed = true;
             }
-            RunStatus::Pending => {}
+            RunStatus::Waiting => {
+                self.queued.push_back(synthetic(EventKind::RunWaiting {
+                    run_id: run_id.clone(),
+                    job_name: job_name.clone(),
+                    labels: labels.clone(),
+                    wait_id: run.waiting_on_wait_id.unwrap_or_default(),
+                }));
+                if let Some(progress) = run.progress {
+                    self.queued.push_back(synthetic(EventKind::RunProgress {
+                        run_id,
+                        job_name,
+                        progress,
+                        labels,
+                    }));
+                }
+            }
+            _ => {}
         }
     }
 }

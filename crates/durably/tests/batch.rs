@@ -352,6 +352,7 @@ async fn mixed_keys_coalesce_only_onto_their_own_key(backend: Backend) {
         EventKind::RunCoalesced {
             run_id: results[0].run.id.clone(),
             job_name: "batch-job".into(),
+            status: RunStatus::Pending,
             labels: Labels::new(),
             skipped_input: json!({"value": 3}),
             skipped_labels: [("env".to_string(), "staging".to_string())].into(),

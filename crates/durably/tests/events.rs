@@ -74,11 +74,12 @@ async fn all_fifteen_event_types_serialize_as_upstream(_backend: Backend) {
         EventKind::RunCoalesced {
             run_id: "r1".into(),
             job_name: "j".into(),
+            status: durably::RunStatus::Pending,
             labels: labels(),
             skipped_input: json!({"value": "skipped"}),
             skipped_labels: Labels::new(),
         },
-        json!({"type": "run:coalesced", "runId": "r1", "jobName": "j", "labels": labels_json,
+        json!({"type": "run:coalesced", "runId": "r1", "jobName": "j", "status": "pending", "labels": labels_json,
                "skippedInput": {"value": "skipped"}, "skippedLabels": {}}),
     );
     assert_json(

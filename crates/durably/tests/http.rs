@@ -33,7 +33,11 @@ async fn trigger_returns_run_id_and_disposition(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{body}");
     let run_id = body["runId"].as_str().expect("runId").to_owned();
     assert_eq!(body["disposition"], "created");
-    assert_eq!(keys_in_order(&api.raw_last()), vec!["runId", "disposition"]);
+    assert_eq!(
+        keys_in_order(&api.raw_last()),
+        vec!["runId", "disposition", "status"]
+    );
+    assert_eq!(body["status"], "pending");
     let run = api.durably.get_run(&run_id).await.unwrap().expect("stored");
     assert_eq!(run.input, json!({"value": 42}));
     assert_eq!(run.status, RunStatus::Pending);
@@ -153,6 +157,7 @@ async fn runs_is_a_bare_array_of_client_runs(backend: Backend) {
             "completedAt",
             "createdAt",
             "isTerminal",
+            "isWaiting",
             "isActive"
         ]
     );
@@ -233,19 +238,19 @@ async fn runs_filters_and_pages(backend: Backend) {
     let bad = [
         (
             "/runs?status=running",
-            "Invalid status: running. Must be one of: pending, leased, completed, failed, cancelled",
+            "Invalid status: running. Must be one of: waiting, pending, leased, completed, failed, cancelled",
         ),
         (
             "/runs?status=pending&status=running",
-            "Invalid status: running. Must be one of: pending, leased, completed, failed, cancelled",
+            "Invalid status: running. Must be one of: waiting, pending, leased, completed, failed, cancelled",
         ),
         (
             "/runs?status=",
-            "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+            "Invalid status: empty value. Must be one of: waiting, pending, leased, completed, failed, cancelled",
         ),
         (
             "/runs?status=pending&status=",
-            "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+            "Invalid status: empty value. Must be one of: waiting, pending, leased, completed, failed, cancelled",
         ),
         (
             "/runs?limit=-1",
@@ -650,7 +655,7 @@ async fn fuzz_sse_messages_are_documented_as_json_events(backend: Backend) {
         }
         let types = event["properties"]["type"]["enum"].as_array().unwrap();
         assert!(types.contains(&received["type"]), "{path}: {received}");
-        assert_eq!(types.len(), if path == "/subscribe" { 14 } else { 13 });
+        assert_eq!(types.len(), if path == "/subscribe" { 15 } else { 14 });
     }
 }
 
@@ -1246,8 +1251,8 @@ async fn runs_subscribe_projects_coalesced_and_skips_operational_noise(backend: 
         events,
         vec![
             json!({"type": "run:trigger", "runId": first, "jobName": "echo", "labels": {"a": "1"}}),
-            json!({"type": "run:coalesced", "runId": first, "jobName": "echo", "labels": {"a": "1"},
-                "skippedInput": {"value": 2}, "skippedLabels": {"b": "2"}}),
+            json!({"type": "run:coalesced", "runId": first, "jobName": "echo", "status": "pending",
+                "labels": {"a": "1"}, "skippedInput": {"value": 2}, "skippedLabels": {"b": "2"}}),
         ]
     );
     assert!(

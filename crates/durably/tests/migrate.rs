@@ -30,12 +30,12 @@ async fn migrate_is_idempotent(backend: Backend) {
     for _ in 0..3 {
         db.store.migrate().await.expect("store migrate");
     }
-    assert_eq!(SCHEMA_VERSION, 1);
-    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(db.store.schema_version().await.expect("version"), 4);
     // A fresh instance on the migrated store migrates again without error.
     let again = db.builder().build().expect("build");
     again.migrate().await.expect("migrate again");
-    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert_eq!(db.store.schema_version().await.expect("version"), 4);
     assert!(
         durably
             .get_runs(&Default::default())
@@ -56,7 +56,7 @@ async fn concurrent_migrations_on_one_instance_succeed(backend: Backend) {
     for result in futures::future::join_all(calls).await {
         result.expect("task").expect("migrate");
     }
-    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert_eq!(db.store.schema_version().await.expect("version"), 4);
     let triggered = echo
         .trigger(json!({"after": "migrate"}))
         .await
@@ -87,7 +87,7 @@ async fn concurrent_migrations_on_two_instances_sharing_a_store_succeed(backend:
     for result in futures::future::join_all(calls).await {
         result.expect("task").expect("migrate");
     }
-    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert_eq!(db.store.schema_version().await.expect("version"), 4);
     let echo = second.register(echo_job()).expect("register");
     let triggered = echo.trigger(json!({"n": 1})).await.expect("trigger");
     let seen = first
@@ -107,15 +107,20 @@ backend_tests!(
 
 // ---- SQLite-only catalog checks (raw SQL through rusqlite) ----
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "durably_runs",
     "durably_steps",
+    "durably_step_attempts",
+    "durably_waits",
     "durably_logs",
     "durably_run_labels",
     "durably_schema_versions",
 ];
 
-const INDEXES: [&str; 12] = [
+const INDEXES: [&str; 15] = [
+    "idx_durably_step_attempts_run_started",
+    "idx_durably_waits_run_name",
+    "idx_durably_waits_due",
     "idx_durably_runs_job_idempotency",
     "idx_durably_runs_status_concurrency",
     "idx_durably_runs_status_created",
@@ -163,7 +168,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .collect();
     let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
     expected.sort();
-    assert_eq!(indexes, expected, "exactly the twelve upstream indexes");
+    assert_eq!(indexes, expected, "exactly the fifteen upstream indexes");
     // durably has no addition of its own on SQLite yet, so no version table of its own either.
     assert!(
         !tables.iter().any(|t| t.starts_with("durably_rs_")),
@@ -182,6 +187,8 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         "lease_expires_at",
         "lease_generation",
         "completed_step_count",
+        "waiting_on_wait_id",
+        "resume_claimed_at",
     ] {
         assert!(columns.iter().any(|c| c == column), "column {column}");
     }
@@ -193,13 +200,17 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows");
-    assert_eq!(versions.len(), 1, "exactly one version row: {versions:?}");
-    assert_eq!(versions[0].0, 1);
-    assert!(
-        durably::Timestamp::parse(&versions[0].1).is_some(),
-        "applied_at is an ISO timestamp: {}",
-        versions[0].1
+    assert_eq!(
+        versions.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "one row per upstream version: {versions:?}"
     );
+    for (_, applied_at) in &versions {
+        assert!(
+            durably::Timestamp::parse(applied_at).is_some(),
+            "applied_at is an ISO timestamp: {applied_at}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +228,7 @@ async fn sqlite_two_stores_on_one_file_migrate_concurrently() {
         result.expect("task").expect("migrate");
     }
     for store in &stores {
-        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(store.schema_version().await.expect("version"), 4);
     }
     let conn = rusqlite::Connection::open(&path).expect("raw connection");
     let rows: i64 = conn
@@ -225,7 +236,7 @@ async fn sqlite_two_stores_on_one_file_migrate_concurrently() {
             row.get(0)
         })
         .expect("count");
-    assert_eq!(rows, 1);
+    assert_eq!(rows, 4);
 
     // Both can be used afterwards: a run triggered through one is seen by the other.
     let a = Durably::builder()
@@ -294,7 +305,10 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
         db.store.migrate().await.expect("migrate");
     }
     // Upstream's table holds upstream's versions only; ours holds ours.
-    assert_eq!(pg_versions(&schema, "durably_schema_versions").await, ["1"]);
+    assert_eq!(
+        pg_versions(&schema, "durably_schema_versions").await,
+        ["1", "2", "3", "4"]
+    );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
         ["1"]
@@ -322,5 +336,5 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
         ["1"]
     );
     assert_eq!(pg_own_indexes(&schema).await.len(), 2);
-    assert_eq!(db.store.schema_version().await.expect("version"), 1);
+    assert_eq!(db.store.schema_version().await.expect("version"), 4);
 }

@@ -769,7 +769,7 @@ async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
     not(durably_postgres_tests),
     ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
 )]
-async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types() {
+async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types() {
     let _cluster = CLUSTER.read().await;
     let schema = fresh_schema();
     let _guard = PgSchema {
@@ -786,7 +786,7 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
     for migration in migrations {
         migration.await.expect("task").expect("migrate");
     }
-    assert_eq!(store.schema_version().await.expect("version"), 1);
+    assert_eq!(store.schema_version().await.expect("version"), 4);
     let admin = admin().await;
     let indexes: Vec<String> = admin
         .query(
@@ -812,8 +812,11 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
             "idx_durably_runs_status_concurrency",
             "idx_durably_runs_status_created",
             "idx_durably_runs_status_lease_expires",
+            "idx_durably_step_attempts_run_started",
             "idx_durably_steps_completed_unique",
             "idx_durably_steps_run_index",
+            "idx_durably_waits_due",
+            "idx_durably_waits_run_name",
         ]
     );
     let partial: Vec<String> = admin
@@ -853,7 +856,7 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
         "completed_step_count",
         "lease_generation",
     ];
-    assert_eq!(types.len(), 19);
+    assert_eq!(types.len(), 21);
     for (column, data_type) in &types {
         let expected = if integers.contains(&column.as_str()) {
             "integer"
@@ -862,6 +865,26 @@ async fn the_schema_is_upstream_version_1_with_its_index_names_and_column_types(
         };
         assert_eq!(data_type, expected, "type of durably_runs.{column}");
     }
+    // Version 4's numeric deadline and its timing flag.
+    let wait_types: Vec<(String, String)> = admin
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'durably_waits' \
+             AND column_name IN ('deadline_ms', 'timing_known') ORDER BY column_name",
+            &[&schema],
+        )
+        .await
+        .expect("wait columns")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        wait_types,
+        [
+            ("deadline_ms".to_string(), "double precision".to_string()),
+            ("timing_known".to_string(), "integer".to_string())
+        ]
+    );
 }
 
 /// Notices from `notices` up to the next [`durably::store::StoreNotice::RunCancelled`] (a marker,

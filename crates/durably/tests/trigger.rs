@@ -753,6 +753,7 @@ async fn events_follow_the_disposition(backend: Backend) {
             &EventKind::RunCoalesced {
                 run_id: created.run.id.clone(),
                 job_name: "order".into(),
+                status: RunStatus::Pending,
                 labels: labels(&[("env", "prod")]),
                 skipped_input: json!({"id": 2, "priority": 0}),
                 skipped_labels: Labels::new(),
@@ -760,6 +761,7 @@ async fn events_follow_the_disposition(backend: Backend) {
             &EventKind::RunCoalesced {
                 run_id: created.run.id.clone(),
                 job_name: "order".into(),
+                status: RunStatus::Pending,
                 labels: labels(&[("env", "prod")]),
                 skipped_input: json!({"id": 3, "priority": 0}),
                 skipped_labels: labels(&[("env", "staging")]),

@@ -158,8 +158,44 @@ async fn open_fixture(path: &Path) -> Durably {
     durably
 }
 
+/// The columns upstream's versions 3 and 4 add to `durably_runs`, as SQLite appends them to the
+/// table's DDL.
+const RUNS_V4_COLUMNS: &str = ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text";
+
+/// What `sqlite_master` of an upstream v1 database becomes at version 4: the v1 objects
+/// unchanged except `durably_runs`, which gains two columns, plus the tables and indexes of
+/// versions 2 to 4 (their DDL as upstream's Kysely schema builder issues it).
+fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
+    let mut wanted = expected_master();
+    for row in &mut wanted {
+        if row.kind == "table" && row.name == "durably_runs" {
+            let sql = row.sql.as_mut().expect("durably_runs DDL");
+            let close = sql.rfind(')').expect("closing parenthesis");
+            sql.insert_str(close, RUNS_V4_COLUMNS);
+        }
+    }
+    let added = [
+        "durably_step_attempts",
+        "sqlite_autoindex_durably_step_attempts_1",
+        "idx_durably_step_attempts_run_started",
+        "durably_waits",
+        "sqlite_autoindex_durably_waits_1",
+        "idx_durably_waits_run_name",
+        "idx_durably_waits_due",
+    ];
+    for name in added {
+        let row = migrated
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} was created"));
+        wanted.push(row.clone());
+    }
+    wanted.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    wanted
+}
+
 #[tokio::test]
-async fn migrate_leaves_an_upstream_database_unchanged() {
+async fn migrate_takes_an_upstream_v1_database_to_version_4_keeping_every_row() {
     let (_dir, path) = copy_fixture();
     let before = snapshot(&path);
     assert_eq!(
@@ -178,13 +214,27 @@ async fn migrate_leaves_an_upstream_database_unchanged() {
         .build()
         .expect("build");
     durably.migrate().await.expect("migrate through durably");
-    assert_eq!(store.schema_version().await.expect("version"), 1);
+    assert_eq!(store.schema_version().await.expect("version"), 4);
 
     let after = snapshot(&path);
-    assert_eq!(before.master, after.master, "schema unchanged");
-    assert_eq!(before.rows, after.rows, "every row unchanged");
+    assert_eq!(after.master, expected_master_v4(&after.master));
+    // Every row of version 1's tables is kept; a run gains two NULL columns.
+    for (table, rows) in &before.rows {
+        let mut expected = rows.clone();
+        if table == "durably_runs" {
+            for row in &mut expected {
+                row.extend([SqlValue::Null, SqlValue::Null]);
+            }
+        }
+        if table == "durably_schema_versions" {
+            continue;
+        }
+        assert_eq!(&after.rows[table], &expected, "rows of {table}");
+    }
+    assert!(after.rows["durably_step_attempts"].is_empty());
+    assert!(after.rows["durably_waits"].is_empty());
 
-    // The version row is the TypeScript library's.
+    // Version 1's row is the TypeScript library's; ours follow it.
     let versions: Vec<SchemaVersion> = after.rows["durably_schema_versions"]
         .iter()
         .map(|row| match (&row[0], &row[1]) {
@@ -195,7 +245,16 @@ async fn migrate_leaves_an_upstream_database_unchanged() {
             other => panic!("unexpected version row {other:?}"),
         })
         .collect();
-    assert_eq!(versions, expected().schema_versions);
+    assert_eq!(versions[..1], expected().schema_versions[..]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // An old run has no attempt and no wait.
+    for run in &expected().runs {
+        let read = store.get_run(&run.id).await.expect("get_run").expect("run");
+        assert_eq!(read.waiting_on_wait_id, None);
+    }
 }
 
 #[tokio::test]
@@ -220,11 +279,18 @@ async fn a_fresh_database_has_exactly_the_upstream_schema() {
     let store = SqliteStore::open(&path).expect("open");
     store.migrate().await.expect("migrate");
     let ours = master(&rusqlite::Connection::open(&path).expect("open"));
+    // A fresh database and an upstream v1 database migrated forward are the same schema.
+    let wanted = expected_master_v4(&ours);
     assert_eq!(ours.len(), wanted.len(), "same objects: {ours:#?}");
     for (ours, theirs) in ours.iter().zip(&wanted) {
         assert_eq!(ours, theirs, "byte-identical DDL for {}", theirs.name);
     }
-    assert_eq!(ours, wanted);
+    assert_eq!(
+        ours.iter()
+            .filter(|m| m.name.starts_with("idx_durably_"))
+            .count(),
+        15
+    );
 }
 
 #[tokio::test]
@@ -283,9 +349,22 @@ async fn upstream_runs_steps_and_logs_read_back_exactly() {
         &std::fs::read_to_string(Path::new(FIXTURE_DIR).join("expected.json")).expect("read"),
     )
     .expect("parse");
+    // Version 4 adds `waitingOnWaitId` (null for these runs) right after `leaseGeneration`.
+    for run in &runs {
+        let text = serde_json::to_string(run).expect("serialize");
+        let field = format!(
+            "\"leaseGeneration\":{},\"waitingOnWaitId\":null,\"startedAt\"",
+            run.lease_generation
+        );
+        assert!(text.contains(&field), "{text}");
+    }
+    let mut ours = serde_json::to_value(&runs).expect("serialize");
+    for run in ours.as_array_mut().expect("array") {
+        let run = run.as_object_mut().expect("object");
+        assert_eq!(run.remove("waitingOnWaitId"), Some(Value::Null));
+    }
     assert_eq!(
-        serde_json::to_value(&runs).expect("serialize"),
-        original["runs"],
+        ours, original["runs"],
         "serialized runs equal the TypeScript JSON"
     );
 }

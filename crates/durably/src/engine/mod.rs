@@ -223,6 +223,7 @@ impl Engine {
                 self.events.emit(EventKind::RunCoalesced {
                     run_id: run.id.clone(),
                     job_name: run.job_name.clone(),
+                    status: run.status,
                     labels: run.labels.clone(),
                     skipped_input: request.input.clone(),
                     skipped_labels: request.labels.clone(),

@@ -192,7 +192,7 @@ impl HttpOptions {
 }
 
 /// A run as the HTTP API shows it (upstream `ClientRun`): the run without its idempotency and
-/// concurrency keys, lease fields and `updatedAt`, plus `isTerminal` and `isActive`.
+/// concurrency keys, lease fields and `updatedAt`, plus `isTerminal`, `isWaiting` and `isActive`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -225,6 +225,8 @@ pub struct ClientRun {
     pub created_at: Timestamp,
     /// Completed, failed or cancelled.
     pub is_terminal: bool,
+    /// Suspended on a durable wait.
+    pub is_waiting: bool,
     /// Pending or leased.
     pub is_active: bool,
 }
@@ -233,6 +235,7 @@ impl From<Run> for ClientRun {
     fn from(run: Run) -> Self {
         ClientRun {
             is_terminal: run.status.is_terminal(),
+            is_waiting: run.status == RunStatus::Waiting,
             is_active: run.status.is_active(),
             id: run.id,
             job_name: run.job_name,
@@ -257,6 +260,9 @@ impl From<Run> for ClientRun {
 struct TriggerResponse {
     run_id: String,
     disposition: Disposition,
+    /// The run's status: `pending` for a created run, the reused run's for a coalesced or
+    /// idempotent one.
+    status: RunStatus,
 }
 
 /// Body of a successful `POST /retrigger` (key order as upstream).
@@ -595,6 +601,7 @@ async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
         &TriggerResponse {
             run_id: result.run.id,
             disposition: result.disposition,
+            status: result.run.status,
         },
     ))
 }
@@ -611,12 +618,12 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
             Some(status) => filter.statuses.push(status),
             None if status.is_empty() => {
                 return Err(bad_request(
-                    "Invalid status: empty value. Must be one of: pending, leased, completed, failed, cancelled",
+                    "Invalid status: empty value. Must be one of: waiting, pending, leased, completed, failed, cancelled",
                 ));
             }
             None => {
                 return Err(bad_request(&format!(
-                    "Invalid status: {status}. Must be one of: pending, leased, completed, failed, cancelled"
+                    "Invalid status: {status}. Must be one of: waiting, pending, leased, completed, failed, cancelled"
                 )));
             }
         }
@@ -728,6 +735,9 @@ fn event_job_and_labels(event: &Event) -> Option<(&str, Option<&Labels>)> {
             job_name, labels, ..
         }
         | K::RunCoalesced {
+            job_name, labels, ..
+        }
+        | K::RunWaiting {
             job_name, labels, ..
         }
         | K::RunLeased {

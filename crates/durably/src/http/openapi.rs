@@ -144,9 +144,10 @@ fn json_ok(description: &str, schema: Value) -> Value {
 }
 
 /// The event types of the slim projection of `GET /runs/subscribe`.
-const SLIM_EVENT_TYPES: [&str; 13] = [
+const SLIM_EVENT_TYPES: [&str; 14] = [
     "run:trigger",
     "run:coalesced",
+    "run:waiting",
     "run:leased",
     "run:complete",
     "run:fail",
@@ -319,11 +320,12 @@ pub(crate) fn document(durably: &Durably) -> Value {
         },
         "components": { "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
-            "RunStatus": { "type": "string", "enum": ["pending", "leased", "completed", "failed", "cancelled"] },
+            "RunStatus": { "type": "string", "enum": ["waiting", "pending", "leased", "completed", "failed", "cancelled"] },
             "TriggerRequest": trigger_request(durably, limits),
-            "TriggerResponse": { "type": "object", "required": ["runId", "disposition"], "properties": {
+            "TriggerResponse": { "type": "object", "required": ["runId", "disposition", "status"], "properties": {
                 "runId": { "type": "string" },
-                "disposition": { "type": "string", "enum": ["created", "idempotent", "coalesced"] }
+                "disposition": { "type": "string", "enum": ["created", "idempotent", "coalesced"] },
+                "status": { "$ref": "#/components/schemas/RunStatus" }
             }},
             "Progress": { "type": "object", "required": ["current"], "properties": {
                 "current": { "type": "number" }, "total": { "type": "number" }, "message": { "type": "string" } } },
@@ -342,9 +344,11 @@ pub(crate) fn document(durably: &Durably) -> Value {
                 "completedAt": { "type": ["string", "null"] },
                 "createdAt": { "type": "string" },
                 "isTerminal": { "type": "boolean" },
+                "isWaiting": { "type": "boolean" },
                 "isActive": { "type": "boolean" }
             }, "required": ["id", "jobName", "input", "status", "currentStepIndex", "completedStepCount",
-                "progress", "output", "error", "labels", "startedAt", "completedAt", "createdAt", "isTerminal", "isActive"] },
+                "progress", "output", "error", "labels", "startedAt", "completedAt", "createdAt", "isTerminal",
+                "isWaiting", "isActive"] },
             "Log": { "type": "object", "properties": {
                 "id": { "type": "string" }, "runId": { "type": "string" },
                 "stepName": { "type": ["string", "null"] },

@@ -85,9 +85,17 @@ enum Slim<'a> {
     RunCoalesced {
         run_id: &'a str,
         job_name: &'a str,
+        status: crate::run::RunStatus,
         labels: &'a Labels,
         skipped_input: &'a serde_json::Value,
         skipped_labels: &'a Labels,
+    },
+    #[serde(rename = "run:waiting", rename_all = "camelCase")]
+    RunWaiting {
+        run_id: &'a str,
+        job_name: &'a str,
+        labels: &'a Labels,
+        wait_id: &'a str,
     },
     #[serde(rename = "run:leased", rename_all = "camelCase")]
     RunLeased {
@@ -188,15 +196,28 @@ impl<'a> Slim<'a> {
             EventKind::RunCoalesced {
                 run_id,
                 job_name,
+                status,
                 labels,
                 skipped_input,
                 skipped_labels,
             } => Slim::RunCoalesced {
                 run_id,
                 job_name,
+                status: *status,
                 labels,
                 skipped_input,
                 skipped_labels,
+            },
+            EventKind::RunWaiting {
+                run_id,
+                job_name,
+                labels,
+                wait_id,
+            } => Slim::RunWaiting {
+                run_id,
+                job_name,
+                labels,
+                wait_id,
             },
             EventKind::RunLeased {
                 run_id,

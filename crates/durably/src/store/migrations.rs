@@ -14,7 +14,7 @@
 //! records, and records each step's version. A database migrated by a newer upstream (a higher
 //! version than this ladder knows) is left as it is.
 
-use crate::store::schema::SCHEMA_V1;
+use crate::store::schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4};
 
 /// One step of a ladder: the statements that take a database from `version - 1` to `version`.
 #[derive(Debug)]
@@ -64,10 +64,24 @@ fn version_table_ddl(table: &str) -> String {
 pub(crate) const UPSTREAM: Ladder = Ladder {
     table: "durably_schema_versions",
     first_step_creates_table: true,
-    migrations: &[Migration {
-        version: 1,
-        statements: SCHEMA_V1,
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            statements: SCHEMA_V1,
+        },
+        Migration {
+            version: 2,
+            statements: SCHEMA_V2,
+        },
+        Migration {
+            version: 3,
+            statements: SCHEMA_V3,
+        },
+        Migration {
+            version: 4,
+            statements: SCHEMA_V4,
+        },
+    ],
 };
 
 /// The table of durably's own additions' versions.
@@ -123,8 +137,9 @@ mod tests {
             }
         }
         assert_eq!(UPSTREAM.latest(), crate::store::SCHEMA_VERSION);
-        assert_eq!(UPSTREAM.pending(0).count(), 1);
-        assert_eq!(UPSTREAM.pending(1).count(), 0);
+        assert_eq!(UPSTREAM.pending(0).count(), 4);
+        assert_eq!(UPSTREAM.pending(1).count(), 3);
+        assert_eq!(UPSTREAM.pending(4).count(), 0);
         assert_eq!(SQLITE_OWN.latest(), 0);
     }
 

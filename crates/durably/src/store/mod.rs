@@ -47,9 +47,10 @@ pub struct WriterStats {
     pub operations: u64,
 }
 
-/// The upstream schema version this library migrates to (upstream schema version 1; durably's
-/// own additions are versioned separately, see `docs/architecture.md`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The upstream schema version this library migrates to (upstream's version 4: step attempts,
+/// durable waits and their deadlines; durably's own additions are versioned separately, see
+/// `docs/architecture.md`).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// A run to insert.
 #[derive(Clone, Debug, PartialEq)]
@@ -485,6 +486,7 @@ pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
         lease_owner: None,
         lease_expires_at: None,
         lease_generation: 0,
+        waiting_on_wait_id: None,
         started_at: None,
         completed_at: None,
         created_at: now,

@@ -93,6 +93,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         lease_owner: row.get(12)?,
         lease_expires_at: row.get(13)?,
         lease_generation: row.get(14)?,
+        waiting_on_wait_id: row.get(19)?,
         started_at: row.get(15)?,
         completed_at: row.get(16)?,
         created_at: row.get(17)?,

@@ -48,7 +48,8 @@ macro_rules! run_columns {
     () => {
         "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
-    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
+    lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, \
+    waiting_on_wait_id"
     };
 }
 
