@@ -28,7 +28,12 @@ impl Engine {
         loop {
             // Renewals made before a step (see `StepShared::ensure_lease`) move it too.
             let deadline = shared.lease.expires();
+            // Biased (no random draw; a simulation replays exactly): a fired token ends the
+            // keeper first; then the deadline, so that when it passes at the instant a renewal
+            // falls due the lease counts as run out (as the worker's clock says). Each branch
+            // ends the wait: none can starve another.
             tokio::select! {
+                biased;
                 _ = shared.token.cancelled() => return,
                 _ = runtime::sleep_until(deadline) => {
                     if runtime::now() < shared.lease.expires() {
