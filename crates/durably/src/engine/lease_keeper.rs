@@ -10,7 +10,6 @@ use crate::events::EventKind;
 use crate::run::RunStatus;
 use crate::runtime;
 use crate::step::{AbortReason, StepShared};
-use crate::time::Timestamp;
 
 impl Engine {
     /// Renews the lease every `lease_renew_interval`, and fires the run's token with
@@ -45,13 +44,9 @@ impl Engine {
                 }
                 _ = runtime::sleep(settings.lease_renew_interval) => {}
             }
-            let sent = runtime::now();
-            match store
-                .renew_lease(&shared.fence, Timestamp::now(), settings.lease_duration)
-                .await
-            {
+            // Counted from its send time, one renewal at a time (see `renew_lease`).
+            match shared.renew_lease().await {
                 Ok(Some(expires)) => {
-                    shared.lease.renewed(sent);
                     if runtime::now() >= shared.lease.expires() {
                         // Answered after the lease it set had run out: another worker may
                         // hold the run by now.
