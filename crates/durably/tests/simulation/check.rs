@@ -67,7 +67,7 @@ pub fn violations(outcome: &Outcome) -> Vec<String> {
         .collect();
     for run in &outcome.runs {
         let input = run.input.as_u64().unwrap_or_default();
-        let fails = input % FAIL_EVERY == 0 && plan.steps >= 2;
+        let fails = input.is_multiple_of(FAIL_EVERY) && plan.steps >= 2;
         match run.status {
             RunStatus::Completed => {
                 let expected = expected_output(input, plan.steps);

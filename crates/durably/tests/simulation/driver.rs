@@ -178,7 +178,7 @@ fn job(
                             } else {
                                 tokio::time::sleep(duration).await;
                             }
-                            if index == 1 && input % FAIL_EVERY == 0 {
+                            if index == 1 && input.is_multiple_of(FAIL_EVERY) {
                                 return Err::<u64, Box<dyn std::error::Error + Send + Sync>>(
                                     DELIBERATE.into(),
                                 );
