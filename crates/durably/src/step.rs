@@ -60,8 +60,13 @@ pub(crate) struct StepShared {
     current_step: Mutex<Option<String>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, Value>>>,
+    /// The run's completed steps when it was claimed: the rows loaded later are at least
+    /// these, unless the run ended meanwhile (its rows dropped).
+    claimed_completed_steps: i64,
     /// This worker's lease on the run, by its own clock.
     pub(crate) lease: LeaseClock,
+    /// Held while a renewal is in flight: one at a time (see [`StepShared::renew_lease`]).
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl StepShared {
@@ -101,19 +106,47 @@ impl StepShared {
         if self.lease.is_provably_valid(runtime::now()) {
             return Ok(());
         }
+        let renewing = self.renewing.lock().await;
+        // A renewal that was in flight meanwhile (the lease keeper's) may have proved it.
+        if self.lease.is_provably_valid(runtime::now()) {
+            return Ok(());
+        }
         tracing::debug!("lease not provably valid: renewing it before going on");
+        let renewed = self.renew_holding(&renewing).await?;
+        drop(renewing);
+        match renewed {
+            Some(_) => Ok(()),
+            None => Err(self.error_for(self.refused().await)),
+        }
+    }
+
+    /// Renews the lease (fenced); on success the lease counts from this renewal's send time.
+    /// `None` when the renewal was refused.
+    ///
+    /// One renewal at a time per lease: two renewals in flight at once may land in the
+    /// opposite order of their send times (a request held in the network), and the one that
+    /// lands last sets the expiry, possibly the earlier one; the worker, counting from the
+    /// later send time, would then believe its lease longer than the store's, and another
+    /// worker could take the run over while this one still starts steps. Found by the
+    /// deterministic simulation (`tests/simulation`, seed 639).
+    pub(crate) async fn renew_lease(&self) -> Result<Option<Timestamp>> {
+        let renewing = self.renewing.lock().await;
+        self.renew_holding(&renewing).await
+    }
+
+    async fn renew_holding(
+        &self,
+        _renewing: &tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Option<Timestamp>> {
         let sent = runtime::now();
         let renewed = self
             .store
             .renew_lease(&self.fence, Timestamp::now(), self.lease.duration())
             .await?;
-        match renewed {
-            Some(_) => {
-                self.lease.renewed(sent);
-                Ok(())
-            }
-            None => Err(self.error_for(self.refused().await)),
+        if renewed.is_some() {
+            self.lease.renewed(sent);
         }
+        Ok(renewed)
     }
 
     /// Before a step: `Err` when the run was cancelled or is no longer this worker's. Renews
@@ -133,6 +166,12 @@ impl StepShared {
         {
             return Ok(());
         }
+        self.check_in_store().await
+    }
+
+    /// Reads the run: `Err` (with the token fired) when it was cancelled or is no longer this
+    /// worker's.
+    async fn check_in_store(&self) -> Result<()> {
         match self.store.get_run(&self.run_id).await? {
             Some(run) if run.status == RunStatus::Cancelled => {
                 self.abort(AbortReason::Cancelled);
@@ -156,9 +195,20 @@ impl StepShared {
             return Ok(completed.get(name).cloned());
         }
         let steps = self.store.get_steps(&self.run_id).await?;
-        let loaded: HashMap<String, Value> = steps
+        let completed: Vec<_> = steps
             .into_iter()
             .filter(|s| s.status == StepStatus::Completed)
+            .collect();
+        if (completed.len() as i64) < self.claimed_completed_steps {
+            // Fewer completed steps than the run had when it was claimed: their rows were
+            // dropped because the run ended meanwhile (a cancel by another process, between the
+            // last read of the run and this one). Running them again would repeat completed
+            // steps: read the run first (an ended run is never leased again, so a run still
+            // ours now had all its rows when they were read).
+            self.check_in_store().await?;
+        }
+        let loaded: HashMap<String, Value> = completed
+            .into_iter()
             .map(|s| (s.name, s.output.unwrap_or(Value::Null)))
             .collect();
         let output = loaded.get(name).cloned();
@@ -259,7 +309,9 @@ impl StepContext {
             current_step: Mutex::new(None),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
+            claimed_completed_steps: completed_steps,
             lease,
+            renewing: tokio::sync::Mutex::new(()),
         });
         StepContext {
             log: StepLog {
@@ -358,6 +410,11 @@ impl StepContext {
         // The lookup may have read the store (the first step after a takeover): a worker that
         // froze meanwhile must prove its lease again before the closure runs.
         shared.ensure_lease().await?;
+        // The token may have fired while this call awaited the store (a cancel of this
+        // process): a step never starts after it.
+        if let Some(error) = shared.abort_error() {
+            return Err(error);
+        }
 
         let index = shared.step_index.load(Ordering::SeqCst);
         let started_at = Timestamp::now();

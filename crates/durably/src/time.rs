@@ -160,6 +160,10 @@ pub fn new_id() -> String {
 /// A new ULID whose time part is `at` (or later, to stay monotonic).
 pub(crate) fn new_id_at(at: Timestamp) -> String {
     let millis = at.as_millis().max(0) as u64;
+    #[cfg(feature = "testing")]
+    if let Some(id) = seeded_id_at(millis) {
+        return id;
+    }
     let mut last = LAST_ULID
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -178,6 +182,51 @@ pub(crate) fn new_id_at(at: Timestamp) -> String {
 
 fn random_u80() -> u128 {
     ulid::Ulid::new().random() & RANDOM_BITS_MASK
+}
+
+/// Ids of the calling thread drawn from a seeded generator, with their own monotonic state
+/// (see [`crate::testing::use_seeded_ids`]).
+#[cfg(feature = "testing")]
+struct SeededIds {
+    rng: fastrand::Rng,
+    last: (u64, u128),
+}
+
+#[cfg(feature = "testing")]
+thread_local! {
+    static SEEDED_IDS: std::cell::RefCell<Option<SeededIds>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, ids made on this thread come from a generator seeded with `seed`, monotonic
+/// on this thread alone (the process-wide sequence is left as it is).
+#[cfg(feature = "testing")]
+pub(crate) fn use_seeded_ids(seed: u64) {
+    SEEDED_IDS.with(|ids| {
+        *ids.borrow_mut() = Some(SeededIds {
+            rng: fastrand::Rng::with_seed(seed),
+            last: (0, 0),
+        });
+    });
+}
+
+/// The next seeded id of this thread (`None` when this thread has no seeded generator).
+#[cfg(feature = "testing")]
+fn seeded_id_at(millis: u64) -> Option<String> {
+    SEEDED_IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        let ids = ids.as_mut()?;
+        let mut random = || (ids.rng.u128(..) & RANDOM_BITS_MASK) >> 1;
+        let (ms, part) = if millis > ids.last.0 {
+            (millis, random())
+        } else if ids.last.1 < RANDOM_BITS_MASK {
+            (ids.last.0, ids.last.1 + 1)
+        } else {
+            (ids.last.0 + 1, random())
+        };
+        ids.last = (ms, part);
+        Some(ulid::Ulid::from_parts(ms, part).to_string())
+    })
 }
 
 #[cfg(test)]
@@ -215,6 +264,21 @@ mod tests {
                 .to_string();
             assert_eq!(Timestamp::from_millis(millis).to_string(), expected);
         }
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn seeded_ids_repeat_for_a_seed_and_stay_monotonic() {
+        let at = Timestamp::from_millis(1_800_000_000_000);
+        let draw = |seed| {
+            use_seeded_ids(seed);
+            (0..100).map(|_| new_id_at(at)).collect::<Vec<_>>()
+        };
+        let (first, again, other) = (draw(7), draw(7), draw(8));
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        assert!(first.windows(2).all(|w| w[0] < w[1]));
+        SEEDED_IDS.with(|ids| *ids.borrow_mut() = None);
     }
 
     #[test]

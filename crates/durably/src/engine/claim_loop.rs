@@ -89,7 +89,13 @@ impl Engine {
                 Some(at) if at > now => at,
                 _ => now + settings.polling_interval,
             };
+            // Biased, in this order: no random draw per wake-up (a simulation replays exactly
+            // for a seed), and none of these can starve the others: a stop ends the loop; an
+            // ended slot, a wake or a notice only sets a flag and the loop comes back to claim;
+            // hand-offs are drained by `try_recv` at the top of every round; the poll's timer
+            // fires whenever nothing else is ready.
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
                     backoff.retry_soon();

@@ -10,7 +10,6 @@ use crate::events::EventKind;
 use crate::run::RunStatus;
 use crate::runtime;
 use crate::step::{AbortReason, StepShared};
-use crate::time::Timestamp;
 
 impl Engine {
     /// Renews the lease every `lease_renew_interval`, and fires the run's token with
@@ -28,7 +27,12 @@ impl Engine {
         loop {
             // Renewals made before a step (see `StepShared::ensure_lease`) move it too.
             let deadline = shared.lease.expires();
+            // Biased (no random draw; a simulation replays exactly): a fired token ends the
+            // keeper first; then the deadline, so that when it passes at the instant a renewal
+            // falls due the lease counts as run out (as the worker's clock says). Each branch
+            // ends the wait: none can starve another.
             tokio::select! {
+                biased;
                 _ = shared.token.cancelled() => return,
                 _ = runtime::sleep_until(deadline) => {
                     if runtime::now() < shared.lease.expires() {
@@ -40,13 +44,9 @@ impl Engine {
                 }
                 _ = runtime::sleep(settings.lease_renew_interval) => {}
             }
-            let sent = runtime::now();
-            match store
-                .renew_lease(&shared.fence, Timestamp::now(), settings.lease_duration)
-                .await
-            {
+            // Counted from its send time, one renewal at a time (see `renew_lease`).
+            match shared.renew_lease().await {
                 Ok(Some(expires)) => {
-                    shared.lease.renewed(sent);
                     if runtime::now() >= shared.lease.expires() {
                         // Answered after the lease it set had run out: another worker may
                         // hold the run by now.

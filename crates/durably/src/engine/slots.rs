@@ -108,7 +108,13 @@ impl Engine {
             let mut execution = std::pin::pin!(execution);
             let release_at = runtime::now() + claim_ahead_below;
             let execution = loop {
+                // Biased (no random draw; a simulation replays exactly): the previous run's
+                // end first, so the runs it claimed are held (their leases kept) as soon as
+                // the claim answers; then the execution; the release timer last. Neither can
+                // starve the execution: the end completes once, and the timer is disarmed
+                // once the held runs without a key are released.
                 tokio::select! {
+                    biased;
                     ended = pending_or(&mut ending), if ending.is_some() => {
                         ending = None;
                         take(ended, &mut held);

@@ -42,6 +42,7 @@
 pub mod behaviour;
 pub mod contract;
 pub mod memory;
+pub mod sim;
 
 pub use memory::MemoryStore;
 
@@ -70,6 +71,24 @@ use crate::{Result, Run, Timestamp};
 /// ```
 pub fn use_virtual_wall_clock(start: Timestamp) {
     crate::runtime::use_virtual_wall_clock(start.as_millis());
+}
+
+/// Makes the ids made on the calling thread (run ids, log and step ids, default worker ids)
+/// come from a generator seeded with `seed` instead of the process's random source, so that a
+/// simulation started again with the same seed makes the same ids. Calling it again starts the
+/// sequence over. Ids stay strictly increasing on this thread; only for tests whose tasks all
+/// run on this thread (a current-thread runtime), like [`use_virtual_wall_clock`]. Other
+/// threads are unaffected.
+///
+/// ```
+/// durably::testing::use_seeded_ids(42);
+/// let first = durably::new_id();
+/// durably::testing::use_seeded_ids(42);
+/// // The same random part (the first 10 characters are the time).
+/// assert_eq!(durably::new_id()[10..], first[10..]);
+/// ```
+pub fn use_seeded_ids(seed: u64) {
+    crate::time::use_seeded_ids(seed);
 }
 
 /// A run's end and operators' writes in the shape tests read best: [`Store::finish_run`] with
