@@ -5,7 +5,10 @@ use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use durably::{Durably, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus, Timestamp};
+use durably::{
+    AttemptStatus, Durably, InterruptionReason, Log, Progress, Run, RunFilter, RunStatus, Step,
+    StepAttempt, StepStatus, Timestamp,
+};
 use serde_json::{Value, json};
 
 use crate::db::{DbArgs, Purpose, describe, shell_quote};
@@ -320,18 +323,35 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         .get_logs(&run.id)
         .await
         .map_err(|e| database_error(&args.db, e))?;
+    let attempts = durably
+        .get_step_attempts(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
     if args.json {
         println!(
             "{}",
-            to_json(&json!({ "run": run, "steps": steps, "logs": logs }))?
+            to_json(&json!({ "run": run, "steps": steps, "attempts": attempts, "logs": logs }))?
         );
         return Ok(OK);
     }
-    print!("{}", describe_run(&run, &steps, &logs, Timestamp::now()));
+    let shown = Shown {
+        steps: &steps,
+        attempts: &attempts,
+        logs: &logs,
+    };
+    print!("{}", describe_run(&run, &shown, Timestamp::now()));
     Ok(OK)
 }
 
-fn describe_run(run: &Run, steps: &[Step], logs: &[Log], now: Timestamp) -> String {
+/// A run's records shown by `durably run`.
+struct Shown<'a> {
+    steps: &'a [Step],
+    attempts: &'a [StepAttempt],
+    logs: &'a [Log],
+}
+
+fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
+    let (steps, logs) = (shown.steps, shown.logs);
     let mut out = format!("run {}\n", run.id);
     let mut field = |name: &str, value: String| {
         out.push_str(&format!("  {name:<16}{value}\n"));
@@ -394,6 +414,13 @@ fn describe_run(run: &Run, steps: &[Step], logs: &[Log], now: Timestamp) -> Stri
     for step in steps {
         out.push_str(&format!("  {}\n", step_line(step)));
     }
+    out.push_str(&format!("attempts ({})\n", shown.attempts.len()));
+    if shown.attempts.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for attempt in shown.attempts {
+        out.push_str(&format!("  {}\n", attempt_line(attempt)));
+    }
     out.push_str(&format!("logs ({})\n", logs.len()));
     if logs.is_empty() {
         out.push_str("  (none)\n");
@@ -417,6 +444,32 @@ fn describe_run(run: &Run, steps: &[Step], logs: &[Log], now: Timestamp) -> Stri
         ));
     }
     out
+}
+
+/// One attempt: its step, when it started, how it ended (or why it never did), its lease.
+fn attempt_line(attempt: &StepAttempt) -> String {
+    let took = attempt
+        .completed_at
+        .map(|at| format!(" ({})", human_duration(at.millis_since(attempt.started_at))))
+        .unwrap_or_default();
+    let outcome = match (attempt.status, attempt.interruption_reason) {
+        (AttemptStatus::Completed, _) => "completed".to_string(),
+        (AttemptStatus::Failed, _) => format!(
+            "failed: {}",
+            attempt.error.as_deref().unwrap_or("(no error stored)")
+        ),
+        (_, Some(InterruptionReason::LeaseLost)) => "interrupted: its worker lost the lease".into(),
+        (_, Some(InterruptionReason::Cancelled)) => "interrupted: the run was cancelled".into(),
+        (_, Some(_)) => "interrupted: the run ended without its outcome".into(),
+        (_, None) => "running".into(),
+    };
+    format!(
+        "#{} {} started {}{took}, {outcome} (lease generation {})",
+        attempt.step_index,
+        attempt.step_name,
+        human_time(attempt.started_at),
+        attempt.lease_generation
+    )
 }
 
 fn step_line(step: &Step) -> String {

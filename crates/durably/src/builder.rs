@@ -293,5 +293,6 @@ fn settings_of(config: &Config) -> Settings {
         persist_logs: config.persist_logs,
         trigger_hand_off: config.tuning.trigger_hand_off,
         claim_ahead_below: config.tuning.claim_ahead_below,
+        attempt_record_delay: config.tuning.attempt_record_delay,
     }
 }

@@ -108,6 +108,16 @@ pub struct Tuning {
     /// threshold was not tuned by measurement: it bounds the delay a held run may suffer
     /// behind a slow one, and is far above what the benchmarks' short jobs take.
     pub claim_ahead_below: Duration,
+    /// How long a step's function runs before its attempt is recorded as `started`. Default
+    /// 50 ms; `Duration::ZERO` records every attempt before its function starts, as upstream
+    /// does.
+    ///
+    /// An attempt that ends sooner is written once, with its outcome, in the transaction that
+    /// writes the step's checkpoint, so a fast step costs no write more than before attempts
+    /// existed; a longer one gets its `started` row while it runs, so a worker that crashes
+    /// or freezes in it leaves an attempt whose interruption reason says what happened. Only a
+    /// crash within this delay of a step's start goes unrecorded (see [`crate::attempts`]).
+    pub attempt_record_delay: Duration,
 }
 
 impl Default for Tuning {
@@ -115,6 +125,7 @@ impl Default for Tuning {
         Tuning {
             trigger_hand_off: true,
             claim_ahead_below: Duration::from_millis(100),
+            attempt_record_delay: Duration::from_millis(50),
         }
     }
 }
@@ -134,6 +145,12 @@ impl Tuning {
     /// Sets [`claim_ahead_below`](Self::claim_ahead_below).
     pub fn claim_ahead_below(mut self, below: Duration) -> Self {
         self.claim_ahead_below = below;
+        self
+    }
+
+    /// Sets [`attempt_record_delay`](Self::attempt_record_delay).
+    pub fn attempt_record_delay(mut self, delay: Duration) -> Self {
+        self.attempt_record_delay = delay;
         self
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::attempts::StepAttempt;
 use crate::config::Config;
 use crate::engine::{Engine, Handed};
 use crate::error::{Error, Result};
@@ -267,6 +268,13 @@ impl Durably {
     pub async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         check_run_id(run_id)?;
         self.inner.store.get_steps(run_id).await
+    }
+
+    /// The step attempts of a run, oldest first: one per real execution of a step's function
+    /// (a replayed step makes none), kept until the run is deleted (see [`crate::attempts`]).
+    pub async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
+        check_run_id(run_id)?;
+        self.inner.store.get_step_attempts(run_id).await
     }
 
     /// The persisted logs of a run, oldest first.

@@ -176,6 +176,7 @@
 //! `performance.md` (benchmark figures), `architecture.md` (layout, migrations, test suites),
 //! and `CHANGELOG.md` at the root.
 
+pub mod attempts;
 mod builder;
 mod config;
 mod durably;
@@ -203,6 +204,7 @@ mod worker;
 
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
 // requests, notices, schema version, ...) stays in `durably::store`.
+pub use attempts::{AttemptStatus, InterruptionReason, StepAttempt};
 pub use builder::DurablyBuilder;
 pub use config::{Config, Tuning, parse_retention};
 pub use durably::{Durably, JobInfo};

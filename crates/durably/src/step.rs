@@ -16,13 +16,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::attempts::NewAttempt;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
-use crate::store::{Fence, NewLog, NewStep, Store};
-use crate::time::Timestamp;
+use crate::store::{AttemptStart, Fence, NewLog, NewStep, Store};
+use crate::time::{Timestamp, new_id};
 
 /// While a fenced write *sent* less than this ago confirmed this worker's ownership (and the
 /// lease is provably valid, see [`crate::lease`]), `step.run` skips re-reading the run before a
@@ -52,6 +53,8 @@ pub(crate) struct StepShared {
     pub(crate) fence: Fence,
     pub(crate) token: CancellationToken,
     pub(crate) persist_logs: bool,
+    /// See `Tuning::attempt_record_delay`.
+    attempt_record_delay: Duration,
     abort_reason: Mutex<Option<AbortReason>>,
     /// A `cancel` of this process is announcing the cancellation (`run:cancel`); otherwise the
     /// worker announces a cancellation it finds (made by another process).
@@ -59,7 +62,7 @@ pub(crate) struct StepShared {
     step_index: AtomicI64,
     current_step: Mutex<Option<String>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
-    completed: Mutex<Option<HashMap<String, Value>>>,
+    completed: Mutex<Option<HashMap<String, (i64, Value)>>>,
     /// The run's completed steps when it was claimed: the rows loaded later are at least
     /// these, unless the run ended meanwhile (its rows dropped).
     claimed_completed_steps: i64,
@@ -189,8 +192,9 @@ impl StepShared {
         }
     }
 
-    /// The stored output of a completed step, loading this run's completed steps once.
-    async fn completed_output(&self, name: &str) -> Result<Option<Value>> {
+    /// The stored index and output of a completed step, loading this run's completed steps
+    /// once.
+    async fn completed_output(&self, name: &str) -> Result<Option<(i64, Value)>> {
         if let Some(completed) = lock(&self.completed).as_ref() {
             return Ok(completed.get(name).cloned());
         }
@@ -207,18 +211,18 @@ impl StepShared {
             // ours now had all its rows when they were read).
             self.check_in_store().await?;
         }
-        let loaded: HashMap<String, Value> = completed
+        let loaded: HashMap<String, (i64, Value)> = completed
             .into_iter()
-            .map(|s| (s.name, s.output.unwrap_or(Value::Null)))
+            .map(|s| (s.name, (s.index, s.output.unwrap_or(Value::Null))))
             .collect();
         let output = loaded.get(name).cloned();
         lock(&self.completed).get_or_insert(loaded);
         Ok(output)
     }
 
-    fn remember_completed(&self, name: &str, output: Value) {
+    fn remember_completed(&self, name: &str, index: i64, output: Value) {
         if let Some(completed) = lock(&self.completed).as_mut() {
-            completed.entry(name.to_owned()).or_insert(output);
+            completed.entry(name.to_owned()).or_insert((index, output));
         }
     }
 
@@ -293,6 +297,7 @@ impl StepContext {
         start_index: i64,
         completed_steps: i64,
         persist_logs: bool,
+        attempt_record_delay: Duration,
     ) -> Self {
         let shared = Arc::new(StepShared {
             store,
@@ -303,6 +308,7 @@ impl StepContext {
             fence,
             token: CancellationToken::new(),
             persist_logs,
+            attempt_record_delay,
             abort_reason: Mutex::new(None),
             cancel_announced: AtomicBool::new(false),
             step_index: AtomicI64::new(start_index),
@@ -398,8 +404,11 @@ impl StepContext {
     {
         let shared = &self.shared;
         shared.check_before_step().await?;
-        if let Some(stored) = shared.completed_output(name).await? {
-            shared.step_index.fetch_add(1, Ordering::SeqCst);
+        if let Some((saved_index, stored)) = shared.completed_output(name).await? {
+            // Upstream's rule: a replay moves the next index past the saved one, never back.
+            shared
+                .step_index
+                .fetch_max(saved_index + 1, Ordering::SeqCst);
             return serde_json::from_value(stored).map_err(|e| {
                 Error::Validation(format!(
                     "Stored output of step \"{name}\" of run {} does not match the step's type: {e}",
@@ -419,6 +428,20 @@ impl StepContext {
         let index = shared.step_index.load(Ordering::SeqCst);
         let started_at = Timestamp::now();
         let started = runtime::now();
+        let attempt_id = new_id();
+        let mut attempt = NewAttempt::new(attempt_id.clone());
+        let start = || AttemptStart::new(attempt_id.clone(), name.to_owned(), index, started_at);
+        if shared.attempt_record_delay.is_zero() {
+            // Upstream's order: the `started` row commits before the function starts.
+            let begun = shared
+                .store
+                .begin_step_attempt(&shared.fence, start(), Timestamp::now())
+                .await?;
+            if !begun {
+                return Err(self.write_refused(name, index).await);
+            }
+            attempt.begun = true;
+        }
         shared
             .events
             .emit_if_observed(EventType::StepStart, &shared.run_id, || {
@@ -432,7 +455,29 @@ impl StepContext {
             });
         shared.set_current_step(Some(name.to_owned()));
         let span = tracing::info_span!("durably.step", step = name, index);
-        let result = f(shared.token.clone()).instrument(span).await;
+        let function = f(shared.token.clone()).instrument(span);
+        let result = if attempt.begun {
+            function.await
+        } else {
+            let mut function = std::pin::pin!(function);
+            tokio::select! {
+                biased;
+                result = &mut function => result,
+                () = runtime::sleep(shared.attempt_record_delay) => {
+                    // Still running: record the attempt as started while it goes on.
+                    let begin = shared.store.begin_step_attempt(&shared.fence, start(), Timestamp::now());
+                    let (result, begun) = futures::join!(function, begin);
+                    match begun {
+                        Ok(begun) => attempt.begun = begun,
+                        Err(error) => tracing::warn!(
+                            run_id = %shared.run_id, step = name, %error,
+                            "could not record the step attempt as started"
+                        ),
+                    }
+                    result
+                }
+            }
+        };
         shared.set_current_step(None);
 
         let failure: BoxError = match result {
@@ -451,6 +496,7 @@ impl StepContext {
                         output: Some(output.clone()),
                         error: None,
                         started_at,
+                        attempt: Some(attempt),
                     };
                     let sent = runtime::now();
                     return match shared
@@ -460,7 +506,7 @@ impl StepContext {
                     {
                         Some(_) => {
                             shared.lease.confirmed(sent);
-                            shared.remember_completed(name, output.clone());
+                            shared.remember_completed(name, index, output.clone());
                             shared.step_index.store(index + 1, Ordering::SeqCst);
                             let duration = started.elapsed().as_millis() as u64;
                             shared.events.emit_if_observed(
@@ -500,6 +546,7 @@ impl StepContext {
             output: None,
             error: Some(failure.to_string()),
             started_at,
+            attempt: Some(attempt),
         };
         match shared
             .store

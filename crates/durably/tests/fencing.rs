@@ -45,6 +45,7 @@ fn completed_step(name: &str, index: i64, output: Value) -> NewStep {
         output: Some(output),
         error: None,
         started_at: Timestamp::now(),
+        attempt: None,
     }
 }
 

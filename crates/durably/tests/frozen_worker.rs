@@ -278,6 +278,7 @@ async fn frozen_before_reading_the_steps_runs_no_step(backend: Backend) {
         output: Some(json!(1)),
         error: None,
         started_at: now,
+        attempt: None,
     };
     s.db.store
         .persist_step(&Fence::of(&dead), one, now)

@@ -371,6 +371,46 @@ async fn steps_are_empty_once_done_without_preserve_steps(backend: Backend) {
     api.durably.stop().await;
 }
 
+async fn attempts_lists_one_attempt_per_step_execution_after_the_steps_are_gone(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api.trigger("steps", json!({"count": 2}), json!({})).await;
+    api.wait_status(&id, "completed").await;
+    let (status, _, text) = api
+        .request("GET", &format!("/attempts?runId={id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let attempts: Value = serde_json::from_str(&text).unwrap();
+    let attempts = attempts.as_array().expect("array");
+    let names: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["stepName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["step-1", "step-2"]);
+    assert!(attempts.iter().all(|a| a["status"] == "completed"));
+    assert_eq!(
+        keys_in_order(&text),
+        vec![
+            "id",
+            "runId",
+            "stepName",
+            "stepIndex",
+            "leaseGeneration",
+            "status",
+            "metadata",
+            "startedAt",
+            "completedAt",
+            "error",
+            "interruptionReason"
+        ]
+    );
+    let (status, body) = api.get_json("/attempts?runId=no-such-run").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api.get_json("/attempts").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    api.durably.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // POST /retrigger, POST /cancel, DELETE /run
 
@@ -1543,6 +1583,7 @@ backend_tests!(
     run_returns_one_client_run,
     steps_lists_persisted_steps,
     steps_are_empty_once_done_without_preserve_steps,
+    attempts_lists_one_attempt_per_step_execution_after_the_steps_are_gone,
     retrigger_creates_a_new_run,
     cancel_cancels_active_runs_only,
     delete_removes_terminal_runs_only,

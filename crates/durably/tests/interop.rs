@@ -266,6 +266,7 @@ async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime(backend: Ba
         output: Some(json!(999)),
         error: None,
         started_at: now,
+        attempt: None,
     };
     store
         .persist_step(&fence, step, now)

@@ -1152,6 +1152,7 @@ async fn persist_steps(store: PostgresStore, fence: durably::store::Fence, steps
             output: Some(serde_json::json!(index)),
             error: None,
             started_at: durably::Timestamp::now(),
+            attempt: None,
         };
         let persisted = store
             .persist_step(&fence, step, durably::Timestamp::now())

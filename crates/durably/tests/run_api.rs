@@ -632,6 +632,7 @@ async fn cancel_of_a_leased_run_drops_its_steps_but_keeps_logs(backend: Backend)
                     output: Some(json!(2)),
                     error: None,
                     started_at: now,
+                    attempt: None,
                 },
                 now,
             )

@@ -963,6 +963,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
         output: Some(json!("kept?")),
         error: None,
         started_at: Timestamp::now(),
+        attempt: None,
     };
     assert!(
         store

@@ -29,6 +29,7 @@ impl Engine {
             run.current_step_index,
             run.completed_step_count,
             config.persist_logs,
+            config.attempt_record_delay,
         );
         let shared = step.shared().clone();
         lock(&self.active).insert(run.id.clone(), shared.clone());

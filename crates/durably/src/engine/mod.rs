@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) persist_logs: bool,
     pub(crate) trigger_hand_off: bool,
     pub(crate) claim_ahead_below: Duration,
+    pub(crate) attempt_record_delay: Duration,
 }
 
 /// How one execution of a claimed run ended.

@@ -370,6 +370,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/runs") => list_runs(shared, guard, &query).await,
         (&Method::GET, "/run") => get_run(shared, guard, &query).await,
         (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
+        (&Method::GET, "/attempts") => get_step_attempts(shared, guard, &query).await,
         (&Method::GET, "/logs") => get_logs(shared, guard, &query).await,
         (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
         (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
@@ -654,6 +655,18 @@ async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         .await
         .map_err(durably_error)?;
     Ok(json_response(StatusCode::OK, &steps))
+}
+
+async fn get_step_attempts(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Steps).await?;
+    let attempts = within(
+        shared,
+        "get_step_attempts",
+        shared.durably.get_step_attempts(&run.id),
+    )
+    .await
+    .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &attempts))
 }
 
 async fn get_logs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {

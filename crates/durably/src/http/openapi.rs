@@ -277,6 +277,8 @@ pub(crate) fn document(durably: &Durably) -> Value {
             },
             "/steps": { "get": run_route("The run's persisted steps by index", "getSteps",
                 json_ok("Steps", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Step" } })), None) },
+            "/attempts": { "get": run_route("The run's step attempts, oldest first: one per execution of a step's function (durably for Rust extension; authorized as the `steps` operation)", "getStepAttempts",
+                json_ok("Step attempts", json!({ "type": "array", "items": { "$ref": "#/components/schemas/StepAttempt" } })), None) },
             "/logs": { "get": run_route("The run's persisted logs, oldest first (durably for Rust extension)", "getLogs",
                 json_ok("Logs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Log" } })), None) },
             "/retrigger": { "post": run_route("Create a new run with the same input", "retrigger",
@@ -354,6 +356,16 @@ pub(crate) fn document(durably: &Durably) -> Value {
                 "stepName": { "type": ["string", "null"] },
                 "level": { "type": "string", "enum": ["info", "warn", "error"] },
                 "message": { "type": "string" }, "data": {}, "createdAt": { "type": "string" }
+            }},
+            "StepAttempt": { "type": "object", "required": ["id", "runId", "stepName", "stepIndex",
+                "leaseGeneration", "status", "metadata", "startedAt", "completedAt", "error", "interruptionReason"],
+                "properties": {
+                "id": { "type": "string" }, "runId": { "type": "string" }, "stepName": { "type": "string" },
+                "stepIndex": { "type": "integer" }, "leaseGeneration": { "type": "integer" },
+                "status": { "type": "string", "enum": ["started", "completed", "failed"] },
+                "metadata": {}, "startedAt": { "type": "string" },
+                "completedAt": { "type": ["string", "null"] }, "error": { "type": ["string", "null"] },
+                "interruptionReason": { "enum": ["lease-lost", "cancelled", "unknown", null] }
             }},
             "Step": { "type": "object", "properties": {
                 "id": { "type": "string" }, "runId": { "type": "string" }, "name": { "type": "string" },

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::attempts::{NewAttempt, StepAttempt};
 use crate::error::{Error, Result};
 use crate::maintenance::MaintenanceTask;
 use crate::run::{
@@ -153,6 +154,39 @@ pub struct NewStep {
     pub error: Option<String>,
     /// When the step's function started.
     pub started_at: Timestamp,
+    /// The attempt this write records the outcome of (`None`: no attempt record, as for a
+    /// step written by an older caller).
+    pub attempt: Option<NewAttempt>,
+}
+
+/// The `started` record of a step attempt whose function is still running
+/// ([`Store::begin_step_attempt`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct AttemptStart {
+    /// The attempt's id.
+    pub id: String,
+    /// The step's name.
+    pub step_name: String,
+    /// The step's index.
+    pub step_index: i64,
+    /// The attempt's metadata.
+    pub metadata: Option<Value>,
+    /// When the function started.
+    pub started_at: Timestamp,
+}
+
+impl AttemptStart {
+    /// The start of attempt `id` of step `step_name` at `step_index`.
+    pub fn new(id: String, step_name: String, step_index: i64, started_at: Timestamp) -> Self {
+        AttemptStart {
+            id,
+            step_name,
+            step_index,
+            metadata: None,
+            started_at,
+        }
+    }
 }
 
 /// A log entry to persist.
@@ -340,12 +374,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Persists a step row if the fence still holds (a completed step also advances the run's
     /// step counters). `None` means the lease is lost and nothing was written.
+    ///
+    /// With [`NewStep::attempt`], the same transaction records the attempt's outcome
+    /// (`completed` for a completed step, `failed` otherwise): it inserts the whole attempt, or,
+    /// when the attempt was begun, finalizes its `started` row; a begun attempt that is no
+    /// longer `started` under this generation refuses the whole write (`None`).
     async fn persist_step(
         &self,
         fence: &Fence,
         step: NewStep,
         now: Timestamp,
     ) -> Result<Option<Step>>;
+
+    /// Records that a step's function started (a `started` attempt under the fence's
+    /// generation), only while the fence holds and the lease has not expired at `now`.
+    /// `false`: nothing written. The step's write ([`Store::persist_step`] with
+    /// [`NewStep::attempt`] marked begun) later records its outcome.
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// The step attempts of a run, oldest first (`started_at`, then id), each with its
+    /// interruption reason as the run stands now; empty for an unknown run.
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>>;
 
     /// Stores progress (or clears it with `None`) if the fence still holds.
     async fn update_progress(
@@ -386,12 +440,12 @@ pub trait Store: Send + Sync + 'static {
     /// process may cancel (unfenced); its step rows go as for [`Store::finish_run`].
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
 
-    /// Deletes a terminal run with its steps, logs and labels; `false` if it is missing or
-    /// still active.
+    /// Deletes a terminal run with its step attempts, waits, steps, logs and labels; `false` if
+    /// it is missing or not terminal.
     async fn delete_run(&self, id: &str) -> Result<bool>;
 
     /// Deletes up to `limit` terminal runs completed before `older_than` (oldest first), with
-    /// their steps, logs and labels. Returns how many were deleted.
+    /// their step attempts, waits, steps, logs and labels. Returns how many were deleted.
     async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> Result<u64>;
 
     /// Returns expired leases to `pending`, or fails them (error

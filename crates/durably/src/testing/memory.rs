@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::run::{Disposition, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus};
 use crate::store::{
-    ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep,
-    RunAdmin, RunPatch, SCHEMA_VERSION, Store, Transition, pending_conflict, pending_run,
-    validate_label_key,
+    AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
+    NewRun, NewStep, RunAdmin, RunPatch, SCHEMA_VERSION, Store, Transition, pending_conflict,
+    pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 
@@ -75,6 +76,8 @@ struct State {
     /// Log entries by run id, in insertion order (a log may name a run that does not exist,
     /// as in the SQL backends).
     logs: HashMap<String, Vec<Log>>,
+    /// Step attempts by run id, in insertion order (`interruption_reason` computed on read).
+    attempts: HashMap<String, Vec<StepAttempt>>,
 }
 
 impl MemoryStore {
@@ -222,6 +225,7 @@ impl State {
         if let Some(seq) = self.ids.remove(id) {
             self.runs.remove(&seq);
         }
+        self.attempts.remove(id);
         self.steps.remove(id);
         self.logs.remove(id);
     }
@@ -534,6 +538,37 @@ impl Store for MemoryStore {
                 step.name, fence.run_id
             )));
         }
+        if let Some(attempt) = &step.attempt {
+            let attempts = state.attempts.entry(fence.run_id.clone()).or_default();
+            let status = AttemptStatus::of_step(step.status);
+            if attempt.begun {
+                let Some(row) = attempts.iter_mut().find(|a| {
+                    a.id == attempt.id
+                        && a.lease_generation == fence.generation
+                        && a.status == AttemptStatus::Started
+                }) else {
+                    return Ok(None);
+                };
+                row.status = status;
+                row.error = step.error.clone();
+                row.completed_at = Some(now);
+            } else {
+                attempts.push(StepAttempt {
+                    id: attempt.id.clone(),
+                    run_id: fence.run_id.clone(),
+                    step_name: step.name.clone(),
+                    step_index: step.index,
+                    lease_generation: fence.generation,
+                    status,
+                    metadata: attempt.metadata.clone(),
+                    started_at: step.started_at,
+                    completed_at: Some(now),
+                    error: step.error.clone(),
+                    interruption_reason: None,
+                });
+            }
+        }
+        let steps = state.steps.entry(fence.run_id.clone()).or_default();
         let row = Step {
             id: new_id_at(now),
             run_id: fence.run_id.clone(),
@@ -554,6 +589,53 @@ impl Store for MemoryStore {
             run.updated_at = now;
         }
         Ok(Some(row))
+    }
+
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        match state.fenced_mut(fence) {
+            Some(run) if unexpired_lease(run, now) => {}
+            _ => return Ok(false),
+        }
+        state
+            .attempts
+            .entry(fence.run_id.clone())
+            .or_default()
+            .push(StepAttempt {
+                id: attempt.id,
+                run_id: fence.run_id.clone(),
+                step_name: attempt.step_name,
+                step_index: attempt.step_index,
+                lease_generation: fence.generation,
+                status: AttemptStatus::Started,
+                metadata: attempt.metadata,
+                started_at: attempt.started_at,
+                completed_at: None,
+                error: None,
+                interruption_reason: None,
+            });
+        Ok(true)
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
+        let state = self.lock();
+        let run = state.run(run_id).map(|run| RunFacts {
+            status: run.status,
+            lease_generation: run.lease_generation,
+            error: run.error.as_deref(),
+        });
+        let mut attempts = state.attempts.get(run_id).cloned().unwrap_or_default();
+        attempts.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        for attempt in &mut attempts {
+            attempt.interruption_reason =
+                interruption_reason(attempt.status, attempt.lease_generation, run.clone());
+        }
+        Ok(attempts)
     }
 
     async fn update_progress(

@@ -205,7 +205,9 @@ macro_rules! store_contract_tests {
             complete_run_keeps_steps_when_preserving,
             fail_run_keeps_steps_when_preserving,
             cancel_run_keeps_steps_when_preserving,
-            release_expired_leases_keeps_steps_when_preserving
+            release_expired_leases_keeps_steps_when_preserving,
+            step_attempts_are_recorded_with_their_outcome_and_fenced,
+            step_attempts_explain_interruptions_and_go_only_with_their_run
         );
     };
 }

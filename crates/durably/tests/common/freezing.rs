@@ -205,6 +205,21 @@ impl Store for Freezing {
         self.after(false).await;
         released
     }
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: durably::store::AttemptStart,
+        now: Timestamp,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner.begin_step_attempt(fence, attempt, now).await
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> durably::Result<Vec<durably::StepAttempt>> {
+        self.gate().await;
+        self.inner.get_step_attempts(run_id).await
+    }
+
     async fn persist_step(
         &self,
         fence: &Fence,

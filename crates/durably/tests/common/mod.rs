@@ -606,6 +606,20 @@ pub mod instrumented {
         async fn release_lease(&self, fence: &Fence, now: Timestamp) -> durably::Result<bool> {
             self.inner.release_lease(fence, now).await
         }
+        async fn begin_step_attempt(
+            &self,
+            fence: &Fence,
+            attempt: durably::store::AttemptStart,
+            now: Timestamp,
+        ) -> durably::Result<bool> {
+            self.inner.begin_step_attempt(fence, attempt, now).await
+        }
+        async fn get_step_attempts(
+            &self,
+            run_id: &str,
+        ) -> durably::Result<Vec<durably::StepAttempt>> {
+            self.inner.get_step_attempts(run_id).await
+        }
         async fn persist_step(
             &self,
             fence: &Fence,

@@ -227,7 +227,8 @@ fn schedules_settle_well_within_the_bound() {
 /// a run whose completed steps are fewer than when it was claimed is read again first.
 #[test]
 fn regression_seed_81_a_cancel_between_two_reads_does_not_rerun_a_completed_step() {
-    let (outcome, violations) = run_seed(81);
+    // Seed 81 before step attempts changed the schedule; 55 has the same shape now.
+    let (outcome, violations) = run_seed(55);
     assert!(violations.is_empty(), "{violations:?}");
     let taken_over_then_cancelled = outcome.runs.iter().any(|run| {
         run.status == RunStatus::Cancelled
@@ -238,7 +239,7 @@ fn regression_seed_81_a_cancel_between_two_reads_does_not_rerun_a_completed_step
     });
     assert!(
         taken_over_then_cancelled,
-        "seed 81 no longer reproduces the scenario (the engine's schedule changed): find a new seed"
+        "seed 55 no longer reproduces the scenario (the engine's schedule changed): find a new seed"
     );
 }
 
@@ -249,7 +250,8 @@ fn regression_seed_81_a_cancel_between_two_reads_does_not_rerun_a_completed_step
 /// one at a time.
 #[test]
 fn regression_seed_639_a_held_renewal_does_not_outlive_the_stores_lease() {
-    let (outcome, violations) = run_seed(639);
+    // Seed 639 before step attempts changed the schedule; 11 has the same shape now.
+    let (outcome, violations) = run_seed(11);
     assert!(violations.is_empty(), "{violations:?}");
     // The scenario: a run taken over by another worker after its first owner committed a
     // step (while that owner's renewal was held).
@@ -270,6 +272,6 @@ fn regression_seed_639_a_held_renewal_does_not_outlive_the_stores_lease() {
     });
     assert!(
         taken_over_mid_run,
-        "seed 639 no longer reproduces the scenario (the engine's schedule changed): find a new seed"
+        "seed 11 no longer reproduces the scenario (the engine's schedule changed): find a new seed"
     );
 }

@@ -331,6 +331,24 @@ impl Store for Probe {
         answer
     }
 
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: durably::store::AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let before = self.before(fence).await;
+        let answer = self.inner.begin_step_attempt(fence, attempt, now).await;
+        if let Ok(true) = answer {
+            self.landed("begin_step_attempt", fence, before);
+        }
+        answer
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<durably::StepAttempt>> {
+        self.inner.get_step_attempts(run_id).await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

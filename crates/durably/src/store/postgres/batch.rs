@@ -52,6 +52,9 @@ pub(super) struct PersistRequest {
     pub error: Option<String>,
     pub started_at: String,
     pub completed_at: String,
+    /// The step attempt the write records: its id, whether its `started` row exists, its
+    /// metadata (JSON).
+    pub attempt: Option<(String, bool, Option<String>)>,
     /// `(fenced, inserted, already inserted by an earlier attempt)`.
     pub reply: oneshot::Sender<Result<(bool, bool, bool)>>,
 }
@@ -605,6 +608,9 @@ struct PersistColumns {
     error: Vec<Option<String>>,
     started_at: Vec<String>,
     completed_at: Vec<String>,
+    attempt_id: Vec<Option<String>>,
+    attempt_begun: Vec<bool>,
+    attempt_metadata: Vec<Option<String>>,
 }
 
 impl PersistColumns {
@@ -620,6 +626,9 @@ impl PersistColumns {
             &self.error,
             &self.started_at,
             &self.completed_at,
+            &self.attempt_id,
+            &self.attempt_begun,
+            &self.attempt_metadata,
         ]
     }
 }
@@ -636,6 +645,18 @@ fn persist_columns(requests: &[PersistRequest]) -> PersistColumns {
         error: requests.iter().map(|r| r.error.clone()).collect(),
         started_at: requests.iter().map(|r| r.started_at.clone()).collect(),
         completed_at: requests.iter().map(|r| r.completed_at.clone()).collect(),
+        attempt_id: requests
+            .iter()
+            .map(|r| r.attempt.as_ref().map(|a| a.0.clone()))
+            .collect(),
+        attempt_begun: requests
+            .iter()
+            .map(|r| r.attempt.as_ref().is_some_and(|a| a.1))
+            .collect(),
+        attempt_metadata: requests
+            .iter()
+            .map(|r| r.attempt.as_ref().and_then(|a| a.2.clone()))
+            .collect(),
     }
 }
 
@@ -772,7 +793,7 @@ mod tests {
             PERSIST_SQL,
             &format!(
                 "'{{{id}}}', '{{1}}', '{{s1}}', '{{s}}', '{{0}}', '{{completed}}', '{{null}}', \
-                 '{{null}}', '{{{now}}}', '{{{now}}}'"
+                 '{{null}}', '{{{now}}}', '{{{now}}}', '{{a1}}', '{{true}}', '{{null}}'"
             ),
         )
         .await;

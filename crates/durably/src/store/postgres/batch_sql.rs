@@ -39,23 +39,41 @@ pub(super) const CONNECTIONS: usize = 2;
 
 pub(super) const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], \
     $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], \
-    $10::text[]) WITH ORDINALITY AS t(run_id, gen, step_id, name, idx, status, output, error, \
-    started_at, completed_at, ord)), \
+    $10::text[], $11::text[], $12::boolean[], $13::text[]) WITH ORDINALITY AS t(run_id, gen, \
+    step_id, name, idx, status, output, error, started_at, completed_at, att_id, att_begun, \
+    att_meta, ord)), \
   run AS (SELECT r.id FROM durably_runs r JOIN req ON r.id = req.run_id \
     WHERE (r.status = 'leased') IS TRUE AND r.lease_generation = req.gen ORDER BY r.id \
     FOR NO KEY UPDATE OF r), \
+  att_ok AS (SELECT req.step_id FROM req WHERE req.att_id IS NULL OR NOT req.att_begun \
+    OR EXISTS (SELECT 1 FROM durably_step_attempts a WHERE a.id = req.att_id \
+      AND a.run_id = req.run_id AND a.lease_generation = req.gen AND a.status = 'started')), \
   mine AS (SELECT s.id FROM durably_steps s WHERE s.id IN (SELECT step_id FROM req)), \
   ins AS (INSERT INTO durably_steps (id, run_id, name, \"index\", status, output, error, \
       started_at, completed_at) \
     SELECT req.step_id, req.run_id, req.name, req.idx, req.status, req.output, req.error, \
       req.started_at, req.completed_at FROM req WHERE req.run_id IN (SELECT id FROM run) \
+      AND req.step_id IN (SELECT step_id FROM att_ok) \
       AND req.step_id NOT IN (SELECT id FROM mine) \
     ON CONFLICT DO NOTHING RETURNING id), \
+  att_ins AS (INSERT INTO durably_step_attempts (id, run_id, step_name, step_index, \
+      lease_generation, status, metadata, error, started_at, completed_at) \
+    SELECT req.att_id, req.run_id, req.name, req.idx, req.gen, \
+      CASE WHEN req.status = 'completed' THEN 'completed' ELSE 'failed' END, req.att_meta, \
+      req.error, req.started_at, req.completed_at FROM req \
+    WHERE req.att_id IS NOT NULL AND NOT req.att_begun AND req.step_id IN (SELECT id FROM ins) \
+    ON CONFLICT DO NOTHING), \
+  att_upd AS (UPDATE durably_step_attempts a SET \
+      status = CASE WHEN req.status = 'completed' THEN 'completed' ELSE 'failed' END, \
+      error = req.error, completed_at = req.completed_at FROM req \
+    WHERE a.id = req.att_id AND req.att_begun AND a.status = 'started' \
+      AND req.step_id IN (SELECT id FROM ins)), \
   upd AS (UPDATE durably_runs r SET current_step_index = req.idx + 1, \
       completed_step_count = r.completed_step_count + 1, updated_at = req.completed_at \
     FROM req WHERE r.id = req.run_id AND req.status = 'completed' \
       AND req.step_id IN (SELECT id FROM ins) RETURNING r.id) \
-  SELECT req.step_id, req.run_id IN (SELECT id FROM run), req.step_id IN (SELECT id FROM ins), \
+  SELECT req.step_id, req.run_id IN (SELECT id FROM run) AND req.step_id IN \
+    (SELECT step_id FROM att_ok), req.step_id IN (SELECT id FROM ins), \
     req.step_id IN (SELECT id FROM mine), (SELECT count(*) FROM upd) FROM req ORDER BY req.ord";
 
 /// What a completion statement does about runs waiting for the keys its completions free.

@@ -59,10 +59,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep,
-    RunAdmin, RunPatch, Store, StoreNotice, Transition, parse_labels, parse_optional_json,
-    pending_conflict, pending_run, validate_label_key,
+    AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
+    NewRun, NewStep, RunAdmin, RunPatch, Store, StoreNotice, Transition, parse_labels,
+    parse_optional_json, pending_conflict, pending_run, validate_label_key,
 };
+use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::run::{
     Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,

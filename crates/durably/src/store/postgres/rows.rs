@@ -99,6 +99,40 @@ pub(super) fn step_from_row(row: &Row) -> std::result::Result<Step, Fail> {
     })
 }
 
+pub(super) fn attempt_from_row(row: &Row) -> std::result::Result<StepAttempt, Fail> {
+    let status: String = row.try_get(5)?;
+    let status = AttemptStatus::parse(&status)
+        .ok_or_else(|| corrupt(format!("invalid attempt status {status:?}")))?;
+    let generation = get_int(row, 4)?;
+    let run_status: Option<String> = row.try_get(10)?;
+    let run_status = run_status
+        .map(|s| {
+            s.parse::<RunStatus>()
+                .map_err(|_| corrupt(format!("invalid run status {s:?}")))
+        })
+        .transpose()?;
+    let run_generation: Option<i32> = row.try_get(11)?;
+    let run_error: Option<String> = row.try_get(12)?;
+    let run = run_status.map(|status| RunFacts {
+        status,
+        lease_generation: run_generation.map_or(0, i64::from),
+        error: run_error.as_deref(),
+    });
+    Ok(StepAttempt {
+        id: row.try_get(0)?,
+        run_id: row.try_get(1)?,
+        step_name: row.try_get(2)?,
+        step_index: get_int(row, 3)?,
+        lease_generation: generation,
+        status,
+        metadata: parse_optional_json(row.try_get(6)?),
+        error: row.try_get(7)?,
+        started_at: get_ts(row, 8)?,
+        completed_at: get_opt_ts(row, 9)?,
+        interruption_reason: interruption_reason(status, generation, run),
+    })
+}
+
 pub(super) fn log_from_row(row: &Row) -> std::result::Result<Log, Fail> {
     let level: String = row.try_get(3)?;
     Ok(Log {

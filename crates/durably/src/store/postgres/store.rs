@@ -359,6 +359,18 @@ impl Store for PostgresStore {
             .transpose()?;
         let index = i32::try_from(step.index)
             .map_err(|_| Error::Validation(format!("step index {} is too large", step.index)))?;
+        let attempt = step
+            .attempt
+            .as_ref()
+            .map(|a| -> Result<_> {
+                let metadata = a
+                    .metadata
+                    .as_ref()
+                    .map(|m| to_json("persist_step", m))
+                    .transpose()?;
+                Ok((a.id.clone(), a.begun, metadata))
+            })
+            .transpose()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batch(
             "persist_step",
@@ -373,6 +385,7 @@ impl Store for PostgresStore {
                 error: step.error.clone(),
                 started_at: step.started_at.to_string(),
                 completed_at: now.to_string(),
+                attempt,
                 reply,
             }),
         )
@@ -400,6 +413,55 @@ impl Store for PostgresStore {
             started_at: step.started_at,
             completed_at: Some(now),
         }))
+    }
+
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let metadata = attempt
+            .metadata
+            .as_ref()
+            .map(|m| to_json("begin_step_attempt", m))
+            .transpose()?;
+        let index = i32::try_from(attempt.step_index).map_err(|_| {
+            Error::Validation(format!("step index {} is too large", attempt.step_index))
+        })?;
+        let (started_at, now) = (attempt.started_at.to_string(), now.to_string());
+        // A retry after a lost reply finds the row its first try inserted.
+        let sql = "WITH ins AS (INSERT INTO durably_step_attempts (id, run_id, step_name, \
+               step_index, lease_generation, status, metadata, error, started_at, completed_at) \
+             SELECT $3, r.id, $4, $5::integer, r.lease_generation, 'started', $6, NULL, $7, NULL \
+               FROM durably_runs r WHERE r.id = $1 AND r.status = 'leased' \
+               AND r.lease_generation = $2::bigint AND r.lease_expires_at > $8 \
+             ON CONFLICT DO NOTHING RETURNING id) \
+             SELECT (SELECT count(*) FROM ins) > 0 OR EXISTS (SELECT 1 FROM durably_step_attempts \
+               WHERE id = $3 AND run_id = $1 AND lease_generation = $2::bigint)";
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &fence.run_id,
+            &fence.generation,
+            &attempt.id,
+            &attempt.step_name,
+            &index,
+            &metadata,
+            &started_at,
+            &now,
+        ];
+        let begun = self
+            .read("begin_step_attempt", sql, &params, |row| count_bool(row, 0))
+            .await?;
+        Ok(begun.first() == Some(&true))
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
+        let sql = "SELECT a.id, a.run_id, a.step_name, a.step_index, a.lease_generation, a.status, \
+             a.metadata, a.error, a.started_at, a.completed_at, r.status, r.lease_generation, \
+             r.error FROM durably_step_attempts a LEFT JOIN durably_runs r ON r.id = a.run_id \
+             WHERE a.run_id = $1 ORDER BY a.started_at ASC, a.id ASC";
+        self.read("get_step_attempts", sql, &[&run_id], attempt_from_row)
+            .await
     }
 
     async fn update_progress(
@@ -554,6 +616,8 @@ impl Store for PostgresStore {
     async fn delete_run(&self, id: &str) -> Result<bool> {
         let sql = format!(
             "WITH r AS (DELETE FROM durably_runs WHERE id = $1 AND status IN {TERMINAL} RETURNING id), \
+             a AS (DELETE FROM durably_step_attempts WHERE run_id IN (SELECT id FROM r)), \
+             w AS (DELETE FROM durably_waits WHERE run_id IN (SELECT id FROM r)), \
              s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
              l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
              b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \
@@ -580,6 +644,8 @@ impl Store for PostgresStore {
                AND completed_at IS NOT NULL AND completed_at < $1 \
                ORDER BY completed_at ASC, id ASC LIMIT $2::bigint FOR UPDATE SKIP LOCKED), \
              r AS (DELETE FROM durably_runs WHERE id IN (SELECT id FROM ids) RETURNING id), \
+             a AS (DELETE FROM durably_step_attempts WHERE run_id IN (SELECT id FROM r)), \
+             w AS (DELETE FROM durably_waits WHERE run_id IN (SELECT id FROM r)), \
              s AS (DELETE FROM durably_steps WHERE run_id IN (SELECT id FROM r)), \
              l AS (DELETE FROM durably_logs WHERE run_id IN (SELECT id FROM r)), \
              b AS (DELETE FROM durably_run_labels WHERE run_id IN (SELECT id FROM r)) \

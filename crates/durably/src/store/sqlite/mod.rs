@@ -32,9 +32,10 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{
-    ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin, RunPatch, Store,
-    Transition, WriterStats,
+    AttemptStart, ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin,
+    RunPatch, Store, Transition, WriterStats,
 };
+use crate::attempts::StepAttempt;
 use crate::error::{Error, Result};
 use crate::maintenance::{Maintained, MaintenanceTask};
 use crate::run::{Disposition, Log, Progress, Run, RunFilter, Step};

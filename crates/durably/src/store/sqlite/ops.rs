@@ -12,13 +12,15 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 use serde_json::Value;
 
+use crate::attempts::{AttemptStatus, NewAttempt, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::run::{
     Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
 use crate::store::{
-    Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch, Transition,
-    parse_labels, parse_optional_json, pending_conflict, pending_run, validate_label_key,
+    AttemptStart, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
+    Transition, parse_labels, parse_optional_json, pending_conflict, pending_run,
+    validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 
@@ -343,6 +345,127 @@ pub(super) fn release_lease(conn: &Connection, fence: &Fence, now: Timestamp) ->
     Ok(changed == 1)
 }
 
+/// Records the outcome of a step's attempt before its checkpoint (see `Store::persist_step`):
+/// `false` when the fence or the begun attempt no longer holds (nothing written).
+fn record_attempt(
+    conn: &Connection,
+    fence: &Fence,
+    step: &NewStep,
+    attempt: &NewAttempt,
+    now: Timestamp,
+) -> Result<bool> {
+    let status = AttemptStatus::of_step(step.status).as_str();
+    let failed = sql_error("persist_step");
+    let changed = if attempt.begun {
+        conn.prepare_cached(sql::FINISH_ATTEMPT)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    fence.run_id,
+                    fence.generation,
+                    attempt.id,
+                    status,
+                    step.error,
+                    now
+                ])
+            })
+            .map_err(failed)?
+    } else {
+        let metadata = attempt
+            .metadata
+            .as_ref()
+            .map(|m| to_json("persist_step", m))
+            .transpose()?;
+        conn.prepare_cached(sql::INSERT_ATTEMPT)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    fence.run_id,
+                    fence.generation,
+                    attempt.id,
+                    step.name,
+                    step.index,
+                    status,
+                    metadata,
+                    step.error,
+                    step.started_at,
+                    now
+                ])
+            })
+            .map_err(failed)?
+    };
+    Ok(changed == 1)
+}
+
+pub(super) fn begin_step_attempt(
+    conn: &Connection,
+    fence: &Fence,
+    attempt: &AttemptStart,
+    now: Timestamp,
+) -> Result<bool> {
+    let metadata = attempt
+        .metadata
+        .as_ref()
+        .map(|m| to_json("begin_step_attempt", m))
+        .transpose()?;
+    let changed = conn
+        .prepare_cached(sql::BEGIN_ATTEMPT)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                fence.run_id,
+                fence.generation,
+                attempt.id,
+                attempt.step_name,
+                attempt.step_index,
+                metadata,
+                attempt.started_at,
+                now
+            ])
+        })
+        .map_err(sql_error("begin_step_attempt"))?;
+    Ok(changed == 1)
+}
+
+pub(super) fn get_step_attempts(conn: &Connection, run_id: &str) -> Result<Vec<StepAttempt>> {
+    let mut stmt = conn
+        .prepare_cached(sql::SELECT_ATTEMPTS)
+        .map_err(sql_error("get_step_attempts"))?;
+    let rows = stmt
+        .query_map([run_id], |row| {
+            let status: String = row.get(5)?;
+            let status = AttemptStatus::parse(&status).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    rusqlite::types::Type::Text,
+                    format!("invalid attempt status {status:?}").into(),
+                )
+            })?;
+            let generation: i64 = row.get(4)?;
+            let run_status: Option<RunStatus> = row.get(10)?;
+            let run_generation: Option<i64> = row.get(11)?;
+            let run_error: Option<String> = row.get(12)?;
+            let run = run_status.map(|status| RunFacts {
+                status,
+                lease_generation: run_generation.unwrap_or(0),
+                error: run_error.as_deref(),
+            });
+            Ok(StepAttempt {
+                id: row.get(0)?,
+                run_id: row.get(1)?,
+                step_name: row.get(2)?,
+                step_index: row.get(3)?,
+                lease_generation: generation,
+                status,
+                metadata: parse_optional_json(row.get(6)?),
+                error: row.get(7)?,
+                started_at: row.get(8)?,
+                completed_at: row.get(9)?,
+                interruption_reason: interruption_reason(status, generation, run),
+            })
+        })
+        .map_err(sql_error("get_step_attempts"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error("get_step_attempts"))
+}
+
 pub(super) fn persist_step(
     conn: &Connection,
     fence: &Fence,
@@ -355,6 +478,11 @@ pub(super) fn persist_step(
         .as_ref()
         .map(|o| to_json("persist_step", o))
         .transpose()?;
+    if let Some(attempt) = &step.attempt
+        && !record_attempt(conn, fence, &step, attempt, now)?
+    {
+        return Ok(None);
+    }
     let inserted = conn
         .prepare_cached(sql::INSERT_STEP)
         .and_then(|mut stmt| {

@@ -199,6 +199,32 @@ pub(crate) const INSERT_STEP: &str = "INSERT OR FAIL INTO durably_steps (id, run
              SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
              WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2";
 
+/// A whole step attempt with its outcome, only while the fence holds (`?1` run, `?2`
+/// generation).
+pub(crate) const INSERT_ATTEMPT: &str = "INSERT OR FAIL INTO durably_step_attempts (id, run_id, step_name, \
+             step_index, lease_generation, status, metadata, error, started_at, completed_at) \
+             SELECT ?3, id, ?4, ?5, lease_generation, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2";
+
+/// A `started` attempt, only while the fence holds and the lease is unexpired at `?8`.
+pub(crate) const BEGIN_ATTEMPT: &str = "INSERT OR FAIL INTO durably_step_attempts (id, run_id, step_name, \
+             step_index, lease_generation, status, metadata, error, started_at, completed_at) \
+             SELECT ?3, id, ?4, ?5, lease_generation, 'started', ?6, NULL, ?7, NULL FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2 AND lease_expires_at > ?8";
+
+/// The outcome of a begun attempt, only while it is `started` under the fence.
+pub(crate) const FINISH_ATTEMPT: &str = "UPDATE OR FAIL durably_step_attempts SET status = ?4, error = ?5, \
+             completed_at = ?6 WHERE id = ?3 AND run_id = ?1 AND lease_generation = ?2 \
+             AND status = 'started' AND EXISTS (SELECT 1 FROM durably_runs \
+             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2)";
+
+/// A run's attempts, oldest first, with the run facts their interruption reason needs.
+pub(crate) const SELECT_ATTEMPTS: &str = "SELECT a.id, a.run_id, a.step_name, a.step_index, \
+             a.lease_generation, a.status, a.metadata, a.error, a.started_at, a.completed_at, \
+             r.status, r.lease_generation, r.error FROM durably_step_attempts a \
+             LEFT JOIN durably_runs r ON r.id = a.run_id WHERE a.run_id = ?1 \
+             ORDER BY a.started_at, a.id";
+
 /// A completed step advances the run's counters (fenced).
 pub(crate) const ADVANCE_STEP_COUNTERS: &str = concat!(
     "UPDATE durably_runs SET current_step_index = ?3, \
@@ -294,8 +320,11 @@ pub(crate) const RELEASE_EXPIRED_LEASES: &str = concat!(
     run_columns!()
 );
 
-/// Deletes a run's records: steps, logs, labels, then the run (each `?1` the run id).
-pub(crate) const DELETE_RUN_RECORDS: [&str; 4] = [
+/// Deletes a run's records in upstream's order: attempts, waits, steps, logs, labels, then the
+/// run (each `?1` the run id).
+pub(crate) const DELETE_RUN_RECORDS: [&str; 6] = [
+    "DELETE FROM durably_step_attempts WHERE run_id = ?1",
+    "DELETE FROM durably_waits WHERE run_id = ?1",
     "DELETE FROM durably_steps WHERE run_id = ?1",
     "DELETE FROM durably_logs WHERE run_id = ?1",
     "DELETE FROM durably_run_labels WHERE run_id = ?1",

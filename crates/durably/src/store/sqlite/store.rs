@@ -145,6 +145,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let fence = fence.clone();
+        self.write_continuing("begin_step_attempt", move |conn| {
+            ops::begin_step_attempt(conn, &fence, &attempt, now)
+        })
+        .await
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
+        let run_id = run_id.to_owned();
+        self.read("get_step_attempts", move |conn| {
+            ops::get_step_attempts(conn, &run_id)
+        })
+        .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

@@ -185,6 +185,7 @@ pub async fn an_expired_lease_resumes_from_the_stored_steps(store: Arc<dyn Store
                 output: Some(json!("fetched-by-the-lost-worker")),
                 error: None,
                 started_at: now,
+                attempt: None,
             },
             now,
         )

@@ -4,12 +4,14 @@
 //! one test each.
 #![allow(missing_docs)]
 
+mod attempts;
 mod claim;
 mod enqueue;
 mod operations;
 mod policy;
 mod writes;
 
+pub use attempts::*;
 pub use claim::*;
 pub use enqueue::*;
 pub use operations::*;
@@ -100,6 +102,7 @@ fn step(
         output,
         error: (status == StepStatus::Failed).then(|| format!("{name} failed")),
         started_at: at,
+        attempt: None,
     }
 }
 

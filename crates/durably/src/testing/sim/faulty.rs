@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::attempts::StepAttempt;
 use crate::error::{Error, Result};
 use crate::maintenance::MaintenanceTask;
 use crate::run::{Log, Progress, Run, RunFilter, Step};
 use crate::runtime;
 use crate::store::{
-    ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin, Store, StoreNotice,
-    Transition,
+    AttemptStart, ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin,
+    Store, StoreNotice, Transition,
 };
 use crate::time::Timestamp;
 
@@ -446,6 +447,21 @@ impl Store for FaultyStore {
     ) -> Result<Option<Step>> {
         let call = self.inner.persist_step(fence, step, now);
         self.call("persist_step", call).await
+    }
+
+    async fn begin_step_attempt(
+        &self,
+        fence: &Fence,
+        attempt: AttemptStart,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let call = self.inner.begin_step_attempt(fence, attempt, now);
+        self.call("begin_step_attempt", call).await
+    }
+
+    async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
+        let call = self.inner.get_step_attempts(run_id);
+        self.call("get_step_attempts", call).await
     }
 
     async fn update_progress(

@@ -1,0 +1,237 @@
+//! Step attempts (upstream schema version 2): one record per real execution of a step's
+//! function. A replayed step (its output read back from its checkpoint) makes none.
+//!
+//! A step's checkpoint says what a step returned; its attempts say how many times its function
+//! ran, under which lease, how each ended, and, for one that never ended, why
+//! ([`InterruptionReason`]). Attempts outlive checkpoint cleanup (`preserve_steps: false`) and
+//! cancel cleanup, and go only with their run (delete, purge, retention), so a failed run's page
+//! still shows which step failed, when and why.
+//!
+//! When the record is written: an attempt whose function ends within
+//! [`Tuning::attempt_record_delay`](crate::Tuning) is written once, with its outcome, in the
+//! same transaction as the step's checkpoint (a fast step costs no extra write); a longer one is
+//! first recorded as `started` once that delay has passed (while the function keeps running),
+//! then finalized with the checkpoint. Upstream writes the `started` row before every function
+//! starts; the difference is visible only for a worker that crashes within the delay of a step's
+//! start, whose attempt is then not recorded.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::run::{RunStatus, StepStatus};
+use crate::store::LEASE_EXPIRED_PENDING_EXISTS;
+use crate::time::Timestamp;
+
+/// How an attempt stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AttemptStatus {
+    /// The function started and no outcome was recorded (still running, or interrupted: see
+    /// [`StepAttempt::interruption_reason`]).
+    Started,
+    /// The function returned and its checkpoint was written.
+    Completed,
+    /// The function failed or was cancelled.
+    Failed,
+}
+
+impl AttemptStatus {
+    /// The exact string stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Started => "started",
+            AttemptStatus::Completed => "completed",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored string.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "started" => Some(AttemptStatus::Started),
+            "completed" => Some(AttemptStatus::Completed),
+            "failed" => Some(AttemptStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// The attempt status a step outcome records: `completed` for a completed step, `failed`
+    /// for a failed or cancelled one.
+    pub fn of_step(status: StepStatus) -> Self {
+        match status {
+            StepStatus::Completed => AttemptStatus::Completed,
+            _ => AttemptStatus::Failed,
+        }
+    }
+}
+
+/// Why an attempt left `started` without an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum InterruptionReason {
+    /// Its worker lost the lease (crashed, froze or was too slow): another lease took the run.
+    LeaseLost,
+    /// The run was cancelled.
+    Cancelled,
+    /// The run ended without this attempt's outcome being recorded.
+    Unknown,
+}
+
+/// One real execution of a step's function (`GET /attempts?runId=`, `Durably::get_step_attempts`).
+///
+/// Serializes to upstream's `StepAttempt` JSON (camelCase, upstream's key order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct StepAttempt {
+    /// ULID.
+    pub id: String,
+    /// The run.
+    pub run_id: String,
+    /// The step's name.
+    pub step_name: String,
+    /// The step's index in this execution.
+    pub step_index: i64,
+    /// The lease generation the attempt ran under.
+    pub lease_generation: i64,
+    /// Where it stands.
+    pub status: AttemptStatus,
+    /// Metadata the step set (JSON), if any.
+    pub metadata: Option<Value>,
+    /// When the function started.
+    pub started_at: Timestamp,
+    /// When its outcome was recorded.
+    pub completed_at: Option<Timestamp>,
+    /// The error of a failed or cancelled attempt.
+    pub error: Option<String>,
+    /// Why a `started` attempt has no outcome, from the run as it is now (`None` while it may
+    /// still be running, and for attempts with an outcome).
+    pub interruption_reason: Option<InterruptionReason>,
+}
+
+/// The attempt a step write records (see [`crate::store::NewStep::attempt`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct NewAttempt {
+    /// The attempt's id (a ULID made when the function started).
+    pub id: String,
+    /// Whether its `started` row was already written ([`crate::Store::begin_step_attempt`]):
+    /// the step write then finalizes that row; otherwise it inserts the whole attempt.
+    pub begun: bool,
+    /// The attempt's metadata.
+    pub metadata: Option<Value>,
+}
+
+impl NewAttempt {
+    /// An attempt not yet written.
+    pub fn new(id: String) -> Self {
+        NewAttempt {
+            id,
+            begun: false,
+            metadata: None,
+        }
+    }
+}
+
+/// The run as an attempt's interruption reason needs it.
+#[derive(Clone, Debug)]
+pub(crate) struct RunFacts<'a> {
+    pub(crate) status: RunStatus,
+    pub(crate) lease_generation: i64,
+    pub(crate) error: Option<&'a str>,
+}
+
+/// Upstream's read-time rule (§5.3): only a `started` attempt has a reason; `lease-lost` if its
+/// generation is older than the run's, or the run is pending, or it failed because its expired
+/// lease could not go back to pending; else `cancelled` for a cancelled run; else `unknown` for
+/// a finished run; else none (still running under its lease, or the run is waiting).
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "testing")),
+    allow(dead_code)
+)]
+pub(crate) fn interruption_reason(
+    status: AttemptStatus,
+    generation: i64,
+    run: Option<RunFacts<'_>>,
+) -> Option<InterruptionReason> {
+    if status != AttemptStatus::Started {
+        return None;
+    }
+    let run = run?;
+    let lease_lost = generation < run.lease_generation
+        || run.status == RunStatus::Pending
+        || (run.status == RunStatus::Failed && run.error == Some(LEASE_EXPIRED_PENDING_EXISTS));
+    if lease_lost {
+        return Some(InterruptionReason::LeaseLost);
+    }
+    match run.status {
+        RunStatus::Cancelled => Some(InterruptionReason::Cancelled),
+        RunStatus::Completed | RunStatus::Failed => Some(InterruptionReason::Unknown),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(status: RunStatus, lease_generation: i64, error: Option<&str>) -> RunFacts<'_> {
+        RunFacts {
+            status,
+            lease_generation,
+            error,
+        }
+    }
+
+    #[test]
+    fn interruption_reasons_follow_upstreams_rule() {
+        use InterruptionReason::*;
+        let started = AttemptStatus::Started;
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Leased, 2, None))),
+            Some(LeaseLost)
+        );
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Pending, 1, None))),
+            Some(LeaseLost)
+        );
+        assert_eq!(
+            interruption_reason(
+                started,
+                1,
+                Some(facts(
+                    RunStatus::Failed,
+                    1,
+                    Some(LEASE_EXPIRED_PENDING_EXISTS)
+                ))
+            ),
+            Some(LeaseLost)
+        );
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Cancelled, 1, None))),
+            Some(Cancelled)
+        );
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Failed, 1, Some("boom")))),
+            Some(Unknown)
+        );
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Leased, 1, None))),
+            None
+        );
+        assert_eq!(
+            interruption_reason(started, 1, Some(facts(RunStatus::Waiting, 1, None))),
+            None
+        );
+        assert_eq!(
+            interruption_reason(
+                AttemptStatus::Failed,
+                1,
+                Some(facts(RunStatus::Pending, 3, None))
+            ),
+            None
+        );
+    }
+}
