@@ -102,7 +102,7 @@ async fn trigger_rejects_bad_requests_and_stores_nothing(backend: Backend) {
         ("labels not an object", json!({"jobName": "echo", "input": {"value": 1}, "labels": "x"}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
         ("label value not a string", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"a": 1}}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
         ("invalid label key (SPEC §3 #9)", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"bad key!": "x"}}).to_string(), StatusCode::BAD_REQUEST, "Invalid label key"),
-        ("bad coalesce", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": "merge"}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: 'merge'. Valid values: 'skip'"),
+        ("bad coalesce", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": "merge"}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: 'merge'. Valid values: 'skip', 'queue', 'active'"),
         ("coalesce without key", json!({"jobName": "echo", "input": {"value": 1}, "coalesce": "skip"}).to_string(), StatusCode::BAD_REQUEST, "coalesce requires concurrencyKey"),
         ("oversized body", json!({"jobName": "echo", "input": {"value": "x".repeat(10_000)}}).to_string(), StatusCode::PAYLOAD_TOO_LARGE, "too large"),
     ];
@@ -665,7 +665,11 @@ async fn fuzz_trigger_rules_are_documented(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new()).await;
     let (_, doc) = api.get_json("/openapi.json").await;
     let echo = &doc["components"]["schemas"]["TriggerRequest"]["oneOf"][1];
-    assert_eq!(echo["if"]["properties"]["coalesce"]["const"], "skip");
+    assert_eq!(echo["if"]["properties"]["coalesce"]["type"], "string");
+    assert_eq!(
+        echo["properties"]["coalesce"]["enum"],
+        json!(["skip", "queue", "active", null])
+    );
     assert_eq!(echo["then"]["required"], json!(["concurrencyKey"]));
     let (status, body) = api
         .post_json(

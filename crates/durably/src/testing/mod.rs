@@ -205,7 +205,11 @@ macro_rules! store_contract_tests {
             complete_run_keeps_steps_when_preserving,
             fail_run_keeps_steps_when_preserving,
             cancel_run_keeps_steps_when_preserving,
-            release_expired_leases_keeps_steps_when_preserving
+            release_expired_leases_keeps_steps_when_preserving,
+            coalesce_modes_follow_the_disposition_table,
+            coalesce_active_prefers_pending_then_leased_then_waiting,
+            enqueue_many_coalesces_within_the_batch,
+            concurrent_coalescing_triggers_create_one_run
         );
     };
 }

@@ -5,12 +5,14 @@
 #![allow(missing_docs)]
 
 mod claim;
+mod coalesce;
 mod enqueue;
 mod operations;
 mod policy;
 mod writes;
 
 pub use claim::*;
+pub use coalesce::*;
 pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
