@@ -238,6 +238,7 @@ macro_rules! store_behaviour_tests {
             an_idempotency_key_returns_the_same_run,
             runs_sharing_a_concurrency_key_never_overlap,
             coalesce_skip_returns_the_pending_run,
+            coalesce_active_reuses_the_running_run,
             cancel_of_a_pending_run_ends_it_without_executing,
             cancel_of_a_running_run_fires_its_token_and_stops_it,
             retrigger_starts_a_new_run_with_the_same_input,
