@@ -482,6 +482,7 @@ async fn batches_coalesce_and_stay_all_or_nothing(backend: Backend) {
 async fn trigger_and_wait_with_active_waits_for_the_running_run(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b).await;
+    let events = record_events(&durably);
     let (open, gate) = watch::channel(false);
     let handle = durably.register(gated_job(gate)).expect("register");
     durably.start();
@@ -497,9 +498,15 @@ async fn trigger_and_wait_with_active_waits_for_the_running_run(backend: Backend
     };
     // The trigger coalesced (no new run) before the gate opens.
     common::eventually("the coalesced trigger", Duration::from_secs(20), || async {
-        (all_runs(&durably).await.len() == 1).then_some(())
+        events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::RunCoalesced { .. }))
+            .then_some(())
     })
     .await;
+    assert_eq!(all_runs(&durably).await.len(), 1);
     open.send_replace(true);
     let done = within("trigger_and_wait", Duration::from_secs(20), waiting)
         .await
@@ -651,3 +658,85 @@ backend_tests!(
     trigger_and_wait_with_active_waits_for_the_running_run,
     concurrent_triggers_from_several_stores,
 );
+
+/// PostgreSQL (upstream v4 §7.2): an `active` enqueue waits for its key's advisory lock and
+/// decides after it, seeing what the holder committed; a keyed batch waits for its keys' locks
+/// before its first insert; a plain keyed enqueue takes no lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn postgres_active_and_keyed_batches_take_the_key_locks() {
+    let db = TestDb::new(Backend::Postgres);
+    db.store.migrate().await.expect("migrate");
+    let schema = db.schema.clone().expect("schema");
+    let (holder, connection) =
+        tokio_postgres::connect(&common::postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    holder
+        .batch_execute(&format!(
+            "SET search_path TO \"{schema}\"; BEGIN; SELECT pg_advisory_xact_lock(hashtext('k'))"
+        ))
+        .await
+        .expect("take the key's lock");
+    let request = |mode: Option<Coalesce>, n: u64| NewRun {
+        job_name: "locked".into(),
+        input: json!(n),
+        idempotency_key: None,
+        concurrency_key: Some("k".into()),
+        labels: Default::default(),
+        coalesce: mode,
+    };
+
+    let active = {
+        let store = db.store.clone();
+        let request = request(Some(Coalesce::Active), 1);
+        tokio::spawn(async move { store.enqueue(request, Timestamp::now()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !active.is_finished(),
+        "the active enqueue waits for the key's lock"
+    );
+    // Queued behind the active enqueue (PostgreSQL grants a lock's waiters in order).
+    let batch = {
+        let store = db.store.clone();
+        let items = vec![request(None, 2)];
+        tokio::spawn(async move { store.enqueue_many(items, Timestamp::now()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !batch.is_finished(),
+        "the keyed batch waits for the key's lock"
+    );
+    assert!(!active.is_finished(), "the active enqueue still waits");
+
+    // The lock's holder leases a run of the key and commits: the waiting `active` enqueue
+    // reuses it (its decision follows the lock).
+    holder
+        .batch_execute(
+            "INSERT INTO durably_runs (id, job_name, input, status, concurrency_key, labels, \
+               current_step_index, completed_step_count, lease_generation, lease_owner, \
+               lease_expires_at, created_at, updated_at) \
+             VALUES ('01HOLDERRUN0000000000000000', 'locked', '0', 'leased', 'k', '{}', 0, 0, 1, \
+               'holder', '2999-01-01T00:00:00.000Z', '2000-01-01T00:00:00.000Z', \
+               '2000-01-01T00:00:00.000Z'); COMMIT",
+        )
+        .await
+        .expect("commit the holder's run");
+    let active = within("active", Duration::from_secs(10), active)
+        .await
+        .expect("task")
+        .expect("active");
+    assert_eq!(active.disposition, Disposition::Coalesced);
+    assert_eq!(active.run.id, "01HOLDERRUN0000000000000000");
+    assert_eq!(active.run.status, RunStatus::Leased);
+    let batch = within("batch", Duration::from_secs(10), batch)
+        .await
+        .expect("task")
+        .expect("batch");
+    assert_eq!(batch[0].disposition, Disposition::Created);
+}
