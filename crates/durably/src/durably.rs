@@ -113,7 +113,9 @@ impl Durably {
             Some(i) => format!("{message} at index {i}"),
             None => message,
         };
-        if options.coalesce.is_some() && options.concurrency_key.is_none() {
+        if options.coalesce.is_some()
+            && options.concurrency_key.as_deref().is_none_or(str::is_empty)
+        {
             return Err(Error::Validation(at(
                 "coalesce requires concurrencyKey".into()
             )));

@@ -437,7 +437,8 @@ pub enum Disposition {
     Created,
     /// A run with the same job and idempotency key already existed; it is returned unchanged.
     Idempotent,
-    /// A pending run with the same job and concurrency key existed and `coalesce: skip` was asked.
+    /// A run with the same job and concurrency key was reused because a [`Coalesce`] mode was
+    /// asked: a pending one, or with [`Coalesce::Active`] a running or waiting one.
     Coalesced,
 }
 
@@ -452,13 +453,47 @@ impl Disposition {
     }
 }
 
-/// What to do when a pending run with the same job and concurrency key already exists.
+/// How a keyed trigger reuses a run of the same job and concurrency key instead of creating
+/// one (upstream v4 §7). Every mode needs a concurrency key; idempotency keys win over all of
+/// them.
+///
+/// | existing runs of the job and key | no coalesce | `Skip` / `Queue` | `Active` |
+/// |---|---|---|---|
+/// | none, or only ended ones | created | created | created |
+/// | pending | conflict | coalesced (the pending run) | coalesced (the pending run) |
+/// | leased (unexpired lease) only | created | created | coalesced (the leased run) |
+/// | leased and pending | conflict | coalesced (the pending run) | coalesced (the pending run) |
+/// | waiting only | created | created | coalesced (the waiting run) |
+/// | leased with an expired lease only | created | created | created |
+///
+/// ```
+/// use durably::Coalesce;
+/// assert_eq!("active".parse::<Coalesce>().unwrap(), Coalesce::Active);
+/// assert_eq!(Coalesce::Queue.as_str(), "queue");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Coalesce {
-    /// Return the existing pending run instead of failing with a conflict.
+    /// Return the oldest pending run of the job and key instead of failing with a conflict.
     Skip,
+    /// The same as [`Coalesce::Skip`] (upstream's alias): at most one run queues behind a
+    /// running one, later triggers coalesce onto it.
+    Queue,
+    /// Reuse the run of the job and key that is pending, else running (an unexpired lease),
+    /// else waiting, oldest first; create a run only when there is none.
+    Active,
+}
+
+impl Coalesce {
+    /// The wire string (`skip`, `queue`, `active`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coalesce::Skip => "skip",
+            Coalesce::Queue => "queue",
+            Coalesce::Active => "active",
+        }
+    }
 }
 
 impl FromStr for Coalesce {
@@ -467,8 +502,10 @@ impl FromStr for Coalesce {
     fn from_str(text: &str) -> Result<Self> {
         match text {
             "skip" => Ok(Coalesce::Skip),
+            "queue" => Ok(Coalesce::Queue),
+            "active" => Ok(Coalesce::Active),
             other => Err(Error::Validation(format!(
-                "Invalid coalesce value: '{other}'. Valid values: 'skip'"
+                "Invalid coalesce value: '{other}'. Valid values: 'skip', 'queue', 'active'"
             ))),
         }
     }
@@ -493,7 +530,7 @@ pub struct TriggerOptions {
     pub concurrency_key: Option<String>,
     /// Labels stored with the run.
     pub labels: Option<Labels>,
-    /// Conflict resolution for the pending-per-key rule (requires a concurrency key).
+    /// Which existing run of the job and concurrency key to reuse (requires a concurrency key).
     pub coalesce: Option<Coalesce>,
 }
 

@@ -258,7 +258,7 @@ async fn a_conflict_rolls_back_the_whole_batch(backend: Backend) {
     };
     assert_eq!(
         message,
-        "A pending run already exists for concurrency key \"same\" in job \"batch-job\". Use coalesce: 'skip' to return the existing run instead."
+        "A pending run already exists for concurrency key \"same\" in job \"batch-job\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
     );
     assert_nothing_stored(&durably).await;
 

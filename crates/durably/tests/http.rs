@@ -83,6 +83,68 @@ async fn trigger_returns_run_id_and_disposition(backend: Backend) {
     assert_eq!(api.run_count().await, 2);
 }
 
+/// `coalesce: "queue"` and `"active"` (upstream v4 §9.2): the response's `status` is the
+/// reused run's, `leased` when `active` reuses a running run.
+async fn trigger_coalesces_with_queue_and_active(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let trigger = |value: u64, coalesce: Option<&str>| {
+        let mut body = json!({"jobName": "echo", "input": {"value": value}, "concurrencyKey": "k"});
+        if let Some(mode) = coalesce {
+            body["coalesce"] = json!(mode);
+        }
+        body
+    };
+    let (status, first) = api.post_json("/trigger", trigger(1, Some("active"))).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        (&first["disposition"], &first["status"]),
+        (&json!("created"), &json!("pending"))
+    );
+    let claimed = api
+        .durably
+        .store()
+        .claim(
+            "w",
+            durably::Timestamp::now(),
+            std::time::Duration::from_secs(60),
+            1,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(json!(claimed[0].id), first["runId"]);
+
+    let (status, active) = api.post_json("/trigger", trigger(2, Some("active"))).await;
+    assert_eq!(status, StatusCode::OK, "{active}");
+    assert_eq!(active["runId"], first["runId"]);
+    assert_eq!(
+        (&active["disposition"], &active["status"]),
+        (&json!("coalesced"), &json!("leased"))
+    );
+
+    let (status, queued) = api.post_json("/trigger", trigger(3, Some("queue"))).await;
+    assert_eq!(status, StatusCode::OK, "{queued}");
+    assert_eq!(
+        (&queued["disposition"], &queued["status"]),
+        (&json!("created"), &json!("pending"))
+    );
+    for mode in ["queue", "skip", "active"] {
+        let (status, again) = api.post_json("/trigger", trigger(4, Some(mode))).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["runId"], queued["runId"], "{mode}");
+        assert_eq!(
+            (&again["disposition"], &again["status"]),
+            (&json!("coalesced"), &json!("pending"))
+        );
+    }
+    let (status, conflict) = api.post_json("/trigger", trigger(5, None)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(
+        conflict["error"],
+        "A pending run already exists for concurrency key \"k\" in job \"echo\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
+    );
+    assert_eq!(api.run_count().await, 2);
+}
+
 async fn trigger_rejects_bad_requests_and_stores_nothing(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new().body_limit(4096)).await;
     let cases: Vec<(&str, String, StatusCode, &str)> = vec![
@@ -102,8 +164,11 @@ async fn trigger_rejects_bad_requests_and_stores_nothing(backend: Backend) {
         ("labels not an object", json!({"jobName": "echo", "input": {"value": 1}, "labels": "x"}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
         ("label value not a string", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"a": 1}}).to_string(), StatusCode::BAD_REQUEST, "labels: Invalid input"),
         ("invalid label key (SPEC §3 #9)", json!({"jobName": "echo", "input": {"value": 1}, "labels": {"bad key!": "x"}}).to_string(), StatusCode::BAD_REQUEST, "Invalid label key"),
-        ("bad coalesce", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": "merge"}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: 'merge'. Valid values: 'skip'"),
+        ("bad coalesce", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": "merge"}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: 'merge'. Valid values: 'skip', 'queue', 'active'"),
         ("coalesce without key", json!({"jobName": "echo", "input": {"value": 1}, "coalesce": "skip"}).to_string(), StatusCode::BAD_REQUEST, "coalesce requires concurrencyKey"),
+        ("queue without key", json!({"jobName": "echo", "input": {"value": 1}, "coalesce": "queue"}).to_string(), StatusCode::BAD_REQUEST, "coalesce requires concurrencyKey"),
+        ("active with an empty key", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "", "coalesce": "active"}).to_string(), StatusCode::BAD_REQUEST, "coalesce requires concurrencyKey"),
+        ("coalesce not a string", json!({"jobName": "echo", "input": {"value": 1}, "concurrencyKey": "k", "coalesce": 1}).to_string(), StatusCode::BAD_REQUEST, "Invalid coalesce value: '1'. Valid values: 'skip', 'queue', 'active'"),
         ("oversized body", json!({"jobName": "echo", "input": {"value": "x".repeat(10_000)}}).to_string(), StatusCode::PAYLOAD_TOO_LARGE, "too large"),
     ];
     for (what, body, expected_status, expected_error) in cases {
@@ -705,7 +770,11 @@ async fn fuzz_trigger_rules_are_documented(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new()).await;
     let (_, doc) = api.get_json("/openapi.json").await;
     let echo = &doc["components"]["schemas"]["TriggerRequest"]["oneOf"][1];
-    assert_eq!(echo["if"]["properties"]["coalesce"]["const"], "skip");
+    assert_eq!(echo["if"]["properties"]["coalesce"]["type"], "string");
+    assert_eq!(
+        echo["properties"]["coalesce"]["enum"],
+        json!(["skip", "queue", "active", null])
+    );
     assert_eq!(echo["then"]["required"], json!(["concurrencyKey"]));
     let (status, body) = api
         .post_json(
@@ -1578,6 +1647,7 @@ async fn tenants_cannot_see_or_touch_each_others_runs(backend: Backend) {
 backend_tests!(
     trigger_returns_run_id_and_disposition,
     trigger_rejects_bad_requests_and_stores_nothing,
+    trigger_coalesces_with_queue_and_active,
     runs_is_a_bare_array_of_client_runs,
     runs_filters_and_pages,
     run_returns_one_client_run,

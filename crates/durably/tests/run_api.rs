@@ -867,7 +867,7 @@ async fn retrigger_conflicts_with_a_pending_run_of_the_same_key(backend: Backend
     let pending = handle.trigger_with(task(2), keyed()).await.expect("b").run;
     assert_eq!(
         conflict(durably.retrigger(&first.id).await),
-        "A pending run already exists for concurrency key \"group\" in job \"task\". Use coalesce: 'skip' to return the existing run instead."
+        "A pending run already exists for concurrency key \"group\" in job \"task\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
     );
     let runs = durably.get_runs(&RunFilter::new()).await.expect("runs");
     assert_eq!(runs.len(), 2);

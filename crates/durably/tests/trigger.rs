@@ -79,7 +79,7 @@ fn conflict(result: durably::Result<impl std::fmt::Debug>) -> String {
 
 fn pending_conflict_message(key: &str, job: &str) -> String {
     format!(
-        "A pending run already exists for concurrency key \"{key}\" in job \"{job}\". Use coalesce: 'skip' to return the existing run instead."
+        "A pending run already exists for concurrency key \"{key}\" in job \"{job}\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
     )
 }
 
@@ -501,7 +501,7 @@ async fn invalid_coalesce_value_is_rejected(_backend: Backend) {
     match "invalid".parse::<Coalesce>() {
         Err(Error::Validation(message)) => assert_eq!(
             message,
-            "Invalid coalesce value: 'invalid'. Valid values: 'skip'"
+            "Invalid coalesce value: 'invalid'. Valid values: 'skip', 'queue', 'active'"
         ),
         other => panic!("expected Error::Validation, got {other:?}"),
     }

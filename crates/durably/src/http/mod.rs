@@ -555,7 +555,7 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
         Some(Value::String(s)) => Some(s.parse::<Coalesce>().map_err(durably_error)?),
         Some(other) => {
             return Err(bad_request(&format!(
-                "Invalid coalesce value: '{other}'. Valid values: 'skip'"
+                "Invalid coalesce value: '{other}'. Valid values: 'skip', 'queue', 'active'"
             )));
         }
     };

@@ -100,10 +100,10 @@ fn trigger_request(durably: &Durably, limits: &Limits) -> Value {
             "idempotencyKey": key,
             "concurrencyKey": key,
             "labels": labels,
-            "coalesce": { "type": ["string", "null"], "enum": ["skip", null] }
+            "coalesce": { "type": ["string", "null"], "enum": ["skip", "queue", "active", null] }
         },
-        // `coalesce: "skip"` needs a concurrency key to coalesce on (400 without).
-        "if": { "required": ["coalesce"], "properties": { "coalesce": { "const": "skip" } } },
+        // Every coalesce mode needs a concurrency key to coalesce on (400 without).
+        "if": { "required": ["coalesce"], "properties": { "coalesce": { "type": "string" } } },
         "then": { "required": ["concurrencyKey"], "properties": { "concurrencyKey": { "type": "string" } } }
         })
     };

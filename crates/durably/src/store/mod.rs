@@ -280,10 +280,16 @@ pub trait Store: Send + Sync + 'static {
     /// The highest applied schema version (0 before `migrate`).
     async fn schema_version(&self) -> Result<i64>;
 
-    /// Inserts a pending run, resolving idempotency and concurrency keys (upstream §5.5):
-    /// an existing run with the same job and idempotency key wins (`idempotent`); a pending run
-    /// with the same job and concurrency key yields `coalesced` with [`Coalesce::Skip`] and
-    /// [`Error::Conflict`] otherwise.
+    /// Inserts a pending run, resolving idempotency and concurrency keys (upstream §5.5 and
+    /// v4 §7.1), in this order: an existing run with the same job and idempotency key wins
+    /// (`idempotent`, whatever its status); then label keys are validated; then, with
+    /// [`Coalesce::Active`], the oldest pending run of the same job and concurrency key, else the
+    /// oldest leased one whose lease expires after `now`, else the oldest waiting one, is
+    /// returned unchanged (`coalesced`). Otherwise a pending run is inserted (`created`) unless
+    /// the job and key already have one: that one is returned (`coalesced`) with any
+    /// [`Coalesce`] mode, and [`Error::Conflict`] is returned without one. The decision is taken
+    /// atomically: concurrent enqueues never leave two pending runs of a job and key, nor create
+    /// a run an `Active` enqueue would have reused.
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued>;
 
     /// [`Store::enqueue`], then, if that created a run, [`Store::claim`] of up to `next.max`
@@ -517,7 +523,7 @@ pub fn validate_label_key(key: &str) -> Result<()> {
 /// The conflict error for a second pending run with the same job and concurrency key.
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
-        "A pending run already exists for concurrency key \"{key}\" in job \"{job_name}\". Use coalesce: 'skip' to return the existing run instead."
+        "A pending run already exists for concurrency key \"{key}\" in job \"{job_name}\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
     ))
 }
 

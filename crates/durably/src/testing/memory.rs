@@ -9,7 +9,9 @@ use async_trait::async_trait;
 
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
-use crate::run::{Disposition, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus};
+use crate::run::{
+    Coalesce, Disposition, Log, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
+};
 use crate::store::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
     NewRun, NewStep, RunAdmin, RunPatch, SCHEMA_VERSION, Store, Transition, pending_conflict,
@@ -174,6 +176,24 @@ impl State {
             .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
     }
 
+    /// The run `coalesce: active` reuses (upstream v4 §7.1): the oldest pending run of the job
+    /// and key, else the oldest one leased past `now`, else the oldest waiting one.
+    fn active_with_key(&self, job_name: &str, key: &str, now: Timestamp) -> Option<&Run> {
+        let oldest = |wanted: &dyn Fn(&Run) -> bool| {
+            self.runs
+                .values()
+                .filter(|run| {
+                    run.job_name == job_name
+                        && run.concurrency_key.as_deref() == Some(key)
+                        && wanted(run)
+                })
+                .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+        };
+        oldest(&|run| run.status == RunStatus::Pending)
+            .or_else(|| oldest(&|run| unexpired_lease(run, now)))
+            .or_else(|| oldest(&|run| run.status == RunStatus::Waiting))
+    }
+
     fn has_pending_with_key(&self, job_name: &str, key: &str, except: &str) -> bool {
         self.runs.values().any(|run| {
             run.status == RunStatus::Pending
@@ -199,7 +219,10 @@ impl State {
             validate_label_key(key)?;
         }
         if let Some(key) = &request.concurrency_key
-            && let Some(existing) = self.oldest_pending_with_key(&request.job_name, key)
+            && let Some(existing) = match request.coalesce {
+                Some(Coalesce::Active) => self.active_with_key(&request.job_name, key, now),
+                _ => self.oldest_pending_with_key(&request.job_name, key),
+            }
         {
             return match request.coalesce {
                 Some(_) => Ok(Enqueued {

@@ -207,7 +207,11 @@ macro_rules! store_contract_tests {
             cancel_run_keeps_steps_when_preserving,
             release_expired_leases_keeps_steps_when_preserving,
             step_attempts_are_recorded_with_their_outcome_and_fenced,
-            step_attempts_explain_interruptions_and_go_only_with_their_run
+            step_attempts_explain_interruptions_and_go_only_with_their_run,
+            coalesce_modes_follow_the_disposition_table,
+            coalesce_active_prefers_pending_then_leased_then_waiting,
+            enqueue_many_coalesces_within_the_batch,
+            concurrent_coalescing_triggers_create_one_run
         );
     };
 }
@@ -236,6 +240,7 @@ macro_rules! store_behaviour_tests {
             an_idempotency_key_returns_the_same_run,
             runs_sharing_a_concurrency_key_never_overlap,
             coalesce_skip_returns_the_pending_run,
+            coalesce_active_reuses_the_running_run,
             cancel_of_a_pending_run_ends_it_without_executing,
             cancel_of_a_running_run_fires_its_token_and_stops_it,
             retrigger_starts_a_new_run_with_the_same_input,

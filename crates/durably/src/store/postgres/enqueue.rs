@@ -15,6 +15,9 @@ pub(super) struct Prepared {
     pub(super) label_keys: Vec<String>,
     pub(super) label_values: Vec<String>,
     pub(super) labels_valid: bool,
+    /// `coalesce: active` with a concurrency key: the statement is [`active_enqueue_sql`], run
+    /// after the key's advisory lock ([`ENQUEUE_KEY_LOCK`]) in the same transaction.
+    pub(super) active: bool,
 }
 
 impl Prepared {
@@ -37,11 +40,14 @@ impl Prepared {
             label_keys: run.labels.keys().cloned().collect(),
             label_values: run.labels.values().cloned().collect(),
             labels_valid,
+            active: run.coalesce == Some(Coalesce::Active) && run.concurrency_key.is_some(),
         })
     }
 
     pub(super) fn sql(&self) -> String {
-        if self.labels_valid {
+        if self.labels_valid && self.active {
+            active_enqueue_sql()
+        } else if self.labels_valid {
             enqueue_sql()
         } else {
             idempotency_sql()

@@ -66,7 +66,7 @@ use super::{
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::run::{
-    Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
+    Coalesce, Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
 use crate::store::migrations::{Ladder, POSTGRES_OWN, UPSTREAM};
 use crate::time::{Timestamp, new_id_at};
@@ -427,14 +427,33 @@ impl PostgresStore {
 
     /// Inserts one prepared run (upstream §5.5), retrying lost races and lost connections; a
     /// retry recognises the row an earlier attempt committed by its id.
+    ///
+    /// A plain enqueue is one statement. An `active` one (upstream v4 §7.2) is a transaction
+    /// that takes the key's advisory lock first, then decides in a statement of its own, so
+    /// concurrent `active` enqueues of a key (and claims of it, which skip a locked key)
+    /// take turns and each sees what the one before committed.
     async fn enqueue_prepared(&self, run: &NewRun, prepared: &Prepared) -> Result<Enqueued> {
         let channel = &self.shared.channel;
         for round in 0..3 {
             let outcome = self
-                .run("enqueue", true, |client, _| async move {
+                .run("enqueue", true, |mut client, _| async move {
                     let statement = client.prepare_cached(&prepared.sql()).await?;
-                    let rows = client.query(&statement, &prepared.params(channel)).await?;
-                    resolve(run, prepared, &rows)
+                    let params = prepared.params(channel);
+                    let (Some(key), true) = (&prepared.concurrency_key, prepared.active) else {
+                        let rows = client.query(&statement, &params).await?;
+                        return resolve(run, prepared, &rows);
+                    };
+                    let lock = client.prepare_cached(ENQUEUE_KEY_LOCK).await?;
+                    let tx = client.transaction().await?;
+                    // Pipelined: both go out at once and run in order.
+                    let key_param: [&(dyn ToSql + Sync); 1] = [key];
+                    let (locked, rows) =
+                        futures::join!(tx.query(&lock, &key_param), tx.query(&statement, &params));
+                    locked?;
+                    let rows = rows?;
+                    let outcome = resolve(run, prepared, &rows)?;
+                    tx.commit().await?;
+                    Ok(outcome)
                 })
                 .await?;
             match outcome {

@@ -10,16 +10,52 @@ pub(super) const NOTICE_CANCEL: &str = "cancel:";
 
 /// One enqueue as one statement: the run's own earlier commit (a retry) → idempotency key →
 /// oldest pending run of the job+key → insert (with its labels, and a `NOTIFY`).
-/// `kind`: 0 idempotent, 1 pending run of the key exists, 2 created.
+/// `kind`: 0 idempotent, 1 a run of the key to reuse (or conflict with) exists, 2 created.
 pub(super) fn enqueue_sql() -> String {
+    enqueue_sql_reusing(&format!(
+        "SELECT {RUN_COLUMNS} FROM durably_runs WHERE $3::text IS NOT NULL \
+           AND job_name = $1 AND concurrency_key = $3 AND status = 'pending' \
+           AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM idem) \
+           ORDER BY created_at ASC, id ASC LIMIT 1"
+    ))
+}
+
+/// [`enqueue_sql`] for `coalesce: active` (upstream v4 §7.1): the run reused (`kind` 1) is the
+/// oldest pending run of the job+key, else the oldest leased one whose lease expires after the
+/// trigger's time (`$7`), else the oldest waiting one. Run after the key's advisory lock
+/// ([`ENQUEUE_KEY_LOCK`]), in a statement of its own, so its snapshot sees every run committed
+/// by whoever held the lock before.
+pub(super) fn active_enqueue_sql() -> String {
+    let pick = |status_condition: &str| {
+        format!(
+            "(SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = $1 AND concurrency_key = $3 \
+               AND {status_condition} ORDER BY created_at ASC, id ASC LIMIT 1)"
+        )
+    };
+    enqueue_sql_reusing(&format!(
+        "SELECT {RUN_COLUMNS} FROM (\
+           SELECT 0 AS tier, * FROM {pending} a \
+           UNION ALL SELECT 1, * FROM {leased} b \
+           UNION ALL SELECT 2, * FROM {waiting} c) t \
+         WHERE $3::text IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM idem) \
+         ORDER BY tier LIMIT 1",
+        pending = pick("status = 'pending'"),
+        leased = pick(
+            "status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at > $7::text"
+        ),
+        waiting = pick("status = 'waiting'"),
+    ))
+}
+
+/// The enqueue statement whose `pend` CTE (the run of the key that stops the insert) is
+/// `reuse`, a query over `mine` and `idem` returning [`RUN_COLUMNS`].
+fn enqueue_sql_reusing(reuse: &str) -> String {
     format!(
         "WITH mine AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = $4), \
          idem AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $2::text IS NOT NULL \
            AND job_name = $1 AND idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM mine)), \
-         pend AS (SELECT {RUN_COLUMNS} FROM durably_runs WHERE $3::text IS NOT NULL \
-           AND job_name = $1 AND concurrency_key = $3 AND status = 'pending' \
-           AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM idem) \
-           ORDER BY created_at ASC, id ASC LIMIT 1), \
+         pend AS ({reuse}), \
          ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
            concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
            created_at, updated_at) \
@@ -36,6 +72,16 @@ pub(super) fn enqueue_sql() -> String {
          UNION ALL SELECT 2, {RUN_COLUMNS} FROM ins WHERE (SELECT count(*) FROM note) >= 0"
     )
 }
+
+/// Upstream v4 §7.2: the transaction advisory lock of a concurrency key (`$1`), the lock a
+/// claim *tries* for the key ([`lock_claim_keys_sql`]), taken before an `active` enqueue.
+pub(super) const ENQUEUE_KEY_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1::text))";
+
+/// Upstream v4 §7.2: the advisory locks of a batch's distinct concurrency keys (`$1`), taken
+/// in ascending lock-id order (so two batches cannot deadlock) before its first insert. The
+/// sorted subquery is not flattened, so the locks are taken in its order.
+pub(super) const ENQUEUE_BATCH_KEY_LOCKS: &str = "SELECT count(pg_advisory_xact_lock(l.h)) \
+     FROM (SELECT DISTINCT hashtext(t.k) AS h FROM unnest($1::text[]) AS t(k) ORDER BY 1) l";
 
 /// Only the idempotency lookup (a request whose labels are invalid may still be idempotent).
 pub(super) fn idempotency_sql() -> String {

@@ -56,6 +56,21 @@ impl Store for PostgresStore {
         if next.max == 0 {
             return Ok((self.enqueue_prepared(&run, &prepared).await?, Vec::new()));
         }
+        if prepared.active {
+            // The key's lock first (`enqueue_prepared`); the claim follows on its own.
+            let enqueued = self.enqueue_prepared(&run, &prepared).await?;
+            if enqueued.disposition != Disposition::Created {
+                return Ok((enqueued, Vec::new()));
+            }
+            let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
+                Ok(runs) => runs,
+                Err(error) => {
+                    tracing::warn!(%error, "claim after enqueue failed");
+                    Vec::new()
+                }
+            };
+            return Ok((enqueued, claimed));
+        }
         let (enqueued, mut claimed, keyed) = self
             .enqueue_then_claim_once(&run, &prepared, next, now)
             .await;
@@ -97,18 +112,39 @@ impl Store for PostgresStore {
                     let (prepared, channel, runs) = (&prepared, &channel, &runs);
                     async move {
                         let full = client.prepare_cached(&enqueue_sql()).await?;
+                        let active = client.prepare_cached(&active_enqueue_sql()).await?;
                         let idem = client.prepare_cached(&idempotency_sql()).await?;
+                        let locks = client.prepare_cached(ENQUEUE_BATCH_KEY_LOCKS).await?;
                         let tx = client.transaction().await?;
                         let params: Vec<_> = prepared.iter().map(|p| p.params(channel)).collect();
+                        // Upstream v4 §7.2: the locks of the batch's keys, in lock-id order,
+                        // before its first insert (pipelined with the rest, sent first).
+                        let keys: Vec<&str> = prepared
+                            .iter()
+                            .filter_map(|p| p.concurrency_key.as_deref())
+                            .collect();
+                        let locked = async {
+                            match keys.is_empty() {
+                                true => Ok(Vec::new()),
+                                false => tx.query(&locks, &[&keys]).await,
+                            }
+                        };
                         // Pipelined: every statement is sent at once and executed in order, each
                         // seeing the ones before it.
-                        let results = futures::future::join_all(prepared.iter().zip(&params).map(
-                            |(p, params)| {
-                                let statement = if p.labels_valid { &full } else { &idem };
-                                tx.query(statement, &params[..])
-                            },
-                        ))
-                        .await;
+                        let (locked, results) = futures::join!(
+                            locked,
+                            futures::future::join_all(prepared.iter().zip(&params).map(
+                                |(p, params)| {
+                                    let statement = match (p.labels_valid, p.active) {
+                                        (false, _) => &idem,
+                                        (true, true) => &active,
+                                        (true, false) => &full,
+                                    };
+                                    tx.query(statement, &params[..])
+                                },
+                            ))
+                        );
+                        locked?;
                         let mut out = Vec::with_capacity(results.len());
                         for ((run, p), rows) in runs.iter().zip(prepared).zip(results) {
                             match resolve(run, p, &rows?)? {

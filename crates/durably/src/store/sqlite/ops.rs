@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::attempts::{AttemptStatus, NewAttempt, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::run::{
-    Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
+    Coalesce, Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
 use crate::store::{
     AttemptStart, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
@@ -192,7 +192,39 @@ fn oldest_pending_with_key(conn: &Connection, job_name: &str, key: &str) -> Resu
         .map_err(sql_error("enqueue"))
 }
 
-/// Upstream §5.5: idempotency first, then label keys, then the pending-per-key rule.
+/// The run of a job and concurrency key that `coalesce: active` reuses (upstream v4 §7.1): the
+/// oldest pending one, else the oldest leased one whose lease expires after `now`, else the
+/// oldest waiting one.
+fn active_with_key(
+    conn: &Connection,
+    job_name: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<Option<Run>> {
+    if let Some(run) = oldest_pending_with_key(conn, job_name, key)? {
+        return Ok(Some(run));
+    }
+    let leased = conn
+        .prepare_cached(sql::OLDEST_LIVE_LEASED_WITH_KEY)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![job_name, key, now], run_from_row)
+                .optional()
+        })
+        .map_err(sql_error("enqueue"))?;
+    if leased.is_some() {
+        return Ok(leased);
+    }
+    conn.prepare_cached(sql::OLDEST_WAITING_WITH_KEY)
+        .and_then(|mut stmt| stmt.query_row([job_name, key], run_from_row).optional())
+        .map_err(sql_error("enqueue"))
+}
+
+/// Upstream §5.5 and v4 §7.1: idempotency first, then label keys, then (`coalesce: active`)
+/// the run to reuse, then the pending-per-key rule.
+///
+/// Every call runs on the writer thread inside its `BEGIN IMMEDIATE` transaction, which holds
+/// the database's write lock from its start: the reads and the insert below are one atomic
+/// decision for every process sharing the file (upstream takes the lock with a no-op write).
 pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Result<Enqueued> {
     if let Some(key) = &request.idempotency_key
         && let Some(run) = find_by_idempotency_key(conn, &request.job_name, key)?
@@ -205,22 +237,26 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     for key in request.labels.keys() {
         validate_label_key(key)?;
     }
-    if let Some(key) = &request.concurrency_key
-        && let Some(existing) = oldest_pending_with_key(conn, &request.job_name, key)?
-    {
-        return match request.coalesce {
-            Some(_) => Ok(Enqueued {
-                run: existing,
-                disposition: Disposition::Coalesced,
-            }),
-            None => Err(pending_conflict(&request.job_name, key)),
+    if let Some(key) = &request.concurrency_key {
+        let existing = match request.coalesce {
+            Some(Coalesce::Active) => active_with_key(conn, &request.job_name, key, now)?,
+            _ => oldest_pending_with_key(conn, &request.job_name, key)?,
         };
+        if let Some(existing) = existing {
+            return match request.coalesce {
+                Some(_) => Ok(Enqueued {
+                    run: existing,
+                    disposition: Disposition::Coalesced,
+                }),
+                None => Err(pending_conflict(&request.job_name, key)),
+            };
+        }
     }
 
     let id = new_id_at(now);
     let input = to_json("enqueue", &request.input)?;
     let labels = to_json("enqueue", &request.labels)?;
-    conn.prepare_cached(sql::INSERT_RUN)
+    let inserted = conn.prepare_cached(sql::INSERT_RUN)
     .and_then(|mut stmt| {
         stmt.execute(params![
             id,
@@ -244,7 +280,10 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
         } else {
             Error::storage("enqueue", e)
         }
-    })?;
+    });
+    if let Err(error) = inserted {
+        return unique_violation(conn, request, error);
+    }
     if !request.labels.is_empty() {
         let mut stmt = conn
             .prepare_cached(sql::INSERT_LABEL)
@@ -258,6 +297,36 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
         run: pending_run(id, request, now),
         disposition: Disposition::Created,
     })
+}
+
+/// Upstream §5.5 step 5, for an insert refused by a unique index (`error`, already the
+/// conflict to report without a coalesce mode). Inside the writer's transaction nothing can
+/// change between the lookups above and the insert, so this only guards a schema that holds
+/// more unique indexes than ours: the idempotency key is looked up again, then, with a
+/// coalesce mode, the oldest pending run of the job and key; a retry would see the same
+/// database, so none found is upstream's conflict after retry.
+fn unique_violation(conn: &Connection, request: &NewRun, error: Error) -> Result<Enqueued> {
+    if let Some(key) = &request.idempotency_key
+        && let Some(run) = find_by_idempotency_key(conn, &request.job_name, key)?
+    {
+        return Ok(Enqueued {
+            run,
+            disposition: Disposition::Idempotent,
+        });
+    }
+    let (Some(key), Some(_)) = (&request.concurrency_key, request.coalesce) else {
+        return Err(error);
+    };
+    match oldest_pending_with_key(conn, &request.job_name, key)? {
+        Some(run) => Ok(Enqueued {
+            run,
+            disposition: Disposition::Coalesced,
+        }),
+        None => Err(Error::Conflict(format!(
+            "Conflict after retry for concurrency key \"{key}\" in job \"{}\". Concurrent modification detected.",
+            request.job_name
+        ))),
+    }
 }
 
 /// The oldest claimable run: the older of the oldest free pending run and the oldest free

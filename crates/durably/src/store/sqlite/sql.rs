@@ -133,6 +133,26 @@ pub(crate) const OLDEST_PENDING_WITH_KEY: &str = concat!(
          ORDER BY created_at ASC, id ASC LIMIT 1"
 );
 
+/// The oldest leased run of a job with a concurrency key whose lease expires after `?3`
+/// (`coalesce: active` reuses it).
+pub(crate) const OLDEST_LIVE_LEASED_WITH_KEY: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs \
+         WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'leased' \
+         AND lease_expires_at IS NOT NULL AND lease_expires_at > ?3 \
+         ORDER BY created_at ASC, id ASC LIMIT 1"
+);
+
+/// The oldest waiting run of a job with a concurrency key (`coalesce: active` reuses it).
+pub(crate) const OLDEST_WAITING_WITH_KEY: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM durably_runs \
+         WHERE job_name = ?1 AND concurrency_key = ?2 AND status = 'waiting' \
+         ORDER BY created_at ASC, id ASC LIMIT 1"
+);
+
 /// A new pending run.
 pub(crate) const INSERT_RUN: &str = "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
          labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) \

@@ -208,3 +208,125 @@ pub async fn coalesce_skip_returns_the_pending_run(store: Arc<dyn Store>) {
         .expect("get_runs");
     assert_eq!(runs.len(), 3, "{runs:?}");
 }
+
+/// Behaviour: `coalesce: active` reuses the run of the job and key that is running (its
+/// `run:coalesced` event says `leased`), then the pending run a `queue` trigger put behind it,
+/// and a waiting run; `queue` creates one run behind a running one and coalesces onto it;
+/// once every run ended, `active` creates.
+pub async fn coalesce_active_reuses_the_running_run(store: Arc<dyn Store>) {
+    let durably = instance(&store, |b| b).await;
+    let recorder = Recorder::attach(&durably);
+    let (entered, release) = (Gate::new(), Gate::new());
+    let job = {
+        let (entered, release) = (entered.clone(), release.clone());
+        durably
+            .register(Job::new(
+                "behaviour-coalesce-active",
+                move |_: StepContext, n: u64| {
+                    let (entered, release) = (entered.clone(), release.clone());
+                    async move {
+                        entered.open();
+                        release.wait().await;
+                        Ok::<_, Error>(n)
+                    }
+                },
+            ))
+            .expect("register")
+    };
+    let keyed = || TriggerOptions::new().concurrency_key("doc-1");
+    let with = |mode: Coalesce| keyed().coalesce(mode);
+
+    durably.start();
+    let first = job.trigger_with(1, keyed()).await.expect("trigger");
+    assert_eq!(first.disposition, Disposition::Created);
+    within("the first run starts", entered.wait()).await;
+
+    let active = job
+        .trigger_with(2, with(Coalesce::Active))
+        .await
+        .expect("active");
+    assert_eq!(active.disposition, Disposition::Coalesced);
+    assert_eq!(active.run.id, first.run.id);
+    assert_eq!(active.run.status, RunStatus::Leased);
+    assert_eq!(active.run.input, 1, "the running run, unchanged");
+
+    let queued = job
+        .trigger_with(3, with(Coalesce::Queue))
+        .await
+        .expect("queue");
+    assert_eq!(queued.disposition, Disposition::Created, "one run behind");
+    assert_eq!(queued.run.status, RunStatus::Pending);
+    for mode in [Coalesce::Queue, Coalesce::Skip, Coalesce::Active] {
+        let again = job.trigger_with(4, with(mode)).await.expect("coalesce");
+        assert_eq!(again.disposition, Disposition::Coalesced, "{mode:?}");
+        assert_eq!(again.run.id, queued.run.id, "{mode:?}: the pending run");
+        assert_eq!(again.run.status, RunStatus::Pending);
+    }
+
+    release.open();
+    for id in [&first.run.id, &queued.run.id] {
+        let run = terminal(&durably, id).await;
+        assert_eq!(run.status, RunStatus::Completed);
+    }
+    within("stop", durably.stop()).await;
+    let after = job
+        .trigger_with(5, with(Coalesce::Active))
+        .await
+        .expect("active");
+    assert_eq!(after.disposition, Disposition::Created, "every run ended");
+
+    // A waiting run (fabricated: no wait record) is reused by `active` only.
+    let admin = store
+        .admin()
+        .expect("this behaviour test fabricates states through `Store::admin`");
+    let patch = crate::store::RunPatch {
+        status: Some(RunStatus::Waiting),
+        lease_owner: Some(None),
+        lease_expires_at: Some(None),
+        ..Default::default()
+    };
+    assert!(
+        admin
+            .update_run(&after.run.id, patch, crate::Timestamp::now())
+            .await
+            .expect("update_run")
+    );
+    let waiting = job
+        .trigger_with(6, with(Coalesce::Active))
+        .await
+        .expect("active");
+    assert_eq!(waiting.disposition, Disposition::Coalesced);
+    assert_eq!(waiting.run.id, after.run.id);
+    assert_eq!(waiting.run.status, RunStatus::Waiting);
+    let behind = job
+        .trigger_with(7, with(Coalesce::Queue))
+        .await
+        .expect("queue");
+    assert_eq!(behind.disposition, Disposition::Created);
+
+    let statuses: Vec<(String, RunStatus, serde_json::Value)> = recorder
+        .flush(&durably)
+        .await
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            crate::EventKind::RunCoalesced {
+                run_id,
+                status,
+                skipped_input,
+                ..
+            } => Some((run_id, status, skipped_input)),
+            _ => None,
+        })
+        .collect();
+    let (a, q, w) = (&first.run.id, &queued.run.id, &after.run.id);
+    assert_eq!(
+        statuses,
+        vec![
+            (a.clone(), RunStatus::Leased, json!(2)),
+            (q.clone(), RunStatus::Pending, json!(4)),
+            (q.clone(), RunStatus::Pending, json!(4)),
+            (q.clone(), RunStatus::Pending, json!(4)),
+            (w.clone(), RunStatus::Waiting, json!(6)),
+        ]
+    );
+}

@@ -6,6 +6,7 @@
 
 mod attempts;
 mod claim;
+mod coalesce;
 mod enqueue;
 mod operations;
 mod policy;
@@ -13,6 +14,7 @@ mod writes;
 
 pub use attempts::*;
 pub use claim::*;
+pub use coalesce::*;
 pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
