@@ -32,11 +32,23 @@ impl Engine {
             config.attempt_record_delay,
         );
         let shared = step.shared().clone();
-        lock(&self.active).insert(run.id.clone(), shared.clone());
+        {
+            // A claim whose reply came late may hold an older generation of a run this worker
+            // already claimed again: the newer execution keeps the entry (a cancel fires its
+            // token).
+            let mut active = lock(&self.active);
+            let newer = active
+                .get(&run.id)
+                .is_none_or(|current| current.fence.generation < run.lease_generation);
+            if newer {
+                active.insert(run.id.clone(), shared.clone());
+            }
+        }
         // Also when the execution is dropped midway (`stop_within` abandoning it).
         let active = Deregister {
             engine: self.clone(),
             run_id: run.id.clone(),
+            generation: run.lease_generation,
         };
         let lease_owner = run
             .lease_owner
@@ -98,15 +110,23 @@ impl Engine {
     }
 }
 
-/// Removes a run from the ones executing in this process when dropped.
+/// Removes a run from the ones executing in this process when dropped, if the entry is still
+/// this execution's (the same lease generation).
 pub(super) struct Deregister {
     engine: Arc<Engine>,
     run_id: String,
+    generation: i64,
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        lock(&self.engine.active).remove(&self.run_id);
+        let mut active = lock(&self.engine.active);
+        if active
+            .get(&self.run_id)
+            .is_some_and(|current| current.fence.generation == self.generation)
+        {
+            active.remove(&self.run_id);
+        }
     }
 }
 
