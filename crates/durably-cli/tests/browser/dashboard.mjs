@@ -144,6 +144,8 @@ async function main() {
     await waitDetailStatus(page, 'completed')
     check(new URL(page.url()).searchParams.get('run') === stepsId, `run in URL: ${page.url()}`)
     await page.waitForFunction(() => document.querySelectorAll('#detail-steps li[data-status="completed"]').length === 5)
+    // one attempt per step execution, each completed
+    await page.waitForFunction(() => document.querySelectorAll('#detail-attempts li[data-status="completed"]').length === 5)
     const output = JSON.parse(await page.textContent('#detail-result'))
     check(output.sum === 15, `output ${JSON.stringify(output)}`)
     check(JSON.parse(await page.textContent('#detail-input')).count === 5, 'input shown')

@@ -5,7 +5,7 @@
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
-const STATUSES = ['pending', 'leased', 'completed', 'failed', 'cancelled']
+const STATUSES = ['pending', 'leased', 'waiting', 'completed', 'failed', 'cancelled']
 const $ = (id) => document.getElementById(id)
 
 const state = {
@@ -17,6 +17,7 @@ const state = {
   selected: null, // run id
   detail: null, // ClientRun
   steps: [],
+  attempts: [],
   logs: [],
   runsSource: null,
   runSource: null,
@@ -350,14 +351,16 @@ async function loadDetail() {
   if (!id) return
   const ticket = ++detailRequest
   try {
-    const [run, steps, logs] = await Promise.all([
+    const [run, steps, logs, attempts] = await Promise.all([
       api('GET', `/run?runId=${encodeURIComponent(id)}`),
       api('GET', `/steps?runId=${encodeURIComponent(id)}`),
       api('GET', `/logs?runId=${encodeURIComponent(id)}`).catch(() => null),
+      api('GET', `/attempts?runId=${encodeURIComponent(id)}`).catch(() => []),
     ])
     if (ticket !== detailRequest || id !== state.selected) return
     state.detail = run
     state.steps = steps
+    state.attempts = attempts || []
     if (logs) state.logs = logs
     showError($('detail-error'), '')
     renderDetail()
@@ -440,6 +443,7 @@ function openRun(id, push = true) {
   if (changed) {
     state.detail = null
     state.steps = []
+    state.attempts = []
     state.logs = []
     showError($('detail-error'), '')
     $('detail-id').textContent = id
@@ -500,6 +504,7 @@ function renderDetail() {
     for (const name of ['cancel', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
     for (const name of ['detail-input', 'detail-result']) $(name).textContent = ''
     $('detail-steps').replaceChildren()
+    $('detail-attempts').replaceChildren()
     $('detail-logs').replaceChildren()
     $('detail-times').replaceChildren()
     $('detail-labels').replaceChildren()
@@ -509,7 +514,7 @@ function renderDetail() {
   $('detail-title').textContent = run.jobName
   status.className = `badge ${run.status}`
   status.textContent = run.status
-  $('action-cancel').hidden = !run.isActive
+  $('action-cancel').hidden = run.isTerminal
   $('action-retrigger').hidden = !run.isTerminal
   $('action-delete').hidden = !run.isTerminal
   renderDetailProgress()
@@ -553,9 +558,42 @@ function renderDetail() {
       step.error ? el('span', { class: 'step-error', text: step.error }) : null,
     )
   })
-  if (!steps.length) steps.push(el('li', { class: 'muted', text: run.isActive ? 'No steps yet.' : 'No steps stored.' }))
+  const attempts = state.attempts || []
+  if (!steps.length) {
+    const text = !run.isTerminal
+      ? 'No steps yet.'
+      : attempts.length
+        ? 'Step outputs were dropped when the run ended; what each step did is under Attempts.'
+        : 'No steps stored.'
+    steps.push(el('li', { class: 'muted', text }))
+  }
   $('detail-steps').replaceChildren(...steps)
+  renderAttempts(attempts)
   renderLogs()
+}
+
+/** One row per execution of a step's function: how it ended, or why it never did. */
+function renderAttempts(attempts) {
+  $('attempts-count').textContent = attempts.length ? `(${attempts.length})` : ''
+  const rows = attempts.map((attempt) => {
+    const took = attempt.completedAt ? formatDuration(new Date(attempt.completedAt) - new Date(attempt.startedAt)) : ''
+    const outcome = attempt.status === 'started' && attempt.interruptionReason ? attempt.interruptionReason : attempt.status
+    const why = {
+      'lease-lost': 'Its worker lost the lease (crashed, froze or was too slow); another attempt took over.',
+      cancelled: 'The run was cancelled while it ran.',
+      unknown: 'The run ended without its outcome.',
+    }[attempt.interruptionReason]
+    return el(
+      'li',
+      { dataset: { status: outcome }, title: `started ${attempt.startedAt}, lease generation ${attempt.leaseGeneration}` },
+      el('span', { class: 'idx', text: attempt.stepIndex }),
+      el('span', { class: 'name' }, attempt.stepName, ' ', el('span', { class: 'dur', text: `${formatTime(attempt.startedAt)} ${took}` })),
+      badge(outcome),
+      attempt.error ? el('span', { class: 'step-error', text: attempt.error }) : why ? el('span', { class: 'step-error', text: why }) : null,
+    )
+  })
+  if (!rows.length) rows.push(el('li', { class: 'muted', text: 'No step has run yet.' }))
+  $('detail-attempts').replaceChildren(...rows)
 }
 
 async function runAction(kind) {
