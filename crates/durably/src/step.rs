@@ -61,6 +61,9 @@ pub(crate) struct StepShared {
     cancel_announced: AtomicBool,
     step_index: AtomicI64,
     current_step: Mutex<Option<String>>,
+    /// The lowest-index step whose failure was recorded under this lease: the step a
+    /// `run:fail` names (upstream's `failedStepName`).
+    failed_step: Mutex<Option<(i64, String)>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, (i64, Value)>>>,
     /// The run's completed steps when it was claimed: the rows loaded later are at least
@@ -226,6 +229,21 @@ impl StepShared {
         }
     }
 
+    fn record_failed_step(&self, index: i64, name: &str) {
+        let mut failed = lock(&self.failed_step);
+        if failed.as_ref().is_none_or(|(lowest, _)| index < *lowest) {
+            *failed = Some((index, name.to_owned()));
+        }
+    }
+
+    /// The name `run:fail` gives: the lowest-index step whose failure this execution recorded,
+    /// or `unknown` when none did (the job failed outside its steps).
+    pub(crate) fn failed_step_name(&self) -> String {
+        lock(&self.failed_step)
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |(_, name)| name.clone())
+    }
+
     fn abort_error(&self) -> Option<Error> {
         self.abort_reason().map(|reason| self.error_for(reason))
     }
@@ -313,6 +331,7 @@ impl StepContext {
             cancel_announced: AtomicBool::new(false),
             step_index: AtomicI64::new(start_index),
             current_step: Mutex::new(None),
+            failed_step: Mutex::new(None),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
             claimed_completed_steps: completed_steps,
@@ -425,7 +444,8 @@ impl StepContext {
             return Err(error);
         }
 
-        let index = shared.step_index.load(Ordering::SeqCst);
+        // Upstream v4: every executed attempt consumes an index, a failed one too.
+        let index = shared.step_index.fetch_add(1, Ordering::SeqCst);
         let started_at = Timestamp::now();
         let started = runtime::now();
         let attempt_id = new_id();
@@ -507,7 +527,6 @@ impl StepContext {
                         Some(_) => {
                             shared.lease.confirmed(sent);
                             shared.remember_completed(name, index, output.clone());
-                            shared.step_index.store(index + 1, Ordering::SeqCst);
                             let duration = started.elapsed().as_millis() as u64;
                             shared.events.emit_if_observed(
                                 EventType::StepComplete,
@@ -559,6 +578,7 @@ impl StepContext {
                 Err(shared.error_for(AbortReason::Cancelled))
             }
             Some(_) => {
+                shared.record_failed_step(index, name);
                 self.emit(EventKind::StepFail {
                     error: failure.to_string(),
                     run_id: shared.run_id.clone(),

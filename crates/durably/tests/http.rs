@@ -967,7 +967,7 @@ async fn subscribe_replays_terminal_state_and_closes(backend: Backend) {
         let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
         assert_eq!(sse.status, StatusCode::OK);
         assert_eq!(sse.headers["content-type"], "text/event-stream");
-        assert_eq!(sse.headers["cache-control"], "no-cache");
+        assert_eq!(sse.headers["cache-control"], "no-cache, no-transform");
         assert_eq!(sse.headers["connection"], "keep-alive");
         let events = sse.collect_to_end(LONG).await;
         assert_eq!(events.len(), 1, "{kind}: {events:?}");

@@ -385,6 +385,49 @@ async fn failing_step_fails_the_run(backend: Backend) {
     );
 }
 
+/// Upstream v4: every executed step consumes an index, a failed one too, and `run:fail` names
+/// the lowest-index step that failed under this lease (not the last one).
+async fn failed_steps_consume_an_index_and_run_fail_names_the_first(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b.preserve_steps(true)).await;
+    let recorder = Recorder::attach(&durably);
+    let job = durably
+        .register(Job::new(
+            "recovering",
+            |step: StepContext, _input: Value| async move {
+                // The job carries on after a failed step, then fails at a later one.
+                let _ = step
+                    .run("flaky", |_| async { Err::<(), _>("first try") })
+                    .await;
+                step.run("fallback", |_| async { Ok::<_, durably::Error>(1) })
+                    .await?;
+                step.run("final", |_| async { Err::<(), _>("gave up") })
+                    .await?;
+                Ok::<_, durably::Error>(())
+            },
+        ))
+        .unwrap();
+    durably.start();
+    let id = job.trigger(json!({})).await.unwrap().run.id;
+    let run = terminal(&durably, &id).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let steps = durably.get_steps(&id).await.unwrap();
+    let indexes: Vec<_> = steps.iter().map(|s| (s.name.as_str(), s.index)).collect();
+    assert_eq!(indexes, [("flaky", 0), ("fallback", 1), ("final", 2)]);
+    durably.stop().await;
+    let events = recorder.flush(&durably).await;
+    let named: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::RunFail {
+                failed_step_name, ..
+            } => Some(failed_step_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named, ["flaky"]);
+}
+
 async fn only_failing_step_is_recorded_as_failed(backend: Backend) {
     // Upstream: a single throwing step → exactly one step row, `failed`, with the error.
     let db = TestDb::new(backend);
@@ -782,6 +825,7 @@ async fn step_context_exposes_run_id_and_a_live_token(backend: Backend) {
 }
 
 backend_tests!(
+    failed_steps_consume_an_index_and_run_fail_names_the_first,
     step_returning_a_value_completes_the_run,
     steps_are_stored_in_index_order,
     resumed_run_replays_completed_steps,

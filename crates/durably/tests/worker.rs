@@ -619,16 +619,32 @@ async fn unknown_job_fails_the_run(backend: Backend) {
         }))
         .unwrap();
     let fails = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let leased = Arc::new(Mutex::new(Vec::<Event>::new()));
     {
         let fails = fails.clone();
         b.on(EventType::RunFail, move |e| {
             fails.lock().unwrap().push(e.clone())
+        });
+        let leased = leased.clone();
+        b.on(EventType::RunLeased, move |e| {
+            leased.lock().unwrap().push(e.clone())
         });
     }
     let id = job.trigger(json!({})).await.unwrap().run.id;
     assert!(
         b.process_one(None).await.unwrap(),
         "processed, whatever the outcome"
+    );
+    // Upstream v4: leased like any run (announced), then failed.
+    let leased = eventually("run:leased is emitted", LIMIT, || async {
+        let seen = leased.lock().unwrap().clone();
+        (!seen.is_empty()).then_some(seen)
+    })
+    .await;
+    assert_eq!(leased.len(), 1);
+    assert!(
+        matches!(&leased[0].kind, EventKind::RunLeased { run_id, .. } if *run_id == id),
+        "{leased:?}"
     );
     let run = b.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);

@@ -14,7 +14,7 @@ use super::{Engine, Outcome, run_span};
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::job::ExecutionError;
-use crate::run::{Run, StepStatus};
+use crate::run::Run;
 use crate::runtime::{self, Instant};
 use crate::step::{AbortReason, StepShared};
 use crate::store::{ClaimRequest, Fence, Transition};
@@ -115,6 +115,18 @@ impl Engine {
         let Some(job) = self.jobs.get(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);
             tracing::warn!(%error, "cannot execute run");
+            // Upstream v4: leased like any run, then failed (both announced).
+            self.events.emit(EventKind::RunLeased {
+                run_id: run.id.clone(),
+                job_name: run.job_name.clone(),
+                input: run.input.clone(),
+                lease_owner: owner.clone(),
+                lease_expires_at: run
+                    .lease_expires_at
+                    .unwrap_or_else(Timestamp::now)
+                    .to_string(),
+                labels: run.labels.clone(),
+            });
             // SPEC §3: without preserve_steps, step outputs go at any terminal state (a run
             // reclaimed from a process that had the job may carry steps).
             let transition = Transition::Fail {
@@ -312,17 +324,9 @@ impl Engine {
         message: String,
     ) -> Outcome {
         let store = &self.store;
-        let failed_step_name = store
-            .get_steps(&run.id)
-            .await
-            .ok()
-            .and_then(|steps| {
-                steps
-                    .into_iter()
-                    .find(|s| s.status == StepStatus::Failed)
-                    .map(|s| s.name)
-            })
-            .unwrap_or_else(|| "unknown".into());
+        // Upstream v4: the lowest-index failure recorded under this lease, known without a
+        // read (a failure of an earlier lease is not this execution's).
+        let failed_step_name = shared.failed_step_name();
         let transition = Transition::Fail {
             error: message.clone(),
         };

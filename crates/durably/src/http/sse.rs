@@ -556,7 +556,11 @@ pub(crate) fn response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // `no-transform`: compression middleware must not buffer the stream (upstream v4).
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     response
 }
