@@ -15,11 +15,16 @@
 //! starts; the difference is visible only for a worker that crashes within the delay of a step's
 //! start, whose attempt is then not recorded.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
 use crate::run::{RunStatus, StepStatus};
-use crate::store::LEASE_EXPIRED_PENDING_EXISTS;
+use crate::step::StepShared;
+use crate::store::{AttemptStart, LEASE_EXPIRED_PENDING_EXISTS};
 use crate::time::Timestamp;
 
 /// How an attempt stands.
@@ -132,6 +137,228 @@ impl NewAttempt {
             begun: false,
             metadata: None,
         }
+    }
+}
+
+/// Options of one step ([`StepContext::run_with`](crate::StepContext::run_with)).
+///
+/// ```
+/// use durably::StepOptions;
+/// use serde_json::json;
+/// let options = StepOptions::new().metadata(json!({"provider": "stripe"}));
+/// assert_eq!(options.metadata, Some(json!({"provider": "stripe"})));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct StepOptions {
+    /// The metadata each attempt starts with (JSON; `None`: none).
+    pub metadata: Option<Value>,
+}
+
+impl StepOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`metadata`](Self::metadata).
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+}
+
+/// The attempt a step's function runs as ([`StepContext::run_with`](crate::StepContext::run_with)):
+/// its id, the run's cancellation token, and metadata the function can record while it runs
+/// (a provider's request id, how far it got), stored on the attempt and kept with it.
+#[derive(Clone)]
+pub struct Attempt {
+    inner: Arc<AttemptInner>,
+}
+
+struct AttemptInner {
+    shared: Arc<StepShared>,
+    id: String,
+    step_name: String,
+    index: i64,
+    started_at: Timestamp,
+    /// What the store holds of the attempt; held across its writes, one at a time.
+    state: tokio::sync::Mutex<AttemptState>,
+    /// The last metadata stored (read without waiting for a write in flight).
+    stored_metadata: std::sync::Mutex<Option<Value>>,
+}
+
+struct AttemptState {
+    /// Its `started` row exists.
+    begun: bool,
+    /// Its outcome was written: nothing changes it any more.
+    finalized: bool,
+    metadata: Option<Value>,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("id", &self.inner.id)
+            .field("step", &self.inner.step_name)
+            .field("index", &self.inner.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attempt {
+    pub(crate) fn new(
+        shared: Arc<StepShared>,
+        id: String,
+        step_name: &str,
+        index: i64,
+        started_at: Timestamp,
+        metadata: Option<Value>,
+    ) -> Self {
+        Attempt {
+            inner: Arc::new(AttemptInner {
+                shared,
+                id,
+                step_name: step_name.to_owned(),
+                index,
+                started_at,
+                stored_metadata: std::sync::Mutex::new(metadata.clone()),
+                state: tokio::sync::Mutex::new(AttemptState {
+                    begun: false,
+                    finalized: false,
+                    metadata,
+                }),
+            }),
+        }
+    }
+
+    /// The attempt's id (a ULID), as [`StepAttempt::id`] reads it back.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The run's cancellation token: fires when the run is cancelled or this worker loses its
+    /// lease.
+    pub fn token(&self) -> CancellationToken {
+        self.inner.shared.token.clone()
+    }
+
+    /// The metadata last stored for this attempt (a copy).
+    pub fn metadata(&self) -> Option<Value> {
+        self.inner
+            .stored_metadata
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the attempt's metadata (no merge) and returns once it is stored, fenced by
+    /// this worker's lease. Errors: [`Error::Cancelled`] or [`Error::LeaseLost`] when the run
+    /// must stop (nothing written), [`Error::Conflict`] once the attempt's outcome was recorded.
+    ///
+    /// ```
+    /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
+    /// use durably::StepOptions;
+    /// use serde_json::json;
+    /// let charged = step
+    ///     .run_with("charge", StepOptions::new(), |attempt| async move {
+    ///         let request_id = "req_123"; // from the payment provider
+    ///         attempt.set_metadata(json!({"requestId": request_id})).await?;
+    ///         Ok::<_, durably::Error>(true)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_metadata(&self, metadata: Value) -> Result<()> {
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        if let Some(error) = shared.abort_error() {
+            return Err(error);
+        }
+        let mut state = inner.state.lock().await;
+        if state.finalized {
+            return Err(Error::Conflict(format!(
+                "Step attempt is already finalized: {}",
+                inner.id
+            )));
+        }
+        let written = if state.begun {
+            shared
+                .store
+                .set_step_attempt_metadata(
+                    &shared.fence,
+                    &inner.id,
+                    Some(metadata.clone()),
+                    Timestamp::now(),
+                )
+                .await?
+        } else {
+            // Not recorded yet (a step shorter than the record delay so far): the metadata is
+            // stored with its `started` row now.
+            let mut start = self.start();
+            start.metadata = Some(metadata.clone());
+            let begun = shared
+                .store
+                .begin_step_attempt(&shared.fence, start, Timestamp::now())
+                .await?;
+            state.begun = begun;
+            begun
+        };
+        if !written {
+            let reason = shared.refused().await;
+            return Err(shared.error_for(reason));
+        }
+        state.metadata = Some(metadata.clone());
+        *inner
+            .stored_metadata
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(metadata);
+        Ok(())
+    }
+
+    fn start(&self) -> AttemptStart {
+        let inner = &self.inner;
+        AttemptStart::new(
+            inner.id.clone(),
+            inner.step_name.clone(),
+            inner.index,
+            inner.started_at,
+        )
+    }
+
+    /// Records the attempt as `started` (with its metadata) unless it already is: `false` when
+    /// the fence or the lease no longer holds.
+    pub(crate) async fn begin(&self) -> Result<bool> {
+        let shared = &self.inner.shared;
+        let mut state = self.inner.state.lock().await;
+        if state.begun || state.finalized {
+            return Ok(true);
+        }
+        let mut start = self.start();
+        start.metadata = state.metadata.clone();
+        let begun = shared
+            .store
+            .begin_step_attempt(&shared.fence, start, Timestamp::now())
+            .await?;
+        state.begun = begun;
+        Ok(begun)
+    }
+
+    /// Writes the attempt's outcome with `write` (the step's checkpoint write, given the
+    /// attempt record), holding off metadata writes meanwhile.
+    pub(crate) async fn finalize<T>(
+        &self,
+        write: impl AsyncFnOnce(NewAttempt) -> Result<T>,
+    ) -> Result<T> {
+        let mut state = self.inner.state.lock().await;
+        let record = NewAttempt {
+            id: self.inner.id.clone(),
+            begun: state.begun,
+            metadata: state.metadata.clone(),
+        };
+        let result = write(record).await;
+        state.finalized = true;
+        result
     }
 }
 

@@ -204,7 +204,7 @@ mod worker;
 
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
 // requests, notices, schema version, ...) stays in `durably::store`.
-pub use attempts::{AttemptStatus, InterruptionReason, StepAttempt};
+pub use attempts::{Attempt, AttemptStatus, InterruptionReason, StepAttempt, StepOptions};
 pub use builder::DurablyBuilder;
 pub use config::{Config, Tuning, parse_retention};
 pub use durably::{Durably, JobInfo};

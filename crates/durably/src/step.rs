@@ -16,13 +16,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::attempts::NewAttempt;
+use crate::attempts::{Attempt, StepOptions};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
-use crate::store::{AttemptStart, Fence, NewLog, NewStep, Store};
+use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::time::{Timestamp, new_id};
 
 /// While a fenced write *sent* less than this ago confirmed this worker's ownership (and the
@@ -244,13 +244,13 @@ impl StepShared {
             .map_or_else(|| "unknown".to_owned(), |(_, name)| name.clone())
     }
 
-    fn abort_error(&self) -> Option<Error> {
+    pub(crate) fn abort_error(&self) -> Option<Error> {
         self.abort_reason().map(|reason| self.error_for(reason))
     }
 
     /// A fenced write matched no row: finds out why (the run was cancelled, or another worker
     /// owns it), fires the token with that reason and returns it.
-    async fn refused(&self) -> AbortReason {
+    pub(crate) async fn refused(&self) -> AbortReason {
         let cancelled = matches!(
             self.store.get_run(&self.run_id).await,
             Ok(Some(run)) if run.status == RunStatus::Cancelled
@@ -263,7 +263,7 @@ impl StepShared {
         reason
     }
 
-    fn error_for(&self, reason: AbortReason) -> Error {
+    pub(crate) fn error_for(&self, reason: AbortReason) -> Error {
         let run_id = self.run_id.clone();
         match reason {
             AbortReason::Cancelled => Error::Cancelled { run_id },
@@ -421,6 +421,33 @@ impl StepContext {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<BoxError>,
     {
+        self.run_with(name, StepOptions::new(), |attempt| f(attempt.token()))
+            .await
+    }
+
+    /// [`run`](Self::run) with options, its function given the [`Attempt`] it runs as: the
+    /// cancellation token ([`Attempt::token`]) and metadata it can record while it runs
+    /// ([`Attempt::set_metadata`]), kept with the attempt ([`crate::attempts`]).
+    ///
+    /// ```
+    /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
+    /// use durably::StepOptions;
+    /// use serde_json::json;
+    /// let receipt = step
+    ///     .run_with("send-invoice", StepOptions::new().metadata(json!({"channel": "email"})), |attempt| async move {
+    ///         attempt.set_metadata(json!({"channel": "email", "messageId": "m-1"})).await?;
+    ///         Ok::<_, durably::Error>("sent".to_string())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_with<T, F, Fut, E>(&self, name: &str, options: StepOptions, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Attempt) -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<BoxError>,
+    {
         let shared = &self.shared;
         shared.check_before_step().await?;
         if let Some((saved_index, stored)) = shared.completed_output(name).await? {
@@ -448,19 +475,18 @@ impl StepContext {
         let index = shared.step_index.fetch_add(1, Ordering::SeqCst);
         let started_at = Timestamp::now();
         let started = runtime::now();
-        let attempt_id = new_id();
-        let mut attempt = NewAttempt::new(attempt_id.clone());
-        let start = || AttemptStart::new(attempt_id.clone(), name.to_owned(), index, started_at);
-        if shared.attempt_record_delay.is_zero() {
-            // Upstream's order: the `started` row commits before the function starts.
-            let begun = shared
-                .store
-                .begin_step_attempt(&shared.fence, start(), Timestamp::now())
-                .await?;
-            if !begun {
-                return Err(self.write_refused(name, index).await);
-            }
-            attempt.begun = true;
+        let attempt = Attempt::new(
+            shared.clone(),
+            new_id(),
+            name,
+            index,
+            started_at,
+            options.metadata,
+        );
+        let recorded_first = shared.attempt_record_delay.is_zero();
+        // Upstream's order: the `started` row commits before the function starts.
+        if recorded_first && !attempt.begin().await? {
+            return Err(self.write_refused(name, index).await);
         }
         shared
             .events
@@ -475,8 +501,8 @@ impl StepContext {
             });
         shared.set_current_step(Some(name.to_owned()));
         let span = tracing::info_span!("durably.step", step = name, index);
-        let function = f(shared.token.clone()).instrument(span);
-        let result = if attempt.begun {
+        let function = f(attempt.clone()).instrument(span);
+        let result = if recorded_first {
             function.await
         } else {
             let mut function = std::pin::pin!(function);
@@ -485,10 +511,9 @@ impl StepContext {
                 result = &mut function => result,
                 () = runtime::sleep(shared.attempt_record_delay) => {
                     // Still running: record the attempt as started while it goes on.
-                    let begin = shared.store.begin_step_attempt(&shared.fence, start(), Timestamp::now());
-                    let (result, begun) = futures::join!(function, begin);
+                    let (result, begun) = futures::join!(function, attempt.begin());
                     match begun {
-                        Ok(begun) => attempt.begun = begun,
+                        Ok(_) => {}
                         Err(error) => tracing::warn!(
                             run_id = %shared.run_id, step = name, %error,
                             "could not record the step attempt as started"
@@ -509,21 +534,25 @@ impl StepContext {
                             "Output of step \"{name}\" cannot be stored as JSON: {e}"
                         ))
                     })?;
-                    let step = NewStep {
+                    let step = |record| NewStep {
                         name: name.to_owned(),
                         index,
                         status: StepStatus::Completed,
                         output: Some(output.clone()),
                         error: None,
                         started_at,
-                        attempt: Some(attempt),
+                        attempt: Some(record),
                     };
                     let sent = runtime::now();
-                    return match shared
-                        .store
-                        .persist_step(&shared.fence, step, Timestamp::now())
-                        .await?
-                    {
+                    let persisted = attempt
+                        .finalize(async |record| {
+                            shared
+                                .store
+                                .persist_step(&shared.fence, step(record), Timestamp::now())
+                                .await
+                        })
+                        .await?;
+                    return match persisted {
                         Some(_) => {
                             shared.lease.confirmed(sent);
                             shared.remember_completed(name, index, output.clone());
@@ -554,7 +583,7 @@ impl StepContext {
             return Err(shared.error_for(AbortReason::LeaseLost));
         }
         let cancelled = shared.abort_reason() == Some(AbortReason::Cancelled);
-        let step = NewStep {
+        let step = |record| NewStep {
             name: name.to_owned(),
             index,
             status: if cancelled {
@@ -565,13 +594,17 @@ impl StepContext {
             output: None,
             error: Some(failure.to_string()),
             started_at,
-            attempt: Some(attempt),
+            attempt: Some(record),
         };
-        match shared
-            .store
-            .persist_step(&shared.fence, step, Timestamp::now())
-            .await?
-        {
+        let persisted = attempt
+            .finalize(async |record| {
+                shared
+                    .store
+                    .persist_step(&shared.fence, step(record), Timestamp::now())
+                    .await
+            })
+            .await?;
+        match persisted {
             None => Err(self.write_refused(name, index).await),
             Some(_) if cancelled => {
                 self.emit_step_cancel(name, index);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Backend, LIMIT, TestDb, backend_tests, eventually};
 use durably::{
     AttemptStatus, Durably, InterruptionReason, Job, Run, RunStatus, StepAttempt, StepContext,
-    Tuning,
+    StepOptions, Tuning,
 };
 use serde_json::{Value, json};
 
@@ -191,8 +191,69 @@ async fn a_zero_delay_records_the_attempt_before_the_function_starts(backend: Ba
     durably.stop().await;
 }
 
+/// Metadata given in the step's options starts each attempt; metadata the function sets is
+/// stored before `set_metadata` returns (even within the record delay) and kept with the
+/// attempt after the run ends.
+async fn attempt_metadata_is_stored_while_the_step_runs(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let reader = durably.clone();
+    let job = durably
+        .register(Job::new(
+            "with-metadata",
+            move |step: StepContext, _input: Value| {
+                let reader = reader.clone();
+                async move {
+                    let run_id = step.run_id().to_owned();
+                    let seen = step
+                        .run_with(
+                            "charge",
+                            StepOptions::new().metadata(json!({"provider": "acme"})),
+                            |attempt| async move {
+                                assert_eq!(attempt.metadata(), Some(json!({"provider": "acme"})));
+                                attempt
+                                    .set_metadata(json!({"provider": "acme", "requestId": "r-1"}))
+                                    .await?;
+                                let stored = reader.get_step_attempts(&run_id).await?;
+                                Ok::<_, durably::Error>(stored[0].metadata.clone())
+                            },
+                        )
+                        .await?;
+                    step.run_with(
+                        "notify",
+                        StepOptions::new().metadata(json!({"channel": "email"})),
+                        |_| async { Ok::<_, durably::Error>(()) },
+                    )
+                    .await?;
+                    Ok::<_, durably::Error>(json!({ "seen": seen }))
+                }
+            },
+        ))
+        .expect("register");
+    durably.start();
+    let id = job.trigger(json!({})).await.expect("trigger").run.id;
+    let run = terminal(&durably, &id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(
+        run.output,
+        Some(json!({"seen": {"provider": "acme", "requestId": "r-1"}})),
+        "stored before set_metadata returned"
+    );
+    let attempts = durably.get_step_attempts(&id).await.expect("attempts");
+    let metadata: Vec<_> = attempts.iter().map(|a| a.metadata.clone()).collect();
+    assert_eq!(
+        metadata,
+        [
+            Some(json!({"provider": "acme", "requestId": "r-1"})),
+            Some(json!({"channel": "email"}))
+        ]
+    );
+    durably.stop().await;
+}
+
 backend_tests!(
     each_execution_of_a_step_is_one_attempt_kept_after_the_run_ends,
     a_replayed_step_makes_no_attempt_and_an_abandoned_one_says_lease_lost,
     a_zero_delay_records_the_attempt_before_the_function_starts,
+    attempt_metadata_is_stored_while_the_step_runs,
 );

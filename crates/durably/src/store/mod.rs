@@ -403,6 +403,17 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool>;
 
+    /// Replaces the metadata of a `started` attempt (no merge), only while the fence holds,
+    /// the lease has not expired at `now` and the attempt is still `started` under the fence's
+    /// generation. `false`: nothing written.
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool>;
+
     /// The step attempts of a run, oldest first (`started_at`, then id), each with its
     /// interruption reason as the run stands now; empty for an unknown run.
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>>;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
@@ -643,6 +644,34 @@ impl Store for MemoryStore {
                 interruption_reason: None,
             });
         Ok(true)
+    }
+
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        match state.fenced_mut(fence) {
+            Some(run) if unexpired_lease(run, now) => {}
+            _ => return Ok(false),
+        }
+        let attempt = state.attempts.get_mut(&fence.run_id).and_then(|attempts| {
+            attempts.iter_mut().find(|a| {
+                a.id == attempt_id
+                    && a.lease_generation == fence.generation
+                    && a.status == AttemptStatus::Started
+            })
+        });
+        match attempt {
+            Some(attempt) => {
+                attempt.metadata = metadata;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {

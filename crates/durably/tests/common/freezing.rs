@@ -215,6 +215,19 @@ impl Store for Freezing {
         self.inner.begin_step_attempt(fence, attempt, now).await
     }
 
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> durably::Result<bool> {
+        self.gate().await;
+        self.inner
+            .set_step_attempt_metadata(fence, attempt_id, metadata, now)
+            .await
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> durably::Result<Vec<durably::StepAttempt>> {
         self.gate().await;
         self.inner.get_step_attempts(run_id).await

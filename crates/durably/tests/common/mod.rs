@@ -614,6 +614,17 @@ pub mod instrumented {
         ) -> durably::Result<bool> {
             self.inner.begin_step_attempt(fence, attempt, now).await
         }
+        async fn set_step_attempt_metadata(
+            &self,
+            fence: &Fence,
+            attempt_id: &str,
+            metadata: Option<Value>,
+            now: Timestamp,
+        ) -> durably::Result<bool> {
+            self.inner
+                .set_step_attempt_metadata(fence, attempt_id, metadata, now)
+                .await
+        }
         async fn get_step_attempts(
             &self,
             run_id: &str,

@@ -345,6 +345,24 @@ impl Store for Probe {
         answer
     }
 
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let before = self.before(fence).await;
+        let answer = self
+            .inner
+            .set_step_attempt_metadata(fence, attempt_id, metadata, now)
+            .await;
+        if let Ok(true) = answer {
+            self.landed("set_step_attempt_metadata", fence, before);
+        }
+        answer
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<durably::StepAttempt>> {
         self.inner.get_step_attempts(run_id).await
     }

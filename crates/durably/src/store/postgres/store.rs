@@ -491,6 +491,40 @@ impl Store for PostgresStore {
         Ok(begun.first() == Some(&true))
     }
 
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let metadata = metadata
+            .as_ref()
+            .map(|m| to_json("set_step_attempt_metadata", m))
+            .transpose()?;
+        let now = now.to_string();
+        // Idempotent: a retry after a lost reply writes the same value again.
+        let sql = "WITH u AS (UPDATE durably_step_attempts a SET metadata = $4 \
+               FROM durably_runs r WHERE a.id = $3 AND a.run_id = $1 \
+               AND a.lease_generation = $2::bigint AND a.status = 'started' \
+               AND r.id = $1 AND r.status = 'leased' AND r.lease_generation = $2::bigint \
+               AND r.lease_expires_at > $5 RETURNING a.id) \
+             SELECT count(*) FROM u";
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &fence.run_id,
+            &fence.generation,
+            &attempt_id,
+            &metadata,
+            &now,
+        ];
+        let changed = self
+            .read("set_step_attempt_metadata", sql, &params, |row| {
+                count(row, 0)
+            })
+            .await?;
+        Ok(changed.first() == Some(&1))
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         let sql = "SELECT a.id, a.run_id, a.step_name, a.step_index, a.lease_generation, a.status, \
              a.metadata, a.error, a.started_at, a.completed_at, r.status, r.lease_generation, \

@@ -493,6 +493,31 @@ pub(super) fn begin_step_attempt(
     Ok(changed == 1)
 }
 
+pub(super) fn set_step_attempt_metadata(
+    conn: &Connection,
+    fence: &Fence,
+    attempt_id: &str,
+    metadata: Option<&Value>,
+    now: Timestamp,
+) -> Result<bool> {
+    let metadata = metadata
+        .map(|m| to_json("set_step_attempt_metadata", m))
+        .transpose()?;
+    let changed = conn
+        .prepare_cached(sql::SET_ATTEMPT_METADATA)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                fence.run_id,
+                fence.generation,
+                attempt_id,
+                metadata,
+                now
+            ])
+        })
+        .map_err(sql_error("set_step_attempt_metadata"))?;
+    Ok(changed == 1)
+}
+
 pub(super) fn get_step_attempts(conn: &Connection, run_id: &str) -> Result<Vec<StepAttempt>> {
     let mut stmt = conn
         .prepare_cached(sql::SELECT_ATTEMPTS)

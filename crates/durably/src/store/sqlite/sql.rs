@@ -238,6 +238,13 @@ pub(crate) const FINISH_ATTEMPT: &str = "UPDATE OR FAIL durably_step_attempts SE
              AND status = 'started' AND EXISTS (SELECT 1 FROM durably_runs \
              WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2)";
 
+/// Replaces a `started` attempt's metadata, only while the fence holds and the lease is
+/// unexpired at `?5`.
+pub(crate) const SET_ATTEMPT_METADATA: &str = "UPDATE OR FAIL durably_step_attempts SET metadata = ?4 \
+             WHERE id = ?3 AND run_id = ?1 AND lease_generation = ?2 AND status = 'started' \
+             AND EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status = 'leased' \
+             AND lease_generation = ?2 AND lease_expires_at > ?5)";
+
 /// A run's attempts, oldest first, with the run facts their interruption reason needs.
 pub(crate) const SELECT_ATTEMPTS: &str = "SELECT a.id, a.run_id, a.step_name, a.step_index, \
              a.lease_generation, a.status, a.metadata, a.error, a.started_at, a.completed_at, \

@@ -158,6 +158,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let (fence, attempt_id) = (fence.clone(), attempt_id.to_owned());
+        self.write_continuing("set_step_attempt_metadata", move |conn| {
+            ops::set_step_attempt_metadata(conn, &fence, &attempt_id, metadata.as_ref(), now)
+        })
+        .await
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         let run_id = run_id.to_owned();
         self.read("get_step_attempts", move |conn| {

@@ -56,9 +56,25 @@ pub async fn step_attempts_are_recorded_with_their_outcome_and_fenced(store: Arc
             .await
             .expect("begin")
     );
+    // Its metadata is replaced while it runs, only under the lease.
+    let metadata = Some(json!({"requestId": "r-1"}));
+    assert!(
+        store
+            .set_step_attempt_metadata(&fence, "attempt-b", metadata.clone(), t0 + ms(2))
+            .await
+            .expect("set metadata")
+    );
+    assert!(
+        !store
+            .set_step_attempt_metadata(&fence, "attempt-b", None, expired)
+            .await
+            .expect("set metadata"),
+        "not after the lease expired"
+    );
     let attempts = store.get_step_attempts(&run.id).await.expect("attempts");
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].status, AttemptStatus::Started);
+    assert_eq!(attempts[1].metadata, metadata);
     assert_eq!(attempts[1].interruption_reason, None, "still running");
     let failed = with_attempt(
         step("slow", 1, StepStatus::Failed, None, t0 + ms(2)),
@@ -96,7 +112,18 @@ pub async fn step_attempts_are_recorded_with_their_outcome_and_fenced(store: Arc
     assert_eq!(attempts[1].error.as_deref(), Some("slow failed"));
     assert!(attempts.iter().all(|a| a.interruption_reason.is_none()));
 
-    // A finalized attempt cannot be finalized again: the whole write is refused.
+    // A finalized attempt's metadata is final, and it cannot be finalized again: the whole
+    // write is refused.
+    assert!(
+        !store
+            .set_step_attempt_metadata(&fence, "attempt-b", None, t0 + ms(3))
+            .await
+            .expect("set metadata")
+    );
+    assert_eq!(
+        store.get_step_attempts(&run.id).await.expect("attempts")[1].metadata,
+        metadata
+    );
     let again = with_attempt(
         step("slow", 2, StepStatus::Completed, Some(json!(2)), t0),
         "attempt-b",

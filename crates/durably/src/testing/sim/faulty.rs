@@ -459,6 +459,19 @@ impl Store for FaultyStore {
         self.call("begin_step_attempt", call).await
     }
 
+    async fn set_step_attempt_metadata(
+        &self,
+        fence: &Fence,
+        attempt_id: &str,
+        metadata: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let call = self
+            .inner
+            .set_step_attempt_metadata(fence, attempt_id, metadata, now);
+        self.call("set_step_attempt_metadata", call).await
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         let call = self.inner.get_step_attempts(run_id);
         self.call("get_step_attempts", call).await
