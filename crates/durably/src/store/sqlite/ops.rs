@@ -414,8 +414,9 @@ pub(super) fn release_lease(conn: &Connection, fence: &Fence, now: Timestamp) ->
     Ok(changed == 1)
 }
 
-/// Records the outcome of a step's attempt before its checkpoint (see `Store::persist_step`):
-/// `false` when the fence or the begun attempt no longer holds (nothing written).
+/// Records the outcome of a step's attempt (see `Store::persist_step`): finalizes a begun one
+/// (`false` when the fence or the attempt no longer holds: nothing written), or inserts one
+/// not begun (after the step's fenced insert).
 fn record_attempt(
     conn: &Connection,
     fence: &Fence,
@@ -572,7 +573,8 @@ pub(super) fn persist_step(
         .as_ref()
         .map(|o| to_json("persist_step", o))
         .transpose()?;
-    if let Some(attempt) = &step.attempt
+    // A begun attempt is finalized first: when it no longer holds, nothing is written.
+    if let Some(attempt) = step.attempt.as_ref().filter(|a| a.begun)
         && !record_attempt(conn, fence, &step, attempt, now)?
     {
         return Ok(None);
@@ -605,6 +607,10 @@ pub(super) fn persist_step(
         })?;
     if inserted == 0 {
         return Ok(None);
+    }
+    // An attempt not begun is inserted whole, once the step's insert proved the fence.
+    if let Some(attempt) = step.attempt.as_ref().filter(|a| !a.begun) {
+        record_attempt(conn, fence, &step, attempt, now)?;
     }
     if step.status == StepStatus::Completed {
         conn.prepare_cached(sql::ADVANCE_STEP_COUNTERS)

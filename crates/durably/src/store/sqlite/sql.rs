@@ -219,12 +219,11 @@ pub(crate) const INSERT_STEP: &str = "INSERT OR FAIL INTO durably_steps (id, run
              SELECT ?3, id, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
              WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2";
 
-/// A whole step attempt with its outcome, only while the fence holds (`?1` run, `?2`
-/// generation).
-pub(crate) const INSERT_ATTEMPT: &str = "INSERT OR FAIL INTO durably_step_attempts (id, run_id, step_name, \
+/// A whole step attempt with its outcome, written after the step's fenced insert in the same
+/// transaction (which proved the fence).
+pub(crate) const INSERT_ATTEMPT: &str = "INSERT INTO durably_step_attempts (id, run_id, step_name, \
              step_index, lease_generation, status, metadata, error, started_at, completed_at) \
-             SELECT ?3, id, ?4, ?5, lease_generation, ?6, ?7, ?8, ?9, ?10 FROM durably_runs \
-             WHERE id = ?1 AND status = 'leased' AND lease_generation = ?2";
+             VALUES (?3, ?1, ?4, ?5, ?2, ?6, ?7, ?8, ?9, ?10)";
 
 /// A `started` attempt, only while the fence holds and the lease is unexpired at `?8`.
 pub(crate) const BEGIN_ATTEMPT: &str = "INSERT OR FAIL INTO durably_step_attempts (id, run_id, step_name, \
