@@ -191,6 +191,7 @@ pub mod job;
 mod lease;
 pub mod limits;
 pub mod maintenance;
+pub mod parallel;
 pub mod run;
 mod runtime;
 pub mod step;

@@ -20,6 +20,7 @@ use crate::attempts::{Attempt, StepOptions};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
+use crate::parallel::Branches;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
@@ -60,10 +61,12 @@ pub(crate) struct StepShared {
     /// worker announces a cancellation it finds (made by another process).
     cancel_announced: AtomicBool,
     step_index: AtomicI64,
-    current_step: Mutex<Option<String>>,
-    /// The lowest-index step whose failure was recorded under this lease: the step a
-    /// `run:fail` names (upstream's `failedStepName`).
-    failed_step: Mutex<Option<(i64, String)>>,
+    /// The step functions running now and, while exactly one runs, its name (the step its
+    /// logs are attributed to; `None` while independent ones overlap, as upstream).
+    current_step: Mutex<(usize, Option<String>)>,
+    /// The steps whose failure was recorded under this lease, by index: the lowest is the step
+    /// a `run:fail` names (upstream's `failedStepName`) and wins among a join's failures.
+    failed_steps: Mutex<Vec<(i64, String)>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, (i64, Value)>>>,
     /// The run's completed steps when it was claimed: the rows loaded later are at least
@@ -230,17 +233,24 @@ impl StepShared {
     }
 
     fn record_failed_step(&self, index: i64, name: &str) {
-        let mut failed = lock(&self.failed_step);
-        if failed.as_ref().is_none_or(|(lowest, _)| index < *lowest) {
-            *failed = Some((index, name.to_owned()));
-        }
+        lock(&self.failed_steps).push((index, name.to_owned()));
+    }
+
+    /// The index of the failure recorded under this lease for step `name`, if any.
+    fn failed_index(&self, name: &str) -> Option<i64> {
+        lock(&self.failed_steps)
+            .iter()
+            .filter(|(_, failed)| failed == name)
+            .map(|(index, _)| *index)
+            .min()
     }
 
     /// The name `run:fail` gives: the lowest-index step whose failure this execution recorded,
     /// or `unknown` when none did (the job failed outside its steps).
     pub(crate) fn failed_step_name(&self) -> String {
-        lock(&self.failed_step)
-            .as_ref()
+        lock(&self.failed_steps)
+            .iter()
+            .min_by_key(|(index, _)| *index)
             .map_or_else(|| "unknown".to_owned(), |(_, name)| name.clone())
     }
 
@@ -272,17 +282,53 @@ impl StepShared {
     }
 
     fn current_step_name(&self) -> Option<String> {
-        self.current_step
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.current_step).1.clone()
     }
 
-    fn set_current_step(&self, name: Option<String>) {
-        *self
-            .current_step
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = name;
+    /// The error a join of steps ends with (upstream's `step.all` precedence): a lost lease
+    /// first, then a cancellation, then, among failed steps, the one with the lowest index
+    /// recorded under this lease, else the first error in branch order.
+    pub(crate) fn join_error(&self, errors: Vec<Error>) -> Error {
+        let position = errors
+            .iter()
+            .position(|e| matches!(e, Error::LeaseLost { .. }))
+            .or_else(|| {
+                errors
+                    .iter()
+                    .position(|e| matches!(e, Error::Cancelled { .. }))
+            })
+            .or_else(|| {
+                errors
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(at, e)| match e {
+                        Error::Step { name, .. } => {
+                            self.failed_index(name).map(|index| (index, at))
+                        }
+                        _ => None,
+                    })
+                    .min()
+                    .map(|(_, at)| at)
+            })
+            .unwrap_or(0);
+        errors
+            .into_iter()
+            .nth(position)
+            .unwrap_or_else(|| Error::Job("a join of steps failed without an error".into()))
+    }
+
+    fn step_started(&self, name: &str) {
+        let mut current = lock(&self.current_step);
+        current.0 += 1;
+        current.1 = (current.0 == 1).then(|| name.to_owned());
+    }
+
+    fn step_ended(&self) {
+        let mut current = lock(&self.current_step);
+        current.0 = current.0.saturating_sub(1);
+        if current.0 == 0 {
+            current.1 = None;
+        }
     }
 }
 
@@ -330,8 +376,8 @@ impl StepContext {
             abort_reason: Mutex::new(None),
             cancel_announced: AtomicBool::new(false),
             step_index: AtomicI64::new(start_index),
-            current_step: Mutex::new(None),
-            failed_step: Mutex::new(None),
+            current_step: Mutex::new((0, None)),
+            failed_steps: Mutex::new(Vec::new()),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
             claimed_completed_steps: completed_steps,
@@ -499,7 +545,7 @@ impl StepContext {
                     labels: shared.labels.clone(),
                 }
             });
-        shared.set_current_step(Some(name.to_owned()));
+        shared.step_started(name);
         let span = tracing::info_span!("durably.step", step = name, index);
         let function = f(attempt.clone()).instrument(span);
         let result = if recorded_first {
@@ -523,7 +569,7 @@ impl StepContext {
                 }
             }
         };
-        shared.set_current_step(None);
+        shared.step_ended();
 
         let failure: BoxError = match result {
             Ok(value) => match shared.abort_error() {
@@ -637,6 +683,42 @@ impl StepContext {
             step_index: index,
             labels: shared.labels.clone(),
         });
+    }
+
+    /// Runs several steps concurrently and joins them (upstream's `step.all`): a tuple of step
+    /// futures (up to eight, each with its own output type) or a `Vec` of them (a fan-out).
+    /// Every branch runs to its end, even after another failed; the outputs come back in
+    /// branch order. The error, when any branch failed: a lost lease first, then a
+    /// cancellation, then the failed step with the lowest index, else the first in branch
+    /// order. Each branch is an ordinary step (its own name, replay, attempt and fencing); the
+    /// worker slot stays held for the whole join.
+    ///
+    /// ```
+    /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
+    /// let (user, orders) = step
+    ///     .all((
+    ///         step.run("load-user", |_| async { Ok::<_, durably::Error>("ada".to_string()) }),
+    ///         step.run("load-orders", |_| async { Ok::<_, durably::Error>(vec![1, 2, 3]) }),
+    ///     ))
+    ///     .await?;
+    /// let totals: Vec<u32> = step
+    ///     .all(
+    ///         orders
+    ///             .iter()
+    ///             .map(|id| {
+    ///                 let (step, name, id) = (step.clone(), format!("total-{id}"), *id);
+    ///                 async move { step.run(&name, |_| async move { Ok::<_, durably::Error>(id * 10) }).await }
+    ///             })
+    ///             .collect::<Vec<_>>(),
+    ///     )
+    ///     .await?;
+    /// # let _ = (user, totals); Ok(()) }
+    /// ```
+    pub async fn all<B: Branches>(&self, branches: B) -> Result<B::Output> {
+        branches
+            .settle()
+            .await
+            .map_err(|errors| self.shared.join_error(errors))
     }
 
     /// A fenced step write matched no row: the run was cancelled, or another worker owns it.
