@@ -14,6 +14,11 @@
 //! inside its transaction; [`crate::testing::MemoryStore`] the `now` its caller passes. Lease
 //! guards use the caller's `now`, as for every other lease holder's write.
 
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "testing")),
+    allow(dead_code)
+)]
+
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};

@@ -1031,19 +1031,14 @@ fn suspend_run(conn: &Connection, fence: &Fence, wait_id: &str, now: Timestamp) 
     Ok(changed == 1)
 }
 
-/// What a signal did; an expiry is an outcome here (its timeout must commit), an error to the
-/// caller.
-pub(super) enum SignalOutcome {
-    Done(Signalled),
-    Expired,
-}
-
+/// Signals a wait; `None` when it expired (its timeout must commit: an error to the caller,
+/// not to the write).
 pub(super) fn signal_wait(
     conn: &Connection,
     wait_id: &str,
     payload: &str,
     signal_id: &str,
-) -> Result<SignalOutcome> {
+) -> Result<Option<Signalled>> {
     let Some(found) = wait_by_id(conn, "signal_wait", wait_id)? else {
         return Err(waits::wait_not_found(wait_id));
     };
@@ -1069,11 +1064,11 @@ pub(super) fn signal_wait(
     );
     let disposition = match step {
         SignalStep::Duplicate => SignalDisposition::Duplicate,
-        SignalStep::Expired => return Ok(SignalOutcome::Expired),
+        SignalStep::Expired => return Ok(None),
         SignalStep::Refused => return Err(waits::cannot_accept(wait_id)),
         SignalStep::TimeOutNow => {
             time_out_if_due(conn, "signal_wait", wait_id, now)?;
-            return Ok(SignalOutcome::Expired);
+            return Ok(None);
         }
         SignalStep::Accept => {
             conn.prepare_cached(sql::RESOLVE_SIGNAL)
@@ -1084,7 +1079,7 @@ pub(super) fn signal_wait(
     };
     let wait =
         wait_by_id(conn, "signal_wait", wait_id)?.ok_or_else(|| waits::wait_not_found(wait_id))?;
-    Ok(SignalOutcome::Done(Signalled { wait, disposition }))
+    Ok(Some(Signalled { wait, disposition }))
 }
 
 pub(super) fn expire_due_waits(conn: &Connection, limit: u64) -> Result<u64> {

@@ -210,11 +210,8 @@ impl Store for SqliteStore {
                 ops::signal_wait(conn, &id, &payload, &signal_id)
             })
             .await?;
-        match outcome {
-            ops::SignalOutcome::Done(signalled) => Ok(signalled),
-            // The timeout is committed; the signal is refused.
-            ops::SignalOutcome::Expired => Err(Error::WaitExpired { wait_id }),
-        }
+        // `None`: the timeout is committed; the signal is refused.
+        outcome.ok_or(Error::WaitExpired { wait_id })
     }
 
     async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
