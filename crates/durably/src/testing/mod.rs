@@ -220,7 +220,8 @@ macro_rules! store_contract_tests {
             suspending_on_an_overdue_wait_times_it_out,
             expire_due_waits_times_out_overdue_waits,
             cancel_complete_and_fail_end_pending_waits,
-            runs_with_waits_skip_lease_release_and_lose_their_waits_with_them
+            runs_with_waits_skip_lease_release_and_lose_their_waits_with_them,
+            concurrent_signals_have_exactly_one_winner
         );
     };
 }

@@ -103,6 +103,25 @@ async fn time_out_if_due(tx: &Tx<'_>, id: &str, now: Timestamp) -> std::result::
     Ok(changed == 1)
 }
 
+/// Wakes idle workers (`NOTIFY`, sent at commit) when the run of a wait just resolved is
+/// suspended on it: it is claimable now.
+async fn notify_resumable(
+    tx: &Tx<'_>,
+    channel: &str,
+    wait_id: &str,
+) -> std::result::Result<(), Fail> {
+    tx.execute(
+        &format!(
+            "SELECT pg_notify($1::text, '{NOTICE_RUNS}') FROM durably_runs r \
+             JOIN durably_waits w ON w.run_id = r.id WHERE w.id = $2 \
+             AND r.status = 'waiting' AND r.waiting_on_wait_id = w.id"
+        ),
+        &[&channel, &wait_id],
+    )
+    .await?;
+    Ok(())
+}
+
 impl PostgresStore {
     pub(super) async fn prepare_wait_tx(
         &self,
@@ -251,6 +270,7 @@ impl PostgresStore {
         let expired = || Error::WaitExpired {
             wait_id: wait_id.to_owned(),
         };
+        let channel = &self.shared.channel;
         let outcome = self
             .run("signal_wait", true, |mut client, _| async move {
                 let tx = client.transaction().await?;
@@ -289,6 +309,7 @@ impl PostgresStore {
                     SignalStep::Refused => return Err(waits::cannot_accept(wait_id).into()),
                     SignalStep::TimeOutNow => {
                         time_out_if_due(&tx, wait_id, now).await?;
+                        notify_resumable(&tx, channel, wait_id).await?;
                         tx.commit().await?;
                         return Ok(None);
                     }
@@ -300,6 +321,7 @@ impl PostgresStore {
                             &[&wait_id, &payload, &signal_id, &now.to_string()],
                         )
                         .await?;
+                        notify_resumable(&tx, channel, wait_id).await?;
                         SignalDisposition::Accepted
                     }
                 };
@@ -333,6 +355,7 @@ impl PostgresStore {
             })
             .await?;
         let mut expired = 0;
+        let channel = &self.shared.channel;
         for (wait_id, run_id) in &due {
             let done = self
                 .run("expire_due_waits", true, |mut client, _| async move {
@@ -342,6 +365,9 @@ impl PostgresStore {
                     }
                     let now = database_now(&tx).await?;
                     let done = time_out_if_due(&tx, wait_id, now).await?;
+                    if done {
+                        notify_resumable(&tx, channel, wait_id).await?;
+                    }
                     tx.commit().await?;
                     Ok(done)
                 })

@@ -598,6 +598,32 @@ pub async fn cancel_complete_and_fail_end_pending_waits(store: Arc<dyn Store>) {
             .await
             .expect("fail")
     );
+    // An operator puts the completed run back under its lease: its closed wait cannot be
+    // awaited nor suspended on.
+    let back = RunPatch {
+        status: Some(RunStatus::Leased),
+        lease_expires_at: Some(Some(Timestamp::now() + LEASE)),
+        ..RunPatch::default()
+    };
+    assert!(
+        store
+            .update_run(&complete_fence.run_id, back, Timestamp::now())
+            .await
+            .expect("update_run")
+    );
+    let closed = store
+        .wait_result(&complete_fence, &closed_by_completion.id, Timestamp::now())
+        .await;
+    let expected = format!("Wait is already closed: {}", closed_by_completion.id);
+    assert!(
+        matches!(&closed, Err(Error::Conflict(m)) if *m == expected),
+        "{closed:?}"
+    );
+    let refused = suspend(&store, &complete_fence, &closed_by_completion.id).await;
+    assert!(
+        matches!(&refused, Err(Error::Conflict(m)) if m == "Wait is not available for this run"),
+        "{refused:?}"
+    );
     for id in [&closed_by_completion.id, &closed_by_failure.id] {
         let closed = wait_of(&store, id).await;
         assert_eq!(closed.status, WaitStatus::Closed);
@@ -651,4 +677,34 @@ pub async fn runs_with_waits_skip_lease_release_and_lose_their_waits_with_them(
         None
     );
     assert!(store.get_run(&purged.id).await.expect("get_run").is_none());
+}
+
+/// Contract: concurrent signals with different ids: exactly one is accepted, the others are
+/// refused, and the wait holds the winner's payload.
+pub async fn concurrent_signals_have_exactly_one_winner(store: Arc<dyn Store>) {
+    let (_, fence) = leased(&store, new_run("job", json!({}))).await;
+    let wait = prepare(&store, &fence, NewWait::new("approve").timeout_ms(600_000)).await;
+    let signals = (0..8).map(|n| {
+        let store = store.clone();
+        let id = wait.id.clone();
+        async move { signal(&store, &id, json!(n), &format!("s{n}")).await }
+    });
+    let results = within(
+        "concurrent signals",
+        Duration::from_secs(30),
+        futures::future::join_all(signals),
+    )
+    .await;
+    let winners: Vec<&Signalled> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, Error::Conflict(_))),
+        "{results:?}"
+    );
+    let stored = wait_of(&store, &wait.id).await;
+    assert_eq!(stored.payload, winners[0].wait.payload);
+    assert_eq!(stored.signal_id, winners[0].wait.signal_id);
 }
