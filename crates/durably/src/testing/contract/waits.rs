@@ -466,14 +466,24 @@ pub async fn suspending_on_an_overdue_wait_times_it_out(store: Arc<dyn Store>) {
     let (run, fence) = leased(&store, new_run("job", json!({}))).await;
     let wait = prepare(&store, &fence, NewWait::new("soon").timeout_ms(1)).await;
     let_deadline_pass().await;
-    assert!(suspend(&store, &fence, &wait.id).await.expect("suspend"));
+    // The slot the suspension frees claims in the same call: the run itself, resumable now.
+    let next = ClaimRequest {
+        worker_id: "w".into(),
+        lease: LEASE,
+        max: 5,
+    };
+    let transition = Transition::Wait {
+        wait_id: wait.id.clone(),
+    };
+    let finished = store
+        .finish_run(&fence, transition, Timestamp::now(), Some(&next))
+        .await
+        .expect("suspend");
+    assert!(finished.landed);
     let timed_out = wait_of(&store, &wait.id).await;
     assert_eq!(timed_out.outcome, Some(WaitOutcome::Timeout));
     assert!(timed_out.suspended_at.is_some());
-    let claimed = store
-        .claim("w", Timestamp::now(), LEASE, 5)
-        .await
-        .expect("claim");
+    let claimed = finished.claimed;
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, run.id);
     assert_eq!(claimed[0].lease_generation, run.lease_generation + 1);
