@@ -61,13 +61,6 @@ pub enum Error {
         /// The run's error message (`Run failed` when none was stored).
         message: String,
     },
-    /// A signal reached a durable wait whose deadline had passed: the wait is resolved as a
-    /// timeout (`Wait expired: <wait id>`; upstream's `WaitExpiredError`, HTTP 410).
-    #[error("Wait expired: {wait_id}")]
-    WaitExpired {
-        /// The expired wait.
-        wait_id: String,
-    },
     /// A wait gave up (`waitForRun timeout after 100ms`; the run itself is unaffected), or a
     /// read bounded in time was cancelled (`Store::get_runs_within`).
     #[error("{0}")]

@@ -201,7 +201,6 @@ mod subscribe;
 pub mod testing;
 pub mod time;
 mod wait;
-pub mod waits;
 mod worker;
 
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
@@ -226,7 +225,6 @@ pub use store::Store;
 pub use store::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore, Synchronous};
-pub use waits::{DurableWait, SignalDisposition, WaitOutcome, WaitResult, WaitStatus};
 // Crate-internal only: files being rewritten on another branch (`store/`, `testing/`) still
 // name these through the crate root. Remove once they import them from `crate::store`.
 #[allow(unused_imports)]

@@ -22,7 +22,6 @@ use crate::run::{
     StepStatus,
 };
 use crate::time::Timestamp;
-use crate::waits::{DurableWait, NewWait, SignalDisposition};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod migrations;
@@ -119,19 +118,6 @@ pub enum Transition {
         /// The message stored as the run's error.
         error: String,
     },
-    /// The job awaits a pending durable wait (upstream's `suspendRun`, v4 §3.2 step 4): the
-    /// run becomes `waiting` on `wait_id`, gives up its lease (owner and expiry cleared, the
-    /// generation kept, so every later write of this execution is refused) and with it its
-    /// worker slot and concurrency key. Lands only while the fence holds *and* the lease has
-    /// not expired at `now`. The wait must be this run's and `pending` or `resolved`, else
-    /// [`Error::Conflict`] `Wait is not available for this run` and nothing is written; a
-    /// pending wait already past its deadline is first resolved as a timeout (the run is then
-    /// claimable at once). The wait's `suspended_at` is set by the first suspension only. The
-    /// run is not ending: its steps and logs stay.
-    Wait {
-        /// The wait the run waits for (`waiting_on_wait_id`).
-        wait_id: String,
-    },
 }
 
 impl Transition {
@@ -140,19 +126,8 @@ impl Transition {
         match self {
             Transition::Complete { .. } => RunStatus::Completed,
             Transition::Fail { .. } => RunStatus::Failed,
-            Transition::Wait { .. } => RunStatus::Waiting,
         }
     }
-}
-
-/// What [`Store::signal_wait`] did.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Signalled {
-    /// The wait as it now stands.
-    pub wait: DurableWait,
-    /// Whether this signal resolved it or had already.
-    pub disposition: SignalDisposition,
 }
 
 /// What [`Store::finish_run`] did.
@@ -378,13 +353,9 @@ pub trait Store: Send + Sync + 'static {
     /// Logs of a run in the order they were written.
     async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>>;
 
-    /// Claims up to `max` runs for `worker_id`, oldest first (by creation): pending runs,
-    /// `waiting` runs whose wait (`waiting_on_wait_id`) is resolved, and runs whose lease
+    /// Claims up to `max` runs for `worker_id`, oldest first: pending runs and runs whose lease
     /// expired, skipping any run whose concurrency key is held by another unexpired lease.
-    /// Each claim increments `lease_generation` and sets the lease to `now + lease`. Resuming a
-    /// waiting run also records, at the database's time, when it was first claimed after its
-    /// suspension (kept by later reclaims), and gives its resolved wait that time as
-    /// `first_resumed_at` unless it has one.
+    /// Each claim increments `lease_generation` and sets the lease to `now + lease`.
     async fn claim(
         &self,
         worker_id: &str,
@@ -447,71 +418,6 @@ pub trait Store: Send + Sync + 'static {
     /// interruption reason as the run stands now; empty for an unknown run.
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>>;
 
-    /// Prepares the durable wait `wait.name` of the fenced run (upstream `prepareWait`, v4
-    /// §4.1), in one transaction: only while the fence holds and the lease has not expired at
-    /// `now` (`None` otherwise, nothing written). A wait of that run and name that already
-    /// exists is returned unchanged (a replay: same id, same deadline; the metadata and
-    /// timeout given now are ignored). Otherwise a `pending` wait is inserted, created at the
-    /// database's time, its deadline that time plus [`NewWait::timeout_ms`] (fixed from then
-    /// on), its metadata stored as canonical JSON ([`crate::waits::canonical_json`]).
-    /// [`Error::Validation`] for a blank name, a bad timeout or a deadline beyond the date
-    /// range ([`NewWait::validate`]).
-    async fn prepare_wait(
-        &self,
-        fence: &Fence,
-        wait: NewWait,
-        now: Timestamp,
-    ) -> Result<Option<DurableWait>>;
-
-    /// The wait `wait_id` as the fenced run awaits it (upstream `getWaitResultForRun`, v4
-    /// §4.2), in one transaction guarded like [`Store::prepare_wait`] (`None`: the lease does
-    /// not hold). A pending wait whose deadline has passed (database time) is resolved as a
-    /// timeout first. Returns it `resolved` ([`DurableWait::result`] is what the job gets) or
-    /// still `pending` (the run should suspend: [`Transition::Wait`]). Errors, nothing
-    /// written: [`Error::Validation`] `Wait does not belong to this run` for an unknown wait or
-    /// another run's; [`Error::Conflict`] `Wait is already closed: <id>` for a cancelled or
-    /// closed one.
-    async fn wait_result(
-        &self,
-        fence: &Fence,
-        wait_id: &str,
-        now: Timestamp,
-    ) -> Result<Option<DurableWait>>;
-
-    /// Signals the wait `wait_id` (upstream `signalWaitDetailed`, v4 §4.3), unfenced (any
-    /// process), in one transaction that locks the run before the wait, deciding in upstream's
-    /// order: [`Error::Validation`] `signalId must be non-empty`; [`Error::NotFound`] `Wait not
-    /// found: <id>`; the same signal id with an identical canonical payload that already
-    /// resolved it → [`SignalDisposition::Duplicate`], unchanged (even after the deadline, a
-    /// cancel or the run's end); a wait resolved by its deadline → [`Error::WaitExpired`]; a
-    /// wait that is not pending, or whose run ended → [`Error::Conflict`] `Wait cannot accept
-    /// this signal: <id>`; at or after its deadline (database time) the wait is resolved as a
-    /// timeout, that is **committed**, then [`Error::WaitExpired`]; otherwise the wait is
-    /// resolved with the canonical payload and the signal id at the database's time
-    /// ([`SignalDisposition::Accepted`]). A signal wins only strictly before the deadline. It
-    /// does not wake a worker by itself: the next claim takes the run.
-    async fn signal_wait(
-        &self,
-        wait_id: &str,
-        payload: Value,
-        signal_id: &str,
-        now: Timestamp,
-    ) -> Result<Signalled>;
-
-    /// Resolves as timeouts up to `limit` pending waits whose deadline has passed (upstream
-    /// `expireDueWaits`, v4 §4.7), earliest deadline first, each in its own transaction that
-    /// locks its run first and checks again with a fresh database time; waits of runs that are
-    /// missing or ended are skipped. Also expires prepared waits no run is suspended on.
-    /// Returns how many were resolved. The SQL backends compare deadlines with the database's
-    /// clock; `now` is the clock of a backend without one ([`crate::testing::MemoryStore`]).
-    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64>;
-
-    /// One wait by id (`None` when unknown).
-    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>>;
-
-    /// The waits of a run in `created_at`, then id, order (empty for an unknown run).
-    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>>;
-
     /// Stores progress (or clears it with `None`) if the fence still holds.
     async fn update_progress(
         &self,
@@ -531,10 +437,7 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `transition` to a leased run if the fence still holds (`landed: false`, nothing
     /// written, otherwise). A run that ends drops its step rows in the same transaction unless
     /// the store preserves them ([`Store::preserves_steps`]); a completion also frees the run's
-    /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it. A run that
-    /// completes or fails closes its pending waits (`closed`, resolved at `now`).
-    /// [`Transition::Wait`] suspends the run instead (see there; it may fail with
-    /// [`Error::Conflict`]).
+    /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it.
     ///
     /// With `then_claim`, the same write also claims up to `max` runs ([`Store::claim`] with
     /// the same `now`), so a worker hands the slot of a finished run straight to the next one.
@@ -550,10 +453,8 @@ pub trait Store: Send + Sync + 'static {
         then_claim: Option<&ClaimRequest>,
     ) -> Result<Finished>;
 
-    /// Cancels a pending, leased or waiting run; `false` if it is missing or already terminal.
-    /// Any process may cancel (unfenced); its step rows go as for [`Store::finish_run`]. Its
-    /// pending waits become `cancelled` (resolved at `now`) in the same transaction; resolved
-    /// waits keep their result.
+    /// Cancels a pending or leased run; `false` if it is missing or already terminal. Any
+    /// process may cancel (unfenced); its step rows go as for [`Store::finish_run`].
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
 
     /// Deletes a terminal run with its step attempts, waits, steps, logs and labels; `false` if
@@ -567,9 +468,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to `pending`, or fails them (error
     /// `Lease expired; pending run already exists`) when their job+key already has a pending
     /// run or an older expired lease that goes back instead (the pending-per-key index allows
-    /// one). The failed runs' steps go as for [`Store::finish_run`]. Runs that have ever
-    /// prepared a durable wait are left alone (v4 §3.4): they stay leased until a claim takes
-    /// them. Returns the runs changed, with their new state.
+    /// one). The failed runs' steps go as for [`Store::finish_run`]. Returns the runs changed,
+    /// with their new state.
     async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
 
     /// Whether step rows outlive the run they belong to (upstream's `preserveSteps`), a policy

@@ -700,7 +700,7 @@ mod tests {
         complete_sql,
     };
     use crate::store::postgres::test_schema;
-    use crate::store::postgres::{claim_keyed_sql, claim_sql, lock_claim_keys_sql};
+    use crate::store::postgres::{claim_keyed_sql, lock_claim_keys_sql};
     use crate::store::{NewRun, Store};
 
     /// The plan of `statement` (prepared as `name`, run with `arguments`) under the batch
@@ -819,9 +819,6 @@ mod tests {
             let sql = complete_and_claim_sql(note);
             complete_and_claim.push((name, plan(&client, name, &sql, &arguments).await));
         }
-        // The claim alone (pending runs, expired leases, resolved waiting runs).
-        let claim_alone = plan(&client, "claim_alone", &claim_sql(), &claim).await;
-        complete_and_claim.push(("claim_alone", claim_alone));
         let lock_keys = plan(&client, "lock_keys", &lock_claim_keys_sql(), "NULL").await;
         let note_freed_keys = plan(
             &client,
@@ -851,15 +848,6 @@ mod tests {
         }
         for (name, plan) in by_key {
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
-        }
-        // Resuming waiting runs (schema v3–4) left the pending claim's plan as it was: the
-        // oldest pending runs through durably's pending-order index.
-        for (name, plan) in &complete_and_claim {
-            assert!(
-                plan.contains("durably_rs_runs_pending_order"),
-                "{name}: {plan}"
-            );
-            assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
         }
         // Each freed key looked up by its key: no join of the keys against an index walk.
         assert!(!note_freed_keys.contains("Join"), "{note_freed_keys}");

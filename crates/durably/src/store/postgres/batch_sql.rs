@@ -141,10 +141,7 @@ fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
            RETURNING r.id, r.concurrency_key), \
          {note}\
          d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
-           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)), \
-         cw AS (UPDATE durably_waits w SET status = 'closed', resolved_at = req.at FROM req \
-           WHERE w.run_id = req.run_id AND w.status = 'pending' \
-           AND req.run_id IN (SELECT id FROM u)){again}"
+           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)){again}"
     );
     (text, next)
 }

@@ -39,7 +39,6 @@ mod rows;
 mod sql;
 mod store;
 mod tls;
-mod waits;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -61,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
-    NewRun, NewStep, RunAdmin, RunPatch, Signalled, Store, StoreNotice, Transition, parse_labels,
+    NewRun, NewStep, RunAdmin, RunPatch, Store, StoreNotice, Transition, parse_labels,
     parse_optional_json, pending_conflict, pending_run, validate_label_key,
 };
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
@@ -72,7 +71,6 @@ use crate::run::{
 use crate::store::migrations::{Ladder, POSTGRES_OWN, UPSTREAM};
 use crate::time::{Timestamp, new_id_at};
 
-use crate::waits::{DurableWait, NewWait};
 use enqueue::*;
 use faults::*;
 use listener::*;
@@ -82,7 +80,6 @@ use pool::*;
 use rows::*;
 use sql::*;
 use tls::*;
-use waits::*;
 
 /// The PostgreSQL store. Cheap to clone; all clones share one pool and one listener.
 ///

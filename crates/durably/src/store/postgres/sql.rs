@@ -292,42 +292,15 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
            AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
            ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
-         w AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
-           WHERE r.status = 'waiting' AND {RESOLVED_WAIT} AND {key_is_free}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          c AS (SELECT id, concurrency_key, created_at FROM \
-           (SELECT * FROM p UNION ALL SELECT * FROM e UNION ALL SELECT * FROM w) a \
-           ORDER BY created_at ASC, id ASC LIMIT {limit}), \
+           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
+           LIMIT {limit}), \
          won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = {worker}, \
            lease_expires_at = {expires}, lease_generation = r.lease_generation + 1, \
-           started_at = COALESCE(r.started_at, {now}), {RESUME_CLAIMED_AT}, updated_at = {now} \
-           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL \
-           RETURNING {returning}, r.resume_claimed_at AS resumed_at), \
-         {FIRST_RESUMED}"
+           started_at = COALESCE(r.started_at, {now}), updated_at = {now} \
+           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
     )
 }
-
-/// A waiting run (aliased `r`) whose wait is resolved: claimable (v4 §3.3).
-pub(super) const RESOLVED_WAIT: &str = "EXISTS (SELECT 1 FROM durably_waits rw \
-     WHERE rw.id = r.waiting_on_wait_id AND rw.status = 'resolved')";
-
-/// The database's clock in milliseconds since the epoch (v4 §4.7).
-pub(super) const DATABASE_NOW_MS: &str =
-    "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
-
-/// A claim's `SET` of `resume_claimed_at` (of `r`, before the update): a waiting run resumed
-/// records when, unless a claim since its suspension did.
-const RESUME_CLAIMED_AT: &str = concat!(
-    "resume_claimed_at = CASE WHEN r.status = 'waiting' THEN COALESCE(r.resume_claimed_at, ",
-    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
-    ") ELSE r.resume_claimed_at END"
-);
-
-/// After a claim CTE `won` (returning `waiting_on_wait_id` and `resumed_at`): the first resume
-/// time onto each resumed run's resolved wait, once.
-const FIRST_RESUMED: &str = "fr AS (UPDATE durably_waits fw SET first_resumed_at = won.resumed_at \
-     FROM won WHERE fw.id = won.waiting_on_wait_id AND fw.status = 'resolved' \
-     AND fw.first_resumed_at IS NULL AND won.resumed_at IS NOT NULL)";
 
 /// The transaction-local setting that carries a claim's keyed candidates, as a JSON array of
 /// keys, from the statement that finds them to the one that locks them and the one that leases
@@ -368,13 +341,9 @@ pub(super) fn lock_claim_keys_sql() -> String {
 /// run, or the worker looks again.
 pub(super) fn claim_keyed_sql() -> String {
     let returning = run_columns("r");
-    let won_columns = run_columns("won");
     let keys = claim_keys_json();
-    let claimable = format!(
-        "(r.status = 'pending' \
-           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3) \
-           OR (r.status = 'waiting' AND {RESOLVED_WAIT}))"
-    );
+    let claimable = "(r.status = 'pending' \
+           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3))";
     format!(
         "WITH locked AS (SELECT DISTINCT t.k FROM json_array_elements_text({keys}) AS t(k)), \
          oldest AS (SELECT x.id FROM locked l CROSS JOIN LATERAL ( \
@@ -386,24 +355,16 @@ pub(super) fn claim_keyed_sql() -> String {
                (SELECT r.id, r.created_at FROM durably_runs r \
                  WHERE r.status = 'leased' AND r.concurrency_key = l.k \
                  AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3 \
-                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1) \
-               UNION ALL \
-               (SELECT r.id, r.created_at FROM durably_runs r \
-                 WHERE r.status = 'waiting' AND r.concurrency_key = l.k AND {RESOLVED_WAIT} \
                  ORDER BY r.created_at ASC, r.id ASC LIMIT 1)) y \
              ORDER BY y.created_at ASC, y.id ASC LIMIT 1) x \
            WHERE NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
              AND o.concurrency_key = l.k AND o.id <> x.id \
              AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $3)), \
          pick AS (SELECT r.id FROM durably_runs r WHERE r.id IN (SELECT id FROM oldest) \
-           AND {claimable} FOR UPDATE OF r SKIP LOCKED), \
-         won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = $1, \
-           lease_expires_at = $2, lease_generation = r.lease_generation + 1, \
-           started_at = COALESCE(r.started_at, $3), {RESUME_CLAIMED_AT}, updated_at = $3 \
-           FROM pick WHERE r.id = pick.id AND {claimable} \
-           RETURNING {returning}, r.resume_claimed_at AS resumed_at), \
-         {FIRST_RESUMED} \
-         SELECT {won_columns} FROM won"
+           AND {claimable} FOR UPDATE OF r SKIP LOCKED) \
+         UPDATE durably_runs r SET status = 'leased', lease_owner = $1, lease_expires_at = $2, \
+         lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, $3), \
+         updated_at = $3 FROM pick WHERE r.id = pick.id AND {claimable} RETURNING {returning}"
     )
 }
 

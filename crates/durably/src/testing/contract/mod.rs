@@ -10,7 +10,6 @@ mod coalesce;
 mod enqueue;
 mod operations;
 mod policy;
-mod waits;
 mod writes;
 
 pub use attempts::*;
@@ -19,7 +18,6 @@ pub use coalesce::*;
 pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
-pub use waits::*;
 pub use writes::*;
 
 use std::collections::HashSet;
