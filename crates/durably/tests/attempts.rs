@@ -7,23 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, LIMIT, TestDb, backend_tests, eventually};
+use common::{Backend, LIMIT, TestDb, backend_tests, eventually, terminal};
 use durably::{
-    AttemptStatus, Durably, InterruptionReason, Job, Run, RunStatus, StepAttempt, StepContext,
-    StepOptions, Tuning,
+    AttemptStatus, InterruptionReason, Job, RunStatus, StepAttempt, StepContext, StepOptions,
+    Tuning,
 };
 use serde_json::{Value, json};
-
-async fn terminal(durably: &Durably, id: &str) -> Run {
-    eventually("run reaches a terminal state", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await
-}
 
 fn summary(attempts: &[StepAttempt]) -> Vec<(String, i64, AttemptStatus)> {
     attempts

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
+use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal, within};
 use durably::{
-    Durably, EventKind, EventType, Job, Run, RunStatus, StepContext, StepStatus, Timestamp,
+    Durably, EventKind, EventType, Job, RunStatus, StepContext, StepStatus, Timestamp,
     TriggerOptions,
     store::{Fence, NewStep, RunPatch},
 };
@@ -19,17 +19,6 @@ use serde_json::{Value, json};
 
 /// A gate a job waits on until the test opens it.
 /// Records every event of an instance, in emission order.
-async fn terminal(durably: &Durably, id: &str) -> Run {
-    eventually("run reaches a terminal state", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await
-}
-
 fn expire_lease() -> RunPatch {
     RunPatch {
         lease_expires_at: Some(Some(Timestamp::now() - Duration::from_secs(5))),

@@ -6,21 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Backend, LIMIT, TestDb, backend_tests, eventually};
-use durably::{Durably, Error, Job, Run, RunStatus, StepContext};
+use common::{Backend, TestDb, backend_tests, terminal};
+use durably::{Error, Job, RunStatus, StepContext};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
-
-async fn terminal(durably: &Durably, id: &str) -> Run {
-    eventually("run reaches a terminal state", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await
-}
 
 /// Two branches of different types run at the same time (each waits for the other at a
 /// barrier, which a sequential execution would never pass), the outputs come back as a typed

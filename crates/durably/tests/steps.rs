@@ -5,26 +5,15 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, within};
+use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal, within};
 use durably::{
-    Durably, Event, EventKind, EventType, Job, LogLevel, Progress, Run, RunStatus, StepContext,
-    StepStatus, Timestamp, store::RunPatch,
+    Event, EventKind, EventType, Job, LogLevel, Progress, RunStatus, StepContext, StepStatus,
+    Timestamp, store::RunPatch,
 };
 use serde_json::{Value, json};
 
 /// Records every event of an instance, in emission order.
 /// Polls until the run is terminal.
-async fn terminal(durably: &Durably, id: &str) -> Run {
-    eventually("run reaches a terminal state", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await
-}
-
 fn step_name(event: &Event) -> Option<&str> {
     match &event.kind {
         EventKind::StepStart { step_name, .. }

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    Backend, Gate, Instrumented, LIMIT, Recorder, TestDb, backend_tests, eventually, within,
+    Backend, Gate, Instrumented, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal,
+    within,
 };
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, JobHandle, Run, RunStatus, StepContext,
-    Timestamp, TriggerOptions, WaitOptions, store::RunPatch,
+    Durably, Error, Event, EventKind, EventType, Job, JobHandle, RunStatus, StepContext, Timestamp,
+    TriggerOptions, WaitOptions, store::RunPatch,
 };
 use serde_json::{Value, json};
 
@@ -74,17 +75,6 @@ fn tracked_job(name: &str, tracker: &Tracker, gate: Option<&Gate>) -> Job<u64, u
 
 fn labels(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-async fn terminal(durably: &Durably, id: &str) -> Run {
-    eventually("run reaches a terminal state", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status.is_terminal())
-    })
-    .await
 }
 
 async fn trigger_all(

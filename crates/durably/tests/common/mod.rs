@@ -155,6 +155,18 @@ impl TestDb {
     }
 }
 
+/// Polls until the run is terminal (completed, failed or cancelled), within [`LIMIT`].
+pub async fn terminal(durably: &Durably, id: &str) -> durably::Run {
+    eventually("run reaches a terminal state", LIMIT, || async {
+        durably
+            .get_run(id)
+            .await
+            .expect("get_run")
+            .filter(|run| run.status.is_terminal())
+    })
+    .await
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, failing the test after `limit`
 /// (a generous bound that only guards against hangs).
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
