@@ -176,8 +176,13 @@ async fn a_cancel_on_another_instance_fires_the_running_step_token() {
         },
     );
     // Long renewal interval: the renewal cannot be what notices the cancel.
+    let store = postgres_store(&schema);
+    // The worker's listener starts with the store's first subscriber and announces
+    // `RunsAvailable` once it listens: a cancel sent before that would be a notice nobody heard
+    // (the worker would find it only at its next renewal).
+    let mut notices = store.notifications().expect("PostgreSQL has notifications");
     let worker = Durably::builder()
-        .store(postgres_store(&schema))
+        .store(store)
         .polling_interval(Duration::from_millis(50))
         .lease_duration(Duration::from_secs(120))
         .lease_renew_interval(Duration::from_secs(60))
@@ -187,6 +192,17 @@ async fn a_cancel_on_another_instance_fires_the_running_step_token() {
     worker.init().await.expect("init");
     let run = handle.trigger(Input { n: 1 }).await.expect("trigger").run;
     within("step started", Duration::from_secs(10), started_rx.recv()).await;
+    within(
+        "the worker's listener listens",
+        Duration::from_secs(10),
+        async {
+            while !matches!(
+                notices.recv().await,
+                Ok(durably::store::StoreNotice::RunsAvailable)
+            ) {}
+        },
+    )
+    .await;
 
     let other = Durably::builder()
         .store(postgres_store(&schema))
