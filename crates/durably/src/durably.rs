@@ -17,8 +17,9 @@ use crate::limits::{check_run_id, check_text};
 use crate::run::{
     Disposition, Labels, Log, Run, RunFilter, RunStatus, Step, TriggerOptions, TriggerResult,
 };
-use crate::store::{Enqueued, NewRun, Store};
+use crate::store::{Enqueued, NewRun, Signalled, Store};
 use crate::time::Timestamp;
+use crate::waits::{DurableWait, SignalDisposition};
 
 pub(crate) type LabelsValidator =
     Arc<dyn Fn(&Labels) -> std::result::Result<(), String> + Send + Sync>;
@@ -277,6 +278,57 @@ impl Durably {
     pub async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         check_run_id(run_id)?;
         self.inner.store.get_step_attempts(run_id).await
+    }
+
+    /// The durable waits of a run, oldest first (empty for an unknown run): what it waits for
+    /// now, what it waited for before and how each was resolved ([`crate::waits`]).
+    pub async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {
+        check_run_id(run_id)?;
+        self.inner.store.get_waits(run_id).await
+    }
+
+    /// One durable wait by id (`None` when unknown).
+    pub async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>> {
+        check_text("waitId", wait_id)?;
+        self.inner.store.get_wait(wait_id).await
+    }
+
+    /// Signals the durable wait `wait_id` with `payload` (upstream `signal`, v4 §4.3): the
+    /// wait is resolved and its run, if it is waiting on it, is resumed by the next claim of
+    /// any worker (this process's at once, PostgreSQL's through `NOTIFY`, other SQLite
+    /// processes within their polling interval).
+    ///
+    /// Idempotent per `signal_id`: the same signal (same id, same payload up to key order)
+    /// again gives [`SignalDisposition::Duplicate`] and changes nothing, even after the run
+    /// ended. Errors, nothing written: [`Error::Validation`] for a blank `signal_id`;
+    /// [`Error::NotFound`] for an unknown wait; [`Error::WaitExpired`] once its deadline passed
+    /// (a signal wins only strictly before it); [`Error::Conflict`] when the wait was resolved
+    /// by another signal, cancelled or closed, or its run ended.
+    ///
+    /// ```no_run
+    /// # async fn approve(durably: durably::Durably, wait_id: &str) -> durably::Result<()> {
+    /// use serde_json::json;
+    /// let signalled = durably.signal(wait_id, json!({"approved": true}), "approval-42").await?;
+    /// println!("{:?}", signalled.disposition);
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal(
+        &self,
+        wait_id: &str,
+        payload: Value,
+        signal_id: &str,
+    ) -> Result<Signalled> {
+        check_text("waitId", wait_id)?;
+        check_text("signalId", signal_id)?;
+        let signalled = self
+            .inner
+            .store
+            .signal_wait(wait_id, payload, signal_id, Timestamp::now())
+            .await?;
+        if signalled.disposition == SignalDisposition::Accepted {
+            self.inner.engine.resume_waiting_runs();
+        }
+        Ok(signalled)
     }
 
     /// The persisted logs of a run, oldest first.

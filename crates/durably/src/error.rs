@@ -53,6 +53,18 @@ pub enum Error {
     /// run's stored error.
     #[error("{0}")]
     Job(BoxError),
+    /// The run awaits a durable wait that is still pending
+    /// ([`StepContext::wait_for`](crate::StepContext::wait_for)): the job function should
+    /// return this error (`?`). The
+    /// run is suspended (`waiting`, without lease or slot) whatever the function returns, and
+    /// every later step operation of this execution returns the same error.
+    #[error("Durably execution suspended: run {run_id} waits for {wait_id}")]
+    Suspended {
+        /// The suspended run.
+        run_id: String,
+        /// The wait it is suspended on.
+        wait_id: String,
+    },
     /// A waited-for run ended in `failed`; the message is the run's stored error.
     #[error("{message}")]
     RunFailed {
@@ -60,6 +72,13 @@ pub enum Error {
         run_id: String,
         /// The run's error message (`Run failed` when none was stored).
         message: String,
+    },
+    /// A signal reached a durable wait whose deadline had passed: the wait is resolved as a
+    /// timeout (`Wait expired: <wait id>`; upstream's `WaitExpiredError`, HTTP 410).
+    #[error("Wait expired: {wait_id}")]
+    WaitExpired {
+        /// The expired wait.
+        wait_id: String,
     },
     /// A wait gave up (`waitForRun timeout after 100ms`; the run itself is unaffected), or a
     /// read bounded in time was cancelled (`Store::get_runs_within`).
@@ -83,6 +102,11 @@ impl Error {
     /// `true` for [`Error::Cancelled`].
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled { .. })
+    }
+
+    /// `true` for [`Error::Suspended`].
+    pub fn is_suspended(&self) -> bool {
+        matches!(self, Error::Suspended { .. })
     }
 
     /// `true` for [`Error::LeaseLost`].

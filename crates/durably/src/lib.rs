@@ -201,6 +201,7 @@ mod subscribe;
 pub mod testing;
 pub mod time;
 mod wait;
+pub mod waits;
 mod worker;
 
 // The crate root holds what an application uses. What only a storage backend needs (fences, row
@@ -220,11 +221,12 @@ pub use run::{
     StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
 };
 pub use step::{StepContext, StepLog};
-pub use store::Store;
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};
+pub use store::{Signalled, Store};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore, Synchronous};
+pub use waits::{DurableWait, NewWait, SignalDisposition, WaitOutcome, WaitResult, WaitStatus};
 // Crate-internal only: files being rewritten on another branch (`store/`, `testing/`) still
 // name these through the crate root. Remove once they import them from `crate::store`.
 #[allow(unused_imports)]

@@ -76,6 +76,19 @@ pub(crate) struct StepShared {
     pub(crate) lease: LeaseClock,
     /// Held while a renewal is in flight: one at a time (see [`StepShared::renew_lease`]).
     renewing: tokio::sync::Mutex<()>,
+    /// The durable waits of this execution (`crate::waits::step`).
+    pub(crate) waits: WaitState,
+}
+
+/// Where an execution stands with durable waits.
+#[derive(Default)]
+pub(crate) struct WaitState {
+    /// The wait this execution asked to be suspended on (upstream's suspension request).
+    pub(crate) suspended_on: Mutex<Option<String>>,
+    /// A wait operation (`prepare_wait`, `wait_for`) is in progress.
+    pub(crate) in_progress: AtomicBool,
+    /// This execution prepared a wait: ending the run closes its pending waits.
+    pub(crate) prepared: AtomicBool,
 }
 
 impl StepShared {
@@ -281,6 +294,36 @@ impl StepShared {
         }
     }
 
+    /// The wait this execution is suspended on, once it asked to be.
+    pub(crate) fn suspended_on(&self) -> Option<String> {
+        lock(&self.waits.suspended_on).clone()
+    }
+
+    /// `Err(`[`Error::Suspended`]`)` once this execution asked to be suspended: no step
+    /// operation starts after that (upstream's rule, even if the job caught the error).
+    pub(crate) fn check_not_suspended(&self) -> Result<()> {
+        match self.suspended_on() {
+            Some(wait_id) => Err(Error::Suspended {
+                run_id: self.run_id.clone(),
+                wait_id,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The number of step functions running now.
+    pub(crate) fn steps_in_flight(&self) -> usize {
+        lock(&self.current_step).0
+    }
+
+    /// The fence the run's end is written with: the claim's, knowing whether this execution
+    /// prepared a wait.
+    pub(crate) fn ending_fence(&self) -> Fence {
+        let mut fence = self.fence.clone();
+        fence.may_have_waits |= self.waits.prepared.load(Ordering::SeqCst);
+        fence
+    }
+
     fn current_step_name(&self) -> Option<String> {
         lock(&self.current_step).1.clone()
     }
@@ -383,6 +426,7 @@ impl StepContext {
             claimed_completed_steps: completed_steps,
             lease,
             renewing: tokio::sync::Mutex::new(()),
+            waits: WaitState::default(),
         });
         StepContext {
             log: StepLog {
@@ -430,10 +474,11 @@ impl StepContext {
 
     /// `Err(`[`Error::Cancelled`]`)` or `Err(`[`Error::LeaseLost`]`)` once the run should stop,
     /// `Ok(())` otherwise: `step.check_cancelled()?` between two pieces of work outside steps.
+    /// Also `Err(`[`Error::Suspended`]`)` once the run asked to be suspended on a durable wait.
     pub fn check_cancelled(&self) -> Result<()> {
         match self.shared.abort_error() {
             Some(error) => Err(error),
-            None => Ok(()),
+            None => self.shared.check_not_suspended(),
         }
     }
 
@@ -495,6 +540,15 @@ impl StepContext {
         E: Into<BoxError>,
     {
         let shared = &self.shared;
+        if let Some(error) = shared.abort_error() {
+            return Err(error);
+        }
+        shared.check_not_suspended()?;
+        if shared.waits.in_progress.load(Ordering::SeqCst) {
+            return Err(Error::Validation(
+                "Cannot start a step during wait preparation or suspension".into(),
+            ));
+        }
         shared.check_before_step().await?;
         if let Some((saved_index, stored)) = shared.completed_output(name).await? {
             // Upstream's rule: a replay moves the next index past the saved one, never back.

@@ -955,6 +955,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
         worker_id: "w".into(),
         lease,
         max: 1,
+        resume_waiting: true,
     };
     // Keys of this test's own: key locks are shared by every schema of the database.
     let (handed, blocked) = (format!("handed-{schema}"), format!("blocked-{schema}"));

@@ -30,9 +30,15 @@ impl Engine {
         let mut claimable = Claimable::default();
         // While the store fails: no claim before this (see `Backoff`).
         let mut backoff = Backoff::default();
+        // When durable waits whose deadline passed are next looked for.
+        let mut next_sweep = runtime::now();
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            if runtime::now() >= next_sweep && !backoff.is_failing() {
+                self.expire_due_waits().await;
+                next_sweep = runtime::now() + settings.polling_interval;
             }
             // Reap every finished run first: `len()` counts finished-but-unjoined tasks, and
             // undercounting free slots would claim one run per round trip.
@@ -165,11 +171,13 @@ impl Engine {
         };
         let (sent, now) = (runtime::now(), Timestamp::now());
         let store = &self.store;
+        let resume_waiting = free > 0 && self.take_resume_due();
         let outcomes = futures::future::join_all(handed.iter().enumerate().map(|(i, hand_off)| {
             let next = ClaimRequest {
                 worker_id: worker_id.to_owned(),
                 lease: settings.lease_duration,
                 max: if i == 0 { free } else { 0 },
+                resume_waiting: i == 0 && resume_waiting,
             };
             async move {
                 store
@@ -185,7 +193,7 @@ impl Engine {
             let answer = outcome.map(|(enqueued, runs)| {
                 // No wake: this loop claims next.
                 self.announce(&enqueued, &hand_off.run);
-                claimed.extend(runs);
+                claimed.extend(self.claimed(runs));
                 enqueued
             });
             let _ = hand_off.reply.send(answer);
@@ -224,6 +232,10 @@ impl Engine {
                     self.worker_error(format!("{operation}: {error}"), "storage", None);
                 }
                 Ok(StoreNotice::RunsAvailable) => from_database = true,
+                Ok(StoreNotice::WaitsResolved) => {
+                    from_database = true;
+                    self.resume_waiting_runs();
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
                     *notices = None;
@@ -252,6 +264,7 @@ impl Engine {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("worker_{}", new_id()));
         let settings = &self.settings;
+        self.expire_due_waits().await;
         let sent = runtime::now();
         let mut claimed = self
             .store

@@ -27,7 +27,6 @@ type JobResult =
 /// A run whose job function returned; its end is not recorded yet.
 pub(super) struct Returned {
     pub(super) run: Run,
-    fence: Fence,
     shared: Arc<StepShared>,
     result: JobResult,
     started: Instant,
@@ -110,7 +109,7 @@ impl Engine {
             Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
             None => {}
         }
-        let fence = shared.fence.clone();
+        let fence = shared.ending_fence();
 
         let Some(job) = self.jobs.get(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);
@@ -177,7 +176,6 @@ impl Engine {
         // this process meanwhile marks it as announced (see `announce_cancel_found`).
         Execution::Returned(Box::new(Returned {
             run,
-            fence,
             shared,
             result,
             started,
@@ -196,20 +194,21 @@ impl Engine {
     ) -> Ended {
         let Returned {
             run,
-            fence,
             shared,
             result,
             started,
             _active: active,
             ..
         } = *returned;
+        // The claim's fence, knowing whether this execution prepared a wait.
+        let fence = shared.ending_fence();
         let claim_sent = runtime::now();
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)
             .await;
         drop(active);
         Ended {
-            looked: claim > 0 && outcome == Outcome::Completed,
+            looked: claim > 0 && matches!(outcome, Outcome::Completed | Outcome::Suspended),
             outcome,
             claimed,
             claim_sent,
@@ -231,6 +230,15 @@ impl Engine {
         worker_id: &str,
         claim: usize,
     ) -> (Outcome, Vec<Run>) {
+        // Upstream v4 §3.2: a run that asked to be suspended is suspended whatever its job
+        // function returned, unless it was cancelled or lost meanwhile.
+        if let Some(wait_id) = shared.suspended_on()
+            && shared.abort_reason().is_none()
+        {
+            return self
+                .finish_suspended(run, fence, shared, wait_id, worker_id, claim)
+                .await;
+        }
         let failure = match result {
             Ok(Ok(output)) if shared.abort_reason() != Some(AbortReason::Cancelled) => {
                 return self
@@ -239,7 +247,9 @@ impl Engine {
             }
             Ok(Ok(_)) => None,
             Ok(Err(ExecutionError::Job(error))) => match error.downcast_ref::<Error>() {
-                Some(Error::Cancelled { .. }) | Some(Error::LeaseLost { .. }) => None,
+                Some(Error::Cancelled { .. })
+                | Some(Error::LeaseLost { .. })
+                | Some(Error::Suspended { .. }) => None,
                 _ => Some(error.to_string()),
             },
             Ok(Err(ExecutionError::Message(message))) => Some(message),
@@ -272,12 +282,8 @@ impl Engine {
         claim: usize,
     ) -> (Outcome, Vec<Run>) {
         let stored = (!output.is_null()).then(|| output.clone());
-        let next = ClaimRequest {
-            worker_id: worker_id.to_owned(),
-            lease: self.settings.lease_duration,
-            max: claim,
-        };
-        let then_claim = (claim > 0).then_some(&next);
+        let next = self.claim_request(worker_id, claim);
+        let then_claim = next.as_ref();
         let finished = self
             .store
             .finish_run(
@@ -288,7 +294,7 @@ impl Engine {
             )
             .await;
         let (completed, claimed) = match finished {
-            Ok(finished) => (Ok(finished.landed), finished.claimed),
+            Ok(finished) => (Ok(finished.landed), self.claimed(finished.claimed)),
             Err(error) => (Err(error), Vec::new()),
         };
         let outcome = match completed {
@@ -314,6 +320,64 @@ impl Engine {
             }
         };
         (outcome, claimed)
+    }
+
+    /// Hands a suspended run off (upstream `suspendRun`): `waiting` on `wait_id`, its lease,
+    /// slot and concurrency key given up; the slot goes to the next claimable run in the
+    /// same write.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_suspended(
+        &self,
+        run: &Run,
+        fence: &Fence,
+        shared: &StepShared,
+        wait_id: String,
+        worker_id: &str,
+        claim: usize,
+    ) -> (Outcome, Vec<Run>) {
+        let next = self.claim_request(worker_id, claim);
+        let transition = Transition::Wait {
+            wait_id: wait_id.clone(),
+        };
+        let finished = self
+            .store
+            .finish_run(fence, transition, Timestamp::now(), next.as_ref())
+            .await;
+        match finished {
+            Ok(finished) if finished.landed => {
+                tracing::info!(%wait_id, "suspended: waiting");
+                self.events.emit(EventKind::RunWaiting {
+                    run_id: run.id.clone(),
+                    job_name: run.job_name.clone(),
+                    labels: run.labels.clone(),
+                    wait_id,
+                });
+                (Outcome::Suspended, self.claimed(finished.claimed))
+            }
+            Ok(finished) => {
+                let message = format!("Lease lost before suspending run {}", run.id);
+                let outcome = self.refused(run, shared, "run-suspension", message).await;
+                (outcome, self.claimed(finished.claimed))
+            }
+            Err(error) => {
+                // Upstream: the run stays leased and is taken over once its lease expires.
+                tracing::error!(%error, %wait_id, "could not suspend the run");
+                self.worker_error(error.to_string(), "run-suspension", Some(&run.id));
+                (Outcome::LeaseLost, Vec::new())
+            }
+        }
+    }
+
+    /// The claim a write that frees a slot makes for `claim` slots (`None` for none): it
+    /// resumes waiting runs only when a wait may have been resolved since the last look
+    /// ([`Engine::resume_waiting_runs`]).
+    fn claim_request(&self, worker_id: &str, claim: usize) -> Option<ClaimRequest> {
+        (claim > 0).then(|| ClaimRequest {
+            worker_id: worker_id.to_owned(),
+            lease: self.settings.lease_duration,
+            max: claim,
+            resume_waiting: self.take_resume_due(),
+        })
     }
 
     async fn finish_failed(

@@ -11,6 +11,7 @@
 //! | `cancel.rs` | the cancellation protocol, whichever process cancels |
 //! | `backoff.rs` | claims while the store fails |
 //! | `maintenance.rs` | the engine's maintenance tasks and their cadence |
+//! | `wait_expiry.rs` | resolving durable waits whose deadline passed |
 //!
 //! Every write the engine makes for a run is fenced by the lease generation it claimed, so a
 //! worker that lost its lease (expired and reclaimed elsewhere, or cancelled) cannot overwrite
@@ -27,6 +28,7 @@ mod held;
 mod lease_keeper;
 mod maintenance;
 mod slots;
+mod wait_expiry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -71,6 +73,9 @@ pub enum Outcome {
     Cancelled,
     /// This worker lost the lease; whatever it did after that did not land.
     LeaseLost,
+    /// The run awaits a durable wait: it is `waiting`, without lease or slot, until the wait
+    /// is resolved and a worker resumes it.
+    Suspended,
 }
 
 /// The registered jobs, by name, shared by the facade (which registers and triggers them) and
@@ -130,6 +135,17 @@ pub(crate) struct Engine {
     /// The runs executing (or held) in this process, by id.
     active: Mutex<HashMap<String, Arc<StepShared>>>,
     maintenance: maintenance::Maintenance,
+    /// When the claims that hand slots on (after a completion, with a trigger) last looked
+    /// for waiting runs to resume, and whether one should look now (a wait was resolved).
+    resume: Mutex<ResumeLook>,
+    /// Held by the expiry sweep of durable waits in flight (one at a time).
+    sweeping: tokio::sync::Mutex<()>,
+}
+
+/// See [`Engine::take_resume_due`].
+struct ResumeLook {
+    due: bool,
+    last: runtime::Instant,
 }
 
 struct RunningWorker {
@@ -152,7 +168,44 @@ impl Engine {
             running: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
             maintenance,
+            resume: Mutex::new(ResumeLook {
+                due: true,
+                last: runtime::now(),
+            }),
+            sweeping: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// A wait may have been resolved (a signal of this process, the expiry sweep, a notice):
+    /// the next claim resumes waiting runs, and an idle worker wakes to make it.
+    pub(crate) fn resume_waiting_runs(&self) {
+        lock(&self.resume).due = true;
+        self.wake();
+    }
+
+    /// Whether the next claim that hands a slot on also resumes waiting runs: when a wait may
+    /// have been resolved since the last such look, and at least once per polling interval
+    /// (waits resolved by other processes without a notice, e.g. on SQLite), so a busy worker
+    /// whose slots pass from run to run does not leave resumed runs behind its backlog.
+    /// Otherwise its claims never read the waits table.
+    pub(crate) fn take_resume_due(&self) -> bool {
+        let mut look = lock(&self.resume);
+        let now = runtime::now();
+        if look.due || now.saturating_duration_since(look.last) >= self.settings.polling_interval {
+            look.due = false;
+            look.last = now;
+            return true;
+        }
+        false
+    }
+
+    /// Runs a claim took: one that resumed a waiting run (it carries the wait it waited on)
+    /// may have left others behind, so the next claim looks again.
+    pub(crate) fn claimed(&self, runs: Vec<Run>) -> Vec<Run> {
+        if runs.iter().any(|run| run.waiting_on_wait_id.is_some()) {
+            lock(&self.resume).due = true;
+        }
+        runs
     }
 
     /// Wakes an idle worker at once (a run was triggered in this process).

@@ -316,6 +316,8 @@ fn status_of(error: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Validation(_) => StatusCode::BAD_REQUEST,
         Error::Conflict(_) => StatusCode::CONFLICT,
+        // Upstream's `WaitExpiredError`: the wait's deadline passed before the signal.
+        Error::WaitExpired { .. } => StatusCode::GONE,
         // A read that outlived `HttpOptions::read_timeout`.
         Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

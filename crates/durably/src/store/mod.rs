@@ -22,6 +22,7 @@ use crate::run::{
     StepStatus,
 };
 use crate::time::Timestamp;
+use crate::waits::{DurableWait, NewWait, SignalDisposition};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod migrations;
@@ -89,6 +90,11 @@ pub struct Fence {
     /// The run's concurrency key, which the lease holds: when the run ends, the key is free
     /// for the next run waiting for it (a backend may skip that work for a run without one).
     pub concurrency_key: Option<String>,
+    /// Whether the run may have pending durable waits: when it completes or fails they are
+    /// closed ([`Store::finish_run`]). The engine sets it for a run that was suspended before
+    /// or prepared a wait in this execution; a backend may skip that work when it is `false`
+    /// (the statements that end most runs then never touch the waits table).
+    pub may_have_waits: bool,
 }
 
 impl Fence {
@@ -98,6 +104,7 @@ impl Fence {
             run_id: run.id.clone(),
             generation: run.lease_generation,
             concurrency_key: run.concurrency_key.clone(),
+            may_have_waits: run.waiting_on_wait_id.is_some(),
         }
     }
 }
@@ -118,6 +125,19 @@ pub enum Transition {
         /// The message stored as the run's error.
         error: String,
     },
+    /// The job awaits a pending durable wait (upstream's `suspendRun`, v4 §3.2 step 4): the
+    /// run becomes `waiting` on `wait_id`, gives up its lease (owner and expiry cleared, the
+    /// generation kept, so every later write of this execution is refused) and with it its
+    /// worker slot and concurrency key. Lands only while the fence holds *and* the lease has
+    /// not expired at `now`. The wait must be this run's and `pending` or `resolved`, else
+    /// [`Error::Conflict`] `Wait is not available for this run` and nothing is written; a
+    /// pending wait already past its deadline is first resolved as a timeout (the run is then
+    /// claimable at once). The wait's `suspended_at` is set by the first suspension only. The
+    /// run is not ending: its steps and logs stay.
+    Wait {
+        /// The wait the run waits for (`waiting_on_wait_id`).
+        wait_id: String,
+    },
 }
 
 impl Transition {
@@ -126,8 +146,19 @@ impl Transition {
         match self {
             Transition::Complete { .. } => RunStatus::Completed,
             Transition::Fail { .. } => RunStatus::Failed,
+            Transition::Wait { .. } => RunStatus::Waiting,
         }
     }
+}
+
+/// What [`Store::signal_wait`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Signalled {
+    /// The wait as it now stands.
+    pub wait: DurableWait,
+    /// Whether this signal resolved it or had already.
+    pub disposition: SignalDisposition,
 }
 
 /// What [`Store::finish_run`] did.
@@ -212,6 +243,9 @@ pub enum StoreNotice {
     /// Runs may have become claimable: a trigger, a released lease or a freed concurrency key
     /// (also sent after the notification channel reconnected, since notices may have been missed).
     RunsAvailable,
+    /// A durable wait was resolved (a signal, a deadline) in some process: a waiting run may
+    /// be ready to resume (also sent after the notification channel reconnected).
+    WaitsResolved,
     /// A run was cancelled (possibly by another process): a worker executing it fires its token.
     RunCancelled {
         /// The cancelled run.
@@ -257,6 +291,11 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The most runs to claim.
     pub max: usize,
+    /// Whether to also resume `waiting` runs whose wait is resolved, as [`Store::claim`]
+    /// does. Without it only pending runs and expired leases are claimed, and the statement
+    /// never touches the waits table: the engine asks for it when a wait may have been
+    /// resolved since its last look (a signal, a notice, the poll), not on every hand-off.
+    pub resume_waiting: bool,
 }
 
 /// Operators' writes that bypass the lease protocol ([`Store::admin`]): tools that repair a
@@ -353,9 +392,13 @@ pub trait Store: Send + Sync + 'static {
     /// Logs of a run in the order they were written.
     async fn get_logs(&self, run_id: &str) -> Result<Vec<Log>>;
 
-    /// Claims up to `max` runs for `worker_id`, oldest first: pending runs and runs whose lease
+    /// Claims up to `max` runs for `worker_id`, oldest first (by creation): pending runs,
+    /// `waiting` runs whose wait (`waiting_on_wait_id`) is resolved, and runs whose lease
     /// expired, skipping any run whose concurrency key is held by another unexpired lease.
-    /// Each claim increments `lease_generation` and sets the lease to `now + lease`.
+    /// Each claim increments `lease_generation` and sets the lease to `now + lease`. Resuming a
+    /// waiting run also records, at the database's time, when it was first claimed after its
+    /// suspension (kept by later reclaims), and gives its resolved wait that time as
+    /// `first_resumed_at` unless it has one.
     async fn claim(
         &self,
         worker_id: &str,
@@ -418,6 +461,71 @@ pub trait Store: Send + Sync + 'static {
     /// interruption reason as the run stands now; empty for an unknown run.
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>>;
 
+    /// Prepares the durable wait `wait.name` of the fenced run (upstream `prepareWait`, v4
+    /// §4.1), in one transaction: only while the fence holds and the lease has not expired at
+    /// `now` (`None` otherwise, nothing written). A wait of that run and name that already
+    /// exists is returned unchanged (a replay: same id, same deadline; the metadata and
+    /// timeout given now are ignored). Otherwise a `pending` wait is inserted, created at the
+    /// database's time, its deadline that time plus [`NewWait::timeout_ms`] (fixed from then
+    /// on), its metadata stored as canonical JSON ([`crate::waits::canonical_json`]).
+    /// [`Error::Validation`] for a blank name, a bad timeout or a deadline beyond the date
+    /// range ([`NewWait::validate`]).
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: NewWait,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>>;
+
+    /// The wait `wait_id` as the fenced run awaits it (upstream `getWaitResultForRun`, v4
+    /// §4.2), in one transaction guarded like [`Store::prepare_wait`] (`None`: the lease does
+    /// not hold). A pending wait whose deadline has passed (database time) is resolved as a
+    /// timeout first. Returns it `resolved` ([`DurableWait::result`] is what the job gets) or
+    /// still `pending` (the run should suspend: [`Transition::Wait`]). Errors, nothing
+    /// written: [`Error::Validation`] `Wait does not belong to this run` for an unknown wait or
+    /// another run's; [`Error::Conflict`] `Wait is already closed: <id>` for a cancelled or
+    /// closed one.
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>>;
+
+    /// Signals the wait `wait_id` (upstream `signalWaitDetailed`, v4 §4.3), unfenced (any
+    /// process), in one transaction that locks the run before the wait, deciding in upstream's
+    /// order: [`Error::Validation`] `signalId must be non-empty`; [`Error::NotFound`] `Wait not
+    /// found: <id>`; the same signal id with an identical canonical payload that already
+    /// resolved it → [`SignalDisposition::Duplicate`], unchanged (even after the deadline, a
+    /// cancel or the run's end); a wait resolved by its deadline → [`Error::WaitExpired`]; a
+    /// wait that is not pending, or whose run ended → [`Error::Conflict`] `Wait cannot accept
+    /// this signal: <id>`; at or after its deadline (database time) the wait is resolved as a
+    /// timeout, that is **committed**, then [`Error::WaitExpired`]; otherwise the wait is
+    /// resolved with the canonical payload and the signal id at the database's time
+    /// ([`SignalDisposition::Accepted`]). A signal wins only strictly before the deadline. It
+    /// does not wake a worker by itself: the next claim takes the run.
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<Signalled>;
+
+    /// Resolves as timeouts up to `limit` pending waits whose deadline has passed (upstream
+    /// `expireDueWaits`, v4 §4.7), earliest deadline first, each in its own transaction that
+    /// locks its run first and checks again with a fresh database time; waits of runs that are
+    /// missing or ended are skipped. Also expires prepared waits no run is suspended on.
+    /// Returns how many were resolved. The SQL backends compare deadlines with the database's
+    /// clock; `now` is the clock of a backend without one ([`crate::testing::MemoryStore`]).
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64>;
+
+    /// One wait by id (`None` when unknown).
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>>;
+
+    /// The waits of a run in `created_at`, then id, order (empty for an unknown run).
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>>;
+
     /// Stores progress (or clears it with `None`) if the fence still holds.
     async fn update_progress(
         &self,
@@ -437,10 +545,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `transition` to a leased run if the fence still holds (`landed: false`, nothing
     /// written, otherwise). A run that ends drops its step rows in the same transaction unless
     /// the store preserves them ([`Store::preserves_steps`]); a completion also frees the run's
-    /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it.
+    /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it. A run that
+    /// completes or fails closes its pending waits (`closed`, resolved at `now`) when
+    /// [`Fence::may_have_waits`] says it may have some. [`Transition::Wait`] suspends the run instead (see there; it may fail with
+    /// [`Error::Conflict`]).
     ///
     /// With `then_claim`, the same write also claims up to `max` runs ([`Store::claim`] with
-    /// the same `now`), so a worker hands the slot of a finished run straight to the next one.
+    /// the same `now`, resuming waiting runs only with [`ClaimRequest::resume_waiting`]), so a worker hands the slot of a finished run straight to the next one.
     /// The worker takes fewer runs than `max` as "nothing else was claimable": it claims again
     /// only when woken (a trigger, a [`StoreNotice`], its poll). A backend whose claim here may
     /// leave claimable runs behind sends [`StoreNotice::RunsAvailable`]. A backend may claim in
@@ -453,8 +564,10 @@ pub trait Store: Send + Sync + 'static {
         then_claim: Option<&ClaimRequest>,
     ) -> Result<Finished>;
 
-    /// Cancels a pending or leased run; `false` if it is missing or already terminal. Any
-    /// process may cancel (unfenced); its step rows go as for [`Store::finish_run`].
+    /// Cancels a pending, leased or waiting run; `false` if it is missing or already terminal.
+    /// Any process may cancel (unfenced); its step rows go as for [`Store::finish_run`]. Its
+    /// pending waits become `cancelled` (resolved at `now`) in the same transaction; resolved
+    /// waits keep their result.
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
 
     /// Deletes a terminal run with its step attempts, waits, steps, logs and labels; `false` if
@@ -468,8 +581,9 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to `pending`, or fails them (error
     /// `Lease expired; pending run already exists`) when their job+key already has a pending
     /// run or an older expired lease that goes back instead (the pending-per-key index allows
-    /// one). The failed runs' steps go as for [`Store::finish_run`]. Returns the runs changed,
-    /// with their new state.
+    /// one). The failed runs' steps go as for [`Store::finish_run`]. Runs that have ever
+    /// prepared a durable wait are left alone (v4 §3.4): they stay leased until a claim takes
+    /// them. Returns the runs changed, with their new state.
     async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
 
     /// Whether step rows outlive the run they belong to (upstream's `preserveSteps`), a policy

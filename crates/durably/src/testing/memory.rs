@@ -15,10 +15,14 @@ use crate::run::{
 };
 use crate::store::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
-    NewRun, NewStep, RunAdmin, RunPatch, SCHEMA_VERSION, Store, Transition, pending_conflict,
-    pending_run, validate_label_key,
+    NewRun, NewStep, RunAdmin, RunPatch, SCHEMA_VERSION, Signalled, Store, Transition,
+    pending_conflict, pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
+use crate::waits::{
+    self, DurableWait, NewWait, SignalDisposition, SignalStep, WaitOutcome, WaitStatus,
+    canonical_json,
+};
 
 /// A [`Store`] kept in memory: a fourth backend beside SQLite and PostgreSQL, passing the same
 /// exported suites ([`contract`](crate::testing::contract) and
@@ -81,6 +85,10 @@ struct State {
     logs: HashMap<String, Vec<Log>>,
     /// Step attempts by run id, in insertion order (`interruption_reason` computed on read).
     attempts: HashMap<String, Vec<StepAttempt>>,
+    /// Durable waits by id (timing fields computed on read).
+    waits: BTreeMap<String, DurableWait>,
+    /// `durably_runs.resume_claimed_at` (internal, not on [`Run`]) by run id.
+    resume_claimed_at: HashMap<String, Timestamp>,
 }
 
 impl MemoryStore {
@@ -139,6 +147,13 @@ fn unexpired_lease(run: &Run, now: Timestamp) -> bool {
 /// Whether `run`'s lease expired at `now`.
 fn expired_lease(run: &Run, now: Timestamp) -> bool {
     run.status == RunStatus::Leased && run.lease_expires_at.is_some_and(|at| at <= now)
+}
+
+/// Resolves a pending wait as a timeout at its deadline.
+fn time_out(wait: &mut DurableWait) {
+    wait.status = WaitStatus::Resolved;
+    wait.outcome = Some(WaitOutcome::Timeout);
+    wait.resolved_at = wait.deadline_at;
 }
 
 /// Clears the lease of a run that ends at `now`.
@@ -250,13 +265,15 @@ impl State {
             self.runs.remove(&seq);
         }
         self.attempts.remove(id);
+        self.waits.retain(|_, wait| wait.run_id != id);
+        self.resume_claimed_at.remove(id);
         self.steps.remove(id);
         self.logs.remove(id);
     }
 
     /// The oldest claimable run's sequence: pending (or, when `expired_leases`, leased with an
     /// expired lease) and its concurrency key not held by another unexpired lease.
-    fn next_claimable(&self, now: Timestamp, expired_leases: bool) -> Option<u64> {
+    fn next_claimable(&self, now: Timestamp, expired_leases: bool, resume: bool) -> Option<u64> {
         let held: HashSet<&str> = self
             .runs
             .values()
@@ -266,7 +283,9 @@ impl State {
         self.runs
             .iter()
             .filter(|(_, run)| {
-                run.status == RunStatus::Pending || (expired_leases && expired_lease(run, now))
+                run.status == RunStatus::Pending
+                    || (expired_leases && expired_lease(run, now))
+                    || (resume && self.resumable(run))
             })
             // A candidate never holds an unexpired lease itself, so any holder is another run.
             .filter(|(_, run)| {
@@ -278,27 +297,116 @@ impl State {
             .map(|(seq, _)| *seq)
     }
 
-    fn claim(&mut self, worker_id: &str, now: Timestamp, lease: Duration, max: usize) -> Vec<Run> {
+    fn claim(
+        &mut self,
+        worker_id: &str,
+        now: Timestamp,
+        lease: Duration,
+        max: usize,
+        resume: bool,
+    ) -> Vec<Run> {
         let expires = now + lease;
         // Claiming never makes another lease expire, so one check serves the whole claim.
         let expired_leases = self.runs.values().any(|run| expired_lease(run, now));
         let mut claimed = Vec::new();
         while claimed.len() < max {
-            let Some(seq) = self.next_claimable(now, expired_leases) else {
+            let Some(seq) = self.next_claimable(now, expired_leases, resume) else {
                 break;
             };
             let Some(run) = self.runs.get_mut(&seq) else {
                 break;
             };
+            if run.status == RunStatus::Waiting {
+                self.resume_claimed_at.entry(run.id.clone()).or_insert(now);
+            }
             run.status = RunStatus::Leased;
             run.lease_owner = Some(worker_id.to_owned());
             run.lease_expires_at = Some(expires);
             run.lease_generation += 1;
             run.started_at = run.started_at.or(Some(now));
             run.updated_at = now;
-            claimed.push(run.clone());
+            let run = run.clone();
+            if let (Some(wait_id), Some(resumed)) = (
+                run.waiting_on_wait_id.as_deref(),
+                self.resume_claimed_at.get(&run.id).copied(),
+            ) && let Some(wait) = self.waits.get_mut(wait_id)
+                && wait.status == WaitStatus::Resolved
+                && wait.first_resumed_at.is_none()
+            {
+                wait.first_resumed_at = Some(resumed);
+            }
+            claimed.push(run);
         }
         claimed
+    }
+
+    /// Whether `run` waits on a wait that is resolved (claimable, v4 §3.3).
+    fn resumable(&self, run: &Run) -> bool {
+        run.status == RunStatus::Waiting
+            && run
+                .waiting_on_wait_id
+                .as_deref()
+                .and_then(|id| self.waits.get(id))
+                .is_some_and(|wait| wait.status == WaitStatus::Resolved)
+    }
+
+    /// Whether `run_id` has ever prepared a wait.
+    fn has_waits(&self, run_id: &str) -> bool {
+        self.waits.values().any(|wait| wait.run_id == run_id)
+    }
+
+    /// Ends the pending waits of a run that ends (`cancelled` or `closed`) at `now`.
+    fn end_waits(&mut self, run_id: &str, status: WaitStatus, now: Timestamp) {
+        for wait in self.waits.values_mut() {
+            if wait.run_id == run_id && wait.status == WaitStatus::Pending {
+                wait.status = status;
+                wait.resolved_at = Some(now);
+            }
+        }
+    }
+
+    /// The run `fence` names while the fence holds and its lease is unexpired at `now`.
+    fn live_lease(&self, fence: &Fence, now: Timestamp) -> bool {
+        self.run(&fence.run_id)
+            .is_some_and(|run| fenced(run, fence.generation) && unexpired_lease(run, now))
+    }
+
+    /// Resolves `wait_id` as a timeout if it is pending and overdue at `now`.
+    fn expire_if_overdue(&mut self, wait_id: &str, now: Timestamp) -> bool {
+        match self.waits.get_mut(wait_id) {
+            Some(wait) if waits::overdue(wait.status, wait.deadline_at, now) => {
+                time_out(wait);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Suspends the fenced run on `wait_id` ([`Transition::Wait`]).
+    fn suspend(&mut self, fence: &Fence, wait_id: &str, now: Timestamp) -> Result<bool> {
+        if !self.live_lease(fence, now) {
+            return Ok(false);
+        }
+        match self.waits.get(wait_id) {
+            Some(wait)
+                if wait.run_id == fence.run_id
+                    && matches!(wait.status, WaitStatus::Pending | WaitStatus::Resolved) => {}
+            _ => return Err(waits::not_available()),
+        }
+        self.expire_if_overdue(wait_id, now);
+        if let Some(wait) = self.waits.get_mut(wait_id) {
+            wait.suspended_at = wait.suspended_at.or(Some(now));
+        }
+        self.resume_claimed_at.remove(&fence.run_id);
+        let Some(run) = self.run_mut(&fence.run_id) else {
+            return Ok(false);
+        };
+        run.status = RunStatus::Waiting;
+        run.waiting_on_wait_id = Some(wait_id.to_owned());
+        run.lease_owner = None;
+        run.lease_expires_at = None;
+        run.updated_at = now;
+        Ok(true)
     }
 
     /// Drops a run's step rows unless the store preserves them.
@@ -328,7 +436,10 @@ impl State {
                 run.error = Some(error);
                 end(run, RunStatus::Failed, now);
             }
+            // Handled by `suspend`.
+            Transition::Wait { .. } => return false,
         }
+        self.end_waits(&fence.run_id, WaitStatus::Closed, now);
         self.drop_steps(&fence.run_id, preserve_steps);
         true
     }
@@ -340,7 +451,7 @@ impl State {
         let blocked: Vec<u64> = self
             .runs
             .iter()
-            .filter(|(_, run)| expired_lease(run, now))
+            .filter(|(_, run)| expired_lease(run, now) && !self.has_waits(&run.id))
             .filter(|(_, run)| {
                 let Some(key) = run.concurrency_key.as_deref() else {
                     return false;
@@ -348,6 +459,7 @@ impl State {
                 self.has_pending_with_key(&run.job_name, key, &run.id)
                     || self.runs.values().any(|older| {
                         expired_lease(older, now)
+                            && !self.has_waits(&older.id)
                             && older.job_name == run.job_name
                             && older.concurrency_key.as_deref() == Some(key)
                             && (older.created_at, &older.id) < (run.created_at, &run.id)
@@ -367,8 +479,9 @@ impl State {
             self.drop_steps(&run.id, preserve_steps);
         }
         // Phase 2: the rest go back to pending.
+        let waited: HashSet<String> = self.waits.values().map(|w| w.run_id.clone()).collect();
         for run in self.runs.values_mut() {
-            if expired_lease(run, now) {
+            if expired_lease(run, now) && !waited.contains(&run.id) {
                 run.status = RunStatus::Pending;
                 run.lease_owner = None;
                 run.lease_expires_at = None;
@@ -412,7 +525,7 @@ impl Store for MemoryStore {
         let enqueued = state.enqueue(&run, now)?;
         let claimed = match (next.max, enqueued.disposition) {
             (max, Disposition::Created) if max > 0 => {
-                state.claim(&next.worker_id, now, next.lease, max)
+                state.claim(&next.worker_id, now, next.lease, max, next.resume_waiting)
             }
             _ => Vec::new(),
         };
@@ -496,7 +609,7 @@ impl Store for MemoryStore {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Run>> {
-        Ok(self.lock().claim(worker_id, now, lease, max))
+        Ok(self.lock().claim(worker_id, now, lease, max, true))
     }
 
     async fn renew_lease(
@@ -690,6 +803,178 @@ impl Store for MemoryStore {
         Ok(attempts)
     }
 
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: NewWait,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        wait.validate()?;
+        let mut state = self.lock();
+        if !state.live_lease(fence, now) {
+            return Ok(None);
+        }
+        if let Some(existing) = state
+            .waits
+            .values()
+            .find(|w| w.run_id == fence.run_id && w.name == wait.name)
+        {
+            return Ok(Some(existing.clone().with_timing(true)));
+        }
+        let deadline_at = waits::deadline_after(now.as_millis(), wait.timeout_ms)?;
+        let metadata = wait
+            .metadata
+            .map(|m| serde_json::from_str(&canonical_json(&m)).unwrap_or(m));
+        let row = DurableWait {
+            id: new_id_at(now),
+            run_id: fence.run_id.clone(),
+            name: wait.name,
+            metadata,
+            status: WaitStatus::Pending,
+            payload: None,
+            signal_id: None,
+            created_at: now,
+            deadline_at,
+            outcome: None,
+            suspended_at: None,
+            resolved_at: None,
+            first_resumed_at: None,
+            input_wait_ms: None,
+            execution_slot_wait_ms: None,
+        };
+        state.waits.insert(row.id.clone(), row.clone());
+        Ok(Some(row.with_timing(true)))
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        let mut state = self.lock();
+        if !state.live_lease(fence, now) {
+            return Ok(None);
+        }
+        match state.waits.get(wait_id) {
+            Some(wait) if wait.run_id == fence.run_id => {}
+            _ => return Err(waits::not_this_runs_wait()),
+        }
+        state.expire_if_overdue(wait_id, now);
+        let Some(wait) = state.waits.get(wait_id) else {
+            return Err(waits::not_this_runs_wait());
+        };
+        match wait.status {
+            WaitStatus::Cancelled | WaitStatus::Closed => Err(waits::already_closed(wait_id)),
+            _ => Ok(Some(wait.clone().with_timing(true))),
+        }
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: serde_json::Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<Signalled> {
+        waits::validate_signal_id(signal_id)?;
+        let text = canonical_json(&payload);
+        let mut state = self.lock();
+        let Some(wait) = state.waits.get(wait_id) else {
+            return Err(waits::wait_not_found(wait_id));
+        };
+        let run_terminal = state
+            .run(&wait.run_id)
+            .is_none_or(|run| run.status.is_terminal());
+        let stored = wait.payload.as_ref().map(canonical_json);
+        let step = waits::signal_step(
+            wait.status,
+            wait.outcome,
+            wait.signal_id.as_deref(),
+            stored.as_deref(),
+            signal_id,
+            &text,
+            run_terminal,
+            wait.deadline_at,
+            now,
+        );
+        let Some(wait) = state.waits.get_mut(wait_id) else {
+            return Err(waits::wait_not_found(wait_id));
+        };
+        let disposition = match step {
+            SignalStep::Duplicate => SignalDisposition::Duplicate,
+            SignalStep::Expired => {
+                return Err(Error::WaitExpired {
+                    wait_id: wait_id.to_owned(),
+                });
+            }
+            SignalStep::Refused => return Err(waits::cannot_accept(wait_id)),
+            SignalStep::TimeOutNow => {
+                time_out(wait);
+                return Err(Error::WaitExpired {
+                    wait_id: wait_id.to_owned(),
+                });
+            }
+            SignalStep::Accept => {
+                wait.status = WaitStatus::Resolved;
+                wait.outcome = Some(WaitOutcome::Signal);
+                wait.payload = Some(serde_json::from_str(&text).unwrap_or(payload));
+                wait.signal_id = Some(signal_id.to_owned());
+                wait.resolved_at = Some(now);
+                SignalDisposition::Accepted
+            }
+        };
+        Ok(Signalled {
+            wait: wait.clone().with_timing(true),
+            disposition,
+        })
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
+        waits::validate_limit(limit)?;
+        let mut state = self.lock();
+        let mut due: Vec<(Timestamp, String)> = state
+            .waits
+            .values()
+            .filter(|w| waits::overdue(w.status, w.deadline_at, now))
+            .filter(|w| {
+                state
+                    .run(&w.run_id)
+                    .is_some_and(|run| !run.status.is_terminal())
+            })
+            .filter_map(|w| w.deadline_at.map(|d| (d, w.id.clone())))
+            .collect();
+        due.sort();
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let mut expired = 0;
+        for (_, id) in &due {
+            if state.expire_if_overdue(id, now) {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>> {
+        Ok(self
+            .lock()
+            .waits
+            .get(wait_id)
+            .map(|w| w.clone().with_timing(true)))
+    }
+
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {
+        let state = self.lock();
+        let mut found: Vec<DurableWait> = state
+            .waits
+            .values()
+            .filter(|w| w.run_id == run_id)
+            .map(|w| w.clone().with_timing(true))
+            .collect();
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,
@@ -745,9 +1030,18 @@ impl Store for MemoryStore {
         then_claim: Option<&ClaimRequest>,
     ) -> Result<Finished> {
         let mut state = self.lock();
-        let landed = state.finish_run(fence, transition, now, self.preserve_steps);
+        let landed = match &transition {
+            Transition::Wait { wait_id } => state.suspend(fence, wait_id, now)?,
+            _ => state.finish_run(fence, transition, now, self.preserve_steps),
+        };
         let claimed = match then_claim {
-            Some(next) if next.max > 0 => state.claim(&next.worker_id, now, next.lease, next.max),
+            Some(next) if next.max > 0 => state.claim(
+                &next.worker_id,
+                now,
+                next.lease,
+                next.max,
+                next.resume_waiting,
+            ),
             _ => Vec::new(),
         };
         Ok(Finished { landed, claimed })
@@ -755,13 +1049,16 @@ impl Store for MemoryStore {
 
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool> {
         let mut state = self.lock();
-        let Some(run) = state
-            .run_mut(id)
-            .filter(|run| matches!(run.status, RunStatus::Pending | RunStatus::Leased))
-        else {
+        let Some(run) = state.run_mut(id).filter(|run| {
+            matches!(
+                run.status,
+                RunStatus::Pending | RunStatus::Leased | RunStatus::Waiting
+            )
+        }) else {
             return Ok(false);
         };
         end(run, RunStatus::Cancelled, now);
+        state.end_waits(id, WaitStatus::Cancelled, now);
         state.drop_steps(id, self.preserve_steps);
         Ok(true)
     }

@@ -211,7 +211,17 @@ macro_rules! store_contract_tests {
             coalesce_modes_follow_the_disposition_table,
             coalesce_active_prefers_pending_then_leased_then_waiting,
             enqueue_many_coalesces_within_the_batch,
-            concurrent_coalescing_triggers_create_one_run
+            concurrent_coalescing_triggers_create_one_run,
+            waits_are_prepared_once_per_name_under_a_live_lease,
+            signals_resolve_a_wait_once_per_signal_id,
+            a_deadline_wins_over_a_late_signal,
+            wait_results_are_fenced_and_only_for_the_run_s_own_waits,
+            a_suspended_run_holds_no_lease_and_resumes_once_resolved,
+            suspending_on_an_overdue_wait_times_it_out,
+            expire_due_waits_times_out_overdue_waits,
+            cancel_complete_and_fail_end_pending_waits,
+            runs_with_waits_skip_lease_release_and_lose_their_waits_with_them,
+            concurrent_signals_have_exactly_one_winner
         );
     };
 }

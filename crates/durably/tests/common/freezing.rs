@@ -247,6 +247,54 @@ impl Store for Freezing {
         self.after(hit).await;
         persisted
     }
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: durably::waits::NewWait,
+        now: Timestamp,
+    ) -> durably::Result<Option<durably::DurableWait>> {
+        self.gate().await;
+        self.inner.prepare_wait(fence, wait, now).await
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> durably::Result<Option<durably::DurableWait>> {
+        self.gate().await;
+        self.inner.wait_result(fence, wait_id, now).await
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: serde_json::Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> durably::Result<durably::store::Signalled> {
+        self.gate().await;
+        self.inner
+            .signal_wait(wait_id, payload, signal_id, now)
+            .await
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> durably::Result<u64> {
+        self.gate().await;
+        self.inner.expire_due_waits(now, limit).await
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> durably::Result<Option<durably::DurableWait>> {
+        self.gate().await;
+        self.inner.get_wait(wait_id).await
+    }
+
+    async fn get_waits(&self, run_id: &str) -> durably::Result<Vec<durably::DurableWait>> {
+        self.gate().await;
+        self.inner.get_waits(run_id).await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

@@ -651,6 +651,48 @@ pub mod instrumented {
         ) -> durably::Result<Option<Step>> {
             self.inner.persist_step(fence, step, now).await
         }
+        async fn prepare_wait(
+            &self,
+            fence: &Fence,
+            wait: durably::waits::NewWait,
+            now: Timestamp,
+        ) -> durably::Result<Option<durably::DurableWait>> {
+            self.inner.prepare_wait(fence, wait, now).await
+        }
+
+        async fn wait_result(
+            &self,
+            fence: &Fence,
+            wait_id: &str,
+            now: Timestamp,
+        ) -> durably::Result<Option<durably::DurableWait>> {
+            self.inner.wait_result(fence, wait_id, now).await
+        }
+
+        async fn signal_wait(
+            &self,
+            wait_id: &str,
+            payload: serde_json::Value,
+            signal_id: &str,
+            now: Timestamp,
+        ) -> durably::Result<durably::store::Signalled> {
+            self.inner
+                .signal_wait(wait_id, payload, signal_id, now)
+                .await
+        }
+
+        async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> durably::Result<u64> {
+            self.inner.expire_due_waits(now, limit).await
+        }
+
+        async fn get_wait(&self, wait_id: &str) -> durably::Result<Option<durably::DurableWait>> {
+            self.inner.get_wait(wait_id).await
+        }
+
+        async fn get_waits(&self, run_id: &str) -> durably::Result<Vec<durably::DurableWait>> {
+            self.inner.get_waits(run_id).await
+        }
+
         async fn update_progress(
             &self,
             fence: &Fence,

@@ -367,6 +367,58 @@ impl Store for Probe {
         self.inner.get_step_attempts(run_id).await
     }
 
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: durably::waits::NewWait,
+        now: Timestamp,
+    ) -> Result<Option<durably::DurableWait>> {
+        let before = self.before(fence).await;
+        let answer = self.inner.prepare_wait(fence, wait, now).await;
+        if let Ok(Some(_)) = answer {
+            self.landed("prepare_wait", fence, before);
+        }
+        answer
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<durably::DurableWait>> {
+        let before = self.before(fence).await;
+        let answer = self.inner.wait_result(fence, wait_id, now).await;
+        if let Ok(Some(_)) = answer {
+            self.landed("wait_result", fence, before);
+        }
+        answer
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: serde_json::Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<durably::store::Signalled> {
+        self.inner
+            .signal_wait(wait_id, payload, signal_id, now)
+            .await
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
+        self.inner.expire_due_waits(now, limit).await
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<durably::DurableWait>> {
+        self.inner.get_wait(wait_id).await
+    }
+
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<durably::DurableWait>> {
+        self.inner.get_waits(run_id).await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

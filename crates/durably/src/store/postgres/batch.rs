@@ -69,6 +69,8 @@ pub(super) struct CompleteRequest {
     /// Whether the run holds a concurrency key ([`Fence::concurrency_key`]): only then can its
     /// completion free a key for a waiting run.
     pub frees_key: bool,
+    /// Whether the run may have pending durable waits to close ([`Fence::may_have_waits`]).
+    pub close_waits: bool,
     /// Runs to claim in the same transaction, with the claim's `now`.
     pub claim: Option<(ClaimRequest, Timestamp)>,
     /// `(completed, runs claimed, claimable runs left unclaimed)`: the last is set when a claim
@@ -306,6 +308,12 @@ async fn execute(
     let keyless = completes
         .iter()
         .all(|request| request.claim.is_some() && !request.frees_key);
+    // The statement reads or writes the waits table only when a completion may close waits
+    // or a claim resumes waiting runs.
+    let close_waits = completes.iter().any(|request| request.close_waits);
+    let resume = completes.iter().any(|request| {
+        claims_of(request) > 0 && request.claim.as_ref().is_some_and(|c| c.0.resume_waiting)
+    });
     let mut tries: u32 = 0;
     let outcome = loop {
         // Never claims on a retry: the first attempt's claim may have committed unacknowledged
@@ -333,25 +341,20 @@ async fn execute(
                 true if keyless => Some(Note::Never),
                 true => Some(Note::Now),
             };
-            let complete_statement = match (completes.is_empty(), note) {
-                (true, _) => None,
-                (false, None) => Some(client.prepare_cached(&COMPLETE_SQL).await?),
-                (false, Some(Note::Now)) => {
-                    Some(client.prepare_cached(&COMPLETE_AND_CLAIM_SQL).await?)
-                }
-                (false, Some(Note::Never)) => Some(
+            let complete_statement = match completes.is_empty() {
+                true => None,
+                false => Some(
                     client
-                        .prepare_cached(&COMPLETE_AND_CLAIM_KEYLESS_SQL)
+                        .prepare_cached(complete_statement_sql(note, close_waits, resume))
                         .await?,
                 ),
-                (false, Some(Note::Later)) => {
-                    Some(client.prepare_cached(&COMPLETE_AND_CLAIM_KEYED_SQL).await?)
-                }
             };
             let keyed_statements = match note == Some(Note::Later) {
                 true => Some((
                     client.prepare_cached(&LOCK_CLAIM_KEYS_SQL).await?,
-                    client.prepare_cached(&CLAIM_KEYED_SQL).await?,
+                    client
+                        .prepare_cached(claim_keyed_statement_sql(resume))
+                        .await?,
                     client.prepare_cached(&NOTE_FREED_KEYS_SQL).await?,
                 )),
                 false => None,
@@ -700,7 +703,7 @@ mod tests {
         complete_sql,
     };
     use crate::store::postgres::test_schema;
-    use crate::store::postgres::{claim_keyed_sql, lock_claim_keys_sql};
+    use crate::store::postgres::{claim_keyed_sql, claim_sql, lock_claim_keys_sql};
     use crate::store::{NewRun, Store};
 
     /// The plan of `statement` (prepared as `name`, run with `arguments`) under the batch
@@ -797,11 +800,20 @@ mod tests {
             ),
         )
         .await;
+        let complete_arguments =
+            format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false");
         let complete = plan(
             &client,
             "complete",
-            &complete_sql(),
-            &format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}', 'c', false"),
+            &complete_sql(false),
+            &complete_arguments,
+        )
+        .await;
+        let complete_closing = plan(
+            &client,
+            "complete_closing",
+            &complete_sql(true),
+            &complete_arguments,
         )
         .await;
         let completions = format!("'{{{id}}}', '{{1}}', '{{null}}', '{{{now}}}', '{{false}}'");
@@ -816,9 +828,16 @@ mod tests {
             ("keyless", Note::Never, format!("{completions}, {claim}")),
             ("keyed", Note::Later, format!("{completions}, 'c', {claim}")),
         ] {
-            let sql = complete_and_claim_sql(note);
-            complete_and_claim.push((name, plan(&client, name, &sql, &arguments).await));
+            for waits in [false, true] {
+                let sql = complete_and_claim_sql(note, waits, waits);
+                let name = format!("{name}{}", if waits { "_with_waits" } else { "" });
+                let planned = plan(&client, &name, &sql, &arguments).await;
+                complete_and_claim.push((name, planned));
+            }
         }
+        // The claim alone (pending runs, expired leases, resolved waiting runs).
+        let claim_alone = plan(&client, "claim_alone", &claim_sql(), &claim).await;
+        complete_and_claim.push(("claim_alone".to_owned(), claim_alone));
         let lock_keys = plan(&client, "lock_keys", &lock_claim_keys_sql(), "NULL").await;
         let note_freed_keys = plan(
             &client,
@@ -827,20 +846,59 @@ mod tests {
             &format!("'c', '{now}'"),
         )
         .await;
+        let keyed_arguments = format!("'w', '{now}', '{now}'");
         let claim_keyed = plan(
             &client,
             "claim_keyed",
-            &claim_keyed_sql(),
-            &format!("'w', '{now}', '{now}'"),
+            &claim_keyed_sql(false),
+            &keyed_arguments,
+        )
+        .await;
+        let claim_keyed_resuming = plan(
+            &client,
+            "claim_keyed_resuming",
+            &claim_keyed_sql(true),
+            &keyed_arguments,
         )
         .await;
         test_schema::drop(&client, &schema).await;
-        let by_key = [("persist", &persist), ("complete", &complete)]
+        // Ending a run that never prepared a wait, and handing its slot on without resuming,
+        // never touch the waits table (each table and index a statement touches costs it a
+        // lock).
+        for (name, plan) in [("complete", &complete), ("claim_keyed", &claim_keyed)]
             .into_iter()
-            .chain(complete_and_claim.iter().map(|(name, plan)| (*name, plan)));
+            .chain(
+                complete_and_claim
+                    .iter()
+                    .filter(|(name, _)| !name.ends_with("_with_waits") && name != "claim_alone")
+                    .map(|(name, plan)| (name.as_str(), plan)),
+            )
+        {
+            assert!(!plan.contains("durably_waits"), "{name}: {plan}");
+        }
+        assert!(
+            complete_closing.contains("durably_waits"),
+            "{complete_closing}"
+        );
+        assert!(
+            claim_keyed_resuming.contains("durably_waits"),
+            "{claim_keyed_resuming}"
+        );
+        let by_key = [
+            ("persist", &persist),
+            ("complete", &complete),
+            ("complete_closing", &complete_closing),
+        ]
+        .into_iter()
+        .chain(
+            complete_and_claim
+                .iter()
+                .map(|(name, plan)| (name.as_str(), plan)),
+        );
         for (name, plan) in by_key.clone().chain([
             ("lock_keys", &lock_keys),
             ("claim_keyed", &claim_keyed),
+            ("claim_keyed_resuming", &claim_keyed_resuming),
             ("note_freed_keys", &note_freed_keys),
         ]) {
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
@@ -848,6 +906,15 @@ mod tests {
         }
         for (name, plan) in by_key {
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
+        }
+        // Resuming waiting runs (schema v3–4) left the pending claim's plan as it was: the
+        // oldest pending runs through durably's pending-order index.
+        for (name, plan) in &complete_and_claim {
+            assert!(
+                plan.contains("durably_rs_runs_pending_order"),
+                "{name}: {plan}"
+            );
+            assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
         }
         // Each freed key looked up by its key: no join of the keys against an index walk.
         assert!(!note_freed_keys.contains("Join"), "{note_freed_keys}");

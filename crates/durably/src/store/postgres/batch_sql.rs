@@ -100,7 +100,8 @@ pub(super) enum Note {
 /// that claim leave `again` out; with [`Note::Never`] also `note`: each is a join or a lookup
 /// per completion that the executor sets up at every execution (together 10 % of the
 /// `multi-worker` throughput, 4 interleaved pairs).
-fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
+/// With `close_waits`, the completed runs' pending durable waits are closed (`cw`).
+fn complete_ctes(note: Note, retry: bool, close_waits: bool) -> (String, usize) {
     let mut next = 6;
     let mut placeholder = || {
         next += 1;
@@ -131,6 +132,14 @@ fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
         ),
         false => String::new(),
     };
+    let close_waits = match close_waits {
+        true => {
+            ", cw AS (UPDATE durably_waits w SET status = 'closed', resolved_at = req.at FROM req \
+               WHERE w.run_id = req.run_id AND w.status = 'pending' \
+               AND req.run_id IN (SELECT id FROM u))"
+        }
+        false => "",
+    };
     let text = format!(
         "req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], \
            $5::boolean[]) WITH ORDINALITY AS t(run_id, gen, output, at, drop_steps, ord)), \
@@ -141,7 +150,7 @@ fn complete_ctes(note: Note, retry: bool) -> (String, usize) {
            RETURNING r.id, r.concurrency_key), \
          {note}\
          d AS (DELETE FROM durably_steps s USING req WHERE s.run_id = req.run_id \
-           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)){again}"
+           AND req.drop_steps AND req.run_id IN (SELECT id FROM u)){close_waits}{again}"
     );
     (text, next)
 }
@@ -178,8 +187,8 @@ const COMPLETED: &str = "req.run_id IN (SELECT id FROM u) OR req.run_id IN (SELE
 
 /// The completions: one row per request, in order: `(run id, completed, notices sent)`.
 /// `$6` the channel, `$7` whether this is a retry.
-pub(super) fn complete_sql() -> String {
-    let (ctes, _) = complete_ctes(Note::Now, true);
+pub(super) fn complete_sql(close_waits: bool) -> String {
+    let (ctes, _) = complete_ctes(Note::Now, true, close_waits);
     format!(
         "WITH {ctes} SELECT req.run_id, {COMPLETED}, (SELECT count(*) FROM note) \
          FROM req ORDER BY req.ord"
@@ -201,10 +210,10 @@ pub(super) fn complete_sql() -> String {
 /// still hold their leases: their keys count as free for picking candidates (the keyed claim
 /// checks again, later, under the keys' locks). Expired leases among the runs being completed
 /// are not claimed back.
-pub(super) fn complete_and_claim_sql(note: Note) -> String {
-    let (ctes, next) = complete_ctes(note, false);
+pub(super) fn complete_and_claim_sql(note: Note, close_waits: bool, resume: bool) -> String {
+    let (ctes, next) = complete_ctes(note, false, close_waits);
     let at = ClaimPlaceholders::numbered_from(next, " AND o.id <> ALL($1::text[])");
-    let claim = claim_ctes(&at, " AND r.id <> ALL($1::text[])");
+    let claim = claim_ctes(&at, " AND r.id <> ALL($1::text[])", resume);
     let nulls = vec!["NULL"; run_column_count()].join(", ");
     let leased = run_columns("won");
     let (keys, completions) = match note {
@@ -230,13 +239,42 @@ pub(super) fn complete_and_claim_sql(note: Note) -> String {
     )
 }
 
-/// The statement texts, built once (every batch looks its prepared statement up by text).
-pub(super) static COMPLETE_SQL: LazyLock<String> = LazyLock::new(complete_sql);
-pub(super) static COMPLETE_AND_CLAIM_SQL: LazyLock<String> =
-    LazyLock::new(|| complete_and_claim_sql(Note::Now));
-pub(super) static COMPLETE_AND_CLAIM_KEYLESS_SQL: LazyLock<String> =
-    LazyLock::new(|| complete_and_claim_sql(Note::Never));
-pub(super) static COMPLETE_AND_CLAIM_KEYED_SQL: LazyLock<String> =
-    LazyLock::new(|| complete_and_claim_sql(Note::Later));
+/// The text of a batch's completion statement, built once per shape (every batch looks its
+/// prepared statement up by text): with a claim (`note`, see [`Note`]) or not, closing
+/// durable waits or not, resuming waiting runs or not (only with a claim).
+pub(super) fn complete_statement_sql(
+    note: Option<Note>,
+    close_waits: bool,
+    resume: bool,
+) -> &'static str {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        let mut texts = Vec::with_capacity(16);
+        for note in [None, Some(Note::Now), Some(Note::Never), Some(Note::Later)] {
+            for close_waits in [false, true] {
+                for resume in [false, true] {
+                    texts.push(match note {
+                        None => complete_sql(close_waits),
+                        Some(note) => complete_and_claim_sql(note, close_waits, resume),
+                    });
+                }
+            }
+        }
+        texts
+    });
+    let note = match note {
+        None => 0,
+        Some(Note::Now) => 1,
+        Some(Note::Never) => 2,
+        Some(Note::Later) => 3,
+    };
+    &TEXTS[note * 4 + usize::from(close_waits) * 2 + usize::from(resume)]
+}
+
+/// The keyed claim that follows a completion with [`Note::Later`], with or without resuming
+/// waiting runs.
+pub(super) fn claim_keyed_statement_sql(resume: bool) -> &'static str {
+    static TEXTS: LazyLock<[String; 2]> =
+        LazyLock::new(|| [claim_keyed_sql(false), claim_keyed_sql(true)]);
+    &TEXTS[usize::from(resume)]
+}
 pub(super) static LOCK_CLAIM_KEYS_SQL: LazyLock<String> = LazyLock::new(lock_claim_keys_sql);
-pub(super) static CLAIM_KEYED_SQL: LazyLock<String> = LazyLock::new(claim_keyed_sql);

@@ -84,7 +84,9 @@ pub(super) async fn listen_once(
             .batch_execute(&format!("LISTEN {}", ident(channel)))
             .await?;
         *failures = 0;
+        // Notices may have been missed while not listening.
         let _ = sender.send(StoreNotice::RunsAvailable);
+        let _ = sender.send(StoreNotice::WaitsResolved);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(true),
@@ -98,6 +100,7 @@ pub(super) async fn listen_once(
                                 }),
                                 None => Some(StoreNotice::RunsAvailable),
                             },
+                            None if payload == NOTICE_RESUME => Some(StoreNotice::WaitsResolved),
                             None => Some(StoreNotice::RunsAvailable),
                         };
                         if let Some(notice) = notice {

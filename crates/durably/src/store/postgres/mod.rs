@@ -39,6 +39,7 @@ mod rows;
 mod sql;
 mod store;
 mod tls;
+mod waits;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -60,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
-    NewRun, NewStep, RunAdmin, RunPatch, Store, StoreNotice, Transition, parse_labels,
+    NewRun, NewStep, RunAdmin, RunPatch, Signalled, Store, StoreNotice, Transition, parse_labels,
     parse_optional_json, pending_conflict, pending_run, validate_label_key,
 };
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
@@ -71,6 +72,7 @@ use crate::run::{
 use crate::store::migrations::{Ladder, POSTGRES_OWN, UPSTREAM};
 use crate::time::{Timestamp, new_id_at};
 
+use crate::waits::{DurableWait, NewWait};
 use enqueue::*;
 use faults::*;
 use listener::*;
@@ -80,6 +82,7 @@ use pool::*;
 use rows::*;
 use sql::*;
 use tls::*;
+use waits::*;
 
 /// The PostgreSQL store. Cheap to clone; all clones share one pool and one listener.
 ///
@@ -410,6 +413,7 @@ impl PostgresStore {
                 now: now.to_string(),
                 drop_steps,
                 frees_key: fence.concurrency_key.is_some(),
+                close_waits: fence.may_have_waits,
                 claim,
                 reply,
             }),
@@ -481,7 +485,7 @@ impl PostgresStore {
         now: Timestamp,
     ) -> (Option<Result<Enqueued>>, Vec<Run>, bool) {
         let channel = &self.shared.channel;
-        let claim_sql = claim_after_insert_sql();
+        let claim_sql = claim_after_insert_sql(next.resume_waiting);
         let now_text = now.to_string();
         let expires = (now + next.lease).to_string();
         let limit = next.max.min(i64::MAX as usize) as i64;

@@ -6,6 +6,8 @@ use super::*;
 /// Notification payload: runs may be claimable.
 pub(super) const NOTICE_RUNS: &str = "runs";
 /// Notification payload prefix: `cancel:<origin store>:<run id>`.
+/// The payload of the notice that a durable wait was resolved.
+pub(super) const NOTICE_RESUME: &str = "resume";
 pub(super) const NOTICE_CANCEL: &str = "cancel:";
 
 /// One enqueue as one statement: the run's own earlier commit (a retry) → idempotency key →
@@ -227,21 +229,25 @@ pub(super) fn key_is_free(now: &str, ending: &str) -> String {
 /// hold); those without a concurrency key are leased at once. Returns one row per candidate:
 /// `(has_key, candidate id, key, leased run columns or NULLs)`.
 pub(super) fn claim_sql() -> String {
-    claim_sql_when("")
+    claim_sql_when("", true)
 }
 
 /// [`claim_sql`] that claims only if the run with id `$5` exists: in the transaction of an
 /// enqueue, only when that enqueue inserted its run.
-pub(super) fn claim_after_insert_sql() -> String {
-    claim_sql_when(" AND EXISTS (SELECT 1 FROM durably_runs n WHERE n.id = $5)")
+/// With `resume`, it also resumes waiting runs ([`crate::store::ClaimRequest::resume_waiting`]).
+pub(super) fn claim_after_insert_sql(resume: bool) -> String {
+    claim_sql_when(
+        " AND EXISTS (SELECT 1 FROM durably_runs n WHERE n.id = $5)",
+        resume,
+    )
 }
 
-pub(super) fn claim_sql_when(condition: &str) -> String {
+pub(super) fn claim_sql_when(condition: &str, resume: bool) -> String {
     let leased = run_columns("won");
     format!(
         "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
          {leased} FROM c LEFT JOIN won ON won.id = c.id ORDER BY c.created_at ASC, c.id ASC",
-        claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition)
+        claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition, resume)
     )
 }
 
@@ -273,8 +279,10 @@ impl ClaimPlaceholders {
 
 /// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
 /// the oldest `limit` claimable runs that match `condition` (locked, skipping runs other
-/// claimers hold), `won` those of them without a concurrency key, leased.
-pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
+/// claimers hold), `won` those of them without a concurrency key, leased. With `resume`, also
+/// `w` (waiting runs whose wait is resolved) and `fr` (their waits' first resume time);
+/// without, the statement never reads the waits table.
+pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) -> String {
     let returning = run_columns("r");
     let ClaimPlaceholders {
         now,
@@ -284,23 +292,65 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str) -> String {
         ending,
     } = at;
     let key_is_free = key_is_free(now, ending);
-    format!(
+    let pending_and_expired = format!(
         "p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
            WHERE r.status = 'pending' AND {key_is_free}{condition} \
            ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
            AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED)"
+    );
+    let lease = format!(
+        "status = 'leased', lease_owner = {worker}, lease_expires_at = {expires}, \
+         lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, {now})"
+    );
+    if !resume {
+        return format!(
+            "{pending_and_expired}, \
+             c AS (SELECT id, concurrency_key, created_at FROM \
+               (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
+               LIMIT {limit}), \
+             won AS (UPDATE durably_runs r SET {lease}, updated_at = {now} \
+               FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
+        );
+    }
+    format!(
+        "{pending_and_expired}, \
+         w AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           WHERE r.status = 'waiting' AND {RESOLVED_WAIT} AND {key_is_free}{condition} \
            ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          c AS (SELECT id, concurrency_key, created_at FROM \
-           (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
-           LIMIT {limit}), \
-         won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = {worker}, \
-           lease_expires_at = {expires}, lease_generation = r.lease_generation + 1, \
-           started_at = COALESCE(r.started_at, {now}), updated_at = {now} \
-           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
+           (SELECT * FROM p UNION ALL SELECT * FROM e UNION ALL SELECT * FROM w) a \
+           ORDER BY created_at ASC, id ASC LIMIT {limit}), \
+         won AS (UPDATE durably_runs r SET {lease}, {RESUME_CLAIMED_AT}, updated_at = {now} \
+           FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL \
+           RETURNING {returning}, r.resume_claimed_at AS resumed_at), \
+         {FIRST_RESUMED}"
     )
 }
+
+/// A waiting run (aliased `r`) whose wait is resolved: claimable (v4 §3.3).
+pub(super) const RESOLVED_WAIT: &str = "EXISTS (SELECT 1 FROM durably_waits rw \
+     WHERE rw.id = r.waiting_on_wait_id AND rw.status = 'resolved')";
+
+/// The database's clock in milliseconds since the epoch (v4 §4.7).
+pub(super) const DATABASE_NOW_MS: &str =
+    "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// A claim's `SET` of `resume_claimed_at` (of `r`, before the update): a waiting run resumed
+/// records when, unless a claim since its suspension did.
+const RESUME_CLAIMED_AT: &str = concat!(
+    "resume_claimed_at = CASE WHEN r.status = 'waiting' THEN COALESCE(r.resume_claimed_at, ",
+    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+    ") ELSE r.resume_claimed_at END"
+);
+
+/// After a claim CTE `won` (returning `waiting_on_wait_id` and `resumed_at`): the first resume
+/// time onto each resumed run's resolved wait, once.
+const FIRST_RESUMED: &str = "fr AS (UPDATE durably_waits fw SET first_resumed_at = won.resumed_at \
+     FROM won WHERE fw.id = won.waiting_on_wait_id AND fw.status = 'resolved' \
+     AND fw.first_resumed_at IS NULL AND won.resumed_at IS NOT NULL)";
 
 /// The transaction-local setting that carries a claim's keyed candidates, as a JSON array of
 /// keys, from the statement that finds them to the one that locks them and the one that leases
@@ -339,11 +389,42 @@ pub(super) fn lock_claim_keys_sql() -> String {
 /// advisory lock, so waiting for that row while holding the key's lock is a deadlock
 /// (PostgreSQL aborts one of the two claims; tests/interop.rs found it). That claimer leases the
 /// run, or the worker looks again.
-pub(super) fn claim_keyed_sql() -> String {
+///
+/// With `resume`, a key's oldest resolved waiting run is a candidate too.
+pub(super) fn claim_keyed_sql(resume: bool) -> String {
     let returning = run_columns("r");
+    let won_columns = run_columns("won");
     let keys = claim_keys_json();
-    let claimable = "(r.status = 'pending' \
-           OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3))";
+    let (claimable, waiting, resumed) = match resume {
+        true => (
+            format!(
+                "(r.status = 'pending' \
+                   OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
+                     AND r.lease_expires_at <= $3) \
+                   OR (r.status = 'waiting' AND {RESOLVED_WAIT}))"
+            ),
+            format!(
+                "UNION ALL \
+                 (SELECT r.id, r.created_at FROM durably_runs r \
+                   WHERE r.status = 'waiting' AND r.concurrency_key = l.k AND {RESOLVED_WAIT} \
+                   ORDER BY r.created_at ASC, r.id ASC LIMIT 1)"
+            ),
+            (
+                format!(", {RESUME_CLAIMED_AT}"),
+                ", r.resume_claimed_at AS resumed_at",
+                format!(", {FIRST_RESUMED}"),
+            ),
+        ),
+        false => (
+            "(r.status = 'pending' \
+               OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
+                 AND r.lease_expires_at <= $3))"
+                .to_owned(),
+            String::new(),
+            (String::new(), "", String::new()),
+        ),
+    };
+    let (set_resumed, returning_resumed, first_resumed) = resumed;
     format!(
         "WITH locked AS (SELECT DISTINCT t.k FROM json_array_elements_text({keys}) AS t(k)), \
          oldest AS (SELECT x.id FROM locked l CROSS JOIN LATERAL ( \
@@ -355,16 +436,20 @@ pub(super) fn claim_keyed_sql() -> String {
                (SELECT r.id, r.created_at FROM durably_runs r \
                  WHERE r.status = 'leased' AND r.concurrency_key = l.k \
                  AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3 \
-                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1)) y \
+                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1) \
+               {waiting}) y \
              ORDER BY y.created_at ASC, y.id ASC LIMIT 1) x \
            WHERE NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
              AND o.concurrency_key = l.k AND o.id <> x.id \
              AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $3)), \
          pick AS (SELECT r.id FROM durably_runs r WHERE r.id IN (SELECT id FROM oldest) \
-           AND {claimable} FOR UPDATE OF r SKIP LOCKED) \
-         UPDATE durably_runs r SET status = 'leased', lease_owner = $1, lease_expires_at = $2, \
-         lease_generation = r.lease_generation + 1, started_at = COALESCE(r.started_at, $3), \
-         updated_at = $3 FROM pick WHERE r.id = pick.id AND {claimable} RETURNING {returning}"
+           AND {claimable} FOR UPDATE OF r SKIP LOCKED), \
+         won AS (UPDATE durably_runs r SET status = 'leased', lease_owner = $1, \
+           lease_expires_at = $2, lease_generation = r.lease_generation + 1, \
+           started_at = COALESCE(r.started_at, $3){set_resumed}, updated_at = $3 \
+           FROM pick WHERE r.id = pick.id AND {claimable} \
+           RETURNING {returning}{returning_resumed}){first_resumed} \
+         SELECT {won_columns} FROM won"
     )
 }
 

@@ -244,7 +244,7 @@ impl Store for PostgresStore {
         let now_text = now.to_string();
         let expires = (now + lease).to_string();
         let first_sql = claim_sql();
-        let (lock_sql, keyed_sql) = (lock_claim_keys_sql(), claim_keyed_sql());
+        let (lock_sql, keyed_sql) = (lock_claim_keys_sql(), claim_keyed_sql(true));
         let mut claimed: Vec<Run> = Vec::new();
         // Claims are not retried on connection failures: a claim whose commit went
         // unacknowledged leaves runs leased to nobody, and they return when the lease expires.
@@ -534,6 +534,61 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: NewWait,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        wait.validate()?;
+        self.prepare_wait_tx(fence, &wait, now).await
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        self.wait_result_tx(fence, wait_id, now).await
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<Signalled> {
+        let _ = now; // the database's clock decides
+        crate::waits::validate_signal_id(signal_id)?;
+        let payload = crate::waits::canonical_json(&payload);
+        self.signal_wait_tx(wait_id, &payload, signal_id).await
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
+        let _ = now; // the database's clock decides
+        crate::waits::validate_limit(limit)?;
+        self.expire_due_waits_tx(limit).await
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>> {
+        let sql = format!("SELECT {WAIT_COLUMNS} FROM durably_waits WHERE id = $1");
+        let found = self
+            .read("get_wait", &sql, &[&wait_id], wait_from_row)
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {
+        let sql = format!(
+            "SELECT {WAIT_COLUMNS} FROM durably_waits WHERE run_id = $1 \
+             ORDER BY created_at ASC, id ASC"
+        );
+        self.read("get_waits", &sql, &[&run_id], wait_from_row)
+            .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,
@@ -630,6 +685,22 @@ impl Store for PostgresStore {
             .filter(|next| next.max > 0)
             .map(|next| (next.clone(), now));
         match transition {
+            Transition::Wait { wait_id } => {
+                let landed = self.suspend_run(fence, &wait_id, now).await?;
+                let claimed = match claim {
+                    Some((next, now)) if landed => {
+                        match self.claim(&next.worker_id, now, next.lease, next.max).await {
+                            Ok(runs) => runs,
+                            Err(error) => {
+                                tracing::warn!(%error, "claim after suspension failed");
+                                Vec::new()
+                            }
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(Finished { landed, claimed })
+            }
             Transition::Complete { output } => {
                 let (landed, claimed) = self.complete(fence, output, now, claim).await?;
                 Ok(Finished { landed, claimed })
@@ -672,8 +743,10 @@ impl Store for PostgresStore {
         let prefix = format!("{NOTICE_CANCEL}{}:", self.shared.origin);
         let sql = "WITH u AS (UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
                lease_expires_at = NULL, completed_at = $2, updated_at = $2 \
-               WHERE id = $1 AND status IN ('pending', 'leased') RETURNING id), \
+               WHERE id = $1 AND status IN ('pending', 'leased', 'waiting') RETURNING id), \
              d AS (DELETE FROM durably_steps WHERE $3::boolean AND run_id IN (SELECT id FROM u)), \
+             cw AS (UPDATE durably_waits SET status = 'cancelled', resolved_at = $2 \
+               WHERE run_id IN (SELECT id FROM u) AND status = 'pending'), \
              note AS (SELECT pg_notify($4::text, $5::text || id) FROM u) \
              SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM note)";
         let params: [&(dyn ToSql + Sync); 5] = [&id, &now_text, &drop_steps, &channel, &prefix];
@@ -745,6 +818,8 @@ impl Store for PostgresStore {
         let sql = format!(
             "WITH x AS (SELECT id, job_name, concurrency_key, created_at FROM durably_runs \
                WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= $1 \
+               AND waiting_on_wait_id IS NULL AND NOT EXISTS (SELECT 1 FROM durably_waits w \
+                 WHERE w.run_id = durably_runs.id) \
                FOR UPDATE SKIP LOCKED), \
              blocked AS (SELECT x.id FROM x WHERE x.concurrency_key IS NOT NULL AND ( \
                EXISTS (SELECT 1 FROM durably_runs p WHERE p.status = 'pending' \
@@ -877,11 +952,19 @@ impl PostgresStore {
     ) -> Result<bool> {
         let now_text = now.to_string();
         let channel = self.shared.channel.clone();
+        let close_waits = match fence.may_have_waits {
+            true => {
+                "cw AS (UPDATE durably_waits SET status = 'closed', resolved_at = $4 \
+                   WHERE run_id IN (SELECT id FROM u) AND status = 'pending'), "
+            }
+            false => "",
+        };
         let sql = format!(
             "WITH u AS (UPDATE durably_runs SET {set}, lease_owner = NULL, \
                lease_expires_at = NULL, completed_at = $4, updated_at = $4 \
                WHERE {FENCED} RETURNING id, job_name, concurrency_key), \
              d AS (DELETE FROM durably_steps WHERE $5::boolean AND run_id IN (SELECT id FROM u)), \
+             {close_waits}\
              note AS (SELECT pg_notify($6::text, '{NOTICE_RUNS}') FROM u \
                WHERE u.concurrency_key IS NOT NULL AND EXISTS (SELECT 1 FROM durably_runs p \
                WHERE p.status = 'pending' AND p.concurrency_key = u.concurrency_key)), \

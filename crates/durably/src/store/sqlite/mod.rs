@@ -33,13 +33,15 @@ use tokio::sync::oneshot;
 
 use super::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin,
-    RunPatch, Store, Transition, WriterStats,
+    RunPatch, Signalled, Store, Transition, WriterStats,
 };
 use crate::attempts::StepAttempt;
 use crate::error::{Error, Result};
 use crate::maintenance::{Maintained, MaintenanceTask};
 use crate::run::{Disposition, Log, Progress, Run, RunFilter, Step};
 use crate::time::Timestamp;
+use crate::waits::{self, DurableWait, NewWait};
+use serde_json::Value;
 
 use options::configure;
 pub use options::{SqliteOptions, Synchronous};

@@ -19,10 +19,14 @@ use crate::run::{
 };
 use crate::store::{
     AttemptStart, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
-    Transition, parse_labels, parse_optional_json, pending_conflict, pending_run,
+    Signalled, Transition, parse_labels, parse_optional_json, pending_conflict, pending_run,
     validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
+use crate::waits::{
+    self, DurableWait, NewWait, SignalDisposition, SignalStep, WaitOutcome, WaitStatus,
+    canonical_json,
+};
 
 use super::sql;
 
@@ -339,7 +343,12 @@ fn unique_violation(conn: &Connection, request: &NewRun, error: Error) -> Result
 ///
 /// `expired_leases` says whether any lease had expired when the claim began; without one, the
 /// second lookup (which sorts its few candidates) is skipped.
-fn next_claimable(conn: &Connection, now: Timestamp, expired_leases: bool) -> Result<Option<i64>> {
+fn next_claimable(
+    conn: &Connection,
+    now: Timestamp,
+    expired_leases: bool,
+    resumable: bool,
+) -> Result<Option<i64>> {
     type Candidate = (String, i64);
     let candidate =
         |row: &Row<'_>| -> rusqlite::Result<Candidate> { Ok((row.get(0)?, row.get(1)?)) };
@@ -347,17 +356,27 @@ fn next_claimable(conn: &Connection, now: Timestamp, expired_leases: bool) -> Re
         .prepare_cached(sql::OLDEST_FREE_PENDING)
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
-    if !expired_leases {
+    if !expired_leases && !resumable {
         return Ok(pending.map(|(_, rowid)| rowid));
     }
-    let expired: Option<Candidate> = conn
-        .prepare_cached(sql::OLDEST_FREE_EXPIRED_LEASE)
-        .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
-        .map_err(sql_error("claim"))?;
-    Ok(match (pending, expired) {
-        (Some(a), Some(b)) => Some(a.min(b).1),
-        (a, b) => a.or(b).map(|(_, rowid)| rowid),
-    })
+    let mut best = pending;
+    for (wanted, statement) in [
+        (expired_leases, sql::OLDEST_FREE_EXPIRED_LEASE),
+        (resumable, sql::OLDEST_FREE_RESUMABLE),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let found: Option<Candidate> = conn
+            .prepare_cached(statement)
+            .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
+            .map_err(sql_error("claim"))?;
+        best = match (best, found) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(best.map(|(_, rowid)| rowid))
 }
 
 pub(super) fn claim(
@@ -366,6 +385,7 @@ pub(super) fn claim(
     now: Timestamp,
     lease: Duration,
     max: usize,
+    resume: bool,
 ) -> Result<Vec<Run>> {
     let expires = now + lease;
     // Claiming never makes another lease expire, so one check serves the whole claim.
@@ -373,20 +393,35 @@ pub(super) fn claim(
         .prepare_cached(sql::ANY_EXPIRED_LEASE)
         .and_then(|mut stmt| stmt.query_row([now], |row| row.get(0)))
         .map_err(sql_error("claim"))?;
+    // Likewise for waiting runs whose wait is resolved (a claim resolves no wait), when the
+    // claim resumes them.
+    let resumable: bool = resume
+        && conn
+            .prepare_cached(sql::ANY_RESUMABLE)
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(sql_error("claim"))?;
+    let database_now = database_now();
     let mut claimed = Vec::new();
     while claimed.len() < max {
-        let Some(rowid) = next_claimable(conn, now, expired_leases)? else {
+        let Some(rowid) = next_claimable(conn, now, expired_leases, resumable)? else {
             break;
         };
         // A plain single-row UPDATE, then a read of the row: `RETURNING` would collect its
         // row in a temporary table and need a statement journal.
         conn.prepare_cached(sql::LEASE_ROW)
-            .and_then(|mut stmt| stmt.execute(params![rowid, worker_id, expires, now]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![rowid, worker_id, expires, now, database_now])
+            })
             .map_err(sql_error("claim"))?;
         let run = conn
             .prepare_cached(sql::RUN_BY_ROWID)
             .and_then(|mut stmt| stmt.query_row([rowid], run_from_row))
             .map_err(sql_error("claim"))?;
+        if let Some(wait_id) = &run.waiting_on_wait_id {
+            conn.prepare_cached(sql::MARK_FIRST_RESUMED)
+                .and_then(|mut stmt| stmt.execute(params![wait_id, run.id]))
+                .map_err(sql_error("claim"))?;
+        }
         claimed.push(run);
     }
     Ok(claimed)
@@ -717,6 +752,7 @@ pub(super) fn finish_run(
     drop_steps: bool,
 ) -> Result<bool> {
     let changed = match transition {
+        Transition::Wait { wait_id } => return suspend_run(conn, fence, wait_id, now),
         Transition::Complete { output } => {
             let output = output
                 .as_ref()
@@ -733,8 +769,13 @@ pub(super) fn finish_run(
             .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, error, now]))
             .map_err(sql_error("fail_run"))?,
     };
-    if changed == 1 && drop_steps {
-        delete_steps(conn, &fence.run_id)?;
+    if changed == 1 {
+        if fence.may_have_waits {
+            end_waits(conn, &fence.run_id, WaitStatus::Closed, now)?;
+        }
+        if drop_steps {
+            delete_steps(conn, &fence.run_id)?;
+        }
     }
     Ok(changed == 1)
 }
@@ -749,8 +790,11 @@ pub(super) fn cancel_run(
         .prepare_cached(sql::CANCEL_RUN)
         .and_then(|mut stmt| stmt.execute(params![id, now]))
         .map_err(sql_error("cancel_run"))?;
-    if changed == 1 && drop_steps {
-        delete_steps(conn, id)?;
+    if changed == 1 {
+        end_waits(conn, id, WaitStatus::Cancelled, now)?;
+        if drop_steps {
+            delete_steps(conn, id)?;
+        }
     }
     Ok(changed == 1)
 }
@@ -842,4 +886,272 @@ impl ToSql for sql::SqlArg {
             sql::SqlArg::Text(text) => ToSqlOutput::from(text.as_str()),
         })
     }
+}
+
+/// The database's clock (v4 §4.7). SQLite's `'now'` is the clock of the process executing the
+/// statement, which is this one, read here inside the write transaction (through the runtime's
+/// wall clock, so a virtual wall clock applies too).
+fn database_now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn wait_from_row(row: &Row<'_>) -> rusqlite::Result<DurableWait> {
+    let invalid = |index: usize, what: &str, text: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("invalid wait {what} {text:?}").into(),
+        )
+    };
+    let status: String = row.get(4)?;
+    let outcome: Option<String> = row.get(9)?;
+    let timing_known: Option<i64> = row.get(13)?;
+    Ok(DurableWait {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        name: row.get(2)?,
+        metadata: parse_json_keeping_null(row.get(3)?),
+        status: WaitStatus::parse(&status).ok_or_else(|| invalid(4, "status", &status))?,
+        payload: parse_json_keeping_null(row.get(5)?),
+        signal_id: row.get(6)?,
+        created_at: row.get(7)?,
+        deadline_at: row.get(8)?,
+        outcome: match outcome {
+            Some(text) => {
+                Some(WaitOutcome::parse(&text).ok_or_else(|| invalid(9, "outcome", &text))?)
+            }
+            None => None,
+        },
+        suspended_at: row.get(10)?,
+        resolved_at: row.get(11)?,
+        first_resumed_at: row.get(12)?,
+        input_wait_ms: None,
+        execution_slot_wait_ms: None,
+    }
+    .with_timing(timing_known == Some(1)))
+}
+
+/// A stored JSON column where `null` is a value (a signal's payload may be `null`).
+fn parse_json_keeping_null(text: Option<String>) -> Option<Value> {
+    text.and_then(|text| serde_json::from_str(&text).ok())
+}
+
+fn wait_by_id(conn: &Connection, operation: &'static str, id: &str) -> Result<Option<DurableWait>> {
+    conn.prepare_cached(sql::WAIT_BY_ID)
+        .and_then(|mut stmt| stmt.query_row([id], wait_from_row).optional())
+        .map_err(sql_error(operation))
+}
+
+/// Locks the fenced run if its lease holds at `now` (`false`: it does not).
+fn lock_live_lease(
+    conn: &Connection,
+    operation: &'static str,
+    fence: &Fence,
+    now: Timestamp,
+) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(sql::LOCK_LIVE_LEASE)
+        .and_then(|mut stmt| stmt.execute(params![fence.run_id, fence.generation, now]))
+        .map_err(sql_error(operation))?;
+    Ok(changed == 1)
+}
+
+/// Resolves wait `id` as a timeout if it is pending and due at `now`; whether it did.
+fn time_out_if_due(
+    conn: &Connection,
+    operation: &'static str,
+    id: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(sql::TIME_OUT_WAIT)
+        .and_then(|mut stmt| stmt.execute(params![id, now.as_millis()]))
+        .map_err(sql_error(operation))?;
+    Ok(changed == 1)
+}
+
+fn end_waits(conn: &Connection, run_id: &str, status: WaitStatus, now: Timestamp) -> Result<()> {
+    conn.prepare_cached(sql::END_WAITS)
+        .and_then(|mut stmt| stmt.execute(params![run_id, status.as_str(), now]))
+        .map_err(sql_error("end_waits"))?;
+    Ok(())
+}
+
+pub(super) fn prepare_wait(
+    conn: &Connection,
+    fence: &Fence,
+    wait: &NewWait,
+    now: Timestamp,
+) -> Result<Option<DurableWait>> {
+    if !lock_live_lease(conn, "prepare_wait", fence, now)? {
+        return Ok(None);
+    }
+    let existing = conn
+        .prepare_cached(sql::WAIT_BY_NAME)
+        .and_then(|mut stmt| {
+            stmt.query_row([&fence.run_id, &wait.name], wait_from_row)
+                .optional()
+        })
+        .map_err(sql_error("prepare_wait"))?;
+    if let Some(existing) = existing {
+        return Ok(Some(existing));
+    }
+    let created = database_now();
+    let deadline = waits::deadline_after(created.as_millis(), wait.timeout_ms)?;
+    let id = new_id_at(created);
+    let metadata = wait.metadata.as_ref().map(canonical_json);
+    conn.prepare_cached(sql::INSERT_WAIT)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                id,
+                fence.run_id,
+                wait.name,
+                metadata,
+                created,
+                deadline,
+                deadline.map(|d| d.as_millis())
+            ])
+        })
+        .map_err(sql_error("prepare_wait"))?;
+    wait_by_id(conn, "prepare_wait", &id)
+}
+
+pub(super) fn wait_result(
+    conn: &Connection,
+    fence: &Fence,
+    wait_id: &str,
+    now: Timestamp,
+) -> Result<Option<DurableWait>> {
+    if !lock_live_lease(conn, "wait_result", fence, now)? {
+        return Ok(None);
+    }
+    match wait_by_id(conn, "wait_result", wait_id)? {
+        Some(wait) if wait.run_id == fence.run_id => {}
+        _ => return Err(waits::not_this_runs_wait()),
+    }
+    time_out_if_due(conn, "wait_result", wait_id, database_now())?;
+    let wait = wait_by_id(conn, "wait_result", wait_id)?.ok_or_else(waits::not_this_runs_wait)?;
+    match wait.status {
+        WaitStatus::Cancelled | WaitStatus::Closed => Err(waits::already_closed(wait_id)),
+        _ => Ok(Some(wait)),
+    }
+}
+
+/// [`Transition::Wait`]: the `leased → waiting` hand-off (v4 §3.2 step 4).
+fn suspend_run(conn: &Connection, fence: &Fence, wait_id: &str, now: Timestamp) -> Result<bool> {
+    if !lock_live_lease(conn, "suspend_run", fence, now)? {
+        return Ok(false);
+    }
+    match wait_by_id(conn, "suspend_run", wait_id)? {
+        Some(wait)
+            if wait.run_id == fence.run_id
+                && matches!(wait.status, WaitStatus::Pending | WaitStatus::Resolved) => {}
+        _ => return Err(waits::not_available()),
+    }
+    let database_now = database_now();
+    time_out_if_due(conn, "suspend_run", wait_id, database_now)?;
+    let changed = conn
+        .prepare_cached(sql::SUSPEND_RUN)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                fence.run_id,
+                fence.generation,
+                wait_id,
+                database_now
+            ])
+        })
+        .map_err(sql_error("suspend_run"))?;
+    conn.prepare_cached(sql::MARK_SUSPENDED)
+        .and_then(|mut stmt| stmt.execute(params![wait_id, database_now]))
+        .map_err(sql_error("suspend_run"))?;
+    Ok(changed == 1)
+}
+
+/// Signals a wait; `None` when it expired (its timeout must commit: an error to the caller,
+/// not to the write).
+pub(super) fn signal_wait(
+    conn: &Connection,
+    wait_id: &str,
+    payload: &str,
+    signal_id: &str,
+) -> Result<Option<Signalled>> {
+    let Some(found) = wait_by_id(conn, "signal_wait", wait_id)? else {
+        return Err(waits::wait_not_found(wait_id));
+    };
+    let run_terminal: Option<bool> = conn
+        .prepare_cached(sql::LOCK_RUN)
+        .and_then(|mut stmt| stmt.query_row([&found.run_id], |row| row.get(0)).optional())
+        .map_err(sql_error("signal_wait"))?;
+    // Re-read after the lock (on SQLite the writer's transaction already excludes others).
+    let wait =
+        wait_by_id(conn, "signal_wait", wait_id)?.ok_or_else(|| waits::wait_not_found(wait_id))?;
+    let stored = wait.payload.as_ref().map(canonical_json);
+    let now = database_now();
+    let step = waits::signal_step(
+        wait.status,
+        wait.outcome,
+        wait.signal_id.as_deref(),
+        stored.as_deref(),
+        signal_id,
+        payload,
+        run_terminal.unwrap_or(true),
+        wait.deadline_at,
+        now,
+    );
+    let disposition = match step {
+        SignalStep::Duplicate => SignalDisposition::Duplicate,
+        SignalStep::Expired => return Ok(None),
+        SignalStep::Refused => return Err(waits::cannot_accept(wait_id)),
+        SignalStep::TimeOutNow => {
+            time_out_if_due(conn, "signal_wait", wait_id, now)?;
+            return Ok(None);
+        }
+        SignalStep::Accept => {
+            conn.prepare_cached(sql::RESOLVE_SIGNAL)
+                .and_then(|mut stmt| stmt.execute(params![wait_id, payload, signal_id, now]))
+                .map_err(sql_error("signal_wait"))?;
+            SignalDisposition::Accepted
+        }
+    };
+    let wait =
+        wait_by_id(conn, "signal_wait", wait_id)?.ok_or_else(|| waits::wait_not_found(wait_id))?;
+    Ok(Some(Signalled { wait, disposition }))
+}
+
+pub(super) fn expire_due_waits(conn: &Connection, limit: u64) -> Result<u64> {
+    let now = database_now();
+    let due: Vec<(String, String)> = conn
+        .prepare_cached(sql::DUE_WAITS)
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                params![now.as_millis(), limit.min(i64::MAX as u64) as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?
+            .collect()
+        })
+        .map_err(sql_error("expire_due_waits"))?;
+    let mut expired = 0;
+    for (wait_id, run_id) in &due {
+        let terminal: Option<bool> = conn
+            .prepare_cached(sql::LOCK_RUN)
+            .and_then(|mut stmt| stmt.query_row([run_id], |row| row.get(0)).optional())
+            .map_err(sql_error("expire_due_waits"))?;
+        if terminal != Some(false) {
+            continue;
+        }
+        if time_out_if_due(conn, "expire_due_waits", wait_id, database_now())? {
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+pub(super) fn get_wait(conn: &Connection, wait_id: &str) -> Result<Option<DurableWait>> {
+    wait_by_id(conn, "get_wait", wait_id)
+}
+
+pub(super) fn get_waits(conn: &Connection, run_id: &str) -> Result<Vec<DurableWait>> {
+    conn.prepare_cached(sql::WAITS_OF_RUN)
+        .and_then(|mut stmt| stmt.query_map([run_id], wait_from_row)?.collect())
+        .map_err(sql_error("get_waits"))
 }

@@ -81,6 +81,19 @@ macro_rules! key_is_free {
     };
 }
 
+/// The run aliased `$t` never prepared a durable wait (v4 §3.4: maintenance leaves those alone).
+macro_rules! no_waits {
+    ($t:literal) => {
+        concat!(
+            "(",
+            $t,
+            ".waiting_on_wait_id IS NULL AND NOT EXISTS (SELECT 1 FROM durably_waits w WHERE w.run_id = ",
+            $t,
+            ".id))"
+        )
+    };
+}
+
 /// `status = 'leased' AND lease_generation = <fence>`: the condition of every lease-holder write.
 macro_rules! fenced {
     () => {
@@ -184,10 +197,113 @@ pub(crate) const OLDEST_FREE_EXPIRED_LEASE: &str = concat!(
 pub(crate) const ANY_EXPIRED_LEASE: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE status = 'leased' \
              AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1)";
 
-/// Leases the run at rowid `?1` (claims: the next generation).
+/// Leases the run at rowid `?1` (claims: the next generation); a waiting run resumed also
+/// records when (`?5`, the database's time) unless a claim since its suspension did.
 pub(crate) const LEASE_ROW: &str = "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
              lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?4), \
+             resume_claimed_at = CASE WHEN status = 'waiting' \
+               THEN COALESCE(resume_claimed_at, ?5) ELSE resume_claimed_at END, \
              updated_at = ?4 WHERE rowid = ?1";
+
+/// Whether any waiting run's wait is resolved (a claim then looks for one).
+pub(crate) const ANY_RESUMABLE: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs r \
+             WHERE r.status = 'waiting' AND EXISTS (SELECT 1 FROM durably_waits w \
+               WHERE w.id = r.waiting_on_wait_id AND w.status = 'resolved'))";
+
+/// The oldest waiting run whose wait is resolved and whose key is free (`?1` now): its
+/// `created_at` and rowid.
+pub(crate) const OLDEST_FREE_RESUMABLE: &str = concat!(
+    "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'waiting' \
+             AND EXISTS (SELECT 1 FROM durably_waits w WHERE w.id = r.waiting_on_wait_id \
+               AND w.status = 'resolved') AND ",
+    key_is_free!(),
+    " \
+             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+);
+
+/// A resumed run's first resume time onto its resolved wait (`?1` wait, `?2` run), once.
+pub(crate) const MARK_FIRST_RESUMED: &str = "UPDATE durably_waits SET first_resumed_at = \
+             (SELECT resume_claimed_at FROM durably_runs WHERE id = ?2) \
+             WHERE id = ?1 AND status = 'resolved' AND first_resumed_at IS NULL \
+             AND (SELECT resume_claimed_at FROM durably_runs WHERE id = ?2) IS NOT NULL";
+
+macro_rules! wait_columns {
+    () => {
+        "id, run_id, name, metadata, status, payload, signal_id, created_at, deadline_at, \
+    outcome, suspended_at, resolved_at, first_resumed_at, timing_known"
+    };
+}
+
+/// Locks the fenced run whose lease is unexpired at `?3` (a guarded no-op write, v4 §4.8).
+pub(crate) const LOCK_LIVE_LEASE: &str = concat!(
+    "UPDATE durably_runs SET updated_at = updated_at WHERE ",
+    fenced!(),
+    " AND lease_expires_at > ?3"
+);
+
+/// A wait by id.
+pub(crate) const WAIT_BY_ID: &str = concat!(
+    "SELECT ",
+    wait_columns!(),
+    " FROM durably_waits WHERE id = ?1"
+);
+
+/// A run's wait by name.
+pub(crate) const WAIT_BY_NAME: &str = concat!(
+    "SELECT ",
+    wait_columns!(),
+    " FROM durably_waits WHERE run_id = ?1 AND name = ?2"
+);
+
+/// A run's waits in creation order.
+pub(crate) const WAITS_OF_RUN: &str = concat!(
+    "SELECT ",
+    wait_columns!(),
+    " FROM durably_waits WHERE run_id = ?1 ORDER BY created_at ASC, id ASC"
+);
+
+/// A new pending wait (`?6` deadline text, `?7` deadline ms).
+pub(crate) const INSERT_WAIT: &str = "INSERT INTO durably_waits (id, run_id, name, metadata, status, \
+             payload, signal_id, created_at, resolved_at, deadline_at, deadline_ms, outcome, \
+             suspended_at, first_resumed_at, timing_known) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', NULL, NULL, ?5, NULL, ?6, ?7, NULL, NULL, NULL, 1)";
+
+/// Resolves a pending wait whose deadline is at or before `?2` (ms) as a timeout.
+pub(crate) const TIME_OUT_WAIT: &str = "UPDATE durably_waits SET status = 'resolved', \
+             outcome = 'timeout', resolved_at = deadline_at WHERE id = ?1 AND status = 'pending' \
+             AND deadline_ms IS NOT NULL AND deadline_ms <= ?2";
+
+/// Suspends the (locked, fenced) run on wait `?3` at `?4`.
+pub(crate) const SUSPEND_RUN: &str = concat!(
+    "UPDATE durably_runs SET status = 'waiting', waiting_on_wait_id = ?3, \
+             resume_claimed_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+             updated_at = ?4 WHERE ",
+    fenced!()
+);
+
+/// The first suspension on a wait (`?2`).
+pub(crate) const MARK_SUSPENDED: &str =
+    "UPDATE durably_waits SET suspended_at = COALESCE(suspended_at, ?2) WHERE id = ?1";
+
+/// Locks a run (a no-op write) and reads whether it ended; no row for an unknown run.
+pub(crate) const LOCK_RUN: &str = concat!(
+    "UPDATE OR FAIL durably_runs SET updated_at = updated_at WHERE id = ?1 \
+             RETURNING status IN ",
+    terminal!()
+);
+
+/// Accepts a signal (`?2` canonical payload, `?3` signal id, `?4` now) on a pending wait.
+pub(crate) const RESOLVE_SIGNAL: &str = "UPDATE durably_waits SET status = 'resolved', \
+             outcome = 'signal', payload = ?2, signal_id = ?3, resolved_at = ?4 \
+             WHERE id = ?1 AND status = 'pending'";
+
+/// Pending waits due at `?1` (ms), earliest deadline first, at most `?2`.
+pub(crate) const DUE_WAITS: &str = "SELECT id, run_id FROM durably_waits WHERE status = 'pending' \
+             AND deadline_ms IS NOT NULL AND deadline_ms <= ?1 ORDER BY deadline_ms, id LIMIT ?2";
+
+/// Ends a run's pending waits (`?2` status `cancelled` or `closed`, `?3` now).
+pub(crate) const END_WAITS: &str = "UPDATE durably_waits SET status = ?2, resolved_at = ?3 \
+             WHERE run_id = ?1 AND status = 'pending'";
 
 /// The run at a rowid.
 pub(crate) const RUN_BY_ROWID: &str = concat!(
@@ -297,10 +413,10 @@ pub(crate) const FAIL_RUN: &str = concat!(
     fenced!()
 );
 
-/// Cancels a pending or leased run (unfenced).
+/// Cancels a pending, leased or waiting run (unfenced).
 pub(crate) const CANCEL_RUN: &str = "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, \
              lease_expires_at = NULL, completed_at = ?2, updated_at = ?2 \
-             WHERE id = ?1 AND status IN ('pending', 'leased')";
+             WHERE id = ?1 AND status IN ('pending', 'leased', 'waiting')";
 
 /// Whether a run exists and is terminal.
 pub(crate) const IS_TERMINAL: &str = concat!(
@@ -323,6 +439,9 @@ pub(crate) const FAIL_BLOCKED_EXPIRED_LEASES: &str = concat!(
     "UPDATE durably_runs SET status = 'failed', error = ?2, lease_owner = NULL, \
              lease_expires_at = NULL, completed_at = ?1, updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             AND ",
+    no_waits!("durably_runs"),
+    " \
              AND concurrency_key IS NOT NULL AND ( \
                EXISTS (SELECT 1 FROM durably_runs p \
                  WHERE p.status = 'pending' AND p.job_name = durably_runs.job_name \
@@ -330,6 +449,9 @@ pub(crate) const FAIL_BLOCKED_EXPIRED_LEASES: &str = concat!(
                OR EXISTS (SELECT 1 FROM durably_runs y \
                  WHERE y.status = 'leased' AND y.lease_expires_at IS NOT NULL \
                  AND y.lease_expires_at <= ?1 AND y.job_name = durably_runs.job_name \
+                 AND ",
+    no_waits!("y"),
+    " \
                  AND y.concurrency_key = durably_runs.concurrency_key \
                  AND (y.created_at < durably_runs.created_at \
                    OR (y.created_at = durably_runs.created_at AND y.id < durably_runs.id)))) \
@@ -342,6 +464,9 @@ pub(crate) const RELEASE_EXPIRED_LEASES: &str = concat!(
     "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, \
              lease_expires_at = NULL, updated_at = ?1 \
              WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?1 \
+             AND ",
+    no_waits!("durably_runs"),
+    " \
              RETURNING ",
     run_columns!()
 );

@@ -39,9 +39,14 @@ impl Store for SqliteStore {
             let enqueued = ops::enqueue(conn, &run, now)?;
             let claimed = match (next.max, enqueued.disposition) {
                 (0, _) | (_, Disposition::Idempotent | Disposition::Coalesced) => Vec::new(),
-                (max, Disposition::Created) => {
-                    ops::claim(conn, &next.worker_id, now, next.lease, max)?
-                }
+                (max, Disposition::Created) => ops::claim(
+                    conn,
+                    &next.worker_id,
+                    now,
+                    next.lease,
+                    max,
+                    next.resume_waiting,
+                )?,
             };
             Ok((enqueued, claimed))
         })
@@ -106,7 +111,7 @@ impl Store for SqliteStore {
         }
         let worker_id = worker_id.to_owned();
         self.write_unsynced("claim", move |conn| {
-            ops::claim(conn, &worker_id, now, lease, max)
+            ops::claim(conn, &worker_id, now, lease, max, true)
         })
         .await
     }
@@ -180,6 +185,75 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: NewWait,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        wait.validate()?;
+        let fence = fence.clone();
+        self.write_isolated("prepare_wait", move |conn| {
+            ops::prepare_wait(conn, &fence, &wait, now)
+        })
+        .await
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        let (fence, wait_id) = (fence.clone(), wait_id.to_owned());
+        self.write_isolated("wait_result", move |conn| {
+            ops::wait_result(conn, &fence, &wait_id, now)
+        })
+        .await
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<Signalled> {
+        let _ = now; // the database's clock decides (the writer's, here)
+        waits::validate_signal_id(signal_id)?;
+        let payload = waits::canonical_json(&payload);
+        let (wait_id, signal_id) = (wait_id.to_owned(), signal_id.to_owned());
+        let id = wait_id.clone();
+        let outcome = self
+            .write_isolated("signal_wait", move |conn| {
+                ops::signal_wait(conn, &id, &payload, &signal_id)
+            })
+            .await?;
+        // `None`: the timeout is committed; the signal is refused.
+        outcome.ok_or(Error::WaitExpired { wait_id })
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
+        let _ = now; // the database's clock decides (the writer's, here)
+        waits::validate_limit(limit)?;
+        self.write_isolated("expire_due_waits", move |conn| {
+            ops::expire_due_waits(conn, limit)
+        })
+        .await
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>> {
+        let wait_id = wait_id.to_owned();
+        self.read("get_wait", move |conn| ops::get_wait(conn, &wait_id))
+            .await
+    }
+
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {
+        let run_id = run_id.to_owned();
+        self.read("get_waits", move |conn| ops::get_waits(conn, &run_id))
+            .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,
@@ -220,18 +294,27 @@ impl Store for SqliteStore {
             (Transition::Complete { .. }, Some(_)) => "complete_run_and_claim",
             (Transition::Fail { .. }, None) => "fail_run",
             (Transition::Fail { .. }, Some(_)) => "fail_run_and_claim",
+            (Transition::Wait { .. }, None) => "suspend_run",
+            (Transition::Wait { .. }, Some(_)) => "suspend_run_and_claim",
         };
         // A hand-off usually claims a run whose first step follows at once.
         let kind = match next.as_ref().map_or(0, |next| next.max) {
+            // A suspension may refuse its wait after the lock: in its own savepoint.
+            _ if matches!(transition, Transition::Wait { .. }) => WriteKind::ISOLATED,
             0 => WriteKind::PLAIN,
             _ => WriteKind::CONTINUING,
         };
         self.queue_write(operation, kind, move |conn| {
             let landed = ops::finish_run(conn, &fence, &transition, now, drop_steps)?;
             let claimed = match next {
-                Some(next) if next.max > 0 => {
-                    ops::claim(conn, &next.worker_id, now, next.lease, next.max)?
-                }
+                Some(next) if next.max > 0 => ops::claim(
+                    conn,
+                    &next.worker_id,
+                    now,
+                    next.lease,
+                    next.max,
+                    next.resume_waiting,
+                )?,
                 _ => Vec::new(),
             };
             Ok(Finished { landed, claimed })

@@ -297,6 +297,7 @@ pub async fn coalesce_active_prefers_pending_then_leased_then_waiting(store: Arc
                 worker_id: "w".into(),
                 lease: LEASE,
                 max: 0,
+                resume_waiting: true,
             },
         )
         .await
@@ -355,6 +356,7 @@ pub async fn coalesce_active_prefers_pending_then_leased_then_waiting(store: Arc
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
+        resume_waiting: true,
     };
     let (coalesced, claimed) = store
         .enqueue_and_claim(active("idem-job", "ik"), now, &next)

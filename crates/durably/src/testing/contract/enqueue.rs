@@ -182,6 +182,7 @@ pub async fn enqueue_and_claim_claims_only_after_creating_a_run(store: Arc<dyn S
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
+        resume_waiting: true,
     };
 
     // On an empty queue the new run is the one claimed, leased from the same `now`.
@@ -216,6 +217,7 @@ pub async fn enqueue_and_claim_claims_only_after_creating_a_run(store: Arc<dyn S
     // Nothing asked for: only the enqueue.
     let none = ClaimRequest {
         max: 0,
+        resume_waiting: true,
         ..next.clone()
     };
     let (enqueued, claimed) = store

@@ -10,6 +10,7 @@ mod coalesce;
 mod enqueue;
 mod operations;
 mod policy;
+mod waits;
 mod writes;
 
 pub use attempts::*;
@@ -18,6 +19,7 @@ pub use coalesce::*;
 pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
+pub use waits::*;
 pub use writes::*;
 
 use std::collections::HashSet;

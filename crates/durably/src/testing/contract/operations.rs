@@ -237,6 +237,7 @@ pub async fn release_expired_leases_of_one_key_keeps_one_pending_and_drops_faile
             run_id: run.clone(),
             generation,
             concurrency_key: Some("k".into()),
+            may_have_waits: false,
         };
         store
             .persist_step(

@@ -247,6 +247,7 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
         worker_id: "w2".into(),
         lease: LEASE,
         max: 1,
+        resume_waiting: true,
     };
     let at = t0 + ms(10);
 
@@ -284,6 +285,7 @@ pub async fn complete_run_and_claim_hands_the_slot_to_the_oldest_claimable_run(
     // Nothing left to claim, or nothing asked for: the completion alone.
     let none = ClaimRequest {
         max: 0,
+        resume_waiting: true,
         ..next.clone()
     };
     let (completed, claimed) = store
@@ -329,6 +331,7 @@ pub async fn complete_run_and_claim_hands_the_freed_key_to_the_run_waiting_for_i
         worker_id: "w".into(),
         lease: LEASE,
         max: 1,
+        resume_waiting: true,
     };
     let at = t0 + ms(10);
     let (completed, claimed) = store

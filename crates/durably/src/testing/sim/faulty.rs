@@ -14,9 +14,10 @@ use crate::run::{Log, Progress, Run, RunFilter, Step};
 use crate::runtime;
 use crate::store::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, NewLog, NewRun, NewStep, RunAdmin,
-    Store, StoreNotice, Transition,
+    Signalled, Store, StoreNotice, Transition,
 };
 use crate::time::Timestamp;
+use crate::waits::{DurableWait, NewWait};
 
 /// The text every injected error carries, so that a test tells injected failures from real
 /// ones (a run failed by a fault stores an error containing it).
@@ -477,6 +478,52 @@ impl Store for FaultyStore {
         self.call("get_step_attempts", call).await
     }
 
+    async fn prepare_wait(
+        &self,
+        fence: &Fence,
+        wait: NewWait,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        let call = self.inner.prepare_wait(fence, wait, now);
+        self.call("prepare_wait", call).await
+    }
+
+    async fn wait_result(
+        &self,
+        fence: &Fence,
+        wait_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DurableWait>> {
+        let call = self.inner.wait_result(fence, wait_id, now);
+        self.call("wait_result", call).await
+    }
+
+    async fn signal_wait(
+        &self,
+        wait_id: &str,
+        payload: serde_json::Value,
+        signal_id: &str,
+        now: Timestamp,
+    ) -> Result<Signalled> {
+        let call = self.inner.signal_wait(wait_id, payload, signal_id, now);
+        self.call("signal_wait", call).await
+    }
+
+    async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
+        let call = self.inner.expire_due_waits(now, limit);
+        self.call("expire_due_waits", call).await
+    }
+
+    async fn get_wait(&self, wait_id: &str) -> Result<Option<DurableWait>> {
+        let call = self.inner.get_wait(wait_id);
+        self.call("get_wait", call).await
+    }
+
+    async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {
+        let call = self.inner.get_waits(run_id);
+        self.call("get_waits", call).await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,
@@ -614,6 +661,7 @@ mod tests {
             worker_id: "w".into(),
             lease: Duration::from_secs(5),
             max: 1,
+            resume_waiting: true,
         };
         let (_, claimed) = faulty
             .enqueue_and_claim(new_run(), now, &next)
