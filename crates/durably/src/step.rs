@@ -316,12 +316,9 @@ impl StepShared {
         lock(&self.current_step).0
     }
 
-    /// The fence the run's end is written with: the claim's, knowing whether this execution
-    /// prepared a wait.
-    pub(crate) fn ending_fence(&self) -> Fence {
-        let mut fence = self.fence.clone();
-        fence.may_have_waits |= self.waits.prepared.load(Ordering::SeqCst);
-        fence
+    /// Whether this execution prepared a durable wait (ending the run closes its waits).
+    pub(crate) fn prepared_waits(&self) -> bool {
+        self.waits.prepared.load(Ordering::SeqCst)
     }
 
     fn current_step_name(&self) -> Option<String> {

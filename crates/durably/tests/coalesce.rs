@@ -7,6 +7,7 @@ mod common;
 
 #[allow(unused_imports)]
 use common::Ends;
+use durably::store::ClaimRequest;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -572,7 +573,7 @@ async fn concurrent_triggers_from_several_stores(backend: Backend) {
             .await
             .expect("enqueue");
         let claimed = stores[0]
-            .claim("w", Timestamp::now(), lease, 1)
+            .claim(&ClaimRequest::new("w", lease, 1), Timestamp::now())
             .await
             .expect("claim");
         assert_eq!(claimed[0].id, run.run.id);
@@ -621,7 +622,9 @@ async fn concurrent_triggers_from_several_stores(backend: Backend) {
             let store = store.clone();
             tokio::spawn(async move {
                 for _ in 0..20 {
-                    let _ = store.claim("claimer", Timestamp::now(), lease, 4).await;
+                    let _ = store
+                        .claim(&ClaimRequest::new("claimer", lease, 4), Timestamp::now())
+                        .await;
                 }
             })
         })

@@ -2,8 +2,9 @@
 //! instances on one database), lease renewal (upstream recovery.shared, stale-owner.e2e).
 mod common;
 
-#[allow(unused_imports)]
 use common::Ends;
+#[allow(unused_imports)]
+use durably::store::ClaimRequest;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,7 +80,10 @@ async fn worker_resumes_after_manual_claim_and_expiry(backend: Backend) {
     let id = job.trigger(json!({})).await.unwrap().run.id;
     let store = durably.store();
     let claimed = store
-        .claim("crashed-worker", Timestamp::now(), LIMIT, 1)
+        .claim(
+            &ClaimRequest::new("crashed-worker", LIMIT, 1),
+            Timestamp::now(),
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -135,7 +139,7 @@ async fn stale_step_write_is_refused_after_reclaim(backend: Backend) {
     let id = job.trigger(json!({})).await.unwrap().run.id;
     let store = durably.store();
     let a = store
-        .claim("worker-a", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("worker-a", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);
@@ -158,7 +162,7 @@ async fn stale_step_write_is_refused_after_reclaim(backend: Backend) {
         .await
         .unwrap();
     let b = store
-        .claim("worker-b", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("worker-b", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);
@@ -226,7 +230,7 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
     let id = job.trigger(json!({})).await.unwrap().run.id;
     let store = durably.store();
     let a = store
-        .claim("worker-a", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("worker-a", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);
@@ -237,7 +241,7 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
         .await
         .unwrap();
     let b = store
-        .claim("worker-b", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("worker-b", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);

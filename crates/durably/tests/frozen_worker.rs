@@ -8,6 +8,7 @@
 //! on the same database and complete it, thaws A and checks that no step ran twice.
 mod common;
 
+use durably::store::ClaimRequest;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -266,7 +267,7 @@ async fn frozen_before_reading_the_steps_runs_no_step(backend: Backend) {
     let now = Timestamp::now();
     let dead =
         s.db.store
-            .claim("dead", now, Duration::from_millis(1), 1)
+            .claim(&ClaimRequest::new("dead", Duration::from_millis(1), 1), now)
             .await
             .expect("claim")
             .pop()

@@ -8,6 +8,7 @@ mod common;
 #[path = "http_support/mod.rs"]
 mod support;
 
+use durably::store::ClaimRequest;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -104,10 +105,8 @@ async fn trigger_coalesces_with_queue_and_active(backend: Backend) {
         .durably
         .store()
         .claim(
-            "w",
+            &ClaimRequest::new("w", std::time::Duration::from_secs(60), 1),
             durably::Timestamp::now(),
-            std::time::Duration::from_secs(60),
-            1,
         )
         .await
         .expect("claim");

@@ -11,6 +11,7 @@
 //! three); without them the tests are reported as ignored, with the reason (build.rs).
 mod common;
 
+use durably::store::ClaimRequest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -253,7 +254,10 @@ async fn a_step_persisted_here_is_replayed_by_the_typescript_runtime(backend: Ba
     let store = durably.store();
     let now = Timestamp::now();
     let claimed = store
-        .claim("rust-worker", now, Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("rust-worker", Duration::from_secs(60), 1),
+            now,
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);

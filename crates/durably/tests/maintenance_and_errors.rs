@@ -5,6 +5,7 @@
 //! runtime.test.ts, purge.shared.ts, SPEC §4.6 and §6).
 mod common;
 
+use durably::store::ClaimRequest;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -730,7 +731,10 @@ async fn retention_keeps_runs_younger_than_the_period(backend: Backend) {
     let leased = job.trigger(10).await.expect("trigger").run.id;
     let claimed = durably
         .store()
-        .claim("elsewhere", Timestamp::now(), Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("elsewhere", Duration::from_secs(60), 1),
+            Timestamp::now(),
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);

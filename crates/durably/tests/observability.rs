@@ -2,6 +2,7 @@
 //! events for claims, lease loss and failures. (Own test binary: it installs a global subscriber.)
 mod common;
 
+use durably::store::ClaimRequest;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,7 +145,10 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
         .await
         .expect("expire");
     store
-        .claim("thief", Timestamp::now(), Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("thief", Duration::from_secs(60), 1),
+            Timestamp::now(),
+        )
         .await
         .expect("reclaim");
     common::eventually("lease loss reported", Duration::from_secs(10), || async {

@@ -7,8 +7,9 @@
 //! environment variables), like `crash.rs` does for SQLite.
 mod common;
 
-#[allow(unused_imports)]
 use common::Ends;
+#[allow(unused_imports)]
+use durably::store::ClaimRequest;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -967,7 +968,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
             .expect("enqueue");
     }
     let holders = store
-        .claim("w", durably::Timestamp::now(), lease, 2)
+        .claim(&ClaimRequest::new("w", lease, 2), durably::Timestamp::now())
         .await
         .expect("claim");
     assert_eq!(holders.len(), 2, "{holders:?}");
@@ -1032,7 +1033,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
     );
     other.batch_execute("COMMIT").await.expect("let go");
     let leased = store
-        .claim("w", durably::Timestamp::now(), lease, 1)
+        .claim(&ClaimRequest::new("w", lease, 1), durably::Timestamp::now())
         .await
         .expect("claim");
     let ids: Vec<&str> = leased.iter().map(|run| run.id.as_str()).collect();
@@ -1110,7 +1111,10 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
     assert!(!plan.contains("Sort"), "no sort: {plan}");
 
     let claimed = store
-        .claim("w", durably::Timestamp::now(), Duration::from_secs(30), 8)
+        .claim(
+            &ClaimRequest::new("w", Duration::from_secs(30), 8),
+            durably::Timestamp::now(),
+        )
         .await
         .expect("claim");
     let claimed: Vec<String> = claimed.into_iter().map(|run| run.id).collect();
@@ -1149,7 +1153,7 @@ async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::store::
         .collect();
     store.enqueue_many(new_runs, now).await.expect("enqueue");
     let leased = store
-        .claim("w", now, Duration::from_secs(60), runs)
+        .claim(&ClaimRequest::new("w", Duration::from_secs(60), runs), now)
         .await
         .expect("claim");
     assert_eq!(leased.len(), runs);

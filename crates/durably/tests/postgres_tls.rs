@@ -13,6 +13,7 @@
 //! may already trust the local server.
 mod common;
 
+use durably::store::ClaimRequest;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -340,7 +341,10 @@ async fn require_without_verification_encrypts_every_connection() {
         .await
         .expect("enqueue over TLS");
     let claimed = store
-        .claim("tls-worker", Timestamp::now(), Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("tls-worker", Duration::from_secs(60), 1),
+            Timestamp::now(),
+        )
         .await
         .expect("claim over TLS");
     assert_eq!(
@@ -692,7 +696,10 @@ fn tls_trust_child() {
             .await
             .expect("enqueue");
         let claimed = store
-            .claim("tls-worker", Timestamp::now(), Duration::from_secs(60), 1)
+            .claim(
+                &ClaimRequest::new("tls-worker", Duration::from_secs(60), 1),
+                Timestamp::now(),
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1);

@@ -2,8 +2,9 @@
 //! purge.shared.ts): queries, cancel, retrigger, delete, purge, steps and logs.
 mod common;
 
-#[allow(unused_imports)]
 use common::Ends;
+#[allow(unused_imports)]
+use durably::store::ClaimRequest;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,7 +94,10 @@ fn not_found(result: durably::Result<impl std::fmt::Debug>) -> String {
 async fn claim_one(durably: &Durably) -> durably::Run {
     let mut claimed = durably
         .store()
-        .claim("test-worker", Timestamp::now(), LEASE, 1)
+        .claim(
+            &ClaimRequest::new("test-worker", LEASE, 1),
+            Timestamp::now(),
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1, "one run claimed");
@@ -547,7 +551,7 @@ async fn cancel_a_pending_run(backend: Backend) {
     // No longer claimable.
     let claimed = durably
         .store()
-        .claim("w", Timestamp::now(), LEASE, 10)
+        .claim(&ClaimRequest::new("w", LEASE, 10), Timestamp::now())
         .await
         .expect("claim");
     assert!(claimed.is_empty(), "cancelled runs are not claimable");

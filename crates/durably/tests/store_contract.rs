@@ -2,8 +2,9 @@
 //! backend of this crate: SQLite file, SQLite in memory, PostgreSQL.
 mod common;
 
-#[allow(unused_imports)]
 use common::Ends;
+#[allow(unused_imports)]
+use durably::store::ClaimRequest;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +87,10 @@ async fn sqlite_separate_stores_on_one_file_have_exactly_one_claim_winner() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .claim(&format!("runtime-{w}"), Timestamp::now(), LEASE, 1)
+                        .claim(
+                            &ClaimRequest::new(format!("runtime-{w}"), LEASE, 1),
+                            Timestamp::now(),
+                        )
                         .await
                 })
             })

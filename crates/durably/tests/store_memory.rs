@@ -1,6 +1,7 @@
 //! Both exported suites (`durably::testing::contract` and `durably::testing::behaviour`) on
 //! `durably::testing::MemoryStore`: a new backend is "implement `Store`, call the suites".
 
+use durably::store::ClaimRequest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ async fn clones_and_policy_views_share_one_state() {
     assert_eq!(run.run.created_at, now, "the caller's time, not the clock");
     assert!(clone.get_run(&run.run.id).await.expect("get").is_some());
     let claimed = view
-        .claim("w", now, Duration::from_secs(1), 1)
+        .claim(&ClaimRequest::new("w", Duration::from_secs(1), 1), now)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);

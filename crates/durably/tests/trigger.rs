@@ -2,8 +2,9 @@
 //! input validation, dispositions and their precedence, conflicts, labels, events, registration.
 mod common;
 
-#[allow(unused_imports)]
 use common::Ends;
+#[allow(unused_imports)]
+use durably::store::ClaimRequest;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,10 @@ fn pending_conflict_message(key: &str, job: &str) -> String {
 async fn lease_next(durably: &Durably) -> durably::Run {
     let mut claimed = durably
         .store()
-        .claim("test-worker", Timestamp::now(), Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("test-worker", Duration::from_secs(60), 1),
+            Timestamp::now(),
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1, "one run claimed");

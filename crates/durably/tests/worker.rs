@@ -4,6 +4,7 @@
 //! process-until-idle, purge.shared, coalesce `releaseExpiredLeases`).
 mod common;
 
+use durably::store::ClaimRequest;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -785,7 +786,7 @@ async fn idle_maintenance_releases_expired_leases(backend: Backend) {
     let id = job.trigger(21).await.unwrap().run.id;
     let store = durably.store();
     let claimed = store
-        .claim("crashed", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("crashed", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);
@@ -832,7 +833,7 @@ async fn expired_lease_with_pending_sibling_fails(backend: Backend) {
     let leased = job.trigger_with(1, key()).await.unwrap().run.id;
     let store = durably.store();
     store
-        .claim("crashed", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("crashed", LIMIT, 1), Timestamp::now())
         .await
         .unwrap();
     let pending = job.trigger_with(2, key()).await.unwrap().run.id;
@@ -958,7 +959,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
     let id = job.trigger(json!({})).await.unwrap().run.id;
     let store = a.store();
     let claimed = store
-        .claim("crashed", Timestamp::now(), LIMIT, 1)
+        .claim(&ClaimRequest::new("crashed", LIMIT, 1), Timestamp::now())
         .await
         .unwrap()
         .remove(0);

@@ -62,10 +62,17 @@ impl Engine {
                 let sent = runtime::now();
                 let claimed = self
                     .store
-                    .claim(&worker_id, Timestamp::now(), settings.lease_duration, free)
+                    .claim(
+                        &ClaimRequest {
+                            resume_waiting: self.take_resume_due(),
+                            ..ClaimRequest::new(&worker_id, settings.lease_duration, free)
+                        },
+                        Timestamp::now(),
+                    )
                     .await;
                 match claimed {
                     Ok(runs) if !runs.is_empty() => {
+                        let runs = self.claimed(runs);
                         backoff = Backoff::default();
                         if runs.len() < free {
                             claimable.found_nothing_more();
@@ -119,7 +126,11 @@ impl Engine {
                     claimable.look_again();
                 }
                 Some(hand_off) = intake.recv() => handed.push(hand_off),
-                _ = runtime::sleep_until(next_look) => claimable.look_again()
+                _ = runtime::sleep_until(next_look) => {
+                    // The poll also looks for runs whose wait another process resolved.
+                    self.resume_look_due();
+                    claimable.look_again();
+                }
             }
         }
         // Closed: every hand-off was sent before, and is enqueued here (a stopping worker
@@ -268,7 +279,10 @@ impl Engine {
         let sent = runtime::now();
         let mut claimed = self
             .store
-            .claim(&worker_id, Timestamp::now(), settings.lease_duration, 1)
+            .claim(
+                &ClaimRequest::new(&worker_id, settings.lease_duration, 1),
+                Timestamp::now(),
+            )
             .await?;
         match claimed.pop() {
             Some(run) => {

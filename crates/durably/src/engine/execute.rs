@@ -27,6 +27,7 @@ type JobResult =
 /// A run whose job function returned; its end is not recorded yet.
 pub(super) struct Returned {
     pub(super) run: Run,
+    fence: Fence,
     shared: Arc<StepShared>,
     result: JobResult,
     started: Instant,
@@ -109,7 +110,7 @@ impl Engine {
             Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
             None => {}
         }
-        let fence = shared.ending_fence();
+        let fence = shared.fence.clone();
 
         let Some(job) = self.jobs.get(&run.job_name) else {
             let error = format!("Unknown job: {}", run.job_name);
@@ -176,6 +177,7 @@ impl Engine {
         // this process meanwhile marks it as announced (see `announce_cancel_found`).
         Execution::Returned(Box::new(Returned {
             run,
+            fence,
             shared,
             result,
             started,
@@ -194,6 +196,7 @@ impl Engine {
     ) -> Ended {
         let Returned {
             run,
+            mut fence,
             shared,
             result,
             started,
@@ -201,7 +204,7 @@ impl Engine {
             ..
         } = *returned;
         // The claim's fence, knowing whether this execution prepared a wait.
-        let fence = shared.ending_fence();
+        fence.may_have_waits |= shared.prepared_waits();
         let claim_sent = runtime::now();
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)

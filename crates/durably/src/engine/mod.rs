@@ -179,8 +179,13 @@ impl Engine {
     /// A wait may have been resolved (a signal of this process, the expiry sweep, a notice):
     /// the next claim resumes waiting runs, and an idle worker wakes to make it.
     pub(crate) fn resume_waiting_runs(&self) {
-        lock(&self.resume).due = true;
+        self.resume_look_due();
         self.wake();
+    }
+
+    /// The next claim resumes waiting runs (the poll's, for waits resolved elsewhere).
+    pub(crate) fn resume_look_due(&self) {
+        lock(&self.resume).due = true;
     }
 
     /// Whether the next claim that hands a slot on also resumes waiting runs: when a wait may

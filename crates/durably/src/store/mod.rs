@@ -298,6 +298,19 @@ pub struct ClaimRequest {
     pub resume_waiting: bool,
 }
 
+impl ClaimRequest {
+    /// A claim of up to `max` runs for `worker_id`, leased for `lease`, resuming waiting runs
+    /// whose wait is resolved (as upstream's claim does).
+    pub fn new(worker_id: impl Into<String>, lease: Duration, max: usize) -> Self {
+        ClaimRequest {
+            worker_id: worker_id.into(),
+            lease,
+            max,
+            resume_waiting: true,
+        }
+    }
+}
+
 /// Operators' writes that bypass the lease protocol ([`Store::admin`]): tools that repair a
 /// database by hand, and tests that fabricate states. The engine never calls them.
 #[async_trait]
@@ -350,7 +363,7 @@ pub trait Store: Send + Sync + 'static {
         if next.max == 0 || enqueued.disposition != Disposition::Created {
             return Ok((enqueued, Vec::new()));
         }
-        let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
+        let claimed = match self.claim(next, now).await {
             Ok(runs) => runs,
             Err(error) => {
                 tracing::warn!(%error, "claim after enqueue failed");
@@ -399,13 +412,7 @@ pub trait Store: Send + Sync + 'static {
     /// waiting run also records, at the database's time, when it was first claimed after its
     /// suspension (kept by later reclaims), and gives its resolved wait that time as
     /// `first_resumed_at` unless it has one.
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>>;
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>>;
 
     /// Extends a lease that is still held and unexpired; returns the new expiry, or `None` if
     /// the lease is lost.

@@ -602,14 +602,14 @@ impl Store for MemoryStore {
         Ok(logs)
     }
 
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>> {
-        Ok(self.lock().claim(worker_id, now, lease, max, true))
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+        Ok(self.lock().claim(
+            &request.worker_id,
+            now,
+            request.lease,
+            request.max,
+            request.resume_waiting,
+        ))
     }
 
     async fn renew_lease(

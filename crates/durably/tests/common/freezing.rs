@@ -174,15 +174,9 @@ impl Store for Freezing {
         self.gate().await;
         self.inner.get_logs(run_id).await
     }
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> durably::Result<Vec<Run>> {
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> durably::Result<Vec<Run>> {
         self.gate().await;
-        let claimed = self.inner.claim(worker_id, now, lease, max).await;
+        let claimed = self.inner.claim(request, now).await;
         let hit = self.armed(&Trap::Claimed) && matches!(&claimed, Ok(runs) if !runs.is_empty());
         self.after(hit).await;
         claimed

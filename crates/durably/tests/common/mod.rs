@@ -586,16 +586,10 @@ pub mod instrumented {
         async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
             self.inner.get_logs(run_id).await
         }
-        async fn claim(
-            &self,
-            worker_id: &str,
-            now: Timestamp,
-            lease: Duration,
-            max: usize,
-        ) -> durably::Result<Vec<Run>> {
+        async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> durably::Result<Vec<Run>> {
             self.claims
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let claimed = self.inner.claim(worker_id, now, lease, max).await;
+            let claimed = self.inner.claim(request, now).await;
             if let (Ok(runs), Some(gate)) = (&claimed, &self.open_on_claim)
                 && !runs.is_empty()
             {

@@ -261,16 +261,10 @@ impl Store for Probe {
         self.inner.get_logs(run_id).await
     }
 
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>> {
-        let answer = self.inner.claim(worker_id, now, lease, max).await;
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+        let answer = self.inner.claim(request, now).await;
         if let Ok(runs) = &answer {
-            self.claimed(runs, now, lease);
+            self.claimed(runs, now, request.lease);
         }
         answer
     }

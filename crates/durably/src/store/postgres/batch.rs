@@ -698,6 +698,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::Timestamp;
+    use crate::store::ClaimRequest;
     use crate::store::postgres::batch_sql::{
         NOTE_FREED_KEYS_SQL, Note, PERSIST_SQL, PLANNER_SETTINGS, complete_and_claim_sql,
         complete_sql,
@@ -784,7 +785,7 @@ mod tests {
             .collect();
         store.enqueue_many(runs, now).await.expect("enqueue");
         let leased = store
-            .claim("w", now, Duration::from_secs(60), 1000)
+            .claim(&ClaimRequest::new("w", Duration::from_secs(60), 1000), now)
             .await
             .expect("claim");
         assert_eq!(leased.len(), 1000);
@@ -836,7 +837,7 @@ mod tests {
             }
         }
         // The claim alone (pending runs, expired leases, resolved waiting runs).
-        let claim_alone = plan(&client, "claim_alone", &claim_sql(), &claim).await;
+        let claim_alone = plan(&client, "claim_alone", &claim_sql(true), &claim).await;
         complete_and_claim.push(("claim_alone".to_owned(), claim_alone));
         let lock_keys = plan(&client, "lock_keys", &lock_claim_keys_sql(), "NULL").await;
         let note_freed_keys = plan(

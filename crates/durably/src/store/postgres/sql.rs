@@ -228,8 +228,9 @@ pub(super) fn key_is_free(now: &str, ending: &str) -> String {
 /// Claim, first statement: the oldest `$2` claimable runs (locked, skipping runs other claimers
 /// hold); those without a concurrency key are leased at once. Returns one row per candidate:
 /// `(has_key, candidate id, key, leased run columns or NULLs)`.
-pub(super) fn claim_sql() -> String {
-    claim_sql_when("", true)
+/// With `resume`, it also resumes waiting runs ([`crate::store::ClaimRequest::resume_waiting`]).
+pub(super) fn claim_sql(resume: bool) -> String {
+    claim_sql_when("", resume)
 }
 
 /// [`claim_sql`] that claims only if the run with id `$5` exists: in the transaction of an

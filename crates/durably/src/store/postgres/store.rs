@@ -62,7 +62,7 @@ impl Store for PostgresStore {
             if enqueued.disposition != Disposition::Created {
                 return Ok((enqueued, Vec::new()));
             }
-            let claimed = match self.claim(&next.worker_id, now, next.lease, next.max).await {
+            let claimed = match self.claim(next, now).await {
                 Ok(runs) => runs,
                 Err(error) => {
                     tracing::warn!(%error, "claim after enqueue failed");
@@ -83,7 +83,16 @@ impl Store for PostgresStore {
         // Runs with a concurrency key need the claim's advisory-lock path.
         let room = next.max.saturating_sub(claimed.len());
         if keyed && room > 0 {
-            match self.claim(&next.worker_id, now, next.lease, room).await {
+            match self
+                .claim(
+                    &ClaimRequest {
+                        max: room,
+                        ..next.clone()
+                    },
+                    now,
+                )
+                .await
+            {
                 Ok(runs) => claimed.extend(runs),
                 Err(error) => tracing::warn!(%error, "claim after enqueue failed"),
             }
@@ -234,17 +243,18 @@ impl Store for PostgresStore {
         self.read("get_logs", &sql, &[&run_id], log_from_row).await
     }
 
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>> {
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+        let ClaimRequest {
+            worker_id,
+            lease,
+            max,
+            resume_waiting,
+        } = request;
+        let (worker_id, lease, max) = (worker_id.as_str(), *lease, *max);
         let now_text = now.to_string();
         let expires = (now + lease).to_string();
-        let first_sql = claim_sql();
-        let (lock_sql, keyed_sql) = (lock_claim_keys_sql(), claim_keyed_sql(true));
+        let first_sql = claim_sql(*resume_waiting);
+        let (lock_sql, keyed_sql) = (lock_claim_keys_sql(), claim_keyed_sql(*resume_waiting));
         let mut claimed: Vec<Run> = Vec::new();
         // Claims are not retried on connection failures: a claim whose commit went
         // unacknowledged leaves runs leased to nobody, and they return when the lease expires.
@@ -688,15 +698,13 @@ impl Store for PostgresStore {
             Transition::Wait { wait_id } => {
                 let landed = self.suspend_run(fence, &wait_id, now).await?;
                 let claimed = match claim {
-                    Some((next, now)) if landed => {
-                        match self.claim(&next.worker_id, now, next.lease, next.max).await {
-                            Ok(runs) => runs,
-                            Err(error) => {
-                                tracing::warn!(%error, "claim after suspension failed");
-                                Vec::new()
-                            }
+                    Some((next, now)) if landed => match self.claim(&next, now).await {
+                        Ok(runs) => runs,
+                        Err(error) => {
+                            tracing::warn!(%error, "claim after suspension failed");
+                            Vec::new()
                         }
-                    }
+                    },
                     _ => Vec::new(),
                 };
                 Ok(Finished { landed, claimed })
@@ -720,15 +728,13 @@ impl Store for PostgresStore {
                     .await?;
                 // Failures are rare: their claim is a second statement.
                 let claimed = match claim {
-                    Some((next, now)) => {
-                        match self.claim(&next.worker_id, now, next.lease, next.max).await {
-                            Ok(runs) => runs,
-                            Err(error) => {
-                                tracing::warn!(%error, "claim after failure failed");
-                                Vec::new()
-                            }
+                    Some((next, now)) => match self.claim(&next, now).await {
+                        Ok(runs) => runs,
+                        Err(error) => {
+                            tracing::warn!(%error, "claim after failure failed");
+                            Vec::new()
                         }
-                    }
+                    },
                     None => Vec::new(),
                 };
                 Ok(Finished { landed, claimed })

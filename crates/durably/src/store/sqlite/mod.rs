@@ -898,7 +898,10 @@ mod tests {
         store.enqueue(run, now).await.expect("enqueue");
         assert_eq!(writer_sync_mode(&store).await, 2, "an enqueue is synced");
 
-        let claimed = store.claim("w", now, lease, 1).await.expect("claim");
+        let claimed = store
+            .claim(&ClaimRequest::new("w", lease, 1), now)
+            .await
+            .expect("claim");
         assert_eq!(claimed.len(), 1);
         assert_eq!(writer_sync_mode(&store).await, 1, "a claim alone is not");
         let fence = Fence::of(&claimed[0]);

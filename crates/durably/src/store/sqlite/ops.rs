@@ -400,7 +400,8 @@ pub(super) fn claim(
             .prepare_cached(sql::ANY_RESUMABLE)
             .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
             .map_err(sql_error("claim"))?;
-    let database_now = database_now();
+    // Only a resumed run records when (a timestamp formatted per claimed run otherwise).
+    let database_now = resumable.then(database_now);
     let mut claimed = Vec::new();
     while claimed.len() < max {
         let Some(rowid) = next_claimable(conn, now, expired_leases, resumable)? else {

@@ -99,19 +99,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>> {
-        if max == 0 {
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+        if request.max == 0 {
             return Ok(Vec::new());
         }
-        let worker_id = worker_id.to_owned();
+        let next = request.clone();
         self.write_unsynced("claim", move |conn| {
-            ops::claim(conn, &worker_id, now, lease, max, true)
+            ops::claim(
+                conn,
+                &next.worker_id,
+                now,
+                next.lease,
+                next.max,
+                next.resume_waiting,
+            )
         })
         .await
     }

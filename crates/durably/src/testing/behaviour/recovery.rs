@@ -2,6 +2,7 @@
 //! completed steps; a worker that lost its lease lands nothing; several instances on one store
 //! execute each run once.
 
+use crate::store::ClaimRequest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -170,7 +171,10 @@ pub async fn an_expired_lease_resumes_from_the_stored_steps(store: Arc<dyn Store
     let id = job.trigger(json!({})).await.expect("trigger").run.id;
     let now = Timestamp::now();
     let mut claimed = store
-        .claim("lost-worker", now, Duration::from_secs(60), 1)
+        .claim(
+            &ClaimRequest::new("lost-worker", Duration::from_secs(60), 1),
+            now,
+        )
         .await
         .expect("claim");
     let lost = claimed.pop().expect("the run is claimable");

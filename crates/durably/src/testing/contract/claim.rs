@@ -7,7 +7,7 @@ pub async fn claim_leases_the_oldest_runs(store: Arc<dyn Store>) {
     let t0 = Timestamp::now();
     assert!(
         store
-            .claim("w", t0, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), t0)
             .await
             .expect("claim")
             .is_empty()
@@ -20,7 +20,10 @@ pub async fn claim_leases_the_oldest_runs(store: Arc<dyn Store>) {
     }
     ids.sort();
     let now = t0 + ms(1_000);
-    let claimed = store.claim("worker-a", now, LEASE, 3).await.expect("claim");
+    let claimed = store
+        .claim(&ClaimRequest::new("worker-a", LEASE, 3), now)
+        .await
+        .expect("claim");
     let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
     let oldest: Vec<&str> = ids[..3].iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(claimed_ids, oldest, "the three oldest, oldest first");
@@ -35,20 +38,20 @@ pub async fn claim_leases_the_oldest_runs(store: Arc<dyn Store>) {
         assert_eq!(&get(&store, &run.id).await, run, "stored as returned");
     }
     let rest = store
-        .claim("worker-b", now, LEASE, 10)
+        .claim(&ClaimRequest::new("worker-b", LEASE, 10), now)
         .await
         .expect("claim");
     assert_eq!(rest.len(), 2);
     assert!(
         store
-            .claim("worker-c", now, LEASE, 10)
+            .claim(&ClaimRequest::new("worker-c", LEASE, 10), now)
             .await
             .expect("claim")
             .is_empty()
     );
     assert!(
         store
-            .claim("worker-c", now, LEASE, 0)
+            .claim(&ClaimRequest::new("worker-c", LEASE, 0), now)
             .await
             .expect("claim")
             .is_empty()
@@ -105,7 +108,10 @@ pub async fn a_key_held_by_an_unexpired_lease_is_skipped(store: Arc<dyn Store>) 
     let c = enqueue(&store, new_run("job-c", json!({})), t0 + ms(2)).await;
     let now = t0 + ms(10);
     // One claim call never leases two runs with the same key, even across job names.
-    let claimed = store.claim("w1", now, LEASE, 3).await.expect("claim");
+    let claimed = store
+        .claim(&ClaimRequest::new("w1", LEASE, 3), now)
+        .await
+        .expect("claim");
     let claimed_ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(claimed_ids, [a.id.as_str(), c.id.as_str()]);
     assert!(
@@ -258,7 +264,10 @@ pub async fn concurrent_claims_have_exactly_one_winner(store: Arc<dyn Store>) {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .claim(&format!("worker-{w}"), Timestamp::now(), LEASE, 1)
+                        .claim(
+                            &ClaimRequest::new(format!("worker-{w}"), LEASE, 1),
+                            Timestamp::now(),
+                        )
                         .await
                 })
             })
@@ -293,7 +302,10 @@ pub async fn concurrent_claims_respect_concurrency_keys(store: Arc<dyn Store>) {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .claim(&format!("worker-{w}"), Timestamp::now(), LEASE, 1)
+                        .claim(
+                            &ClaimRequest::new(format!("worker-{w}"), LEASE, 1),
+                            Timestamp::now(),
+                        )
                         .await
                 })
             })

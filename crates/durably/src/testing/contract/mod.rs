@@ -79,7 +79,10 @@ async fn claim(
     now: Timestamp,
     lease: Duration,
 ) -> Option<crate::Run> {
-    let mut claimed = store.claim(worker, now, lease, 1).await.expect("claim");
+    let mut claimed = store
+        .claim(&ClaimRequest::new(worker, lease, 1), now)
+        .await
+        .expect("claim");
     assert!(claimed.len() <= 1);
     claimed.pop()
 }

@@ -16,7 +16,7 @@ pub async fn cancel_run_only_cancels_active_runs(store: Arc<dyn Store>) {
     assert_eq!(row.lease_expires_at, None);
     assert!(
         store
-            .claim("w", at, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), at)
             .await
             .expect("claim")
             .is_empty()
@@ -150,7 +150,7 @@ pub async fn release_expired_leases_resets_or_fails(store: Arc<dyn Store>) {
     let fresh = enqueue(&store, new_run("job", json!({})), t0 + ms(3)).await;
     let short = ms(100);
     let claimed = store
-        .claim("w", t0 + ms(10), short, 3)
+        .claim(&ClaimRequest::new("w", short, 3), t0 + ms(10))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 3);

@@ -18,7 +18,10 @@ async fn let_deadline_pass() {
 async fn leased(store: &Arc<dyn Store>, run: NewRun) -> (crate::Run, Fence) {
     let now = Timestamp::now();
     let created = enqueue(store, run, now).await;
-    let mut claimed = store.claim("w", now, LEASE, 1).await.expect("claim");
+    let mut claimed = store
+        .claim(&ClaimRequest::new("w", LEASE, 1), now)
+        .await
+        .expect("claim");
     let run = claimed.pop().expect("claimed");
     assert_eq!(run.id, created.id);
     // It prepares waits: ending it closes them.
@@ -387,14 +390,17 @@ pub async fn a_suspended_run_holds_no_lease_and_resumes_once_resolved(store: Arc
     let now = Timestamp::now();
     assert!(
         store
-            .claim("w", now, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), now)
             .await
             .expect("claim")
             .is_empty()
     );
     let other = enqueue(&store, keyed("job", "k"), now).await;
     let (other_run, other_fence) = {
-        let mut claimed = store.claim("w", now, LEASE, 5).await.expect("claim");
+        let mut claimed = store
+            .claim(&ClaimRequest::new("w", LEASE, 5), now)
+            .await
+            .expect("claim");
         assert_eq!(claimed.len(), 1);
         let run = claimed.pop().expect("claimed");
         assert_eq!(run.id, other.id);
@@ -409,7 +415,7 @@ pub async fn a_suspended_run_holds_no_lease_and_resumes_once_resolved(store: Arc
     let now = Timestamp::now();
     assert!(
         store
-            .claim("w", now, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), now)
             .await
             .expect("claim")
             .is_empty()
@@ -424,7 +430,10 @@ pub async fn a_suspended_run_holds_no_lease_and_resumes_once_resolved(store: Arc
     assert_eq!(other_run.status, RunStatus::Leased);
 
     // Key free: resumed under a new generation.
-    let mut resumed = store.claim("w2", now, LEASE, 5).await.expect("claim");
+    let mut resumed = store
+        .claim(&ClaimRequest::new("w2", LEASE, 5), now)
+        .await
+        .expect("claim");
     assert_eq!(resumed.len(), 1);
     let resumed = resumed.pop().expect("claimed");
     assert_eq!(resumed.id, run.id);
@@ -444,7 +453,10 @@ pub async fn a_suspended_run_holds_no_lease_and_resumes_once_resolved(store: Arc
 
     // A reclaim after its lease expired keeps the first resume.
     let later = Timestamp::now() + LEASE + ms(1);
-    let reclaimed = store.claim("w3", later, LEASE, 5).await.expect("claim");
+    let reclaimed = store
+        .claim(&ClaimRequest::new("w3", LEASE, 5), later)
+        .await
+        .expect("claim");
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].lease_generation, run.lease_generation + 2);
     assert_eq!(
@@ -547,7 +559,7 @@ pub async fn expire_due_waits_times_out_overdue_waits(store: Arc<dyn Store>) {
         WaitStatus::Pending
     );
     let mut claimed: Vec<String> = store
-        .claim("w", Timestamp::now(), LEASE, 5)
+        .claim(&ClaimRequest::new("w", LEASE, 5), Timestamp::now())
         .await
         .expect("claim")
         .into_iter()
@@ -591,7 +603,7 @@ pub async fn cancel_complete_and_fail_end_pending_waits(store: Arc<dyn Store>) {
     // A cancelled run is not claimable, whatever its waits.
     assert!(
         store
-            .claim("w", Timestamp::now(), LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), Timestamp::now())
             .await
             .expect("claim")
             .is_empty()
@@ -663,7 +675,10 @@ pub async fn runs_with_waits_skip_lease_release_and_lose_their_waits_with_them(
         .expect("release");
     assert!(released.is_empty(), "{released:?}");
     assert_eq!(get(&store, &run.id).await.status, RunStatus::Leased);
-    let reclaimed = store.claim("w2", expired, LEASE, 1).await.expect("claim");
+    let reclaimed = store
+        .claim(&ClaimRequest::new("w2", LEASE, 1), expired)
+        .await
+        .expect("claim");
     assert_eq!(reclaimed.len(), 1);
     let fence = Fence::of(&reclaimed[0]);
     assert!(

@@ -151,7 +151,10 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
     let t0 = Timestamp::now();
     let keep = enqueue(&store, new_run("job", json!({})), t0).await;
     let drop = enqueue(&store, new_run("job", json!({})), t0 + ms(1)).await;
-    let claimed = store.claim("w", t0 + ms(2), LEASE, 2).await.expect("claim");
+    let claimed = store
+        .claim(&ClaimRequest::new("w", LEASE, 2), t0 + ms(2))
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 2);
     let at = t0 + ms(10);
     for run in &claimed {
@@ -224,7 +227,7 @@ pub async fn complete_run_is_fenced(store: Arc<dyn Store>) {
     assert_eq!(get(&store, &drop.id).await.output, None);
     assert!(
         store
-            .claim("w", at + LEASE * 2, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), at + LEASE * 2)
             .await
             .expect("claim")
             .is_empty()
@@ -418,7 +421,7 @@ pub async fn fail_run_is_fenced(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .claim("w", at + LEASE * 2, LEASE, 5)
+            .claim(&ClaimRequest::new("w", LEASE, 5), at + LEASE * 2)
             .await
             .expect("claim")
             .is_empty()

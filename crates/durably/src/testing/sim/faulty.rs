@@ -414,14 +414,8 @@ impl Store for FaultyStore {
         self.call("get_logs", self.inner.get_logs(run_id)).await
     }
 
-    async fn claim(
-        &self,
-        worker_id: &str,
-        now: Timestamp,
-        lease: Duration,
-        max: usize,
-    ) -> Result<Vec<Run>> {
-        let call = self.inner.claim(worker_id, now, lease, max);
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+        let call = self.inner.claim(request, now);
         self.call("claim", call).await
     }
 
