@@ -49,7 +49,7 @@ enum Command {
     /// answer 501 Not Implemented with
     /// `{"error": "durably serve has no job definitions: trigger runs from the application that
     /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, delete,
-    /// subscribe, runs/subscribe, jobs (an empty list), openapi.json.
+    /// subscribe, runs/subscribe, waits, wait, signal, jobs (an empty list), openapi.json.
     ///
     /// The live event streams (subscribe, runs/subscribe) carry what workers in other
     /// processes write: serve reads the database every --poll-ms (default 300 ms) and emits
