@@ -8,17 +8,17 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `watch`: the run was cancelled.
 pub const CANCELLED: u8 = 3;
-/// The run named on the command line does not exist (or was deleted while watching).
+/// The run (or wait) named on the command line does not exist (or was deleted while watching).
 pub const NOT_FOUND: u8 = 4;
 
 /// The exit-code table shown at the end of `durably --help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (watch: the run completed)
-  1  error: database unreachable, operation refused by the run's state (watch: the run failed)
+  1  error: database unreachable, operation refused by the run's or wait's state (watch: the run failed)
   2  bad arguments (unknown --status, malformed --label or --older-than, …)
   3  watch: the run was cancelled
-  4  no such run";
+  4  no such run (signal: no such wait)";
 
 /// An error message plus the exit code it ends the command with.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use clap::{Parser, Subcommand};
 /// durably — steps that survive crashes.
 ///
 /// Every command that takes `--db` accepts a SQLite file path or a PostgreSQL URL
-/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, cancel, delete,
-/// purge, watch) need a database that holds the durably schema (`durably migrate` creates it)
+/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, waits, signal,
+/// cancel, delete, purge, watch) need a database that holds the durably schema (`durably migrate` creates it)
 /// and start no worker.
 #[derive(Parser, Debug)]
 #[command(name = "durably", version, about, after_help = exit::EXIT_CODES_HELP)]
@@ -49,7 +49,7 @@ enum Command {
     /// answer 501 Not Implemented with
     /// `{"error": "durably serve has no job definitions: trigger runs from the application that
     /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, delete,
-    /// subscribe, runs/subscribe, jobs (an empty list), openapi.json.
+    /// subscribe, runs/subscribe, waits, wait, signal, jobs (an empty list), openapi.json.
     ///
     /// The live event streams (subscribe, runs/subscribe) carry what workers in other
     /// processes write: serve reads the database every --poll-ms (default 300 ms) and emits
@@ -71,6 +71,23 @@ enum Command {
     ///
     /// An unknown id exits with 4.
     Run(ops::RunArgs),
+    /// List a run's durable waits, oldest first, as a table (or JSON with --json).
+    ///
+    /// Columns: name, status (pending, resolved, cancelled, closed), outcome (signal or
+    /// timeout), deadline (UTC), the accepted signal's id, and the wait id that `durably
+    /// signal` takes. An unknown run id exits with 4.
+    Waits(ops::WaitsArgs),
+    /// Signal a durable wait: resolve it with a payload, so that a worker resumes its run.
+    ///
+    /// Prints the disposition: `accepted`, or `duplicate` when the same signal (same
+    /// --signal-id and payload) had already resolved it (exit 0 for both). A wait whose
+    /// deadline passed, or that no longer accepts a signal (resolved by another one, cancelled,
+    /// closed, its run ended), exits with 1; an unknown wait id with 4; a --payload that is not
+    /// JSON or a blank --signal-id with 2.
+    #[command(
+        after_help = "Example:\n  durably signal 01J9… --db app.db --signal-id approval-42 --payload '{\"approved\": true}'"
+    )]
+    Signal(ops::SignalArgs),
     /// Cancel a pending or leased run.
     ///
     /// A pending run never starts; a leased run's worker (in any process) notices at its next
@@ -146,6 +163,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Runs(args) => ops::runs(args).await,
             Command::Run(args) => ops::run(args).await,
+            Command::Waits(args) => ops::waits(args).await,
+            Command::Signal(args) => ops::signal(args).await,
             Command::Cancel(args) => ops::cancel(args).await,
             Command::Retrigger(args) => ops::retrigger(args).await,
             Command::Delete(args) => ops::delete(args).await,

@@ -1,13 +1,13 @@
-//! The operator commands that work on runs: `runs`, `run`, `cancel`, `delete`, `purge` and
-//! `watch`. They open the database named by `--db` without starting a worker.
+//! The operator commands that work on runs: `runs`, `run`, `cancel`, `delete`, `purge`,
+//! `watch`, and on their durable waits: `waits`, `signal`. They open the database named by `--db` without starting a worker.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use durably::{
-    AttemptStatus, Durably, InterruptionReason, Log, Progress, Run, RunFilter, RunStatus, Step,
-    StepAttempt, StepStatus, Timestamp,
+    AttemptStatus, DurableWait, Durably, InterruptionReason, Log, Progress, Run, RunFilter,
+    RunStatus, SignalDisposition, Step, StepAttempt, StepStatus, Timestamp, WaitOutcome,
 };
 use serde_json::{Value, json};
 
@@ -44,7 +44,40 @@ pub struct RunArgs {
     id: String,
     #[command(flatten)]
     db: DbArgs,
-    /// Print `{"run": …, "steps": […], "logs": […]}` as JSON instead of text.
+    /// Print `{"run": …, "steps": […], "attempts": […], "waits": […], "logs": […]}` as JSON
+    /// instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `durably waits`.
+#[derive(clap::Args, Debug)]
+pub struct WaitsArgs {
+    /// The run's id.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Print the waits as one JSON array (the HTTP API's `DurableWait`, camelCase) instead of a
+    /// table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `durably signal`.
+#[derive(clap::Args, Debug)]
+pub struct SignalArgs {
+    /// The wait's id (`durably waits RUN_ID` lists them).
+    wait_id: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The signal's payload: any JSON value (`null`, `true`, `'{"approved": true}'`, …).
+    #[arg(long, value_name = "JSON", value_parser = parse_json)]
+    payload: Value,
+    /// The signal's idempotency id: the same id with the same payload again is a duplicate
+    /// (exit 0), with another payload a conflict (exit 1).
+    #[arg(long, value_name = "ID")]
+    signal_id: String,
+    /// Print `{"wait": …, "disposition": "accepted" | "duplicate"}` as JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -104,6 +137,10 @@ pub struct WatchArgs {
     /// How often to read the run from the database, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
     interval_ms: u64,
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON ({e}); quote strings: '\"text\"'"))
 }
 
 fn parse_status(text: &str) -> Result<RunStatus, String> {
@@ -195,6 +232,11 @@ fn age_or_duration(run: &Run, now: Timestamp) -> String {
             let since = run.started_at.unwrap_or(run.created_at);
             format!("running {}", human_duration(now.millis_since(since)))
         }
+        // Suspended on a durable wait since its last write (the suspension).
+        RunStatus::Waiting => format!(
+            "suspended {}",
+            human_duration(now.millis_since(run.updated_at))
+        ),
         _ => {
             let since = run.started_at.unwrap_or(run.created_at);
             let until = run.completed_at.unwrap_or(run.updated_at);
@@ -327,16 +369,23 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         .get_step_attempts(&run.id)
         .await
         .map_err(|e| database_error(&args.db, e))?;
+    let waits = durably
+        .get_waits(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
     if args.json {
         println!(
             "{}",
-            to_json(&json!({ "run": run, "steps": steps, "attempts": attempts, "logs": logs }))?
+            to_json(
+                &json!({ "run": run, "steps": steps, "attempts": attempts, "waits": waits, "logs": logs })
+            )?
         );
         return Ok(OK);
     }
     let shown = Shown {
         steps: &steps,
         attempts: &attempts,
+        waits: &waits,
         logs: &logs,
     };
     print!("{}", describe_run(&run, &shown, Timestamp::now()));
@@ -347,6 +396,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
 struct Shown<'a> {
     steps: &'a [Step],
     attempts: &'a [StepAttempt],
+    waits: &'a [DurableWait],
     logs: &'a [Log],
 }
 
@@ -421,6 +471,12 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
     for attempt in shown.attempts {
         out.push_str(&format!("  {}\n", attempt_line(attempt)));
     }
+    if !shown.waits.is_empty() {
+        out.push_str(&format!("waits ({})\n", shown.waits.len()));
+        for wait in shown.waits {
+            out.push_str(&format!("  {}\n", wait_line(wait)));
+        }
+    }
     out.push_str(&format!("logs ({})\n", logs.len()));
     if logs.is_empty() {
         out.push_str("  (none)\n");
@@ -444,6 +500,35 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
         ));
     }
     out
+}
+
+/// How a wait stands: `pending`, `resolved by signal`, `resolved by timeout`, `cancelled`, …
+fn wait_state(wait: &DurableWait) -> String {
+    match wait.outcome {
+        Some(outcome) => format!("{} by {}", wait.status.as_str(), outcome.as_str()),
+        None => wait.status.as_str().to_owned(),
+    }
+}
+
+/// One wait in `durably run`: its name, state, deadline, signal and id.
+fn wait_line(wait: &DurableWait) -> String {
+    let deadline = wait
+        .deadline_at
+        .map(|at| format!(", deadline {}", human_time(at)))
+        .unwrap_or_default();
+    let signal = match (&wait.outcome, &wait.signal_id) {
+        (Some(WaitOutcome::Signal), Some(id)) => {
+            let payload = wait.payload.as_ref().unwrap_or(&Value::Null);
+            format!(", signal {id} → {}", truncate(&compact(payload), 60))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} {}{deadline}{signal} (wait {})",
+        wait.name,
+        wait_state(wait),
+        wait.id
+    )
 }
 
 /// One attempt: its step, when it started, how it ended (or why it never did), its lease.
@@ -495,6 +580,89 @@ fn step_line(step: &Step) -> String {
         StepStatus::Cancelled => format!("⊘ {}{took} (cancelled)", step.name),
         other => format!("· {}{took} ({})", step.name, other.as_str()),
     }
+}
+
+/// `durably waits RUN_ID`.
+pub async fn waits(args: WaitsArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = require_run(&durably, &args.db, &args.id).await?;
+    let waits = durably
+        .get_waits(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    if args.json {
+        println!("{}", to_json(&waits)?);
+        return Ok(OK);
+    }
+    if waits.is_empty() {
+        println!("run {} ({}) has no waits", run.id, run.status);
+        return Ok(OK);
+    }
+    let header = ["NAME", "STATUS", "OUTCOME", "DEADLINE", "SIGNAL ID", "ID"];
+    let rows: Vec<Vec<String>> = waits
+        .iter()
+        .map(|wait| {
+            vec![
+                truncate(&wait.name, 30),
+                wait.status.as_str().to_owned(),
+                wait.outcome
+                    .map_or_else(|| "-".to_owned(), |o| o.as_str().to_owned()),
+                wait.deadline_at.map_or_else(|| "-".to_owned(), human_time),
+                wait.signal_id
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |id| truncate(id, 30)),
+                wait.id.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&header, &rows));
+    Ok(OK)
+}
+
+/// `durably signal WAIT_ID --payload JSON --signal-id ID`.
+pub async fn signal(args: SignalArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let refused =
+        |why: String| CliError::new(format!("cannot signal wait {}: {why}", args.wait_id));
+    let signalled = durably
+        .signal(&args.wait_id, args.payload.clone(), &args.signal_id)
+        .await
+        .map_err(|e| match e {
+            durably::Error::NotFound(_) => CliError::new(format!(
+                "no such wait: {} (list a run's waits with `durably waits RUN_ID {}`)",
+                args.wait_id,
+                args.db.flag()
+            ))
+            .with_code(NOT_FOUND),
+            durably::Error::Validation(message) => CliError::usage(message),
+            durably::Error::WaitExpired { .. } => refused(
+                "its deadline passed before the signal; the run continues as timed out".into(),
+            ),
+            durably::Error::Conflict(_) => refused(
+                "it no longer accepts signals (resolved by another signal or payload, cancelled,                  closed, or its run ended); `durably waits RUN_ID` shows how it stands"
+                    .into(),
+            ),
+            other => database_error(&args.db, other),
+        })?;
+    if args.json {
+        println!(
+            "{}",
+            to_json(&json!({ "wait": signalled.wait, "disposition": signalled.disposition }))?
+        );
+        return Ok(OK);
+    }
+    let wait = &signalled.wait;
+    match signalled.disposition {
+        SignalDisposition::Duplicate => println!(
+            "duplicate: signal {} had already resolved wait {} ({}) of run {}; nothing changed",
+            args.signal_id, wait.id, wait.name, wait.run_id
+        ),
+        _ => println!(
+            "accepted: signal {} resolved wait {} ({}) of run {}; a worker resumes the run",
+            args.signal_id, wait.id, wait.name, wait.run_id
+        ),
+    }
+    Ok(OK)
 }
 
 /// `durably cancel ID`.

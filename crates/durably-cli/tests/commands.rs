@@ -933,3 +933,190 @@ async fn runs_works_on_postgres() {
     drop(durably);
     drop(schema);
 }
+
+/// Registers `approval` (one wait named `approval`, with `timeoutMs` from the input), triggers
+/// it and processes it until it is suspended; returns the run id and the wait id.
+async fn waiting_approval(fx: &Fixture, input: Value) -> (String, String) {
+    if fx.durably.get_job("approval").is_none() {
+        fx.durably
+            .register(Job::new(
+                "approval",
+                |step: StepContext, input: Value| async move {
+                    let mut wait = durably::NewWait::new("approval");
+                    if let Some(ms) = input["timeoutMs"].as_u64() {
+                        wait = wait.timeout_ms(ms);
+                    }
+                    let wait = step.prepare_wait(wait).await?;
+                    Ok::<_, durably::Error>(match step.wait_for(&wait).await? {
+                        durably::WaitResult::Signal { payload } => json!({ "signal": payload }),
+                        _ => json!({ "timedOut": true }),
+                    })
+                },
+            ))
+            .expect("register approval");
+    }
+    let id = fx
+        .durably
+        .trigger_json("approval", input, TriggerOptions::new())
+        .await
+        .expect("trigger")
+        .run
+        .id;
+    fx.process().await;
+    assert_eq!(fx.status(&id).await, Some(RunStatus::Waiting));
+    let waits = fx.durably.get_waits(&id).await.expect("waits");
+    (id, waits[0].id.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_lists_and_signal_resolves_a_runs_waits() {
+    let fx = Fixture::new().await;
+    let (id, wait) = waiting_approval(&fx, json!({})).await;
+
+    let text = expect_code(&durably_cli(&["waits", &id, "--db", fx.db()]), 0);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for column in ["NAME", "STATUS", "OUTCOME", "DEADLINE", "SIGNAL ID", "ID"] {
+        assert!(lines[0].contains(column), "{text}");
+    }
+    assert!(lines[1].starts_with("approval  pending"), "{text}");
+    assert!(lines[1].ends_with(&wait), "{text}");
+    let json = json_of(&expect_code(
+        &durably_cli(&["waits", &id, "--db", fx.db(), "--json"]),
+        0,
+    ));
+    assert_eq!(json[0]["id"], wait.as_str());
+    assert_eq!(json[0]["status"], "pending");
+    let text = expect_code(&durably_cli(&["run", &id, "--db", fx.db()]), 0);
+    assert!(text.contains("waits (1)"), "{text}");
+    assert!(text.contains("suspended"), "{text}");
+    assert!(
+        text.contains(&format!("approval pending (wait {wait})")),
+        "{text}"
+    );
+
+    let signal = |payload: &str, signal_id: &str, json: bool| {
+        let mut args = vec![
+            "signal",
+            &wait,
+            "--db",
+            fx.db(),
+            "--payload",
+            payload,
+            "--signal-id",
+            signal_id,
+        ];
+        if json {
+            args.push("--json");
+        }
+        durably_cli(&args)
+    };
+    let text = expect_code(&signal(r#"{"approved": true}"#, "sig-1", false), 0);
+    assert!(
+        text.starts_with("accepted: signal sig-1 resolved wait"),
+        "{text}"
+    );
+    let json = json_of(&expect_code(
+        &signal(r#"{"approved":true}"#, "sig-1", true),
+        0,
+    ));
+    assert_eq!(json["disposition"], "duplicate");
+    assert_eq!(json["wait"]["payload"], json!({"approved": true}));
+    let text = expect_code(&signal(r#"{"approved": true}"#, "sig-1", false), 0);
+    assert!(text.starts_with("duplicate:"), "{text}");
+
+    // Another signal: refused by the wait's state (1).
+    let output = signal("false", "sig-2", false);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!(
+            "cannot signal wait {wait}: it no longer accepts signals"
+        )),
+        "{}",
+        stderr(&output)
+    );
+
+    // The run resumes and completes with the payload.
+    fx.process().await;
+    let run = fx.run(&id).await;
+    assert_eq!(run.output, Some(json!({"signal": {"approved": true}})));
+    let text = expect_code(&durably_cli(&["waits", &id, "--db", fx.db()]), 0);
+    assert!(text.contains("resolved  signal"), "{text}");
+    assert!(text.contains("sig-1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signal_errors_have_clear_messages_and_exit_codes() {
+    let fx = Fixture::new().await;
+    let (id, wait) = waiting_approval(&fx, json!({"timeoutMs": 50})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let output = durably_cli(&[
+        "signal",
+        &wait,
+        "--db",
+        fx.db(),
+        "--payload",
+        "1",
+        "--signal-id",
+        "late",
+    ]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!("cannot signal wait {wait}: its deadline passed")),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = durably_cli(&[
+        "signal",
+        "01NOSUCHWAIT",
+        "--db",
+        fx.db(),
+        "--payload",
+        "1",
+        "--signal-id",
+        "s",
+    ]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains(
+            "no such wait: 01NOSUCHWAIT (list a run's waits with `durably waits RUN_ID --db"
+        ),
+        "{}",
+        stderr(&output)
+    );
+
+    // Bad arguments: 2.
+    for (payload, signal_id) in [("{not json", "s"), ("1", " ")] {
+        let output = durably_cli(&[
+            "signal",
+            &wait,
+            "--db",
+            fx.db(),
+            "--payload",
+            payload,
+            "--signal-id",
+            signal_id,
+        ]);
+        expect_code(&output, 2);
+    }
+    let output = durably_cli(&["signal", &wait, "--db", fx.db(), "--signal-id", "s"]);
+    expect_code(&output, 2);
+
+    // `waits` of an unknown run: 4; of a run without waits: a sentence.
+    let output = durably_cli(&["waits", "01NOSUCHRUN", "--db", fx.db()]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains("no such run: 01NOSUCHRUN"),
+        "{}",
+        stderr(&output)
+    );
+    let plain = fx.trigger("work", json!({}), &[]).await;
+    let text = expect_code(&durably_cli(&["waits", &plain, "--db", fx.db()]), 0);
+    assert!(text.contains("has no waits"), "{text}");
+
+    // The timed-out run finishes as timed out.
+    fx.process().await;
+    assert_eq!(fx.run(&id).await.output, Some(json!({"timedOut": true})));
+}

@@ -157,6 +157,10 @@ async fn dashboard_page_and_assets_are_served() {
     assert!(page.contains(r#"href="/dashboard.css""#), "{page}");
     assert!(page.contains(r#"src="/dashboard.js""#), "{page}");
     assert!(!page.contains("{{"), "every placeholder is filled: {page}");
+    assert!(
+        page.contains(r#"id="detail-waits""#),
+        "the run page lists waits"
+    );
 
     let (status, content_type, css) = get(&app, "/dashboard.css").await;
     assert_eq!(status, StatusCode::OK);
@@ -176,6 +180,9 @@ async fn dashboard_page_and_assets_are_served() {
         "/jobs",
         "/trigger",
         "/cancel?runId=",
+        "/attempts?runId=",
+        "/waits?runId=",
+        "/signal?runId=",
     ] {
         assert!(js.contains(route), "the page uses {route}");
     }

@@ -1,6 +1,7 @@
 //! Auth hooks (upstream `AuthConfig`): authenticate every request, then check triggers, run
 //! access and list scopes. Any hook may reject with any status.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,6 +12,13 @@ use axum::response::Response;
 use serde_json::Value;
 
 use crate::run::{Labels, Run, RunFilter};
+use crate::waits::DurableWait;
+
+tokio::task_local! {
+    /// Set by the default [`Auth::on_run_access`] while a request's guard asks it: tells the
+    /// wait routes that the configured auth has no run-access hook of its own.
+    static DEFAULT_RUN_ACCESS: Cell<bool>;
+}
 
 /// A hook's refusal: the HTTP response sent instead of performing the request (upstream: a
 /// thrown `Response`). It keeps its status on every route, streams included.
@@ -85,10 +93,15 @@ pub enum RunOperation {
     Cancel,
     /// `DELETE /run`.
     Delete,
+    /// `GET /waits`, `GET /wait` (upstream v4).
+    Waits,
+    /// `POST /signal` (upstream v4).
+    Signal,
 }
 
 impl RunOperation {
-    /// Upstream's string: `read`, `subscribe`, `steps`, `retrigger`, `cancel`, `delete`.
+    /// Upstream's string: `read`, `subscribe`, `steps`, `retrigger`, `cancel`, `delete`,
+    /// `waits`, `signal`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunOperation::Read => "read",
@@ -97,7 +110,14 @@ impl RunOperation {
             RunOperation::Retrigger => "retrigger",
             RunOperation::Cancel => "cancel",
             RunOperation::Delete => "delete",
+            RunOperation::Waits => "waits",
+            RunOperation::Signal => "signal",
         }
+    }
+
+    /// The wait operations, which need an [`Auth::on_run_access`] of the auth's own.
+    fn needs_run_access_hook(self) -> bool {
+        matches!(self, RunOperation::Waits | RunOperation::Signal)
     }
 }
 
@@ -116,7 +136,9 @@ pub struct RunsSubscribeFilter {
 /// | route | hook |
 /// |---|---|
 /// | `POST /trigger` | [`on_trigger`](Auth::on_trigger) (after the `jobName` check and job lookup) |
-/// | `GET /run`, `GET /steps`, `GET /subscribe`, `POST /retrigger`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
+/// | `GET /run`, `GET /steps`, `GET /attempts`, `GET /logs`, `GET /subscribe`, `POST /retrigger`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
+/// | `GET /waits`, `GET /wait`, `POST /signal` | [`on_run_access`](Auth::on_run_access) with [`RunOperation::Waits`] or [`RunOperation::Signal`], which must be implemented (see there) |
+/// | `POST /signal` | then [`on_signal`](Auth::on_signal) (after the wait was found and the body checked) |
 /// | `GET /runs` | [`scope_runs`](Auth::scope_runs) (its result is the filter used) |
 /// | `GET /runs/subscribe` | [`scope_runs_subscribe`](Auth::scope_runs_subscribe) (defaults to `scope_runs`) |
 ///
@@ -164,11 +186,31 @@ pub trait Auth: Send + Sync + 'static {
     }
 
     /// Checks access to one run.
+    ///
+    /// The default allows every operation but the wait routes' ([`RunOperation::Waits`],
+    /// [`RunOperation::Signal`]): as upstream, those answer `400 {"error": "Wait access
+    /// requires onRunAccess"}` when auth is configured without a run-access hook of its own, so
+    /// that signalling a run is never open by omission.
     async fn on_run_access(
         &self,
         _context: &Self::Context,
         _run: &Run,
         _operation: RunOperation,
+    ) -> Result<(), Rejection> {
+        let _ = DEFAULT_RUN_ACCESS.try_with(|ran| ran.set(true));
+        Ok(())
+    }
+
+    /// Checks a `POST /signal` (upstream `onSignal`), after [`on_run_access`](Auth::on_run_access)
+    /// allowed [`RunOperation::Signal`], the wait was found in the run and the body was checked;
+    /// `payload` is the signal's payload (`null` included). Allows by default.
+    async fn on_signal(
+        &self,
+        _context: &Self::Context,
+        _run: &Run,
+        _wait: &DurableWait,
+        _signal_id: &str,
+        _payload: &Value,
     ) -> Result<(), Rejection> {
         Ok(())
     }
@@ -211,6 +253,13 @@ pub trait Auth: Send + Sync + 'static {
 pub(crate) trait Guard: Send + Sync {
     async fn on_trigger(&self, body: &Value) -> Result<(), Rejection>;
     async fn on_run_access(&self, run: &Run, operation: RunOperation) -> Result<(), Rejection>;
+    async fn on_signal(
+        &self,
+        run: &Run,
+        wait: &DurableWait,
+        signal_id: &str,
+        payload: &Value,
+    ) -> Result<(), Rejection>;
     async fn scope_runs(&self, filter: RunFilter) -> Result<RunFilter, Rejection>;
     async fn scope_runs_subscribe(
         &self,
@@ -248,7 +297,30 @@ impl<A: Auth> Guard for Session<A> {
         self.auth.on_trigger(&self.context, body).await
     }
     async fn on_run_access(&self, run: &Run, operation: RunOperation) -> Result<(), Rejection> {
-        self.auth.on_run_access(&self.context, run, operation).await
+        let (result, defaulted) = DEFAULT_RUN_ACCESS
+            .scope(Cell::new(false), async {
+                let result = self.auth.on_run_access(&self.context, run, operation).await;
+                (result, DEFAULT_RUN_ACCESS.with(Cell::get))
+            })
+            .await;
+        if defaulted && operation.needs_run_access_hook() {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "Wait access requires onRunAccess",
+            ));
+        }
+        result
+    }
+    async fn on_signal(
+        &self,
+        run: &Run,
+        wait: &DurableWait,
+        signal_id: &str,
+        payload: &Value,
+    ) -> Result<(), Rejection> {
+        self.auth
+            .on_signal(&self.context, run, wait, signal_id, payload)
+            .await
     }
     async fn scope_runs(&self, filter: RunFilter) -> Result<RunFilter, Rejection> {
         self.auth.scope_runs(&self.context, filter).await
@@ -270,6 +342,15 @@ impl Guard for Open {
         Ok(())
     }
     async fn on_run_access(&self, _run: &Run, _operation: RunOperation) -> Result<(), Rejection> {
+        Ok(())
+    }
+    async fn on_signal(
+        &self,
+        _run: &Run,
+        _wait: &DurableWait,
+        _signal_id: &str,
+        _payload: &Value,
+    ) -> Result<(), Rejection> {
         Ok(())
     }
     async fn scope_runs(&self, filter: RunFilter) -> Result<RunFilter, Rejection> {

@@ -14,6 +14,9 @@
 //! | `DELETE /run?runId=` | `{"success": true}` |
 //! | `GET /subscribe?runId=` | SSE: the run's current state, then its live events, until it ends |
 //! | `GET /runs/subscribe` | SSE: slim live events of all runs (filters `jobName`, `label.<k>`) |
+//! | `GET /waits?runId=` | JSON array of the run's [`DurableWait`]s, oldest first (upstream v4) |
+//! | `GET /wait?runId=&waitId=` | one [`DurableWait`] of the run (upstream v4) |
+//! | `POST /signal?runId=&waitId=` | body `{"signalId", "payload"}` → `{"wait": DurableWait, "disposition": "accepted" \| "duplicate"}` (upstream v4) |
 //! | `GET /logs?runId=` (ours) | JSON array of the run's persisted logs, oldest first |
 //! | `GET /jobs` (ours) | `[{"name", "inputSchema"}]`, the registered jobs with the JSON Schema of their input (`null` if none, see [`Job::input_schema`](crate::Job::input_schema)) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
@@ -21,7 +24,8 @@
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
 //!
 //! Errors are `{"error": "<message>"}` with upstream's status for their kind:
-//! [`Error::NotFound`] 404, [`Error::Validation`] 400, [`Error::Conflict`] 409, a read that
+//! [`Error::NotFound`] 404, [`Error::Validation`] 400, [`Error::Conflict`] 409,
+//! [`Error::WaitExpired`] 410, a read that
 //! outlived [`HttpOptions::read_timeout`] ([`Error::Timeout`]) 503, anything else 500. An
 //! unknown path or method is a plain-text `404 Not Found`, as upstream.
 //!
@@ -71,6 +75,7 @@ use crate::run::{
     Coalesce, Disposition, Labels, Progress, Run, RunFilter, RunStatus, TriggerOptions,
 };
 use crate::time::Timestamp;
+use crate::waits::{DurableWait, SignalDisposition};
 use auth::{Authenticator, Erased, Guard, Open};
 
 /// Options of [`router`].
@@ -374,6 +379,9 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
         (&Method::GET, "/attempts") => get_step_attempts(shared, guard, &query).await,
         (&Method::GET, "/logs") => get_logs(shared, guard, &query).await,
+        (&Method::GET, "/waits") => list_waits(shared, guard, &query).await,
+        (&Method::GET, "/wait") => get_wait(shared, guard, &query).await,
+        (&Method::POST, "/signal") => signal(shared, guard, &query, body).await,
         (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
         (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
         (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
@@ -713,6 +721,83 @@ async fn delete_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply 
         .await
         .map_err(durably_error)?;
     Ok(json_response(StatusCode::OK, &json!({ "success": true })))
+}
+
+/// Body of a successful `POST /signal` (key order as upstream).
+#[derive(Serialize)]
+struct SignalResponse {
+    wait: DurableWait,
+    disposition: SignalDisposition,
+}
+
+async fn list_waits(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Waits).await?;
+    let waits = within(shared, "get_waits", shared.durably.get_waits(&run.id))
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(StatusCode::OK, &waits))
+}
+
+/// The wait named by `waitId`, which must belong to `run` (upstream v4 §9.1).
+async fn wait_of(shared: &Shared, run: &Run, query: &Query) -> Result<DurableWait, Response> {
+    let wait_id = match query.first("waitId") {
+        Some(id) if !id.is_empty() => id,
+        _ => return Err(bad_request("waitId query parameter is required")),
+    };
+    within(shared, "get_wait", shared.durably.get_wait(wait_id))
+        .await
+        .map_err(durably_error)?
+        .filter(|wait| wait.run_id == run.id)
+        .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "Wait not found"))
+}
+
+async fn get_wait(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Waits).await?;
+    let wait = wait_of(shared, &run, query).await?;
+    Ok(json_response(StatusCode::OK, &wait))
+}
+
+/// `POST /signal`: the checks of upstream v4 §9.1 in its order.
+async fn signal(shared: &Shared, guard: &dyn Guard, query: &Query, body: Body) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Signal).await?;
+    let wait = wait_of(shared, &run, query).await?;
+    let limit = shared.options.body_limit;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body too large: the limit is {limit} bytes"),
+        )
+    })?;
+    let body: Value =
+        serde_json::from_slice(&bytes).map_err(|_| bad_request("Invalid JSON body"))?;
+    let Value::Object(mut fields) = body else {
+        return Err(bad_request("Signal body must be an object"));
+    };
+    let signal_id = match fields.get("signalId") {
+        Some(Value::String(id)) if crate::waits::validate_signal_id(id).is_ok() => id.clone(),
+        _ => return Err(bad_request("signalId must be non-empty")),
+    };
+    let Some(payload) = fields.remove("payload") else {
+        return Err(bad_request("payload is required"));
+    };
+    // Any JSON value parsed from text is a valid payload (upstream §4.6 refuses only what text
+    // cannot carry: cycles, accessors, non-finite numbers, …).
+    guard
+        .on_signal(&run, &wait, &signal_id, &payload)
+        .await
+        .map_err(Rejection::into_response)?;
+    let signalled = shared
+        .durably
+        .signal(&wait.id, payload, &signal_id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &SignalResponse {
+            wait: signalled.wait,
+            disposition: signalled.disposition,
+        },
+    ))
 }
 
 fn stream_options(shared: &Shared) -> sse::StreamOptions {

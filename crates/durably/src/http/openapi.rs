@@ -20,6 +20,56 @@ fn run_id_param() -> Value {
     })
 }
 
+fn wait_id_param() -> Value {
+    json!({
+        "name": "waitId", "in": "query", "required": true,
+        "schema": { "type": "string", "minLength": 1, "pattern": NO_NUL },
+        "description": "Wait id (a ULID) of a wait of the run. Missing or empty, or with a NUL character: 400; unknown or of another run: 404."
+    })
+}
+
+/// A route of one wait of a run (`GET /wait`, `POST /signal`): the run route with `waitId`.
+fn wait_route(summary: &str, operation_id: &str, ok: Value) -> Value {
+    let mut route = run_route(summary, operation_id, ok, None);
+    route["parameters"] = json!([run_id_param(), wait_id_param()]);
+    route["responses"]["400"] = error_response(
+        "runId or waitId missing, empty or with a NUL character; auth without a run-access hook",
+    );
+    route["responses"]["404"] = error_response("Run not found, or Wait not found (in this run)");
+    route
+}
+
+/// `POST /signal`: its body and the outcomes of a signal (upstream v4 §4.3, §9.1).
+fn signal_route() -> Value {
+    let mut route = wait_route(
+        "Signal a wait of the run: resolves it (accepted), or finds the same signal already did (duplicate)",
+        "signal",
+        json_ok(
+            "The wait after the signal",
+            json!({ "$ref": "#/components/schemas/SignalResponse" }),
+        ),
+    );
+    route["requestBody"] = json!({ "required": true, "content": { "application/json": {
+        "schema": { "$ref": "#/components/schemas/SignalRequest" } } } });
+    let responses = &mut route["responses"];
+    responses["400"] = error_response(
+        "runId or waitId missing; auth without a run-access hook; Invalid JSON body; Signal body must be an object; signalId must be non-empty; payload is required",
+    );
+    responses["404"] = error_response(
+        "Run not found, Wait not found, or Wait not found: <waitId> (deleted meanwhile)",
+    );
+    responses["409"] = error_response(
+        "Wait cannot accept this signal: <waitId> (resolved by another signal, cancelled, closed, or its run ended)",
+    );
+    responses["410"] = error_response("Wait expired: <waitId> (its deadline passed first)");
+    responses["413"] = error_response("Request body too large");
+    route
+}
+
+/// Text with a character that is not white space (Rust's `char::is_whitespace`, which the
+/// server's blank check uses; spelled out, as regex dialects differ on `\s`) and no NUL.
+const NOT_BLANK: &str = "^[^\\u0000]*[^\\u0000\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$";
+
 /// The `label.<key>` family, which OpenAPI cannot name (a parameter name is fixed): described
 /// on the operation and in the `x-parameter-family` extension, not as a parameter, so that
 /// clients generated from the document and fuzzers send only valid requests.
@@ -55,7 +105,8 @@ fn run_links(pointer: &str) -> Value {
         "Cancel": link("cancel", "Cancel it"),
         "Retrigger": link("retrigger", "Run it again"),
         "DeleteRun": link("deleteRun", "Delete it once finished"),
-        "Subscribe": link("subscribe", "Its events")
+        "Subscribe": link("subscribe", "Its events"),
+        "GetWaits": link("getWaits", "Its durable waits")
     })
 }
 
@@ -234,7 +285,7 @@ pub(crate) fn document(durably: &Durably) -> Value {
         "info": {
             "title": "durably HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes) plus GET /logs, GET /jobs and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
+            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes), the wait routes of its schema v4 (GET /waits, GET /wait, POST /signal), plus GET /attempts, GET /logs, GET /jobs and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
         },
         "paths": {
             "/trigger": { "post": {
@@ -279,6 +330,11 @@ pub(crate) fn document(durably: &Durably) -> Value {
                 json_ok("Steps", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Step" } })), None) },
             "/attempts": { "get": run_route("The run's step attempts, oldest first: one per execution of a step's function (durably for Rust extension; authorized as the `steps` operation)", "getStepAttempts",
                 json_ok("Step attempts", json!({ "type": "array", "items": { "$ref": "#/components/schemas/StepAttempt" } })), None) },
+            "/waits": { "get": run_route("The run's durable waits, oldest first (authorized as the `waits` operation; with auth, only through a run-access hook)", "getWaits",
+                json_ok("Waits", json!({ "type": "array", "items": { "$ref": "#/components/schemas/DurableWait" } })), None) },
+            "/wait": { "get": wait_route("One durable wait of the run (authorized as the `waits` operation)", "getWait",
+                json_ok("The wait", json!({ "$ref": "#/components/schemas/DurableWait" }))) },
+            "/signal": { "post": signal_route() },
             "/logs": { "get": run_route("The run's persisted logs, oldest first (durably for Rust extension)", "getLogs",
                 json_ok("Logs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Log" } })), None) },
             "/retrigger": { "post": run_route("Create a new run with the same input", "retrigger",
@@ -366,6 +422,33 @@ pub(crate) fn document(durably: &Durably) -> Value {
                 "metadata": {}, "startedAt": { "type": "string" },
                 "completedAt": { "type": ["string", "null"] }, "error": { "type": ["string", "null"] },
                 "interruptionReason": { "enum": ["lease-lost", "cancelled", "unknown", null] }
+            }},
+            "DurableWait": { "type": "object", "required": ["id", "runId", "name", "metadata", "status",
+                "payload", "signalId", "createdAt", "deadlineAt", "outcome", "suspendedAt", "resolvedAt",
+                "firstResumedAt", "inputWaitMs", "executionSlotWaitMs"],
+                "properties": {
+                "id": { "type": "string" }, "runId": { "type": "string" }, "name": { "type": "string" },
+                "metadata": { "description": "JSON given when the wait was prepared, or null" },
+                "status": { "type": "string", "enum": ["pending", "resolved", "cancelled", "closed"] },
+                "payload": { "description": "The accepted signal's payload (JSON), or null" },
+                "signalId": { "type": ["string", "null"] },
+                "createdAt": { "type": "string" },
+                "deadlineAt": { "type": ["string", "null"] },
+                "outcome": { "enum": ["signal", "timeout", null] },
+                "suspendedAt": { "type": ["string", "null"] },
+                "resolvedAt": { "type": ["string", "null"] },
+                "firstResumedAt": { "type": ["string", "null"] },
+                "inputWaitMs": { "type": ["integer", "null"], "minimum": 0 },
+                "executionSlotWaitMs": { "type": ["integer", "null"], "minimum": 0 }
+            }},
+            "SignalRequest": { "type": "object", "required": ["signalId", "payload"], "properties": {
+                "signalId": { "type": "string", "minLength": 1, "pattern": NOT_BLANK,
+                    "description": "The signal's idempotency id: not blank, no NUL character" },
+                "payload": { "description": "Any JSON value (null included), stored as canonical JSON" }
+            }},
+            "SignalResponse": { "type": "object", "required": ["wait", "disposition"], "properties": {
+                "wait": { "$ref": "#/components/schemas/DurableWait" },
+                "disposition": { "type": "string", "enum": ["accepted", "duplicate"] }
             }},
             "Step": { "type": "object", "properties": {
                 "id": { "type": "string" }, "runId": { "type": "string" }, "name": { "type": "string" },

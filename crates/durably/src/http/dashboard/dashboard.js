@@ -1,7 +1,8 @@
 // durably dashboard: vanilla JavaScript over the HTTP API (no build step, no dependencies).
 // Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
-// GET /subscribe); actions: POST /cancel, POST /retrigger, DELETE /run; trigger: GET /jobs and
-// POST /trigger. The filters and the open run live in the page URL.
+// GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
+// POST /retrigger, DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
+// and POST /trigger. The filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
@@ -18,6 +19,7 @@ const state = {
   detail: null, // ClientRun
   steps: [],
   attempts: [],
+  waits: [],
   logs: [],
   runsSource: null,
   runSource: null,
@@ -351,16 +353,19 @@ async function loadDetail() {
   if (!id) return
   const ticket = ++detailRequest
   try {
-    const [run, steps, logs, attempts] = await Promise.all([
+    const [run, steps, logs, attempts, waits] = await Promise.all([
       api('GET', `/run?runId=${encodeURIComponent(id)}`),
       api('GET', `/steps?runId=${encodeURIComponent(id)}`),
       api('GET', `/logs?runId=${encodeURIComponent(id)}`).catch(() => null),
       api('GET', `/attempts?runId=${encodeURIComponent(id)}`).catch(() => []),
+      // refused when the server's auth has no run-access hook for waits: shown as none
+      api('GET', `/waits?runId=${encodeURIComponent(id)}`).catch(() => []),
     ])
     if (ticket !== detailRequest || id !== state.selected) return
     state.detail = run
     state.steps = steps
     state.attempts = attempts || []
+    state.waits = waits || []
     if (logs) state.logs = logs
     showError($('detail-error'), '')
     renderDetail()
@@ -444,6 +449,7 @@ function openRun(id, push = true) {
     state.detail = null
     state.steps = []
     state.attempts = []
+    state.waits = []
     state.logs = []
     showError($('detail-error'), '')
     $('detail-id').textContent = id
@@ -505,6 +511,8 @@ function renderDetail() {
     for (const name of ['detail-input', 'detail-result']) $(name).textContent = ''
     $('detail-steps').replaceChildren()
     $('detail-attempts').replaceChildren()
+    $('detail-waits').replaceChildren()
+    $('detail-waits-box').hidden = true
     $('detail-logs').replaceChildren()
     $('detail-times').replaceChildren()
     $('detail-labels').replaceChildren()
@@ -569,7 +577,75 @@ function renderDetail() {
   }
   $('detail-steps').replaceChildren(...steps)
   renderAttempts(attempts)
+  renderWaits(state.waits || [], run)
   renderLogs()
+}
+
+/** A run's durable waits: name, status and outcome, deadline, signal; a signal form for a
+ * pending wait of a waiting run. Hidden when the run has none. */
+function renderWaits(waits, run) {
+  $('detail-waits-box').hidden = !waits.length
+  $('waits-count').textContent = waits.length ? `(${waits.length})` : ''
+  const list = $('detail-waits')
+  // keep a form the user is typing in across live refreshes
+  const open = list.querySelector('.wait-form')
+  const typing = open && open.contains(document.activeElement) ? open.dataset.waitId : null
+  const rows = waits.map((wait, i) => {
+    const shown = wait.outcome ? `${wait.status}: ${wait.outcome}` : wait.status
+    const info = []
+    if (wait.deadlineAt) info.push(`deadline ${formatTime(wait.deadlineAt)}`)
+    if (wait.signalId) info.push(`signal ${wait.signalId}`)
+    if (wait.outcome === 'signal') info.push(`payload ${JSON.stringify(wait.payload)}`)
+    if (wait.metadata !== null && wait.metadata !== undefined) info.push(`metadata ${JSON.stringify(wait.metadata)}`)
+    const item = el(
+      'li',
+      { dataset: { status: wait.status, waitId: wait.id }, title: `wait ${wait.id}, created ${wait.createdAt}` },
+      el('span', { class: 'idx', text: i + 1 }),
+      el('span', { class: 'name' }, wait.name, ' ', el('span', { class: 'dur', text: wait.id })),
+      el('span', { class: `badge ${wait.outcome || wait.status}`, dataset: { testid: 'wait-status' }, text: shown }),
+      info.length ? el('span', { class: 'wait-info', text: info.join(' · ') }) : null,
+    )
+    if (wait.status === 'pending' && run && run.status === 'waiting') {
+      if (typing === wait.id) item.append(open)
+      else item.append(signalForm(run, wait))
+    }
+    return item
+  })
+  list.replaceChildren(...rows)
+}
+
+/** POST /signal for one pending wait: a JSON payload and a signal id (its idempotency key). */
+function signalForm(run, wait) {
+  const payload = el('textarea', { rows: '2', spellcheck: 'false', placeholder: 'payload (JSON)', 'aria-label': 'Signal payload (JSON)', dataset: { testid: 'signal-payload' } })
+  payload.value = '{}'
+  const signalId = el('input', { type: 'text', placeholder: 'signal id', 'aria-label': 'Signal id', autocomplete: 'off', dataset: { testid: 'signal-id' } })
+  signalId.value = `dashboard-${Date.now().toString(36)}`
+  const error = el('p', { class: 'error', role: 'alert', hidden: true })
+  const button = el('button', { type: 'submit', dataset: { testid: 'signal-send' }, text: 'Send signal' })
+  const form = el('form', { class: 'wait-form', dataset: { waitId: wait.id, testid: 'signal-form' } }, payload, el('div', { class: 'row' }, signalId, button), error)
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault()
+    let body
+    try {
+      body = { signalId: signalId.value, payload: JSON.parse(payload.value) }
+    } catch (e) {
+      showError(error, `The payload is not JSON: ${e.message}`)
+      return
+    }
+    button.disabled = true
+    showError(error, '')
+    try {
+      await api('POST', `/signal?runId=${encodeURIComponent(run.id)}&waitId=${encodeURIComponent(wait.id)}`, body)
+      payload.blur()
+      signalId.blur()
+      await loadDetail()
+    } catch (e) {
+      showError(error, `Cannot signal: ${e.message}`)
+    } finally {
+      button.disabled = false
+    }
+  })
+  return form
 }
 
 /** One row per execution of a step's function: how it ended, or why it never did. */
