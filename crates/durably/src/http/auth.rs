@@ -80,6 +80,7 @@ impl From<Response> for Rejection {
 /// What a request wants to do with a run, passed to [`Auth::on_run_access`]
 /// (upstream `RunOperation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RunOperation {
     /// `GET /run`.
     Read,
