@@ -17,6 +17,7 @@
 
 mod http_drain;
 mod postgres;
+mod waits;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +45,8 @@ pub struct BenchArgs {
     /// SQLite `synchronous` mode: `normal` (default) or `full`.
     #[arg(long, default_value = "normal")]
     synchronous: String,
-    /// Workloads to run (default: all). Repeat or separate with commas.
+    /// Workloads to run (default: all but `waits` and `http-during-drain`, which run only when
+    /// named). Repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Worker concurrency levels for the throughput workloads.
@@ -53,7 +55,8 @@ pub struct BenchArgs {
     /// Jobs of `throughput-1step`.
     #[arg(long, default_value_t = 2000)]
     jobs: u64,
-    /// Jobs of `steps-10`.
+    /// Jobs of `steps-10` (and runs of `waits`: each suspends on a durable wait, then is
+    /// signalled and resumes).
     #[arg(long, default_value_t = 300)]
     step_jobs: u64,
     /// Concurrency keys of `keyed-1step` (its jobs: `--jobs`).
@@ -132,6 +135,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if wanted("latency") {
         let line = latency(&mut setup, args.calls).await?;
         print_line(line, &args.synchronous);
+    }
+    if args.workload.iter().any(|w| w == "waits") {
+        for &concurrency in &args.concurrency {
+            let store = setup.fresh_store()?;
+            let line =
+                waits::waits_on(Arc::new(store), "sqlite", concurrency, args.step_jobs).await?;
+            print_line(line, &args.synchronous);
+        }
     }
     if args.workload.iter().any(|w| w == "http-during-drain") {
         for &concurrency in &args.concurrency {

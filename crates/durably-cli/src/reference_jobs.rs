@@ -1,8 +1,10 @@
-//! The reference jobs of `shared/spec/demo-jobs.md`: `echo`, `steps` and `sleep`.
+//! The reference jobs of `shared/spec/demo-jobs.md`: `echo`, `steps` and `sleep`, and those
+//! of the capabilities beyond upstream 0.15 that have landed: `approval` (durable waits) and
+//! `fanout` (parallel steps).
 
 use std::time::Duration;
 
-use durably::{CancellationToken, Durably, Job, Result, StepContext};
+use durably::{CancellationToken, Durably, Job, NewWait, Result, StepContext, WaitResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -145,10 +147,126 @@ pub fn sleep() -> Job<SleepInput, Value> {
     })
 }
 
-/// Registers the three reference jobs.
+/// Input of `approval`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalInput {
+    /// How long the approval may take, 1..=86400000 ms (none: no deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a signal to `approval`'s wait carries.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Approval {
+    approved: bool,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// `approval`: prepares the wait `approval` (with `timeoutMs` when given) and waits for it
+/// without holding a worker; output `{ "approved", "by" }` from the signal's payload, or
+/// `{ "timedOut": true }`. Another payload fails the run with `Invalid approval payload`.
+pub fn approval() -> Job<ApprovalInput, Value> {
+    Job::new("approval", |step: StepContext, input: ApprovalInput| async move {
+        let mut wait = NewWait::new("approval");
+        if let Some(timeout) = input.timeout_ms {
+            wait = wait.timeout_ms(timeout);
+        }
+        let wait = step.prepare_wait(wait).await?;
+        match step.wait_for(&wait).await? {
+            WaitResult::Signal { payload } => match serde_json::from_value::<Approval>(payload) {
+                Ok(approval) => Ok(json!({ "approved": approval.approved, "by": approval.by })),
+                Err(_) => Err(durably::Error::Job("Invalid approval payload".into())),
+            },
+            WaitResult::Timeout => Ok(json!({ "timedOut": true })),
+            _ => Err(durably::Error::Job("Invalid approval payload".into())),
+        }
+    })
+    .input_schema(json!({
+        "type": "object",
+        "properties": {
+            "timeoutMs": { "type": ["integer", "null"], "minimum": 1, "maximum": 86400000, "description": "Milliseconds before the approval times out (null: never)", "examples": [60000] }
+        }
+    }))
+    .validate(|input| match input.timeout_ms {
+        Some(ms) if !(1..=86_400_000).contains(&ms) => Err(format!(
+            "timeoutMs must be between 1 and 86400000 (got {ms})"
+        )),
+        _ => Ok(()),
+    })
+}
+
+/// Input of `fanout`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct FanoutInput {
+    /// Parallel branches, 1..=50.
+    pub branches: u32,
+    /// Fail the branch with this number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_at: Option<i64>,
+    /// Milliseconds each branch sleeps, 0..=60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<u64>,
+}
+
+/// `fanout`: steps `branch-{i}` for i in 1..=branches, all at once (one `step.all`), each
+/// sleeping `stepMs` and failing when i == `failAt`; output `{ "sum": 1 + … + branches }`.
+pub fn fanout() -> Job<FanoutInput, Value> {
+    Job::new("fanout", |step: StepContext, input: FanoutInput| async move {
+        let step_ms = input.step_ms.unwrap_or(0);
+        let fail_at = input.fail_at;
+        let branches: Vec<_> = (1..=u64::from(input.branches))
+            .map(|i| {
+                let step = step.clone();
+                async move {
+                    step.run(&format!("branch-{i}"), |token| async move {
+                        sleep_unless_aborted(token, step_ms).await?;
+                        if fail_at == Some(i as i64) {
+                            return Err(format!("branch {i} failed"));
+                        }
+                        Ok(i)
+                    })
+                    .await
+                }
+            })
+            .collect();
+        let values = step.all(branches).await?;
+        Ok::<_, durably::Error>(json!({ "sum": values.iter().sum::<u64>() }))
+    })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["branches"],
+        "properties": {
+            "branches": { "type": "integer", "minimum": 1, "maximum": 50, "description": "Parallel branches", "examples": [5] },
+            "stepMs": { "type": ["integer", "null"], "minimum": 0, "maximum": 60000, "description": "Milliseconds each branch sleeps (null: 0)", "examples": [500] },
+            "failAt": { "type": ["integer", "null"], "minimum": i64::MIN, "maximum": i64::MAX, "description": "Fail this branch (optional; null: never)" }
+        }
+    }))
+    .validate(|input| {
+        if !(1..=50).contains(&input.branches) {
+            return Err(format!(
+                "branches must be between 1 and 50 (got {})",
+                input.branches
+            ));
+        }
+        match input.step_ms {
+            Some(ms) if ms > 60_000 => {
+                Err(format!("stepMs must be between 0 and 60000 (got {ms})"))
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Registers the reference jobs.
 pub fn register_all(durably: &Durably) -> Result<()> {
     durably.register(echo())?;
     durably.register(steps())?;
     durably.register(sleep())?;
+    durably.register(approval())?;
+    durably.register(fanout())?;
     Ok(())
 }

@@ -289,6 +289,74 @@ fn demo_serves_the_reference_jobs_and_stops_on_sigint() {
 /// Defects of the reference jobs' input schemas found by fuzzing (issue 19, item 5:
 /// fuzz/run.sh), each reproduced: the document said what the server refused, or refused what
 /// it took.
+/// The reference jobs of durable waits and parallel steps (`demo-jobs.md`), at the wire level:
+/// `approval` waits without a slot until `POST /signal` (or its deadline), refuses a payload of
+/// another shape; `fanout` joins its branches or fails with the failed branch's error.
+#[test]
+fn demo_serves_approval_and_fanout() {
+    let demo = start_demo();
+    let address = demo.address;
+    let trigger = |body: Value| {
+        let (status, triggered) = json_call(address, "POST", "/trigger", Some(body));
+        assert_eq!(status, 200, "{triggered}");
+        triggered["runId"].as_str().expect("runId").to_owned()
+    };
+    let signal = |run_id: &str, payload: Value, signal_id: &str| {
+        let (status, waits) = json_call(address, "GET", &format!("/waits?runId={run_id}"), None);
+        assert_eq!(status, 200, "{waits}");
+        assert_eq!(waits[0]["name"], "approval", "{waits}");
+        let wait_id = waits[0]["id"].as_str().expect("wait id").to_owned();
+        json_call(
+            address,
+            "POST",
+            &format!("/signal?runId={run_id}&waitId={wait_id}"),
+            Some(json!({"signalId": signal_id, "payload": payload})),
+        )
+    };
+
+    let approved = trigger(json!({"jobName": "approval", "input": {}}));
+    let waiting = wait_for_status(address, &approved, "waiting");
+    assert_eq!(waiting["isWaiting"], true, "{waiting}");
+    let (status, answer) = signal(&approved, json!({"approved": true, "by": "ada"}), "s1");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["disposition"], "accepted");
+    let done = wait_for_status(address, &approved, "completed");
+    assert_eq!(done["output"], json!({"approved": true, "by": "ada"}));
+
+    let refused = trigger(json!({"jobName": "approval", "input": {}}));
+    wait_for_status(address, &refused, "waiting");
+    let (status, _) = signal(&refused, json!({"approved": "yes"}), "s1");
+    assert_eq!(status, 200);
+    let failed = wait_for_status(address, &refused, "failed");
+    assert_eq!(failed["error"], "Invalid approval payload");
+
+    let timed_out = trigger(json!({"jobName": "approval", "input": {"timeoutMs": 200}}));
+    let done = wait_for_status(address, &timed_out, "completed");
+    assert_eq!(done["output"], json!({"timedOut": true}));
+
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "approval", "input": {"timeoutMs": 0}})),
+    );
+    assert_eq!(status, 400, "{error}");
+
+    let fanout = trigger(json!({"jobName": "fanout", "input": {"branches": 5, "stepMs": 20}}));
+    let done = wait_for_status(address, &fanout, "completed");
+    assert_eq!(done["output"], json!({"sum": 15}));
+    let failing = trigger(json!({"jobName": "fanout", "input": {"branches": 4, "failAt": 3}}));
+    let failed = wait_for_status(address, &failing, "failed");
+    assert_eq!(failed["error"], "branch 3 failed");
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "fanout", "input": {"branches": 51}})),
+    );
+    assert_eq!(status, 400, "{error}");
+}
+
 #[test]
 fn fuzz_reference_job_schemas_say_what_the_jobs_take() {
     let demo = start_demo();

@@ -107,6 +107,20 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         let line = latency(&mut setup, args.calls).await?;
         print_line(line, &synchronous);
     }
+    if args.workload.iter().any(|w| w == "waits") {
+        for &concurrency in &args.concurrency {
+            let store = setup.fresh_store(concurrency + 4)?;
+            let line = super::waits::waits_on(
+                Arc::new(store.clone()),
+                "postgres",
+                concurrency,
+                args.step_jobs,
+            )
+            .await?;
+            store.drop_schema().await?;
+            print_line(line, &synchronous);
+        }
+    }
     if wanted("multi-worker") {
         let line = multi_worker(&mut setup, args.jobs).await?;
         print_line(line, &synchronous);
