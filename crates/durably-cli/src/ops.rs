@@ -19,7 +19,7 @@ use crate::exit::{CANCELLED, CliError, FAILURE, NOT_FOUND, OK};
 pub struct RunsArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Only runs in this status: pending, leased, completed, failed or cancelled (repeat for
+    /// Only runs in this status: waiting, pending, leased, completed, failed or cancelled (repeat for
     /// several).
     #[arg(long, value_name = "STATUS", value_parser = parse_status)]
     status: Vec<RunStatus>,
