@@ -85,7 +85,7 @@ enum Command {
     /// closed, its run ended), exits with 1; an unknown wait id with 4; a --payload that is not
     /// JSON or a blank --signal-id with 2.
     #[command(
-        after_help = "Example:\n  durably signal 01J9… --db app.db --signal-id approval-42 --payload '{\"approved\": true}'"
+        after_help = "Example:\n  durably signal 01J9… approval --db app.db --signal-id approval-42 --payload '{\"approved\": true}'"
     )]
     Signal(ops::SignalArgs),
     /// Cancel a pending or leased run.

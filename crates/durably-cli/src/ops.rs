@@ -66,17 +66,20 @@ pub struct WaitsArgs {
 /// Options of `durably signal`.
 #[derive(clap::Args, Debug)]
 pub struct SignalArgs {
-    /// The wait's id (`durably waits RUN_ID` lists them).
-    wait_id: String,
+    /// The run whose wait to signal.
+    run_id: String,
+    /// The wait: its id, or its name within the run (`durably waits RUN_ID` lists both).
+    wait: String,
     #[command(flatten)]
     db: DbArgs,
     /// The signal's payload: any JSON value (`null`, `true`, `'{"approved": true}'`, …).
     #[arg(long, value_name = "JSON", value_parser = parse_json)]
     payload: Value,
     /// The signal's idempotency id: the same id with the same payload again is a duplicate
-    /// (exit 0), with another payload a conflict (exit 1).
+    /// (exit 0), with another payload a conflict (exit 1). Default: a new id per invocation
+    /// (`cli-…`); give one to make a retried command idempotent.
     #[arg(long, value_name = "ID")]
-    signal_id: String,
+    signal_id: Option<String>,
     /// Print `{"wait": …, "disposition": "accepted" | "duplicate"}` as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -622,24 +625,55 @@ pub async fn waits(args: WaitsArgs) -> Result<u8, CliError> {
 /// `durably signal WAIT_ID --payload JSON --signal-id ID`.
 pub async fn signal(args: SignalArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let refused =
-        |why: String| CliError::new(format!("cannot signal wait {}: {why}", args.wait_id));
+    let signal_id = args
+        .signal_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", durably::new_id()));
+    let no_such_wait = || {
+        CliError::new(format!(
+            "no wait {} in run {} (list the run's waits with `durably waits {} {}`)",
+            args.wait,
+            args.run_id,
+            args.run_id,
+            args.db.flag()
+        ))
+        .with_code(NOT_FOUND)
+    };
+    let run = durably
+        .get_run(&args.run_id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    if run.is_none() {
+        return Err(CliError::new(format!(
+            "no such run: {} (list runs with `durably runs {}`)",
+            args.run_id,
+            args.db.flag()
+        ))
+        .with_code(NOT_FOUND));
+    }
+    let waits = durably
+        .get_waits(&args.run_id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    let wait_id = waits
+        .iter()
+        .find(|w| w.id == args.wait)
+        .or_else(|| waits.iter().find(|w| w.name == args.wait))
+        .map(|w| w.id.clone())
+        .ok_or_else(no_such_wait)?;
+    let refused = |why: String| CliError::new(format!("cannot signal wait {wait_id}: {why}"));
     let signalled = durably
-        .signal(&args.wait_id, args.payload.clone(), &args.signal_id)
+        .signal(&wait_id, args.payload.clone(), &signal_id)
         .await
         .map_err(|e| match e {
-            durably::Error::NotFound(_) => CliError::new(format!(
-                "no such wait: {} (list a run's waits with `durably waits RUN_ID {}`)",
-                args.wait_id,
-                args.db.flag()
-            ))
-            .with_code(NOT_FOUND),
+            durably::Error::NotFound(_) => no_such_wait(),
             durably::Error::Validation(message) => CliError::usage(message),
             durably::Error::WaitExpired { .. } => refused(
                 "its deadline passed before the signal; the run continues as timed out".into(),
             ),
             durably::Error::Conflict(_) => refused(
-                "it no longer accepts signals (resolved by another signal or payload, cancelled,                  closed, or its run ended); `durably waits RUN_ID` shows how it stands"
+                "it no longer accepts signals (resolved by another signal or payload, cancelled, \
+                 closed, or its run ended); `durably waits RUN_ID` shows how it stands"
                     .into(),
             ),
             other => database_error(&args.db, other),
@@ -655,11 +689,11 @@ pub async fn signal(args: SignalArgs) -> Result<u8, CliError> {
     match signalled.disposition {
         SignalDisposition::Duplicate => println!(
             "duplicate: signal {} had already resolved wait {} ({}) of run {}; nothing changed",
-            args.signal_id, wait.id, wait.name, wait.run_id
+            signal_id, wait.id, wait.name, wait.run_id
         ),
         _ => println!(
             "accepted: signal {} resolved wait {} ({}) of run {}; a worker resumes the run",
-            args.signal_id, wait.id, wait.name, wait.run_id
+            signal_id, wait.id, wait.name, wait.run_id
         ),
     }
     Ok(OK)

@@ -998,7 +998,8 @@ async fn waits_lists_and_signal_resolves_a_runs_waits() {
     let signal = |payload: &str, signal_id: &str, json: bool| {
         let mut args = vec![
             "signal",
-            &wait,
+            &id,
+            "approval",
             "--db",
             fx.db(),
             "--payload",
@@ -1053,6 +1054,7 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
 
     let output = durably_cli(&[
         "signal",
+        &id,
         &wait,
         "--db",
         fx.db(),
@@ -1070,6 +1072,7 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
 
     let output = durably_cli(&[
         "signal",
+        &id,
         "01NOSUCHWAIT",
         "--db",
         fx.db(),
@@ -1080,9 +1083,24 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
     ]);
     expect_code(&output, 4);
     assert!(
-        stderr(&output).contains(
-            "no such wait: 01NOSUCHWAIT (list a run's waits with `durably waits RUN_ID --db"
-        ),
+        stderr(&output).contains(&format!(
+            "no wait 01NOSUCHWAIT in run {id} (list the run's waits with `durably waits {id} --db"
+        )),
+        "{}",
+        stderr(&output)
+    );
+    let output = durably_cli(&[
+        "signal",
+        "01NOSUCHRUN",
+        "approval",
+        "--db",
+        fx.db(),
+        "--payload",
+        "1",
+    ]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains("no such run: 01NOSUCHRUN"),
         "{}",
         stderr(&output)
     );
@@ -1091,6 +1109,7 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
     for (payload, signal_id) in [("{not json", "s"), ("1", " ")] {
         let output = durably_cli(&[
             "signal",
+            &id,
             &wait,
             "--db",
             fx.db(),
@@ -1101,7 +1120,7 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
         ]);
         expect_code(&output, 2);
     }
-    let output = durably_cli(&["signal", &wait, "--db", fx.db(), "--signal-id", "s"]);
+    let output = durably_cli(&["signal", &id, &wait, "--db", fx.db(), "--signal-id", "s"]);
     expect_code(&output, 2);
 
     // `waits` of an unknown run: 4; of a run without waits: a sentence.
