@@ -417,6 +417,77 @@ async fn a_signal_from_another_instance_resumes_the_run(backend: Backend) {
     durably.stop().await;
 }
 
+/// Signals racing the deadline: many callers signal the same wait, with different signal
+/// ids, around its deadline while the expiry sweep runs. At most one signal is accepted; the
+/// wait's outcome agrees with what the callers were told (the accepted signal's payload, or a
+/// timeout when every caller was refused), and so does the run's output.
+async fn signals_racing_the_deadline_have_one_outcome(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let job = durably
+        .register(approval(Arc::default(), Some(Duration::from_millis(400))))
+        .expect("register");
+    durably.start();
+    let id = job.trigger(json!({})).await.expect("trigger").run.id;
+    let wait_id = waiting(&durably, &id)
+        .await
+        .waiting_on_wait_id
+        .expect("wait id");
+    let deadline = durably
+        .get_wait(&wait_id)
+        .await
+        .expect("get")
+        .and_then(|w| w.deadline_at)
+        .expect("a deadline");
+    // Start the callers shortly before the deadline (by the wall clock the deadline was set
+    // with), each one a few milliseconds after the previous.
+    let lead = (deadline.as_millis() - durably::Timestamp::now().as_millis() - 30).max(0);
+    tokio::time::sleep(Duration::from_millis(lead as u64)).await;
+    let mut callers = tokio::task::JoinSet::new();
+    for n in 0..12u64 {
+        let (durably, wait_id) = (durably.clone(), wait_id.clone());
+        callers.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(n * 5)).await;
+            let answer = durably
+                .signal(&wait_id, json!({ "caller": n }), &format!("caller-{n}"))
+                .await;
+            (n, answer)
+        });
+    }
+    let mut accepted = Vec::new();
+    while let Some(joined) = callers.join_next().await {
+        let (n, answer) = joined.expect("caller");
+        match answer {
+            Ok(signalled) => {
+                assert_eq!(signalled.disposition, SignalDisposition::Accepted);
+                accepted.push(n);
+            }
+            Err(Error::WaitExpired { .. } | Error::Conflict(_)) => {}
+            Err(other) => panic!("caller {n}: unexpected {other:?}"),
+        }
+    }
+    assert!(accepted.len() <= 1, "accepted by {accepted:?}");
+    let run = terminal(&durably, &id).await;
+    let wait = durably
+        .get_wait(&wait_id)
+        .await
+        .expect("get")
+        .expect("wait");
+    match accepted.first() {
+        Some(n) => {
+            assert_eq!(wait.outcome, Some(WaitOutcome::Signal));
+            assert_eq!(wait.signal_id, Some(format!("caller-{n}")));
+            assert!(wait.resolved_at < wait.deadline_at, "won strictly before");
+            assert_eq!(run.output, Some(json!({"signal": {"caller": n}})));
+        }
+        None => {
+            assert_eq!(wait.outcome, Some(WaitOutcome::Timeout));
+            assert_eq!(run.output, Some(json!({"timedOut": true})));
+        }
+    }
+    durably.stop().await;
+}
+
 backend_tests!(
     a_signal_resumes_a_waiting_run_that_held_no_slot,
     a_deadline_resumes_the_run_with_a_timeout,
@@ -425,4 +496,5 @@ backend_tests!(
     a_waiting_run_frees_its_concurrency_key,
     a_suspension_stops_the_execution_whatever_the_job_returns,
     a_signal_from_another_instance_resumes_the_run,
+    signals_racing_the_deadline_have_one_outcome,
 );

@@ -7,6 +7,7 @@
 //   5. filter by status and by job, reflected in the URL and kept across a reload;
 //   6. screenshots (laptop and phone width) into $SCREENSHOTS;
 //   7. "Load more" pages through the runs;
+//   7b. a waiting `approval` run signalled from its detail's wait form;
 //   8. `durably serve` on the same database: the form says it has no jobs, retrigger's 501
 //      message is shown.
 //
@@ -265,6 +266,34 @@ async function main() {
     await page.click('[data-testid="load-more"]')
     await page.waitForFunction(() => document.querySelectorAll('#runs tr').length === 23)
     check(!(await page.isVisible('[data-testid="load-more"]')), 'load more hidden at the end')
+
+    // 7b. a waiting `approval` run: its wait is listed, and the form signals it (a payload
+    // that is not JSON is refused in the page first); the run resumes and completes
+    const approvalResponse = await fetch(`${api}/trigger`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ jobName: 'approval', input: {} }),
+    })
+    const approvalId = (await approvalResponse.json()).runId
+    await page.goto(`${origin}/?run=${approvalId}`)
+    await waitDetailStatus(page, 'waiting')
+    await page.waitForSelector('#detail-waits li[data-status="pending"] [data-testid="signal-form"]')
+    await page.fill('[data-testid="signal-payload"]', '{"approved": tru')
+    await page.click('[data-testid="signal-send"]')
+    await page.waitForSelector('[data-testid="signal-form"] .error:not([hidden])')
+    const notJson = await page.textContent('[data-testid="signal-form"] .error')
+    check(notJson.includes('not JSON'), `payload refused in the page: ${notJson}`)
+    await shot(page, 'approval-waiting.png')
+    await page.fill('[data-testid="signal-payload"]', '{"approved": true, "by": "browser"}')
+    await page.click('[data-testid="signal-send"]')
+    await waitDetailStatus(page, 'completed')
+    const approved = await (await fetch(`${api}/run?runId=${approvalId}`)).json()
+    check(
+      JSON.stringify(approved.output) === JSON.stringify({ approved: true, by: 'browser' }),
+      `approval output: ${JSON.stringify(approved.output)}`,
+    )
+    await page.waitForSelector('#detail-waits li[data-status="resolved"]')
+    check(!(await page.isVisible('[data-testid="signal-form"]')), 'no signal form once resolved')
 
     // 8. `durably serve` (no job definitions) over the same database
     const served = await start(['serve', '--db', db])
