@@ -593,6 +593,7 @@ function renderWaits(waits, run) {
   const rows = waits.map((wait, i) => {
     const shown = wait.outcome ? `${wait.status}: ${wait.outcome}` : wait.status
     const info = []
+    if (wait.suspendedAt) info.push(`waiting since ${formatTime(wait.suspendedAt)}`)
     if (wait.deadlineAt) info.push(`deadline ${formatTime(wait.deadlineAt)}`)
     if (wait.signalId) info.push(`signal ${wait.signalId}`)
     if (wait.outcome === 'signal') info.push(`payload ${JSON.stringify(wait.payload)}`)
