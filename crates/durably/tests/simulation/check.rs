@@ -2,10 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use durably::RunStatus;
 use durably::testing::sim::FAULT_MARKER;
+use durably::{RunStatus, WaitOutcome, WaitStatus};
 
-use super::driver::{DELIBERATE, FAIL_EVERY, Outcome, expected_output};
+use super::driver::{
+    DELIBERATE, Outcome, decode, expected_output, expected_wait_output, fails_on_purpose,
+};
 use super::probe::Event;
 
 /// The stored error of a run failed because its job+key already had a pending run when its
@@ -67,8 +69,98 @@ pub fn violations(outcome: &Outcome) -> Vec<String> {
         .collect();
     for run in &outcome.runs {
         let input = run.input.as_u64().unwrap_or_default();
-        let fails = input.is_multiple_of(FAIL_EVERY) && plan.steps >= 2;
+        let fails = fails_on_purpose(input, plan.steps);
+        let waits: Vec<_> = outcome
+            .waits
+            .iter()
+            .filter(|wait| wait.run_id == run.id)
+            .collect();
+        let waiting_run = decode(input).1.is_some();
+        if !waiting_run && !waits.is_empty() {
+            found.push(format!(
+                "run {} never waits, yet has waits {waits:?}",
+                run.id
+            ));
+        }
+        if waits.len() > 1 {
+            found.push(format!("run {} prepared one wait, has {waits:?}", run.id));
+        }
+        // A run that ended has no pending wait (cancelled: cancelled; completed or failed:
+        // closed); a waiting run holds no lease.
+        if run.status.is_terminal() {
+            for wait in waits
+                .iter()
+                .filter(|wait| wait.status == WaitStatus::Pending)
+            {
+                found.push(format!(
+                    "run {} is {} with a pending wait {}",
+                    run.id, run.status, wait.id
+                ));
+            }
+        }
+        if run.status == RunStatus::Cancelled {
+            for wait in waits
+                .iter()
+                .filter(|wait| wait.status == WaitStatus::Closed)
+            {
+                found.push(format!(
+                    "run {} was cancelled, its wait {} closed",
+                    run.id, wait.id
+                ));
+            }
+        }
+        if matches!(run.status, RunStatus::Completed | RunStatus::Failed) {
+            for wait in waits
+                .iter()
+                .filter(|wait| wait.status == WaitStatus::Cancelled)
+            {
+                found.push(format!(
+                    "run {} is {}, its wait {} cancelled",
+                    run.id, run.status, wait.id
+                ));
+            }
+        }
         match run.status {
+            RunStatus::Completed if waiting_run => {
+                // It returned from its wait: with the accepted signal's payload or a timeout.
+                let payload = match waits.first() {
+                    Some(wait) if wait.status == WaitStatus::Resolved => match wait.outcome {
+                        Some(WaitOutcome::Timeout) => Ok(None),
+                        _ => Ok(wait.payload.as_ref().and_then(|payload| payload.as_u64())),
+                    },
+                    wait => Err(format!("its wait is {wait:?}")),
+                };
+                match payload {
+                    Ok(payload) => {
+                        let expected = expected_wait_output(input, payload);
+                        if fails || run.output != Some(serde_json::json!(expected)) {
+                            found.push(format!(
+                                "run {} of input {input} completed with {:?}, expected {expected}                                  (wait payload {payload:?}, fails on purpose: {fails})",
+                                run.id, run.output
+                            ));
+                        }
+                    }
+                    Err(what) => found.push(format!(
+                        "run {} completed after a wait that was not resolved: {what}",
+                        run.id
+                    )),
+                }
+            }
+            RunStatus::Waiting => {
+                // Legitimately: on its pending wait without a deadline, holding no lease.
+                let on = waits
+                    .iter()
+                    .find(|wait| Some(&wait.id) == run.waiting_on_wait_id.as_ref());
+                let legitimate = on.is_some_and(|wait| {
+                    wait.status == WaitStatus::Pending && wait.deadline_at.is_none()
+                });
+                if !legitimate || run.lease_owner.is_some() || run.lease_expires_at.is_some() {
+                    found.push(format!(
+                        "run {} ended waiting (lease {:?} until {:?}) on {on:?}",
+                        run.id, run.lease_owner, run.lease_expires_at
+                    ));
+                }
+            }
             RunStatus::Completed => {
                 let expected = expected_output(input, plan.steps);
                 if fails || run.output != Some(serde_json::json!(expected)) {
@@ -101,6 +193,8 @@ pub fn violations(outcome: &Outcome) -> Vec<String> {
             status => found.push(format!("run {} ended {status}", run.id)),
         }
     }
+
+    found.extend(wait_violations(outcome));
 
     // Leases as the engines knew them; steps against commits and leases.
     let mut beliefs: BTreeMap<&str, Vec<Belief>> = BTreeMap::new();
@@ -250,4 +344,104 @@ fn find<'a>(
         belief.worker == worker
             && generation.is_none_or(|generation| belief.generation == generation)
     })
+}
+
+/// The signals and wait results against the waits as they ended: at most one signal accepted
+/// per wait (and it is the stored one), a duplicate only of the stored signal, another signal
+/// refused once the wait was resolved, an expiry only of a wait that timed out, and every
+/// `wait_for` that returned gave the stored result.
+fn wait_violations(outcome: &Outcome) -> Vec<String> {
+    let mut found = Vec::new();
+    let waits: BTreeMap<&str, &durably::DurableWait> = outcome
+        .waits
+        .iter()
+        .map(|wait| (wait.id.as_str(), wait))
+        .collect();
+    let mut accepted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    // Waits a signal was answered accepted or duplicate for, so far.
+    let mut answered_resolved: BTreeSet<&str> = BTreeSet::new();
+    for event in &outcome.trace {
+        match event {
+            Event::SignalLanded {
+                wait,
+                signal_id,
+                duplicate: false,
+                ..
+            } => {
+                accepted.entry(wait).or_default().insert(signal_id);
+            }
+            Event::SignalAnswered {
+                wait,
+                signal_id,
+                payload,
+                answer,
+                at,
+                ..
+            } => {
+                let Some(stored) = waits.get(wait.as_str()) else {
+                    found.push(format!(
+                        "signal {signal_id} answered for an unknown wait {wait}"
+                    ));
+                    continue;
+                };
+                let is_stored = stored.status == WaitStatus::Resolved
+                    && stored.outcome == Some(WaitOutcome::Signal)
+                    && stored.signal_id.as_deref() == Some(signal_id.as_str())
+                    && stored.payload == Some(serde_json::json!(payload));
+                let fine = match answer.as_str() {
+                    "accepted" | "duplicate" => is_stored,
+                    "expired" => stored.outcome == Some(WaitOutcome::Timeout),
+                    "conflict" => !is_stored,
+                    "fault" => true,
+                    _ => false,
+                };
+                // Once a signal was answered accepted, another signal id is refused.
+                let refused_other = !answered_resolved.contains(wait.as_str())
+                    || is_stored
+                    || matches!(answer.as_str(), "conflict" | "fault");
+                if !fine || !refused_other {
+                    found.push(format!(
+                        "signal {signal_id} (payload {payload}) of wait {wait} answered {answer} \
+                         at {at} ms; the wait ended {stored:?}"
+                    ));
+                }
+                if matches!(answer.as_str(), "accepted" | "duplicate") {
+                    answered_resolved.insert(wait);
+                }
+            }
+            Event::WaitReturned {
+                run,
+                wait,
+                payload,
+                at,
+                ..
+            } => {
+                let result = waits.get(wait.as_str()).and_then(|stored| {
+                    (stored.status == WaitStatus::Resolved).then(|| match stored.outcome {
+                        Some(WaitOutcome::Timeout) => None,
+                        _ => stored.payload.as_ref().and_then(|payload| payload.as_u64()),
+                    })
+                });
+                if result != Some(*payload) {
+                    found.push(format!(
+                        "wait {wait} of run {run} returned {payload:?} to the job at {at} ms; the \
+                         wait ended {:?}",
+                        waits.get(wait.as_str())
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (wait, ids) in &accepted {
+        let stored = waits
+            .get(wait)
+            .and_then(|stored| stored.signal_id.as_deref());
+        if ids.len() > 1 || ids.iter().any(|id| Some(*id) != stored) {
+            found.push(format!(
+                "wait {wait} accepted signals {ids:?}; it stores {stored:?}"
+            ));
+        }
+    }
+    found
 }

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use durably::testing::sim::{FaultCounts, FaultRates, FaultyStore};
+use durably::testing::sim::{FAULT_MARKER, FaultCounts, FaultRates, FaultyStore};
 use durably::testing::{MemoryStore, use_seeded_ids, use_virtual_wall_clock};
 use durably::{
-    Coalesce, Durably, Error, Job, JobHandle, Run, RunFilter, StepContext, Store, Timestamp,
-    TriggerOptions, Tuning,
+    Coalesce, DurableWait, Durably, Error, Job, JobHandle, NewWait, Run, RunFilter, RunStatus,
+    SignalDisposition, StepContext, Store, Timestamp, TriggerOptions, Tuning, WaitResult,
+    WaitStatus,
 };
 
 use super::probe::{Event, Probe, START, Side, Trace, at, worker_id};
@@ -25,6 +26,33 @@ pub const FAIL_EVERY: u64 = 13;
 pub const DELIBERATE: &str = "deliberate failure";
 /// How long a schedule may take in virtual time before its runs count as stuck.
 const BOUND: Duration = Duration::from_secs(600);
+/// Inputs from here on are runs that wait: `WAITS + timeout_s * 1000 + base` (`timeout_s` 0:
+/// a wait without a deadline).
+pub const WAITS: u64 = 1_000_000;
+/// The name of the one wait of a waiting run.
+pub const WAIT_NAME: &str = "w";
+
+/// An input's base value and, for a run that waits, its wait's timeout in seconds (0: none).
+pub fn decode(input: u64) -> (u64, Option<u64>) {
+    match input.checked_sub(WAITS) {
+        Some(rest) => (rest % 1000, Some(rest / 1000)),
+        None => (input, None),
+    }
+}
+
+/// Whether a run of `input` fails on purpose (at its second step).
+pub fn fails_on_purpose(input: u64, steps: usize) -> bool {
+    let (base, wait) = decode(input);
+    base.is_multiple_of(FAIL_EVERY) && (wait.is_some() || steps >= 2)
+}
+
+/// The output of a run that waits, from its wait's result (`None`: a timeout).
+pub fn expected_wait_output(input: u64, payload: Option<u64>) -> u64 {
+    let (base, _) = decode(input);
+    (0..2)
+        .fold(base, step_value)
+        .wrapping_add(payload.unwrap_or(0))
+}
 
 /// What a seed draws: the shape of one schedule.
 #[derive(Clone, Debug)]
@@ -39,6 +67,8 @@ pub struct Plan {
     pub hand_off: bool,
     pub claim_ahead_below: Duration,
     pub rates: Vec<FaultRates>,
+    /// Runs that wait, in tenths.
+    pub wait_share: u8,
 }
 
 impl Plan {
@@ -71,6 +101,7 @@ impl Plan {
                 _ => lease / 2,
             },
             rates,
+            wait_share: rng.u8(0..=5),
         }
     }
 
@@ -82,7 +113,7 @@ impl Plan {
 
 /// The output a run of `input` completes with (its steps' values folded).
 pub fn expected_output(input: u64, steps: usize) -> u64 {
-    (0..steps as u64).fold(input, step_value)
+    (0..steps as u64).fold(decode(input).0, step_value)
 }
 
 fn step_value(value: u64, index: u64) -> u64 {
@@ -101,6 +132,8 @@ pub struct Outcome {
     pub settled_after: Duration,
     /// Runs not terminal when the bound passed.
     pub stuck: Vec<String>,
+    /// Every run's waits at the end.
+    pub waits: Vec<DurableWait>,
 }
 
 impl Outcome {
@@ -153,8 +186,31 @@ fn job(
     Job::new(JOB, move |step: StepContext, input: u64| {
         let (trace, closures) = (trace.clone(), closures.clone());
         async move {
-            let mut value = input;
+            let (base, wait) = decode(input);
+            let mut value = base;
+            let steps = if wait.is_some() { 2 } else { steps };
+            let mut payload = None;
             for index in 0..steps as u64 {
+                if let (1, Some(timeout_s)) = (index, wait) {
+                    // A run that waits: between its two steps.
+                    let mut new_wait = NewWait::new(WAIT_NAME);
+                    if timeout_s > 0 {
+                        new_wait = new_wait.timeout(Duration::from_secs(timeout_s));
+                    }
+                    let prepared = step.prepare_wait(new_wait).await?;
+                    let result = step.wait_for(&prepared).await?;
+                    payload = match result {
+                        WaitResult::Signal { payload } => Some(payload.as_u64().unwrap_or(0)),
+                        _ => None,
+                    };
+                    trace.push(Event::WaitReturned {
+                        worker,
+                        run: step.run_id().to_owned(),
+                        wait: prepared.id.clone(),
+                        payload,
+                        at: at(),
+                    });
+                }
                 let name = format!("s{index}");
                 let (trace, closures) = (trace.clone(), closures.clone());
                 let run_id = step.run_id().to_owned();
@@ -178,7 +234,7 @@ fn job(
                             } else {
                                 tokio::time::sleep(duration).await;
                             }
-                            if index == 1 && input.is_multiple_of(FAIL_EVERY) {
+                            if index == 1 && base.is_multiple_of(FAIL_EVERY) {
                                 return Err::<u64, Box<dyn std::error::Error + Send + Sync>>(
                                     DELIBERATE.into(),
                                 );
@@ -193,7 +249,7 @@ fn job(
                     let _ = step.log().info("first step done", None).await;
                 }
             }
-            Ok::<_, Error>(value)
+            Ok::<_, Error>(value.wrapping_add(payload.unwrap_or(0)))
         }
     })
 }
@@ -208,6 +264,20 @@ struct Trigger {
     retry: bool,
     /// Cancelled this long after it was triggered, by this worker.
     cancel: Option<(Duration, usize)>,
+    /// For a run that waits: signalled this long after it was triggered.
+    signal: Option<Signal>,
+}
+
+/// A signaller's plan for one run's wait.
+#[derive(Clone, Debug)]
+struct Signal {
+    after: Duration,
+    worker: usize,
+    payload: u64,
+    /// The same signal again this long after it was answered (must be a duplicate).
+    again: Option<Duration>,
+    /// Another signal (another id, another payload) this long after (refused once resolved).
+    other: Option<Duration>,
 }
 
 async fn schedule(seed: u64) -> Outcome {
@@ -281,16 +351,41 @@ async fn schedule(seed: u64) -> Outcome {
                     .concurrency_key(format!("k{}", rng.u8(0..2)))
                     .coalesce(Coalesce::Skip);
             }
-            Trigger {
-                after: Duration::from_millis(rng.u64(0..=10_000)),
+            let after = Duration::from_millis(rng.u64(0..=10_000));
+            let worker = rng.usize(0..plan.workers);
+            let mut input = rng.u64(1..1000);
+            let waits = rng.u8(0..10) < plan.wait_share;
+            if waits {
+                // Half with a deadline of 1-25 s.
+                let timeout_s = if rng.bool() { rng.u64(1..=25) } else { 0 };
+                input += WAITS + timeout_s * 1000;
+            }
+            let cancel = (rng.u8(0..10) < 2).then(|| {
+                let after = match waits {
+                    true => rng.u64(0..=30_000),
+                    false => rng.u64(0..=plan.lease.as_millis() as u64 * 3),
+                };
+                (Duration::from_millis(after), rng.usize(0..plan.workers))
+            });
+            let signal = (waits && rng.u8(0..10) < 7).then(|| Signal {
+                after: Duration::from_millis(rng.u64(0..=30_000)),
                 worker: rng.usize(0..plan.workers),
-                input: rng.u64(1..1000),
+                payload: rng.u64(1..1_000_000),
+                again: rng
+                    .bool()
+                    .then(|| Duration::from_millis(rng.u64(0..=5_000))),
+                other: rng
+                    .bool()
+                    .then(|| Duration::from_millis(rng.u64(0..=5_000))),
+            });
+            Trigger {
+                after,
+                worker,
+                input,
                 options,
                 retry: idempotent,
-                cancel: (rng.u8(0..10) < 2).then(|| {
-                    let after = rng.u64(0..=plan.lease.as_millis() as u64 * 3);
-                    (Duration::from_millis(after), rng.usize(0..plan.workers))
-                }),
+                cancel,
+                signal,
             }
         })
         .collect();
@@ -302,6 +397,11 @@ async fn schedule(seed: u64) -> Outcome {
             .cancel
             .map(|(after, worker)| (after, worker, workers[worker].clone()));
         let (trace, pending) = (trace.clone(), pending_triggers.clone());
+        let signaller = trigger.signal.clone().map(|signal| {
+            let durably = workers[signal.worker].clone();
+            (signal, durably, memory.clone(), trace.clone())
+        });
+        let signals_pending = pending.clone();
         tokio::spawn(async move {
             tokio::time::sleep(trigger.after).await;
             let run = loop {
@@ -320,6 +420,14 @@ async fn schedule(seed: u64) -> Outcome {
                     run => break run,
                 }
             };
+            if let (Some(run), Some((signal, durably, memory, trace))) = (&run, signaller) {
+                signals_pending.fetch_add(1, Ordering::SeqCst);
+                let run = run.clone();
+                tokio::spawn(async move {
+                    signal_run(run, signal, durably, memory, trace).await;
+                    signals_pending.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
             if let (Some(run), Some((after, worker, durably))) = (run, canceller) {
                 tokio::time::sleep(after).await;
                 trace.push(Event::CancelRequested {
@@ -339,11 +447,12 @@ async fn schedule(seed: u64) -> Outcome {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let runs = memory.get_runs(&RunFilter::new()).await.expect("runs");
-        let active: Vec<String> = runs
-            .iter()
-            .filter(|run| !run.status.is_terminal())
-            .map(|run| format!("{} ({})", run.id, run.status))
-            .collect();
+        let mut active = Vec::new();
+        for run in &runs {
+            if !run.status.is_terminal() && !waits_for_ever(&memory, run).await {
+                active.push(format!("{} ({})", run.id, run.status));
+            }
+        }
         if active.is_empty() && pending_triggers.load(Ordering::SeqCst) == 0 {
             break;
         }
@@ -360,6 +469,10 @@ async fn schedule(seed: u64) -> Outcome {
         durably.stop_within(plan.lease).await;
     }
     let runs = memory.get_runs(&RunFilter::new()).await.expect("runs");
+    let mut waits = Vec::new();
+    for run in &runs {
+        waits.extend(memory.get_waits(&run.id).await.expect("waits"));
+    }
     let mut faults = FaultCounts::default();
     for store in &faulty {
         faults += store.counts();
@@ -372,5 +485,92 @@ async fn schedule(seed: u64) -> Outcome {
         faults,
         settled_after,
         stuck,
+        waits,
+    }
+}
+
+/// Whether `run` is legitimately waiting for good: suspended on a pending wait that has no
+/// deadline (nobody may ever signal it).
+async fn waits_for_ever(memory: &MemoryStore, run: &Run) -> bool {
+    if run.status != RunStatus::Waiting {
+        return false;
+    }
+    let Some(wait_id) = &run.waiting_on_wait_id else {
+        return false;
+    };
+    let wait = memory.get_wait(wait_id).await.ok().flatten();
+    wait.is_some_and(|wait| wait.status == WaitStatus::Pending && wait.deadline_at.is_none())
+}
+
+/// The signaller of one run: waits for its wait to be prepared (the id a real signaller would
+/// get in an email link), then signals it, retrying the same signal while the store fails;
+/// then perhaps the same signal again, and another one.
+async fn signal_run(
+    run: String,
+    signal: Signal,
+    durably: Durably,
+    memory: MemoryStore,
+    trace: Trace,
+) {
+    tokio::time::sleep(signal.after).await;
+    let wait = loop {
+        let waits = memory.get_waits(&run).await.unwrap_or_default();
+        if let Some(wait) = waits.into_iter().find(|wait| wait.name == WAIT_NAME) {
+            break wait;
+        }
+        let ended = memory
+            .get_run(&run)
+            .await
+            .ok()
+            .flatten()
+            .is_none_or(|run| run.status.is_terminal());
+        if ended {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let send = |signal_id: String, payload: u64| {
+        let (durably, trace, run, wait) =
+            (durably.clone(), trace.clone(), run.clone(), wait.id.clone());
+        async move {
+            // Retried while the store fails (the same signal: idempotent).
+            for _ in 0..5 {
+                let answer = durably
+                    .signal(&wait, serde_json::json!(payload), &signal_id)
+                    .await;
+                let answer = match answer {
+                    Ok(signalled) if signalled.disposition == SignalDisposition::Accepted => {
+                        "accepted".to_owned()
+                    }
+                    Ok(_) => "duplicate".to_owned(),
+                    Err(Error::WaitExpired { .. }) => "expired".to_owned(),
+                    Err(Error::Conflict(_)) => "conflict".to_owned(),
+                    Err(error) if error.to_string().contains(FAULT_MARKER) => "fault".to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                trace.push(Event::SignalAnswered {
+                    worker: signal.worker,
+                    run: run.clone(),
+                    wait: wait.clone(),
+                    signal_id: signal_id.clone(),
+                    payload,
+                    answer: answer.clone(),
+                    at: at(),
+                });
+                if answer != "fault" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    send(format!("{run}-a"), signal.payload).await;
+    if let Some(after) = signal.again {
+        tokio::time::sleep(after).await;
+        send(format!("{run}-a"), signal.payload).await;
+    }
+    if let Some(after) = signal.other {
+        tokio::time::sleep(after).await;
+        send(format!("{run}-b"), signal.payload + 1).await;
     }
 }

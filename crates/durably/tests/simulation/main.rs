@@ -15,8 +15,8 @@ mod probe;
 
 use std::time::{Duration, Instant};
 
-use durably::RunStatus;
 use durably::testing::sim::FaultCounts;
+use durably::{RunStatus, WaitOutcome, WaitStatus};
 
 use driver::{Outcome, simulate};
 
@@ -62,6 +62,18 @@ fn describe(outcome: &Outcome) -> String {
             run.error
         ));
     }
+    for wait in &outcome.waits {
+        text.push_str(&format!(
+            "  wait {} of {}: {:?} outcome {:?} payload {:?} signal {:?} deadline {:?}\n",
+            wait.id,
+            wait.run_id,
+            wait.status,
+            wait.outcome,
+            wait.payload,
+            wait.signal_id,
+            wait.deadline_at
+        ));
+    }
     text
 }
 
@@ -69,7 +81,9 @@ fn describe(outcome: &Outcome) -> String {
 struct Totals {
     schedules: u64,
     faults: FaultCounts,
-    runs: [u64; 3],
+    runs: [u64; 4],
+    /// Waits: signalled, timed out, cancelled or closed, still pending; signals sent.
+    waits: [u64; 5],
     steps_started: u64,
     takeovers: u64,
     failed: Vec<(u64, Vec<String>)>,
@@ -83,10 +97,24 @@ impl Totals {
             match run.status {
                 RunStatus::Completed => self.runs[0] += 1,
                 RunStatus::Failed => self.runs[1] += 1,
+                RunStatus::Waiting => self.runs[3] += 1,
                 _ => self.runs[2] += 1,
             }
             self.takeovers += (run.lease_generation - 1).max(0) as u64;
         }
+        for wait in &outcome.waits {
+            match (wait.status, wait.outcome) {
+                (WaitStatus::Resolved, Some(WaitOutcome::Timeout)) => self.waits[1] += 1,
+                (WaitStatus::Resolved, _) => self.waits[0] += 1,
+                (WaitStatus::Pending, _) => self.waits[3] += 1,
+                _ => self.waits[2] += 1,
+            }
+        }
+        self.waits[4] += outcome
+            .trace
+            .iter()
+            .filter(|event| matches!(event, probe::Event::SignalAnswered { .. }))
+            .count() as u64;
         self.steps_started += outcome
             .trace
             .iter()
@@ -149,8 +177,11 @@ fn seeded_schedules_keep_every_invariant() {
     for part in parts {
         totals.schedules += part.schedules;
         totals.faults += part.faults;
-        for i in 0..3 {
+        for i in 0..4 {
             totals.runs[i] += part.runs[i];
+        }
+        for i in 0..5 {
+            totals.waits[i] += part.waits[i];
         }
         totals.steps_started += part.steps_started;
         totals.takeovers += part.takeovers;
@@ -159,7 +190,8 @@ fn seeded_schedules_keep_every_invariant() {
     let violations: usize = totals.failed.iter().map(|(_, found)| found.len()).sum();
     println!(
         "simulation: {} schedules (seeds {first}..{}) in {:.1?} on {threads} threads; runs \
-         completed {}, failed {}, cancelled {}; {} step executions, {} takeovers; {} calls, \
+         completed {}, failed {}, cancelled {}, left waiting {}; waits signalled {}, timed \
+         out {}, cancelled or closed {}, pending {}; {} signals sent; {} step executions, {} takeovers; {} calls, \
          faults: {} failed before the store, {} replies lost after a commit, {} delayed, {} \
          frozen; invariant violations: {violations}",
         totals.schedules,
@@ -168,6 +200,12 @@ fn seeded_schedules_keep_every_invariant() {
         totals.runs[0],
         totals.runs[1],
         totals.runs[2],
+        totals.runs[3],
+        totals.waits[0],
+        totals.waits[1],
+        totals.waits[2],
+        totals.waits[3],
+        totals.waits[4],
         totals.steps_started,
         totals.takeovers,
         totals.faults.calls,

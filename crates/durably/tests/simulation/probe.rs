@@ -2,6 +2,7 @@
 //! worker's faults (what the engine was told: claims and renewals that reached it, runs it let
 //! go), one on the store's side (what landed, checked against the run's fence at that instant).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use durably::store::{
     Transition,
 };
 use durably::{
-    Log, Progress, Result, Run, RunFilter, RunStatus, Step, StepStatus, Store, Timestamp,
+    DurableWait, Log, Progress, Result, Run, RunFilter, RunStatus, SignalDisposition, Step,
+    StepStatus, Store, Timestamp, WaitOutcome, WaitStatus,
 };
 
 /// The virtual start of every simulation (wall clock, milliseconds since the epoch).
@@ -83,13 +85,62 @@ pub enum Event {
     },
     /// The driver asked for a run's cancellation (whatever came of it).
     CancelRequested { worker: usize, run: String, at: i64 },
+    /// A wait was first seen resolved in the store (after a store call that may resolve one):
+    /// its outcome and payload (`None` for a timeout).
+    WaitResolved {
+        run: String,
+        wait: String,
+        outcome: Option<WaitOutcome>,
+        payload: Option<String>,
+        signal_id: Option<String>,
+        at: i64,
+    },
+    /// A signal landed in the store (its reply may still be lost on the way back).
+    SignalLanded {
+        worker: usize,
+        wait: String,
+        signal_id: String,
+        duplicate: bool,
+        at: i64,
+    },
+    /// The driver's signaller sent a signal and got this answer (`accepted`, `duplicate`,
+    /// `expired`, `conflict`, `fault` or another error's text).
+    SignalAnswered {
+        worker: usize,
+        run: String,
+        wait: String,
+        signal_id: String,
+        payload: u64,
+        answer: String,
+        at: i64,
+    },
+    /// `wait_for` returned to the job (`None`: a timeout; else the signal's payload).
+    WaitReturned {
+        worker: usize,
+        run: String,
+        wait: String,
+        payload: Option<u64>,
+        at: i64,
+    },
     /// Something that must never happen, seen as it happened.
     Violation(String),
 }
 
+/// A wait as last seen in the store: its status and result.
+#[derive(Clone, Debug, PartialEq)]
+struct WaitSeen {
+    status: WaitStatus,
+    outcome: Option<WaitOutcome>,
+    payload: Option<String>,
+    signal_id: Option<String>,
+}
+
 /// The trace of one simulation, shared by every probe, job and the driver.
 #[derive(Clone, Default)]
-pub struct Trace(Arc<Mutex<Vec<Event>>>);
+pub struct Trace(
+    Arc<Mutex<Vec<Event>>>,
+    Arc<Mutex<BTreeMap<String, WaitSeen>>>,
+);
 
 impl Trace {
     pub fn push(&self, event: Event) {
@@ -98,6 +149,41 @@ impl Trace {
 
     pub fn events(&self) -> Vec<Event> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// Compares a wait as the store has it now with how it was last seen: a resolved wait never
+    /// changes its result or leaves `resolved`; a cancelled or closed one never changes.
+    fn observe(&self, wait: &DurableWait) {
+        let seen = WaitSeen {
+            status: wait.status,
+            outcome: wait.outcome,
+            payload: wait.payload.as_ref().map(|payload| payload.to_string()),
+            signal_id: wait.signal_id.clone(),
+        };
+        let before = self.1.lock().unwrap().insert(wait.id.clone(), seen.clone());
+        let was = before.as_ref().map(|before| before.status);
+        if let Some(before) = &before
+            && matches!(
+                before.status,
+                WaitStatus::Resolved | WaitStatus::Cancelled | WaitStatus::Closed
+            )
+            && *before != seen
+        {
+            self.push(Event::Violation(format!(
+                "wait {} of run {} changed after it was settled: {before:?} then {seen:?}",
+                wait.id, wait.run_id
+            )));
+        }
+        if seen.status == WaitStatus::Resolved && was != Some(WaitStatus::Resolved) {
+            self.push(Event::WaitResolved {
+                run: wait.run_id.clone(),
+                wait: wait.id.clone(),
+                outcome: seen.outcome,
+                payload: seen.payload,
+                signal_id: seen.signal_id,
+                at: at(),
+            });
+        }
     }
 }
 
@@ -163,6 +249,30 @@ impl Probe {
         match self.side {
             Side::Store => self.inner.get_run(&fence.run_id).await.ok().flatten(),
             Side::Engine => None,
+        }
+    }
+
+    /// On the store's side, after a call that may change waits: every wait as it stands (see
+    /// [`Trace::observe`]), and no waiting run holds a lease.
+    async fn observe_waits(&self) {
+        if self.side != Side::Store {
+            return;
+        }
+        let Ok(runs) = self.inner.get_runs(&RunFilter::new()).await else {
+            return;
+        };
+        for run in runs {
+            if run.status == RunStatus::Waiting
+                && (run.lease_owner.is_some() || run.lease_expires_at.is_some())
+            {
+                self.trace.push(Event::Violation(format!(
+                    "run {} is waiting and holds a lease: {:?} until {:?}",
+                    run.id, run.lease_owner, run.lease_expires_at
+                )));
+            }
+            for wait in self.inner.get_waits(&run.id).await.unwrap_or_default() {
+                self.trace.observe(&wait);
+            }
         }
     }
 
@@ -386,6 +496,7 @@ impl Store for Probe {
         if let Ok(Some(_)) = answer {
             self.landed("wait_result", fence, before);
         }
+        self.observe_waits().await;
         answer
     }
 
@@ -396,13 +507,27 @@ impl Store for Probe {
         signal_id: &str,
         now: Timestamp,
     ) -> Result<durably::store::Signalled> {
-        self.inner
+        let answer = self
+            .inner
             .signal_wait(wait_id, payload, signal_id, now)
-            .await
+            .await;
+        if let (Ok(signalled), Side::Store) = (&answer, self.side) {
+            self.trace.push(Event::SignalLanded {
+                worker: self.worker,
+                wait: wait_id.to_owned(),
+                signal_id: signal_id.to_owned(),
+                duplicate: signalled.disposition == SignalDisposition::Duplicate,
+                at: at(),
+            });
+        }
+        self.observe_waits().await;
+        answer
     }
 
     async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64> {
-        self.inner.expire_due_waits(now, limit).await
+        let answer = self.inner.expire_due_waits(now, limit).await;
+        self.observe_waits().await;
+        answer
     }
 
     async fn get_wait(&self, wait_id: &str) -> Result<Option<durably::DurableWait>> {
@@ -465,6 +590,7 @@ impl Store for Probe {
                 self.claimed(&finished.claimed, now, next.lease);
             }
         }
+        self.observe_waits().await;
         answer
     }
 
@@ -476,6 +602,7 @@ impl Store for Probe {
                 at: at(),
             });
         }
+        self.observe_waits().await;
         answer
     }
 

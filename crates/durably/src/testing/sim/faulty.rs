@@ -645,6 +645,82 @@ mod tests {
         assert_eq!(held(3).await.0, first);
     }
 
+    /// The calls of durable waits go through the faults too (prepare, result, signal, expiry
+    /// sweep, suspension): with every call failing before the store, each is refused and
+    /// nothing is written.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_calls_of_durable_waits_are_faulty_too() {
+        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        memory.migrate().await.expect("migrate");
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let next = ClaimRequest::new("w", Duration::from_secs(5), 1);
+        let (_, claimed) = memory
+            .enqueue_and_claim(new_run(), now, &next)
+            .await
+            .expect("claimed");
+        let fence = Fence::of(&claimed[0]);
+        let wait = memory
+            .prepare_wait(&fence, NewWait::new("w").timeout_ms(1), now)
+            .await
+            .expect("prepared")
+            .expect("leased");
+        let failing = FaultyStore::new(memory.clone(), 5, FaultRates::none().fail_before(1.0));
+        let faulty = |result: Result<()>| {
+            let error = result.expect_err("a fault");
+            assert!(error.to_string().contains(FAULT_MARKER), "{error}");
+        };
+        let later = Timestamp::from_millis(now.as_millis() + 10);
+        faulty(
+            failing
+                .prepare_wait(&fence, NewWait::new("x"), now)
+                .await
+                .map(drop),
+        );
+        faulty(failing.wait_result(&fence, &wait.id, now).await.map(drop));
+        faulty(
+            failing
+                .signal_wait(&wait.id, serde_json::json!(1), "s", now)
+                .await
+                .map(drop),
+        );
+        faulty(failing.expire_due_waits(later, 10).await.map(drop));
+        let suspend = Transition::Wait {
+            wait_id: wait.id.clone(),
+        };
+        faulty(
+            failing
+                .finish_run(&fence, suspend, now, None)
+                .await
+                .map(drop),
+        );
+        assert_eq!(failing.counts().failed_before, 5);
+        let stored = memory
+            .get_wait(&wait.id)
+            .await
+            .expect("read")
+            .expect("wait");
+        assert_eq!(stored.status, crate::waits::WaitStatus::Pending);
+        assert_eq!(
+            memory.get_waits(&fence.run_id).await.expect("waits").len(),
+            1
+        );
+        let run = memory
+            .get_run(&fence.run_id)
+            .await
+            .expect("read")
+            .expect("run");
+        assert_eq!(run.status, crate::run::RunStatus::Leased);
+        // A lost reply commits: the sweep resolves the overdue wait, its caller sees an error.
+        let lost = FaultyStore::new(memory.clone(), 5, FaultRates::none().lose_reply(1.0));
+        faulty(lost.expire_due_waits(later, 10).await.map(drop));
+        let stored = memory
+            .get_wait(&wait.id)
+            .await
+            .expect("read")
+            .expect("wait");
+        assert_eq!(stored.status, crate::waits::WaitStatus::Resolved);
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn without_faults_every_call_passes_through() {
         let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
