@@ -10,7 +10,8 @@
 //!   once resumed (a second child takes the run over when the lease expires).
 //! - PostgreSQL (needs `DURABLY_TEST_POSTGRES_URL`, else ignored): four worker processes on
 //!   one schema, many runs each suspended on a wait that the parent signals as it appears, in
-//!   a random order, some twice with the same signal id (some of those concurrently).
+//!   a random order, a few at a time, some twice with the same signal id (some of those
+//!   concurrently).
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,6 +44,8 @@ const ENV_PG_RUNS: &str = "DURABLY_TEST_CRASH_WAITS_RUNS";
 /// and PostgreSQL sharing the two cores; the machine is CPU-bound): the default keeps the test
 /// near ten seconds. Raise it with `DURABLY_TEST_CRASH_WAITS_RUNS=1000`.
 const DEFAULT_PG_RUNS: usize = 200;
+/// How many signals the parent has in flight at once.
+const SIGNALS_IN_FLIGHT: usize = 8;
 
 /// The SQLite children's lease: short, so a survivor takes a killed child's run over soon.
 const SHORT_LEASE: Duration = Duration::from_millis(800);
@@ -659,42 +662,52 @@ async fn four_processes_resume_many_signalled_runs_on_postgres_each_exactly_once
                 })
                 .collect();
             fastrand::shuffle(&mut fresh);
-            for (run, wait) in fresh {
-                assert!(all_ids.contains(&run), "unknown run {run}");
-                let payload = json!({ "for": run, "token": fastrand::u64(..) });
-                let signal_id = format!("sig-{run}");
-                match fastrand::u8(..8) {
-                    // The same signal twice at once: one resolves, the other is a duplicate.
-                    0 => {
-                        let (a, b) = tokio::join!(
-                            parent.signal(&wait, payload.clone(), &signal_id),
-                            parent.signal(&wait, payload.clone(), &signal_id),
-                        );
-                        let mut dispositions = [
-                            a.expect("signal").disposition,
-                            b.expect("signal").disposition,
-                        ];
-                        dispositions.sort_by_key(|d| *d == SignalDisposition::Duplicate);
-                        assert_eq!(
-                            dispositions,
-                            [SignalDisposition::Accepted, SignalDisposition::Duplicate]
-                        );
-                        concurrent_duplicates += 1;
-                    }
-                    k => {
-                        let signalled = parent
-                            .signal(&wait, payload.clone(), &signal_id)
-                            .await
-                            .expect("signal");
-                        assert_eq!(signalled.disposition, SignalDisposition::Accepted);
-                        // Again later: while the run resumes, or after it completed.
-                        if k == 1 {
-                            deferred.push((wait.clone(), payload.clone(), signal_id));
+            // A few signals in flight at once (in the shuffled order, chunk by chunk).
+            for chunk in fresh.chunks(SIGNALS_IN_FLIGHT) {
+                let mut in_flight = tokio::task::JoinSet::new();
+                for (run, wait) in chunk.iter().cloned() {
+                    assert!(all_ids.contains(&run), "unknown run {run}");
+                    let parent = parent.clone();
+                    in_flight.spawn(async move {
+                        let kind = fastrand::u8(..8);
+                        let payload = json!({ "for": run, "token": fastrand::u64(..) });
+                        let signal_id = format!("sig-{run}");
+                        if kind == 0 {
+                            // The same signal twice at once: one resolves, one is a duplicate.
+                            let (a, b) = tokio::join!(
+                                parent.signal(&wait, payload.clone(), &signal_id),
+                                parent.signal(&wait, payload.clone(), &signal_id),
+                            );
+                            let mut dispositions = [
+                                a.expect("signal").disposition,
+                                b.expect("signal").disposition,
+                            ];
+                            dispositions.sort_by_key(|d| *d == SignalDisposition::Duplicate);
+                            assert_eq!(
+                                dispositions,
+                                [SignalDisposition::Accepted, SignalDisposition::Duplicate]
+                            );
+                        } else {
+                            let signalled = parent
+                                .signal(&wait, payload.clone(), &signal_id)
+                                .await
+                                .expect("signal");
+                            assert_eq!(signalled.disposition, SignalDisposition::Accepted);
                         }
-                    }
+                        (run, wait, payload, signal_id, kind)
+                    });
                 }
-                signalled_waits.insert(wait);
-                payloads.insert(run, payload);
+                while let Some(joined) = in_flight.join_next().await {
+                    let (run, wait, payload, signal_id, kind) = joined.expect("signal task");
+                    match kind {
+                        0 => concurrent_duplicates += 1,
+                        // Again later: while the run resumes, or after it completed.
+                        1 => deferred.push((wait.clone(), payload.clone(), signal_id)),
+                        _ => {}
+                    }
+                    signalled_waits.insert(wait);
+                    payloads.insert(run, payload);
+                }
             }
             // Send some of the deferred duplicates now.
             fastrand::shuffle(&mut deferred);
