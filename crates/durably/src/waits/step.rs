@@ -59,7 +59,8 @@ impl StepContext {
     ///     .prepare_wait(NewWait::new("approval").timeout(Duration::from_secs(24 * 3600)))
     ///     .await?;
     /// // Tell a person where to answer: the wait's id is what a signal names.
-    /// step.run("ask", |_| async move { Ok::<_, durably::Error>(format!("/approve/{}", wait.id)) }).await?;
+    /// let link = format!("/approve/{}", wait.id);
+    /// step.run("ask", |_| async move { Ok::<_, durably::Error>(link) }).await?;
     /// match step.wait_for(&wait).await? {
     ///     WaitResult::Signal { payload } => Ok(payload),
     ///     WaitResult::Timeout => Ok(json!({"timedOut": true})),
