@@ -18,9 +18,9 @@ use crate::run::{
     Coalesce, Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
 use crate::store::{
-    AttemptStart, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun, NewStep, RunPatch,
-    Signalled, Transition, parse_labels, parse_optional_json, pending_conflict, pending_run,
-    validate_label_key,
+    AttemptStart, ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun,
+    NewStep, RunPatch, Signalled, Transition, parse_labels, parse_optional_json, pending_conflict,
+    pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 use crate::waits::{
@@ -379,15 +379,15 @@ fn next_claimable(
     Ok(best.map(|(_, rowid)| rowid))
 }
 
-pub(super) fn claim(
-    conn: &Connection,
-    worker_id: &str,
-    now: Timestamp,
-    lease: Duration,
-    max: usize,
-    resume: bool,
-) -> Result<Vec<Run>> {
-    let expires = now + lease;
+pub(super) fn claim(conn: &Connection, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {
+    let ClaimRequest {
+        worker_id,
+        lease,
+        max,
+        resume_waiting: resume,
+    } = request;
+    let (max, resume) = (*max, *resume);
+    let expires = now + *lease;
     // Claiming never makes another lease expire, so one check serves the whole claim.
     let expired_leases: bool = conn
         .prepare_cached(sql::ANY_EXPIRED_LEASE)

@@ -41,11 +41,11 @@ impl Store for SqliteStore {
                 (0, _) | (_, Disposition::Idempotent | Disposition::Coalesced) => Vec::new(),
                 (max, Disposition::Created) => ops::claim(
                     conn,
-                    &next.worker_id,
+                    &ClaimRequest {
+                        max,
+                        ..next.clone()
+                    },
                     now,
-                    next.lease,
-                    max,
-                    next.resume_waiting,
                 )?,
             };
             Ok((enqueued, claimed))
@@ -104,17 +104,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let next = request.clone();
-        self.write_unsynced("claim", move |conn| {
-            ops::claim(
-                conn,
-                &next.worker_id,
-                now,
-                next.lease,
-                next.max,
-                next.resume_waiting,
-            )
-        })
-        .await
+        self.write_unsynced("claim", move |conn| ops::claim(conn, &next, now))
+            .await
     }
 
     async fn renew_lease(
@@ -308,14 +299,7 @@ impl Store for SqliteStore {
         self.queue_write(operation, kind, move |conn| {
             let landed = ops::finish_run(conn, &fence, &transition, now, drop_steps)?;
             let claimed = match next {
-                Some(next) if next.max > 0 => ops::claim(
-                    conn,
-                    &next.worker_id,
-                    now,
-                    next.lease,
-                    next.max,
-                    next.resume_waiting,
-                )?,
+                Some(next) if next.max > 0 => ops::claim(conn, &next, now)?,
                 _ => Vec::new(),
             };
             Ok(Finished { landed, claimed })
