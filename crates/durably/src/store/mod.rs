@@ -524,7 +524,7 @@ pub trait Store: Send + Sync + 'static {
     /// locks its run first and checks again with a fresh database time; waits of runs that are
     /// missing or ended are skipped. Also expires prepared waits no run is suspended on.
     /// Returns how many were resolved. The SQL backends compare deadlines with the database's
-    /// clock; `now` is the clock of a backend without one ([`crate::testing::MemoryStore`]).
+    /// clock; `now` is the clock of a backend without one (`durably::testing::MemoryStore`, feature `testing`).
     async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> Result<u64>;
 
     /// One wait by id (`None` when unknown).

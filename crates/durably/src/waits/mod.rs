@@ -11,7 +11,7 @@
 //! Times of waits (creation, deadline arbitration, suspension, resolution, first resume) come
 //! from the *database clock* (upstream v4 §4.7): PostgreSQL's `clock_timestamp()`; on SQLite the
 //! clock of the process that executes the write (which is what SQLite's `'now'` reads), read
-//! inside its transaction; [`crate::testing::MemoryStore`] the `now` its caller passes. Lease
+//! inside its transaction; `durably::testing::MemoryStore` (feature `testing`) the `now` its caller passes. Lease
 //! guards use the caller's `now`, as for every other lease holder's write.
 
 #![cfg_attr(
