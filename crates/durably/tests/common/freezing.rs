@@ -7,7 +7,7 @@
 //! Unlike a stopped process its timers keep running, but a lease keeper waiting on a frozen
 //! renewal cannot act on them either.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,20 @@ pub struct Freezing {
     /// Instead of freezing its callers, the trap stops this whole process with SIGSTOP (for a
     /// child process that another one continues with SIGCONT).
     stop_process: AtomicBool,
+    /// Calls between their gate and their return: a process stops only once the others are
+    /// done, so that it never stops inside a SQLite write transaction (a real stopped process
+    /// holding the file's write lock would block every other process, which no store can
+    /// prevent, and is not what these tests are about).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One call in flight (see [`Freezing::in_flight`]).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Freezing {
@@ -56,6 +70,7 @@ impl Freezing {
             frozen: Gate::new(),
             thawed: Gate::new(),
             stop_process: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -75,9 +90,16 @@ impl Freezing {
         self.thawed.open();
     }
 
-    /// Before a call: while frozen, nothing reaches the database.
-    async fn gate(&self) {
-        if self.frozen.is_open() {
+    /// Before a call: while frozen, nothing reaches the database. The call counts as in
+    /// flight until the returned guard drops.
+    async fn gate(&self) -> InFlight {
+        loop {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let call = InFlight(self.in_flight.clone());
+            if !self.frozen.is_open() || self.thawed.is_open() {
+                return call;
+            }
+            drop(call);
             self.thawed.wait().await;
         }
     }
@@ -88,18 +110,32 @@ impl Freezing {
         if hit {
             let sprang = self.trap.lock().expect("trap").take().is_some();
             if sprang && self.stop_process.load(Ordering::SeqCst) {
+                // No new call starts; the calls already sent (this one included) finish.
+                self.frozen.open();
+                let drained = tokio::time::timeout(Duration::from_secs(30), async {
+                    while self.in_flight.load(Ordering::SeqCst) > 1 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await;
+                assert!(drained.is_ok(), "store calls still in flight after 30 s");
                 // `raise` stops the calling thread before it returns (an external `kill`
                 // would let this thread run on for a moment), then the whole process.
                 // SAFETY: raising a signal has no memory-safety preconditions.
                 let raised = unsafe { libc::raise(libc::SIGSTOP) };
                 assert_eq!(raised, 0, "SIGSTOP itself");
+                self.thaw();
                 return;
             }
             if sprang {
                 self.frozen.open();
             }
         }
-        self.gate().await;
+        // A stopping process lets a finished call return (the next one waits at its gate), so
+        // that the calls in flight drain.
+        if self.frozen.is_open() && !self.stop_process.load(Ordering::SeqCst) {
+            self.thawed.wait().await;
+        }
     }
 
     fn armed(&self, trap: &Trap) -> bool {
@@ -113,15 +149,15 @@ impl Store for Freezing {
         self.inner.backend()
     }
     async fn migrate(&self) -> durably::Result<()> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.migrate().await
     }
     async fn schema_version(&self) -> durably::Result<i64> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.schema_version().await
     }
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> durably::Result<Enqueued> {
-        self.gate().await;
+        let _call = self.gate().await;
         let enqueued = self.inner.enqueue(run, now).await;
         self.after(false).await;
         enqueued
@@ -132,7 +168,7 @@ impl Store for Freezing {
         now: Timestamp,
         next: &ClaimRequest,
     ) -> durably::Result<(Enqueued, Vec<Run>)> {
-        self.gate().await;
+        let _call = self.gate().await;
         let done = self.inner.enqueue_and_claim(run, now, next).await;
         let hit = self.armed(&Trap::Claimed) && matches!(&done, Ok((_, runs)) if !runs.is_empty());
         self.after(hit).await;
@@ -143,23 +179,23 @@ impl Store for Freezing {
         runs: Vec<NewRun>,
         now: Timestamp,
     ) -> durably::Result<Vec<Enqueued>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let done = self.inner.enqueue_many(runs, now).await;
         self.after(false).await;
         done
     }
     async fn get_run(&self, id: &str) -> durably::Result<Option<Run>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let run = self.inner.get_run(id).await;
         self.after(false).await;
         run
     }
     async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_runs(filter).await
     }
     async fn get_steps(&self, run_id: &str) -> durably::Result<Vec<Step>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let hit = self.armed(&Trap::StepsRead);
         self.after(hit).await;
         let steps = self.inner.get_steps(run_id).await;
@@ -167,15 +203,15 @@ impl Store for Freezing {
         steps
     }
     async fn get_completed_step(&self, run_id: &str, name: &str) -> durably::Result<Option<Step>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_completed_step(run_id, name).await
     }
     async fn get_logs(&self, run_id: &str) -> durably::Result<Vec<Log>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_logs(run_id).await
     }
     async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> durably::Result<Vec<Run>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let claimed = self.inner.claim(request, now).await;
         let hit = self.armed(&Trap::Claimed) && matches!(&claimed, Ok(runs) if !runs.is_empty());
         self.after(hit).await;
@@ -187,14 +223,14 @@ impl Store for Freezing {
         now: Timestamp,
         lease: Duration,
     ) -> durably::Result<Option<Timestamp>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let renewed = self.inner.renew_lease(fence, now, lease).await;
         let hit = self.armed(&Trap::LeaseRenewed) && matches!(renewed, Ok(Some(_)));
         self.after(hit).await;
         renewed
     }
     async fn release_lease(&self, fence: &Fence, now: Timestamp) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         let released = self.inner.release_lease(fence, now).await;
         self.after(false).await;
         released
@@ -205,7 +241,7 @@ impl Store for Freezing {
         attempt: durably::store::AttemptStart,
         now: Timestamp,
     ) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.begin_step_attempt(fence, attempt, now).await
     }
 
@@ -216,14 +252,14 @@ impl Store for Freezing {
         metadata: Option<serde_json::Value>,
         now: Timestamp,
     ) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner
             .set_step_attempt_metadata(fence, attempt_id, metadata, now)
             .await
     }
 
     async fn get_step_attempts(&self, run_id: &str) -> durably::Result<Vec<durably::StepAttempt>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_step_attempts(run_id).await
     }
 
@@ -233,7 +269,7 @@ impl Store for Freezing {
         step: NewStep,
         now: Timestamp,
     ) -> durably::Result<Option<Step>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let trap = Trap::StepPersisted(step.name.clone());
         let completed = step.status == StepStatus::Completed;
         let persisted = self.inner.persist_step(fence, step, now).await;
@@ -247,7 +283,7 @@ impl Store for Freezing {
         wait: durably::waits::NewWait,
         now: Timestamp,
     ) -> durably::Result<Option<durably::DurableWait>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.prepare_wait(fence, wait, now).await
     }
 
@@ -257,7 +293,7 @@ impl Store for Freezing {
         wait_id: &str,
         now: Timestamp,
     ) -> durably::Result<Option<durably::DurableWait>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.wait_result(fence, wait_id, now).await
     }
 
@@ -268,24 +304,24 @@ impl Store for Freezing {
         signal_id: &str,
         now: Timestamp,
     ) -> durably::Result<durably::store::Signalled> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner
             .signal_wait(wait_id, payload, signal_id, now)
             .await
     }
 
     async fn expire_due_waits(&self, now: Timestamp, limit: u64) -> durably::Result<u64> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.expire_due_waits(now, limit).await
     }
 
     async fn get_wait(&self, wait_id: &str) -> durably::Result<Option<durably::DurableWait>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_wait(wait_id).await
     }
 
     async fn get_waits(&self, run_id: &str) -> durably::Result<Vec<durably::DurableWait>> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.get_waits(run_id).await
     }
 
@@ -295,7 +331,7 @@ impl Store for Freezing {
         progress: Option<Progress>,
         now: Timestamp,
     ) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         let updated = self.inner.update_progress(fence, progress, now).await;
         self.after(false).await;
         updated
@@ -306,7 +342,7 @@ impl Store for Freezing {
         log: NewLog,
         now: Timestamp,
     ) -> durably::Result<Option<Log>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let appended = self.inner.append_log(fence, log, now).await;
         self.after(false).await;
         appended
@@ -318,7 +354,7 @@ impl Store for Freezing {
         now: Timestamp,
         then_claim: Option<&ClaimRequest>,
     ) -> durably::Result<Finished> {
-        self.gate().await;
+        let _call = self.gate().await;
         let done = self
             .inner
             .finish_run(fence, transition, now, then_claim)
@@ -329,19 +365,19 @@ impl Store for Freezing {
         done
     }
     async fn cancel_run(&self, id: &str, now: Timestamp) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.cancel_run(id, now).await
     }
     async fn delete_run(&self, id: &str) -> durably::Result<bool> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.delete_run(id).await
     }
     async fn purge_runs(&self, older_than: Timestamp, limit: u64) -> durably::Result<u64> {
-        self.gate().await;
+        let _call = self.gate().await;
         self.inner.purge_runs(older_than, limit).await
     }
     async fn release_expired_leases(&self, now: Timestamp) -> durably::Result<Vec<Run>> {
-        self.gate().await;
+        let _call = self.gate().await;
         let released = self.inner.release_expired_leases(now).await;
         self.after(false).await;
         released
