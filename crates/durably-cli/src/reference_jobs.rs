@@ -1,10 +1,13 @@
 //! The reference jobs of `shared/spec/demo-jobs.md`: `echo`, `steps` and `sleep`, and those
-//! of the capabilities beyond upstream 0.15 that have landed: `approval` (durable waits) and
-//! `fanout` (parallel steps).
+//! of the capabilities beyond upstream 0.15 that have landed: `approval` (durable waits),
+//! `fanout` (parallel steps) and `flaky` (step retries).
 
 use std::time::Duration;
 
-use durably::{CancellationToken, Durably, Job, NewWait, Result, StepContext, WaitResult};
+use durably::{
+    CancellationToken, Durably, Job, NewWait, Result, RetryPolicy, StepContext, StepOptions,
+    WaitResult,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -261,6 +264,70 @@ pub fn fanout() -> Job<FanoutInput, Value> {
     })
 }
 
+/// Input of `flaky`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct FlakyInput {
+    /// Attempts that fail, 0..=20.
+    pub fail_times: u32,
+    /// Attempts in all, 1..=20.
+    pub max_attempts: u32,
+    /// Milliseconds between attempts, 0..=3600000 (none: 0). Over 10 s the run waits
+    /// suspended, without a worker slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+/// `flaky`: one step `flaky` retried up to `maxAttempts` times with a constant delay of
+/// `delayMs`; attempt n fails with `attempt {n} failed` while n <= `failTimes`, else returns
+/// n. Output `{ "attempts": n }`.
+pub fn flaky() -> Job<FlakyInput, Value> {
+    Job::new("flaky", |step: StepContext, input: FlakyInput| async move {
+        let delay = Duration::from_millis(input.delay_ms.unwrap_or(0));
+        let policy = RetryPolicy::constant(input.max_attempts, delay);
+        let fail_times = input.fail_times;
+        let attempts = step
+            .run_retrying("flaky", StepOptions::new().retry(policy), |attempt| async move {
+                let n = attempt.number();
+                if n <= fail_times {
+                    return Err(format!("attempt {n} failed"));
+                }
+                Ok(n)
+            })
+            .await?;
+        Ok::<_, durably::Error>(json!({ "attempts": attempts }))
+    })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["failTimes", "maxAttempts"],
+        "properties": {
+            "failTimes": { "type": "integer", "minimum": 0, "maximum": 20, "description": "Attempts that fail", "examples": [2] },
+            "maxAttempts": { "type": "integer", "minimum": 1, "maximum": 20, "description": "Attempts in all", "examples": [3] },
+            "delayMs": { "type": ["integer", "null"], "minimum": 0, "maximum": 3600000, "description": "Milliseconds between attempts (null: 0; over 10 s the run waits without a worker slot)", "examples": [1000] }
+        }
+    }))
+    .validate(|input| {
+        if input.fail_times > 20 {
+            return Err(format!(
+                "failTimes must be between 0 and 20 (got {})",
+                input.fail_times
+            ));
+        }
+        if !(1..=20).contains(&input.max_attempts) {
+            return Err(format!(
+                "maxAttempts must be between 1 and 20 (got {})",
+                input.max_attempts
+            ));
+        }
+        match input.delay_ms {
+            Some(ms) if ms > 3_600_000 => Err(format!(
+                "delayMs must be between 0 and 3600000 (got {ms})"
+            )),
+            _ => Ok(()),
+        }
+    })
+}
+
 /// Registers the reference jobs.
 pub fn register_all(durably: &Durably) -> Result<()> {
     durably.register(echo())?;
@@ -268,5 +335,6 @@ pub fn register_all(durably: &Durably) -> Result<()> {
     durably.register(sleep())?;
     durably.register(approval())?;
     durably.register(fanout())?;
+    durably.register(flaky())?;
     Ok(())
 }

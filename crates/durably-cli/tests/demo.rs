@@ -357,6 +357,41 @@ fn demo_serves_approval_and_fanout() {
     assert_eq!(status, 400, "{error}");
 }
 
+/// The reference job of step retries (`demo-jobs.md`): `flaky` succeeds at the attempt after
+/// its failures, or fails with the last attempt's error when its attempts run out.
+#[test]
+fn demo_serves_flaky() {
+    let demo = start_demo();
+    let address = demo.address;
+    let trigger = |input: Value| {
+        let (status, triggered) = json_call(
+            address,
+            "POST",
+            "/trigger",
+            Some(json!({"jobName": "flaky", "input": input})),
+        );
+        (status, triggered)
+    };
+    let (status, triggered) = trigger(json!({"failTimes": 2, "maxAttempts": 3, "delayMs": 10}));
+    assert_eq!(status, 200, "{triggered}");
+    let done = wait_for_status(
+        address,
+        triggered["runId"].as_str().expect("runId"),
+        "completed",
+    );
+    assert_eq!(done["output"], json!({"attempts": 3}));
+    let (status, triggered) = trigger(json!({"failTimes": 3, "maxAttempts": 3}));
+    assert_eq!(status, 200, "{triggered}");
+    let failed = wait_for_status(
+        address,
+        triggered["runId"].as_str().expect("runId"),
+        "failed",
+    );
+    assert_eq!(failed["error"], "attempt 3 failed");
+    let (status, error) = trigger(json!({"failTimes": 0, "maxAttempts": 0}));
+    assert_eq!(status, 400, "{error}");
+}
+
 #[test]
 fn fuzz_reference_job_schemas_say_what_the_jobs_take() {
     let demo = start_demo();

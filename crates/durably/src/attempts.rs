@@ -153,6 +153,14 @@ impl NewAttempt {
 pub struct StepOptions {
     /// The metadata each attempt starts with (JSON; `None`: none).
     pub metadata: Option<Value>,
+    /// How often the step is attempted ([`StepContext::run_retrying`](crate::StepContext::run_retrying);
+    /// `None`: once).
+    pub retry: Option<crate::retry::RetryPolicy>,
+    /// Each attempt fails (a retryable error) when it runs longer than this; its function's
+    /// future is dropped. `None`: no bound.
+    pub timeout: Option<std::time::Duration>,
+    /// The number the next attempt runs as (set by the retry loop).
+    pub(crate) attempt_number: u32,
 }
 
 impl StepOptions {
@@ -164,6 +172,23 @@ impl StepOptions {
     /// Sets [`metadata`](Self::metadata).
     pub fn metadata(mut self, metadata: Value) -> Self {
         self.metadata = Some(metadata);
+        self
+    }
+
+    /// Sets [`retry`](Self::retry).
+    pub fn retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub(crate) fn attempt_number(mut self, number: u32) -> Self {
+        self.attempt_number = number;
         self
     }
 }
@@ -179,6 +204,7 @@ pub struct Attempt {
 struct AttemptInner {
     shared: Arc<StepShared>,
     id: String,
+    number: u32,
     step_name: String,
     index: i64,
     started_at: Timestamp,
@@ -214,11 +240,13 @@ impl Attempt {
         index: i64,
         started_at: Timestamp,
         metadata: Option<Value>,
+        number: u32,
     ) -> Self {
         Attempt {
             inner: Arc::new(AttemptInner {
                 shared,
                 id,
+                number: number.max(1),
                 step_name: step_name.to_owned(),
                 index,
                 started_at,
@@ -235,6 +263,13 @@ impl Attempt {
     /// The attempt's id (a ULID), as [`StepAttempt::id`] reads it back.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Which attempt of its step this is, from 1 (see
+    /// [`StepContext::run_retrying`](crate::StepContext::run_retrying); always 1 for a step
+    /// without a retry policy).
+    pub fn number(&self) -> u32 {
+        self.inner.number
     }
 
     /// The run's cancellation token: fires when the run is cancelled or this worker loses its

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{BoxError, Error, Result};
+use crate::retry::RetryPolicy;
 use crate::step::StepContext;
 
 /// Bounds every job input and output type satisfies.
@@ -46,6 +47,7 @@ pub struct Job<I, O> {
     validate_input: Option<Arc<Validator<I>>>,
     validate_output: Option<Arc<Validator<O>>>,
     input_schema: Option<Arc<Value>>,
+    retry: Option<RetryPolicy>,
 }
 
 impl<I, O> Clone for Job<I, O> {
@@ -56,6 +58,7 @@ impl<I, O> Clone for Job<I, O> {
             validate_input: self.validate_input.clone(),
             validate_output: self.validate_output.clone(),
             input_schema: self.input_schema.clone(),
+            retry: self.retry.clone(),
         }
     }
 }
@@ -79,7 +82,30 @@ impl<I: JobData, O: JobData> Job<I, O> {
             validate_input: None,
             validate_output: None,
             input_schema: None,
+            retry: None,
         }
+    }
+
+    /// Retries the whole run when the job function fails: the run is executed again from the
+    /// top after the policy's delay, its completed steps replayed (not executed again), until
+    /// an execution succeeds, the attempts are used up (the run then fails with the last
+    /// error), or the error is [`NonRetryable`](crate::NonRetryable). Between attempts the run
+    /// is `waiting` on a durable timer named `run-retry:<attempt>` (no lease, no slot), whose
+    /// metadata keeps that attempt's error; an operator ends the delay early by signalling it.
+    /// Cancellation, a lost lease, invalid input or output and panics are not retried.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durably::{Job, RetryPolicy, StepContext};
+    /// let sync = Job::new("sync", |step: StepContext, _input: ()| async move {
+    ///     step.run("pull", |_| async { Ok::<_, durably::Error>(1) }).await
+    /// })
+    /// .retry(RetryPolicy::exponential(5, Duration::from_secs(30)));
+    /// # let _ = sync;
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
     }
 
     /// Adds input validation beyond deserialization; a rejection fails the trigger with
@@ -172,7 +198,15 @@ impl<I: JobData, O: JobData> Job<I, O> {
     async fn execute(&self, step: StepContext, input: Value) -> Result<Value, ExecutionError> {
         let typed: I = serde_json::from_value(input)
             .map_err(|e| ExecutionError::Message(format!("Invalid input: {e}")))?;
-        let output = (self.run)(step, typed).await.map_err(ExecutionError::Job)?;
+        let output = match (self.run)(step.clone(), typed).await {
+            Ok(output) => output,
+            Err(error) => {
+                return Err(ExecutionError::Job(match &self.retry {
+                    Some(policy) => crate::retry::after_run_failure(&step, policy, error).await,
+                    None => error,
+                }));
+            }
+        };
         if let Some(check) = &self.validate_output {
             check(&output).map_err(|e| ExecutionError::Message(format!("Invalid output: {e}")))?;
         }

@@ -192,6 +192,7 @@ mod lease;
 pub mod limits;
 pub mod maintenance;
 pub mod parallel;
+pub mod retry;
 pub mod run;
 mod runtime;
 pub mod step;
@@ -216,6 +217,7 @@ pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use handle::JobHandle;
 pub use job::{Job, JobData};
 pub use limits::Limits;
+pub use retry::{AttemptTimedOut, Backoff, NonRetryable, RetryPolicy};
 pub use run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
@@ -238,3 +240,8 @@ pub use wait::{LogEntry, WaitOptions};
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The examples of `docs/retries.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/retries.md")]
+#[cfg(doctest)]
+pub struct RetriesDocDoctests;

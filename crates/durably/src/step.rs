@@ -21,6 +21,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
 use crate::parallel::Branches;
+use crate::retry::AttemptTimedOut;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
@@ -69,6 +70,9 @@ pub(crate) struct StepShared {
     failed_steps: Mutex<Vec<(i64, String)>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, (i64, Value)>>>,
+    /// Failed attempts recorded by earlier executions, by step name; `None` until loaded (with
+    /// `completed`, or by the first step with a retry policy).
+    failed_before: Mutex<Option<HashMap<String, u32>>>,
     /// The run's completed steps when it was claimed: the rows loaded later are at least
     /// these, unless the run ended meanwhile (its rows dropped).
     claimed_completed_steps: i64,
@@ -213,11 +217,12 @@ impl StepShared {
 
     /// The stored index and output of a completed step, loading this run's completed steps
     /// once.
-    async fn completed_output(&self, name: &str) -> Result<Option<(i64, Value)>> {
+    pub(crate) async fn completed_output(&self, name: &str) -> Result<Option<(i64, Value)>> {
         if let Some(completed) = lock(&self.completed).as_ref() {
             return Ok(completed.get(name).cloned());
         }
         let steps = self.store.get_steps(&self.run_id).await?;
+        self.remember_failed_before(&steps);
         let completed: Vec<_> = steps
             .into_iter()
             .filter(|s| s.status == StepStatus::Completed)
@@ -237,6 +242,33 @@ impl StepShared {
         let output = loaded.get(name).cloned();
         lock(&self.completed).get_or_insert(loaded);
         Ok(output)
+    }
+
+    fn remember_failed_before(&self, steps: &[crate::run::Step]) {
+        let mut failed = HashMap::new();
+        for step in steps.iter().filter(|s| s.status == StepStatus::Failed) {
+            *failed.entry(step.name.clone()).or_insert(0) += 1;
+        }
+        lock(&self.failed_before).get_or_insert(failed);
+    }
+
+    /// How many attempts of step `name` failed in earlier executions of this run (its
+    /// `failed` step rows). The first execution of a run reads nothing.
+    pub(crate) async fn failed_attempts(&self, name: &str) -> Result<u32> {
+        if let Some(failed) = lock(&self.failed_before).as_ref() {
+            return Ok(failed.get(name).copied().unwrap_or(0));
+        }
+        if self.fence.generation <= 1 {
+            // Claimed for the first time: no execution before this one.
+            lock(&self.failed_before).get_or_insert_with(HashMap::new);
+            return Ok(0);
+        }
+        let steps = self.store.get_steps(&self.run_id).await?;
+        self.remember_failed_before(&steps);
+        Ok(lock(&self.failed_before)
+            .as_ref()
+            .and_then(|failed| failed.get(name).copied())
+            .unwrap_or(0))
     }
 
     fn remember_completed(&self, name: &str, index: i64, output: Value) {
@@ -420,6 +452,7 @@ impl StepContext {
             failed_steps: Mutex::new(Vec::new()),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
+            failed_before: Mutex::new(None),
             claimed_completed_steps: completed_steps,
             lease,
             renewing: tokio::sync::Mutex::new(()),
@@ -579,6 +612,7 @@ impl StepContext {
             index,
             started_at,
             options.metadata,
+            options.attempt_number,
         );
         let recorded_first = shared.attempt_record_delay.is_zero();
         // Upstream's order: the `started` row commits before the function starts.
@@ -598,7 +632,8 @@ impl StepContext {
             });
         shared.step_started(name);
         let span = tracing::info_span!("durably.step", step = name, index);
-        let function = f(attempt.clone()).instrument(span);
+        let function =
+            bounded(f(attempt.clone()), options.timeout, name, &attempt).instrument(span);
         let result = if recorded_first {
             function.await
         } else {
@@ -673,7 +708,7 @@ impl StepContext {
                     };
                 }
             },
-            Err(error) => error.into(),
+            Err(error) => error,
         };
 
         if shared.abort_reason() == Some(AbortReason::LeaseLost) {
@@ -907,5 +942,26 @@ impl StepLog {
             data,
         });
         written
+    }
+}
+
+/// An attempt's function, failing with [`AttemptTimedOut`] (its future dropped) when it runs
+/// longer than `timeout`.
+async fn bounded<T, E: Into<BoxError>>(
+    function: impl Future<Output = std::result::Result<T, E>>,
+    timeout: Option<Duration>,
+    step: &str,
+    attempt: &Attempt,
+) -> std::result::Result<T, BoxError> {
+    let Some(timeout) = timeout else {
+        return function.await.map_err(Into::into);
+    };
+    tokio::select! {
+        result = function => result.map_err(Into::into),
+        () = runtime::sleep(timeout) => Err(Box::new(AttemptTimedOut {
+            step: step.to_owned(),
+            attempt: attempt.number(),
+            after: timeout,
+        })),
     }
 }
