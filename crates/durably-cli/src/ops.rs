@@ -765,6 +765,7 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
         concurrency_key: run.concurrency_key,
         labels: run.labels,
         coalesce: None,
+        ..Default::default()
     };
     let enqueued = durably
         .store()

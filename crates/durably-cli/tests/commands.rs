@@ -108,6 +108,7 @@ impl Fixture {
                         concurrency_key: None,
                         labels: options.labels.unwrap_or_default(),
                         coalesce: None,
+                        ..Default::default()
                     },
                     Timestamp::now(),
                 )
@@ -898,6 +899,7 @@ async fn runs_works_on_postgres() {
                 concurrency_key: None,
                 labels: [("tenant".to_owned(), "acme".to_owned())].into(),
                 coalesce: None,
+                ..Default::default()
             },
             Timestamp::now(),
         )

@@ -121,6 +121,13 @@ impl Durably {
                 "coalesce requires concurrencyKey".into()
             )));
         }
+        if options.start_at.is_some() && options.coalesce.is_some() {
+            return Err(Error::Validation(at(
+                "coalesce does not apply to a delayed run (startAt): a delayed run is not pending; \
+                 drop one of the two"
+                    .into(),
+            )));
+        }
         if options.idempotency_key.as_deref() == Some("") {
             return Err(Error::Validation(at(
                 "idempotencyKey must not be empty".into()
@@ -154,6 +161,7 @@ impl Durably {
             concurrency_key: options.concurrency_key,
             labels: options.labels.unwrap_or_default(),
             coalesce: options.coalesce,
+            start_at: options.start_at,
         })
     }
 
@@ -385,6 +393,7 @@ impl Durably {
             concurrency_key: run.concurrency_key,
             labels: run.labels,
             coalesce: None,
+            ..Default::default()
         };
         Ok(self.enqueue_announced(request).await?.run)
     }

@@ -532,6 +532,10 @@ pub struct TriggerOptions {
     pub labels: Option<Labels>,
     /// Which existing run of the job and concurrency key to reuse (requires a concurrency key).
     pub coalesce: Option<Coalesce>,
+    /// A delayed run: not started before this time. Until then the run is `waiting` on a
+    /// durable wait named `delay` (no lease, no slot); signalling that wait starts it at once.
+    /// A time not in the future starts the run as usual. Not with `coalesce`.
+    pub start_at: Option<Timestamp>,
 }
 
 impl TriggerOptions {
@@ -570,6 +574,24 @@ impl TriggerOptions {
     pub fn coalesce(mut self, coalesce: Coalesce) -> Self {
         self.coalesce = Some(coalesce);
         self
+    }
+
+    /// Starts the run no earlier than `start_at` (see [`start_at`](Self::start_at)).
+    pub fn start_at(mut self, start_at: Timestamp) -> Self {
+        self.start_at = Some(start_at);
+        self
+    }
+
+    /// Starts the run no earlier than `delay` from now.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durably::TriggerOptions;
+    /// let options = TriggerOptions::new().delay(Duration::from_secs(3600));
+    /// assert!(options.start_at.is_some());
+    /// ```
+    pub fn delay(self, delay: std::time::Duration) -> Self {
+        self.start_at(Timestamp::now() + delay)
     }
 }
 

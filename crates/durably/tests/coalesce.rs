@@ -547,6 +547,7 @@ async fn concurrent_triggers_from_several_stores(backend: Backend) {
         concurrency_key: Some(key.into()),
         labels: Default::default(),
         coalesce: Some(mode),
+        ..Default::default()
     };
     let race = |key: &'static str, mode: Coalesce| {
         let tasks: Vec<_> = (0..TASKS)
@@ -692,6 +693,7 @@ async fn postgres_active_and_keyed_batches_take_the_key_locks() {
         concurrency_key: Some("k".into()),
         labels: Default::default(),
         coalesce: mode,
+        ..Default::default()
     };
 
     let active = {

@@ -951,6 +951,7 @@ async fn a_completion_hands_its_key_on_and_wakes_nobody_unless_it_cannot() {
         concurrency_key: Some(key.into()),
         labels: Default::default(),
         coalesce: None,
+        ..Default::default()
     };
     let next = durably::store::ClaimRequest {
         worker_id: "w".into(),
@@ -1086,6 +1087,7 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         })
         .collect();
     let enqueued = store.enqueue_many(runs, now).await.expect("enqueue");
@@ -1149,6 +1151,7 @@ async fn leased_runs(store: &PostgresStore, runs: usize) -> Vec<durably::store::
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         })
         .collect();
     store.enqueue_many(new_runs, now).await.expect("enqueue");

@@ -162,6 +162,7 @@ fn probe_run() -> NewRun {
         concurrency_key: None,
         labels: Default::default(),
         coalesce: None,
+        ..Default::default()
     }
 }
 

@@ -52,6 +52,7 @@ fn new_run(job: &str, input: Value) -> NewRun {
         concurrency_key: None,
         labels: Labels::new(),
         coalesce: None,
+        ..Default::default()
     }
 }
 

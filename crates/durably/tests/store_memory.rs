@@ -30,6 +30,7 @@ fn new_run(job: &str) -> NewRun {
         concurrency_key: None,
         labels: Labels::new(),
         coalesce: None,
+        ..Default::default()
     }
 }
 

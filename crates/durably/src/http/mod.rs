@@ -569,8 +569,36 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
             )));
         }
     };
+    // durably's additions: a delayed run (`startAt`, an ISO 8601 time, or `delayMs`).
+    options.start_at = match (body.get("startAt"), body.get("delayMs")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(Value::String(text)), None | Some(Value::Null)) => {
+            Some(crate::Timestamp::parse(text).ok_or_else(|| {
+                bad_request(&format!(
+                    "startAt must be an ISO 8601 time such as 2026-01-31T12:00:00.000Z (got \"{text}\")"
+                ))
+            })?)
+        }
+        (None | Some(Value::Null), Some(delay)) => match delay.as_u64() {
+            Some(ms) if ms <= MAX_DELAY_MS => {
+                Some(crate::Timestamp::now() + std::time::Duration::from_millis(ms))
+            }
+            _ => {
+                return Err(bad_request(&format!(
+                    "delayMs must be an integer between 0 and {MAX_DELAY_MS} (got {delay})"
+                )));
+            }
+        },
+        (Some(_), None | Some(Value::Null)) => {
+            return Err(bad_request("startAt must be a string (an ISO 8601 time)"));
+        }
+        (Some(_), Some(_)) => return Err(bad_request("Give startAt or delayMs, not both")),
+    };
     Ok(options)
 }
+
+/// The longest `delayMs` of a trigger: 10 years.
+const MAX_DELAY_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
 
 async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
     let body = read_body(shared, body).await?;

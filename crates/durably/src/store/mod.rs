@@ -55,7 +55,7 @@ pub struct WriterStats {
 pub const SCHEMA_VERSION: i64 = 4;
 
 /// A run to insert.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewRun {
     /// The job to run.
     pub job_name: String,
@@ -69,6 +69,13 @@ pub struct NewRun {
     pub labels: Labels,
     /// Conflict resolution for the pending-per-key rule.
     pub coalesce: Option<Coalesce>,
+    /// A delayed run: not claimable before this time. The run is inserted `waiting` on a new
+    /// durable wait named `delay` whose deadline is this time (metadata `{"durably": {"kind":
+    /// "delay"}}`), in the same transaction, so that every runtime sharing the database (the
+    /// TypeScript one too) resumes it only once the wait is resolved: by its deadline, or
+    /// earlier by a signal (an operator's "run now"). `None`, or a time not after `now`: an
+    /// ordinary pending run. Never combined with `coalesce` (the caller refuses it).
+    pub start_at: Option<Timestamp>,
 }
 
 /// The outcome of [`Store::enqueue`].
@@ -683,6 +690,23 @@ pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
         completed_at: None,
         created_at: now,
         updated_at: now,
+    }
+}
+
+/// The name of a delayed run's wait ([`NewRun::start_at`]).
+pub const DELAY_WAIT: &str = "delay";
+
+/// The metadata of a delayed run's wait: `{"durably": {"kind": "delay"}}`.
+pub fn delay_metadata() -> Value {
+    serde_json::json!({ "durably": { "kind": "delay" } })
+}
+
+/// `run` (just inserted) as a delayed run waiting on `wait_id`.
+pub(crate) fn delayed_run(run: Run, wait_id: String) -> Run {
+    Run {
+        status: RunStatus::Waiting,
+        waiting_on_wait_id: Some(wait_id),
+        ..run
     }
 }
 

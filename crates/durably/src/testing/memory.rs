@@ -234,7 +234,10 @@ impl State {
         for key in request.labels.keys() {
             validate_label_key(key)?;
         }
+        // A delayed run is not pending: neither the pending-per-key rule nor coalescing applies.
+        let delayed = request.start_at.filter(|at| *at > now);
         if let Some(key) = &request.concurrency_key
+            && delayed.is_none()
             && let Some(existing) = match request.coalesce {
                 Some(Coalesce::Active) => self.active_with_key(&request.job_name, key, now),
                 _ => self.oldest_pending_with_key(&request.job_name, key),
@@ -248,7 +251,28 @@ impl State {
                 None => Err(pending_conflict(&request.job_name, key)),
             };
         }
-        let run = pending_run(new_id_at(now), request, now);
+        let mut run = pending_run(new_id_at(now), request, now);
+        if let Some(start_at) = delayed {
+            let wait = DurableWait {
+                id: new_id_at(now),
+                run_id: run.id.clone(),
+                name: crate::store::DELAY_WAIT.to_owned(),
+                metadata: Some(crate::store::delay_metadata()),
+                status: WaitStatus::Pending,
+                payload: None,
+                signal_id: None,
+                created_at: now,
+                deadline_at: Some(start_at),
+                outcome: None,
+                suspended_at: Some(now),
+                resolved_at: None,
+                first_resumed_at: None,
+                input_wait_ms: None,
+                execution_slot_wait_ms: None,
+            };
+            run = crate::store::delayed_run(run, wait.id.clone());
+            self.waits.insert(wait.id.clone(), wait);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ids.insert(run.id.clone(), seq);

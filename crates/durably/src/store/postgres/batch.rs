@@ -781,6 +781,7 @@ mod tests {
                 concurrency_key: None,
                 labels: Default::default(),
                 coalesce: None,
+                ..Default::default()
             })
             .collect();
         store.enqueue_many(runs, now).await.expect("enqueue");

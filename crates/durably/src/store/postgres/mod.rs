@@ -469,6 +469,84 @@ impl PostgresStore {
         Err(conflict_after_retry(run))
     }
 
+    /// [`Store::enqueue`] of a delayed run (`NewRun::start_at`), in one transaction: the enqueue
+    /// statement without the concurrency key (a delayed run is not pending, so the
+    /// pending-per-key rule does not apply), then the run's `delay` wait and the run waiting on
+    /// it, with its key. A retry after an unacknowledged commit finds the run by its id, already
+    /// waiting, and changes nothing.
+    async fn enqueue_delayed(
+        &self,
+        run: &NewRun,
+        start_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Enqueued> {
+        let keyless = NewRun {
+            concurrency_key: None,
+            coalesce: None,
+            ..run.clone()
+        };
+        let prepared = Prepared::new(&keyless, new_id_at(now), now)?;
+        let channel = &self.shared.channel;
+        let metadata = crate::store::delay_metadata().to_string();
+        for round in 0..3 {
+            let (keyless, prepared, metadata) = (&keyless, &prepared, &metadata);
+            let outcome = self
+                .run("enqueue", true, |mut client, _| async move {
+                    let statement = client.prepare_cached(&prepared.sql()).await?;
+                    let tx = client.transaction().await?;
+                    let rows = tx.query(&statement, &prepared.params(channel)).await?;
+                    let mut enqueued = match resolve(keyless, prepared, &rows)? {
+                        Some(Ok(enqueued)) => enqueued,
+                        other => return Ok(other),
+                    };
+                    if enqueued.disposition == Disposition::Created
+                        && enqueued.run.status == RunStatus::Pending
+                    {
+                        let wait_id = new_id_at(now);
+                        tx.execute(
+                            "INSERT INTO durably_waits (id, run_id, name, metadata, status, \
+                               payload, signal_id, created_at, resolved_at, deadline_at, \
+                               deadline_ms, outcome, suspended_at, first_resumed_at, timing_known) \
+                             VALUES ($1, $2, $3, $4, 'pending', NULL, NULL, $5, NULL, $6, \
+                               $7::double precision, NULL, $5, NULL, 1)",
+                            &[
+                                &wait_id,
+                                &enqueued.run.id,
+                                &crate::store::DELAY_WAIT,
+                                metadata,
+                                &now.to_string(),
+                                &start_at.to_string(),
+                                &(start_at.as_millis() as f64),
+                            ],
+                        )
+                        .await?;
+                        tx.execute(
+                            "UPDATE durably_runs SET status = 'waiting', waiting_on_wait_id = $2, \
+                               concurrency_key = $3 WHERE id = $1",
+                            &[&enqueued.run.id, &wait_id, &run.concurrency_key],
+                        )
+                        .await?;
+                        enqueued.run = crate::store::delayed_run(
+                            Run {
+                                concurrency_key: run.concurrency_key.clone(),
+                                ..enqueued.run
+                            },
+                            wait_id,
+                        );
+                    }
+                    tx.commit().await?;
+                    Ok(Some(Ok(enqueued)))
+                })
+                .await?;
+            match outcome {
+                Some(result) => return result,
+                None if round < 2 => continue,
+                None => {}
+            }
+        }
+        Err(conflict_after_retry(run))
+    }
+
     /// One attempt at [`Store::enqueue_and_claim`] in one transaction: the enqueue and the
     /// claim's first statement pipelined between `BEGIN` and `COMMIT`; the claim claims only if
     /// the enqueue inserted its run, so a rejected or lost enqueue claims nothing. Returns the
@@ -682,6 +760,7 @@ mod message_tests {
             concurrency_key: concurrency.map(str::to_owned),
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         };
         let message = |run| conflict_after_retry(&run).to_string();
         assert!(
@@ -719,6 +798,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 coalesce: None,
+                ..Default::default()
             })
             .collect();
         let prepared: Vec<Prepared> = runs

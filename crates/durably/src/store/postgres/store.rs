@@ -42,6 +42,9 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
+        if let Some(start_at) = run.start_at.filter(|at| *at > now) {
+            return self.enqueue_delayed(&run, start_at, now).await;
+        }
         let prepared = Prepared::new(&run, new_id_at(now), now)?;
         self.enqueue_prepared(&run, &prepared).await
     }
@@ -52,6 +55,10 @@ impl Store for PostgresStore {
         now: Timestamp,
         next: &ClaimRequest,
     ) -> Result<(Enqueued, Vec<Run>)> {
+        if run.start_at.is_some_and(|at| at > now) {
+            // Nothing to claim: the run waits for its start.
+            return Ok((self.enqueue(run, now).await?, Vec::new()));
+        }
         let prepared = Prepared::new(&run, new_id_at(now), now)?;
         if next.max == 0 {
             return Ok((self.enqueue_prepared(&run, &prepared).await?, Vec::new()));

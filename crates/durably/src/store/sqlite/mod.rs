@@ -725,6 +725,7 @@ mod tests {
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         };
         let enqueued = store.enqueue(run, Timestamp::now()).await.expect("enqueue");
         assert_eq!(enqueued.run.status, crate::RunStatus::Pending);
@@ -794,6 +795,7 @@ mod tests {
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         };
         store
             .enqueue(run(), Timestamp::now())
@@ -894,6 +896,7 @@ mod tests {
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         };
         store.enqueue(run, now).await.expect("enqueue");
         assert_eq!(writer_sync_mode(&store).await, 2, "an enqueue is synced");

@@ -241,7 +241,11 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     for key in request.labels.keys() {
         validate_label_key(key)?;
     }
-    if let Some(key) = &request.concurrency_key {
+    // A delayed run is not pending: neither the pending-per-key rule nor coalescing applies.
+    let delayed = request.start_at.filter(|at| *at > now);
+    if let Some(key) = &request.concurrency_key
+        && delayed.is_none()
+    {
         let existing = match request.coalesce {
             Some(Coalesce::Active) => active_with_key(conn, &request.job_name, key, now)?,
             _ => oldest_pending_with_key(conn, &request.job_name, key)?,
@@ -297,10 +301,43 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
                 .map_err(sql_error("enqueue"))?;
         }
     }
+    let mut run = pending_run(id, request, now);
+    if let Some(start_at) = delayed {
+        let wait_id = delay_run(conn, &run.id, start_at)?;
+        run = crate::store::delayed_run(run, wait_id);
+    }
     Ok(Enqueued {
-        run: pending_run(id, request, now),
+        run,
         disposition: Disposition::Created,
     })
+}
+
+/// Makes the run just inserted a delayed run (`NewRun::start_at`): a `delay` wait with its
+/// start as deadline, and the run `waiting` on it. Returns the wait's id.
+fn delay_run(conn: &Connection, run_id: &str, start_at: Timestamp) -> Result<String> {
+    let created = database_now();
+    let id = new_id_at(created);
+    let metadata = canonical_json(&crate::store::delay_metadata());
+    conn.prepare_cached(sql::INSERT_WAIT)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                id,
+                run_id,
+                crate::store::DELAY_WAIT,
+                metadata,
+                created,
+                start_at,
+                start_at.as_millis()
+            ])
+        })
+        .map_err(sql_error("enqueue"))?;
+    conn.prepare_cached(sql::DELAY_WAIT_SUSPENDED)
+        .and_then(|mut stmt| stmt.execute(params![id, created]))
+        .map_err(sql_error("enqueue"))?;
+    conn.prepare_cached(sql::DELAY_RUN)
+        .and_then(|mut stmt| stmt.execute(params![run_id, id]))
+        .map_err(sql_error("enqueue"))?;
+    Ok(id)
 }
 
 /// Upstream §5.5 step 5, for an insert refused by a unique index (`error`, already the

@@ -268,6 +268,14 @@ pub(crate) const INSERT_WAIT: &str = "INSERT INTO durably_waits (id, run_id, nam
              suspended_at, first_resumed_at, timing_known) \
              VALUES (?1, ?2, ?3, ?4, 'pending', NULL, NULL, ?5, NULL, ?6, ?7, NULL, NULL, NULL, 1)";
 
+/// A run just inserted waits on its `delay` wait `?2`.
+pub(crate) const DELAY_RUN: &str =
+    "UPDATE durably_runs SET status = 'waiting', waiting_on_wait_id = ?2 WHERE id = ?1";
+
+/// A `delay` wait `?1` records when its run was suspended on it (`?2`).
+pub(crate) const DELAY_WAIT_SUSPENDED: &str =
+    "UPDATE durably_waits SET suspended_at = ?2 WHERE id = ?1";
+
 /// Resolves a pending wait whose deadline is at or before `?2` (ms) as a timeout.
 pub(crate) const TIME_OUT_WAIT: &str = "UPDATE durably_waits SET status = 'resolved', \
              outcome = 'timeout', resolved_at = deadline_at WHERE id = ?1 AND status = 'pending' \

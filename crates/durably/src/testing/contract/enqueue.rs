@@ -20,6 +20,7 @@ pub async fn enqueue_and_get_run_round_trip(store: Arc<dyn Store>) {
         concurrency_key: Some("ck-1".into()),
         labels: labels.clone(),
         coalesce: None,
+        ..Default::default()
     };
     let created = store.enqueue(request, now).await.expect("enqueue");
     assert_eq!(created.disposition, Disposition::Created);

@@ -53,6 +53,7 @@ fn new_run(job: &str, input: Value) -> NewRun {
         concurrency_key: None,
         labels: Labels::new(),
         coalesce: None,
+        ..Default::default()
     }
 }
 

@@ -606,6 +606,7 @@ mod tests {
             concurrency_key: None,
             labels: Default::default(),
             coalesce: None,
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,175 @@
+//! Delayed runs (`TriggerOptions::start_at` / `delay`): a delayed run waits (`waiting` on a
+//! `delay` wait, no lease, no slot) until its start time, then any worker starts it; a signal
+//! to its wait starts it at once; a start not in the future starts it as usual.
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, LIMIT, TestDb, backend_tests, eventually, terminal};
+use durably::{Error, Job, RunStatus, StepContext, Timestamp, TriggerOptions, WaitStatus};
+use serde_json::{Value, json};
+
+fn stamp() -> Job<Value, Value> {
+    Job::new("stamp", |step: StepContext, _input: Value| async move {
+        let started = step
+            .run("stamp", |_| async move {
+                Ok::<_, Error>(Timestamp::now().as_millis())
+            })
+            .await?;
+        Ok::<_, Error>(json!({ "startedAt": started }))
+    })
+}
+
+fn started_at(run: &durably::Run) -> i64 {
+    run.output
+        .as_ref()
+        .and_then(|o| o["startedAt"].as_i64())
+        .expect("startedAt")
+}
+
+/// A delayed run is `waiting` on its `delay` wait until its start, then runs; runs triggered
+/// after it without a delay run first.
+async fn a_delayed_run_starts_at_its_time_and_not_before(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.polling_interval(Duration::from_millis(50)))
+        .await;
+    let job = durably.register(stamp()).expect("register");
+    durably.start();
+    let start_at = Timestamp::now() + Duration::from_millis(800);
+    let delayed = job
+        .trigger_with(json!({}), TriggerOptions::new().start_at(start_at))
+        .await
+        .expect("trigger");
+    assert_eq!(delayed.run.status, RunStatus::Waiting);
+    let stored = durably
+        .get_run(&delayed.run.id)
+        .await
+        .expect("get")
+        .expect("run");
+    assert_eq!(stored.status, RunStatus::Waiting);
+    let waits = durably.get_waits(&delayed.run.id).await.expect("waits");
+    assert_eq!(waits.len(), 1);
+    assert_eq!(
+        (
+            waits[0].name.as_str(),
+            waits[0].status,
+            waits[0].deadline_at
+        ),
+        ("delay", WaitStatus::Pending, Some(start_at))
+    );
+    assert_eq!(
+        stored.waiting_on_wait_id.as_deref(),
+        Some(waits[0].id.as_str())
+    );
+
+    let now = job.trigger(json!({})).await.expect("trigger").run.id;
+    let first = terminal(&durably, &now).await;
+    assert_eq!(first.status, RunStatus::Completed);
+    let run = terminal(&durably, &delayed.run.id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert!(
+        started_at(&run) >= start_at.as_millis(),
+        "started at {} before its start {}",
+        started_at(&run),
+        start_at.as_millis()
+    );
+    assert!(started_at(&run) > started_at(&first));
+    durably.stop().await;
+}
+
+/// Signalling a delayed run's wait starts it at once ("run now").
+async fn a_signal_starts_a_delayed_run_at_once(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.polling_interval(Duration::from_millis(50)))
+        .await;
+    let job = durably.register(stamp()).expect("register");
+    durably.start();
+    let delayed = job
+        .trigger_with(
+            json!({}),
+            TriggerOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("trigger")
+        .run;
+    let wait = delayed.waiting_on_wait_id.clone().expect("a delay wait");
+    durably
+        .signal(&wait, Value::Null, "run-now")
+        .await
+        .expect("signal");
+    let run = terminal(&durably, &delayed.id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    durably.stop().await;
+}
+
+/// A start that is not in the future is an ordinary pending run; a delay with coalesce is
+/// refused and stores nothing; idempotency keys hold for delayed runs.
+async fn delays_validate_and_respect_idempotency(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let job = durably.register(stamp()).expect("register");
+    let past = job
+        .trigger_with(
+            json!({}),
+            TriggerOptions::new().start_at(Timestamp::now() - Duration::from_secs(5)),
+        )
+        .await
+        .expect("trigger");
+    assert_eq!(past.run.status, RunStatus::Pending);
+    let refused = job
+        .trigger_with(
+            json!({}),
+            TriggerOptions::new()
+                .delay(Duration::from_secs(60))
+                .concurrency_key("k")
+                .coalesce(durably::Coalesce::Skip),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Validation(m)) if m.contains("delayed run")),
+        "{refused:?}"
+    );
+    let options = TriggerOptions::new()
+        .delay(Duration::from_secs(60))
+        .idempotency_key("once");
+    let first = job
+        .trigger_with(json!({}), options.clone())
+        .await
+        .expect("first");
+    let second = job.trigger_with(json!({}), options).await.expect("second");
+    assert_eq!(second.run.id, first.run.id);
+    assert_eq!(second.disposition, durably::Disposition::Idempotent);
+    let all = durably.get_runs(&Default::default()).await.expect("runs");
+    assert_eq!(all.len(), 2);
+    // Two delayed runs with one concurrency key: not pending, so no pending-per-key conflict.
+    for _ in 0..2 {
+        job.trigger_with(
+            json!({}),
+            TriggerOptions::new()
+                .delay(Duration::from_secs(60))
+                .concurrency_key("tenant-1"),
+        )
+        .await
+        .expect("delayed with a key");
+    }
+    let waiting = eventually("four runs stored", LIMIT, || async {
+        let runs = durably.get_runs(&Default::default()).await.expect("runs");
+        (runs.len() == 4).then_some(runs)
+    })
+    .await;
+    assert_eq!(
+        waiting
+            .iter()
+            .filter(|r| r.status == RunStatus::Waiting)
+            .count(),
+        3
+    );
+}
+
+backend_tests!(
+    a_delayed_run_starts_at_its_time_and_not_before,
+    a_signal_starts_a_delayed_run_at_once,
+    delays_validate_and_respect_idempotency,
+);
