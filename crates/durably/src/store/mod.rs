@@ -550,8 +550,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Log>>;
 
     /// Applies `transition` to a leased run if the fence still holds (`landed: false`, nothing
-    /// written, otherwise). A run that ends drops its step rows in the same transaction unless
-    /// the store preserves them ([`Store::preserves_steps`]); a completion also frees the run's
+    /// written, otherwise). A run that completes drops its step rows in the same transaction
+    /// unless the store preserves them ([`Store::preserves_steps`]); a run that fails keeps
+    /// them whatever the policy, so that [`Store::resume_run`] can replay its completed steps
+    /// (they go when the run is resumed and then ends, deleted or purged); a completion also frees the run's
     /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it. A run that
     /// completes or fails closes its pending waits (`closed`, resolved at `now`) when
     /// [`Fence::may_have_waits`] says it may have some. [`Transition::Wait`] suspends the run instead (see there; it may fail with
@@ -576,6 +578,25 @@ pub trait Store: Send + Sync + 'static {
     /// pending waits become `cancelled` (resolved at `now`) in the same transaction; resolved
     /// waits keep their result.
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
+
+    /// Resumes a failed run (an operator's write, unfenced, like [`Store::cancel_run`]): in one
+    /// transaction the run goes back to `pending` under its own id, its error, `completed_at`
+    /// and lease owner and expiry cleared. Its `lease_generation` is kept (the next claim
+    /// increments it, so a worker still holding a fence from before the failure stays fenced
+    /// out), and so are `started_at` (when the run first started), its progress, labels and
+    /// the wait it last waited on. Its step rows stay: a failed run keeps them (see
+    /// [`Store::finish_run`]), so the next execution replays the completed steps instead of
+    /// executing them. Its waits that its failure `closed` go back to `pending` (resolved time
+    /// cleared) so the replay's `wait_for` waits again; one whose deadline passed meanwhile is
+    /// then expired as usual ([`Store::expire_due_waits`], or at once when the run suspends on
+    /// it). A backend with a wake-up channel announces the pending run
+    /// ([`StoreNotice::RunsAvailable`]).
+    ///
+    /// Returns the run as it now stands. Errors: [`Error::NotFound`] for an unknown id;
+    /// [`Error::Conflict`] when the run is not `failed` (naming its status), or when it has a
+    /// concurrency key and its job already has a pending run with that key (one pending run per
+    /// job and key); nothing is written then.
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run>;
 
     /// Deletes a terminal run with its step attempts, waits, steps, logs and labels; `false` if
     /// it is missing or not terminal.
@@ -656,6 +677,32 @@ pub fn validate_label_key(key: &str) -> Result<()> {
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
         "A pending run already exists for concurrency key \"{key}\" in job \"{job_name}\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::NotFound`] of [`Store::resume_run`] for an unknown run.
+pub(crate) fn resume_not_found(id: &str) -> Error {
+    Error::NotFound(format!(
+        "Run \"{id}\" not found: there is nothing to resume (check the run id; a deleted or purged run cannot be resumed)"
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::Conflict`] of [`Store::resume_run`] for a run that is not `failed`.
+pub(crate) fn resume_not_failed(id: &str, status: RunStatus) -> Error {
+    Error::Conflict(format!(
+        "Run \"{id}\" is {status}, not failed: only a failed run can be resumed (retrigger it to start a new run instead)",
+        status = status.as_str()
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::Conflict`] of [`Store::resume_run`] when the run's job and concurrency key
+/// already have a pending run.
+pub(crate) fn resume_key_taken(id: &str, job_name: &str, key: &str) -> Error {
+    Error::Conflict(format!(
+        "Run \"{id}\" cannot be resumed: job \"{job_name}\" already has a pending run with concurrency key \"{key}\" (one pending run per key); resume it once that run has started"
     ))
 }
 
