@@ -403,8 +403,11 @@ impl Durably {
     ///
     /// Errors: [`Error::NotFound`](crate::Error::NotFound) for an unknown run id;
     /// [`Error::Conflict`](crate::Error::Conflict) when the run is not `failed` (nothing
-    /// changes), or when its job already has a pending run with the same concurrency key.
+    /// changes), or when its job already has a pending run with the same concurrency key;
+    /// [`Error::Validation`](crate::Error::Validation) for an empty id or one with a NUL
+    /// character.
     pub async fn resume(&self, run_id: &str) -> Result<Run> {
+        check_run_id(run_id)?;
         // Announced before any event of the resumed execution (see `enqueue_announced`).
         let _announcing = self.inner.engine.announcing.read().await;
         let run = self
