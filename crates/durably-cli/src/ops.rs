@@ -473,7 +473,7 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
     if steps.is_empty() {
         if run.is_terminal() && run.completed_step_count > 0 {
             out.push_str(
-                "  (step outputs are dropped when a run ends, unless the application sets preserve_steps)\n",
+                "  (step outputs are dropped when a run completes or is cancelled, unless the application sets preserve_steps)\n",
             );
         } else {
             out.push_str("  (none)\n");

@@ -574,7 +574,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Finished>;
 
     /// Cancels a pending, leased or waiting run; `false` if it is missing or already terminal.
-    /// Any process may cancel (unfenced); its step rows go as for [`Store::finish_run`]. Its
+    /// Any process may cancel (unfenced); its step rows go unless the store preserves them. Its
     /// pending waits become `cancelled` (resolved at `now`) in the same transaction; resolved
     /// waits keep their result.
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
@@ -609,14 +609,16 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to `pending`, or fails them (error
     /// `Lease expired; pending run already exists`) when their job+key already has a pending
     /// run or an older expired lease that goes back instead (the pending-per-key index allows
-    /// one). The failed runs' steps go as for [`Store::finish_run`]. Runs that have ever
+    /// one). The step rows of the runs failed here go unless the store preserves them (unlike a
+    /// failure through [`Store::finish_run`]; resuming such a run executes it from the start). Runs that have ever
     /// prepared a durable wait are left alone (v4 §3.4): they stay leased until a claim takes
     /// them. Returns the runs changed, with their new state.
     async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
 
     /// Whether step rows outlive the run they belong to (upstream's `preserveSteps`), a policy
     /// set when the store is built (`SqliteOptions::preserve_steps`,
-    /// `PostgresOptions::preserve_steps`). `false`: a run that ends loses its steps' outputs.
+    /// `PostgresOptions::preserve_steps`). `false`: a run that completes or is cancelled loses
+    /// its steps' outputs (a failed run keeps them for [`Store::resume_run`]).
     fn preserves_steps(&self) -> bool;
 
     /// This store with the other step policy, sharing its connections (for instances of one
