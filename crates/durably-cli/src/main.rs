@@ -48,7 +48,7 @@ enum Command {
     /// workers keep executing runs). For the same reason `POST /trigger` and `POST /retrigger`
     /// answer 501 Not Implemented with
     /// `{"error": "durably serve has no job definitions: trigger runs from the application that
-    /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, delete,
+    /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, resume, delete,
     /// subscribe, runs/subscribe, waits, wait, signal, jobs (an empty list), openapi.json.
     ///
     /// The live event streams (subscribe, runs/subscribe) carry what workers in other
@@ -101,6 +101,15 @@ enum Command {
     /// run is refused (exit code 1), as is a new run whose concurrency key already has a pending
     /// run; an unknown id exits with 4.
     Retrigger(ops::RetriggerArgs),
+    /// Resume a failed run from where it failed: the run goes back to pending under its own id
+    /// and the application's workers continue it, replaying (not executing again) the steps it
+    /// completed before the failure.
+    ///
+    /// The command has no job code: the workers of the application that registers the job run
+    /// it. A run that is not failed is refused (exit code 1), as is a run whose concurrency key
+    /// already has a pending run; an unknown id exits with 4.
+    #[command(after_help = "Example:\n  durably resume 01J9… --db app.db")]
+    Resume(ops::ResumeArgs),
     /// Delete a finished run (completed, failed or cancelled) with its steps and logs.
     ///
     /// A pending or leased run is refused (exit code 1): cancel it first. An unknown id exits
@@ -167,6 +176,7 @@ fn main() -> ExitCode {
             Command::Signal(args) => ops::signal(args).await,
             Command::Cancel(args) => ops::cancel(args).await,
             Command::Retrigger(args) => ops::retrigger(args).await,
+            Command::Resume(args) => ops::resume(args).await,
             Command::Delete(args) => ops::delete(args).await,
             Command::Purge(args) => ops::purge(args).await,
             Command::Watch(args) => ops::watch(args).await,

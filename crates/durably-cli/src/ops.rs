@@ -107,6 +107,15 @@ pub struct RetriggerArgs {
     db: DbArgs,
 }
 
+/// Options of `durably resume`.
+#[derive(clap::Args, Debug)]
+pub struct ResumeArgs {
+    /// The id of the failed run to continue from its failed step.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
 /// Options of `durably delete`.
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
@@ -392,6 +401,12 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         logs: &logs,
     };
     print!("{}", describe_run(&run, &shown, Timestamp::now()));
+    if run.status == RunStatus::Failed {
+        let (id, flag) = (shell_quote(&run.id), args.db.flag());
+        println!(
+            "hint: continue it from its failed step with `durably resume {id} {flag}` (completed steps are not executed again), or start a new run with `durably retrigger {id} {flag}`"
+        );
+    }
     Ok(OK)
 }
 
@@ -458,7 +473,7 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
     if steps.is_empty() {
         if run.is_terminal() && run.completed_step_count > 0 {
             out.push_str(
-                "  (step outputs are dropped when a run ends, unless the application sets preserve_steps)\n",
+                "  (step outputs are dropped when a run completes or is cancelled, unless the application sets preserve_steps)\n",
             );
         } else {
             out.push_str("  (none)\n");
@@ -775,6 +790,24 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
     println!(
         "retriggered run {} of job {}: new run {} (pending; the application's workers run it)",
         run.id, run.job_name, enqueued.run.id
+    );
+    Ok(OK)
+}
+
+/// `durably resume ID`: the failed run goes back to `pending` under its own id; the
+/// application's workers continue it, replaying the steps it completed before the failure.
+pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = durably.resume(&args.id).await.map_err(|e| match e {
+        durably::Error::NotFound(_) => no_such_run(&args.db, &args.id),
+        durably::Error::Conflict(message) => {
+            CliError::new(format!("cannot resume run {}: {message}", args.id))
+        }
+        other => database_error(&args.db, other),
+    })?;
+    println!(
+        "resumed run {} of job {}: pending again; the application's workers continue it from its failed step (its completed steps are replayed, not executed again)",
+        run.id, run.job_name
     );
     Ok(OK)
 }

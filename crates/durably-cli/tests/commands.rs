@@ -488,6 +488,58 @@ async fn retrigger_queues_a_new_run_of_a_finished_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn resume_puts_a_failed_run_back_to_pending_under_its_id() {
+    let fx = Fixture::new().await;
+    let failed = fx.trigger("work", json!({ "fail": true }), &[]).await;
+    fx.process().await;
+    assert_eq!(fx.status(&failed).await, Some(RunStatus::Failed));
+    // `durably run` points at it for a failed run.
+    let text = expect_code(&durably_cli(&["run", &failed, "--db", fx.db()]), 0);
+    assert!(
+        text.contains(&format!("durably resume {failed} --db")),
+        "{text}"
+    );
+
+    let text = expect_code(&durably_cli(&["resume", &failed, "--db", fx.db()]), 0);
+    assert!(
+        text.contains(&format!("resumed run {failed} of job work")),
+        "{text}"
+    );
+    let resumed = fx.run(&failed).await;
+    assert_eq!(resumed.status, RunStatus::Pending);
+    assert_eq!(resumed.error, None);
+    assert_eq!(fx.run_count().await, 1, "no new run");
+
+    // The application's worker continues it: its completed steps are replayed (one attempt
+    // each); this job fails again after them, as its input says.
+    fx.process().await;
+    assert_eq!(fx.status(&failed).await, Some(RunStatus::Failed));
+    let attempts = fx
+        .durably
+        .get_step_attempts(&failed)
+        .await
+        .expect("attempts");
+    assert_eq!(
+        attempts.len(),
+        2,
+        "step-0 and step-1 once each: {attempts:?}"
+    );
+
+    // a run that is not failed is refused and changes nothing; an unknown id exits with 4
+    let pending = fx.trigger("wait", json!({}), &[]).await;
+    let output = durably_cli(&["resume", &pending, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!("cannot resume run {pending}"))
+            && stderr(&output).contains("pending, not failed"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fx.status(&pending).await, Some(RunStatus::Pending));
+    expect_code(&durably_cli(&["resume", "01NOSUCHRUN", "--db", fx.db()]), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn watch_exit_codes_follow_the_outcome() {
     let fx = Fixture::new().await;
     let done = fx.trigger("work", json!({ "steps": 2 }), &[]).await;

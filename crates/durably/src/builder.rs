@@ -106,7 +106,8 @@ impl DurablyBuilder {
         self
     }
 
-    /// Keep step outputs after runs end (default `false`). Sets the policy of the store the
+    /// Keep step outputs after runs complete or are cancelled (default `false`; failed runs keep
+    /// them anyway, for [`Durably::resume`](crate::Durably::resume)). Sets the policy of the store the
     /// builder opens (`sqlite`, `postgres`); a store given to [`store`](Self::store) brings its
     /// own (`SqliteOptions::preserve_steps`, `PostgresOptions::preserve_steps`), and a different
     /// one here uses the store's view with this policy

@@ -20,7 +20,8 @@ pub struct Config {
     pub lease_renew_interval: Duration,
     /// Runs executed at once by the worker (`maxConcurrentRuns`, 1..=1000, default 1).
     pub max_concurrent_runs: usize,
-    /// Keep step outputs after a run ends (`preserveSteps`, default `false`). A policy of the
+    /// Keep step outputs after a run completes or is cancelled (`preserveSteps`, default
+    /// `false`; a failed run keeps them anyway, for [`Durably::resume`](crate::Durably::resume)). A policy of the
     /// store ([`Store::preserves_steps`](crate::Store::preserves_steps)): the builder sets it on the stores it opens, and
     /// reads it from a store it is given.
     pub preserve_steps: bool,

@@ -398,6 +398,42 @@ impl Durably {
         Ok(self.enqueue_announced(request).await?.run)
     }
 
+    /// Resumes a failed run from where it failed: the run goes back to `pending` under its own
+    /// id ([`Store::resume_run`](crate::store::Store::resume_run)) and its next execution
+    /// replays the steps it completed before the failure instead of executing them again
+    /// (their side effects happen once), then executes the step that failed and the rest. A
+    /// failed run keeps its completed steps for this even when steps are not preserved; waits
+    /// its failure closed are pending again. Unlike [`Durably::retrigger`], no new run is
+    /// created and the input is not validated again (the run continues with the input it has).
+    ///
+    /// Wakes this process's idle worker and emits `run:trigger` for the run's id (upstream's
+    /// event shape, so subscribers see the run pending again); PostgreSQL also wakes the
+    /// workers of other processes. Returns the run as it now stands (`pending`).
+    ///
+    /// Errors: [`Error::NotFound`](crate::Error::NotFound) for an unknown run id;
+    /// [`Error::Conflict`](crate::Error::Conflict) when the run is not `failed` (nothing
+    /// changes), or when its job already has a pending run with the same concurrency key;
+    /// [`Error::Validation`](crate::Error::Validation) for an empty id or one with a NUL
+    /// character.
+    pub async fn resume(&self, run_id: &str) -> Result<Run> {
+        check_run_id(run_id)?;
+        // Announced before any event of the resumed execution (see `enqueue_announced`).
+        let _announcing = self.inner.engine.announcing.read().await;
+        let run = self
+            .inner
+            .store
+            .resume_run(run_id, Timestamp::now())
+            .await?;
+        self.inner.events.emit(EventKind::RunTrigger {
+            run_id: run.id.clone(),
+            job_name: run.job_name.clone(),
+            input: run.input.clone(),
+            labels: run.labels.clone(),
+        });
+        self.inner.engine.wake();
+        Ok(run)
+    }
+
     /// Cancels a pending or leased run. A leased run is marked cancelled at once; its worker
     /// stops cooperatively (its token fires and none of its later writes land).
     pub async fn cancel(&self, run_id: &str) -> Result<()> {

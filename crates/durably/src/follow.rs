@@ -56,7 +56,8 @@ impl RunSnapshot {
         run.completed_step_count > self.completed_steps
     }
 
-    /// The events that lead from this snapshot to `run`, in order: `run:leased` (once a
+    /// The events that lead from this snapshot to `run`, in order: `run:trigger` when a failed
+    /// run is active again (resumed), `run:leased` (once a
     /// pending run was claimed or a waiting one resumed), `step:complete` for each step completed since (from `steps`,
     /// the run's steps by index, needed only when [`needs_steps`](Self::needs_steps)),
     /// `run:progress` when its progress changed, `run:waiting` when it suspended, and its end (`run:complete`, `run:fail`,
@@ -64,8 +65,19 @@ impl RunSnapshot {
     pub fn changes(&self, run: &Run, steps: &[Step]) -> Vec<EventKind> {
         let (run_id, job_name, labels) = (&run.id, &run.job_name, &run.labels);
         let mut events = Vec::new();
+        // A failed run that is active again was resumed (`Durably::resume`): announced with
+        // `run:trigger` for its id, as the resuming process does.
+        let reopened = self.status == RunStatus::Failed && !run.status.is_terminal();
+        if reopened {
+            events.push(EventKind::RunTrigger {
+                run_id: run_id.clone(),
+                job_name: job_name.clone(),
+                input: run.input.clone(),
+                labels: labels.clone(),
+            });
+        }
         // A run cancelled while pending was never leased (no start time).
-        let claimed = self.status == RunStatus::Pending
+        let claimed = (self.status == RunStatus::Pending || reopened)
             && run.status != RunStatus::Pending
             && run.started_at.is_some();
         // A waiting run resumed by a worker is leased again.
@@ -257,6 +269,30 @@ mod tests {
         }
         // Read again: nothing changed, nothing to say.
         assert!(RunSnapshot::of(&run).changes(&run, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_resumed_run_is_triggered_again_then_leased() {
+        let mut run = pending();
+        run.status = RunStatus::Failed;
+        run.started_at = Some(Timestamp::now());
+        run.error = Some("boom".into());
+        let failed = RunSnapshot::of(&run);
+        let mut resumed = run.clone();
+        resumed.status = RunStatus::Pending;
+        resumed.error = None;
+        assert_eq!(
+            types(&failed.changes(&resumed, &[])),
+            [EventType::RunTrigger]
+        );
+        // Resumed and claimed between two reads.
+        resumed.status = RunStatus::Leased;
+        assert_eq!(
+            types(&failed.changes(&resumed, &[])),
+            [EventType::RunTrigger, EventType::RunLeased]
+        );
+        // Still failed: nothing.
+        assert!(failed.changes(&run, &[]).is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use durably::store::ClaimRequest;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Backend, backend_tests, within};
+use common::{Backend, backend_tests, eventually, within};
 use durably::RunStatus;
 use durably::http::HttpOptions;
 use serde_json::{Value, json};
@@ -519,6 +519,68 @@ async fn retrigger_creates_a_new_run(backend: Backend) {
     assert_eq!(body, json!({"error": "Run not found"}));
 }
 
+/// `POST /resume` (ours): the failed run goes back to pending under its own id and its next
+/// execution replays the steps completed before the failure (one attempt each), executing only
+/// the failed step again; a run that is not failed is 409, an unknown one 404.
+async fn resume_continues_a_failed_run_under_its_id(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    api.durably.start();
+    let id = api
+        .trigger("steps", json!({"count": 3, "failAt": 3}), json!({}))
+        .await;
+    api.wait_status(&id, "failed").await;
+    let (status, body) = api
+        .request_json("POST", &format!("/resume?runId={id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"success": true, "runId": id}));
+    assert_eq!(keys_in_order(&api.raw_last()), vec!["success", "runId"]);
+    // Step 3 fails every time in this job: the resumed execution fails again at it.
+    eventually("the resumed execution retried step 3", LONG, || async {
+        let attempts = api.durably.get_step_attempts(&id).await.ok()?;
+        let run = api.durably.get_run(&id).await.ok()??;
+        (run.status == RunStatus::Failed
+            && attempts.iter().filter(|a| a.step_name == "step-3").count() == 2)
+            .then_some(attempts)
+    })
+    .await;
+    let attempts = api.durably.get_step_attempts(&id).await.expect("attempts");
+    for (step, executions) in [("step-1", 1), ("step-2", 1), ("step-3", 2)] {
+        assert_eq!(
+            attempts.iter().filter(|a| a.step_name == step).count(),
+            executions,
+            "{step}: {attempts:?}"
+        );
+    }
+    assert_eq!(
+        api.durably
+            .get_runs(&durably::RunFilter::new())
+            .await
+            .expect("runs")
+            .len(),
+        1,
+        "no new run"
+    );
+    api.durably.stop().await;
+
+    let pending = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let (status, body) = api
+        .request_json("POST", &format!("/resume?runId={pending}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"].as_str().expect("error");
+    assert!(
+        message.contains(&pending) && message.contains("pending"),
+        "{message}"
+    );
+    let (status, body) = api.request_json("POST", "/resume").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body, json!({"error": "runId query parameter is required"}));
+    let (status, body) = api.request_json("POST", "/resume?runId=missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "Run not found"}));
+}
+
 async fn cancel_cancels_active_runs_only(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new()).await;
     let id = api.trigger("echo", json!({"value": 1}), json!({})).await;
@@ -645,6 +707,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         "/steps",
         "/logs",
         "/retrigger",
+        "/resume",
         "/cancel",
         "/subscribe",
         "/runs/subscribe",
@@ -697,6 +760,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         ("GetSteps", "getSteps"),
         ("Cancel", "cancel"),
         ("Retrigger", "retrigger"),
+        ("Resume", "resume"),
         ("DeleteRun", "deleteRun"),
         ("Subscribe", "subscribe"),
     ] {
@@ -879,6 +943,7 @@ async fn hostile_text_and_oversized_requests_are_400_everywhere(backend: Backend
         ("GET", "/logs?runId=01J%00X"),
         ("POST", "/cancel?runId=01J%00X"),
         ("POST", "/retrigger?runId=01J%00X"),
+        ("POST", "/resume?runId=01J%00X"),
         ("GET", "/subscribe?runId=01J%00X"),
     ] {
         let (status, body) = api.request_json(method, path).await;
@@ -1572,6 +1637,7 @@ async fn tenants_cannot_see_or_touch_each_others_runs(backend: Backend) {
         ("GET", format!("/subscribe?runId={a_done}")),
         ("GET", format!("/subscribe?runId={a_pending}")),
         ("POST", format!("/retrigger?runId={a_done}")),
+        ("POST", format!("/resume?runId={a_done}")),
         ("POST", format!("/cancel?runId={a_pending}")),
         ("DELETE", format!("/run?runId={a_done}")),
     ] {
@@ -1654,6 +1720,7 @@ backend_tests!(
     steps_are_empty_once_done_without_preserve_steps,
     attempts_lists_one_attempt_per_step_execution_after_the_steps_are_gone,
     retrigger_creates_a_new_run,
+    resume_continues_a_failed_run_under_its_id,
     cancel_cancels_active_runs_only,
     delete_removes_terminal_runs_only,
     unknown_routes_are_plain_text_404,

@@ -671,11 +671,16 @@ async fn steps_are_dropped_by_default_but_logs_kept(backend: Backend) {
     let failed_run = terminal(&durably, &failed).await;
     assert_eq!(failed_run.status, RunStatus::Failed);
     assert_eq!(failed_run.error.as_deref(), Some("asked to fail"));
+    assert!(
+        durably.get_steps(&ok).await.unwrap().is_empty(),
+        "steps of the completed run"
+    );
+    assert_eq!(
+        durably.get_steps(&failed).await.unwrap().len(),
+        1,
+        "a failed run keeps its steps, for a resume"
+    );
     for id in [&ok, &failed] {
-        assert!(
-            durably.get_steps(id).await.unwrap().is_empty(),
-            "steps of {id}"
-        );
         let logs = durably.get_logs(id).await.unwrap();
         assert_eq!(logs.len(), 1, "logs of {id} are kept");
         assert_eq!(logs[0].message, "started");

@@ -98,11 +98,16 @@ pub enum RunOperation {
     Waits,
     /// `POST /signal` (upstream v4).
     Signal,
+    /// `POST /resume` (durably for Rust extension): puts a failed run back to `pending` to
+    /// continue from its failed step. Allowed by the default hook, as
+    /// [`RunOperation::Retrigger`]; a hook that allows unknown operations through a catch-all
+    /// arm allows this one too, so a hook guarding `Retrigger` should name `Resume` beside it.
+    Resume,
 }
 
 impl RunOperation {
     /// Upstream's string: `read`, `subscribe`, `steps`, `retrigger`, `cancel`, `delete`,
-    /// `waits`, `signal`.
+    /// `waits`, `signal`; and ours, `resume`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunOperation::Read => "read",
@@ -113,6 +118,7 @@ impl RunOperation {
             RunOperation::Delete => "delete",
             RunOperation::Waits => "waits",
             RunOperation::Signal => "signal",
+            RunOperation::Resume => "resume",
         }
     }
 
@@ -137,7 +143,7 @@ pub struct RunsSubscribeFilter {
 /// | route | hook |
 /// |---|---|
 /// | `POST /trigger` | [`on_trigger`](Auth::on_trigger) (after the `jobName` check and job lookup) |
-/// | `GET /run`, `GET /steps`, `GET /attempts`, `GET /logs`, `GET /subscribe`, `POST /retrigger`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
+/// | `GET /run`, `GET /steps`, `GET /attempts`, `GET /logs`, `GET /subscribe`, `POST /retrigger`, `POST /resume`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
 /// | `GET /waits`, `GET /wait`, `POST /signal` | [`on_run_access`](Auth::on_run_access) with [`RunOperation::Waits`] or [`RunOperation::Signal`], which must be implemented (see there) |
 /// | `POST /signal` | then [`on_signal`](Auth::on_signal) (after the wait was found and the body checked) |
 /// | `GET /runs` | [`scope_runs`](Auth::scope_runs) (its result is the filter used) |

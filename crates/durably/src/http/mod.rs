@@ -10,6 +10,7 @@
 //! | `GET /run?runId=` | [`ClientRun`] |
 //! | `GET /steps?runId=` | JSON array of steps |
 //! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
+//! | `POST /resume?runId=` (ours) | `{"success": true, "runId"}`: the failed run, `pending` again under its own id, continues from its failed step ([`Durably::resume`]) |
 //! | `POST /cancel?runId=` | `{"success": true}` |
 //! | `DELETE /run?runId=` | `{"success": true}` |
 //! | `GET /subscribe?runId=` | SSE: the run's current state, then its live events, until it ends |
@@ -270,7 +271,8 @@ struct TriggerResponse {
     status: RunStatus,
 }
 
-/// Body of a successful `POST /retrigger` (key order as upstream).
+/// Body of a successful `POST /retrigger` (key order as upstream) and `POST /resume` (the
+/// same shape; its `runId` is the resumed run's own).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RetriggerResponse {
@@ -383,6 +385,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/wait") => get_wait(shared, guard, &query).await,
         (&Method::POST, "/signal") => signal(shared, guard, &query, body).await,
         (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
+        (&Method::POST, "/resume") => resume(shared, guard, &query).await,
         (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
         (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
@@ -727,6 +730,22 @@ async fn retrigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         &RetriggerResponse {
             success: true,
             run_id: new_run.id,
+        },
+    ))
+}
+
+async fn resume(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Resume).await?;
+    let resumed = shared
+        .durably
+        .resume(&run.id)
+        .await
+        .map_err(durably_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RetriggerResponse {
+            success: true,
+            run_id: resumed.id,
         },
     ))
 }

@@ -104,6 +104,7 @@ fn run_links(pointer: &str) -> Value {
         "GetLogs": link("getLogs", "Its logs"),
         "Cancel": link("cancel", "Cancel it"),
         "Retrigger": link("retrigger", "Run it again"),
+        "Resume": link("resume", "Resume it once failed"),
         "DeleteRun": link("deleteRun", "Delete it once finished"),
         "Subscribe": link("subscribe", "Its events"),
         "GetWaits": link("getWaits", "Its durable waits")
@@ -345,6 +346,14 @@ pub(crate) fn document(durably: &Durably) -> Value {
                     ok
                 },
                 Some("Cannot retrigger pending/leased run")) },
+            "/resume": { "post": run_route("Resume a failed run from where it failed: the run goes back to pending under its own id and its next execution replays its completed steps (durably for Rust extension)", "resume",
+                {
+                    let mut ok = json_ok("The resumed run (pending again)", json!({ "type": "object", "required": ["success", "runId"],
+                        "properties": { "success": { "type": "boolean", "const": true }, "runId": { "type": "string" } } }));
+                    ok["links"] = run_links("/runId");
+                    ok
+                },
+                Some("The run is not failed, or its job already has a pending run with its concurrency key")) },
             "/cancel": { "post": run_route("Cancel a pending or leased run", "cancel",
                 json_ok("Cancelled", success), Some("Cannot cancel a terminal run")) },
             "/subscribe": { "get": run_route("SSE: the run's current state, then its live events; ends after the terminal event", "subscribe",

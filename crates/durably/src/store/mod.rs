@@ -557,8 +557,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Log>>;
 
     /// Applies `transition` to a leased run if the fence still holds (`landed: false`, nothing
-    /// written, otherwise). A run that ends drops its step rows in the same transaction unless
-    /// the store preserves them ([`Store::preserves_steps`]); a completion also frees the run's
+    /// written, otherwise). A run that completes drops its step rows in the same transaction
+    /// unless the store preserves them ([`Store::preserves_steps`]); a run that fails keeps
+    /// them whatever the policy, so that [`Store::resume_run`] can replay its completed steps
+    /// (they go when the run is resumed and then ends, deleted or purged); a completion also frees the run's
     /// concurrency key ([`Fence::concurrency_key`]) for the next run waiting for it. A run that
     /// completes or fails closes its pending waits (`closed`, resolved at `now`) when
     /// [`Fence::may_have_waits`] says it may have some. [`Transition::Wait`] suspends the run instead (see there; it may fail with
@@ -579,10 +581,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Finished>;
 
     /// Cancels a pending, leased or waiting run; `false` if it is missing or already terminal.
-    /// Any process may cancel (unfenced); its step rows go as for [`Store::finish_run`]. Its
+    /// Any process may cancel (unfenced); its step rows go unless the store preserves them. Its
     /// pending waits become `cancelled` (resolved at `now`) in the same transaction; resolved
     /// waits keep their result.
     async fn cancel_run(&self, id: &str, now: Timestamp) -> Result<bool>;
+
+    /// Resumes a failed run (an operator's write, unfenced, like [`Store::cancel_run`]): in one
+    /// transaction the run goes back to `pending` under its own id, its error, `completed_at`
+    /// and lease owner and expiry cleared. Its `lease_generation` is kept (the next claim
+    /// increments it, so a worker still holding a fence from before the failure stays fenced
+    /// out), and so are `started_at` (when the run first started), its progress, labels and
+    /// the wait it last waited on. Its step rows stay: a failed run keeps them (see
+    /// [`Store::finish_run`]), so the next execution replays the completed steps instead of
+    /// executing them. Its waits that its failure `closed` go back to `pending` (resolved time
+    /// cleared) so the replay's `wait_for` waits again; one whose deadline passed meanwhile is
+    /// then expired as usual ([`Store::expire_due_waits`], or at once when the run suspends on
+    /// it). A backend with a wake-up channel announces the pending run
+    /// ([`StoreNotice::RunsAvailable`]).
+    ///
+    /// Returns the run as it now stands. Errors: [`Error::NotFound`] for an unknown id;
+    /// [`Error::Conflict`] when the run is not `failed` (naming its status), or when it has a
+    /// concurrency key and its job already has a pending run with that key (one pending run per
+    /// job and key); nothing is written then.
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run>;
 
     /// Deletes a terminal run with its step attempts, waits, steps, logs and labels; `false` if
     /// it is missing or not terminal.
@@ -595,14 +616,16 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to `pending`, or fails them (error
     /// `Lease expired; pending run already exists`) when their job+key already has a pending
     /// run or an older expired lease that goes back instead (the pending-per-key index allows
-    /// one). The failed runs' steps go as for [`Store::finish_run`]. Runs that have ever
+    /// one). The step rows of the runs failed here go unless the store preserves them (unlike a
+    /// failure through [`Store::finish_run`]; resuming such a run executes it from the start). Runs that have ever
     /// prepared a durable wait are left alone (v4 §3.4): they stay leased until a claim takes
     /// them. Returns the runs changed, with their new state.
     async fn release_expired_leases(&self, now: Timestamp) -> Result<Vec<Run>>;
 
     /// Whether step rows outlive the run they belong to (upstream's `preserveSteps`), a policy
     /// set when the store is built (`SqliteOptions::preserve_steps`,
-    /// `PostgresOptions::preserve_steps`). `false`: a run that ends loses its steps' outputs.
+    /// `PostgresOptions::preserve_steps`). `false`: a run that completes or is cancelled loses
+    /// its steps' outputs (a failed run keeps them for [`Store::resume_run`]).
     fn preserves_steps(&self) -> bool;
 
     /// This store with the other step policy, sharing its connections (for instances of one
@@ -663,6 +686,32 @@ pub fn validate_label_key(key: &str) -> Result<()> {
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
         "A pending run already exists for concurrency key \"{key}\" in job \"{job_name}\". Use coalesce: 'skip', 'queue', or 'active' to return the existing run instead."
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::NotFound`] of [`Store::resume_run`] for an unknown run.
+pub(crate) fn resume_not_found(id: &str) -> Error {
+    Error::NotFound(format!(
+        "Run \"{id}\" not found: there is nothing to resume (check the run id; a deleted or purged run cannot be resumed)"
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::Conflict`] of [`Store::resume_run`] for a run that is not `failed`.
+pub(crate) fn resume_not_failed(id: &str, status: RunStatus) -> Error {
+    Error::Conflict(format!(
+        "Run \"{id}\" is {status}, not failed: only a failed run can be resumed (retrigger it to start a new run instead)",
+        status = status.as_str()
+    ))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+/// The [`Error::Conflict`] of [`Store::resume_run`] when the run's job and concurrency key
+/// already have a pending run.
+pub(crate) fn resume_key_taken(id: &str, job_name: &str, key: &str) -> Error {
+    Error::Conflict(format!(
+        "Run \"{id}\" cannot be resumed: job \"{job_name}\" already has a pending run with concurrency key \"{key}\" (one pending run per key); resume it once that run has started"
     ))
 }
 

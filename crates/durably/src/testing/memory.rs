@@ -16,7 +16,8 @@ use crate::run::{
 use crate::store::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
     NewRun, NewStep, RunAdmin, RunPatch, SCHEMA_VERSION, Signalled, Store, Transition,
-    pending_conflict, pending_run, validate_label_key,
+    pending_conflict, pending_run, resume_key_taken, resume_not_failed, resume_not_found,
+    validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 use crate::waits::{
@@ -464,7 +465,13 @@ impl State {
             Transition::Wait { .. } => return false,
         }
         self.end_waits(&fence.run_id, WaitStatus::Closed, now);
-        self.drop_steps(&fence.run_id, preserve_steps);
+        // A failed run keeps its steps for a resume (`Store::resume_run`).
+        let failed = self
+            .run(&fence.run_id)
+            .is_some_and(|run| run.status == RunStatus::Failed);
+        if !failed {
+            self.drop_steps(&fence.run_id, preserve_steps);
+        }
         true
     }
 
@@ -1085,6 +1092,38 @@ impl Store for MemoryStore {
         state.end_waits(id, WaitStatus::Cancelled, now);
         state.drop_steps(id, self.preserve_steps);
         Ok(true)
+    }
+
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run> {
+        let mut state = self.lock();
+        let Some(run) = state.run(id) else {
+            return Err(resume_not_found(id));
+        };
+        if run.status != RunStatus::Failed {
+            return Err(resume_not_failed(id, run.status));
+        }
+        if let Some(key) = &run.concurrency_key
+            && state.has_pending_with_key(&run.job_name, key, id)
+        {
+            return Err(resume_key_taken(id, &run.job_name, key));
+        }
+        let Some(run) = state.run_mut(id) else {
+            return Err(resume_not_found(id));
+        };
+        run.status = RunStatus::Pending;
+        run.error = None;
+        run.completed_at = None;
+        run.lease_owner = None;
+        run.lease_expires_at = None;
+        run.updated_at = now;
+        let resumed = run.clone();
+        for wait in state.waits.values_mut() {
+            if wait.run_id == id && wait.status == WaitStatus::Closed {
+                wait.status = WaitStatus::Pending;
+                wait.resolved_at = None;
+            }
+        }
+        Ok(resumed)
     }
 
     async fn delete_run(&self, id: &str) -> Result<bool> {

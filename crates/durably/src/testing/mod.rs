@@ -221,7 +221,10 @@ macro_rules! store_contract_tests {
             expire_due_waits_times_out_overdue_waits,
             cancel_complete_and_fail_end_pending_waits,
             runs_with_waits_skip_lease_release_and_lose_their_waits_with_them,
-            concurrent_signals_have_exactly_one_winner
+            concurrent_signals_have_exactly_one_winner,
+            resume_run_puts_a_failed_run_back_to_pending,
+            resume_run_refuses_runs_that_are_not_failed,
+            resume_run_reopens_the_waits_its_failure_closed
         );
     };
 }

@@ -368,6 +368,10 @@ impl Store for Freezing {
         let _call = self.gate().await;
         self.inner.cancel_run(id, now).await
     }
+    async fn resume_run(&self, id: &str, now: Timestamp) -> durably::Result<Run> {
+        let _call = self.gate().await;
+        self.inner.resume_run(id, now).await
+    }
     async fn delete_run(&self, id: &str) -> durably::Result<bool> {
         let _call = self.gate().await;
         self.inner.delete_run(id).await

@@ -706,6 +706,9 @@ pub mod instrumented {
         async fn cancel_run(&self, id: &str, now: Timestamp) -> durably::Result<bool> {
             self.inner.cancel_run(id, now).await
         }
+        async fn resume_run(&self, id: &str, now: Timestamp) -> durably::Result<Run> {
+            self.inner.resume_run(id, now).await
+        }
         async fn delete_run(&self, id: &str) -> durably::Result<bool> {
             self.inner.delete_run(id).await
         }

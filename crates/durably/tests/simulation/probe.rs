@@ -606,6 +606,10 @@ impl Store for Probe {
         answer
     }
 
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run> {
+        self.inner.resume_run(id, now).await
+    }
+
     async fn delete_run(&self, id: &str) -> Result<bool> {
         self.inner.delete_run(id).await
     }

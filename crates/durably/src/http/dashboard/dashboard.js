@@ -1,7 +1,7 @@
 // durably dashboard: vanilla JavaScript over the HTTP API (no build step, no dependencies).
 // Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
 // GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
-// POST /retrigger, DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
+// POST /retrigger, POST /resume (a failed run), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
 // and POST /trigger. The filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
@@ -507,7 +507,7 @@ function renderDetail() {
     $('detail-title').textContent = 'Run'
     status.className = 'badge'
     status.textContent = 'loading'
-    for (const name of ['cancel', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
+    for (const name of ['cancel', 'resume', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
     for (const name of ['detail-input', 'detail-result']) $(name).textContent = ''
     $('detail-steps').replaceChildren()
     $('detail-attempts').replaceChildren()
@@ -523,6 +523,7 @@ function renderDetail() {
   status.className = `badge ${run.status}`
   status.textContent = run.status
   $('action-cancel').hidden = run.isTerminal
+  $('action-resume').hidden = run.status !== 'failed'
   $('action-retrigger').hidden = !run.isTerminal
   $('action-delete').hidden = !run.isTerminal
   renderDetailProgress()
@@ -680,6 +681,7 @@ async function runAction(kind) {
   const questions = {
     cancel: `Cancel this ${run.jobName} run? Its current step is aborted.`,
     retrigger: `Start a new ${run.jobName} run with the same input?`,
+    resume: `Resume this failed ${run.jobName} run from its failed step? Its completed steps are not executed again.`,
     delete: `Delete this ${run.jobName} run with its steps and logs? This cannot be undone.`,
   }
   if (!(await confirmAction(questions[kind]))) return
@@ -690,6 +692,11 @@ async function runAction(kind) {
     if (kind === 'cancel') {
       await api('POST', `/cancel?runId=${encodeURIComponent(id)}`)
       await loadDetail()
+    } else if (kind === 'resume') {
+      await api('POST', `/resume?runId=${encodeURIComponent(id)}`)
+      await loadDetail()
+      // the run's stream ended with its failure: follow the resumed execution live again
+      if (state.selected === id && state.detail && !state.detail.isTerminal) connectRun(id)
     } else if (kind === 'retrigger') {
       const result = await api('POST', `/retrigger?runId=${encodeURIComponent(id)}`)
       scheduleRefresh()
@@ -929,6 +936,7 @@ $('load-more').addEventListener('click', () => {
 })
 $('detail-close').addEventListener('click', () => closeRun())
 $('action-cancel').addEventListener('click', () => runAction('cancel'))
+$('action-resume').addEventListener('click', () => runAction('resume'))
 $('action-retrigger').addEventListener('click', () => runAction('retrigger'))
 $('action-delete').addEventListener('click', () => runAction('delete'))
 $('trigger-job').addEventListener('change', () => {

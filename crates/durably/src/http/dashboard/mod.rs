@@ -33,7 +33,7 @@ const JS: &str = include_str!("dashboard.js");
 ///
 /// The page shows the runs (live over `GET /runs/subscribe`, filtered by status, job and
 /// labels; the filters live in the page URL), a run's input, output, steps and logs (live over
-/// `GET /subscribe`), cancel / retrigger / delete buttons, and a trigger form built from the
+/// `GET /subscribe`), cancel / resume (a failed run) / retrigger / delete buttons, and a trigger form built from the
 /// JSON Schema of each job's input (`GET /jobs`, see [`Job::input_schema`](crate::Job::input_schema)).
 /// It applies no authentication of its own: requests carry the browser's cookies, so the
 /// router's [`Auth`](super::Auth) hooks decide.

@@ -62,7 +62,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     AttemptStart, ClaimRequest, Enqueued, Fence, Finished, LEASE_EXPIRED_PENDING_EXISTS, NewLog,
     NewRun, NewStep, RunAdmin, RunPatch, Signalled, Store, StoreNotice, Transition, parse_labels,
-    parse_optional_json, pending_conflict, pending_run, validate_label_key,
+    parse_optional_json, pending_conflict, pending_run, resume_key_taken, resume_not_failed,
+    resume_not_found, validate_label_key,
 };
 use crate::attempts::{AttemptStatus, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};

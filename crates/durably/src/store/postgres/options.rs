@@ -52,8 +52,9 @@ pub struct PostgresOptions {
     /// [`root_certificates`](Self::root_certificates) with the server's CA.
     pub danger_accept_invalid_certificates: bool,
     /// Keep a run's step rows (and their outputs) after it ends (upstream's `preserveSteps`,
-    /// default `false`: a run that completes, fails or is cancelled drops them in the same
-    /// transaction). `Durably::builder().preserve_steps(true)` sets it for the stores the
+    /// default `false`: a run that completes or is cancelled drops them in the same
+    /// transaction; a failed run keeps them whatever this says, for `Durably::resume`, until it
+    /// is resumed, deleted or purged). `Durably::builder().preserve_steps(true)` sets it for the stores the
     /// builder opens.
     pub preserve_steps: bool,
 }

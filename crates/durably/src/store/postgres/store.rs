@@ -721,7 +721,8 @@ impl Store for PostgresStore {
                 Ok(Finished { landed, claimed })
             }
             Transition::Fail { error } => {
-                let drop_steps = !self.preserve_steps;
+                // A failed run keeps its steps for a resume (`Store::resume_run`).
+                let drop_steps = false;
                 let landed = self
                     .finish(
                         "fail_run",
@@ -767,6 +768,70 @@ impl Store for PostgresStore {
             .read("cancel_run", sql, &params, |row| count(row, 0))
             .await?;
         Ok(changed.first() == Some(&1))
+    }
+
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run> {
+        let now_text = now.to_string();
+        let channel = self.shared.channel.clone();
+        // One statement: the run as it was (`r`), whether its job and key already have a
+        // pending run (`taken`), the resume itself (`u`, only of a failed run whose key is
+        // free), its closed waits reopened (`w`) and a wake-up for idle workers (`note`).
+        let sql = format!(
+            "WITH r AS (SELECT id, status, job_name, concurrency_key FROM durably_runs \
+               WHERE id = $1), \
+             taken AS (SELECT 1 FROM durably_runs p, r WHERE r.concurrency_key IS NOT NULL \
+               AND p.status = 'pending' AND p.job_name = r.job_name \
+               AND p.concurrency_key = r.concurrency_key AND p.id <> r.id LIMIT 1), \
+             u AS (UPDATE durably_runs SET status = 'pending', error = NULL, \
+               completed_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+               updated_at = $2 WHERE id = $1 AND status = 'failed' \
+               AND NOT EXISTS (SELECT 1 FROM taken) RETURNING {RUN_COLUMNS}), \
+             w AS (UPDATE durably_waits SET status = 'pending', resolved_at = NULL \
+               WHERE run_id IN (SELECT id FROM u) AND status = 'closed'), \
+             note AS (SELECT pg_notify($3::text, '{NOTICE_RUNS}') FROM u) \
+             SELECT r.status, r.job_name, r.concurrency_key, \
+               EXISTS (SELECT 1 FROM taken), (SELECT count(*) FROM note), {u} \
+             FROM r LEFT JOIN u ON true",
+            u = run_columns("u"),
+        );
+        let params: [&(dyn ToSql + Sync); 3] = [&id, &now_text, &channel];
+        type Outcome = (String, String, Option<String>, bool, Option<Run>);
+        let rows = self
+            .read(
+                "resume_run",
+                &sql,
+                &params,
+                |row| -> std::result::Result<Outcome, Fail> {
+                    let resumed = match row.try_get::<_, Option<String>>(5)? {
+                        Some(_) => Some(run_from_row(row, 5)?),
+                        None => None,
+                    };
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        resumed,
+                    ))
+                },
+            )
+            .await?;
+        let Some((status, job_name, key, taken, resumed)) = rows.into_iter().next() else {
+            return Err(resume_not_found(id));
+        };
+        if let Some(run) = resumed {
+            return Ok(run);
+        }
+        let status: RunStatus = status
+            .parse()
+            .map_err(|_| Error::storage("resume_run", format!("invalid run status {status:?}")))?;
+        match (status, key) {
+            (RunStatus::Failed, Some(key)) if taken => Err(resume_key_taken(id, &job_name, &key)),
+            (RunStatus::Failed, _) => Err(Error::Conflict(format!(
+                "Run \"{id}\" changed while it was being resumed; read it again and retry"
+            ))),
+            (status, _) => Err(resume_not_failed(id, status)),
+        }
     }
 
     async fn delete_run(&self, id: &str) -> Result<bool> {

@@ -20,7 +20,7 @@ use crate::run::{
 use crate::store::{
     AttemptStart, ClaimRequest, Enqueued, Fence, LEASE_EXPIRED_PENDING_EXISTS, NewLog, NewRun,
     NewStep, RunPatch, Signalled, Transition, parse_labels, parse_optional_json, pending_conflict,
-    pending_run, validate_label_key,
+    pending_run, resume_key_taken, resume_not_failed, resume_not_found, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
 use crate::waits::{
@@ -811,7 +811,8 @@ pub(super) fn finish_run(
         if fence.may_have_waits {
             end_waits(conn, &fence.run_id, WaitStatus::Closed, now)?;
         }
-        if drop_steps {
+        // A failed run keeps its steps for a resume (`Store::resume_run`).
+        if drop_steps && !matches!(transition, Transition::Fail { .. }) {
             delete_steps(conn, &fence.run_id)?;
         }
     }
@@ -835,6 +836,35 @@ pub(super) fn cancel_run(
         }
     }
     Ok(changed == 1)
+}
+
+/// Puts a failed run back to `pending` ([`Store::resume_run`](crate::store::Store::resume_run)):
+/// checks first, so an error writes nothing.
+pub(super) fn resume_run(conn: &Connection, id: &str, now: Timestamp) -> Result<Run> {
+    let Some(run) = get_run(conn, id)? else {
+        return Err(resume_not_found(id));
+    };
+    if run.status != RunStatus::Failed {
+        return Err(resume_not_failed(id, run.status));
+    }
+    if let Some(key) = &run.concurrency_key {
+        let taken: bool = conn
+            .prepare_cached(sql::HAS_PENDING_WITH_KEY)
+            .and_then(|mut stmt| stmt.query_row(params![run.job_name, key, id], |row| row.get(0)))
+            .map_err(sql_error("resume_run"))?;
+        if taken {
+            return Err(resume_key_taken(id, &run.job_name, key));
+        }
+    }
+    let resumed = conn
+        .prepare_cached(sql::RESUME_RUN)
+        .and_then(|mut stmt| stmt.query_row(params![id, now], run_from_row).optional())
+        .map_err(sql_error("resume_run"))?
+        .ok_or_else(|| resume_not_failed(id, run.status))?;
+    conn.prepare_cached(sql::REOPEN_CLOSED_WAITS)
+        .and_then(|mut stmt| stmt.execute([id]))
+        .map_err(sql_error("resume_run"))?;
+    Ok(resumed)
 }
 
 fn delete_run_records(conn: &Connection, id: &str) -> Result<()> {

@@ -111,8 +111,9 @@ pub struct SqliteOptions {
     /// outputs) span more overflow pages, which costs little.
     pub page_size: u32,
     /// Keep a run's step rows (and their outputs) after it ends (upstream's `preserveSteps`,
-    /// default `false`: a run that completes, fails or is cancelled drops them in the same
-    /// transaction). `Durably::builder().preserve_steps(true)` sets it for the stores the
+    /// default `false`: a run that completes or is cancelled drops them in the same
+    /// transaction; a failed run keeps them whatever this says, for `Durably::resume`, until it
+    /// is resumed, deleted or purged). `Durably::builder().preserve_steps(true)` sets it for the stores the
     /// builder opens.
     pub preserve_steps: bool,
 }

@@ -426,6 +426,23 @@ pub(crate) const CANCEL_RUN: &str = "UPDATE durably_runs SET status = 'cancelled
              lease_expires_at = NULL, completed_at = ?2, updated_at = ?2 \
              WHERE id = ?1 AND status IN ('pending', 'leased', 'waiting')";
 
+/// Whether job `?1` has a pending run with concurrency key `?2` (other than run `?3`).
+pub(crate) const HAS_PENDING_WITH_KEY: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs \
+             WHERE status = 'pending' AND job_name = ?1 AND concurrency_key = ?2 AND id <> ?3)";
+
+/// Puts failed run `?1` back to `pending` at `?2` (an operator's resume, unfenced): error,
+/// completion and lease cleared, the lease generation kept.
+pub(crate) const RESUME_RUN: &str = concat!(
+    "UPDATE durably_runs SET status = 'pending', error = NULL, completed_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND status = 'failed' RETURNING ",
+    run_columns!()
+);
+
+/// Reopens the waits of run `?1` that its failure closed.
+pub(crate) const REOPEN_CLOSED_WAITS: &str = "UPDATE durably_waits SET status = 'pending', \
+             resolved_at = NULL WHERE run_id = ?1 AND status = 'closed'";
+
 /// Whether a run exists and is terminal.
 pub(crate) const IS_TERMINAL: &str = concat!(
     "SELECT EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status IN ",

@@ -316,6 +316,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run> {
+        let id = id.to_owned();
+        self.write_isolated("resume_run", move |conn| ops::resume_run(conn, &id, now))
+            .await
+    }
+
     async fn delete_run(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write_isolated("delete_run", move |conn| ops::delete_run(conn, &id))

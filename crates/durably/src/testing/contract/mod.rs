@@ -10,6 +10,7 @@ mod coalesce;
 mod enqueue;
 mod operations;
 mod policy;
+mod resume;
 mod waits;
 mod writes;
 
@@ -19,6 +20,7 @@ pub use coalesce::*;
 pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
+pub use resume::*;
 pub use waits::*;
 pub use writes::*;
 

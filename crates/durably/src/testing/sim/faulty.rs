@@ -554,6 +554,11 @@ impl Store for FaultyStore {
             .await
     }
 
+    async fn resume_run(&self, id: &str, now: Timestamp) -> Result<Run> {
+        self.call("resume_run", self.inner.resume_run(id, now))
+            .await
+    }
+
     async fn delete_run(&self, id: &str) -> Result<bool> {
         self.call("delete_run", self.inner.delete_run(id)).await
     }
