@@ -586,6 +586,59 @@ async fn a_run_whose_typescript_worker_crashed_is_finished_here(backend: Backend
     );
 }
 
+/// Runs that wait for their time here (a delayed run, a run between two attempts of its retry
+/// policy) are `waiting` on durable waits: the TypeScript runtime's worker never claims them,
+/// while it does claim an ordinary pending run of the same job.
+async fn runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
+    let place = place_of(&db);
+    let durably = db.durably(|b| b).await;
+    // The TypeScript runtime's job, defined here to fail its first execution and retry it an
+    // hour later.
+    let failing = Job::new(JOB, |step: StepContext, _input: Input| async move {
+        step.run("double", |_| async move {
+            Err::<i64, _>(durably::Error::Job("first execution fails".into()))
+        })
+        .await?;
+        Ok::<_, durably::Error>(Output {
+            doubled: 0,
+            by: "rust".into(),
+        })
+    })
+    .retry(durably::RetryPolicy::constant(2, Duration::from_secs(3600)));
+    let job = durably.register(failing).expect("register");
+    let delayed = job
+        .trigger_with(
+            Input { n: 1 },
+            TriggerOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("trigger delayed")
+        .run
+        .id;
+    let backing_off = job.trigger(Input { n: 2 }).await.expect("trigger").run.id;
+    durably.start();
+    eventually("the failed run waits for its next attempt", LIMIT, || async {
+        let run = durably.get_run(&backing_off).await.expect("get")?;
+        (run.status == RunStatus::Waiting).then_some(())
+    })
+    .await;
+    durably.stop().await;
+
+    assert_eq!(typescript("work", &place, &[]).await["processed"], 0);
+    for id in [&delayed, &backing_off] {
+        let run = durably.get_run(id).await.expect("get").expect("run");
+        assert_eq!(run.status, RunStatus::Waiting, "{run:?}");
+    }
+    // The same worker does take a pending run of that job.
+    let pending = job.trigger(Input { n: 3 }).await.expect("trigger").run.id;
+    assert_eq!(typescript("work", &place, &[]).await["processed"], 1);
+    let run = durably.get_run(&pending).await.expect("get").expect("run");
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+}
+
 /// Each scenario on PostgreSQL (a schema of the test database) and on a SQLite file.
 macro_rules! interop_tests {
     ($($name:ident),* $(,)?) => {
@@ -625,4 +678,5 @@ interop_tests!(
     typescript_and_rust_workers_drain_one_queue_with_shared_keys,
     a_cancel_by_the_typescript_runtime_stops_the_run_executing_here,
     a_run_whose_typescript_worker_crashed_is_finished_here,
+    runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime,
 );
