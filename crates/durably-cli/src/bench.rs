@@ -9,6 +9,8 @@
 //! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result);
 //! - `http-during-drain` (only when named): latency of `GET /runs?limit=10` over loopback HTTP
 //!   while the worker drains a backlog (see [`http_drain`]);
+//! - `sleep` (only when named): `--runs` runs each sleeping `--sleep-ms` durably, all
+//!   triggered at once: wake-up lateness and resumed runs/s (see [`sleep`]);
 //! - `multi-worker` (`--backend postgres` only): 4 worker processes, each with concurrency 1 on
 //!   a current-thread runtime, drain `--jobs` one-step jobs from one database (see [`postgres`]).
 //!
@@ -17,6 +19,7 @@
 
 mod http_drain;
 mod postgres;
+mod sleep;
 mod waits;
 
 use std::path::PathBuf;
@@ -45,8 +48,8 @@ pub struct BenchArgs {
     /// SQLite `synchronous` mode: `normal` (default) or `full`.
     #[arg(long, default_value = "normal")]
     synchronous: String,
-    /// Workloads to run (default: all but `waits` and `http-during-drain`, which run only when
-    /// named). Repeat or separate with commas.
+    /// Workloads to run (default: all but `waits`, `sleep` and `http-during-drain`, which run
+    /// only when named). Repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Worker concurrency levels for the throughput workloads.
@@ -59,6 +62,12 @@ pub struct BenchArgs {
     /// signalled and resumes).
     #[arg(long, default_value_t = 300)]
     step_jobs: u64,
+    /// Runs of `sleep` (each sleeps durably for `--sleep-ms`).
+    #[arg(long, default_value_t = 10_000)]
+    runs: u64,
+    /// How long each run of `sleep` sleeps, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    sleep_ms: u64,
     /// Concurrency keys of `keyed-1step` (its jobs: `--jobs`).
     #[arg(long, default_value_t = 8)]
     keys: u64,
@@ -141,6 +150,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             let store = setup.fresh_store()?;
             let line =
                 waits::waits_on(Arc::new(store), "sqlite", concurrency, args.step_jobs).await?;
+            print_line(line, &args.synchronous);
+        }
+    }
+    if args.workload.iter().any(|w| w == "sleep") {
+        for &concurrency in &args.concurrency {
+            let store = setup.fresh_store()?;
+            let line = sleep::sleep_on(
+                Arc::new(store),
+                "sqlite",
+                concurrency,
+                args.runs,
+                args.sleep_ms,
+            )
+            .await?;
             print_line(line, &args.synchronous);
         }
     }

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the reference jobs (echo, steps, sleep, approval, fanout, flaky) on embedded SQLite (or PostgreSQL with a
+    /// Run the reference jobs (echo, steps, sleep, approval, fanout, flaky, nap) on embedded SQLite (or PostgreSQL with a
     /// `postgres://` --db) and watch them execute.
     Demo(demo::DemoArgs),
     /// Create or upgrade the durably schema in a database (safe to run many times).

@@ -1,6 +1,6 @@
 //! The reference jobs of `shared/spec/demo-jobs.md`: `echo`, `steps` and `sleep`, and those
 //! of the capabilities beyond upstream 0.15 that have landed: `approval` (durable waits),
-//! `fanout` (parallel steps) and `flaky` (step retries).
+//! `fanout` (parallel steps), `flaky` (step retries) and `nap` (durable sleep).
 
 use std::time::Duration;
 
@@ -328,6 +328,39 @@ pub fn flaky() -> Job<FlakyInput, Value> {
     })
 }
 
+/// Input of `nap`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NapInput {
+    /// Milliseconds to sleep durably, 0..=86400000.
+    pub ms: u64,
+}
+
+/// `nap`: one durable sleep named `nap` of `ms` (the wait `sleep:nap`); while asleep the run is
+/// `waiting` and holds no worker slot; output `{ "slept": ms }`.
+pub fn nap() -> Job<NapInput, Value> {
+    Job::new("nap", |step: StepContext, input: NapInput| async move {
+        step.sleep("nap", Duration::from_millis(input.ms)).await?;
+        Ok::<_, durably::Error>(json!({ "slept": input.ms }))
+    })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["ms"],
+        "properties": {
+            "ms": { "type": "integer", "minimum": 0, "maximum": 86400000, "description": "Milliseconds to sleep durably (the run waits without a worker slot)", "examples": [60000] }
+        }
+    }))
+    .validate(|input| {
+        if input.ms > 86_400_000 {
+            Err(format!(
+                "ms must be between 0 and 86400000 (got {})",
+                input.ms
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
 /// Registers the reference jobs.
 pub fn register_all(durably: &Durably) -> Result<()> {
     durably.register(echo())?;
@@ -336,5 +369,6 @@ pub fn register_all(durably: &Durably) -> Result<()> {
     durably.register(approval())?;
     durably.register(fanout())?;
     durably.register(flaky())?;
+    durably.register(nap())?;
     Ok(())
 }

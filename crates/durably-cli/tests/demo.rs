@@ -392,6 +392,50 @@ fn demo_serves_flaky() {
     assert_eq!(status, 400, "{error}");
 }
 
+/// `nap` (`demo-jobs.md`): one durable sleep; while asleep the run is `waiting` with the wait
+/// `sleep:nap` listed; then `{ "slept": ms }`. `ms` beyond a day is refused.
+#[test]
+fn demo_serves_nap() {
+    let demo = start_demo();
+    let address = demo.address;
+    let (status, napping) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "nap", "input": {"ms": 1500}})),
+    );
+    assert_eq!(status, 200, "{napping}");
+    let id = napping["runId"].as_str().expect("runId").to_owned();
+    let asleep = wait_for_status(address, &id, "waiting");
+    assert_eq!(asleep["isWaiting"], true, "{asleep}");
+    let (status, waits) = json_call(address, "GET", &format!("/waits?runId={id}"), None);
+    assert_eq!(status, 200, "{waits}");
+    assert_eq!(waits[0]["name"], "sleep:nap", "{waits}");
+    assert_eq!(waits[0]["metadata"], json!({"durably": {"kind": "sleep"}}));
+    assert!(waits[0]["deadlineAt"].is_string(), "{waits}");
+    let done = wait_for_status(address, &id, "completed");
+    assert_eq!(done["output"], json!({"slept": 1500}));
+
+    let (status, zero) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "nap", "input": {"ms": 0}})),
+    );
+    assert_eq!(status, 200, "{zero}");
+    let zero = zero["runId"].as_str().expect("runId").to_owned();
+    let done = wait_for_status(address, &zero, "completed");
+    assert_eq!(done["output"], json!({"slept": 0}));
+
+    let (status, error) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "nap", "input": {"ms": 86400001}})),
+    );
+    assert_eq!(status, 400, "{error}");
+}
+
 #[test]
 fn fuzz_reference_job_schemas_say_what_the_jobs_take() {
     let demo = start_demo();

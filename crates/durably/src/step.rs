@@ -89,6 +89,9 @@ pub(crate) struct StepShared {
 pub(crate) struct WaitState {
     /// The wait this execution asked to be suspended on (upstream's suspension request).
     pub(crate) suspended_on: Mutex<Option<String>>,
+    /// The deadline of that wait, if it has one: the engine that suspends the run looks for
+    /// expired waits then (see `Engine::wake_at`).
+    pub(crate) suspended_until: Mutex<Option<crate::time::Timestamp>>,
     /// A wait operation (`prepare_wait`, `wait_for`) is in progress.
     pub(crate) in_progress: AtomicBool,
     /// This execution prepared a wait: ending the run closes its pending waits.
@@ -329,6 +332,11 @@ impl StepShared {
     /// The wait this execution is suspended on, once it asked to be.
     pub(crate) fn suspended_on(&self) -> Option<String> {
         lock(&self.waits.suspended_on).clone()
+    }
+
+    /// The deadline of the wait this execution is suspended on, if it has one.
+    pub(crate) fn suspended_until(&self) -> Option<crate::time::Timestamp> {
+        *lock(&self.waits.suspended_until)
     }
 
     /// `Err(`[`Error::Suspended`]`)` once this execution asked to be suspended: no step

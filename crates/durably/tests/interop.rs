@@ -589,9 +589,7 @@ async fn a_run_whose_typescript_worker_crashed_is_finished_here(backend: Backend
 /// Runs that wait for their time here (a delayed run, a run between two attempts of its retry
 /// policy) are `waiting` on durable waits: the TypeScript runtime's worker never claims them,
 /// while it does claim an ordinary pending run of the same job.
-async fn runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime(
-    backend: Backend,
-) {
+async fn runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime(backend: Backend) {
     let db = TestDb::new(backend);
     let place = place_of(&db);
     let durably = db.durably(|b| b).await;
@@ -620,10 +618,14 @@ async fn runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime
         .id;
     let backing_off = job.trigger(Input { n: 2 }).await.expect("trigger").run.id;
     durably.start();
-    eventually("the failed run waits for its next attempt", LIMIT, || async {
-        let run = durably.get_run(&backing_off).await.expect("get")?;
-        (run.status == RunStatus::Waiting).then_some(())
-    })
+    eventually(
+        "the failed run waits for its next attempt",
+        LIMIT,
+        || async {
+            let run = durably.get_run(&backing_off).await.expect("get")?;
+            (run.status == RunStatus::Waiting).then_some(())
+        },
+    )
     .await;
     durably.stop().await;
 

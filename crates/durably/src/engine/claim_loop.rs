@@ -36,7 +36,9 @@ impl Engine {
             if stop.is_cancelled() {
                 break;
             }
-            if runtime::now() >= next_sweep && !backoff.is_failing() {
+            // A timer of a run suspended here is due: sweep now (see `wait_expiry.rs`).
+            let timer_due = self.take_due_timers();
+            if (timer_due || runtime::now() >= next_sweep) && !backoff.is_failing() {
                 self.expire_due_waits().await;
                 next_sweep = runtime::now() + settings.polling_interval;
             }
@@ -98,9 +100,13 @@ impl Engine {
             let hand_off = settings.trigger_hand_off && !backoff.is_failing();
             self.set_intake(hand_off.then(|| intake_sender.clone()));
             let now = runtime::now();
-            let next_look = match backoff.retry_at() {
-                Some(at) if at > now => at,
-                _ => now + settings.polling_interval,
+            let poll = now + settings.polling_interval;
+            let (next_look, by_timer) = match backoff.retry_at() {
+                Some(at) if at > now => (at, false),
+                _ => match self.next_timer() {
+                    Some(timer) if timer < poll => (timer, true),
+                    _ => (poll, false),
+                },
             };
             // Biased, in this order: no random draw per wake-up (a simulation replays exactly
             // for a seed), and none of these can starve the others: a stop ends the loop; an
@@ -126,7 +132,11 @@ impl Engine {
                     claimable.look_again();
                 }
                 Some(hand_off) = intake.recv() => handed.push(hand_off),
-                _ = runtime::sleep_until(next_look) => {
+                // An earlier timer: wait for it instead.
+                _ = self.timers_changed() => {}
+                // A timer's sweep wakes the loop when it resolved waits.
+                _ = runtime::sleep_until(next_look), if by_timer => {}
+                _ = runtime::sleep_until(next_look), if !by_timer => {
                     // The poll also looks for runs whose wait another process resolved.
                     self.resume_look_due();
                     claimable.look_again();

@@ -349,6 +349,9 @@ impl Engine {
         match finished {
             Ok(finished) if finished.landed => {
                 tracing::info!(%wait_id, "suspended: waiting");
+                if let Some(deadline) = shared.suspended_until() {
+                    self.wake_at(deadline);
+                }
                 self.events.emit(EventKind::RunWaiting {
                     run_id: run.id.clone(),
                     job_name: run.job_name.clone(),

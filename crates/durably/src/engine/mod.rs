@@ -140,6 +140,9 @@ pub(crate) struct Engine {
     resume: Mutex<ResumeLook>,
     /// Held by the expiry sweep of durable waits in flight (one at a time).
     sweeping: tokio::sync::Mutex<()>,
+    /// Deadlines of the waits this engine suspended runs on, at which the worker loop sweeps
+    /// expired waits (see `wait_expiry.rs`).
+    timers: wait_expiry::Timers,
 }
 
 /// See [`Engine::take_resume_due`].
@@ -173,6 +176,7 @@ impl Engine {
                 last: runtime::now(),
             }),
             sweeping: tokio::sync::Mutex::new(()),
+            timers: wait_expiry::Timers::default(),
         }
     }
 

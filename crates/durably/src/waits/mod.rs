@@ -26,7 +26,10 @@ use serde_json::Value;
 
 use crate::time::Timestamp;
 
+mod sleep;
 mod step;
+
+pub use sleep::{SLEEP_WAIT_PREFIX, sleep_metadata};
 
 /// Where a wait stands (`durably_waits.status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

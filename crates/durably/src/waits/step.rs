@@ -119,6 +119,7 @@ impl StepContext {
         // Still pending: ask to be suspended. From now on every step operation of this
         // execution refuses to start (upstream's rule).
         tracing::debug!(wait_id = %current.id, "suspending on a pending wait");
+        *crate::engine::lock(&shared.waits.suspended_until) = current.deadline_at;
         *crate::engine::lock(&shared.waits.suspended_on) = Some(current.id.clone());
         drop(operation);
         Err(Error::Suspended {
