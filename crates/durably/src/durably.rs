@@ -121,6 +121,26 @@ impl Durably {
                 "coalesce requires concurrencyKey".into()
             )));
         }
+        let mut start_at = options.start_at;
+        if let Some(debounce) = &options.debounce {
+            if start_at.is_some() || options.coalesce.is_some() {
+                return Err(Error::Validation(at(
+                    "debounce sets the run's start itself: drop startAt/delay and coalesce".into(),
+                )));
+            }
+            if debounce.key.is_empty() {
+                return Err(Error::Validation(at(
+                    "debounce key must not be empty".into()
+                )));
+            }
+            if debounce.period.is_zero() {
+                return Err(Error::Validation(at(format!(
+                    "debounce period of key \"{}\" is 0: give a period of at least 1 ms",
+                    debounce.key
+                ))));
+            }
+            start_at = Some(Timestamp::now() + debounce.period);
+        }
         if options.start_at.is_some() && options.coalesce.is_some() {
             return Err(Error::Validation(at(
                 "coalesce does not apply to a delayed run (startAt): a delayed run is not pending; \
@@ -161,7 +181,8 @@ impl Durably {
             concurrency_key: options.concurrency_key,
             labels: options.labels.unwrap_or_default(),
             coalesce: options.coalesce,
-            start_at: options.start_at,
+            start_at,
+            debounce: options.debounce,
         })
     }
 

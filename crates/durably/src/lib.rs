@@ -219,8 +219,8 @@ pub use job::{Job, JobData};
 pub use limits::Limits;
 pub use retry::{AttemptTimedOut, Backoff, NonRetryable, RetryPolicy};
 pub use run::{
-    Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
-    StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
+    Coalesce, Debounce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus,
+    Step, StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
 };
 pub use step::{StepContext, StepLog};
 #[cfg(feature = "postgres")]

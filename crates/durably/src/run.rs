@@ -440,6 +440,9 @@ pub enum Disposition {
     /// A run with the same job and concurrency key was reused because a [`Coalesce`] mode was
     /// asked: a pending one, or with [`Coalesce::Active`] a running or waiting one.
     Coalesced,
+    /// A delayed run of the same job and debounce key had not started yet
+    /// ([`TriggerOptions::debounce`]): it takes this trigger's input and its start moves back.
+    Debounced,
 }
 
 impl Disposition {
@@ -449,6 +452,7 @@ impl Disposition {
             Disposition::Created => "created",
             Disposition::Idempotent => "idempotent",
             Disposition::Coalesced => "coalesced",
+            Disposition::Debounced => "debounced",
         }
     }
 }
@@ -536,6 +540,52 @@ pub struct TriggerOptions {
     /// durable wait named `delay` (no lease, no slot); signalling that wait starts it at once.
     /// A time not in the future starts the run as usual. Not with `coalesce`.
     pub start_at: Option<Timestamp>,
+    /// Debounces triggers of this job by a key (see [`Debounce`]). Not with `start_at` or
+    /// `coalesce`.
+    pub debounce: Option<Debounce>,
+}
+
+/// Debouncing: a run starts `period` after the *last* trigger of its job and key, with the
+/// input of that trigger. A trigger with the same job and key while the run has not started
+/// yet replaces its input and moves its start to `period` from now (disposition
+/// [`Disposition::Debounced`]), but never beyond `max_wait` after the first trigger. Once the
+/// run has started, the next trigger creates a new debounced run.
+///
+/// ```
+/// use std::time::Duration;
+/// use durably::{Debounce, TriggerOptions};
+/// // Re-index a document 5 s after its last edit, at most 1 min after its first.
+/// let options = TriggerOptions::new().debounce(
+///     Debounce::new("doc-42", Duration::from_secs(5)).max_wait(Duration::from_secs(60)),
+/// );
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Debounce {
+    /// The key triggers are debounced by (with the job's name).
+    pub key: String,
+    /// How long after the last trigger the run starts.
+    pub period: std::time::Duration,
+    /// The latest start, counted from the first trigger (`None`: no bound).
+    pub max_wait: Option<std::time::Duration>,
+}
+
+impl Debounce {
+    /// Debounces by `key`, starting `period` after the last trigger.
+    pub fn new(key: impl Into<String>, period: std::time::Duration) -> Self {
+        Debounce {
+            key: key.into(),
+            period,
+            max_wait: None,
+        }
+    }
+
+    /// Sets [`max_wait`](Self::max_wait).
+    pub fn max_wait(mut self, max_wait: std::time::Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
 }
 
 impl TriggerOptions {
@@ -592,6 +642,12 @@ impl TriggerOptions {
     /// ```
     pub fn delay(self, delay: std::time::Duration) -> Self {
         self.start_at(Timestamp::now() + delay)
+    }
+
+    /// Sets [`debounce`](Self::debounce).
+    pub fn debounce(mut self, debounce: Debounce) -> Self {
+        self.debounce = Some(debounce);
+        self
     }
 }
 

@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, LIMIT, TestDb, backend_tests, eventually, terminal};
-use durably::{Error, Job, RunStatus, StepContext, Timestamp, TriggerOptions, WaitStatus};
+use durably::{
+    Debounce, Disposition, Error, Job, RunStatus, StepContext, Timestamp, TriggerOptions,
+    WaitStatus,
+};
 use serde_json::{Value, json};
 
 fn stamp() -> Job<Value, Value> {
@@ -168,7 +171,126 @@ async fn delays_validate_and_respect_idempotency(backend: Backend) {
     );
 }
 
+/// 100 concurrent triggers with one debounce key make one run (the period, 30 s, is far longer
+/// than the triggers take even on a loaded machine), with one of their inputs; signalled, it
+/// starts; the next trigger after it started makes a new run.
+async fn concurrent_debounced_triggers_make_one_run(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.polling_interval(Duration::from_millis(50)))
+        .await;
+    let job = durably.register(stamp()).expect("register");
+    durably.start();
+    let period = Duration::from_secs(30);
+    let mut triggers = tokio::task::JoinSet::new();
+    for n in 0..100 {
+        let job = job.clone();
+        triggers.spawn(async move {
+            job.trigger_with(
+                json!({ "n": n }),
+                TriggerOptions::new().debounce(Debounce::new("doc-1", period)),
+            )
+            .await
+        });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut dispositions = std::collections::BTreeMap::new();
+    while let Some(joined) = triggers.join_next().await {
+        let triggered = joined.expect("join").expect("trigger");
+        ids.insert(triggered.run.id.clone());
+        *dispositions
+            .entry(triggered.disposition.as_str())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(ids.len(), 1, "{dispositions:?}");
+    assert_eq!(
+        dispositions,
+        std::collections::BTreeMap::from([("created", 1), ("debounced", 99)])
+    );
+    let id = ids.into_iter().next().expect("one run");
+    let waits = durably.get_waits(&id).await.expect("waits");
+    assert_eq!(waits.len(), 1, "one delay wait, moved: {waits:?}");
+    durably
+        .signal(&waits[0].id, Value::Null, "run-now")
+        .await
+        .expect("run now");
+    let run = terminal(&durably, &id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    let n = run.input["n"].as_i64().expect("an input of the triggers");
+    assert!((0..100).contains(&n));
+    let next = job
+        .trigger_with(
+            json!({ "n": 100 }),
+            TriggerOptions::new().debounce(Debounce::new("doc-1", period)),
+        )
+        .await
+        .expect("trigger");
+    assert_eq!(next.disposition, Disposition::Created);
+    assert_ne!(next.run.id, id);
+    durably.stop().await;
+}
+
+/// A debounced run's start moves back with each trigger, but never beyond `max_wait` after the
+/// first trigger.
+async fn a_debounced_start_never_passes_the_maximum_wait(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let job = durably.register(stamp()).expect("register");
+    let debounce = Debounce::new("k", Duration::from_secs(60)).max_wait(Duration::from_secs(90));
+    let first_at = Timestamp::now();
+    let first = job
+        .trigger_with(
+            json!({ "n": 1 }),
+            TriggerOptions::new().debounce(debounce.clone()),
+        )
+        .await
+        .expect("first");
+    let deadline = |run_id: String| {
+        let durably = durably.clone();
+        async move {
+            durably.get_waits(&run_id).await.expect("waits")[0]
+                .deadline_at
+                .expect("deadline")
+        }
+    };
+    let first_deadline = deadline(first.run.id.clone()).await;
+    assert!(first_deadline >= first_at + Duration::from_secs(60));
+    let second = job
+        .trigger_with(json!({ "n": 2 }), TriggerOptions::new().debounce(debounce))
+        .await
+        .expect("second");
+    assert_eq!(
+        (second.run.id.as_str(), second.disposition),
+        (first.run.id.as_str(), Disposition::Debounced)
+    );
+    assert_eq!(second.run.input, json!({ "n": 2 }));
+    let moved = deadline(first.run.id.clone()).await;
+    assert!(moved >= first_deadline, "moved back, not forward");
+    assert!(
+        moved <= first_at + Duration::from_secs(91),
+        "within max_wait of the first trigger: {moved:?}"
+    );
+    // Other keys and other jobs' runs are not touched.
+    let other = job
+        .trigger_with(
+            json!({ "n": 3 }),
+            TriggerOptions::new().debounce(Debounce::new("other", Duration::from_secs(60))),
+        )
+        .await
+        .expect("other key");
+    assert_eq!(other.disposition, Disposition::Created);
+    let refused = job
+        .trigger_with(
+            json!({}),
+            TriggerOptions::new().debounce(Debounce::new("k", Duration::ZERO)),
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Validation(_))), "{refused:?}");
+}
+
 backend_tests!(
+    concurrent_debounced_triggers_make_one_run,
+    a_debounced_start_never_passes_the_maximum_wait,
     a_delayed_run_starts_at_its_time_and_not_before,
     a_signal_starts_a_delayed_run_at_once,
     delays_validate_and_respect_idempotency,

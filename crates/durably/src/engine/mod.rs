@@ -292,7 +292,7 @@ impl Engine {
                     skipped_labels: request.labels.clone(),
                 });
             }
-            Disposition::Idempotent => {}
+            Disposition::Idempotent | Disposition::Debounced => {}
         }
     }
 

@@ -597,7 +597,40 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
         }
         (Some(_), Some(_)) => return Err(bad_request("Give startAt or delayMs, not both")),
     };
+    options.debounce = match body.get("debounce") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(debounce)) => Some(debounce_option(debounce)?),
+        Some(other) => {
+            return Err(bad_request(&format!(
+                "debounce must be an object {{\"key\", \"periodMs\", \"maxWaitMs\"?}} (got {other})"
+            )));
+        }
+    };
     Ok(options)
+}
+
+/// The `debounce` field of a trigger: `{ "key", "periodMs", "maxWaitMs"? }`.
+fn debounce_option(debounce: &Map<String, Value>) -> Result<crate::Debounce, Response> {
+    let key = optional_string(debounce, "key")?
+        .ok_or_else(|| bad_request("debounce.key is required (a string)"))?;
+    let millis = |field: &str| -> Result<Option<u64>, Response> {
+        match debounce.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_u64() {
+                Some(ms) if (1..=MAX_DELAY_MS).contains(&ms) => Ok(Some(ms)),
+                _ => Err(bad_request(&format!(
+                    "debounce.{field} must be an integer between 1 and {MAX_DELAY_MS} (got {value})"
+                ))),
+            },
+        }
+    };
+    let period = millis("periodMs")?
+        .ok_or_else(|| bad_request("debounce.periodMs is required (milliseconds)"))?;
+    let mut option = crate::Debounce::new(key, std::time::Duration::from_millis(period));
+    if let Some(max_wait) = millis("maxWaitMs")? {
+        option = option.max_wait(std::time::Duration::from_millis(max_wait));
+    }
+    Ok(option)
 }
 
 /// The longest `delayMs` of a trigger: 10 years.

@@ -391,7 +391,7 @@ pub(crate) fn document(durably: &Durably) -> Value {
             "TriggerRequest": trigger_request(durably, limits),
             "TriggerResponse": { "type": "object", "required": ["runId", "disposition", "status"], "properties": {
                 "runId": { "type": "string" },
-                "disposition": { "type": "string", "enum": ["created", "idempotent", "coalesced"] },
+                "disposition": { "type": "string", "enum": ["created", "idempotent", "coalesced", "debounced"] },
                 "status": { "$ref": "#/components/schemas/RunStatus" }
             }},
             "Progress": { "type": "object", "required": ["current"], "properties": {

@@ -76,6 +76,13 @@ pub struct NewRun {
     /// earlier by a signal (an operator's "run now"). `None`, or a time not after `now`: an
     /// ordinary pending run. Never combined with `coalesce` (the caller refuses it).
     pub start_at: Option<Timestamp>,
+    /// Debouncing (then `start_at` is the trigger's time plus the period): when a run of the
+    /// job with this key is still waiting on its `delay` wait, that run takes this request's
+    /// input and its wait's deadline moves to `start_at`, but not beyond its first trigger's
+    /// `max_wait` ([`Disposition::Debounced`]); otherwise a delayed run is created whose
+    /// `delay` wait's metadata carries the key and that bound ([`debounce_metadata`]). Atomic
+    /// against concurrent triggers with the same job and key.
+    pub debounce: Option<crate::run::Debounce>,
 }
 
 /// The outcome of [`Store::enqueue`].
@@ -748,6 +755,38 @@ pub const DELAY_WAIT: &str = "delay";
 /// The metadata of a delayed run's wait: `{"durably": {"kind": "delay"}}`.
 pub fn delay_metadata() -> Value {
     serde_json::json!({ "durably": { "kind": "delay" } })
+}
+
+/// The metadata of a debounced run's `delay` wait: the key, and the latest start in
+/// milliseconds since the epoch (`null`: none).
+pub fn debounce_metadata(key: &str, not_after: Option<Timestamp>) -> Value {
+    serde_json::json!({ "durably": { "kind": "delay", "debounce": {
+        "key": key,
+        "notAfter": not_after.map(Timestamp::as_millis),
+    } } })
+}
+
+/// The new start of a debounced run whose `delay` wait has `metadata`, for a trigger asking
+/// for `wanted`: `wanted`, but not after the wait's `notAfter`.
+pub(crate) fn debounced_start(metadata: Option<&Value>, wanted: Timestamp) -> Timestamp {
+    let not_after = metadata
+        .and_then(|m| m["durably"]["debounce"]["notAfter"].as_i64())
+        .map(Timestamp::from_millis);
+    match not_after {
+        Some(bound) if bound < wanted => bound,
+        _ => wanted,
+    }
+}
+
+/// The metadata of a new delayed run's wait: a debounced one's, or the plain one.
+pub(crate) fn new_delay_metadata(request: &NewRun, now: Timestamp) -> Value {
+    match &request.debounce {
+        Some(debounce) => debounce_metadata(
+            &debounce.key,
+            debounce.max_wait.map(|max_wait| now + max_wait),
+        ),
+        None => delay_metadata(),
+    }
 }
 
 /// `run` (just inserted) as a delayed run waiting on `wait_id`.

@@ -237,6 +237,14 @@ impl State {
         }
         // A delayed run is not pending: neither the pending-per-key rule nor coalescing applies.
         let delayed = request.start_at.filter(|at| *at > now);
+        if let (Some(debounce), Some(start_at)) = (&request.debounce, delayed)
+            && let Some(run) = self.debounce_onto(request, &debounce.key, start_at, now)
+        {
+            return Ok(Enqueued {
+                run,
+                disposition: Disposition::Debounced,
+            });
+        }
         if let Some(key) = &request.concurrency_key
             && delayed.is_none()
             && let Some(existing) = match request.coalesce {
@@ -258,7 +266,7 @@ impl State {
                 id: new_id_at(now),
                 run_id: run.id.clone(),
                 name: crate::store::DELAY_WAIT.to_owned(),
-                metadata: Some(crate::store::delay_metadata()),
+                metadata: Some(crate::store::new_delay_metadata(request, now)),
                 status: WaitStatus::Pending,
                 payload: None,
                 signal_id: None,
@@ -282,6 +290,37 @@ impl State {
             run,
             disposition: Disposition::Created,
         })
+    }
+
+    /// See `NewRun::debounce`: the run of the job and key still waiting for its start takes
+    /// the request's input, its start moved to `start_at` (not beyond its bound).
+    fn debounce_onto(
+        &mut self,
+        request: &NewRun,
+        key: &str,
+        start_at: Timestamp,
+        now: Timestamp,
+    ) -> Option<Run> {
+        let (seq, wait_id) = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.job_name == request.job_name && run.status == RunStatus::Waiting)
+            .find_map(|(seq, run)| {
+                let wait = self.waits.get(run.waiting_on_wait_id.as_deref()?)?;
+                let debounced = wait.status == WaitStatus::Pending
+                    && wait.name == crate::store::DELAY_WAIT
+                    && wait.metadata.as_ref()?["durably"]["debounce"]["key"].as_str() == Some(key);
+                debounced.then(|| (*seq, wait.id.clone()))
+            })?;
+        let wait = self.waits.get_mut(&wait_id)?;
+        wait.deadline_at = Some(crate::store::debounced_start(
+            wait.metadata.as_ref(),
+            start_at,
+        ));
+        let run = self.runs.get_mut(&seq)?;
+        run.input = request.input.clone();
+        run.updated_at = now;
+        Some(run.clone())
     }
 
     /// Removes a run and everything it owns.

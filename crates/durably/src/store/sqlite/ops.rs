@@ -243,6 +243,14 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     }
     // A delayed run is not pending: neither the pending-per-key rule nor coalescing applies.
     let delayed = request.start_at.filter(|at| *at > now);
+    if let (Some(debounce), Some(start_at)) = (&request.debounce, delayed)
+        && let Some(run) = debounce_onto(conn, request, &debounce.key, start_at, now)?
+    {
+        return Ok(Enqueued {
+            run,
+            disposition: Disposition::Debounced,
+        });
+    }
     if let Some(key) = &request.concurrency_key
         && delayed.is_none()
     {
@@ -303,7 +311,8 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     }
     let mut run = pending_run(id, request, now);
     if let Some(start_at) = delayed {
-        let wait_id = delay_run(conn, &run.id, start_at)?;
+        let metadata = crate::store::new_delay_metadata(request, now);
+        let wait_id = delay_run(conn, &run.id, start_at, &metadata)?;
         run = crate::store::delayed_run(run, wait_id);
     }
     Ok(Enqueued {
@@ -312,12 +321,51 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
     })
 }
 
+/// Debounces `request` onto the run of its job and debounce `key` that still waits for its
+/// start, if any: that run takes the request's input and its start moves to `start_at` (not
+/// beyond its bound). Inside the writer's transaction, so concurrent triggers are serialized.
+fn debounce_onto(
+    conn: &Connection,
+    request: &NewRun,
+    key: &str,
+    start_at: Timestamp,
+    now: Timestamp,
+) -> Result<Option<Run>> {
+    let found: Option<(String, String, Option<String>)> = conn
+        .prepare_cached(sql::DEBOUNCED_RUN)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![request.job_name, key], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(sql_error("enqueue"))?;
+    let Some((run_id, wait_id, metadata)) = found else {
+        return Ok(None);
+    };
+    let metadata = metadata.and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let start = crate::store::debounced_start(metadata.as_ref(), start_at);
+    let input = to_json("enqueue", &request.input)?;
+    conn.prepare_cached(sql::MOVE_DELAY)
+        .and_then(|mut stmt| stmt.execute(params![wait_id, start, start.as_millis()]))
+        .map_err(sql_error("enqueue"))?;
+    conn.prepare_cached(sql::DEBOUNCE_INPUT)
+        .and_then(|mut stmt| stmt.execute(params![run_id, input, now]))
+        .map_err(sql_error("enqueue"))?;
+    get_run(conn, &run_id)
+}
+
 /// Makes the run just inserted a delayed run (`NewRun::start_at`): a `delay` wait with its
 /// start as deadline, and the run `waiting` on it. Returns the wait's id.
-fn delay_run(conn: &Connection, run_id: &str, start_at: Timestamp) -> Result<String> {
+fn delay_run(
+    conn: &Connection,
+    run_id: &str,
+    start_at: Timestamp,
+    metadata: &Value,
+) -> Result<String> {
     let created = database_now();
     let id = new_id_at(created);
-    let metadata = canonical_json(&crate::store::delay_metadata());
+    let metadata = canonical_json(metadata);
     conn.prepare_cached(sql::INSERT_WAIT)
         .and_then(|mut stmt| {
             stmt.execute(params![

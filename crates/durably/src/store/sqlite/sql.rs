@@ -272,6 +272,22 @@ pub(crate) const INSERT_WAIT: &str = "INSERT INTO durably_waits (id, run_id, nam
 pub(crate) const DELAY_RUN: &str =
     "UPDATE durably_runs SET status = 'waiting', waiting_on_wait_id = ?2 WHERE id = ?1";
 
+/// The run of job `?1` with debounce key `?2` that still waits for its start: its id, its
+/// `delay` wait's id and that wait's metadata.
+pub(crate) const DEBOUNCED_RUN: &str = "SELECT r.id, w.id, w.metadata FROM durably_runs r \
+             JOIN durably_waits w ON w.id = r.waiting_on_wait_id \
+             WHERE r.job_name = ?1 AND r.status = 'waiting' AND w.status = 'pending' \
+             AND w.name = 'delay' AND json_extract(w.metadata, '$.durably.debounce.key') = ?2 \
+             ORDER BY r.created_at ASC, r.id ASC LIMIT 1";
+
+/// Moves the deadline of `delay` wait `?1` to `?2` (`?3` in ms).
+pub(crate) const MOVE_DELAY: &str = "UPDATE durably_waits SET deadline_at = ?2, deadline_ms = ?3 \
+             WHERE id = ?1 AND status = 'pending'";
+
+/// A debounced run `?1` takes the last trigger's input `?2` at `?3`.
+pub(crate) const DEBOUNCE_INPUT: &str =
+    "UPDATE durably_runs SET input = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'waiting'";
+
 /// A `delay` wait `?1` records when its run was suspended on it (`?2`).
 pub(crate) const DELAY_WAIT_SUSPENDED: &str =
     "UPDATE durably_waits SET suspended_at = ?2 WHERE id = ?1";

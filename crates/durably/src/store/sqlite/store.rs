@@ -39,6 +39,7 @@ impl Store for SqliteStore {
             let enqueued = ops::enqueue(conn, &run, now)?;
             let claimed = match (next.max, enqueued.disposition) {
                 (0, _) | (_, Disposition::Idempotent | Disposition::Coalesced) => Vec::new(),
+                (_, Disposition::Debounced) => Vec::new(),
                 (max, Disposition::Created) => ops::claim(
                     conn,
                     &ClaimRequest {
