@@ -967,8 +967,5 @@ async fn debounce_onto(
             &[&run_id, &input, &now.to_string()],
         )
         .await?;
-    rows.first()
-        .map(|row| run_from_row(row, 0))
-        .transpose()
-        .map_err(Into::into)
+    rows.first().map(|row| run_from_row(row, 0)).transpose()
 }
