@@ -758,6 +758,61 @@ impl PostgresStore {
     }
 }
 
+/// `NewRun::debounce` inside an enqueue's transaction: under the transaction advisory lock of
+/// the job and key (concurrent triggers with them are serialized), the run of the job and key
+/// that still waits for its start, locked (run before wait, as the expiry sweep locks them),
+/// takes the request's input and its start moves to `start_at` (not beyond its bound).
+async fn debounce_onto(
+    tx: &deadpool_postgres::Transaction<'_>,
+    request: &NewRun,
+    key: &str,
+    start_at: Timestamp,
+    now: Timestamp,
+) -> std::result::Result<Option<Run>, Fail> {
+    let lock_key = format!("durably:debounce:{}:{key}", request.job_name);
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+        &[&lock_key],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT r.id, w.id, w.metadata FROM durably_runs r \
+               JOIN durably_waits w ON w.id = r.waiting_on_wait_id \
+             WHERE r.job_name = $1 AND r.status = 'waiting' AND w.status = 'pending' \
+               AND w.name = 'delay' AND (CASE WHEN w.metadata LIKE '{%' \
+                 THEN w.metadata::jsonb #>> '{durably,debounce,key}' END) = $2 \
+             ORDER BY r.created_at ASC, r.id ASC LIMIT 1 FOR UPDATE OF r, w",
+            &[&request.job_name, &key],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let (run_id, wait_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    let metadata: Option<String> = row.try_get(2)?;
+    let metadata = metadata.and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let start = crate::store::debounced_start(metadata.as_ref(), start_at);
+    tx.execute(
+        "UPDATE durably_waits SET deadline_at = $2, deadline_ms = $3::double precision \
+         WHERE id = $1 AND status = 'pending'",
+        &[&wait_id, &start.to_string(), &(start.as_millis() as f64)],
+    )
+    .await?;
+    let input = serde_json::to_string(&request.input)
+        .map_err(|e| Fail::Other(Error::Validation(format!("Invalid input: {e}"))))?;
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE durably_runs SET input = $2, updated_at = $3 WHERE id = $1 \
+                 RETURNING {RUN_COLUMNS}"
+            ),
+            &[&run_id, &input, &now.to_string()],
+        )
+        .await?;
+    rows.first().map(|row| run_from_row(row, 0)).transpose()
+}
+
 #[cfg(test)]
 mod message_tests {
     use super::*;
@@ -913,59 +968,4 @@ mod tests {
             assert!(most <= 200, "a node handled {most} rows:\n{plan}");
         }
     }
-}
-
-/// `NewRun::debounce` inside an enqueue's transaction: under the transaction advisory lock of
-/// the job and key (concurrent triggers with them are serialized), the run of the job and key
-/// that still waits for its start, locked (run before wait, as the expiry sweep locks them),
-/// takes the request's input and its start moves to `start_at` (not beyond its bound).
-async fn debounce_onto(
-    tx: &deadpool_postgres::Transaction<'_>,
-    request: &NewRun,
-    key: &str,
-    start_at: Timestamp,
-    now: Timestamp,
-) -> std::result::Result<Option<Run>, Fail> {
-    let lock_key = format!("durably:debounce:{}:{key}", request.job_name);
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
-        &[&lock_key],
-    )
-    .await?;
-    let rows = tx
-        .query(
-            "SELECT r.id, w.id, w.metadata FROM durably_runs r \
-               JOIN durably_waits w ON w.id = r.waiting_on_wait_id \
-             WHERE r.job_name = $1 AND r.status = 'waiting' AND w.status = 'pending' \
-               AND w.name = 'delay' AND (CASE WHEN w.metadata LIKE '{%' \
-                 THEN w.metadata::jsonb #>> '{durably,debounce,key}' END) = $2 \
-             ORDER BY r.created_at ASC, r.id ASC LIMIT 1 FOR UPDATE OF r, w",
-            &[&request.job_name, &key],
-        )
-        .await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    let (run_id, wait_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-    let metadata: Option<String> = row.try_get(2)?;
-    let metadata = metadata.and_then(|text| serde_json::from_str::<Value>(&text).ok());
-    let start = crate::store::debounced_start(metadata.as_ref(), start_at);
-    tx.execute(
-        "UPDATE durably_waits SET deadline_at = $2, deadline_ms = $3::double precision \
-         WHERE id = $1 AND status = 'pending'",
-        &[&wait_id, &start.to_string(), &(start.as_millis() as f64)],
-    )
-    .await?;
-    let input = serde_json::to_string(&request.input)
-        .map_err(|e| Fail::Other(Error::Validation(format!("Invalid input: {e}"))))?;
-    let rows = tx
-        .query(
-            &format!(
-                "UPDATE durably_runs SET input = $2, updated_at = $3 WHERE id = $1 \
-                 RETURNING {RUN_COLUMNS}"
-            ),
-            &[&run_id, &input, &now.to_string()],
-        )
-        .await?;
-    rows.first().map(|row| run_from_row(row, 0)).transpose()
 }
