@@ -27,6 +27,9 @@ use serde_json::Value;
 use crate::time::Timestamp;
 
 mod step;
+mod timer;
+
+pub use timer::{TimerKind, why_waiting};
 
 /// Where a wait stands (`durably_waits.status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
