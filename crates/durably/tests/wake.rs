@@ -126,6 +126,48 @@ async fn a_woken_retry_backoff_runs_the_next_attempt_now(backend: Backend) {
     durably.stop().await;
 }
 
+/// A run whose first execution failed, in an hour-long run-retry backoff (`Job::retry`),
+/// woken, runs its second attempt now and completes.
+async fn a_woken_run_retry_runs_the_next_attempt_now(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let executions = Arc::new(AtomicU32::new(0));
+    let counted = executions.clone();
+    let job = durably
+        .register(
+            Job::new("flaky", move |_step: StepContext, _input: Value| {
+                let counted = counted.clone();
+                async move {
+                    match counted.fetch_add(1, Ordering::SeqCst) {
+                        0 => Err(Error::Job("service down".into())),
+                        n => Ok::<_, Error>(json!({ "execution": n + 1 })),
+                    }
+                }
+            })
+            .retry(RetryPolicy::constant(3, Duration::from_secs(3600))),
+        )
+        .expect("register");
+    durably.start();
+    let id = job.trigger(json!({})).await.expect("trigger").run.id;
+    let suspended = waiting(&durably, &id).await;
+    let waits = durably.get_waits(&id).await.expect("waits");
+    let timer = waits
+        .iter()
+        .find(|w| Some(&w.id) == suspended.waiting_on_wait_id.as_ref())
+        .expect("the wait it waits on");
+    let why = durably::waits::why_waiting(timer);
+    assert!(
+        why.starts_with("run attempt 2 of 3 at ") && why.ends_with("last error: service down"),
+        "{why}"
+    );
+
+    durably.wake(&id).await.expect("wake");
+    let done = terminal(&durably, &id).await;
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({"execution": 2})));
+    durably.stop().await;
+}
+
 /// A run waiting for a signal, a completed run and an unknown run are refused; the waiting
 /// run's wait stays pending.
 async fn wake_refuses_runs_not_waiting_on_a_timer(backend: Backend) {
@@ -176,5 +218,6 @@ async fn wake_refuses_runs_not_waiting_on_a_timer(backend: Backend) {
 backend_tests!(
     a_woken_delayed_run_starts_now,
     a_woken_retry_backoff_runs_the_next_attempt_now,
+    a_woken_run_retry_runs_the_next_attempt_now,
     wake_refuses_runs_not_waiting_on_a_timer,
 );
