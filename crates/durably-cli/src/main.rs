@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 /// durably — steps that survive crashes.
 ///
 /// Every command that takes `--db` accepts a SQLite file path or a PostgreSQL URL
-/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, waits, signal,
+/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, waits, signal, wake,
 /// cancel, delete, purge, watch) need a database that holds the durably schema (`durably migrate` creates it)
 /// and start no worker.
 #[derive(Parser, Debug)]
@@ -48,7 +48,7 @@ enum Command {
     /// workers keep executing runs). For the same reason `POST /trigger` and `POST /retrigger`
     /// answer 501 Not Implemented with
     /// `{"error": "durably serve has no job definitions: trigger runs from the application that
-    /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, resume, delete,
+    /// registers job \"<name>\""}`; every other route works: runs, run, steps, cancel, resume, wake, delete,
     /// subscribe, runs/subscribe, waits, wait, signal, jobs (an empty list), openapi.json.
     ///
     /// The live event streams (subscribe, runs/subscribe) carry what workers in other
@@ -110,6 +110,15 @@ enum Command {
     /// already has a pending run; an unknown id exits with 4.
     #[command(after_help = "Example:\n  durably resume 01J9… --db app.db")]
     Resume(ops::ResumeArgs),
+    /// Run now / retry now: a run waiting on a timer (delayed, in a step's or its own retry
+    /// backoff, sleeping) starts or continues now.
+    ///
+    /// The timer wait the run waits on is signalled (signal id `wake`); the application's
+    /// workers then run it. A run waiting for a signal (an approval) is refused (exit code 1):
+    /// signal its wait with `durably signal`; so is a run that is not waiting. An unknown id
+    /// exits with 4. `durably run ID` says why a waiting run waits and until when.
+    #[command(after_help = "Example:\n  durably wake 01J9… --db app.db")]
+    Wake(ops::WakeArgs),
     /// Delete a finished run (completed, failed or cancelled) with its steps and logs.
     ///
     /// A pending or leased run is refused (exit code 1): cancel it first. An unknown id exits
@@ -177,6 +186,7 @@ fn main() -> ExitCode {
             Command::Cancel(args) => ops::cancel(args).await,
             Command::Retrigger(args) => ops::retrigger(args).await,
             Command::Resume(args) => ops::resume(args).await,
+            Command::Wake(args) => ops::wake(args).await,
             Command::Delete(args) => ops::delete(args).await,
             Command::Purge(args) => ops::purge(args).await,
             Command::Watch(args) => ops::watch(args).await,

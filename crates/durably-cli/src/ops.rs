@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use durably::{
     AttemptStatus, DurableWait, Durably, InterruptionReason, Log, Progress, Run, RunFilter,
-    RunStatus, SignalDisposition, Step, StepAttempt, StepStatus, Timestamp, WaitOutcome,
+    RunStatus, SignalDisposition, Step, StepAttempt, StepStatus, TimerKind, Timestamp, WaitOutcome,
+    WaitStatus,
 };
 use serde_json::{Value, json};
 
@@ -111,6 +112,16 @@ pub struct RetriggerArgs {
 #[derive(clap::Args, Debug)]
 pub struct ResumeArgs {
     /// The id of the failed run to continue from its failed step.
+    id: String,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+/// Options of `durably wake`.
+#[derive(clap::Args, Debug)]
+pub struct WakeArgs {
+    /// The id of the run waiting on a timer (delayed, in a retry backoff, sleeping) to start
+    /// or continue now.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -401,6 +412,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         logs: &logs,
     };
     print!("{}", describe_run(&run, &shown, Timestamp::now()));
+    if run.status == RunStatus::Waiting {
+        print_why_waiting(&run, &waits, &args.db);
+    }
     if run.status == RunStatus::Failed {
         let (id, flag) = (shell_quote(&run.id), args.db.flag());
         println!(
@@ -408,6 +422,32 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         );
     }
     Ok(OK)
+}
+
+/// For a waiting run: one line saying why it is not running and until when, and how to
+/// start it now (`durably wake` for a timer, `durably signal` for a wait for a signal).
+fn print_why_waiting(run: &Run, waits: &[DurableWait], db: &DbArgs) {
+    let Some(wait) = waits
+        .iter()
+        .find(|wait| Some(&wait.id) == run.waiting_on_wait_id.as_ref())
+    else {
+        return;
+    };
+    println!("why waiting: {}", durably::waits::why_waiting(wait));
+    if wait.status != WaitStatus::Pending {
+        return;
+    }
+    let (id, flag) = (shell_quote(&run.id), db.flag());
+    match TimerKind::of(wait) {
+        Some(kind) if kind.is_retry() => {
+            println!("hint: retry now with `durably wake {id} {flag}`")
+        }
+        Some(_) => println!("hint: run it now with `durably wake {id} {flag}`"),
+        None => println!(
+            "hint: answer it with `durably signal {id} {} {flag} --payload JSON`",
+            shell_quote(&wait.name)
+        ),
+    }
 }
 
 /// A run's records shown by `durably run`.
@@ -807,6 +847,24 @@ pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
     })?;
     println!(
         "resumed run {} of job {}: pending again; the application's workers continue it from its failed step (its completed steps are replayed, not executed again)",
+        run.id, run.job_name
+    );
+    Ok(OK)
+}
+
+/// `durably wake ID`: the timer the run waits on (a delay, a retry backoff, a sleep) is
+/// signalled, so that the application's workers start or continue it now.
+pub async fn wake(args: WakeArgs) -> Result<u8, CliError> {
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let run = durably.wake(&args.id).await.map_err(|e| match e {
+        durably::Error::NotFound(_) => no_such_run(&args.db, &args.id),
+        durably::Error::Conflict(message) => {
+            CliError::new(format!("cannot wake run {}: {message}", args.id))
+        }
+        other => database_error(&args.db, other),
+    })?;
+    println!(
+        "woke run {} of job {}: its timer is resolved; the application's workers start or continue it now",
         run.id, run.job_name
     );
     Ok(OK)

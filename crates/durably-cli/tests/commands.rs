@@ -539,6 +539,60 @@ async fn resume_puts_a_failed_run_back_to_pending_under_its_id() {
     expect_code(&durably_cli(&["resume", "01NOSUCHRUN", "--db", fx.db()]), 4);
 }
 
+/// `durably run` says why a waiting run waits and until when, with the command that starts it
+/// now; `durably wake` starts a delayed run now and refuses a run waiting for a signal.
+#[tokio::test(flavor = "multi_thread")]
+async fn wake_starts_a_delayed_run_now_and_run_says_why_a_run_waits() {
+    let fx = Fixture::new().await;
+    let delayed = fx
+        .durably
+        .trigger_json(
+            "work",
+            json!({}),
+            TriggerOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("trigger")
+        .run
+        .id;
+    let text = expect_code(&durably_cli(&["run", &delayed, "--db", fx.db()]), 0);
+    assert!(text.contains("why waiting: delayed until 20"), "{text}");
+    assert!(
+        text.contains(&format!("durably wake {delayed} --db")),
+        "{text}"
+    );
+
+    let text = expect_code(&durably_cli(&["wake", &delayed, "--db", fx.db()]), 0);
+    assert!(
+        text.contains(&format!("woke run {delayed} of job work")),
+        "{text}"
+    );
+    fx.process().await;
+    assert_eq!(fx.status(&delayed).await, Some(RunStatus::Completed));
+
+    // A completed run, a run waiting for a signal: refused (exit 1); an unknown id: 4.
+    let output = durably_cli(&["wake", &delayed, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(stderr(&output).contains("completed"), "{}", stderr(&output));
+    let (approval, _) = waiting_approval(&fx, json!({})).await;
+    let text = expect_code(&durably_cli(&["run", &approval, "--db", fx.db()]), 0);
+    assert!(
+        text.contains("why waiting: waiting for the signal approval")
+            && text.contains(&format!("durably signal {approval} approval --db")),
+        "{text}"
+    );
+    let output = durably_cli(&["wake", &approval, "--db", fx.db()]);
+    expect_code(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!("cannot wake run {approval}"))
+            && stderr(&output).contains("signal approval"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fx.status(&approval).await, Some(RunStatus::Waiting));
+    expect_code(&durably_cli(&["wake", "01NOSUCHRUN", "--db", fx.db()]), 4);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_exit_codes_follow_the_outcome() {
     let fx = Fixture::new().await;

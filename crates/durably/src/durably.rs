@@ -19,7 +19,7 @@ use crate::run::{
 };
 use crate::store::{Enqueued, NewRun, Signalled, Store};
 use crate::time::Timestamp;
-use crate::waits::{DurableWait, SignalDisposition};
+use crate::waits::{DurableWait, SignalDisposition, TimerKind};
 
 pub(crate) type LabelsValidator =
     Arc<dyn Fn(&Labels) -> std::result::Result<(), String> + Send + Sync>;
@@ -453,6 +453,56 @@ impl Durably {
         });
         self.inner.engine.wake();
         Ok(run)
+    }
+
+    /// Wakes a run waiting on a timer ("run now" / "retry now"): a delayed run starts now, a
+    /// run in a step's or its own retry backoff runs its next attempt now, a sleeping run
+    /// continues now. The timer wait the run is `waiting` on (a [`TimerKind`]) is signalled
+    /// with a `null` payload and the signal id `wake`, and the run is resumed at once, as
+    /// [`Durably::signal`] does. Returns the run as it stood just after the signal.
+    ///
+    /// Errors, nothing written: [`Error::NotFound`](crate::Error::NotFound) for an unknown
+    /// run; [`Error::Conflict`](crate::Error::Conflict) when the run is not `waiting` (the
+    /// message names its status), when it waits for a signal rather than a timer (signal that
+    /// wait instead: `Durably::signal`, `POST /signal`, `durably signal`), or when its timer
+    /// was already resolved (the run resumes at the next claim); [`Error::Validation`](crate::Error::Validation)
+    /// for an empty id or one with a NUL character. A timer whose deadline passed just before
+    /// the signal is not an error: the run is due anyway.
+    pub async fn wake(&self, run_id: &str) -> Result<Run> {
+        let run = self.require_run(run_id).await?;
+        if run.status != RunStatus::Waiting {
+            return Err(Error::Conflict(format!(
+                "Cannot wake {} run: {run_id}; only a waiting run waits for a timer",
+                run.status
+            )));
+        }
+        let wait = match &run.waiting_on_wait_id {
+            Some(wait_id) => self.get_wait(wait_id).await?,
+            None => None,
+        };
+        let Some(wait) = wait else {
+            return Err(Error::Conflict(format!(
+                "Cannot wake run {run_id}: it names no wait it waits on"
+            )));
+        };
+        if TimerKind::of(&wait).is_none() {
+            return Err(Error::Conflict(format!(
+                "Cannot wake run {run_id}: it waits for the signal {} (wait {}), not a timer; signal that wait instead",
+                wait.name, wait.id
+            )));
+        }
+        if wait.status != crate::waits::WaitStatus::Pending {
+            return Err(Error::Conflict(format!(
+                "Cannot wake run {run_id}: its timer {} is already {}; the run resumes at the next claim of a worker",
+                wait.name,
+                wait.status.as_str()
+            )));
+        }
+        match self.signal(&wait.id, Value::Null, "wake").await {
+            Ok(_) | Err(Error::WaitExpired { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        self.require_run(run_id).await
     }
 
     /// Cancels a pending or leased run. A leased run is marked cancelled at once; its worker

@@ -228,7 +228,9 @@ pub use store::{PostgresOptions, PostgresStore};
 pub use store::{Signalled, Store};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore, Synchronous};
-pub use waits::{DurableWait, NewWait, SignalDisposition, WaitOutcome, WaitResult, WaitStatus};
+pub use waits::{
+    DurableWait, NewWait, SignalDisposition, TimerKind, WaitOutcome, WaitResult, WaitStatus,
+};
 // Crate-internal only: files being rewritten on another branch (`store/`, `testing/`) still
 // name these through the crate root. Remove once they import them from `crate::store`.
 #[allow(unused_imports)]

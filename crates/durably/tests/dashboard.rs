@@ -161,6 +161,10 @@ async fn dashboard_page_and_assets_are_served() {
         page.contains(r#"id="detail-waits""#),
         "the run page lists waits"
     );
+    assert!(
+        page.contains(r#"id="detail-why""#) && page.contains(r#"id="action-wake""#),
+        "the run page says why a waiting run waits and offers to run it now"
+    );
 
     let (status, content_type, css) = get(&app, "/dashboard.css").await;
     assert_eq!(status, StatusCode::OK);
@@ -183,6 +187,7 @@ async fn dashboard_page_and_assets_are_served() {
         "/attempts?runId=",
         "/waits?runId=",
         "/signal?runId=",
+        "/wake?runId=",
     ] {
         assert!(js.contains(route), "the page uses {route}");
     }

@@ -708,6 +708,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         "/logs",
         "/retrigger",
         "/resume",
+        "/wake",
         "/cancel",
         "/subscribe",
         "/runs/subscribe",
@@ -761,6 +762,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         ("Cancel", "cancel"),
         ("Retrigger", "retrigger"),
         ("Resume", "resume"),
+        ("Wake", "wake"),
         ("DeleteRun", "deleteRun"),
         ("Subscribe", "subscribe"),
     ] {
@@ -1638,6 +1640,7 @@ async fn tenants_cannot_see_or_touch_each_others_runs(backend: Backend) {
         ("GET", format!("/subscribe?runId={a_pending}")),
         ("POST", format!("/retrigger?runId={a_done}")),
         ("POST", format!("/resume?runId={a_done}")),
+        ("POST", format!("/wake?runId={a_done}")),
         ("POST", format!("/cancel?runId={a_pending}")),
         ("DELETE", format!("/run?runId={a_done}")),
     ] {

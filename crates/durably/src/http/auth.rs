@@ -103,11 +103,16 @@ pub enum RunOperation {
     /// [`RunOperation::Retrigger`]; a hook that allows unknown operations through a catch-all
     /// arm allows this one too, so a hook guarding `Retrigger` should name `Resume` beside it.
     Resume,
+    /// `POST /wake` (durably for Rust extension): signals the timer a waiting run waits on
+    /// (a delay, a retry backoff, a sleep) so that it starts or continues now. Allowed by the
+    /// default hook, as [`RunOperation::Resume`]; a hook guarding `Retrigger` should name
+    /// `Wake` beside it.
+    Wake,
 }
 
 impl RunOperation {
     /// Upstream's string: `read`, `subscribe`, `steps`, `retrigger`, `cancel`, `delete`,
-    /// `waits`, `signal`; and ours, `resume`.
+    /// `waits`, `signal`; and ours, `resume`, `wake`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunOperation::Read => "read",
@@ -119,6 +124,7 @@ impl RunOperation {
             RunOperation::Waits => "waits",
             RunOperation::Signal => "signal",
             RunOperation::Resume => "resume",
+            RunOperation::Wake => "wake",
         }
     }
 
@@ -143,7 +149,7 @@ pub struct RunsSubscribeFilter {
 /// | route | hook |
 /// |---|---|
 /// | `POST /trigger` | [`on_trigger`](Auth::on_trigger) (after the `jobName` check and job lookup) |
-/// | `GET /run`, `GET /steps`, `GET /attempts`, `GET /logs`, `GET /subscribe`, `POST /retrigger`, `POST /resume`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
+/// | `GET /run`, `GET /steps`, `GET /attempts`, `GET /logs`, `GET /subscribe`, `POST /retrigger`, `POST /resume`, `POST /wake`, `POST /cancel`, `DELETE /run` | [`on_run_access`](Auth::on_run_access) (after the run was loaded) |
 /// | `GET /waits`, `GET /wait`, `POST /signal` | [`on_run_access`](Auth::on_run_access) with [`RunOperation::Waits`] or [`RunOperation::Signal`], which must be implemented (see there) |
 /// | `POST /signal` | then [`on_signal`](Auth::on_signal) (after the wait was found and the body checked) |
 /// | `GET /runs` | [`scope_runs`](Auth::scope_runs) (its result is the filter used) |

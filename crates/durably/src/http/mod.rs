@@ -11,6 +11,7 @@
 //! | `GET /steps?runId=` | JSON array of steps |
 //! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
 //! | `POST /resume?runId=` (ours) | `{"success": true, "runId"}`: the failed run, `pending` again under its own id, continues from its failed step ([`Durably::resume`]) |
+//! | `POST /wake?runId=` (ours) | `{"success": true, "runId"}`: the run waiting on a timer (delayed, in a retry backoff, sleeping) starts or continues now ([`Durably::wake`]) |
 //! | `POST /cancel?runId=` | `{"success": true}` |
 //! | `DELETE /run?runId=` | `{"success": true}` |
 //! | `GET /subscribe?runId=` | SSE: the run's current state, then its live events, until it ends |
@@ -271,8 +272,8 @@ struct TriggerResponse {
     status: RunStatus,
 }
 
-/// Body of a successful `POST /retrigger` (key order as upstream) and `POST /resume` (the
-/// same shape; its `runId` is the resumed run's own).
+/// Body of a successful `POST /retrigger` (key order as upstream), `POST /resume` and
+/// `POST /wake` (the same shape; their `runId` is the run's own).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RetriggerResponse {
@@ -386,6 +387,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::POST, "/signal") => signal(shared, guard, &query, body).await,
         (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
         (&Method::POST, "/resume") => resume(shared, guard, &query).await,
+        (&Method::POST, "/wake") => wake(shared, guard, &query).await,
         (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
         (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
@@ -779,6 +781,18 @@ async fn resume(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         &RetriggerResponse {
             success: true,
             run_id: resumed.id,
+        },
+    ))
+}
+
+async fn wake(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+    let run = accessible_run(shared, guard, query, RunOperation::Wake).await?;
+    let woken = shared.durably.wake(&run.id).await.map_err(durably_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RetriggerResponse {
+            success: true,
+            run_id: woken.id,
         },
     ))
 }

@@ -105,6 +105,7 @@ fn run_links(pointer: &str) -> Value {
         "Cancel": link("cancel", "Cancel it"),
         "Retrigger": link("retrigger", "Run it again"),
         "Resume": link("resume", "Resume it once failed"),
+        "Wake": link("wake", "Start or continue it now while it waits on a timer"),
         "DeleteRun": link("deleteRun", "Delete it once finished"),
         "Subscribe": link("subscribe", "Its events"),
         "GetWaits": link("getWaits", "Its durable waits")
@@ -354,6 +355,14 @@ pub(crate) fn document(durably: &Durably) -> Value {
                     ok
                 },
                 Some("The run is not failed, or its job already has a pending run with its concurrency key")) },
+            "/wake": { "post": run_route("Run now / retry now: signal the timer a waiting run waits on (a delay, a step's or the run's retry backoff, a sleep) so that it starts or continues now (durably for Rust extension)", "wake",
+                {
+                    let mut ok = json_ok("The woken run", json!({ "type": "object", "required": ["success", "runId"],
+                        "properties": { "success": { "type": "boolean", "const": true }, "runId": { "type": "string" } } }));
+                    ok["links"] = run_links("/runId");
+                    ok
+                },
+                Some("The run is not waiting, or waits for a signal rather than a timer (signal that wait instead)")) },
             "/cancel": { "post": run_route("Cancel a pending or leased run", "cancel",
                 json_ok("Cancelled", success), Some("Cannot cancel a terminal run")) },
             "/subscribe": { "get": run_route("SSE: the run's current state, then its live events; ends after the terminal event", "subscribe",

@@ -28,6 +28,9 @@ use crate::time::Timestamp;
 
 mod sleep;
 mod step;
+mod timer;
+
+pub use timer::{TimerKind, why_waiting};
 
 pub use sleep::{SLEEP_WAIT_PREFIX, sleep_metadata};
 

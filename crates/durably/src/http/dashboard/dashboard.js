@@ -1,7 +1,7 @@
 // durably dashboard: vanilla JavaScript over the HTTP API (no build step, no dependencies).
 // Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
 // GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
-// POST /retrigger, POST /resume (a failed run), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
+// POST /retrigger, POST /resume (a failed run), POST /wake (a run waiting on a timer), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
 // and POST /trigger. The filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
@@ -507,7 +507,8 @@ function renderDetail() {
     $('detail-title').textContent = 'Run'
     status.className = 'badge'
     status.textContent = 'loading'
-    for (const name of ['cancel', 'resume', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
+    for (const name of ['cancel', 'resume', 'wake', 'retrigger', 'delete']) $(`action-${name}`).hidden = true
+    $('detail-why').hidden = true
     for (const name of ['detail-input', 'detail-result']) $(name).textContent = ''
     $('detail-steps').replaceChildren()
     $('detail-attempts').replaceChildren()
@@ -526,6 +527,7 @@ function renderDetail() {
   $('action-resume').hidden = run.status !== 'failed'
   $('action-retrigger').hidden = !run.isTerminal
   $('action-delete').hidden = !run.isTerminal
+  renderWhy(run, state.waits || [])
   renderDetailProgress()
   const times = [
     ['Created', run.createdAt],
@@ -580,6 +582,79 @@ function renderDetail() {
   renderAttempts(attempts)
   renderWaits(state.waits || [], run)
   renderLogs()
+}
+
+/** The timer a wait is, from the metadata durably gives the waits it creates
+ * (`{"durably": {"kind": …}}`), or null for a wait for a signal. Mirrors
+ * `TimerKind::of` in src/waits/timer.rs, so the page says what the CLI and the API say. */
+function timerKind(wait) {
+  const meta = wait && wait.metadata && typeof wait.metadata === 'object' ? wait.metadata.durably : null
+  if (!meta || typeof meta !== 'object') return null
+  const number = (key) => (Number.isInteger(meta[key]) && meta[key] >= 0 ? meta[key] : 0)
+  const error = typeof meta.error === 'string' ? meta.error : null
+  switch (meta.kind) {
+    case 'delay':
+      return { kind: 'delay', retry: false }
+    case 'retry':
+      return { kind: 'retry', retry: true, step: String(meta.step ?? ''), next: number('failedAttempts') + 1, max: number('maxAttempts'), error }
+    case 'run-retry':
+      return { kind: 'run-retry', retry: true, next: number('failedAttempt') + 1, max: number('maxAttempts'), error }
+    case 'sleep':
+      return { kind: 'sleep', retry: false }
+    default:
+      return null
+  }
+}
+
+/** Why a run waiting on `wait` is not running and when it will (`TimerKind::describe` and
+ * `why_waiting` in src/waits/timer.rs). */
+function whyWaiting(wait) {
+  if (wait.status !== 'pending') return `wait ${wait.name} is ${wait.status}: the run resumes at the next claim of a worker`
+  const at = wait.deadlineAt ? formatTime(wait.deadlineAt) : 'an unknown time'
+  const lastError = (timer) => (timer.error ? `, last error: ${timer.error}` : '')
+  const timer = timerKind(wait)
+  if (!timer) return wait.deadlineAt ? `waiting for the signal ${wait.name} (or until ${at}, when it times out)` : `waiting for the signal ${wait.name}`
+  switch (timer.kind) {
+    case 'delay':
+      return `delayed until ${at}`
+    case 'retry':
+      return `step ${timer.step}: attempt ${timer.next} of ${timer.max} at ${at}${lastError(timer)}`
+    case 'run-retry':
+      return `run attempt ${timer.next} of ${timer.max} at ${at}${lastError(timer)}`
+    default:
+      return `sleeping until ${at}`
+  }
+}
+
+/** The wait a waiting run waits on: its last pending wait it was suspended on (a delayed
+ * run's `delay` wait has no suspension time), else its last pending wait. */
+function currentWait(waits) {
+  const pending = waits.filter((wait) => wait.status === 'pending')
+  const suspended = pending.filter((wait) => wait.suspendedAt)
+  const pick = suspended.length ? suspended : pending
+  return pick.length ? pick[pick.length - 1] : null
+}
+
+/** For a waiting run: a line saying why it is not running and when it will, and the
+ * "Run now" / "Retry now" button (POST /wake) when it waits on a timer. */
+function renderWhy(run, waits) {
+  const why = $('detail-why')
+  const wake = $('action-wake')
+  const wait = run.status === 'waiting' ? currentWait(waits) : null
+  why.hidden = !wait
+  wake.hidden = true
+  if (!wait) return
+  const timer = timerKind(wait)
+  why.textContent = `Not running: ${whyWaiting(wait)}.`
+  why.title = wait.deadlineAt ? `wait ${wait.name} (${wait.id}), deadline ${wait.deadlineAt}` : `wait ${wait.name} (${wait.id})`
+  why.dataset.kind = timer ? timer.kind : 'signal'
+  if (timer) {
+    wake.hidden = false
+    wake.textContent = timer.retry ? 'Retry now' : 'Run now'
+    wake.title = timer.retry ? 'Run the next attempt now instead of at the end of the backoff' : 'Start or continue this run now instead of at its time'
+  } else {
+    why.textContent += ' Send the signal under Waits below.'
+  }
 }
 
 /** A run's durable waits: name, status and outcome, deadline, signal; a signal form for a
@@ -682,6 +757,7 @@ async function runAction(kind) {
     cancel: `Cancel this ${run.jobName} run? Its current step is aborted.`,
     retrigger: `Start a new ${run.jobName} run with the same input?`,
     resume: `Resume this failed ${run.jobName} run from its failed step? Its completed steps are not executed again.`,
+    wake: `${$('action-wake').textContent} this ${run.jobName} run, instead of waiting for its time?`,
     delete: `Delete this ${run.jobName} run with its steps and logs? This cannot be undone.`,
   }
   if (!(await confirmAction(questions[kind]))) return
@@ -697,6 +773,9 @@ async function runAction(kind) {
       await loadDetail()
       // the run's stream ended with its failure: follow the resumed execution live again
       if (state.selected === id && state.detail && !state.detail.isTerminal) connectRun(id)
+    } else if (kind === 'wake') {
+      await api('POST', `/wake?runId=${encodeURIComponent(id)}`)
+      await loadDetail()
     } else if (kind === 'retrigger') {
       const result = await api('POST', `/retrigger?runId=${encodeURIComponent(id)}`)
       scheduleRefresh()
@@ -937,6 +1016,7 @@ $('load-more').addEventListener('click', () => {
 $('detail-close').addEventListener('click', () => closeRun())
 $('action-cancel').addEventListener('click', () => runAction('cancel'))
 $('action-resume').addEventListener('click', () => runAction('resume'))
+$('action-wake').addEventListener('click', () => runAction('wake'))
 $('action-retrigger').addEventListener('click', () => runAction('retrigger'))
 $('action-delete').addEventListener('click', () => runAction('delete'))
 $('trigger-job').addEventListener('change', () => {
