@@ -334,7 +334,7 @@ impl StepContext {
             // The delay after that failure: a durable timer comes back as it was (over, or
             // still running); an in-process delay is waited again.
             let delay = policy.jittered_delay_after(number - 1);
-            self.back_off(name, failed_total, delay, &policy, None)
+            self.back_off(name, (failed_total, number - 1), delay, &policy, None)
                 .await?;
         }
         loop {
@@ -350,20 +350,21 @@ impl StepContext {
             }
             let delay = policy.jittered_delay_after(number);
             tracing::debug!(step = name, attempt = number, ?delay, %error, "step attempt failed; retrying");
-            self.back_off(name, failed_total, delay, &policy, Some(&error))
+            self.back_off(name, (failed_total, number), delay, &policy, Some(&error))
                 .await?;
             number += 1;
         }
     }
 
-    /// Waits `delay` after the `failed_total`-th failed attempt of step `name`: in process, or
-    /// suspended on a durable timer when the delay is long and the run is at a sequential
-    /// boundary (the timer's name counts failed attempts over the run's life, so each delay
-    /// has its own).
+    /// Waits `delay` after a failed attempt of step `name` (`failed`: the failed attempts over
+    /// the run's life, and within the current series): in process, or suspended on a durable
+    /// timer when the delay is long and the run is at a sequential boundary (the timer's name
+    /// counts failed attempts over the run's life, so each delay has its own; its metadata
+    /// counts them within the series, so that it reads "attempt n+1 of max").
     async fn back_off(
         &self,
         name: &str,
-        failed_total: u32,
+        (failed_total, failed_in_series): (u32, u32),
         delay: Duration,
         policy: &RetryPolicy,
         error: Option<&Error>,
@@ -379,7 +380,7 @@ impl StepContext {
                     "durably": {
                         "kind": "retry",
                         "step": name,
-                        "failedAttempts": failed_total,
+                        "failedAttempts": failed_in_series,
                         "maxAttempts": policy.max_attempts,
                         "error": error.map(ToString::to_string),
                     }
