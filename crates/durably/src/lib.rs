@@ -247,3 +247,8 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../../../docs/retries.md")]
 #[cfg(doctest)]
 pub struct RetriesDocDoctests;
+
+/// The examples of `docs/time.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/time.md")]
+#[cfg(doctest)]
+pub struct TimeDocDoctests;

@@ -146,6 +146,17 @@ async fn delays_validate_and_respect_idempotency(backend: Backend) {
     assert_eq!(second.disposition, durably::Disposition::Idempotent);
     let all = durably.get_runs(&Default::default()).await.expect("runs");
     assert_eq!(all.len(), 2);
+    // Not in a batch (yet): refused, nothing stored.
+    let batch = job
+        .batch_trigger(vec![(
+            json!({}),
+            TriggerOptions::new().delay(Duration::from_secs(60)),
+        )])
+        .await;
+    assert!(
+        matches!(&batch, Err(Error::Validation(m)) if m.contains("batch")),
+        "{batch:?}"
+    );
     // Two delayed runs with one concurrency key: not pending, so no pending-per-key conflict.
     for _ in 0..2 {
         job.trigger_with(
