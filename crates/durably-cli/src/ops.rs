@@ -838,13 +838,10 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
 /// application's workers continue it, replaying the steps it completed before the failure.
 pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = durably.resume(&args.id).await.map_err(|e| match e {
-        durably::Error::NotFound(_) => no_such_run(&args.db, &args.id),
-        durably::Error::Conflict(message) => {
-            CliError::new(format!("cannot resume run {}: {message}", args.id))
-        }
-        other => database_error(&args.db, other),
-    })?;
+    let run = durably
+        .resume(&args.id)
+        .await
+        .map_err(action_error("resume", &args.db, &args.id))?;
     println!(
         "resumed run {} of job {}: pending again; the application's workers continue it from its failed step (its completed steps are replayed, not executed again)",
         run.id, run.job_name
@@ -856,18 +853,31 @@ pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
 /// signalled, so that the application's workers start or continue it now.
 pub async fn wake(args: WakeArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = durably.wake(&args.id).await.map_err(|e| match e {
-        durably::Error::NotFound(_) => no_such_run(&args.db, &args.id),
-        durably::Error::Conflict(message) => {
-            CliError::new(format!("cannot wake run {}: {message}", args.id))
-        }
-        other => database_error(&args.db, other),
-    })?;
+    let run = durably
+        .wake(&args.id)
+        .await
+        .map_err(action_error("wake", &args.db, &args.id))?;
     println!(
         "woke run {} of job {}: its timer is resolved; the application's workers start or continue it now",
         run.id, run.job_name
     );
     Ok(OK)
+}
+
+/// The CLI error of an action on run `id` (`resume`, `wake`): an unknown run, a conflict with
+/// the run's state (exit 1, the library's reason), or the database's error.
+fn action_error<'a>(
+    action: &'a str,
+    db: &'a crate::db::DbArgs,
+    id: &'a str,
+) -> impl Fn(durably::Error) -> CliError + 'a {
+    move |error| match error {
+        durably::Error::NotFound(_) => no_such_run(db, id),
+        durably::Error::Conflict(message) => {
+            CliError::new(format!("cannot {action} run {id}: {message}"))
+        }
+        other => database_error(db, other),
+    }
 }
 
 /// Runs deleted per `purge_runs` call.

@@ -760,11 +760,17 @@ async fn retrigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         .retrigger(&run.id)
         .await
         .map_err(durably_error)?;
+    acted_on(new_run.id)
+}
+
+/// `{ "success": true, "runId" }`: the answer of the routes that act on a run and name the run
+/// to follow (retrigger's new run, a resumed or woken run).
+fn acted_on(run_id: String) -> Reply {
     Ok(json_response(
         StatusCode::OK,
         &RetriggerResponse {
             success: true,
-            run_id: new_run.id,
+            run_id,
         },
     ))
 }
@@ -776,25 +782,13 @@ async fn resume(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         .resume(&run.id)
         .await
         .map_err(durably_error)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &RetriggerResponse {
-            success: true,
-            run_id: resumed.id,
-        },
-    ))
+    acted_on(resumed.id)
 }
 
 async fn wake(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     let run = accessible_run(shared, guard, query, RunOperation::Wake).await?;
     let woken = shared.durably.wake(&run.id).await.map_err(durably_error)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &RetriggerResponse {
-            success: true,
-            run_id: woken.id,
-        },
-    ))
+    acted_on(woken.id)
 }
 
 async fn cancel(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
