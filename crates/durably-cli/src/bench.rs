@@ -433,6 +433,48 @@ pub(super) async fn latency_on(
     }))
 }
 
+/// Counts events of one type and wakes a benchmark when `target` were seen.
+struct Counter {
+    /// The benchmark, for the timeout's message.
+    bench: &'static str,
+    seen: AtomicU64,
+    target: u64,
+    done: Notify,
+}
+
+impl Counter {
+    fn new(bench: &'static str, target: u64) -> Arc<Self> {
+        Arc::new(Counter {
+            bench,
+            seen: AtomicU64::new(0),
+            target,
+            done: Notify::new(),
+        })
+    }
+
+    fn add(&self) {
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until `target` were seen, at most 30 minutes.
+    async fn reached(&self, what: &str) -> Result<(), Box<dyn std::error::Error>> {
+        if self.target == 0 || self.seen.load(Ordering::SeqCst) >= self.target {
+            return Ok(());
+        }
+        tokio::time::timeout(Duration::from_secs(1800), self.done.notified())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{} benchmark: {what} did not finish within 30 minutes",
+                    self.bench
+                )
+                .into()
+            })
+    }
+}
+
 fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     if samples.is_empty() {
         return (0.0, 0.0);

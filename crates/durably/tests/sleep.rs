@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal, within};
+use common::{
+    Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal, waiting, within,
+};
 use durably::{
     Error, EventType, Job, RunStatus, StepContext, Timestamp, TriggerOptions, WaitOutcome,
     WaitResult, WaitStatus,
@@ -35,18 +37,6 @@ fn napper(before: Arc<AtomicUsize>, after: Arc<AtomicUsize>) -> Job<Value, Value
             Ok::<_, Error>(json!({ "slept": ms }))
         }
     })
-}
-
-/// Polls until the run is `waiting`; returns it.
-async fn waiting(durably: &durably::Durably, id: &str) -> durably::Run {
-    eventually("run is waiting", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status == RunStatus::Waiting)
-    })
-    .await
 }
 
 /// A sleep suspends the run (`waiting`, no lease, the wait `sleep:nap` visible with its

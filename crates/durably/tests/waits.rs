@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal};
+use common::{Backend, Recorder, TestDb, backend_tests, terminal, waiting};
 use durably::{
     Error, EventType, Job, NewWait, RunStatus, SignalDisposition, StepContext, WaitOutcome,
     WaitResult, WaitStatus,
@@ -46,18 +46,6 @@ fn echo() -> Job<Value, Value> {
         step.run("echo", |_| async move { Ok::<_, Error>(input) })
             .await
     })
-}
-
-/// Polls until the run is `waiting`; returns it.
-async fn waiting(durably: &durably::Durably, id: &str) -> durably::Run {
-    eventually("run is waiting", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status == RunStatus::Waiting)
-    })
-    .await
 }
 
 /// A waiting run holds no lease and no slot (with one slot, another run completes while it

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Backend, LIMIT, TestDb, backend_tests, eventually, terminal};
+use common::{Backend, TestDb, backend_tests, terminal, waiting};
 use durably::{
     Error, Job, NewWait, RetryPolicy, RunStatus, StepContext, StepOptions, TimerKind,
     TriggerOptions, WaitStatus,
@@ -52,17 +52,6 @@ fn approval() -> Job<Value, Value> {
         step.wait_for(&wait).await?;
         Ok::<_, Error>(Value::Null)
     })
-}
-
-async fn waiting(durably: &durably::Durably, id: &str) -> durably::Run {
-    eventually("run is waiting", LIMIT, || async {
-        durably
-            .get_run(id)
-            .await
-            .expect("get_run")
-            .filter(|run| run.status == RunStatus::Waiting)
-    })
-    .await
 }
 
 /// A run delayed by an hour, woken, starts at once and completes; its delay wait was

@@ -8,49 +8,15 @@
 //! by its timer at the deadline, not by the poll.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use durably::{Durably, EventKind, EventType, Job, StepContext, Store, Timestamp, TriggerOptions};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
-use super::{peak_rss_mb, percentiles, reset_peak_rss, round};
+use super::{Counter, peak_rss_mb, percentiles, reset_peak_rss, round};
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// Counts events of one type and wakes the bench when `target` were seen.
-struct Counter {
-    seen: AtomicU64,
-    target: u64,
-    done: Notify,
-}
-
-impl Counter {
-    fn new(target: u64) -> Arc<Self> {
-        Arc::new(Counter {
-            seen: AtomicU64::new(0),
-            target,
-            done: Notify::new(),
-        })
-    }
-
-    fn add(&self) {
-        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.target {
-            self.done.notify_one();
-        }
-    }
-
-    async fn reached(&self, what: &str) -> Result<(), BoxError> {
-        if self.target == 0 || self.seen.load(Ordering::SeqCst) >= self.target {
-            return Ok(());
-        }
-        tokio::time::timeout(Duration::from_secs(1800), self.done.notified())
-            .await
-            .map_err(|_| format!("sleep benchmark: {what} did not finish within 30 minutes").into())
-    }
-}
 
 /// Sleeps `ms` durably, then returns when it went on (milliseconds since the epoch).
 fn sleeping_job(ms: u64) -> Job<Value, Value> {
@@ -78,7 +44,7 @@ pub(super) async fn sleep_on(
         .build()?;
     let job = durably.register(sleeping_job(sleep_ms))?;
     durably.migrate().await?;
-    let (suspended, completed) = (Counter::new(runs), Counter::new(runs));
+    let (suspended, completed) = (Counter::new("sleep", runs), Counter::new("sleep", runs));
     // Each run's wait, and when the run went on after its sleep.
     let waits_of_runs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let woke: Arc<Mutex<HashMap<String, i64>>> = Arc::default();

@@ -10,43 +10,10 @@ use std::time::{Duration, Instant};
 
 use durably::{Durably, EventKind, EventType, Job, StepContext, Store, WaitResult};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
-use super::{peak_rss_mb, percentiles, reset_peak_rss, round};
+use super::{Counter, peak_rss_mb, percentiles, reset_peak_rss, round};
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// Counts events of one type and wakes the bench when `target` were seen.
-struct Counter {
-    seen: AtomicU64,
-    target: u64,
-    done: Notify,
-}
-
-impl Counter {
-    fn new(target: u64) -> Arc<Self> {
-        Arc::new(Counter {
-            seen: AtomicU64::new(0),
-            target,
-            done: Notify::new(),
-        })
-    }
-
-    fn add(&self) {
-        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.target {
-            self.done.notify_one();
-        }
-    }
-
-    async fn reached(&self, what: &str) -> Result<(), BoxError> {
-        if self.target == 0 || self.seen.load(Ordering::SeqCst) >= self.target {
-            return Ok(());
-        }
-        tokio::time::timeout(Duration::from_secs(600), self.done.notified())
-            .await
-            .map_err(|_| format!("waits benchmark: {what} did not finish within 10 minutes").into())
-    }
-}
 
 fn waiting_job(executions: Arc<AtomicU64>) -> Job<Value, Value> {
     Job::new("bench-wait", move |step: StepContext, _input: Value| {
@@ -82,7 +49,7 @@ pub(super) async fn waits_on(
     let executions = Arc::new(AtomicU64::new(0));
     let job = durably.register(waiting_job(executions.clone()))?;
     durably.migrate().await?;
-    let (suspended, completed) = (Counter::new(jobs), Counter::new(jobs));
+    let (suspended, completed) = (Counter::new("waits", jobs), Counter::new("waits", jobs));
     // Each run's wait, when its signal was sent, and when the run completed.
     let waits_of_runs: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let signalled_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

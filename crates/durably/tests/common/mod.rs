@@ -167,6 +167,18 @@ pub async fn terminal(durably: &Durably, id: &str) -> durably::Run {
     .await
 }
 
+/// Polls until the run is `waiting` (suspended on a durable wait), within [`LIMIT`].
+pub async fn waiting(durably: &Durably, id: &str) -> durably::Run {
+    eventually("run is waiting", LIMIT, || async {
+        durably
+            .get_run(id)
+            .await
+            .expect("get_run")
+            .filter(|run| run.status == durably::RunStatus::Waiting)
+    })
+    .await
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, failing the test after `limit`
 /// (a generous bound that only guards against hangs).
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
