@@ -135,6 +135,11 @@ impl DbArgs {
                 self.flag()
             )));
         }
+        // A database at upstream's current version that another runtime migrated (the
+        // TypeScript one) lacks durably's own additions (indexes, a nullable column), which
+        // reading runs needs: add them, as `durably migrate` would (never a change upstream's
+        // runtime sees).
+        durably.migrate().await.map_err(|e| cannot_open(&e))?;
         Ok(durably)
     }
 }

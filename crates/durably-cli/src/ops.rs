@@ -488,6 +488,12 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
     if let Some(key) = &run.concurrency_key {
         field("concurrency key", key.clone());
     }
+    if run.priority != 0 {
+        field(
+            "priority",
+            format!("{} (higher runs first; default 0)", run.priority),
+        );
+    }
     if run.status == RunStatus::Leased {
         let owner = run.lease_owner.clone().unwrap_or_else(|| "?".into());
         let expires = run
@@ -802,7 +808,7 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
 }
 
 /// `durably retrigger ID`: a new pending run of the same job with the same input, concurrency
-/// key and labels, for the application's workers. The command has no job code, so the input is
+/// key, labels and priority, for the application's workers. The command has no job code, so the input is
 /// not validated again (a worker fails a run whose input its job rejects).
 pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
@@ -820,6 +826,7 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
         concurrency_key: run.concurrency_key,
         labels: run.labels,
         coalesce: None,
+        priority: run.priority,
         ..Default::default()
     };
     let enqueued = durably

@@ -190,6 +190,7 @@ impl Durably {
             coalesce: options.coalesce,
             start_at,
             debounce: options.debounce,
+            priority: options.priority,
         })
     }
 
@@ -421,6 +422,7 @@ impl Durably {
             concurrency_key: run.concurrency_key,
             labels: run.labels,
             coalesce: None,
+            priority: run.priority,
             ..Default::default()
         };
         Ok(self.enqueue_announced(request).await?.run)

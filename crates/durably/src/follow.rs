@@ -205,6 +205,7 @@ mod tests {
             lease_expires_at: None,
             lease_generation: 0,
             waiting_on_wait_id: None,
+            priority: 0,
             started_at: None,
             completed_at: None,
             created_at: now,

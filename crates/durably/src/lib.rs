@@ -252,3 +252,8 @@ pub struct RetriesDocDoctests;
 #[doc = include_str!("../../../docs/time.md")]
 #[cfg(doctest)]
 pub struct TimeDocDoctests;
+
+/// The examples of `docs/priorities.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/priorities.md")]
+#[cfg(doctest)]
+pub struct PrioritiesDocDoctests;

@@ -134,6 +134,11 @@ fn lenient_optional_count<'de, D: Deserializer<'de>>(
     }))
 }
 
+/// Whether a run's priority is the default (0), which its JSON leaves out.
+fn is_default_priority(priority: &i32) -> bool {
+    *priority == 0
+}
+
 /// A run as stored. `I` and `O` are the job's input and output types; the untyped form
 /// (`Run`, i.e. `Run<Value, Value>`) is what tools and the HTTP layer use.
 ///
@@ -175,6 +180,11 @@ pub struct Run<I = Value, O = Value> {
     /// run still names its last wait).
     #[serde(default)]
     pub waiting_on_wait_id: Option<String>,
+    /// The claim priority given at trigger time: higher first, 0 by default (see
+    /// [`TriggerOptions::priority`]). Serialized only when not 0, so an ordinary run keeps
+    /// upstream's JSON shape.
+    #[serde(default, skip_serializing_if = "is_default_priority")]
+    pub priority: i32,
     /// First claim time.
     pub started_at: Option<Timestamp>,
     /// When the run reached a terminal state.
@@ -219,6 +229,7 @@ impl Run {
             lease_expires_at: self.lease_expires_at,
             lease_generation: self.lease_generation,
             waiting_on_wait_id: self.waiting_on_wait_id,
+            priority: self.priority,
             started_at: self.started_at,
             completed_at: self.completed_at,
             created_at: self.created_at,
@@ -543,6 +554,9 @@ pub struct TriggerOptions {
     /// Debounces triggers of this job by a key (see [`Debounce`]). Not with `start_at` or
     /// `coalesce`.
     pub debounce: Option<Debounce>,
+    /// The claim priority: workers claim runs of higher priority first, and the oldest
+    /// first within a priority (see [`priority`](Self::priority)). 0 by default.
+    pub priority: i32,
 }
 
 /// Debouncing: a run starts `period` after the *last* trigger of its job and key, with the
@@ -647,6 +661,22 @@ impl TriggerOptions {
     /// Sets [`debounce`](Self::debounce).
     pub fn debounce(mut self, debounce: Debounce) -> Self {
         self.debounce = Some(debounce);
+        self
+    }
+
+    /// Claims this run before every claimable run of lower priority (0 is the default;
+    /// negative values run after it). Within a priority, the oldest run goes first. A
+    /// priority never preempts a running run, and never lets a run past a busy concurrency
+    /// key: among the runs of one key, the highest priority starts when the key frees up.
+    ///
+    /// ```
+    /// use durably::TriggerOptions;
+    /// let urgent = TriggerOptions::new().priority(10);
+    /// let background = TriggerOptions::new().priority(-10);
+    /// assert!(urgent.priority > background.priority);
+    /// ```
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
         self
     }
 }

@@ -169,11 +169,40 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
     let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(indexes, expected, "exactly the fifteen upstream indexes");
-    // durably has no addition of its own on SQLite yet, so no version table of its own either.
-    assert!(
-        !tables.iter().any(|t| t.starts_with("durably_rs_")),
-        "no durably_rs_* table: {tables:?}"
+    // durably's own additions: its version table and the claim-order index of priorities.
+    assert_eq!(
+        tables
+            .iter()
+            .filter(|t| t.starts_with("durably_rs_"))
+            .collect::<Vec<_>>(),
+        ["durably_rs_schema_versions"]
     );
+    let own_indexes: Vec<String> = names(&conn, "index")
+        .into_iter()
+        .filter(|name| name.starts_with("durably_rs_"))
+        .collect();
+    assert_eq!(own_indexes, ["durably_rs_runs_pending_priority"]);
+    let own_versions: Vec<i64> = conn
+        .prepare("SELECT version FROM durably_rs_schema_versions ORDER BY version")
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(own_versions, [1]);
+    // A database whose version table of ours was lost climbs our ladder again without error
+    // (SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there is the step applied).
+    conn.execute_batch("DROP TABLE durably_rs_schema_versions")
+        .expect("drop our version table");
+    store.migrate().await.expect("migrate again");
+    let again: i64 = conn
+        .query_row(
+            "SELECT MAX(version) FROM durably_rs_schema_versions",
+            [],
+            |row| row.get(0),
+        )
+        .expect("our version");
+    assert_eq!(again, 1);
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -189,6 +218,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         "completed_step_count",
         "waiting_on_wait_id",
         "resume_claimed_at",
+        "rs_priority",
     ] {
         assert!(columns.iter().any(|c| c == column), "column {column}");
     }
@@ -288,7 +318,7 @@ async fn pg_versions(schema: &str, table: &str) -> Vec<String> {
 async fn pg_own_indexes(schema: &str) -> Vec<String> {
     pg_texts(&format!(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{schema}' \
-         AND tablename = 'durably_runs' AND indexname LIKE 'durably_rs_%' ORDER BY indexname"
+         AND tablename IN ('durably_runs', 'durably_waits') AND indexname LIKE 'durably_rs_%' ORDER BY indexname"
     ))
     .await
 }
@@ -311,13 +341,15 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1"]
+        ["1", "2", "3"]
     );
     assert_eq!(
         pg_own_indexes(&schema).await,
         [
-            "durably_rs_runs_pending_key_order",
-            "durably_rs_runs_pending_order"
+            "durably_rs_runs_pending_key_priority_order",
+            "durably_rs_runs_pending_order",
+            "durably_rs_runs_pending_priority_order",
+            "durably_rs_waits_resumable"
         ]
     );
 
@@ -333,8 +365,8 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     db.store.migrate().await.expect("migrate an older database");
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1"]
+        ["1", "2", "3"]
     );
-    assert_eq!(pg_own_indexes(&schema).await.len(), 2);
+    assert_eq!(pg_own_indexes(&schema).await.len(), 4);
     assert_eq!(db.store.schema_version().await.expect("version"), 4);
 }

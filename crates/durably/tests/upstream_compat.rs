@@ -159,12 +159,14 @@ async fn open_fixture(path: &Path) -> Durably {
 }
 
 /// The columns upstream's versions 3 and 4 add to `durably_runs`, as SQLite appends them to the
-/// table's DDL.
-const RUNS_V4_COLUMNS: &str = ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text";
+/// table's DDL, then the nullable column of durably's own additions (version 1: priorities).
+const RUNS_V4_COLUMNS: &str =
+    ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text, \"rs_priority\" integer";
 
 /// What `sqlite_master` of an upstream v1 database becomes at version 4: the v1 objects
-/// unchanged except `durably_runs`, which gains two columns, plus the tables and indexes of
-/// versions 2 to 4 (their DDL as upstream's Kysely schema builder issues it).
+/// unchanged except `durably_runs`, which gains upstream's two columns (and durably's nullable
+/// `rs_priority`), plus the tables and indexes of versions 2 to 4 (their DDL as upstream's
+/// Kysely schema builder issues it) and durably's own objects, all named `durably_rs_*`.
 fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
     let mut wanted = expected_master();
     for row in &mut wanted {
@@ -182,7 +184,18 @@ fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
         "sqlite_autoindex_durably_waits_1",
         "idx_durably_waits_run_name",
         "idx_durably_waits_due",
+        "durably_rs_schema_versions",
+        "durably_rs_runs_pending_priority",
     ];
+    let own: Vec<&MasterRow> = migrated
+        .iter()
+        .filter(|m| m.name.starts_with("durably_rs_"))
+        .collect();
+    assert_eq!(
+        own.len(),
+        2,
+        "durably's own objects are the listed ones: {own:#?}"
+    );
     for name in added {
         let row = migrated
             .iter()
@@ -218,12 +231,13 @@ async fn migrate_takes_an_upstream_v1_database_to_version_4_keeping_every_row() 
 
     let after = snapshot(&path);
     assert_eq!(after.master, expected_master_v4(&after.master));
-    // Every row of version 1's tables is kept; a run gains two NULL columns.
+    // Every row of version 1's tables is kept; a run gains three NULL columns (upstream's two
+    // and durably's `rs_priority`).
     for (table, rows) in &before.rows {
         let mut expected = rows.clone();
         if table == "durably_runs" {
             for row in &mut expected {
-                row.extend([SqlValue::Null, SqlValue::Null]);
+                row.extend([SqlValue::Null, SqlValue::Null, SqlValue::Null]);
             }
         }
         if table == "durably_schema_versions" {
@@ -258,7 +272,7 @@ async fn migrate_takes_an_upstream_v1_database_to_version_4_keeping_every_row() 
 }
 
 #[tokio::test]
-async fn a_fresh_database_has_exactly_the_upstream_schema() {
+async fn a_fresh_database_has_the_upstream_schema_and_only_durably_s_own_additions() {
     let wanted = expected_master();
     assert_eq!(
         wanted

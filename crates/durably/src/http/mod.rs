@@ -236,6 +236,14 @@ pub struct ClientRun {
     pub is_waiting: bool,
     /// Pending or leased.
     pub is_active: bool,
+    /// The claim priority given at trigger time (durably's addition; left out when 0, so an
+    /// ordinary run keeps upstream's shape).
+    #[serde(default, skip_serializing_if = "is_default_priority")]
+    pub priority: i32,
+}
+
+fn is_default_priority(priority: &i32) -> bool {
+    *priority == 0
 }
 
 impl From<Run> for ClientRun {
@@ -244,6 +252,7 @@ impl From<Run> for ClientRun {
             is_terminal: run.status.is_terminal(),
             is_waiting: run.status == RunStatus::Waiting,
             is_active: run.status.is_active(),
+            priority: run.priority,
             id: run.id,
             job_name: run.job_name,
             input: run.input,
@@ -607,6 +616,19 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
                 "debounce must be an object {{\"key\", \"periodMs\", \"maxWaitMs\"?}} (got {other})"
             )));
         }
+    };
+    options.priority = match body.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(value) => value
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| {
+                bad_request(&format!(
+                    "priority must be an integer between {} and {} (higher runs first; got {value})",
+                    i32::MIN,
+                    i32::MAX
+                ))
+            })?,
     };
     Ok(options)
 }

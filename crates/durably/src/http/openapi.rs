@@ -153,7 +153,9 @@ fn trigger_request(durably: &Durably, limits: &Limits) -> Value {
             "idempotencyKey": key,
             "concurrencyKey": key,
             "labels": labels,
-            "coalesce": { "type": ["string", "null"], "enum": ["skip", "queue", "active", null] }
+            "coalesce": { "type": ["string", "null"], "enum": ["skip", "queue", "active", null] },
+            "priority": { "type": ["integer", "null"], "minimum": i32::MIN, "maximum": i32::MAX,
+                "description": "Claim priority (durably for Rust extension): higher runs first, the oldest first within a priority; 0 or null is the default" }
         },
         // Every coalesce mode needs a concurrency key to coalesce on (400 without).
         "if": { "required": ["coalesce"], "properties": { "coalesce": { "type": "string" } } },
@@ -421,7 +423,8 @@ pub(crate) fn document(durably: &Durably) -> Value {
                 "createdAt": { "type": "string" },
                 "isTerminal": { "type": "boolean" },
                 "isWaiting": { "type": "boolean" },
-                "isActive": { "type": "boolean" }
+                "isActive": { "type": "boolean" },
+                "priority": { "type": "integer", "description": "Claim priority given at trigger time (durably for Rust extension); absent when 0" }
             }, "required": ["id", "jobName", "input", "status", "currentStepIndex", "completedStepCount",
                 "progress", "output", "error", "labels", "startedAt", "completedAt", "createdAt", "isTerminal",
                 "isWaiting", "isActive"] },

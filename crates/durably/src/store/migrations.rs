@@ -6,9 +6,9 @@
 //!   [`SCHEMA_V1`], byte for byte), recorded in upstream's `durably_schema_versions`, which
 //!   therefore only ever holds upstream's versions;
 //! - durably's own additions per backend ([`POSTGRES_OWN`], [`SQLITE_OWN`]): `durably_rs_*`
-//!   tables, indexes and nullable columns, recorded in `durably_rs_schema_versions`, a table
-//!   created only once a backend has an addition to record (a SQLite database migrated by
-//!   durably keeps exactly upstream's `sqlite_master`).
+//!   tables, indexes and nullable columns (named `rs_*`), recorded in
+//!   `durably_rs_schema_versions`, a table created only once a backend has an addition to
+//!   record. The TypeScript runtime neither reads nor writes any of them.
 //!
 //! A backend applies, in one transaction, every step of a ladder above the version its table
 //! records, and records each step's version. A database migrated by a newer upstream (a higher
@@ -98,27 +98,79 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 ///   in claim order. The keyed claim finds a key's oldest pending run in it at once; through
 ///   upstream's `(status, concurrency_key)` index it read and sorted every pending run of the
 ///   key (at 1,250 pending runs per key, a tenth of the keyed throughput).
+///
+/// Version 2, one partial index:
+/// - `durably_rs_waits_resumable`: the resolved waits whose run has not yet been resumed from
+///   them (`first_resumed_at IS NULL`), by run. The claim finds the waiting runs to resume
+///   through it; through upstream's `(status, deadline_ms, id)` index it joined every resolved
+///   wait ever kept, so each claim grew with the history (10,000 sleeping runs resumed at 44
+///   runs/s). A claim's resume sets `first_resumed_at`, which takes the wait out of the index.
+///
+/// Version 3, run priorities ([`crate::TriggerOptions::priority`]):
+/// - the nullable column `durably_runs.rs_priority` (NULL is priority 0; the TypeScript runtime
+///   neither reads nor writes it, so its runs have priority 0);
+/// - the claim's indexes with the priority first (`COALESCE(rs_priority, 0) DESC`):
+///   `durably_rs_runs_pending_priority_order`, and `durably_rs_runs_pending_key_priority_order`
+///   in place of version 1's keyed index, so that a claim stays one index walk. Version 1's
+///   `durably_rs_runs_pending_order` stays: a page of pending runs (newest first, ties by id)
+///   reads it.
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_OWN: Ladder = Ladder {
+    table: OWN_VERSIONS_TABLE,
+    first_step_creates_table: false,
+    migrations: &[
+        Migration {
+            version: 1,
+            statements: &[
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_order ON durably_runs (created_at, id) \
+                 WHERE status = 'pending'",
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_order ON durably_runs \
+                 (concurrency_key, created_at, id) \
+                 WHERE status = 'pending' AND concurrency_key IS NOT NULL",
+            ],
+        },
+        Migration {
+            version: 2,
+            statements: &[
+                "CREATE INDEX IF NOT EXISTS durably_rs_waits_resumable ON durably_waits (run_id) \
+                 WHERE status = 'resolved' AND first_resumed_at IS NULL",
+            ],
+        },
+        Migration {
+            version: 3,
+            statements: &[
+                "ALTER TABLE durably_runs ADD COLUMN IF NOT EXISTS rs_priority integer",
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_priority_order ON durably_runs \
+                 ((COALESCE(rs_priority, 0)) DESC, created_at, id) WHERE status = 'pending'",
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_priority_order ON durably_runs \
+                 (concurrency_key, (COALESCE(rs_priority, 0)) DESC, created_at, id) \
+                 WHERE status = 'pending' AND concurrency_key IS NOT NULL",
+                "DROP INDEX IF EXISTS durably_rs_runs_pending_key_order",
+            ],
+        },
+    ],
+};
+
+/// durably's own additions on SQLite.
+///
+/// Version 1, run priorities ([`crate::TriggerOptions::priority`]):
+/// - the nullable column `durably_runs.rs_priority` (NULL is priority 0; the TypeScript runtime
+///   neither reads nor writes it, so its runs have priority 0);
+/// - `durably_rs_runs_pending_priority`: the pending runs in claim order, priority first
+///   (`COALESCE(rs_priority, 0) DESC`), then `created_at`, then the rowid every entry ends with,
+///   so that a claim stays one index walk. Upstream's `(status, created_at)` index cannot order
+///   by priority.
+pub(crate) const SQLITE_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
     migrations: &[Migration {
         version: 1,
         statements: &[
-            "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_order ON durably_runs (created_at, id) \
-             WHERE status = 'pending'",
-            "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_order ON durably_runs \
-             (concurrency_key, created_at, id) \
-             WHERE status = 'pending' AND concurrency_key IS NOT NULL",
+            "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_priority\" integer",
+            "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_pending_priority\" on \"durably_runs\" \
+             (COALESCE(\"rs_priority\", 0) DESC, \"created_at\") WHERE \"status\" = 'pending'",
         ],
     }],
-};
-
-/// durably's own additions on SQLite: none yet.
-pub(crate) const SQLITE_OWN: Ladder = Ladder {
-    table: OWN_VERSIONS_TABLE,
-    first_step_creates_table: false,
-    migrations: &[],
 };
 
 #[cfg(test)]
@@ -140,7 +192,7 @@ mod tests {
         assert_eq!(UPSTREAM.pending(0).count(), 4);
         assert_eq!(UPSTREAM.pending(1).count(), 3);
         assert_eq!(UPSTREAM.pending(4).count(), 0);
-        assert_eq!(SQLITE_OWN.latest(), 0);
+        assert_eq!(SQLITE_OWN.latest(), 1);
     }
 
     #[test]

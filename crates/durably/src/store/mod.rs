@@ -83,6 +83,10 @@ pub struct NewRun {
     /// `delay` wait's metadata carries the key and that bound ([`debounce_metadata`]). Atomic
     /// against concurrent triggers with the same job and key.
     pub debounce: Option<crate::run::Debounce>,
+    /// The claim priority (higher first, 0 by default): claims order claimable runs by
+    /// priority, then by age. Stored in durably's own nullable column `rs_priority` (NULL for
+    /// 0), which the TypeScript runtime does not read.
+    pub priority: i32,
 }
 
 /// The outcome of [`Store::enqueue`].
@@ -722,6 +726,16 @@ pub(crate) fn resume_key_taken(id: &str, job_name: &str, key: &str) -> Error {
     ))
 }
 
+/// The order in which claims take claimable runs: higher [`Run::priority`] first, then older
+/// (`created_at`), then by id.
+pub fn claim_order(a: &Run, b: &Run) -> std::cmp::Ordering {
+    (std::cmp::Reverse(a.priority), a.created_at, &a.id).cmp(&(
+        std::cmp::Reverse(b.priority),
+        b.created_at,
+        &b.id,
+    ))
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
 /// The row a newly created run starts as: `request` stored under `id` at `now`.
 pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
@@ -742,6 +756,7 @@ pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
         lease_expires_at: None,
         lease_generation: 0,
         waiting_on_wait_id: None,
+        priority: request.priority,
         started_at: None,
         completed_at: None,
         created_at: now,

@@ -35,7 +35,7 @@ use crate::waits::{
 /// passed, which makes it a store for a deterministic simulation of the engine as well as a fast
 /// one for tests. Ids are ULIDs made from that `now`, as the SQLite store makes them.
 ///
-/// Runs are claimed oldest first (`created_at`, then insertion order), keys resolve as in
+/// Runs are claimed by priority, then oldest first (`created_at`, then insertion order), keys resolve as in
 /// SQLite (idempotency, then the pending-per-key rule), and every lease holder's write lands
 /// only while its [`Fence`] holds. It has no notification channel (workers poll; triggers in
 /// the same process wake their worker directly) and no housekeeping of its own. Clones share
@@ -335,7 +335,8 @@ impl State {
         self.logs.remove(id);
     }
 
-    /// The oldest claimable run's sequence: pending (or, when `expired_leases`, leased with an
+    /// The first claimable run's sequence in claim order (higher priority, then older, then
+    /// inserted earlier): pending (or, when `expired_leases`, leased with an
     /// expired lease) and its concurrency key not held by another unexpired lease.
     fn next_claimable(&self, now: Timestamp, expired_leases: bool, resume: bool) -> Option<u64> {
         let held: HashSet<&str> = self
@@ -357,7 +358,7 @@ impl State {
                     .as_deref()
                     .is_none_or(|key| !held.contains(key))
             })
-            .min_by_key(|(seq, run)| (run.created_at, **seq))
+            .min_by_key(|(seq, run)| (std::cmp::Reverse(run.priority), run.created_at, **seq))
             .map(|(seq, _)| *seq)
     }
 

@@ -224,7 +224,10 @@ macro_rules! store_contract_tests {
             concurrent_signals_have_exactly_one_winner,
             resume_run_puts_a_failed_run_back_to_pending,
             resume_run_refuses_runs_that_are_not_failed,
-            resume_run_reopens_the_waits_its_failure_closed
+            resume_run_reopens_the_waits_its_failure_closed,
+            claims_take_higher_priority_first_then_the_oldest,
+            expired_leases_and_resumable_runs_take_their_turn_by_priority,
+            a_priority_never_passes_a_busy_key
         );
     };
 }

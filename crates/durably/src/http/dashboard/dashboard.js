@@ -538,6 +538,9 @@ function renderDetail() {
   if (run.startedAt && run.completedAt) {
     rows.push(el('dt', { text: 'Took' }), el('dd', { text: formatDuration(new Date(run.completedAt) - new Date(run.startedAt)) }))
   }
+  if (run.priority) {
+    rows.push(el('dt', { text: 'Priority' }), el('dd', { title: 'Claimed before runs of lower priority (default 0)', text: String(run.priority) }))
+  }
   $('detail-times').replaceChildren(...rows)
   const chips = labelChips(run.labels, false)
   $('detail-labels').replaceChildren(...(chips.length ? [el('h3', { text: 'Labels' }), ...chips] : []))

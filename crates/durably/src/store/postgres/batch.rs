@@ -498,7 +498,7 @@ async fn execute(
                             ),
                         }
                     }
-                    runs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                    runs.sort_by(crate::store::claim_order);
                     leased < keyed_keys || noted
                 }
                 None => keyed_keys > 0 || noted,
@@ -910,13 +910,21 @@ mod tests {
             assert!(plan.contains("durably_runs_pkey"), "{name}: {plan}");
         }
         // Resuming waiting runs (schema v3–4) left the pending claim's plan as it was: the
-        // oldest pending runs through durably's pending-order index.
+        // first pending runs in claim order through durably's pending-order index.
         for (name, plan) in &complete_and_claim {
             assert!(
-                plan.contains("durably_rs_runs_pending_order"),
+                plan.contains("durably_rs_runs_pending_priority_order"),
                 "{name}: {plan}"
             );
             assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
+            // Waiting runs to resume are found from the waits resolved and not yet resumed
+            // from: never a join over every resolved wait ever kept.
+            if name.contains("waits") || name == "claim_alone" {
+                assert!(
+                    plan.contains("durably_rs_waits_resumable"),
+                    "{name}: {plan}"
+                );
+            }
         }
         // Each freed key looked up by its key: no join of the keys against an index walk.
         assert!(!note_freed_keys.contains("Join"), "{note_freed_keys}");
@@ -933,7 +941,7 @@ mod tests {
         // A key's oldest pending run through durably's index of pending keyed runs, never a
         // walk over every pending run.
         assert!(
-            claim_keyed.contains("durably_rs_runs_pending_key_order"),
+            claim_keyed.contains("durably_rs_runs_pending_key_priority_order"),
             "{claim_keyed}"
         );
     }

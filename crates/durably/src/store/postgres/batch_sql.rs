@@ -199,7 +199,7 @@ pub(super) fn complete_sql(close_waits: bool) -> String {
 /// `COMMIT` to send), the claim of the slots they hand on: after the completions' parameters
 /// (see [`complete_ctes`]; never a retry) now, how many, the worker and the lease expiry. First
 /// one row per completion, in order, as `(NULL, run id, NULL, NULL for each run column,
-/// completed, notices sent)`; then one row per claim candidate, oldest first, as [`claim_sql`]
+/// completed, notices sent)`; then one row per claim candidate, in claim order, as [`claim_sql`]
 /// returns it.
 ///
 /// With [`Note::Later`], [`lock_claim_keys_sql`], [`claim_keyed_sql`] and
@@ -231,11 +231,12 @@ pub(super) fn complete_and_claim_sql(note: Note, close_waits: bool, resume: bool
         "WITH {ctes}, {claim}{keys} \
          SELECT NULL::boolean AS keyed, req.run_id AS id, NULL::text AS concurrency_key, {nulls}, \
            req.run_id IN (SELECT id FROM u) AS completed, (SELECT count(*) FROM note) AS noted, \
-           req.ord AS ord, NULL::text AS created_order FROM {completions} \
+           req.ord AS ord, NULL::integer AS claim_priority, NULL::text AS created_order \
+           FROM {completions} \
          UNION ALL \
          SELECT c.concurrency_key IS NOT NULL, c.id, c.concurrency_key, {leased}, NULL, NULL, \
-           NULL, c.created_at FROM c LEFT JOIN won ON won.id = c.id \
-         ORDER BY ord, created_order, id"
+           NULL, c.prio, c.created_at FROM c LEFT JOIN won ON won.id = c.id \
+         ORDER BY ord, claim_priority DESC, created_order, id"
     )
 }
 

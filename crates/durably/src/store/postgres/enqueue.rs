@@ -15,6 +15,8 @@ pub(super) struct Prepared {
     pub(super) label_keys: Vec<String>,
     pub(super) label_values: Vec<String>,
     pub(super) labels_valid: bool,
+    /// The run's priority, NULL for 0 (`rs_priority`).
+    pub(super) priority: Option<i32>,
     /// `coalesce: active` with a concurrency key: the statement is [`active_enqueue_sql`], run
     /// after the key's advisory lock ([`ENQUEUE_KEY_LOCK`]) in the same transaction.
     pub(super) active: bool,
@@ -40,6 +42,7 @@ impl Prepared {
             label_keys: run.labels.keys().cloned().collect(),
             label_values: run.labels.values().cloned().collect(),
             labels_valid,
+            priority: (run.priority != 0).then_some(run.priority),
             active: run.coalesce == Some(Coalesce::Active) && run.concurrency_key.is_some(),
         })
     }
@@ -69,6 +72,7 @@ impl Prepared {
             &self.label_keys,
             &self.label_values,
             channel,
+            &self.priority,
         ]
     }
 }

@@ -630,6 +630,7 @@ impl PostgresStore {
         let job_names: Vec<&str> = prepared.iter().map(|p| p.job_name.as_str()).collect();
         let inputs: Vec<&str> = prepared.iter().map(|p| p.input.as_str()).collect();
         let labels: Vec<&str> = prepared.iter().map(|p| p.labels.as_str()).collect();
+        let priorities: Vec<Option<i32>> = prepared.iter().map(|p| p.priority).collect();
         let mut label_runs = Vec::new();
         let (mut label_keys, mut label_values) = (Vec::new(), Vec::new());
         for p in prepared {
@@ -642,11 +643,12 @@ impl PostgresStore {
         let stamp = now.to_string();
         let channel = &self.shared.channel;
         let sql = format!(
-            "WITH req AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
-               WITH ORDINALITY AS t(id, job_name, input, labels, ord)), \
+            "WITH req AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+               $10::integer[]) WITH ORDINALITY AS t(id, job_name, input, labels, priority, ord)), \
              ins AS (INSERT INTO durably_runs (id, job_name, input, status, labels, \
-               current_step_index, completed_step_count, lease_generation, created_at, updated_at) \
-               SELECT id, job_name, input, 'pending', labels, 0, 0, 0, $5::text, $5::text \
+               current_step_index, completed_step_count, lease_generation, created_at, updated_at, \
+               rs_priority) \
+               SELECT id, job_name, input, 'pending', labels, 0, 0, 0, $5::text, $5::text, priority \
                FROM req ORDER BY ord ON CONFLICT (id) DO NOTHING RETURNING id), \
              lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
                SELECT * FROM unnest($6::text[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING), \
@@ -655,7 +657,7 @@ impl PostgresStore {
         );
         self.run("enqueue_many", true, |client, _| {
             let sql = &sql;
-            let params: [&(dyn ToSql + Sync); 9] = [
+            let params: [&(dyn ToSql + Sync); 10] = [
                 &ids,
                 &job_names,
                 &inputs,
@@ -665,6 +667,7 @@ impl PostgresStore {
                 &label_keys,
                 &label_values,
                 channel,
+                &priorities,
             ];
             async move {
                 let statement = client.prepare_cached(sql).await?;

@@ -60,9 +60,9 @@ fn enqueue_sql_reusing(reuse: &str) -> String {
          pend AS ({reuse}), \
          ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
            concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
-           created_at, updated_at) \
+           created_at, updated_at, rs_priority) \
            SELECT $4::text, $1::text, $5::text, 'pending', $2::text, $3::text, $6::text, 0, 0, 0, \
-           $7::text, $7::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
+           $7::text, $7::text, $11::integer WHERE NOT EXISTS (SELECT 1 FROM mine) \
            AND NOT EXISTS (SELECT 1 FROM idem) AND NOT EXISTS (SELECT 1 FROM pend) \
            ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}), \
          lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
@@ -247,7 +247,8 @@ pub(super) fn claim_sql_when(condition: &str, resume: bool) -> String {
     let leased = run_columns("won");
     format!(
         "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
-         {leased} FROM c LEFT JOIN won ON won.id = c.id ORDER BY c.created_at ASC, c.id ASC",
+         {leased} FROM c LEFT JOIN won ON won.id = c.id \
+         ORDER BY c.prio DESC, c.created_at ASC, c.id ASC",
         claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition, resume)
     )
 }
@@ -278,8 +279,19 @@ impl ClaimPlaceholders {
     }
 }
 
+/// A run's claim priority (aliased `r`): NULL is 0. The expression of durably's pending-order
+/// indexes (`durably_rs_runs_pending_priority_order`, `durably_rs_runs_pending_key_priority_order`).
+const PRIORITY: &str = "COALESCE(r.rs_priority, 0)";
+
+/// The claim order of runs aliased `r`: priority first, then age, then id.
+pub(super) const CLAIM_ORDER: &str =
+    "ORDER BY COALESCE(r.rs_priority, 0) DESC, r.created_at ASC, r.id ASC";
+
+/// The columns of a claim candidate: `id, concurrency_key, created_at, prio`.
+const CANDIDATE: &str = "r.id, r.concurrency_key, r.created_at, COALESCE(r.rs_priority, 0) AS prio";
+
 /// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
-/// the oldest `limit` claimable runs that match `condition` (locked, skipping runs other
+/// the first `limit` claimable runs in claim order ([`CLAIM_ORDER`]) that match `condition` (locked, skipping runs other
 /// claimers hold), `won` those of them without a concurrency key, leased. With `resume`, also
 /// `w` (waiting runs whose wait is resolved) and `fr` (their waits' first resume time);
 /// without, the statement never reads the waits table.
@@ -294,13 +306,13 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) 
     } = at;
     let key_is_free = key_is_free(now, ending);
     let pending_and_expired = format!(
-        "p AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+        "p AS (SELECT {CANDIDATE} FROM durably_runs r \
            WHERE r.status = 'pending' AND {key_is_free}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
-         e AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
+           {CLAIM_ORDER} LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+         e AS (SELECT {CANDIDATE} FROM durably_runs r \
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
            AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED)"
+           {CLAIM_ORDER} LIMIT {limit} FOR UPDATE OF r SKIP LOCKED)"
     );
     let lease = format!(
         "status = 'leased', lease_owner = {worker}, lease_expires_at = {expires}, \
@@ -309,27 +321,38 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) 
     if !resume {
         return format!(
             "{pending_and_expired}, \
-             c AS (SELECT id, concurrency_key, created_at FROM \
-               (SELECT * FROM p UNION ALL SELECT * FROM e) a ORDER BY created_at ASC, id ASC \
-               LIMIT {limit}), \
+             c AS (SELECT id, concurrency_key, created_at, prio FROM \
+               (SELECT * FROM p UNION ALL SELECT * FROM e) a \
+               ORDER BY prio DESC, created_at ASC, id ASC LIMIT {limit}), \
              won AS (UPDATE durably_runs r SET {lease}, updated_at = {now} \
                FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
         );
     }
     format!(
         "{pending_and_expired}, \
-         w AS (SELECT r.id, r.concurrency_key, r.created_at FROM durably_runs r \
-           WHERE r.status = 'waiting' AND {RESOLVED_WAIT} AND {key_is_free}{condition} \
-           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
-         c AS (SELECT id, concurrency_key, created_at FROM \
+         w AS (SELECT {CANDIDATE} FROM {RESUMABLE_RUNS} \
+           AND {key_is_free}{condition} \
+           {CLAIM_ORDER} LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+         c AS (SELECT id, concurrency_key, created_at, prio FROM \
            (SELECT * FROM p UNION ALL SELECT * FROM e UNION ALL SELECT * FROM w) a \
-           ORDER BY created_at ASC, id ASC LIMIT {limit}), \
+           ORDER BY prio DESC, created_at ASC, id ASC LIMIT {limit}), \
          won AS (UPDATE durably_runs r SET {lease}, {RESUME_CLAIMED_AT}, updated_at = {now} \
            FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL \
            RETURNING {returning}, r.resume_claimed_at AS resumed_at), \
          {FIRST_RESUMED}"
     )
 }
+
+/// The waiting runs (aliased `r`) whose wait is resolved (v4 §3.3), found from the waits
+/// resolved and not yet resumed from (durably's partial index `durably_rs_waits_resumable`), a
+/// set as small as the resume backlog: `FROM` and `WHERE` of a query, to go on with `AND`.
+///
+/// A run waits on a resolved wait with `first_resumed_at` set only if it suspended on a wait
+/// it had already been resumed from, which no runtime does: a resumed run reads the wait's
+/// outcome instead of suspending again. [`RESOLVED_WAIT`] asks the same of one run.
+const RESUMABLE_RUNS: &str = "durably_waits rw JOIN durably_runs r \
+     ON r.id = rw.run_id AND r.waiting_on_wait_id = rw.id \
+     WHERE rw.status = 'resolved' AND rw.first_resumed_at IS NULL AND r.status = 'waiting'";
 
 /// A waiting run (aliased `r`) whose wait is resolved: claimable (v4 §3.3).
 pub(super) const RESOLVED_WAIT: &str = "EXISTS (SELECT 1 FROM durably_waits rw \
@@ -381,10 +404,12 @@ pub(super) fn lock_claim_keys_sql() -> String {
 
 /// Claim, keyed runs, after [`lock_claim_keys_sql`] in the same transaction (a statement of its
 /// own, so its fresh snapshot sees every lease committed by whoever held a lock before): for
-/// each locked key that no unexpired lease holds, lease its oldest claimable run (runs sharing a
-/// key go oldest first, across job names). `$1` worker, `$2` lease expiry, `$3` now.
+/// each locked key that no unexpired lease holds, lease its first claimable run in claim order
+/// (runs sharing a key go by priority, then oldest first, across job names). `$1` worker, `$2`
+/// lease expiry, `$3` now.
 ///
-/// A key's oldest pending run comes from durably's index `durably_rs_runs_pending_key_order`. A run whose row
+/// A key's first pending run comes from durably's index
+/// `durably_rs_runs_pending_key_priority_order`. A run whose row
 /// another claimer holds locked is skipped (`SKIP LOCKED`), its key left for this round, never
 /// waited for: the TypeScript runtime's claim locks a run's row *before* it takes the key's
 /// advisory lock, so waiting for that row while holding the key's lock is a deadlock
@@ -406,9 +431,9 @@ pub(super) fn claim_keyed_sql(resume: bool) -> String {
             ),
             format!(
                 "UNION ALL \
-                 (SELECT r.id, r.created_at FROM durably_runs r \
+                 (SELECT r.id, r.created_at, {PRIORITY} AS prio FROM durably_runs r \
                    WHERE r.status = 'waiting' AND r.concurrency_key = l.k AND {RESOLVED_WAIT} \
-                   ORDER BY r.created_at ASC, r.id ASC LIMIT 1)"
+                   {CLAIM_ORDER} LIMIT 1)"
             ),
             (
                 format!(", {RESUME_CLAIMED_AT}"),
@@ -430,16 +455,16 @@ pub(super) fn claim_keyed_sql(resume: bool) -> String {
         "WITH locked AS (SELECT DISTINCT t.k FROM json_array_elements_text({keys}) AS t(k)), \
          oldest AS (SELECT x.id FROM locked l CROSS JOIN LATERAL ( \
              SELECT y.id, y.created_at FROM ( \
-               (SELECT r.id, r.created_at FROM durably_runs r \
+               (SELECT r.id, r.created_at, {PRIORITY} AS prio FROM durably_runs r \
                  WHERE r.status = 'pending' AND r.concurrency_key = l.k \
-                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1) \
+                 {CLAIM_ORDER} LIMIT 1) \
                UNION ALL \
-               (SELECT r.id, r.created_at FROM durably_runs r \
+               (SELECT r.id, r.created_at, {PRIORITY} AS prio FROM durably_runs r \
                  WHERE r.status = 'leased' AND r.concurrency_key = l.k \
                  AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= $3 \
-                 ORDER BY r.created_at ASC, r.id ASC LIMIT 1) \
+                 {CLAIM_ORDER} LIMIT 1) \
                {waiting}) y \
-             ORDER BY y.created_at ASC, y.id ASC LIMIT 1) x \
+             ORDER BY y.prio DESC, y.created_at ASC, y.id ASC LIMIT 1) x \
            WHERE NOT EXISTS (SELECT 1 FROM durably_runs o WHERE o.status = 'leased' \
              AND o.concurrency_key = l.k AND o.id <> x.id \
              AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at > $3)), \

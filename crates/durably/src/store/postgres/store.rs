@@ -344,7 +344,7 @@ impl Store for PostgresStore {
             }
             // Some key was taken by another claimer meanwhile: look again with a fresh view.
         }
-        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        claimed.sort_by(crate::store::claim_order);
         Ok(claimed)
     }
 

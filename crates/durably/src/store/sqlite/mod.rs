@@ -925,4 +925,48 @@ mod tests {
             .expect("run");
         assert_eq!(run.status, crate::run::RunStatus::Completed);
     }
+
+    /// The claim's lookups walk durably's claim-order index (priority, then age, then rowid):
+    /// no sort of the pending runs, whatever the planner knows of the table.
+    #[test]
+    fn the_claim_walks_the_priority_index_without_sorting() {
+        let conn = Connection::open_in_memory().expect("open");
+        schema::migrate(&conn).expect("migrate");
+        let with_rows = [false, true];
+        for filled in with_rows {
+            if filled {
+                conn.execute_batch(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+                     INSERT INTO durably_runs (id, job_name, input, status, labels, \
+                       current_step_index, completed_step_count, lease_generation, created_at, \
+                       updated_at) \
+                     SELECT printf('r%05d', i), 'job', '{}', \
+                       CASE WHEN i % 4 = 0 THEN 'pending' ELSE 'completed' END, '{}', 0, 0, 0, \
+                       '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z' FROM n; ANALYZE",
+                )
+                .expect("fill");
+            }
+            for statement in [
+                sql::OLDEST_FREE_PENDING,
+                sql::OLDEST_FREE_EXPIRED_LEASE,
+                sql::OLDEST_FREE_RESUMABLE,
+            ] {
+                let plan: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                    .expect("explain")
+                    .query_map(["2026-01-01T00:00:00.000Z"], |row| row.get::<_, String>(3))
+                    .expect("plan")
+                    .collect::<rusqlite::Result<_>>()
+                    .expect("rows");
+                let plan = plan.join("\n");
+                if statement == sql::OLDEST_FREE_PENDING {
+                    assert!(
+                        plan.contains("durably_rs_runs_pending_priority"),
+                        "filled {filled}: {plan}"
+                    );
+                    assert!(!plan.contains("TEMP B-TREE"), "filled {filled}: {plan}");
+                }
+            }
+        }
+    }
 }

@@ -100,6 +100,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         lease_expires_at: row.get(13)?,
         lease_generation: row.get(14)?,
         waiting_on_wait_id: row.get(19)?,
+        priority: row.get::<_, Option<i32>>(20)?.unwrap_or(0),
         started_at: row.get(15)?,
         completed_at: row.get(16)?,
         created_at: row.get(17)?,
@@ -281,7 +282,8 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
             request.idempotency_key,
             request.concurrency_key,
             labels,
-            now
+            now,
+            (request.priority != 0).then_some(request.priority)
         ])
     })
     .map_err(|e| {
@@ -418,12 +420,14 @@ fn unique_violation(conn: &Connection, request: &NewRun, error: Error) -> Result
     }
 }
 
-/// The oldest claimable run: the older of the oldest free pending run and the oldest free
-/// expired lease (two index-driven lookups instead of one OR that would sort the whole table).
+/// The first claimable run in claim order: the first of the first free pending run, the first
+/// free expired lease and the first free resumable run (index-driven lookups instead of one OR
+/// that would sort the whole table).
 ///
-/// Oldest means `created_at`, then insertion order (`rowid`). Runs of one batch share a
-/// millisecond; ordering that tie by rowid lets SQLite walk the `(status, created_at)` index
-/// (whose entries end with the rowid) instead of sorting the whole tie group on every claim.
+/// Claim order is priority (higher first, [`NewRun::priority`]), then `created_at`, then
+/// insertion order (`rowid`). Runs of one batch share a millisecond; ordering that tie by rowid
+/// lets SQLite walk durably's index `durably_rs_runs_pending_priority` (whose entries end with
+/// the rowid) instead of sorting the whole tie group on every claim.
 /// Ids are generated inside the insert, so for runs enqueued by one process this is also id order.
 ///
 /// `expired_leases` says whether any lease had expired when the claim began; without one, the
@@ -434,15 +438,17 @@ fn next_claimable(
     expired_leases: bool,
     resumable: bool,
 ) -> Result<Option<i64>> {
-    type Candidate = (String, i64);
-    let candidate =
-        |row: &Row<'_>| -> rusqlite::Result<Candidate> { Ok((row.get(0)?, row.get(1)?)) };
+    // Compared as the claim order: higher priority, then older, then inserted earlier.
+    type Candidate = (std::cmp::Reverse<i64>, String, i64);
+    let candidate = |row: &Row<'_>| -> rusqlite::Result<Candidate> {
+        Ok((std::cmp::Reverse(row.get(0)?), row.get(1)?, row.get(2)?))
+    };
     let pending: Option<Candidate> = conn
         .prepare_cached(sql::OLDEST_FREE_PENDING)
         .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
         .map_err(sql_error("claim"))?;
     if !expired_leases && !resumable {
-        return Ok(pending.map(|(_, rowid)| rowid));
+        return Ok(pending.map(|(_, _, rowid)| rowid));
     }
     let mut best = pending;
     for (wanted, statement) in [
@@ -461,7 +467,7 @@ fn next_claimable(
             (a, b) => a.or(b),
         };
     }
-    Ok(best.map(|(_, rowid)| rowid))
+    Ok(best.map(|(_, _, rowid)| rowid))
 }
 
 pub(super) fn claim(conn: &Connection, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {

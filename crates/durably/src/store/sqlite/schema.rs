@@ -26,7 +26,12 @@ fn climb(conn: &Connection, ladder: &Ladder) -> Result<()> {
     }
     for migration in ladder.pending(current) {
         for statement in migration.statements {
-            conn.execute_batch(statement).map_err(failed)?;
+            match conn.execute_batch(statement) {
+                // SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there (a database
+                // whose version table was lost) is the step already applied.
+                Err(e) if is_column_already_added(statement, &e) => {}
+                result => result.map_err(failed)?,
+            }
         }
         conn.execute(
             &format!(
@@ -38,6 +43,13 @@ fn climb(conn: &Connection, ladder: &Ladder) -> Result<()> {
         .map_err(failed)?;
     }
     Ok(())
+}
+
+/// Whether `error` of `statement` says that the column it adds exists already.
+fn is_column_already_added(statement: &str, error: &rusqlite::Error) -> bool {
+    statement.starts_with("ALTER TABLE")
+        && statement.contains("ADD COLUMN")
+        && error.to_string().contains("duplicate column name")
 }
 
 /// The upstream schema version: `MAX(version)` of `durably_schema_versions`, or 0 when the

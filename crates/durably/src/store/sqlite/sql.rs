@@ -49,7 +49,7 @@ macro_rules! run_columns {
         "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
     lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, \
-    waiting_on_wait_id"
+    waiting_on_wait_id, rs_priority"
     };
 }
 
@@ -167,30 +167,61 @@ pub(crate) const OLDEST_WAITING_WITH_KEY: &str = concat!(
 );
 
 /// A new pending run.
+/// (`?8` the priority, NULL for 0).
 pub(crate) const INSERT_RUN: &str = "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
-         labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7)";
+         labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at, \
+         rs_priority) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7, ?8)";
 
 /// One label of a new run.
 pub(crate) const INSERT_LABEL: &str =
     "INSERT INTO durably_run_labels (run_id, key, value) VALUES (?1, ?2, ?3)";
 
-/// The oldest pending run whose key is free (`?1` now): its `created_at` and rowid.
+/// A run's claim priority (aliased `r`), as ordered: NULL is 0.
+macro_rules! priority {
+    () => {
+        "COALESCE(r.rs_priority, 0)"
+    };
+}
+
+/// The claim order of runs aliased `r`: priority first, then age. The expression and
+/// `created_at` are those of the index `durably_rs_runs_pending_priority`, whose entries end
+/// with the rowid.
+macro_rules! claim_order {
+    () => {
+        concat!(
+            "ORDER BY ",
+            priority!(),
+            " DESC, r.created_at ASC, r.rowid ASC"
+        )
+    };
+}
+
+/// The first pending run in claim order whose key is free (`?1` now): its priority,
+/// `created_at` and rowid. `INDEXED BY`: without statistics SQLite's planner prefers any index
+/// that starts with `status` and sorts every pending run; this one walk is the claim's cost.
 pub(crate) const OLDEST_FREE_PENDING: &str = concat!(
-    "SELECT r.created_at, r.rowid FROM durably_runs r \
+    "SELECT ",
+    priority!(),
+    ", r.created_at, r.rowid FROM durably_runs r INDEXED BY durably_rs_runs_pending_priority \
              WHERE r.status = 'pending' AND ",
     key_is_free!(),
-    " \
-             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+    " ",
+    claim_order!(),
+    " LIMIT 1"
 );
 
-/// The oldest expired lease whose key is free (`?1` now): its `created_at` and rowid.
+/// The first expired lease in claim order whose key is free (`?1` now): its priority,
+/// `created_at` and rowid.
 pub(crate) const OLDEST_FREE_EXPIRED_LEASE: &str = concat!(
-    "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
+    "SELECT ",
+    priority!(),
+    ", r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'leased' \
              AND r.lease_expires_at IS NOT NULL AND r.lease_expires_at <= ?1 AND ",
     key_is_free!(),
-    " \
-             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+    " ",
+    claim_order!(),
+    " LIMIT 1"
 );
 
 /// Whether any lease has expired at `?1`.
@@ -210,15 +241,18 @@ pub(crate) const ANY_RESUMABLE: &str = "SELECT EXISTS (SELECT 1 FROM durably_run
              WHERE r.status = 'waiting' AND EXISTS (SELECT 1 FROM durably_waits w \
                WHERE w.id = r.waiting_on_wait_id AND w.status = 'resolved'))";
 
-/// The oldest waiting run whose wait is resolved and whose key is free (`?1` now): its
-/// `created_at` and rowid.
+/// The first waiting run in claim order whose wait is resolved and whose key is free (`?1`
+/// now): its priority, `created_at` and rowid.
 pub(crate) const OLDEST_FREE_RESUMABLE: &str = concat!(
-    "SELECT r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'waiting' \
+    "SELECT ",
+    priority!(),
+    ", r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'waiting' \
              AND EXISTS (SELECT 1 FROM durably_waits w WHERE w.id = r.waiting_on_wait_id \
                AND w.status = 'resolved') AND ",
     key_is_free!(),
-    " \
-             ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
+    " ",
+    claim_order!(),
+    " LIMIT 1"
 );
 
 /// A resumed run's first resume time onto its resolved wait (`?1` wait, `?2` run), once.
