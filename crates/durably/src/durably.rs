@@ -121,13 +121,6 @@ impl Durably {
                 "coalesce requires concurrencyKey".into()
             )));
         }
-        if index.is_some() && (options.start_at.is_some() || options.debounce.is_some()) {
-            return Err(Error::Validation(at(
-                "startAt, delay and debounce are not supported in batch triggers yet: trigger \
-                 delayed runs one at a time"
-                    .into(),
-            )));
-        }
         let mut start_at = options.start_at;
         if let Some(debounce) = &options.debounce {
             if start_at.is_some() || options.coalesce.is_some() {

@@ -146,17 +146,6 @@ async fn delays_validate_and_respect_idempotency(backend: Backend) {
     assert_eq!(second.disposition, durably::Disposition::Idempotent);
     let all = durably.get_runs(&Default::default()).await.expect("runs");
     assert_eq!(all.len(), 2);
-    // Not in a batch (yet): refused, nothing stored.
-    let batch = job
-        .batch_trigger(vec![(
-            json!({}),
-            TriggerOptions::new().delay(Duration::from_secs(60)),
-        )])
-        .await;
-    assert!(
-        matches!(&batch, Err(Error::Validation(m)) if m.contains("batch")),
-        "{batch:?}"
-    );
     // Two delayed runs with one concurrency key: not pending, so no pending-per-key conflict.
     for _ in 0..2 {
         job.trigger_with(
@@ -299,7 +288,84 @@ async fn a_debounced_start_never_passes_the_maximum_wait(backend: Backend) {
     assert!(matches!(refused, Err(Error::Validation(_))), "{refused:?}");
 }
 
+/// A batch trigger takes delays and debounce like single triggers, in one transaction: a
+/// delayed run, a second debounced trigger of a key that debounces onto the first, a run that
+/// starts now; a batch refused by the store (a pending-per-key conflict) stores none of them.
+async fn batch_triggers_take_delays_and_debounce_all_or_nothing(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let job = durably.register(stamp()).expect("register");
+    let debounced =
+        || TriggerOptions::new().debounce(Debounce::new("doc-1", Duration::from_secs(60)));
+    let results = job
+        .batch_trigger(vec![
+            (
+                json!({"n": 1}),
+                TriggerOptions::new().delay(Duration::from_secs(60)),
+            ),
+            (json!({"n": 2}), debounced()),
+            (json!({"n": 3}), debounced()),
+            (
+                json!({"n": 4}),
+                TriggerOptions::new().concurrency_key("now"),
+            ),
+        ])
+        .await
+        .expect("batch");
+    let dispositions: Vec<Disposition> = results.iter().map(|r| r.disposition).collect();
+    assert_eq!(
+        dispositions,
+        [
+            Disposition::Created,
+            Disposition::Created,
+            Disposition::Debounced,
+            Disposition::Created
+        ]
+    );
+    assert_eq!(results[0].run.status, RunStatus::Waiting);
+    assert_eq!(results[1].run.status, RunStatus::Waiting);
+    assert_eq!(
+        results[2].run.id, results[1].run.id,
+        "debounced onto the first"
+    );
+    assert_eq!(results[3].run.status, RunStatus::Pending);
+    let stored = durably
+        .get_run(&results[1].run.id)
+        .await
+        .expect("get")
+        .expect("run");
+    assert_eq!(stored.input, json!({"n": 3}), "the last trigger's input");
+    for result in &results[..2] {
+        let waits = durably.get_waits(&result.run.id).await.expect("waits");
+        assert_eq!(waits.len(), 1);
+        assert_eq!(
+            (waits[0].name.as_str(), waits[0].status),
+            ("delay", WaitStatus::Pending)
+        );
+    }
+
+    // All or nothing: the second run of key `now` conflicts with the pending one, so neither
+    // the delayed run before it is stored.
+    let before = durably.get_runs(&Default::default()).await.expect("runs");
+    let refused = job
+        .batch_trigger(vec![
+            (
+                json!({"n": 5}),
+                TriggerOptions::new().delay(Duration::from_secs(60)),
+            ),
+            (
+                json!({"n": 6}),
+                TriggerOptions::new().concurrency_key("now"),
+            ),
+        ])
+        .await;
+    assert!(matches!(&refused, Err(Error::Conflict(_))), "{refused:?}");
+    let after = durably.get_runs(&Default::default()).await.expect("runs");
+    assert_eq!(after.len(), before.len(), "nothing stored");
+}
+
 backend_tests!(
+    batch_triggers_take_delays_and_debounce_all_or_nothing,
     concurrent_debounced_triggers_make_one_run,
     a_debounced_start_never_passes_the_maximum_wait,
     a_delayed_run_starts_at_its_time_and_not_before,

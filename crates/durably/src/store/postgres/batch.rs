@@ -945,4 +945,43 @@ mod tests {
             "{claim_keyed}"
         );
     }
+
+    #[tokio::test]
+    #[ignore]
+    async fn tmp_print_claim_plans() {
+        let (store, client, schema) = test_schema::fresh().await;
+        let now = Timestamp::now();
+        let runs = (0..2000)
+            .map(|n| NewRun {
+                job_name: "job".into(),
+                input: serde_json::json!(n),
+                ..Default::default()
+            })
+            .collect();
+        store.enqueue_many(runs, now).await.expect("enqueue");
+        for (name, sql) in [("claim_r", claim_sql(true)), ("claim_nr", claim_sql(false))] {
+            let claim = format!("'{now}', 1, 'w', '{now}'");
+            let settings = PLANNER_SETTINGS.replace("SET ", "SET LOCAL ");
+            client
+                .batch_execute(&format!("BEGIN; {settings}; PREPARE {name} AS {sql}"))
+                .await
+                .expect("prepare");
+            let rows = client
+                .query(
+                    &format!("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE {name}({claim})"),
+                    &[],
+                )
+                .await
+                .expect("explain");
+            client.batch_execute("ROLLBACK").await.expect("rb");
+            println!(
+                "== {name}\n{}",
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        test_schema::drop(&client, &schema).await;
+    }
 }

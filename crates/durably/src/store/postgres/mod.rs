@@ -29,6 +29,7 @@
 
 mod batch;
 mod batch_sql;
+mod delayed;
 mod enqueue;
 mod faults;
 mod listener;
@@ -74,6 +75,7 @@ use crate::store::migrations::{Ladder, POSTGRES_OWN, UPSTREAM};
 use crate::time::{Timestamp, new_id_at};
 
 use crate::waits::{DurableWait, NewWait};
+use delayed::*;
 use enqueue::*;
 use faults::*;
 use listener::*;
@@ -470,94 +472,6 @@ impl PostgresStore {
         Err(conflict_after_retry(run))
     }
 
-    /// [`Store::enqueue`] of a delayed run (`NewRun::start_at`), in one transaction: the enqueue
-    /// statement without the concurrency key (a delayed run is not pending, so the
-    /// pending-per-key rule does not apply), then the run's `delay` wait and the run waiting on
-    /// it, with its key. A retry after an unacknowledged commit finds the run by its id, already
-    /// waiting, and changes nothing.
-    async fn enqueue_delayed(
-        &self,
-        run: &NewRun,
-        start_at: Timestamp,
-        now: Timestamp,
-    ) -> Result<Enqueued> {
-        let keyless = NewRun {
-            concurrency_key: None,
-            coalesce: None,
-            ..run.clone()
-        };
-        let prepared = Prepared::new(&keyless, new_id_at(now), now)?;
-        let channel = &self.shared.channel;
-        let metadata = crate::store::new_delay_metadata(run, now).to_string();
-        for round in 0..3 {
-            let (keyless, prepared, metadata) = (&keyless, &prepared, &metadata);
-            let outcome = self
-                .run("enqueue", true, |mut client, _| async move {
-                    let statement = client.prepare_cached(&prepared.sql()).await?;
-                    let tx = client.transaction().await?;
-                    if let Some(debounce) = &run.debounce
-                        && let Some(debounced) =
-                            debounce_onto(&tx, run, &debounce.key, start_at, now).await?
-                    {
-                        tx.commit().await?;
-                        return Ok(Some(Ok(Enqueued {
-                            run: debounced,
-                            disposition: Disposition::Debounced,
-                        })));
-                    }
-                    let rows = tx.query(&statement, &prepared.params(channel)).await?;
-                    let mut enqueued = match resolve(keyless, prepared, &rows)? {
-                        Some(Ok(enqueued)) => enqueued,
-                        other => return Ok(other),
-                    };
-                    if enqueued.disposition == Disposition::Created
-                        && enqueued.run.status == RunStatus::Pending
-                    {
-                        let wait_id = new_id_at(now);
-                        tx.execute(
-                            "INSERT INTO durably_waits (id, run_id, name, metadata, status, \
-                               payload, signal_id, created_at, resolved_at, deadline_at, \
-                               deadline_ms, outcome, suspended_at, first_resumed_at, timing_known) \
-                             VALUES ($1, $2, $3, $4, 'pending', NULL, NULL, $5, NULL, $6, \
-                               $7::double precision, NULL, $5, NULL, 1)",
-                            &[
-                                &wait_id,
-                                &enqueued.run.id,
-                                &crate::store::DELAY_WAIT,
-                                metadata,
-                                &now.to_string(),
-                                &start_at.to_string(),
-                                &(start_at.as_millis() as f64),
-                            ],
-                        )
-                        .await?;
-                        tx.execute(
-                            "UPDATE durably_runs SET status = 'waiting', waiting_on_wait_id = $2, \
-                               concurrency_key = $3 WHERE id = $1",
-                            &[&enqueued.run.id, &wait_id, &run.concurrency_key],
-                        )
-                        .await?;
-                        enqueued.run = crate::store::delayed_run(
-                            Run {
-                                concurrency_key: run.concurrency_key.clone(),
-                                ..enqueued.run
-                            },
-                            wait_id,
-                        );
-                    }
-                    tx.commit().await?;
-                    Ok(Some(Ok(enqueued)))
-                })
-                .await?;
-            match outcome {
-                Some(result) => return result,
-                None if round < 2 => continue,
-                None => {}
-            }
-        }
-        Err(conflict_after_retry(run))
-    }
-
     /// One attempt at [`Store::enqueue_and_claim`] in one transaction: the enqueue and the
     /// claim's first statement pipelined between `BEGIN` and `COMMIT`; the claim claims only if
     /// the enqueue inserted its run, so a rejected or lost enqueue claims nothing. Returns the
@@ -759,61 +673,6 @@ impl PostgresStore {
         *slot = Some(sender.clone());
         Some(sender)
     }
-}
-
-/// `NewRun::debounce` inside an enqueue's transaction: under the transaction advisory lock of
-/// the job and key (concurrent triggers with them are serialized), the run of the job and key
-/// that still waits for its start, locked (run before wait, as the expiry sweep locks them),
-/// takes the request's input and its start moves to `start_at` (not beyond its bound).
-async fn debounce_onto(
-    tx: &deadpool_postgres::Transaction<'_>,
-    request: &NewRun,
-    key: &str,
-    start_at: Timestamp,
-    now: Timestamp,
-) -> std::result::Result<Option<Run>, Fail> {
-    let lock_key = format!("durably:debounce:{}:{key}", request.job_name);
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
-        &[&lock_key],
-    )
-    .await?;
-    let rows = tx
-        .query(
-            "SELECT r.id, w.id, w.metadata FROM durably_runs r \
-               JOIN durably_waits w ON w.id = r.waiting_on_wait_id \
-             WHERE r.job_name = $1 AND r.status = 'waiting' AND w.status = 'pending' \
-               AND w.name = 'delay' AND (CASE WHEN w.metadata LIKE '{%' \
-                 THEN w.metadata::jsonb #>> '{durably,debounce,key}' END) = $2 \
-             ORDER BY r.created_at ASC, r.id ASC LIMIT 1 FOR UPDATE OF r, w",
-            &[&request.job_name, &key],
-        )
-        .await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    let (run_id, wait_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-    let metadata: Option<String> = row.try_get(2)?;
-    let metadata = metadata.and_then(|text| serde_json::from_str::<Value>(&text).ok());
-    let start = crate::store::debounced_start(metadata.as_ref(), start_at);
-    tx.execute(
-        "UPDATE durably_waits SET deadline_at = $2, deadline_ms = $3::double precision \
-         WHERE id = $1 AND status = 'pending'",
-        &[&wait_id, &start.to_string(), &(start.as_millis() as f64)],
-    )
-    .await?;
-    let input = serde_json::to_string(&request.input)
-        .map_err(|e| Fail::Other(Error::Validation(format!("Invalid input: {e}"))))?;
-    let rows = tx
-        .query(
-            &format!(
-                "UPDATE durably_runs SET input = $2, updated_at = $3 WHERE id = $1 \
-                 RETURNING {RUN_COLUMNS}"
-            ),
-            &[&run_id, &input, &now.to_string()],
-        )
-        .await?;
-    rows.first().map(|row| run_from_row(row, 0)).transpose()
 }
 
 #[cfg(test)]

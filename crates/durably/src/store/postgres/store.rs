@@ -42,8 +42,8 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, run: NewRun, now: Timestamp) -> Result<Enqueued> {
-        if let Some(start_at) = run.start_at.filter(|at| *at > now) {
-            return self.enqueue_delayed(&run, start_at, now).await;
+        if let Some(delayed) = Delayed::of(&run, now)? {
+            return self.enqueue_delayed(&run, delayed, now).await;
         }
         let prepared = Prepared::new(&run, new_id_at(now), now)?;
         self.enqueue_prepared(&run, &prepared).await
@@ -115,6 +115,15 @@ impl Store for PostgresStore {
             .iter()
             .map(|run| Prepared::new(run, new_id_at(now), now))
             .collect::<Result<_>>()?;
+        let delayed: Vec<Option<Delayed>> = runs
+            .iter()
+            .map(|run| Delayed::of(run, now))
+            .collect::<Result<_>>()?;
+        if delayed.iter().any(Option::is_some) {
+            return self
+                .enqueue_many_delayed(&runs, &prepared, &delayed, now)
+                .await;
+        }
         let channel = self.shared.channel.clone();
         let plain = runs
             .iter()
