@@ -195,6 +195,7 @@ pub mod parallel;
 pub mod retry;
 pub mod run;
 mod runtime;
+pub mod schedules;
 pub mod step;
 pub mod store;
 mod subscribe;
@@ -222,6 +223,7 @@ pub use run::{
     Coalesce, Debounce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus,
     Step, StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
 };
+pub use schedules::{CatchUp, FiredSlot, Schedule, ScheduleRecord, Schedules};
 pub use step::{StepContext, StepLog};
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};
