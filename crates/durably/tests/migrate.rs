@@ -169,11 +169,25 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
     let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(indexes, expected, "exactly the fifteen upstream indexes");
-    // durably has no addition of its own on SQLite yet, so no version table of its own either.
-    assert!(
-        !tables.iter().any(|t| t.starts_with("durably_rs_")),
-        "no durably_rs_* table: {tables:?}"
+    // durably's own additions on SQLite: the schedules table and its version table, nothing
+    // else of ours.
+    let ours: Vec<&String> = tables
+        .iter()
+        .filter(|t| t.starts_with("durably_rs_"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["durably_rs_schedules", "durably_rs_schema_versions"],
+        "{tables:?}"
     );
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM durably_rs_schema_versions ORDER BY version")
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(versions, [1]);
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -311,7 +325,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1"]
+        ["1", "2"]
     );
     assert_eq!(
         pg_own_indexes(&schema).await,
@@ -333,7 +347,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     db.store.migrate().await.expect("migrate an older database");
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1"]
+        ["1", "2"]
     );
     assert_eq!(pg_own_indexes(&schema).await.len(), 2);
     assert_eq!(db.store.schema_version().await.expect("version"), 4);

@@ -852,10 +852,12 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
         [
             "durably_rs_runs_pending_key_order",
             "durably_rs_runs_pending_order",
+            "durably_rs_schedules_due",
             "idx_durably_runs_pending_concurrency",
             "idx_durably_steps_completed_unique"
         ],
-        "upstream's two partial indexes and durably's own two claim-order indexes"
+        "upstream's two partial indexes, durably's own two claim-order indexes and its \
+         schedules' due index"
     );
     let types: Vec<(String, String)> = admin
         .query(

@@ -8,7 +8,7 @@
 //! - durably's own additions per backend ([`POSTGRES_OWN`], [`SQLITE_OWN`]): `durably_rs_*`
 //!   tables, indexes and nullable columns, recorded in `durably_rs_schema_versions`, a table
 //!   created only once a backend has an addition to record (a SQLite database migrated by
-//!   durably keeps exactly upstream's `sqlite_master`).
+//!   durably has upstream's `sqlite_master` plus `durably_rs_*` objects only).
 //!
 //! A backend applies, in one transaction, every step of a ladder above the version its table
 //! records, and records each step's version. A database migrated by a newer upstream (a higher
@@ -98,28 +98,65 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 ///   in claim order. The keyed claim finds a key's oldest pending run in it at once; through
 ///   upstream's `(status, concurrency_key)` index it read and sorted every pending run of the
 ///   key (at 1,250 pending runs per key, a tenth of the keyed throughput).
+///
+/// Version 2, cron schedules ([`POSTGRES_SCHEDULES`]).
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
-    migrations: &[Migration {
-        version: 1,
-        statements: &[
-            "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_order ON durably_runs (created_at, id) \
-             WHERE status = 'pending'",
-            "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_order ON durably_runs \
-             (concurrency_key, created_at, id) \
-             WHERE status = 'pending' AND concurrency_key IS NOT NULL",
-        ],
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            statements: &[
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_order ON durably_runs (created_at, id) \
+                 WHERE status = 'pending'",
+                "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_order ON durably_runs \
+                 (concurrency_key, created_at, id) \
+                 WHERE status = 'pending' AND concurrency_key IS NOT NULL",
+            ],
+        },
+        Migration {
+            version: 2,
+            statements: POSTGRES_SCHEDULES,
+        },
+    ],
 };
 
-/// durably's own additions on SQLite: none yet.
+/// Cron schedules on PostgreSQL (`crate::schedules`): one row per schedule, timestamps as
+/// upstream's fixed-width UTC text, and the due slots found by an index of the schedules that
+/// are not paused. Self-contained (`IF NOT EXISTS`), so the step can move in the ladder.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_SCHEDULES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS durably_rs_schedules (name text PRIMARY KEY, job_name text NOT NULL, \
+     cron text NOT NULL, time_zone text NOT NULL, input text NOT NULL, labels text NOT NULL, \
+     catch_up text NOT NULL, paused boolean NOT NULL DEFAULT false, next_fire_at text NOT NULL, \
+     last_fired_at text, created_at text NOT NULL, updated_at text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS durably_rs_schedules_due ON durably_rs_schedules (next_fire_at) \
+     WHERE NOT paused",
+];
+
+/// durably's own additions on SQLite.
+///
+/// Version 1, cron schedules ([`SQLITE_SCHEDULES`]).
 pub(crate) const SQLITE_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
-    migrations: &[],
+    migrations: &[Migration {
+        version: 1,
+        statements: SQLITE_SCHEDULES,
+    }],
 };
+
+/// Cron schedules on SQLite (`crate::schedules`), as on PostgreSQL ([`POSTGRES_SCHEDULES`]
+/// when built with it), `paused` an integer 0/1. Self-contained (`IF NOT EXISTS`).
+pub(crate) const SQLITE_SCHEDULES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS durably_rs_schedules (name text PRIMARY KEY, job_name text NOT NULL, \
+     cron text NOT NULL, time_zone text NOT NULL, input text NOT NULL, labels text NOT NULL, \
+     catch_up text NOT NULL, paused integer NOT NULL DEFAULT 0, next_fire_at text NOT NULL, \
+     last_fired_at text, created_at text NOT NULL, updated_at text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS durably_rs_schedules_due ON durably_rs_schedules (next_fire_at) \
+     WHERE paused = 0",
+];
 
 #[cfg(test)]
 mod tests {
@@ -140,7 +177,7 @@ mod tests {
         assert_eq!(UPSTREAM.pending(0).count(), 4);
         assert_eq!(UPSTREAM.pending(1).count(), 3);
         assert_eq!(UPSTREAM.pending(4).count(), 0);
-        assert_eq!(SQLITE_OWN.latest(), 0);
+        assert_eq!(SQLITE_OWN.latest(), 1);
     }
 
     #[test]

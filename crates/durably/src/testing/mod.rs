@@ -224,7 +224,11 @@ macro_rules! store_contract_tests {
             concurrent_signals_have_exactly_one_winner,
             resume_run_puts_a_failed_run_back_to_pending,
             resume_run_refuses_runs_that_are_not_failed,
-            resume_run_reopens_the_waits_its_failure_closed
+            resume_run_reopens_the_waits_its_failure_closed,
+            schedules_keep_their_state_across_definitions,
+            fire_schedule_is_a_compare_and_set_with_its_runs,
+            a_refused_run_rolls_the_whole_firing_back,
+            concurrent_firings_of_a_slot_have_exactly_one_winner
         );
     };
 }

@@ -36,6 +36,7 @@ mod migrate;
 mod options;
 mod pool;
 mod rows;
+mod schedules;
 mod sql;
 mod store;
 mod tls;

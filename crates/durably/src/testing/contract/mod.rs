@@ -11,6 +11,7 @@ mod enqueue;
 mod operations;
 mod policy;
 mod resume;
+mod schedules;
 mod waits;
 mod writes;
 
@@ -21,6 +22,7 @@ pub use enqueue::*;
 pub use operations::*;
 pub use policy::*;
 pub use resume::*;
+pub use schedules::*;
 pub use waits::*;
 pub use writes::*;
 
