@@ -263,6 +263,13 @@ impl DurablyBuilder {
         for register in self.jobs {
             register(&durably)?;
         }
+        if !self.schedules.is_empty() && !durably.store().keeps_schedules() {
+            return Err(Error::Config(format!(
+                "the {} store keeps no schedules: register schedules on a SQLite, PostgreSQL or \
+                 memory store",
+                durably.store().backend()
+            )));
+        }
         for schedule in self.schedules {
             scheduler.add_code_schedule(durably.validate_schedule(schedule, Timestamp::now())?)?;
         }

@@ -254,3 +254,8 @@ pub struct RetriesDocDoctests;
 #[doc = include_str!("../../../docs/time.md")]
 #[cfg(doctest)]
 pub struct TimeDocDoctests;
+
+/// The examples of `docs/schedules.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/schedules.md")]
+#[cfg(doctest)]
+pub struct SchedulesDocDoctests;
