@@ -203,6 +203,36 @@ pub struct ScheduleRecord {
     pub updated_at: Timestamp,
 }
 
+impl ScheduleRecord {
+    /// A schedule stored at `now`, not paused and never fired, with no labels and the default
+    /// catch-up policy, next firing at `next_fire_at` (for stores written outside this crate,
+    /// which read rows into it; set the other fields after).
+    pub fn new(
+        name: impl Into<String>,
+        job_name: impl Into<String>,
+        cron: impl Into<String>,
+        time_zone: impl Into<String>,
+        input: Value,
+        next_fire_at: Timestamp,
+        now: Timestamp,
+    ) -> Self {
+        ScheduleRecord {
+            name: name.into(),
+            job_name: job_name.into(),
+            cron: cron.into(),
+            time_zone: time_zone.into(),
+            input,
+            labels: Labels::new(),
+            catch_up: CatchUp::default(),
+            paused: false,
+            next_fire_at,
+            last_fired_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// One firing of a schedule for [`Store::fire_schedule`](crate::Store::fire_schedule): move
 /// the schedule's `next_fire_at` from `expected` to `next` and enqueue `runs`, all or nothing.
 #[derive(Clone, Debug, PartialEq)]
