@@ -11,8 +11,12 @@ use crate::error::{Error, Result};
 use crate::events::EventBus;
 use crate::job::{Job, JobData};
 use crate::limits::Limits;
+use crate::maintenance::MaintenanceTask;
 use crate::run::Labels;
+use crate::schedules::Schedule;
+use crate::schedules::scheduler::{Scheduler, SchedulerTask};
 use crate::store::Store;
+use crate::time::Timestamp;
 
 impl Durably {
     /// Starts building an instance.
@@ -24,6 +28,7 @@ impl Durably {
             retain_runs: None,
             labels_validator: None,
             jobs: Vec::new(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -52,6 +57,7 @@ pub struct DurablyBuilder {
     retain_runs: Option<String>,
     labels_validator: Option<LabelsValidator>,
     jobs: Vec<PendingJob>,
+    schedules: Vec<Schedule>,
 }
 
 impl DurablyBuilder {
@@ -191,6 +197,14 @@ impl DurablyBuilder {
         self
     }
 
+    /// Registers a cron schedule at build time ([`crate::schedules`]): validated by
+    /// [`build`](Self::build) (cron expression, time zone, a job registered on this builder,
+    /// its input, labels), stored by the instance's first maintenance pass or schedule call.
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
     /// Validates the options and creates the instance. No I/O beyond opening the store.
     pub fn build(self) -> Result<Durably> {
         let mut config = self.config;
@@ -223,19 +237,41 @@ impl DurablyBuilder {
         let store = choice.open(self.preserve_steps)?;
         config.preserve_steps = store.preserves_steps();
         let events = EventBus::default();
-        let engine = Engine::new(store.clone(), settings_of(&config), events.clone());
+        let scheduler = Arc::new(Scheduler::new(store.clone()));
+        let mut tasks: Vec<Arc<dyn MaintenanceTask>> = Vec::new();
+        if store.keeps_schedules() {
+            tasks.push(Arc::new(SchedulerTask(scheduler.clone())));
+        }
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            settings_of(&config),
+            events.clone(),
+            tasks,
+        ));
+        scheduler.attach(&engine);
         let durably = Durably {
             inner: Arc::new(Inner {
                 store,
                 config,
                 events,
-                engine: Arc::new(engine),
+                engine,
+                scheduler: scheduler.clone(),
                 migrated: tokio::sync::OnceCell::new(),
                 labels_validator: self.labels_validator,
             }),
         };
         for register in self.jobs {
             register(&durably)?;
+        }
+        if !self.schedules.is_empty() && !durably.store().keeps_schedules() {
+            return Err(Error::Config(format!(
+                "the {} store keeps no schedules: register schedules on a SQLite, PostgreSQL or \
+                 memory store",
+                durably.store().backend()
+            )));
+        }
+        for schedule in self.schedules {
+            scheduler.add_code_schedule(durably.validate_schedule(schedule, Timestamp::now())?)?;
         }
         Ok(durably)
     }

@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) engine: Arc<Engine>,
     pub(crate) migrated: tokio::sync::OnceCell<()>,
     pub(crate) labels_validator: Option<LabelsValidator>,
+    /// Cron schedules: those registered in code, and the firing of due slots.
+    pub(crate) scheduler: Arc<crate::schedules::scheduler::Scheduler>,
 }
 
 /// A durably instance: the job registry, the run API, events and the worker.

@@ -195,6 +195,7 @@ pub mod parallel;
 pub mod retry;
 pub mod run;
 mod runtime;
+pub mod schedules;
 pub mod step;
 pub mod store;
 mod subscribe;
@@ -222,6 +223,7 @@ pub use run::{
     Coalesce, Debounce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus,
     Step, StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
 };
+pub use schedules::{CatchUp, FiredSlot, Schedule, ScheduleRecord, Schedules};
 pub use step::{StepContext, StepLog};
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};
@@ -257,3 +259,8 @@ pub struct TimeDocDoctests;
 #[doc = include_str!("../../../docs/priorities.md")]
 #[cfg(doctest)]
 pub struct PrioritiesDocDoctests;
+
+/// The examples of `docs/schedules.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/schedules.md")]
+#[cfg(doctest)]
+pub struct SchedulesDocDoctests;

@@ -169,19 +169,24 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
     let mut expected: Vec<String> = INDEXES.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(indexes, expected, "exactly the fifteen upstream indexes");
-    // durably's own additions: its version table and the claim-order index of priorities.
+    // durably's own additions: its version table, the schedules' table, the claim-order index
+    // of priorities and the schedules' due index; nothing else of ours.
     assert_eq!(
         tables
             .iter()
             .filter(|t| t.starts_with("durably_rs_"))
             .collect::<Vec<_>>(),
-        ["durably_rs_schema_versions"]
+        ["durably_rs_schedules", "durably_rs_schema_versions"],
+        "{tables:?}"
     );
     let own_indexes: Vec<String> = names(&conn, "index")
         .into_iter()
         .filter(|name| name.starts_with("durably_rs_"))
         .collect();
-    assert_eq!(own_indexes, ["durably_rs_runs_pending_priority"]);
+    assert_eq!(
+        own_indexes,
+        ["durably_rs_runs_pending_priority", "durably_rs_schedules_due"]
+    );
     let own_versions: Vec<i64> = conn
         .prepare("SELECT version FROM durably_rs_schema_versions ORDER BY version")
         .expect("prepare")
@@ -189,7 +194,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows");
-    assert_eq!(own_versions, [1]);
+    assert_eq!(own_versions, [1, 2]);
     // A database whose version table of ours was lost climbs our ladder again without error
     // (SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there is the step applied).
     conn.execute_batch("DROP TABLE durably_rs_schema_versions")
@@ -202,7 +207,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
             |row| row.get(0),
         )
         .expect("our version");
-    assert_eq!(again, 1);
+    assert_eq!(again, 2);
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -341,7 +346,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3"]
+        ["1", "2", "3", "4"]
     );
     assert_eq!(
         pg_own_indexes(&schema).await,
@@ -365,7 +370,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     db.store.migrate().await.expect("migrate an older database");
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3"]
+        ["1", "2", "3", "4"]
     );
     assert_eq!(pg_own_indexes(&schema).await.len(), 4);
     assert_eq!(db.store.schema_version().await.expect("version"), 4);

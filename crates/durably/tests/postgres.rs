@@ -856,11 +856,12 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
             "durably_rs_runs_pending_key_priority_order",
             "durably_rs_runs_pending_order",
             "durably_rs_runs_pending_priority_order",
+            "durably_rs_schedules_due",
             "durably_rs_waits_resumable",
             "idx_durably_runs_pending_concurrency",
             "idx_durably_steps_completed_unique"
         ],
-        "upstream's two partial indexes and durably's own four"
+        "upstream's two partial indexes and durably's own five"
     );
     let types: Vec<(String, String)> = admin
         .query(

@@ -36,7 +36,13 @@ struct Clock {
 }
 
 impl Maintenance {
-    pub(super) fn new(store: &Arc<dyn Store>, settings: &Settings, events: &EventBus) -> Self {
+    /// The engine's own tasks, then `extra` (the scheduler), then the store's.
+    pub(super) fn new(
+        store: &Arc<dyn Store>,
+        settings: &Settings,
+        events: &EventBus,
+        extra: Vec<Arc<dyn MaintenanceTask>>,
+    ) -> Self {
         let mut tasks: Vec<Arc<dyn MaintenanceTask>> = vec![Arc::new(LeaseSweep {
             store: store.clone(),
             events: events.clone(),
@@ -48,6 +54,7 @@ impl Maintenance {
                 retain,
             }));
         }
+        tasks.extend(extra);
         tasks.extend(store.maintenance_tasks());
         let clocks = tokio::sync::Mutex::new(vec![Clock::default(); tasks.len()]);
         Maintenance { tasks, clocks }

@@ -158,8 +158,13 @@ struct RunningWorker {
 
 impl Engine {
     /// An engine over `store`; nothing runs until [`Engine::start`].
-    pub(crate) fn new(store: Arc<dyn Store>, settings: Settings, events: EventBus) -> Self {
-        let maintenance = maintenance::Maintenance::new(&store, &settings, &events);
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        events: EventBus,
+        tasks: Vec<Arc<dyn crate::maintenance::MaintenanceTask>>,
+    ) -> Self {
+        let maintenance = maintenance::Maintenance::new(&store, &settings, &events, tasks);
         Engine {
             store,
             settings,

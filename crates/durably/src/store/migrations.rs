@@ -114,6 +114,8 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 ///   in place of version 1's keyed index, so that a claim stays one index walk. Version 1's
 ///   `durably_rs_runs_pending_order` stays: a page of pending runs (newest first, ties by id)
 ///   reads it.
+///
+/// Version 4, cron schedules ([`POSTGRES_SCHEDULES`]).
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
@@ -148,6 +150,10 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
                 "DROP INDEX IF EXISTS durably_rs_runs_pending_key_order",
             ],
         },
+        Migration {
+            version: 4,
+            statements: POSTGRES_SCHEDULES,
+        },
     ],
 };
 
@@ -160,18 +166,50 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
 ///   (`COALESCE(rs_priority, 0) DESC`), then `created_at`, then the rowid every entry ends with,
 ///   so that a claim stays one index walk. Upstream's `(status, created_at)` index cannot order
 ///   by priority.
+///
+/// Version 2, cron schedules ([`SQLITE_SCHEDULES`]).
 pub(crate) const SQLITE_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
-    migrations: &[Migration {
-        version: 1,
-        statements: &[
-            "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_priority\" integer",
-            "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_pending_priority\" on \"durably_runs\" \
-             (COALESCE(\"rs_priority\", 0) DESC, \"created_at\") WHERE \"status\" = 'pending'",
-        ],
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            statements: &[
+                "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_priority\" integer",
+                "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_pending_priority\" on \"durably_runs\" \
+                 (COALESCE(\"rs_priority\", 0) DESC, \"created_at\") WHERE \"status\" = 'pending'",
+            ],
+        },
+        Migration {
+            version: 2,
+            statements: SQLITE_SCHEDULES,
+        },
+    ],
 };
+
+/// Cron schedules on PostgreSQL (`crate::schedules`): one row per schedule, timestamps as
+/// upstream's fixed-width UTC text, and the due slots found by an index of the schedules that
+/// are not paused. Self-contained (`IF NOT EXISTS`), so the step can move in the ladder.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_SCHEDULES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS durably_rs_schedules (name text PRIMARY KEY, job_name text NOT NULL, \
+     cron text NOT NULL, time_zone text NOT NULL, input text NOT NULL, labels text NOT NULL, \
+     catch_up text NOT NULL, paused boolean NOT NULL DEFAULT false, next_fire_at text NOT NULL, \
+     last_fired_at text, created_at text NOT NULL, updated_at text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS durably_rs_schedules_due ON durably_rs_schedules (next_fire_at) \
+     WHERE NOT paused",
+];
+
+/// Cron schedules on SQLite (`crate::schedules`), as on PostgreSQL ([`POSTGRES_SCHEDULES`]
+/// when built with it), `paused` an integer 0/1. Self-contained (`IF NOT EXISTS`).
+pub(crate) const SQLITE_SCHEDULES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS durably_rs_schedules (name text PRIMARY KEY, job_name text NOT NULL, \
+     cron text NOT NULL, time_zone text NOT NULL, input text NOT NULL, labels text NOT NULL, \
+     catch_up text NOT NULL, paused integer NOT NULL DEFAULT 0, next_fire_at text NOT NULL, \
+     last_fired_at text, created_at text NOT NULL, updated_at text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS durably_rs_schedules_due ON durably_rs_schedules (next_fire_at) \
+     WHERE paused = 0",
+];
 
 #[cfg(test)]
 mod tests {
@@ -192,7 +230,7 @@ mod tests {
         assert_eq!(UPSTREAM.pending(0).count(), 4);
         assert_eq!(UPSTREAM.pending(1).count(), 3);
         assert_eq!(UPSTREAM.pending(4).count(), 0);
-        assert_eq!(SQLITE_OWN.latest(), 1);
+        assert_eq!(SQLITE_OWN.latest(), 2);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     StepStatus,
 };
+use crate::schedules::{ScheduleFiring, ScheduleRecord};
 use crate::time::Timestamp;
 use crate::waits::{DurableWait, NewWait, SignalDisposition};
 
@@ -666,6 +667,93 @@ pub trait Store: Send + Sync + 'static {
     fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
         None
     }
+
+    /// Whether the backend keeps cron schedules (`durably_rs_schedules`; see
+    /// [`crate::schedules`]). `false` by default: the schedule operations below then fail with
+    /// [`Error::Config`], and workers on the store do not look for due slots.
+    fn keeps_schedules(&self) -> bool {
+        false
+    }
+
+    /// Creates the schedule `record`, or replaces the definition of the one of that name (job,
+    /// cron, time zone, input, labels, catch-up), keeping its `paused`, `last_fired_at` and
+    /// `created_at`, and its `next_fire_at` unless the cron expression or the time zone changed
+    /// (then `record.next_fire_at`). Returns the schedule as stored.
+    async fn upsert_schedule(
+        &self,
+        record: ScheduleRecord,
+        now: Timestamp,
+    ) -> Result<ScheduleRecord> {
+        let _ = (record, now);
+        Err(no_schedules(self.backend()))
+    }
+
+    /// One schedule by name.
+    async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRecord>> {
+        let _ = name;
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Up to `limit` schedules that are not paused and whose `next_fire_at` is at or before
+    /// `now`, earliest first.
+    async fn due_schedules(&self, now: Timestamp, limit: u64) -> Result<Vec<ScheduleRecord>> {
+        let _ = (now, limit);
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Pauses a schedule (`None` when unknown); pausing a paused one changes nothing.
+    async fn pause_schedule(&self, name: &str, now: Timestamp) -> Result<Option<ScheduleRecord>> {
+        let _ = (name, now);
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Resumes a paused schedule with `next_fire_at` as its next slot (`None` when unknown); a
+    /// schedule that is not paused is returned unchanged.
+    async fn resume_schedule(
+        &self,
+        name: &str,
+        next_fire_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<ScheduleRecord>> {
+        let _ = (name, next_fire_at, now);
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Deletes a schedule (never its runs); `false` when unknown.
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let _ = name;
+        Err(no_schedules(self.backend()))
+    }
+
+    /// Fires slots of a schedule, in one transaction: only if the schedule exists, is not
+    /// paused and its `next_fire_at` is still exactly [`ScheduleFiring::expected`], moves it to
+    /// [`ScheduleFiring::next`] (and `last_fired_at` to [`ScheduleFiring::last_fired`] when
+    /// given) and enqueues [`ScheduleFiring::runs`] in order as [`Store::enqueue_many`] does
+    /// (each run's idempotency key makes a slot's second run impossible even if the schedule
+    /// was reset). `None`: the compare-and-set failed (another process fired these slots, or the
+    /// schedule was paused, changed or deleted) and nothing was written. A run the enqueue
+    /// rejects rolls the whole firing back.
+    async fn fire_schedule(
+        &self,
+        firing: ScheduleFiring,
+        now: Timestamp,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        let _ = (firing, now);
+        Err(no_schedules(self.backend()))
+    }
+}
+
+/// The [`Error::Config`] of a schedule operation on a backend that keeps none.
+fn no_schedules(backend: &str) -> Error {
+    Error::Config(format!(
+        "the {backend} store keeps no schedules: use the SQLite, PostgreSQL or memory store for \
+         cron schedules"
+    ))
 }
 
 /// The [`Error::Timeout`] of a read that a caller bounded (see [`Store::get_runs_within`]).

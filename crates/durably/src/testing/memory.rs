@@ -90,6 +90,7 @@ struct State {
     waits: BTreeMap<String, DurableWait>,
     /// `durably_runs.resume_claimed_at` (internal, not on [`Run`]) by run id.
     resume_claimed_at: HashMap<String, Timestamp>,
+    schedules: BTreeMap<String, crate::schedules::ScheduleRecord>,
 }
 
 impl MemoryStore {
@@ -1209,6 +1210,138 @@ impl Store for MemoryStore {
             state: self.state.clone(),
             preserve_steps,
         }))
+    }
+
+    fn keeps_schedules(&self) -> bool {
+        true
+    }
+
+    async fn upsert_schedule(
+        &self,
+        record: crate::schedules::ScheduleRecord,
+        now: Timestamp,
+    ) -> Result<crate::schedules::ScheduleRecord> {
+        let mut state = self.lock();
+        let stored = match state.schedules.remove(&record.name) {
+            Some(old) => crate::schedules::ScheduleRecord {
+                next_fire_at: match old.cron == record.cron && old.time_zone == record.time_zone {
+                    true => old.next_fire_at,
+                    false => record.next_fire_at,
+                },
+                paused: old.paused,
+                last_fired_at: old.last_fired_at,
+                created_at: old.created_at,
+                updated_at: now,
+                ..record
+            },
+            None => crate::schedules::ScheduleRecord {
+                paused: false,
+                last_fired_at: None,
+                created_at: now,
+                updated_at: now,
+                ..record
+            },
+        };
+        state.schedules.insert(stored.name.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        Ok(self.lock().schedules.get(name).cloned())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    async fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        let mut due: Vec<_> = self
+            .lock()
+            .schedules
+            .values()
+            .filter(|s| !s.paused && s.next_fire_at <= now)
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.next_fire_at, &a.name).cmp(&(b.next_fire_at, &b.name)));
+        due.truncate(limit.min(usize::MAX as u64) as usize);
+        Ok(due)
+    }
+
+    async fn pause_schedule(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let mut state = self.lock();
+        Ok(state.schedules.get_mut(name).map(|schedule| {
+            if !schedule.paused {
+                schedule.paused = true;
+                schedule.updated_at = now;
+            }
+            schedule.clone()
+        }))
+    }
+
+    async fn resume_schedule(
+        &self,
+        name: &str,
+        next_fire_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let mut state = self.lock();
+        Ok(state.schedules.get_mut(name).map(|schedule| {
+            if schedule.paused {
+                schedule.paused = false;
+                schedule.next_fire_at = next_fire_at;
+                schedule.updated_at = now;
+            }
+            schedule.clone()
+        }))
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().schedules.remove(name).is_some())
+    }
+
+    async fn fire_schedule(
+        &self,
+        firing: crate::schedules::ScheduleFiring,
+        now: Timestamp,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        let mut state = self.lock();
+        let holds = state
+            .schedules
+            .get(&firing.name)
+            .is_some_and(|s| !s.paused && s.next_fire_at == firing.expected);
+        if !holds {
+            return Ok(None);
+        }
+        let mut done: Vec<Enqueued> = Vec::with_capacity(firing.runs.len());
+        for run in &firing.runs {
+            match state.enqueue(run, now) {
+                Ok(enqueued) => done.push(enqueued),
+                Err(error) => {
+                    for enqueued in &done {
+                        if enqueued.disposition == Disposition::Created {
+                            state.remove(&enqueued.run.id);
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        if let Some(schedule) = state.schedules.get_mut(&firing.name) {
+            schedule.next_fire_at = firing.next;
+            if firing.last_fired.is_some() {
+                schedule.last_fired_at = firing.last_fired;
+            }
+            schedule.updated_at = now;
+        }
+        Ok(Some(done))
     }
 
     fn admin(&self) -> Option<&dyn RunAdmin> {

@@ -227,7 +227,11 @@ macro_rules! store_contract_tests {
             resume_run_reopens_the_waits_its_failure_closed,
             claims_take_higher_priority_first_then_the_oldest,
             expired_leases_and_resumable_runs_take_their_turn_by_priority,
-            a_priority_never_passes_a_busy_key
+            a_priority_never_passes_a_busy_key,
+            schedules_keep_their_state_across_definitions,
+            fire_schedule_is_a_compare_and_set_with_its_runs,
+            a_refused_run_rolls_the_whole_firing_back,
+            concurrent_firings_of_a_slot_have_exactly_one_winner
         );
     };
 }

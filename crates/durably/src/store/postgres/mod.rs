@@ -37,6 +37,7 @@ mod migrate;
 mod options;
 mod pool;
 mod rows;
+mod schedules;
 mod sql;
 mod store;
 mod tls;

@@ -959,6 +959,97 @@ impl Store for PostgresStore {
         }))
     }
 
+    fn keeps_schedules(&self) -> bool {
+        true
+    }
+
+    async fn upsert_schedule(
+        &self,
+        record: crate::schedules::ScheduleRecord,
+        now: Timestamp,
+    ) -> Result<crate::schedules::ScheduleRecord> {
+        self.upsert_schedule_row(&record, now).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let rows = self
+            .schedule_rows("get_schedule", "WHERE name = $1", &[&name])
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        self.schedule_rows("list_schedules", "ORDER BY name", &[])
+            .await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        let now = now.to_string();
+        let limit = limit.min(i64::MAX as u64) as i64;
+        self.schedule_rows(
+            "due_schedules",
+            "WHERE NOT paused AND next_fire_at <= $1 ORDER BY next_fire_at, name LIMIT $2",
+            &[&now, &limit],
+        )
+        .await
+    }
+
+    async fn pause_schedule(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let now = now.to_string();
+        self.update_schedule_row(
+            "pause_schedule",
+            "paused = true, updated_at = $2 WHERE name = $1 AND NOT paused",
+            name,
+            &[&name, &now],
+        )
+        .await
+    }
+
+    async fn resume_schedule(
+        &self,
+        name: &str,
+        next_fire_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let (next, now) = (next_fire_at.to_string(), now.to_string());
+        self.update_schedule_row(
+            "resume_schedule",
+            "paused = false, next_fire_at = $2, updated_at = $3 WHERE name = $1 AND paused",
+            name,
+            &[&name, &next, &now],
+        )
+        .await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .read(
+                "delete_schedule",
+                "WITH d AS (DELETE FROM durably_rs_schedules WHERE name = $1 RETURNING 1) \
+                 SELECT count(*) FROM d",
+                &[&name],
+                |row| count(row, 0),
+            )
+            .await?;
+        Ok(deleted.first() == Some(&1))
+    }
+
+    async fn fire_schedule(
+        &self,
+        firing: crate::schedules::ScheduleFiring,
+        now: Timestamp,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        self.fire_schedule_tx(&firing, now).await
+    }
+
     fn admin(&self) -> Option<&dyn RunAdmin> {
         Some(self)
     }

@@ -16,6 +16,7 @@ mod sql;
 mod ops;
 mod options;
 mod reader;
+mod schedules;
 mod schema;
 mod store;
 mod writer;

@@ -359,6 +359,86 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn keeps_schedules(&self) -> bool {
+        true
+    }
+
+    async fn upsert_schedule(
+        &self,
+        record: crate::schedules::ScheduleRecord,
+        now: Timestamp,
+    ) -> Result<crate::schedules::ScheduleRecord> {
+        self.write("upsert_schedule", move |conn| {
+            schedules::upsert(conn, &record, now)
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let name = name.to_owned();
+        self.read("get_schedule", move |conn| schedules::get(conn, &name))
+            .await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        self.read("list_schedules", schedules::list).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<crate::schedules::ScheduleRecord>> {
+        self.read("due_schedules", move |conn| {
+            schedules::due(conn, now, limit)
+        })
+        .await
+    }
+
+    async fn pause_schedule(
+        &self,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let name = name.to_owned();
+        self.write("pause_schedule", move |conn| {
+            schedules::pause(conn, &name, now)
+        })
+        .await
+    }
+
+    async fn resume_schedule(
+        &self,
+        name: &str,
+        next_fire_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<crate::schedules::ScheduleRecord>> {
+        let name = name.to_owned();
+        self.write("resume_schedule", move |conn| {
+            schedules::resume(conn, &name, next_fire_at, now)
+        })
+        .await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write("delete_schedule", move |conn| {
+            schedules::delete(conn, &name)
+        })
+        .await
+    }
+
+    async fn fire_schedule(
+        &self,
+        firing: crate::schedules::ScheduleFiring,
+        now: Timestamp,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        self.write_isolated("fire_schedule", move |conn| {
+            schedules::fire(conn, &firing, now)
+        })
+        .await
+    }
+
     fn maintenance_tasks(&self) -> Vec<Arc<dyn MaintenanceTask>> {
         vec![Arc::new(WalCheckpoint(self.clone()))]
     }

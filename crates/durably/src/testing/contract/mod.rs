@@ -12,6 +12,7 @@ mod operations;
 mod policy;
 mod priority;
 mod resume;
+mod schedules;
 mod waits;
 mod writes;
 
@@ -23,6 +24,7 @@ pub use operations::*;
 pub use policy::*;
 pub use priority::*;
 pub use resume::*;
+pub use schedules::*;
 pub use waits::*;
 pub use writes::*;
 
