@@ -109,11 +109,13 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 /// Version 3, run priorities ([`crate::TriggerOptions::priority`]):
 /// - the nullable column `durably_runs.rs_priority` (NULL is priority 0; the TypeScript runtime
 ///   neither reads nor writes it, so its runs have priority 0);
-/// - the claim's indexes with the priority first (`COALESCE(rs_priority, 0) DESC`):
-///   `durably_rs_runs_pending_priority_order`, and `durably_rs_runs_pending_key_priority_order`
-///   in place of version 1's keyed index, so that a claim stays one index walk. Version 1's
-///   `durably_rs_runs_pending_order` stays: a page of pending runs (newest first, ties by id)
-///   reads it.
+/// - `durably_rs_runs_pending_priority_order`: the pending runs of a priority other than 0 in
+///   claim order (`rs_priority DESC, created_at, id`); runs of priority 0 stay in version 1's
+///   `durably_rs_runs_pending_order` only (which pages of pending runs read too), so a queue
+///   that does not use priorities pays no upkeep for this index, and a claim walks one index and
+///   probes the other;
+/// - `durably_rs_runs_pending_key_priority_order` on `(concurrency_key, COALESCE(rs_priority,
+///   0) DESC, created_at, id)` of the pending keyed runs, in place of version 1's keyed index.
 ///
 /// Version 4, cron schedules ([`POSTGRES_SCHEDULES`]).
 #[cfg(feature = "postgres")]
@@ -143,7 +145,8 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
             statements: &[
                 "ALTER TABLE durably_runs ADD COLUMN IF NOT EXISTS rs_priority integer",
                 "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_priority_order ON durably_runs \
-                 ((COALESCE(rs_priority, 0)) DESC, created_at, id) WHERE status = 'pending'",
+                 (rs_priority DESC, created_at, id) \
+                 WHERE status = 'pending' AND rs_priority IS NOT NULL",
                 "CREATE INDEX IF NOT EXISTS durably_rs_runs_pending_key_priority_order ON durably_runs \
                  (concurrency_key, (COALESCE(rs_priority, 0)) DESC, created_at, id) \
                  WHERE status = 'pending' AND concurrency_key IS NOT NULL",
@@ -162,10 +165,11 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
 /// Version 1, run priorities ([`crate::TriggerOptions::priority`]):
 /// - the nullable column `durably_runs.rs_priority` (NULL is priority 0; the TypeScript runtime
 ///   neither reads nor writes it, so its runs have priority 0);
-/// - `durably_rs_runs_pending_priority`: the pending runs in claim order, priority first
-///   (`COALESCE(rs_priority, 0) DESC`), then `created_at`, then the rowid every entry ends with,
-///   so that a claim stays one index walk. Upstream's `(status, created_at)` index cannot order
-///   by priority.
+/// - `durably_rs_runs_pending_priority`: the pending runs of a priority other than 0, in claim
+///   order (`rs_priority DESC`, `created_at`, then the rowid every entry ends with). Runs of
+///   priority 0 stay in upstream's `(status, created_at)` index only, so a queue that does not
+///   use priorities pays no index upkeep for them; a claim walks the one index and probes the
+///   other.
 ///
 /// Version 2, cron schedules ([`SQLITE_SCHEDULES`]).
 pub(crate) const SQLITE_OWN: Ladder = Ladder {
@@ -177,7 +181,8 @@ pub(crate) const SQLITE_OWN: Ladder = Ladder {
             statements: &[
                 "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_priority\" integer",
                 "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_pending_priority\" on \"durably_runs\" \
-                 (COALESCE(\"rs_priority\", 0) DESC, \"created_at\") WHERE \"status\" = 'pending'",
+                 (\"rs_priority\" DESC, \"created_at\") \
+                 WHERE \"status\" = 'pending' AND \"rs_priority\" IS NOT NULL",
             ],
         },
         Migration {

@@ -279,8 +279,8 @@ impl ClaimPlaceholders {
     }
 }
 
-/// A run's claim priority (aliased `r`): NULL is 0. The expression of durably's pending-order
-/// indexes (`durably_rs_runs_pending_priority_order`, `durably_rs_runs_pending_key_priority_order`).
+/// A run's claim priority (aliased `r`): NULL is 0. The expression of durably's index of
+/// pending keyed runs (`durably_rs_runs_pending_key_priority_order`).
 const PRIORITY: &str = "COALESCE(r.rs_priority, 0)";
 
 /// The claim order of runs aliased `r`: priority first, then age, then id.
@@ -290,7 +290,7 @@ pub(super) const CLAIM_ORDER: &str =
 /// The columns of a claim candidate: `id, concurrency_key, created_at, prio`.
 const CANDIDATE: &str = "r.id, r.concurrency_key, r.created_at, COALESCE(r.rs_priority, 0) AS prio";
 
-/// The common table expressions of a claim (`p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
+/// The common table expressions of a claim (`pp`, `p`, `e`, `c`, `won`), for a `WITH` list: `c` holds
 /// the first `limit` claimable runs in claim order ([`CLAIM_ORDER`]) that match `condition` (locked, skipping runs other
 /// claimers hold), `won` those of them without a concurrency key, leased. With `resume`, also
 /// `w` (waiting runs whose wait is resolved) and `fr` (their waits' first resume time);
@@ -305,10 +305,19 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) 
         ending,
     } = at;
     let key_is_free = key_is_free(now, ending);
+    // Pending runs in two lookups: those of a priority other than 0 (durably's partial index
+    // `durably_rs_runs_pending_priority_order`, empty unless priorities are used), and those of
+    // priority 0 (`durably_rs_runs_pending_order`), so that runs of priority 0 cost no upkeep
+    // of a second index.
     let pending_and_expired = format!(
-        "p AS (SELECT {CANDIDATE} FROM durably_runs r \
-           WHERE r.status = 'pending' AND {key_is_free}{condition} \
-           {CLAIM_ORDER} LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+        "pp AS (SELECT r.id, r.concurrency_key, r.created_at, r.rs_priority AS prio \
+           FROM durably_runs r \
+           WHERE r.status = 'pending' AND r.rs_priority IS NOT NULL AND {key_is_free}{condition} \
+           ORDER BY r.rs_priority DESC, r.created_at ASC, r.id ASC LIMIT {limit} \
+           FOR UPDATE OF r SKIP LOCKED), \
+         p AS (SELECT r.id, r.concurrency_key, r.created_at, 0 AS prio FROM durably_runs r \
+           WHERE r.status = 'pending' AND r.rs_priority IS NULL AND {key_is_free}{condition} \
+           ORDER BY r.created_at ASC, r.id ASC LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          e AS (SELECT {CANDIDATE} FROM durably_runs r \
            WHERE r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
            AND r.lease_expires_at <= {now} AND {key_is_free}{condition} \
@@ -322,7 +331,7 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) 
         return format!(
             "{pending_and_expired}, \
              c AS (SELECT id, concurrency_key, created_at, prio FROM \
-               (SELECT * FROM p UNION ALL SELECT * FROM e) a \
+               (SELECT * FROM pp UNION ALL SELECT * FROM p UNION ALL SELECT * FROM e) a \
                ORDER BY prio DESC, created_at ASC, id ASC LIMIT {limit}), \
              won AS (UPDATE durably_runs r SET {lease}, updated_at = {now} \
                FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL RETURNING {returning})"
@@ -334,7 +343,8 @@ pub(super) fn claim_ctes(at: &ClaimPlaceholders, condition: &str, resume: bool) 
            AND {key_is_free}{condition} \
            {CLAIM_ORDER} LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
          c AS (SELECT id, concurrency_key, created_at, prio FROM \
-           (SELECT * FROM p UNION ALL SELECT * FROM e UNION ALL SELECT * FROM w) a \
+           (SELECT * FROM pp UNION ALL SELECT * FROM p UNION ALL SELECT * FROM e \
+             UNION ALL SELECT * FROM w) a \
            ORDER BY prio DESC, created_at ASC, id ASC LIMIT {limit}), \
          won AS (UPDATE durably_runs r SET {lease}, {RESUME_CLAIMED_AT}, updated_at = {now} \
            FROM c WHERE r.id = c.id AND c.concurrency_key IS NULL \

@@ -927,8 +927,9 @@ mod tests {
         assert_eq!(run.status, crate::run::RunStatus::Completed);
     }
 
-    /// The claim's lookups walk durably's claim-order index (priority, then age, then rowid):
-    /// no sort of the pending runs, whatever the planner knows of the table.
+    /// The claim's lookups of pending runs walk an index in claim order (durably's for runs
+    /// of a priority other than 0, upstream's `(status, created_at)` for the others): no sort
+    /// of the pending runs, whatever the planner knows of the table.
     #[test]
     fn the_claim_walks_the_priority_index_without_sorting() {
         let conn = Connection::open_in_memory().expect("open");
@@ -948,6 +949,7 @@ mod tests {
                 .expect("fill");
             }
             for statement in [
+                sql::FIRST_FREE_PRIORITIZED,
                 sql::OLDEST_FREE_PENDING,
                 sql::OLDEST_FREE_EXPIRED_LEASE,
                 sql::OLDEST_FREE_RESUMABLE,
@@ -960,11 +962,13 @@ mod tests {
                     .collect::<rusqlite::Result<_>>()
                     .expect("rows");
                 let plan = plan.join("\n");
-                if statement == sql::OLDEST_FREE_PENDING {
-                    assert!(
-                        plan.contains("durably_rs_runs_pending_priority"),
-                        "filled {filled}: {plan}"
-                    );
+                let index = match statement {
+                    sql::FIRST_FREE_PRIORITIZED => Some("durably_rs_runs_pending_priority"),
+                    sql::OLDEST_FREE_PENDING => Some("idx_durably_runs_status_created"),
+                    _ => None,
+                };
+                if let Some(index) = index {
+                    assert!(plan.contains(index), "filled {filled}: {plan}");
                     assert!(!plan.contains("TEMP B-TREE"), "filled {filled}: {plan}");
                 }
             }

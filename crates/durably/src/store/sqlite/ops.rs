@@ -426,8 +426,9 @@ fn unique_violation(conn: &Connection, request: &NewRun, error: Error) -> Result
 ///
 /// Claim order is priority (higher first, [`NewRun::priority`]), then `created_at`, then
 /// insertion order (`rowid`). Runs of one batch share a millisecond; ordering that tie by rowid
-/// lets SQLite walk durably's index `durably_rs_runs_pending_priority` (whose entries end with
-/// the rowid) instead of sorting the whole tie group on every claim.
+/// lets SQLite walk an index (upstream's `(status, created_at)` for priority 0, durably's
+/// `durably_rs_runs_pending_priority` for the others; the entries of both end with the rowid)
+/// instead of sorting the whole tie group on every claim.
 /// Ids are generated inside the insert, so for runs enqueued by one process this is also id order.
 ///
 /// `expired_leases` says whether any lease had expired when the claim began; without one, the
@@ -443,10 +444,17 @@ fn next_claimable(
     let candidate = |row: &Row<'_>| -> rusqlite::Result<Candidate> {
         Ok((std::cmp::Reverse(row.get(0)?), row.get(1)?, row.get(2)?))
     };
-    let pending: Option<Candidate> = conn
-        .prepare_cached(sql::OLDEST_FREE_PENDING)
-        .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
-        .map_err(sql_error("claim"))?;
+    let lookup = |statement: &str| -> Result<Option<Candidate>> {
+        conn.prepare_cached(statement)
+            .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
+            .map_err(sql_error("claim"))
+    };
+    // The first pending run: one of a priority above 0 goes before every run of priority 0
+    // (the oldest of which comes from upstream's index), which goes before a negative one.
+    let pending = match lookup(sql::FIRST_FREE_PRIORITIZED)? {
+        Some(first) if first.0.0 > 0 => Some(first),
+        negative => lookup(sql::OLDEST_FREE_PENDING)?.or(negative),
+    };
     if !expired_leases && !resumable {
         return Ok(pending.map(|(_, _, rowid)| rowid));
     }
@@ -458,10 +466,7 @@ fn next_claimable(
         if !wanted {
             continue;
         }
-        let found: Option<Candidate> = conn
-            .prepare_cached(statement)
-            .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
-            .map_err(sql_error("claim"))?;
+        let found = lookup(statement)?;
         best = match (best, found) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

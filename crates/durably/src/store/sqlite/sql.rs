@@ -184,9 +184,7 @@ macro_rules! priority {
     };
 }
 
-/// The claim order of runs aliased `r`: priority first, then age. The expression and
-/// `created_at` are those of the index `durably_rs_runs_pending_priority`, whose entries end
-/// with the rowid.
+/// The claim order of runs aliased `r`: priority first, then age, then insertion order.
 macro_rules! claim_order {
     () => {
         concat!(
@@ -197,18 +195,28 @@ macro_rules! claim_order {
     };
 }
 
-/// The first pending run in claim order whose key is free (`?1` now): its priority,
-/// `created_at` and rowid. `INDEXED BY`: without statistics SQLite's planner prefers any index
-/// that starts with `status` and sorts every pending run; this one walk is the claim's cost.
-pub(crate) const OLDEST_FREE_PENDING: &str = concat!(
-    "SELECT ",
-    priority!(),
-    ", r.created_at, r.rowid FROM durably_runs r INDEXED BY durably_rs_runs_pending_priority \
-             WHERE r.status = 'pending' AND ",
+/// The first pending run of a priority other than 0 whose key is free (`?1` now), in claim
+/// order: its priority, `created_at` and rowid. Only such runs are in durably's index
+/// `durably_rs_runs_pending_priority` (its entries end with the rowid), so without priorities
+/// in use this is one probe of an empty index. `INDEXED BY`: without statistics SQLite's
+/// planner may prefer any index that starts with `status` and sort every pending run.
+pub(crate) const FIRST_FREE_PRIORITIZED: &str = concat!(
+    "SELECT r.rs_priority, r.created_at, r.rowid FROM durably_runs r \
+             INDEXED BY durably_rs_runs_pending_priority \
+             WHERE r.status = 'pending' AND r.rs_priority IS NOT NULL AND ",
     key_is_free!(),
-    " ",
-    claim_order!(),
-    " LIMIT 1"
+    " ORDER BY r.rs_priority DESC, r.created_at ASC, r.rowid ASC LIMIT 1"
+);
+
+/// The oldest pending run of priority 0 (`rs_priority` NULL) whose key is free (`?1` now): its
+/// priority, `created_at` and rowid, walking upstream's `(status, created_at)` index (whose
+/// entries end with the rowid).
+pub(crate) const OLDEST_FREE_PENDING: &str = concat!(
+    "SELECT 0, r.created_at, r.rowid FROM durably_runs r \
+             INDEXED BY idx_durably_runs_status_created \
+             WHERE r.status = 'pending' AND r.rs_priority IS NULL AND ",
+    key_is_free!(),
+    " ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
 );
 
 /// The first expired lease in claim order whose key is free (`?1` now): its priority,
