@@ -40,10 +40,11 @@ const ENV_HANG: &str = "DURABLY_WAITS_CHILD_HANG";
 const ENV_GO: &str = "DURABLY_WAITS_CHILD_GO";
 /// How many runs the PostgreSQL test drives (default [`DEFAULT_PG_RUNS`]).
 const ENV_PG_RUNS: &str = "DURABLY_TEST_CRASH_WAITS_RUNS";
-/// 1,000 runs took about two minutes on a 2-core machine (debug build, four child processes
-/// and PostgreSQL sharing the two cores; the machine is CPU-bound): the default keeps the test
-/// near ten seconds. Raise it with `DURABLY_TEST_CRASH_WAITS_RUNS=1000`.
-const DEFAULT_PG_RUNS: usize = 200;
+/// The 1,000: about 12 s on a 2-core machine (debug build, four child processes and
+/// PostgreSQL sharing the two cores), since claims find the runs to resume through durably's
+/// index of unresumed waits (about two minutes before). Lower it with
+/// `DURABLY_TEST_CRASH_WAITS_RUNS=200`.
+const DEFAULT_PG_RUNS: usize = 1000;
 /// How many signals the parent has in flight at once.
 const SIGNALS_IN_FLIGHT: usize = 8;
 
