@@ -185,7 +185,10 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .collect();
     assert_eq!(
         own_indexes,
-        ["durably_rs_runs_pending_priority", "durably_rs_schedules_due"]
+        [
+            "durably_rs_runs_pending_priority",
+            "durably_rs_schedules_due"
+        ]
     );
     let own_versions: Vec<i64> = conn
         .prepare("SELECT version FROM durably_rs_schema_versions ORDER BY version")

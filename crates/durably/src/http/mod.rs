@@ -21,6 +21,10 @@
 //! | `POST /signal?runId=&waitId=` | body `{"signalId", "payload"}` → `{"wait": DurableWait, "disposition": "accepted" \| "duplicate"}` (upstream v4) |
 //! | `GET /logs?runId=` (ours) | JSON array of the run's persisted logs, oldest first |
 //! | `GET /jobs` (ours) | `[{"name", "inputSchema"}]`, the registered jobs with the JSON Schema of their input (`null` if none, see [`Job::input_schema`](crate::Job::input_schema)) |
+//! | `GET /schedules` (ours) | JSON array of the cron schedules, by name: `name`, `jobName`, `cron`, `timeZone`, `input`, `labels`, `catchUp`, `paused`, `nextFireAt`, `lastFiredAt`, `createdAt`, `updatedAt` |
+//! | `GET /schedule?name=` (ours) | one schedule |
+//! | `POST /schedules/pause?name=`, `POST /schedules/resume?name=` (ours) | the schedule paused, or resumed from the first slot after now ([`Schedules`](crate::Schedules)) |
+//! | `POST /schedules/trigger?name=` (ours) | `{"runId"}`: a run of the schedule's job now, outside its slots ([`Schedules::trigger_now`](crate::Schedules::trigger_now)) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
 //!
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
@@ -51,6 +55,7 @@
 mod auth;
 mod dashboard;
 mod openapi;
+mod schedules;
 mod sse;
 
 use std::sync::Arc;
@@ -402,6 +407,11 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
+        (&Method::GET, "/schedules") => schedules::list(shared).await,
+        (&Method::GET, "/schedule") => schedules::get(shared, &query).await,
+        (&Method::POST, "/schedules/pause") => schedules::pause(shared, &query).await,
+        (&Method::POST, "/schedules/resume") => schedules::resume(shared, &query).await,
+        (&Method::POST, "/schedules/trigger") => schedules::trigger(shared, guard, &query).await,
         (&Method::GET, "/openapi.json") => Ok(json_response(
             StatusCode::OK,
             &openapi::document(&shared.durably),
