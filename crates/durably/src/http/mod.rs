@@ -629,8 +629,7 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
     };
     options.priority = match body.get("priority") {
         None | Some(Value::Null) => 0,
-        Some(value) => value
-            .as_i64()
+        Some(value) => json_integer(value)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| {
                 bad_request(&format!(
@@ -641,6 +640,16 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
             })?,
     };
     Ok(options)
+}
+
+/// A JSON number with an integer value, as JSON Schema's `integer` reads it: `6` and `6.0`.
+fn json_integer(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
+    })
 }
 
 /// The `debounce` field of a trigger: `{ "key", "periodMs", "maxWaitMs"? }`.
@@ -1046,6 +1055,18 @@ fn list_jobs(shared: &Shared) -> Response {
 #[cfg(test)]
 mod tests {
     use super::parse_js_int;
+
+    #[test]
+    fn integers_may_be_written_as_floats() {
+        use super::json_integer;
+        use serde_json::json;
+        assert_eq!(json_integer(&json!(6)), Some(6));
+        assert_eq!(json_integer(&json!(22256918.0)), Some(22256918));
+        assert_eq!(json_integer(&json!(-3.0)), Some(-3));
+        assert_eq!(json_integer(&json!(1.5)), None);
+        assert_eq!(json_integer(&json!(1e300)), None);
+        assert_eq!(json_integer(&json!("6")), None);
+    }
 
     #[test]
     fn parse_int_follows_javascript() {
