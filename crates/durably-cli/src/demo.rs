@@ -1,4 +1,5 @@
-//! `durably demo`: the reference jobs (`echo`, `steps`, `sleep`) served over HTTP + SSE under
+//! `durably demo`: the reference jobs (`echo`, `steps`, `sleep`, …) and one cron schedule
+//! (`heartbeat`, created paused) served over HTTP + SSE under
 //! `/api/durably` on embedded SQLite (or on PostgreSQL with a `postgres://` URL) — the upstream
 //! wire protocol, so the published React client `@coji/durably-react` (fullstack mode) talks to
 //! it unchanged.
@@ -9,7 +10,8 @@
 
 use std::time::Duration;
 
-use durably::{Durably, PostgresOptions, PostgresStore};
+use durably::{CatchUp, Durably, PostgresOptions, PostgresStore, Schedule, ScheduleRecord};
+use serde_json::json;
 
 use crate::reference_jobs;
 use crate::server::{self, BASE_PATH};
@@ -57,6 +59,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         .preserve_steps(true)
         .build()?;
     reference_jobs::register_all(&durably)?;
+    // Before the worker starts, so that nothing fires between creating and pausing it.
+    let heartbeat = register_heartbeat(&durably).await?;
     durably.init().await?;
 
     let db = crate::db::DbArgs {
@@ -73,6 +77,38 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             "  try: curl -s -X POST http://{address}{BASE_PATH}/trigger -d '{{\"jobName\":\"steps\",\"input\":{{\"count\":5,\"stepMs\":500}}}}'"
         );
         println!("       curl -N http://{address}{BASE_PATH}/runs/subscribe");
+        println!(
+            "  schedule: {HEARTBEAT} runs echo {{\"value\":\"heartbeat\"}} every minute ({}; the Schedules tab, or curl -X POST 'http://{address}{BASE_PATH}/schedules/resume?name={HEARTBEAT}')",
+            if heartbeat.paused { "paused" } else { "active" }
+        );
     })
     .await
+}
+
+/// The demo's schedule.
+pub const HEARTBEAT: &str = "heartbeat";
+
+/// Registers the demo's schedule [`HEARTBEAT`]: job `echo` with `{"value": "heartbeat"}` at
+/// second 0 of every minute, missed minutes skipped. Created paused, so that the runs of a
+/// fresh demo are only those its user (or a test suite counting them) triggers: resume it in the
+/// dashboard's Schedules tab, `POST /schedules/resume?name=heartbeat` or `durably schedule
+/// resume heartbeat`. A pause or resume is kept across restarts on the same database.
+async fn register_heartbeat(durably: &Durably) -> durably::Result<ScheduleRecord> {
+    let schedules = durably.schedules();
+    let fresh = schedules.get(HEARTBEAT).await?.is_none();
+    let record = schedules
+        .upsert(
+            Schedule::new(
+                HEARTBEAT,
+                "0 * * * * *",
+                "echo",
+                json!({ "value": "heartbeat" }),
+            )
+            .catch_up(CatchUp::Skip),
+        )
+        .await?;
+    match fresh {
+        true => schedules.pause(HEARTBEAT).await,
+        false => Ok(record),
+    }
 }

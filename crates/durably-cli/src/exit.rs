@@ -18,7 +18,7 @@ Exit codes:
   1  error: database unreachable, operation refused by the run's or wait's state (watch: the run failed)
   2  bad arguments (unknown --status, malformed --label or --older-than, …)
   3  watch: the run was cancelled
-  4  no such run (signal: no such wait)";
+  4  no such run (signal: no such wait; schedule: no such schedule)";
 
 /// An error message plus the exit code it ends the command with.
 #[derive(Debug)]

@@ -10,6 +10,7 @@ mod exit;
 mod mirror;
 mod ops;
 mod reference_jobs;
+mod schedules;
 mod serve;
 mod server;
 
@@ -21,7 +22,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Every command that takes `--db` accepts a SQLite file path or a PostgreSQL URL
 /// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, waits, signal, wake,
-/// cancel, delete, purge, watch) need a database that holds the durably schema (`durably migrate` creates it)
+/// cancel, delete, purge, watch, schedules, schedule) need a database that holds the durably schema (`durably migrate` creates it)
 /// and start no worker.
 #[derive(Parser, Debug)]
 #[command(name = "durably", version, about, after_help = exit::EXIT_CODES_HELP)]
@@ -34,6 +35,12 @@ struct Cli {
 enum Command {
     /// Run the reference jobs (echo, steps, sleep, approval, fanout, flaky, nap) on embedded SQLite (or PostgreSQL with a
     /// `postgres://` --db) and watch them execute.
+    ///
+    /// It also registers the cron schedule `heartbeat`: echo with {"value": "heartbeat"} at
+    /// second 0 of every minute, missed minutes skipped. It is created paused (a fresh demo has
+    /// only the runs you trigger): resume it in the dashboard's Schedules tab, with
+    /// `POST /api/durably/schedules/resume?name=heartbeat`, or `durably schedule resume heartbeat
+    /// --db <the demo's database>`; the pause or resume is kept across restarts.
     Demo(demo::DemoArgs),
     /// Create or upgrade the durably schema in a database (safe to run many times).
     ///
@@ -119,6 +126,22 @@ enum Command {
     /// exits with 4. `durably run ID` says why a waiting run waits and until when.
     #[command(after_help = "Example:\n  durably wake 01J9… --db app.db")]
     Wake(ops::WakeArgs),
+    /// List the cron schedules, by name, as a table (or JSON with --json).
+    ///
+    /// Columns: name, job, cron expression, time zone, next fire (UTC, and how soon), last
+    /// fired (UTC, and how long ago), paused.
+    #[command(after_help = "Example:\n  durably schedules --db app.db")]
+    Schedules(schedules::SchedulesArgs),
+    /// Pause, resume or trigger now one cron schedule.
+    ///
+    /// `pause` stops its firing; `resume` restarts it from its first slot after now; `trigger`
+    /// enqueues a run of its job with its input and labels now (label durably.schedule=NAME),
+    /// outside its slots, for the application's workers (no job code needed). An unknown name
+    /// exits with 4.
+    #[command(
+        after_help = "Examples:\n  durably schedule pause nightly-report --db app.db\n  durably schedule trigger nightly-report --db postgres://me@db/app"
+    )]
+    Schedule(schedules::ScheduleArgs),
     /// Delete a finished run (completed, failed or cancelled) with its steps and logs.
     ///
     /// A pending or leased run is refused (exit code 1): cancel it first. An unknown id exits
@@ -187,6 +210,8 @@ fn main() -> ExitCode {
             Command::Retrigger(args) => ops::retrigger(args).await,
             Command::Resume(args) => ops::resume(args).await,
             Command::Wake(args) => ops::wake(args).await,
+            Command::Schedules(args) => schedules::list(args).await,
+            Command::Schedule(args) => schedules::act(args).await,
             Command::Delete(args) => ops::delete(args).await,
             Command::Purge(args) => ops::purge(args).await,
             Command::Watch(args) => ops::watch(args).await,

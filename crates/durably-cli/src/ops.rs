@@ -182,7 +182,7 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     durably::parse_retention(text).map_err(|e| e.to_string())
 }
 
-fn database_error(db: &DbArgs, error: durably::Error) -> CliError {
+pub(crate) fn database_error(db: &DbArgs, error: durably::Error) -> CliError {
     CliError::new(format!("database {}: {}", db.display(), describe(&error)))
 }
 
@@ -202,7 +202,7 @@ async fn require_run(durably: &Durably, db: &DbArgs, id: &str) -> Result<Run, Cl
         .ok_or_else(|| no_such_run(db, id))
 }
 
-fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
     serde_json::to_string_pretty(value)
         .map_err(|e| CliError::new(format!("cannot write JSON: {e}")))
 }
@@ -211,7 +211,7 @@ fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
 // formatting
 
 /// `850ms`, `12.3s`, `5m 3s`, `2h 5m`, `3d 4h`.
-fn human_duration(millis: u64) -> String {
+pub(crate) fn human_duration(millis: u64) -> String {
     let secs = millis / 1000;
     match secs {
         0 => format!("{millis}ms"),
@@ -223,7 +223,7 @@ fn human_duration(millis: u64) -> String {
 }
 
 /// `2026-11-21 07:11:00` (UTC).
-fn human_time(at: Timestamp) -> String {
+pub(crate) fn human_time(at: Timestamp) -> String {
     let text = at.to_string();
     let text = text.split('.').next().unwrap_or(&text);
     text.replace('T', " ")
@@ -268,7 +268,7 @@ fn age_or_duration(run: &Run, now: Timestamp) -> String {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
     } else {
@@ -286,7 +286,7 @@ fn labels_text(run: &Run) -> String {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -558,3 +558,45 @@ fn demo_runs_on_postgresql() {
     let _ = demo.child.wait();
     drop_schema(&url, &schema);
 }
+
+/// The demo registers the `heartbeat` schedule, paused (a fresh demo has only the runs its user
+/// triggers); it can be triggered now and resumed over HTTP.
+#[test]
+fn demo_registers_the_heartbeat_schedule_paused() {
+    let demo = start_demo();
+    let (status, schedules) = json_call(demo.address, "GET", "/schedules", None);
+    assert_eq!(status, 200, "{schedules}");
+    let heartbeat = &schedules[0];
+    assert_eq!(schedules.as_array().map(Vec::len), Some(1), "{schedules}");
+    assert_eq!(heartbeat["name"], "heartbeat");
+    assert_eq!(heartbeat["jobName"], "echo");
+    assert_eq!(heartbeat["cron"], "0 * * * * *");
+    assert_eq!(heartbeat["input"], json!({"value": "heartbeat"}));
+    assert_eq!(heartbeat["catchUp"], "skip");
+    assert_eq!(heartbeat["paused"], true);
+    let (_, runs) = json_call(demo.address, "GET", "/runs", None);
+    assert_eq!(runs, json!([]));
+
+    let (status, triggered) = json_call(
+        demo.address,
+        "POST",
+        "/schedules/trigger?name=heartbeat",
+        None,
+    );
+    assert_eq!(status, 200, "{triggered}");
+    let run_id = triggered["runId"].as_str().expect("runId").to_owned();
+    let (status, run) = json_call(demo.address, "GET", &format!("/run?runId={run_id}"), None);
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["labels"], json!({"durably.schedule": "heartbeat"}));
+    let (status, resumed) = json_call(
+        demo.address,
+        "POST",
+        "/schedules/resume?name=heartbeat",
+        None,
+    );
+    assert_eq!(
+        (status, &resumed["paused"]),
+        (200, &json!(false)),
+        "{resumed}"
+    );
+}

@@ -200,7 +200,7 @@ impl Durably {
     /// Enqueues one run and announces it, before any event of the run itself. The running
     /// worker of this process, if any, enqueues it and claims for its free slots in one commit
     /// (see [`Tuning::trigger_hand_off`](crate::Tuning::trigger_hand_off)).
-    async fn enqueue_announced(&self, request: NewRun) -> Result<Enqueued> {
+    pub(crate) async fn enqueue_announced(&self, request: NewRun) -> Result<Enqueued> {
         let _announcing = self.inner.engine.announcing.read().await;
         match self.inner.engine.hand_off(request) {
             Handed::Taken(answer) => answer.await.map_err(|_| {

@@ -154,6 +154,8 @@ pub struct RunsSubscribeFilter {
 /// | `POST /signal` | then [`on_signal`](Auth::on_signal) (after the wait was found and the body checked) |
 /// | `GET /runs` | [`scope_runs`](Auth::scope_runs) (its result is the filter used) |
 /// | `GET /runs/subscribe` | [`scope_runs_subscribe`](Auth::scope_runs_subscribe) (defaults to `scope_runs`) |
+/// | `POST /schedules/trigger` | [`on_trigger`](Auth::on_trigger) with the body a `POST /trigger` of the run would have (`{"jobName", "input", "labels"}`, the schedule's, `durably.schedule` included) |
+/// | `GET /jobs`, `GET /schedules`, `GET /schedule`, `POST /schedules/pause`, `POST /schedules/resume` | none: [`authenticate`](Auth::authenticate) only (schedules are not runs; reject in `authenticate` from the request's path to restrict them) |
 ///
 /// Unlike upstream, every hook runs whenever auth is configured (upstream skipped them when
 /// `authenticate` returned `undefined`), and a rejection keeps its status on streams too.

@@ -21,6 +21,10 @@
 //! | `POST /signal?runId=&waitId=` | body `{"signalId", "payload"}` → `{"wait": DurableWait, "disposition": "accepted" \| "duplicate"}` (upstream v4) |
 //! | `GET /logs?runId=` (ours) | JSON array of the run's persisted logs, oldest first |
 //! | `GET /jobs` (ours) | `[{"name", "inputSchema"}]`, the registered jobs with the JSON Schema of their input (`null` if none, see [`Job::input_schema`](crate::Job::input_schema)) |
+//! | `GET /schedules` (ours) | JSON array of the cron schedules, by name: `name`, `jobName`, `cron`, `timeZone`, `input`, `labels`, `catchUp`, `paused`, `nextFireAt`, `lastFiredAt`, `createdAt`, `updatedAt` |
+//! | `GET /schedule?name=` (ours) | one schedule |
+//! | `POST /schedules/pause?name=`, `POST /schedules/resume?name=` (ours) | the schedule paused, or resumed from the first slot after now ([`Schedules`](crate::Schedules)) |
+//! | `POST /schedules/trigger?name=` (ours) | `{"runId"}`: a run of the schedule's job now, outside its slots ([`Schedules::trigger_now`](crate::Schedules::trigger_now)) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
 //!
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
@@ -51,6 +55,7 @@
 mod auth;
 mod dashboard;
 mod openapi;
+mod schedules;
 mod sse;
 
 use std::sync::Arc;
@@ -402,6 +407,11 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
+        (&Method::GET, "/schedules") => schedules::list(shared).await,
+        (&Method::GET, "/schedule") => schedules::get(shared, &query).await,
+        (&Method::POST, "/schedules/pause") => schedules::pause(shared, &query).await,
+        (&Method::POST, "/schedules/resume") => schedules::resume(shared, &query).await,
+        (&Method::POST, "/schedules/trigger") => schedules::trigger(shared, guard, &query).await,
         (&Method::GET, "/openapi.json") => Ok(json_response(
             StatusCode::OK,
             &openapi::document(&shared.durably),
@@ -619,8 +629,7 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
     };
     options.priority = match body.get("priority") {
         None | Some(Value::Null) => 0,
-        Some(value) => value
-            .as_i64()
+        Some(value) => json_integer(value)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| {
                 bad_request(&format!(
@@ -631,6 +640,16 @@ fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response
             })?,
     };
     Ok(options)
+}
+
+/// A JSON number with an integer value, as JSON Schema's `integer` reads it: `6` and `6.0`.
+fn json_integer(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
+    })
 }
 
 /// The `debounce` field of a trigger: `{ "key", "periodMs", "maxWaitMs"? }`.
@@ -1036,6 +1055,18 @@ fn list_jobs(shared: &Shared) -> Response {
 #[cfg(test)]
 mod tests {
     use super::parse_js_int;
+
+    #[test]
+    fn integers_may_be_written_as_floats() {
+        use super::json_integer;
+        use serde_json::json;
+        assert_eq!(json_integer(&json!(6)), Some(6));
+        assert_eq!(json_integer(&json!(22256918.0)), Some(22256918));
+        assert_eq!(json_integer(&json!(-3.0)), Some(-3));
+        assert_eq!(json_integer(&json!(1.5)), None);
+        assert_eq!(json_integer(&json!(1e300)), None);
+        assert_eq!(json_integer(&json!("6")), None);
+    }
 
     #[test]
     fn parse_int_follows_javascript() {

@@ -273,8 +273,108 @@ fn run_route(summary: &str, operation_id: &str, ok: Value, conflict: Option<&str
     })
 }
 
+/// The `name` parameter of the schedule routes; the schedules registered in code as examples.
+fn schedule_name_param(durably: &Durably) -> Value {
+    let names = durably.inner.scheduler.code_names();
+    json!({
+        "name": "name", "in": "query", "required": true,
+        "schema": { "type": "string", "minLength": 1, "pattern": NO_NUL, "examples": names },
+        "description": "Schedule name. Missing, empty or with a NUL character: 400; unknown: 404."
+    })
+}
+
+/// A route of one schedule (`GET /schedule`, `POST /schedules/…`).
+fn schedule_route(durably: &Durably, summary: &str, operation_id: &str, ok: Value) -> Value {
+    json!({
+        "summary": summary,
+        "operationId": operation_id,
+        "parameters": [schedule_name_param(durably)],
+        "responses": {
+            "200": ok,
+            "400": error_response("name missing, empty or with a NUL character"),
+            "404": error_response("Schedule not found: <name>"),
+            "500": error_response("Storage failure"),
+            "503": error_response("The read took longer than the server allows (HttpOptions::read_timeout)")
+        }
+    })
+}
+
+/// The schedule routes (durably for Rust extension), added to `paths`.
+fn schedule_paths(durably: &Durably) -> Value {
+    let schedule = || json!({ "$ref": "#/components/schemas/Schedule" });
+    let mut trigger_ok = json_ok(
+        "The run created",
+        json!({ "type": "object", "required": ["runId"], "additionalProperties": false,
+            "properties": { "runId": { "type": "string", "minLength": 1 } } }),
+    );
+    trigger_ok["links"] = run_links("/runId");
+    let trigger = schedule_route(
+        durably,
+        "Trigger now: a run of the schedule's job with its input and labels (label durably.schedule=<name>, no slot label, never idempotent), outside its slots; the schedule is unchanged, paused or not (durably for Rust extension; asks the auth's trigger hook)",
+        "triggerSchedule",
+        trigger_ok,
+    );
+    json!({
+        "/schedules": { "get": {
+            "summary": "Cron schedules, by name (durably for Rust extension)",
+            "operationId": "listSchedules",
+            "responses": {
+                "200": json_ok("Schedules", json!({ "type": "array", "items": schedule() })),
+                "500": error_response("Storage failure"),
+                "503": error_response("The read took longer than the server allows (HttpOptions::read_timeout)")
+            }
+        }},
+        "/schedule": { "get": schedule_route(durably, "One cron schedule (durably for Rust extension)",
+            "getSchedule", json_ok("The schedule", schedule())) },
+        "/schedules/pause": { "post": schedule_route(durably,
+            "Pause a schedule: it fires nothing until resumed (durably for Rust extension)",
+            "pauseSchedule", json_ok("The schedule, paused", schedule())) },
+        "/schedules/resume": { "post": schedule_route(durably,
+            "Resume a schedule from the first slot after now (slots passed while paused are skipped); a schedule not paused is unchanged (durably for Rust extension)",
+            "resumeSchedule", json_ok("The schedule, not paused", schedule())) },
+        "/schedules/trigger": { "post": trigger }
+    })
+}
+
+/// The `Schedule` component.
+fn schedule_schema() -> Value {
+    let time = |description: &str| json!({ "type": "string", "format": "date-time", "description": description });
+    json!({ "type": "object", "additionalProperties": false,
+        "required": ["name", "jobName", "cron", "timeZone", "input", "labels", "catchUp", "paused",
+            "nextFireAt", "lastFiredAt", "createdAt", "updatedAt"],
+        "properties": {
+            "name": { "type": "string", "minLength": 1 },
+            "jobName": { "type": "string", "description": "The job each slot triggers" },
+            "cron": { "type": "string", "description": "Cron expression: 5 fields, or 6 with seconds first" },
+            "timeZone": { "type": "string", "description": "IANA time zone the expression is read in" },
+            "input": { "description": "The input of every run (any JSON)" },
+            "labels": { "type": "object", "additionalProperties": { "type": "string" },
+                "description": "The labels of every run, besides durably.schedule and durably.schedule.slot" },
+            "catchUp": { "type": "string", "pattern": "^(skip|one|all:[1-9][0-9]*)$",
+                "description": "What missed slots do: skip, one (one run for all), or all:<max> (a run each, the max latest)" },
+            "paused": { "type": "boolean" },
+            "nextFireAt": time("The next slot to fire (UTC)"),
+            "lastFiredAt": { "type": ["string", "null"], "format": "date-time", "description": "The latest slot fired, null if none" },
+            "createdAt": time("When the schedule was first stored"),
+            "updatedAt": time("When it last changed (definition, pause, firing)")
+        }
+    })
+}
+
 /// The document for the jobs registered on `durably` and its limits.
 pub(crate) fn document(durably: &Durably) -> Value {
+    let mut document = runs_document(durably);
+    if let (Some(paths), Value::Object(schedules)) =
+        (document["paths"].as_object_mut(), schedule_paths(durably))
+    {
+        paths.extend(schedules);
+    }
+    document["components"]["schemas"]["Schedule"] = schedule_schema();
+    document
+}
+
+/// The document without the schedule routes.
+fn runs_document(durably: &Durably) -> Value {
     let limits = &durably.config().limits;
     let job_names = durably.job_names();
     // A listing's `jobName`: any text without NUL (a name no job has matches no run; an empty
@@ -289,7 +389,7 @@ pub(crate) fn document(durably: &Durably) -> Value {
         "info": {
             "title": "durably HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes), the wait routes of its schema v4 (GET /waits, GET /wait, POST /signal), plus GET /attempts, GET /logs, GET /jobs and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
+            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes), the wait routes of its schema v4 (GET /waits, GET /wait, POST /signal), plus GET /attempts, GET /logs, GET /jobs, the schedule routes (GET /schedules, GET /schedule, POST /schedules/pause, /schedules/resume, /schedules/trigger) and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
         },
         "paths": {
             "/trigger": { "post": {

@@ -407,6 +407,29 @@ impl Schedules {
         self.durably.store().delete_schedule(name).await
     }
 
+    /// Triggers a run of the schedule now, outside its slots ("run now"): a run of its job with
+    /// its input and labels, labelled [`SCHEDULE_LABEL`] (no [`SLOT_LABEL`], no idempotency key:
+    /// every call is a new run). The schedule itself is untouched (its next slot, its last
+    /// firing, its pause: a paused schedule can be triggered). [`Error::NotFound`] for an
+    /// unknown name.
+    ///
+    /// The job need not be registered on this instance (the schedule was checked against it
+    /// when registered): an operator's process without job code (`durably serve`, the CLI)
+    /// enqueues the run for the application's workers.
+    pub async fn trigger_now(&self, name: &str) -> Result<Run> {
+        self.ready().await?;
+        let record = self
+            .durably
+            .store()
+            .get_schedule(name)
+            .await?
+            .ok_or_else(|| schedule_not_found(name))?;
+        let request = triggered_run(&record);
+        let run = self.durably.enqueue_announced(request).await?.run;
+        tracing::info!(schedule = %record.name, run_id = %run.id, "schedule triggered now");
+        Ok(run)
+    }
+
     /// Fires every schedule's slots due now, as every worker's maintenance does (once a
     /// second while idle): safe from any number of processes at once, each slot is fired once.
     /// Returns the slots this call fired (their runs are announced and this process's worker
@@ -414,6 +437,19 @@ impl Schedules {
     pub async fn fire_due(&self) -> Result<Vec<FiredSlot>> {
         self.ready().await?;
         self.scheduler().fire_due(self.now()).await
+    }
+}
+
+/// The run of [`Schedules::trigger_now`]: the schedule's job, input and labels, with
+/// [`SCHEDULE_LABEL`] and without a slot or an idempotency key.
+fn triggered_run(schedule: &ScheduleRecord) -> NewRun {
+    let mut labels = schedule.labels.clone();
+    labels.insert(SCHEDULE_LABEL.into(), schedule.name.clone());
+    NewRun {
+        job_name: schedule.job_name.clone(),
+        input: schedule.input.clone(),
+        labels,
+        ..Default::default()
     }
 }
 

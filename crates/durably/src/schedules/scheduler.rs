@@ -63,6 +63,15 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The names of the schedules registered in code (the examples of the HTTP API's document).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn code_names(&self) -> Vec<String> {
+        crate::engine::lock(&self.code)
+            .iter()
+            .map(|record| record.name.clone())
+            .collect()
+    }
+
     /// Stores the schedules registered in code (once per instance; retried after a failure),
     /// a new one's next slot the first after `now`.
     pub(crate) async fn register_code_schedules(&self, now: Timestamp) -> Result<()> {

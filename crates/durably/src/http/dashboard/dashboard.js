@@ -2,7 +2,7 @@
 // Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
 // GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
 // POST /retrigger, POST /resume (a failed run), POST /wake (a run waiting on a timer), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
-// and POST /trigger. The filters and the open run live in the page URL.
+// and POST /trigger; cron schedules: GET /schedules, POST /schedules/pause|resume|trigger. The filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
@@ -23,7 +23,12 @@ const state = {
   logs: [],
   runsSource: null,
   runSource: null,
+  schedules: [],
 }
+
+/** The labels a schedule puts on its runs (its name; the slot, absent when triggered now). */
+const SCHEDULE_LABEL = 'durably.schedule'
+const SLOT_LABEL = 'durably.schedule.slot'
 
 // ---------- helpers
 
@@ -541,6 +546,25 @@ function renderDetail() {
   if (run.priority) {
     rows.push(el('dt', { text: 'Priority' }), el('dd', { title: 'Claimed before runs of lower priority (default 0)', text: String(run.priority) }))
   }
+  const schedule = run.labels && run.labels[SCHEDULE_LABEL]
+  if (schedule) {
+    const slot = run.labels[SLOT_LABEL]
+    rows.push(
+      el('dt', { text: 'Schedule' }),
+      el(
+        'dd',
+        { dataset: { testid: 'detail-schedule' } },
+        el('button', {
+          type: 'button',
+          class: 'link',
+          title: "Show this schedule's runs",
+          text: schedule,
+          onclick: () => setFilters({ labels: `${SCHEDULE_LABEL}=${schedule}` }),
+        }),
+        slot ? ` · slot ${formatTime(slot)}` : ' · triggered now',
+      ),
+    )
+  }
   $('detail-times').replaceChildren(...rows)
   const chips = labelChips(run.labels, false)
   $('detail-labels').replaceChildren(...(chips.length ? [el('h3', { text: 'Labels' }), ...chips] : []))
@@ -993,6 +1017,109 @@ async function submitTrigger(event) {
   }
 }
 
+// ---------- schedules
+
+/** `in 42 s` / `3 min 2 s ago`. */
+function formatRelative(iso) {
+  const ms = new Date(iso) - Date.now()
+  if (Number.isNaN(ms)) return ''
+  return ms >= 0 ? `in ${formatDuration(ms)}` : `${formatDuration(-ms)} ago`
+}
+
+async function loadSchedules() {
+  try {
+    state.schedules = await api('GET', '/schedules')
+    showError($('schedules-error'), '')
+  } catch (error) {
+    showError($('schedules-error'), `Cannot list schedules: ${error.message}`)
+    return
+  }
+  renderSchedules()
+}
+
+function renderSchedules() {
+  const list = state.schedules || []
+  $('schedules-empty').hidden = list.length > 0
+  $('schedules').replaceChildren(
+    ...list.map((schedule) => {
+      const next = schedule.paused
+        ? 'paused: fires nothing until resumed'
+        : `next ${formatTime(schedule.nextFireAt)} (${formatRelative(schedule.nextFireAt)})`
+      const last = schedule.lastFiredAt ? `last ${formatTime(schedule.lastFiredAt)} (${formatRelative(schedule.lastFiredAt)})` : 'never fired'
+      return el(
+        'li',
+        { dataset: { testid: 'schedule', name: schedule.name, paused: String(schedule.paused) } },
+        el(
+          'div',
+          { class: 'row' },
+          el('span', { class: 'name', text: schedule.name }),
+          el('span', { class: `badge ${schedule.paused ? 'paused' : 'active'}`, dataset: { testid: 'schedule-state' }, text: schedule.paused ? 'paused' : 'active' }),
+        ),
+        el('div', { class: 'meta mono', text: `${schedule.jobName} · ${schedule.cron} · ${schedule.timeZone}` }),
+        el('div', { class: 'meta', title: schedule.nextFireAt, dataset: { testid: 'schedule-next' }, text: next }),
+        el('div', { class: 'meta', title: schedule.lastFiredAt || '', dataset: { testid: 'schedule-last' }, text: last }),
+        el(
+          'div',
+          { class: 'row' },
+          el('button', {
+            type: 'button',
+            dataset: { testid: schedule.paused ? 'schedule-resume' : 'schedule-pause' },
+            text: schedule.paused ? 'Resume' : 'Pause',
+            onclick: (e) => scheduleAction(schedule.paused ? 'resume' : 'pause', schedule.name, e.target),
+          }),
+          el('button', {
+            type: 'button',
+            class: 'primary',
+            dataset: { testid: 'schedule-trigger' },
+            title: "Run the schedule's job now, outside its slots",
+            text: 'Trigger now',
+            onclick: (e) => scheduleAction('trigger', schedule.name, e.target),
+          }),
+          el('button', {
+            type: 'button',
+            class: 'link',
+            title: "Show this schedule's runs",
+            text: 'runs',
+            onclick: () => setFilters({ labels: `${SCHEDULE_LABEL}=${schedule.name}` }),
+          }),
+        ),
+      )
+    }),
+  )
+}
+
+async function scheduleAction(kind, name, button) {
+  showError($('schedules-error'), '')
+  const ok = $('schedules-ok')
+  ok.hidden = true
+  button.disabled = true
+  try {
+    const result = await api('POST', `/schedules/${kind}?name=${encodeURIComponent(name)}`)
+    if (kind === 'trigger') {
+      ok.replaceChildren(
+        `Triggered ${name}: `,
+        el('a', {
+          href: `?run=${encodeURIComponent(result.runId)}`,
+          class: 'mono',
+          dataset: { testid: 'schedule-run' },
+          text: result.runId,
+          onclick: (e) => {
+            e.preventDefault()
+            openRun(result.runId)
+          },
+        }),
+      )
+      ok.hidden = false
+      scheduleRefresh()
+    }
+  } catch (error) {
+    showError($('schedules-error'), error.message)
+  } finally {
+    button.disabled = false
+  }
+  await loadSchedules()
+}
+
 // ---------- wiring
 
 function applyUrl() {
@@ -1037,3 +1164,6 @@ window.addEventListener('popstate', applyUrl)
 
 applyUrl()
 loadJobs()
+loadSchedules()
+// Next and last fire times move on by themselves: read them again now and then.
+setInterval(loadSchedules, 15_000)
