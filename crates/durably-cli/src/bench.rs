@@ -9,6 +9,8 @@
 //! - `latency`: sequential trigger-and-wait calls on an idle worker (p50/p99 call → result);
 //! - `http-during-drain` (only when named): latency of `GET /runs?limit=10` over loopback HTTP
 //!   while the worker drains a backlog (see [`http_drain`]);
+//! - `fanout-children` (only when named): one parent invokes `--children` child runs and
+//!   waits for them without a slot: parent start to completion (see [`children`]);
 //! - `sleep` (only when named): `--runs` runs each sleeping `--sleep-ms` durably, all
 //!   triggered at once: wake-up lateness and resumed runs/s (see [`sleep`]);
 //! - `multi-worker` (`--backend postgres` only): 4 worker processes, each with concurrency 1 on
@@ -17,6 +19,7 @@
 //! For the throughput workloads `p50_ms`/`p99_ms` are per-run execution times (claim → complete).
 //! `peak_rss_mb` is the process's peak resident set during the workload (reset before each).
 
+mod children;
 mod http_drain;
 mod postgres;
 mod sleep;
@@ -48,8 +51,8 @@ pub struct BenchArgs {
     /// SQLite `synchronous` mode: `normal` (default) or `full`.
     #[arg(long, default_value = "normal")]
     synchronous: String,
-    /// Workloads to run (default: all but `waits`, `sleep` and `http-during-drain`, which run
-    /// only when named). Repeat or separate with commas.
+    /// Workloads to run (default: all but `waits`, `sleep`, `fanout-children` and
+    /// `http-during-drain`, which run only when named). Repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Worker concurrency levels for the throughput workloads.
@@ -65,6 +68,9 @@ pub struct BenchArgs {
     /// Runs of `sleep` (each sleeps durably for `--sleep-ms`).
     #[arg(long, default_value_t = 10_000)]
     runs: u64,
+    /// Child runs of `fanout-children`.
+    #[arg(long, default_value_t = 1000)]
+    children: u64,
     /// How long each run of `sleep` sleeps, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     sleep_ms: u64,
@@ -164,6 +170,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 args.sleep_ms,
             )
             .await?;
+            print_line(line, &args.synchronous);
+        }
+    }
+    if args.workload.iter().any(|w| w == "fanout-children") {
+        for &concurrency in &args.concurrency {
+            let store = setup.fresh_store()?;
+            let line = children::children_on(Arc::new(store), "sqlite", concurrency, args.children)
+                .await?;
             print_line(line, &args.synchronous);
         }
     }

@@ -1,12 +1,13 @@
 //! The reference jobs of `shared/spec/demo-jobs.md`: `echo`, `steps` and `sleep`, and those
 //! of the capabilities beyond upstream 0.15 that have landed: `approval` (durable waits),
-//! `fanout` (parallel steps), `flaky` (step retries) and `nap` (durable sleep).
+//! `fanout` (parallel steps), `flaky` (step retries), `nap` (durable sleep) and `parent`
+//! (child runs).
 
 use std::time::Duration;
 
 use durably::{
-    CancellationToken, Durably, Job, NewWait, Result, RetryPolicy, StepContext, StepOptions,
-    WaitResult,
+    CancellationToken, Durably, Job, JobHandle, NewWait, Result, RetryPolicy, StepContext,
+    StepOptions, WaitResult,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -361,9 +362,51 @@ pub fn nap() -> Job<NapInput, Value> {
     })
 }
 
+/// Input of `parent`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ParentInput {
+    /// Child runs to invoke, 1..=1000.
+    pub children: u32,
+}
+
+/// `parent`: invokes `children` child runs of `echo` with `{ "value": i }` for i in
+/// 1..=children (one `step.invoke_all` named `echo`) and waits for all of them without holding
+/// a slot; output `{ "sum": 1 + … + children }`.
+pub fn parent(echo: JobHandle<EchoInput, Value>) -> Job<ParentInput, Value> {
+    Job::new("parent", move |step: StepContext, input: ParentInput| {
+        let echo = echo.clone();
+        async move {
+            let inputs = (1..=u64::from(input.children))
+                .map(|i| EchoInput { value: json!(i) })
+                .collect();
+            let outputs = step.invoke_all("echo", &echo, inputs).await?;
+            let sum: u64 = outputs.iter().filter_map(|o| o["value"].as_u64()).sum();
+            Ok::<_, durably::Error>(json!({ "sum": sum }))
+        }
+    })
+    .input_schema(json!({
+        "type": "object",
+        "required": ["children"],
+        "properties": {
+            "children": { "type": "integer", "minimum": 1, "maximum": 1000, "description": "Child runs of echo to invoke and wait for (the parent waits without a worker slot)", "examples": [10] }
+        }
+    }))
+    .validate(|input| {
+        if (1..=1000).contains(&input.children) {
+            Ok(())
+        } else {
+            Err(format!(
+                "children must be between 1 and 1000 (got {})",
+                input.children
+            ))
+        }
+    })
+}
+
 /// Registers the reference jobs.
 pub fn register_all(durably: &Durably) -> Result<()> {
-    durably.register(echo())?;
+    let echo = durably.register(echo())?;
+    durably.register(parent(echo))?;
     durably.register(steps())?;
     durably.register(sleep())?;
     durably.register(approval())?;

@@ -436,6 +436,42 @@ fn demo_serves_nap() {
     assert_eq!(status, 400, "{error}");
 }
 
+/// `parent` (`demo-jobs.md`): `children` child runs of `echo`, each linked to the parent
+/// (`parentRunId`), then `{ "sum": 1 + … + children }`. 0 or more than 1,000 is refused.
+#[test]
+fn demo_serves_parent() {
+    let demo = start_demo();
+    let address = demo.address;
+    let (status, body) = json_call(
+        address,
+        "POST",
+        "/trigger",
+        Some(json!({"jobName": "parent", "input": {"children": 10}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body["runId"].as_str().expect("runId").to_owned();
+    let done = wait_for_status(address, &id, "completed");
+    assert_eq!(done["output"], json!({"sum": 55}));
+    let (status, runs) = json_call(address, "GET", "/runs?jobName=echo&limit=100", None);
+    assert_eq!(status, 200, "{runs}");
+    let children: Vec<&Value> = runs
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|run| run["parentRunId"] == json!(id))
+        .collect();
+    assert_eq!(children.len(), 10, "{runs}");
+    for children in [0, 1001] {
+        let (status, error) = json_call(
+            address,
+            "POST",
+            "/trigger",
+            Some(json!({"jobName": "parent", "input": {"children": children}})),
+        );
+        assert_eq!(status, 400, "{error}");
+    }
+}
+
 #[test]
 fn fuzz_reference_job_schemas_say_what_the_jobs_take() {
     let demo = start_demo();

@@ -186,6 +186,8 @@ impl Durably {
             start_at,
             debounce: options.debounce,
             priority: options.priority,
+            parent_run_id: None,
+            parent_wait_id: None,
         })
     }
 
@@ -207,6 +209,7 @@ impl Durably {
                 Error::storage("enqueue", "the worker stopped before answering the trigger")
             })?,
             Handed::Refused(request) => {
+                let request = *request;
                 let enqueued = self
                     .inner
                     .store
@@ -270,6 +273,53 @@ impl Durably {
                 }
             })
             .collect())
+    }
+
+    /// Triggers the children of an invoke in one transaction (idempotent by their keys), linked
+    /// to `parent_run_id` and its wait `parent_wait_id` (see `crate::children`); returns their
+    /// runs as they stand, in order.
+    pub(crate) async fn trigger_children(
+        &self,
+        job_name: &str,
+        items: Vec<(Value, TriggerOptions)>,
+        parent_run_id: &str,
+        parent_wait_id: &str,
+    ) -> Result<Vec<Run>> {
+        let job = self.registered(job_name)?;
+        let requests = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (input, options))| {
+                let mut request = self.prepare(&job, input, options, Some(i))?;
+                request.parent_run_id = Some(parent_run_id.to_owned());
+                request.parent_wait_id = Some(parent_wait_id.to_owned());
+                Ok(request)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let _announcing = self.inner.engine.announcing.read().await;
+        let enqueued = self
+            .inner
+            .store
+            .enqueue_many(requests.clone(), Timestamp::now())
+            .await?;
+        Ok(enqueued
+            .into_iter()
+            .zip(&requests)
+            .map(|(enqueued, request)| {
+                self.announce(&enqueued, request);
+                enqueued.run
+            })
+            .collect())
+    }
+
+    /// The child runs of `run_id` ([`StepContext::invoke`](crate::StepContext::invoke)),
+    /// newest first: [`Durably::get_runs`] with [`RunFilter::parent_run_id`].
+    pub async fn get_children(&self, run_id: &str) -> Result<Vec<Run>> {
+        check_run_id(run_id)?;
+        self.inner
+            .store
+            .get_runs(&RunFilter::new().parent_run_id(run_id))
+            .await
     }
 
     /// One run, or `None`. An id with a NUL character is [`Error::Validation`](crate::Error::Validation) (no backend can

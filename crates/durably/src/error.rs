@@ -73,6 +73,19 @@ pub enum Error {
         /// The run's error message (`Run failed` when none was stored).
         message: String,
     },
+    /// A child run of an invoke ([`StepContext::invoke`](crate::StepContext::invoke)) failed
+    /// or was cancelled: the first such child in input order, with its stored error.
+    #[error("child run {run_id} of invoke \"{name}\" {status}: {message}")]
+    Child {
+        /// The invoke's name.
+        name: String,
+        /// The child run.
+        run_id: String,
+        /// How it ended (`failed` or `cancelled`).
+        status: crate::run::RunStatus,
+        /// The child's error message (`cancelled` for a cancelled child without one).
+        message: String,
+    },
     /// A signal reached a durable wait whose deadline had passed: the wait is resolved as a
     /// timeout (`Wait expired: <wait id>`; upstream's `WaitExpiredError`, HTTP 410).
     #[error("Wait expired: {wait_id}")]

@@ -206,6 +206,8 @@ mod tests {
             lease_generation: 0,
             waiting_on_wait_id: None,
             priority: 0,
+            parent_run_id: None,
+            parent_wait_id: None,
             started_at: None,
             completed_at: None,
             created_at: now,

@@ -78,6 +78,11 @@ impl<I: JobData, O: JobData> JobHandle<I, O> {
         }
     }
 
+    /// The instance the handle triggers through.
+    pub(crate) fn durably(&self) -> &Durably {
+        &self.durably
+    }
+
     /// The job's name.
     pub fn name(&self) -> &str {
         &self.name

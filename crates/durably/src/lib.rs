@@ -178,6 +178,7 @@
 
 pub mod attempts;
 mod builder;
+pub mod children;
 mod config;
 mod durably;
 mod engine;
@@ -210,6 +211,7 @@ mod worker;
 // requests, notices, schema version, ...) stays in `durably::store`.
 pub use attempts::{Attempt, AttemptStatus, InterruptionReason, StepAttempt, StepOptions};
 pub use builder::DurablyBuilder;
+pub use children::InvokeOptions;
 pub use config::{Config, Tuning, parse_retention};
 pub use durably::{Durably, JobInfo};
 pub use engine::Outcome;
@@ -259,6 +261,11 @@ pub struct TimeDocDoctests;
 #[doc = include_str!("../../../docs/priorities.md")]
 #[cfg(doctest)]
 pub struct PrioritiesDocDoctests;
+
+/// The examples of `docs/children.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/children.md")]
+#[cfg(doctest)]
+pub struct ChildrenDocDoctests;
 
 /// The examples of `docs/schedules.md`, compiled as doctests.
 #[doc = include_str!("../../../docs/schedules.md")]

@@ -185,6 +185,16 @@ pub struct Run<I = Value, O = Value> {
     /// upstream's JSON shape.
     #[serde(default, skip_serializing_if = "is_default_priority")]
     pub priority: i32,
+    /// The run that invoked this one as a child run ([`crate::StepContext::invoke`]); `None`
+    /// for a run triggered otherwise. Serialized only when set, so other runs keep upstream's
+    /// JSON shape. Stored in durably's own column `rs_parent_run_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// The parent's durable wait (`children:<name>`) that this child's end resolves once all
+    /// the children of its invoke have ended (durably's own column `rs_parent_wait_id`).
+    /// Serialized only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_wait_id: Option<String>,
     /// First claim time.
     pub started_at: Option<Timestamp>,
     /// When the run reached a terminal state.
@@ -230,6 +240,8 @@ impl Run {
             lease_generation: self.lease_generation,
             waiting_on_wait_id: self.waiting_on_wait_id,
             priority: self.priority,
+            parent_run_id: self.parent_run_id,
+            parent_wait_id: self.parent_wait_id,
             started_at: self.started_at,
             completed_at: self.completed_at,
             created_at: self.created_at,
@@ -270,6 +282,8 @@ pub struct RunFilter {
     pub limit: Option<u64>,
     /// Skip this many runs first (works with or without `limit`).
     pub offset: Option<u64>,
+    /// Only the child runs of this parent run ([`Run::parent_run_id`]).
+    pub parent_run_id: Option<String>,
 }
 
 impl RunFilter {
@@ -323,6 +337,12 @@ impl RunFilter {
     /// Skips runs before returning.
     pub fn offset(mut self, offset: u64) -> Self {
         self.offset = Some(offset);
+        self
+    }
+
+    /// Only the child runs of `run_id` ([`Run::parent_run_id`]).
+    pub fn parent_run_id(mut self, run_id: impl Into<String>) -> Self {
+        self.parent_run_id = Some(run_id.into());
         self
     }
 }

@@ -186,6 +186,8 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
     assert_eq!(
         own_indexes,
         [
+            "durably_rs_runs_parent",
+            "durably_rs_runs_parent_wait",
             "durably_rs_runs_pending_priority",
             "durably_rs_schedules_due"
         ]
@@ -197,7 +199,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows");
-    assert_eq!(own_versions, [1, 2]);
+    assert_eq!(own_versions, [1, 2, 3]);
     // A database whose version table of ours was lost climbs our ladder again without error
     // (SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there is the step applied).
     conn.execute_batch("DROP TABLE durably_rs_schema_versions")
@@ -210,7 +212,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
             |row| row.get(0),
         )
         .expect("our version");
-    assert_eq!(again, 2);
+    assert_eq!(again, 3);
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -227,6 +229,8 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         "waiting_on_wait_id",
         "resume_claimed_at",
         "rs_priority",
+        "rs_parent_run_id",
+        "rs_parent_wait_id",
     ] {
         assert!(columns.iter().any(|c| c == column), "column {column}");
     }
@@ -349,11 +353,13 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3", "4"]
+        ["1", "2", "3", "4", "5"]
     );
     assert_eq!(
         pg_own_indexes(&schema).await,
         [
+            "durably_rs_runs_parent",
+            "durably_rs_runs_parent_wait",
             "durably_rs_runs_pending_key_priority_order",
             "durably_rs_runs_pending_order",
             "durably_rs_runs_pending_priority_order",
@@ -373,8 +379,8 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     db.store.migrate().await.expect("migrate an older database");
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3", "4"]
+        ["1", "2", "3", "4", "5"]
     );
-    assert_eq!(pg_own_indexes(&schema).await.len(), 4);
+    assert_eq!(pg_own_indexes(&schema).await.len(), 6);
     assert_eq!(db.store.schema_version().await.expect("version"), 4);
 }

@@ -853,6 +853,8 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
     assert_eq!(
         partial,
         [
+            "durably_rs_runs_parent",
+            "durably_rs_runs_parent_wait",
             "durably_rs_runs_pending_key_priority_order",
             "durably_rs_runs_pending_order",
             "durably_rs_runs_pending_priority_order",
@@ -861,7 +863,7 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
             "idx_durably_runs_pending_concurrency",
             "idx_durably_steps_completed_unique"
         ],
-        "upstream's two partial indexes and durably's own five"
+        "upstream's two partial indexes and durably's own seven"
     );
     let types: Vec<(String, String)> = admin
         .query(
@@ -880,9 +882,12 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
         "lease_generation",
         "rs_priority",
     ];
-    // Upstream's 21 columns and durably's nullable `rs_priority`, last.
-    assert_eq!(types.len(), 22);
+    // Upstream's 21 columns and durably's nullable `rs_priority`, `rs_parent_run_id` and
+    // `rs_parent_wait_id`, last.
+    assert_eq!(types.len(), 24);
     assert_eq!(types[21].0, "rs_priority");
+    assert_eq!(types[22].0, "rs_parent_run_id");
+    assert_eq!(types[23].0, "rs_parent_wait_id");
     for (column, data_type) in &types {
         let expected = if integers.contains(&column.as_str()) {
             "integer"
@@ -1072,7 +1077,11 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
              DROP INDEX durably_rs_runs_pending_priority_order; \
              DROP INDEX durably_rs_runs_pending_key_priority_order; \
              DROP INDEX durably_rs_waits_resumable; \
-             ALTER TABLE durably_runs DROP COLUMN rs_priority; DROP TABLE durably_rs_schema_versions"
+             DROP INDEX durably_rs_runs_parent; DROP INDEX durably_rs_runs_parent_wait; \
+             ALTER TABLE durably_runs DROP COLUMN rs_priority; \
+             ALTER TABLE durably_runs DROP COLUMN rs_parent_run_id; \
+             ALTER TABLE durably_runs DROP COLUMN rs_parent_wait_id; \
+             DROP TABLE durably_rs_schema_versions"
         ))
         .await
         .expect("drop the indexes");
@@ -1082,6 +1091,8 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
         "durably_rs_runs_pending_priority_order",
         "durably_rs_runs_pending_key_priority_order",
         "durably_rs_waits_resumable",
+        "durably_rs_runs_parent",
+        "durably_rs_runs_parent_wait",
     ] {
         let exists: bool = admin
             .query_one(&format!("SELECT to_regclass('{index}') IS NOT NULL"), &[])

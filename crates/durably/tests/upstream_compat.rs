@@ -159,9 +159,10 @@ async fn open_fixture(path: &Path) -> Durably {
 }
 
 /// The columns upstream's versions 3 and 4 add to `durably_runs`, as SQLite appends them to the
-/// table's DDL, then the nullable column of durably's own additions (version 1: priorities).
-const RUNS_V4_COLUMNS: &str =
-    ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text, \"rs_priority\" integer";
+/// table's DDL, then the nullable columns of durably's own additions (version 1: priorities;
+/// version 3: child runs' parent and parent wait).
+const RUNS_V4_COLUMNS: &str = ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text, \
+     \"rs_priority\" integer, \"rs_parent_run_id\" text, \"rs_parent_wait_id\" text";
 
 /// What `sqlite_master` of an upstream v1 database becomes at version 4: the v1 objects
 /// unchanged except `durably_runs`, which gains upstream's two columns (and durably's nullable
@@ -189,6 +190,8 @@ fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
         "durably_rs_schedules",
         "sqlite_autoindex_durably_rs_schedules_1",
         "durably_rs_schedules_due",
+        "durably_rs_runs_parent",
+        "durably_rs_runs_parent_wait",
     ];
     // durably's own objects (which the TypeScript runtime ignores) are exactly those listed.
     let own: Vec<&MasterRow> = migrated
@@ -197,7 +200,7 @@ fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
         .collect();
     assert_eq!(
         own.len(),
-        5,
+        7,
         "durably's own objects are the listed ones: {own:#?}"
     );
     for name in added {
@@ -235,13 +238,13 @@ async fn migrate_takes_an_upstream_v1_database_to_version_4_keeping_every_row() 
 
     let after = snapshot(&path);
     assert_eq!(after.master, expected_master_v4(&after.master));
-    // Every row of version 1's tables is kept; a run gains three NULL columns (upstream's two
-    // and durably's `rs_priority`).
+    // Every row of version 1's tables is kept; a run gains five NULL columns (upstream's two
+    // and durably's `rs_priority`, `rs_parent_run_id`, `rs_parent_wait_id`).
     for (table, rows) in &before.rows {
         let mut expected = rows.clone();
         if table == "durably_runs" {
             for row in &mut expected {
-                row.extend([SqlValue::Null, SqlValue::Null, SqlValue::Null]);
+                row.extend(std::iter::repeat_n(SqlValue::Null, 5));
             }
         }
         if table == "durably_schema_versions" {

@@ -136,6 +136,20 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
             print_line(line, &synchronous);
         }
     }
+    if args.workload.iter().any(|w| w == "fanout-children") {
+        for &concurrency in &args.concurrency {
+            let store = setup.fresh_store(concurrency + 4)?;
+            let line = super::children::children_on(
+                Arc::new(store.clone()),
+                "postgres",
+                concurrency,
+                args.children,
+            )
+            .await?;
+            store.drop_schema().await?;
+            print_line(line, &synchronous);
+        }
+    }
     if wanted("multi-worker") {
         let line = multi_worker(&mut setup, args.jobs).await?;
         print_line(line, &synchronous);

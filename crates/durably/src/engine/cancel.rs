@@ -25,7 +25,21 @@ impl Engine {
     /// Cancels `run` (read by the caller, pending or leased) in the store and announces it
     /// (`run:cancel`); fires its token if it executes here. `false` when the store no longer
     /// had it pending or leased (nothing written, nothing announced).
+    ///
+    /// A child run's cancel then resolves its parent's wait (the invoke fails, naming it), and
+    /// the run's own children that are cancelled with their parent are cancelled too,
+    /// recursively (see `crate::children`).
     pub(crate) async fn cancel(&self, run: &Run) -> Result<bool> {
+        if !self.cancel_one(run).await? {
+            return Ok(false);
+        }
+        self.child_ended(run).await;
+        self.cancel_children(&run.id).await;
+        Ok(true)
+    }
+
+    /// [`Engine::cancel`] of `run` alone.
+    pub(super) async fn cancel_one(&self, run: &Run) -> Result<bool> {
         // Marked before the write: the worker executing the run here may see the cancellation
         // in the store before this call emits `run:cancel`, and must not announce it too.
         self.mark_cancel_announced(&run.id, true);

@@ -209,6 +209,9 @@ impl Engine {
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)
             .await;
+        if matches!(outcome, Outcome::Completed | Outcome::Failed) {
+            self.child_ended(&run).await;
+        }
         drop(active);
         Ended {
             looked: claim > 0 && matches!(outcome, Outcome::Completed | Outcome::Suspended),

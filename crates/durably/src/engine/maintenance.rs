@@ -54,6 +54,9 @@ impl Maintenance {
                 retain,
             }));
         }
+        tasks.push(Arc::new(super::children::ChildrenSweep {
+            store: store.clone(),
+        }));
         tasks.extend(extra);
         tasks.extend(store.maintenance_tasks());
         let clocks = tokio::sync::Mutex::new(vec![Clock::default(); tasks.len()]);

@@ -9,6 +9,7 @@
 //! | `execute.rs` | executing one run: its job function, recording how it ended |
 //! | `lease_keeper.rs` | renewing a lease and noticing its loss |
 //! | `cancel.rs` | the cancellation protocol, whichever process cancels |
+//! | `children.rs` | child runs: a child's end resolves its parent's wait, cancels cascade |
 //! | `backoff.rs` | claims while the store fails |
 //! | `maintenance.rs` | the engine's maintenance tasks and their cadence |
 //! | `wait_expiry.rs` | resolving durable waits whose deadline passed |
@@ -22,6 +23,7 @@
 
 mod backoff;
 mod cancel;
+mod children;
 mod claim_loop;
 mod execute;
 mod held;

@@ -29,7 +29,7 @@ pub(crate) enum Handed {
     /// The loop took it; its outcome comes on the receiver.
     Taken(oneshot::Receiver<Result<Enqueued>>),
     /// The loop is not waiting: the caller enqueues the run itself.
-    Refused(NewRun),
+    Refused(Box<NewRun>),
 }
 
 /// The sending side of the worker loop's intake; `None` while the loop does not take
@@ -45,12 +45,12 @@ impl Engine {
     pub(crate) fn hand_off(&self, run: NewRun) -> Handed {
         let intake = lock(&self.intake.0);
         let Some(sender) = intake.as_ref() else {
-            return Handed::Refused(run);
+            return Handed::Refused(Box::new(run));
         };
         let (reply, answer) = oneshot::channel();
         match sender.send(HandOff { run, reply }) {
             Ok(()) => Handed::Taken(answer),
-            Err(unsent) => Handed::Refused(unsent.0.run),
+            Err(unsent) => Handed::Refused(Box::new(unsent.0.run)),
         }
     }
 

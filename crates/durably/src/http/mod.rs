@@ -245,6 +245,10 @@ pub struct ClientRun {
     /// ordinary run keeps upstream's shape).
     #[serde(default, skip_serializing_if = "is_default_priority")]
     pub priority: i32,
+    /// The run that invoked this one as a child run (durably's addition; left out for other
+    /// runs, so they keep upstream's shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 fn is_default_priority(priority: &i32) -> bool {
@@ -258,6 +262,7 @@ impl From<Run> for ClientRun {
             is_waiting: run.status == RunStatus::Waiting,
             is_active: run.status.is_active(),
             priority: run.priority,
+            parent_run_id: run.parent_run_id,
             id: run.id,
             job_name: run.job_name,
             input: run.input,

@@ -524,7 +524,8 @@ fn runs_document(durably: &Durably) -> Value {
                 "isTerminal": { "type": "boolean" },
                 "isWaiting": { "type": "boolean" },
                 "isActive": { "type": "boolean" },
-                "priority": { "type": "integer", "description": "Claim priority given at trigger time (durably for Rust extension); absent when 0" }
+                "priority": { "type": "integer", "description": "Claim priority given at trigger time (durably for Rust extension); absent when 0" },
+                "parentRunId": { "type": "string", "description": "The run that invoked this one as a child run (durably for Rust extension); absent otherwise" }
             }, "required": ["id", "jobName", "input", "status", "currentStepIndex", "completedStepCount",
                 "progress", "output", "error", "labels", "startedAt", "completedAt", "createdAt", "isTerminal",
                 "isWaiting", "isActive"] },

@@ -118,6 +118,8 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 ///   0) DESC, created_at, id)` of the pending keyed runs, in place of version 1's keyed index.
 ///
 /// Version 4, cron schedules ([`POSTGRES_SCHEDULES`]).
+///
+/// Version 5, child runs ([`POSTGRES_CHILDREN`]).
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
@@ -157,6 +159,10 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
             version: 4,
             statements: POSTGRES_SCHEDULES,
         },
+        Migration {
+            version: 5,
+            statements: POSTGRES_CHILDREN,
+        },
     ],
 };
 
@@ -172,6 +178,8 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
 ///   other.
 ///
 /// Version 2, cron schedules ([`SQLITE_SCHEDULES`]).
+///
+/// Version 3, child runs ([`SQLITE_CHILDREN`]).
 pub(crate) const SQLITE_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
@@ -188,6 +196,10 @@ pub(crate) const SQLITE_OWN: Ladder = Ladder {
         Migration {
             version: 2,
             statements: SQLITE_SCHEDULES,
+        },
+        Migration {
+            version: 3,
+            statements: SQLITE_CHILDREN,
         },
     ],
 };
@@ -216,6 +228,33 @@ pub(crate) const SQLITE_SCHEDULES: &[&str] = &[
      WHERE paused = 0",
 ];
 
+/// Child runs on PostgreSQL ([`crate::StepContext::invoke`]): the nullable columns
+/// `durably_runs.rs_parent_run_id` (the parent of a child run) and `rs_parent_wait_id` (the
+/// parent's wait its end resolves), NULL for every other run (the TypeScript runtime neither
+/// reads nor writes them); `durably_rs_runs_parent` lists a parent's children,
+/// `durably_rs_runs_parent_wait` tells whether the children of one wait are settled. Both
+/// indexes are partial, so runs that are not children cost them nothing. Self-contained.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_CHILDREN: &[&str] = &[
+    "ALTER TABLE durably_runs ADD COLUMN IF NOT EXISTS rs_parent_run_id text",
+    "ALTER TABLE durably_runs ADD COLUMN IF NOT EXISTS rs_parent_wait_id text",
+    "CREATE INDEX IF NOT EXISTS durably_rs_runs_parent ON durably_runs (rs_parent_run_id) \
+     WHERE rs_parent_run_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS durably_rs_runs_parent_wait ON durably_runs \
+     (rs_parent_wait_id, status) WHERE rs_parent_wait_id IS NOT NULL",
+];
+
+/// Child runs on SQLite, as on PostgreSQL ([`POSTGRES_CHILDREN`] when built with it). A
+/// column already there ("duplicate column name") counts as applied.
+pub(crate) const SQLITE_CHILDREN: &[&str] = &[
+    "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_parent_run_id\" text",
+    "ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_parent_wait_id\" text",
+    "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_parent\" on \"durably_runs\" \
+     (\"rs_parent_run_id\") WHERE \"rs_parent_run_id\" IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_parent_wait\" on \"durably_runs\" \
+     (\"rs_parent_wait_id\", \"status\") WHERE \"rs_parent_wait_id\" IS NOT NULL",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +274,7 @@ mod tests {
         assert_eq!(UPSTREAM.pending(0).count(), 4);
         assert_eq!(UPSTREAM.pending(1).count(), 3);
         assert_eq!(UPSTREAM.pending(4).count(), 0);
-        assert_eq!(SQLITE_OWN.latest(), 2);
+        assert_eq!(SQLITE_OWN.latest(), 3);
     }
 
     #[test]

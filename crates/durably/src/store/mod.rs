@@ -88,6 +88,12 @@ pub struct NewRun {
     /// priority, then by age. Stored in durably's own nullable column `rs_priority` (NULL for
     /// 0), which the TypeScript runtime does not read.
     pub priority: i32,
+    /// The parent of a child run ([`crate::StepContext::invoke`]), stored in durably's own
+    /// nullable column `rs_parent_run_id` ([`Run::parent_run_id`]).
+    pub parent_run_id: Option<String>,
+    /// The parent's wait that the child's end resolves, stored in `rs_parent_wait_id`
+    /// ([`Run::parent_wait_id`]).
+    pub parent_wait_id: Option<String>,
 }
 
 /// The outcome of [`Store::enqueue`].
@@ -552,6 +558,34 @@ pub trait Store: Send + Sync + 'static {
     /// The waits of a run in `created_at`, then id, order (empty for an unknown run).
     async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>>;
 
+    /// Whether the children of the parent's wait `parent_wait_id` (the child runs of
+    /// `parent_run_id` whose [`Run::parent_wait_id`] it is; see [`crate::StepContext::invoke`])
+    /// are settled: one of them failed or was cancelled, or none is pending, leased or
+    /// waiting. Read-only. The default reads the parent's children through
+    /// [`Store::get_runs`]; the SQL backends answer from an index of the children by wait and
+    /// status, in time independent of the number of children.
+    async fn children_settled(&self, parent_run_id: &str, parent_wait_id: &str) -> Result<bool> {
+        let children = self
+            .get_runs(&RunFilter::new().parent_run_id(parent_run_id))
+            .await?;
+        Ok(children_settled(
+            children
+                .iter()
+                .filter(|run| run.parent_wait_id.as_deref() == Some(parent_wait_id))
+                .map(|run| run.status),
+        ))
+    }
+
+    /// Up to `limit` ids of pending waits named `children:*` ([`CHILDREN_WAIT_PREFIX`]) on
+    /// which their run has been suspended (`suspended_at` set, so its children exist) and whose
+    /// children are settled ([`Store::children_settled`]): the waits a crash left unsignalled
+    /// between a child's end and the signal. Read-only; the engine's maintenance signals them.
+    /// The default finds none (a backend without the query relies on the children's ends).
+    async fn settled_children_waits(&self, limit: u64) -> Result<Vec<String>> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// Stores progress (or clears it with `None`) if the fence still holds.
     async fn update_progress(
         &self,
@@ -845,11 +879,31 @@ pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
         lease_generation: 0,
         waiting_on_wait_id: None,
         priority: request.priority,
+        parent_run_id: request.parent_run_id.clone(),
+        parent_wait_id: request.parent_wait_id.clone(),
         started_at: None,
         completed_at: None,
         created_at: now,
         updated_at: now,
     }
+}
+
+/// The prefix of the wait on which a parent waits for the children of one invoke: an invoke
+/// named `n` waits on `children:n` ([`crate::StepContext::invoke`]).
+pub const CHILDREN_WAIT_PREFIX: &str = "children:";
+
+/// Whether children with these statuses are settled: one failed or was cancelled, or none is
+/// pending, leased or waiting (see [`Store::children_settled`]).
+pub fn children_settled(statuses: impl IntoIterator<Item = RunStatus>) -> bool {
+    let mut unfinished = false;
+    for status in statuses {
+        match status {
+            RunStatus::Failed | RunStatus::Cancelled => return true,
+            RunStatus::Completed => {}
+            _ => unfinished = true,
+        }
+    }
+    !unfinished
 }
 
 /// The name of a delayed run's wait ([`NewRun::start_at`]).

@@ -639,6 +639,9 @@ impl Store for MemoryStore {
             .filter(|run| filter.statuses.is_empty() || filter.statuses.contains(&run.status))
             .filter(|run| filter.job_names.is_empty() || filter.job_names.contains(&run.job_name))
             .filter(|run| {
+                filter.parent_run_id.is_none() || run.parent_run_id == filter.parent_run_id
+            })
+            .filter(|run| {
                 filter
                     .labels
                     .iter()
@@ -1045,6 +1048,46 @@ impl Store for MemoryStore {
             .collect();
         found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(found)
+    }
+
+    async fn children_settled(&self, _parent_run_id: &str, parent_wait_id: &str) -> Result<bool> {
+        let state = self.lock();
+        Ok(crate::store::children_settled(
+            state
+                .runs
+                .values()
+                .filter(|run| run.parent_wait_id.as_deref() == Some(parent_wait_id))
+                .map(|run| run.status),
+        ))
+    }
+
+    async fn settled_children_waits(&self, limit: u64) -> Result<Vec<String>> {
+        let state = self.lock();
+        let mut waits: Vec<&DurableWait> = state
+            .waits
+            .values()
+            .filter(|w| {
+                w.status == WaitStatus::Pending
+                    && w.name.starts_with(crate::store::CHILDREN_WAIT_PREFIX)
+                    && w.suspended_at.is_some()
+            })
+            .filter(|w| {
+                crate::store::children_settled(
+                    state
+                        .runs
+                        .values()
+                        .filter(|run| run.parent_wait_id.as_deref() == Some(w.id.as_str()))
+                        .map(|run| run.status),
+                )
+            })
+            .collect();
+        waits.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(waits
+            .into_iter()
+            .take(limit)
+            .map(|w| w.id.clone())
+            .collect())
     }
 
     async fn update_progress(

@@ -231,7 +231,10 @@ macro_rules! store_contract_tests {
             schedules_keep_their_state_across_definitions,
             fire_schedule_is_a_compare_and_set_with_its_runs,
             a_refused_run_rolls_the_whole_firing_back,
-            concurrent_firings_of_a_slot_have_exactly_one_winner
+            concurrent_firings_of_a_slot_have_exactly_one_winner,
+            children_are_linked_and_listed_per_parent,
+            children_settle_when_all_end_or_one_fails,
+            children_settle_when_all_complete_or_one_is_cancelled
         );
     };
 }

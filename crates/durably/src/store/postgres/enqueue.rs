@@ -17,6 +17,9 @@ pub(super) struct Prepared {
     pub(super) labels_valid: bool,
     /// The run's priority, NULL for 0 (`rs_priority`).
     pub(super) priority: Option<i32>,
+    /// A child run's parent and the parent's wait (`rs_parent_run_id`, `rs_parent_wait_id`).
+    pub(super) parent_run_id: Option<String>,
+    pub(super) parent_wait_id: Option<String>,
     /// `coalesce: active` with a concurrency key: the statement is [`active_enqueue_sql`], run
     /// after the key's advisory lock ([`ENQUEUE_KEY_LOCK`]) in the same transaction.
     pub(super) active: bool,
@@ -43,6 +46,8 @@ impl Prepared {
             label_values: run.labels.values().cloned().collect(),
             labels_valid,
             priority: (run.priority != 0).then_some(run.priority),
+            parent_run_id: run.parent_run_id.clone(),
+            parent_wait_id: run.parent_wait_id.clone(),
             active: run.coalesce == Some(Coalesce::Active) && run.concurrency_key.is_some(),
         })
     }
@@ -73,6 +78,8 @@ impl Prepared {
             &self.label_values,
             channel,
             &self.priority,
+            &self.parent_run_id,
+            &self.parent_wait_id,
         ]
     }
 }

@@ -60,9 +60,9 @@ fn enqueue_sql_reusing(reuse: &str) -> String {
          pend AS ({reuse}), \
          ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
            concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
-           created_at, updated_at, rs_priority) \
+           created_at, updated_at, rs_priority, rs_parent_run_id, rs_parent_wait_id) \
            SELECT $4::text, $1::text, $5::text, 'pending', $2::text, $3::text, $6::text, 0, 0, 0, \
-           $7::text, $7::text, $11::integer WHERE NOT EXISTS (SELECT 1 FROM mine) \
+           $7::text, $7::text, $11::integer, $12::text, $13::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
            AND NOT EXISTS (SELECT 1 FROM idem) AND NOT EXISTS (SELECT 1 FROM pend) \
            ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}), \
          lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
@@ -147,6 +147,10 @@ pub(super) fn runs_query<'a>(
     // from (the `(key, value)` index); then the labels of each candidate run, read through
     // the `(run_id, key)` index whatever the table's statistics say, are compared with the
     // filter value of their key, and all must be there.
+    if let Some(parent) = &filter.parent_run_id {
+        params.push(parent);
+        conditions.push_str(&format!(" AND r.rs_parent_run_id = ${}", params.len()));
+    }
     if let (Some(key), Some(value)) = (values.label_keys.first(), values.label_values.first()) {
         params.push(key);
         params.push(value);
@@ -498,3 +502,19 @@ pub(super) const FENCED_R: &str =
 pub(super) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+/// Whether the children of the wait `$1` are settled (one failed or cancelled, or none
+/// unfinished), from `durably_rs_runs_parent_wait`.
+pub(super) const CHILDREN_SETTLED: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs \
+     WHERE rs_parent_wait_id = $1 AND status IN ('failed', 'cancelled')) \
+     OR NOT EXISTS (SELECT 1 FROM durably_runs WHERE rs_parent_wait_id = $1 \
+     AND status IN ('pending', 'leased', 'waiting'))";
+
+/// Up to `$1` pending `children:*` waits a run was suspended on whose children are settled.
+pub(super) const SETTLED_CHILDREN_WAITS: &str = "SELECT w.id FROM durably_waits w \
+     WHERE w.status = 'pending' AND w.name LIKE 'children:%' AND w.suspended_at IS NOT NULL \
+     AND (EXISTS (SELECT 1 FROM durably_runs c WHERE c.rs_parent_wait_id = w.id \
+     AND c.status IN ('failed', 'cancelled')) \
+     OR NOT EXISTS (SELECT 1 FROM durably_runs c WHERE c.rs_parent_wait_id = w.id \
+     AND c.status IN ('pending', 'leased', 'waiting'))) \
+     ORDER BY w.created_at, w.id LIMIT $1";

@@ -615,6 +615,29 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn children_settled(&self, _parent_run_id: &str, parent_wait_id: &str) -> Result<bool> {
+        let settled = self
+            .read(
+                "children_settled",
+                sql::CHILDREN_SETTLED,
+                &[&parent_wait_id],
+                |row| Ok(row.try_get::<_, bool>(0)?),
+            )
+            .await?;
+        Ok(settled.first().copied().unwrap_or(false))
+    }
+
+    async fn settled_children_waits(&self, limit: u64) -> Result<Vec<String>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(
+            "settled_children_waits",
+            sql::SETTLED_CHILDREN_WAITS,
+            &[&limit],
+            |row| Ok(row.try_get::<_, String>(0)?),
+        )
+        .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

@@ -101,6 +101,8 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         lease_generation: row.get(14)?,
         waiting_on_wait_id: row.get(19)?,
         priority: row.get::<_, Option<i32>>(20)?.unwrap_or(0),
+        parent_run_id: row.get(21)?,
+        parent_wait_id: row.get(22)?,
         started_at: row.get(15)?,
         completed_at: row.get(16)?,
         created_at: row.get(17)?,
@@ -283,7 +285,9 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
             request.concurrency_key,
             labels,
             now,
-            (request.priority != 0).then_some(request.priority)
+            (request.priority != 0).then_some(request.priority),
+            request.parent_run_id,
+            request.parent_wait_id
         ])
     })
     .map_err(|e| {
@@ -1281,4 +1285,22 @@ pub(super) fn get_waits(conn: &Connection, run_id: &str) -> Result<Vec<DurableWa
     conn.prepare_cached(sql::WAITS_OF_RUN)
         .and_then(|mut stmt| stmt.query_map([run_id], wait_from_row)?.collect())
         .map_err(sql_error("get_waits"))
+}
+
+/// Whether the children of the wait `parent_wait_id` are settled ([`Store::children_settled`]).
+pub(super) fn children_settled(conn: &Connection, parent_wait_id: &str) -> Result<bool> {
+    conn.prepare_cached(sql::CHILDREN_SETTLED)
+        .and_then(|mut stmt| stmt.query_row([parent_wait_id], |row| row.get(0)))
+        .map_err(sql_error("children_settled"))
+}
+
+/// Up to `limit` settled children waits ([`Store::settled_children_waits`]).
+pub(super) fn settled_children_waits(conn: &Connection, limit: u64) -> Result<Vec<String>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(sql::SETTLED_CHILDREN_WAITS)
+        .and_then(|mut stmt| {
+            stmt.query_map([limit], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(sql_error("settled_children_waits"))
 }

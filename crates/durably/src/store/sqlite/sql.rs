@@ -49,7 +49,7 @@ macro_rules! run_columns {
         "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
     lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, \
-    waiting_on_wait_id, rs_priority"
+    waiting_on_wait_id, rs_priority, rs_parent_run_id, rs_parent_wait_id"
     };
 }
 
@@ -167,11 +167,27 @@ pub(crate) const OLDEST_WAITING_WITH_KEY: &str = concat!(
 );
 
 /// A new pending run.
-/// (`?8` the priority, NULL for 0).
+/// (`?8` the priority, NULL for 0; `?9` and `?10` a child run's parent and its wait).
 pub(crate) const INSERT_RUN: &str = "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
          labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at, \
-         rs_priority) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7, ?8)";
+         rs_priority, rs_parent_run_id, rs_parent_wait_id) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7, ?8, ?9, ?10)";
+
+/// Whether the children of the wait `?1` are settled (one failed or cancelled, or none
+/// unfinished), from `durably_rs_runs_parent_wait`.
+pub(crate) const CHILDREN_SETTLED: &str = "SELECT EXISTS (SELECT 1 FROM durably_runs \
+         WHERE rs_parent_wait_id = ?1 AND status IN ('failed', 'cancelled')) \
+         OR NOT EXISTS (SELECT 1 FROM durably_runs WHERE rs_parent_wait_id = ?1 \
+         AND status IN ('pending', 'leased', 'waiting'))";
+
+/// Up to `?1` pending `children:*` waits a run was suspended on whose children are settled.
+pub(crate) const SETTLED_CHILDREN_WAITS: &str = "SELECT w.id FROM durably_waits w \
+         WHERE w.status = 'pending' AND w.name LIKE 'children:%' AND w.suspended_at IS NOT NULL \
+         AND (EXISTS (SELECT 1 FROM durably_runs c WHERE c.rs_parent_wait_id = w.id \
+         AND c.status IN ('failed', 'cancelled')) \
+         OR NOT EXISTS (SELECT 1 FROM durably_runs c WHERE c.rs_parent_wait_id = w.id \
+         AND c.status IN ('pending', 'leased', 'waiting'))) \
+         ORDER BY w.created_at, w.id LIMIT ?1";
 
 /// One label of a new run.
 pub(crate) const INSERT_LABEL: &str =
@@ -582,6 +598,10 @@ pub(crate) fn list_runs(filter: &RunFilter) -> Result<(String, Vec<SqlArg>)> {
     if !filter.job_names.is_empty() {
         conditions.push_str(" AND r.job_name IN (SELECT value FROM json_each(?))");
         condition_args.push(SqlArg::json("get_runs", &filter.job_names)?);
+    }
+    if let Some(parent) = &filter.parent_run_id {
+        conditions.push_str(" AND r.rs_parent_run_id = ?");
+        condition_args.push(SqlArg::Text(parent.clone()));
     }
     if let Some((key, value)) = filter.labels.iter().next() {
         conditions.push_str(

@@ -247,6 +247,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn children_settled(&self, _parent_run_id: &str, parent_wait_id: &str) -> Result<bool> {
+        let wait_id = parent_wait_id.to_owned();
+        self.read("children_settled", move |conn| {
+            ops::children_settled(conn, &wait_id)
+        })
+        .await
+    }
+
+    async fn settled_children_waits(&self, limit: u64) -> Result<Vec<String>> {
+        self.read("settled_children_waits", move |conn| {
+            ops::settled_children_waits(conn, limit)
+        })
+        .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

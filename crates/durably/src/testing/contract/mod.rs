@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 mod attempts;
+mod children;
 mod claim;
 mod coalesce;
 mod enqueue;
@@ -17,6 +18,7 @@ mod waits;
 mod writes;
 
 pub use attempts::*;
+pub use children::*;
 pub use claim::*;
 pub use coalesce::*;
 pub use enqueue::*;
