@@ -186,11 +186,7 @@ impl PostgresStore {
                 return result;
             }
         }
-        Err(Error::Conflict(
-            "Conflict after retry for a batch trigger: concurrent triggers kept colliding with \
-             its keys. Concurrent modification detected."
-                .into(),
-        ))
+        Err(batch_conflict_after_retry())
     }
 }
 

@@ -138,3 +138,12 @@ pub(super) fn conflict_after_retry(run: &NewRun) -> Error {
         run.job_name
     ))
 }
+
+/// The error of a batch trigger that kept losing races with concurrent triggers of its keys.
+pub(super) fn batch_conflict_after_retry() -> Error {
+    Error::Conflict(
+        "Conflict after retry for a batch trigger: concurrent triggers kept colliding with its \
+         keys. Concurrent modification detected."
+            .into(),
+    )
+}

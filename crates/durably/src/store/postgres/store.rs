@@ -187,11 +187,7 @@ impl Store for PostgresStore {
                 return result;
             }
         }
-        Err(Error::Conflict(
-            "Conflict after retry for a batch trigger: concurrent triggers kept colliding with \
-             its keys. Concurrent modification detected."
-                .into(),
-        ))
+        Err(batch_conflict_after_retry())
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<Run>> {
