@@ -256,23 +256,29 @@ impl Durably {
             .enumerate()
             .map(|(i, (input, options))| self.prepare(&job, input, options, Some(i)))
             .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .enqueue_many_announced(requests)
+            .await?
+            .into_iter()
+            .map(|enqueued| TriggerResult {
+                run: enqueued.run,
+                disposition: enqueued.disposition,
+            })
+            .collect())
+    }
+
+    /// Enqueues `requests` in one transaction and announces each, in order.
+    async fn enqueue_many_announced(&self, requests: Vec<NewRun>) -> Result<Vec<Enqueued>> {
         let _announcing = self.inner.engine.announcing.read().await;
         let enqueued = self
             .inner
             .store
             .enqueue_many(requests.clone(), Timestamp::now())
             .await?;
-        Ok(enqueued
-            .into_iter()
-            .zip(&requests)
-            .map(|(enqueued, request)| {
-                self.announce(&enqueued, request);
-                TriggerResult {
-                    run: enqueued.run,
-                    disposition: enqueued.disposition,
-                }
-            })
-            .collect())
+        for (enqueued, request) in enqueued.iter().zip(&requests) {
+            self.announce(enqueued, request);
+        }
+        Ok(enqueued)
     }
 
     /// Triggers the children of an invoke in one transaction (idempotent by their keys), linked
@@ -296,19 +302,11 @@ impl Durably {
                 Ok(request)
             })
             .collect::<Result<Vec<_>>>()?;
-        let _announcing = self.inner.engine.announcing.read().await;
-        let enqueued = self
-            .inner
-            .store
-            .enqueue_many(requests.clone(), Timestamp::now())
-            .await?;
-        Ok(enqueued
+        Ok(self
+            .enqueue_many_announced(requests)
+            .await?
             .into_iter()
-            .zip(&requests)
-            .map(|(enqueued, request)| {
-                self.announce(&enqueued, request);
-                enqueued.run
-            })
+            .map(|enqueued| enqueued.run)
             .collect())
     }
 

@@ -997,16 +997,7 @@ async function submitTrigger(event) {
     const ok = $('trigger-ok')
     ok.replaceChildren(
       `${result.disposition === 'created' ? 'Triggered' : `Existing run (${result.disposition})`}: `,
-      el('a', {
-        href: `?run=${encodeURIComponent(result.runId)}`,
-        class: 'mono',
-        dataset: { testid: 'trigger-run' },
-        text: result.runId,
-        onclick: (e) => {
-          e.preventDefault()
-          openRun(result.runId)
-        },
-      }),
+      runLink(result.runId, 'trigger-run'),
     )
     ok.hidden = false
     scheduleRefresh()
@@ -1015,6 +1006,20 @@ async function submitTrigger(event) {
   } finally {
     button.disabled = false
   }
+}
+
+/** A link to a run's page that opens it in place (`testid` names it for the browser tests). */
+function runLink(runId, testid) {
+  return el('a', {
+    href: `?run=${encodeURIComponent(runId)}`,
+    class: 'mono',
+    dataset: { testid },
+    text: runId,
+    onclick: (e) => {
+      e.preventDefault()
+      openRun(runId)
+    },
+  })
 }
 
 // ---------- schedules
@@ -1096,19 +1101,7 @@ async function scheduleAction(kind, name, button) {
   try {
     const result = await api('POST', `/schedules/${kind}?name=${encodeURIComponent(name)}`)
     if (kind === 'trigger') {
-      ok.replaceChildren(
-        `Triggered ${name}: `,
-        el('a', {
-          href: `?run=${encodeURIComponent(result.runId)}`,
-          class: 'mono',
-          dataset: { testid: 'schedule-run' },
-          text: result.runId,
-          onclick: (e) => {
-            e.preventDefault()
-            openRun(result.runId)
-          },
-        }),
-      )
+      ok.replaceChildren(`Triggered ${name}: `, runLink(result.runId, 'schedule-run'))
       ok.hidden = false
       scheduleRefresh()
     }
