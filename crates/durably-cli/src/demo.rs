@@ -72,7 +72,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     server::serve(durably, &args.host, args.port, timeout, |address| {
         println!("durably demo: http://{address}{BASE_PATH}");
         println!("  dashboard: http://{address}/");
-        println!("  jobs: echo, steps, sleep, approval, fanout, flaky, nap · database: {db} · Ctrl-C stops");
+        println!("  jobs: echo, steps, sleep, approval, fanout, flaky, nap, parent · database: {db} · Ctrl-C stops");
         println!(
             "  try: curl -s -X POST http://{address}{BASE_PATH}/trigger -d '{{\"jobName\":\"steps\",\"input\":{{\"count\":5,\"stepMs\":500}}}}'"
         );

@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the reference jobs (echo, steps, sleep, approval, fanout, flaky, nap) on embedded SQLite (or PostgreSQL with a
+    /// Run the reference jobs (echo, steps, sleep, approval, fanout, flaky, nap, parent) on embedded SQLite (or PostgreSQL with a
     /// `postgres://` --db) and watch them execute.
     ///
     /// It also registers the cron schedule `heartbeat`: echo with {"value": "heartbeat"} at
