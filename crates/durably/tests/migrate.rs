@@ -189,6 +189,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
             "durably_rs_runs_parent",
             "durably_rs_runs_parent_wait",
             "durably_rs_runs_pending_priority",
+            "durably_rs_runs_waiting_priority",
             "durably_rs_schedules_due"
         ]
     );

@@ -187,6 +187,7 @@ fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
         "idx_durably_waits_due",
         "durably_rs_schema_versions",
         "durably_rs_runs_pending_priority",
+        "durably_rs_runs_waiting_priority",
         "durably_rs_schedules",
         "sqlite_autoindex_durably_rs_schedules_1",
         "durably_rs_schedules_due",
@@ -200,7 +201,7 @@ fn expected_master_v4(migrated: &[MasterRow]) -> Vec<MasterRow> {
         .collect();
     assert_eq!(
         own.len(),
-        7,
+        8,
         "durably's own objects are the listed ones: {own:#?}"
     );
     for name in added {

@@ -175,7 +175,9 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
 ///   order (`rs_priority DESC`, `created_at`, then the rowid every entry ends with). Runs of
 ///   priority 0 stay in upstream's `(status, created_at)` index only, so a queue that does not
 ///   use priorities pays no index upkeep for them; a claim walks the one index and probes the
-///   other.
+///   other;
+/// - `durably_rs_runs_waiting_priority`: the same for waiting runs, which a claim resumes by
+///   priority too.
 ///
 /// Version 2, cron schedules ([`SQLITE_SCHEDULES`]).
 ///
@@ -191,6 +193,9 @@ pub(crate) const SQLITE_OWN: Ladder = Ladder {
                 "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_pending_priority\" on \"durably_runs\" \
                  (\"rs_priority\" DESC, \"created_at\") \
                  WHERE \"status\" = 'pending' AND \"rs_priority\" IS NOT NULL",
+                "CREATE INDEX IF NOT EXISTS \"durably_rs_runs_waiting_priority\" on \"durably_runs\" \
+                 (\"rs_priority\" DESC, \"created_at\") \
+                 WHERE \"status\" = 'waiting' AND \"rs_priority\" IS NOT NULL",
             ],
         },
         Migration {

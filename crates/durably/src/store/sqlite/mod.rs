@@ -951,6 +951,7 @@ mod tests {
             for statement in [
                 sql::FIRST_FREE_PRIORITIZED,
                 sql::OLDEST_FREE_PENDING,
+                sql::FIRST_FREE_PRIORITIZED_RESUMABLE,
                 sql::OLDEST_FREE_EXPIRED_LEASE,
                 sql::OLDEST_FREE_RESUMABLE,
             ] {
@@ -964,7 +965,12 @@ mod tests {
                 let plan = plan.join("\n");
                 let index = match statement {
                     sql::FIRST_FREE_PRIORITIZED => Some("durably_rs_runs_pending_priority"),
-                    sql::OLDEST_FREE_PENDING => Some("idx_durably_runs_status_created"),
+                    sql::OLDEST_FREE_PENDING | sql::OLDEST_FREE_RESUMABLE => {
+                        Some("idx_durably_runs_status_created")
+                    }
+                    sql::FIRST_FREE_PRIORITIZED_RESUMABLE => {
+                        Some("durably_rs_runs_waiting_priority")
+                    }
                     _ => None,
                 };
                 if let Some(index) = index {

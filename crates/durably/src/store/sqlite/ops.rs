@@ -453,30 +453,35 @@ fn next_claimable(
             .and_then(|mut stmt| stmt.query_row([now], candidate).optional())
             .map_err(sql_error("claim"))
     };
-    // The first pending run: one of a priority above 0 goes before every run of priority 0
-    // (the oldest of which comes from upstream's index), which goes before a negative one.
-    let pending = match lookup(sql::FIRST_FREE_PRIORITIZED)? {
-        Some(first) if first.0.0 > 0 => Some(first),
-        negative => lookup(sql::OLDEST_FREE_PENDING)?.or(negative),
+    // The first of a status: a run of a priority above 0 (durably's index of such runs) goes
+    // before every run of priority 0 (the oldest of which comes from upstream's index), which
+    // goes before a negative one.
+    let first = |prioritized: &str, oldest: &str| -> Result<Option<Candidate>> {
+        Ok(match lookup(prioritized)? {
+            Some(first) if first.0.0 > 0 => Some(first),
+            negative => lookup(oldest)?.or(negative),
+        })
     };
+    let pending = first(sql::FIRST_FREE_PRIORITIZED, sql::OLDEST_FREE_PENDING)?;
     if !expired_leases && !resumable {
         return Ok(pending.map(|(_, _, rowid)| rowid));
     }
-    let mut best = pending;
-    for (wanted, statement) in [
-        (expired_leases, sql::OLDEST_FREE_EXPIRED_LEASE),
-        (resumable, sql::OLDEST_FREE_RESUMABLE),
-    ] {
-        if !wanted {
-            continue;
-        }
-        let found = lookup(statement)?;
-        best = match (best, found) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    Ok(best.map(|(_, _, rowid)| rowid))
+    let expired = match expired_leases {
+        true => lookup(sql::OLDEST_FREE_EXPIRED_LEASE)?,
+        false => None,
+    };
+    let resumed = match resumable {
+        true => first(
+            sql::FIRST_FREE_PRIORITIZED_RESUMABLE,
+            sql::OLDEST_FREE_RESUMABLE,
+        )?,
+        false => None,
+    };
+    Ok([pending, expired, resumed]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|(_, _, rowid)| rowid))
 }
 
 pub(super) fn claim(conn: &Connection, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Run>> {

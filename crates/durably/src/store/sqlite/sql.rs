@@ -265,18 +265,39 @@ pub(crate) const ANY_RESUMABLE: &str = "SELECT EXISTS (SELECT 1 FROM durably_run
              WHERE r.status = 'waiting' AND EXISTS (SELECT 1 FROM durably_waits w \
                WHERE w.id = r.waiting_on_wait_id AND w.status = 'resolved'))";
 
-/// The first waiting run in claim order whose wait is resolved and whose key is free (`?1`
-/// now): its priority, `created_at` and rowid.
-pub(crate) const OLDEST_FREE_RESUMABLE: &str = concat!(
-    "SELECT ",
-    priority!(),
-    ", r.created_at, r.rowid FROM durably_runs r WHERE r.status = 'waiting' \
-             AND EXISTS (SELECT 1 FROM durably_waits w WHERE w.id = r.waiting_on_wait_id \
-               AND w.status = 'resolved') AND ",
+/// The run aliased `r` waits on a resolved wait.
+macro_rules! wait_is_resolved {
+    () => {
+        "EXISTS (SELECT 1 FROM durably_waits w WHERE w.id = r.waiting_on_wait_id \
+               AND w.status = 'resolved')"
+    };
+}
+
+/// The first waiting run of a priority other than 0 whose wait is resolved and whose key is
+/// free (`?1` now), in claim order: its priority, `created_at` and rowid, from durably's index
+/// `durably_rs_runs_waiting_priority` (empty unless priorities are used).
+pub(crate) const FIRST_FREE_PRIORITIZED_RESUMABLE: &str = concat!(
+    "SELECT r.rs_priority, r.created_at, r.rowid FROM durably_runs r \
+             INDEXED BY durably_rs_runs_waiting_priority \
+             WHERE r.status = 'waiting' AND r.rs_priority IS NOT NULL AND ",
+    wait_is_resolved!(),
+    " AND ",
     key_is_free!(),
-    " ",
-    claim_order!(),
-    " LIMIT 1"
+    " ORDER BY r.rs_priority DESC, r.created_at ASC, r.rowid ASC LIMIT 1"
+);
+
+/// The oldest waiting run of priority 0 whose wait is resolved and whose key is free (`?1`
+/// now): its priority, `created_at` and rowid, walking upstream's `(status, created_at)` index
+/// and stopping at the first (waits are mostly resolved in the order their runs were created,
+/// so the walk is short; ordering by priority first would read every waiting run).
+pub(crate) const OLDEST_FREE_RESUMABLE: &str = concat!(
+    "SELECT 0, r.created_at, r.rowid FROM durably_runs r \
+             INDEXED BY idx_durably_runs_status_created \
+             WHERE r.status = 'waiting' AND r.rs_priority IS NULL AND ",
+    wait_is_resolved!(),
+    " AND ",
+    key_is_free!(),
+    " ORDER BY r.created_at ASC, r.rowid ASC LIMIT 1"
 );
 
 /// A resumed run's first resume time onto its resolved wait (`?1` wait, `?2` run), once.
