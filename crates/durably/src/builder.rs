@@ -242,12 +242,7 @@ impl DurablyBuilder {
         if store.keeps_schedules() {
             tasks.push(Arc::new(SchedulerTask(scheduler.clone())));
         }
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            settings_of(&config),
-            events.clone(),
-            tasks,
-        ));
+        let engine = Engine::new(store.clone(), settings_of(&config), events.clone(), tasks);
         scheduler.attach(&engine);
         let durably = Durably {
             inner: Arc::new(Inner {

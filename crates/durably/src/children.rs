@@ -42,6 +42,10 @@ pub fn children_metadata(job_name: &str, count: usize, cancel_with_parent: bool)
     } })
 }
 
+/// A SQL `LIKE` pattern matching the metadata of an invoke's wait whose children are not
+/// cancelled with their parent (as [`children_metadata`] writes it, compact JSON).
+pub(crate) const DETACHED_METADATA_PATTERN: &str = "%\"cancelWithParent\":false%";
+
 /// Whether the children of a parent's wait with `metadata` are cancelled with the parent
 /// (`true` unless the metadata says `"cancelWithParent": false`).
 pub(crate) fn cancels_with_parent(metadata: Option<&Value>) -> bool {

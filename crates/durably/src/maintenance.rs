@@ -57,6 +57,13 @@ pub trait MaintenanceTask: Send + Sync {
         false
     }
 
+    /// Whether a worker that executes runs also runs this task when it is due (default
+    /// `false`: only an idle worker does). For work that must not wait for a pause in the
+    /// load: firing schedules, finishing cancel cascades, retention.
+    fn runs_while_busy(&self) -> bool {
+        false
+    }
+
     /// The `context` of the `worker:error` event reporting a failure (default
     /// `idle-maintenance`).
     fn error_context(&self) -> &'static str {

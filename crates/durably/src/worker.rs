@@ -75,14 +75,18 @@ impl Durably {
     }
 
     /// Idle maintenance: return expired leases to pending (failing those whose job+key already
-    /// has a pending run), apply `retain_runs` (at most once a minute, 100 runs a time), and
-    /// checkpoint SQLite's WAL (at most once a minute; 30 s after one that found the database
-    /// busy). Errors become `worker:error` events.
+    /// has a pending run), fire due schedules, finish the children sweep (unsignalled waits,
+    /// cancel cascades cut short), apply `retain_runs` (at most once a minute, 100 runs a
+    /// time), and checkpoint SQLite's WAL (at most once a minute; 30 s after one that found the
+    /// database busy). Errors become `worker:error` events.
     ///
     /// Called directly (and by [`Durably::process_until_idle`](crate::Durably::process_until_idle)) it always sweeps expired leases;
     /// the background worker sweeps at most once per lease period, so an idle worker costs the
     /// database about one claim query per polling interval.
     pub async fn run_idle_maintenance(&self) {
-        self.inner.engine.maintain(true).await;
+        self.inner
+            .engine
+            .maintain(crate::engine::Pass::Requested)
+            .await;
     }
 }

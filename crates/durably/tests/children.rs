@@ -255,6 +255,98 @@ async fn cancelling_a_parent_cascades_to_its_children(backend: Backend) {
     durably.stop().await;
 }
 
+/// A parent cancelled without its cascade (by the TypeScript runtime, or by a process that
+/// died right after the parent's cancel; here straight in the store) has its children and
+/// grandchildren cancelled by the children sweep of any worker, each announced, while a
+/// detached child keeps waiting.
+async fn a_cancel_cascade_cut_short_is_finished_by_the_sweep(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b.max_concurrent_runs(4)).await;
+    let blocker = durably.register(blocker()).expect("register blocker");
+    let middle = {
+        let blocker = blocker.clone();
+        durably
+            .register(Job::new("middle", move |step: StepContext, input: Echo| {
+                let blocker = blocker.clone();
+                async move { step.invoke("grandchild", &blocker, input).await }
+            }))
+            .expect("register middle")
+    };
+    let top = durably
+        .register(Job::new("top", move |step: StepContext, _: Value| {
+            let middle = middle.clone();
+            async move { step.invoke("kid", &middle, Echo { value: 1 }).await }
+        }))
+        .expect("register top");
+    let detaching = durably
+        .register(Job::new("detaching", move |step: StepContext, _: Value| {
+            let blocker = blocker.clone();
+            async move {
+                step.invoke_with(
+                    "kept",
+                    &blocker,
+                    Echo { value: 9 },
+                    InvokeOptions::new().cancel_with_parent(false),
+                )
+                .await
+            }
+        }))
+        .expect("register detaching");
+    let events = common::Recorder::attach(&durably);
+    durably.start();
+    let id = top.trigger(json!({})).await.expect("trigger").run.id;
+    let other = detaching.trigger(json!({})).await.expect("trigger").run.id;
+    let (kid, kept) = common::eventually("the children wait", common::LIMIT, || async {
+        let kid = durably.get_children(&id).await.expect("children").pop()?;
+        let kept = durably
+            .get_children(&other)
+            .await
+            .expect("children")
+            .pop()?;
+        let grandchildren = durably.get_children(&kid.id).await.expect("grandchildren");
+        let all_waiting = grandchildren.len() == 1
+            && [&kid, &kept, &grandchildren[0]]
+                .iter()
+                .all(|r| r.status == RunStatus::Waiting);
+        all_waiting.then_some((kid, kept))
+    })
+    .await;
+    waiting(&durably, &id).await;
+    waiting(&durably, &other).await;
+    let grandchild = durably.get_children(&kid.id).await.expect("grandchildren")[0].clone();
+    for parent in [&id, &other] {
+        assert!(
+            db.store
+                .cancel_run(parent, durably::Timestamp::now())
+                .await
+                .expect("cancel in the store")
+        );
+    }
+    durably.run_idle_maintenance().await;
+    for run in [&kid, &grandchild] {
+        let ended = terminal(&durably, &run.id).await;
+        assert_eq!(ended.status, RunStatus::Cancelled, "{}", run.job_name);
+    }
+    let flushed = events.flush(&durably).await;
+    for run in [&kid, &grandchild] {
+        assert!(
+            flushed.iter().any(|event| matches!(
+                &event.kind,
+                durably::EventKind::RunCancel { run_id, .. } if run_id == &run.id
+            )),
+            "run:cancel of {}",
+            run.job_name
+        );
+    }
+    let still = durably.get_run(&kept.id).await.expect("get").expect("kept");
+    assert_eq!(
+        still.status,
+        RunStatus::Waiting,
+        "the detached child keeps waiting"
+    );
+    durably.stop().await;
+}
+
 /// A child invoked with `cancel_with_parent(false)` survives its parent's cancel.
 async fn a_detached_child_survives_the_parents_cancel(backend: Backend) {
     let db = TestDb::new(backend);
@@ -455,6 +547,7 @@ backend_tests!(
     a_fan_out_of_1000_children_completes_on_one_slot,
     a_failing_child_fails_the_parent_naming_it,
     cancelling_a_parent_cascades_to_its_children,
+    a_cancel_cascade_cut_short_is_finished_by_the_sweep,
     a_detached_child_survives_the_parents_cancel,
     cancelling_a_child_fails_the_parents_invoke,
     a_replay_never_creates_a_second_child,

@@ -1,4 +1,5 @@
-//! Child runs with real processes and real crashes (SQLite file).
+//! Child runs with real processes and real crashes, on a SQLite file and on PostgreSQL (set
+//! `DURABLY_TEST_POSTGRES_URL`).
 //!
 //! Like `crash_waits.rs`, the test binary re-executes itself as a worker process (the
 //! `#[ignore]`d `children_child` entry point, selected by environment variables) and SIGKILLs
@@ -16,10 +17,11 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::eventually;
+use common::{PgSchema, eventually, fresh_schema, postgres_store};
 use durably::{Durably, Error, Job, RunFilter, RunStatus, StepContext};
 use serde_json::{Value, json};
 
+/// `sqlite:<path>` or `postgres:<schema>`.
 const ENV_DB: &str = "DURABLY_CHILDREN_CHILD_DB";
 const ENV_LOG: &str = "DURABLY_CHILDREN_CHILD_LOG";
 /// Set: the children's step never returns (the process is killed inside it).
@@ -50,9 +52,36 @@ impl Log {
     }
 }
 
-fn instance(db: &Path, log: Log, hang: bool) -> Durably {
-    let durably = Durably::builder()
-        .sqlite(db)
+/// Where the processes of one test meet.
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Db {
+    fn to_env(&self) -> String {
+        match self {
+            Db::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Db::Postgres(schema) => format!("postgres:{schema}"),
+        }
+    }
+
+    fn from_env(text: &str) -> Self {
+        match text.split_once(':') {
+            Some(("sqlite", path)) => Db::Sqlite(path.into()),
+            Some(("postgres", schema)) => Db::Postgres(schema.to_owned()),
+            _ => panic!("{ENV_DB} must be sqlite:<path> or postgres:<schema>, got {text:?}"),
+        }
+    }
+}
+
+fn instance(db: &Db, log: Log, hang: bool) -> Durably {
+    let builder = match db {
+        Db::Sqlite(path) => Durably::builder().sqlite(path),
+        Db::Postgres(schema) => Durably::builder().store(postgres_store(schema)),
+    };
+    let durably = builder
         .lease_duration(SHORT_LEASE)
         .lease_renew_interval(RENEW)
         .polling_interval(Duration::from_millis(20))
@@ -101,13 +130,13 @@ fn children_child() {
     let hang = std::env::var_os(ENV_HANG).is_some();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
-        let durably = instance(Path::new(&db), Log::open(Path::new(&log)), hang);
+        let durably = instance(&Db::from_env(&db), Log::open(Path::new(&log)), hang);
         durably.init().await.expect("init");
         tokio::time::sleep(HANG_GUARD).await;
     });
 }
 
-fn spawn(db: &Path, log: &Path, hang: bool) -> Child {
+fn spawn(db: &Db, log: &Path, hang: bool) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
     command
         .args([
@@ -117,7 +146,7 @@ fn spawn(db: &Path, log: &Path, hang: bool) -> Child {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(ENV_DB, db)
+        .env(ENV_DB, db.to_env())
         .env(ENV_LOG, log)
         .env_remove(ENV_HANG)
         .stdout(std::process::Stdio::null());
@@ -140,12 +169,32 @@ fn log_lines(log: &Path) -> Vec<(u32, String)> {
 /// suspended, or was about to) loses nothing: a second process completes the same children
 /// and resumes the parent, which completes with their outputs; no second child exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_parent_resumes_with_the_same_children() {
+async fn a_killed_parent_resumes_with_the_same_children_on_a_sqlite_file() {
     let dir = tempfile::tempdir().expect("dir");
-    let db = dir.path().join("children.sqlite");
-    let log = dir.path().join("log");
+    let db = Db::Sqlite(dir.path().join("children.sqlite"));
+    killed_parent_resumes_with_the_same_children(&db, dir.path()).await;
+}
+
+/// [`a_killed_parent_resumes_with_the_same_children_on_a_sqlite_file`] on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn a_killed_parent_resumes_with_the_same_children_on_postgres() {
+    let dir = tempfile::tempdir().expect("dir");
+    let schema = fresh_schema();
+    let _guard = PgSchema {
+        name: schema.clone(),
+    };
+    killed_parent_resumes_with_the_same_children(&Db::Postgres(schema), dir.path()).await;
+}
+
+async fn killed_parent_resumes_with_the_same_children(db: &Db, dir: &Path) {
+    let db = db.clone();
+    let log = dir.join("log");
     // This process triggers the parent and watches (no worker here); the first process runs it.
-    let parent = instance(&db, Log::open(&dir.path().join("driver-log")), false);
+    let parent = instance(&db, Log::open(&dir.join("driver-log")), false);
     parent.migrate().await.expect("migrate");
     let mut first = spawn(&db, &log, true);
     let parent_handle = parent.job::<Value, u64>("parent").expect("the parent job");

@@ -152,6 +152,7 @@ on_every_backend!(
     dst_transitions_in_europe_paris,
     invalid_schedules_are_refused_naming_the_value_and_store_nothing,
     a_new_definition_keeps_the_pause_and_the_next_slot,
+    trigger_now_runs_the_schedule_at_once_and_leaves_it_as_it_was,
 );
 
 /// Three instances (each with its own connections) tick together every minute of a simulated
@@ -588,6 +589,120 @@ async fn a_new_definition_keeps_the_pause_and_the_next_slot(backend: Backend) {
     let names: Vec<_> = listed.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["coded", "report"]);
     assert_eq!(listed[0].next_fire_at, at("2026-06-01T12:05:00Z"));
+}
+
+/// `trigger_now` enqueues a run of the schedule's job with its input and labels, labelled with
+/// the schedule but no slot, a new run at every call, even while paused; the schedule's next
+/// slot, last firing and pause stay as they were. An unknown name is `NotFound`.
+async fn trigger_now_runs_the_schedule_at_once_and_leaves_it_as_it_was(backend: Backend) {
+    let (_db, durably) = fresh(backend).await;
+    let t0 = at("2026-06-01T00:00:00Z");
+    let schedules = || durably.schedules();
+    let before = schedules()
+        .at(t0)
+        .upsert(Schedule::new("nightly", "0 3 * * *", "counter", json!(41)).label("team", "data"))
+        .await
+        .expect("upsert");
+    let first = schedules().trigger_now("nightly").await.expect("trigger");
+    assert_eq!(first.job_name, "counter");
+    assert_eq!(first.input, json!(41));
+    assert_eq!(first.status, RunStatus::Pending);
+    assert_eq!(first.labels.get("team").map(String::as_str), Some("data"));
+    assert_eq!(
+        first.labels.get("durably.schedule").map(String::as_str),
+        Some("nightly")
+    );
+    assert!(
+        !first.labels.contains_key("durably.slot"),
+        "{:?}",
+        first.labels
+    );
+    schedules().pause("nightly").await.expect("pause");
+    let second = schedules()
+        .trigger_now("nightly")
+        .await
+        .expect("trigger paused");
+    assert_ne!(second.id, first.id, "every call is a new run");
+    let after = schedules()
+        .get("nightly")
+        .await
+        .expect("get")
+        .expect("schedule");
+    assert_eq!(after.next_fire_at, before.next_fire_at);
+    assert_eq!(after.last_fired_at, None);
+    assert!(after.paused);
+    let runs = durably
+        .get_runs(&RunFilter::new().label("durably.schedule", "nightly"))
+        .await
+        .expect("runs");
+    assert_eq!(runs.len(), 2);
+    match schedules().trigger_now("weekly").await {
+        Err(Error::NotFound(message)) => assert!(message.contains("weekly"), "{message}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+/// A worker whose only slot is held by a long run still fires its schedules (the scheduler
+/// runs while busy): on a virtual clock, a `*/10` seconds schedule fires every slot of the
+/// minute during which a run holds the slot, and the fired runs wait for the slot.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_worker_with_every_slot_busy_still_fires_schedules() {
+    let start = at("2026-06-01T00:00:00Z");
+    use_virtual_wall_clock(start);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durably = Durably::builder()
+        .shared_store(store)
+        .polling_interval(Duration::from_millis(200))
+        .max_concurrent_runs(1)
+        .job(report())
+        .job(Job::new("hold", |step: StepContext, _: Value| async move {
+            step.run("hold the slot", |_| async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                Ok::<_, Error>(())
+            })
+            .await
+        }))
+        .schedule(Schedule::new("tick", "*/10 * * * * *", "report", json!({})))
+        .build()
+        .expect("build");
+    durably.migrate().await.expect("migrate");
+    let hold = durably
+        .trigger_json("hold", json!({}), Default::default())
+        .await
+        .expect("trigger hold")
+        .run
+        .id;
+    durably.start();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let held = durably.get_run(&hold).await.expect("get").expect("hold");
+    assert_eq!(
+        held.status,
+        RunStatus::Leased,
+        "the long run holds the slot"
+    );
+    let per_slot = runs_per_slot(&durably, "tick").await;
+    let expected: BTreeSet<String> = (1..=6)
+        .map(|i| (start + Duration::from_secs(10 * i)).to_string())
+        .collect();
+    let got: BTreeSet<String> = per_slot.keys().cloned().collect();
+    assert!(
+        got.is_superset(&expected),
+        "fired {got:?}, expected {expected:?}"
+    );
+    let pending = durably
+        .get_runs(
+            &RunFilter::new()
+                .label("durably.schedule", "tick")
+                .status(RunStatus::Pending),
+        )
+        .await
+        .expect("runs");
+    assert_eq!(
+        pending.len(),
+        per_slot.len(),
+        "the fired runs wait for the slot"
+    );
+    durably.stop().await;
 }
 
 /// The workers' own maintenance fires the slots on the engine's clock (a virtual one here):

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use super::backoff::Backoff;
+use super::maintenance::Pass;
 use super::slots::HandOff;
 use crate::error::Result;
 use crate::run::Run;
@@ -32,6 +33,8 @@ impl Engine {
         let mut backoff = Backoff::default();
         // When durable waits whose deadline passed are next looked for.
         let mut next_sweep = runtime::now();
+        // When the maintenance tasks that run while busy are next looked at.
+        let mut next_busy_maintenance = runtime::now();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -41,6 +44,15 @@ impl Engine {
             if (timer_due || runtime::now() >= next_sweep) && !backoff.is_failing() {
                 self.expire_due_waits().await;
                 next_sweep = runtime::now() + settings.polling_interval;
+            }
+            // A worker that executes runs is never idle: the tasks that must not wait for a
+            // pause in the load (schedules, cancel cascades, retention) run here.
+            if !in_flight.is_empty()
+                && runtime::now() >= next_busy_maintenance
+                && !backoff.is_failing()
+            {
+                self.maintain(Pass::Busy).await;
+                next_busy_maintenance = runtime::now() + settings.polling_interval;
             }
             // Reap every finished run first: `len()` counts finished-but-unjoined tasks, and
             // undercounting free slots would claim one run per round trip.
@@ -86,7 +98,7 @@ impl Engine {
                         backoff = Backoff::default();
                         claimable.found_nothing_more();
                         if in_flight.is_empty() {
-                            self.maintain(false).await;
+                            self.maintain(Pass::Idle).await;
                         }
                     }
                     Err(error) => {
@@ -324,7 +336,7 @@ impl Engine {
             }
             processed += 1;
         }
-        self.maintain(true).await;
+        self.maintain(Pass::Requested).await;
         Ok(processed)
     }
 }

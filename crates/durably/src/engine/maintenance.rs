@@ -1,8 +1,10 @@
-//! The engine's maintenance: its own tasks (returning expired leases, applying retention) and
-//! the store's ([`Store::maintenance_tasks`]), each run while the worker is idle at most as
-//! often as its cadence allows. Failures become `worker:error` events.
+//! The engine's maintenance: its own tasks (returning expired leases, applying retention, the
+//! children sweep), the scheduler, and the store's ([`Store::maintenance_tasks`]), each run at
+//! most as often as its cadence allows: while the worker is idle, and for the tasks that run
+//! while busy ([`MaintenanceTask::runs_while_busy`]) also while it executes runs, at most once
+//! per polling interval. Failures become `worker:error` events.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +40,7 @@ struct Clock {
 impl Maintenance {
     /// The engine's own tasks, then `extra` (the scheduler), then the store's.
     pub(super) fn new(
+        engine: &Weak<Engine>,
         store: &Arc<dyn Store>,
         settings: &Settings,
         events: &EventBus,
@@ -54,9 +57,10 @@ impl Maintenance {
                 retain,
             }));
         }
-        tasks.push(Arc::new(super::children::ChildrenSweep {
-            store: store.clone(),
-        }));
+        tasks.push(Arc::new(super::children::ChildrenSweep::new(
+            engine.clone(),
+            store.clone(),
+        )));
         tasks.extend(extra);
         tasks.extend(store.maintenance_tasks());
         let clocks = tokio::sync::Mutex::new(vec![Clock::default(); tasks.len()]);
@@ -64,18 +68,32 @@ impl Maintenance {
     }
 }
 
+/// Why the engine runs maintenance, which decides the tasks that run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// The worker found nothing to claim and executes nothing: every task that is due.
+    Idle,
+    /// Asked for (`run_idle_maintenance`, the end of `process_until_idle`): every task that is
+    /// due, and those that run on request whether due or not.
+    Requested,
+    /// The worker executes runs: the tasks that run while busy, when due.
+    Busy,
+}
+
 impl Engine {
-    /// Runs every task that is due; with `requested`, also those that run on request (the
-    /// expired-lease sweep) whether due or not.
-    pub(crate) async fn maintain(&self, requested: bool) {
+    /// Runs the tasks of `pass` (see [`Pass`]).
+    pub(crate) async fn maintain(&self, pass: Pass) {
         let maintenance = &self.maintenance;
         let mut clocks = maintenance.clocks.lock().await;
         for (task, clock) in maintenance.tasks.iter().zip(clocks.iter_mut()) {
+            if pass == Pass::Busy && !task.runs_while_busy() {
+                continue;
+            }
             let cadence = match clock.busy {
                 true => task.after_busy(),
                 false => task.every(),
             };
-            let due = (requested && task.runs_on_request())
+            let due = (pass == Pass::Requested && task.runs_on_request())
                 || clock.last.is_none_or(|at| at.elapsed() >= cadence);
             if !due {
                 continue;
@@ -145,6 +163,10 @@ impl MaintenanceTask for Retention {
 
     fn every(&self) -> Duration {
         RETENTION_CADENCE
+    }
+
+    fn runs_while_busy(&self) -> bool {
+        true
     }
 
     async fn run(&self) -> Result<Maintained> {

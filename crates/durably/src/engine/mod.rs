@@ -46,6 +46,7 @@ use crate::runtime;
 use crate::step::StepShared;
 use crate::store::{Enqueued, NewRun, Store};
 
+pub(crate) use maintenance::Pass;
 pub(crate) use slots::Handed;
 
 /// What the engine needs to know of an instance's configuration (the facade's `Config`
@@ -165,8 +166,20 @@ impl Engine {
         settings: Settings,
         events: EventBus,
         tasks: Vec<Arc<dyn crate::maintenance::MaintenanceTask>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|engine| {
+            let maintenance =
+                maintenance::Maintenance::new(engine, &store, &settings, &events, tasks);
+            Engine::with(store, settings, events, maintenance)
+        })
+    }
+
+    fn with(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        events: EventBus,
+        maintenance: maintenance::Maintenance,
     ) -> Self {
-        let maintenance = maintenance::Maintenance::new(&store, &settings, &events, tasks);
         Engine {
             store,
             settings,

@@ -1,5 +1,5 @@
 //! The scheduler: one more maintenance task of the engine. At every pass (at most once a
-//! second while the worker is idle, and on every request for maintenance) it stores the
+//! second, whether the worker is idle or executes runs, and on every request for maintenance) it stores the
 //! schedules registered in code, if not done yet, then fires the slots due on the engine's
 //! clock. No leader: every process may fire, [`Store::fire_schedule`] lets one win per slot.
 
@@ -19,7 +19,7 @@ use crate::run::Disposition;
 use crate::store::{NewRun, Store};
 use crate::time::Timestamp;
 
-/// How often an idle worker looks for due slots.
+/// How often a worker looks for due slots.
 const CADENCE: Duration = Duration::from_secs(1);
 /// Schedules fired per pass at most (the rest at the next pass).
 const DUE_BATCH: u64 = 100;
@@ -179,6 +179,10 @@ impl MaintenanceTask for SchedulerTask {
     }
 
     fn runs_on_request(&self) -> bool {
+        true
+    }
+
+    fn runs_while_busy(&self) -> bool {
         true
     }
 

@@ -586,6 +586,24 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Up to `limit` ids of unfinished children (pending, leased or waiting) whose parent run
+    /// was cancelled at or after `cancelled_since` (its `completed_at`; the engine passes the
+    /// epoch on its first look, then a time shortly before its previous look) and which are
+    /// cancelled with it: the wait of their invoke
+    /// ([`Run::parent_wait_id`]) is gone or its metadata does not say `"cancelWithParent":
+    /// false` (see [`crate::children`]). These are the cascades a crash cut short, or that a
+    /// cancel made by the TypeScript runtime never started. Oldest first; read-only, the
+    /// engine's maintenance cancels them. The default finds none (a backend without the query
+    /// relies on the cancelling process).
+    async fn children_to_cancel(
+        &self,
+        cancelled_since: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let _ = (cancelled_since, limit);
+        Ok(Vec::new())
+    }
+
     /// Stores progress (or clears it with `None`) if the fence still holds.
     async fn update_progress(
         &self,

@@ -1090,6 +1090,48 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn children_to_cancel(
+        &self,
+        cancelled_since: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let state = self.lock();
+        let mut children: Vec<&Run> = state
+            .runs
+            .values()
+            .filter(|run| {
+                matches!(
+                    run.status,
+                    RunStatus::Pending | RunStatus::Leased | RunStatus::Waiting
+                )
+            })
+            .filter(|run| {
+                run.parent_run_id
+                    .as_ref()
+                    .and_then(|parent| state.ids.get(parent))
+                    .and_then(|seq| state.runs.get(seq))
+                    .is_some_and(|parent| {
+                        parent.status == RunStatus::Cancelled
+                            && parent.completed_at.is_some_and(|at| at >= cancelled_since)
+                    })
+            })
+            .filter(|run| {
+                let wait = run
+                    .parent_wait_id
+                    .as_ref()
+                    .and_then(|id| state.waits.get(id));
+                crate::children::cancels_with_parent(wait.and_then(|w| w.metadata.as_ref()))
+            })
+            .collect();
+        children.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(children
+            .into_iter()
+            .take(limit)
+            .map(|run| run.id.clone())
+            .collect())
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

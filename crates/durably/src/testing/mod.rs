@@ -234,7 +234,8 @@ macro_rules! store_contract_tests {
             concurrent_firings_of_a_slot_have_exactly_one_winner,
             children_are_linked_and_listed_per_parent,
             children_settle_when_all_end_or_one_fails,
-            children_settle_when_all_complete_or_one_is_cancelled
+            children_settle_when_all_complete_or_one_is_cancelled,
+            children_of_a_cancelled_parent_are_listed_to_cancel
         );
     };
 }

@@ -510,6 +510,15 @@ pub(super) const CHILDREN_SETTLED: &str = "SELECT EXISTS (SELECT 1 FROM durably_
      OR NOT EXISTS (SELECT 1 FROM durably_runs WHERE rs_parent_wait_id = $1 \
      AND status IN ('pending', 'leased', 'waiting'))";
 
+/// Up to `$1` unfinished children of parents cancelled at or after `$3` whose invoke's wait metadata is not
+/// like `$2` ([`crate::children::DETACHED_METADATA_PATTERN`]), oldest first.
+pub(super) const CHILDREN_TO_CANCEL: &str = "SELECT c.id FROM durably_runs c \
+     JOIN durably_runs p ON p.id = c.rs_parent_run_id \
+     LEFT JOIN durably_waits w ON w.id = c.rs_parent_wait_id \
+     WHERE c.status IN ('pending', 'leased', 'waiting') AND p.status = 'cancelled' \
+     AND p.completed_at >= $3 AND (w.metadata IS NULL OR w.metadata NOT LIKE $2) \
+     ORDER BY c.created_at, c.id LIMIT $1";
+
 /// Up to `$1` pending `children:*` waits a run was suspended on whose children are settled.
 pub(super) const SETTLED_CHILDREN_WAITS: &str = "SELECT w.id FROM durably_waits w \
      WHERE w.status = 'pending' AND w.name LIKE 'children:%' AND w.suspended_at IS NOT NULL \

@@ -634,6 +634,22 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn children_to_cancel(
+        &self,
+        cancelled_since: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let since = cancelled_since.to_string();
+        self.read(
+            "children_to_cancel",
+            sql::CHILDREN_TO_CANCEL,
+            &[&limit, &crate::children::DETACHED_METADATA_PATTERN, &since],
+            |row| Ok(row.try_get::<_, String>(0)?),
+        )
+        .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

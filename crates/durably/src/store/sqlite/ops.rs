@@ -1309,3 +1309,25 @@ pub(super) fn settled_children_waits(conn: &Connection, limit: u64) -> Result<Ve
         })
         .map_err(sql_error("settled_children_waits"))
 }
+
+/// Up to `limit` children to cancel with their cancelled parent ([`Store::children_to_cancel`]).
+pub(super) fn children_to_cancel(
+    conn: &Connection,
+    cancelled_since: Timestamp,
+    limit: u64,
+) -> Result<Vec<String>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(sql::CHILDREN_TO_CANCEL)
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                params![
+                    limit,
+                    crate::children::DETACHED_METADATA_PATTERN,
+                    cancelled_since
+                ],
+                |row| row.get(0),
+            )?
+            .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(sql_error("children_to_cancel"))
+}

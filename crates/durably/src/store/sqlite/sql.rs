@@ -189,6 +189,15 @@ pub(crate) const SETTLED_CHILDREN_WAITS: &str = "SELECT w.id FROM durably_waits 
          AND c.status IN ('pending', 'leased', 'waiting'))) \
          ORDER BY w.created_at, w.id LIMIT ?1";
 
+/// Up to `?1` unfinished children of parents cancelled at or after `?3` whose invoke's wait metadata is not
+/// like `?2` ([`crate::children::DETACHED_METADATA_PATTERN`]), oldest first.
+pub(crate) const CHILDREN_TO_CANCEL: &str = "SELECT c.id FROM durably_runs c \
+     JOIN durably_runs p ON p.id = c.rs_parent_run_id \
+     LEFT JOIN durably_waits w ON w.id = c.rs_parent_wait_id \
+     WHERE c.status IN ('pending', 'leased', 'waiting') AND p.status = 'cancelled' \
+     AND p.completed_at >= ?3 AND (w.metadata IS NULL OR w.metadata NOT LIKE ?2) \
+     ORDER BY c.created_at, c.id LIMIT ?1";
+
 /// One label of a new run.
 pub(crate) const INSERT_LABEL: &str =
     "INSERT INTO durably_run_labels (run_id, key, value) VALUES (?1, ?2, ?3)";

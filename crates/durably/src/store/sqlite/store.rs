@@ -262,6 +262,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn children_to_cancel(
+        &self,
+        cancelled_since: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        self.read("children_to_cancel", move |conn| {
+            ops::children_to_cancel(conn, cancelled_since, limit)
+        })
+        .await
+    }
+
     async fn update_progress(
         &self,
         fence: &Fence,

@@ -239,3 +239,98 @@ pub async fn children_settle_when_all_complete_or_one_is_cancelled(store: Arc<dy
             .expect("settled")
     );
 }
+
+/// Contract: once a parent is cancelled, its unfinished children are listed to be cancelled
+/// with it, oldest first, except those of an invoke whose wait says `"cancelWithParent":
+/// false`; ended children and the children of a parent that is not cancelled are not.
+pub async fn children_of_a_cancelled_parent_are_listed_to_cancel(store: Arc<dyn Store>) {
+    let (parent, fence, wait) = parent_with_wait(&store).await;
+    let detached_wait = store
+        .prepare_wait(
+            &fence,
+            NewWait::new(format!("{CHILDREN_WAIT_PREFIX}detached"))
+                .metadata(crate::children::children_metadata("child", 1, false)),
+            Timestamp::now(),
+        )
+        .await
+        .expect("prepare_wait")
+        .expect("the lease holds");
+    let children = store
+        .enqueue_many(
+            (0..3).map(|i| child(&parent, &wait, i)).collect(),
+            Timestamp::now(),
+        )
+        .await
+        .expect("enqueue_many");
+    let detached = enqueue(
+        &store,
+        NewRun {
+            parent_run_id: Some(parent.id.clone()),
+            parent_wait_id: Some(detached_wait.id.clone()),
+            ..new_run("child", json!({ "detached": true }))
+        },
+        Timestamp::now(),
+    )
+    .await;
+    let claimed = claim_all(&store).await;
+    assert!(claimed.contains_key(&detached.id));
+    end(
+        &store,
+        &claimed,
+        &children[0].run.id,
+        Transition::Complete { output: None },
+    )
+    .await;
+    let listed = || store.children_to_cancel(Timestamp::from_millis(0), 10);
+    assert!(
+        listed().await.expect("children_to_cancel").is_empty(),
+        "the parent is not cancelled"
+    );
+    assert!(
+        store
+            .cancel_run(&parent.id, Timestamp::now())
+            .await
+            .expect("cancel parent")
+    );
+    let expected: Vec<String> = children[1..].iter().map(|e| e.run.id.clone()).collect();
+    assert_eq!(listed().await.expect("children_to_cancel"), expected);
+    let cancelled_at = get(&store, &parent.id)
+        .await
+        .completed_at
+        .expect("a cancelled run has completed_at");
+    assert_eq!(
+        store
+            .children_to_cancel(cancelled_at, 10)
+            .await
+            .expect("since the cancel"),
+        expected,
+        "a parent cancelled at `cancelled_since` counts"
+    );
+    assert!(
+        store
+            .children_to_cancel(cancelled_at + std::time::Duration::from_millis(1), 10)
+            .await
+            .expect("after the cancel")
+            .is_empty(),
+        "a parent cancelled before `cancelled_since` does not"
+    );
+    assert_eq!(
+        store
+            .children_to_cancel(Timestamp::from_millis(0), 1)
+            .await
+            .expect("limit 1"),
+        expected[..1].to_vec()
+    );
+    for id in &expected {
+        assert!(
+            store
+                .cancel_run(id, Timestamp::now())
+                .await
+                .expect("cancel")
+        );
+    }
+    assert!(
+        listed().await.expect("children_to_cancel").is_empty(),
+        "cancelled children and the detached one are not listed"
+    );
+}
