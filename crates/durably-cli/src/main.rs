@@ -68,15 +68,18 @@ enum Command {
     ///
     /// Columns: id, job, status, progress (current/total and message), created (UTC), and how
     /// long the run has been waiting or running, or took once it ended. Filters combine: any of
-    /// the given statuses, any of the given jobs, every given label. An unknown --status or a
-    /// malformed --label exits with 2.
+    /// the given statuses, any of the given jobs, every given label, and with --parent only
+    /// the child runs of one run. An unknown --status or a malformed --label exits with 2; an
+    /// unknown --parent run with 4.
     #[command(
-        after_help = "Examples:\n  durably runs --db app.db --status failed --limit 50\n  durably runs --db postgres://me@db/app --job send-email --label tenant=acme --json"
+        after_help = "Examples:\n  durably runs --db app.db --status failed --limit 50\n  durably runs --db postgres://me@db/app --job send-email --label tenant=acme --json\n  durably runs --db app.db --parent 01J9… --status failed"
     )]
     Runs(ops::RunsArgs),
     /// Show one run: its fields, input, output or error, its steps and its logs.
     ///
-    /// An unknown id exits with 4.
+    /// A child run names its parent (id, job, status); a run that invoked child runs shows
+    /// how many it has in each status and the first few (`durably runs --parent ID` lists
+    /// them all). An unknown id exits with 4.
     Run(ops::RunArgs),
     /// List a run's durable waits, oldest first, as a table (or JSON with --json).
     ///

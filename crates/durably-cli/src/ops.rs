@@ -30,6 +30,10 @@ pub struct RunsArgs {
     /// Only runs carrying this label, written KEY=VALUE (repeat: every label must match).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     label: Vec<(String, String)>,
+    /// Only the child runs of this run (the runs it invoked with `step.invoke` or
+    /// `step.invoke_all`). An unknown run id exits with 4.
+    #[arg(long, value_name = "RUN_ID")]
+    parent: Option<String>,
     /// At most this many runs, newest first (0: all of them).
     #[arg(long, default_value_t = 20)]
     limit: u64,
@@ -327,6 +331,11 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
     filter.statuses = args.status.clone();
     filter.job_names = args.job.clone();
     filter.labels = args.label.iter().cloned().collect();
+    if let Some(parent) = &args.parent {
+        // an unknown parent is a typo (exit 4), not a run without children
+        require_run(&durably, &args.db, parent).await?;
+        filter.parent_run_id = Some(parent.clone());
+    }
     if args.limit > 0 {
         filter.limit = Some(args.limit);
     }
@@ -340,7 +349,10 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
         return Ok(OK);
     }
     if runs.is_empty() {
-        println!("no runs match in {}", args.db.display());
+        match &args.parent {
+            Some(parent) => println!("no child runs of run {parent} match"),
+            None => println!("no runs match in {}", args.db.display()),
+        }
         return Ok(OK);
     }
     let now = Timestamp::now();
@@ -405,13 +417,42 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         );
         return Ok(OK);
     }
+    let parent = match &run.parent_run_id {
+        Some(id) => Some(Parent {
+            id: id.clone(),
+            run: durably
+                .get_run(id)
+                .await
+                .map_err(|e| database_error(&args.db, e))?,
+        }),
+        None => None,
+    };
+    let mut children = durably
+        .get_children(&run.id)
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    // in the order they were invoked (an invoke_all's children share one creation time)
+    children.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let shown = Shown {
         steps: &steps,
         attempts: &attempts,
         waits: &waits,
         logs: &logs,
+        parent: parent.as_ref(),
+        children: &children,
     };
     print!("{}", describe_run(&run, &shown, Timestamp::now()));
+    if children.len() > CHILDREN_SHOWN {
+        println!(
+            "hint: list all its children with `durably runs --parent {} {} --limit 0`",
+            shell_quote(&run.id),
+            args.db.flag()
+        );
+    }
     if run.status == RunStatus::Waiting {
         print_why_waiting(&run, &waits, &args.db);
     }
@@ -456,6 +497,32 @@ struct Shown<'a> {
     attempts: &'a [StepAttempt],
     waits: &'a [DurableWait],
     logs: &'a [Log],
+    /// The run that invoked this one, if it is a child run.
+    parent: Option<&'a Parent>,
+    /// The runs this one invoked, in the order they were invoked.
+    children: &'a [Run],
+}
+
+/// The parent of a child run: its id, and its run unless it was deleted.
+struct Parent {
+    id: String,
+    run: Option<Run>,
+}
+
+/// Children listed one per line by `durably run` (the others are counted).
+const CHILDREN_SHOWN: usize = 5;
+
+/// `3: 2 completed, 1 failed`: how many children, and how many in each status (in the
+/// lifecycle order).
+fn children_summary(children: &[Run]) -> String {
+    let counts: Vec<String> = RunStatus::ALL
+        .iter()
+        .filter_map(|status| {
+            let count = children.iter().filter(|c| c.status == *status).count();
+            (count > 0).then(|| format!("{count} {status}"))
+        })
+        .collect();
+    format!("{}: {}", children.len(), counts.join(", "))
 }
 
 fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
@@ -493,6 +560,13 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
             "priority",
             format!("{} (higher runs first; default 0)", run.priority),
         );
+    }
+    if let Some(parent) = shown.parent {
+        let what = match &parent.run {
+            Some(p) => format!("{} (job {}, {})", p.id, p.job_name, p.status),
+            None => format!("{} (deleted)", parent.id),
+        };
+        field("parent", what);
     }
     if run.status == RunStatus::Leased {
         let owner = run.lease_owner.clone().unwrap_or_else(|| "?".into());
@@ -539,6 +613,27 @@ fn describe_run(run: &Run, shown: &Shown<'_>, now: Timestamp) -> String {
         out.push_str(&format!("waits ({})\n", shown.waits.len()));
         for wait in shown.waits {
             out.push_str(&format!("  {}\n", wait_line(wait)));
+        }
+    }
+    if !shown.children.is_empty() {
+        out.push_str(&format!(
+            "children ({})\n",
+            children_summary(shown.children)
+        ));
+        for child in shown.children.iter().take(CHILDREN_SHOWN) {
+            out.push_str(&format!(
+                "  {} {} {} ({})\n",
+                child.id,
+                child.job_name,
+                child.status,
+                age_or_duration(child, now)
+            ));
+        }
+        if shown.children.len() > CHILDREN_SHOWN {
+            out.push_str(&format!(
+                "  … and {} more\n",
+                shown.children.len() - CHILDREN_SHOWN
+            ));
         }
     }
     out.push_str(&format!("logs ({})\n", logs.len()));

@@ -1247,3 +1247,189 @@ async fn signal_errors_have_clear_messages_and_exit_codes() {
     fx.process().await;
     assert_eq!(fx.run(&id).await.output, Some(json!({"timedOut": true})));
 }
+
+/// A SQLite file holding run `fan` (failed) and its 7 child runs of `leaf` invoked with
+/// `step.invoke_all` (the third child failed, the others completed). Returns the temp dir, the
+/// database path, the parent id and the child ids in the order they were invoked.
+async fn parent_with_children() -> (tempfile::TempDir, String, String, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tree.sqlite");
+    let durably = Durably::builder().sqlite(&path).build().expect("build");
+    let leaf = durably
+        .register(Job::new(
+            "leaf",
+            |_step: StepContext, input: Value| async move {
+                if input == json!(3) {
+                    return Err(durably::Error::Validation("leaf 3 fails".into()));
+                }
+                Ok::<_, durably::Error>(input)
+            },
+        ))
+        .expect("register leaf");
+    let fan = durably
+        .register(Job::new("fan", move |step: StepContext, _input: Value| {
+            let leaf = leaf.clone();
+            async move {
+                let inputs = (1..=7).map(|i| json!(i)).collect();
+                let outputs = step.invoke_all("leaves", &leaf, inputs).await?;
+                Ok::<_, durably::Error>(json!(outputs.len()))
+            }
+        }))
+        .expect("register fan");
+    durably.migrate().await.expect("migrate");
+    let parent = fan.trigger(json!({})).await.expect("trigger fan").run.id;
+    for _ in 0..20 {
+        durably
+            .process_until_idle(None, None)
+            .await
+            .expect("process");
+        let run = durably.get_run(&parent).await.expect("get").expect("run");
+        if run.status.is_terminal() {
+            break;
+        }
+    }
+    let parent_run = durably.get_run(&parent).await.expect("get").expect("run");
+    assert_eq!(
+        parent_run.status,
+        RunStatus::Failed,
+        "{:?}",
+        parent_run.error
+    );
+    let mut children = durably.get_children(&parent).await.expect("children");
+    children.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    assert_eq!(children.len(), 7);
+    let failed: Vec<&Value> = children
+        .iter()
+        .filter(|c| c.status == RunStatus::Failed)
+        .map(|c| &c.input)
+        .collect();
+    assert_eq!(failed, [&json!(3)]);
+    let ids = children.into_iter().map(|c| c.id).collect();
+    durably.stop().await;
+    let db = path.to_str().expect("utf-8 temp path").to_owned();
+    (dir, db, parent, ids)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_parent_lists_children_and_run_shows_the_tree() {
+    let (_dir, db, parent, children) = parent_with_children().await;
+
+    // `runs --parent`: the 7 children, not the parent; filters combine with it
+    let text = expect_code(&durably_cli(&["runs", "--parent", &parent, "--db", &db]), 0);
+    assert_eq!(text.lines().count(), 1 + 7, "{text}");
+    for id in &children {
+        assert!(text.contains(id.as_str()), "{id} missing:\n{text}");
+    }
+    assert!(!text.contains(parent.as_str()), "{text}");
+    assert!(!text.contains("fan"), "{text}");
+    let failed = json_of(&expect_code(
+        &durably_cli(&[
+            "runs", "--parent", &parent, "--status", "failed", "--json", "--db", &db,
+        ]),
+        0,
+    ));
+    let failed = failed.as_array().expect("array");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["id"], children[2].as_str());
+    assert_eq!(failed[0]["parentRunId"], parent.as_str());
+    // a run without children, and an unknown parent (exit 4)
+    let text = expect_code(
+        &durably_cli(&["runs", "--parent", &children[0], "--db", &db]),
+        0,
+    );
+    assert_eq!(
+        text.trim(),
+        format!("no child runs of run {} match", children[0])
+    );
+    let output = durably_cli(&["runs", "--parent", "01NOSUCHRUN", "--db", &db]);
+    expect_code(&output, 4);
+    assert!(
+        stderr(&output).contains("no such run: 01NOSUCHRUN"),
+        "{}",
+        stderr(&output)
+    );
+
+    // `run PARENT`: the count per status, the first 5 children in invoke order, how to list all
+    let text = expect_code(&durably_cli(&["run", &parent, "--db", &db]), 0);
+    assert!(
+        text.contains("children (7: 6 completed, 1 failed)\n"),
+        "{text}"
+    );
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("children ("))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(listed.len(), 6, "{text}");
+    for (line, id) in listed.iter().zip(&children[..5]) {
+        assert!(
+            line.starts_with(&format!("  {id} leaf ")),
+            "{line:?} for {id}"
+        );
+    }
+    assert!(listed[2].contains(" failed "), "{}", listed[2]);
+    assert_eq!(listed[5], "  … and 2 more");
+    assert!(
+        text.contains(&format!(
+            "`durably runs --parent {parent} --db {db} --limit 0`"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("  parent "), "{text}");
+
+    // `run CHILD`: its parent's id, job and status; no children section
+    let text = expect_code(&durably_cli(&["run", &children[2], "--db", &db]), 0);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("parent "))
+        .unwrap_or_else(|| panic!("no parent line:\n{text}"));
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["parent", &parent, "(job", "fan,", "failed)"]
+    );
+    assert!(!text.contains("children ("), "{text}");
+
+    // the HTTP API that the dashboard reads: GET /runs?parentRunId=
+    let served = db.clone();
+    let server = tokio::task::spawn_blocking(move || start_serve(&served))
+        .await
+        .expect("join");
+    let address = server.address;
+    let (listed, nul) = tokio::task::spawn_blocking(move || {
+        let api = "/api/durably";
+        let listed = http(
+            address,
+            "GET",
+            &format!("{api}/runs?parentRunId={parent}&status=completed"),
+            None,
+        );
+        let nul = http(
+            address,
+            "GET",
+            &format!("{api}/runs?parentRunId=a%00b"),
+            None,
+        );
+        (listed, nul)
+    })
+    .await
+    .expect("join");
+    assert_eq!(listed.0, 200, "{}", listed.2);
+    let listed = json_of(&listed.2);
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let mut completed: Vec<&str> = children
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, id)| id.as_str())
+        .collect();
+    completed.sort_unstable();
+    assert_eq!(ids, completed);
+    assert_eq!(nul.0, 400, "{}", nul.2);
+}

@@ -2,7 +2,8 @@
 //! (playwright-core from node, sharing tests/browser's package.json and lockfile). Triggers
 //! `steps` from the form and watches its progress advance live in the runs table, opens the run
 //! detail, checks that invalid input shows the server's message, cancels a `sleep` run, filters
-//! by status, job and label. Screenshots (laptop and phone width) are saved under
+//! by status, job and label, signals a waiting `approval` run, and shows a `parent` run's
+//! children on its page and the parent on a child's page. Screenshots (laptop and phone width) are saved under
 //! `target/dashboard-screenshots/`. See build.rs for when it runs; `.ci/run` installs what it needs.
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ fn screenshot_dir() -> PathBuf {
     not(durably_browser_tests),
     ignore = "needs node, chromium (/usr/bin/chromium or $CHROMIUM) and `npm ci` in crates/durably-cli/tests/browser: .ci/run installs them"
 )]
-fn dashboard_triggers_follows_progress_cancels_and_filters() {
+fn dashboard_triggers_follows_progress_cancels_filters_and_shows_the_run_tree() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
     let shots = screenshot_dir();
     let output = Command::new("node")

@@ -8,6 +8,8 @@
 //   6. screenshots (laptop and phone width) into $SCREENSHOTS;
 //   7. "Load more" pages through the runs;
 //   7b. a waiting `approval` run signalled from its detail's wait form;
+//   7c. child runs: a `parent` run's page lists its children (status, link, count), a child's
+//      page links to its parent, a run without either shows no tree;
 //   8. `durably serve` on the same database: the form says it has no jobs, retrigger's 501
 //      message is shown.
 //
@@ -294,6 +296,63 @@ async function main() {
     )
     await page.waitForSelector('#detail-waits li[data-status="resolved"]')
     check(!(await page.isVisible('[data-testid="signal-form"]')), 'no signal form once resolved')
+
+    // 7c. child runs: `parent` invokes 3 children of `echo`; its page lists them, each with
+    // its status and a link; a child's page shows its parent above it, linked
+    const parentResponse = await fetch(`${api}/trigger`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ jobName: 'parent', input: { children: 3 } }),
+    })
+    check(parentResponse.ok, `trigger parent: ${parentResponse.status}`)
+    const parentId = (await parentResponse.json()).runId
+    for (let i = 0; i < 300; i++) {
+      const run = await (await fetch(`${api}/run?runId=${parentId}`)).json()
+      if (run.isTerminal) {
+        check(run.status === 'completed', `parent run ${run.status}: ${run.error}`)
+        break
+      }
+      await sleep(100)
+    }
+    const childRuns = await (await fetch(`${api}/runs?parentRunId=${parentId}`)).json()
+    check(childRuns.length === 3 && childRuns.every((c) => c.parentRunId === parentId && c.jobName === 'echo'), `children over HTTP: ${JSON.stringify(childRuns)}`)
+    const childIds = childRuns.map((c) => c.id).sort()
+    await page.goto(`${origin}/?run=${parentId}`)
+    await waitDetailStatus(page, 'completed')
+    await page.waitForFunction(() => document.querySelectorAll('#detail-tree [data-testid="tree-child"]').length === 3)
+    const listedChildren = await page.$$eval('#detail-tree [data-testid="tree-child"]', (lis) =>
+      lis.map((li) => ({ id: li.dataset.runId, status: li.querySelector('[data-testid="status"]')?.textContent, job: li.querySelector('.job')?.textContent, href: li.querySelector('a')?.getAttribute('href') })),
+    )
+    check(
+      JSON.stringify(listedChildren.map((c) => c.id).sort()) === JSON.stringify(childIds) &&
+        listedChildren.every((c) => c.status === 'completed' && c.job === 'echo' && c.href === `?run=${c.id}`),
+      `children on the parent's page: ${JSON.stringify(listedChildren)}`,
+    )
+    check((await page.textContent('[data-testid="tree-count"]')).includes('3 children: 3 completed'), `children count: ${await page.textContent('[data-testid="tree-count"]')}`)
+    check((await page.$$('#detail-tree [data-testid="tree-ancestor"]')).length === 0, 'a root run has no ancestors')
+    // a child has no children of its own: expanding it says so
+    await page.click('#detail-tree [data-testid="tree-child"] [data-testid="tree-expand"]')
+    await page.waitForSelector('#detail-tree [data-testid="tree-none"]')
+    await shot(page, 'run-children.png')
+    // the child's page: its parent above it, linked; back to the parent by that link
+    const firstChild = listedChildren[0].id
+    await page.click(`#detail-tree li[data-run-id="${firstChild}"] a`)
+    await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id, firstChild)
+    check(new URL(page.url()).searchParams.get('run') === firstChild, `child in URL: ${page.url()}`)
+    await page.waitForSelector('#detail-tree [data-testid="tree-parent"]')
+    const parentLink = await page.$eval('#detail-tree [data-testid="tree-parent"]', (a) => ({ href: a.getAttribute('href'), title: a.title, job: a.closest('li').querySelector('.job').textContent }))
+    check(parentLink.href === `?run=${parentId}` && parentLink.title === parentId && parentLink.job === 'parent', `parent link: ${JSON.stringify(parentLink)}`)
+    check((await page.getAttribute('#detail-tree [data-testid="tree-self"]', 'data-run-id')) === firstChild, 'the child itself below its parent')
+    check((await page.$$('#detail-tree [data-testid="tree-child"]')).length === 0, 'an echo child has no children')
+    await shot(page, 'run-parent-link.png')
+    await page.click('#detail-tree [data-testid="tree-parent"]')
+    await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id, parentId)
+    await page.waitForFunction(() => document.querySelectorAll('#detail-tree [data-testid="tree-child"]').length === 3)
+    // a run without parent or children: nothing extra
+    await page.goto(`${origin}/?run=${stepsId}`)
+    await waitDetailStatus(page, 'completed')
+    await sleep(300)
+    check(await page.isHidden('[data-testid="detail-tree"]'), 'no tree for a run without parent or children')
 
     // 8. `durably serve` (no job definitions) over the same database
     const served = await start(['serve', '--db', db])

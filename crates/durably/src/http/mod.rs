@@ -6,7 +6,7 @@
 //! | method & path | answer |
 //! |---|---|
 //! | `POST /trigger` | `{"runId", "disposition"}` |
-//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first |
+//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first (filters `jobName`, `status`, `label.<k>`, `limit`, `offset`, and ours `parentRunId`: a run's children) |
 //! | `GET /run?runId=` | [`ClientRun`] |
 //! | `GET /steps?runId=` | JSON array of steps |
 //! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
@@ -753,6 +753,11 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     }
     filter.limit = page_param(query, "limit")?;
     filter.offset = page_param(query, "offset")?;
+    // ours: the child runs of one run (an empty value filters nothing, as an absent one)
+    if let Some(parent) = query.first("parentRunId").filter(|id| !id.is_empty()) {
+        crate::limits::check_text("parentRunId", parent).map_err(durably_error)?;
+        filter.parent_run_id = Some(parent.to_owned());
+    }
     let filter = guard
         .scope_runs(filter)
         .await

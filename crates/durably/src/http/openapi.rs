@@ -418,7 +418,8 @@ fn runs_document(durably: &Durably) -> Value {
                     { "name": "jobName", "in": "query", "schema": { "type": "array", "maxItems": limits.max_job_name_filters, "items": job_name }, "style": "form", "explode": true },
                     { "name": "status", "in": "query", "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RunStatus" } }, "style": "form", "explode": true },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
-                    { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } }
+                    { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),

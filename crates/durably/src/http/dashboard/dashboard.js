@@ -2,7 +2,8 @@
 // Runs: GET /runs (+ live GET /runs/subscribe); a run: GET /run, /steps, /logs (+ live
 // GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
 // POST /retrigger, POST /resume (a failed run), POST /wake (a run waiting on a timer), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
-// and POST /trigger; cron schedules: GET /schedules, POST /schedules/pause|resume|trigger. The filters and the open run live in the page URL.
+// and POST /trigger; cron schedules: GET /schedules, POST /schedules/pause|resume|trigger; a run's
+// parent and children (child runs, step.invoke): GET /run up the parentRunId chain, GET /runs?parentRunId=. The filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
@@ -24,6 +25,18 @@ const state = {
   runsSource: null,
   runSource: null,
   schedules: [],
+  tree: emptyTree(null),
+}
+
+/** Ancestors shown above a run at most (the chain is cut there, with a link to go on). */
+const TREE_DEPTH = 20
+/** Children read per run at most; and shown before "Show all". */
+const CHILDREN_LIMIT = 200
+const CHILDREN_SHOWN = 10
+
+/** The open run's place in the tree: its ancestors (root first), its children (in invoke order), and the grandchildren loaded by a click. */
+function emptyTree(id) {
+  return { id, ancestors: [], cut: null, children: [], more: false, showAll: false, open: new Set(), kids: new Map() }
 }
 
 /** The labels a schedule puts on its runs (its name; the slot, absent when triggered now). */
@@ -347,6 +360,10 @@ function connectRuns() {
     if (event.runId && event.runId === state.selected && event.type === 'run:delete') {
       showError($('detail-error'), 'This run was deleted.')
     }
+    // a child of the open run changed: its status chip (and the counts) follow
+    if (event.type !== 'log:write' && event.type !== 'run:progress' && state.tree.children.some((c) => c.id === event.runId)) {
+      scheduleTree()
+    }
   }
 }
 
@@ -374,6 +391,7 @@ async function loadDetail() {
     if (logs) state.logs = logs
     showError($('detail-error'), '')
     renderDetail()
+    loadTree(run)
   } catch (error) {
     if (ticket !== detailRequest) return
     showError($('detail-error'), error.message)
@@ -456,6 +474,7 @@ function openRun(id, push = true) {
     state.attempts = []
     state.waits = []
     state.logs = []
+    state.tree = emptyTree(id)
     showError($('detail-error'), '')
     $('detail-id').textContent = id
     renderDetail()
@@ -523,6 +542,7 @@ function renderDetail() {
     $('detail-times').replaceChildren()
     $('detail-labels').replaceChildren()
     $('detail-progress').replaceChildren()
+    renderTree()
     return
   }
   $('detail-title').textContent = run.jobName
@@ -819,6 +839,179 @@ async function runAction(kind) {
   }
 }
 
+// ---------- parent and children
+
+/** A run's children, in the order they were invoked (`{runs, more}`: more than CHILDREN_LIMIT). */
+async function fetchChildren(id) {
+  const runs = await api('GET', `/runs?parentRunId=${encodeURIComponent(id)}&limit=${CHILDREN_LIMIT + 1}`)
+  const more = runs.length > CHILDREN_LIMIT
+  const kept = runs.slice(0, CHILDREN_LIMIT)
+  kept.sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  return { runs: kept, more }
+}
+
+/** The chain of `run`'s ancestors, root first, at most TREE_DEPTH; `cut`: the id above the top one when the chain goes on. A parent that cannot be read (deleted) ends the chain as `{id, missing}`. */
+async function fetchAncestors(run) {
+  const chain = []
+  let parentId = run.parentRunId
+  while (parentId && chain.length < TREE_DEPTH) {
+    const parent = await api('GET', `/run?runId=${encodeURIComponent(parentId)}`).catch(() => null)
+    if (!parent) {
+      chain.unshift({ id: parentId, missing: true })
+      return { chain, cut: null }
+    }
+    chain.unshift(parent)
+    parentId = parent.parentRunId
+  }
+  return { chain, cut: parentId || null }
+}
+
+let treeRequest = 0
+async function loadTree(run) {
+  const id = run.id
+  const ticket = ++treeRequest
+  try {
+    const [ancestors, children] = await Promise.all([fetchAncestors(run), fetchChildren(id)])
+    if (ticket !== treeRequest || state.selected !== id || state.tree.id !== id) return
+    Object.assign(state.tree, { ancestors: ancestors.chain, cut: ancestors.cut, children: children.runs, more: children.more })
+    showError($('tree-error'), '')
+  } catch (error) {
+    if (ticket !== treeRequest || state.selected !== id) return
+    showError($('tree-error'), `Cannot load the child runs: ${error.message}`)
+  }
+  renderTree()
+}
+
+let treeTimer = null
+function scheduleTree() {
+  if (treeTimer) return
+  treeTimer = setTimeout(() => {
+    treeTimer = null
+    if (state.detail && state.detail.id === state.selected) loadTree(state.detail)
+  }, 400)
+}
+
+/** `7 children: 6 completed, 1 failed` (`200+ children, the newest 200: …` past CHILDREN_LIMIT). */
+function childrenSummary(children, more) {
+  const counts = STATUSES.map((status) => [status, children.filter((c) => c.status === status).length])
+    .filter(([, n]) => n > 0)
+    .map(([status, n]) => `${n} ${status}`)
+    .join(', ')
+  const n = children.length
+  if (more) return `${n}+ children, the newest ${n}: ${counts}`
+  return `${n} child${n === 1 ? '' : 'ren'}: ${counts}`
+}
+
+/** A row of the tree indented `depth` levels. */
+function treeLi(depth, attrs, ...children) {
+  const li = el('li', attrs, ...children)
+  li.style.setProperty('--depth', String(depth))
+  return li
+}
+
+/** One row of the tree: expand toggle (children and below), status, job, short id link. */
+function treeRow(run, depth, level, testid) {
+  const tree = state.tree
+  const expandable = level === 'child' || level === 'descendant'
+  const open = tree.open.has(run.id)
+  const toggle = expandable
+    ? el('button', {
+        type: 'button',
+        class: 'toggle',
+        title: open ? 'Hide its children' : 'Show its children',
+        'aria-expanded': String(open),
+        dataset: { testid: 'tree-expand' },
+        text: open ? '▾' : '▸',
+        onclick: () => toggleKids(run.id),
+      })
+    : el('span', { class: 'spacer', text: level === 'self' ? '●' : '' })
+  const short = `…${run.id.slice(-8)}`
+  return treeLi(
+    depth,
+    { class: level, dataset: { runId: run.id, level, testid: `tree-${level}` } },
+    toggle,
+    run.missing ? null : badge(run.status),
+    el('span', { class: 'job', text: run.missing ? '(deleted or not readable)' : run.jobName }),
+    level === 'self' ? el('span', { class: 'muted small', text: 'this run' }) : runLink(run.id, testid, short),
+  )
+}
+
+async function toggleKids(id) {
+  const tree = state.tree
+  if (tree.open.has(id)) {
+    tree.open.delete(id)
+    renderTree()
+    return
+  }
+  tree.open.add(id)
+  if (!tree.kids.has(id)) {
+    try {
+      tree.kids.set(id, await fetchChildren(id))
+    } catch (error) {
+      tree.kids.set(id, { runs: [], more: false, error: error.message })
+    }
+    if (state.tree !== tree) return
+  }
+  renderTree()
+}
+
+/** The rows under an expanded run: its children, each expandable in turn. */
+function kidRows(id, depth) {
+  const tree = state.tree
+  if (!tree.open.has(id)) return []
+  const kids = tree.kids.get(id)
+  if (!kids) return [treeLi(depth, { class: 'note', text: 'loading…' })]
+  if (kids.error) return [treeLi(depth, { class: 'note', text: `Cannot load its children: ${kids.error}` })]
+  if (!kids.runs.length) return [treeLi(depth, { class: 'note', dataset: { testid: 'tree-none' }, text: 'no child runs' })]
+  const rows = kids.runs.flatMap((kid) => [treeRow(kid, depth, 'descendant', 'tree-link'), ...kidRows(kid.id, depth + 1)])
+  if (kids.more) rows.push(treeLi(depth, { class: 'note', text: `… only the newest ${kids.runs.length} are shown` }))
+  return rows
+}
+
+function renderTree() {
+  const tree = state.tree
+  const run = state.detail
+  const box = $('detail-tree-box')
+  if (!run || tree.id !== run.id || (!tree.ancestors.length && !tree.children.length)) {
+    box.hidden = true
+    $('detail-tree').replaceChildren()
+    $('tree-count').textContent = ''
+    return
+  }
+  box.hidden = false
+  const rows = []
+  if (tree.cut) {
+    const above = runLink(tree.cut, 'tree-link', `…${tree.cut.slice(-8)}`)
+    rows.push(treeLi(0, { class: 'note' }, el('span', { class: 'spacer', text: '⋮' }), `more than ${TREE_DEPTH} ancestors; further up: `, above))
+  }
+  const last = tree.ancestors.length - 1
+  tree.ancestors.forEach((ancestor, i) => rows.push(treeRow(ancestor, i, 'ancestor', i === last ? 'tree-parent' : 'tree-link')))
+  const depth = tree.ancestors.length
+  rows.push(treeRow(run, depth, 'self'))
+  const shown = tree.showAll ? tree.children : tree.children.slice(0, CHILDREN_SHOWN)
+  for (const child of shown) rows.push(treeRow(child, depth + 1, 'child', 'tree-link'), ...kidRows(child.id, depth + 2))
+  if (shown.length < tree.children.length) {
+    rows.push(
+      treeLi(
+        depth + 1,
+        { class: 'more' },
+        el('button', {
+          type: 'button',
+          class: 'link',
+          dataset: { testid: 'tree-more' },
+          text: `Show all ${tree.children.length}`,
+          onclick: () => {
+            tree.showAll = true
+            renderTree()
+          },
+        }),
+      ),
+    )
+  }
+  $('detail-tree').replaceChildren(...rows)
+  $('tree-count').textContent = tree.children.length ? `(${childrenSummary(tree.children, tree.more)})` : ''
+}
+
 // ---------- trigger form
 
 function schemaType(schema) {
@@ -1009,12 +1202,13 @@ async function submitTrigger(event) {
 }
 
 /** A link to a run's page that opens it in place (`testid` names it for the browser tests). */
-function runLink(runId, testid) {
+function runLink(runId, testid, text = runId) {
   return el('a', {
     href: `?run=${encodeURIComponent(runId)}`,
     class: 'mono',
+    title: runId,
     dataset: { testid },
-    text: runId,
+    text,
     onclick: (e) => {
       e.preventDefault()
       openRun(runId)
