@@ -38,6 +38,9 @@ pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 
+#[cfg(feature = "libsql")]
+pub mod libsql;
+
 /// Group-commit counters of a store (`SqliteStore::stats`, `PostgresStore::stats`): how
 /// many write transactions carried how many writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
