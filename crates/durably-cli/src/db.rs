@@ -67,11 +67,24 @@ impl DbArgs {
         } else {
             ""
         };
-        let cannot_open = |error: &durably::Error| {
-            CliError::new(format!(
+        let cannot_open = |error: &durably::Error| match error {
+            // The library's message names the server and, for a timeout, what to check.
+            durably::Error::Storage {
+                operation: "connect",
+                source,
+            } => {
+                let text = source.to_string();
+                let hint = if text.contains("(check") { "" } else { hint };
+                CliError::new(format!("{text}{hint}"))
+            }
+            // Says which database and what is wrong with it (a missing directory, a scheme).
+            durably::Error::Config(message) if message.starts_with("Cannot open") => {
+                CliError::new(format!("c{}", &message[1..]))
+            }
+            _ => CliError::new(format!(
                 "cannot open database {shown}: {}{hint}",
                 describe(error)
-            ))
+            )),
         };
         let builder = Durably::builder()
             .preserve_steps(preserve_steps)
@@ -87,6 +100,12 @@ impl DbArgs {
                 .map_err(|e| cannot_open(&e).with_code(USAGE))?;
             builder.store(store)
         } else {
+            if let Some((scheme, _)) = self.db.split_once("://") {
+                return Err(CliError::usage(format!(
+                    "--db {shown}: durably does not support `{scheme}://` databases; give a \
+                     SQLite file path (app.db) or a postgres:// URL"
+                )));
+            }
             if self.schema.is_some() {
                 return Err(CliError::usage(
                     "--schema applies to PostgreSQL only; a SQLite file holds one durably schema",

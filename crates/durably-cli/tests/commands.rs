@@ -309,6 +309,52 @@ async fn missing_or_unmigrated_databases_say_what_to_do() {
     expect_code(&durably_cli(&["runs", "--db", empty]), 0);
 }
 
+/// Databases that cannot be: a URL of a kind durably does not support (exit 2, naming the
+/// scheme), a SQLite file in a missing directory (naming the directory, creating nothing), a
+/// PostgreSQL server that refuses connections (naming the server, not an internal operation).
+#[tokio::test(flavor = "multi_thread")]
+async fn unsupported_or_unreachable_databases_are_named() {
+    let output = durably_cli(&["runs", "--db", "mysql://app@db/orders"]);
+    assert_eq!(
+        stderr(&output).trim_end(),
+        "error: --db mysql://app@db/orders: durably does not support `mysql://` databases; \
+         give a SQLite file path (app.db) or a postgres:// URL"
+    );
+    expect_code(&output, 2);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("data");
+    let file = missing.join("app.db");
+    let output = durably_cli(&["migrate", "--db", file.to_str().expect("utf-8")]);
+    assert_eq!(
+        stderr(&output).trim_end(),
+        format!(
+            "error: cannot open the SQLite database {}: the directory {} does not exist \
+             (create it first)",
+            file.display(),
+            missing.display()
+        )
+    );
+    expect_code(&output, 1);
+    assert!(!missing.exists(), "nothing created");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://app@127.0.0.1:{port}/orders");
+    let output = durably_cli(&["runs", "--db", &url]);
+    let message = stderr(&output);
+    assert!(
+        message.starts_with(&format!(
+            "error: cannot connect to PostgreSQL at 127.0.0.1:{port}/orders: error connecting \
+             to server: Connection refused"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("schema_version"), "{message}");
+    expect_code(&output, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_shows_details_steps_and_logs() {
     let fx = Fixture::new().await;

@@ -127,15 +127,31 @@ impl Error {
         matches!(self, Error::LeaseLost { .. })
     }
 
-    /// Wraps a backend error as [`Error::Storage`] for the named operation.
+    /// Wraps a backend error as [`Error::Storage`] for the named operation; a table of
+    /// durably's that does not exist (the schema was never created) becomes [`Error::Config`]
+    /// saying to call `init()`.
     pub fn storage(operation: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Storage {
-            operation,
-            source: source.into(),
+        let source = source.into();
+        let text = source.to_string();
+        if missing_durably_table(&text) {
+            return Error::Config(format!(
+                "The database is not set up for durably ({text}): call `init()` (or \
+                 `migrate()`) on the Durably instance once at startup, before triggering or \
+                 reading runs, or run `durably migrate --db <database>`"
+            ));
         }
+        Error::Storage { operation, source }
     }
 
     pub(crate) fn run_not_found(run_id: &str) -> Self {
         Error::NotFound(format!("Run not found: {run_id}"))
     }
+}
+
+/// Whether a backend's error text says one of durably's tables does not exist (SQLite and
+/// libSQL: `no such table: durably_runs`; PostgreSQL: `relation "durably_runs" does not
+/// exist`).
+fn missing_durably_table(text: &str) -> bool {
+    text.contains("no such table: durably_")
+        || (text.contains("relation \"durably_") && text.contains("does not exist"))
 }

@@ -187,7 +187,7 @@ impl<I: JobData, O: JobData> Job<I, O> {
 
     /// Deserializes and validates an input; returns it typed and normalized as JSON.
     fn parse_input(&self, input: Value) -> Result<(I, Value), String> {
-        let typed: I = serde_json::from_value(input).map_err(|e| e.to_string())?;
+        let typed: I = crate::json_terms::from_json(input)?;
         if let Some(check) = &self.validate_input {
             check(&typed)?;
         }
@@ -196,7 +196,7 @@ impl<I: JobData, O: JobData> Job<I, O> {
     }
 
     async fn execute(&self, step: StepContext, input: Value) -> Result<Value, ExecutionError> {
-        let typed: I = serde_json::from_value(input)
+        let typed: I = crate::json_terms::from_json(input)
             .map_err(|e| ExecutionError::Message(format!("Invalid input: {e}")))?;
         let output = match (self.run)(step.clone(), typed).await {
             Ok(output) => output,

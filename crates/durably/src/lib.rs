@@ -189,6 +189,7 @@ mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod job;
+mod json_terms;
 mod lease;
 pub mod limits;
 pub mod maintenance;

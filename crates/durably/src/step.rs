@@ -4,7 +4,7 @@
 //! when the run executes again (after a crash, a restart or a lost lease) the job function runs
 //! from the top and every completed step returns its stored output instead of running again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +70,9 @@ pub(crate) struct StepShared {
     failed_steps: Mutex<Vec<(i64, String)>>,
     /// Outputs of this run's completed steps by name; `None` until loaded from the store.
     completed: Mutex<Option<HashMap<String, (i64, Value)>>>,
+    /// The step names this execution ran, replayed or is running (a failed attempt frees its
+    /// name for a retry): a step is identified by its name, so a second use is refused.
+    names_in_use: Mutex<HashSet<String>>,
     /// Failed attempts recorded by earlier executions, by step name; `None` until loaded (with
     /// `completed`, or by the first step with a retry policy).
     failed_before: Mutex<Option<HashMap<String, u32>>>,
@@ -460,6 +463,7 @@ impl StepContext {
             failed_steps: Mutex::new(Vec::new()),
             // A run claimed with no completed step has nothing to replay: skip the lookups.
             completed: Mutex::new((completed_steps == 0).then(HashMap::new)),
+            names_in_use: Mutex::new(HashSet::new()),
             failed_before: Mutex::new(None),
             claimed_completed_steps: completed_steps,
             lease,
@@ -587,12 +591,14 @@ impl StepContext {
                 "Cannot start a step during wait preparation or suspension".into(),
             ));
         }
+        let mut name_in_use = NameInUse::take(shared, name)?;
         shared.check_before_step().await?;
         if let Some((saved_index, stored)) = shared.completed_output(name).await? {
             // Upstream's rule: a replay moves the next index past the saved one, never back.
             shared
                 .step_index
                 .fetch_max(saved_index + 1, Ordering::SeqCst);
+            name_in_use.keep();
             return serde_json::from_value(stored).map_err(|e| {
                 Error::Validation(format!(
                     "Stored output of step \"{name}\" of run {} does not match the step's type: {e}",
@@ -694,6 +700,7 @@ impl StepContext {
                         .await?;
                     return match persisted {
                         Some(_) => {
+                            name_in_use.keep();
                             shared.lease.confirmed(sent);
                             shared.remember_completed(name, index, output.clone());
                             let duration = started.elapsed().as_millis() as u64;
@@ -971,5 +978,45 @@ async fn bounded<T, E: Into<BoxError>>(
             attempt: attempt.number(),
             after: timeout,
         })),
+    }
+}
+
+/// A step name taken by one call of [`StepContext::run_with`] in this execution: released when
+/// the call ends without the step completing (a failed attempt may be retried under its name),
+/// kept once it completed or replayed.
+struct NameInUse<'a> {
+    shared: &'a StepShared,
+    name: &'a str,
+    kept: bool,
+}
+
+impl<'a> NameInUse<'a> {
+    /// Takes `name`, or refuses a name this execution already ran, replayed or is running.
+    fn take(shared: &'a StepShared, name: &'a str) -> Result<Self> {
+        if !lock(&shared.names_in_use).insert(name.to_owned()) {
+            return Err(Error::Validation(format!(
+                "Step name \"{name}\" is used twice in one execution of run {}: a step is \
+                 identified by its name, so a second call would return the first one's stored \
+                 output. Give each call its own name (in a loop: format!(\"{name}-{{i}}\"))",
+                shared.run_id
+            )));
+        }
+        Ok(NameInUse {
+            shared,
+            name,
+            kept: false,
+        })
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for NameInUse<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.shared.names_in_use).remove(self.name);
+        }
     }
 }

@@ -910,7 +910,8 @@ async fn fuzz_label_keys_are_checked_before_idempotency(backend: Backend) {
 }
 
 /// `{"count": 2.0}` is the integer 2 to JSON Schema and to JavaScript, but serde refused it for
-/// an integer field: 400 `invalid type: floating point` (Schemathesis ST202).
+/// an integer field: 400 `invalid type: floating point` (Schemathesis ST202). A fractional
+/// number is refused in JSON terms.
 async fn fuzz_integral_floats_are_integers_in_input(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new()).await;
     api.durably.start();
@@ -929,6 +930,12 @@ async fn fuzz_integral_floats_are_integers_in_input(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // In JSON terms, with the field's path (not `invalid type: floating point, expected u32`).
+    assert_eq!(
+        body["error"],
+        json!("Invalid input: count: expected an integer from 0 to 4294967295, got 2.5"),
+        "{body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -173,7 +173,10 @@ async fn resumed_run_replays_completed_steps(backend: Backend) {
     durably.stop().await;
 }
 
-async fn duplicate_step_names_return_the_first_output(backend: Backend) {
+/// A step is identified by its name: a second `step.run` with a name this execution already
+/// used is refused (upstream silently returns the first step's output), its function never
+/// runs, and the run fails with a message that names the step and says what to do.
+async fn a_step_name_used_twice_in_one_execution_fails_the_run_naming_it(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.preserve_steps(true)).await;
     let recorder = Recorder::attach(&durably);
@@ -206,8 +209,18 @@ async fn duplicate_step_names_return_the_first_output(backend: Backend) {
     durably.start();
     let id = job.trigger(json!({})).await.unwrap().run.id;
     let run = terminal(&durably, &id).await;
-    assert_eq!(run.status, RunStatus::Completed);
-    assert_eq!(run.output, Some(json!({ "a": "one", "b": "one" })));
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.error.as_deref(),
+        Some(
+            format!(
+                "Step name \"same\" is used twice in one execution of run {id}: a step is \
+                 identified by its name, so a second call would return the first one's stored \
+                 output. Give each call its own name (in a loop: format!(\"same-{{i}}\"))"
+            )
+            .as_str()
+        )
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "second fn never ran");
     assert_eq!(durably.get_steps(&id).await.unwrap().len(), 1);
     assert_eq!(recorder.of(&durably, EventType::StepStart).await.len(), 1);
@@ -823,7 +836,7 @@ backend_tests!(
     step_returning_a_value_completes_the_run,
     steps_are_stored_in_index_order,
     resumed_run_replays_completed_steps,
-    duplicate_step_names_return_the_first_output,
+    a_step_name_used_twice_in_one_execution_fails_the_run_naming_it,
     each_executed_step_emits_one_start_and_one_complete,
     failing_step_fails_the_run,
     only_failing_step_is_recorded_as_failed,

@@ -157,9 +157,49 @@ impl Fail {
         }
     }
 
+    /// The error of `operation` on the database of `config`. A failure to open a connection
+    /// (the server does not answer in time, refuses, or rejects the login) is reported as such,
+    /// naming the server, whatever operation needed the connection.
     pub(super) fn into_error(self, operation: &'static str) -> Error {
         match self {
             Fail::Other(error) => error,
+            other => Error::storage(operation, other.describe()),
+        }
+    }
+
+    /// [`Fail::into_error`] for an operation that took a pooled connection of `config`'s
+    /// database.
+    pub(super) fn into_error_on(
+        self,
+        operation: &'static str,
+        config: &tokio_postgres::Config,
+    ) -> Error {
+        let server = server_of(config);
+        match self {
+            Fail::Other(error) => error,
+            Fail::Pool(PoolError::Timeout(deadpool_postgres::TimeoutType::Create)) => {
+                let within = config
+                    .get_connect_timeout()
+                    .map(|t| format!(" within {} ms", t.as_millis()))
+                    .unwrap_or_default();
+                Error::storage(
+                    "connect",
+                    format!(
+                        "cannot connect to PostgreSQL at {server}: no answer{within} (check that \
+                         the server is up and the host and port are right; for a slow network \
+                         raise the URL's `connect_timeout` or `PostgresOptions::connect_timeout`)"
+                    ),
+                )
+            }
+            fail @ Fail::Pool(
+                PoolError::Backend(_) | PoolError::PostCreateHook(HookError::Backend(_)),
+            ) => Error::storage(
+                "connect",
+                format!(
+                    "cannot connect to PostgreSQL at {server}: {}",
+                    fail.describe()
+                ),
+            ),
             other => Error::storage(operation, other.describe()),
         }
     }
@@ -174,5 +214,33 @@ pub(super) fn db_error_text(error: &tokio_postgres::Error) -> String {
             (Some(source), None) => format!("{error}: {source}"),
             (None, _) => error.to_string(),
         },
+    }
+}
+
+/// `host:port/database` of `config` (every host of a multi-host URL), without credentials.
+pub(super) fn server_of(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => {
+                    format!("{}/.s.PGSQL.{port}", path.display())
+                }
+            }
+        })
+        .collect();
+    let hosts = match hosts.is_empty() {
+        true => "localhost:5432".to_owned(),
+        false => hosts.join(","),
+    };
+    match config.get_dbname() {
+        Some(db) => format!("{hosts}/{db}"),
+        None => hosts,
     }
 }

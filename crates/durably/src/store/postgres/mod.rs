@@ -378,7 +378,7 @@ impl PostgresStore {
                         || !fail.is_transient()
                         || tokio::time::Instant::now() + wait > deadline
                     {
-                        return Err(fail.into_error(operation));
+                        return Err(fail.into_error_on(operation, &self.shared.config));
                     }
                     let error = fail.describe();
                     tracing::debug!(operation, %error, "PostgreSQL operation failed; retrying");

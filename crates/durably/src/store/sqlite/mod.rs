@@ -117,6 +117,32 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Refuses, before SQLite's own `unable to open database file`, a path that looks like a
+/// database URL of another kind (`mysql://…`) and a file whose directory does not exist.
+fn check_file_location(path: &Path) -> Result<()> {
+    let text = path.to_string_lossy();
+    if let Some((scheme, _)) = text.split_once("://")
+        && !scheme.contains(['/', '\\'])
+    {
+        return Err(Error::Config(format!(
+            "Cannot open {text} as a SQLite database: durably does not support `{scheme}://` \
+             URLs. Give a SQLite file path (`app.db`), or a `postgres://` URL to \
+             `Durably::builder().postgres(url)` (feature `postgres`)"
+        )));
+    }
+    if let Some(directory) = path.parent()
+        && !directory.as_os_str().is_empty()
+        && !directory.is_dir()
+    {
+        return Err(Error::Config(format!(
+            "Cannot open the SQLite database {text}: the directory {} does not exist (create it \
+             first)",
+            directory.display()
+        )));
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with default options.
     /// `":memory:"` opens a private in-memory database.
@@ -140,6 +166,9 @@ impl SqliteStore {
         }
         let in_memory = path.as_os_str() == ":memory:";
         let location = path.display().to_string();
+        if !in_memory {
+            check_file_location(path)?;
+        }
         let writer = if in_memory {
             Connection::open_in_memory()
         } else {
