@@ -1,5 +1,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly (`[package.metadata.docs.rs]`): each item behind
+// a feature then says which one enables it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # durably: steps that survive crashes
 //!
 //! A job is a named async function with serde input and output. Inside it,
@@ -57,10 +60,16 @@
 //! - A step in flight when its process died runs again, whole, once another worker takes the
 //!   run over (after the dead worker's lease expires, [`Config::lease_duration`], 30 s by
 //!   default). Make external side effects idempotent.
+//! - Code outside steps (and so a job-level `step.log()` or `step.progress` call) runs again on
+//!   every execution of the run: after a crash, and after every durable wait or sleep.
 //! - Every write of a worker is fenced by its lease: a worker that froze or lost its lease
 //!   never lands a step, a completion or a failure after another worker took over.
-//! - There are no automatic retries: a failed run stays failed; [`Durably::retrigger`] starts a
-//!   new run with the same input.
+//! - A failed run stays failed unless its step or job has a retry policy ([`RetryPolicy`]);
+//!   [`Durably::retrigger`] starts a new run with the same input.
+//!
+//! In short: a completed step runs once, an interrupted one at least once. The repository's
+//! `docs/guarantees.md` shows the idempotency-key pattern, and `docs/versioning.md` what
+//! happens to runs in flight when steps are renamed, added, removed or reordered.
 //!
 //! `cargo run -p durably --example resume` shows it: a copy of the program dies inside step 2,
 //! and the next process completes the run without running step 1 again.
@@ -169,7 +178,9 @@
 //!
 //! ## Further reading
 //!
-//! In the repository's `docs/` directory: `features.md` (everything durably does),
+//! In the repository's `docs/` directory: `concepts.md` (run states, leases, replay, waits,
+//! children and schedules in a few words), `guarantees.md` (what "a step runs once" means),
+//! `versioning.md` (changing job code while runs are in flight), `features.md` (everything durably does),
 //! `leases.md` (leases, fencing, crashes and frozen workers), `limits.md` (bounds on labels,
 //! keys and filters), `operations.md` (the `durably` command and the dashboard), `postgres.md`
 //! (many hosts, TLS), `upstream-compat.md` (where durably differs from `@coji/durably`),
@@ -187,6 +198,7 @@ pub mod events;
 pub mod follow;
 mod handle;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod job;
 mod json_terms;
@@ -202,6 +214,7 @@ pub mod step;
 pub mod store;
 mod subscribe;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 pub mod time;
 mod wait;
@@ -229,9 +242,11 @@ pub use run::{
 pub use schedules::{CatchUp, FiredSlot, Schedule, ScheduleRecord, Schedules};
 pub use step::{StepContext, StepLog};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PostgresOptions, PostgresStore};
 pub use store::{Signalled, Store};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteOptions, SqliteStore, Synchronous};
 pub use waits::{
     DurableWait, NewWait, SignalDisposition, TimerKind, WaitOutcome, WaitResult, WaitStatus,
@@ -272,3 +287,13 @@ pub struct ChildrenDocDoctests;
 #[doc = include_str!("../../../docs/schedules.md")]
 #[cfg(doctest)]
 pub struct SchedulesDocDoctests;
+
+/// The examples of `docs/guarantees.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/guarantees.md")]
+#[cfg(doctest)]
+pub struct GuaranteesDocDoctests;
+
+/// The examples of `docs/versioning.md`, compiled as doctests.
+#[doc = include_str!("../../../docs/versioning.md")]
+#[cfg(doctest)]
+pub struct VersioningDocDoctests;

@@ -11,6 +11,10 @@ pub(super) fn tls_connector(
     options: &PostgresOptions,
 ) -> Result<MakeRustlsConnect> {
     // An explicit provider: no dependence on (or conflict with) a process-wide default.
+    // rustls 0.23.48 deprecates ring's provider (no post-quantum key exchange); the alternative,
+    // aws-lc-rs, needs cmake to build (see the workspace's Cargo.toml). Allowed, so that a
+    // dependent's build prints no warning.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra = match &options.root_certificates {
         Some(path) => read_root_certificates(path)?,
