@@ -1,6 +1,8 @@
 //! The `Store` contract (`durably::testing::contract`, exported for any backend) on every
-//! backend of this crate: SQLite file, SQLite in memory, PostgreSQL.
+//! backend of this crate: SQLite file, SQLite in memory, PostgreSQL, and remote libSQL (the `tursodb` test server, one per test).
 mod common;
+#[path = "libsql_support/mod.rs"]
+mod libsql_support;
 
 use common::Ends;
 #[allow(unused_imports)]
@@ -40,6 +42,28 @@ mod postgres {
         #[cfg_attr(
             not(durably_postgres_tests),
             ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+        )]
+    );
+}
+
+/// A fresh, migrated libSQL store on a test server of its own (the guard stops it).
+async fn fresh_libsql() -> (libsql_support::TestServer, Arc<dyn Store>) {
+    let server = tokio::task::spawn_blocking(libsql_support::TestServer::start)
+        .await
+        .expect("start the test server");
+    let store = durably::store::LibsqlStore::connect(&server.url, None)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (server, Arc::new(store))
+}
+
+mod libsql {
+    durably::store_contract_tests!(
+        super::fresh_libsql,
+        #[cfg_attr(
+            not(durably_libsql_tests),
+            ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
         )]
     );
 }

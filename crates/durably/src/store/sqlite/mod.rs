@@ -11,8 +11,7 @@
 //! connections, so readers never wait behind the writer (WAL mode). An in-memory database
 //! (`:memory:`) has a single connection, so its reads run on the writer thread too.
 
-#[macro_use]
-mod sql;
+use crate::store::sqlite_sql as sql;
 mod ops;
 mod options;
 mod reader;
