@@ -45,7 +45,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "libsql")]
 pub mod libsql;
 #[cfg(feature = "libsql")]
-pub use libsql::LibsqlStore;
+pub use libsql::{LibsqlOptions, LibsqlStore};
 
 /// Group-commit counters of a store (`SqliteStore::stats`, `PostgresStore::stats`): how
 /// many write transactions carried how many writes.
