@@ -273,3 +273,59 @@ async fn libsql_connect_says_what_is_wrong_with_the_url() {
         "{error}"
     );
 }
+
+/// A TCP proxy to the server at `target` (`http://host:port`) on a free loopback port: it
+/// forwards every connection (`tursodb` answers one request per connection), except that the
+/// answer to the `lose`-th one (counting from 0) is read from the server and thrown away, the
+/// client's connection closed without it. Returns the proxy's URL.
+fn lossy_proxy(target: &str, lose: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(&target) else {
+                return;
+            };
+            let (mut client_in, mut server_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            });
+            std::thread::spawn(move || {
+                let mut answer = Vec::new();
+                let _ = server.read_to_end(&mut answer);
+                if n != lose {
+                    let _ = client.write_all(&answer);
+                }
+                let _ = client.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_libsql_tests),
+    ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
+)]
+async fn libsql_an_enqueue_whose_answer_is_lost_is_recognised_not_doubled() {
+    let (server, direct) = fresh_libsql().await;
+    // Request 0: the idempotency lookup; request 1: the insert, whose answer is lost.
+    let proxy = lossy_proxy(&server.url, 1);
+    let store = durably::store::LibsqlStore::open(&proxy, durably::store::LibsqlOptions::default())
+        .expect("open");
+    let mut run = new_run("lost", json!({"n": 1}));
+    run.idempotency_key = Some("once".into());
+    let enqueued = store.enqueue(run, Timestamp::now()).await.expect("enqueue");
+    assert_eq!(enqueued.disposition, Disposition::Created);
+    let runs = direct.get_runs(&RunFilter::new()).await.expect("get_runs");
+    assert_eq!(runs.len(), 1, "one run, not two");
+    assert_eq!(runs[0].id, enqueued.run.id);
+}

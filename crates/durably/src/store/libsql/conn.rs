@@ -123,6 +123,23 @@ pub(super) enum Refusal {
     Guard(&'static str),
     /// A statement failed on a constraint (a unique index): its index among the statements.
     Constraint(usize, SqlError),
+    /// The answer was lost (a timeout, a connection closed mid-answer): the transaction may
+    /// or may not have committed. The caller recognises its own write by the ids it chose
+    /// (docs/libsql.md), or reports this error.
+    Lost(Error),
+}
+
+impl Refusal {
+    /// The error to report for a refusal the caller does not expect.
+    pub(super) fn into_error(self, operation: &'static str) -> Error {
+        match self {
+            Refusal::Lost(error) => error,
+            Refusal::Constraint(_, error) => Error::storage(operation, error),
+            Refusal::Guard(tag) => {
+                Error::storage(operation, format!("the transaction was refused ({tag})"))
+            }
+        }
+    }
 }
 
 /// A write transaction being built: statements and the guards between them.
@@ -305,6 +322,9 @@ impl Db {
                 Err(error) if !error.may_have_run() && attempt + 1 < ATTEMPTS => {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
+                }
+                Err(error) if error.may_have_run() && error.sql_error().is_none() => {
+                    return Ok(Err(Refusal::Lost(failed(operation, error))));
                 }
                 Err(error) => return Err(failed(operation, error)),
             }

@@ -95,8 +95,8 @@ fn found(request: &NewRun, results: &mut impl Iterator<Item = StmtResult>) -> Re
 enum Plan {
     /// An existing run answers it: nothing to write.
     Existing(Enqueued),
-    /// The run's debounce moves this `delay` wait; the run is read back at statement `read`.
-    Debounce { read: usize },
+    /// The debounce of run `run_id`, read back at statement `read`.
+    Debounce { run_id: String, read: usize },
     /// A new run.
     Created(Run),
 }
@@ -146,33 +146,20 @@ pub(super) async fn enqueue_after(
             plans.push(plan);
         }
         match db.transaction("enqueue", tx).await? {
-            Ok(results) => {
-                return Ok(Some(
-                    plans
-                        .into_iter()
-                        .map(|plan| match plan {
-                            Plan::Existing(enqueued) => Ok(enqueued),
-                            Plan::Created(run) => Ok(Enqueued {
-                                run,
-                                disposition: Disposition::Created,
-                            }),
-                            Plan::Debounce { read } => {
-                                let rows = results.get(read).map(|r| r.rows.as_slice());
-                                let run =
-                                    parse_first("enqueue", rows.unwrap_or_default(), rows::run)?
-                                        .ok_or_else(|| {
-                                            Error::storage("enqueue", "the debounced run is gone")
-                                        })?;
-                                Ok(Enqueued {
-                                    run,
-                                    disposition: Disposition::Debounced,
-                                })
-                            }
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                ));
-            }
+            Ok(results) => return Ok(Some(outcome(db, plans, Some(&results)).await?)),
             Err(Refusal::Guard("cas")) => return Ok(None),
+            // The answer was lost. The runs created carry ids chosen here: when the first
+            // exists, the whole transaction committed. Otherwise it did not (or not yet, if
+            // the server still runs it): the caller gets the error, never a second write.
+            Err(Refusal::Lost(error)) => {
+                let Some(first) = created(&plans).next().map(|run| run.id.clone()) else {
+                    return Err(error);
+                };
+                if super::runs::get_run(db, "enqueue", &first).await?.is_none() {
+                    return Err(error);
+                }
+                return Ok(Some(outcome(db, plans, None).await?));
+            }
             // A concurrent trigger changed what the decision rests on: decide again.
             Err(Refusal::Guard(_) | Refusal::Constraint(..)) => continue,
         }
@@ -182,6 +169,37 @@ pub(super) async fn enqueue_after(
         "Conflict after retry for job \"{job}\": concurrent triggers kept changing its runs. \
          Concurrent modification detected."
     )))
+}
+
+/// The answer of each plan once the transaction committed, its reads from `results` (or,
+/// when the answer was lost, read again).
+async fn outcome(
+    db: &Db,
+    plans: Vec<Plan>,
+    results: Option<&[StmtResult]>,
+) -> Result<Vec<Enqueued>> {
+    let mut out = Vec::with_capacity(plans.len());
+    for plan in plans {
+        out.push(match plan {
+            Plan::Existing(enqueued) => enqueued,
+            Plan::Created(run) => Enqueued {
+                run,
+                disposition: Disposition::Created,
+            },
+            Plan::Debounce { run_id, read } => {
+                let run = match results.and_then(|r| r.get(read)) {
+                    Some(result) => parse_first("enqueue", &result.rows, rows::run)?,
+                    None => super::runs::get_run(db, "enqueue", &run_id).await?,
+                };
+                Enqueued {
+                    run: run
+                        .ok_or_else(|| Error::storage("enqueue", "the debounced run is gone"))?,
+                    disposition: Disposition::Debounced,
+                }
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// The runs created earlier in this batch.
@@ -226,7 +244,10 @@ fn decide(
         tx.push(stmt!(sql::DEBOUNCE_INPUT, run_id, input, now));
         tx.guard_changed("debounce");
         let read = tx.push(stmt!(sql::GET_RUN, run_id));
-        return Ok(Plan::Debounce { read });
+        return Ok(Plan::Debounce {
+            run_id: run_id.clone(),
+            read,
+        });
     }
     if let Some(key) = &request.concurrency_key
         && delayed.is_none()

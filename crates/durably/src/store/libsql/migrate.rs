@@ -29,7 +29,7 @@ pub(super) async fn migrate(db: &Db) -> Result<()> {
         match db.transaction("migrate", tx).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(refusal)) => {
-                last_error = Some(Error::storage("migrate", format!("{refusal:?}")));
+                last_error = Some(refusal.into_error("migrate"));
             }
             // SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there (a database
             // whose version table was lost) is the step already applied. Apply the steps one

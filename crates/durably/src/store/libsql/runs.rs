@@ -68,7 +68,7 @@ pub(super) async fn claim(db: &Db, request: &ClaimRequest, now: Timestamp) -> Re
         let indexes = push_claims(&mut tx, request, chunk, now);
         let results = match db.transaction("claim", tx).await? {
             Ok(results) => results,
-            Err(refusal) => return Err(Error::storage("claim", format!("{refusal:?}"))),
+            Err(refusal) => return Err(refusal.into_error("claim")),
         };
         let taken = claimed(&results, &indexes)?;
         let done = taken.len() < chunk;
@@ -214,7 +214,22 @@ pub(super) async fn finish_run(
                 claimed,
             })
         }
-        Err(Refusal::Constraint(_, error)) => Err(Error::storage(operation, error)),
+        // The answer was lost: the run as it stands tells whether the transition landed
+        // (the runs the lost answer may have claimed come back when their lease expires).
+        Err(Refusal::Lost(error)) => match get_run(db, operation, run_id).await? {
+            Some(run)
+                if run.lease_generation == generation
+                    && run.status == transition.status()
+                    && run.lease_owner.is_none() =>
+            {
+                Ok(Finished {
+                    landed: true,
+                    claimed: Vec::new(),
+                })
+            }
+            _ => Err(error),
+        },
+        Err(refusal) => Err(refusal.into_error(operation)),
     }
 }
 
@@ -239,7 +254,7 @@ pub(super) async fn cancel_run(
     match db.transaction("cancel_run", tx).await? {
         Ok(_) => Ok(true),
         Err(Refusal::Guard(_)) => Ok(false),
-        Err(Refusal::Constraint(_, error)) => Err(Error::storage("cancel_run", error)),
+        Err(refusal) => Err(refusal.into_error("cancel_run")),
     }
 }
 
@@ -289,6 +304,7 @@ pub(super) async fn resume_run(db: &Db, id: &str, now: Timestamp) -> Result<Run>
                 )?
                 .ok_or_else(|| resume_not_failed(id, run.status));
             }
+            Err(Refusal::Lost(error)) => return Err(error),
             Err(_) => continue,
         }
     }
@@ -316,7 +332,7 @@ pub(super) async fn delete_run(db: &Db, id: &str) -> Result<bool> {
     let run = push_delete(&mut tx, id);
     match db.transaction("delete_run", tx).await? {
         Ok(results) => Ok(deleted(&results, run)),
-        Err(refusal) => Err(Error::storage("delete_run", format!("{refusal:?}"))),
+        Err(refusal) => Err(refusal.into_error("delete_run")),
     }
 }
 
@@ -336,7 +352,7 @@ pub(super) async fn purge_runs(db: &Db, older_than: Timestamp, limit: u64) -> Re
     let runs: Vec<usize> = ids.iter().map(|id| push_delete(&mut tx, id)).collect();
     match db.transaction("purge_runs", tx).await? {
         Ok(results) => Ok(runs.iter().filter(|&&i| deleted(&results, i)).count() as u64),
-        Err(refusal) => Err(Error::storage("purge_runs", format!("{refusal:?}"))),
+        Err(refusal) => Err(refusal.into_error("purge_runs")),
     }
 }
 
@@ -366,12 +382,7 @@ pub(super) async fn release_expired_leases(
     let released = tx.push(stmt!(sql::RELEASE_EXPIRED_LEASES, now));
     let results = match db.transaction("release_expired_leases", tx).await? {
         Ok(results) => results,
-        Err(refusal) => {
-            return Err(Error::storage(
-                "release_expired_leases",
-                format!("{refusal:?}"),
-            ));
-        }
+        Err(refusal) => return Err(refusal.into_error("release_expired_leases")),
     };
     let mut changed = Vec::new();
     for index in [failed, released] {

@@ -102,9 +102,32 @@ pub(super) async fn persist_step(
             "Step \"{}\" of run {} is already completed",
             step.name, fence.run_id
         ))),
-        Err(Refusal::Constraint(_, error)) => Err(Error::storage("persist_step", error)),
+        // The answer was lost: the step's id (chosen here) tells whether it committed.
+        Err(Refusal::Lost(error)) => {
+            let found = db
+                .read("persist_step", stmt!(STEP_EXISTS, id.as_str()))
+                .await?;
+            if !super::conn::scalar_bool("persist_step", &found)? {
+                return Err(error);
+            }
+            Ok(Some(Step {
+                id,
+                run_id: fence.run_id.clone(),
+                name: step.name,
+                index: step.index,
+                status: step.status,
+                output: step.output.filter(|o| !o.is_null()),
+                error: step.error,
+                started_at: step.started_at,
+                completed_at: Some(now),
+            }))
+        }
+        Err(refusal) => Err(refusal.into_error("persist_step")),
     }
 }
+
+/// Whether the step of id `?1` exists (a write whose answer was lost committed).
+const STEP_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM durably_steps WHERE id = ?1)";
 
 /// Whether one fenced write returned its row.
 async fn landed(

@@ -63,7 +63,7 @@ pub(super) async fn prepare_wait(
     match db.transaction("prepare_wait", tx).await? {
         Ok(results) => wait_at("prepare_wait", &results, read),
         Err(Refusal::Guard(_)) => Ok(None),
-        Err(Refusal::Constraint(_, error)) => Err(Error::storage("prepare_wait", error)),
+        Err(refusal) => Err(refusal.into_error("prepare_wait")),
     }
 }
 
@@ -98,7 +98,7 @@ pub(super) async fn wait_result(
         }
         Err(Refusal::Guard("wait")) => return Err(waits::not_this_runs_wait()),
         Err(Refusal::Guard(_)) => return Ok(None),
-        Err(Refusal::Constraint(_, error)) => return Err(Error::storage("wait_result", error)),
+        Err(refusal) => return Err(refusal.into_error("wait_result")),
     };
     match wait.status {
         WaitStatus::Cancelled | WaitStatus::Closed => Err(waits::already_closed(wait_id)),
@@ -170,6 +170,7 @@ pub(super) async fn signal_wait(
                     .ok_or_else(|| waits::wait_not_found(wait_id))?;
                 return Ok(Some(Signalled { wait, disposition }));
             }
+            Err(Refusal::Lost(error)) => return Err(error),
             // The wait or its run changed since the read: decide again.
             Err(_) => continue,
         }
