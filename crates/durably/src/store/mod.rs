@@ -5,8 +5,9 @@
 //! and is conditioned on `status = 'leased' AND lease_generation = <fence>` in the same statement,
 //! so nothing a stale or crashed worker does can land after another worker took the run over.
 //!
-//! Backends: [`SqliteStore`] (feature `sqlite`, the default) and `PostgresStore` (feature
-//! `postgres`). The behaviour suite in `tests/` runs against every backend.
+//! Backends: [`SqliteStore`] (feature `sqlite`, the default), `PostgresStore` (feature
+//! `postgres`) and `LibsqlStore` (feature `libsql`: remote libSQL over HTTP, the SQLite
+//! store's SQL). The behaviour suite in `tests/` runs against every backend.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -357,7 +358,7 @@ pub trait RunAdmin: Send + Sync {
 /// processes: the database is the source of truth.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A short backend name (`sqlite`, `postgres`) for reports.
+    /// A short backend name (`sqlite`, `postgres`, `libsql`) for reports.
     fn backend(&self) -> &'static str;
 
     /// Creates the schema if needed. Idempotent and safe when called concurrently.
