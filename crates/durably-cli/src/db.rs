@@ -1,20 +1,27 @@
 //! The `--db` argument shared by the operator commands, and the one place that turns it into a
-//! [`Durably`] instance (SQLite file or PostgreSQL URL).
+//! [`Durably`] instance (SQLite file, PostgreSQL URL or remote libSQL URL).
 
 use std::path::Path;
 use std::time::Duration;
 
-use durably::{Durably, PostgresOptions, PostgresStore, store::SCHEMA_VERSION};
+use durably::{
+    Durably, LibsqlOptions, LibsqlStore, PostgresOptions, PostgresStore, store::SCHEMA_VERSION,
+};
 
 use crate::exit::{CliError, USAGE};
 
 /// The database a command works on.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbArgs {
-    /// The database: a SQLite file path, or a PostgreSQL URL
-    /// (`postgres://user:password@host:5432/db` or `postgresql://…`).
+    /// The database: a SQLite file path, a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db` or `postgresql://…`), or a remote libSQL URL
+    /// (`libsql://my-db.turso.io` for Turso, `https://…`, `http://…` for sqld).
     #[arg(long, value_name = "PATH|URL")]
     pub db: String,
+    /// libSQL only: the auth token (Turso's database token); default: the environment
+    /// variable `LIBSQL_AUTH_TOKEN`.
+    #[arg(long, value_name = "TOKEN")]
+    pub auth_token: Option<String>,
     /// PostgreSQL only: the schema holding the durably tables (default: the server's
     /// `search_path`, usually `public`).
     #[arg(long, value_name = "NAME")]
@@ -39,10 +46,27 @@ impl DbArgs {
         self.db.starts_with("postgres://") || self.db.starts_with("postgresql://")
     }
 
-    /// The database for messages (a PostgreSQL password is masked).
+    /// `true` for a remote libSQL URL (`libsql://`, `https://`, `http://`).
+    pub fn is_libsql(&self) -> bool {
+        ["libsql://", "https://", "http://"]
+            .iter()
+            .any(|scheme| self.db.starts_with(scheme))
+    }
+
+    /// The libSQL auth token: `--auth-token`, else `LIBSQL_AUTH_TOKEN`.
+    fn libsql_token(&self) -> Option<String> {
+        self.auth_token
+            .clone()
+            .or_else(|| std::env::var("LIBSQL_AUTH_TOKEN").ok())
+            .filter(|token| !token.is_empty())
+    }
+
+    /// The database for messages (a PostgreSQL password and a libSQL URL's token are masked).
     pub fn display(&self) -> String {
         if self.is_postgres() {
             mask_password(&self.db)
+        } else if self.is_libsql() {
+            mask_token(&self.db)
         } else {
             self.db.clone()
         }
@@ -64,6 +88,9 @@ impl DbArgs {
         let hint = if self.is_postgres() {
             " (check that the server is up and reachable, and the URL's host, port, user, \
              password and database name)"
+        } else if self.is_libsql() {
+            " (check that the server is up and reachable, the URL, and the auth token: \
+             --auth-token or LIBSQL_AUTH_TOKEN)"
         } else {
             ""
         };
@@ -99,12 +126,32 @@ impl DbArgs {
             let store = PostgresStore::connect_with(&self.db, options)
                 .map_err(|e| cannot_open(&e).with_code(USAGE))?;
             builder.store(store)
+        } else if self.is_libsql() {
+            if self.schema.is_some() {
+                return Err(CliError::usage(
+                    "--schema applies to PostgreSQL only; a libSQL database holds one durably \
+                     schema",
+                ));
+            }
+            let mut options = LibsqlOptions::default()
+                .preserve_steps(preserve_steps)
+                .timeout(Duration::from_secs(10));
+            options.auth_token = self.libsql_token();
+            let store = LibsqlStore::open(&self.db, options)
+                .map_err(|e| cannot_open(&e).with_code(USAGE))?;
+            builder.store(store)
         } else {
             if let Some((scheme, _)) = self.db.split_once("://") {
                 return Err(CliError::usage(format!(
                     "--db {shown}: durably does not support `{scheme}://` databases; give a \
-                     SQLite file path (app.db) or a postgres:// URL"
+                     SQLite file path (app.db), a postgres:// URL or a libsql:// URL"
                 )));
+            }
+            if self.auth_token.is_some() {
+                return Err(CliError::usage(
+                    "--auth-token applies to a remote libSQL database (libsql://, https://, \
+                     http://) only",
+                ));
             }
             if self.schema.is_some() {
                 return Err(CliError::usage(
@@ -113,7 +160,7 @@ impl DbArgs {
             }
             if self.db.is_empty() {
                 return Err(CliError::usage(
-                    "--db is empty: give a SQLite file path or a postgres:// URL",
+                    "--db is empty: give a SQLite file path, a postgres:// URL or a libsql:// URL",
                 ));
             }
             if purpose != Purpose::Migrate && !Path::new(&self.db).is_file() {
@@ -195,6 +242,21 @@ fn mask_password(url: &str) -> String {
     }
 }
 
+/// `libsql://db?authToken=secret` → `libsql://db?authToken=***`.
+fn mask_token(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("authToken") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// Quotes `text` for a POSIX shell when it holds anything but plain path characters.
 pub fn shell_quote(text: &str) -> String {
     let plain = !text.is_empty()
@@ -210,7 +272,16 @@ pub fn shell_quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{mask_password, shell_quote};
+    use super::{mask_password, mask_token, shell_quote};
+
+    #[test]
+    fn libsql_tokens_are_masked() {
+        assert_eq!(
+            mask_token("libsql://db.turso.io?authToken=secret&tls=1"),
+            "libsql://db.turso.io?authToken=***&tls=1"
+        );
+        assert_eq!(mask_token("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+    }
 
     #[test]
     fn passwords_are_masked() {

@@ -64,6 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     durably.init().await?;
 
     let db = crate::db::DbArgs {
+        auth_token: None,
         db: args.db.clone(),
         schema: args.schema.clone(),
     }

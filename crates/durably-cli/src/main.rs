@@ -20,8 +20,9 @@ use clap::{Parser, Subcommand};
 
 /// durably — steps that survive crashes.
 ///
-/// Every command that takes `--db` accepts a SQLite file path or a PostgreSQL URL
-/// (`postgres://…` / `postgresql://…`). The operator commands (serve, runs, run, waits, signal, wake,
+/// Every command that takes `--db` accepts a SQLite file path, a PostgreSQL URL
+/// (`postgres://…` / `postgresql://…`) or a remote libSQL URL (`libsql://…` for Turso,
+/// `https://…` / `http://…`; its token from `--auth-token` or `LIBSQL_AUTH_TOKEN`). The operator commands (serve, runs, run, waits, signal, wake,
 /// cancel, delete, purge, watch, schedules, schedule) need a database that holds the durably schema (`durably migrate` creates it)
 /// and start no worker.
 #[derive(Parser, Debug)]

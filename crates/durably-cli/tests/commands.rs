@@ -318,7 +318,7 @@ async fn unsupported_or_unreachable_databases_are_named() {
     assert_eq!(
         stderr(&output).trim_end(),
         "error: --db mysql://app@db/orders: durably does not support `mysql://` databases; \
-         give a SQLite file path (app.db) or a postgres:// URL"
+         give a SQLite file path (app.db), a postgres:// URL or a libsql:// URL"
     );
     expect_code(&output, 2);
 

@@ -76,6 +76,16 @@ impl DurablyBuilder {
         self
     }
 
+    /// Uses the remote libSQL database at `url` (`libsql://…` for Turso, `https://…`,
+    /// `http://…`) with `auth_token` (`None`: no token, or the URL's `authToken=`), through
+    /// [`crate::store::LibsqlStore`] (no request until the first operation; `migrate`/`init`
+    /// create the schema).
+    #[cfg(feature = "libsql")]
+    pub fn libsql(mut self, url: &str, auth_token: Option<String>) -> Self {
+        self.store = Some(StoreChoice::Libsql(url.to_owned(), auth_token));
+        self
+    }
+
     /// Uses any [`Store`](crate::Store).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(StoreChoice::Given(Arc::new(store)));
@@ -279,6 +289,9 @@ enum StoreChoice {
     Sqlite(std::path::PathBuf),
     #[cfg(feature = "postgres")]
     Postgres(String),
+    /// A URL and an auth token.
+    #[cfg(feature = "libsql")]
+    Libsql(String, Option<String>),
     Given(Arc<dyn Store>),
 }
 
@@ -296,6 +309,12 @@ impl StoreChoice {
             StoreChoice::Postgres(url) => {
                 let options = crate::store::PostgresOptions::default().preserve_steps(preserve);
                 Arc::new(crate::store::PostgresStore::connect_with(&url, options)?)
+            }
+            #[cfg(feature = "libsql")]
+            StoreChoice::Libsql(url, auth_token) => {
+                let mut options = crate::store::LibsqlOptions::default().preserve_steps(preserve);
+                options.auth_token = auth_token;
+                Arc::new(crate::store::LibsqlStore::open(&url, options)?)
             }
             StoreChoice::Given(store) => match preserve_steps {
                 Some(wanted) if wanted != store.preserves_steps() => {

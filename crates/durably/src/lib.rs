@@ -139,6 +139,9 @@
 //!   [`DurablyBuilder::store`]. Embedded: one file, no server.
 //! - **PostgreSQL** (feature `postgres`): `.postgres(url)`, or `PostgresStore::connect_with` and
 //!   `PostgresOptions`. Many workers on many hosts, woken by `LISTEN/NOTIFY`.
+//! - **Remote libSQL** (feature `libsql`: Turso, sqld): `.libsql(url, token)`, or
+//!   `LibsqlStore::connect` and `LibsqlOptions`. The SQLite schema over Hrana-over-HTTP, for
+//!   hosts without a disk (docs/libsql.md).
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")]
@@ -241,6 +244,8 @@ pub use run::{
 };
 pub use schedules::{CatchUp, FiredSlot, Schedule, ScheduleRecord, Schedules};
 pub use step::{StepContext, StepLog};
+#[cfg(feature = "libsql")]
+pub use store::{LibsqlOptions, LibsqlStore};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PostgresOptions, PostgresStore};

@@ -110,8 +110,9 @@ fn an_unknown_database_url_is_refused_naming_its_scheme() {
     assert_eq!(
         config_message(refused(built)),
         "Cannot open mysql://app@db/orders as a SQLite database: durably does not support \
-         `mysql://` URLs. Give a SQLite file path (`app.db`), or a `postgres://` URL to \
-         `Durably::builder().postgres(url)` (feature `postgres`)"
+         `mysql://` URLs. Give a SQLite file path (`app.db`), a `postgres://` URL to \
+         `Durably::builder().postgres(url)` (feature `postgres`) or a `libsql://` URL to \
+         `Durably::builder().libsql(url, token)` (feature `libsql`)"
     );
 }
 

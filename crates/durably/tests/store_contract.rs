@@ -1,6 +1,8 @@
 //! The `Store` contract (`durably::testing::contract`, exported for any backend) on every
-//! backend of this crate: SQLite file, SQLite in memory, PostgreSQL.
+//! backend of this crate: SQLite file, SQLite in memory, PostgreSQL, and remote libSQL (the `tursodb` test server, one per test).
 mod common;
+#[path = "libsql_support/mod.rs"]
+mod libsql_support;
 
 use common::Ends;
 #[allow(unused_imports)]
@@ -40,6 +42,28 @@ mod postgres {
         #[cfg_attr(
             not(durably_postgres_tests),
             ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+        )]
+    );
+}
+
+/// A fresh, migrated libSQL store on a test server of its own (the guard stops it).
+async fn fresh_libsql() -> (libsql_support::TestServer, Arc<dyn Store>) {
+    let server = tokio::task::spawn_blocking(libsql_support::TestServer::start)
+        .await
+        .expect("start the test server");
+    let store = durably::store::LibsqlStore::connect(&server.url, None)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (server, Arc::new(store))
+}
+
+mod libsql {
+    durably::store_contract_tests!(
+        super::fresh_libsql,
+        #[cfg_attr(
+            not(durably_libsql_tests),
+            ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
         )]
     );
 }
@@ -121,4 +145,187 @@ async fn sqlite_separate_stores_on_one_file_have_exactly_one_claim_winner() {
         .await
         .expect("get_runs");
     assert_eq!(completed.len(), 25);
+}
+
+// ---- libSQL only: several independent stores (own clients) on one server, the builder, and
+// the errors of a wrong URL ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_libsql_tests),
+    ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
+)]
+async fn libsql_separate_stores_on_one_server_have_exactly_one_claim_winner() {
+    let (server, first) = fresh_libsql().await;
+    let mut stores = vec![first];
+    for _ in 0..3 {
+        let store = durably::store::LibsqlStore::connect(&server.url, None)
+            .await
+            .expect("connect");
+        stores.push(Arc::new(store) as Arc<dyn Store>);
+    }
+    for round in 0..10 {
+        let run = enqueue(
+            &stores[round % 4],
+            new_run("race", json!({"round": round})),
+            Timestamp::now(),
+        )
+        .await;
+        let claims: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(w, store)| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .claim(
+                            &ClaimRequest::new(format!("runtime-{w}"), LEASE, 2),
+                            Timestamp::now(),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let winners: Vec<durably::Run> = within(
+            "claims",
+            Duration::from_secs(30),
+            futures::future::join_all(claims),
+        )
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("task").expect("claim"))
+        .collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner");
+        assert_eq!(winners[0].id, run.id);
+        assert_eq!(winners[0].lease_generation, 1);
+        assert!(
+            stores[(round + 1) % 4]
+                .complete_run(&Fence::of(&winners[0]), None, Timestamp::now())
+                .await
+                .expect("complete")
+        );
+    }
+    let completed = stores[0]
+        .get_runs(&RunFilter::new().status(RunStatus::Completed))
+        .await
+        .expect("get_runs");
+    assert_eq!(completed.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_libsql_tests),
+    ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
+)]
+async fn libsql_builder_runs_a_job_on_the_remote_database() {
+    let server = tokio::task::spawn_blocking(libsql_support::TestServer::start)
+        .await
+        .expect("start the test server");
+    let durably = durably::Durably::builder()
+        .libsql(&server.url, Some("any-token".into()))
+        .polling_interval(Duration::from_millis(20))
+        .build()
+        .expect("build");
+    durably.migrate().await.expect("migrate");
+    let job = durably
+        .register(durably::Job::new(
+            "double",
+            |step: durably::StepContext, input: i64| async move {
+                let doubled = step
+                    .run("double", move |_| async move {
+                        Ok::<_, durably::Error>(input * 2)
+                    })
+                    .await?;
+                Ok::<_, durably::Error>(doubled)
+            },
+        ))
+        .expect("register");
+    durably.start();
+    let result = within(
+        "trigger_and_wait",
+        Duration::from_secs(20),
+        job.trigger_and_wait(
+            21,
+            durably::TriggerOptions::new(),
+            durably::WaitOptions::new(),
+        ),
+    )
+    .await
+    .expect("run completes");
+    assert_eq!(result.output, Some(42));
+    assert_eq!(durably.store().backend(), "libsql");
+    durably.stop().await;
+}
+
+#[tokio::test]
+async fn libsql_connect_says_what_is_wrong_with_the_url() {
+    let error = durably::store::LibsqlStore::connect("ftp://example.com", None)
+        .await
+        .expect_err("not a libSQL URL");
+    assert!(matches!(error, durably::Error::Config(_)), "{error}");
+    assert!(error.to_string().contains("ftp://example.com"), "{error}");
+    // Nothing listens on port 9 of the loopback interface.
+    let error = durably::store::LibsqlStore::connect("http://127.0.0.1:9", None)
+        .await
+        .expect_err("no server");
+    assert!(
+        error.to_string().contains("cannot connect") && error.to_string().contains("127.0.0.1:9"),
+        "{error}"
+    );
+}
+
+/// A TCP proxy to the server at `target` (`http://host:port`) on a free loopback port: it
+/// forwards every connection (`tursodb` answers one request per connection), except that the
+/// answer to the `lose`-th one (counting from 0) is read from the server and thrown away, the
+/// client's connection closed without it. Returns the proxy's URL.
+fn lossy_proxy(target: &str, lose: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(&target) else {
+                return;
+            };
+            let (mut client_in, mut server_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            });
+            std::thread::spawn(move || {
+                let mut answer = Vec::new();
+                let _ = server.read_to_end(&mut answer);
+                if n != lose {
+                    let _ = client.write_all(&answer);
+                }
+                let _ = client.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_libsql_tests),
+    ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
+)]
+async fn libsql_an_enqueue_whose_answer_is_lost_is_recognised_not_doubled() {
+    let (server, direct) = fresh_libsql().await;
+    // Request 0: the idempotency lookup; request 1: the insert, whose answer is lost.
+    let proxy = lossy_proxy(&server.url, 1);
+    let store = durably::store::LibsqlStore::open(&proxy, durably::store::LibsqlOptions::default())
+        .expect("open");
+    let mut run = new_run("lost", json!({"n": 1}));
+    run.idempotency_key = Some("once".into());
+    let enqueued = store.enqueue(run, Timestamp::now()).await.expect("enqueue");
+    assert_eq!(enqueued.disposition, Disposition::Created);
+    let runs = direct.get_runs(&RunFilter::new()).await.expect("get_runs");
+    assert_eq!(runs.len(), 1, "one run, not two");
+    assert_eq!(runs[0].id, enqueued.run.id);
 }

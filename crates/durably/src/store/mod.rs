@@ -5,8 +5,9 @@
 //! and is conditioned on `status = 'leased' AND lease_generation = <fence>` in the same statement,
 //! so nothing a stale or crashed worker does can land after another worker took the run over.
 //!
-//! Backends: [`SqliteStore`] (feature `sqlite`, the default) and `PostgresStore` (feature
-//! `postgres`). The behaviour suite in `tests/` runs against every backend.
+//! Backends: [`SqliteStore`] (feature `sqlite`, the default), `PostgresStore` (feature
+//! `postgres`) and `LibsqlStore` (feature `libsql`: remote libSQL over HTTP, the SQLite
+//! store's SQL). The behaviour suite in `tests/` runs against every backend.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,16 @@ use crate::schedules::{ScheduleFiring, ScheduleRecord};
 use crate::time::Timestamp;
 use crate::waits::{DurableWait, NewWait, SignalDisposition};
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "libsql"))]
 pub(crate) mod migrations;
 pub(crate) mod schema;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
+// The SQLite dialect's statements, shared by the SQLite store and the libSQL store.
+#[cfg(any(feature = "sqlite", feature = "libsql"))]
+#[path = "sqlite/sql.rs"]
+pub(crate) mod sqlite_sql;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -45,6 +50,8 @@ pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "libsql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "libsql")))]
 pub mod libsql;
+#[cfg(feature = "libsql")]
+pub use libsql::{LibsqlOptions, LibsqlStore};
 
 /// Group-commit counters of a store (`SqliteStore::stats`, `PostgresStore::stats`): how
 /// many write transactions carried how many writes.
@@ -356,7 +363,7 @@ pub trait RunAdmin: Send + Sync {
 /// processes: the database is the source of truth.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A short backend name (`sqlite`, `postgres`) for reports.
+    /// A short backend name (`sqlite`, `postgres`, `libsql`) for reports.
     fn backend(&self) -> &'static str;
 
     /// Creates the schema if needed. Idempotent and safe when called concurrently.
@@ -840,7 +847,12 @@ pub fn validate_label_key(key: &str) -> Result<()> {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "libsql",
+    feature = "testing"
+))]
 /// The conflict error for a second pending run with the same job and concurrency key.
 pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     Error::Conflict(format!(
@@ -848,7 +860,12 @@ pub(crate) fn pending_conflict(job_name: &str, key: &str) -> Error {
     ))
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "libsql",
+    feature = "testing"
+))]
 /// The [`Error::NotFound`] of [`Store::resume_run`] for an unknown run.
 pub(crate) fn resume_not_found(id: &str) -> Error {
     Error::NotFound(format!(
@@ -856,7 +873,12 @@ pub(crate) fn resume_not_found(id: &str) -> Error {
     ))
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "libsql",
+    feature = "testing"
+))]
 /// The [`Error::Conflict`] of [`Store::resume_run`] for a run that is not `failed`.
 pub(crate) fn resume_not_failed(id: &str, status: RunStatus) -> Error {
     Error::Conflict(format!(
@@ -865,7 +887,12 @@ pub(crate) fn resume_not_failed(id: &str, status: RunStatus) -> Error {
     ))
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "libsql",
+    feature = "testing"
+))]
 /// The [`Error::Conflict`] of [`Store::resume_run`] when the run's job and concurrency key
 /// already have a pending run.
 pub(crate) fn resume_key_taken(id: &str, job_name: &str, key: &str) -> Error {
@@ -884,7 +911,12 @@ pub fn claim_order(a: &Run, b: &Run) -> std::cmp::Ordering {
     ))
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "libsql",
+    feature = "testing"
+))]
 /// The row a newly created run starts as: `request` stored under `id` at `now`.
 pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
     Run {
@@ -984,7 +1016,7 @@ pub(crate) fn delayed_run(run: Run, wait_id: String) -> Run {
 /// Error text stored when an expired lease cannot return to pending.
 pub(crate) const LEASE_EXPIRED_PENDING_EXISTS: &str = "Lease expired; pending run already exists";
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "libsql"))]
 /// Parses stored labels JSON leniently (upstream may store non-string values).
 pub(crate) fn parse_labels(text: &str) -> Labels {
     match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
@@ -1002,7 +1034,7 @@ pub(crate) fn parse_labels(text: &str) -> Labels {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "libsql"))]
 /// Parses an optional JSON column: NULL, empty text or JSON `null` reads as `None`.
 pub(crate) fn parse_optional_json(text: Option<String>) -> Option<Value> {
     match text {

@@ -1195,6 +1195,9 @@ fn quote(body: &[u8]) -> String {
 
 /// rustls on the ring provider, trusting the system's roots and Mozilla's (webpki-roots).
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, HranaError> {
+    // Deprecated in rustls 0.23.48 in favour of aws-lc-rs, which needs cmake to build (see
+    // `store/postgres/tls.rs`). Allowed, so that a dependent's build prints no warning.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

@@ -11,8 +11,7 @@
 //! connections, so readers never wait behind the writer (WAL mode). An in-memory database
 //! (`:memory:`) has a single connection, so its reads run on the writer thread too.
 
-#[macro_use]
-mod sql;
+use crate::store::sqlite_sql as sql;
 mod ops;
 mod options;
 mod reader;
@@ -126,8 +125,9 @@ fn check_file_location(path: &Path) -> Result<()> {
     {
         return Err(Error::Config(format!(
             "Cannot open {text} as a SQLite database: durably does not support `{scheme}://` \
-             URLs. Give a SQLite file path (`app.db`), or a `postgres://` URL to \
-             `Durably::builder().postgres(url)` (feature `postgres`)"
+             URLs. Give a SQLite file path (`app.db`), a `postgres://` URL to \
+             `Durably::builder().postgres(url)` (feature `postgres`) or a `libsql://` URL to \
+             `Durably::builder().libsql(url, token)` (feature `libsql`)"
         )));
     }
     if let Some(directory) = path.parent()

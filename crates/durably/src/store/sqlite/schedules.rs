@@ -8,10 +8,7 @@ use crate::schedules::{CatchUp, ScheduleFiring, ScheduleRecord};
 use crate::store::{Enqueued, parse_labels};
 use crate::time::Timestamp;
 
-use super::ops;
-
-const COLUMNS: &str = "name, job_name, cron, time_zone, input, labels, catch_up, paused, \
-                       next_fire_at, last_fired_at, created_at, updated_at";
+use super::{ops, sql};
 
 fn failed(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::storage(operation, e)
@@ -46,21 +43,8 @@ pub(super) fn upsert(
     record: &ScheduleRecord,
     now: Timestamp,
 ) -> Result<ScheduleRecord> {
-    // Every right-hand side of the update reads the row as it was: the next slot is kept
-    // unless the expression or its time zone changed.
-    let sql = format!(
-        "INSERT INTO durably_rs_schedules ({COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, NULL, ?9, ?9) \
-         ON CONFLICT (name) DO UPDATE SET job_name = excluded.job_name, cron = excluded.cron, \
-           time_zone = excluded.time_zone, input = excluded.input, labels = excluded.labels, \
-           catch_up = excluded.catch_up, \
-           next_fire_at = CASE WHEN cron = excluded.cron AND time_zone = excluded.time_zone \
-             THEN next_fire_at ELSE excluded.next_fire_at END, \
-           updated_at = excluded.updated_at \
-         RETURNING {COLUMNS}"
-    );
     conn.query_row(
-        &sql,
+        sql::UPSERT_SCHEDULE,
         params![
             record.name,
             record.job_name,
@@ -78,20 +62,14 @@ pub(super) fn upsert(
 }
 
 pub(super) fn get(conn: &Connection, name: &str) -> Result<Option<ScheduleRecord>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM durably_rs_schedules WHERE name = ?1"),
-        [name],
-        record_from_row,
-    )
-    .optional()
-    .map_err(failed("get_schedule"))
+    conn.query_row(sql::GET_SCHEDULE, [name], record_from_row)
+        .optional()
+        .map_err(failed("get_schedule"))
 }
 
 pub(super) fn list(conn: &Connection) -> Result<Vec<ScheduleRecord>> {
     let mut statement = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM durably_rs_schedules ORDER BY name"
-        ))
+        .prepare_cached(sql::LIST_SCHEDULES)
         .map_err(failed("list_schedules"))?;
     let rows = statement
         .query_map([], record_from_row)
@@ -102,10 +80,7 @@ pub(super) fn list(conn: &Connection) -> Result<Vec<ScheduleRecord>> {
 
 pub(super) fn due(conn: &Connection, now: Timestamp, limit: u64) -> Result<Vec<ScheduleRecord>> {
     let mut statement = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM durably_rs_schedules WHERE paused = 0 AND next_fire_at <= ?1 \
-             ORDER BY next_fire_at, name LIMIT ?2"
-        ))
+        .prepare_cached(sql::DUE_SCHEDULES)
         .map_err(failed("due_schedules"))?;
     let rows = statement
         .query_map(
@@ -122,11 +97,8 @@ pub(super) fn pause(
     name: &str,
     now: Timestamp,
 ) -> Result<Option<ScheduleRecord>> {
-    conn.execute(
-        "UPDATE durably_rs_schedules SET paused = 1, updated_at = ?2 WHERE name = ?1 AND paused = 0",
-        params![name, now],
-    )
-    .map_err(failed("pause_schedule"))?;
+    conn.execute(sql::PAUSE_SCHEDULE, params![name, now])
+        .map_err(failed("pause_schedule"))?;
     get(conn, name)
 }
 
@@ -136,17 +108,13 @@ pub(super) fn resume(
     next_fire_at: Timestamp,
     now: Timestamp,
 ) -> Result<Option<ScheduleRecord>> {
-    conn.execute(
-        "UPDATE durably_rs_schedules SET paused = 0, next_fire_at = ?2, updated_at = ?3 \
-         WHERE name = ?1 AND paused = 1",
-        params![name, next_fire_at, now],
-    )
-    .map_err(failed("resume_schedule"))?;
+    conn.execute(sql::RESUME_SCHEDULE, params![name, next_fire_at, now])
+        .map_err(failed("resume_schedule"))?;
     get(conn, name)
 }
 
 pub(super) fn delete(conn: &Connection, name: &str) -> Result<bool> {
-    conn.execute("DELETE FROM durably_rs_schedules WHERE name = ?1", [name])
+    conn.execute(sql::DELETE_SCHEDULE, [name])
         .map(|deleted| deleted == 1)
         .map_err(failed("delete_schedule"))
 }
@@ -160,9 +128,7 @@ pub(super) fn fire(
 ) -> Result<Option<Vec<Enqueued>>> {
     let moved = conn
         .execute(
-            "UPDATE durably_rs_schedules SET next_fire_at = ?3, \
-               last_fired_at = COALESCE(?4, last_fired_at), updated_at = ?5 \
-             WHERE name = ?1 AND next_fire_at = ?2 AND paused = 0",
+            sql::FIRE_SCHEDULE,
             params![
                 firing.name,
                 firing.expected,

@@ -2,7 +2,10 @@
 //! `?N` parameters, and the builders of the two statements whose text depends on their input
 //! (listings and operators' patches) returning their arguments as plain [`SqlArg`] values. Only
 //! `ops.rs` runs them through `rusqlite`; another SQLite-dialect backend (libSQL over HTTP)
-//! runs the same text through its own client.
+//! runs the same text through its own client; its forms of the few statements that rely on a
+//! local transaction or on rusqlite's changed-row count follow the SQLite ones (feature
+//! `libsql`, `store/libsql`).
+#![cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 
 use crate::error::{Error, Result};
 use crate::run::{RunFilter, RunStatus};
@@ -745,3 +748,191 @@ pub(crate) fn patch_run(
     let text = format!("UPDATE durably_runs SET {} WHERE id = ?", sets.join(", "));
     Ok((text, args))
 }
+
+macro_rules! schedule_columns {
+    () => {
+        "name, job_name, cron, time_zone, input, labels, catch_up, paused, \
+         next_fire_at, last_fired_at, created_at, updated_at"
+    };
+}
+
+/// Creates schedule `?1` or replaces its definition (every right-hand side of the update reads
+/// the row as it was: the next slot is kept unless the expression or its time zone changed),
+/// returning it.
+pub(crate) const UPSERT_SCHEDULE: &str = concat!(
+    "INSERT INTO durably_rs_schedules (",
+    schedule_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, NULL, ?9, ?9) \
+     ON CONFLICT (name) DO UPDATE SET job_name = excluded.job_name, cron = excluded.cron, \
+       time_zone = excluded.time_zone, input = excluded.input, labels = excluded.labels, \
+       catch_up = excluded.catch_up, \
+       next_fire_at = CASE WHEN cron = excluded.cron AND time_zone = excluded.time_zone \
+         THEN next_fire_at ELSE excluded.next_fire_at END, \
+       updated_at = excluded.updated_at \
+     RETURNING ",
+    schedule_columns!()
+);
+
+/// One schedule by name.
+pub(crate) const GET_SCHEDULE: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM durably_rs_schedules WHERE name = ?1"
+);
+
+/// Every schedule, by name.
+pub(crate) const LIST_SCHEDULES: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM durably_rs_schedules ORDER BY name"
+);
+
+/// Up to `?2` schedules due at `?1`, earliest first.
+pub(crate) const DUE_SCHEDULES: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM durably_rs_schedules WHERE paused = 0 AND next_fire_at <= ?1 \
+     ORDER BY next_fire_at, name LIMIT ?2"
+);
+
+/// Pauses schedule `?1` at `?2`.
+pub(crate) const PAUSE_SCHEDULE: &str =
+    "UPDATE durably_rs_schedules SET paused = 1, updated_at = ?2 WHERE name = ?1 AND paused = 0";
+
+/// Resumes schedule `?1` with next slot `?2` at `?3`.
+pub(crate) const RESUME_SCHEDULE: &str = "UPDATE durably_rs_schedules SET paused = 0, next_fire_at = ?2, updated_at = ?3 \
+     WHERE name = ?1 AND paused = 1";
+
+/// Deletes schedule `?1`.
+pub(crate) const DELETE_SCHEDULE: &str = "DELETE FROM durably_rs_schedules WHERE name = ?1";
+
+/// The compare-and-set of a firing: schedule `?1`, still at slot `?2` and not paused, moves to
+/// `?3` (`?4` the last slot fired, when given) at `?5`.
+pub(crate) const FIRE_SCHEDULE: &str = "UPDATE durably_rs_schedules SET next_fire_at = ?3, \
+       last_fired_at = COALESCE(?4, last_fired_at), updated_at = ?5 \
+     WHERE name = ?1 AND next_fire_at = ?2 AND paused = 0";
+
+// ---- The libSQL store's forms (`store/libsql`): one statement or one conditional batch where
+// the SQLite store reads, decides in Rust and writes inside its local transaction.
+
+/// The libSQL form of a claim of one run ([`OLDEST_FREE_PENDING`] and its siblings, then
+/// [`LEASE_ROW`] and [`RUN_BY_ROWID`]): leases the first claimable run in claim order (pending,
+/// an expired lease, or with `?5` a waiting run whose wait is resolved; its key free at `?1`
+/// now) for owner `?2` until `?3` (`?4` the database's time for a resumed run) and returns it.
+/// Several in one transaction claim several runs: each sees the leases of those before it.
+#[cfg(feature = "libsql")]
+pub(crate) const CLAIM_NEXT: &str = concat!(
+    "UPDATE durably_runs SET status = 'leased', lease_owner = ?2, lease_expires_at = ?3, \
+     lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?1), \
+     resume_claimed_at = CASE WHEN status = 'waiting' \
+       THEN COALESCE(resume_claimed_at, ?4) ELSE resume_claimed_at END, \
+     updated_at = ?1 WHERE rowid = (SELECT r.rowid FROM durably_runs r \
+     WHERE (r.status = 'pending' OR (r.status = 'leased' AND r.lease_expires_at IS NOT NULL \
+       AND r.lease_expires_at <= ?1) OR (?5 AND r.status = 'waiting' AND ",
+    wait_is_resolved!(),
+    ")) AND ",
+    key_is_free!(),
+    " ",
+    claim_order!(),
+    " LIMIT 1) RETURNING ",
+    run_columns!()
+);
+
+/// The libSQL form of [`MARK_FIRST_RESUMED`] for the runs a claim just leased (owner `?1`,
+/// expiry `?2`): their resolved waits take the resume time, once.
+#[cfg(feature = "libsql")]
+pub(crate) const MARK_CLAIMED_RESUMED: &str = "UPDATE durably_waits SET first_resumed_at = \
+     (SELECT r.resume_claimed_at FROM durably_runs r WHERE r.waiting_on_wait_id = durably_waits.id \
+       AND r.status = 'leased' AND r.lease_owner = ?1 AND r.lease_expires_at = ?2) \
+     WHERE status = 'resolved' AND first_resumed_at IS NULL AND id IN \
+     (SELECT waiting_on_wait_id FROM durably_runs WHERE status = 'leased' AND lease_owner = ?1 \
+       AND lease_expires_at = ?2 AND resume_claimed_at IS NOT NULL)";
+
+/// The condition (for a guard) that job `?1` has no run with concurrency key `?2` that
+/// `coalesce: active` would reuse at `?3` ([`OLDEST_PENDING_WITH_KEY`],
+/// [`OLDEST_LIVE_LEASED_WITH_KEY`], [`OLDEST_WAITING_WITH_KEY`]).
+#[cfg(feature = "libsql")]
+pub(crate) const NO_ACTIVE_WITH_KEY: &str = "NOT EXISTS (SELECT 1 FROM durably_runs \
+     WHERE job_name = ?1 AND concurrency_key = ?2 AND (status IN ('pending', 'waiting') \
+     OR (status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at > ?3)))";
+
+/// The condition (for a guard) that job `?1` has no run with debounce key `?2` still waiting
+/// for its start ([`DEBOUNCED_RUN`]).
+#[cfg(feature = "libsql")]
+pub(crate) const NO_DEBOUNCED_RUN: &str = "NOT EXISTS (SELECT 1 FROM durably_runs r \
+     JOIN durably_waits w ON w.id = r.waiting_on_wait_id \
+     WHERE r.job_name = ?1 AND r.status = 'waiting' AND w.status = 'pending' \
+     AND w.name = 'delay' AND json_extract(w.metadata, '$.durably.debounce.key') = ?2)";
+
+/// The condition (for a guard) that run `?1` exists and has not ended.
+#[cfg(feature = "libsql")]
+pub(crate) const RUN_IS_LIVE: &str = concat!(
+    "EXISTS (SELECT 1 FROM durably_runs WHERE id = ?1 AND status NOT IN ",
+    terminal!(),
+    ")"
+);
+
+/// The condition (for a guard) that wait `?1` is run `?2`'s and pending or resolved (a
+/// suspension may wait on it).
+#[cfg(feature = "libsql")]
+pub(crate) const WAIT_IS_AVAILABLE: &str = "EXISTS (SELECT 1 FROM durably_waits WHERE id = ?1 \
+     AND run_id = ?2 AND status IN ('pending', 'resolved'))";
+
+/// The condition (for a guard) that wait `?1` is run `?2`'s.
+#[cfg(feature = "libsql")]
+pub(crate) const WAIT_IS_RUNS: &str =
+    "EXISTS (SELECT 1 FROM durably_waits WHERE id = ?1 AND run_id = ?2)";
+
+/// The libSQL form of [`DELETE_RUN_RECORDS`] after [`IS_TERMINAL`]: each statement deletes
+/// only while run `?1` is terminal, the run itself last (returning its id).
+#[cfg(feature = "libsql")]
+pub(crate) const DELETE_TERMINAL_RUN_RECORDS: [&str; 6] = [
+    concat!(
+        "DELETE FROM durably_step_attempts WHERE run_id = ?1 AND EXISTS (SELECT 1 FROM durably_runs \
+         WHERE id = ?1 AND status IN ",
+        terminal!(),
+        ")"
+    ),
+    concat!(
+        "DELETE FROM durably_waits WHERE run_id = ?1 AND EXISTS (SELECT 1 FROM durably_runs \
+         WHERE id = ?1 AND status IN ",
+        terminal!(),
+        ")"
+    ),
+    concat!(
+        "DELETE FROM durably_steps WHERE run_id = ?1 AND EXISTS (SELECT 1 FROM durably_runs \
+         WHERE id = ?1 AND status IN ",
+        terminal!(),
+        ")"
+    ),
+    concat!(
+        "DELETE FROM durably_logs WHERE run_id = ?1 AND EXISTS (SELECT 1 FROM durably_runs \
+         WHERE id = ?1 AND status IN ",
+        terminal!(),
+        ")"
+    ),
+    concat!(
+        "DELETE FROM durably_run_labels WHERE run_id = ?1 AND EXISTS (SELECT 1 FROM durably_runs \
+         WHERE id = ?1 AND status IN ",
+        terminal!(),
+        ")"
+    ),
+    concat!(
+        "DELETE FROM durably_runs WHERE id = ?1 AND status IN ",
+        terminal!(),
+        " RETURNING id"
+    ),
+];
+
+/// The libSQL form of [`DUE_WAITS`] and [`TIME_OUT_WAIT`] under [`LOCK_RUN`]: resolves as
+/// timeouts up to `?2` pending waits due at `?1` (ms) whose run exists and has not ended,
+/// earliest deadline first, returning one row per wait.
+#[cfg(feature = "libsql")]
+pub(crate) const EXPIRE_DUE_WAITS: &str = concat!(
+    "UPDATE durably_waits SET status = 'resolved', outcome = 'timeout', \
+     resolved_at = deadline_at WHERE id IN (SELECT w.id FROM durably_waits w \
+     WHERE w.status = 'pending' AND w.deadline_ms IS NOT NULL AND w.deadline_ms <= ?1 \
+     AND EXISTS (SELECT 1 FROM durably_runs r WHERE r.id = w.run_id AND r.status NOT IN ",
+    terminal!(),
+    ") ORDER BY w.deadline_ms, w.id LIMIT ?2) AND status = 'pending' RETURNING id"
+);
