@@ -240,11 +240,11 @@ fn bench_job(name: String, steps: u64, executions: Arc<AtomicU64>) -> Job<BenchI
                 total += step
                     .run(&format!("step-{s}"), |_| async move {
                         executions.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, durably::Error>(s)
+                        Ok(s)
                     })
                     .await?;
             }
-            Ok::<_, durably::Error>(input.n + total)
+            Ok(input.n + total)
         }
     })
 }

@@ -41,16 +41,13 @@ pub struct SleepInput {
 }
 
 /// Waits `ms`, or fails early when the run's token fires (cancel or lease loss).
-async fn sleep_unless_aborted(
-    token: CancellationToken,
-    ms: u64,
-) -> std::result::Result<(), String> {
+async fn sleep_unless_aborted(token: CancellationToken, ms: u64) -> durably::StepResult<()> {
     if ms == 0 {
         return Ok(());
     }
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
-        _ = token.cancelled() => Err("aborted".to_owned()),
+        _ = token.cancelled() => Err("aborted".into()),
     }
 }
 
@@ -58,9 +55,9 @@ async fn sleep_unless_aborted(
 pub fn echo() -> Job<EchoInput, Value> {
     Job::new("echo", |step: StepContext, input: EchoInput| async move {
         let value = step
-            .run("echo", |_| async move { Ok::<_, String>(input.value) })
+            .run("echo", |_| async move { Ok(input.value) })
             .await?;
-        Ok::<_, durably::Error>(json!({ "value": value }))
+        Ok(json!({ "value": value }))
     })
     .input_schema(json!({
         "type": "object",
@@ -83,7 +80,7 @@ pub fn steps() -> Job<StepsInput, Value> {
                 .run(&format!("step-{i}"), |token| async move {
                     sleep_unless_aborted(token, step_ms).await?;
                     if input.fail_at == Some(i as i64) {
-                        return Err(format!("failed at step {i}"));
+                        return Err(format!("failed at step {i}").into());
                     }
                     Ok(i)
                 })
@@ -95,7 +92,7 @@ pub fn steps() -> Job<StepsInput, Value> {
                 .info(format!("step {i} done"), json!({ "i": i }))
                 .await?;
         }
-        Ok::<_, durably::Error>(json!({ "sum": sum }))
+        Ok(json!({ "sum": sum }))
     })
     .input_schema(json!({
         "type": "object",
@@ -130,7 +127,7 @@ pub fn sleep() -> Job<SleepInput, Value> {
             sleep_unless_aborted(token, ms).await
         })
         .await?;
-        Ok::<_, durably::Error>(json!({ "slept": ms }))
+        Ok(json!({ "slept": ms }))
     })
     .input_schema(json!({
         "type": "object",
@@ -229,7 +226,7 @@ pub fn fanout() -> Job<FanoutInput, Value> {
                     step.run(&format!("branch-{i}"), |token| async move {
                         sleep_unless_aborted(token, step_ms).await?;
                         if fail_at == Some(i as i64) {
-                            return Err(format!("branch {i} failed"));
+                            return Err(format!("branch {i} failed").into());
                         }
                         Ok(i)
                     })
@@ -238,7 +235,7 @@ pub fn fanout() -> Job<FanoutInput, Value> {
             })
             .collect();
         let values = step.all(branches).await?;
-        Ok::<_, durably::Error>(json!({ "sum": values.iter().sum::<u64>() }))
+        Ok(json!({ "sum": values.iter().sum::<u64>() }))
     })
     .input_schema(json!({
         "type": "object",
@@ -291,12 +288,12 @@ pub fn flaky() -> Job<FlakyInput, Value> {
             .run_retrying("flaky", StepOptions::new().retry(policy), |attempt| async move {
                 let n = attempt.number();
                 if n <= fail_times {
-                    return Err(format!("attempt {n} failed"));
+                    return Err(format!("attempt {n} failed").into());
                 }
                 Ok(n)
             })
             .await?;
-        Ok::<_, durably::Error>(json!({ "attempts": attempts }))
+        Ok(json!({ "attempts": attempts }))
     })
     .input_schema(json!({
         "type": "object",
@@ -341,7 +338,7 @@ pub struct NapInput {
 pub fn nap() -> Job<NapInput, Value> {
     Job::new("nap", |step: StepContext, input: NapInput| async move {
         step.sleep("nap", Duration::from_millis(input.ms)).await?;
-        Ok::<_, durably::Error>(json!({ "slept": input.ms }))
+        Ok(json!({ "slept": input.ms }))
     })
     .input_schema(json!({
         "type": "object",
@@ -381,7 +378,7 @@ pub fn parent(echo: JobHandle<EchoInput, Value>) -> Job<ParentInput, Value> {
                 .collect();
             let outputs = step.invoke_all("echo", &echo, inputs).await?;
             let sum: u64 = outputs.iter().filter_map(|o| o["value"].as_u64()).sum();
-            Ok::<_, durably::Error>(json!({ "sum": sum }))
+            Ok(json!({ "sum": sum }))
         }
     })
     .input_schema(json!({

@@ -65,7 +65,7 @@ impl Fixture {
                     for i in 0..steps {
                         step.run(&format!("step-{i}"), |_| async move {
                             tokio::time::sleep(Duration::from_millis(step_ms)).await;
-                            Ok::<_, std::io::Error>(i)
+                            Ok(i)
                         })
                         .await?;
                         step.progress(i + 1, Some(steps), Some("working")).await?;
@@ -1101,7 +1101,7 @@ async fn waiting_approval(fx: &Fixture, input: Value) -> (String, String) {
                         wait = wait.timeout_ms(ms);
                     }
                     let wait = step.prepare_wait(wait).await?;
-                    Ok::<_, durably::Error>(match step.wait_for(&wait).await? {
+                    Ok(match step.wait_for(&wait).await? {
                         durably::WaitResult::Signal { payload } => json!({ "signal": payload }),
                         _ => json!({ "timedOut": true }),
                     })
@@ -1308,7 +1308,7 @@ async fn parent_with_children() -> (tempfile::TempDir, String, String, Vec<Strin
                 if input == json!(3) {
                     return Err(durably::Error::Validation("leaf 3 fails".into()));
                 }
-                Ok::<_, durably::Error>(input)
+                Ok(input)
             },
         ))
         .expect("register leaf");
@@ -1318,7 +1318,7 @@ async fn parent_with_children() -> (tempfile::TempDir, String, String, Vec<Strin
             async move {
                 let inputs = (1..=7).map(|i| json!(i)).collect();
                 let outputs = step.invoke_all("leaves", &leaf, inputs).await?;
-                Ok::<_, durably::Error>(json!(outputs.len()))
+                Ok(json!(outputs.len()))
             }
         }))
         .expect("register fan");

@@ -36,7 +36,7 @@ async fn application(path: &std::path::Path) -> Durably {
     durably
         .register(Job::new(
             "report",
-            |_step: StepContext, input: Value| async move { Ok::<_, durably::Error>(input) },
+            |_step: StepContext, input: Value| async move { Ok(input) },
         ))
         .expect("register");
     durably.migrate().await.expect("migrate");

@@ -25,17 +25,17 @@ fn report_job() -> Job<u64, String> {
         let rows = step
             .run("query", move |_cancel| async move {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                Ok::<_, std::io::Error>(account * 10)
+                Ok(account * 10)
             })
             .await?;
         step.progress(1, Some(2), Some("queried")).await?;
         let file = step
             .run("render", move |_cancel| async move {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                Ok::<_, std::io::Error>(format!("report-{account}-{rows}-rows.pdf"))
+                Ok(format!("report-{account}-{rows}-rows.pdf"))
             })
             .await?;
-        Ok::<_, durably::Error>(file)
+        Ok(file)
     })
 }
 

@@ -15,15 +15,15 @@ fn resize_job(process: u32) -> Job<u32, String> {
         let size = step
             .run("download", move |_cancel| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                Ok::<_, std::io::Error>(image * 1_000)
+                Ok(image * 1_000)
             })
             .await?;
         step.run("resize", move |_cancel| async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok::<_, std::io::Error>(size / 2)
+            Ok(size / 2)
         })
         .await?;
-        Ok::<_, durably::Error>(format!("image {image} resized by process {process}"))
+        Ok(format!("image {image} resized by process {process}"))
     })
 }
 

@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .run("download", move |_cancel| async move {
                         downloaded.store(true, Ordering::SeqCst);
                         println!("{who}: step download: fetching {}", import.file);
-                        Ok::<_, std::io::Error>(3u32)
+                        Ok(3u32)
                     })
                     .await?;
                 let stored = step
@@ -69,15 +69,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             println!("{who}: crashing inside step store");
                             std::process::abort();
                         }
-                        Ok::<_, std::io::Error>(rows)
+                        Ok(rows)
                     })
                     .await?;
                 step.run("notify", move |_cancel| async move {
                     println!("{who}: step notify: {stored} rows stored");
-                    Ok::<_, std::io::Error>(())
+                    Ok(())
                 })
                 .await?;
-                Ok::<_, durably::Error>(Imported { rows, stored })
+                Ok(Imported { rows, stored })
             }
         }
     }))?;

@@ -299,7 +299,7 @@ impl Attempt {
     ///     .run_with("charge", StepOptions::new(), |attempt| async move {
     ///         let request_id = "req_123"; // from the payment provider
     ///         attempt.set_metadata(json!({"requestId": request_id})).await?;
-    ///         Ok::<_, durably::Error>(true)
+    ///         Ok(true)
     ///     })
     ///     .await?;
     /// # Ok(()) }

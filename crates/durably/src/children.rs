@@ -114,7 +114,7 @@ impl StepContext {
     /// # async fn main() -> durably::Result<()> {
     /// let durably = Durably::builder().sqlite(":memory:").build()?;
     /// let double = durably.register(Job::new("double", |_: StepContext, n: u64| async move {
-    ///     Ok::<_, durably::Error>(n * 2)
+    ///     Ok(n * 2)
     /// }))?;
     /// let parent = durably.register(Job::new("parent", move |step: StepContext, n: u64| {
     ///     let double = double.clone();

@@ -6,8 +6,21 @@
 //! (`durably::http`, feature `http`) `NotFound` is a 404, `Validation` a 400, `Conflict` a 409,
 //! a read that timed out a 503 and the rest a 500.
 
-/// A boxed error that any job function may return (anything `Into<BoxError>` works with `?`).
+/// The error of a step's function: any error, boxed. `?` converts every
+/// `std::error::Error + Send + Sync` (an I/O error, a `reqwest` or `sqlx` error, a
+/// `durably::Error`) and text (`Err("out of stock".into())`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a step's function returns ([`StepContext::run`](crate::StepContext::run)): a value, or
+/// any error ([`BoxError`]). Handy in the signature of a helper a step calls:
+///
+/// ```
+/// async fn charge(order_id: &str) -> durably::StepResult<String> {
+///     let amount: u64 = "1200".parse()?; // any std error converts
+///     Ok(format!("{order_id}:{amount}"))
+/// }
+/// ```
+pub type StepResult<T> = std::result::Result<T, BoxError>;
 
 /// Result alias used throughout durably.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -125,6 +138,17 @@ impl Error {
     /// `true` for [`Error::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, Error::LeaseLost { .. })
+    }
+
+    /// An error of a job's own code outside a step, as [`Error::Job`]: for `?` on another error
+    /// type in a job function (`input.parse().map_err(Error::job)?`). A `durably::Error`
+    /// (boxed or not) stays what it is, so a suspension or a cancellation passed through here
+    /// keeps working.
+    pub fn job(error: impl Into<BoxError>) -> Self {
+        match error.into().downcast::<Error>() {
+            Ok(error) => *error,
+            Err(other) => Error::Job(other),
+        }
     }
 
     /// Wraps a backend error as [`Error::Storage`] for the named operation; a table of

@@ -11,10 +11,10 @@
 //!
 //! let welcome = Job::new("send-welcome", |step: StepContext, input: Input| async move {
 //!     let address = step.run("look-up", |_| async move {
-//!         Ok::<_, std::io::Error>(format!("user{}@example.com", input.user_id))
+//!         Ok(format!("user{}@example.com", input.user_id))
 //!     }).await?;
-//!     step.run("send", |_| async move { Ok::<_, std::io::Error>(address.len()) }).await?;
-//!     Ok::<_, durably::Error>(Output { sent: true })
+//!     step.run("send", |_| async move { Ok(address.len()) }).await?;
+//!     Ok(Output { sent: true })
 //! })
 //! .validate(|input: &Input| if input.user_id == 0 { Err("user_id must be positive".into()) } else { Ok(()) });
 //! assert_eq!(welcome.name(), "send-welcome");
@@ -64,13 +64,24 @@ impl<I, O> Clone for Job<I, O> {
 }
 
 impl<I: JobData, O: JobData> Job<I, O> {
-    /// Defines a job. The function gets the step context and the deserialized input; any error
-    /// type convertible into [`BoxError`] works (`durably::Error`, `std::io::Error`, `anyhow`, …).
-    pub fn new<F, Fut, E>(name: impl Into<String>, run: F) -> Self
+    /// Defines a job. The function gets the step context and the deserialized input, and
+    /// returns [`durably::Result`](crate::Result): `?` on a step, an invoke or a wait passes
+    /// their errors on, `Ok(output)` needs no annotation. Another error type of the job's own
+    /// code converts with [`Error::job`](crate::Error::job) (`.map_err(Error::job)?`); inside a
+    /// step any error converts by itself ([`StepResult`](crate::StepResult)).
+    ///
+    /// ```
+    /// use durably::{Job, StepContext};
+    /// let double = Job::new("double", |step: StepContext, n: u64| async move {
+    ///     let twice = step.run("double", |_| async move { Ok(n * 2) }).await?;
+    ///     Ok(twice)
+    /// });
+    /// # let _ = double;
+    /// ```
+    pub fn new<F, Fut>(name: impl Into<String>, run: F) -> Self
     where
         F: Fn(StepContext, I) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<O, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
+        Fut: Future<Output = crate::Result<O>> + Send + 'static,
     {
         let run = move |step: StepContext, input: I| -> BoxFuture<'static, Result<O, BoxError>> {
             let future = run(step, input);
@@ -98,7 +109,7 @@ impl<I: JobData, O: JobData> Job<I, O> {
     /// use std::time::Duration;
     /// use durably::{Job, RetryPolicy, StepContext};
     /// let sync = Job::new("sync", |step: StepContext, _input: ()| async move {
-    ///     step.run("pull", |_| async { Ok::<_, durably::Error>(1) }).await
+    ///     step.run("pull", |_| async { Ok(1) }).await
     /// })
     /// .retry(RetryPolicy::exponential(5, Duration::from_secs(30)));
     /// # let _ = sync;
@@ -138,7 +149,7 @@ impl<I: JobData, O: JobData> Job<I, O> {
     /// #[derive(Serialize, Deserialize)]
     /// struct Input { ms: u64 }
     /// let job = Job::new("sleep", |_step: StepContext, input: Input| async move {
-    ///     Ok::<_, durably::Error>(input.ms)
+    ///     Ok(input.ms)
     /// })
     /// .input_schema(serde_json::json!({
     ///     "type": "object",

@@ -26,12 +26,12 @@
 //! let ship = durably.register(Job::new("ship-order", |step: StepContext, order: Order| async move {
 //!     // Stored under its name: on a re-run this returns the stored label without running.
 //!     let label = step.run("print-label", |_cancel| async move {
-//!         Ok::<_, std::io::Error>(format!("label-{}", order.id))
+//!         Ok(format!("label-{}", order.id))
 //!     }).await?;
 //!     step.progress(1, Some(2), Some("label printed")).await?;
 //!     step.log().info("label printed", None).await?;
-//!     step.run("notify-customer", |_cancel| async { Ok::<_, std::io::Error>(()) }).await?;
-//!     Ok::<_, durably::Error>(label)
+//!     step.run("notify-customer", |_cancel| async { Ok(()) }).await?;
+//!     Ok(label)
 //! }))?;
 //! durably.init().await?; // migrate the schema, start this process's worker
 //!
@@ -87,7 +87,7 @@
 //! # let durably = Durably::builder().sqlite(":memory:").build()?;
 //! let charge = durably.register(Job::new("charge", |step: StepContext, cents: u64| async move {
 //!     let charged = step.run("authorize", |_| async move {
-//!         if cents > 10_000 { Err("card declined") } else { Ok(cents) }
+//!         if cents > 10_000 { Err("card declined".into()) } else { Ok(cents) }
 //!     }).await;
 //!     if let Err(Error::Step { name, source }) = &charged {
 //!         step.log().warn(format!("step {name} failed: {source}"), None).await?;
@@ -118,10 +118,10 @@
 //! let watch = durably.register(Job::new("watch", |step: StepContext, _: ()| async move {
 //!     step.run("wait-for-cancel", |cancel| async move {
 //!         cancel.cancelled().await;
-//!         Ok::<_, std::io::Error>(())
+//!         Ok(())
 //!     }).await?;
 //!     step.check_cancelled()?;
-//!     Ok::<_, Error>(())
+//!     Ok(())
 //! }))?;
 //! durably.init().await?;
 //! let run = watch.trigger(()).await?.run;
@@ -232,7 +232,7 @@ pub use children::InvokeOptions;
 pub use config::{Config, Tuning, parse_retention};
 pub use durably::{Durably, JobInfo};
 pub use engine::Outcome;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, StepResult};
 pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use handle::JobHandle;
 pub use job::{Job, JobData};
@@ -243,6 +243,9 @@ pub use run::{
     Step, StepStatus, TriggerAndWaitResult, TriggerOptions, TriggerResult,
 };
 pub use schedules::{CatchUp, FiredSlot, Schedule, ScheduleRecord, Schedules};
+/// The JSON crate of job inputs, outputs and labels, re-exported so that examples need no
+/// extra dependency (`durably::serde_json::json!`, or `durably::prelude::*`).
+pub use serde_json;
 pub use step::{StepContext, StepLog};
 #[cfg(feature = "libsql")]
 pub use store::{LibsqlOptions, LibsqlStore};
@@ -298,7 +301,32 @@ pub struct SchedulesDocDoctests;
 #[cfg(doctest)]
 pub struct GuaranteesDocDoctests;
 
+#[doc = include_str!("../../../docs/concepts.md")]
+#[cfg(doctest)]
+pub struct ConceptsDocDoctests;
+
 /// The examples of `docs/versioning.md`, compiled as doctests.
 #[doc = include_str!("../../../docs/versioning.md")]
 #[cfg(doctest)]
 pub struct VersioningDocDoctests;
+
+/// What most applications use, in one import: `use durably::prelude::*;` brings the instance,
+/// jobs and their step context, the trigger and wait options, the error and result types, and
+/// `serde_json`'s `json!` and `Value`.
+///
+/// ```
+/// use durably::prelude::*;
+///
+/// let greet = Job::new("greet", |step: StepContext, name: String| async move {
+///     let text = step.run("compose", |_| async move { Ok(format!("hello {name}")) }).await?;
+///     Ok(json!({ "text": text }))
+/// });
+/// # let _ = greet;
+/// ```
+pub mod prelude {
+    pub use crate::{
+        Durably, Error, InvokeOptions, Job, JobHandle, NonRetryable, Result, RetryPolicy,
+        StepContext, StepOptions, StepResult, TriggerOptions, WaitOptions,
+    };
+    pub use serde_json::{Value, json};
+}

@@ -190,7 +190,7 @@ impl RetryPolicy {
 /// let options = StepOptions::new().retry(RetryPolicy::constant(5, Duration::from_secs(1)));
 /// let charged = step
 ///     .run_retrying("charge", options, |_| async {
-///         Err::<(), _>(NonRetryable::new("card declined"))
+///         Err::<(), _>(NonRetryable::new("card declined").into())
 ///     })
 ///     .await;
 /// assert_eq!(charged.unwrap_err().to_string(), "card declined");
@@ -296,7 +296,7 @@ impl StepContext {
     ///     .run_retrying("fetch", options, |attempt| async move {
     ///         // A flaky call; `attempt.number()` is 1, 2, …
     ///         if attempt.number() < 2 {
-    ///             Err("503 from upstream")
+    ///             Err("503 from upstream".into())
     ///         } else {
     ///             Ok("<html>".to_string())
     ///         }
@@ -304,7 +304,7 @@ impl StepContext {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn run_retrying<T, F, Fut, E>(
+    pub async fn run_retrying<T, F, Fut>(
         &self,
         name: &str,
         options: StepOptions,
@@ -313,8 +313,7 @@ impl StepContext {
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Attempt) -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
-        E: Into<BoxError>,
+        Fut: Future<Output = crate::StepResult<T>>,
     {
         let Some(policy) = options.retry.clone() else {
             return self.run_with(name, options, f).await;

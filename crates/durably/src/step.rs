@@ -539,7 +539,7 @@ impl StepContext {
     ///
     /// ```
     /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
-    /// match step.run("charge", |_| async { Err::<(), _>("card declined") }).await {
+    /// match step.run("charge", |_| async { Err::<(), _>("card declined".into()) }).await {
     ///     Err(durably::Error::Step { name, source }) => {
     ///         assert_eq!((name.as_str(), source.to_string().as_str()), ("charge", "card declined"));
     ///     }
@@ -547,12 +547,11 @@ impl StepContext {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn run<T, F, Fut, E>(&self, name: &str, f: F) -> Result<T>
+    pub async fn run<T, F, Fut>(&self, name: &str, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(CancellationToken) -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
-        E: Into<BoxError>,
+        Fut: Future<Output = crate::StepResult<T>>,
     {
         self.run_with(name, StepOptions::new(), |attempt| f(attempt.token()))
             .await
@@ -569,17 +568,16 @@ impl StepContext {
     /// let receipt = step
     ///     .run_with("send-invoice", StepOptions::new().metadata(json!({"channel": "email"})), |attempt| async move {
     ///         attempt.set_metadata(json!({"channel": "email", "messageId": "m-1"})).await?;
-    ///         Ok::<_, durably::Error>("sent".to_string())
+    ///         Ok("sent".to_string())
     ///     })
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn run_with<T, F, Fut, E>(&self, name: &str, options: StepOptions, f: F) -> Result<T>
+    pub async fn run_with<T, F, Fut>(&self, name: &str, options: StepOptions, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(Attempt) -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
-        E: Into<BoxError>,
+        Fut: Future<Output = crate::StepResult<T>>,
     {
         let shared = &self.shared;
         if let Some(error) = shared.abort_error() {
@@ -798,8 +796,8 @@ impl StepContext {
     /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
     /// let (user, orders) = step
     ///     .all((
-    ///         step.run("load-user", |_| async { Ok::<_, durably::Error>("ada".to_string()) }),
-    ///         step.run("load-orders", |_| async { Ok::<_, durably::Error>(vec![1, 2, 3]) }),
+    ///         step.run("load-user", |_| async { Ok("ada".to_string()) }),
+    ///         step.run("load-orders", |_| async { Ok(vec![1, 2, 3]) }),
     ///     ))
     ///     .await?;
     /// let totals: Vec<u32> = step
@@ -808,7 +806,7 @@ impl StepContext {
     ///             .iter()
     ///             .map(|id| {
     ///                 let (step, name, id) = (step.clone(), format!("total-{id}"), *id);
-    ///                 async move { step.run(&name, |_| async move { Ok::<_, durably::Error>(id * 10) }).await }
+    ///                 async move { step.run(&name, |_| async move { Ok(id * 10) }).await }
     ///             })
     ///             .collect::<Vec<_>>(),
     ///     )

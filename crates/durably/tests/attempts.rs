@@ -31,13 +31,12 @@ async fn each_execution_of_a_step_is_one_attempt_kept_after_the_run_ends(backend
         .register(Job::new(
             "two-steps",
             |step: StepContext, _input: Value| async move {
-                step.run("fetch", |_| async { Ok::<_, durably::Error>(1) })
-                    .await?;
+                step.run("fetch", |_| async { Ok(1) }).await?;
                 step.run("charge", |_| async {
-                    Err::<i64, _>(durably::Error::Validation("card declined".into()))
+                    Err::<i64, _>(durably::Error::Validation("card declined".into()).into())
                 })
                 .await?;
-                Ok::<_, durably::Error>(json!({}))
+                Ok(json!({}))
             },
         ))
         .expect("register");
@@ -84,17 +83,16 @@ async fn a_replayed_step_makes_no_attempt_and_an_abandoned_one_says_lease_lost(b
         Job::new("resumable", move |step: StepContext, _input: Value| {
             let executions = executions.clone();
             async move {
-                step.run("first", |_| async { Ok::<_, durably::Error>(1) })
-                    .await?;
+                step.run("first", |_| async { Ok(1) }).await?;
                 step.run("second", |_| async move {
                     if executions.fetch_add(1, Ordering::SeqCst) == 0 {
                         // The first execution hangs here until it is abandoned.
                         std::future::pending::<()>().await;
                     }
-                    Ok::<_, durably::Error>(2)
+                    Ok(2)
                 })
                 .await?;
-                Ok::<_, durably::Error>(json!("done"))
+                Ok(json!("done"))
             }
         })
     };
@@ -158,15 +156,13 @@ async fn a_zero_delay_records_the_attempt_before_the_function_starts(backend: Ba
                     let seen = step
                         .run("look", |_| async move {
                             let attempts = reader.get_step_attempts(&run_id).await?;
-                            Ok::<_, durably::Error>(
-                                attempts
-                                    .iter()
-                                    .map(|a| a.status.as_str().to_owned())
-                                    .collect::<Vec<_>>(),
-                            )
+                            Ok(attempts
+                                .iter()
+                                .map(|a| a.status.as_str().to_owned())
+                                .collect::<Vec<_>>())
                         })
                         .await?;
-                    Ok::<_, durably::Error>(json!(seen))
+                    Ok(json!(seen))
                 }
             },
         ))
@@ -207,17 +203,17 @@ async fn attempt_metadata_is_stored_while_the_step_runs(backend: Backend) {
                                     .set_metadata(json!({"provider": "acme", "requestId": "r-1"}))
                                     .await?;
                                 let stored = reader.get_step_attempts(&run_id).await?;
-                                Ok::<_, durably::Error>(stored[0].metadata.clone())
+                                Ok(stored[0].metadata.clone())
                             },
                         )
                         .await?;
                     step.run_with(
                         "notify",
                         StepOptions::new().metadata(json!({"channel": "email"})),
-                        |_| async { Ok::<_, durably::Error>(()) },
+                        |_| async { Ok(()) },
                     )
                     .await?;
-                    Ok::<_, durably::Error>(json!({ "seen": seen }))
+                    Ok(json!({ "seen": seen }))
                 }
             },
         ))

@@ -28,7 +28,7 @@ fn none() -> TriggerOptions {
 
 fn count_job() -> Job<Count, i64> {
     Job::new("batch-job", |_step: StepContext, input: Count| async move {
-        Ok::<_, durably::Error>(input.value)
+        Ok(input.value)
     })
     .validate(|input: &Count| {
         if input.value < 1 {

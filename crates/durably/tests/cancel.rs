@@ -55,26 +55,28 @@ impl Gated {
             let (entered, release) = (entered.clone(), release.clone());
             let (seen, calls) = (seen.clone(), calls.clone());
             async move {
-                step.run("before", |_| async { Ok::<_, Error>("stored".to_string()) })
+                step.run("before", |_| async { Ok("stored".to_string()) })
                     .await?;
                 step.run("cancellable-step", |token| async move {
                     entered.open();
                     if watch_token {
                         token.cancelled().await;
                         seen.store(true, Ordering::SeqCst);
-                        return Err(Error::Job("AbortError: the operation was aborted".into()));
+                        return Err(
+                            Error::Job("AbortError: the operation was aborted".into()).into()
+                        );
                     }
                     release.wait().await;
                     seen.store(token.is_cancelled(), Ordering::SeqCst);
-                    Ok::<_, Error>("late result".to_string())
+                    Ok("late result".to_string())
                 })
                 .await?;
                 step.run("step2", |_| async move {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
                 .await?;
-                Ok::<_, Error>(json!("completed"))
+                Ok(json!("completed"))
             }
         })
     }
@@ -216,7 +218,7 @@ async fn cancel_while_pending_rejects_waits(backend: Backend) {
     let job = durably
         .register(Job::new(
             "pending-cancel",
-            |_: StepContext, _: Value| async { Ok::<_, Error>(json!("never")) },
+            |_: StepContext, _: Value| async { Ok(json!("never")) },
         ))
         .unwrap();
 
@@ -316,7 +318,7 @@ async fn reports_after_a_cancel(backend: Backend, in_process: bool) {
                             .lock()
                             .unwrap()
                             .extend([outcome(progress), outcome(log)]);
-                        Ok::<_, Error>(json!("done"))
+                        Ok(json!("done"))
                     }
                 },
             ))
@@ -370,7 +372,7 @@ async fn cancelled_result(backend: Backend, in_process: bool) {
                     async move {
                         entered.open();
                         release.wait().await;
-                        Ok::<_, Error>(json!({"written": true}))
+                        Ok(json!({"written": true}))
                     }
                 },
             ))
@@ -409,7 +411,7 @@ async fn terminal_runs_cannot_be_cancelled(backend: Backend) {
     let job = durably
         .register(Job::new(
             "terminal-cancel",
-            |_: StepContext, _: Value| async { Ok::<_, Error>(json!(1)) },
+            |_: StepContext, _: Value| async { Ok(json!(1)) },
         ))
         .unwrap();
     durably.start();
@@ -455,13 +457,13 @@ async fn cancel_between_steps(backend: Backend, settle: Duration) -> (String, Ve
                     let (entered, release) = (entered.clone(), release.clone());
                     let (calls, outcome) = (calls.clone(), outcome.clone());
                     async move {
-                        step.run("step1", |_| async { Ok::<_, Error>(1) }).await?;
+                        step.run("step1", |_| async { Ok(1) }).await?;
                         entered.open();
                         release.wait().await;
                         let result = step
                             .run("step2", |_| async move {
                                 calls.fetch_add(1, Ordering::SeqCst);
-                                Ok::<_, Error>(2)
+                                Ok(2)
                             })
                             .await;
                         *outcome.lock().unwrap() = Some(match &result {
@@ -469,7 +471,7 @@ async fn cancel_between_steps(backend: Backend, settle: Duration) -> (String, Ve
                             Err(e) => e.to_string(),
                         });
                         result?;
-                        Ok::<_, Error>(json!("completed"))
+                        Ok(json!("completed"))
                     }
                 },
             ))

@@ -24,7 +24,7 @@ fn echo() -> Job<Echo, Echo> {
     Job::new("echo", |step: StepContext, input: Echo| async move {
         step.run("echo", |_| async move {
             match input.value {
-                13_013 => Err(Error::Job("unlucky 13".into())),
+                13_013 => Err(Error::Job("unlucky 13".into()).into()),
                 _ => Ok(input),
             }
         })
@@ -43,7 +43,7 @@ fn parent(echo: JobHandle<Echo, Echo>, executions: Arc<AtomicUsize>) -> Job<Valu
             let inputs = (1..=n).map(|value| Echo { value }).collect();
             let outputs = step.invoke_all("echo", &echo, inputs).await?;
             let sum: u64 = outputs.iter().map(|o| o.value).sum();
-            Ok::<_, Error>(json!({ "sum": sum }))
+            Ok(json!({ "sum": sum }))
         }
     })
 }
@@ -67,7 +67,7 @@ async fn invoke_returns_the_childs_typed_output(backend: Backend) {
                         InvokeOptions::new().label("tenant", "acme"),
                     )
                     .await?;
-                Ok::<_, Error>(out.value * 10)
+                Ok(out.value * 10)
             }
         }))
         .expect("register");
@@ -195,7 +195,7 @@ fn blocker() -> Job<Echo, Echo> {
     Job::new("blocker", |step: StepContext, input: Echo| async move {
         let wait = step.prepare_wait("never").await?;
         step.wait_for(&wait).await?;
-        Ok::<_, Error>(input)
+        Ok(input)
     })
 }
 
@@ -442,7 +442,7 @@ async fn a_replay_never_creates_a_second_child(backend: Backend) {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let inputs = vec![Echo { value: 1 }, Echo { value: 2 }, Echo { value: 3 }];
                 let outputs = step.invoke_all("kids", &blocker, inputs).await?;
-                Ok::<_, Error>(outputs.iter().map(|o| o.value).sum::<u64>())
+                Ok(outputs.iter().map(|o| o.value).sum::<u64>())
             }
         }))
         .expect("register top");
@@ -514,7 +514,7 @@ async fn a_deep_chain_completes_on_one_slot(backend: Backend) {
             let echo = echo.clone();
             async move {
                 let out = step.invoke("leaf", &echo, Echo { value: n }).await?;
-                Ok::<_, Error>(out.value + 1)
+                Ok(out.value + 1)
             }
         }))
         .expect("register middle");
@@ -523,7 +523,7 @@ async fn a_deep_chain_completes_on_one_slot(backend: Backend) {
             let middle = middle.clone();
             async move {
                 let out = step.invoke("mid", &middle, n).await?;
-                Ok::<_, Error>(out * 2)
+                Ok(out * 2)
             }
         }))
         .expect("register top");

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Backend, Gate, LIMIT, Recorder, TestDb, backend_tests, eventually};
-use durably::{
-    Durably, Error, EventType, Job, JobHandle, Run, RunStatus, StepContext, TriggerOptions,
-};
+use durably::{Durably, EventType, Job, JobHandle, Run, RunStatus, StepContext, TriggerOptions};
 
 /// What the test job did: the inputs whose job started, whose step executed, and the most job
 /// functions running at once.
@@ -53,7 +51,7 @@ fn job(tracker: &Tracker, gate: &Gate) -> Job<u64, u64> {
                     if n == 2 {
                         gate.wait().await;
                     }
-                    Ok::<_, Error>(n * 10)
+                    Ok(n * 10)
                 })
                 .await;
             tracker.running.fetch_sub(1, Ordering::SeqCst);

@@ -29,7 +29,7 @@ fn gated_job(gate: watch::Receiver<bool>) -> Job<u64, u64> {
         let mut gate = gate.clone();
         async move {
             let _ = gate.wait_for(|open| *open).await;
-            Ok::<_, Error>(n)
+            Ok(n)
         }
     })
 }
@@ -273,9 +273,10 @@ async fn active_reuses_waiting_runs_but_not_expired_leases_nor_other_jobs(backen
     let (_open, gate) = watch::channel(false);
     let handle = durably.register(gated_job(gate)).expect("register");
     let other = durably
-        .register(Job::new("other", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
-        }))
+        .register(Job::new(
+            "other",
+            |_: StepContext, n: u64| async move { Ok(n) },
+        ))
         .expect("register");
     let admin = db.store.admin().expect("admin");
     let set = |id: String, status: RunStatus, expires: Option<Timestamp>| {

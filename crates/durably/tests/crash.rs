@@ -57,11 +57,11 @@ fn five_steps(log: PathBuf) -> Job<FiveInput, u64> {
                     .run(&format!("step-{k}"), |_| async move {
                         record(&log, &format!("step-{k}"))?;
                         tokio::time::sleep(STEP_TIME).await;
-                        Ok::<_, std::io::Error>(k * 10)
+                        Ok(k * 10)
                     })
                     .await?;
             }
-            Ok::<_, durably::Error>(total)
+            Ok(total)
         }
     })
 }
@@ -79,11 +79,11 @@ fn drain_job(log: PathBuf) -> Job<DrainInput, u64> {
                         .append(true)
                         .open(&log)?;
                     file.write_all(format!("{line}\n").as_bytes())?;
-                    Ok::<_, std::io::Error>(k)
+                    Ok(k)
                 })
                 .await?;
             }
-            Ok::<_, durably::Error>(input.n)
+            Ok(input.n)
         }
     })
 }

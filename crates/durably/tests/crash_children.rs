@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{PgSchema, eventually, fresh_schema, postgres_store};
-use durably::{Durably, Error, Job, RunFilter, RunStatus, StepContext};
+use durably::{Durably, Job, RunFilter, RunStatus, StepContext};
 use serde_json::{Value, json};
 
 /// `sqlite:<path>` or `postgres:<schema>`.
@@ -98,7 +98,7 @@ fn instance(db: &Db, log: Log, hang: bool) -> Durably {
                     if hang {
                         std::future::pending::<()>().await;
                     }
-                    Ok::<_, Error>(n * 10)
+                    Ok(n * 10)
                 })
                 .await
             }
@@ -113,7 +113,7 @@ fn instance(db: &Db, log: Log, hang: bool) -> Durably {
                 let outputs = step
                     .invoke_all("kids", &child, (1..=CHILDREN).collect())
                     .await?;
-                Ok::<_, Error>(outputs.iter().sum::<u64>())
+                Ok(outputs.iter().sum::<u64>())
             }
         }))
         .expect("register parent");

@@ -66,7 +66,7 @@ fn jobs(log: PathBuf) -> (Job<Value, Value>, Job<Value, Value>) {
             let log = log.clone();
             async move {
                 let before = log.clone();
-                step.run("before", |_| async move { record(&before, "before") })
+                step.run("before", |_| async move { Ok(record(&before, "before")?) })
                     .await?;
                 let policy = RetryPolicy::constant(2, PAUSE).suspend_longer_than(Duration::ZERO);
                 let n = step
@@ -77,13 +77,13 @@ fn jobs(log: PathBuf) -> (Job<Value, Value>, Job<Value, Value>) {
                             record(&log, &format!("flaky-{n}"))
                                 .map_err(|e| Error::Job(e.into()))?;
                             if n == 1 {
-                                return Err(Error::Job("attempt 1 failed".into()));
+                                return Err(Error::Job("attempt 1 failed".into()).into());
                             }
                             Ok(n)
                         }
                     })
                     .await?;
-                Ok::<_, Error>(json!({ "attempts": n }))
+                Ok(json!({ "attempts": n }))
             }
         })
     };
@@ -91,12 +91,12 @@ fn jobs(log: PathBuf) -> (Job<Value, Value>, Job<Value, Value>) {
         let log = log.clone();
         async move {
             let before = log.clone();
-            step.run("before", |_| async move { record(&before, "before") })
+            step.run("before", |_| async move { Ok(record(&before, "before")?) })
                 .await?;
             step.sleep("pause", PAUSE).await?;
-            step.run("after", |_| async move { record(&log, "after") })
+            step.run("after", |_| async move { Ok(record(&log, "after")?) })
                 .await?;
-            Ok::<_, Error>(json!({ "slept": true }))
+            Ok(json!({ "slept": true }))
         }
     });
     (retried, sleeper)

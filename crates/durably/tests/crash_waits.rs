@@ -119,7 +119,7 @@ fn approval(log: Log, hang_after: bool) -> Job<Value, Value> {
             let l = log.clone();
             step.run("before", |_| async move {
                 l.record("before")?;
-                Ok::<_, std::io::Error>(1)
+                Ok(1)
             })
             .await?;
             let wait = step.prepare_wait(NewWait::new("approval")).await?;
@@ -143,10 +143,10 @@ fn approval(log: Log, hang_after: bool) -> Job<Value, Value> {
                     tokio::time::sleep(HANG_GUARD).await;
                     panic!("the child was not killed inside step `after`");
                 }
-                Ok::<_, std::io::Error>(2)
+                Ok(2)
             })
             .await?;
-            Ok::<_, Error>(json!({ "signal": payload }))
+            Ok(json!({ "signal": payload }))
         }
     })
 }
@@ -165,7 +165,7 @@ fn signalled(log: Log) -> Job<Value, Value> {
                 let (l, r) = (log.clone(), run.clone());
                 step.run("before", |_| async move {
                     l.record(&format!("before {r}"))?;
-                    Ok::<_, std::io::Error>(())
+                    Ok(())
                 })
                 .await?;
                 let wait = step.prepare_wait(NewWait::new("w")).await?;
@@ -180,10 +180,10 @@ fn signalled(log: Log) -> Job<Value, Value> {
                 let (l, r) = (log.clone(), run.clone());
                 step.run("after", |_| async move {
                     l.record(&format!("after {r}"))?;
-                    Ok::<_, std::io::Error>(())
+                    Ok(())
                 })
                 .await?;
-                Ok::<_, Error>(payload)
+                Ok(payload)
             };
             let result = body.await;
             let how = match &result {

@@ -40,7 +40,7 @@ async fn instance(dir: &tempfile::TempDir) -> Durably {
                         json!({ "len": input.name.len() }),
                     )
                     .await?;
-                Ok::<_, durably::Error>(format!("hello {}", input.name))
+                Ok(format!("hello {}", input.name))
             })
             .input_schema(greet_schema()),
         )
@@ -48,7 +48,7 @@ async fn instance(dir: &tempfile::TempDir) -> Durably {
     durably
         .register(Job::new(
             "plain",
-            |_step: StepContext, input: Value| async move { Ok::<_, durably::Error>(input) },
+            |_step: StepContext, input: Value| async move { Ok(input) },
         ))
         .expect("register plain");
     durably.init().await.expect("init");

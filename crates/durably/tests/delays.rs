@@ -15,11 +15,9 @@ use serde_json::{Value, json};
 fn stamp() -> Job<Value, Value> {
     Job::new("stamp", |step: StepContext, _input: Value| async move {
         let started = step
-            .run("stamp", |_| async move {
-                Ok::<_, Error>(Timestamp::now().as_millis())
-            })
+            .run("stamp", |_| async move { Ok(Timestamp::now().as_millis()) })
             .await?;
-        Ok::<_, Error>(json!({ "startedAt": started }))
+        Ok(json!({ "startedAt": started }))
     })
 }
 

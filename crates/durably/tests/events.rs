@@ -463,8 +463,7 @@ async fn panicking_listener_does_not_stop_the_worker(backend: Backend) {
         .register(Job::new(
             "survives",
             |step: StepContext, n: u64| async move {
-                step.run("double", |_| async move { Ok::<_, Error>(n * 2) })
-                    .await
+                step.run("double", |_| async move { Ok(n * 2) }).await
             },
         ))
         .unwrap();
@@ -503,7 +502,7 @@ async fn slow_listener_does_not_delay_the_run(backend: Backend) {
     }
     let job = durably
         .register(Job::new("fast", |step: StepContext, n: u64| async move {
-            step.run("s", |_| async move { Ok::<_, Error>(n) }).await
+            step.run("s", |_| async move { Ok(n) }).await
         }))
         .unwrap();
     let id = job.trigger(5).await.unwrap().run.id;
@@ -534,14 +533,15 @@ async fn run_level_events_are_in_order(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b).await;
     let recorder = Recorder::attach(&durably);
-    let job = durably
-        .register(Job::new(
-            "ordered-events",
-            |step: StepContext, n: u64| async move {
-                step.run("only", |_| async move { Ok::<_, Error>(n) }).await
-            },
-        ))
-        .unwrap();
+    let job =
+        durably
+            .register(Job::new(
+                "ordered-events",
+                |step: StepContext, n: u64| async move {
+                    step.run("only", |_| async move { Ok(n) }).await
+                },
+            ))
+            .unwrap();
     // Triggered before the worker starts: `run:trigger` is emitted after the run is committed,
     // so a worker already polling could claim it (and emit `run:leased`) first.
     let id = job.trigger(1).await.unwrap().run.id;
@@ -611,13 +611,13 @@ fn gated_job(name: &str, entered: &Gate, gate: &Gate) -> Job<u64, u64> {
                 .run("work", |_| async move {
                     entered.open();
                     gate.wait().await;
-                    Ok::<_, Error>(n)
+                    Ok(n)
                 })
                 .await?;
             if n == 0 {
                 return Err(Error::Job("zero is not allowed".into()));
             }
-            Ok::<_, Error>(value)
+            Ok(value)
         }
     })
 }

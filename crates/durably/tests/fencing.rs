@@ -64,16 +64,16 @@ async fn worker_resumes_after_manual_claim_and_expiry(backend: Backend) {
                 let first: String = step
                     .run("step1", |_| async move {
                         c1.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, durably::Error>("fresh-1".to_string())
+                        Ok("fresh-1".to_string())
                     })
                     .await?;
                 let second: String = step
                     .run("step2", |_| async move {
                         c2.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, durably::Error>("result-2".to_string())
+                        Ok("result-2".to_string())
                     })
                     .await?;
-                Ok::<_, durably::Error>(json!([first, second]))
+                Ok(json!([first, second]))
             }
         }))
         .unwrap();
@@ -133,7 +133,7 @@ async fn stale_step_write_is_refused_after_reclaim(backend: Backend) {
     let durably = db.durably(|b| b).await;
     let job = durably
         .register(Job::new("guarded", |_: StepContext, _: Value| async {
-            Ok::<_, durably::Error>(())
+            Ok(())
         }))
         .unwrap();
     let id = job.trigger(json!({})).await.unwrap().run.id;
@@ -224,7 +224,7 @@ async fn stale_complete_and_fail_are_refused(backend: Backend) {
     let durably = db.durably(|b| b).await;
     let job = durably
         .register(Job::new("fenced-end", |_: StepContext, _: Value| async {
-            Ok::<_, durably::Error>(())
+            Ok(())
         }))
         .unwrap();
     let id = job.trigger(json!({})).await.unwrap().run.id;
@@ -329,15 +329,15 @@ async fn stale_owner_never_starts_the_next_step(backend: Backend) {
                         done.store(true, Ordering::SeqCst);
                         // Fenced like every other write: refused after the reclaim.
                         inner.log().info("stale owner inside step-1", None).await?;
-                        Ok::<_, durably::Error>("stale-1".to_string())
+                        Ok("stale-1".to_string())
                     })
                     .await?;
                     step.run("step-2", |_| async move {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, durably::Error>("stale-2".to_string())
+                        Ok("stale-2".to_string())
                     })
                     .await?;
-                    Ok::<_, durably::Error>(json!({"winner": "stale"}))
+                    Ok(json!({"winner": "stale"}))
                 }
             },
         ))
@@ -347,15 +347,11 @@ async fn stale_owner_never_starts_the_next_step(backend: Backend) {
         .register(Job::new(
             "stale-owner",
             |step: StepContext, _: Value| async move {
-                step.run("step-1", |_| async {
-                    Ok::<_, durably::Error>("reclaimer-1".to_string())
-                })
-                .await?;
-                step.run("step-2", |_| async {
-                    Ok::<_, durably::Error>("reclaimer-2".to_string())
-                })
-                .await?;
-                Ok::<_, durably::Error>(json!({"winner": "reclaimer"}))
+                step.run("step-1", |_| async { Ok("reclaimer-1".to_string()) })
+                    .await?;
+                step.run("step-2", |_| async { Ok("reclaimer-2".to_string()) })
+                    .await?;
+                Ok(json!({"winner": "reclaimer"}))
             },
         ))
         .unwrap();
@@ -441,7 +437,7 @@ async fn stale_result(backend: Backend, a_fails: bool) {
                 if a_fails {
                     Err(durably::Error::Job("stale failure".into()))
                 } else {
-                    Ok::<_, durably::Error>(json!({"winner": "stale"}))
+                    Ok(json!({"winner": "stale"}))
                 }
             }
         }))
@@ -451,7 +447,7 @@ async fn stale_result(backend: Backend, a_fails: bool) {
     let job_b = b
         .register(Job::new("stale-result", move |_: StepContext, _: Value| {
             b_executions.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, durably::Error>(json!({"winner": "reclaimer"})) }
+            async { Ok(json!({"winner": "reclaimer"})) }
         }))
         .unwrap();
     let id = job_b.trigger(json!({})).await.unwrap().run.id;
@@ -508,7 +504,7 @@ async fn step_polling_its_token_observes_lease_loss(backend: Backend) {
                         .run("watch-token", |token| async move {
                             token.cancelled().await;
                             observed.store(true, Ordering::SeqCst);
-                            Err::<(), _>("aborted by token")
+                            Err::<(), _>("aborted by token".into())
                         })
                         .await;
                     let error = result.expect_err("the step reports the loss");
@@ -524,7 +520,7 @@ async fn step_polling_its_token_observes_lease_loss(backend: Backend) {
     }
     let job_b = b
         .register(Job::new("token-loss", |_: StepContext, _: Value| async {
-            Ok::<_, durably::Error>(json!({"winner": "reclaimer"}))
+            Ok(json!({"winner": "reclaimer"}))
         }))
         .unwrap();
     let id = job_b.trigger(json!({})).await.unwrap().run.id;
@@ -583,10 +579,10 @@ async fn lease_is_renewed_while_a_step_runs(backend: Backend) {
                         entered.open();
                         release.wait().await;
                         fired.store(token.is_cancelled(), Ordering::SeqCst);
-                        Ok::<_, durably::Error>("done".to_string())
+                        Ok("done".to_string())
                     })
                     .await?;
-                    Ok::<_, durably::Error>(json!("finished"))
+                    Ok(json!("finished"))
                 }
             }))
             .unwrap()
@@ -651,17 +647,15 @@ async fn steps_persisted_before_lease_loss_remain(backend: Backend) {
             move |step: StepContext, _: Value| {
                 let lost = lost.clone();
                 async move {
-                    step.run("step1", |_| async {
-                        Ok::<_, durably::Error>("result-1".to_string())
-                    })
-                    .await?;
+                    step.run("step1", |_| async { Ok("result-1".to_string()) })
+                        .await?;
                     step.run("step2", |token| async move {
                         token.cancelled().await;
                         lost.store(true, Ordering::SeqCst);
-                        Ok::<_, durably::Error>("never stored".to_string())
+                        Ok("never stored".to_string())
                     })
                     .await?;
-                    Ok::<_, durably::Error>(json!("stale"))
+                    Ok(json!("stale"))
                 }
             },
         ))
@@ -678,14 +672,12 @@ async fn steps_persisted_before_lease_loss_remain(backend: Backend) {
                     let first: String = step
                         .run("step1", |_| async move {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, durably::Error>("recomputed".to_string())
+                            Ok("recomputed".to_string())
                         })
                         .await?;
-                    step.run("step2", |_| async {
-                        Ok::<_, durably::Error>("result-2".to_string())
-                    })
-                    .await?;
-                    Ok::<_, durably::Error>(json!({"step1": first}))
+                    step.run("step2", |_| async { Ok("result-2".to_string()) })
+                        .await?;
+                    Ok(json!({"step1": first}))
                 }
             },
         ))

@@ -14,7 +14,7 @@ use serde_json::json;
 fn echo() -> Job<serde_json::Value, serde_json::Value> {
     Job::new(
         "echo",
-        |_: StepContext, input: serde_json::Value| async move { Ok::<_, Error>(input) },
+        |_: StepContext, input: serde_json::Value| async move { Ok(input) },
     )
 }
 
@@ -202,7 +202,7 @@ async fn invalid_input_names_the_field_in_json_terms() {
     let job = durably
         .register(Job::new(
             "order",
-            |_: StepContext, order: Order| async move { Ok::<_, Error>(order.count) },
+            |_: StepContext, order: Order| async move { Ok(order.count) },
         ))
         .expect("register");
     let _ = job;

@@ -53,14 +53,14 @@ fn two_steps(worker: &'static str, trace: Trace, pause: Option<Gate>) -> Job<Val
                 total += step
                     .run(name, |_| async move {
                         trace.push(line);
-                        Ok::<_, durably::Error>(k)
+                        Ok(k)
                     })
                     .await?;
                 if let (1, Some(pause)) = (k, &pause) {
                     pause.wait().await;
                 }
             }
-            Ok::<_, durably::Error>(total)
+            Ok(total)
         }
     })
 }
@@ -345,7 +345,7 @@ mod sigstop {
                             record(&log2, &format!("s{k}"))?;
                             // Slow enough for the lease keeper to renew during the run.
                             tokio::time::sleep(Duration::from_millis(10)).await;
-                            Ok::<_, std::io::Error>(k)
+                            Ok(k)
                         })
                         .await;
                     if let Err(error) = ran {
@@ -353,7 +353,7 @@ mod sigstop {
                         return Err(error);
                     }
                 }
-                Ok::<_, durably::Error>(STEPS)
+                Ok(STEPS)
             }
         })
     }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 fn echo() -> Job<Value, Value> {
     Job::new("echo", |_step: StepContext, input: Value| async move {
-        Ok::<_, Error>(input)
+        Ok(input)
     })
 }
 

@@ -15,9 +15,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use common::{Backend, backend_tests, terminal};
 use durably::http::{Auth, HttpOptions, Rejection, RunOperation, async_trait};
-use durably::{
-    DurableWait, Error, Job, NewWait, Run, RunStatus, StepContext, WaitResult, WaitStatus,
-};
+use durably::{DurableWait, Job, NewWait, Run, RunStatus, StepContext, WaitResult, WaitStatus};
 use serde_json::{Value, json};
 use support::{Api, keys_in_order};
 
@@ -30,7 +28,7 @@ fn approval() -> Job<Value, Value> {
             wait = wait.timeout_ms(ms);
         }
         let wait = step.prepare_wait(wait).await?;
-        Ok::<_, Error>(match step.wait_for(&wait).await? {
+        Ok(match step.wait_for(&wait).await? {
             WaitResult::Signal { payload } => json!({ "signal": payload }),
             WaitResult::Timeout => json!({ "timedOut": true }),
             other => json!(format!("{other:?}")),

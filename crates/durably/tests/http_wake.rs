@@ -11,7 +11,7 @@ mod support;
 use axum::http::StatusCode;
 use common::{Backend, backend_tests};
 use durably::http::HttpOptions;
-use durably::{Error, Job, NewWait, StepContext};
+use durably::{Job, NewWait, StepContext};
 use serde_json::{Value, json};
 use support::{Api, keys_in_order};
 
@@ -20,7 +20,7 @@ fn approval() -> Job<Value, Value> {
     Job::new("approval", |step: StepContext, _input: Value| async move {
         let wait = step.prepare_wait(NewWait::new("approval")).await?;
         step.wait_for(&wait).await?;
-        Ok::<_, Error>(Value::Null)
+        Ok(Value::Null)
     })
 }
 

@@ -43,17 +43,13 @@ struct Output {
 fn double_job() -> Job<Input, Output> {
     Job::new(JOB, |step: StepContext, input: Input| async move {
         let doubled = step
-            .run("double", move |_| async move {
-                Ok::<_, std::io::Error>(input.n * 2)
-            })
+            .run("double", move |_| async move { Ok(input.n * 2) })
             .await?;
         let by = step
-            .run("sign", |_| async {
-                Ok::<_, std::io::Error>("rust".to_owned())
-            })
+            .run("sign", |_| async { Ok("rust".to_owned()) })
             .await?;
         step.progress(2, Some(2), Some("signed")).await?;
-        Ok::<_, durably::Error>(Output { doubled, by })
+        Ok(Output { doubled, by })
     })
 }
 
@@ -336,12 +332,12 @@ fn keyed_job(i: usize, executed: &Executed) -> Job<Input, Execution> {
                             .unwrap_or_else(|p| p.into_inner())
                             .push((input.n, name.to_owned()));
                         tokio::time::sleep(Duration::from_millis(30)).await;
-                        Ok::<_, std::io::Error>(name.to_owned())
+                        Ok(name.to_owned())
                     })
                     .await?;
                 }
                 let by = "rust".to_owned();
-                Ok::<_, durably::Error>(Execution {
+                Ok(Execution {
                     by,
                     started,
                     ended: epoch_millis(),
@@ -484,10 +480,10 @@ async fn a_cancel_by_the_typescript_runtime_stops_the_run_executing_here(backend
                             _ = cancel.cancelled() => token_fired.store(true, Ordering::SeqCst),
                             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                         }
-                        Ok::<_, std::io::Error>("waited".to_owned())
+                        Ok("waited".to_owned())
                     })
                     .await?;
-                    Ok::<_, durably::Error>("finished".to_owned())
+                    Ok("finished".to_owned())
                 }
             }
         }))
@@ -538,15 +534,13 @@ async fn a_run_whose_typescript_worker_crashed_is_finished_here(backend: Backend
                     let first = step
                         .run("first", move |_| async move {
                             first_here.store(true, Ordering::SeqCst);
-                            Ok::<_, std::io::Error>("first by rust".to_owned())
+                            Ok("first by rust".to_owned())
                         })
                         .await?;
                     let second = step
-                        .run("second", |_| async {
-                            Ok::<_, std::io::Error>("second by rust".to_owned())
-                        })
+                        .run("second", |_| async { Ok("second by rust".to_owned()) })
                         .await?;
-                    Ok::<_, durably::Error>(Crashed { first, second })
+                    Ok(Crashed { first, second })
                 }
             }
         }))
@@ -597,10 +591,10 @@ async fn runs_waiting_for_their_time_are_never_claimed_by_the_typescript_runtime
     // hour later.
     let failing = Job::new(JOB, |step: StepContext, _input: Input| async move {
         step.run("double", |_| async move {
-            Err::<i64, _>(durably::Error::Job("first execution fails".into()))
+            Err::<i64, _>(durably::Error::Job("first execution fails".into()).into())
         })
         .await?;
-        Ok::<_, durably::Error>(Output {
+        Ok(Output {
             doubled: 0,
             by: "rust".into(),
         })

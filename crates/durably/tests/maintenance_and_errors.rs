@@ -77,7 +77,7 @@ fn counted_doubler(name: &str, executions: &Arc<AtomicUsize>) -> Job<u64, u64> {
         let executions = executions.clone();
         async move {
             executions.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Error>(n * 2)
+            Ok(n * 2)
         }
     })
 }
@@ -277,7 +277,7 @@ async fn refused_lease_renewal_aborts_the_execution(backend: Backend) {
                             let result = step
                                 .run("wait-for-abort", |token| async move {
                                     token.cancelled().await;
-                                    Ok::<_, Error>(())
+                                    Ok(())
                                 })
                                 .await;
                             step_results.lock().expect("results").push(match &result {
@@ -287,7 +287,7 @@ async fn refused_lease_renewal_aborts_the_execution(backend: Backend) {
                             });
                             result?;
                         }
-                        Ok::<_, Error>(n * 2)
+                        Ok(n * 2)
                     }
                 },
             ))
@@ -371,11 +371,11 @@ async fn failed_lease_renewal_is_reported_and_the_run_goes_on(backend: Backend) 
                         executions.fetch_add(1, Ordering::SeqCst);
                         step.run("hold", |_| async move {
                             release.wait().await;
-                            Ok::<_, Error>(())
+                            Ok(())
                         })
                         .await?;
                         *aborted.lock().expect("aborted") = Some(step.is_cancelled());
-                        Ok::<_, Error>(n * 2)
+                        Ok(n * 2)
                     }
                 },
             ))

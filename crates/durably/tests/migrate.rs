@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 fn echo_job() -> Job<Value, Value> {
     Job::new("echo", |_step: StepContext, input: Value| async move {
-        Ok::<_, durably::Error>(input)
+        Ok(input)
     })
 }
 

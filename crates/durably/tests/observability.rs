@@ -72,13 +72,13 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
             |step: StepContext, input: Input| async move {
                 step.run("only-step", |_| async move {
                     if input.fail {
-                        Err("traced failure".to_owned())
+                        Err("traced failure".to_owned().into())
                     } else {
                         Ok(1)
                     }
                 })
                 .await?;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .expect("register");
@@ -99,7 +99,7 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
             "lease-lost",
             |step: StepContext, _: Input| async move {
                 step.token().cancelled().await;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .expect("register");
@@ -114,7 +114,7 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
             "lease-lost",
             |step: StepContext, _: Input| async move {
                 step.token().cancelled().await;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .expect("register");

@@ -27,11 +27,11 @@ async fn branches_run_at_once_and_join_typed(backend: Backend) {
                     .all((
                         step.run("name", |_| async move {
                             left.wait().await;
-                            Ok::<_, Error>("ada".to_string())
+                            Ok("ada".to_string())
                         }),
                         step.run("count", |_| async move {
                             right.wait().await;
-                            Ok::<_, Error>(3u32)
+                            Ok(3u32)
                         }),
                     ))
                     .await?;
@@ -41,16 +41,14 @@ async fn branches_run_at_once_and_join_typed(backend: Backend) {
                             .map(|i| {
                                 let step = step.clone();
                                 async move {
-                                    step.run(&format!("square-{i}"), |_| async move {
-                                        Ok::<_, Error>(i * i)
-                                    })
-                                    .await
+                                    step.run(&format!("square-{i}"), |_| async move { Ok(i * i) })
+                                        .await
                                 }
                             })
                             .collect::<Vec<_>>(),
                     )
                     .await?;
-                Ok::<_, Error>(json!({ "name": name, "squares": squares }))
+                Ok(json!({ "name": name, "squares": squares }))
             },
         ))
         .expect("register");
@@ -91,18 +89,18 @@ async fn a_failed_join_waits_for_every_branch_and_names_the_lowest_failed_step(b
                             step.run("first", |_| async {
                                 // Fails after the third branch failed.
                                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                                Err::<(), _>("first failed")
+                                Err::<(), _>("first failed".into())
                             }),
                             step.run("middle", |_| async move {
                                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                                 ran.fetch_add(1, Ordering::SeqCst);
-                                Ok::<_, Error>(2)
+                                Ok(2)
                             }),
-                            step.run("last", |_| async { Err::<(), _>("last failed") }),
+                            step.run("last", |_| async { Err::<(), _>("last failed".into()) }),
                         ))
                         .await;
                     match joined {
-                        Err(Error::Step { name, .. }) => Ok::<_, Error>(json!(name)),
+                        Err(Error::Step { name, .. }) => Ok(json!(name)),
                         other => Ok(json!(format!("unexpected {other:?}"))),
                     }
                 }

@@ -70,11 +70,11 @@ fn three_steps(executions: Executions, step_time: Duration) -> Job<Input, u64> {
                 step.run(&format!("s{k}"), |_| async move {
                     executions.record(what);
                     tokio::time::sleep(step_time).await;
-                    Ok::<_, std::io::Error>(k)
+                    Ok(k)
                 })
                 .await?;
             }
-            Ok::<_, durably::Error>(input.n)
+            Ok(input.n)
         }
     })
 }
@@ -169,10 +169,10 @@ async fn a_cancel_on_another_instance_fires_the_running_step_token() {
                     let _ = started_tx.send(());
                     cancel.cancelled().await;
                     let _ = fired_tx.send(());
-                    Ok::<_, std::io::Error>(())
+                    Ok(())
                 })
                 .await?;
-                Ok::<_, durably::Error>(())
+                Ok(())
             }
         },
     );
@@ -471,11 +471,11 @@ fn postgres_child() {
                                 let (log, line) = (log.clone(), format!("{} s{k}", step.run_id()));
                                 step.run(&format!("s{k}"), |_| async move {
                                     append(&log, line)?;
-                                    Ok::<_, std::io::Error>(k)
+                                    Ok(k)
                                 })
                                 .await?;
                             }
-                            Ok::<_, durably::Error>(input.n)
+                            Ok(input.n)
                         }
                     }))
                     .expect("register");
@@ -501,10 +501,10 @@ fn postgres_child() {
                                             &log,
                                             format!("end {key} {run_id} {}", now_micros()),
                                         )?;
-                                        Ok::<_, std::io::Error>(())
+                                        Ok(())
                                     })
                                     .await?;
-                                    Ok::<_, durably::Error>(input.n)
+                                    Ok(input.n)
                                 }
                             },
                         ))
@@ -627,7 +627,7 @@ async fn four_worker_processes_drain_2000_runs_every_step_exactly_once() {
     let handle = parent
         .register(Job::new(
             "drain",
-            |_step: StepContext, input: Input| async move { Ok::<_, durably::Error>(input.n) },
+            |_step: StepContext, input: Input| async move { Ok(input.n) },
         ))
         .expect("register");
     for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
@@ -684,7 +684,7 @@ async fn four_processes_racing_on_shared_keys_never_lease_one_key_twice() {
         let handle = parent
             .register(Job::new(
                 format!("race-{j}"),
-                |_step: StepContext, input: Input| async move { Ok::<_, durably::Error>(input.n) },
+                |_step: StepContext, input: Input| async move { Ok(input.n) },
             ))
             .expect("register");
         // One pending run per job and key (the pending-per-key rule), keys shared by all jobs.

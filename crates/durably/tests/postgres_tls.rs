@@ -362,13 +362,8 @@ async fn require_without_verification_encrypts_every_connection() {
         .register(Job::new(
             "tls-steps",
             |step: StepContext, input: u64| async move {
-                let doubled = step
-                    .run(
-                        "double",
-                        |_| async move { Ok::<_, std::io::Error>(input * 2) },
-                    )
-                    .await?;
-                Ok::<_, durably::Error>(doubled)
+                let doubled = step.run("double", |_| async move { Ok(input * 2) }).await?;
+                Ok(doubled)
             },
         ))
         .expect("register");

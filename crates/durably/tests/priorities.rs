@@ -10,7 +10,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use common::{Backend, TestDb, backend_tests};
-use durably::{Error, Job, RunStatus, StepContext, Timestamp, TriggerOptions};
+use durably::{Job, RunStatus, StepContext, Timestamp, TriggerOptions};
 use serde_json::{Value, json};
 
 /// A job that records the order in which its runs execute.
@@ -19,10 +19,9 @@ fn recorder(order: Arc<Mutex<Vec<String>>>) -> Job<Value, Value> {
         let order = order.clone();
         async move {
             let name = input["name"].as_str().unwrap_or("?").to_owned();
-            step.run("record", |_| async move { Ok::<_, Error>(()) })
-                .await?;
+            step.run("record", |_| async move { Ok(()) }).await?;
             order.lock().expect("order").push(name);
-            Ok::<_, Error>(Value::Null)
+            Ok(Value::Null)
         }
     })
 }

@@ -60,26 +60,26 @@ fn three_steps(counts: Arc<Counts>) -> Job<Value, Value> {
             let one = step
                 .run("one", move |_| async move {
                     c.one.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>(1)
+                    Ok(1)
                 })
                 .await?;
             let c = counts.clone();
             let two = step
                 .run("two", move |_| async move {
                     c.two.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>(2)
+                    Ok(2)
                 })
                 .await?;
             let c = counts.clone();
             let three = step
                 .run("three", move |_| async move {
                     match c.three.fetch_add(1, Ordering::SeqCst) {
-                        0 => Err(Error::Job("three failed the first time".into())),
-                        _ => Ok::<_, Error>(3),
+                        0 => Err(Error::Job("three failed the first time".into()).into()),
+                        _ => Ok(3),
                     }
                 })
                 .await?;
-            Ok::<_, Error>(json!(one + two + three))
+            Ok(json!(one + two + three))
         }
     })
 }
@@ -230,7 +230,7 @@ fn fails_with_a_pending_wait(
                 let b = before.clone();
                 step.run("before", move |_| async move {
                     b.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>(1)
+                    Ok(1)
                 })
                 .await?;
                 let wait = step.prepare_wait(NewWait::new("approval")).await?;
@@ -238,7 +238,7 @@ fn fails_with_a_pending_wait(
                     return Err(Error::Job("failed while the approval was pending".into()));
                 }
                 match step.wait_for(&wait).await? {
-                    WaitResult::Signal { payload } => Ok::<_, Error>(json!({ "signal": payload })),
+                    WaitResult::Signal { payload } => Ok(json!({ "signal": payload })),
                     other => Ok(json!(format!("{other:?}"))),
                 }
             }

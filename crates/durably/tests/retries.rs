@@ -34,7 +34,7 @@ fn flaky(
         async move {
             step.run("before", |_| async move {
                 before_ran.lock().expect("lock").push(Timestamp::now());
-                Ok::<_, Error>(())
+                Ok(())
             })
             .await?;
             let mut options = StepOptions::new().retry(policy);
@@ -53,24 +53,23 @@ fn flaky(
                         if n <= fail_times {
                             let message = format!("attempt {n} failed");
                             return Err(if permanent {
-                                Error::from(NonRetryable::new(message))
+                                NonRetryable::new(message).into()
                             } else {
-                                Error::Job(message.into())
+                                message.into()
                             });
                         }
                         Ok(n)
                     }
                 })
                 .await?;
-            Ok::<_, Error>(json!({ "attempts": attempts }))
+            Ok(json!({ "attempts": attempts }))
         }
     })
 }
 
 fn echo() -> Job<Value, Value> {
     Job::new("echo", |step: StepContext, input: Value| async move {
-        step.run("echo", |_| async move { Ok::<_, Error>(input) })
-            .await
+        step.run("echo", |_| async move { Ok(input) }).await
     })
 }
 
@@ -285,7 +284,7 @@ fn retried_run(
         async move {
             step.run("before", |_| async move {
                 before.lock().expect("lock").push(Timestamp::now());
-                Ok::<_, Error>(())
+                Ok(())
             })
             .await?;
             let n = step
@@ -294,12 +293,12 @@ fn retried_run(
                     work.push(Timestamp::now());
                     let n = work.len();
                     if n <= fail_times {
-                        return Err(Error::Job(format!("execution {n} failed").into()));
+                        return Err(Error::Job(format!("execution {n} failed").into()).into());
                     }
                     Ok(n)
                 })
                 .await?;
-            Ok::<_, Error>(json!({ "executions": n }))
+            Ok(json!({ "executions": n }))
         }
     })
     .retry(policy)

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{Backend, TestDb, backend_tests, eventually, within};
 use durably::{
-    BoxError, Durably, Error, Event, EventKind, Job, JobHandle, Labels, LogLevel, RunFilter,
-    RunStatus, StepContext, StepStatus, Timestamp, TriggerOptions,
+    Durably, Error, Event, EventKind, Job, JobHandle, Labels, LogLevel, RunFilter, RunStatus,
+    StepContext, StepStatus, Timestamp, TriggerOptions,
     store::{Fence, NewLog, NewStep, RunPatch},
 };
 use serde::{Deserialize, Serialize};
@@ -39,15 +39,13 @@ const LEASE: Duration = Duration::from_secs(60);
 fn task_job() -> Job<Task, i64> {
     Job::new("task", |step: StepContext, input: Task| async move {
         let doubled = step
-            .run("double", move |_| async move {
-                Ok::<_, durably::Error>(input.value * 2)
-            })
+            .run("double", move |_| async move { Ok(input.value * 2) })
             .await?;
         step.log()
             .info("doubled", json!({ "value": doubled }))
             .await?;
         if input.fail {
-            return Err::<i64, BoxError>("task failed on purpose".into());
+            return Err(Error::job("task failed on purpose"));
         }
         Ok(doubled)
     })
@@ -55,7 +53,7 @@ fn task_job() -> Job<Task, i64> {
 
 fn other_job() -> Job<Task, i64> {
     Job::new("other", |_step: StepContext, input: Task| async move {
-        Ok::<_, durably::Error>(input.value)
+        Ok(input.value)
     })
 }
 
@@ -1080,16 +1078,14 @@ async fn steps_and_logs_of_a_run_are_readable(backend: Backend) {
         step.log().info("outside", None).await?;
         let a = step
             .run("first", |_| async move {
-                Ok::<_, durably::Error>(json!({"items": [1, 2, 3], "meta": {"nested": true}}))
+                Ok(json!({"items": [1, 2, 3], "meta": {"nested": true}}))
             })
             .await?;
         let b = step
-            .run("second", move |_| async move {
-                Ok::<_, durably::Error>(input.value + 1)
-            })
+            .run("second", move |_| async move { Ok(input.value + 1) })
             .await?;
         step.log().warn("after", json!({"b": b})).await?;
-        Ok::<_, durably::Error>(json!({"a": a, "b": b}))
+        Ok(json!({"a": a, "b": b}))
     });
     let handle = durably.register(job).expect("register");
     let run = handle.trigger(task(41)).await.expect("trigger").run;

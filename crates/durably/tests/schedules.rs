@@ -22,15 +22,14 @@ fn at(text: &str) -> Timestamp {
 }
 
 fn report() -> Job<Value, Value> {
-    Job::new("report", |_: StepContext, input: Value| async move {
-        Ok::<_, Error>(input)
-    })
+    Job::new(
+        "report",
+        |_: StepContext, input: Value| async move { Ok(input) },
+    )
 }
 
 fn counter() -> Job<u64, u64> {
-    Job::new("counter", |_: StepContext, n: u64| async move {
-        Ok::<_, Error>(n + 1)
-    })
+    Job::new("counter", |_: StepContext, n: u64| async move { Ok(n + 1) })
 }
 
 /// An instance on `store` with the test jobs.
@@ -658,7 +657,7 @@ async fn a_worker_with_every_slot_busy_still_fires_schedules() {
         .job(Job::new("hold", |step: StepContext, _: Value| async move {
             step.run("hold the slot", |_| async {
                 tokio::time::sleep(Duration::from_secs(120)).await;
-                Ok::<_, Error>(())
+                Ok(())
             })
             .await
         }))

@@ -11,8 +11,8 @@ use common::{
     Backend, LIMIT, Recorder, TestDb, backend_tests, eventually, terminal, waiting, within,
 };
 use durably::{
-    Error, EventType, Job, RunStatus, StepContext, Timestamp, TriggerOptions, WaitOutcome,
-    WaitResult, WaitStatus,
+    EventType, Job, RunStatus, StepContext, Timestamp, TriggerOptions, WaitOutcome, WaitResult,
+    WaitStatus,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -25,16 +25,16 @@ fn napper(before: Arc<AtomicUsize>, after: Arc<AtomicUsize>) -> Job<Value, Value
             let ms = input["ms"].as_u64().unwrap_or(0);
             step.run("before", |_| async move {
                 before.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Error>(1)
+                Ok(1)
             })
             .await?;
             step.sleep("nap", Duration::from_millis(ms)).await?;
             step.run("after", |_| async move {
                 after.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Error>(2)
+                Ok(2)
             })
             .await?;
-            Ok::<_, Error>(json!({ "slept": ms }))
+            Ok(json!({ "slept": ms }))
         }
     })
 }
@@ -142,14 +142,12 @@ async fn a_replay_after_the_sleep_skips_it(backend: Backend) {
                     step.sleep("short", Duration::from_millis(100)).await?;
                     step.run("between", |_| async move {
                         counted.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Error>(())
+                        Ok(())
                     })
                     .await?;
                     let wait = step.prepare_wait("go").await?;
                     let result = step.wait_for(&wait).await?;
-                    Ok::<_, Error>(
-                        json!({ "signalled": matches!(result, WaitResult::Signal { .. }) }),
-                    )
+                    Ok(json!({ "signalled": matches!(result, WaitResult::Signal { .. }) }))
                 }
             },
         ))
@@ -274,7 +272,7 @@ async fn a_zero_sleep_returns_at_once(backend: Backend) {
                 step.sleep("zero", Duration::ZERO).await?;
                 step.sleep_until("past", Timestamp::now() - Duration::from_secs(1))
                     .await?;
-                Ok::<_, Error>(json!("awake"))
+                Ok(json!("awake"))
             },
         ))
         .expect("register");

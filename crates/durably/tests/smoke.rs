@@ -20,17 +20,13 @@ async fn a_job_runs_steps_and_completes(backend: Backend) {
         .register(Job::new(
             "add",
             |step: StepContext, input: Add| async move {
-                let a = step
-                    .run("a", |_| async move { Ok::<_, durably::Error>(input.a) })
-                    .await?;
-                let b = step
-                    .run("b", |_| async move { Ok::<_, durably::Error>(input.b) })
-                    .await?;
+                let a = step.run("a", |_| async move { Ok(input.a) }).await?;
+                let b = step.run("b", |_| async move { Ok(input.b) }).await?;
                 step.progress(2, Some(2), Some("done")).await?;
                 step.log()
                     .info("added", serde_json::json!({"sum": a + b}))
                     .await?;
-                Ok::<_, durably::Error>(a + b)
+                Ok(a + b)
             },
         ))
         .expect("register");

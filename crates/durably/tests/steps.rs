@@ -32,10 +32,8 @@ async fn step_returning_a_value_completes_the_run(backend: Backend) {
         .register(Job::new(
             "step-value",
             |step: StepContext, _input: Value| async move {
-                let result = step
-                    .run("compute", |_| async { Ok::<_, durably::Error>(42) })
-                    .await?;
-                Ok::<_, durably::Error>(json!({ "result": result }))
+                let result = step.run("compute", |_| async { Ok(42) }).await?;
+                Ok(json!({ "result": result }))
             },
         ))
         .unwrap();
@@ -55,15 +53,11 @@ async fn steps_are_stored_in_index_order(backend: Backend) {
         .register(Job::new(
             "two-steps",
             |step: StepContext, _input: Value| async move {
-                step.run("step1", |_| async {
-                    Ok::<_, durably::Error>("result1".to_string())
-                })
-                .await?;
-                step.run("step2", |_| async {
-                    Ok::<_, durably::Error>("result2".to_string())
-                })
-                .await?;
-                Ok::<_, durably::Error>(())
+                step.run("step1", |_| async { Ok("result1".to_string()) })
+                    .await?;
+                step.run("step2", |_| async { Ok("result2".to_string()) })
+                    .await?;
+                Ok(())
             },
         ))
         .unwrap();
@@ -104,18 +98,18 @@ async fn resumed_run_replays_completed_steps(backend: Backend) {
                     let first = step
                         .run("step1", |_| async move {
                             let call = c1.fetch_add(1, Ordering::SeqCst) + 1;
-                            Ok::<_, durably::Error>(format!("computed-call-{call}"))
+                            Ok(format!("computed-call-{call}"))
                         })
                         .await?;
                     step.run("step2", |_| async move {
                         if c2.fetch_add(1, Ordering::SeqCst) == 0 {
-                            Err("step2 fails the first time")
+                            Err("step2 fails the first time".into())
                         } else {
                             Ok(())
                         }
                     })
                     .await?;
-                    Ok::<_, durably::Error>(json!({ "step1Result": first }))
+                    Ok(json!({ "step1Result": first }))
                 }
             },
         ))
@@ -192,16 +186,16 @@ async fn a_step_name_used_twice_in_one_execution_fails_the_run_naming_it(backend
                     let a = step
                         .run("same", |_| async move {
                             c.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, durably::Error>("one".to_string())
+                            Ok("one".to_string())
                         })
                         .await?;
                     let b = step
                         .run("same", |_| async move {
                             counter.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, durably::Error>("two".to_string())
+                            Ok("two".to_string())
                         })
                         .await?;
-                    Ok::<_, durably::Error>(json!({ "a": a, "b": b }))
+                    Ok(json!({ "a": a, "b": b }))
                 }
             },
         ))
@@ -235,13 +229,10 @@ async fn each_executed_step_emits_one_start_and_one_complete(backend: Backend) {
         .register(Job::new(
             "step-events",
             |step: StepContext, _input: Value| async move {
-                step.run("myStep", |_| async {
-                    Ok::<_, durably::Error>("hello".to_string())
-                })
-                .await?;
-                step.run("other", |_| async { Ok::<_, durably::Error>(7) })
+                step.run("myStep", |_| async { Ok("hello".to_string()) })
                     .await?;
-                Ok::<_, durably::Error>(())
+                step.run("other", |_| async { Ok(7) }).await?;
+                Ok(())
             },
         ))
         .unwrap();
@@ -315,11 +306,10 @@ async fn failing_step_fails_the_run(backend: Backend) {
         .register(Job::new(
             "step-fail",
             |step: StepContext, _input: Value| async move {
-                step.run("ok-step", |_| async { Ok::<_, durably::Error>(1) })
-                    .await?;
+                step.run("ok-step", |_| async { Ok(1) }).await?;
                 let error = step
                     .run("failing-step", |_| async {
-                        Err::<(), _>(std::io::Error::other("intentional error"))
+                        Err::<(), _>(std::io::Error::other("intentional error").into())
                     })
                     .await
                     .unwrap_err();
@@ -399,13 +389,12 @@ async fn failed_steps_consume_an_index_and_run_fail_names_the_first(backend: Bac
             |step: StepContext, _input: Value| async move {
                 // The job carries on after a failed step, then fails at a later one.
                 let _ = step
-                    .run("flaky", |_| async { Err::<(), _>("first try") })
+                    .run("flaky", |_| async { Err::<(), _>("first try".into()) })
                     .await;
-                step.run("fallback", |_| async { Ok::<_, durably::Error>(1) })
+                step.run("fallback", |_| async { Ok(1) }).await?;
+                step.run("final", |_| async { Err::<(), _>("gave up".into()) })
                     .await?;
-                step.run("final", |_| async { Err::<(), _>("gave up") })
-                    .await?;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .unwrap();
@@ -438,9 +427,9 @@ async fn only_failing_step_is_recorded_as_failed(backend: Backend) {
         .register(Job::new(
             "single-fail",
             |step: StepContext, _input: Value| async move {
-                step.run("boom", |_| async { Err::<(), _>("Step failed!") })
+                step.run("boom", |_| async { Err::<(), _>("Step failed!".into()) })
                     .await?;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .unwrap();
@@ -467,7 +456,7 @@ async fn progress_events_in_order_and_last_is_stored(backend: Backend) {
                 step.progress(1, Some(3), Some("Step 1 of 3")).await?;
                 step.progress(2, Some(3), Some("Step 2 of 3")).await?;
                 step.progress(3, Some(3), Some("Complete")).await?;
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .unwrap();
@@ -522,7 +511,7 @@ async fn progress_with_current_only_is_stored_as_current_only(backend: Backend) 
                             .await?
                     }
                 }
-                Ok::<_, durably::Error>(())
+                Ok(())
             },
         ))
         .unwrap();
@@ -571,11 +560,11 @@ fn logging_job() -> Job<Value, ()> {
                 .log()
                 .warn("Inside step", json!({"itemId": 123, "status": "active"}))
                 .await?;
-            Ok::<_, durably::Error>(())
+            Ok(())
         })
         .await?;
         step.log().error("After step", json!({"code": 42})).await?;
-        Ok::<_, durably::Error>(())
+        Ok(())
     })
 }
 
@@ -663,12 +652,11 @@ async fn persist_logs_false_emits_but_stores_nothing(backend: Backend) {
 fn step_and_log_job() -> Job<Value, ()> {
     Job::new("retention", |step: StepContext, input: Value| async move {
         step.log().info("started", None).await?;
-        step.run("s1", |_| async { Ok::<_, durably::Error>(1) })
-            .await?;
+        step.run("s1", |_| async { Ok(1) }).await?;
         if input["fail"] == json!(true) {
             return Err(durably::Error::Job("asked to fail".into()));
         }
-        Ok::<_, durably::Error>(())
+        Ok(())
     })
 }
 
@@ -730,7 +718,7 @@ async fn invalid_output_fails_the_run(backend: Backend) {
         .register(
             Job::new(
                 "validated-output",
-                |_step: StepContext, n: i64| async move { Ok::<_, durably::Error>(n) },
+                |_step: StepContext, n: i64| async move { Ok(n) },
             )
             .validate_output(|n: &i64| {
                 if *n >= 0 {
@@ -764,11 +752,10 @@ async fn panicking_job_fails_and_worker_continues(backend: Backend) {
             "maybe-panic",
             |step: StepContext, input: Value| async move {
                 if input["panic"] == json!(true) {
-                    step.run("before-panic", |_| async { Ok::<_, durably::Error>(()) })
-                        .await?;
+                    step.run("before-panic", |_| async { Ok(()) }).await?;
                     panic!("kaboom");
                 }
-                Ok::<_, durably::Error>(json!("fine"))
+                Ok(json!("fine"))
             },
         ))
         .unwrap();
@@ -801,12 +788,10 @@ async fn step_context_exposes_run_id_and_a_live_token(backend: Backend) {
             "context",
             |step: StepContext, _input: Value| async move {
                 let aborted_in_step = step
-                    .run("check", |token| async move {
-                        Ok::<_, durably::Error>(token.is_cancelled())
-                    })
+                    .run("check", |token| async move { Ok(token.is_cancelled()) })
                     .await?;
                 step.check_cancelled()?;
-                Ok::<_, durably::Error>(json!({
+                Ok(json!({
                     "runId": step.run_id(),
                     "jobName": step.job_name(),
                     "abortedInStep": aborted_in_step,

@@ -232,11 +232,9 @@ async fn libsql_builder_runs_a_job_on_the_remote_database() {
             "double",
             |step: durably::StepContext, input: i64| async move {
                 let doubled = step
-                    .run("double", move |_| async move {
-                        Ok::<_, durably::Error>(input * 2)
-                    })
+                    .run("double", move |_| async move { Ok(input * 2) })
                     .await?;
-                Ok::<_, durably::Error>(doubled)
+                Ok(doubled)
             },
         ))
         .expect("register");

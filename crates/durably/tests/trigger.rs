@@ -31,7 +31,7 @@ fn order(id: u64) -> Order {
 
 fn order_job() -> Job<Order, u64> {
     Job::new("order", |_step: StepContext, input: Order| async move {
-        Ok::<_, durably::Error>(input.id)
+        Ok(input.id)
     })
     .validate(|input: &Order| {
         if input.id == 0 {
@@ -44,7 +44,7 @@ fn order_job() -> Job<Order, u64> {
 
 fn other_job() -> Job<Order, u64> {
     Job::new("other", |_step: StepContext, input: Order| async move {
-        Ok::<_, durably::Error>(input.id)
+        Ok(input.id)
     })
 }
 
@@ -827,9 +827,10 @@ async fn registration_rejects_a_different_definition_with_the_same_name(backend:
         }
         other => panic!("expected Error::Config, got {other:?}"),
     }
-    let different_types = Job::new("order", |_s: StepContext, input: Value| async move {
-        Ok::<_, durably::Error>(input)
-    });
+    let different_types = Job::new(
+        "order",
+        |_s: StepContext, input: Value| async move { Ok(input) },
+    );
     assert!(matches!(
         durably.register(different_types),
         Err(Error::Config(_))
@@ -853,9 +854,7 @@ async fn registration_rejects_a_different_definition_with_the_same_name(backend:
         .build()
         .expect("same definition twice");
     // An empty job name is rejected.
-    let unnamed = Job::new("", |_s: StepContext, input: Value| async move {
-        Ok::<_, durably::Error>(input)
-    });
+    let unnamed = Job::new("", |_s: StepContext, input: Value| async move { Ok(input) });
     assert!(matches!(durably.register(unnamed), Err(Error::Config(_))));
 }
 

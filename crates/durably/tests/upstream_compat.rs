@@ -134,11 +134,9 @@ fn queued_job() -> Job<QueuedInput, Value> {
         "queued-job",
         |step: StepContext, input: QueuedInput| async move {
             let partial = step
-                .run("partial", |_| async {
-                    Ok::<_, durably::Error>(json!({"partial": false}))
-                })
+                .run("partial", |_| async { Ok(json!({"partial": false})) })
                 .await?;
-            Ok::<_, durably::Error>(json!({
+            Ok(json!({
                 "text": input.text,
                 "note": input.note,
                 "priority": input.priority,

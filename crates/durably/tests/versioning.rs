@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use durably::{Durably, Error, Job, NewWait, Run, RunStatus, Step, StepContext, StepStatus};
+use durably::{Durably, Job, NewWait, Run, RunStatus, Step, StepContext, StepStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ async fn step_named(
     let output = format!("{name}@{version}");
     step.run(name, |_| async move {
         ran.lock().unwrap().push(output.clone());
-        Ok::<_, Error>(output)
+        Ok(output)
     })
     .await
 }
@@ -61,7 +61,7 @@ fn order(
             for name in after {
                 outputs.push(step_named(&step, name, version, &ran).await?);
             }
-            Ok::<_, Error>(outputs)
+            Ok(outputs)
         }
     })
 }
@@ -310,8 +310,8 @@ async fn a_step_whose_output_type_changed_fails_the_run() {
     assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
 
     let v2 = Job::new("order", |step: StepContext, _input: Value| async move {
-        let total: u64 = step.run("b", |_| async { Ok::<_, Error>(42) }).await?;
-        Ok::<_, Error>(vec![total.to_string()])
+        let total: u64 = step.run("b", |_| async { Ok(42) }).await?;
+        Ok(vec![total.to_string()])
     });
     let (run, _) = resume_with(&file, &id, "go", |d| {
         d.register(v2).expect("register v2");
@@ -381,7 +381,7 @@ async fn a_run_of_a_job_no_longer_registered_fails() {
 
     let v2_ran = ran();
     let v2 = Job::new("order-v2", |_step: StepContext, _input: Value| async move {
-        Ok::<_, Error>(Vec::<String>::new())
+        Ok(Vec::<String>::new())
     });
     let (run, _) = resume_with(&file, &id, "go", |d| {
         d.register(v2).expect("register v2");
@@ -462,7 +462,7 @@ fn versioned_order(ran: Ran) -> Job<OrderInput, Vec<String>> {
             let wait = step.prepare_wait(NewWait::new("go")).await?;
             step.wait_for(&wait).await?;
             outputs.push(step_named(&step, "c", "v2", &ran).await?);
-            Ok::<_, Error>(outputs)
+            Ok(outputs)
         }
     })
 }
@@ -522,12 +522,12 @@ fn logging_order(executions: Arc<Mutex<u32>>) -> Job<Value, Vec<String>> {
             let inside = step.clone();
             step.run("a", |_| async move {
                 inside.log().info("step a ran", None).await?;
-                Ok::<_, Error>(1)
+                Ok(1)
             })
             .await?;
             let wait = step.prepare_wait(NewWait::new("go")).await?;
             step.wait_for(&wait).await?;
-            Ok::<_, Error>(vec![])
+            Ok(vec![])
         }
     })
 }

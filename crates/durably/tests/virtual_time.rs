@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use durably::testing::{MemoryStore, use_virtual_wall_clock};
-use durably::{Durably, Error, Job, RunStatus, StepContext, Timestamp};
+use durably::{Durably, Job, RunStatus, StepContext, Timestamp};
 use serde_json::json;
 
 /// The virtual start: a fixed instant, so every run of the test sees the same times.
@@ -47,7 +47,7 @@ async fn a_run_abandoned_mid_step_is_taken_over_when_its_30_second_lease_expires
                 let first = step
                     .run("first", |_| async move {
                         first_calls.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Error>(base + 1)
+                        Ok(base + 1)
                     })
                     .await?;
                 let second = step
@@ -56,10 +56,10 @@ async fn a_run_abandoned_mid_step_is_taken_over_when_its_30_second_lease_expires
                             // The first execution hangs until its worker abandons it.
                             std::future::pending::<()>().await;
                         }
-                        Ok::<_, Error>(first * 10)
+                        Ok(first * 10)
                     })
                     .await?;
-                Ok::<_, Error>(json!({ "first": first, "second": second }))
+                Ok(json!({ "first": first, "second": second }))
             }
         })
     };

@@ -29,12 +29,12 @@ struct Output {
 fn doubler(name: &str) -> Job<Input, Output> {
     Job::new(name, |step: StepContext, input: Input| async move {
         let result = step
-            .run("double", |_| async move { Ok::<_, Error>(input.value * 2) })
+            .run("double", |_| async move { Ok(input.value * 2) })
             .await?;
         if input.value < 0 {
             return Err(Error::Job("wait-for-run failure".into()));
         }
-        Ok::<_, Error>(Output { result })
+        Ok(Output { result })
     })
 }
 
@@ -160,7 +160,7 @@ async fn cancel_while_leased_rejects_waits(backend: Backend) {
                             _ = gate.wait() => {}
                             _ = token.cancelled() => {}
                         }
-                        Ok::<_, Error>(n)
+                        Ok(n)
                     })
                     .await
                 }
@@ -314,14 +314,14 @@ fn reporting_job(name: &str, gate: &Gate) -> Job<Value, Value> {
             gate.wait().await;
             step.log().info("Starting", None).await?;
             step.progress(1, Some(3), Some("Step 1")).await?;
-            step.run("middle", |_| async { Ok::<_, Error>(()) }).await?;
+            step.run("middle", |_| async { Ok(()) }).await?;
             step.progress(2, Some(3), Some("Step 2")).await?;
             step.log().warn("Almost done", None).await?;
             step.progress(3, Some(3), Some("Done")).await?;
             step.log()
                 .error("Something went wrong", json!({"code": 42}))
                 .await?;
-            Ok::<_, Error>(json!("reported"))
+            Ok(json!("reported"))
         }
     })
 }
@@ -820,7 +820,7 @@ async fn coalesced_trigger_and_wait(backend: Backend, busy: bool) {
                 async move {
                     entered.open();
                     release.wait().await;
-                    Ok::<_, Error>(n)
+                    Ok(n)
                 }
             }))
             .expect("register the blocker")

@@ -22,7 +22,7 @@ fn approval(before_ran: Arc<AtomicUsize>, timeout: Option<Duration>) -> Job<Valu
         async move {
             step.run("before", |_| async move {
                 before_ran.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Error>(1)
+                Ok(1)
             })
             .await?;
             let mut wait = NewWait::new("approval").metadata(json!({"asks": "ada"}));
@@ -35,16 +35,15 @@ fn approval(before_ran: Arc<AtomicUsize>, timeout: Option<Duration>) -> Job<Valu
                 WaitResult::Timeout => json!({ "timedOut": true }),
                 other => json!(format!("{other:?}")),
             };
-            step.run("after", |_| async { Ok::<_, Error>(2) }).await?;
-            Ok::<_, Error>(output)
+            step.run("after", |_| async { Ok(2) }).await?;
+            Ok(output)
         }
     })
 }
 
 fn echo() -> Job<Value, Value> {
     Job::new("echo", |step: StepContext, input: Value| async move {
-        step.run("echo", |_| async move { Ok::<_, Error>(input) })
-            .await
+        step.run("echo", |_| async move { Ok(input) }).await
     })
 }
 
@@ -196,11 +195,11 @@ async fn a_wait_resolved_before_it_is_awaited_returns_at_once(backend: Backend) 
                     let _ = ids.send(wait.id.clone());
                     step.run("until-signalled", |_| async move {
                         signalled.notified().await;
-                        Ok::<_, Error>(())
+                        Ok(())
                     })
                     .await?;
                     let result = step.wait_for(&wait).await?;
-                    Ok::<_, Error>(serde_json::to_value(result).expect("json"))
+                    Ok(serde_json::to_value(result).expect("json"))
                 }
             }
         }))
@@ -324,7 +323,7 @@ async fn a_suspension_stops_the_execution_whatever_the_job_returns(backend: Back
                         .all((
                             step.run("slow", |_| async {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
-                                Ok::<_, Error>(())
+                                Ok(())
                             }),
                             async { step.prepare_wait("too-early").await.map(|_| ()) },
                         ))
@@ -340,14 +339,14 @@ async fn a_suspension_stops_the_execution_whatever_the_job_returns(backend: Back
                         Err(Error::Suspended { .. }) => {}
                         Err(other) => return Err(other),
                     }
-                    let refused = step.run("after", |_| async { Ok::<_, Error>(1) }).await;
+                    let refused = step.run("after", |_| async { Ok(1) }).await;
                     assert!(
                         matches!(refused, Err(Error::Suspended { .. })),
                         "{refused:?}"
                     );
                     assert!(step.check_cancelled().is_err());
                     // Swallowed: the run is suspended anyway.
-                    Ok::<_, Error>(json!("swallowed the suspension"))
+                    Ok(json!("swallowed the suspension"))
                 }
             },
         ))

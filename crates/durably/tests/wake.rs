@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 
 fn echo() -> Job<Value, Value> {
     Job::new("echo", |step: StepContext, input: Value| async move {
-        step.run("echo", |_| async move { Ok::<_, Error>(input) })
-            .await
+        step.run("echo", |_| async move { Ok(input) }).await
     })
 }
 
@@ -35,13 +34,13 @@ fn charge(attempts: Arc<AtomicU32>) -> Job<Value, Value> {
                     async move {
                         attempts.fetch_add(1, Ordering::SeqCst);
                         match attempt.number() {
-                            1 => Err(Error::Job("card declined".into())),
+                            1 => Err(Error::Job("card declined".into()).into()),
                             n => Ok(n),
                         }
                     }
                 })
                 .await?;
-            Ok::<_, Error>(json!({ "attempt": n }))
+            Ok(json!({ "attempt": n }))
         }
     })
 }
@@ -50,7 +49,7 @@ fn approval() -> Job<Value, Value> {
     Job::new("approval", |step: StepContext, _input: Value| async move {
         let wait = step.prepare_wait(NewWait::new("approval")).await?;
         step.wait_for(&wait).await?;
-        Ok::<_, Error>(Value::Null)
+        Ok(Value::Null)
     })
 }
 
@@ -129,7 +128,7 @@ async fn a_woken_run_retry_runs_the_next_attempt_now(backend: Backend) {
                 async move {
                     match counted.fetch_add(1, Ordering::SeqCst) {
                         0 => Err(Error::Job("service down".into())),
-                        n => Ok::<_, Error>(json!({ "execution": n + 1 })),
+                        n => Ok(json!({ "execution": n + 1 })),
                     }
                 }
             })

@@ -14,7 +14,7 @@ use common::{
     within,
 };
 use durably::{
-    Durably, Error, Event, EventKind, EventType, Job, JobHandle, RunStatus, StepContext, Timestamp,
+    Durably, Event, EventKind, EventType, Job, JobHandle, RunStatus, StepContext, Timestamp,
     TriggerOptions, WaitOptions, store::RunPatch,
 };
 use serde_json::{Value, json};
@@ -69,7 +69,7 @@ fn tracked_job(name: &str, tracker: &Tracker, gate: Option<&Gate>) -> Job<u64, u
                 None => tokio::task::yield_now().await,
             }
             tracker.leave(n);
-            Ok::<_, Error>(n * 10)
+            Ok(n * 10)
         }
     })
 }
@@ -100,7 +100,7 @@ async fn start_picks_up_a_pending_run(backend: Backend) {
         .register(Job::new(
             "pick-up",
             |_: StepContext, input: Value| async move {
-                Ok::<_, Error>(json!({"echo": input["value"], "result": 123}))
+                Ok(json!({"echo": input["value"], "result": 123}))
             },
         ))
         .unwrap();
@@ -191,17 +191,17 @@ async fn stop_within_abandons_runs_that_outlive_the_grace(backend: Backend) {
                 async move {
                     step.run("first", |_| async move {
                         steps.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Error>(1)
+                        Ok(1)
                     })
                     .await?;
                     // Ignores its token: only the gate ends it.
                     step.run("stubborn", |_| async move {
                         entered.open();
                         release.wait().await;
-                        Ok::<_, Error>(2)
+                        Ok(2)
                     })
                     .await?;
-                    Ok::<_, Error>(json!("done"))
+                    Ok(json!("done"))
                 }
             }))
             .unwrap()
@@ -310,7 +310,7 @@ async fn never_more_than_max_concurrent_runs(backend: Backend) {
                     tracker.enter(n);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     tracker.leave(n);
-                    Ok::<_, Error>(n)
+                    Ok(n)
                 }
             }))
             .unwrap()
@@ -361,7 +361,7 @@ async fn trigger_wakes_an_idle_worker(backend: Backend) {
         .await;
     let job = durably
         .register(Job::new("wake", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n + 1)
+            Ok(n + 1)
         }))
         .unwrap();
     durably.start();
@@ -394,7 +394,7 @@ async fn triggers_on_a_waiting_worker_are_enqueued_and_claimed_together(backend:
     durably.migrate().await.unwrap();
     let job = durably
         .register(Job::new("handed", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n + 1)
+            Ok(n + 1)
         }))
         .unwrap();
     let recorder = Recorder::attach(&durably);
@@ -444,9 +444,10 @@ async fn a_run_triggered_while_the_last_slot_finishes_starts_without_the_poll(ba
         .unwrap();
     durably.migrate().await.unwrap();
     let job = durably
-        .register(Job::new("quick", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
-        }))
+        .register(Job::new(
+            "quick",
+            |_: StepContext, n: u64| async move { Ok(n) },
+        ))
         .unwrap();
     durably.start();
     // A first run settles the worker into waiting.
@@ -480,9 +481,10 @@ async fn a_trigger_after_stop_is_only_enqueued(backend: Backend) {
     let durably = Durably::builder().store(store).build().unwrap();
     durably.migrate().await.unwrap();
     let job = durably
-        .register(Job::new("later", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
-        }))
+        .register(Job::new(
+            "later",
+            |_: StepContext, n: u64| async move { Ok(n) },
+        ))
         .unwrap();
     durably.start();
     let warm = job
@@ -606,7 +608,7 @@ async fn unknown_job_fails_the_run(backend: Backend) {
     let b = db.durably(|b| b).await;
     let job = a
         .register(Job::new("ghost", |_: StepContext, _: Value| async {
-            Ok::<_, Error>(())
+            Ok(())
         }))
         .unwrap();
     let fails = Arc::new(Mutex::new(Vec::<Event>::new()));
@@ -747,7 +749,7 @@ async fn retention_purges_old_terminal_runs(backend: Backend) {
     let durably = db.durably(|b| b.retain_runs("1m")).await;
     let job = durably
         .register(Job::new("retained", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
+            Ok(n)
         }))
         .unwrap();
     let old = job.trigger(1).await.unwrap().run.id;
@@ -780,7 +782,7 @@ async fn idle_maintenance_releases_expired_leases(backend: Backend) {
     let durably = db.durably(|b| b).await;
     let job = durably
         .register(Job::new("released", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n * 2)
+            Ok(n * 2)
         }))
         .unwrap();
     let id = job.trigger(21).await.unwrap().run.id;
@@ -826,7 +828,7 @@ async fn expired_lease_with_pending_sibling_fails(backend: Backend) {
     }
     let job = durably
         .register(Job::new("sibling", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
+            Ok(n)
         }))
         .unwrap();
     let key = || TriggerOptions::new().concurrency_key("k");
@@ -885,9 +887,10 @@ async fn start_twice_is_a_no_op(backend: Backend) {
         });
     }
     let job = durably
-        .register(Job::new("twice", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
-        }))
+        .register(Job::new(
+            "twice",
+            |_: StepContext, n: u64| async move { Ok(n) },
+        ))
         .unwrap();
     durably.start_as("first-worker");
     durably.start_as("second-worker");
@@ -918,7 +921,7 @@ async fn stop_then_start_again(backend: Backend) {
     let durably = db.durably(|b| b).await;
     let job = durably
         .register(Job::new("restart", |_: StepContext, n: u64| async move {
-            Ok::<_, Error>(n)
+            Ok(n)
         }))
         .unwrap();
     durably.start();
@@ -953,7 +956,7 @@ async fn unknown_job_failure_drops_steps(backend: Backend) {
     assert!(!b.config().preserve_steps);
     let job = a
         .register(Job::new("half-done", |_: StepContext, _: Value| async {
-            Ok::<_, Error>(())
+            Ok(())
         }))
         .unwrap();
     let id = job.trigger(json!({})).await.unwrap().run.id;

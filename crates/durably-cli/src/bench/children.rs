@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use durably::{Durably, Error, Job, StepContext, Store, WaitOptions};
+use durably::{Durably, Job, StepContext, Store, WaitOptions};
 use serde_json::json;
 
 use super::{peak_rss_mb, reset_peak_rss, round};
@@ -27,9 +27,7 @@ pub(super) async fn children_on(
         .build()?;
     let child = durably.register(Job::new(
         "bench-child",
-        |step: StepContext, n: u64| async move {
-            step.run("one", |_| async move { Ok::<_, Error>(n) }).await
-        },
+        |step: StepContext, n: u64| async move { step.run("one", |_| async move { Ok(n) }).await },
     ))?;
     let parent = durably.register(Job::new(
         "bench-parent",
@@ -39,7 +37,7 @@ pub(super) async fn children_on(
                 let outputs = step
                     .invoke_all("children", &child, (1..=n).collect())
                     .await?;
-                Ok::<_, Error>(outputs.iter().sum::<u64>())
+                Ok(outputs.iter().sum::<u64>())
             }
         },
     ))?;

@@ -24,7 +24,7 @@ fn sleeping_job(ms: u64) -> Job<Value, Value> {
         "bench-sleep",
         move |step: StepContext, _input: Value| async move {
             step.sleep("nap", Duration::from_millis(ms)).await?;
-            Ok::<_, durably::Error>(json!({ "woke": Timestamp::now().as_millis() }))
+            Ok(json!({ "woke": Timestamp::now().as_millis() }))
         },
     )
 }

@@ -21,12 +21,12 @@ fn waiting_job(executions: Arc<AtomicU64>) -> Job<Value, Value> {
         async move {
             step.run("before", |_| async move {
                 executions.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, durably::Error>(1)
+                Ok(1)
             })
             .await?;
             let wait = step.prepare_wait("signal").await?;
             match step.wait_for(&wait).await? {
-                WaitResult::Signal { payload } => Ok::<_, durably::Error>(payload),
+                WaitResult::Signal { payload } => Ok(payload),
                 _ => Ok(Value::Null),
             }
         }

@@ -130,13 +130,13 @@ pub fn chaos_job(log: Arc<ExecutionLog>, step_ms: u64, sabotage: bool) -> Job<Ch
                     .run(&format!("s{k}"), |_| async move {
                         exec_log.record("exec", &run, k, true)?;
                         tokio::time::sleep(step_time(input.n, k, step_ms)).await;
-                        Ok::<_, std::io::Error>(step_value(input.n, k))
+                        Ok(step_value(input.n, k))
                     })
                     .await?;
                 log.record("done", step.run_id(), k, false)
                     .map_err(|e| durably::Error::Job(e.into()))?;
             }
-            Ok::<_, durably::Error>(total)
+            Ok(total)
         }
     })
 }

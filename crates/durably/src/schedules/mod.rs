@@ -15,7 +15,7 @@
 //! use serde_json::json;
 //!
 //! let report = Job::new("nightly-report", |_step, day: serde_json::Value| async move {
-//!     Ok::<_, durably::Error>(day)
+//!     Ok(day)
 //! });
 //! let durably = Durably::builder()
 //!     .sqlite("app.db")

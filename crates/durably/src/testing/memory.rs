@@ -51,9 +51,9 @@ use crate::waits::{
 /// let durably = Durably::builder().store(MemoryStore::new()).build()?;
 /// let double = durably.register(Job::new("double", |step: StepContext, n: u64| async move {
 ///     let doubled = step.run("double", |_cancel| async move {
-///         Ok::<_, std::io::Error>(n * 2)
+///         Ok(n * 2)
 ///     }).await?;
-///     Ok::<_, durably::Error>(doubled)
+///     Ok(doubled)
 /// }))?;
 /// durably.init().await?;
 ///

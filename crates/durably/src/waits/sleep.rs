@@ -59,9 +59,9 @@ impl StepContext {
     /// ```
     /// # async fn job(step: durably::StepContext) -> durably::Result<()> {
     /// use std::time::Duration;
-    /// step.run("send-reminder", |_| async { Ok::<_, durably::Error>(()) }).await?;
+    /// step.run("send-reminder", |_| async { Ok(()) }).await?;
     /// step.sleep("cool-down", Duration::from_secs(3600)).await?;
-    /// step.run("send-follow-up", |_| async { Ok::<_, durably::Error>(()) }).await?;
+    /// step.run("send-follow-up", |_| async { Ok(()) }).await?;
     /// # Ok(())
     /// # }
     /// ```

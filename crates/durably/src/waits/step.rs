@@ -60,7 +60,7 @@ impl StepContext {
     ///     .await?;
     /// // Tell a person where to answer: the wait's id is what a signal names.
     /// let link = format!("/approve/{}", wait.id);
-    /// step.run("ask", |_| async move { Ok::<_, durably::Error>(link) }).await?;
+    /// step.run("ask", |_| async move { Ok(link) }).await?;
     /// match step.wait_for(&wait).await? {
     ///     WaitResult::Signal { payload } => Ok(payload),
     ///     WaitResult::Timeout => Ok(json!({"timedOut": true})),

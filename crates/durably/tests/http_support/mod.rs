@@ -46,10 +46,10 @@ pub struct BurstInput {
     pub count: u64,
 }
 
-async fn pause(token: CancellationToken, ms: u64) -> Result<(), String> {
+async fn pause(token: CancellationToken, ms: u64) -> durably::StepResult<()> {
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
-        _ = token.cancelled() => Err("aborted".to_owned()),
+        _ = token.cancelled() => Err("aborted".into()),
     }
 }
 
@@ -60,10 +60,8 @@ pub fn register_jobs(durably: &Durably) {
         .register(Job::new(
             "echo",
             |step: StepContext, input: EchoInput| async move {
-                let value = step
-                    .run("echo", |_| async move { Ok::<_, String>(input.value) })
-                    .await?;
-                Ok::<_, durably::Error>(json!({ "value": value }))
+                let value = step.run("echo", |_| async move { Ok(input.value) }).await?;
+                Ok(json!({ "value": value }))
             },
         ))
         .expect("register echo");
@@ -81,7 +79,7 @@ pub fn register_jobs(durably: &Durably) {
                                 pause(token, ms).await?;
                             }
                             if fail_at == Some(i) {
-                                return Err(format!("failed at step {i}"));
+                                return Err(format!("failed at step {i}").into());
                             }
                             Ok(i)
                         })
@@ -93,7 +91,7 @@ pub fn register_jobs(durably: &Durably) {
                         .info(format!("step {i} done"), json!({ "i": i }))
                         .await?;
                 }
-                Ok::<_, durably::Error>(json!({ "sum": sum }))
+                Ok(json!({ "sum": sum }))
             })
             .validate(|input| {
                 if (1..=1000).contains(&input.count) {
@@ -114,7 +112,7 @@ pub fn register_jobs(durably: &Durably) {
                 let ms = input.ms;
                 step.run("sleep", |token| async move { pause(token, ms).await })
                     .await?;
-                Ok::<_, durably::Error>(json!({ "slept": ms }))
+                Ok(json!({ "slept": ms }))
             },
         ))
         .expect("register sleep");
@@ -126,7 +124,7 @@ pub fn register_jobs(durably: &Durably) {
                     step.progress(i, Some(input.count), None).await?;
                 }
                 step.log().info("burst done", Value::Null).await?;
-                Ok::<_, durably::Error>(json!({ "count": input.count }))
+                Ok(json!({ "count": input.count }))
             },
         ))
         .expect("register burst");

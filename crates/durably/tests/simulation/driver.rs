@@ -249,7 +249,7 @@ fn job(
                     let _ = step.log().info("first step done", None).await;
                 }
             }
-            Ok::<_, Error>(value.wrapping_add(payload.unwrap_or(0)))
+            Ok(value.wrapping_add(payload.unwrap_or(0)))
         }
     })
 }

@@ -24,20 +24,14 @@ pub async fn a_job_with_steps_completes_with_its_output(store: Arc<dyn Store>) {
                 move |step: StepContext, n: u64| {
                     let (paused, resume) = (paused.clone(), resume.clone());
                     async move {
-                        let a = step
-                            .run("double", |_| async move { Ok::<_, Error>(n * 2) })
-                            .await?;
-                        let b = step
-                            .run("add-one", |_| async move { Ok::<_, Error>(a + 1) })
-                            .await?;
+                        let a = step.run("double", |_| async move { Ok(n * 2) }).await?;
+                        let b = step.run("add-one", |_| async move { Ok(a + 1) }).await?;
                         let c = step
-                            .run("describe", |_| async move {
-                                Ok::<_, Error>(format!("{n} -> {b}"))
-                            })
+                            .run("describe", |_| async move { Ok(format!("{n} -> {b}")) })
                             .await?;
                         paused.open();
                         resume.wait().await;
-                        Ok::<_, Error>(json!({ "a": a, "b": b, "c": c }))
+                        Ok(json!({ "a": a, "b": b, "c": c }))
                     }
                 },
             ))
@@ -116,20 +110,20 @@ pub async fn a_failing_step_fails_the_run_with_its_error(store: Arc<dyn Store>) 
                         let (c0, c1, c2) = (calls.clone(), calls.clone(), calls.clone());
                         step.run("prepare", |_| async move {
                             c0.hit(0);
-                            Ok::<_, Error>(1)
+                            Ok(1)
                         })
                         .await?;
                         step.run("charge", |_| async move {
                             c1.hit(1);
-                            Err::<(), _>(std::io::Error::other("card declined"))
+                            Err::<(), _>(std::io::Error::other("card declined").into())
                         })
                         .await?;
                         step.run("ship", |_| async move {
                             c2.hit(2);
-                            Ok::<_, Error>(())
+                            Ok(())
                         })
                         .await?;
-                        Ok::<_, Error>(json!("shipped"))
+                        Ok(json!("shipped"))
                     }
                 },
             ))
@@ -188,13 +182,11 @@ pub async fn trigger_and_wait_returns_the_output_or_the_failure(store: Arc<dyn S
         Job::new(
             "behaviour-trigger-and-wait",
             |step: StepContext, n: i64| async move {
-                let squared = step
-                    .run("square", |_| async move { Ok::<_, Error>(n * n) })
-                    .await?;
+                let squared = step.run("square", |_| async move { Ok(n * n) }).await?;
                 if n < 0 {
                     return Err(Error::Job(format!("negative input {n}").into()));
                 }
-                Ok::<_, Error>(squared + 1)
+                Ok(squared + 1)
             },
         )
     };
@@ -253,12 +245,12 @@ pub async fn progress_and_logs_are_stored(store: Arc<dyn Store>) {
                 let inner = step.clone();
                 step.run("work", |_| async move {
                     inner.log().info("working", json!({ "item": 1 })).await?;
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
                 .await?;
                 step.progress(2, Some(2), Some("done")).await?;
                 step.log().warn("finished with a warning", None).await?;
-                Ok::<_, Error>(())
+                Ok(())
             },
         ))
         .expect("register");
@@ -318,10 +310,10 @@ pub async fn process_one_and_process_until_idle_drain_the_queue(store: Arc<dyn S
                         let tripled = step
                             .run("triple", |_| async move {
                                 calls.hit(i);
-                                Ok::<_, Error>(i * 3)
+                                Ok(i * 3)
                             })
                             .await?;
-                        Ok::<_, Error>(tripled)
+                        Ok(tripled)
                     }
                 },
             ))
@@ -379,17 +371,17 @@ pub async fn process_one_and_process_until_idle_drain_the_queue(store: Arc<dyn S
 fn two_steps_then(name: &str) -> Job<bool, String> {
     Job::new(name, |step: StepContext, fail: bool| async move {
         let first = step
-            .run("first", |_| async { Ok::<_, Error>("one".to_string()) })
+            .run("first", |_| async { Ok("one".to_string()) })
             .await?;
         let second = step
             .run("second", |_| async move {
                 match fail {
-                    true => Err(Error::Job("second step failed".into())),
+                    true => Err("second step failed".into()),
                     false => Ok("two".to_string()),
                 }
             })
             .await?;
-        Ok::<_, Error>(format!("{first}+{second}"))
+        Ok(format!("{first}+{second}"))
     })
 }
 

@@ -10,10 +10,7 @@ use super::*;
 use crate::{Coalesce, Disposition, Error, Job, RunFilter, RunStatus, StepContext, TriggerOptions};
 
 fn echo(name: &str) -> Job<u64, u64> {
-    Job::new(
-        name,
-        |_: StepContext, n: u64| async move { Ok::<_, Error>(n) },
-    )
+    Job::new(name, |_: StepContext, n: u64| async move { Ok(n) })
 }
 
 /// Behaviour: a trigger with an idempotency key already used by the job returns the existing
@@ -101,7 +98,7 @@ pub async fn runs_sharing_a_concurrency_key_never_overlap(store: Arc<dyn Store>)
                     // Long enough for a second run of the key to start if claims let it.
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     overlap.leave(&key);
-                    Ok::<_, Error>(key)
+                    Ok(key)
                 }
             },
         )
@@ -227,7 +224,7 @@ pub async fn coalesce_active_reuses_the_running_run(store: Arc<dyn Store>) {
                     async move {
                         entered.open();
                         release.wait().await;
-                        Ok::<_, Error>(n)
+                        Ok(n)
                     }
                 },
             ))

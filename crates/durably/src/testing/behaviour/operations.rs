@@ -23,7 +23,7 @@ pub async fn cancel_of_a_pending_run_ends_it_without_executing(store: Arc<dyn St
                 "behaviour-cancel-pending",
                 move |_: StepContext, _: Value| {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    async { Ok::<_, Error>(()) }
+                    async { Ok(()) }
                 },
             ))
             .expect("register")
@@ -79,20 +79,20 @@ pub async fn cancel_of_a_running_run_fires_its_token_and_stops_it(store: Arc<dyn
                 move |step: StepContext, _: Value| {
                     let (entered, fired, later) = (entered.clone(), fired.clone(), later.clone());
                     async move {
-                        step.run("first", |_| async { Ok::<_, Error>(1) }).await?;
+                        step.run("first", |_| async { Ok(1) }).await?;
                         step.run("wait-for-cancel", |token| async move {
                             entered.open();
                             token.cancelled().await;
                             fired.store(true, Ordering::SeqCst);
-                            Ok::<_, Error>("late result".to_string())
+                            Ok("late result".to_string())
                         })
                         .await?;
                         step.run("after", |_| async move {
                             later.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, Error>(())
+                            Ok(())
                         })
                         .await?;
-                        Ok::<_, Error>(json!("completed"))
+                        Ok(json!("completed"))
                     }
                 },
             ))
@@ -154,7 +154,7 @@ pub async fn retrigger_starts_a_new_run_with_the_same_input(store: Arc<dyn Store
                     async move {
                         match first {
                             true => Err(Error::Job("first attempt fails".into())),
-                            false => Ok::<_, Error>(json!({ "echo": input })),
+                            false => Ok(json!({ "echo": input })),
                         }
                     }
                 },
@@ -213,7 +213,7 @@ pub async fn delete_run_and_purge_runs_remove_ended_runs(store: Arc<dyn Store>) 
             "behaviour-delete",
             |step: StepContext, n: u64| async move {
                 step.log().info(format!("run {n}"), None).await?;
-                Ok::<_, Error>(n)
+                Ok(n)
             },
         ))
         .expect("register");
@@ -295,7 +295,7 @@ pub async fn retention_deletes_ended_runs_older_than_the_period(store: Arc<dyn S
     let job = durably
         .register(Job::new(
             "behaviour-retention",
-            |_: StepContext, n: u64| async move { Ok::<_, Error>(n) },
+            |_: StepContext, n: u64| async move { Ok(n) },
         ))
         .expect("register");
     let old = job.trigger(1).await.expect("trigger").run.id;
@@ -333,13 +333,13 @@ pub async fn get_runs_filters_by_labels_job_and_status(store: Arc<dyn Store>) {
     let a = durably
         .register(Job::new(
             "behaviour-list-a",
-            |_: StepContext, n: u64| async move { Ok::<_, Error>(n) },
+            |_: StepContext, n: u64| async move { Ok(n) },
         ))
         .expect("register");
     let b = durably
         .register(Job::new(
             "behaviour-list-b",
-            |_: StepContext, n: u64| async move { Ok::<_, Error>(n) },
+            |_: StepContext, n: u64| async move { Ok(n) },
         ))
         .expect("register");
     let trigger = |handle: &crate::JobHandle<u64, u64>, n: u64, labels: &[(&str, &str)]| {

@@ -80,7 +80,7 @@ pub async fn an_abandoned_run_is_taken_over_without_rerunning_completed_steps(
                     let first = step
                         .run("first", |_| async move {
                             first_calls.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, Error>(base + 1)
+                            Ok(base + 1)
                         })
                         .await?;
                     let second = step
@@ -90,10 +90,10 @@ pub async fn an_abandoned_run_is_taken_over_without_rerunning_completed_steps(
                                 entered.open();
                                 std::future::pending::<()>().await;
                             }
-                            Ok::<_, Error>(first * 10)
+                            Ok(first * 10)
                         })
                         .await?;
-                    Ok::<_, Error>(json!({ "first": first, "second": second }))
+                    Ok(json!({ "first": first, "second": second }))
                 }
             },
         )
@@ -153,16 +153,16 @@ pub async fn an_expired_lease_resumes_from_the_stored_steps(store: Arc<dyn Store
                         let fetched: String = step
                             .run("fetch", |_| async move {
                                 fetch_calls.fetch_add(1, Ordering::SeqCst);
-                                Ok::<_, Error>("fetched-here".to_string())
+                                Ok("fetched-here".to_string())
                             })
                             .await?;
                         let saved = step
                             .run("save", |_| async move {
                                 save_calls.fetch_add(1, Ordering::SeqCst);
-                                Ok::<_, Error>(format!("{fetched}+saved"))
+                                Ok(format!("{fetched}+saved"))
                             })
                             .await?;
-                        Ok::<_, Error>(saved)
+                        Ok(saved)
                     }
                 },
             ))
@@ -334,15 +334,15 @@ pub async fn a_stale_worker_s_writes_do_not_land_after_a_takeover(store: Arc<dyn
                     // Refused like every write of a stale worker; its error is ignored so that
                     // the step's own write is refused too.
                     let _ = inner.log().info("written by the stale worker", None).await;
-                    Ok::<_, Error>("stale-1".to_string())
+                    Ok("stale-1".to_string())
                 })
                 .await?;
                 step.run("step-2", |_| async move {
                     next.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>("stale-2".to_string())
+                    Ok("stale-2".to_string())
                 })
                 .await?;
-                Ok::<_, Error>(json!({ "winner": "stale" }))
+                Ok(json!({ "winner": "stale" }))
             }
         })
     };
@@ -350,13 +350,13 @@ pub async fn a_stale_worker_s_writes_do_not_land_after_a_takeover(store: Arc<dyn
         Job::new(name, move |step: StepContext, _: Value| {
             let (entered, release) = (entered.clone(), release.clone());
             async move {
-                step.run("step-1", |_| async { Ok::<_, Error>("new-1".to_string()) })
+                step.run("step-1", |_| async { Ok("new-1".to_string()) })
                     .await?;
                 entered.open();
                 release.wait().await;
-                step.run("step-2", |_| async { Ok::<_, Error>("new-2".to_string()) })
+                step.run("step-2", |_| async { Ok("new-2".to_string()) })
                     .await?;
-                Ok::<_, Error>(json!({ "winner": "new owner" }))
+                Ok(json!({ "winner": "new owner" }))
             }
         })
     };
@@ -423,7 +423,7 @@ async fn stale_end(store: &Arc<dyn Store>, fails: bool) {
                 release.wait().await;
                 match fails {
                     true => Err(Error::Job("stale failure".into())),
-                    false => Ok::<_, Error>(json!("stale output")),
+                    false => Ok(json!("stale output")),
                 }
             }
         })
@@ -434,7 +434,7 @@ async fn stale_end(store: &Arc<dyn Store>, fails: bool) {
             async move {
                 entered.open();
                 release.wait().await;
-                Ok::<_, Error>(json!("new owner's output"))
+                Ok(json!("new owner's output"))
             }
         })
     };
@@ -472,10 +472,8 @@ pub async fn several_instances_execute_each_run_exactly_once(store: Arc<dyn Stor
             let calls = calls.clone();
             async move {
                 calls.hit(i);
-                let doubled = step
-                    .run("double", |_| async move { Ok::<_, Error>(i * 2) })
-                    .await?;
-                Ok::<_, Error>(doubled)
+                let doubled = step.run("double", |_| async move { Ok(i * 2) }).await?;
+                Ok(doubled)
             }
         })
     };
