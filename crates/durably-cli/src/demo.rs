@@ -19,7 +19,8 @@ use crate::server::{self, BASE_PATH};
 /// Options of `durably demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// TCP port to listen on (0 picks a free port; the URL printed says which).
+    /// TCP port to listen on (0 picks a free port; the URL printed says which). It is bound
+    /// before the database is created, so a busy port leaves no file behind.
     #[arg(long, default_value_t = 3000)]
     port: u16,
     /// Address to bind (use 0.0.0.0 to accept connections from other machines).
@@ -42,6 +43,8 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // First, so that a busy port creates no database file.
+    let listener = server::bind(&args.host, args.port).await?;
     let is_postgres = args.db.starts_with("postgres://") || args.db.starts_with("postgresql://");
     let builder = Durably::builder();
     let builder = match (is_postgres, &args.schema) {
@@ -70,7 +73,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     .display();
     let timeout = Duration::from_secs(args.shutdown_timeout);
-    server::serve(durably, &args.host, args.port, timeout, |address| {
+    server::serve(durably, listener, timeout, |address| {
         println!("durably demo: http://{address}{BASE_PATH}");
         println!("  dashboard: http://{address}/");
         println!("  jobs: echo, steps, sleep, approval, fanout, flaky, nap, parent · database: {db} · Ctrl-C stops");

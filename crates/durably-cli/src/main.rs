@@ -22,9 +22,14 @@ use clap::{Parser, Subcommand};
 ///
 /// Every command that takes `--db` accepts a SQLite file path, a PostgreSQL URL
 /// (`postgres://…` / `postgresql://…`) or a remote libSQL URL (`libsql://…` for Turso,
-/// `https://…` / `http://…`; its token from `--auth-token` or `LIBSQL_AUTH_TOKEN`). The operator commands (serve, runs, run, waits, signal, wake,
-/// cancel, delete, purge, watch, schedules, schedule) need a database that holds the durably schema (`durably migrate` creates it)
-/// and start no worker.
+/// `https://…` / `http://…`; its token from `--auth-token` or `LIBSQL_AUTH_TOKEN`); any other
+/// `scheme://` is refused. The operator commands (serve, runs, run, waits, signal, trigger,
+/// retrigger, resume, wake, cancel, delete, purge, watch, schedules, schedule) need a database
+/// that holds the durably schema (`durably migrate` creates it) and start no worker.
+///
+/// Wherever a run id is taken, a unique part of it works too, as git takes a commit: its first
+/// or last characters (at least 4), e.g. the dashboard's short id `…4K9ZB2QX`. A part that
+/// matches several runs lists them and exits with 2.
 #[derive(Parser, Debug)]
 #[command(name = "durably", version, about, after_help = exit::EXIT_CODES_HELP)]
 struct Cli {
@@ -69,11 +74,11 @@ enum Command {
     ///
     /// Columns: id, job, status, progress (current/total and message), created (UTC), and how
     /// long the run has been waiting or running, or took once it ended. Filters combine: any of
-    /// the given statuses, any of the given jobs, every given label, and with --parent only
-    /// the child runs of one run. An unknown --status or a malformed --label exits with 2; an
-    /// unknown --parent run with 4.
+    /// the given statuses (`running` is a synonym of `leased`), any of the given jobs, every
+    /// given label, and with --parent only the child runs of one run. An unknown --status or a
+    /// malformed --label exits with 2; an unknown --parent run with 4.
     #[command(
-        after_help = "Examples:\n  durably runs --db app.db --status failed --limit 50\n  durably runs --db postgres://me@db/app --job send-email --label tenant=acme --json\n  durably runs --db app.db --parent 01J9… --status failed"
+        after_help = "Examples:\n  durably runs --db app.db --status failed --limit 50\n  durably runs --db postgres://me@db/app --job send-email --label tenant=acme --json\n  durably runs --db app.db --parent 01J9… --status failed\n  durably runs --db app.db --status running"
     )]
     Runs(ops::RunsArgs),
     /// Show one run: its fields, input, output or error, its steps and its logs.
@@ -105,6 +110,21 @@ enum Command {
     /// step boundary or lease renewal (at once on PostgreSQL) and stops. Ending runs cannot be
     /// cancelled (exit code 1); an unknown id exits with 4.
     Cancel(ops::CancelArgs),
+    /// Trigger a run of a job: a new run with the given input, for the application's workers.
+    ///
+    /// It writes the run into the database (--db) as `durably retrigger` does, rather than
+    /// calling a running application over HTTP: it needs no server, no URL and no credentials
+    /// beyond the database's, and works while the application is down (its workers pick the run
+    /// up when they start). The command has no job code, so the input is not checked against
+    /// the job's input type (a worker fails a run whose input its job rejects) and the job name
+    /// is not checked either (a note says so when the database has no run of that job yet).
+    /// Prints the new run's id; --wait follows it to its end like `durably watch`. An --input
+    /// that is not JSON, a malformed --label or --delay exit with 2 and store nothing; a
+    /// --concurrency-key whose job and key already have a pending run exits with 1.
+    #[command(
+        after_help = "Examples:\n  durably trigger send-email --db app.db --input '{\"to\": \"ada@example.com\"}'\n  durably trigger report --db postgres://me@db/app --input '{\"month\": \"2026-01\"}' --label tenant=acme --idempotency-key report-2026-01 --wait\n  durably trigger cleanup --db app.db --input null --delay 10m --priority -1"
+    )]
+    Trigger(ops::TriggerArgs),
     /// Run a finished run (completed, failed or cancelled) again: a new pending run of the same
     /// job with the same input, concurrency key and labels; the application's workers run it.
     ///
@@ -211,6 +231,7 @@ fn main() -> ExitCode {
             Command::Waits(args) => ops::waits(args).await,
             Command::Signal(args) => ops::signal(args).await,
             Command::Cancel(args) => ops::cancel(args).await,
+            Command::Trigger(args) => ops::trigger(args).await,
             Command::Retrigger(args) => ops::retrigger(args).await,
             Command::Resume(args) => ops::resume(args).await,
             Command::Wake(args) => ops::wake(args).await,

@@ -6,9 +6,9 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use durably::{
-    AttemptStatus, DurableWait, Durably, InterruptionReason, Log, Progress, Run, RunFilter,
-    RunStatus, SignalDisposition, Step, StepAttempt, StepStatus, TimerKind, Timestamp, WaitOutcome,
-    WaitStatus,
+    AttemptStatus, Coalesce, Disposition, DurableWait, Durably, InterruptionReason, Log, Progress,
+    Run, RunFilter, RunStatus, SignalDisposition, Step, StepAttempt, StepStatus, TimerKind,
+    Timestamp, WaitOutcome, WaitStatus,
 };
 use serde_json::{Value, json};
 
@@ -20,8 +20,8 @@ use crate::exit::{CANCELLED, CliError, FAILURE, NOT_FOUND, OK};
 pub struct RunsArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Only runs in this status: waiting, pending, leased, completed, failed or cancelled (repeat for
-    /// several).
+    /// Only runs in this status: waiting, pending, leased (or its synonym running), completed,
+    /// failed or cancelled (repeat for several).
     #[arg(long, value_name = "STATUS", value_parser = parse_status)]
     status: Vec<RunStatus>,
     /// Only runs of this job (repeat for several).
@@ -31,7 +31,8 @@ pub struct RunsArgs {
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     label: Vec<(String, String)>,
     /// Only the child runs of this run (the runs it invoked with `step.invoke` or
-    /// `step.invoke_all`). An unknown run id exits with 4.
+    /// `step.invoke_all`): its id or a unique part of it (see `durably run --help`). An unknown
+    /// run id exits with 4.
     #[arg(long, value_name = "RUN_ID")]
     parent: Option<String>,
     /// At most this many runs, newest first (0: all of them).
@@ -45,7 +46,8 @@ pub struct RunsArgs {
 /// Options of `durably run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The run's id.
+    /// The run's id, or a unique part of it: its first or last characters (at least 4), as
+    /// git takes a commit; the dashboard's short id (its last 8 characters, `…4K9ZB2QX`) works.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -58,7 +60,8 @@ pub struct RunArgs {
 /// Options of `durably waits`.
 #[derive(clap::Args, Debug)]
 pub struct WaitsArgs {
-    /// The run's id.
+    /// The run's id, or a unique part of it: its first or last characters (at least 4), as
+    /// git takes a commit; the dashboard's short id (its last 8 characters, `…4K9ZB2QX`) works.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -71,7 +74,8 @@ pub struct WaitsArgs {
 /// Options of `durably signal`.
 #[derive(clap::Args, Debug)]
 pub struct SignalArgs {
-    /// The run whose wait to signal.
+    /// The run whose wait to signal: its id or a unique part of it (its first or last
+    /// characters, at least 4).
     run_id: String,
     /// The wait: its id, or its name within the run (`durably waits RUN_ID` lists both).
     wait: String,
@@ -93,7 +97,8 @@ pub struct SignalArgs {
 /// Options of `durably cancel`.
 #[derive(clap::Args, Debug)]
 pub struct CancelArgs {
-    /// The run's id.
+    /// The run's id, or a unique part of it: its first or last characters (at least 4), as
+    /// git takes a commit; the dashboard's short id (its last 8 characters, `…4K9ZB2QX`) works.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -107,15 +112,70 @@ pub struct CancelArgs {
 #[derive(clap::Args, Debug)]
 pub struct RetriggerArgs {
     /// The id of the finished run to run again.
+    /// A unique part of the id works too (its first or last characters, at least 4).
     id: String,
     #[command(flatten)]
     db: DbArgs,
+}
+
+/// Options of `durably trigger`.
+#[derive(clap::Args, Debug)]
+pub struct TriggerArgs {
+    /// The job to run, by the name the application registers it under.
+    job: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The run's input: a JSON value (`'{"orderId": 42}'`, `'"text"'`, `null`). The command
+    /// has no job code, so it is not checked against the job's input type: a worker fails a run
+    /// whose input its job rejects.
+    #[arg(long, value_name = "JSON", value_parser = parse_input)]
+    input: Value,
+    /// A label stored with the run, written KEY=VALUE (repeat for several).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// A second trigger of the job with the same key returns the first run (disposition
+    /// `idempotent`) instead of creating one: give one to make a retried command safe.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// At most one pending run per job and key, and one running run per key: a trigger while
+    /// the job and key have a pending run is refused (exit 1).
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
+    /// With --concurrency-key: return the job and key's existing run instead of being refused:
+    /// `skip` (or `queue`) its pending run; `active` its pending, else running, else waiting
+    /// run (disposition `coalesced`). Not with --delay.
+    #[arg(long, value_name = "MODE", value_parser = parse_coalesce, requires = "concurrency_key", conflicts_with = "delay")]
+    coalesce: Option<Coalesce>,
+    /// The claim priority: workers claim runs of higher priority first (negative: later).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    priority: i32,
+    /// Start the run this long from now (a whole number followed by ms, s, m, h or d, e.g.
+    /// 90s, 5m): until then it is `waiting`, and `durably wake ID` starts it at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
+    delay: Option<Duration>,
+    /// Follow the run until it ends, as `durably watch` does (same exit codes: 0 completed, 1
+    /// failed, 3 cancelled).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: how often to read the run, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
+    interval_ms: u64,
+    /// Print `{"runId": …, "disposition": …, "run": …}` as JSON instead of text (with --wait,
+    /// once the run ended, without the progress).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `durably resume`.
 #[derive(clap::Args, Debug)]
 pub struct ResumeArgs {
     /// The id of the failed run to continue from its failed step.
+    /// A unique part of the id works too (its first or last characters, at least 4).
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -126,6 +186,7 @@ pub struct ResumeArgs {
 pub struct WakeArgs {
     /// The id of the run waiting on a timer (delayed, in a retry backoff, sleeping) to start
     /// or continue now.
+    /// A unique part of the id works too (its first or last characters, at least 4).
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -134,7 +195,8 @@ pub struct WakeArgs {
 /// Options of `durably delete`.
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
-    /// The run's id.
+    /// The run's id, or a unique part of it: its first or last characters (at least 4), as
+    /// git takes a commit; the dashboard's short id (its last 8 characters, `…4K9ZB2QX`) works.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -157,7 +219,8 @@ pub struct PurgeArgs {
 /// Options of `durably watch`.
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
-    /// The run's id.
+    /// The run's id, or a unique part of it: its first or last characters (at least 4), as
+    /// git takes a commit; the dashboard's short id (its last 8 characters, `…4K9ZB2QX`) works.
     id: String,
     #[command(flatten)]
     db: DbArgs,
@@ -170,8 +233,59 @@ fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON ({e}); quote strings: '\"text\"'"))
 }
 
-fn parse_status(text: &str) -> Result<RunStatus, String> {
-    text.parse::<RunStatus>().map_err(|e| e.to_string())
+/// A status as users type it: the stored names, and `running` for `leased` (what the
+/// dashboard and `durably watch` call a leased run).
+pub(crate) fn parse_status(text: &str) -> Result<RunStatus, String> {
+    if text == "running" {
+        return Ok(RunStatus::Leased);
+    }
+    text.parse::<RunStatus>().map_err(|_| {
+        format!(
+            "unknown status '{text}': use waiting, pending, leased (or running), completed, failed \
+             or cancelled"
+        )
+    })
+}
+
+fn parse_input(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| {
+        format!(
+            "not JSON ({e}); give a JSON value, e.g. '{{\"orderId\": 42}}', and quote strings: \
+             '\"text\"'"
+        )
+    })
+}
+
+fn parse_coalesce(text: &str) -> Result<Coalesce, String> {
+    text.parse::<Coalesce>()
+        .map_err(|_| format!("unknown mode '{text}': use skip, queue or active"))
+}
+
+/// `500ms`, `90s`, `5m`, `2h`, `1d`.
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration '{text}': give a whole number followed by ms, s, m, h or d, e.g. \
+             90s, 5m, 2h"
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (digits, unit) = text.split_at(digits_end);
+    let amount: u64 = digits.parse().map_err(|_| invalid())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
+    };
+    amount
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -198,12 +312,145 @@ fn no_such_run(db: &DbArgs, id: &str) -> CliError {
     .with_code(NOT_FOUND)
 }
 
-async fn require_run(durably: &Durably, db: &DbArgs, id: &str) -> Result<Run, CliError> {
-    durably
-        .get_run(id)
+/// The fewest characters of an id accepted as a part of it.
+pub(crate) const MIN_ID_PART: usize = 4;
+
+/// Runs read (newest first) when looking for the runs whose id starts or ends with a part:
+/// the store has no lookup by id prefix, so the newest runs are read through `get_runs`.
+pub(crate) const ID_SCAN_LIMIT: u64 = 10_000;
+
+/// Runs read per `get_runs` call of that scan.
+const ID_SCAN_PAGE: u64 = 1_000;
+
+/// Candidates listed when a part of an id matches several runs.
+const CANDIDATES_SHOWN: usize = 5;
+
+/// Where a part of an id must sit in the ids it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdPart {
+    /// Its first or last characters.
+    Either,
+    /// Its first characters (`01J9ABC…`).
+    Start,
+    /// Its last characters (the dashboard's `…4K9ZB2QX`).
+    End,
+}
+
+/// `…4K9ZB2QX` → (`4K9ZB2QX`, End); `01J9…` → (`01J9`, Start); else (text, Either).
+fn id_part(text: &str) -> (&str, IdPart) {
+    for ellipsis in ["…", "..."] {
+        if let Some(rest) = text.strip_prefix(ellipsis) {
+            return (rest, IdPart::End);
+        }
+        if let Some(rest) = text.strip_suffix(ellipsis) {
+            return (rest, IdPart::Start);
+        }
+    }
+    (text, IdPart::Either)
+}
+
+/// Whether `id` starts or ends with `part` (ignoring ASCII case: ULIDs are upper case, and
+/// people type them in lower case).
+fn id_matches(id: &str, part: &str, place: IdPart) -> bool {
+    let (id, part) = (id.as_bytes(), part.as_bytes());
+    if part.len() > id.len() {
+        return false;
+    }
+    let start = || id[..part.len()].eq_ignore_ascii_case(part);
+    let end = || id[id.len() - part.len()..].eq_ignore_ascii_case(part);
+    match place {
+        IdPart::Start => start(),
+        IdPart::End => end(),
+        IdPart::Either => start() || end(),
+    }
+}
+
+/// The run named on the command line: by its full id, else by a unique part of it (its
+/// first or last characters, at least [`MIN_ID_PART`]), as git takes a commit. A part that
+/// matches several runs lists them (exit 2); one too short is refused (exit 2); no match
+/// exits with 4.
+pub(crate) async fn resolve_run(
+    durably: &Durably,
+    db: &DbArgs,
+    text: &str,
+) -> Result<Run, CliError> {
+    if let Some(run) = durably
+        .get_run(text)
         .await
         .map_err(|e| database_error(db, e))?
-        .ok_or_else(|| no_such_run(db, id))
+    {
+        return Ok(run);
+    }
+    let (part, place) = id_part(text);
+    if part.chars().count() < MIN_ID_PART {
+        return Err(CliError::usage(format!(
+            "run id '{text}' is too short: give the full id, or at least {MIN_ID_PART} of its \
+             first or last characters (the dashboard shows its last 8)"
+        )));
+    }
+    if !part
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(no_such_run(db, text));
+    }
+    let mut matches: Vec<Run> = Vec::new();
+    let mut read = 0u64;
+    let mut complete = false;
+    while read < ID_SCAN_LIMIT {
+        let wanted = ID_SCAN_PAGE.min(ID_SCAN_LIMIT - read);
+        let mut filter = RunFilter::new();
+        filter.limit = Some(wanted);
+        filter.offset = Some(read);
+        let page = durably
+            .get_runs(&filter)
+            .await
+            .map_err(|e| database_error(db, e))?;
+        let got = page.len() as u64;
+        read += got;
+        matches.extend(
+            page.into_iter()
+                .filter(|run| id_matches(&run.id, part, place)),
+        );
+        if got < wanted {
+            complete = true;
+            break;
+        }
+    }
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 if complete => Err(no_such_run(db, text)),
+        0 => Err(CliError::new(format!(
+            "no such run: {text} (no id among the newest {ID_SCAN_LIMIT} runs starts or ends with \
+             it: give the full id; list runs with `durably runs {}`)",
+            db.flag()
+        ))
+        .with_code(NOT_FOUND)),
+        count => {
+            let among = if complete {
+                String::new()
+            } else {
+                format!(" among the newest {ID_SCAN_LIMIT}")
+            };
+            let mut message = format!(
+                "run id '{text}' is ambiguous: {count} runs{among} match; give more of its \
+                 characters, or the full id:"
+            );
+            for run in matches.iter().take(CANDIDATES_SHOWN) {
+                message.push_str(&format!(
+                    "\n  {}  {}  {}  created {}",
+                    run.id,
+                    truncate(&run.job_name, 30),
+                    run.status,
+                    human_time(run.created_at)
+                ));
+            }
+            if count > CANDIDATES_SHOWN {
+                message.push_str(&format!("\n  … and {} more", count - CANDIDATES_SHOWN));
+            }
+            Err(CliError::usage(message))
+        }
+    }
 }
 
 pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {
@@ -331,10 +578,12 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
     filter.statuses = args.status.clone();
     filter.job_names = args.job.clone();
     filter.labels = args.label.iter().cloned().collect();
+    let mut parent_id = None;
     if let Some(parent) = &args.parent {
         // an unknown parent is a typo (exit 4), not a run without children
-        require_run(&durably, &args.db, parent).await?;
-        filter.parent_run_id = Some(parent.clone());
+        let parent = resolve_run(&durably, &args.db, parent).await?;
+        filter.parent_run_id = Some(parent.id.clone());
+        parent_id = Some(parent.id);
     }
     if args.limit > 0 {
         filter.limit = Some(args.limit);
@@ -349,7 +598,7 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
         return Ok(OK);
     }
     if runs.is_empty() {
-        match &args.parent {
+        match &parent_id {
             Some(parent) => println!("no child runs of run {parent} match"),
             None => println!("no runs match in {}", args.db.display()),
         }
@@ -391,7 +640,7 @@ pub async fn runs(args: RunsArgs) -> Result<u8, CliError> {
 /// `durably run ID`.
 pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = require_run(&durably, &args.db, &args.id).await?;
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
     let steps = durably
         .get_steps(&run.id)
         .await
@@ -744,7 +993,7 @@ fn step_line(step: &Step) -> String {
 /// `durably waits RUN_ID`.
 pub async fn waits(args: WaitsArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = require_run(&durably, &args.db, &args.id).await?;
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
     let waits = durably
         .get_waits(&run.id)
         .await
@@ -785,30 +1034,19 @@ pub async fn signal(args: SignalArgs) -> Result<u8, CliError> {
         .signal_id
         .clone()
         .unwrap_or_else(|| format!("cli-{}", durably::new_id()));
+    let run = resolve_run(&durably, &args.db, &args.run_id).await?;
     let no_such_wait = || {
         CliError::new(format!(
             "no wait {} in run {} (list the run's waits with `durably waits {} {}`)",
             args.wait,
-            args.run_id,
-            args.run_id,
+            run.id,
+            run.id,
             args.db.flag()
         ))
         .with_code(NOT_FOUND)
     };
-    let run = durably
-        .get_run(&args.run_id)
-        .await
-        .map_err(|e| database_error(&args.db, e))?;
-    if run.is_none() {
-        return Err(CliError::new(format!(
-            "no such run: {} (list runs with `durably runs {}`)",
-            args.run_id,
-            args.db.flag()
-        ))
-        .with_code(NOT_FOUND));
-    }
     let waits = durably
-        .get_waits(&args.run_id)
+        .get_waits(&run.id)
         .await
         .map_err(|e| database_error(&args.db, e))?;
     let wait_id = waits
@@ -858,7 +1096,7 @@ pub async fn signal(args: SignalArgs) -> Result<u8, CliError> {
 /// `durably cancel ID`.
 pub async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, args.keep_steps).await?;
-    let run = require_run(&durably, &args.db, &args.id).await?;
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
     if run.status.is_terminal() {
         return Err(CliError::new(format!(
             "cannot cancel run {}: it already ended ({})",
@@ -881,7 +1119,7 @@ pub async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
 /// `durably delete ID`.
 pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = require_run(&durably, &args.db, &args.id).await?;
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
     if !run.status.is_terminal() {
         return Err(CliError::new(format!(
             "cannot delete run {}: it is still {} (cancel it first with `durably cancel {} {}`)",
@@ -907,7 +1145,7 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
 /// not validated again (a worker fails a run whose input its job rejects).
 pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let run = require_run(&durably, &args.db, &args.id).await?;
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
     if !run.status.is_terminal() {
         return Err(CliError::new(format!(
             "cannot retrigger run {}: it is still {} (retrigger runs that ended)",
@@ -936,14 +1174,174 @@ pub async fn retrigger(args: RetriggerArgs) -> Result<u8, CliError> {
     Ok(OK)
 }
 
+/// `durably trigger JOB --input JSON`: enqueues a run of a job for the application's workers,
+/// through the store (the command has no job code: as `durably retrigger` and `durably
+/// schedule trigger` do), with the options of `TriggerOptions` that need no job code.
+pub async fn trigger(args: TriggerArgs) -> Result<u8, CliError> {
+    if args.job.trim().is_empty() {
+        return Err(CliError::usage(
+            "the job name is empty: give the name the application registers the job under",
+        ));
+    }
+    for (flag, key) in [
+        ("--idempotency-key", &args.idempotency_key),
+        ("--concurrency-key", &args.concurrency_key),
+    ] {
+        if key.as_deref() == Some("") {
+            return Err(CliError::usage(format!(
+                "{flag} is empty: give a key, or leave the option out"
+            )));
+        }
+    }
+    let durably = args.db.open(Purpose::Operate, false).await?;
+    let limits = &durably.config().limits;
+    for (flag, key) in [
+        ("--idempotency-key", &args.idempotency_key),
+        ("--concurrency-key", &args.concurrency_key),
+    ] {
+        if let Some(key) = key
+            && key.len() > limits.max_key_bytes
+        {
+            return Err(CliError::usage(format!(
+                "{flag} is {} bytes long; the limit is {} bytes: use a shorter key, e.g. a hash \
+                 of it",
+                key.len(),
+                limits.max_key_bytes
+            )));
+        }
+    }
+    let labels: durably::Labels = args.label.iter().cloned().collect();
+    if labels.len() > limits.max_labels_per_run {
+        return Err(CliError::usage(format!(
+            "{} labels given; a run may carry at most {}: put the rest in the input",
+            labels.len(),
+            limits.max_labels_per_run
+        )));
+    }
+    for (key, value) in &labels {
+        if key.len() > limits.max_label_key_bytes || value.len() > limits.max_label_value_bytes {
+            return Err(CliError::usage(format!(
+                "--label {key}=…: a label key may be {} bytes long and its value {}: put long \
+                 values in the input",
+                limits.max_label_key_bytes, limits.max_label_value_bytes
+            )));
+        }
+    }
+    let now = Timestamp::now();
+    let request = durably::store::NewRun {
+        job_name: args.job.clone(),
+        input: args.input.clone(),
+        idempotency_key: args.idempotency_key.clone(),
+        concurrency_key: args.concurrency_key.clone(),
+        labels,
+        coalesce: args.coalesce,
+        priority: args.priority,
+        start_at: args.delay.map(|delay| now + delay),
+        ..Default::default()
+    };
+    // A run of a job no application registers would be failed by the first worker that claims
+    // it (`Unknown job`): say so when the database never saw the job (a typo, usually).
+    let known = durably
+        .get_runs(&RunFilter::new().job_name(&args.job).limit(1))
+        .await
+        .map_err(|e| database_error(&args.db, e))?;
+    let enqueued = durably
+        .store()
+        .enqueue(request, now)
+        .await
+        .map_err(|e| match e {
+            durably::Error::Validation(message) => {
+                CliError::usage(format!("cannot trigger job {}: {message}", args.job))
+            }
+            durably::Error::Conflict(message) => match &args.concurrency_key {
+                Some(key) if message.contains("pending run already exists") => {
+                    CliError::new(format!(
+                        "cannot trigger job {}: it already has a pending run with concurrency \
+                         key \"{key}\" (--coalesce skip returns that run instead)",
+                        args.job
+                    ))
+                }
+                _ => CliError::new(format!("cannot trigger job {}: {message}", args.job)),
+            },
+            other => database_error(&args.db, other),
+        })?;
+    let run = enqueued.run;
+    let disposition = enqueued.disposition;
+    if known.is_empty() && disposition == Disposition::Created {
+        eprintln!(
+            "note: {} had no run of job \"{}\" before this one: check the name (a worker whose \
+             application does not register the job fails the run as an unknown job)",
+            args.db.display(),
+            args.job
+        );
+    }
+    if !args.json {
+        let state = match (disposition, run.status) {
+            (Disposition::Idempotent, _) => format!(
+                "existing run {} (idempotency key {} already used; {}): nothing new enqueued",
+                run.id,
+                args.idempotency_key.as_deref().unwrap_or(""),
+                run.status
+            ),
+            (Disposition::Coalesced, _) => format!(
+                "existing run {} (concurrency key {}; {}): nothing new enqueued",
+                run.id,
+                args.concurrency_key.as_deref().unwrap_or(""),
+                run.status
+            ),
+            (_, RunStatus::Waiting) => format!(
+                "run {} (waiting until {} UTC; `durably wake {} {}` starts it now)",
+                run.id,
+                human_time(now + args.delay.unwrap_or_default()),
+                shell_quote(&run.id),
+                args.db.flag()
+            ),
+            _ => format!(
+                "run {} ({}; the application's workers run it)",
+                run.id, run.status
+            ),
+        };
+        println!("triggered job {}: {state}", run.job_name);
+    }
+    let (run, code) = if args.wait {
+        let ended = follow(
+            &durably,
+            &args.db,
+            run,
+            Duration::from_millis(args.interval_ms),
+            !args.json,
+        )
+        .await?;
+        let code = match args.json {
+            true => match ended.status {
+                RunStatus::Completed => OK,
+                RunStatus::Failed => FAILURE,
+                _ => CANCELLED,
+            },
+            false => print_outcome(&ended),
+        };
+        (ended, code)
+    } else {
+        (run, OK)
+    };
+    if args.json {
+        println!(
+            "{}",
+            to_json(&json!({ "runId": run.id, "disposition": disposition, "run": run }))?
+        );
+    }
+    Ok(code)
+}
+
 /// `durably resume ID`: the failed run goes back to `pending` under its own id; the
 /// application's workers continue it, replaying the steps it completed before the failure.
 pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
+    let id = resolve_run(&durably, &args.db, &args.id).await?.id;
     let run = durably
-        .resume(&args.id)
+        .resume(&id)
         .await
-        .map_err(action_error("resume", &args.db, &args.id))?;
+        .map_err(action_error("resume", &args.db, &id))?;
     println!(
         "resumed run {} of job {}: pending again; the application's workers continue it from its failed step (its completed steps are replayed, not executed again)",
         run.id, run.job_name
@@ -955,10 +1353,11 @@ pub async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
 /// signalled, so that the application's workers start or continue it now.
 pub async fn wake(args: WakeArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
+    let id = resolve_run(&durably, &args.db, &args.id).await?.id;
     let run = durably
-        .wake(&args.id)
+        .wake(&id)
         .await
-        .map_err(action_error("wake", &args.db, &args.id))?;
+        .map_err(action_error("wake", &args.db, &id))?;
     println!(
         "woke run {} of job {}: its timer is resolved; the application's workers start or continue it now",
         run.id, run.job_name
@@ -1018,19 +1417,56 @@ pub async fn purge(args: PurgeArgs) -> Result<u8, CliError> {
 /// `durably watch ID`.
 pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
     let durably = args.db.open(Purpose::Operate, false).await?;
-    let mut run = require_run(&durably, &args.db, &args.id).await?;
-    let interval = Duration::from_millis(args.interval_ms);
+    let run = resolve_run(&durably, &args.db, &args.id).await?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "watching run {} of job {}", run.id, run.job_name);
+    let run = follow(
+        &durably,
+        &args.db,
+        run,
+        Duration::from_millis(args.interval_ms),
+        true,
+    )
+    .await?;
+    Ok(print_outcome(&run))
+}
+
+/// Follows `run` until it ends, reading it every `interval`; with `show`, prints each step as
+/// it completes and a live status line (one line per change without a terminal). Returns the
+/// ended run; a run deleted meanwhile exits with 4.
+async fn follow(
+    durably: &Durably,
+    db: &DbArgs,
+    mut run: Run,
+    interval: Duration,
+    show: bool,
+) -> Result<Run, CliError> {
     let tty = std::io::stdout().is_terminal();
     let mut out = std::io::stdout();
     let mut seen_steps: HashSet<String> = HashSet::new();
     let mut last_line = String::new();
     let mut bar_shown = false;
-    let _ = writeln!(out, "watching run {} of job {}", run.id, run.job_name);
+    let id = run.id.clone();
     loop {
+        if !show {
+            if run.status.is_terminal() {
+                return Ok(run);
+            }
+            tokio::time::sleep(interval).await;
+            run = durably
+                .get_run(&id)
+                .await
+                .map_err(|e| database_error(db, e))?
+                .ok_or_else(|| {
+                    CliError::new(format!("run {id} was deleted while watching"))
+                        .with_code(NOT_FOUND)
+                })?;
+            continue;
+        }
         let steps = durably
             .get_steps(&run.id)
             .await
-            .map_err(|e| database_error(&args.db, e))?;
+            .map_err(|e| database_error(db, e))?;
         for step in steps {
             if seen_steps.insert(step.id.clone()) {
                 if bar_shown {
@@ -1058,14 +1494,14 @@ pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
         }
         let _ = out.flush();
         tokio::time::sleep(interval).await;
-        run = match durably.get_run(&args.id).await {
+        run = match durably.get_run(&id).await {
             Ok(Some(run)) => run,
             Ok(None) => {
                 if bar_shown {
                     let _ = writeln!(out);
                 }
                 return Err(
-                    CliError::new(format!("run {} was deleted while watching", args.id))
+                    CliError::new(format!("run {id} was deleted while watching"))
                         .with_code(NOT_FOUND),
                 );
             }
@@ -1073,14 +1509,22 @@ pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
                 if bar_shown {
                     let _ = writeln!(out);
                 }
-                return Err(database_error(&args.db, error));
+                return Err(database_error(db, error));
             }
         };
     }
     if bar_shown {
         let _ = write!(out, "\r\x1b[2K");
     }
-    let took = age_or_duration(&run, Timestamp::now());
+    let _ = out.flush();
+    Ok(run)
+}
+
+/// Prints how an ended run ended (`completed (took 1.2s)` and its output, `failed …: error`,
+/// `cancelled …`) and returns the exit code: 0 completed, 1 failed, 3 cancelled.
+fn print_outcome(run: &Run) -> u8 {
+    let mut out = std::io::stdout();
+    let took = age_or_duration(run, Timestamp::now());
     let code = match run.status {
         RunStatus::Completed => {
             let output = run
@@ -1106,7 +1550,7 @@ pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
         }
     };
     let _ = out.flush();
-    Ok(code)
+    code
 }
 
 /// `[##########..........] 3/6 50% message` while leased, `pending …` before.

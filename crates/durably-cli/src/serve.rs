@@ -27,7 +27,8 @@ use crate::server::{self, BASE_PATH};
 pub struct ServeArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// TCP port to listen on (0 picks a free port; the URL printed says which).
+    /// TCP port to listen on (0 picks a free port; the URL printed says which). It is bound
+    /// before the database is opened.
     #[arg(long, default_value_t = 3000)]
     port: u16,
     /// Address to bind (use 0.0.0.0 to accept connections from other machines; the API has no
@@ -125,6 +126,10 @@ pub fn app(durably: Durably, options: HttpOptions) -> axum::Router {
 /// `durably serve`: serves until Ctrl-C / SIGTERM, then stops accepting and ends open event
 /// streams. There is no worker to drain.
 pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
+    // Bind first: a busy port opens nothing (SQLite would create its journal files).
+    let listener = server::bind(&args.host, args.port)
+        .await
+        .map_err(CliError::new)?;
     let durably = args.db.open(Purpose::Serve, false).await?;
     let streams = CancellationToken::new();
     tokio::spawn(mirror::run(
@@ -133,14 +138,6 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         streams.clone(),
     ));
     let options = HttpOptions::new().shutdown(streams.clone());
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| {
-            CliError::new(format!(
-                "cannot listen on {}:{}: {e} (choose another --port, or 0 for a free one)",
-                args.host, args.port
-            ))
-        })?;
     let address = listener
         .local_addr()
         .map_err(|e| CliError::new(format!("cannot read the listening address: {e}")))?;

@@ -7,6 +7,7 @@ use axum::Router;
 use durably::CancellationToken;
 use durably::Durably;
 use durably::http::HttpOptions;
+use tokio::net::TcpListener;
 
 /// Where the API is served.
 pub const BASE_PATH: &str = "/api/durably";
@@ -47,22 +48,42 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Serves `durably` on `host:port` until Ctrl-C / SIGTERM, then shuts down gracefully: stop
-/// accepting, end open event streams, stop the worker (waiting up to `shutdown_timeout` for runs
-/// in flight; a second signal exits at once). `announce` prints the banner once the address is
-/// known.
+/// Binds `host:port`: `durably demo` and `durably serve` bind before they create or open
+/// anything (a database file, its journal), so that a busy port leaves no file behind. The
+/// error says what to do: another `--port`, or `--port 0` for a free one.
+pub async fn bind(host: &str, port: u16) -> Result<TcpListener, String> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|error| listen_error(host, port, &error))
+}
+
+/// The message of a failed bind.
+pub fn listen_error(host: &str, port: u16, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {host}:{port}: port {port} is already in use (by another durably \
+             demo or serve, or another program): choose another with --port, or --port 0 for a \
+             free one"
+        ),
+        _ => format!(
+            "cannot listen on {host}:{port}: {error} (check --host; choose another --port, or \
+             --port 0 for a free one)"
+        ),
+    }
+}
+
+/// Serves `durably` on `listener` (see [`bind`]) until Ctrl-C / SIGTERM, then shuts down
+/// gracefully: stop accepting, end open event streams, stop the worker (waiting up to
+/// `shutdown_timeout` for runs in flight; a second signal exits at once). `announce` prints the
+/// banner with the listening address.
 pub async fn serve(
     durably: Durably,
-    host: &str,
-    port: u16,
+    listener: TcpListener,
     shutdown_timeout: Duration,
     announce: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let streams = CancellationToken::new();
     let options = HttpOptions::new().shutdown(streams.clone());
-    let listener = tokio::net::TcpListener::bind((host, port))
-        .await
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     announce(listener.local_addr()?);
 
     let served = axum::serve(listener, app(durably.clone(), options))

@@ -249,7 +249,10 @@ async fn runs_lists_filters_and_prints_json() {
     let bad = durably_cli(&["runs", "--db", fx.db(), "--status", "done"]);
     expect_code(&bad, 2);
     assert!(
-        stderr(&bad).contains("pending, leased, completed, failed, cancelled"),
+        stderr(&bad).contains(
+            "unknown status 'done': use waiting, pending, leased (or running), completed, failed \
+             or cancelled"
+        ),
         "{}",
         stderr(&bad)
     );
