@@ -319,6 +319,10 @@ async fn serve_on_a_libsql_database_lists_its_runs() {
     assert_eq!(statuses, expected, "{}", runs.1);
     assert_eq!(run.0, 200, "{run:?}");
     let run: Value = serde_json::from_str(&run.1).expect("JSON run");
-    assert_eq!(run["output"], json!({ "greeting": "hello libsql" }), "{run}");
+    assert_eq!(
+        run["output"],
+        json!({ "greeting": "hello libsql" }),
+        "{run}"
+    );
     drop(durably);
 }
