@@ -4,7 +4,10 @@
 //! test is compiled but reported as ignored, with the reason. `.ci/run` installs all three.
 //!
 //! Also enables the PostgreSQL smoke test of tests/commands.rs (`cfg(durably_postgres_tests)`)
-//! when `DURABLY_TEST_POSTGRES_URL` is set, as the library's build script does.
+//! when `DURABLY_TEST_POSTGRES_URL` is set, and the libSQL tests of tests/libsql.rs
+//! (`cfg(durably_libsql_tests)`) when the library's `tursodb` test server is installed (`npm ci`
+//! in crates/durably/tests/libsql) or `DURABLY_TEST_TURSODB` names one, as the library's build
+//! script does.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,7 @@ fn main() {
     if std::env::var_os("DURABLY_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
         println!("cargo::rustc-cfg=durably_postgres_tests");
     }
+    libsql_server();
     println!("cargo::rustc-check-cfg=cfg(durably_browser_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CHROMIUM");
@@ -66,5 +70,26 @@ fn main() {
     }
     if chromium.is_file() && node.is_some() && installed.is_file() {
         println!("cargo::rustc-cfg=durably_browser_tests");
+    }
+}
+
+/// `cfg(durably_libsql_tests)` when the `tursodb` test server of the library's tests/libsql is
+/// installed, or `DURABLY_TEST_TURSODB` names one.
+fn libsql_server() {
+    println!("cargo::rustc-check-cfg=cfg(durably_libsql_tests)");
+    println!("cargo::rerun-if-env-changed=DURABLY_TEST_TURSODB");
+    if std::env::var_os("DURABLY_TEST_TURSODB").is_some_and(|path| !path.is_empty()) {
+        println!("cargo::rustc-cfg=durably_libsql_tests");
+        return;
+    }
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("../durably/tests/libsql");
+    let binary = dir.join("node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb");
+    println!(
+        "cargo::rerun-if-changed={}",
+        if binary.exists() { &binary } else { &dir }.display()
+    );
+    if binary.is_file() {
+        println!("cargo::rustc-cfg=durably_libsql_tests");
     }
 }

@@ -21,6 +21,7 @@
 
 mod children;
 mod http_drain;
+mod libsql;
 mod postgres;
 mod sleep;
 mod waits;
@@ -41,13 +42,20 @@ use tokio::sync::Notify;
 /// Options of `durably bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Storage backend: `sqlite` (a fresh file per workload) or `postgres` (a fresh schema per
-    /// workload in the database given by `--db`, plus the `multi-worker` workload).
+    /// Storage backend: `sqlite` (a fresh file per workload), `postgres` (a fresh schema per
+    /// workload in the database given by `--db`, plus the `multi-worker` workload) or `libsql`
+    /// (the remote libSQL database given by `--db`, which must hold no durably tables: emptied
+    /// after each workload).
     #[arg(long, default_value = "sqlite")]
     backend: String,
-    /// PostgreSQL URL for `--backend postgres`, e.g. `postgres://postgres@127.0.0.1/bench`.
+    /// The database URL for `--backend postgres` (e.g. `postgres://postgres@127.0.0.1/bench`)
+    /// or `--backend libsql` (e.g. `libsql://bench-me.turso.io`, `http://127.0.0.1:8080`).
     #[arg(long)]
     db: Option<String>,
+    /// `--backend libsql` only: the auth token; default: the environment variable
+    /// `LIBSQL_AUTH_TOKEN`.
+    #[arg(long, value_name = "TOKEN")]
+    auth_token: Option<String>,
     /// SQLite `synchronous` mode: `normal` (default) or `full`.
     #[arg(long, default_value = "normal")]
     synchronous: String,
@@ -124,8 +132,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     match args.backend.as_str() {
         "sqlite" => {}
         "postgres" => return postgres::run(&args).await,
+        "libsql" => return libsql::run(&args).await,
         other => {
-            return Err(format!("unknown backend '{other}': use sqlite or postgres").into());
+            return Err(
+                format!("unknown backend '{other}': use sqlite, postgres or libsql").into(),
+            );
         }
     }
     let synchronous: Synchronous = args.synchronous.parse()?;

@@ -24,14 +24,20 @@ pub const MISSING: &str = "needs `npm ci` in crates/durably/tests/libsql (the tu
 /// How long a server may take to answer its first request.
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// The `tursodb` binary of `tests/libsql/node_modules`, or `DURABLY_TEST_TURSODB`.
+/// The `tursodb` binary of `crates/durably/tests/libsql/node_modules`, or
+/// `DURABLY_TEST_TURSODB`. (The CLI crate's tests include this module too: the path is tried
+/// from either crate's directory.)
 pub fn binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("DURABLY_TEST_TURSODB").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/libsql/node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb");
-    path.is_file().then_some(path)
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [manifest.clone(), manifest.join("../durably")]
+        .into_iter()
+        .map(|crate_dir| {
+            crate_dir.join("tests/libsql/node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb")
+        })
+        .find(|path| path.is_file())
 }
 
 /// A running `tursodb --sync-server`.
