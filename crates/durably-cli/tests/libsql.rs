@@ -254,11 +254,9 @@ async fn serve_on_a_libsql_database_lists_its_runs() {
             |step: StepContext, input: Value| async move {
                 let name = input["name"].as_str().unwrap_or("nobody").to_owned();
                 let greeting = step
-                    .run("greet", |_| async move {
-                        Ok::<_, durably::Error>(format!("hello {name}"))
-                    })
+                    .run("greet", |_| async move { Ok(format!("hello {name}")) })
                     .await?;
-                Ok::<_, durably::Error>(json!({ "greeting": greeting }))
+                Ok(json!({ "greeting": greeting }))
             },
         ))
         .expect("register");
