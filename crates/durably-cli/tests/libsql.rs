@@ -3,26 +3,17 @@
 //! installed by `npm ci` in crates/durably/tests/libsql; tests/libsql_support starts one).
 //! Without it these tests are reported as ignored, saying so.
 
+mod common;
 #[path = "../../durably/tests/libsql_support/mod.rs"]
 mod libsql_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
+use common::{durably_cli, http, start_serve_with};
 use durably::store::libsql::hrana::{HranaClient, Statement};
 use durably::{Durably, Job, StepContext};
 use libsql_support::TestServer;
 use serde_json::{Value, json};
-
-/// Runs `durably ARGS` to completion.
-fn durably_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_durably"))
-        .args(args)
-        .output()
-        .expect("run the durably binary")
-}
 
 /// Asserts success and returns stdout.
 #[track_caller]
@@ -151,92 +142,6 @@ async fn bench_refuses_a_libsql_database_holding_durably_tables() {
     assert_eq!(durably_tables(&url).await, before, "nothing was dropped");
 }
 
-/// A running `durably serve`; killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_serve(db: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_durably"))
-        .args(["serve", "--port", "0", "--db", db])
-        .env("LIBSQL_AUTH_TOKEN", "a-token-the-test-server-ignores")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start durably serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("serve prints its URL")
-        .expect("a stdout line");
-    // "durably serve: http://127.0.0.1:PORT/ (API under …)"
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {first:?}"));
-    let address = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("a socket address");
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, address }
-}
-
-/// One `GET` over HTTP/1.1 (`Connection: close`); returns the status and the body.
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        text = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(
     not(durably_libsql_tests),
@@ -279,16 +184,21 @@ async fn serve_on_a_libsql_database_lists_its_runs() {
         .id;
 
     let db = server.url.clone();
-    let serve = tokio::task::spawn_blocking(move || start_serve(&db))
-        .await
-        .expect("join");
+    let serve = tokio::task::spawn_blocking(move || {
+        start_serve_with(
+            &db,
+            &[("LIBSQL_AUTH_TOKEN", "a-token-the-test-server-ignores")],
+        )
+    })
+    .await
+    .expect("join");
     let address = serve.address;
     let api = "/api/durably";
     let run_path = format!("{api}/run?runId={done}");
     let (runs, run) = tokio::task::spawn_blocking(move || {
         (
-            get(address, &format!("{api}/runs")),
-            get(address, &run_path),
+            http(address, "GET", &format!("{api}/runs"), None),
+            http(address, "GET", &run_path, None),
         )
     })
     .await
@@ -296,7 +206,7 @@ async fn serve_on_a_libsql_database_lists_its_runs() {
     drop(serve);
 
     assert_eq!(runs.0, 200, "{runs:?}");
-    let listed: Value = serde_json::from_str(&runs.1).expect("JSON runs");
+    let listed: Value = serde_json::from_str(&runs.2).expect("JSON runs");
     let mut statuses: Vec<(String, String)> = listed
         .as_array()
         .expect("an array of runs")
@@ -314,9 +224,9 @@ async fn serve_on_a_libsql_database_lists_its_runs() {
         (pending.clone(), "pending".to_owned()),
     ];
     expected.sort();
-    assert_eq!(statuses, expected, "{}", runs.1);
+    assert_eq!(statuses, expected, "{}", runs.2);
     assert_eq!(run.0, 200, "{run:?}");
-    let run: Value = serde_json::from_str(&run.1).expect("JSON run");
+    let run: Value = serde_json::from_str(&run.2).expect("JSON run");
     assert_eq!(
         run["output"],
         json!({ "greeting": "hello libsql" }),

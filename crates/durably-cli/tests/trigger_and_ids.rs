@@ -2,40 +2,16 @@
 //! user meets them: the real binary against a database prepared through the store (no job
 //! code: the command has none either).
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{durably_cli, expect_code, stderr};
 use durably::store::{ClaimRequest, Fence, NewRun, Transition};
 use durably::{Durably, Run, RunFilter, RunStatus, Timestamp};
 use serde_json::{Value, json};
-
-fn durably_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_durably"))
-        .args(args)
-        .output()
-        .expect("run the durably binary")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-#[track_caller]
-fn expect_code(output: &Output, code: i32) -> String {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-    stdout(output)
-}
 
 /// A migrated SQLite file, and the library on it (no job registered, no worker).
 struct Fixture {
