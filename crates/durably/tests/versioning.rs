@@ -175,6 +175,37 @@ async fn resume_with(
     (run, steps)
 }
 
+/// Starts the run every rule starts from: v1 runs steps `a` and `b`, then waits on `go`
+/// (its step `c` comes after the wait). Returns the run's id.
+async fn start_abc(file: &File) -> String {
+    let v1_ran = ran();
+    let id = start_with_v1(
+        file,
+        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    id
+}
+
+/// Resumes the run with version 2 of `order` (steps `before`, the wait `go`, steps `after`):
+/// the run, its steps, and the step functions v2 really ran.
+async fn resume_with_order(
+    file: &File,
+    id: &str,
+    before: &'static [&'static str],
+    after: &'static [&'static str],
+) -> (Run, Vec<Step>, Vec<String>) {
+    let v2_ran = ran();
+    let v2 = order("v2", before, "go", after, v2_ran.clone());
+    let (run, steps) = resume_with(file, id, "go", |d| {
+        d.register(v2).expect("register v2");
+    })
+    .await;
+    (run, steps, taken(&v2_ran))
+}
+
 fn output(run: &Run) -> Vec<String> {
     assert_eq!(run.status, RunStatus::Completed, "run: {:?}", run.error);
     serde_json::from_value(run.output.clone().expect("output")).expect("a list of outputs")
@@ -193,22 +224,10 @@ fn names(steps: &[Step]) -> Vec<(&str, i64)> {
 #[tokio::test]
 async fn a_renamed_step_runs_again_under_its_new_name() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
-    let v2_ran = ran();
-    let v2 = order("v2", &["a", "b-renamed"], "go", &["c"], v2_ran.clone());
-    let (run, steps) = resume_with(&file, &id, "go", |d| {
-        d.register(v2).expect("register v2");
-    })
-    .await;
-    assert_eq!(taken(&v2_ran), ["b-renamed@v2", "c@v2"]);
+    let (run, steps, v2_ran) = resume_with_order(&file, &id, &["a", "b-renamed"], &["c"]).await;
+    assert_eq!(v2_ran, ["b-renamed@v2", "c@v2"]);
     assert_eq!(output(&run), ["a@v1", "b-renamed@v2", "c@v2"]);
     // The old step's row stays, unread.
     assert_eq!(
@@ -222,22 +241,10 @@ async fn a_renamed_step_runs_again_under_its_new_name() {
 #[tokio::test]
 async fn an_added_step_runs_and_the_completed_ones_around_it_do_not() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
-    let v2_ran = ran();
-    let v2 = order("v2", &["a", "inserted", "b"], "go", &["c"], v2_ran.clone());
-    let (run, steps) = resume_with(&file, &id, "go", |d| {
-        d.register(v2).expect("register v2");
-    })
-    .await;
-    assert_eq!(taken(&v2_ran), ["inserted@v2", "c@v2"]);
+    let (run, steps, v2_ran) = resume_with_order(&file, &id, &["a", "inserted", "b"], &["c"]).await;
+    assert_eq!(v2_ran, ["inserted@v2", "c@v2"]);
     assert_eq!(output(&run), ["a@v1", "inserted@v2", "b@v1", "c@v2"]);
     assert_eq!(
         names(&steps),
@@ -250,22 +257,10 @@ async fn an_added_step_runs_and_the_completed_ones_around_it_do_not() {
 #[tokio::test]
 async fn a_removed_steps_stored_output_is_ignored() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
-    let v2_ran = ran();
-    let v2 = order("v2", &["a"], "go", &["c"], v2_ran.clone());
-    let (run, steps) = resume_with(&file, &id, "go", |d| {
-        d.register(v2).expect("register v2");
-    })
-    .await;
-    assert_eq!(taken(&v2_ran), ["c@v2"]);
+    let (run, steps, v2_ran) = resume_with_order(&file, &id, &["a"], &["c"]).await;
+    assert_eq!(v2_ran, ["c@v2"]);
     assert_eq!(output(&run), ["a@v1", "c@v2"]);
     assert_eq!(names(&steps), [("a", 0), ("b", 1), ("c", 2)]);
 }
@@ -275,22 +270,10 @@ async fn a_removed_steps_stored_output_is_ignored() {
 #[tokio::test]
 async fn reordered_completed_steps_each_return_their_own_output() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
-    let v2_ran = ran();
-    let v2 = order("v2", &["b", "a"], "go", &["c"], v2_ran.clone());
-    let (run, steps) = resume_with(&file, &id, "go", |d| {
-        d.register(v2).expect("register v2");
-    })
-    .await;
-    assert_eq!(taken(&v2_ran), ["c@v2"]);
+    let (run, steps, v2_ran) = resume_with_order(&file, &id, &["b", "a"], &["c"]).await;
+    assert_eq!(v2_ran, ["c@v2"]);
     assert_eq!(output(&run), ["b@v1", "a@v1", "c@v2"]);
     assert_eq!(names(&steps), [("a", 0), ("b", 1), ("c", 2)]);
 }
@@ -300,14 +283,7 @@ async fn reordered_completed_steps_each_return_their_own_output() {
 #[tokio::test]
 async fn a_step_whose_output_type_changed_fails_the_run() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
     let v2 = Job::new("order", |step: StepContext, _input: Value| async move {
         let total: u64 = step.run("b", |_| async { Ok(42) }).await?;
@@ -408,14 +384,7 @@ fn version_1() -> u32 {
 #[tokio::test]
 async fn a_version_field_in_the_input_keeps_old_runs_on_the_old_path() {
     let file = file();
-    let v1_ran = ran();
-    let id = start_with_v1(
-        &file,
-        order("v1", &["a", "b"], "go", &["c"], v1_ran.clone()),
-        json!({}),
-    )
-    .await;
-    assert_eq!(taken(&v1_ran), ["a@v1", "b@v1"]);
+    let id = start_abc(&file).await;
 
     let v2_ran = ran();
     let (run, _) = resume_with(&file, &id, "go", |d| {
