@@ -199,21 +199,27 @@ fn blocker() -> Job<Echo, Echo> {
     })
 }
 
+/// Registers `blocker` and `middle`, which invokes one `blocker` grandchild and waits on it.
+fn register_blocker_and_middle(
+    durably: &durably::Durably,
+) -> (JobHandle<Echo, Echo>, JobHandle<Echo, Echo>) {
+    let blocker = durably.register(blocker()).expect("register blocker");
+    let grandchild = blocker.clone();
+    let middle = durably
+        .register(Job::new("middle", move |step: StepContext, input: Echo| {
+            let blocker = grandchild.clone();
+            async move { step.invoke("grandchild", &blocker, input).await }
+        }))
+        .expect("register middle");
+    (blocker, middle)
+}
+
 /// Cancelling a parent cancels its children and grandchildren (cancel_with_parent by
 /// default), but not children invoked with `cancel_with_parent(false)`.
 async fn cancelling_a_parent_cascades_to_its_children(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.max_concurrent_runs(4)).await;
-    let blocker = durably.register(blocker()).expect("register blocker");
-    let middle = {
-        let blocker = blocker.clone();
-        durably
-            .register(Job::new("middle", move |step: StepContext, input: Echo| {
-                let blocker = blocker.clone();
-                async move { step.invoke("grandchild", &blocker, input).await }
-            }))
-            .expect("register middle")
-    };
+    let (_, middle) = register_blocker_and_middle(&durably);
     let top = durably
         .register(Job::new("top", move |step: StepContext, _: Value| {
             let middle = middle.clone();
@@ -262,16 +268,7 @@ async fn cancelling_a_parent_cascades_to_its_children(backend: Backend) {
 async fn a_cancel_cascade_cut_short_is_finished_by_the_sweep(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b.max_concurrent_runs(4)).await;
-    let blocker = durably.register(blocker()).expect("register blocker");
-    let middle = {
-        let blocker = blocker.clone();
-        durably
-            .register(Job::new("middle", move |step: StepContext, input: Echo| {
-                let blocker = blocker.clone();
-                async move { step.invoke("grandchild", &blocker, input).await }
-            }))
-            .expect("register middle")
-    };
+    let (blocker, middle) = register_blocker_and_middle(&durably);
     let top = durably
         .register(Job::new("top", move |step: StepContext, _: Value| {
             let middle = middle.clone();
