@@ -54,6 +54,7 @@ impl Durably {
             observed: None,
             rebaseline: false,
             lease_sighted: false,
+            announced_lease: None,
         };
         futures::stream::unfold(state, |mut state| async move {
             let event = state.next().await?;
@@ -76,6 +77,9 @@ struct SubscribeState {
     rebaseline: bool,
     /// A read found the pending run leased (announced when the next read confirms it).
     lease_sighted: bool,
+    /// The lease owner of the `run:leased` the starting state announced: the relay of that
+    /// same claim (`durably serve`'s mirror), arriving as the next live event, is not repeated.
+    announced_lease: Option<String>,
 }
 
 const SUBSCRIBED_TYPES: [EventType; 11] = [
@@ -171,6 +175,14 @@ impl SubscribeState {
             if !SUBSCRIBED_TYPES.contains(&event_type) {
                 continue;
             }
+            // The starting state was read after the claim but before its event arrived: it
+            // announced this lease already.
+            let announced = self.announced_lease.take();
+            if let EventKind::RunLeased { lease_owner, .. } = &event.kind
+                && announced.as_deref() == Some(lease_owner.as_str())
+            {
+                continue;
+            }
             if ends_stream(event_type) {
                 self.closed = true;
             }
@@ -237,6 +249,7 @@ impl SubscribeState {
         let (run_id, job_name, labels) = (run.id.clone(), run.job_name.clone(), run.labels.clone());
         match run.status {
             RunStatus::Leased => {
+                self.announced_lease = run.lease_owner.clone();
                 self.queued.push_back(synthetic(EventKind::RunLeased {
                     run_id: run_id.clone(),
                     job_name: job_name.clone(),

@@ -842,6 +842,69 @@ async fn subscribing_to_a_leased_run_starts_with_its_state(backend: Backend) {
     durably.stop().await;
 }
 
+/// A subscription whose starting state already announced the run leased (read after another
+/// process claimed it) does not repeat that `run:leased` when the relay of the same claim
+/// arrives (`durably serve`'s mirror, which emits what other processes did); the next events
+/// come through.
+async fn a_relayed_claim_the_starting_state_announced_is_not_repeated(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db.durably(|b| b).await;
+    let (entered, gate) = (Gate::new(), Gate::new());
+    let job = durably
+        .register(gated_job("relayed", &entered, &gate))
+        .unwrap();
+    let id = job.trigger(5).await.unwrap().run.id;
+    let claimed = db
+        .store
+        .claim(
+            &durably::store::ClaimRequest::new("elsewhere", Duration::from_secs(30), 1),
+            Timestamp::now(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+
+    let mut stream = Box::pin(durably.subscribe(&id));
+    let first = within("first event", LIMIT, stream.next()).await.unwrap();
+    match &first.kind {
+        EventKind::RunLeased { lease_owner, .. } => assert_eq!(lease_owner, "elsewhere"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let relayed = |owner: &str| EventKind::RunLeased {
+        run_id: id.clone(),
+        job_name: "relayed".into(),
+        input: json!(5),
+        lease_owner: owner.into(),
+        lease_expires_at: TS.into(),
+        labels: Labels::new(),
+    };
+    durably.emit(relayed("elsewhere"));
+    durably.emit(EventKind::RunProgress {
+        run_id: id.clone(),
+        job_name: "relayed".into(),
+        progress: durably::Progress {
+            current: 1,
+            total: None,
+            message: None,
+        },
+        labels: Labels::new(),
+    });
+    // A later claim by another worker is news.
+    durably.emit(relayed("another"));
+    durably.emit(EventKind::RunComplete {
+        run_id: id.clone(),
+        job_name: "relayed".into(),
+        output: json!(10),
+        duration: 1,
+        labels: Labels::new(),
+    });
+    let rest: Vec<Event> = within("stream ends", LIMIT, stream.collect()).await;
+    assert_eq!(
+        event_types(&rest),
+        ["run:progress", "run:leased", "run:complete"]
+    );
+}
+
 async fn dropped_streams_do_not_break_later_emits(backend: Backend) {
     let db = TestDb::new(backend);
     let durably = db.durably(|b| b).await;
@@ -932,6 +995,7 @@ backend_tests!(
     subscribe_after_the_end_yields_one_terminal_event,
     delete_ends_a_pending_runs_stream,
     subscribing_to_a_leased_run_starts_with_its_state,
+    a_relayed_claim_the_starting_state_announced_is_not_repeated,
     dropped_streams_do_not_break_later_emits,
     subscribe_keeps_events_emitted_before_the_first_poll,
 );
