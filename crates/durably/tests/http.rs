@@ -1115,11 +1115,21 @@ async fn subscribe_streams_a_live_run_until_it_ends(backend: Backend) {
 
 async fn subscribe_to_a_leased_run_starts_with_its_state(backend: Backend) {
     let api = Api::new(backend, HttpOptions::new()).await;
+    // The first step's `step:start` follows the claim after the attempt's first write: wait for
+    // it, or a busy machine delivers it live ahead of the stream's starting state.
+    let step_started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = step_started.clone();
+    let _listening = api.durably.on_any(move |event| {
+        if event.event_type() == durably::EventType::StepStart {
+            notify.notify_one();
+        }
+    });
     api.durably.start();
     let id = api
         .trigger("steps", json!({"count": 2, "stepMs": 30_000}), json!({}))
         .await;
     api.wait_status(&id, "leased").await;
+    within("the first step starts", LONG, step_started.notified()).await;
     let mut sse = api.sse(&format!("/subscribe?runId={id}")).await;
     let first = sse.next_event(LONG).await.expect("initial state");
     assert_eq!(first["type"], "run:leased");
