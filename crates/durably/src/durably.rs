@@ -188,6 +188,7 @@ impl Durably {
             priority: options.priority,
             parent_run_id: None,
             parent_wait_id: None,
+            trace_context: None,
         })
     }
 
