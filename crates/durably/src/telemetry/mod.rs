@@ -1,0 +1,16 @@
+//! Telemetry: what durably tells an observability backend about runs, in one place, called by
+//! the engine at its natural points (a trigger, an execution's start and end, a step attempt)
+//! instead of spans written by hand across the code.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `trace.rs` | the spans of a run's life (`durably.trigger`, `durably.run`, `durably.step`), their attributes, and with the feature `otel` one OpenTelemetry trace per run across workers, crashes and resumes (the trigger's W3C `traceparent` stored with the run) |
+//!
+//! The spans are `tracing` spans, seen by any subscriber. With the feature `otel`, the trigger's
+//! context is stored with the run ([`crate::store::NewRun::trace_context`]) and every execution's
+//! span continues it (through `tracing-opentelemetry`); without it those calls compile to
+//! nothing. See docs/observability.md.
+
+mod trace;
+
+pub(crate) use trace::{Parent, StepEnd, Trigger, run_ended, run_span, step_ended, step_span};
