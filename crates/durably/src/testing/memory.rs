@@ -656,6 +656,75 @@ impl Store for MemoryStore {
         Ok(runs.into_iter().skip(offset).take(limit).cloned().collect())
     }
 
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: crate::overview::OverviewWindow,
+    ) -> Result<crate::overview::Overview> {
+        use crate::overview::{EndedGroup, EndedRun, OVERVIEW_SAMPLE, OverviewRows};
+        let state = self.lock();
+        let since = window.start(now);
+        let mut rows = OverviewRows::default();
+        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String, &'static str), i64> = BTreeMap::new();
+        let mut ended: Vec<&Run> = Vec::new();
+        for run in state.runs.values() {
+            *statuses.entry(run.status.as_str()).or_default() += 1;
+            if run.status == RunStatus::Pending
+                && rows
+                    .oldest_pending
+                    .as_ref()
+                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
+            {
+                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
+            }
+            let Some(completed_at) = run.completed_at else {
+                continue;
+            };
+            if matches!(run.status, RunStatus::Completed | RunStatus::Failed)
+                && completed_at >= since
+            {
+                let key = (
+                    run.job_name.clone(),
+                    window.key_of(completed_at),
+                    run.status.as_str(),
+                );
+                *groups.entry(key).or_default() += 1;
+                ended.push(run);
+            }
+        }
+        ended.sort_by(|a, b| b.completed_at.cmp(&a.completed_at));
+        ended.truncate(OVERVIEW_SAMPLE as usize);
+        rows.statuses = statuses
+            .into_iter()
+            .map(|(status, count)| (status.to_owned(), count))
+            .collect();
+        rows.ended = groups
+            .into_iter()
+            .map(|((job_name, bucket, status), count)| EndedGroup {
+                job_name,
+                bucket,
+                status: status.to_owned(),
+                count,
+            })
+            .collect();
+        rows.sample = ended
+            .into_iter()
+            .map(|run| EndedRun {
+                job_name: run.job_name.clone(),
+                created_at: run.created_at,
+                started_at: run.started_at,
+                completed_at: run.completed_at.unwrap_or(run.created_at),
+                delay_end: state
+                    .waits
+                    .values()
+                    .find(|w| w.run_id == run.id && w.name == crate::store::DELAY_WAIT)
+                    .and_then(|w| w.resolved_at.or(w.deadline_at)),
+            })
+            .collect();
+        Ok(rows.assemble(now, window))
+    }
+
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         let mut steps = self.lock().steps.get(run_id).cloned().unwrap_or_default();
         steps.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
