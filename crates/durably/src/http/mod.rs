@@ -55,6 +55,7 @@
 mod auth;
 mod dashboard;
 mod openapi;
+mod overview;
 mod schedules;
 mod sse;
 
@@ -412,6 +413,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
+        (&Method::GET, "/overview") => overview::get(shared, guard, &query).await,
         (&Method::GET, "/schedules") => schedules::list(shared).await,
         (&Method::GET, "/schedule") => schedules::get(shared, &query).await,
         (&Method::POST, "/schedules/pause") => schedules::pause(shared, &query).await,
