@@ -693,7 +693,7 @@ impl Store for MemoryStore {
                 ended.push(run);
             }
         }
-        ended.sort_by(|a, b| b.completed_at.cmp(&a.completed_at));
+        ended.sort_by_key(|run| std::cmp::Reverse(run.completed_at));
         ended.truncate(OVERVIEW_SAMPLE as usize);
         rows.statuses = statuses
             .into_iter()
