@@ -17,6 +17,7 @@ backend_tests!(
     overview_counts_a_known_workload,
     overview_refuses_an_unknown_window,
     overview_is_refused_when_auth_scopes_the_runs,
+    runs_are_searched_by_id_prefix,
 );
 
 fn sum(buckets: &Value, key: &str) -> u64 {
@@ -101,4 +102,28 @@ async fn overview_is_refused_when_auth_scopes_the_runs(backend: Backend) {
     let (status, _, text) = api.request_as(Some("acme"), "GET", "/overview", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
     assert!(text.contains("auth limits the runs"), "{text}");
+}
+
+/// The runs list's `idPrefix` (the dashboard's run-id search): the runs whose id starts with
+/// it; an empty one filters nothing; a NUL is refused.
+async fn runs_are_searched_by_id_prefix(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let first = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let second = api.trigger("echo", json!({"value": 2}), json!({})).await;
+    let ids = |runs: &Value| -> Vec<String> {
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (status, runs) = api.get_json(&format!("/runs?idPrefix={second}")).await;
+    assert_eq!(status, StatusCode::OK, "{runs}");
+    assert_eq!(ids(&runs), vec![second.clone()]);
+    let (_, runs) = api.get_json("/runs?idPrefix=").await;
+    assert_eq!(ids(&runs), vec![second, first]);
+    let (_, runs) = api.get_json("/runs?idPrefix=nope").await;
+    assert_eq!(ids(&runs), Vec::<String>::new());
+    let (status, reply) = api.get_json("/runs?idPrefix=a%00").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
 }

@@ -8,7 +8,8 @@
 //   4. a run's timeline: bars for completed steps and a failed attempt (flaky, retried), a
 //      failed step (steps with failAt), a durable sleep still waiting (nap, open bar) and a
 //      step executing now (sleep, open bar that grows);
-//   5. the Runs tab still lists the runs.
+//   5. the Runs tab still lists the runs, with duration, error and date columns, and finds a
+//      run by a prefix of its id.
 //
 // Env: DURABLY_BIN (the `durably` binary, required), CHROMIUM (default /usr/bin/chromium),
 // SCREENSHOTS (directory for PNGs, optional), README_SHOT (optional PNG path for the README).
@@ -204,6 +205,25 @@ async function main() {
     await page.click('[data-testid="tab-runs"]')
     await page.waitForSelector(`#runs tr[data-run-id="${flaky}"]`)
     check(new URL(page.url()).searchParams.get('view') === 'runs', `view in URL ${page.url()}`)
+    // the runs list's duration, error and date columns
+    const cells = (id) => page.$eval(`#runs tr[data-run-id="${id}"]`, (tr) => ({ took: tr.querySelector('[data-testid="took"]').textContent, error: tr.querySelector('[data-testid="run-error"]').textContent, created: tr.querySelector('td.created').textContent }))
+    const failedCells = await cells(failing)
+    check(failedCells.error.length > 0 && /\d+ ms|s$/.test(failedCells.took), `failed run's cells ${JSON.stringify(failedCells)}`)
+    const flakyCells = await cells(flaky)
+    check(flakyCells.error === '' && /ms|s/.test(flakyCells.took), `completed run's cells ${JSON.stringify(flakyCells)}`)
+    check(/\d{4}/.test(flakyCells.created), `a date with its year: ${flakyCells.created}`)
+    check((await cells(running)).took.endsWith('…'), 'a running run counts on')
+    // search by run id (a prefix), kept in the URL
+    await page.fill('#filter-id', flaky.slice(0, -2))
+    await page.dispatchEvent('#filter-id', 'change')
+    await page.waitForFunction((id) => {
+      const trs = [...document.querySelectorAll('#runs tr')]
+      return trs.length === 1 && trs[0].dataset.runId === id
+    }, flaky)
+    check(new URL(page.url()).searchParams.get('id') === flaky.slice(0, -2), `id in URL ${page.url()}`)
+    await shot(page, 'runs-search.png')
+    await page.click('#filter-clear')
+    await page.waitForFunction(() => document.querySelectorAll('#runs tr').length > 1)
     await page.click('[data-testid="tab-overview"]')
     await page.waitForSelector('#overview:not([hidden])')
 

@@ -6,7 +6,7 @@
 //! | method & path | answer |
 //! |---|---|
 //! | `POST /trigger` | `{"runId", "disposition"}` |
-//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first (filters `jobName`, `status`, `label.<k>`, `limit`, `offset`, and ours `parentRunId`: a run's children) |
+//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first (filters `jobName`, `status`, `label.<k>`, `limit`, `offset`, and ours `parentRunId`: a run's children, `idPrefix`: runs whose id starts with it) |
 //! | `GET /run?runId=` | [`ClientRun`] |
 //! | `GET /steps?runId=` | JSON array of steps |
 //! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
@@ -759,6 +759,11 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     if let Some(parent) = query.first("parentRunId").filter(|id| !id.is_empty()) {
         crate::limits::check_text("parentRunId", parent).map_err(durably_error)?;
         filter.parent_run_id = Some(parent.to_owned());
+    }
+    // ours: runs whose id starts with this text (an empty value filters nothing)
+    if let Some(prefix) = query.first("idPrefix").filter(|p| !p.is_empty()) {
+        crate::limits::check_text("idPrefix", prefix).map_err(durably_error)?;
+        filter.id_prefix = Some(prefix.to_owned());
     }
     let filter = guard
         .scope_runs(filter)

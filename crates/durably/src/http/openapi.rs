@@ -463,7 +463,8 @@ fn runs_document(durably: &Durably) -> Value {
                     { "name": "status", "in": "query", "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RunStatus" } }, "style": "form", "explode": true },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
-                    { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } }
+                    { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } },
+                    { "name": "idPrefix", "in": "query", "description": "Only runs whose id starts with this text (durably's addition; empty: every run)", "schema": { "type": "string", "pattern": NO_NUL } }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),

@@ -643,6 +643,12 @@ impl Store for MemoryStore {
             })
             .filter(|run| {
                 filter
+                    .id_prefix
+                    .as_deref()
+                    .is_none_or(|prefix| run.id.starts_with(prefix))
+            })
+            .filter(|run| {
+                filter
                     .labels
                     .iter()
                     .all(|(key, value)| run.labels.get(key) == Some(value))

@@ -12,7 +12,7 @@ const STATUSES = ['pending', 'leased', 'waiting', 'completed', 'failed', 'cancel
 const $ = (id) => document.getElementById(id)
 
 const state = {
-  filters: { statuses: [], job: '', labels: '' }, // no status: every status
+  filters: { statuses: [], job: '', labels: '', id: '' }, // no status: every status; id: a run-id prefix
   limit: PAGE,
   runs: [],
   hasMore: false,
@@ -126,6 +126,28 @@ function formatTime(iso) {
   return today ? date.toLocaleTimeString() : date.toLocaleString()
 }
 
+/** Date and time, always both (a list spans days). */
+function formatDateTime(iso) {
+  if (!iso) return '—'
+  const date = new Date(iso)
+  if (Number.isNaN(date.getTime())) return iso
+  return date.toLocaleString([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' })
+}
+
+/** How long a run ran: first start to end, or to now while it is not over (with …). */
+function runTook(run) {
+  if (!run.startedAt) return '—'
+  const start = Date.parse(run.startedAt)
+  if (run.completedAt) return formatDuration(Math.max(0, Date.parse(run.completedAt) - start))
+  return run.isTerminal ? '—' : `${formatDuration(Math.max(0, Date.now() - start))}…`
+}
+
+/** The first line of `text`, cut at `max` characters. */
+function oneLine(text, max) {
+  const line = String(text).split('\n')[0]
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line
+}
+
 function formatDuration(ms) {
   if (ms < 1000) return `${Math.round(ms)} ms`
   if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`
@@ -209,16 +231,18 @@ function readUrl() {
     statuses: STATUSES.filter((s) => statuses.includes(s)),
     job: params.get('job') || '',
     labels: params.getAll('label').join(', '),
+    id: params.get('id') || '',
   }
   state.selected = params.get('run') || null
   const view = params.get('view')
-  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels
+  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
   state.view = view === 'runs' || view === 'overview' ? view : narrowed ? 'runs' : 'overview'
   if (state.selected) state.view = 'runs'
   state.window = params.get('window') === '24h' ? '24h' : '1h'
   showStatuses()
   $('filter-job').value = state.filters.job
   $('filter-labels').value = state.filters.labels
+  $('filter-id').value = state.filters.id
 }
 
 function writeUrl(push) {
@@ -226,8 +250,9 @@ function writeUrl(push) {
   for (const status of state.filters.statuses) params.append('status', status)
   if (state.filters.job) params.set('job', state.filters.job)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append('label', `${key}=${value}`)
+  if (state.filters.id) params.set('id', state.filters.id)
   if (state.selected) params.set('run', state.selected)
-  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels
+  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
   if (state.view === 'runs' && !narrowed) params.set('view', 'runs')
   if (state.view === 'overview' && narrowed) params.set('view', 'overview')
   if (state.view === 'overview' && state.window !== '1h') params.set('window', state.window)
@@ -242,6 +267,7 @@ function filterQuery(includeStatus) {
   const params = new URLSearchParams()
   if (state.filters.job) params.append('jobName', state.filters.job)
   if (includeStatus) for (const status of state.filters.statuses) params.append('status', status)
+  if (includeStatus && state.filters.id) params.set('idPrefix', state.filters.id)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append(`label.${key}`, value)
   return params
 }
@@ -260,6 +286,7 @@ function setFilters(changes) {
   showStatuses()
   $('filter-job').value = state.filters.job
   $('filter-labels').value = state.filters.labels
+  $('filter-id').value = state.filters.id
   state.limit = PAGE
   writeUrl(true)
   connectRuns()
@@ -319,7 +346,9 @@ function renderRuns() {
         el('td', { class: 'job', text: run.jobName }),
         el('td', { class: 'progress-cell' }, progressView(run)),
         el('td', { class: 'labels' }, labelChips(run.labels, true)),
-        el('td', { class: 'created', title: run.createdAt, text: formatTime(run.createdAt) }),
+        el('td', { class: 'created', title: run.createdAt, text: formatDateTime(run.createdAt) }),
+        el('td', { class: 'took', dataset: { testid: 'took' }, title: run.startedAt ? `started ${run.startedAt}` : 'not started', text: runTook(run) }),
+        el('td', { class: 'error-col', dataset: { testid: 'run-error' }, title: run.error || '', text: run.error ? oneLine(run.error, 80) : '' }),
         el('td', { class: 'id', title: run.id, text: run.id.slice(-8) }),
       ),
     ),
@@ -1506,7 +1535,7 @@ function renderOverview() {
         class: `tile ${status}`,
         dataset: { status, count: String(ov.counts[status] || 0), testid: 'ov-count' },
         title: `Show the ${status} runs`,
-        onclick: () => setFilters({ statuses: [status], job: '', labels: '' }),
+        onclick: () => setFilters({ statuses: [status], job: '', labels: '', id: '' }),
       },
       el('span', { class: 'tile-count', text: String(ov.counts[status] || 0) }),
       el('span', { class: 'tile-name', text: status }),
@@ -1560,7 +1589,7 @@ function renderOverview() {
             class: 'link',
             title: `Show the runs of ${job.jobName}`,
             text: job.jobName,
-            onclick: () => setFilters({ statuses: [], job: job.jobName, labels: '' }),
+            onclick: () => setFilters({ statuses: [], job: job.jobName, labels: '', id: '' }),
           }),
         ),
         el('td', { class: 'num', text: String(job.completed) }),
@@ -1757,8 +1786,9 @@ $('filter-status').addEventListener('change', () => {
 })
 $('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value.trim() }))
 $('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
+$('filter-id').addEventListener('change', (e) => setFilters({ id: e.target.value.trim() }))
 $('filters').addEventListener('submit', (e) => e.preventDefault())
-$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '' }))
+$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '', id: '' }))
 $('load-more').addEventListener('click', () => {
   state.limit += PAGE
   loadRuns()

@@ -636,6 +636,13 @@ pub(crate) fn list_runs(filter: &RunFilter) -> Result<(String, Vec<SqlArg>)> {
         conditions.push_str(" AND r.rs_parent_run_id = ?");
         condition_args.push(SqlArg::Text(parent.clone()));
     }
+    if let Some(prefix) = filter.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        // a range of the primary key's index (SQLite compares text byte by byte): every id
+        // that starts with `prefix` sorts at or after it and before it followed by U+10FFFF
+        conditions.push_str(" AND r.id >= ? AND r.id < ?");
+        condition_args.push(SqlArg::Text(prefix.to_owned()));
+        condition_args.push(SqlArg::Text(format!("{prefix}\u{10FFFF}")));
+    }
     if let Some((key, value)) = filter.labels.iter().next() {
         conditions.push_str(
             " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",

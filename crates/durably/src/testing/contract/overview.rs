@@ -1,6 +1,7 @@
 //! Contract: the overview ([`Store::run_overview`]): runs per status, the oldest pending run,
 //! and per bucket and per job the runs that ended in the window with their queue latency and
-//! duration percentiles, the same on every backend.
+//! duration percentiles, the same on every backend; and the dashboard's run-id search
+//! ([`crate::RunFilter::id_prefix`]).
 
 use super::*;
 use crate::overview::{OverviewWindow, Percentiles};
@@ -144,4 +145,72 @@ pub async fn run_overview_counts_known_runs(store: Arc<dyn Store>) {
     assert_eq!((sum(|b| b.completed), sum(|b| b.failed)), (3, 1));
     assert_eq!(day.jobs.len(), 2);
     assert_eq!(day.counts, counts);
+}
+
+/// Contract: [`crate::RunFilter::id_prefix`] lists the runs whose id starts with it (a whole id:
+/// that run; the common prefix of all ids: all of them; an empty one: every run), with the
+/// other filters.
+pub async fn get_runs_filters_by_id_prefix(store: Arc<dyn Store>) {
+    let now = Timestamp::now();
+    let mut ids = Vec::new();
+    for (i, job) in ["a", "a", "b"].into_iter().enumerate() {
+        ids.push(
+            enqueue(&store, new_run(job, json!({})), now + ms(i as u64))
+                .await
+                .id,
+        );
+    }
+    let listed = |filter: RunFilter| {
+        let store = store.clone();
+        async move {
+            let mut ids: Vec<String> = store
+                .get_runs(&filter)
+                .await
+                .expect("get_runs")
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(
+        listed(RunFilter::new().id_prefix(ids[1].clone())).await,
+        vec![ids[1].clone()]
+    );
+    let common: String = {
+        let first = &ids[0];
+        let len = ids
+            .iter()
+            .map(|id| {
+                first
+                    .chars()
+                    .zip(id.chars())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .min()
+            .unwrap_or(0);
+        first.chars().take(len).collect()
+    };
+    assert_eq!(
+        listed(RunFilter::new().id_prefix(common.clone())).await,
+        all
+    );
+    assert_eq!(listed(RunFilter::new().id_prefix("")).await, all);
+    assert_eq!(
+        listed(RunFilter::new().id_prefix("no-such-run-")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(RunFilter::new().id_prefix(common).job_name("b")).await,
+        vec![ids[2].clone()]
+    );
+    // a prefix is text, not a pattern
+    assert_eq!(
+        listed(RunFilter::new().id_prefix("%")).await,
+        Vec::<String>::new()
+    );
 }
