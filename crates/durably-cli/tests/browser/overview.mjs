@@ -199,6 +199,8 @@ async function main() {
     await page.waitForFunction((before) => document.querySelector('#detail-timeline .tl-bar.running')?.parentElement.parentElement.querySelector('.tl-dur').textContent !== before, before, { timeout: 5_000 })
     await page.evaluate(() => document.activeElement?.blur())
     await shot(page, 'timeline-running.png')
+    const fits = await page.$eval('.runs', (box) => box.scrollWidth <= box.clientWidth + 1)
+    check(fits, 'the runs table fits beside an open run at 1280 px')
 
     // 5. the runs list is a tab away
     await page.click('[data-testid="detail-close"]')
@@ -211,7 +213,7 @@ async function main() {
     check(failedCells.error.length > 0 && /\d+ ms|s$/.test(failedCells.took), `failed run's cells ${JSON.stringify(failedCells)}`)
     const flakyCells = await cells(flaky)
     check(flakyCells.error === '' && /ms|s/.test(flakyCells.took), `completed run's cells ${JSON.stringify(flakyCells)}`)
-    check(/\d{4}/.test(flakyCells.created), `a date with its year: ${flakyCells.created}`)
+    check(/[A-Za-z]{3}/.test(flakyCells.created) && /\d\d:\d\d:\d\d/.test(flakyCells.created), `a date with the time: ${flakyCells.created}`)
     check((await cells(running)).took.endsWith('…'), 'a running run counts on')
     // search by run id (a prefix), kept in the URL
     await page.fill('#filter-id', flaky.slice(0, -2))

@@ -126,12 +126,14 @@ function formatTime(iso) {
   return today ? date.toLocaleTimeString() : date.toLocaleString()
 }
 
-/** Date and time, always both (a list spans days). */
+/** Date and time, always both (a list spans days); the year only when it is not this one. */
 function formatDateTime(iso) {
   if (!iso) return '—'
   const date = new Date(iso)
   if (Number.isNaN(date.getTime())) return iso
-  return date.toLocaleString([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' })
+  const year = date.getFullYear() === new Date().getFullYear() ? undefined : 'numeric'
+  const day = date.toLocaleDateString([], { year, month: 'short', day: 'numeric' })
+  return `${day} ${date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false })}`
 }
 
 /** How long a run ran: first start to end, or to now while it is not over (with …). */
