@@ -238,7 +238,7 @@ pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use handle::JobHandle;
 pub use job::{Job, JobData};
 pub use limits::Limits;
-pub use overview::{Overview, OverviewWindow};
+pub use overview::{Overview, OverviewWindow, RunCounts};
 pub use retry::{AttemptTimedOut, Backoff, NonRetryable, RetryPolicy};
 pub use run::{
     Coalesce, Debounce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus,

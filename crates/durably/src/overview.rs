@@ -212,6 +212,29 @@ pub struct JobOverview {
     pub duration: Option<Percentiles>,
 }
 
+/// Runs per status and the oldest pending run ([`crate::Store::run_counts`]): the part of an
+/// overview cheap enough to read for every metrics scrape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunCounts {
+    /// The time the counts were taken at.
+    pub now: Timestamp,
+    /// Runs per status, over all time.
+    pub counts: StatusCounts,
+    /// The pending run that has waited longest, if any run is pending.
+    pub oldest_pending: Option<OldestPending>,
+}
+
+impl From<&Overview> for RunCounts {
+    fn from(overview: &Overview) -> Self {
+        RunCounts {
+            now: overview.now,
+            counts: overview.counts,
+            oldest_pending: overview.oldest_pending.clone(),
+        }
+    }
+}
+
 /// How the queues are doing ([`crate::Store::run_overview`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -283,21 +306,37 @@ impl EndedRun {
 
 impl OverviewRows {
     /// The overview these rows describe at `now`.
-    pub(crate) fn assemble(self, now: Timestamp, window: OverviewWindow) -> Overview {
+    /// The counts these rows describe at `now` (only `statuses` and `oldest_pending` are read).
+    pub(crate) fn counts(&self, now: Timestamp) -> RunCounts {
         let mut counts = StatusCounts::default();
         for (status, count) in &self.statuses {
             if let Ok(status) = status.parse::<RunStatus>() {
                 *counts.slot(status) += u64::try_from(*count).unwrap_or(0);
             }
         }
-        let oldest_pending =
-            self.oldest_pending
-                .map(|(run_id, job_name, created_at)| OldestPending {
-                    run_id,
-                    job_name,
-                    created_at,
-                    age: Duration::from_millis(now.millis_since(created_at)),
-                });
+        let oldest_pending = self
+            .oldest_pending
+            .clone()
+            .map(|(run_id, job_name, created_at)| OldestPending {
+                run_id,
+                job_name,
+                created_at,
+                age: Duration::from_millis(now.millis_since(created_at)),
+            });
+        RunCounts {
+            now,
+            counts,
+            oldest_pending,
+        }
+    }
+
+    /// The overview these rows describe at `now`.
+    pub(crate) fn assemble(self, now: Timestamp, window: OverviewWindow) -> Overview {
+        let RunCounts {
+            counts,
+            oldest_pending,
+            ..
+        } = self.counts(now);
         let start = window.start(now);
         let mut buckets: Vec<OverviewBucket> = (0..window.buckets())
             .map(|i| OverviewBucket {

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::attempts::{NewAttempt, StepAttempt};
 use crate::error::{Error, Result};
 use crate::maintenance::MaintenanceTask;
-use crate::overview::{Overview, OverviewWindow};
+use crate::overview::{Overview, OverviewWindow, RunCounts};
 use crate::run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     StepStatus,
@@ -446,6 +446,15 @@ pub trait Store: Send + Sync + 'static {
     /// the window, read by one bounded query (no backend needs a percentile function).
     /// Read-only.
     async fn run_overview(&self, now: Timestamp, window: OverviewWindow) -> Result<Overview>;
+
+    /// Runs per status and the oldest pending run at `now`: the two cheap reads of
+    /// [`Store::run_overview`] only (through the status indexes), for gauges read at every
+    /// metrics scrape. The default takes them from a whole overview; the backends of this
+    /// crate read only these.
+    async fn run_counts(&self, now: Timestamp) -> Result<RunCounts> {
+        let overview = self.run_overview(now, OverviewWindow::LastHour).await?;
+        Ok(RunCounts::from(&overview))
+    }
 
     /// Steps of a run ordered by index.
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>>;

@@ -731,6 +731,28 @@ impl Store for MemoryStore {
         Ok(rows.assemble(now, window))
     }
 
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        let state = self.lock();
+        let mut rows = crate::overview::OverviewRows::default();
+        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for run in state.runs.values() {
+            *statuses.entry(run.status.as_str()).or_default() += 1;
+            if run.status == RunStatus::Pending
+                && rows
+                    .oldest_pending
+                    .as_ref()
+                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
+            {
+                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
+            }
+        }
+        rows.statuses = statuses
+            .into_iter()
+            .map(|(status, count)| (status.to_owned(), count))
+            .collect();
+        Ok(rows.counts(now))
+    }
+
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         let mut steps = self.lock().steps.get(run_id).cloned().unwrap_or_default();
         steps.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));

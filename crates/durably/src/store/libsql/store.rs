@@ -282,6 +282,23 @@ impl Store for LibsqlStore {
         Ok(rows.assemble(now, window))
     }
 
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        const OP: &str = "run_counts";
+        let statuses = self.db.rows(OP, stmt!(sql::OVERVIEW_STATUSES)).await?;
+        let oldest = self
+            .db
+            .rows(OP, stmt!(sql::OVERVIEW_OLDEST_PENDING))
+            .await?;
+        let rows = crate::overview::OverviewRows {
+            statuses: parse_rows(OP, &statuses, |row| Ok((row.text(0)?, row.int(1)?)))?,
+            oldest_pending: parse_first(OP, &oldest, |row| {
+                Ok((row.text(0)?, row.text(1)?, row.ts(2)?))
+            })?,
+            ..Default::default()
+        };
+        Ok(rows.counts(now))
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         let rows = self
             .db

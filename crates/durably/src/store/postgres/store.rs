@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// [`Store::run_overview`] and [`Store::run_counts`]: runs per status.
+const OVERVIEW_STATUSES: &str = "SELECT status, COUNT(*) FROM durably_runs GROUP BY status";
+
+/// The oldest pending run.
+const OVERVIEW_OLDEST_PENDING: &str = "SELECT id, job_name, created_at FROM durably_runs \
+     WHERE status = 'pending' ORDER BY created_at, id LIMIT 1";
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -614,19 +621,12 @@ impl Store for PostgresStore {
         let limit = OVERVIEW_SAMPLE as i64;
         let ended_params: [&(dyn ToSql + Sync); 2] = [&since, &key_len];
         let sample_params: [&(dyn ToSql + Sync); 2] = [&since, &limit];
-        let statuses = self.read(
-            OP,
-            "SELECT status, COUNT(*) FROM durably_runs GROUP BY status",
-            &[],
-            |row| Ok((row.try_get(0)?, row.try_get(1)?)),
-        );
-        let oldest = self.read(
-            OP,
-            "SELECT id, job_name, created_at FROM durably_runs WHERE status = 'pending' \
-             ORDER BY created_at, id LIMIT 1",
-            &[],
-            |row| Ok((row.try_get(0)?, row.try_get(1)?, get_ts(row, 2)?)),
-        );
+        let statuses = self.read(OP, OVERVIEW_STATUSES, &[], |row| {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        });
+        let oldest = self.read(OP, OVERVIEW_OLDEST_PENDING, &[], |row| {
+            Ok((row.try_get(0)?, row.try_get(1)?, get_ts(row, 2)?))
+        });
         let ended = self.read(
             OP,
             "SELECT job_name, substr(completed_at, 1, $2), status, COUNT(*) FROM durably_runs \
@@ -667,6 +667,23 @@ impl Store for PostgresStore {
             sample: sample?,
         };
         Ok(rows.assemble(now, window))
+    }
+
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        const OP: &str = "run_counts";
+        let statuses = self.read(OP, OVERVIEW_STATUSES, &[], |row| {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        });
+        let oldest = self.read(OP, OVERVIEW_OLDEST_PENDING, &[], |row| {
+            Ok((row.try_get(0)?, row.try_get(1)?, get_ts(row, 2)?))
+        });
+        let (statuses, oldest) = futures::join!(statuses, oldest);
+        let rows = crate::overview::OverviewRows {
+            statuses: statuses?,
+            oldest_pending: oldest?.pop(),
+            ..Default::default()
+        };
+        Ok(rows.counts(now))
     }
 
     async fn get_waits(&self, run_id: &str) -> Result<Vec<DurableWait>> {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::attempts::{AttemptStatus, NewAttempt, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
 use crate::overview::{
-    EndedGroup, EndedRun, OVERVIEW_SAMPLE, Overview, OverviewRows, OverviewWindow,
+    EndedGroup, EndedRun, OVERVIEW_SAMPLE, Overview, OverviewRows, OverviewWindow, RunCounts,
 };
 use crate::run::{
     Coalesce, Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
@@ -1387,4 +1387,28 @@ pub(super) fn run_overview(
     }
     tx.finish().map_err(&failed)?;
     Ok(rows.assemble(now, window))
+}
+
+/// [`Store::run_counts`](crate::Store::run_counts): the two cheap reads of the overview, in one
+/// read transaction.
+pub(super) fn run_counts(conn: &Connection, now: Timestamp) -> Result<RunCounts> {
+    let failed = sql_error("run_counts");
+    let tx = conn.unchecked_transaction().map_err(&failed)?;
+    let mut rows = OverviewRows::default();
+    {
+        let mut stmt = tx.prepare_cached(sql::OVERVIEW_STATUSES).map_err(&failed)?;
+        rows.statuses = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|r| r.collect::<rusqlite::Result<_>>())
+            .map_err(&failed)?;
+        let mut stmt = tx
+            .prepare_cached(sql::OVERVIEW_OLDEST_PENDING)
+            .map_err(&failed)?;
+        rows.oldest_pending = stmt
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()
+            .map_err(&failed)?;
+    }
+    tx.finish().map_err(&failed)?;
+    Ok(rows.counts(now))
 }

@@ -91,6 +91,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        self.read("run_counts", move |conn| ops::run_counts(conn, now))
+            .await
+    }
+
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         let run_id = run_id.to_owned();
         self.read("get_steps", move |conn| ops::get_steps(conn, &run_id))

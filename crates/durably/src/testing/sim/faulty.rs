@@ -401,6 +401,10 @@ impl Store for FaultyStore {
             .await
     }
 
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        self.call("run_counts", self.inner.run_counts(now)).await
+    }
+
     async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         self.call("get_runs", self.inner.get_runs(filter)).await
     }
