@@ -217,3 +217,44 @@ pub async fn get_runs_filters_by_id_prefix(store: Arc<dyn Store>) {
         Vec::<String>::new()
     );
 }
+
+/// Contract: a delayed run's queue latency runs from the end of its delay (its `delay` wait's
+/// resolution), not from its creation.
+pub async fn run_overview_measures_a_delayed_run_from_its_start_time(store: Arc<dyn Store>) {
+    let now = Timestamp::now();
+    let created = now - Duration::from_secs(10);
+    let start_at = now - Duration::from_secs(5);
+    let run = NewRun {
+        start_at: Some(start_at),
+        ..new_run("later", json!({}))
+    };
+    let delayed = store.enqueue(run, created).await.expect("enqueue").run;
+    assert_eq!(delayed.status, RunStatus::Waiting);
+    // the delay's deadline has passed (on the database's clock too): it resolves at it
+    let expired = store.expire_due_waits(now, 10).await.expect("expire");
+    assert_eq!(expired, 1);
+    let started = start_at + ms(700);
+    let leased = claim(&store, "worker", started, LEASE)
+        .await
+        .expect("the delayed run resumes");
+    assert_eq!(leased.id, delayed.id);
+    assert!(
+        store
+            .complete_run(&Fence::of(&leased), None, started + ms(300))
+            .await
+            .expect("complete")
+    );
+    let overview = store
+        .run_overview(now, OverviewWindow::LastDay)
+        .await
+        .expect("overview");
+    assert_eq!(overview.jobs.len(), 1);
+    let job = &overview.jobs[0];
+    assert_eq!((job.job_name.as_str(), job.completed), ("later", 1));
+    assert_eq!(
+        shape(job.queue_latency),
+        percentiles(700, 700, 1),
+        "from the end of the delay"
+    );
+    assert_eq!(shape(job.duration), percentiles(300, 300, 1));
+}
