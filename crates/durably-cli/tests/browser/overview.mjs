@@ -9,7 +9,8 @@
 //      failed step (steps with failAt), a durable sleep still waiting (nap, open bar) and a
 //      step executing now (sleep, open bar that grows);
 //   5. the Runs tab still lists the runs, with duration, error and date columns, and finds a
-//      run by a prefix of its id.
+//      run by a prefix of its id;
+//   6. at phone width the overview fits the screen.
 //
 // Env: DURABLY_BIN (the `durably` binary, required), CHROMIUM (default /usr/bin/chromium),
 // SCREENSHOTS (directory for PNGs, optional), README_SHOT (optional PNG path for the README).
@@ -228,6 +229,17 @@ async function main() {
     await page.waitForFunction(() => document.querySelectorAll('#runs tr').length > 1)
     await page.click('[data-testid="tab-overview"]')
     await page.waitForSelector('#overview:not([hidden])')
+
+    // phone width: the overview stacks, without horizontal scrolling
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true })
+    const small = await phone.newPage()
+    small.on('pageerror', (error) => pageErrors.push(String(error)))
+    await small.goto(`${origin}/`)
+    await small.waitForSelector('#overview:not([hidden]) [data-testid="ov-throughput"] svg')
+    const width = await small.evaluate(() => document.documentElement.scrollWidth)
+    check(width <= 390, `no horizontal scrolling at phone width (${width}px)`)
+    await shot(small, 'phone-overview.png')
+    await phone.close()
 
     check(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`)
     console.log(`overview test: counts ${JSON.stringify(counts)}; jobs ${JSON.stringify(jobs.map((j) => j.job))}`)
