@@ -242,7 +242,7 @@ function readUrl() {
   if (state.selected) state.view = 'runs'
   state.window = params.get('window') === '24h' ? '24h' : '1h'
   showStatuses()
-  $('filter-job').value = state.filters.job
+  renderJobFilter()
   $('filter-labels').value = state.filters.labels
   $('filter-id').value = state.filters.id
 }
@@ -281,12 +281,28 @@ function showStatuses() {
   }
 }
 
+/** The job filter's choices: the registered jobs, the jobs of the overview and of the listed
+ * runs (a server without job definitions still offers those), and the current filter. */
+function renderJobFilter() {
+  const names = new Set(state.jobs.map((job) => job.name))
+  for (const job of state.overview ? state.overview.jobs : []) names.add(job.jobName)
+  for (const run of state.runs) names.add(run.jobName)
+  if (state.filters.job) names.add(state.filters.job)
+  const select = $('filter-job')
+  const wanted = [...names].sort()
+  const shown = [...select.options].slice(1).map((o) => o.value)
+  if (wanted.join('\n') !== shown.join('\n')) {
+    select.replaceChildren(el('option', { value: '', text: 'any' }), ...wanted.map((name) => el('option', { value: name, text: name })))
+  }
+  select.value = state.filters.job
+}
+
 function setFilters(changes) {
   // filters are the runs list's: show it
   if (state.view !== 'runs') showView('runs')
   Object.assign(state.filters, changes)
   showStatuses()
-  $('filter-job').value = state.filters.job
+  renderJobFilter()
   $('filter-labels').value = state.filters.labels
   $('filter-id').value = state.filters.id
   state.limit = PAGE
@@ -315,6 +331,7 @@ async function loadRuns() {
     state.runs = runs.slice(0, state.limit)
     showError($('runs-error'), '')
     renderRuns()
+    renderJobFilter()
   } catch (error) {
     if (ticket === runsRequest) showError($('runs-error'), `Cannot load runs: ${error.message}`)
   }
@@ -1187,7 +1204,7 @@ async function loadJobs() {
     state.jobs = []
     showError($('trigger-error'), `Cannot list jobs: ${error.message}`)
   }
-  $('job-names').replaceChildren(...state.jobs.map((job) => el('option', { value: job.name })))
+  renderJobFilter()
   const select = $('trigger-job')
   const previous = select.value
   select.replaceChildren(...state.jobs.map((job) => el('option', { value: job.name, text: job.name })))
@@ -1616,6 +1633,7 @@ async function loadOverview() {
     state.overview = ov
     showError($('overview-error'), '')
     renderOverview()
+    renderJobFilter()
   } catch (error) {
     if (ticket === overviewRequest) showError($('overview-error'), `Cannot load the overview: ${error.message}`)
   }
@@ -1786,7 +1804,7 @@ $('filter-status').addEventListener('change', () => {
   const ticked = [...$('filter-status').querySelectorAll('input:checked')].map((box) => box.value)
   setFilters({ statuses: STATUSES.filter((s) => ticked.includes(s)) })
 })
-$('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value.trim() }))
+$('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value }))
 $('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
 $('filter-id').addEventListener('change', (e) => setFilters({ id: e.target.value.trim() }))
 $('filters').addEventListener('submit', (e) => e.preventDefault())
