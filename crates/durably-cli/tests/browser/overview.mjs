@@ -225,8 +225,13 @@ async function main() {
     }, flaky)
     check(new URL(page.url()).searchParams.get('id') === flaky.slice(0, -2), `id in URL ${page.url()}`)
     await shot(page, 'runs-search.png')
-    await page.click('#filter-clear')
+    // no match: the empty state says so and offers to clear the filters
+    await page.fill('#filter-id', 'no-such-run')
+    await page.dispatchEvent('#filter-id', 'change')
+    await page.waitForSelector('[data-testid="runs-empty"][data-kind="filtered"]:not([hidden])')
+    await page.click('[data-testid="runs-empty"] button')
     await page.waitForFunction(() => document.querySelectorAll('#runs tr').length > 1)
+    check((await page.inputValue('#filter-id')) === '', 'the filters are cleared')
     await page.click('[data-testid="tab-overview"]')
     await page.waitForSelector('#overview:not([hidden])')
 

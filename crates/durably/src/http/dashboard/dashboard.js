@@ -372,7 +372,18 @@ function renderRuns() {
       ),
     ),
   )
-  $('runs-empty').hidden = state.runs.length > 0
+  const empty = $('runs-empty')
+  empty.hidden = state.runs.length > 0
+  const f = state.filters
+  const filtered = f.statuses.length || f.job || f.labels || f.id
+  empty.dataset.kind = filtered ? 'filtered' : 'none'
+  empty.replaceChildren(
+    ...(filtered
+      ? ['No runs match these filters. ', el('button', { type: 'button', class: 'link', text: 'Clear them', onclick: () => setFilters({ statuses: [], job: '', labels: '', id: '' }) })]
+      : state.jobs.length
+        ? ['No runs yet. Trigger one with the form, or from your application (', el('code', { text: 'job.trigger(input)' }), ' or ', el('code', { text: 'POST /trigger' }), ').']
+        : ['No runs yet. Runs your application triggers show here as they are created.']),
+  )
   $('load-more').hidden = !state.hasMore
 }
 
@@ -1219,6 +1230,8 @@ async function loadJobs() {
   $('trigger-labels').closest('label').hidden = none
   $('trigger-card').open = window.innerWidth > 760
   renderForm()
+  // the empty state's advice depends on whether this server can trigger
+  if (!state.runs.length) renderRuns()
 }
 
 async function submitTrigger(event) {
