@@ -25,6 +25,7 @@
 //! | `GET /schedule?name=` (ours) | one schedule |
 //! | `POST /schedules/pause?name=`, `POST /schedules/resume?name=` (ours) | the schedule paused, or resumed from the first slot after now ([`Schedules`](crate::Schedules)) |
 //! | `POST /schedules/trigger?name=` (ours) | `{"runId"}`: a run of the schedule's job now, outside its slots ([`Schedules::trigger_now`](crate::Schedules::trigger_now)) |
+//! | `GET /overview?window=1h\|24h` (ours) | how the queues are doing: runs per status, the oldest pending run, runs ended per bucket and per job with queue latency and duration percentiles ([`Store::run_overview`](crate::Store::run_overview); 403 under an auth that scopes runs) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
 //!
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
