@@ -3,8 +3,13 @@
 //! `steps` from the form and watches its progress advance live in the runs table, opens the run
 //! detail, checks that invalid input shows the server's message, cancels a `sleep` run, filters
 //! by status, job and label, signals a waiting `approval` run, and shows a `parent` run's
-//! children on its page and the parent on a child's page. Screenshots (laptop and phone width) are saved under
-//! `target/dashboard-screenshots/`. See build.rs for when it runs; `.ci/run` installs what it needs.
+//! children on its page and the parent on a child's page. A second test (tests/browser/overview.mjs) runs a
+//! known workload and checks the overview (counts per status, runs ended per bucket, failure rate,
+//! per-job percentiles, the oldest pending run, the last-day toggle, live refresh) and run timelines
+//! (completed steps, a failed attempt and its retry, a waiting sleep, the step executing now).
+//! Screenshots (laptop and phone width) are saved under `target/dashboard-screenshots/`; with
+//! `README_SHOT=<path>` the overview test also writes the README's screenshot there. See build.rs
+//! for when it runs; `.ci/run` installs what it needs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,6 +19,37 @@ fn screenshot_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
     target.join("dashboard-screenshots")
+}
+
+/// Runs `script` in tests/browser with the demo binary; panics with its output unless it passed.
+fn run_browser_script(script: &str, passed: &str) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    let shots = screenshot_dir();
+    let mut command = Command::new("node");
+    command
+        .arg(script)
+        .current_dir(dir)
+        .env("DURABLY_BIN", env!("CARGO_BIN_EXE_durably"))
+        .env("SCREENSHOTS", &shots);
+    let output = command.output().expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(passed),
+        "{script} failed ({}; screenshots in {}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status,
+        shots.display()
+    );
+    println!("{stdout}screenshots: {}", shots.display());
+}
+
+#[test]
+#[cfg_attr(
+    not(durably_browser_tests),
+    ignore = "needs node, chromium (/usr/bin/chromium or $CHROMIUM) and `npm ci` in crates/durably-cli/tests/browser: .ci/run installs them"
+)]
+fn dashboard_overview_charts_a_known_workload_and_timelines_show_where_time_went() {
+    run_browser_script("overview.mjs", "overview test passed");
 }
 
 #[test]

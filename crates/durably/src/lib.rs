@@ -208,6 +208,7 @@ mod json_terms;
 mod lease;
 pub mod limits;
 pub mod maintenance;
+pub mod overview;
 pub mod parallel;
 pub mod retry;
 pub mod run;
@@ -238,6 +239,7 @@ pub use events::{Event, EventKind, EventType, Unsubscribe};
 pub use handle::JobHandle;
 pub use job::{Job, JobData};
 pub use limits::Limits;
+pub use overview::{Overview, OverviewWindow, RunCounts};
 pub use retry::{AttemptTimedOut, Backoff, NonRetryable, RetryPolicy};
 pub use run::{
     Coalesce, Debounce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus,

@@ -292,6 +292,9 @@ pub struct RunFilter {
     pub offset: Option<u64>,
     /// Only the child runs of this parent run ([`Run::parent_run_id`]).
     pub parent_run_id: Option<String>,
+    /// Only runs whose id starts with this text (durably's addition; the dashboard's run-id
+    /// search). Empty matches every run.
+    pub id_prefix: Option<String>,
 }
 
 impl RunFilter {
@@ -345,6 +348,12 @@ impl RunFilter {
     /// Skips runs before returning.
     pub fn offset(mut self, offset: u64) -> Self {
         self.offset = Some(offset);
+        self
+    }
+
+    /// Only runs whose id starts with `prefix` ([`RunFilter::id_prefix`]).
+    pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = Some(prefix.into());
         self
     }
 

@@ -713,6 +713,7 @@ async fn jobs_and_openapi_are_served_beside_the_routes(backend: Backend) {
         "/subscribe",
         "/runs/subscribe",
         "/jobs",
+        "/overview",
         "/openapi.json",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");

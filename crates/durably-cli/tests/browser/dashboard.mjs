@@ -14,7 +14,8 @@
 //      message is shown.
 //
 // Env: DURABLY_BIN (the `durably` binary, required), CHROMIUM (default /usr/bin/chromium),
-// SCREENSHOTS (directory for PNGs, optional), README_SHOT (optional PNG path for the README).
+// SCREENSHOTS (directory for PNGs, optional). The runs list is the `Runs` tab (`?view=runs`); the
+// overview, the first screen, and the run timeline are tested by overview.mjs.
 import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -114,7 +115,7 @@ async function main() {
     page.on('console', (message) => {
       if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
     })
-    await page.goto(`${origin}/`)
+    await page.goto(`${origin}/?view=runs`)
     await page.waitForSelector('#trigger-job option[value="steps"]', { state: 'attached' })
     await page.waitForSelector('#live.on')
 
@@ -201,9 +202,10 @@ async function main() {
     check(await page.isChecked('#filter-status input[value="completed"]'), 'status filter kept across reload')
     await page.uncheck('#filter-status input[value="completed"]')
     await page.uncheck('#filter-status input[value="cancelled"]')
-    await page.fill('#filter-job', 'steps')
-    await page.press('#filter-job', 'Enter')
-    await page.dispatchEvent('#filter-job', 'change')
+    // a dropdown of the registered jobs (and of those the listed runs have)
+    const choices = await page.$$eval('#filter-job option', (options) => options.map((o) => o.value))
+    check(['', 'echo', 'sleep', 'steps'].every((name) => choices.includes(name)), `job choices ${JSON.stringify(choices)}`)
+    await page.selectOption('#filter-job', 'steps')
     await page.waitForFunction(() => {
       const trs = [...document.querySelectorAll('#runs tr')]
       return trs.length > 0 && trs.every((tr) => tr.dataset.job === 'steps')
@@ -221,7 +223,7 @@ async function main() {
     check((await page.inputValue('#filter-labels')) === 'team=ops', 'label filter field')
 
     // 6. a busier picture: runs in every state, one running with its detail open
-    await page.goto(`${origin}/`)
+    await page.goto(`${origin}/?view=runs`)
     await page.waitForSelector('#trigger-job option[value="steps"]', { state: 'attached' })
     await trigger(page, 'echo', {}, 'tenant=acme')
     await trigger(page, 'steps', { count: 3, stepMs: 100, failAt: 2 }, 'tenant=acme')
@@ -237,13 +239,12 @@ async function main() {
     })
     await page.evaluate(() => document.activeElement?.blur())
     await shot(page, 'dashboard.png')
-    if (process.env.README_SHOT) await page.screenshot({ path: process.env.README_SHOT })
 
     // phone width: the table becomes cards, the detail a full screen
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true })
     const small = await phone.newPage()
     small.on('pageerror', (error) => pageErrors.push(String(error)))
-    await small.goto(`${origin}/`)
+    await small.goto(`${origin}/?view=runs`)
     await small.waitForSelector(`#runs tr[data-run-id="${longId}"]`)
     const width = await small.evaluate(() => document.documentElement.scrollWidth)
     check(width <= 390, `no horizontal scrolling at phone width (${width}px)`)
@@ -357,7 +358,7 @@ async function main() {
     // 8. `durably serve` (no job definitions) over the same database
     const served = await start(['serve', '--db', db])
     serve = served.child
-    await page.goto(`${served.origin}/`)
+    await page.goto(`${served.origin}/?view=runs`)
     await page.waitForSelector('[data-testid="no-jobs"]:not([hidden])')
     check((await page.textContent('[data-testid="no-jobs"]')).includes('no job definitions'), 'no-jobs note')
     check(!(await page.isVisible('[data-testid="trigger-submit"]')), 'no trigger button without jobs')

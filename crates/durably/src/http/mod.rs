@@ -6,7 +6,7 @@
 //! | method & path | answer |
 //! |---|---|
 //! | `POST /trigger` | `{"runId", "disposition"}` |
-//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first (filters `jobName`, `status`, `label.<k>`, `limit`, `offset`, and ours `parentRunId`: a run's children) |
+//! | `GET /runs` | bare JSON array of [`ClientRun`], newest first (filters `jobName`, `status`, `label.<k>`, `limit`, `offset`, and ours `parentRunId`: a run's children, `idPrefix`: runs whose id starts with it) |
 //! | `GET /run?runId=` | [`ClientRun`] |
 //! | `GET /steps?runId=` | JSON array of steps |
 //! | `POST /retrigger?runId=` | `{"success": true, "runId"}` |
@@ -25,6 +25,7 @@
 //! | `GET /schedule?name=` (ours) | one schedule |
 //! | `POST /schedules/pause?name=`, `POST /schedules/resume?name=` (ours) | the schedule paused, or resumed from the first slot after now ([`Schedules`](crate::Schedules)) |
 //! | `POST /schedules/trigger?name=` (ours) | `{"runId"}`: a run of the schedule's job now, outside its slots ([`Schedules::trigger_now`](crate::Schedules::trigger_now)) |
+//! | `GET /overview?window=1h\|24h` (ours) | how the queues are doing: runs per status, the oldest pending run, runs ended per bucket and per job with queue latency and duration percentiles ([`Store::run_overview`](crate::Store::run_overview); 403 under an auth that scopes runs) |
 //! | `GET /openapi.json` (ours) | an OpenAPI 3.1 document of all of the above |
 //!
 //! [`dashboard`] serves a web dashboard over these routes (mount it beside the router).
@@ -55,6 +56,7 @@
 mod auth;
 mod dashboard;
 mod openapi;
+mod overview;
 mod schedules;
 mod sse;
 
@@ -412,6 +414,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
         (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
+        (&Method::GET, "/overview") => overview::get(shared, guard, &query).await,
         (&Method::GET, "/schedules") => schedules::list(shared).await,
         (&Method::GET, "/schedule") => schedules::get(shared, &query).await,
         (&Method::POST, "/schedules/pause") => schedules::pause(shared, &query).await,
@@ -766,6 +769,11 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
     if let Some(parent) = query.first("parentRunId").filter(|id| !id.is_empty()) {
         crate::limits::check_text("parentRunId", parent).map_err(durably_error)?;
         filter.parent_run_id = Some(parent.to_owned());
+    }
+    // ours: runs whose id starts with this text (an empty value filters nothing)
+    if let Some(prefix) = query.first("idPrefix").filter(|p| !p.is_empty()) {
+        crate::limits::check_text("idPrefix", prefix).map_err(durably_error)?;
+        filter.id_prefix = Some(prefix.to_owned());
     }
     let filter = guard
         .scope_runs(filter)

@@ -373,6 +373,50 @@ pub(crate) fn document(durably: &Durably) -> Value {
     document
 }
 
+/// The answer of `GET /overview`.
+fn overview_schema() -> Value {
+    let count = json!({ "type": "integer", "minimum": 0 });
+    let percentiles = json!({ "oneOf": [
+        { "type": "null" },
+        { "type": "object", "required": ["p50", "p95", "count"], "properties": {
+            "p50": count, "p95": count, "count": count } }
+    ] });
+    let counts: serde_json::Map<String, Value> = [
+        "pending",
+        "leased",
+        "waiting",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    .into_iter()
+    .map(|s| (s.to_owned(), count.clone()))
+    .collect();
+    let status_names: Vec<&str> = counts.keys().map(String::as_str).collect();
+    json!({ "type": "object",
+        "required": ["window", "now", "bucketMs", "counts", "oldestPending", "buckets", "jobs", "sampled"],
+        "properties": {
+            "window": { "type": "string", "enum": ["1h", "24h"] },
+            "now": { "type": "string", "format": "date-time" },
+            "bucketMs": count,
+            "counts": { "type": "object", "required": status_names, "properties": counts },
+            "oldestPending": { "oneOf": [
+                { "type": "null" },
+                { "type": "object", "required": ["runId", "jobName", "createdAt", "ageMs"], "properties": {
+                    "runId": { "type": "string" }, "jobName": { "type": "string" },
+                    "createdAt": { "type": "string", "format": "date-time" }, "ageMs": count } }
+            ] },
+            "buckets": { "type": "array", "items": { "type": "object", "required": ["start", "completed", "failed"], "properties": {
+                "start": { "type": "string", "format": "date-time" }, "completed": count, "failed": count } } },
+            "jobs": { "type": "array", "items": { "type": "object",
+                "required": ["jobName", "completed", "failed", "queueLatencyMs", "durationMs"], "properties": {
+                "jobName": { "type": "string" }, "completed": count, "failed": count,
+                "queueLatencyMs": percentiles, "durationMs": percentiles } } },
+            "sampled": count
+        }
+    })
+}
+
 /// The document without the schedule routes.
 fn runs_document(durably: &Durably) -> Value {
     let limits = &durably.config().limits;
@@ -389,7 +433,7 @@ fn runs_document(durably: &Durably) -> Value {
         "info": {
             "title": "durably HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes), the wait routes of its schema v4 (GET /waits, GET /wait, POST /signal), plus GET /attempts, GET /logs, GET /jobs, the schedule routes (GET /schedules, GET /schedule, POST /schedules/pause, /schedules/resume, /schedules/trigger) and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
+            "description": "The wire protocol of @coji/durably 0.15's createDurablyHandler (nine routes), the wait routes of its schema v4 (GET /waits, GET /wait, POST /signal), plus GET /attempts, GET /logs, GET /jobs, GET /overview, the schedule routes (GET /schedules, GET /schedule, POST /schedules/pause, /schedules/resume, /schedules/trigger) and GET /openapi.json. Paths are relative to the base path the router is nested under (the demo uses /api/durably). SSE streams send only unnamed `data: <json>` messages."
         },
         "paths": {
             "/trigger": { "post": {
@@ -419,7 +463,8 @@ fn runs_document(durably: &Durably) -> Value {
                     { "name": "status", "in": "query", "schema": { "type": "array", "items": { "$ref": "#/components/schemas/RunStatus" } }, "style": "form", "explode": true },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
-                    { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } }
+                    { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } },
+                    { "name": "idPrefix", "in": "query", "description": "Only runs whose id starts with this text (durably's addition; empty: every run)", "schema": { "type": "string", "pattern": NO_NUL } }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),
@@ -490,6 +535,19 @@ fn runs_document(durably: &Durably) -> Value {
                     "type": "object", "required": ["name", "inputSchema"], "properties": {
                         "name": { "type": "string" },
                         "inputSchema": { "description": "JSON Schema of the job's input, null if the job has none" } } } })) }
+            }},
+            "/overview": { "get": {
+                "summary": "How the queues are doing: runs per status, the oldest pending run, and for the window the runs that completed or failed per bucket (a clock minute for 1h, a clock hour for 24h) and per job, with queue latency and duration percentiles (durably for Rust extension)",
+                "description": "Counts are exact; percentiles are computed from the newest 2000 runs that ended in the window. Refused (403) when the server's auth scopes the runs a caller may list.",
+                "operationId": "overview",
+                "parameters": [
+                    { "name": "window", "in": "query", "schema": { "type": "string", "enum": ["1h", "24h"], "default": "1h" } }
+                ],
+                "responses": {
+                    "200": json_ok("The overview", overview_schema()),
+                    "400": error_response("Invalid window"),
+                    "403": error_response("The server's auth scopes the runs a caller may list")
+                }
             }},
             "/openapi.json": { "get": {
                 "summary": "This document",

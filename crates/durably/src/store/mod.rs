@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::attempts::{NewAttempt, StepAttempt};
 use crate::error::{Error, Result};
 use crate::maintenance::MaintenanceTask;
+use crate::overview::{Overview, OverviewWindow, RunCounts};
 use crate::run::{
     Coalesce, Disposition, Labels, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step,
     StepStatus,
@@ -440,6 +441,25 @@ pub trait Store: Send + Sync + 'static {
             Ok(runs) => runs,
             Err(_) => Err(read_timeout("get_runs", timeout)),
         }
+    }
+
+    /// How the queues are doing at `now` ([`crate::overview`]): runs per status over all time
+    /// and the oldest pending run (cheap: both through the status indexes), and for `window`
+    /// the runs that completed or failed per bucket and per job, with each job's queue latency
+    /// (creation, or the end of a delayed run's delay, to first start) and run duration (first
+    /// start to end) at the 50th and 95th percentiles. Counts are exact; the percentiles are
+    /// computed in Rust from the newest [`crate::overview::OVERVIEW_SAMPLE`] runs that ended in
+    /// the window, read by one bounded query (no backend needs a percentile function).
+    /// Read-only.
+    async fn run_overview(&self, now: Timestamp, window: OverviewWindow) -> Result<Overview>;
+
+    /// Runs per status and the oldest pending run at `now`: the two cheap reads of
+    /// [`Store::run_overview`] only (through the status indexes), for gauges read at every
+    /// metrics scrape. The default takes them from a whole overview; the backends of this
+    /// crate read only these.
+    async fn run_counts(&self, now: Timestamp) -> Result<RunCounts> {
+        let overview = self.run_overview(now, OverviewWindow::LastHour).await?;
+        Ok(RunCounts::from(&overview))
     }
 
     /// Steps of a run ordered by index.

@@ -643,6 +643,12 @@ impl Store for MemoryStore {
             })
             .filter(|run| {
                 filter
+                    .id_prefix
+                    .as_deref()
+                    .is_none_or(|prefix| run.id.starts_with(prefix))
+            })
+            .filter(|run| {
+                filter
                     .labels
                     .iter()
                     .all(|(key, value)| run.labels.get(key) == Some(value))
@@ -654,6 +660,97 @@ impl Store for MemoryStore {
             .limit
             .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         Ok(runs.into_iter().skip(offset).take(limit).cloned().collect())
+    }
+
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: crate::overview::OverviewWindow,
+    ) -> Result<crate::overview::Overview> {
+        use crate::overview::{EndedGroup, EndedRun, OVERVIEW_SAMPLE, OverviewRows};
+        let state = self.lock();
+        let since = window.start(now);
+        let mut rows = OverviewRows::default();
+        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String, &'static str), i64> = BTreeMap::new();
+        let mut ended: Vec<&Run> = Vec::new();
+        for run in state.runs.values() {
+            *statuses.entry(run.status.as_str()).or_default() += 1;
+            if run.status == RunStatus::Pending
+                && rows
+                    .oldest_pending
+                    .as_ref()
+                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
+            {
+                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
+            }
+            let Some(completed_at) = run.completed_at else {
+                continue;
+            };
+            if matches!(run.status, RunStatus::Completed | RunStatus::Failed)
+                && completed_at >= since
+            {
+                let key = (
+                    run.job_name.clone(),
+                    window.key_of(completed_at),
+                    run.status.as_str(),
+                );
+                *groups.entry(key).or_default() += 1;
+                ended.push(run);
+            }
+        }
+        ended.sort_by_key(|run| std::cmp::Reverse(run.completed_at));
+        ended.truncate(OVERVIEW_SAMPLE as usize);
+        rows.statuses = statuses
+            .into_iter()
+            .map(|(status, count)| (status.to_owned(), count))
+            .collect();
+        rows.ended = groups
+            .into_iter()
+            .map(|((job_name, bucket, status), count)| EndedGroup {
+                job_name,
+                bucket,
+                status: status.to_owned(),
+                count,
+            })
+            .collect();
+        rows.sample = ended
+            .into_iter()
+            .map(|run| EndedRun {
+                job_name: run.job_name.clone(),
+                created_at: run.created_at,
+                started_at: run.started_at,
+                completed_at: run.completed_at.unwrap_or(run.created_at),
+                delay_end: state
+                    .waits
+                    .values()
+                    .find(|w| w.run_id == run.id && w.name == crate::store::DELAY_WAIT)
+                    .and_then(|w| w.resolved_at.or(w.deadline_at)),
+            })
+            .collect();
+        Ok(rows.assemble(now, window))
+    }
+
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        let state = self.lock();
+        let mut rows = crate::overview::OverviewRows::default();
+        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for run in state.runs.values() {
+            *statuses.entry(run.status.as_str()).or_default() += 1;
+            if run.status == RunStatus::Pending
+                && rows
+                    .oldest_pending
+                    .as_ref()
+                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
+            {
+                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
+            }
+        }
+        rows.statuses = statuses
+            .into_iter()
+            .map(|(status, count)| (status.to_owned(), count))
+            .collect();
+        Ok(rows.counts(now))
     }
 
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {

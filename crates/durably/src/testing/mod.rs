@@ -236,7 +236,10 @@ macro_rules! store_contract_tests {
             children_settle_when_all_end_or_one_fails,
             children_settle_when_all_complete_or_one_is_cancelled,
             children_of_a_cancelled_parent_are_listed_to_cancel,
-            a_stored_trace_context_comes_back_on_claim
+            a_stored_trace_context_comes_back_on_claim,
+            run_overview_counts_known_runs,
+            run_overview_measures_a_delayed_run_from_its_start_time,
+            get_runs_filters_by_id_prefix
         );
     };
 }

@@ -190,6 +190,14 @@ impl Store for Freezing {
         self.after(false).await;
         run
     }
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: durably::OverviewWindow,
+    ) -> durably::Result<durably::Overview> {
+        let _call = self.gate().await;
+        self.inner.run_overview(now, window).await
+    }
     async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
         let _call = self.gate().await;
         self.inner.get_runs(filter).await

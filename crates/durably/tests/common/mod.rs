@@ -582,6 +582,13 @@ pub mod instrumented {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             run
         }
+        async fn run_overview(
+            &self,
+            now: Timestamp,
+            window: durably::OverviewWindow,
+        ) -> durably::Result<durably::Overview> {
+            self.inner.run_overview(now, window).await
+        }
         async fn get_runs(&self, filter: &RunFilter) -> durably::Result<Vec<Run>> {
             self.inner.get_runs(filter).await
         }

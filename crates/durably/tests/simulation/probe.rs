@@ -351,6 +351,14 @@ impl Store for Probe {
         self.inner.get_run(id).await
     }
 
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: durably::OverviewWindow,
+    ) -> Result<durably::Overview> {
+        self.inner.run_overview(now, window).await
+    }
+
     async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         self.inner.get_runs(filter).await
     }

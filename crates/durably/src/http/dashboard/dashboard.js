@@ -3,7 +3,8 @@
 // GET /subscribe), its attempts and durable waits: GET /attempts, /waits; actions: POST /cancel,
 // POST /retrigger, POST /resume (a failed run), POST /wake (a run waiting on a timer), DELETE /run, POST /signal (a pending wait of a waiting run); trigger: GET /jobs
 // and POST /trigger; cron schedules: GET /schedules, POST /schedules/pause|resume|trigger; a run's
-// parent and children (child runs, step.invoke): GET /run up the parentRunId chain, GET /runs?parentRunId=. The filters and the open run live in the page URL.
+// parent and children (child runs, step.invoke): GET /run up the parentRunId chain, GET /runs?parentRunId=; the overview (first screen): GET /overview,
+// drawn as inline SVG; a run's timeline from its attempts and waits. The view, the filters and the open run live in the page URL.
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
@@ -11,7 +12,7 @@ const STATUSES = ['pending', 'leased', 'waiting', 'completed', 'failed', 'cancel
 const $ = (id) => document.getElementById(id)
 
 const state = {
-  filters: { statuses: [], job: '', labels: '' }, // no status: every status
+  filters: { statuses: [], job: '', labels: '', id: '' }, // no status: every status; id: a run-id prefix
   limit: PAGE,
   runs: [],
   hasMore: false,
@@ -26,6 +27,9 @@ const state = {
   runSource: null,
   schedules: [],
   tree: emptyTree(null),
+  view: 'overview', // or 'runs'
+  window: '1h', // the overview's: 1h or 24h
+  overview: null,
 }
 
 /** Ancestors shown above a run at most (the chain is cut there, with a link to go on). */
@@ -122,6 +126,30 @@ function formatTime(iso) {
   return today ? date.toLocaleTimeString() : date.toLocaleString()
 }
 
+/** Date and time, always both (a list spans days); the year only when it is not this one. */
+function formatDateTime(iso) {
+  if (!iso) return '—'
+  const date = new Date(iso)
+  if (Number.isNaN(date.getTime())) return iso
+  const year = date.getFullYear() === new Date().getFullYear() ? undefined : 'numeric'
+  const day = date.toLocaleDateString([], { year, month: 'short', day: 'numeric' })
+  return `${day} ${date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false })}`
+}
+
+/** How long a run ran: first start to end, or to now while it is not over (with …). */
+function runTook(run) {
+  if (!run.startedAt) return '—'
+  const start = Date.parse(run.startedAt)
+  if (run.completedAt) return formatDuration(Math.max(0, Date.parse(run.completedAt) - start))
+  return run.isTerminal ? '—' : `${formatDuration(Math.max(0, Date.now() - start))}…`
+}
+
+/** The first line of `text`, cut at `max` characters. */
+function oneLine(text, max) {
+  const line = String(text).split('\n')[0]
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line
+}
+
 function formatDuration(ms) {
   if (ms < 1000) return `${Math.round(ms)} ms`
   if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`
@@ -205,11 +233,18 @@ function readUrl() {
     statuses: STATUSES.filter((s) => statuses.includes(s)),
     job: params.get('job') || '',
     labels: params.getAll('label').join(', '),
+    id: params.get('id') || '',
   }
   state.selected = params.get('run') || null
+  const view = params.get('view')
+  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
+  state.view = view === 'runs' || view === 'overview' ? view : narrowed ? 'runs' : 'overview'
+  if (state.selected) state.view = 'runs'
+  state.window = params.get('window') === '24h' ? '24h' : '1h'
   showStatuses()
-  $('filter-job').value = state.filters.job
+  renderJobFilter()
   $('filter-labels').value = state.filters.labels
+  $('filter-id').value = state.filters.id
 }
 
 function writeUrl(push) {
@@ -217,7 +252,12 @@ function writeUrl(push) {
   for (const status of state.filters.statuses) params.append('status', status)
   if (state.filters.job) params.set('job', state.filters.job)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append('label', `${key}=${value}`)
+  if (state.filters.id) params.set('id', state.filters.id)
   if (state.selected) params.set('run', state.selected)
+  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
+  if (state.view === 'runs' && !narrowed) params.set('view', 'runs')
+  if (state.view === 'overview' && narrowed) params.set('view', 'overview')
+  if (state.view === 'overview' && state.window !== '1h') params.set('window', state.window)
   const query = params.toString()
   const url = location.pathname + (query ? `?${query}` : '')
   if (url === location.pathname + location.search) return
@@ -229,6 +269,7 @@ function filterQuery(includeStatus) {
   const params = new URLSearchParams()
   if (state.filters.job) params.append('jobName', state.filters.job)
   if (includeStatus) for (const status of state.filters.statuses) params.append('status', status)
+  if (includeStatus && state.filters.id) params.set('idPrefix', state.filters.id)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append(`label.${key}`, value)
   return params
 }
@@ -240,11 +281,30 @@ function showStatuses() {
   }
 }
 
+/** The job filter's choices: the registered jobs, the jobs of the overview and of the listed
+ * runs (a server without job definitions still offers those), and the current filter. */
+function renderJobFilter() {
+  const names = new Set(state.jobs.map((job) => job.name))
+  for (const job of state.overview ? state.overview.jobs : []) names.add(job.jobName)
+  for (const run of state.runs) names.add(run.jobName)
+  if (state.filters.job) names.add(state.filters.job)
+  const select = $('filter-job')
+  const wanted = [...names].sort()
+  const shown = [...select.options].slice(1).map((o) => o.value)
+  if (wanted.join('\n') !== shown.join('\n')) {
+    select.replaceChildren(el('option', { value: '', text: 'any' }), ...wanted.map((name) => el('option', { value: name, text: name })))
+  }
+  select.value = state.filters.job
+}
+
 function setFilters(changes) {
+  // filters are the runs list's: show it
+  if (state.view !== 'runs') showView('runs')
   Object.assign(state.filters, changes)
   showStatuses()
-  $('filter-job').value = state.filters.job
+  renderJobFilter()
   $('filter-labels').value = state.filters.labels
+  $('filter-id').value = state.filters.id
   state.limit = PAGE
   writeUrl(true)
   connectRuns()
@@ -271,6 +331,7 @@ async function loadRuns() {
     state.runs = runs.slice(0, state.limit)
     showError($('runs-error'), '')
     renderRuns()
+    renderJobFilter()
   } catch (error) {
     if (ticket === runsRequest) showError($('runs-error'), `Cannot load runs: ${error.message}`)
   }
@@ -304,12 +365,25 @@ function renderRuns() {
         el('td', { class: 'job', text: run.jobName }),
         el('td', { class: 'progress-cell' }, progressView(run)),
         el('td', { class: 'labels' }, labelChips(run.labels, true)),
-        el('td', { class: 'created', title: run.createdAt, text: formatTime(run.createdAt) }),
+        el('td', { class: 'created', title: run.createdAt, text: formatDateTime(run.createdAt) }),
+        el('td', { class: 'took', dataset: { testid: 'took' }, title: run.startedAt ? `started ${run.startedAt}` : 'not started', text: runTook(run) }),
+        el('td', { class: 'error-col', dataset: { testid: 'run-error' }, title: run.error || '', text: run.error ? oneLine(run.error, 80) : '' }),
         el('td', { class: 'id', title: run.id, text: run.id.slice(-8) }),
       ),
     ),
   )
-  $('runs-empty').hidden = state.runs.length > 0
+  const empty = $('runs-empty')
+  empty.hidden = state.runs.length > 0
+  const f = state.filters
+  const filtered = f.statuses.length || f.job || f.labels || f.id
+  empty.dataset.kind = filtered ? 'filtered' : 'none'
+  empty.replaceChildren(
+    ...(filtered
+      ? ['No runs match these filters. ', el('button', { type: 'button', class: 'link', text: 'Clear them', onclick: () => setFilters({ statuses: [], job: '', labels: '', id: '' }) })]
+      : state.jobs.length
+        ? ['No runs yet. Trigger one with the form, or from your application (', el('code', { text: 'job.trigger(input)' }), ' or ', el('code', { text: 'POST /trigger' }), ').']
+        : ['No runs yet. Runs your application triggers show here as they are created.']),
+  )
   $('load-more').hidden = !state.hasMore
 }
 
@@ -356,6 +430,7 @@ function connectRuns() {
       patchRow(event.runId, { currentStepIndex: event.stepIndex + 1 })
     } else if (event.type !== 'log:write') {
       scheduleRefresh()
+      scheduleOverview()
     }
     if (event.runId && event.runId === state.selected && event.type === 'run:delete') {
       showError($('detail-error'), 'This run was deleted.')
@@ -464,6 +539,7 @@ function connectRun(id) {
 function openRun(id, push = true) {
   const changed = state.selected !== id || !state.detail
   state.selected = id
+  if (state.view !== 'runs') showView('runs')
   writeUrl(push)
   $('layout').classList.add('with-detail')
   $('detail').hidden = false
@@ -542,6 +618,7 @@ function renderDetail() {
     $('detail-times').replaceChildren()
     $('detail-labels').replaceChildren()
     $('detail-progress').replaceChildren()
+    renderTimeline()
     renderTree()
     return
   }
@@ -626,6 +703,7 @@ function renderDetail() {
     steps.push(el('li', { class: 'muted', text }))
   }
   $('detail-steps').replaceChildren(...steps)
+  renderTimeline()
   renderAttempts(attempts)
   renderWaits(state.waits || [], run)
   renderLogs()
@@ -1137,7 +1215,7 @@ async function loadJobs() {
     state.jobs = []
     showError($('trigger-error'), `Cannot list jobs: ${error.message}`)
   }
-  $('job-names').replaceChildren(...state.jobs.map((job) => el('option', { value: job.name })))
+  renderJobFilter()
   const select = $('trigger-job')
   const previous = select.value
   select.replaceChildren(...state.jobs.map((job) => el('option', { value: job.name, text: job.name })))
@@ -1152,6 +1230,8 @@ async function loadJobs() {
   $('trigger-labels').closest('label').hidden = none
   $('trigger-card').open = window.innerWidth > 760
   renderForm()
+  // the empty state's advice depends on whether this server can trigger
+  if (!state.runs.length) renderRuns()
 }
 
 async function submitTrigger(event) {
@@ -1307,6 +1387,420 @@ async function scheduleAction(kind, name, button) {
   await loadSchedules()
 }
 
+// ---------- views: the overview (first screen) and the runs list
+
+/** Shows `view` ('overview' or 'runs'). */
+function showView(view) {
+  state.view = view
+  $('overview').hidden = view !== 'overview'
+  $('runs-section').hidden = view !== 'runs'
+  $('tab-overview').setAttribute('aria-selected', String(view === 'overview'))
+  $('tab-runs').setAttribute('aria-selected', String(view === 'runs'))
+  if (view === 'overview') loadOverview()
+}
+
+function setView(view) {
+  if (view === 'overview' && state.selected) closeRun(false)
+  showView(view)
+  writeUrl(true)
+}
+
+// ---------- overview: GET /overview?window=1h|24h, drawn as inline SVG
+
+const SVG = 'http://www.w3.org/2000/svg'
+
+/** An SVG element (as `el`, for the SVG namespace); `title` becomes a <title> child (a tooltip). */
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag)
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue
+    if (key === 'text') node.textContent = value
+    else if (key === 'title') node.append(svg('title', { text: value }))
+    else if (key === 'dataset') for (const [k, v] of Object.entries(value)) node.dataset[k] = v
+    else node.setAttribute(key, value)
+  }
+  for (const child of children.flat()) if (child) node.append(child)
+  return node
+}
+
+/** The smallest of 1, 2, 5 × 10^k at or above `value` (an axis maximum). */
+function niceMax(value) {
+  if (value <= 1) return 1
+  const power = 10 ** Math.floor(Math.log10(value))
+  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power
+  return 10 * power
+}
+
+function bucketLabel(iso, window) {
+  const date = new Date(iso)
+  return window === '24h'
+    ? date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+}
+
+const CHART = { width: 640, height: 170, left: 46, right: 8, top: 10, bottom: 22 }
+
+/** The frame of a bucket chart: horizontal grid lines with their labels, time labels below. */
+function chartFrame(ov, max, format) {
+  const { width, height, left, right, top, bottom } = CHART
+  const plot = height - top - bottom
+  const parts = []
+  for (const fraction of [0, 0.5, 1]) {
+    const y = top + plot * (1 - fraction)
+    parts.push(svg('line', { x1: left, x2: width - right, y1: y, y2: y, class: 'grid' }))
+    // the middle line is labelled only where its value is a whole one
+    const label = format(max * fraction)
+    if (label !== null) parts.push(svg('text', { x: left - 6, y: y + 4, 'text-anchor': 'end', class: 'axis', text: label }))
+  }
+  const n = ov.buckets.length
+  const step = (width - left - right) / n
+  for (const i of [0, Math.floor(n / 2), n - 1]) {
+    const bucket = ov.buckets[i]
+    if (!bucket) continue
+    const anchor = i === 0 ? 'start' : i === n - 1 ? 'end' : 'middle'
+    const x = i === n - 1 ? width - right : left + step * i + (i === 0 ? 0 : step / 2)
+    parts.push(svg('text', { x, y: height - 6, 'text-anchor': anchor, class: 'axis', text: bucketLabel(bucket.start, ov.window) }))
+  }
+  return parts
+}
+
+/** Completed and failed runs per bucket, stacked bars. */
+function throughputChart(ov) {
+  const { width, height, left, right, top, bottom } = CHART
+  const plot = height - top - bottom
+  const totals = ov.buckets.map((b) => b.completed + b.failed)
+  const max = niceMax(Math.max(0, ...totals))
+  const step = (width - left - right) / ov.buckets.length
+  const y = (v) => top + plot * (1 - v / max)
+  const bars = ov.buckets.flatMap((b, i) => {
+    const x = left + step * i + step * 0.12
+    const w = step * 0.76
+    const title = `${formatTime(b.start)}: ${b.completed} completed, ${b.failed} failed`
+    const out = []
+    if (b.completed) out.push(svg('rect', { x, y: y(b.completed), width: w, height: y(0) - y(b.completed), class: 'completed', title }))
+    if (b.failed) out.push(svg('rect', { x, y: y(b.completed + b.failed), width: w, height: y(b.completed) - y(b.completed + b.failed), class: 'failed', title }))
+    return out
+  })
+  const completed = ov.buckets.reduce((sum, b) => sum + b.completed, 0)
+  const failed = ov.buckets.reduce((sum, b) => sum + b.failed, 0)
+  return svg(
+    'svg',
+    {
+      viewBox: `0 0 ${width} ${height}`,
+      class: 'chart',
+      role: 'img',
+      'aria-label': `${completed} completed and ${failed} failed runs`,
+      dataset: { completed: String(completed), failed: String(failed), buckets: String(ov.buckets.length) },
+    },
+    chartFrame(ov, max, (v) => (Number.isInteger(v) ? String(v) : null)),
+    bars,
+  )
+}
+
+/** failed ÷ (completed + failed) per bucket: a line through the buckets where runs ended. */
+function failureChart(ov) {
+  const { width, height, left, right, top, bottom } = CHART
+  const plot = height - top - bottom
+  const step = (width - left - right) / ov.buckets.length
+  const points = ov.buckets
+    .map((b, i) => ({ b, i, total: b.completed + b.failed }))
+    .filter((p) => p.total > 0)
+    .map((p) => ({ ...p, rate: p.b.failed / p.total, x: left + step * p.i + step / 2 }))
+  const y = (rate) => top + plot * (1 - rate)
+  const line = points.length > 1 ? svg('polyline', { points: points.map((p) => `${p.x},${y(p.rate)}`).join(' '), class: 'rate' }) : null
+  const dots = points.map((p) =>
+    svg('circle', {
+      cx: p.x,
+      cy: y(p.rate),
+      r: 3,
+      class: p.rate > 0 ? 'dot failed' : 'dot',
+      title: `${formatTime(p.b.start)}: ${Math.round(p.rate * 100)} % (${p.b.failed} of ${p.total} failed)`,
+    }),
+  )
+  const ended = points.reduce((sum, p) => sum + p.total, 0)
+  const failed = points.reduce((sum, p) => sum + p.b.failed, 0)
+  return svg(
+    'svg',
+    {
+      viewBox: `0 0 ${width} ${height}`,
+      class: 'chart',
+      role: 'img',
+      'aria-label': ended ? `${Math.round((failed / ended) * 100)} % of ${ended} runs failed` : 'no run ended',
+      dataset: { rate: ended ? String(failed / ended) : '' },
+    },
+    chartFrame(ov, 1, (v) => `${Math.round(v * 100)} %`),
+    line,
+    dots,
+  )
+}
+
+/** p50 (solid) and p95 (light) of one job as bars on a shared scale, with their values. */
+function percentileBar(p, max) {
+  if (!p) return el('span', { class: 'muted', text: '—' })
+  const width = 120
+  const scale = (ms) => Math.max(1, (ms / Math.max(max, 1)) * width)
+  return el(
+    'span',
+    { class: 'pct', dataset: { p50: String(p.p50), p95: String(p.p95) }, title: `p50 ${formatDuration(p.p50)}, p95 ${formatDuration(p.p95)} (${p.count} runs)` },
+    svg(
+      'svg',
+      { viewBox: `0 0 ${width} 12`, width, height: 12, class: 'pct-bar' },
+      svg('rect', { x: 0, y: 1, width: width, height: 10, class: 'track' }),
+      svg('rect', { x: 0, y: 1, width: scale(p.p95), height: 10, class: 'p95' }),
+      svg('rect', { x: 0, y: 1, width: scale(p.p50), height: 10, class: 'p50' }),
+    ),
+    el('span', { class: 'pct-text', text: `${formatDuration(p.p50)} / ${formatDuration(p.p95)}` }),
+  )
+}
+
+function renderOverview() {
+  const ov = state.overview
+  if (!ov) return
+  for (const button of $('ov-window').querySelectorAll('button')) button.setAttribute('aria-pressed', String(button.dataset.window === ov.window))
+  $('ov-updated').textContent = `at ${formatTime(ov.now)}`
+  const total = STATUSES.reduce((sum, s) => sum + (ov.counts[s] || 0), 0)
+  const tiles = STATUSES.map((status) =>
+    el(
+      'button',
+      {
+        type: 'button',
+        class: `tile ${status}`,
+        dataset: { status, count: String(ov.counts[status] || 0), testid: 'ov-count' },
+        title: `Show the ${status} runs`,
+        onclick: () => setFilters({ statuses: [status], job: '', labels: '', id: '' }),
+      },
+      el('span', { class: 'tile-count', text: String(ov.counts[status] || 0) }),
+      el('span', { class: 'tile-name', text: status }),
+    ),
+  )
+  // the share of each status, as one stacked bar
+  let x = 0
+  const share = svg(
+    'svg',
+    { viewBox: '0 0 1000 10', preserveAspectRatio: 'none', class: 'share', role: 'img', 'aria-label': `${total} runs by status` },
+    STATUSES.map((status) => {
+      const w = total ? ((ov.counts[status] || 0) / total) * 1000 : 0
+      const rect = w ? svg('rect', { x, y: 0, width: w, height: 10, class: status, title: `${status}: ${ov.counts[status]}` }) : null
+      x += w
+      return rect
+    }),
+  )
+  $('ov-counts').replaceChildren(el('div', { class: 'tiles' }, tiles), share)
+  const oldest = $('ov-oldest')
+  if (ov.oldestPending) {
+    const p = ov.oldestPending
+    oldest.replaceChildren(
+      'Oldest pending run: ',
+      el('strong', { text: p.jobName }),
+      ` waiting for ${formatDuration(p.ageMs)} (since ${formatTime(p.createdAt)}) `,
+      runLink(p.runId, 'ov-oldest-run', p.runId.slice(-8)),
+    )
+    oldest.dataset.runId = p.runId
+    oldest.classList.toggle('stale', p.ageMs > 60_000)
+  } else {
+    oldest.replaceChildren('No run is pending: nothing waits for a worker.')
+    delete oldest.dataset.runId
+    oldest.classList.remove('stale')
+  }
+  $('ov-throughput-note').textContent = ov.window === '24h' ? 'per hour, last day' : 'per minute, last hour'
+  $('ov-throughput').replaceChildren(throughputChart(ov))
+  $('ov-failure').replaceChildren(failureChart(ov))
+  const maxLatency = Math.max(0, ...ov.jobs.map((j) => (j.queueLatencyMs ? j.queueLatencyMs.p95 : 0)))
+  const maxDuration = Math.max(0, ...ov.jobs.map((j) => (j.durationMs ? j.durationMs.p95 : 0)))
+  $('ov-jobs').replaceChildren(
+    ...ov.jobs.map((job) => {
+      const ended = job.completed + job.failed
+      return el(
+        'tr',
+        { dataset: { job: job.jobName, completed: String(job.completed), failed: String(job.failed) } },
+        el(
+          'td',
+          { class: 'job' },
+          el('button', {
+            type: 'button',
+            class: 'link',
+            title: `Show the runs of ${job.jobName}`,
+            text: job.jobName,
+            onclick: () => setFilters({ statuses: [], job: job.jobName, labels: '', id: '' }),
+          }),
+        ),
+        el('td', { class: 'num', text: String(job.completed) }),
+        el('td', { class: `num ${job.failed ? 'bad' : ''}`, text: String(job.failed) }),
+        el('td', { class: 'num', text: ended ? `${Math.round((job.failed / ended) * 100)} %` : '—' }),
+        el('td', { dataset: { testid: 'ov-latency' } }, percentileBar(job.queueLatencyMs, maxLatency)),
+        el('td', { dataset: { testid: 'ov-duration' } }, percentileBar(job.durationMs, maxDuration)),
+      )
+    }),
+  )
+  $('ov-jobs-empty').hidden = ov.jobs.length > 0
+  const ended = ov.jobs.reduce((sum, j) => sum + j.completed + j.failed, 0)
+  $('ov-jobs-note').textContent = ended > ov.sampled ? `percentiles of the newest ${ov.sampled} of ${ended} runs` : ''
+}
+
+let overviewRequest = 0
+async function loadOverview() {
+  const ticket = ++overviewRequest
+  try {
+    const ov = await api('GET', `/overview?window=${encodeURIComponent(state.window)}`)
+    if (ticket !== overviewRequest) return
+    state.overview = ov
+    showError($('overview-error'), '')
+    renderOverview()
+    renderJobFilter()
+  } catch (error) {
+    if (ticket === overviewRequest) showError($('overview-error'), `Cannot load the overview: ${error.message}`)
+  }
+}
+
+/** Reloads the overview after live events, at most once a second. */
+let overviewTimer = null
+function scheduleOverview() {
+  if (overviewTimer || state.view !== 'overview') return
+  overviewTimer = setTimeout(() => {
+    overviewTimer = null
+    if (state.view === 'overview') loadOverview()
+  }, 1000)
+}
+
+// ---------- run timeline: a waterfall of attempts and waits (GET /attempts, /waits)
+
+/** What a wait was for, in a word: `delay`, `retry backoff`, `sleep` or `signal`. */
+function waitLabel(wait) {
+  const timer = timerKind(wait)
+  if (!timer) return `wait ${wait.name}`
+  switch (timer.kind) {
+    case 'delay':
+      return 'delay'
+    case 'retry':
+      return `retry backoff ${timer.step}`
+    case 'run-retry':
+      return 'run retry backoff'
+    default:
+      return `sleep ${wait.name}`
+  }
+}
+
+/** The rows of the timeline: a run's queueing, each attempt and each wait, by start. */
+function timelineRows(run, attempts, waits, now) {
+  const rows = []
+  const delay = waits.find((w) => timerKind(w)?.kind === 'delay')
+  const queuedFrom = delay && delay.resolvedAt ? Date.parse(delay.resolvedAt) : Date.parse(run.createdAt)
+  if (run.startedAt) {
+    rows.push({ kind: 'queue', label: 'queued', start: queuedFrom, end: Date.parse(run.startedAt), status: 'queued', title: 'From trigger (or the end of its delay) to the first start' })
+  } else if (!run.isTerminal && run.status === 'pending') {
+    rows.push({ kind: 'queue', label: 'queued', start: queuedFrom, end: now, open: true, status: 'queued', title: 'Waiting for a worker' })
+  }
+  const seen = new Map()
+  const lastFailed = new Map() // step name -> end of its last failed attempt
+  const retryWaits = new Set(waits.filter((w) => timerKind(w)?.kind === 'retry').map((w) => timerKind(w).step))
+  let generation = null
+  for (const attempt of attempts) {
+    const n = (seen.get(attempt.stepName) || 0) + 1
+    seen.set(attempt.stepName, n)
+    const running = attempt.status === 'started' && !attempt.interruptionReason
+    const outcome = attempt.status === 'started' && attempt.interruptionReason ? attempt.interruptionReason : attempt.status
+    const resumed = generation !== null && attempt.leaseGeneration !== generation
+    generation = attempt.leaseGeneration
+    const start = Date.parse(attempt.startedAt)
+    let end = attempt.completedAt ? Date.parse(attempt.completedAt) : null
+    if (end === null) end = running ? now : null
+    // a retry that waited in the worker (a suspended one has its wait row)
+    const failedAt = lastFailed.get(attempt.stepName)
+    if (failedAt !== undefined && start > failedAt && !retryWaits.has(attempt.stepName)) {
+      rows.push({ kind: 'wait', label: `retry backoff ${attempt.stepName}`, start: failedAt, end: start, status: 'waited', title: `Backoff before attempt ${n} of ${attempt.stepName}` })
+    }
+    if (outcome === 'failed' && end !== null) lastFailed.set(attempt.stepName, end)
+    else lastFailed.delete(attempt.stepName)
+    rows.push({
+      kind: 'attempt',
+      label: n > 1 ? `${attempt.stepName} #${n}` : attempt.stepName,
+      start,
+      end,
+      open: running,
+      status: running ? 'running' : outcome,
+      resumed,
+      generation: attempt.leaseGeneration,
+      title: `${attempt.stepName}, attempt ${n}: ${running ? 'running' : outcome}${attempt.error ? ` — ${attempt.error}` : ''} (lease generation ${attempt.leaseGeneration})`,
+    })
+  }
+  for (const wait of waits) {
+    if (wait === delay) {
+      rows.push({ kind: 'wait', label: 'delay', start: Date.parse(wait.createdAt), end: wait.resolvedAt ? Date.parse(wait.resolvedAt) : now, open: !wait.resolvedAt, status: wait.status === 'pending' ? 'waiting' : 'waited', title: `delayed until ${wait.deadlineAt || '?'}` })
+      continue
+    }
+    const start = Date.parse(wait.suspendedAt || wait.createdAt)
+    const pending = wait.status === 'pending'
+    const end = wait.resolvedAt ? Date.parse(wait.resolvedAt) : pending && !run.isTerminal ? now : run.completedAt ? Date.parse(run.completedAt) : now
+    rows.push({
+      kind: 'wait',
+      label: waitLabel(wait),
+      start,
+      end,
+      open: pending && !run.isTerminal,
+      status: pending ? 'waiting' : 'waited',
+      title: `${waitLabel(wait)}: ${wait.outcome ? `${wait.status} by ${wait.outcome}` : wait.status}${wait.deadlineAt ? `, deadline ${wait.deadlineAt}` : ''}`,
+    })
+  }
+  const startOf = (row) => row.start
+  rows.sort((a, b) => startOf(a) - startOf(b) || (a.kind === 'queue' ? -1 : 0))
+  return rows
+}
+
+function renderTimeline() {
+  const run = state.detail
+  const box = $('detail-timeline')
+  if (!run) {
+    box.replaceChildren()
+    $('timeline-note').textContent = ''
+    return
+  }
+  const now = Date.now()
+  const rows = timelineRows(run, state.attempts || [], state.waits || [], now)
+  const t0 = Date.parse(run.createdAt)
+  const ends = rows.map((r) => r.end ?? r.start)
+  const t1 = Math.max(run.completedAt ? Date.parse(run.completedAt) : run.isTerminal ? t0 : now, ...ends, t0 + 1)
+  const span = t1 - t0
+  $('timeline-note').textContent = `${formatDuration(span)} from trigger to ${run.isTerminal ? 'end' : 'now'}`
+  if (!rows.length) {
+    box.replaceChildren(el('p', { class: 'muted small', text: run.isTerminal ? 'Nothing ran.' : 'Not started yet.' }))
+    return
+  }
+  const pct = (t) => `${(((t - t0) / span) * 100).toFixed(2)}%`
+  // time spent per kind, so that where the time went reads in one line
+  const spent = { attempt: 0, wait: 0, queue: 0 }
+  for (const row of rows) if (row.end !== null) spent[row.kind] += row.end - row.start
+  const items = rows.map((row) => {
+    const end = row.end ?? row.start
+    const bar = el('span', {
+      class: `tl-bar ${row.status}${row.open ? ' open' : ''}${row.end === null ? ' unknown' : ''}`,
+      style: `left:${pct(row.start)};width:max(2px, calc(${pct(end)} - ${pct(row.start)}))`,
+    })
+    return el(
+      'li',
+      { class: `tl-row ${row.kind}${row.resumed ? ' resumed' : ''}`, title: row.title, dataset: { kind: row.kind, status: row.status, testid: 'timeline-row', ...(row.generation !== undefined ? { generation: String(row.generation) } : {}) } },
+      el('span', { class: 'tl-label' }, row.status === 'running' ? el('span', { class: 'tl-now', title: 'Executing now', text: '▶ ' }) : null, row.resumed ? el('span', { class: 'tl-resumed', title: `Claimed again (lease generation ${row.generation}): the run was resumed, possibly on another worker`, text: '↻ ' }) : null, row.label),
+      el('span', { class: 'tl-track' }, bar),
+      el('span', { class: 'tl-dur', text: row.end === null ? '?' : `${formatDuration(end - row.start)}${row.open ? '…' : ''}` }),
+    )
+  })
+  const axis = el(
+    'li',
+    { class: 'tl-row tl-axis' },
+    el('span', { class: 'tl-label' }),
+    el('span', { class: 'tl-track' }, el('span', { class: 'tl-tick start', text: '0' }), el('span', { class: 'tl-tick end', text: `+${formatDuration(span)}` })),
+    el('span', { class: 'tl-dur' }),
+  )
+  box.replaceChildren(
+    el('p', { class: 'tl-summary small muted', dataset: { testid: 'timeline-summary' } }, `steps ${formatDuration(spent.attempt)} · waits ${formatDuration(spent.wait)} · queued ${formatDuration(spent.queue)}`),
+    el('ol', { class: 'tl' }, ...items, axis),
+  )
+}
+
+/** While a run is open and not over, its open bars grow: redraw each second. */
+setInterval(() => {
+  if (state.detail && !state.detail.isTerminal && !$('detail').hidden) renderTimeline()
+}, 1000)
+
 // ---------- wiring
 
 function applyUrl() {
@@ -1316,21 +1810,32 @@ function applyUrl() {
   loadRuns()
   if (state.selected) openRun(state.selected, false)
   else closeRun(false)
+  showView(state.view)
 }
 
 $('filter-status').addEventListener('change', () => {
   const ticked = [...$('filter-status').querySelectorAll('input:checked')].map((box) => box.value)
   setFilters({ statuses: STATUSES.filter((s) => ticked.includes(s)) })
 })
-$('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value.trim() }))
+$('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.value }))
 $('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
+$('filter-id').addEventListener('change', (e) => setFilters({ id: e.target.value.trim() }))
 $('filters').addEventListener('submit', (e) => e.preventDefault())
-$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '' }))
+$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '', id: '' }))
 $('load-more').addEventListener('click', () => {
   state.limit += PAGE
   loadRuns()
 })
 $('detail-close').addEventListener('click', () => closeRun())
+$('tab-overview').addEventListener('click', () => setView('overview'))
+$('tab-runs').addEventListener('click', () => setView('runs'))
+$('ov-window').addEventListener('click', (e) => {
+  const chosen = e.target.closest('button')?.dataset.window
+  if (!chosen || chosen === state.window) return
+  state.window = chosen
+  writeUrl(false)
+  loadOverview()
+})
 $('action-cancel').addEventListener('click', () => runAction('cancel'))
 $('action-resume').addEventListener('click', () => runAction('resume'))
 $('action-wake').addEventListener('click', () => runAction('wake'))
@@ -1354,3 +1859,7 @@ loadJobs()
 loadSchedules()
 // Next and last fire times move on by themselves: read them again now and then.
 setInterval(loadSchedules, 15_000)
+// The overview's buckets move on with the clock, and events may be filtered out: read it again now and then.
+setInterval(() => {
+  if (state.view === 'overview' && !document.hidden) loadOverview()
+}, 15_000)

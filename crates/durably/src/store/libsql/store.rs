@@ -231,6 +231,74 @@ impl Store for LibsqlStore {
         steps::set_step_attempt_metadata(&self.db, fence, attempt_id, metadata.as_ref(), now).await
     }
 
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: crate::overview::OverviewWindow,
+    ) -> Result<crate::overview::Overview> {
+        use crate::overview::{EndedGroup, EndedRun, OVERVIEW_SAMPLE, OverviewRows};
+        const OP: &str = "run_overview";
+        let since = window.start(now);
+        let key_len = window.key_len() as i64;
+        let statuses = self.db.rows(OP, stmt!(sql::OVERVIEW_STATUSES)).await?;
+        let oldest = self
+            .db
+            .rows(OP, stmt!(sql::OVERVIEW_OLDEST_PENDING))
+            .await?;
+        let ended = self
+            .db
+            .rows(OP, stmt!(sql::OVERVIEW_ENDED, since, key_len))
+            .await?;
+        let sample = self
+            .db
+            .rows(
+                OP,
+                stmt!(sql::OVERVIEW_SAMPLE, since, OVERVIEW_SAMPLE as i64),
+            )
+            .await?;
+        let rows = OverviewRows {
+            statuses: parse_rows(OP, &statuses, |row| Ok((row.text(0)?, row.int(1)?)))?,
+            oldest_pending: parse_first(OP, &oldest, |row| {
+                Ok((row.text(0)?, row.text(1)?, row.ts(2)?))
+            })?,
+            ended: parse_rows(OP, &ended, |row| {
+                Ok(EndedGroup {
+                    job_name: row.text(0)?,
+                    bucket: row.text(1)?,
+                    status: row.text(2)?,
+                    count: row.int(3)?,
+                })
+            })?,
+            sample: parse_rows(OP, &sample, |row| {
+                Ok(EndedRun {
+                    job_name: row.text(0)?,
+                    created_at: row.ts(1)?,
+                    started_at: row.opt_ts(2)?,
+                    completed_at: row.ts(3)?,
+                    delay_end: row.opt_ts(4)?,
+                })
+            })?,
+        };
+        Ok(rows.assemble(now, window))
+    }
+
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        const OP: &str = "run_counts";
+        let statuses = self.db.rows(OP, stmt!(sql::OVERVIEW_STATUSES)).await?;
+        let oldest = self
+            .db
+            .rows(OP, stmt!(sql::OVERVIEW_OLDEST_PENDING))
+            .await?;
+        let rows = crate::overview::OverviewRows {
+            statuses: parse_rows(OP, &statuses, |row| Ok((row.text(0)?, row.int(1)?)))?,
+            oldest_pending: parse_first(OP, &oldest, |row| {
+                Ok((row.text(0)?, row.text(1)?, row.ts(2)?))
+            })?,
+            ..Default::default()
+        };
+        Ok(rows.counts(now))
+    }
+
     async fn get_step_attempts(&self, run_id: &str) -> Result<Vec<StepAttempt>> {
         let rows = self
             .db

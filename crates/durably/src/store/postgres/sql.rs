@@ -151,6 +151,12 @@ pub(super) fn runs_query<'a>(
         params.push(parent);
         conditions.push_str(&format!(" AND r.rs_parent_run_id = ${}", params.len()));
     }
+    if let Some(prefix) = filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
+        // compared as text, whatever the database's collation (a range would follow it)
+        params.push(prefix);
+        let n = params.len();
+        conditions.push_str(&format!(" AND left(r.id, char_length(${n})) = ${n}"));
+    }
     if let (Some(key), Some(value)) = (values.label_keys.first(), values.label_values.first()) {
         params.push(key);
         params.push(value);

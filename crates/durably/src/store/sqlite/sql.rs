@@ -637,6 +637,13 @@ pub(crate) fn list_runs(filter: &RunFilter) -> Result<(String, Vec<SqlArg>)> {
         conditions.push_str(" AND r.rs_parent_run_id = ?");
         condition_args.push(SqlArg::Text(parent.clone()));
     }
+    if let Some(prefix) = filter.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        // a range of the primary key's index (SQLite compares text byte by byte): every id
+        // that starts with `prefix` sorts at or after it and before it followed by U+10FFFF
+        conditions.push_str(" AND r.id >= ? AND r.id < ?");
+        condition_args.push(SqlArg::Text(prefix.to_owned()));
+        condition_args.push(SqlArg::Text(format!("{prefix}\u{10FFFF}")));
+    }
     if let Some((key, value)) = filter.labels.iter().next() {
         conditions.push_str(
             " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",
@@ -937,3 +944,25 @@ pub(crate) const EXPIRE_DUE_WAITS: &str = concat!(
     terminal!(),
     ") ORDER BY w.deadline_ms, w.id LIMIT ?2) AND status = 'pending' RETURNING id"
 );
+
+/// [`Store::run_overview`](crate::Store::run_overview): runs per status (through upstream's
+/// `(status, …)` indexes).
+pub(crate) const OVERVIEW_STATUSES: &str =
+    "SELECT status, COUNT(*) FROM durably_runs GROUP BY status";
+
+/// The oldest pending run (through `durably_rs_runs_pending_order`).
+pub(crate) const OVERVIEW_OLDEST_PENDING: &str = "SELECT id, job_name, created_at FROM durably_runs \
+     WHERE status = 'pending' ORDER BY created_at, id LIMIT 1";
+
+/// Runs that completed or failed since `?1`, grouped by job, bucket (the first `?2` characters
+/// of their completion time) and status (through upstream's `(status, completed_at)` index).
+pub(crate) const OVERVIEW_ENDED: &str = "SELECT job_name, substr(completed_at, 1, ?2), status, COUNT(*) FROM durably_runs \
+     WHERE status IN ('completed', 'failed') AND completed_at >= ?1 GROUP BY 1, 2, 3";
+
+/// The times of the newest `?2` runs that completed or failed since `?1`, with the end of
+/// their `delay` wait (a delayed run).
+pub(crate) const OVERVIEW_SAMPLE: &str = "SELECT r.job_name, r.created_at, r.started_at, \
+     r.completed_at, COALESCE(w.resolved_at, w.deadline_at) FROM durably_runs r \
+     LEFT JOIN durably_waits w ON w.run_id = r.id AND w.name = 'delay' \
+     WHERE r.status IN ('completed', 'failed') AND r.completed_at >= ?1 \
+     ORDER BY r.completed_at DESC LIMIT ?2";

@@ -80,6 +80,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: crate::overview::OverviewWindow,
+    ) -> Result<crate::overview::Overview> {
+        self.read("run_overview", move |conn| {
+            ops::run_overview(conn, now, window)
+        })
+        .await
+    }
+
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        self.read("run_counts", move |conn| ops::run_counts(conn, now))
+            .await
+    }
+
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
         let run_id = run_id.to_owned();
         self.read("get_steps", move |conn| ops::get_steps(conn, &run_id))

@@ -392,6 +392,19 @@ impl Store for FaultyStore {
         self.call("get_run", self.inner.get_run(id)).await
     }
 
+    async fn run_overview(
+        &self,
+        now: Timestamp,
+        window: crate::overview::OverviewWindow,
+    ) -> Result<crate::overview::Overview> {
+        self.call("run_overview", self.inner.run_overview(now, window))
+            .await
+    }
+
+    async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
+        self.call("run_counts", self.inner.run_counts(now)).await
+    }
+
     async fn get_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         self.call("get_runs", self.inner.get_runs(filter)).await
     }
