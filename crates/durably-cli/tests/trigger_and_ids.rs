@@ -686,6 +686,42 @@ async fn a_unique_part_of_a_run_id_names_the_run() {
     );
 }
 
+/// First characters find a run however old (the store's lookup by id prefix), typed in lower
+/// case too; last characters only among the newest 10,000 runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_characters_find_a_run_older_than_the_newest_ten_thousand() {
+    let fx = Fixture::new().await;
+    let old = fx.enqueue("old-job", None).await;
+    let newer: Vec<NewRun> = (0..10_000)
+        .map(|_| NewRun {
+            job_name: "newer".into(),
+            input: json!({}),
+            ..Default::default()
+        })
+        .collect();
+    fx.durably
+        .store()
+        .enqueue_many(newer, Timestamp::now())
+        .await
+        .expect("enqueue_many");
+    let first = old.id[..20].to_ascii_lowercase();
+    let output = durably_cli(&["run", &first, "--db", fx.db(), "--json"]);
+    let shown: Value = serde_json::from_str(&expect_code(&output, 0)).expect("JSON");
+    assert_eq!(shown["run"]["id"], old.id.as_str());
+
+    let last = format!("…{}", &old.id[old.id.len() - 12..]);
+    let output = durably_cli(&["run", &last, "--db", fx.db()]);
+    expect_code(&output, 4);
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "error: no such run: {last} (no id starts with it, and none among the newest 10000 \
+             runs ends with it: give the full id; list runs with `durably runs --db {}`)\n",
+            fx.db()
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ambiguous_too_short_or_unknown_part_is_refused() {
     let fx = Fixture::new().await;

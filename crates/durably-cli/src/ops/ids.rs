@@ -5,9 +5,12 @@ use super::*;
 /// The fewest characters of an id accepted as a part of it.
 pub(crate) const MIN_ID_PART: usize = 4;
 
-/// Runs read (newest first) when looking for the runs whose id starts or ends with a part:
-/// the store has no lookup by id prefix, so the newest runs are read through `get_runs`.
+/// Runs read (newest first) when looking for the runs whose id ends with a part (the store
+/// finds ids by their first characters, not by their last).
 pub(crate) const ID_SCAN_LIMIT: u64 = 10_000;
+
+/// Runs whose id starts with a part read at most (enough to say how ambiguous it is).
+const PREFIX_MATCHES_READ: u64 = 100;
 
 /// Runs read per `get_runs` call of that scan.
 pub(super) const ID_SCAN_PAGE: u64 = 1_000;
@@ -84,35 +87,60 @@ pub(crate) async fn resolve_run(
     {
         return Err(no_such_run(db, text));
     }
+    // First characters: the store's lookup by id prefix, over every run (ULIDs are upper
+    // case: the part as typed and in upper case). Last characters: the newest runs, read
+    // through the ordinary listing (no index can find an id by its end).
     let mut matches: Vec<Run> = Vec::new();
-    let mut read = 0u64;
-    let mut complete = false;
-    while read < ID_SCAN_LIMIT {
-        let wanted = ID_SCAN_PAGE.min(ID_SCAN_LIMIT - read);
-        let mut filter = RunFilter::new();
-        filter.limit = Some(wanted);
-        filter.offset = Some(read);
-        let page = durably
-            .get_runs(&filter)
-            .await
-            .map_err(|e| database_error(db, e))?;
-        let got = page.len() as u64;
-        read += got;
-        matches.extend(
-            page.into_iter()
-                .filter(|run| id_matches(&run.id, part, place)),
-        );
-        if got < wanted {
-            complete = true;
-            break;
+    if place != IdPart::End {
+        let mut prefixes = vec![part.to_ascii_uppercase()];
+        if prefixes[0] != part {
+            prefixes.push(part.to_owned());
+        }
+        for prefix in prefixes {
+            let found = durably
+                .get_runs(
+                    &RunFilter::new()
+                        .id_prefix(prefix)
+                        .limit(PREFIX_MATCHES_READ),
+                )
+                .await
+                .map_err(|e| database_error(db, e))?;
+            matches.extend(found);
         }
     }
+    let mut complete = true;
+    if place != IdPart::Start {
+        let mut read = 0u64;
+        complete = false;
+        while read < ID_SCAN_LIMIT {
+            let wanted = ID_SCAN_PAGE.min(ID_SCAN_LIMIT - read);
+            let mut filter = RunFilter::new();
+            filter.limit = Some(wanted);
+            filter.offset = Some(read);
+            let page = durably
+                .get_runs(&filter)
+                .await
+                .map_err(|e| database_error(db, e))?;
+            let got = page.len() as u64;
+            read += got;
+            matches.extend(
+                page.into_iter()
+                    .filter(|run| id_matches(&run.id, part, IdPart::End)),
+            );
+            if got < wanted {
+                complete = true;
+                break;
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    matches.retain(|run| seen.insert(run.id.clone()));
     match matches.len() {
         1 => Ok(matches.remove(0)),
         0 if complete => Err(no_such_run(db, text)),
         0 => Err(CliError::new(format!(
-            "no such run: {text} (no id among the newest {ID_SCAN_LIMIT} runs starts or ends with \
-             it: give the full id; list runs with `durably runs {}`)",
+            "no such run: {text} (no id starts with it, and none among the newest {ID_SCAN_LIMIT} \
+             runs ends with it: give the full id; list runs with `durably runs {}`)",
             db.flag()
         ))
         .with_code(NOT_FOUND)),
