@@ -163,7 +163,19 @@ impl DbArgs {
                     "--db is empty: give a SQLite file path, a postgres:// URL or a libsql:// URL",
                 ));
             }
-            if purpose != Purpose::Migrate && !Path::new(&self.db).is_file() {
+            let path = Path::new(&self.db);
+            if purpose != Purpose::Migrate
+                && !path.is_file()
+                && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                && !dir.is_dir()
+            {
+                return Err(CliError::new(format!(
+                    "cannot open database {shown}: the directory {} does not exist (check the \
+                     path)",
+                    dir.display()
+                )));
+            }
+            if purpose != Purpose::Migrate && !path.is_file() {
                 return Err(CliError::new(format!(
                     "cannot open database {shown}: no such file (check the path, or create the \
                      schema with `durably migrate --db {}`)",

@@ -253,6 +253,19 @@ async fn missing_or_unmigrated_databases_say_what_to_do() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("nope.sqlite");
     let missing = missing.to_str().expect("utf-8");
+    // A file in a directory that does not exist: the directory is named.
+    let in_missing_dir = dir.path().join("data").join("app.sqlite");
+    let in_missing_dir = in_missing_dir.to_str().expect("utf-8");
+    let output = durably_cli(&["runs", "--db", in_missing_dir]);
+    expect_code(&output, 1);
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "error: cannot open database {in_missing_dir}: the directory {} does not exist \
+             (check the path)\n",
+            dir.path().join("data").display()
+        )
+    );
     let output = durably_cli(&["runs", "--db", missing]);
     expect_code(&output, 1);
     assert!(
