@@ -216,6 +216,7 @@ pub mod schedules;
 pub mod step;
 pub mod store;
 mod subscribe;
+mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -25,6 +25,7 @@ use crate::retry::AttemptTimedOut;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
+use crate::telemetry::metrics::{RunMetrics, StepOutcome};
 use crate::time::{Timestamp, new_id};
 
 /// While a fenced write *sent* less than this ago confirmed this worker's ownership (and the
@@ -85,6 +86,8 @@ pub(crate) struct StepShared {
     renewing: tokio::sync::Mutex<()>,
     /// The durable waits of this execution (`crate::waits::step`).
     pub(crate) waits: WaitState,
+    /// This execution's metrics (feature `otel`).
+    pub(crate) metrics: RunMetrics,
 }
 
 /// Where an execution stands with durable waits.
@@ -445,6 +448,7 @@ impl StepContext {
         completed_steps: i64,
         persist_logs: bool,
         attempt_record_delay: Duration,
+        metrics: RunMetrics,
     ) -> Self {
         let shared = Arc::new(StepShared {
             store,
@@ -469,6 +473,7 @@ impl StepContext {
             lease,
             renewing: tokio::sync::Mutex::new(()),
             waits: WaitState::default(),
+            metrics,
         });
         StepContext {
             log: StepLog {
@@ -668,6 +673,10 @@ impl StepContext {
             }
         };
         shared.step_ended();
+        shared.metrics.step_attempt(
+            started.elapsed(),
+            step_outcome(&result, shared.abort_reason()),
+        );
 
         let failure: BoxError = match result {
             Ok(value) => match shared.abort_error() {
@@ -960,6 +969,19 @@ impl StepLog {
 
 /// An attempt's function, failing with [`AttemptTimedOut`] (its future dropped) when it runs
 /// longer than `timeout`.
+/// How a step attempt whose function returned `result` ended, for its metrics.
+fn step_outcome<T, E>(
+    result: &std::result::Result<T, E>,
+    abort: Option<AbortReason>,
+) -> StepOutcome {
+    match (abort, result) {
+        (Some(AbortReason::LeaseLost), _) => StepOutcome::LeaseLost,
+        (Some(AbortReason::Cancelled), _) => StepOutcome::Cancelled,
+        (None, Ok(_)) => StepOutcome::Completed,
+        (None, Err(_)) => StepOutcome::Failed,
+    }
+}
+
 async fn bounded<T, E: Into<BoxError>>(
     function: impl Future<Output = std::result::Result<T, E>>,
     timeout: Option<Duration>,

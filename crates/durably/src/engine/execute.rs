@@ -98,7 +98,8 @@ impl Engine {
         {
             // The renewal itself failed (the store did not answer): not started here; its
             // lease expires and any worker takes it over.
-            self.worker_error(error.to_string(), "lease-renewal", Some(&run.id));
+            self.store_failed(&error, "lease-renewal", Some(&run.id));
+            shared.metrics.ended(&run, Outcome::LeaseLost);
             return Execution::Ended(Outcome::LeaseLost);
         }
         match shared.abort_reason() {
@@ -107,7 +108,10 @@ impl Engine {
                 self.announce_cancel_found(&run, &shared);
                 return Execution::Ended(Outcome::Cancelled);
             }
-            Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
+            Some(AbortReason::LeaseLost) => {
+                shared.metrics.ended(&run, Outcome::LeaseLost);
+                return Execution::Ended(Outcome::LeaseLost);
+            }
             None => {}
         }
         let fence = shared.fence.clone();
@@ -132,11 +136,13 @@ impl Engine {
             let transition = Transition::Fail {
                 error: error.clone(),
             };
+            shared.metrics.started(&run);
             let outcome = match store
                 .finish_run(&fence, transition, Timestamp::now(), None)
                 .await
             {
                 Ok(finished) if finished.landed => {
+                    shared.metrics.ended(&run, Outcome::Failed);
                     self.events.emit(EventKind::RunFail {
                         run_id: run.id,
                         job_name: run.job_name,
@@ -146,9 +152,13 @@ impl Engine {
                     });
                     Outcome::Failed
                 }
-                Ok(_) => Outcome::LeaseLost,
+                Ok(_) => {
+                    shared.metrics.ended(&run, Outcome::LeaseLost);
+                    Outcome::LeaseLost
+                }
                 Err(e) => {
-                    self.worker_error(e.to_string(), "run-failure", Some(&run.id));
+                    self.store_failed(&e, "run-failure", Some(&run.id));
+                    shared.metrics.ended(&run, Outcome::LeaseLost);
                     Outcome::LeaseLost
                 }
             };
@@ -168,6 +178,9 @@ impl Engine {
             labels: run.labels.clone(),
         });
         announced.store(true, std::sync::atomic::Ordering::SeqCst);
+        shared.metrics.started(&run);
+        #[cfg(feature = "otel")]
+        self.record_delayed_start(&run, &shared);
 
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
@@ -209,6 +222,7 @@ impl Engine {
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)
             .await;
+        shared.metrics.ended(&run, outcome);
         if matches!(outcome, Outcome::Completed | Outcome::Failed) {
             self.child_ended(&run).await;
         }
@@ -321,7 +335,7 @@ impl Engine {
             }
             Err(error) => {
                 tracing::error!(%error, "could not record completion");
-                self.worker_error(error.to_string(), "run-completion", Some(&run.id));
+                self.store_failed(&error, "run-completion", Some(&run.id));
                 Outcome::LeaseLost
             }
         };
@@ -371,7 +385,7 @@ impl Engine {
             Err(error) => {
                 // Upstream: the run stays leased and is taken over once its lease expires.
                 tracing::error!(%error, %wait_id, "could not suspend the run");
-                self.worker_error(error.to_string(), "run-suspension", Some(&run.id));
+                self.store_failed(&error, "run-suspension", Some(&run.id));
                 (Outcome::LeaseLost, Vec::new())
             }
         }
@@ -424,10 +438,35 @@ impl Engine {
             }
             Err(error) => {
                 tracing::error!(%error, "could not record failure");
-                self.worker_error(error.to_string(), "run-failure", Some(&run.id));
+                self.store_failed(&error, "run-failure", Some(&run.id));
                 Outcome::LeaseLost
             }
         }
+    }
+}
+
+#[cfg(feature = "otel")]
+impl Engine {
+    /// The queue latency of a delayed run's first start: from when its delay wait became due
+    /// (its deadline, or earlier when woken), read in the background (only delayed runs, once).
+    fn record_delayed_start(&self, run: &Run, shared: &StepShared) {
+        let (true, Some(wait_id)) = (run.lease_generation <= 1, run.waiting_on_wait_id.clone())
+        else {
+            return;
+        };
+        let claimed = run.started_at.unwrap_or_else(Timestamp::now);
+        let (store, metrics) = (self.store.clone(), shared.metrics.clone());
+        runtime::spawn(async move {
+            if let Ok(Some(wait)) = store.get_wait(&wait_id).await {
+                let due = match (wait.deadline_at, wait.resolved_at) {
+                    (Some(deadline), Some(resolved)) => Some(deadline.min(resolved)),
+                    (deadline, resolved) => deadline.or(resolved),
+                };
+                if let Some(due) = due {
+                    metrics.delayed_start(due, claimed);
+                }
+            }
+        });
     }
 }
 

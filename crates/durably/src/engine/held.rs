@@ -30,6 +30,7 @@ impl Engine {
             run.completed_step_count,
             config.persist_logs,
             config.attempt_record_delay,
+            self.metrics.execution(&run),
         );
         let shared = step.shared().clone();
         {
@@ -102,7 +103,7 @@ impl Engine {
                 Ok(false) => {}
                 Err(error) => {
                     // Not started here: its lease expires and any worker takes it over.
-                    engine.worker_error(error.to_string(), "lease-release", Some(&run.id));
+                    engine.store_failed(&error, "lease-release", Some(&run.id));
                 }
             }
         };
