@@ -239,17 +239,17 @@ mod on {
                 let claimed = run.started_at.unwrap_or_else(Timestamp::now);
                 m.queue_latency.record(
                     seconds_between(run.created_at, claimed),
-                    &[self.job.clone()],
+                    std::slice::from_ref(&self.job),
                 );
             }
         }
 
         /// The first start of a delayed run that became due at `due`, claimed at `claimed`.
         pub(crate) fn delayed_start(&self, due: Timestamp, claimed: Timestamp) {
-            self.metrics
-                .0
-                .queue_latency
-                .record(seconds_between(due, claimed), &[self.job.clone()]);
+            self.metrics.0.queue_latency.record(
+                seconds_between(due, claimed),
+                std::slice::from_ref(&self.job),
+            );
         }
 
         /// A step attempt's function ran for `elapsed` and ended so.
