@@ -179,8 +179,6 @@ impl Engine {
         });
         announced.store(true, std::sync::atomic::Ordering::SeqCst);
         shared.metrics.started(&run);
-        #[cfg(feature = "otel")]
-        self.record_delayed_start(&run, &shared);
 
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
@@ -442,31 +440,6 @@ impl Engine {
                 Outcome::LeaseLost
             }
         }
-    }
-}
-
-#[cfg(feature = "otel")]
-impl Engine {
-    /// The queue latency of a delayed run's first start: from when its delay wait became due
-    /// (its deadline, or earlier when woken), read in the background (only delayed runs, once).
-    fn record_delayed_start(&self, run: &Run, shared: &StepShared) {
-        let (true, Some(wait_id)) = (run.lease_generation <= 1, run.waiting_on_wait_id.clone())
-        else {
-            return;
-        };
-        let claimed = run.started_at.unwrap_or_else(Timestamp::now);
-        let (store, metrics) = (self.store.clone(), shared.metrics.clone());
-        runtime::spawn(async move {
-            if let Ok(Some(wait)) = store.get_wait(&wait_id).await {
-                let due = match (wait.deadline_at, wait.resolved_at) {
-                    (Some(deadline), Some(resolved)) => Some(deadline.min(resolved)),
-                    (deadline, resolved) => deadline.or(resolved),
-                };
-                if let Some(due) = due {
-                    metrics.delayed_start(due, claimed);
-                }
-            }
-        });
     }
 }
 

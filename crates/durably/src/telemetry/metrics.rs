@@ -227,25 +227,30 @@ mod on {
     }
 
     impl RunMetrics {
-        /// Its job function starts. The first execution of a run (its first lease) also
-        /// records its queue latency, from its trigger to its first claim, unless it was
-        /// delayed (then the engine reads when it became due: [`RunMetrics::delayed_start`]).
-        pub(crate) fn started(&self, run: &Run) {
-            let first = run.lease_generation <= 1;
-            let m = &self.metrics.0;
-            m.started
-                .add(1, &[self.job.clone(), KeyValue::new(RESUMED, !first)]);
-            if first && run.waiting_on_wait_id.is_none() {
+        /// `run` was claimed (and is held by this worker). Its first claim (its first lease)
+        /// records its queue latency, from its trigger to that claim, unless it was delayed:
+        /// then the engine reads when it became due ([`RunMetrics::delayed_claim`]).
+        pub(crate) fn claimed(&self, run: &Run) {
+            if run.lease_generation <= 1 && run.waiting_on_wait_id.is_none() {
                 let claimed = run.started_at.unwrap_or_else(Timestamp::now);
-                m.queue_latency.record(
+                self.metrics.0.queue_latency.record(
                     seconds_between(run.created_at, claimed),
                     std::slice::from_ref(&self.job),
                 );
             }
         }
 
-        /// The first start of a delayed run that became due at `due`, claimed at `claimed`.
-        pub(crate) fn delayed_start(&self, due: Timestamp, claimed: Timestamp) {
+        /// Its job function starts: under the run's first lease, or a later one (resumed).
+        pub(crate) fn started(&self, run: &Run) {
+            let resumed = run.lease_generation > 1;
+            self.metrics
+                .0
+                .started
+                .add(1, &[self.job.clone(), KeyValue::new(RESUMED, resumed)]);
+        }
+
+        /// The first claim, at `claimed`, of a delayed run that became due at `due`.
+        pub(crate) fn delayed_claim(&self, due: Timestamp, claimed: Timestamp) {
             self.metrics.0.queue_latency.record(
                 seconds_between(due, claimed),
                 std::slice::from_ref(&self.job),
@@ -323,6 +328,8 @@ mod off {
     }
 
     impl RunMetrics {
+        #[inline(always)]
+        pub(crate) fn claimed(&self, _run: &Run) {}
         #[inline(always)]
         pub(crate) fn started(&self, _run: &Run) {}
         #[inline(always)]
