@@ -3,7 +3,7 @@
 //! cancelled, one step-duration sample per step attempt, one queue latency per run, a lease
 //! loss and a reclaim when a run is taken over; and the Prometheus text endpoint (feature
 //! `prometheus`), present only where it is merged.
-#![cfg(feature = "prometheus")]
+#![cfg(feature = "otel")]
 mod common;
 
 use std::collections::BTreeMap;
@@ -440,6 +440,7 @@ mod postgres {
 }
 
 /// The Prometheus endpoint renders the engine's instruments, and only where it is merged.
+#[cfg(feature = "prometheus")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_text_shows_the_counters_and_metrics_is_opt_in() {
     use axum::body::Body;
