@@ -227,9 +227,8 @@ impl DurablyBuilder {
     ///
     /// ```
     /// # fn example() -> durably::Result<()> {
-    /// // Any provider: opentelemetry_sdk's `SdkMeterProvider` with an OTLP or Prometheus
-    /// // reader, or (as here) the global one.
-    /// let provider = opentelemetry::global::meter_provider();
+    /// // opentelemetry_sdk's provider, with the reader of your exporter (OTLP, Prometheus…).
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
     /// let durably = durably::Durably::builder()
     ///     .sqlite(":memory:")
     ///     .meter_provider(&provider)
