@@ -401,7 +401,30 @@ async fn a_delayed_run_waits_in_the_queue_from_its_start_time(backend: Backend) 
     assert_eq!(meters.sum("durably.runs.started", &[(JOB, "work")]), 1);
 }
 
+/// A batch trigger counts each run it created.
+async fn a_batch_counts_each_run(backend: Backend) {
+    let db = TestDb::new(backend);
+    let meters = Meters::new();
+    let durably = meters.builder(&db).job(work_job()).build().expect("build");
+    durably.migrate().await.expect("migrate");
+    let items = (0..3)
+        .map(|i| (json!({ "i": i }), TriggerOptions::new()))
+        .collect();
+    let runs = durably
+        .batch_trigger_json("work", items)
+        .await
+        .expect("batch trigger");
+    assert_eq!(runs.len(), 3);
+    assert_eq!(meters.sum("durably.runs.triggered", &[(JOB, "work")]), 3);
+    assert_eq!(meters.sum("durably.runs.started", &[(JOB, "work")]), 0);
+}
+
 mod sqlite_file {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_counts_each_run() {
+        super::a_batch_counts_each_run(super::Backend::SqliteFile).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_known_workload_counts_exactly() {
         super::a_known_workload_counts_exactly(super::Backend::SqliteFile).await
