@@ -194,18 +194,29 @@ async fn trigger_enqueues_a_run_for_the_applications_workers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_refuses_bad_arguments_and_stores_nothing() {
     let fx = Fixture::new().await;
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--input", "@/no/such/input.json"],
+            "error: invalid value '@/no/such/input.json' for '--input <JSON>': cannot read the \
+             input file /no/such/input.json: No such file or directory (os error 2); give a \
+             readable JSON file",
+        ),
+        (
+            &["--input", "@Cargo.toml"],
+            "error: invalid value '@Cargo.toml' for '--input <JSON>': the input file Cargo.toml \
+             is not JSON (expected value at line 1 column 2)",
+        ),
         (
             &["--input", "{to: 1}"],
             "error: invalid value '{to: 1}' for '--input <JSON>': not JSON (key must be a string \
              at line 1 column 2); give a JSON value, e.g. '{\"orderId\": 42}', and quote strings: \
-             '\"text\"'",
+             '\"text\"', or @FILE for a file's JSON",
         ),
         (
             &["--input", "hello"],
             "error: invalid value 'hello' for '--input <JSON>': not JSON (expected value at line \
              1 column 1); give a JSON value, e.g. '{\"orderId\": 42}', and quote strings: \
-             '\"text\"'",
+             '\"text\"', or @FILE for a file's JSON",
         ),
         (
             &["--input", "{}", "--label", "tenant"],
@@ -244,6 +255,175 @@ async fn trigger_refuses_bad_arguments_and_stores_nothing() {
         stderr(&output)
     );
     assert!(fx.runs().await.is_empty(), "nothing stored");
+}
+
+/// `--input @FILE` reads the input from a file, `--input @-` from standard input (as curl's
+/// `--data @FILE`).
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_reads_its_input_from_a_file_or_standard_input() {
+    let fx = Fixture::new().await;
+    let file = fx.path.with_file_name("order.json");
+    std::fs::write(&file, r#"{"orderId": 42, "items": ["a", "b"]}"#).expect("write input file");
+    let at_file = format!("@{}", file.display());
+    let output = durably_cli(&[
+        "trigger",
+        "ship",
+        "--db",
+        fx.db(),
+        "--input",
+        &at_file,
+        "--json",
+    ]);
+    let answer: Value = serde_json::from_str(&expect_code(&output, 0)).expect("JSON");
+    let id = answer["runId"].as_str().expect("runId");
+    assert_eq!(
+        fx.run(id).await.input,
+        json!({"orderId": 42, "items": ["a", "b"]})
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durably"))
+        .args([
+            "trigger",
+            "ship",
+            "--db",
+            fx.db(),
+            "--input",
+            "@-",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start durably trigger");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(br#"{"orderId": 43}"#)
+            .expect("write standard input");
+    }
+    let output = child.wait_with_output().expect("durably trigger ends");
+    let answer: Value = serde_json::from_str(&expect_code(&output, 0)).expect("JSON");
+    let id = answer["runId"].as_str().expect("runId");
+    assert_eq!(fx.run(id).await.input, json!({"orderId": 43}));
+    assert_eq!(fx.runs().await.len(), 2);
+}
+
+/// `--debounce KEY --debounce-period D`: a second trigger with the key pushes the first run's
+/// start back instead of enqueueing another.
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_debounces_by_a_key() {
+    let fx = Fixture::new().await;
+    let debounced = |extra: &[&str]| {
+        let mut args = vec![
+            "trigger",
+            "reindex",
+            "--db",
+            fx.db(),
+            "--input",
+            "{}",
+            "--debounce",
+            "doc-42",
+            "--debounce-period",
+            "1h",
+        ];
+        args.extend_from_slice(extra);
+        durably_cli(&args)
+    };
+    let first = expect_code(&debounced(&[]), 0);
+    let runs = fx.runs().await;
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(
+        run.status,
+        RunStatus::Waiting,
+        "a debounced run waits for its period"
+    );
+    assert!(
+        first.starts_with(&format!(
+            "triggered job reindex: run {} (waiting until ",
+            run.id
+        )),
+        "{first}"
+    );
+
+    let answer: Value =
+        serde_json::from_str(&expect_code(&debounced(&["--json"]), 0)).expect("JSON");
+    assert_eq!(answer["disposition"], "debounced");
+    assert_eq!(answer["runId"], run.id.as_str());
+    let again = expect_code(&debounced(&[]), 0);
+    assert!(
+        again.starts_with(&format!(
+            "triggered job reindex: existing run {} (debounce key doc-42; its start pushed back \
+             to ",
+            run.id
+        )),
+        "{again}"
+    );
+    assert!(again.ends_with(" UTC): nothing new enqueued\n"), "{again}");
+    assert_eq!(
+        fx.runs().await.len(),
+        1,
+        "one run, however often it is triggered"
+    );
+
+    // Refused before anything is stored: with --delay, without a period, an empty key.
+    for (extra, message) in [
+        (
+            &[
+                "trigger",
+                "reindex",
+                "--input",
+                "{}",
+                "--debounce",
+                "k",
+                "--debounce-period",
+                "5s",
+                "--delay",
+                "1m",
+            ][..],
+            "error: the argument '--debounce <KEY>' cannot be used with '--delay <DURATION>'",
+        ),
+        (
+            &["trigger", "reindex", "--input", "{}", "--debounce", "k"][..],
+            "error: the following required arguments were not provided:",
+        ),
+        (
+            &[
+                "trigger",
+                "reindex",
+                "--input",
+                "{}",
+                "--debounce",
+                "",
+                "--debounce-period",
+                "5s",
+            ][..],
+            "error: --debounce is empty: give a key, or leave the option out",
+        ),
+        (
+            &[
+                "trigger",
+                "reindex",
+                "--input",
+                "{}",
+                "--debounce",
+                "k",
+                "--debounce-period",
+                "0s",
+            ][..],
+            "error: --debounce-period is 0: give a period of at least 1ms",
+        ),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--db", fx.db()]);
+        let output = durably_cli(&args);
+        expect_code(&output, 2);
+        let text = stderr(&output);
+        assert_eq!(text.lines().next().unwrap_or(""), message, "{text}");
+    }
+    assert_eq!(fx.runs().await.len(), 1, "nothing more stored");
 }
 
 #[tokio::test(flavor = "multi_thread")]

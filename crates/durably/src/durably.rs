@@ -18,6 +18,7 @@ use crate::run::{
     Disposition, Labels, Log, Run, RunFilter, RunStatus, Step, TriggerOptions, TriggerResult,
 };
 use crate::store::{Enqueued, NewRun, Signalled, Store};
+use crate::telemetry::{Parent, Trigger};
 use crate::time::Timestamp;
 use crate::waits::{DurableWait, SignalDisposition, TimerKind};
 
@@ -188,6 +189,7 @@ impl Durably {
             priority: options.priority,
             parent_run_id: None,
             parent_wait_id: None,
+            trace_context: None,
         })
     }
 
@@ -203,6 +205,25 @@ impl Durably {
     /// worker of this process, if any, enqueues it and claims for its free slots in one commit
     /// (see [`Tuning::trigger_hand_off`](crate::Tuning::trigger_hand_off)).
     pub(crate) async fn enqueue_announced(&self, request: NewRun) -> Result<Enqueued> {
+        self.enqueue_announced_under(request, &Parent::current())
+            .await
+    }
+
+    /// [`Durably::enqueue_announced`] in a `durably.trigger` span under `parent`, whose trace
+    /// context the run keeps (see `crate::telemetry`).
+    pub(crate) async fn enqueue_announced_under(
+        &self,
+        mut request: NewRun,
+        parent: &Parent,
+    ) -> Result<Enqueued> {
+        let trigger = Trigger::start(&request.job_name, 1, parent);
+        request.trace_context = trigger.trace_context().or(request.trace_context);
+        let enqueued = trigger.around(self.enqueue_handed_off(request)).await;
+        trigger.ended(enqueued.as_ref().map(std::slice::from_ref));
+        enqueued
+    }
+
+    async fn enqueue_handed_off(&self, request: NewRun) -> Result<Enqueued> {
         let _announcing = self.inner.engine.announcing.read().await;
         match self.inner.engine.hand_off(request) {
             Handed::Taken(answer) => answer.await.map_err(|_| {
@@ -229,10 +250,23 @@ impl Durably {
         input: Value,
         options: TriggerOptions,
     ) -> Result<TriggerResult> {
+        self.trigger_json_under(job_name, input, options, &Parent::current())
+            .await
+    }
+
+    /// [`Durably::trigger_json`] whose trigger span is a child of `parent` (an HTTP caller's
+    /// `traceparent`).
+    pub(crate) async fn trigger_json_under(
+        &self,
+        job_name: &str,
+        input: Value,
+        options: TriggerOptions,
+        parent: &Parent,
+    ) -> Result<TriggerResult> {
         check_text("jobName", job_name)?;
         let job = self.registered(job_name)?;
         let request = self.prepare(&job, input, options, None)?;
-        let enqueued = self.enqueue_announced(request).await?;
+        let enqueued = self.enqueue_announced_under(request, parent).await?;
         Ok(TriggerResult {
             run: enqueued.run,
             disposition: enqueued.disposition,
@@ -268,17 +302,33 @@ impl Durably {
     }
 
     /// Enqueues `requests` in one transaction and announces each, in order.
-    async fn enqueue_many_announced(&self, requests: Vec<NewRun>) -> Result<Vec<Enqueued>> {
-        let _announcing = self.inner.engine.announcing.read().await;
-        let enqueued = self
-            .inner
-            .store
-            .enqueue_many(requests.clone(), Timestamp::now())
-            .await?;
-        for (enqueued, request) in enqueued.iter().zip(&requests) {
-            self.announce(enqueued, request);
+    /// In one `durably.trigger` span, whose trace context every run keeps.
+    async fn enqueue_many_announced(&self, mut requests: Vec<NewRun>) -> Result<Vec<Enqueued>> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        let trigger = Trigger::start(&first.job_name, requests.len(), &Parent::current());
+        if let Some(context) = trigger.trace_context() {
+            for request in &mut requests {
+                request.trace_context = Some(context.clone());
+            }
         }
-        Ok(enqueued)
+        let enqueued = trigger
+            .around(async {
+                let _announcing = self.inner.engine.announcing.read().await;
+                let enqueued = self
+                    .inner
+                    .store
+                    .enqueue_many(requests.clone(), Timestamp::now())
+                    .await?;
+                for (enqueued, request) in enqueued.iter().zip(&requests) {
+                    self.announce(enqueued, request);
+                }
+                Ok(enqueued)
+            })
+            .await;
+        trigger.ended(enqueued.as_deref());
+        enqueued
     }
 
     /// Triggers the children of an invoke in one transaction (idempotent by their keys), linked

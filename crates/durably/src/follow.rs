@@ -208,6 +208,7 @@ mod tests {
             priority: 0,
             parent_run_id: None,
             parent_wait_id: None,
+            trace_context: None,
             started_at: None,
             completed_at: None,
             created_at: now,

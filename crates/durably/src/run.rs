@@ -195,6 +195,13 @@ pub struct Run<I = Value, O = Value> {
     /// Serialized only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_wait_id: Option<String>,
+    /// The trace context of the trigger, as a W3C `traceparent` value (durably's own column
+    /// `rs_trace_context`, [`NewRun::trace_context`](crate::store::NewRun::trace_context)):
+    /// each execution's `durably.run` span continues that trace (feature `otel`). `None` for a
+    /// run triggered without the feature, outside a trace, or by the TypeScript runtime.
+    /// Serialized only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<String>,
     /// First claim time.
     pub started_at: Option<Timestamp>,
     /// When the run reached a terminal state.
@@ -242,6 +249,7 @@ impl Run {
             priority: self.priority,
             parent_run_id: self.parent_run_id,
             parent_wait_id: self.parent_wait_id,
+            trace_context: self.trace_context,
             started_at: self.started_at,
             completed_at: self.completed_at,
             created_at: self.created_at,

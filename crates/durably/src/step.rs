@@ -26,6 +26,7 @@ use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
 use crate::telemetry::metrics::{RunMetrics, StepOutcome};
+use crate::telemetry::{self, StepEnd};
 use crate::time::{Timestamp, new_id};
 
 /// While a fenced write *sent* less than this ago confirmed this worker's ownership (and the
@@ -648,9 +649,9 @@ impl StepContext {
                 }
             });
         shared.step_started(name);
-        let span = tracing::info_span!("durably.step", step = name, index);
+        let span = telemetry::step_span(name, index, attempt.number());
         let function =
-            bounded(f(attempt.clone()), options.timeout, name, &attempt).instrument(span);
+            bounded(f(attempt.clone()), options.timeout, name, &attempt).instrument(span.clone());
         let result = if recorded_first {
             function.await
         } else {
@@ -707,6 +708,7 @@ impl StepContext {
                         .await?;
                     return match persisted {
                         Some(_) => {
+                            telemetry::step_ended(&span, StepEnd::Completed);
                             name_in_use.keep();
                             shared.lease.confirmed(sent);
                             shared.remember_completed(name, index, output.clone());
@@ -761,10 +763,22 @@ impl StepContext {
         match persisted {
             None => Err(self.write_refused(name, index).await),
             Some(_) if cancelled => {
+                telemetry::step_ended(&span, StepEnd::Cancelled);
                 self.emit_step_cancel(name, index);
                 Err(shared.error_for(AbortReason::Cancelled))
             }
             Some(_) => {
+                let error_type = match failure.downcast_ref::<AttemptTimedOut>() {
+                    Some(_) => "timeout",
+                    None => "_OTHER",
+                };
+                telemetry::step_ended(
+                    &span,
+                    StepEnd::Failed {
+                        error_type,
+                        message: &failure,
+                    },
+                );
                 shared.record_failed_step(index, name);
                 self.emit(EventKind::StepFail {
                     error: failure.to_string(),

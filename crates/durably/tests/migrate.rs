@@ -200,7 +200,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows");
-    assert_eq!(own_versions, [1, 2, 3]);
+    assert_eq!(own_versions, [1, 2, 3, 4]);
     // A database whose version table of ours was lost climbs our ladder again without error
     // (SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there is the step applied).
     conn.execute_batch("DROP TABLE durably_rs_schema_versions")
@@ -213,7 +213,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
             |row| row.get(0),
         )
         .expect("our version");
-    assert_eq!(again, 3);
+    assert_eq!(again, 4);
 
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('durably_runs')")
@@ -232,6 +232,7 @@ async fn sqlite_migrate_creates_every_table_column_and_index() {
         "rs_priority",
         "rs_parent_run_id",
         "rs_parent_wait_id",
+        "rs_trace_context",
     ] {
         assert!(columns.iter().any(|c| c == column), "column {column}");
     }
@@ -354,7 +355,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     );
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3", "4", "5"]
+        ["1", "2", "3", "4", "5", "6"]
     );
     assert_eq!(
         pg_own_indexes(&schema).await,
@@ -380,7 +381,7 @@ async fn postgres_own_additions_are_versioned_apart_from_upstreams() {
     db.store.migrate().await.expect("migrate an older database");
     assert_eq!(
         pg_versions(&schema, "durably_rs_schema_versions").await,
-        ["1", "2", "3", "4", "5"]
+        ["1", "2", "3", "4", "5", "6"]
     );
     assert_eq!(pg_own_indexes(&schema).await.len(), 6);
     assert_eq!(db.store.schema_version().await.expect("version"), 4);

@@ -160,9 +160,9 @@ async fn a_user_subscriber_sees_run_and_step_spans_and_worker_events() {
     for needle in [
         "span durably.worker",
         "span durably.run",
-        "job=traced",
+        "durably.job.name=\"traced\"",
         "span durably.step",
-        "step=\"only-step\"",
+        "durably.step.name=\"only-step\"",
         "claimed",
         "error=traced failure",
     ] {

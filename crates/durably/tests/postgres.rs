@@ -882,12 +882,13 @@ async fn the_schema_is_upstream_version_4_with_its_index_names_and_column_types(
         "lease_generation",
         "rs_priority",
     ];
-    // Upstream's 21 columns and durably's nullable `rs_priority`, `rs_parent_run_id` and
-    // `rs_parent_wait_id`, last.
-    assert_eq!(types.len(), 24);
+    // Upstream's 21 columns and durably's nullable `rs_priority`, `rs_parent_run_id`,
+    // `rs_parent_wait_id` and `rs_trace_context`, last.
+    assert_eq!(types.len(), 25);
     assert_eq!(types[21].0, "rs_priority");
     assert_eq!(types[22].0, "rs_parent_run_id");
     assert_eq!(types[23].0, "rs_parent_wait_id");
+    assert_eq!(types[24].0, "rs_trace_context");
     for (column, data_type) in &types {
         let expected = if integers.contains(&column.as_str()) {
             "integer"
@@ -1081,6 +1082,7 @@ async fn claims_walk_the_pending_order_index_instead_of_sorting_a_batch() {
              ALTER TABLE durably_runs DROP COLUMN rs_priority; \
              ALTER TABLE durably_runs DROP COLUMN rs_parent_run_id; \
              ALTER TABLE durably_runs DROP COLUMN rs_parent_wait_id; \
+             ALTER TABLE durably_runs DROP COLUMN rs_trace_context; \
              DROP TABLE durably_rs_schema_versions"
         ))
         .await

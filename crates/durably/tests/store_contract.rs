@@ -327,3 +327,115 @@ async fn libsql_an_enqueue_whose_answer_is_lost_is_recognised_not_doubled() {
     assert_eq!(runs.len(), 1, "one run, not two");
     assert_eq!(runs[0].id, enqueued.run.id);
 }
+
+/// A store whose `lose`-th request (from 0) loses its answer, beside a direct one, on a fresh
+/// test server; and a run enqueued and claimed through the direct store.
+async fn lossy_libsql_with_a_claimed_run(
+    lose: usize,
+) -> (
+    libsql_support::TestServer,
+    Arc<dyn Store>,
+    durably::store::LibsqlStore,
+    durably::Run,
+) {
+    let (server, direct) = fresh_libsql().await;
+    let lossy = durably::store::LibsqlStore::open(
+        &lossy_proxy(&server.url, lose),
+        durably::store::LibsqlOptions::default(),
+    )
+    .expect("open");
+    direct
+        .enqueue(new_run("lost", json!({})), Timestamp::now())
+        .await
+        .expect("enqueue");
+    let mut claimed = direct
+        .claim(&ClaimRequest::new("w", LEASE, 1), Timestamp::now())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    (server, direct, lossy, claimed.remove(0))
+}
+
+/// Cancel, delete, resume and signal whose answer is lost: each reads what it asked for back
+/// and answers as the lost answer would have; a wait's preparation is sent again (it is
+/// idempotent). Nothing is doubled, and none of them reports an error for a write that landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_libsql_tests),
+    ignore = "needs `npm ci` in crates/durably/tests/libsql (the tursodb test server)"
+)]
+async fn libsql_lost_answers_of_cancel_delete_resume_and_signals_are_recognised() {
+    use durably::{SignalDisposition, WaitStatus, store::Transition, waits::NewWait};
+
+    // cancel_run: one request, its answer lost.
+    let (_server, direct, lossy, run) = lossy_libsql_with_a_claimed_run(0).await;
+    assert!(
+        lossy
+            .cancel_run(&run.id, Timestamp::now())
+            .await
+            .expect("cancel")
+    );
+    let stored = direct.get_run(&run.id).await.expect("get").expect("run");
+    assert_eq!(stored.status, RunStatus::Cancelled);
+
+    // delete_run: one request, its answer lost.
+    let (_server, direct, lossy, run) = lossy_libsql_with_a_claimed_run(0).await;
+    assert!(
+        direct
+            .cancel_run(&run.id, Timestamp::now())
+            .await
+            .expect("cancel")
+    );
+    assert!(lossy.delete_run(&run.id).await.expect("delete"));
+    assert!(direct.get_run(&run.id).await.expect("get").is_none());
+
+    // resume_run: the read (0), then the transaction (1), whose answer is lost.
+    let (_server, direct, lossy, run) = lossy_libsql_with_a_claimed_run(1).await;
+    let failed = direct
+        .finish_run(
+            &Fence::of(&run),
+            Transition::Fail {
+                error: "boom".into(),
+            },
+            Timestamp::now(),
+            None,
+        )
+        .await
+        .expect("fail");
+    assert!(failed.landed);
+    let resumed = lossy
+        .resume_run(&run.id, Timestamp::now())
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status, RunStatus::Pending);
+    let stored = direct.get_run(&run.id).await.expect("get").expect("run");
+    assert_eq!(stored.status, RunStatus::Pending);
+
+    // prepare_wait: one transaction, its answer lost, sent again: one wait.
+    let (_server, direct, lossy, run) = lossy_libsql_with_a_claimed_run(0).await;
+    let wait = lossy
+        .prepare_wait(&Fence::of(&run), NewWait::new("approval"), Timestamp::now())
+        .await
+        .expect("prepare")
+        .expect("the lease holds");
+    let waits = direct.get_waits(&run.id).await.expect("waits");
+    assert_eq!(waits.len(), 1, "one wait, not two");
+    assert_eq!(waits[0].id, wait.id);
+
+    // signal_wait: the wait (0), the run's state (1), the transaction (2), whose answer is lost.
+    let (_server, direct, lossy, run) = lossy_libsql_with_a_claimed_run(2).await;
+    let wait = direct
+        .prepare_wait(&Fence::of(&run), NewWait::new("approval"), Timestamp::now())
+        .await
+        .expect("prepare")
+        .expect("the lease holds");
+    let signalled = lossy
+        .signal_wait(&wait.id, json!({"ok": true}), "signal-1", Timestamp::now())
+        .await
+        .expect("signal");
+    assert_eq!(signalled.disposition, SignalDisposition::Accepted);
+    assert_eq!(signalled.wait.status, WaitStatus::Resolved);
+    let stored = direct.get_wait(&wait.id).await.expect("get").expect("wait");
+    assert_eq!(stored.signal_id.as_deref(), Some("signal-1"));
+    assert_eq!(stored.payload, Some(json!({"ok": true})));
+}

@@ -158,9 +158,10 @@ async fn open_fixture(path: &Path) -> Durably {
 
 /// The columns upstream's versions 3 and 4 add to `durably_runs`, as SQLite appends them to the
 /// table's DDL, then the nullable columns of durably's own additions (version 1: priorities;
-/// version 3: child runs' parent and parent wait).
+/// version 3: child runs' parent and parent wait; version 4: the trigger's trace context).
 const RUNS_V4_COLUMNS: &str = ", \"waiting_on_wait_id\" text, \"resume_claimed_at\" text, \
-     \"rs_priority\" integer, \"rs_parent_run_id\" text, \"rs_parent_wait_id\" text";
+     \"rs_priority\" integer, \"rs_parent_run_id\" text, \"rs_parent_wait_id\" text, \
+     \"rs_trace_context\" text";
 
 /// What `sqlite_master` of an upstream v1 database becomes at version 4: the v1 objects
 /// unchanged except `durably_runs`, which gains upstream's two columns (and durably's nullable
@@ -237,13 +238,14 @@ async fn migrate_takes_an_upstream_v1_database_to_version_4_keeping_every_row() 
 
     let after = snapshot(&path);
     assert_eq!(after.master, expected_master_v4(&after.master));
-    // Every row of version 1's tables is kept; a run gains five NULL columns (upstream's two
-    // and durably's `rs_priority`, `rs_parent_run_id`, `rs_parent_wait_id`).
+    // Every row of version 1's tables is kept; a run gains six NULL columns (upstream's two
+    // and durably's `rs_priority`, `rs_parent_run_id`, `rs_parent_wait_id`,
+    // `rs_trace_context`).
     for (table, rows) in &before.rows {
         let mut expected = rows.clone();
         if table == "durably_runs" {
             for row in &mut expected {
-                row.extend(std::iter::repeat_n(SqlValue::Null, 5));
+                row.extend(std::iter::repeat_n(SqlValue::Null, 6));
             }
         }
         if table == "durably_schema_versions" {

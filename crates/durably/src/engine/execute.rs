@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::held::{Deregister, Held};
-use super::{Engine, Outcome, run_span};
+use super::{Engine, Outcome};
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::job::ExecutionError;
@@ -18,6 +18,7 @@ use crate::run::Run;
 use crate::runtime::{self, Instant};
 use crate::step::{AbortReason, StepShared};
 use crate::store::{ClaimRequest, Fence, Transition};
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// What a job function returned (or how it panicked).
@@ -63,15 +64,17 @@ impl Engine {
         sent: Instant,
         worker_id: &str,
     ) -> Outcome {
-        let span = run_span(&run);
         let held = self.hold(run, sent, worker_id);
-        match self.run_job(held).instrument(span.clone()).await {
+        let span = held.span.clone();
+        let outcome = match self.run_job(held).instrument(span.clone()).await {
             Execution::Ended(outcome) => outcome,
             Execution::Returned(returned) => {
                 let ending = self.record_end(returned, worker_id, 0);
-                ending.instrument(span).await.outcome
+                ending.instrument(span.clone()).await.outcome
             }
-        }
+        };
+        telemetry::run_ended(&span, outcome);
+        outcome
     }
 
     /// Runs a held run's job function until it returns (or ends the run at once: an unknown
@@ -83,6 +86,7 @@ impl Engine {
         drop(self.announcing.write().await);
         let Held {
             run,
+            span: _,
             owner,
             step,
             shared,

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use super::{Engine, lock, run_span};
+use super::{Engine, lock};
 use crate::lease::LeaseClock;
 use crate::run::Run;
 use crate::runtime::{self, AbortOnDrop, Instant};
 use crate::step::{StepContext, StepShared};
 use crate::store::Fence;
+use crate::telemetry;
 use crate::time::Timestamp;
 
 impl Engine {
@@ -59,16 +60,18 @@ impl Engine {
             .lease_owner
             .clone()
             .unwrap_or_else(|| worker_id.to_owned());
-        let span = run_span(&run);
+        // One span for the whole execution, its lease keeping included (see `telemetry`).
+        let span = telemetry::run_span(&run);
         let started = Arc::new(AtomicBool::new(false));
         let keeper = runtime::spawn_in(
-            span,
+            span.clone(),
             self.clone()
                 .keep_lease(shared.clone(), lease_owner.clone(), started.clone()),
         )
         .abort_on_drop();
         Held {
             run,
+            span,
             owner: lease_owner,
             started,
             step,
@@ -83,6 +86,7 @@ impl Engine {
     pub(super) fn release_held(self: &Arc<Self>, held: Held) {
         let Held {
             run,
+            span,
             shared,
             active,
             keeper,
@@ -90,7 +94,6 @@ impl Engine {
         } = held;
         // No renewal of a lease being given back.
         drop(keeper);
-        let span = run_span(&run);
         let engine = self.clone();
         let release = async move {
             let released = engine
@@ -163,6 +166,8 @@ impl Drop for Deregister {
 /// A claimed run registered as executing here, waiting for its job function to start.
 pub(super) struct Held {
     pub(super) run: Run,
+    /// The execution's span (`durably.run`), the keeper's too.
+    pub(super) span: tracing::Span,
     /// The lease owner (this worker).
     pub(super) owner: String,
     pub(super) step: StepContext,

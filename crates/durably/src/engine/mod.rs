@@ -339,13 +339,3 @@ impl Engine {
         });
     }
 }
-
-/// The tracing span of one run's execution.
-fn run_span(run: &Run) -> tracing::Span {
-    tracing::info_span!(
-        "durably.run",
-        run_id = %run.id,
-        job = %run.job_name,
-        generation = run.lease_generation
-    )
-}

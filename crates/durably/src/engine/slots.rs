@@ -12,11 +12,12 @@ use tracing::Instrument;
 
 use super::execute::{Ended, Execution};
 use super::held::Held;
-use super::{Engine, lock, run_span};
+use super::{Engine, lock};
 use crate::error::Result;
 use crate::run::Run;
 use crate::runtime::{self, Instant};
 use crate::store::{Enqueued, NewRun};
+use crate::telemetry;
 
 /// A trigger handed to the worker loop: the run to enqueue and where its outcome goes.
 pub(crate) struct HandOff {
@@ -103,7 +104,7 @@ impl Engine {
                     None => break,
                 }
             };
-            let span = run_span(&next.run);
+            let span = next.span.clone();
             let execution = self.run_job(next).instrument(span.clone());
             let mut execution = std::pin::pin!(execution);
             let release_at = runtime::now() + claim_ahead_below;
@@ -133,8 +134,12 @@ impl Engine {
             if let Some(end) = ending.take() {
                 take(end.await, &mut held);
             }
-            let Execution::Returned(returned) = execution else {
-                continue;
+            let returned = match execution {
+                Execution::Returned(returned) => returned,
+                Execution::Ended(outcome) => {
+                    telemetry::run_ended(&span, outcome);
+                    continue;
+                }
             };
             // One run to execute next, plus one held ahead after a short execution of a run
             // without a concurrency key. After a keyed run the slot does not claim ahead: in a
@@ -151,6 +156,12 @@ impl Engine {
                 false => wanted.saturating_sub(held.len()),
             };
             let end = self.record_end(returned, worker_id, claim);
+            let recorded = span.clone();
+            let end = async move {
+                let ended = end.await;
+                telemetry::run_ended(&recorded, ended.outcome);
+                ended
+            };
             ending = Some(Box::pin(end.instrument(span)));
         }
         quiet

@@ -398,7 +398,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
     let guard = guard.as_ref();
     let shared = shared.as_ref();
     let reply = match (&parts.method, path) {
-        (&Method::POST, "/trigger") => trigger(shared, guard, body).await,
+        (&Method::POST, "/trigger") => trigger(shared, guard, &parts.headers, body).await,
         (&Method::GET, "/runs") => list_runs(shared, guard, &query).await,
         (&Method::GET, "/run") => get_run(shared, guard, &query).await,
         (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
@@ -687,7 +687,14 @@ fn debounce_option(debounce: &Map<String, Value>) -> Result<crate::Debounce, Res
 /// The longest `delayMs` of a trigger: 10 years.
 const MAX_DELAY_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
 
-async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
+/// `POST /trigger`. The run's trigger span is a child of the caller's W3C trace context (the
+/// `traceparent` and `tracestate` headers) when it sends one (see `crate::telemetry`).
+async fn trigger(
+    shared: &Shared,
+    guard: &dyn Guard,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Reply {
     let body = read_body(shared, body).await?;
     let job_name = match body.get("jobName") {
         None | Some(Value::Null) => return Err(bad_request("jobName is required")),
@@ -717,9 +724,11 @@ async fn trigger(shared: &Shared, guard: &dyn Guard, body: Body) -> Reply {
     };
     let options = trigger_options(fields)?;
     let input = fields.get("input").cloned().unwrap_or(Value::Null);
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let parent = crate::telemetry::Parent::from_http(header("traceparent"), header("tracestate"));
     let result = shared
         .durably
-        .trigger_json(&job_name, input, options)
+        .trigger_json_under(&job_name, input, options, &parent)
         .await
         .map_err(durably_error)?;
     Ok(json_response(

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::maintenance::{Maintained, MaintenanceTask};
 use crate::run::Disposition;
 use crate::store::{NewRun, Store};
+use crate::telemetry::{Parent, Trigger};
 use crate::time::Timestamp;
 
 /// How often a worker looks for due slots.
@@ -110,10 +111,16 @@ impl Scheduler {
         let Some(plan) = spec.plan(schedule.next_fire_at, schedule.catch_up, now)? else {
             return Ok(Vec::new());
         };
+        // A trace of its own per firing (not a child of the worker's span it happens in).
+        let trigger = Trigger::start(&schedule.job_name, plan.slots.len(), &Parent::root());
+        let trace_context = trigger.trace_context();
         let runs: Vec<NewRun> = plan
             .slots
             .iter()
-            .map(|slot| slot_run(schedule, *slot))
+            .map(|slot| NewRun {
+                trace_context: trace_context.clone(),
+                ..slot_run(schedule, *slot)
+            })
             .collect();
         let firing = ScheduleFiring::new(
             schedule.name.clone(),
@@ -122,7 +129,13 @@ impl Scheduler {
             plan.slots.last().copied(),
             runs.clone(),
         );
-        let Some(enqueued) = self.store.fire_schedule(firing, now).await? else {
+        let fired = trigger.around(self.store.fire_schedule(firing, now)).await;
+        trigger.ended(match &fired {
+            Ok(Some(enqueued)) => Ok(enqueued.as_slice()),
+            Ok(None) => Ok(&[]),
+            Err(error) => Err(error),
+        });
+        let Some(enqueued) = fired? else {
             tracing::debug!(schedule = %schedule.name, "another process fired these slots");
             return Ok(Vec::new());
         };

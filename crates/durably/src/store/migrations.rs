@@ -120,6 +120,8 @@ pub(crate) const OWN_VERSIONS_TABLE: &str = "durably_rs_schema_versions";
 /// Version 4, cron schedules ([`POSTGRES_SCHEDULES`]).
 ///
 /// Version 5, child runs ([`POSTGRES_CHILDREN`]).
+///
+/// Version 6, trace contexts ([`POSTGRES_TRACES`]).
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
@@ -163,6 +165,10 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
             version: 5,
             statements: POSTGRES_CHILDREN,
         },
+        Migration {
+            version: 6,
+            statements: POSTGRES_TRACES,
+        },
     ],
 };
 
@@ -182,6 +188,8 @@ pub(crate) const POSTGRES_OWN: Ladder = Ladder {
 /// Version 2, cron schedules ([`SQLITE_SCHEDULES`]).
 ///
 /// Version 3, child runs ([`SQLITE_CHILDREN`]).
+///
+/// Version 4, trace contexts ([`SQLITE_TRACES`]).
 pub(crate) const SQLITE_OWN: Ladder = Ladder {
     table: OWN_VERSIONS_TABLE,
     first_step_creates_table: false,
@@ -205,6 +213,10 @@ pub(crate) const SQLITE_OWN: Ladder = Ladder {
         Migration {
             version: 3,
             statements: SQLITE_CHILDREN,
+        },
+        Migration {
+            version: 4,
+            statements: SQLITE_TRACES,
         },
     ],
 };
@@ -260,6 +272,21 @@ pub(crate) const SQLITE_CHILDREN: &[&str] = &[
      (\"rs_parent_wait_id\", \"status\") WHERE \"rs_parent_wait_id\" IS NOT NULL",
 ];
 
+/// Trace contexts on PostgreSQL ([`crate::store::NewRun::trace_context`]): the nullable column
+/// `durably_runs.rs_trace_context`, the W3C `traceparent` of the span that triggered the run
+/// (feature `otel`), NULL for every other run (the TypeScript runtime neither reads nor writes
+/// it). A column rather than a `durably_rs_*` table: it is written with the run's insert and
+/// read with its claim, both of which already touch the row, so it costs no join and no second
+/// statement; no index (nothing searches by it). Self-contained.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_TRACES: &[&str] =
+    &["ALTER TABLE durably_runs ADD COLUMN IF NOT EXISTS rs_trace_context text"];
+
+/// Trace contexts on SQLite, as on PostgreSQL ([`POSTGRES_TRACES`] when built with it). A
+/// column already there ("duplicate column name") counts as applied.
+pub(crate) const SQLITE_TRACES: &[&str] =
+    &["ALTER TABLE \"durably_runs\" ADD COLUMN \"rs_trace_context\" text"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,7 +306,7 @@ mod tests {
         assert_eq!(UPSTREAM.pending(0).count(), 4);
         assert_eq!(UPSTREAM.pending(1).count(), 3);
         assert_eq!(UPSTREAM.pending(4).count(), 0);
-        assert_eq!(SQLITE_OWN.latest(), 3);
+        assert_eq!(SQLITE_OWN.latest(), 4);
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub struct NewRun {
     /// The parent's wait that the child's end resolves, stored in `rs_parent_wait_id`
     /// ([`Run::parent_wait_id`]).
     pub parent_wait_id: Option<String>,
+    /// The trace context of the code that triggered the run, as a W3C `traceparent` value
+    /// (`00-<trace id>-<span id>-<flags>`), stored in durably's own nullable column
+    /// `rs_trace_context` ([`Run::trace_context`]): every execution of the run continues that
+    /// trace (feature `otel`, docs/observability.md). `None` without the feature or without a
+    /// sampled trace; the store keeps it as given and never reads it.
+    pub trace_context: Option<String>,
 }
 
 /// The outcome of [`Store::enqueue`].
@@ -939,6 +945,7 @@ pub(crate) fn pending_run(id: String, request: &NewRun, now: Timestamp) -> Run {
         priority: request.priority,
         parent_run_id: request.parent_run_id.clone(),
         parent_wait_id: request.parent_wait_id.clone(),
+        trace_context: request.trace_context.clone(),
         started_at: None,
         completed_at: None,
         created_at: now,

@@ -235,7 +235,8 @@ macro_rules! store_contract_tests {
             children_are_linked_and_listed_per_parent,
             children_settle_when_all_end_or_one_fails,
             children_settle_when_all_complete_or_one_is_cancelled,
-            children_of_a_cancelled_parent_are_listed_to_cancel
+            children_of_a_cancelled_parent_are_listed_to_cancel,
+            a_stored_trace_context_comes_back_on_claim
         );
     };
 }

@@ -143,7 +143,7 @@ impl Refusal {
 }
 
 /// A write transaction being built: statements and the guards between them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Tx {
     statements: Vec<Statement>,
     /// Per statement, the tag of the guard it is.
@@ -289,6 +289,25 @@ impl Db {
                     attempt += 1;
                 }
                 Err(error) => return Err(failed(operation, error)),
+            }
+        }
+    }
+
+    /// [`transaction`](Self::transaction) for a transaction that may run twice with the
+    /// effect of once: sent again (a few times) when its answer was lost.
+    pub(super) async fn idempotent_transaction(
+        &self,
+        operation: &'static str,
+        tx: Tx,
+    ) -> Result<std::result::Result<Vec<StmtResult>, Refusal>> {
+        let mut attempt = 0;
+        loop {
+            match self.transaction(operation, tx.clone()).await? {
+                Err(Refusal::Lost(_)) if attempt + 1 < ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return Ok(outcome),
             }
         }
     }

@@ -306,6 +306,7 @@ fn decide(
         (request.priority != 0).then_some(request.priority),
         &request.parent_run_id,
         &request.parent_wait_id,
+        &request.trace_context,
     ));
     for (key, value) in &request.labels {
         tx.push(stmt!(sql::INSERT_LABEL, id.as_str(), key, value));

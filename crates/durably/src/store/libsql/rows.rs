@@ -50,6 +50,7 @@ pub(super) fn run(row: &Row<'_>) -> Result<Run> {
             .map_or(0, |p| i32::try_from(p).unwrap_or(0)),
         parent_run_id: row.opt_text(21)?,
         parent_wait_id: row.opt_text(22)?,
+        trace_context: row.opt_text(23)?,
     })
 }
 

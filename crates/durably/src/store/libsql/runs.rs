@@ -254,6 +254,12 @@ pub(super) async fn cancel_run(
     match db.transaction("cancel_run", tx).await? {
         Ok(_) => Ok(true),
         Err(Refusal::Guard(_)) => Ok(false),
+        // The answer was lost: a cancelled run is what the call asked for (the transaction is
+        // all or nothing, so its waits are ended and its steps dropped with it).
+        Err(Refusal::Lost(error)) => match get_run(db, "cancel_run", id).await? {
+            Some(run) if run.status == RunStatus::Cancelled => Ok(true),
+            _ => Err(error),
+        },
         Err(refusal) => Err(refusal.into_error("cancel_run")),
     }
 }
@@ -304,7 +310,20 @@ pub(super) async fn resume_run(db: &Db, id: &str, now: Timestamp) -> Result<Run>
                 )?
                 .ok_or_else(|| resume_not_failed(id, run.status));
             }
-            Err(Refusal::Lost(error)) => return Err(error),
+            // The answer was lost: the run read back no longer failed, at a later update
+            // than the read before, is the resume landed.
+            Err(Refusal::Lost(error)) => {
+                return match get_run(db, "resume_run", id).await? {
+                    Some(now_run)
+                        if now_run.status != RunStatus::Failed
+                            && now_run.updated_at >= now
+                            && now_run.updated_at > run.updated_at =>
+                    {
+                        Ok(now_run)
+                    }
+                    _ => Err(error),
+                };
+            }
             Err(_) => continue,
         }
     }
@@ -332,6 +351,12 @@ pub(super) async fn delete_run(db: &Db, id: &str) -> Result<bool> {
     let run = push_delete(&mut tx, id);
     match db.transaction("delete_run", tx).await? {
         Ok(results) => Ok(deleted(&results, run)),
+        // The answer was lost: a run that is gone was deleted (by this call, or by another
+        // at the same time: either way it is what the call asked for).
+        Err(Refusal::Lost(error)) => match get_run(db, "delete_run", id).await? {
+            None => Ok(true),
+            Some(_) => Err(error),
+        },
         Err(refusal) => Err(refusal.into_error("delete_run")),
     }
 }

@@ -60,7 +60,9 @@ pub(super) async fn prepare_wait(
         fence.run_id.as_str(),
         wait.name.as_str()
     ));
-    match db.transaction("prepare_wait", tx).await? {
+    // The transaction may be sent again when its answer was lost: the insert ignores a wait
+    // the first one stored, and the read returns it.
+    match db.idempotent_transaction("prepare_wait", tx).await? {
         Ok(results) => wait_at("prepare_wait", &results, read),
         Err(Refusal::Guard(_)) => Ok(None),
         Err(refusal) => Err(refusal.into_error("prepare_wait")),
@@ -92,7 +94,8 @@ pub(super) async fn wait_result(
         Timestamp::now().as_millis()
     ));
     let read = tx.push(stmt!(sql::WAIT_BY_ID, wait_id));
-    let wait = match db.transaction("wait_result", tx).await? {
+    // Sent again when its answer was lost: timing out a due wait twice is timing it out once.
+    let wait = match db.idempotent_transaction("wait_result", tx).await? {
         Ok(results) => {
             wait_at("wait_result", &results, read)?.ok_or_else(waits::not_this_runs_wait)?
         }
@@ -170,7 +173,20 @@ pub(super) async fn signal_wait(
                     .ok_or_else(|| waits::wait_not_found(wait_id))?;
                 return Ok(Some(Signalled { wait, disposition }));
             }
-            Err(Refusal::Lost(error)) => return Err(error),
+            // The answer was lost: the wait resolved by this signal (its id and payload) is
+            // the signal accepted.
+            Err(Refusal::Lost(error)) => {
+                return match get_wait(db, "signal_wait", wait_id).await? {
+                    Some(wait)
+                        if wait.signal_id.as_deref() == Some(signal_id)
+                            && wait.payload.as_ref().map(canonical_json).as_deref()
+                                == Some(payload) =>
+                    {
+                        Ok(Some(Signalled { wait, disposition }))
+                    }
+                    _ => Err(error),
+                };
+            }
             // The wait or its run changed since the read: decide again.
             Err(_) => continue,
         }

@@ -20,6 +20,8 @@ pub(super) struct Prepared {
     /// A child run's parent and the parent's wait (`rs_parent_run_id`, `rs_parent_wait_id`).
     pub(super) parent_run_id: Option<String>,
     pub(super) parent_wait_id: Option<String>,
+    /// The trace context of the trigger (`rs_trace_context`).
+    pub(super) trace_context: Option<String>,
     /// `coalesce: active` with a concurrency key: the statement is [`active_enqueue_sql`], run
     /// after the key's advisory lock ([`ENQUEUE_KEY_LOCK`]) in the same transaction.
     pub(super) active: bool,
@@ -48,6 +50,7 @@ impl Prepared {
             priority: (run.priority != 0).then_some(run.priority),
             parent_run_id: run.parent_run_id.clone(),
             parent_wait_id: run.parent_wait_id.clone(),
+            trace_context: run.trace_context.clone(),
             active: run.coalesce == Some(Coalesce::Active) && run.concurrency_key.is_some(),
         })
     }
@@ -80,6 +83,7 @@ impl Prepared {
             &self.priority,
             &self.parent_run_id,
             &self.parent_wait_id,
+            &self.trace_context,
         ]
     }
 }

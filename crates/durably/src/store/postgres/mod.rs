@@ -554,6 +554,10 @@ impl PostgresStore {
             .iter()
             .map(|p| p.parent_wait_id.as_deref())
             .collect();
+        let trace_contexts: Vec<Option<&str>> = prepared
+            .iter()
+            .map(|p| p.trace_context.as_deref())
+            .collect();
         let mut label_runs = Vec::new();
         let (mut label_keys, mut label_values) = (Vec::new(), Vec::new());
         for p in prepared {
@@ -567,13 +571,13 @@ impl PostgresStore {
         let channel = &self.shared.channel;
         let sql = format!(
             "WITH req AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-               $10::integer[], $11::text[], $12::text[]) WITH ORDINALITY \
-               AS t(id, job_name, input, labels, priority, parent, parent_wait, ord)), \
+               $10::integer[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
+               AS t(id, job_name, input, labels, priority, parent, parent_wait, trace, ord)), \
              ins AS (INSERT INTO durably_runs (id, job_name, input, status, labels, \
                current_step_index, completed_step_count, lease_generation, created_at, updated_at, \
-               rs_priority, rs_parent_run_id, rs_parent_wait_id) \
+               rs_priority, rs_parent_run_id, rs_parent_wait_id, rs_trace_context) \
                SELECT id, job_name, input, 'pending', labels, 0, 0, 0, $5::text, $5::text, priority, \
-               parent, parent_wait \
+               parent, parent_wait, trace \
                FROM req ORDER BY ord ON CONFLICT (id) DO NOTHING RETURNING id), \
              lab AS (INSERT INTO durably_run_labels (run_id, key, value) \
                SELECT * FROM unnest($6::text[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING), \
@@ -582,7 +586,7 @@ impl PostgresStore {
         );
         self.run("enqueue_many", true, |client, _| {
             let sql = &sql;
-            let params: [&(dyn ToSql + Sync); 12] = [
+            let params: [&(dyn ToSql + Sync); 13] = [
                 &ids,
                 &job_names,
                 &inputs,
@@ -595,6 +599,7 @@ impl PostgresStore {
                 &priorities,
                 &parents,
                 &parent_waits,
+                &trace_contexts,
             ];
             async move {
                 let statement = client.prepare_cached(sql).await?;

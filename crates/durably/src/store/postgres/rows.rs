@@ -5,7 +5,7 @@ use super::*;
 pub(super) const RUN_COLUMNS: &str = "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
     lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, \
-    waiting_on_wait_id, rs_priority, rs_parent_run_id, rs_parent_wait_id";
+    waiting_on_wait_id, rs_priority, rs_parent_run_id, rs_parent_wait_id, rs_trace_context";
 
 pub(super) const STEP_COLUMNS: &str =
     "id, run_id, name, \"index\", status, output, error, started_at, completed_at";
@@ -79,6 +79,7 @@ pub(super) fn run_from_row(row: &Row, at: usize) -> std::result::Result<Run, Fai
         priority: row.try_get::<_, Option<i32>>(at + 20)?.unwrap_or(0),
         parent_run_id: row.try_get(at + 21)?,
         parent_wait_id: row.try_get(at + 22)?,
+        trace_context: row.try_get(at + 23)?,
         started_at: get_opt_ts(row, at + 15)?,
         completed_at: get_opt_ts(row, at + 16)?,
         created_at: get_ts(row, at + 17)?,

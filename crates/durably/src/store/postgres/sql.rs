@@ -60,9 +60,9 @@ fn enqueue_sql_reusing(reuse: &str) -> String {
          pend AS ({reuse}), \
          ins AS (INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, \
            concurrency_key, labels, current_step_index, completed_step_count, lease_generation, \
-           created_at, updated_at, rs_priority, rs_parent_run_id, rs_parent_wait_id) \
+           created_at, updated_at, rs_priority, rs_parent_run_id, rs_parent_wait_id, rs_trace_context) \
            SELECT $4::text, $1::text, $5::text, 'pending', $2::text, $3::text, $6::text, 0, 0, 0, \
-           $7::text, $7::text, $11::integer, $12::text, $13::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
+           $7::text, $7::text, $11::integer, $12::text, $13::text, $14::text WHERE NOT EXISTS (SELECT 1 FROM mine) \
            AND NOT EXISTS (SELECT 1 FROM idem) AND NOT EXISTS (SELECT 1 FROM pend) \
            ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}), \
          lab AS (INSERT INTO durably_run_labels (run_id, key, value) \

@@ -103,6 +103,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         priority: row.get::<_, Option<i32>>(20)?.unwrap_or(0),
         parent_run_id: row.get(21)?,
         parent_wait_id: row.get(22)?,
+        trace_context: row.get(23)?,
         started_at: row.get(15)?,
         completed_at: row.get(16)?,
         created_at: row.get(17)?,
@@ -287,7 +288,8 @@ pub(super) fn enqueue(conn: &Connection, request: &NewRun, now: Timestamp) -> Re
             now,
             (request.priority != 0).then_some(request.priority),
             request.parent_run_id,
-            request.parent_wait_id
+            request.parent_wait_id,
+            request.trace_context
         ])
     })
     .map_err(|e| {

@@ -52,7 +52,7 @@ macro_rules! run_columns {
         "id, job_name, input, status, idempotency_key, concurrency_key, \
     current_step_index, completed_step_count, progress, output, error, labels, lease_owner, \
     lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, \
-    waiting_on_wait_id, rs_priority, rs_parent_run_id, rs_parent_wait_id"
+    waiting_on_wait_id, rs_priority, rs_parent_run_id, rs_parent_wait_id, rs_trace_context"
     };
 }
 
@@ -170,11 +170,12 @@ pub(crate) const OLDEST_WAITING_WITH_KEY: &str = concat!(
 );
 
 /// A new pending run.
-/// (`?8` the priority, NULL for 0; `?9` and `?10` a child run's parent and its wait).
+/// (`?8` the priority, NULL for 0; `?9` and `?10` a child run's parent and its wait; `?11` the
+/// trigger's trace context).
 pub(crate) const INSERT_RUN: &str = "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, \
          labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at, \
-         rs_priority, rs_parent_run_id, rs_parent_wait_id) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7, ?8, ?9, ?10)";
+         rs_priority, rs_parent_run_id, rs_parent_wait_id, rs_trace_context) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, 0, 0, 0, ?7, ?7, ?8, ?9, ?10, ?11)";
 
 /// Whether the children of the wait `?1` are settled (one failed or cancelled, or none
 /// unfinished), from `durably_rs_runs_parent_wait`.

@@ -14,6 +14,7 @@ mod policy;
 mod priority;
 mod resume;
 mod schedules;
+mod traces;
 mod waits;
 mod writes;
 
@@ -27,6 +28,7 @@ pub use policy::*;
 pub use priority::*;
 pub use resume::*;
 pub use schedules::*;
+pub use traces::*;
 pub use waits::*;
 pub use writes::*;
 
