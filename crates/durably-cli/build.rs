@@ -8,6 +8,9 @@
 //! (`cfg(durably_libsql_tests)`) when the library's `tursodb` test server is installed (`npm ci`
 //! in crates/durably/tests/libsql) or `DURABLY_TEST_TURSODB` names one, as the library's build
 //! script does.
+//!
+//! And the Prometheus scrape test of tests/prometheus.rs (`cfg(durably_prometheus_tests)`) when
+//! Debian's `prometheus` server is installed (`PROMETHEUS`, default `/usr/bin/prometheus`).
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +43,7 @@ fn main() {
         println!("cargo::rustc-cfg=durably_postgres_tests");
     }
     libsql_server();
+    prometheus_server();
     println!("cargo::rustc-check-cfg=cfg(durably_browser_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CHROMIUM");
@@ -91,5 +95,19 @@ fn libsql_server() {
     );
     if binary.is_file() {
         println!("cargo::rustc-cfg=durably_libsql_tests");
+    }
+}
+
+/// `cfg(durably_prometheus_tests)` when a Prometheus server is installed: `PROMETHEUS`, or
+/// Debian's `/usr/bin/prometheus`.
+fn prometheus_server() {
+    println!("cargo::rustc-check-cfg=cfg(durably_prometheus_tests)");
+    println!("cargo::rerun-if-env-changed=PROMETHEUS");
+    let binary = PathBuf::from(
+        std::env::var_os("PROMETHEUS").unwrap_or_else(|| "/usr/bin/prometheus".into()),
+    );
+    watch(&binary, Path::new("/usr/bin"));
+    if binary.is_file() {
+        println!("cargo::rustc-cfg=durably_prometheus_tests");
     }
 }

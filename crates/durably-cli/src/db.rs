@@ -84,6 +84,17 @@ impl DbArgs {
     /// Builds the instance (no worker is started) and checks the schema: for
     /// [`Purpose::Operate`] the database must exist and be migrated.
     pub async fn open(&self, purpose: Purpose, preserve_steps: bool) -> Result<Durably, CliError> {
+        self.open_metered(purpose, preserve_steps, None).await
+    }
+
+    /// [`DbArgs::open`], the instance's metrics recorded for `metrics` when given
+    /// (`durably serve --metrics`).
+    pub async fn open_metered(
+        &self,
+        purpose: Purpose,
+        preserve_steps: bool,
+        metrics: Option<&durably::http::PrometheusMetrics>,
+    ) -> Result<Durably, CliError> {
         let shown = self.display();
         let hint = if self.is_postgres() {
             " (check that the server is up and reachable, and the URL's host, port, user, \
@@ -116,6 +127,10 @@ impl DbArgs {
         let builder = Durably::builder()
             .preserve_steps(preserve_steps)
             .follow_runs_elsewhere(purpose != Purpose::Serve);
+        let builder = match metrics {
+            Some(metrics) => builder.meter_provider(metrics.meter_provider()),
+            None => builder,
+        };
         let builder = if self.is_postgres() {
             let options = PostgresOptions::default()
                 .max_connections(4)

@@ -40,6 +40,9 @@ pub struct DemoArgs {
     /// On shutdown, how many seconds to wait for runs in flight before exiting anyway.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
+    /// Serve the worker's metrics as Prometheus text at GET /metrics (off by default).
+    #[arg(long)]
+    metrics: bool,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +57,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         )?),
         (false, Some(_)) => return Err("--schema applies to PostgreSQL only".into()),
         (false, None) => builder.sqlite(&args.db),
+    };
+    let metrics = server::metrics(args.metrics)?;
+    let builder = match &metrics {
+        Some(metrics) => builder.meter_provider(metrics.meter_provider()),
+        None => builder,
     };
     let durably = builder
         .polling_interval(Duration::from_millis(200))
@@ -73,9 +81,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     .display();
     let timeout = Duration::from_secs(args.shutdown_timeout);
-    server::serve(durably, listener, timeout, |address| {
+    let scraped = metrics.is_some();
+    server::serve(durably, listener, timeout, metrics, |address| {
         println!("durably demo: http://{address}{BASE_PATH}");
         println!("  dashboard: http://{address}/");
+        if scraped {
+            println!("  metrics: http://{address}/metrics (Prometheus text)");
+        }
         println!("  jobs: echo, steps, sleep, approval, fanout, flaky, nap, parent · database: {db} · Ctrl-C stops");
         println!(
             "  try: curl -s -X POST http://{address}{BASE_PATH}/trigger -d '{{\"jobName\":\"steps\",\"input\":{{\"count\":5,\"stepMs\":500}}}}'"

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// progress, steps and outcomes), which the event streams then carry, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(50..))]
     poll_ms: u64,
+    /// Serve metrics as Prometheus text at GET /metrics (off by default). Without a worker,
+    /// only what this process does is counted: the runs cancelled through it, its store errors.
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// The status of a refused trigger or retrigger.
@@ -130,7 +134,11 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let listener = server::bind(&args.host, args.port)
         .await
         .map_err(CliError::new)?;
-    let durably = args.db.open(Purpose::Serve, false).await?;
+    let metrics = server::metrics(args.metrics).map_err(|e| CliError::new(e.to_string()))?;
+    let durably = args
+        .db
+        .open_metered(Purpose::Serve, false, metrics.as_ref())
+        .await?;
     let streams = CancellationToken::new();
     tokio::spawn(mirror::run(
         durably.clone(),
@@ -142,13 +150,17 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .local_addr()
         .map_err(|e| CliError::new(format!("cannot read the listening address: {e}")))?;
     println!("durably serve: http://{address}/ (API under http://{address}{BASE_PATH})");
+    if metrics.is_some() {
+        println!("  metrics: http://{address}/metrics (Prometheus text)");
+    }
     println!(
         "  database: {} · no worker and no job definitions: trigger/retrigger answer 501 · Ctrl-C stops",
         args.db.display()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    axum::serve(listener, app(durably, options))
+    let app = server::with_metrics(app(durably, options), metrics.as_ref());
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             server::shutdown_signal().await;
             eprintln!("shutting down: no new connections; closing event streams");

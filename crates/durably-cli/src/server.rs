@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use durably::CancellationToken;
 use durably::Durably;
-use durably::http::HttpOptions;
+use durably::http::{HttpOptions, PrometheusMetrics};
 use tokio::net::TcpListener;
 
 /// Where the API is served.
@@ -18,6 +18,20 @@ pub fn app(durably: Durably, options: HttpOptions) -> Router {
     Router::new()
         .merge(durably::http::dashboard(BASE_PATH))
         .nest(BASE_PATH, durably::http::router(durably, options))
+}
+
+/// `app` with `GET /metrics` (Prometheus text of `metrics`) beside it, when given.
+pub fn with_metrics(app: Router, metrics: Option<&PrometheusMetrics>) -> Router {
+    match metrics {
+        Some(metrics) => app.merge(durably::http::metrics_router(metrics)),
+        None => app,
+    }
+}
+
+/// The Prometheus metrics of `durably demo --metrics` and `durably serve --metrics` (`None`
+/// without the flag); the caller hands their meter provider to the builder.
+pub fn metrics(enabled: bool) -> Result<Option<PrometheusMetrics>, durably::Error> {
+    enabled.then(PrometheusMetrics::new).transpose()
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.
@@ -80,13 +94,15 @@ pub async fn serve(
     durably: Durably,
     listener: TcpListener,
     shutdown_timeout: Duration,
+    metrics: Option<PrometheusMetrics>,
     announce: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let streams = CancellationToken::new();
     let options = HttpOptions::new().shutdown(streams.clone());
     announce(listener.local_addr()?);
 
-    let served = axum::serve(listener, app(durably.clone(), options))
+    let app = with_metrics(app(durably.clone(), options), metrics.as_ref());
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             eprintln!("shutting down: no new connections; closing event streams");

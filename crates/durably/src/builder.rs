@@ -29,6 +29,7 @@ impl Durably {
             labels_validator: None,
             jobs: Vec::new(),
             schedules: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -58,6 +59,8 @@ pub struct DurablyBuilder {
     labels_validator: Option<LabelsValidator>,
     jobs: Vec<PendingJob>,
     schedules: Vec<Schedule>,
+    /// Set by `meter_provider` (feature `otel`); `None`: the global provider.
+    metrics: Option<crate::telemetry::metrics::Metrics>,
 }
 
 impl DurablyBuilder {
@@ -215,6 +218,29 @@ impl DurablyBuilder {
         self
     }
 
+    /// Records the engine's metrics (runs triggered, started, completed, failed, cancelled,
+    /// run, step and queue durations, lease losses and reclaims, claims, store errors; the
+    /// repository's `docs/observability.md` lists them) on `provider`'s meter `durably`.
+    /// Without this call they go to OpenTelemetry's global provider as it is when
+    /// [`build`](Self::build) runs (a no-op until one is installed with
+    /// `opentelemetry::global::set_meter_provider`).
+    ///
+    /// ```
+    /// # fn example() -> durably::Result<()> {
+    /// // opentelemetry_sdk's provider, with the reader of your exporter (OTLP, Prometheus…).
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// let durably = durably::Durably::builder()
+    ///     .sqlite(":memory:")
+    ///     .meter_provider(&provider)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "otel")]
+    pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
+        self.metrics = Some(crate::telemetry::metrics::Metrics::from_provider(provider));
+        self
+    }
+
     /// Validates the options and creates the instance. No I/O beyond opening the store.
     pub fn build(self) -> Result<Durably> {
         let mut config = self.config;
@@ -252,7 +278,14 @@ impl DurablyBuilder {
         if store.keeps_schedules() {
             tasks.push(Arc::new(SchedulerTask(scheduler.clone())));
         }
-        let engine = Engine::new(store.clone(), settings_of(&config), events.clone(), tasks);
+        let metrics = self.metrics.unwrap_or_default();
+        let engine = Engine::new(
+            store.clone(),
+            settings_of(&config),
+            events.clone(),
+            tasks,
+            metrics,
+        );
         scheduler.attach(&engine);
         let durably = Durably {
             inner: Arc::new(Inner {

@@ -25,6 +25,7 @@ use crate::retry::AttemptTimedOut;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
 use crate::runtime;
 use crate::store::{Fence, NewLog, NewStep, Store};
+use crate::telemetry::metrics::{RunMetrics, StepOutcome};
 use crate::telemetry::{self, StepEnd};
 use crate::time::{Timestamp, new_id};
 
@@ -86,6 +87,8 @@ pub(crate) struct StepShared {
     renewing: tokio::sync::Mutex<()>,
     /// The durable waits of this execution (`crate::waits::step`).
     pub(crate) waits: WaitState,
+    /// This execution's metrics (feature `otel`).
+    pub(crate) metrics: RunMetrics,
 }
 
 /// Where an execution stands with durable waits.
@@ -446,6 +449,7 @@ impl StepContext {
         completed_steps: i64,
         persist_logs: bool,
         attempt_record_delay: Duration,
+        metrics: RunMetrics,
     ) -> Self {
         let shared = Arc::new(StepShared {
             store,
@@ -470,6 +474,7 @@ impl StepContext {
             lease,
             renewing: tokio::sync::Mutex::new(()),
             waits: WaitState::default(),
+            metrics,
         });
         StepContext {
             log: StepLog {
@@ -669,6 +674,10 @@ impl StepContext {
             }
         };
         shared.step_ended();
+        shared.metrics.step_attempt(
+            started.elapsed(),
+            step_outcome(&result, shared.abort_reason()),
+        );
 
         let failure: BoxError = match result {
             Ok(value) => match shared.abort_error() {
@@ -974,6 +983,19 @@ impl StepLog {
 
 /// An attempt's function, failing with [`AttemptTimedOut`] (its future dropped) when it runs
 /// longer than `timeout`.
+/// How a step attempt whose function returned `result` ended, for its metrics.
+fn step_outcome<T, E>(
+    result: &std::result::Result<T, E>,
+    abort: Option<AbortReason>,
+) -> StepOutcome {
+    match (abort, result) {
+        (Some(AbortReason::LeaseLost), _) => StepOutcome::LeaseLost,
+        (Some(AbortReason::Cancelled), _) => StepOutcome::Cancelled,
+        (None, Ok(_)) => StepOutcome::Completed,
+        (None, Err(_)) => StepOutcome::Failed,
+    }
+}
+
 async fn bounded<T, E: Into<BoxError>>(
     function: impl Future<Output = std::result::Result<T, E>>,
     timeout: Option<Duration>,

@@ -50,6 +50,7 @@ impl Engine {
         if !cancelled? {
             return Ok(false);
         }
+        self.metrics.run_cancelled(run);
         self.events.emit(EventKind::RunCancel {
             run_id: run.id.clone(),
             job_name: run.job_name.clone(),

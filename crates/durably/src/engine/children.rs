@@ -54,7 +54,7 @@ impl Engine {
         match settle(&*self.store, parent, wait_id).await {
             Ok(true) => self.resume_waiting_runs(),
             Ok(false) => {}
-            Err(error) => self.worker_error(error.to_string(), "children", Some(&run.id)),
+            Err(error) => self.store_failed(&error, "children", Some(&run.id)),
         }
     }
 
@@ -64,7 +64,7 @@ impl Engine {
         let mut parents = vec![run_id.to_owned()];
         while let Some(parent) = parents.pop() {
             if let Err(error) = self.cancel_children_of(&parent, &mut parents).await {
-                self.worker_error(error.to_string(), "children", Some(&parent));
+                self.store_failed(&error, "children", Some(&parent));
             }
         }
     }

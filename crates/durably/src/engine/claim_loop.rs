@@ -104,7 +104,7 @@ impl Engine {
                     Err(error) => {
                         let wait = backoff.failed();
                         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "claim failed");
-                        self.worker_error(error.to_string(), "claim", None);
+                        self.store_failed(&error, "claim", None);
                     }
                 }
             }
@@ -262,6 +262,7 @@ impl Engine {
                 }
                 Ok(StoreNotice::StorageFault { operation, error }) => {
                     tracing::warn!(%operation, %error, "storage fault; the store retries");
+                    self.metrics.store_error(&operation);
                     self.worker_error(format!("{operation}: {error}"), "storage", None);
                 }
                 Ok(StoreNotice::RunsAvailable) => from_database = true,
@@ -299,13 +300,14 @@ impl Engine {
         let settings = &self.settings;
         self.expire_due_waits().await;
         let sent = runtime::now();
-        let mut claimed = self
+        let claimed = self
             .store
             .claim(
                 &ClaimRequest::new(&worker_id, settings.lease_duration, 1),
                 Timestamp::now(),
             )
             .await?;
+        let mut claimed = self.claimed(claimed);
         match claimed.pop() {
             Some(run) => {
                 self.execute(run, sent, &worker_id).await;

@@ -102,7 +102,8 @@ impl Engine {
         {
             // The renewal itself failed (the store did not answer): not started here; its
             // lease expires and any worker takes it over.
-            self.worker_error(error.to_string(), "lease-renewal", Some(&run.id));
+            self.store_failed(&error, "lease-renewal", Some(&run.id));
+            shared.metrics.ended(&run, Outcome::LeaseLost);
             return Execution::Ended(Outcome::LeaseLost);
         }
         match shared.abort_reason() {
@@ -111,7 +112,10 @@ impl Engine {
                 self.announce_cancel_found(&run, &shared);
                 return Execution::Ended(Outcome::Cancelled);
             }
-            Some(AbortReason::LeaseLost) => return Execution::Ended(Outcome::LeaseLost),
+            Some(AbortReason::LeaseLost) => {
+                shared.metrics.ended(&run, Outcome::LeaseLost);
+                return Execution::Ended(Outcome::LeaseLost);
+            }
             None => {}
         }
         let fence = shared.fence.clone();
@@ -136,11 +140,13 @@ impl Engine {
             let transition = Transition::Fail {
                 error: error.clone(),
             };
+            shared.metrics.started(&run);
             let outcome = match store
                 .finish_run(&fence, transition, Timestamp::now(), None)
                 .await
             {
                 Ok(finished) if finished.landed => {
+                    shared.metrics.ended(&run, Outcome::Failed);
                     self.events.emit(EventKind::RunFail {
                         run_id: run.id,
                         job_name: run.job_name,
@@ -150,9 +156,13 @@ impl Engine {
                     });
                     Outcome::Failed
                 }
-                Ok(_) => Outcome::LeaseLost,
+                Ok(_) => {
+                    shared.metrics.ended(&run, Outcome::LeaseLost);
+                    Outcome::LeaseLost
+                }
                 Err(e) => {
-                    self.worker_error(e.to_string(), "run-failure", Some(&run.id));
+                    self.store_failed(&e, "run-failure", Some(&run.id));
+                    shared.metrics.ended(&run, Outcome::LeaseLost);
                     Outcome::LeaseLost
                 }
             };
@@ -172,6 +182,7 @@ impl Engine {
             labels: run.labels.clone(),
         });
         announced.store(true, std::sync::atomic::Ordering::SeqCst);
+        shared.metrics.started(&run);
 
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
@@ -213,6 +224,7 @@ impl Engine {
         let (outcome, claimed) = self
             .finish(&run, &fence, &shared, result, started, worker_id, claim)
             .await;
+        shared.metrics.ended(&run, outcome);
         if matches!(outcome, Outcome::Completed | Outcome::Failed) {
             self.child_ended(&run).await;
         }
@@ -325,7 +337,7 @@ impl Engine {
             }
             Err(error) => {
                 tracing::error!(%error, "could not record completion");
-                self.worker_error(error.to_string(), "run-completion", Some(&run.id));
+                self.store_failed(&error, "run-completion", Some(&run.id));
                 Outcome::LeaseLost
             }
         };
@@ -375,7 +387,7 @@ impl Engine {
             Err(error) => {
                 // Upstream: the run stays leased and is taken over once its lease expires.
                 tracing::error!(%error, %wait_id, "could not suspend the run");
-                self.worker_error(error.to_string(), "run-suspension", Some(&run.id));
+                self.store_failed(&error, "run-suspension", Some(&run.id));
                 (Outcome::LeaseLost, Vec::new())
             }
         }
@@ -428,7 +440,7 @@ impl Engine {
             }
             Err(error) => {
                 tracing::error!(%error, "could not record failure");
-                self.worker_error(error.to_string(), "run-failure", Some(&run.id));
+                self.store_failed(&error, "run-failure", Some(&run.id));
                 Outcome::LeaseLost
             }
         }

@@ -19,6 +19,10 @@ impl Engine {
     /// its lease from now on.
     pub(super) fn hold(self: &Arc<Self>, run: Run, sent: Instant, worker_id: &str) -> Held {
         let config = &self.settings;
+        let metrics = self.metrics.execution(&run);
+        metrics.claimed(&run);
+        #[cfg(feature = "otel")]
+        self.record_delayed_claim(&run, &metrics);
         let step = StepContext::new(
             self.store.clone(),
             self.events.clone(),
@@ -31,6 +35,7 @@ impl Engine {
             run.completed_step_count,
             config.persist_logs,
             config.attempt_record_delay,
+            metrics,
         );
         let shared = step.shared().clone();
         {
@@ -105,11 +110,36 @@ impl Engine {
                 Ok(false) => {}
                 Err(error) => {
                     // Not started here: its lease expires and any worker takes it over.
-                    engine.worker_error(error.to_string(), "lease-release", Some(&run.id));
+                    engine.store_failed(&error, "lease-release", Some(&run.id));
                 }
             }
         };
         runtime::spawn_in(span, release);
+    }
+}
+
+#[cfg(feature = "otel")]
+impl Engine {
+    /// The queue latency of a delayed run's first claim: from when its delay wait became due
+    /// (its deadline, or earlier when woken), read in the background (delayed runs only, once).
+    fn record_delayed_claim(&self, run: &Run, metrics: &crate::telemetry::metrics::RunMetrics) {
+        let (true, Some(wait_id)) = (run.lease_generation <= 1, run.waiting_on_wait_id.clone())
+        else {
+            return;
+        };
+        let claimed = run.started_at.unwrap_or_else(Timestamp::now);
+        let (store, metrics) = (self.store.clone(), metrics.clone());
+        runtime::spawn(async move {
+            if let Ok(Some(wait)) = store.get_wait(&wait_id).await {
+                let due = match (wait.deadline_at, wait.resolved_at) {
+                    (Some(deadline), Some(resolved)) => Some(deadline.min(resolved)),
+                    (deadline, resolved) => deadline.or(resolved),
+                };
+                if let Some(due) = due {
+                    metrics.delayed_claim(due, claimed);
+                }
+            }
+        });
     }
 }
 

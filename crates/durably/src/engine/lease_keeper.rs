@@ -85,7 +85,7 @@ impl Engine {
                     return;
                 }
                 Err(error) => {
-                    self.worker_error(error.to_string(), "lease-renewal", Some(&shared.run_id));
+                    self.store_failed(&error, "lease-renewal", Some(&shared.run_id));
                 }
             }
         }

@@ -102,7 +102,7 @@ impl Engine {
             match task.run().await {
                 Ok(Maintained::Done) => clock.busy = false,
                 Ok(Maintained::Busy) => clock.busy = true,
-                Err(error) => self.worker_error(error.to_string(), task.error_context(), None),
+                Err(error) => self.store_failed(&error, task.error_context(), None),
             }
         }
     }

@@ -45,6 +45,7 @@ use crate::run::{Disposition, Run};
 use crate::runtime;
 use crate::step::StepShared;
 use crate::store::{Enqueued, NewRun, Store};
+use crate::telemetry::metrics::Metrics;
 
 pub(crate) use maintenance::Pass;
 pub(crate) use slots::Handed;
@@ -126,6 +127,8 @@ pub(crate) struct Engine {
     pub(crate) settings: Settings,
     pub(crate) events: EventBus,
     pub(crate) jobs: Jobs,
+    /// The instruments the engine records runs on (feature `otel`; nothing without it).
+    pub(crate) metrics: Metrics,
     /// Held shared by triggers from before their insert until their `run:trigger` is emitted;
     /// a worker of this process takes it exclusively before its first event for a run, so a run
     /// is never seen leased before it was seen triggered.
@@ -166,11 +169,12 @@ impl Engine {
         settings: Settings,
         events: EventBus,
         tasks: Vec<Arc<dyn crate::maintenance::MaintenanceTask>>,
+        metrics: Metrics,
     ) -> Arc<Self> {
         Arc::new_cyclic(|engine| {
             let maintenance =
                 maintenance::Maintenance::new(engine, &store, &settings, &events, tasks);
-            Engine::with(store, settings, events, maintenance)
+            Engine::with(store, settings, events, maintenance, metrics)
         })
     }
 
@@ -179,12 +183,14 @@ impl Engine {
         settings: Settings,
         events: EventBus,
         maintenance: maintenance::Maintenance,
+        metrics: Metrics,
     ) -> Self {
         Engine {
             store,
             settings,
             events,
             jobs: Jobs::default(),
+            metrics,
             announcing: tokio::sync::RwLock::new(()),
             wake: Arc::default(),
             intake: slots::Intake::default(),
@@ -231,6 +237,7 @@ impl Engine {
     /// Runs a claim took: one that resumed a waiting run (it carries the wait it waited on)
     /// may have left others behind, so the next claim looks again.
     pub(crate) fn claimed(&self, runs: Vec<Run>) -> Vec<Run> {
+        self.metrics.claimed(&runs);
         if runs.iter().any(|run| run.waiting_on_wait_id.is_some()) {
             lock(&self.resume).due = true;
         }
@@ -295,6 +302,7 @@ impl Engine {
         let run = &enqueued.run;
         match enqueued.disposition {
             Disposition::Created => {
+                self.metrics.run_triggered(&run.job_name);
                 self.events.emit(EventKind::RunTrigger {
                     run_id: run.id.clone(),
                     job_name: run.job_name.clone(),
@@ -314,6 +322,13 @@ impl Engine {
             }
             Disposition::Idempotent | Disposition::Debounced => {}
         }
+    }
+
+    /// A store call of the engine failed while `context` (the `worker:error` context, and
+    /// the metrics' store operation).
+    fn store_failed(&self, error: &crate::Error, context: &str, run_id: Option<&str>) {
+        self.metrics.store_error(context);
+        self.worker_error(error.to_string(), context, run_id);
     }
 
     fn worker_error(&self, error: String, context: &str, run_id: Option<&str>) {

@@ -64,7 +64,7 @@ impl Engine {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "the expiry sweep of durable waits failed");
-                    self.worker_error(error.to_string(), "wait-expiry", None);
+                    self.store_failed(&error, "wait-expiry", None);
                     return;
                 }
             }

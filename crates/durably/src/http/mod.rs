@@ -73,6 +73,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub use crate::telemetry::prometheus::{PrometheusMetrics, metrics_router};
 pub use async_trait::async_trait;
 pub use auth::{Auth, Rejection, RunOperation, RunsSubscribeFilter};
 pub use dashboard::dashboard;

@@ -5,12 +5,17 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `trace.rs` | the spans of a run's life (`durably.trigger`, `durably.run`, `durably.step`), their attributes, and with the feature `otel` one OpenTelemetry trace per run across workers, crashes and resumes (the trigger's W3C `traceparent` stored with the run) |
+//! | `metrics.rs` | the engine's OpenTelemetry metrics (feature `otel`): one object called at its transition points with domain values (a run, a duration, an outcome) |
+//! | `prometheus.rs` | the Prometheus text endpoint (feature `prometheus`) |
 //!
 //! The spans are `tracing` spans, seen by any subscriber. With the feature `otel`, the trigger's
 //! context is stored with the run ([`crate::store::NewRun::trace_context`]) and every execution's
-//! span continues it (through `tracing-opentelemetry`); without it those calls compile to
-//! nothing. See docs/observability.md.
+//! span continues it (through `tracing-opentelemetry`); without it those calls, and every
+//! metrics call, compile to nothing. See docs/observability.md.
 
+pub(crate) mod metrics;
+#[cfg(feature = "prometheus")]
+pub(crate) mod prometheus;
 mod trace;
 
 pub(crate) use trace::{Parent, StepEnd, Trigger, run_ended, run_span, step_ended, step_span};
