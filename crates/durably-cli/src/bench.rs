@@ -94,6 +94,11 @@ pub struct BenchArgs {
     /// Directory for the fresh databases (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Record the engine's metrics while measuring: an OpenTelemetry SDK meter provider (with
+    /// the Prometheus reader of `durably demo --metrics`) installed as the global provider, to
+    /// measure what recording costs. Without it the instruments are OpenTelemetry's no-op ones.
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,10 +134,29 @@ pub fn is_worker_process() -> bool {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.metrics {
+        return run_workloads(&args).await;
+    }
+    // Every instance built from now on records on it (`Metrics` reads the global provider at
+    // `build()`).
+    let metrics = durably::http::PrometheusMetrics::new()?;
+    opentelemetry::global::set_meter_provider(metrics.meter_provider().clone());
+    run_workloads(&args).await?;
+    let completed: f64 = metrics
+        .render()?
+        .lines()
+        .filter(|line| line.starts_with("durably_runs_completed_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!("metrics: {completed} run completions recorded");
+    Ok(())
+}
+
+async fn run_workloads(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     match args.backend.as_str() {
         "sqlite" => {}
-        "postgres" => return postgres::run(&args).await,
-        "libsql" => return libsql::run(&args).await,
+        "postgres" => return postgres::run(args).await,
+        "libsql" => return libsql::run(args).await,
         other => {
             return Err(
                 format!("unknown backend '{other}': use sqlite, postgres or libsql").into(),
@@ -152,7 +176,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         counter: 0,
     };
     let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| w == name);
-    for shape in Shape::all(&args) {
+    for shape in Shape::all(args) {
         if wanted(shape.workload) {
             let line = throughput(&mut setup, &shape).await?;
             print_line(line, &args.synchronous);

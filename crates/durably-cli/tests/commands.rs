@@ -1369,3 +1369,26 @@ async fn runs_parent_lists_children_and_run_shows_the_tree() {
     assert_eq!(ids, completed);
     assert_eq!(nul.0, 400, "{}", nul.2);
 }
+
+/// `durably bench --metrics` records the engine's metrics while it measures (to measure what
+/// recording costs): every completed run is counted.
+#[test]
+fn bench_records_metrics_when_asked() {
+    let output = durably_cli(&[
+        "bench",
+        "--workload",
+        "throughput-1step",
+        "--concurrency",
+        "1",
+        "--jobs",
+        "25",
+        "--metrics",
+    ]);
+    let line: serde_json::Value =
+        serde_json::from_str(expect_code(&output, 0).trim()).expect("one JSON line");
+    assert_eq!(line["jobs"], 25);
+    assert_eq!(
+        stderr(&output).lines().last(),
+        Some("metrics: 25 run completions recorded")
+    );
+}

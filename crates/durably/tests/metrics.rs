@@ -1,7 +1,8 @@
 //! The engine's OpenTelemetry metrics (feature `otel`) after known workloads, read through the
 //! SDK's in-memory exporter: exact counts of runs triggered, started, completed, failed and
 //! cancelled, one step-duration sample per step attempt, one queue latency per run, a lease
-//! loss and a reclaim when a run is taken over; and the Prometheus text endpoint (feature
+//! loss and a reclaim when a run is taken over; the gauges of runs by status and of the oldest
+//! pending run's age; and the Prometheus text endpoint (feature
 //! `prometheus`), present only where it is merged.
 #![cfg(feature = "otel")]
 mod common;
@@ -131,6 +132,20 @@ fn collect(data: &AggregatedMetrics, points: &mut Vec<Point>) {
                 attributes: attributes(p.attributes()),
                 value: p.sum(),
                 count: p.count(),
+            }))
+        }
+        AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
+            points.extend(gauge.data_points().map(|p| Point {
+                attributes: attributes(p.attributes()),
+                value: p.value() as f64,
+                count: 1,
+            }))
+        }
+        AggregatedMetrics::F64(MetricData::Gauge(gauge)) => {
+            points.extend(gauge.data_points().map(|p| Point {
+                attributes: attributes(p.attributes()),
+                value: p.value(),
+                count: 1,
             }))
         }
         other => panic!("unexpected metric data: {other:?}"),
@@ -519,4 +534,70 @@ async fn prometheus_text_shows_the_counters_and_metrics_is_opt_in() {
     assert!(line("durably_runs_triggered_total{").ends_with(" 1"));
     assert!(line("durably_step_duration_seconds_count{").ends_with(" 2"));
     assert!(text.contains("# TYPE durably_run_duration_seconds histogram"));
+}
+
+/// The gauges of runs by status and of the oldest pending run's age: read from the database
+/// (`Store::run_counts`) only once something reads them, then at most every 30 s (a requested
+/// maintenance pass reads at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_count_runs_by_status_and_age_the_oldest_pending_run() {
+    let db = TestDb::new(Backend::SqliteFile);
+    let meters = Meters::new();
+    let durably = meters.builder(&db).job(work_job()).build().expect("build");
+    durably.migrate().await.expect("migrate");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let triggered = durably
+            .trigger_json("work", json!({}), TriggerOptions::new())
+            .await
+            .expect("trigger");
+        ids.push(triggered.run.id);
+    }
+    let first_triggered = std::time::Instant::now();
+    let cancelled = durably
+        .trigger_json("work", json!({}), TriggerOptions::new())
+        .await
+        .expect("trigger")
+        .run
+        .id;
+    durably.cancel(&cancelled).await.expect("cancel");
+
+    // Nothing has read the gauges yet: maintenance does not query, the gauges have no value.
+    durably.run_idle_maintenance().await;
+    assert!(meters.points("durably.run.count").is_empty());
+    // That read asked for the counts: the next pass reads them.
+    durably.run_idle_maintenance().await;
+    let status = |points: &[Point], status: &str| {
+        points
+            .iter()
+            .find(|p| p.attributes.get("durably.run.status").map(String::as_str) == Some(status))
+            .map(|p| p.value as u64)
+    };
+    let points = meters.points("durably.run.count");
+    assert_eq!(status(&points, "pending"), Some(3));
+    assert_eq!(status(&points, "cancelled"), Some(1));
+    assert_eq!(status(&points, "completed"), Some(0));
+    let waited = first_triggered.elapsed().as_secs_f64();
+    let age = meters.points("durably.run.oldest_pending_age");
+    assert_eq!(age.len(), 1);
+    assert!(
+        age[0].value + 0.002 >= waited && age[0].value < 60.0,
+        "the oldest pending run waited at least {waited} s, the gauge says {}",
+        age[0].value
+    );
+
+    durably.start();
+    for id in &ids {
+        terminal(&durably, id).await;
+    }
+    durably.stop().await;
+    durably.run_idle_maintenance().await;
+    let points = meters.points("durably.run.count");
+    assert_eq!(status(&points, "pending"), Some(0));
+    assert_eq!(status(&points, "completed"), Some(3));
+    assert_eq!(
+        meters.points("durably.run.oldest_pending_age")[0].value,
+        0.0,
+        "no run pending"
+    );
 }

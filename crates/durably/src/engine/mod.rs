@@ -168,9 +168,10 @@ impl Engine {
         store: Arc<dyn Store>,
         settings: Settings,
         events: EventBus,
-        tasks: Vec<Arc<dyn crate::maintenance::MaintenanceTask>>,
+        mut tasks: Vec<Arc<dyn crate::maintenance::MaintenanceTask>>,
         metrics: Metrics,
     ) -> Arc<Self> {
+        tasks.extend(metrics.counts_task(&store));
         Arc::new_cyclic(|engine| {
             let maintenance =
                 maintenance::Maintenance::new(engine, &store, &settings, &events, tasks);

@@ -37,15 +37,21 @@ pub(crate) use off::{Metrics, RunMetrics};
 
 #[cfg(feature = "otel")]
 mod on {
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+    use async_trait::async_trait;
+    use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, ObservableGauge};
     use opentelemetry::{InstrumentationScope, KeyValue};
 
     use super::StepOutcome;
     use crate::engine::Outcome;
-    use crate::run::Run;
+    use crate::error::Result;
+    use crate::maintenance::{Maintained, MaintenanceTask};
+    use crate::overview::RunCounts;
+    use crate::run::{Run, RunStatus};
+    use crate::store::Store;
     use crate::time::Timestamp;
 
     /// The attribute naming a run's job on every per-run instrument.
@@ -54,6 +60,11 @@ mod on {
     const RUN_OUTCOME: &str = "durably.run.outcome";
     const STEP_OUTCOME: &str = "durably.step.outcome";
     const OPERATION: &str = "durably.store.operation";
+    const STATUS: &str = "durably.run.status";
+
+    /// How often the run counts behind the gauges are read from the database, at most (and
+    /// only while something reads the gauges).
+    const COUNTS_EVERY: Duration = Duration::from_secs(30);
 
     /// Histogram bucket bounds in seconds, from 1 ms to 1 h (OTel's defaults are meant for
     /// milliseconds).
@@ -80,6 +91,24 @@ mod on {
         claims: Counter<u64>,
         claim_size: Histogram<u64>,
         store_errors: Counter<u64>,
+        /// The gauges read the run counts from here; [`RunCountsRefresh`] fills it.
+        counts: Arc<CountsCache>,
+        _run_count: ObservableGauge<u64>,
+        _oldest_pending_age: ObservableGauge<f64>,
+    }
+
+    /// The last run counts read, and whether a gauge was read since (no reader, no query).
+    #[derive(Default)]
+    struct CountsCache {
+        counts: Mutex<Option<RunCounts>>,
+        observed: AtomicBool,
+    }
+
+    impl CountsCache {
+        fn last(&self) -> Option<RunCounts> {
+            self.observed.store(true, Ordering::Relaxed);
+            self.counts.lock().ok().and_then(|counts| counts.clone())
+        }
     }
 
     impl Default for Metrics {
@@ -118,7 +147,46 @@ mod on {
                     .with_boundaries(SECONDS.to_vec())
                     .build()
             };
+            let counts = Arc::new(CountsCache::default());
+            let cache = counts.clone();
+            let run_count = meter
+                .u64_observable_gauge("durably.run.count")
+                .with_unit("{run}")
+                .with_description(
+                    "Runs stored, by status (read from the database at most every 30 s)",
+                )
+                .with_callback(move |observer| {
+                    if let Some(last) = cache.last() {
+                        for status in RunStatus::ALL {
+                            observer.observe(
+                                last.counts.get(status),
+                                &[KeyValue::new(STATUS, status.as_str())],
+                            );
+                        }
+                    }
+                })
+                .build();
+            let cache = counts.clone();
+            let oldest_pending_age = meter
+                .f64_observable_gauge("durably.run.oldest_pending_age")
+                .with_unit("s")
+                .with_description(
+                    "How long the oldest pending run has waited (0: none pending; its run read \
+                     at most every 30 s)",
+                )
+                .with_callback(move |observer| {
+                    if let Some(last) = cache.last() {
+                        let age = last.oldest_pending.map_or(0.0, |oldest| {
+                            seconds_between(oldest.created_at, Timestamp::now())
+                        });
+                        observer.observe(age, &[]);
+                    }
+                })
+                .build();
             Metrics(Arc::new(Instruments {
+                counts,
+                _run_count: run_count,
+                _oldest_pending_age: oldest_pending_age,
                 triggered: counter("durably.runs.triggered", "Runs created by a trigger"),
                 started: counter(
                     "durably.runs.started",
@@ -196,12 +264,65 @@ mod on {
                 .add(1, &[KeyValue::new(OPERATION, operation.to_owned())]);
         }
 
+        /// The maintenance task that reads the run counts behind the gauges.
+        pub(crate) fn counts_task(
+            &self,
+            store: &Arc<dyn Store>,
+        ) -> Option<Arc<dyn MaintenanceTask>> {
+            Some(Arc::new(RunCountsRefresh {
+                store: store.clone(),
+                cache: self.0.counts.clone(),
+            }))
+        }
+
         /// The handle of one execution of `run`.
         pub(crate) fn execution(&self, run: &Run) -> RunMetrics {
             RunMetrics {
                 metrics: self.clone(),
                 job: job(&run.job_name),
             }
+        }
+    }
+
+    /// Reads the run counts behind the gauges ([`Store::run_counts`]: two reads through the
+    /// status indexes) every [`COUNTS_EVERY`], busy or idle, but only once a gauge was read
+    /// since the last time: with no meter reader (OpenTelemetry's no-op provider) it never
+    /// queries.
+    struct RunCountsRefresh {
+        store: Arc<dyn Store>,
+        cache: Arc<CountsCache>,
+    }
+
+    #[async_trait]
+    impl MaintenanceTask for RunCountsRefresh {
+        fn name(&self) -> &'static str {
+            "run-counts"
+        }
+
+        fn every(&self) -> Duration {
+            COUNTS_EVERY
+        }
+
+        fn runs_on_request(&self) -> bool {
+            true
+        }
+
+        fn runs_while_busy(&self) -> bool {
+            true
+        }
+
+        fn error_context(&self) -> &'static str {
+            "run-counts"
+        }
+
+        async fn run(&self) -> Result<Maintained> {
+            if self.cache.observed.swap(false, Ordering::Relaxed) {
+                let counts = self.store.run_counts(Timestamp::now()).await?;
+                if let Ok(mut last) = self.cache.counts.lock() {
+                    *last = Some(counts);
+                }
+            }
+            Ok(Maintained::Done)
         }
     }
 
@@ -321,6 +442,13 @@ mod off {
         pub(crate) fn claimed(&self, _runs: &[Run]) {}
         #[inline(always)]
         pub(crate) fn store_error(&self, _operation: &str) {}
+        #[inline(always)]
+        pub(crate) fn counts_task(
+            &self,
+            _store: &std::sync::Arc<dyn crate::store::Store>,
+        ) -> Option<std::sync::Arc<dyn crate::maintenance::MaintenanceTask>> {
+            None
+        }
         #[inline(always)]
         pub(crate) fn execution(&self, _run: &Run) -> RunMetrics {
             RunMetrics
