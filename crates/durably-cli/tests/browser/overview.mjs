@@ -14,52 +14,23 @@
 //
 // Env: DURABLY_BIN (the `durably` binary, required), CHROMIUM (default /usr/bin/chromium),
 // SCREENSHOTS (directory for PNGs, optional), README_SHOT (optional PNG path for the README).
-import { spawn } from 'node:child_process'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { chromium } from 'playwright-core'
+import {
+  bin,
+  check,
+  executablePath,
+  shot,
+  shots,
+  sleep,
+  start,
+  stop,
+  watchdog,
+} from './support.mjs'
 
-const bin = process.env.DURABLY_BIN
-if (!bin) throw new Error('DURABLY_BIN must name the durably binary')
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium'
-const shots = process.env.SCREENSHOTS
-if (shots) mkdirSync(shots, { recursive: true })
-
-const watchdog = setTimeout(() => {
-  console.error('overview test: timed out after 120 s')
-  process.exit(1)
-}, 120_000)
-
-function check(condition, message) {
-  if (!condition) throw new Error(`assertion failed: ${message}`)
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-async function start(args) {
-  const child = spawn(bin, [...args, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const lines = createInterface({ input: child.stdout })
-  const origin = await new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`durably demo exited early (${code})`)))
-    lines.on('line', (line) => {
-      const match = line.match(/http:\/\/[^\s/]+/)
-      if (match) resolve(match[0])
-    })
-  })
-  return { child, origin }
-}
-
-async function stop(child) {
-  if (child.exitCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGINT')
-  await exited
-}
-
-async function shot(page, name) {
-  if (shots) await page.screenshot({ path: join(shots, name), fullPage: false })
-}
+const timer = watchdog('overview test', 120_000)
 
 async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'durably-overview-'))
@@ -260,7 +231,7 @@ async function main() {
 
 main().then(
   () => {
-    clearTimeout(watchdog)
+    clearTimeout(timer)
     console.log('overview test passed')
   },
   (error) => {

@@ -1,0 +1,55 @@
+// What the dashboard's browser tests (dashboard.mjs, overview.mjs) share: the binary and
+// Chromium they drive, assertions, starting and stopping `durably demo`/`serve` on a free port,
+// and screenshots (kept when SCREENSHOTS names a directory).
+import { spawn } from 'node:child_process'
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+
+export const bin = process.env.DURABLY_BIN
+if (!bin) throw new Error('DURABLY_BIN must name the durably binary')
+export const executablePath = process.env.CHROMIUM || '/usr/bin/chromium'
+export const shots = process.env.SCREENSHOTS
+if (shots) mkdirSync(shots, { recursive: true })
+
+/** Ends the process with a failure if the test runs longer than `ms`. */
+export function watchdog(name, ms) {
+  return setTimeout(() => {
+    console.error(`${name}: timed out after ${ms / 1000} s`)
+    process.exit(1)
+  }, ms)
+}
+
+export function check(condition, message) {
+  if (!condition) throw new Error(`assertion failed: ${message}`)
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Starts `durably ARGS --port 0`; resolves with the child and the origin it printed. */
+export async function start(args) {
+  const child = spawn(bin, [...args, '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  const lines = createInterface({ input: child.stdout })
+  const origin = await new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`durably demo exited early (${code})`)))
+    lines.on('line', (line) => {
+      const match = line.match(/http:\/\/[^\s/]+/)
+      if (match) resolve(match[0])
+    })
+  })
+  return { child, origin }
+}
+
+/** Stops a child started by `start` as Ctrl-C would, and waits for it to exit. */
+export async function stop(child) {
+  if (child.exitCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGINT')
+  await exited
+}
+
+export async function shot(page, name) {
+  if (shots) await page.screenshot({ path: join(shots, name), fullPage: false })
+}
