@@ -14,6 +14,7 @@
 use crate::store::sqlite_sql as sql;
 mod ops;
 mod options;
+mod overview;
 mod reader;
 mod schedules;
 mod schema;

@@ -14,9 +14,6 @@ use serde_json::Value;
 
 use crate::attempts::{AttemptStatus, NewAttempt, RunFacts, StepAttempt, interruption_reason};
 use crate::error::{Error, Result};
-use crate::overview::{
-    EndedGroup, EndedRun, OVERVIEW_SAMPLE, Overview, OverviewRows, OverviewWindow, RunCounts,
-};
 use crate::run::{
     Coalesce, Disposition, Log, LogLevel, Progress, Run, RunFilter, RunStatus, Step, StepStatus,
 };
@@ -61,7 +58,7 @@ impl FromSql for RunStatus {
     }
 }
 
-fn sql_error(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+pub(super) fn sql_error(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::storage(operation, e)
 }
 
@@ -1335,82 +1332,4 @@ pub(super) fn children_to_cancel(
             .collect::<rusqlite::Result<Vec<String>>>()
         })
         .map_err(sql_error("children_to_cancel"))
-}
-
-/// [`Store::run_overview`](crate::Store::run_overview): four reads in one read transaction
-/// (one snapshot), assembled by [`OverviewRows::assemble`].
-pub(super) fn run_overview(
-    conn: &Connection,
-    now: Timestamp,
-    window: OverviewWindow,
-) -> Result<Overview> {
-    let failed = sql_error("run_overview");
-    let tx = conn.unchecked_transaction().map_err(&failed)?;
-    let since = window.start(now);
-    let mut rows = OverviewRows::default();
-    {
-        let mut stmt = tx.prepare_cached(sql::OVERVIEW_STATUSES).map_err(&failed)?;
-        rows.statuses = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(|r| r.collect::<rusqlite::Result<_>>())
-            .map_err(&failed)?;
-        let mut stmt = tx
-            .prepare_cached(sql::OVERVIEW_OLDEST_PENDING)
-            .map_err(&failed)?;
-        rows.oldest_pending = stmt
-            .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .optional()
-            .map_err(&failed)?;
-        let mut stmt = tx.prepare_cached(sql::OVERVIEW_ENDED).map_err(&failed)?;
-        rows.ended = stmt
-            .query_map(params![since, window.key_len() as i64], |row| {
-                Ok(EndedGroup {
-                    job_name: row.get(0)?,
-                    bucket: row.get(1)?,
-                    status: row.get(2)?,
-                    count: row.get(3)?,
-                })
-            })
-            .and_then(|r| r.collect::<rusqlite::Result<_>>())
-            .map_err(&failed)?;
-        let mut stmt = tx.prepare_cached(sql::OVERVIEW_SAMPLE).map_err(&failed)?;
-        rows.sample = stmt
-            .query_map(params![since, OVERVIEW_SAMPLE as i64], |row| {
-                Ok(EndedRun {
-                    job_name: row.get(0)?,
-                    created_at: row.get(1)?,
-                    started_at: row.get(2)?,
-                    completed_at: row.get(3)?,
-                    delay_end: row.get(4)?,
-                })
-            })
-            .and_then(|r| r.collect::<rusqlite::Result<_>>())
-            .map_err(&failed)?;
-    }
-    tx.finish().map_err(&failed)?;
-    Ok(rows.assemble(now, window))
-}
-
-/// [`Store::run_counts`](crate::Store::run_counts): the two cheap reads of the overview, in one
-/// read transaction.
-pub(super) fn run_counts(conn: &Connection, now: Timestamp) -> Result<RunCounts> {
-    let failed = sql_error("run_counts");
-    let tx = conn.unchecked_transaction().map_err(&failed)?;
-    let mut rows = OverviewRows::default();
-    {
-        let mut stmt = tx.prepare_cached(sql::OVERVIEW_STATUSES).map_err(&failed)?;
-        rows.statuses = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(|r| r.collect::<rusqlite::Result<_>>())
-            .map_err(&failed)?;
-        let mut stmt = tx
-            .prepare_cached(sql::OVERVIEW_OLDEST_PENDING)
-            .map_err(&failed)?;
-        rows.oldest_pending = stmt
-            .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .optional()
-            .map_err(&failed)?;
-    }
-    tx.finish().map_err(&failed)?;
-    Ok(rows.counts(now))
 }

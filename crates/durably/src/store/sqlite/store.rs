@@ -86,14 +86,16 @@ impl Store for SqliteStore {
         window: crate::overview::OverviewWindow,
     ) -> Result<crate::overview::Overview> {
         self.read("run_overview", move |conn| {
-            ops::run_overview(conn, now, window)
+            super::overview::run_overview(conn, now, window)
         })
         .await
     }
 
     async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
-        self.read("run_counts", move |conn| ops::run_counts(conn, now))
-            .await
+        self.read("run_counts", move |conn| {
+            super::overview::run_counts(conn, now)
+        })
+        .await
     }
 
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
