@@ -93,6 +93,30 @@ struct State {
     schedules: BTreeMap<String, crate::schedules::ScheduleRecord>,
 }
 
+impl State {
+    /// The overview's counts: runs per status and the oldest pending run.
+    fn count_rows(&self) -> crate::overview::OverviewRows {
+        let mut rows = crate::overview::OverviewRows::default();
+        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for run in self.runs.values() {
+            *statuses.entry(run.status.as_str()).or_default() += 1;
+            if run.status == RunStatus::Pending
+                && rows
+                    .oldest_pending
+                    .as_ref()
+                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
+            {
+                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
+            }
+        }
+        rows.statuses = statuses
+            .into_iter()
+            .map(|(status, count)| (status.to_owned(), count))
+            .collect();
+        rows
+    }
+}
+
 impl MemoryStore {
     /// An empty store with default options (runs that end drop their steps), not yet migrated.
     pub fn new() -> Self {
@@ -667,23 +691,13 @@ impl Store for MemoryStore {
         now: Timestamp,
         window: crate::overview::OverviewWindow,
     ) -> Result<crate::overview::Overview> {
-        use crate::overview::{EndedGroup, EndedRun, OVERVIEW_SAMPLE, OverviewRows};
+        use crate::overview::{EndedGroup, EndedRun, OVERVIEW_SAMPLE};
         let state = self.lock();
         let since = window.start(now);
-        let mut rows = OverviewRows::default();
-        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut rows = state.count_rows();
         let mut groups: BTreeMap<(String, String, &'static str), i64> = BTreeMap::new();
         let mut ended: Vec<&Run> = Vec::new();
         for run in state.runs.values() {
-            *statuses.entry(run.status.as_str()).or_default() += 1;
-            if run.status == RunStatus::Pending
-                && rows
-                    .oldest_pending
-                    .as_ref()
-                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
-            {
-                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
-            }
             let Some(completed_at) = run.completed_at else {
                 continue;
             };
@@ -701,10 +715,6 @@ impl Store for MemoryStore {
         }
         ended.sort_by_key(|run| std::cmp::Reverse(run.completed_at));
         ended.truncate(OVERVIEW_SAMPLE as usize);
-        rows.statuses = statuses
-            .into_iter()
-            .map(|(status, count)| (status.to_owned(), count))
-            .collect();
         rows.ended = groups
             .into_iter()
             .map(|((job_name, bucket, status), count)| EndedGroup {
@@ -732,25 +742,7 @@ impl Store for MemoryStore {
     }
 
     async fn run_counts(&self, now: Timestamp) -> Result<crate::overview::RunCounts> {
-        let state = self.lock();
-        let mut rows = crate::overview::OverviewRows::default();
-        let mut statuses: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for run in state.runs.values() {
-            *statuses.entry(run.status.as_str()).or_default() += 1;
-            if run.status == RunStatus::Pending
-                && rows
-                    .oldest_pending
-                    .as_ref()
-                    .is_none_or(|(id, _, at)| (run.created_at, &run.id) < (*at, id))
-            {
-                rows.oldest_pending = Some((run.id.clone(), run.job_name.clone(), run.created_at));
-            }
-        }
-        rows.statuses = statuses
-            .into_iter()
-            .map(|(status, count)| (status.to_owned(), count))
-            .collect();
-        Ok(rows.counts(now))
+        Ok(self.lock().count_rows().counts(now))
     }
 
     async fn get_steps(&self, run_id: &str) -> Result<Vec<Step>> {
