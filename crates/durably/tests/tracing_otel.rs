@@ -586,6 +586,60 @@ async fn an_http_trigger_with_a_traceparent_joins_the_callers_trace() {
     assert!(response.status().is_success(), "{}", response.status());
 }
 
+/// A schedule's "run now" over HTTP (`POST /schedules/trigger`) joins the caller's trace, as
+/// `POST /trigger` does.
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedules_run_now_with_a_traceparent_joins_the_callers_trace() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    local_spans();
+    let durably = memory_instance("otel-scheduled").await;
+    durably
+        .schedules()
+        .upsert(durably::Schedule::new(
+            "otel-nightly",
+            "0 0 3 * * *",
+            "otel-scheduled",
+            json!({}),
+        ))
+        .await
+        .expect("schedule");
+    let router = durably::http::router(durably.clone(), durably::http::HttpOptions::new());
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let request = Request::post("/schedules/trigger?name=otel-nightly")
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .body(Body::empty())
+        .expect("request");
+    let response = router.oneshot(request).await.expect("response");
+    assert!(response.status().is_success(), "{}", response.status());
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let reply: Value = serde_json::from_slice(&body).expect("JSON");
+    let id = reply["runId"].as_str().expect("runId").to_owned();
+
+    let trigger = eventually("the schedule trigger's span", LIMIT, || async {
+        local_records()
+            .into_iter()
+            .find(|r| r.is("end", "durably.trigger") && r.attribute("durably.run.id") == Some(&id))
+    })
+    .await;
+    assert_eq!(trigger.trace_id, caller_trace, "the caller's trace");
+    assert_eq!(
+        trigger.parent_span_id, caller_span,
+        "the caller's span is its parent"
+    );
+    let run = durably.get_run(&id).await.expect("read").expect("the run");
+    assert_eq!(
+        run.trace_context,
+        Some(format!("00-{caller_trace}-{}-01", trigger.span_id))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_stored_without_a_trace_context_is_a_trace_per_execution() {
     local_spans();

@@ -422,7 +422,9 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         (&Method::GET, "/schedule") => schedules::get(shared, &query).await,
         (&Method::POST, "/schedules/pause") => schedules::pause(shared, &query).await,
         (&Method::POST, "/schedules/resume") => schedules::resume(shared, &query).await,
-        (&Method::POST, "/schedules/trigger") => schedules::trigger(shared, guard, &query).await,
+        (&Method::POST, "/schedules/trigger") => {
+            schedules::trigger(shared, guard, &parts.headers, &query).await
+        }
         (&Method::GET, "/openapi.json") => Ok(json_response(
             StatusCode::OK,
             &openapi::document(&shared.durably),

@@ -152,7 +152,14 @@ pub(super) async fn resume(shared: &Shared, query: &Query) -> Reply {
     ))
 }
 
-pub(super) async fn trigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
+/// `POST /schedules/trigger`: as `POST /trigger`, the run's trigger span is a child of the
+/// caller's W3C trace context (`traceparent`, `tracestate`) when it sends one.
+pub(super) async fn trigger(
+    shared: &Shared,
+    guard: &dyn Guard,
+    headers: &axum::http::HeaderMap,
+    query: &Query,
+) -> Reply {
     let name = name_param(query)?;
     let schedules = shared.durably.schedules();
     let schedule = within(shared, "get_schedule", schedules.get(&name))
@@ -166,8 +173,10 @@ pub(super) async fn trigger(shared: &Shared, guard: &dyn Guard, query: &Query) -
         .on_trigger(&body)
         .await
         .map_err(Rejection::into_response)?;
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let parent = crate::telemetry::Parent::from_http(header("traceparent"), header("tracestate"));
     let run = schedules
-        .trigger_now(&name)
+        .trigger_now_under(&name, &parent)
         .await
         .map_err(schedule_error(&name))?;
     Ok(json_response(

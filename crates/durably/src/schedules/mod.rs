@@ -42,6 +42,7 @@ use crate::durably::Durably;
 use crate::error::{Error, Result};
 use crate::run::{Disposition, Labels, Run};
 use crate::store::NewRun;
+use crate::telemetry::Parent;
 use crate::time::Timestamp;
 
 pub use spec::ON_TIME_TOLERANCE;
@@ -417,6 +418,12 @@ impl Schedules {
     /// when registered): an operator's process without job code (`durably serve`, the CLI)
     /// enqueues the run for the application's workers.
     pub async fn trigger_now(&self, name: &str) -> Result<Run> {
+        self.trigger_now_under(name, &Parent::current()).await
+    }
+
+    /// [`Schedules::trigger_now`] with the run's trigger span under `parent` (an HTTP caller's
+    /// `traceparent`, see `crate::telemetry`).
+    pub(crate) async fn trigger_now_under(&self, name: &str, parent: &Parent) -> Result<Run> {
         self.ready().await?;
         let record = self
             .durably
@@ -425,7 +432,11 @@ impl Schedules {
             .await?
             .ok_or_else(|| schedule_not_found(name))?;
         let request = triggered_run(&record);
-        let run = self.durably.enqueue_announced(request).await?.run;
+        let run = self
+            .durably
+            .enqueue_announced_under(request, parent)
+            .await?
+            .run;
         tracing::info!(schedule = %record.name, run_id = %run.id, "schedule triggered now");
         Ok(run)
     }
