@@ -40,7 +40,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(50..))]
     poll_ms: u64,
     /// Serve metrics as Prometheus text at GET /metrics (off by default). Without a worker,
-    /// only what this process does is counted: the runs cancelled through it, its store errors.
+    /// the counters count only what this process does (the runs cancelled through it, its store
+    /// errors); the gauges of runs by status and oldest pending age are the database's.
     #[arg(long)]
     metrics: bool,
 }

@@ -104,6 +104,21 @@ fn metrics_is_served_only_when_asked_for() {
     let (_serve, address) = start(&["serve", "--db", &db, "--metrics"]);
     let (status, _, body) = http(address, "GET", "/metrics", None);
     assert_eq!(status, 200, "{body}");
+    // No worker, yet the gauges come from the database: the first scrape asked for the counts,
+    // a later one has them (the demos above left their reference runs in the file).
+    eventually(
+        "serve's /metrics has the run-count gauge",
+        Duration::from_secs(60),
+        || {
+            let (_, _, body) = http(address, "GET", "/metrics", None);
+            body.lines()
+                .any(|line| {
+                    line.starts_with("durably_run_count{")
+                        && line.contains("durably_run_status=\"completed\"")
+                })
+                .then_some(())
+        },
+    );
 }
 
 /// A free loopback port (bound, then released for the server to take).

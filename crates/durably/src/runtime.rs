@@ -71,6 +71,37 @@ where
     drop(tokio::spawn(future));
 }
 
+/// Spawns from code that may run outside the runtime (an OpenTelemetry meter's callback, on
+/// its exporter's own thread): the runtime of the calling code if any, else the one captured
+/// when the spawner was made.
+#[cfg(feature = "otel")]
+pub(crate) struct Spawner(Option<tokio::runtime::Handle>);
+
+#[cfg(feature = "otel")]
+impl Spawner {
+    /// A spawner onto the runtime running now, if any.
+    pub(crate) fn capture() -> Self {
+        Spawner(tokio::runtime::Handle::try_current().ok())
+    }
+
+    /// Runs `future` on its own task, detached; `false` when no runtime was at hand.
+    pub(crate) fn spawn<F>(&self, future: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.0.clone())
+        {
+            Some(runtime) => {
+                drop(runtime.spawn(future));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Runs `future` on its own task inside `span`.
 pub(crate) fn spawn_in<T, F>(span: tracing::Span, future: F) -> Task<T>
 where

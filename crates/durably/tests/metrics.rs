@@ -601,3 +601,31 @@ async fn gauges_count_runs_by_status_and_age_the_oldest_pending_run() {
         "no run pending"
     );
 }
+
+/// Without a worker or its maintenance (as in `durably serve --metrics`), the gauges read the
+/// counts themselves: a read that finds none starts one in the background, a later read shows
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_read_the_counts_themselves_without_a_worker() {
+    let db = TestDb::new(Backend::SqliteFile);
+    let meters = Meters::new();
+    let durably = meters.builder(&db).job(work_job()).build().expect("build");
+    durably.migrate().await.expect("migrate");
+    for _ in 0..2 {
+        durably
+            .trigger_json("work", json!({}), TriggerOptions::new())
+            .await
+            .expect("trigger");
+    }
+    // No worker started, no maintenance pass run.
+    eventually("the gauges show 2 pending runs", LIMIT, || async {
+        let points = meters.points("durably.run.count");
+        let pending = points
+            .iter()
+            .find(|p| p.attributes.get("durably.run.status").map(String::as_str) == Some("pending"))
+            .map(|p| p.value as u64);
+        (pending == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(meters.points("durably.run.oldest_pending_age").len(), 1);
+}

@@ -37,19 +37,16 @@ pub(crate) use off::{Metrics, RunMetrics};
 
 #[cfg(feature = "otel")]
 mod on {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, ObservableGauge};
     use opentelemetry::{InstrumentationScope, KeyValue};
 
+    use super::super::run_counts::CountsCache;
     use super::StepOutcome;
     use crate::engine::Outcome;
-    use crate::error::Result;
-    use crate::maintenance::{Maintained, MaintenanceTask};
-    use crate::overview::RunCounts;
+    use crate::maintenance::MaintenanceTask;
     use crate::run::{Run, RunStatus};
     use crate::store::Store;
     use crate::time::Timestamp;
@@ -61,10 +58,6 @@ mod on {
     const STEP_OUTCOME: &str = "durably.step.outcome";
     const OPERATION: &str = "durably.store.operation";
     const STATUS: &str = "durably.run.status";
-
-    /// How often the run counts behind the gauges are read from the database, at most (and
-    /// only while something reads the gauges).
-    const COUNTS_EVERY: Duration = Duration::from_secs(30);
 
     /// Histogram bucket bounds in seconds, from 1 ms to 1 h (OTel's defaults are meant for
     /// milliseconds).
@@ -91,24 +84,10 @@ mod on {
         claims: Counter<u64>,
         claim_size: Histogram<u64>,
         store_errors: Counter<u64>,
-        /// The gauges read the run counts from here; [`RunCountsRefresh`] fills it.
+        /// The gauges read the run counts from here (see `run_counts.rs`).
         counts: Arc<CountsCache>,
         _run_count: ObservableGauge<u64>,
         _oldest_pending_age: ObservableGauge<f64>,
-    }
-
-    /// The last run counts read, and whether a gauge was read since (no reader, no query).
-    #[derive(Default)]
-    struct CountsCache {
-        counts: Mutex<Option<RunCounts>>,
-        observed: AtomicBool,
-    }
-
-    impl CountsCache {
-        fn last(&self) -> Option<RunCounts> {
-            self.observed.store(true, Ordering::Relaxed);
-            self.counts.lock().ok().and_then(|counts| counts.clone())
-        }
     }
 
     impl Default for Metrics {
@@ -269,10 +248,7 @@ mod on {
             &self,
             store: &Arc<dyn Store>,
         ) -> Option<Arc<dyn MaintenanceTask>> {
-            Some(Arc::new(RunCountsRefresh {
-                store: store.clone(),
-                cache: self.0.counts.clone(),
-            }))
+            Some(self.0.counts.task(store))
         }
 
         /// The handle of one execution of `run`.
@@ -281,48 +257,6 @@ mod on {
                 metrics: self.clone(),
                 job: job(&run.job_name),
             }
-        }
-    }
-
-    /// Reads the run counts behind the gauges ([`Store::run_counts`]: two reads through the
-    /// status indexes) every [`COUNTS_EVERY`], busy or idle, but only once a gauge was read
-    /// since the last time: with no meter reader (OpenTelemetry's no-op provider) it never
-    /// queries.
-    struct RunCountsRefresh {
-        store: Arc<dyn Store>,
-        cache: Arc<CountsCache>,
-    }
-
-    #[async_trait]
-    impl MaintenanceTask for RunCountsRefresh {
-        fn name(&self) -> &'static str {
-            "run-counts"
-        }
-
-        fn every(&self) -> Duration {
-            COUNTS_EVERY
-        }
-
-        fn runs_on_request(&self) -> bool {
-            true
-        }
-
-        fn runs_while_busy(&self) -> bool {
-            true
-        }
-
-        fn error_context(&self) -> &'static str {
-            "run-counts"
-        }
-
-        async fn run(&self) -> Result<Maintained> {
-            if self.cache.observed.swap(false, Ordering::Relaxed) {
-                let counts = self.store.run_counts(Timestamp::now()).await?;
-                if let Ok(mut last) = self.cache.counts.lock() {
-                    *last = Some(counts);
-                }
-            }
-            Ok(Maintained::Done)
         }
     }
 
