@@ -7,6 +7,9 @@
 //! known workload and checks the overview (counts per status, runs ended per bucket, failure rate,
 //! per-job percentiles, the oldest pending run, the last-day toggle, live refresh) and run timelines
 //! (completed steps, a failed attempt and its retry, a waiting sleep, the step executing now).
+//! A third (tests/browser/bulk.mjs) checks the runs list's time range and its bulk cancel,
+//! retrigger and delete (confirmation, runs skipped, the result) in the page and through the API;
+//! it also needs Debian's `sqlite3` command, to make runs old.
 //! Screenshots (laptop and phone width) are saved under `target/dashboard-screenshots/`; with
 //! `README_SHOT=<path>` the overview test also writes the README's screenshot there. See build.rs
 //! for when it runs; `.ci/run` installs what it needs.
@@ -50,6 +53,15 @@ fn run_browser_script(script: &str, passed: &str) {
 )]
 fn dashboard_overview_charts_a_known_workload_and_timelines_show_where_time_went() {
     run_browser_script("overview.mjs", "overview test passed");
+}
+
+#[test]
+#[cfg_attr(
+    not(durably_browser_tests),
+    ignore = "needs node, chromium (/usr/bin/chromium or $CHROMIUM) and `npm ci` in crates/durably-cli/tests/browser: .ci/run installs them"
+)]
+fn dashboard_time_range_and_bulk_actions_change_exactly_the_selected_runs() {
+    run_browser_script("bulk.mjs", "bulk test passed");
 }
 
 #[test]

@@ -295,6 +295,13 @@ pub struct RunFilter {
     /// Only runs whose id starts with this text (durably's addition; the dashboard's run-id
     /// search). Empty matches every run.
     pub id_prefix: Option<String>,
+    /// Only runs created at or after this instant (`created_at >= created_since`; durably's
+    /// addition, the dashboard's time range).
+    pub created_since: Option<Timestamp>,
+    /// Only runs created strictly before this instant (`created_at < created_before`; durably's
+    /// addition). With [`RunFilter::created_since`] a half-open range: adjacent ranges share
+    /// no run.
+    pub created_before: Option<Timestamp>,
 }
 
 impl RunFilter {
@@ -354,6 +361,18 @@ impl RunFilter {
     /// Only runs whose id starts with `prefix` ([`RunFilter::id_prefix`]).
     pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.id_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Only runs created at or after `since` ([`RunFilter::created_since`]).
+    pub fn created_since(mut self, since: Timestamp) -> Self {
+        self.created_since = Some(since);
+        self
+    }
+
+    /// Only runs created strictly before `before` ([`RunFilter::created_before`]).
+    pub fn created_before(mut self, before: Timestamp) -> Self {
+        self.created_before = Some(before);
         self
     }
 

@@ -44,6 +44,18 @@ impl Timestamp {
             .map(|dt| Timestamp(dt.timestamp_millis()))
     }
 
+    /// The earliest timestamp with a stored text form: `0000-01-01T00:00:00.000Z`.
+    pub(crate) const EARLIEST: Timestamp = Timestamp(-62_167_219_200_000);
+    /// The latest timestamp with a stored text form: `9999-12-31T23:59:59.999Z`.
+    pub(crate) const LATEST: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// The stored text form of the nearest timestamp within years 0..=9999: the text to
+    /// compare with stored timestamps in SQL (the form of any other instant is not in their
+    /// order, and none is stored).
+    pub(crate) fn stored_text(self) -> String {
+        self.clamp(Self::EARLIEST, Self::LATEST).to_string()
+    }
+
     /// Milliseconds elapsed from `earlier` to `self` (0 if `earlier` is later).
     pub fn millis_since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0).max(0) as u64
@@ -232,6 +244,24 @@ fn seeded_id_at(millis: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_clamps_to_the_years_with_a_text_form() {
+        assert_eq!(Timestamp::EARLIEST.to_string(), "0000-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::LATEST.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::from_millis(i64::MIN).stored_text(),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).stored_text(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(1_774_787_696_789).stored_text(),
+            "2026-03-29T12:34:56.789Z"
+        );
+    }
 
     #[test]
     fn timestamps_format_with_milliseconds() {

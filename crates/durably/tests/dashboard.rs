@@ -192,6 +192,20 @@ async fn dashboard_page_and_assets_are_served() {
         assert!(js.contains(route), "the page uses {route}");
     }
     assert!(!js.contains("https://"), "no external resources");
+    // the bulk actions: a module the page imports, acting through the per-run routes
+    assert!(js.contains("from './bulk.js'"), "the page imports bulk.js");
+    let (status, content_type, bulk) = get(&app, "/bulk.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/javascript; charset=utf-8");
+    for route in [
+        "/cancel?runId=",
+        "/retrigger?runId=",
+        "/run?runId=",
+        "/runs?",
+    ] {
+        assert!(bulk.contains(route), "bulk actions use {route}");
+    }
+    assert!(!bulk.contains("https://"), "no external resources");
 
     let (status, _, _) = get(&app, "/nope.js").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -213,7 +227,9 @@ async fn dashboard_nests_under_any_path_and_escapes_the_api_base() {
     );
     assert!(page.contains(r#"src="/admin/jobs/dashboard.js""#), "{page}");
     assert!(page.contains(r#"content="/api/&quot;x&quot;""#), "{page}");
-    let (status, content_type, _) = get(&app, "/admin/jobs/dashboard.js").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(content_type, "text/javascript; charset=utf-8");
+    for asset in ["dashboard.js", "bulk.js"] {
+        let (status, content_type, _) = get(&app, &format!("/admin/jobs/{asset}")).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert_eq!(content_type, "text/javascript; charset=utf-8");
+    }
 }

@@ -18,6 +18,7 @@ backend_tests!(
     overview_refuses_an_unknown_window,
     overview_is_refused_when_auth_scopes_the_runs,
     runs_are_searched_by_id_prefix,
+    runs_are_filtered_by_creation_time,
 );
 
 fn sum(buckets: &Value, key: &str) -> u64 {
@@ -126,4 +127,86 @@ async fn runs_are_searched_by_id_prefix(backend: Backend) {
     assert_eq!(ids(&runs), Vec::<String>::new());
     let (status, reply) = api.get_json("/runs?idPrefix=a%00").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+}
+
+/// The runs list's time range (`createdSince`, `createdBefore`; the dashboard's): RFC 3339 text
+/// or epoch milliseconds, since inclusive and before exclusive; empty values filter nothing;
+/// anything else is refused with a message naming the parameter and the accepted forms.
+async fn runs_are_filtered_by_creation_time(backend: Backend) {
+    let api = Api::new(backend, HttpOptions::new()).await;
+    let first = api.trigger("echo", json!({"value": 1}), json!({})).await;
+    let second = api.trigger("echo", json!({"value": 2}), json!({})).await;
+    let (_, runs) = api.get_json("/runs").await;
+    let created = |id: &str| -> String {
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["id"] == id)
+            .and_then(|r| r["createdAt"].as_str())
+            .expect("createdAt")
+            .to_owned()
+    };
+    let (first_at, second_at) = (created(&first), created(&second));
+    let millis = |iso: &str| {
+        durably::Timestamp::parse(iso)
+            .expect("a timestamp")
+            .as_millis()
+    };
+    let ids = |runs: &Value| -> Vec<String> {
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    // the newest-first listing of the two runs that `keep` keeps
+    let expect = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
+        [(&second, &second_at), (&first, &first_at)]
+            .into_iter()
+            .filter(|(_, at)| keep(millis(at)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let bound = millis(&second_at);
+    let (status, runs) = api
+        .get_json(&format!("/runs?createdSince={second_at}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{runs}");
+    assert_eq!(ids(&runs), expect(&|at| at >= bound));
+    assert!(ids(&runs).contains(&second), "since is inclusive");
+    let (_, runs) = api.get_json(&format!("/runs?createdBefore={bound}")).await;
+    assert_eq!(ids(&runs), expect(&|at| at < bound));
+    assert!(!ids(&runs).contains(&second), "before is exclusive");
+    let (_, runs) = api
+        .get_json(&format!(
+            "/runs?createdSince={}&createdBefore={}",
+            millis(&first_at),
+            bound + 1
+        ))
+        .await;
+    assert_eq!(ids(&runs), vec![second.clone(), first.clone()]);
+    let (_, runs) = api.get_json("/runs?createdSince=&createdBefore=").await;
+    assert_eq!(ids(&runs), vec![second.clone(), first.clone()]);
+    // an offset other than Z, and a bound in the future
+    let (_, runs) = api
+        .get_json("/runs?createdSince=9999-12-31T23:00:00%2B00:00")
+        .await;
+    assert_eq!(ids(&runs), Vec::<String>::new());
+    for (query, key) in [
+        ("createdSince=yesterday", "createdSince"),
+        ("createdBefore=2026-13-01T00:00:00Z", "createdBefore"),
+        ("createdBefore=-5", "createdBefore"),
+        ("createdSince=99999999999999999999", "createdSince"),
+        ("createdSince=253402300800000", "createdSince"),
+    ] {
+        let (status, reply) = api.get_json(&format!("/runs?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {reply}");
+        let message = reply["error"].as_str().expect("an error message");
+        assert!(
+            message.starts_with(&format!("Invalid {key}: "))
+                && message.contains("RFC 3339")
+                && message.contains("milliseconds since the Unix epoch"),
+            "{query}: {message}"
+        );
+    }
 }

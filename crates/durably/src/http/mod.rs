@@ -506,6 +506,32 @@ fn page_param(query: &Query, key: &str) -> Result<Option<u64>, Response> {
     }
 }
 
+/// A time-range bound of `GET /runs` (`createdSince`, `createdBefore`): an RFC 3339 timestamp
+/// or milliseconds since the Unix epoch, within years 0 to 9999. Empty or absent: no bound.
+fn time_param(query: &Query, key: &str) -> Result<Option<Timestamp>, Response> {
+    let text = match query.first(key) {
+        None | Some("") => return Ok(None),
+        Some(text) => text,
+    };
+    let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<i64>().ok().map(Timestamp::from_millis)
+    } else {
+        Timestamp::parse(text)
+    };
+    match parsed {
+        Some(at) if (Timestamp::EARLIEST..=Timestamp::LATEST).contains(&at) => Ok(Some(at)),
+        _ => {
+            let shown: String = text.chars().take(40).collect();
+            let more = if shown.len() < text.len() { "…" } else { "" };
+            Err(bad_request(&format!(
+                "Invalid {key}: \"{shown}{more}\" must be an RFC 3339 timestamp \
+                 (2026-03-29T12:34:56.789Z) or milliseconds since the Unix epoch, \
+                 between the years 0 and 9999"
+            )))
+        }
+    }
+}
+
 fn run_id_param(query: &Query) -> Result<String, Response> {
     match query.first("runId") {
         Some(id) if !id.is_empty() => Ok(id.to_owned()),
@@ -780,6 +806,9 @@ async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
         crate::limits::check_text("idPrefix", prefix).map_err(durably_error)?;
         filter.id_prefix = Some(prefix.to_owned());
     }
+    // ours: the time range, created at or after `createdSince` and before `createdBefore`
+    filter.created_since = time_param(query, "createdSince")?;
+    filter.created_before = time_param(query, "createdBefore")?;
     let filter = guard
         .scope_runs(filter)
         .await

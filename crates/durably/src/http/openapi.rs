@@ -424,6 +424,11 @@ fn runs_document(durably: &Durably) -> Value {
     // A listing's `jobName`: any text without NUL (a name no job has matches no run; an empty
     // one too, as upstream), the registered names as examples.
     let job_name = json!({ "type": "string", "pattern": NO_NUL, "examples": job_names });
+    // a time-range bound of GET /runs: RFC 3339 text or epoch milliseconds (digits only)
+    let time_bound = json!({ "oneOf": [
+        { "type": "string", "format": "date-time" },
+        { "type": "string", "pattern": "^[0-9]+$" }
+    ] });
     let success = json!({
         "type": "object", "required": ["success"],
         "properties": { "success": { "type": "boolean", "const": true } }
@@ -464,11 +469,13 @@ fn runs_document(durably: &Durably) -> Value {
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } },
-                    { "name": "idPrefix", "in": "query", "description": "Only runs whose id starts with this text (durably's addition; empty: every run)", "schema": { "type": "string", "pattern": NO_NUL } }
+                    { "name": "idPrefix", "in": "query", "description": "Only runs whose id starts with this text (durably's addition; empty: every run)", "schema": { "type": "string", "pattern": NO_NUL } },
+                    { "name": "createdSince", "in": "query", "description": "Only runs created at or after this instant (durably's addition; the dashboard's time range): an RFC 3339 timestamp or milliseconds since the Unix epoch, years 0 to 9999; empty: no bound", "schema": time_bound.clone() },
+                    { "name": "createdBefore", "in": "query", "description": "Only runs created strictly before this instant (durably's addition; with createdSince a half-open range): an RFC 3339 timestamp or milliseconds since the Unix epoch, years 0 to 9999; empty: no bound", "schema": time_bound }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),
-                    "400": error_response("Invalid status, limit, offset, label key or value, too many filters, or a NUL character"),
+                    "400": error_response("Invalid status, limit, offset, createdSince, createdBefore, label key or value, too many filters, or a NUL character"),
                     "503": error_response("The listing took longer than the server allows (HttpOptions::read_timeout)")
                 }
             }},

@@ -673,6 +673,16 @@ impl Store for MemoryStore {
             })
             .filter(|run| {
                 filter
+                    .created_since
+                    .is_none_or(|since| run.created_at >= since)
+            })
+            .filter(|run| {
+                filter
+                    .created_before
+                    .is_none_or(|before| run.created_at < before)
+            })
+            .filter(|run| {
+                filter
                     .labels
                     .iter()
                     .all(|(key, value)| run.labels.get(key) == Some(value))

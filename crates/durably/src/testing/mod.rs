@@ -239,7 +239,8 @@ macro_rules! store_contract_tests {
             a_stored_trace_context_comes_back_on_claim,
             run_overview_counts_known_runs,
             run_overview_measures_a_delayed_run_from_its_start_time,
-            get_runs_filters_by_id_prefix
+            get_runs_filters_by_id_prefix,
+            get_runs_filters_by_creation_time
         );
     };
 }

@@ -5,6 +5,9 @@
 // and POST /trigger; cron schedules: GET /schedules, POST /schedules/pause|resume|trigger; a run's
 // parent and children (child runs, step.invoke): GET /run up the parentRunId chain, GET /runs?parentRunId=; the overview (first screen): GET /overview,
 // drawn as inline SVG; a run's timeline from its attempts and waits. The view, the filters and the open run live in the page URL.
+// Bulk actions on the listed runs (a selection, or every run matching the filters): bulk.js.
+
+import { createBulk } from './bulk.js'
 
 const API = document.querySelector('meta[name="durably-api"]').content.replace(/\/$/, '')
 const PAGE = 20
@@ -12,7 +15,7 @@ const STATUSES = ['pending', 'leased', 'waiting', 'completed', 'failed', 'cancel
 const $ = (id) => document.getElementById(id)
 
 const state = {
-  filters: { statuses: [], job: '', labels: '', id: '' }, // no status: every status; id: a run-id prefix
+  filters: { statuses: [], job: '', labels: '', id: '', range: '' }, // no status: every status; id: a run-id prefix; range: a RANGES key ('': any time)
   limit: PAGE,
   runs: [],
   hasMore: false,
@@ -31,6 +34,10 @@ const state = {
   window: '1h', // the overview's: 1h or 24h
   overview: null,
 }
+
+/** The runs list's time ranges: runs created within this long before now (by the browser's clock). */
+const RANGES = { '1h': 3_600_000, '24h': 86_400_000, '7d': 7 * 86_400_000, '30d': 30 * 86_400_000 }
+const NO_FILTERS = () => ({ statuses: [], job: '', labels: '', id: '', range: '' })
 
 /** Ancestors shown above a run at most (the chain is cut there, with a link to go on). */
 const TREE_DEPTH = 20
@@ -224,6 +231,17 @@ function confirmAction(text) {
   })
 }
 
+// Bulk actions: bulk.js, given what it uses of this page.
+const bulk = createBulk({
+  api,
+  el,
+  $,
+  confirmAction,
+  listed: () => state.runs,
+  query: () => filterQuery(true),
+  reload: () => loadRuns(),
+})
+
 // ---------- URL <-> state
 
 function readUrl() {
@@ -234,10 +252,11 @@ function readUrl() {
     job: params.get('job') || '',
     labels: params.getAll('label').join(', '),
     id: params.get('id') || '',
+    range: Object.hasOwn(RANGES, params.get('range') || '') ? params.get('range') : '',
   }
   state.selected = params.get('run') || null
   const view = params.get('view')
-  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
+  const narrowed = state.selected || filtered()
   state.view = view === 'runs' || view === 'overview' ? view : narrowed ? 'runs' : 'overview'
   if (state.selected) state.view = 'runs'
   state.window = params.get('window') === '24h' ? '24h' : '1h'
@@ -245,6 +264,13 @@ function readUrl() {
   renderJobFilter()
   $('filter-labels').value = state.filters.labels
   $('filter-id').value = state.filters.id
+  $('filter-range').value = state.filters.range
+}
+
+/** Whether any filter narrows the runs list. */
+function filtered() {
+  const f = state.filters
+  return Boolean(f.statuses.length || f.job || f.labels || f.id || f.range)
 }
 
 function writeUrl(push) {
@@ -253,8 +279,9 @@ function writeUrl(push) {
   if (state.filters.job) params.set('job', state.filters.job)
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append('label', `${key}=${value}`)
   if (state.filters.id) params.set('id', state.filters.id)
+  if (state.filters.range) params.set('range', state.filters.range)
   if (state.selected) params.set('run', state.selected)
-  const narrowed = state.selected || state.filters.statuses.length || state.filters.job || state.filters.labels || state.filters.id
+  const narrowed = state.selected || filtered()
   if (state.view === 'runs' && !narrowed) params.set('view', 'runs')
   if (state.view === 'overview' && narrowed) params.set('view', 'overview')
   if (state.view === 'overview' && state.window !== '1h') params.set('window', state.window)
@@ -270,6 +297,8 @@ function filterQuery(includeStatus) {
   if (state.filters.job) params.append('jobName', state.filters.job)
   if (includeStatus) for (const status of state.filters.statuses) params.append('status', status)
   if (includeStatus && state.filters.id) params.set('idPrefix', state.filters.id)
+  // the time range, from now (the live stream is not narrowed by it: the list is read again)
+  if (includeStatus && state.filters.range) params.set('createdSince', new Date(Date.now() - RANGES[state.filters.range]).toISOString())
   for (const [key, value] of Object.entries(safeLabels(state.filters.labels))) params.append(`label.${key}`, value)
   return params
 }
@@ -305,7 +334,9 @@ function setFilters(changes) {
   renderJobFilter()
   $('filter-labels').value = state.filters.labels
   $('filter-id').value = state.filters.id
+  $('filter-range').value = state.filters.range
   state.limit = PAGE
+  bulk.reset()
   writeUrl(true)
   connectRuns()
   loadRuns()
@@ -358,9 +389,10 @@ function renderRuns() {
           onclick: () => openRun(run.id),
           tabindex: '0',
           onkeydown: (event) => {
-            if (event.key === 'Enter') openRun(run.id)
+            if (event.key === 'Enter' && event.target === event.currentTarget) openRun(run.id)
           },
         },
+        el('td', { class: 'pick', onclick: (event) => event.stopPropagation() }, bulk.checkbox(run)),
         el('td', {}, badge(run.status)),
         el('td', { class: 'job', text: run.jobName }),
         el('td', { class: 'progress-cell' }, progressView(run)),
@@ -374,17 +406,17 @@ function renderRuns() {
   )
   const empty = $('runs-empty')
   empty.hidden = state.runs.length > 0
-  const f = state.filters
-  const filtered = f.statuses.length || f.job || f.labels || f.id
-  empty.dataset.kind = filtered ? 'filtered' : 'none'
+  const narrowed = filtered()
+  empty.dataset.kind = narrowed ? 'filtered' : 'none'
   empty.replaceChildren(
-    ...(filtered
-      ? ['No runs match these filters. ', el('button', { type: 'button', class: 'link', text: 'Clear them', onclick: () => setFilters({ statuses: [], job: '', labels: '', id: '' }) })]
+    ...(narrowed
+      ? ['No runs match these filters. ', el('button', { type: 'button', class: 'link', text: 'Clear them', onclick: () => setFilters(NO_FILTERS()) })]
       : state.jobs.length
         ? ['No runs yet. Trigger one with the form, or from your application (', el('code', { text: 'job.trigger(input)' }), ' or ', el('code', { text: 'POST /trigger' }), ').']
         : ['No runs yet. Runs your application triggers show here as they are created.']),
   )
   $('load-more').hidden = !state.hasMore
+  bulk.render()
 }
 
 function patchRow(runId, patch) {
@@ -1806,6 +1838,7 @@ setInterval(() => {
 function applyUrl() {
   readUrl()
   state.limit = PAGE
+  bulk.reset()
   connectRuns()
   loadRuns()
   if (state.selected) openRun(state.selected, false)
@@ -1821,7 +1854,8 @@ $('filter-job').addEventListener('change', (e) => setFilters({ job: e.target.val
 $('filter-labels').addEventListener('change', (e) => setFilters({ labels: e.target.value }))
 $('filter-id').addEventListener('change', (e) => setFilters({ id: e.target.value.trim() }))
 $('filters').addEventListener('submit', (e) => e.preventDefault())
-$('filter-clear').addEventListener('click', () => setFilters({ statuses: [], job: '', labels: '', id: '' }))
+$('filter-range').addEventListener('change', (e) => setFilters({ range: e.target.value }))
+$('filter-clear').addEventListener('click', () => setFilters(NO_FILTERS()))
 $('load-more').addEventListener('click', () => {
   state.limit += PAGE
   loadRuns()

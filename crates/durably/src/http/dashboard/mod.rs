@@ -10,9 +10,10 @@ use axum::routing::get;
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("dashboard.css");
 const JS: &str = include_str!("dashboard.js");
+const BULK_JS: &str = include_str!("bulk.js");
 
 /// The web dashboard as an axum router: the page at `/` and its assets (`/dashboard.css`,
-/// `/dashboard.js`), all embedded in the binary — no build step, no external fonts or CDNs.
+/// `/dashboard.js`, `/bulk.js`), all embedded in the binary — no build step, no external fonts or CDNs.
 ///
 /// `api_base` is the absolute path where [`router`](super::router) is nested (for example
 /// `/api/durably`); the page calls it from the browser. Merge the dashboard at the root or nest
@@ -31,8 +32,9 @@ const JS: &str = include_str!("dashboard.js");
 /// # Ok(()) }
 /// ```
 ///
-/// The page shows the runs (live over `GET /runs/subscribe`, filtered by status, job and
-/// labels; the filters live in the page URL), a run's input, output, steps and logs (live over
+/// The page shows the runs (live over `GET /runs/subscribe`, filtered by status, job, labels,
+/// run-id prefix and creation time; the filters live in the page URL; bulk cancel, retrigger
+/// and delete of a selection or of every run matching), a run's input, output, steps and logs (live over
 /// `GET /subscribe`), cancel / resume (a failed run) / retrigger / delete buttons, and a trigger form built from the
 /// JSON Schema of each job's input (`GET /jobs`, see [`Job::input_schema`](crate::Job::input_schema)).
 /// It applies no authentication of its own: requests carry the browser's cookies, so the
@@ -54,6 +56,10 @@ pub fn dashboard(api_base: &str) -> Router {
         .route(
             "/dashboard.js",
             get(|| async { asset(JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/bulk.js",
+            get(|| async { asset(BULK_JS, "text/javascript; charset=utf-8") }),
         )
 }
 

@@ -104,6 +104,9 @@ pub(super) struct RunsValues<'a> {
     pub(super) label_keys: Vec<&'a str>,
     pub(super) label_values: Vec<&'a str>,
     pub(super) label_count: i64,
+    /// The time range's bounds as stored text (`created_at` is text in chronological order).
+    pub(super) created_since: Option<String>,
+    pub(super) created_before: Option<String>,
 }
 
 impl<'a> RunsValues<'a> {
@@ -124,6 +127,8 @@ impl<'a> RunsValues<'a> {
             label_keys: filter.labels.keys().map(String::as_str).collect(),
             label_values: filter.labels.values().map(String::as_str).collect(),
             label_count: filter.labels.len() as i64,
+            created_since: filter.created_since.map(|t| t.stored_text()),
+            created_before: filter.created_before.map(|t| t.stored_text()),
         }
     }
 }
@@ -156,6 +161,14 @@ pub(super) fn runs_query<'a>(
         params.push(prefix);
         let n = params.len();
         conditions.push_str(&format!(" AND left(r.id, char_length(${n})) = ${n}"));
+    }
+    if let Some(since) = &values.created_since {
+        params.push(since);
+        conditions.push_str(&format!(" AND r.created_at >= ${}", params.len()));
+    }
+    if let Some(before) = &values.created_before {
+        params.push(before);
+        conditions.push_str(&format!(" AND r.created_at < ${}", params.len()));
     }
     if let (Some(key), Some(value)) = (values.label_keys.first(), values.label_values.first()) {
         params.push(key);

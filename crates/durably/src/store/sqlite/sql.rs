@@ -644,6 +644,15 @@ pub(crate) fn list_runs(filter: &RunFilter) -> Result<(String, Vec<SqlArg>)> {
         condition_args.push(SqlArg::Text(prefix.to_owned()));
         condition_args.push(SqlArg::Text(format!("{prefix}\u{10FFFF}")));
     }
+    // the time range: stored timestamps are fixed-width text in chronological order
+    if let Some(since) = filter.created_since {
+        conditions.push_str(" AND r.created_at >= ?");
+        condition_args.push(SqlArg::Text(since.stored_text()));
+    }
+    if let Some(before) = filter.created_before {
+        conditions.push_str(" AND r.created_at < ?");
+        condition_args.push(SqlArg::Text(before.stored_text()));
+    }
     if let Some((key, value)) = filter.labels.iter().next() {
         conditions.push_str(
             " AND r.id IN (SELECT l.run_id FROM durably_run_labels l WHERE l.key = ? AND l.value = ?)",

@@ -1,7 +1,8 @@
 //! Contract: the overview ([`Store::run_overview`]): runs per status, the oldest pending run,
 //! and per bucket and per job the runs that ended in the window with their queue latency and
 //! duration percentiles, the same on every backend; and the dashboard's run-id search
-//! ([`crate::RunFilter::id_prefix`]).
+//! ([`crate::RunFilter::id_prefix`]) and time range ([`crate::RunFilter::created_since`],
+//! [`crate::RunFilter::created_before`]).
 
 use super::*;
 use crate::overview::{OverviewWindow, Percentiles};
@@ -214,6 +215,127 @@ pub async fn get_runs_filters_by_id_prefix(store: Arc<dyn Store>) {
     // a prefix is text, not a pattern
     assert_eq!(
         listed(RunFilter::new().id_prefix("%")).await,
+        Vec::<String>::new()
+    );
+}
+
+/// Contract: [`crate::RunFilter::created_since`] keeps the runs created at or after it and
+/// [`crate::RunFilter::created_before`] those created strictly before it (a half-open range),
+/// with the other filters and with pages; bounds beyond the years a timestamp is stored in
+/// filter as the nearest stored one.
+pub async fn get_runs_filters_by_creation_time(store: Arc<dyn Store>) {
+    let base = Timestamp::now() - Duration::from_secs(3 * 24 * 3600);
+    // created a day apart, the oldest (job "a") claimed so that two statuses are listed
+    let offsets = [0u64, 24, 48, 72];
+    let mut ids = Vec::new();
+    for (i, hours) in offsets.into_iter().enumerate() {
+        let job = if i % 2 == 0 { "a" } else { "b" };
+        let created = base + Duration::from_secs(hours * 3600);
+        ids.push(enqueue(&store, new_run(job, json!({})), created).await.id);
+    }
+    let leased = claim(
+        &store,
+        "worker",
+        base + Duration::from_secs(80 * 3600),
+        LEASE,
+    )
+    .await
+    .expect("claimed");
+    assert_eq!(leased.id, ids[0], "the oldest run is claimed");
+    let at = |hours: u64| base + Duration::from_secs(hours * 3600);
+    let listed = |filter: RunFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .get_runs(&filter)
+                .await
+                .expect("get_runs")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<String>>()
+        }
+    };
+    let newest_first = |picked: &[usize]| {
+        picked
+            .iter()
+            .rev()
+            .map(|&i| ids[i].clone())
+            .collect::<Vec<_>>()
+    };
+    // the bounds are inclusive (since) and exclusive (before), to the millisecond
+    assert_eq!(
+        listed(RunFilter::new().created_since(at(24))).await,
+        newest_first(&[1, 2, 3])
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_since(at(24) + ms(1))).await,
+        newest_first(&[2, 3])
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_before(at(24))).await,
+        newest_first(&[0])
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_before(at(24) + ms(1))).await,
+        newest_first(&[0, 1])
+    );
+    assert_eq!(
+        listed(
+            RunFilter::new()
+                .created_since(at(24))
+                .created_before(at(72))
+        )
+        .await,
+        newest_first(&[1, 2])
+    );
+    // an empty range, and one that ends before it starts
+    assert_eq!(
+        listed(
+            RunFilter::new()
+                .created_since(at(48))
+                .created_before(at(48))
+        )
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_since(at(72)).created_before(at(0))).await,
+        Vec::<String>::new()
+    );
+    // with the other filters, and in pages (both listing shapes)
+    assert_eq!(
+        listed(RunFilter::new().created_since(at(1)).job_name("a")).await,
+        newest_first(&[2])
+    );
+    assert_eq!(
+        listed(
+            RunFilter::new()
+                .created_before(at(60))
+                .status(RunStatus::Leased)
+        )
+        .await,
+        newest_first(&[0])
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_before(at(72)).limit(2)).await,
+        newest_first(&[1, 2])
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_before(at(72)).limit(2).offset(2)).await,
+        newest_first(&[0])
+    );
+    // bounds outside the stored years: the nearest stored one
+    let all = newest_first(&[0, 1, 2, 3]);
+    assert_eq!(
+        listed(RunFilter::new().created_since(Timestamp::from_millis(i64::MIN))).await,
+        all
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_before(Timestamp::from_millis(i64::MAX))).await,
+        all
+    );
+    assert_eq!(
+        listed(RunFilter::new().created_since(Timestamp::from_millis(i64::MAX))).await,
         Vec::<String>::new()
     );
 }
