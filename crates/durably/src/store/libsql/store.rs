@@ -151,6 +151,15 @@ impl Store for LibsqlStore {
             .ok_or_else(|| Error::storage("enqueue", "no run enqueued"))
     }
 
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        enqueue::enqueue_and_claim(&self.db, run, now, next).await
+    }
+
     async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {
         if runs.is_empty() {
             return Ok(Vec::new());
