@@ -274,8 +274,9 @@ async fn libsql_connect_says_what_is_wrong_with_the_url() {
 
 /// A TCP proxy to the server at `target` (`http://host:port`) on a free loopback port: it
 /// forwards every connection (`tursodb` answers one request per connection), except that the
-/// answer to the `lose`-th one (counting from 0) is read from the server and thrown away, the
-/// client's connection closed without it. Returns the proxy's URL.
+/// answer to the `lose`-th pipeline (counting from 0) is read from the server and thrown away,
+/// the client's connection closed without it. Returns the proxy's URL. (The store's first
+/// connection is its version probe, `GET v3`, not counted.)
 fn lossy_proxy(target: &str, lose: usize) -> String {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
@@ -298,7 +299,7 @@ fn lossy_proxy(target: &str, lose: usize) -> String {
             std::thread::spawn(move || {
                 let mut answer = Vec::new();
                 let _ = server.read_to_end(&mut answer);
-                if n != lose {
+                if n != lose + 1 {
                     let _ = client.write_all(&answer);
                 }
                 let _ = client.shutdown(Shutdown::Both);

@@ -14,11 +14,12 @@ use serde_json::Value as Json;
 use super::conn::{Db, Refusal, Row, Tx, parse_first, stmt, to_json};
 use super::hrana::{Statement, StmtResult};
 use super::rows;
+use super::runs::{CLAIMS_PER_REQUEST, claimed, push_claims};
 use crate::error::{Error, Result};
 use crate::run::{Coalesce, Disposition, Run, RunStatus};
 use crate::store::sqlite_sql as sql;
 use crate::store::{
-    DELAY_WAIT, Enqueued, NewRun, debounced_start, delayed_run, new_delay_metadata,
+    ClaimRequest, DELAY_WAIT, Enqueued, NewRun, debounced_start, delayed_run, new_delay_metadata,
     pending_conflict, pending_run, validate_label_key,
 };
 use crate::time::{Timestamp, new_id_at};
@@ -120,6 +121,56 @@ pub(super) async fn enqueue_after(
     requests: &[NewRun],
     now: Timestamp,
 ) -> Result<Option<Vec<Enqueued>>> {
+    Ok(enqueue_tx(db, cas, requests, now, None)
+        .await?
+        .map(|(enqueued, _)| enqueued))
+}
+
+/// `Store::enqueue_and_claim`: the enqueue and, when it creates a run, the claim of up to
+/// `next.max` runs in the same transaction, so one request (after the lookups, when the run
+/// has keys to look up). A claim larger than one request's share continues on its own, and
+/// its failure is reported as nothing more claimed, as the trait's default does.
+pub(super) async fn enqueue_and_claim(
+    db: &Db,
+    request: NewRun,
+    now: Timestamp,
+    next: &ClaimRequest,
+) -> Result<(Enqueued, Vec<Run>)> {
+    let outcome = enqueue_tx(db, None, std::slice::from_ref(&request), now, Some(next)).await?;
+    let Some((mut enqueued, mut claimed)) = outcome else {
+        return Err(Error::storage(
+            "enqueue",
+            "refused without a compare-and-set",
+        ));
+    };
+    let enqueued = enqueued
+        .pop()
+        .ok_or_else(|| Error::storage("enqueue", "no run enqueued"))?;
+    let share = next.max.min(CLAIMS_PER_REQUEST);
+    if enqueued.disposition == Disposition::Created && share > 0 && claimed.len() == share {
+        let rest = ClaimRequest {
+            max: next.max - share,
+            ..next.clone()
+        };
+        if rest.max > 0 {
+            match super::runs::claim(db, &rest, now).await {
+                Ok(runs) => claimed.extend(runs),
+                Err(error) => tracing::warn!(%error, "claim after enqueue failed"),
+            }
+        }
+    }
+    Ok((enqueued, claimed))
+}
+
+/// The enqueue of `requests` after `cas`, then, when `claim` asks for runs and a run was
+/// created, the claim statements, all in one transaction; the answers and the runs claimed.
+async fn enqueue_tx(
+    db: &Db,
+    cas: Option<&Statement>,
+    requests: &[NewRun],
+    now: Timestamp,
+    claim: Option<&ClaimRequest>,
+) -> Result<Option<(Vec<Enqueued>, Vec<Run>)>> {
     for request in requests {
         for key in request.labels.keys() {
             // Checked again in order below; here so that a bad key reads nothing.
@@ -145,12 +196,26 @@ pub(super) async fn enqueue_after(
             let plan = decide(&mut tx, request, found, &plans, now)?;
             plans.push(plan);
         }
+        // The claim of a trigger handed to the worker loop, only after creating a run (an
+        // idempotent, coalesced or debounced trigger claims nothing, as on SQLite).
+        let claims = match claim {
+            Some(claim) if claim.max > 0 && created(&plans).next().is_some() => {
+                let share = claim.max.min(CLAIMS_PER_REQUEST);
+                push_claims(&mut tx, claim, share, now)
+            }
+            _ => Vec::new(),
+        };
         match db.transaction("enqueue", tx).await? {
-            Ok(results) => return Ok(Some(outcome(db, plans, Some(&results)).await?)),
+            Ok(results) => {
+                let runs = claimed(&results, &claims)?;
+                return Ok(Some((outcome(db, plans, Some(&results)).await?, runs)));
+            }
             Err(Refusal::Guard("cas")) => return Ok(None),
             // The answer was lost. The runs created carry ids chosen here: when the first
             // exists, the whole transaction committed. Otherwise it did not (or not yet, if
             // the server still runs it): the caller gets the error, never a second write.
+            // The runs its claim leased are not known: nobody runs them, and they are claimed
+            // again when that lease expires (as after a `claim` whose answer was lost).
             Err(Refusal::Lost(error)) => {
                 let Some(first) = created(&plans).next().map(|run| run.id.clone()) else {
                     return Err(error);
@@ -158,7 +223,7 @@ pub(super) async fn enqueue_after(
                 if super::runs::get_run(db, "enqueue", &first).await?.is_none() {
                     return Err(error);
                 }
-                return Ok(Some(outcome(db, plans, None).await?));
+                return Ok(Some((outcome(db, plans, None).await?, Vec::new())));
             }
             // A concurrent trigger changed what the decision rests on: decide again.
             Err(Refusal::Guard(_) | Refusal::Constraint(..)) => continue,

@@ -17,13 +17,18 @@ use crate::time::Timestamp;
 use crate::waits::{self, WaitStatus};
 
 /// The most runs one claim request leases (a larger claim takes several requests).
-const CLAIMS_PER_REQUEST: usize = 32;
+pub(super) const CLAIMS_PER_REQUEST: usize = 32;
 
 /// How often a write refused by a concurrent change is decided again.
 const RETRIES: usize = 20;
 
 /// Appends the claim of up to `max` runs to `tx`; returns the indexes of the claim statements.
-fn push_claims(tx: &mut Tx, request: &ClaimRequest, max: usize, now: Timestamp) -> Vec<usize> {
+pub(super) fn push_claims(
+    tx: &mut Tx,
+    request: &ClaimRequest,
+    max: usize,
+    now: Timestamp,
+) -> Vec<usize> {
     let expires = now + request.lease;
     let database_now = Timestamp::now();
     let claims = (0..max)
@@ -49,7 +54,7 @@ fn push_claims(tx: &mut Tx, request: &ClaimRequest, max: usize, now: Timestamp) 
 }
 
 /// The runs the claim statements at `indexes` of `results` leased.
-fn claimed(results: &[StmtResult], indexes: &[usize]) -> Result<Vec<Run>> {
+pub(super) fn claimed(results: &[StmtResult], indexes: &[usize]) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for &index in indexes {
         if let Some(result) = results.get(index) {

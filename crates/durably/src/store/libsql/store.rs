@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::conn::{Db, parse_first, parse_rows, scalar_bool, stmt};
-use super::hrana::{HranaClient, Statement};
+use super::hrana::{HranaClient, HranaVersion, Statement};
 use super::{enqueue, migrate, rows, runs, schedules, steps, waits as wait_ops};
 use crate::attempts::StepAttempt;
 use crate::error::{Error, Result};
@@ -115,6 +115,19 @@ impl LibsqlStore {
     pub fn url(&self) -> &str {
         self.db.client.url()
     }
+
+    /// The version of Hrana over HTTP this store speaks with its server: Hrana 3 where the
+    /// server offers it (`GET v3` answers 2xx: sqld, Turso), else Hrana 2 (`tursodb`). Found
+    /// out by the first request ([`LibsqlStore::connect`]'s), `None` before it.
+    pub fn protocol_version(&self) -> Option<HranaVersion> {
+        self.db.client.protocol_version()
+    }
+
+    /// How many HTTP requests this store (and its clones) has sent so far, the version probe
+    /// included: what an operation costs in round trips (docs/libsql.md).
+    pub fn requests_sent(&self) -> u64 {
+        self.db.client.requests_sent()
+    }
 }
 
 #[async_trait]
@@ -136,6 +149,15 @@ impl Store for LibsqlStore {
         enqueued
             .pop()
             .ok_or_else(|| Error::storage("enqueue", "no run enqueued"))
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+        next: &ClaimRequest,
+    ) -> Result<(Enqueued, Vec<Run>)> {
+        enqueue::enqueue_and_claim(&self.db, run, now, next).await
     }
 
     async fn enqueue_many(&self, runs: Vec<NewRun>, now: Timestamp) -> Result<Vec<Enqueued>> {

@@ -5,20 +5,24 @@ use super::*;
 /// A client of one remote libSQL database. Cheap to clone: clones share the connections.
 #[derive(Clone)]
 pub struct HranaClient {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 pub(super) struct Inner {
-    endpoint: Endpoint,
+    pub(super) endpoint: Endpoint,
     /// The endpoint as text, for errors.
-    url: String,
-    token: Option<String>,
-    timeout: Duration,
+    pub(super) url: String,
+    pub(super) token: Option<String>,
+    pub(super) timeout: Duration,
     tls: Option<(
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
     )>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// The negotiated version ([`HranaClient::negotiate`]).
+    pub(super) version: OnceLock<HranaVersion>,
+    /// HTTP requests sent (probes included).
+    requests: AtomicU64,
 }
 
 impl fmt::Debug for HranaClient {
@@ -27,6 +31,7 @@ impl fmt::Debug for HranaClient {
             .field("url", &self.inner.url)
             .field("auth_token", &self.inner.token.as_ref().map(|_| "***"))
             .field("timeout", &self.inner.timeout)
+            .field("version", &self.inner.version.get())
             .finish()
     }
 }
@@ -68,6 +73,8 @@ impl HranaClient {
                 timeout: DEFAULT_TIMEOUT,
                 tls,
                 idle: Mutex::new(Vec::new()),
+                version: OnceLock::new(),
+                requests: AtomicU64::new(0),
             }),
         })
     }
@@ -82,6 +89,8 @@ impl HranaClient {
             timeout: shared.timeout,
             tls: shared.tls.clone(),
             idle: Mutex::new(Vec::new()),
+            version: shared.version.clone(),
+            requests: AtomicU64::new(shared.requests.load(Ordering::Relaxed)),
         });
         HranaClient {
             inner: Arc::new(Inner { timeout, ..inner }),
@@ -96,6 +105,13 @@ impl HranaClient {
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
+    }
+
+    /// How many HTTP requests this client and its clones have sent: pipelines, and the one
+    /// `GET v3` of [`HranaClient::negotiate`]. Requests resent because they could not be
+    /// written on an idle connection count once.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     /// Runs one statement on a stream of its own.
@@ -124,8 +140,28 @@ impl HranaClient {
         baton: Option<&str>,
         requests: &[StreamRequest],
     ) -> Result<(Option<String>, Vec<StreamResult>), HranaError> {
-        let body = encode_pipeline(baton, requests)?;
-        let answer = self.post(body).await?;
+        let version = self.negotiate().await?;
+        let downgraded: Vec<StreamRequest>;
+        let requests_sent = if version < HranaVersion::V3
+            && requests
+                .iter()
+                .any(|r| matches!(r, StreamRequest::Batch { batch } if batch.rollback.is_some()))
+        {
+            downgraded = requests
+                .iter()
+                .map(|request| match request {
+                    StreamRequest::Batch { batch } => StreamRequest::Batch {
+                        batch: batch.for_version(version).into_owned(),
+                    },
+                    other => other.clone(),
+                })
+                .collect();
+            &downgraded
+        } else {
+            requests
+        };
+        let body = encode_pipeline(baton, requests_sent)?;
+        let answer = self.post(version, body).await?;
         let (baton, results) = decode_pipeline(&answer).map_err(|reason| self.protocol(reason))?;
         if results.len() != requests.len() {
             return Err(self.protocol(format!(
@@ -144,29 +180,74 @@ impl HranaClient {
         }
     }
 
-    /// POSTs `body` to the pipeline endpoint within the timeout; the answer's body on HTTP 200.
-    async fn post(&self, body: Vec<u8>) -> Result<Bytes, HranaError> {
+    /// POSTs `body` to `version`'s pipeline endpoint within the timeout; the answer's body on
+    /// HTTP 200.
+    async fn post(&self, version: HranaVersion, body: Vec<u8>) -> Result<Bytes, HranaError> {
+        let path = self.inner.endpoint.pipeline_path(version);
+        let request = self.request(hyper::Method::POST, &path, body)?;
         let timeout = self.inner.timeout;
-        tokio::time::timeout(timeout, self.post_now(body))
+        let (status, body) = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| HranaError::Timeout {
                 url: self.inner.url.clone(),
                 timeout,
-            })?
+            })??;
+        if status == StatusCode::OK {
+            return Ok(body);
+        }
+        Err(self.status_error(status, &body))
     }
 
-    async fn post_now(&self, body: Vec<u8>) -> Result<Bytes, HranaError> {
+    /// The error of an HTTP status other than 200.
+    pub(super) fn status_error(&self, status: StatusCode, body: &[u8]) -> HranaError {
+        let quoted = quote(body);
+        let url = self.inner.url.clone();
+        match status.as_u16() {
+            status @ (401 | 403) => HranaError::Unauthorized {
+                url,
+                status,
+                token_sent: self.inner.token.is_some(),
+                body: quoted,
+            },
+            status => HranaError::Http {
+                url,
+                status,
+                body: quoted,
+            },
+        }
+    }
+
+    /// A request to `path` with the client's headers (and its token).
+    pub(super) fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, HranaError> {
         let inner = &self.inner;
-        let mut builder = Request::post(inner.endpoint.pipeline_path())
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
             .header(header::HOST, inner.endpoint.authority())
-            .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json");
+        if !body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
         if let Some(token) = &inner.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let mut request = builder
+        builder
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| HranaError::Encode(e.to_string()))?;
+            .map_err(|e| HranaError::Encode(e.to_string()))
+    }
+
+    /// Sends `request` (on an idle connection if there is one) and reads the whole answer:
+    /// its status and body, whatever the status.
+    pub(super) async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), HranaError> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         // An idle connection the server may have closed meanwhile: a request that could not be
         // written is taken back and sent on the next connection (it never left this process).
         while let Some(mut sender) = self.idle_connection() {
@@ -198,7 +279,7 @@ impl HranaClient {
         &self,
         sender: SendRequest<Full<Bytes>>,
         response: hyper::Response<hyper::body::Incoming>,
-    ) -> Result<Bytes, HranaError> {
+    ) -> Result<(StatusCode, Bytes), HranaError> {
         let status = response.status();
         let closes = response
             .headers()
@@ -216,24 +297,7 @@ impl HranaClient {
                 idle.push(sender);
             }
         }
-        if status == StatusCode::OK {
-            return Ok(body);
-        }
-        let quoted = quote(&body);
-        let url = self.inner.url.clone();
-        Err(match status.as_u16() {
-            status @ (401 | 403) => HranaError::Unauthorized {
-                url,
-                status,
-                token_sent: self.inner.token.is_some(),
-                body: quoted,
-            },
-            status => HranaError::Http {
-                url,
-                status,
-                body: quoted,
-            },
-        })
+        Ok((status, body))
     }
 
     fn idle_connection(&self) -> Option<SendRequest<Full<Bytes>>> {

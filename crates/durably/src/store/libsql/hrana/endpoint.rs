@@ -9,7 +9,7 @@ pub struct Endpoint {
     /// The host name or IP address (an IPv6 address without brackets).
     pub(super) host: String,
     pub(super) port: u16,
-    /// The path before `/v2/pipeline`: empty or `/a/b` (no trailing slash).
+    /// The path before `/v2/pipeline` or `/v3/pipeline`: empty or `/a/b` (no trailing slash).
     prefix: String,
 }
 
@@ -124,8 +124,14 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn pipeline_path(&self) -> String {
-        format!("{}/v2/pipeline", self.prefix)
+    /// The path of `version`'s pipeline endpoint.
+    pub(super) fn pipeline_path(&self, version: HranaVersion) -> String {
+        format!("{}{}", self.prefix, version.pipeline_path())
+    }
+
+    /// The path before the version (`""` or `/a/b`).
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
     }
 }
 

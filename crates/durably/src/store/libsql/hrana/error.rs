@@ -91,6 +91,18 @@ pub enum HranaError {
         /// The start of the statement's text.
         sql: String,
     },
+    /// Asking the server which Hrana version it speaks (`GET v3`) failed: it did not answer in
+    /// time, or the exchange broke. No pipeline was sent.
+    #[error(
+        "cannot find out which Hrana version the libSQL server at {url} speaks (GET v3): {source}"
+    )]
+    Negotiation {
+        /// The server's base URL.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: Box<HranaError>,
+    },
     /// A value the protocol cannot carry (a float that is NaN or infinite).
     #[error("cannot encode the Hrana request: {0}")]
     Encode(String),
@@ -107,6 +119,7 @@ impl HranaError {
             | HranaError::Connect { .. }
             | HranaError::Tls { .. }
             | HranaError::Unauthorized { .. }
+            | HranaError::Negotiation { .. }
             | HranaError::Encode(_) => false,
             // A 4xx other than a timeout is a refusal before execution; a 5xx may come after.
             HranaError::Http { status, .. } => !(400..500).contains(status) || *status == 408,
@@ -129,7 +142,7 @@ impl HranaError {
 
 pub(super) fn status_hint(status: u16) -> &'static str {
     match status {
-        404 => " (no Hrana v2 endpoint at this URL: is it the database's base URL?)",
+        404 => " (no Hrana pipeline endpoint at this URL: is it the database's base URL?)",
         _ => "",
     }
 }

@@ -25,7 +25,8 @@
 //! `stream.rs` (batons).
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -43,6 +44,7 @@ mod error;
 mod results;
 mod stream;
 mod values;
+mod version;
 mod wire;
 
 pub use client::*;
@@ -51,6 +53,7 @@ pub use error::*;
 pub use results::*;
 pub use stream::*;
 pub use values::*;
+pub use version::*;
 pub use wire::*;
 
 /// The deadline of one HTTP request unless [`HranaClient::with_timeout`] says otherwise.
@@ -161,6 +164,17 @@ mod tests {
                  "stmt": {"sql": "ROLLBACK", "want_rows": true}},
             ]}}]})
         );
+        // On Hrana 2 (no `is_autocommit`): ROLLBACK when BEGIN succeeded and COMMIT did not.
+        let batch = Batch::transaction([Statement::new("DELETE FROM u")]);
+        let v2 = serde_json::to_value(&*batch.for_version(HranaVersion::V2)).unwrap();
+        assert_eq!(
+            v2["steps"][3],
+            json!({"condition": {"type": "and", "conds": [
+                {"type": "ok", "step": 0}, {"type": "not", "cond": {"type": "ok", "step": 2}}]},
+                "stmt": {"sql": "ROLLBACK", "want_rows": true}})
+        );
+        assert_eq!(*batch.for_version(HranaVersion::V3), batch);
+        assert_eq!(*Batch::new().for_version(HranaVersion::V2), Batch::new());
         let other = serde_json::to_value(Condition::or([
             Condition::error(1),
             Condition::IsAutocommit,
@@ -277,7 +291,8 @@ mod tests {
         );
         let (endpoint, _) = Endpoint::parse("http://[::1]:8080/x").unwrap();
         assert_eq!(endpoint.host, "::1");
-        assert_eq!(endpoint.pipeline_path(), "/x/v2/pipeline");
+        assert_eq!(endpoint.pipeline_path(HranaVersion::V2), "/x/v2/pipeline");
+        assert_eq!(endpoint.pipeline_path(HranaVersion::V3), "/x/v3/pipeline");
         assert_eq!(Endpoint::parse("https://h").unwrap().0.port, 443);
         assert_eq!(Endpoint::parse("http://h").unwrap().0.port, 80);
         for (bad, says) in [
@@ -328,7 +343,7 @@ mod tests {
             status: 404,
             body: "Not Found".into(),
         };
-        assert!(not_found.to_string().contains("no Hrana v2 endpoint"));
+        assert!(not_found.to_string().contains("no Hrana pipeline endpoint"));
         assert!(!not_found.may_have_run());
         let server = HranaError::Http {
             url: "http://h".into(),

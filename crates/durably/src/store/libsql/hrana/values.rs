@@ -295,6 +295,10 @@ pub struct BatchStep {
 pub struct Batch {
     /// The steps.
     pub steps: Vec<BatchStep>,
+    /// The `ROLLBACK` step of a [`Batch::transaction`], whose condition depends on the
+    /// negotiated version ([`HranaVersion`]).
+    #[serde(skip)]
+    pub(super) rollback: Option<usize>,
 }
 
 impl Batch {
@@ -315,7 +319,9 @@ impl Batch {
     /// `statements` in one transaction, all or nothing: `BEGIN IMMEDIATE`, each statement only
     /// if the one before succeeded, `COMMIT` if the last did, and `ROLLBACK` if `BEGIN`
     /// succeeded, `COMMIT` did not run or failed, and the transaction is still open. Read the
-    /// outcome with [`BatchResult::transaction`]. (The `ROLLBACK` depends on this batch's own
+    /// outcome with [`BatchResult::transaction`]. On Hrana 2, which has no `is_autocommit`
+    /// condition, the `ROLLBACK` runs whenever `BEGIN` succeeded and `COMMIT` did not (and
+    /// then fails harmlessly when the server already rolled back). (The `ROLLBACK` depends on this batch's own
     /// `BEGIN`: a server that shares one connection between requests, as `tursodb` does, must
     /// not see it roll back a transaction it did not open; and on the transaction still being
     /// open: `tursodb` already rolls it back when a statement fails while evaluating, e.g. on
@@ -328,7 +334,7 @@ impl Batch {
             last = batch.step(Some(Condition::ok(last)), stmt);
         }
         let commit = batch.step(Some(Condition::ok(last)), "COMMIT");
-        batch.step(
+        let rollback = batch.step(
             Some(Condition::and([
                 Condition::ok(begin),
                 Condition::not(Condition::ok(commit)),
@@ -336,6 +342,7 @@ impl Batch {
             ])),
             "ROLLBACK",
         );
+        batch.rollback = Some(rollback);
         batch
     }
 }
