@@ -1,6 +1,7 @@
 //! The engine in a browser (feature `browser`, target `wasm32-unknown-unknown`): a Rust job of
 //! two steps runs to its end in a dedicated Web Worker of headless Chromium, on SQLite compiled
-//! to WebAssembly (in memory), with tasks on the worker's event loop and `setTimeout` timers.
+//! to WebAssembly (in memory, and in the origin's private file system), with tasks on the
+//! worker's event loop and `setTimeout` timers.
 //!
 //! ```text
 //! .ci/wasm-toolchain.sh && . ~/.cache/durably-wasm/env.sh
@@ -12,7 +13,9 @@
 use std::time::Duration;
 
 use durably::serde_json::{Value, json};
-use durably::{Durably, Job, RunStatus, StepContext, StepStatus, TriggerOptions, WaitOptions};
+use durably::{
+    Durably, Job, RunStatus, SqliteStore, StepContext, StepStatus, TriggerOptions, WaitOptions,
+};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
@@ -139,5 +142,62 @@ async fn a_two_step_job_completes_when_processed_in_place() {
         .expect("the run");
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.output.as_deref(), Some("label-7: shipped label-7"));
+    assert_steps(&durably, &run.id).await;
+}
+
+/// A database name no earlier test run used (OPFS keeps files across page loads).
+fn fresh_name() -> String {
+    let now = web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    format!("browser-test-{}.db", now.as_nanos())
+}
+
+async fn on_opfs(name: &str) -> Durably {
+    let store = SqliteStore::open_opfs(name)
+        .await
+        .expect("OPFS opens in a dedicated worker");
+    let durably = Durably::builder()
+        .store(store)
+        .preserve_steps(true)
+        .build()
+        .expect("build");
+    durably.register(label_job()).expect("register");
+    durably.migrate().await.expect("migrate");
+    durably
+}
+
+/// A run triggered on one instance (the page before a reload) is still pending after the
+/// database is closed and opened again, and completes there; a second reopening reads it.
+#[wasm_bindgen_test]
+async fn a_run_on_opfs_outlives_its_instance() {
+    let name = fresh_name();
+    let durably = on_opfs(&name).await;
+    let triggered = durably
+        .job::<Value, String>("print-label")
+        .expect("registered")
+        .trigger(json!({ "id": 7 }))
+        .await
+        .expect("trigger");
+    drop(durably);
+
+    let durably = on_opfs(&name).await;
+    let pending = durably.get_run(&triggered.run.id).await.expect("read");
+    assert_eq!(pending.map(|run| run.status), Some(RunStatus::Pending));
+    let processed = durably
+        .process_until_idle(Some("after-reload"), None)
+        .await
+        .expect("process");
+    assert_eq!(processed, 1);
+    drop(durably);
+
+    let durably = on_opfs(&name).await;
+    let run = durably
+        .get_run(&triggered.run.id)
+        .await
+        .expect("read")
+        .expect("the run was stored");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!("label-7: shipped label-7")));
     assert_steps(&durably, &run.id).await;
 }

@@ -55,3 +55,41 @@ impl SqliteStore {
             .map_err(|_| Error::storage(operation, "the SQLite connection dropped the request"))?
     }
 }
+
+/// The SQLite VFS name of the OPFS pool that [`SqliteStore::open_opfs`] installs.
+#[cfg(feature = "browser")]
+const OPFS_VFS: &str = "durably-opfs";
+
+#[cfg(feature = "browser")]
+impl SqliteStore {
+    /// Opens (creating if needed) the database `name` in the origin's private file system
+    /// (OPFS) with default options: it survives page reloads. Only from a dedicated Web Worker
+    /// (OPFS's sync access handles exist nowhere else), and one connection per database: a
+    /// second worker (another tab) opening the same database fails until the first closes it.
+    /// Available on wasm32 with feature `browser`.
+    pub async fn open_opfs(name: &str) -> Result<Self> {
+        Self::open_opfs_with(name, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open_opfs`] with `options` (the database has no WAL: OPFS journals with
+    /// a rollback journal).
+    pub async fn open_opfs_with(name: &str, options: SqliteOptions) -> Result<Self> {
+        use sqlite_wasm_vfs::sahpool::{OpfsSAHPoolCfgBuilder, install};
+        let pool = OpfsSAHPoolCfgBuilder::new()
+            .vfs_name(OPFS_VFS)
+            .directory(".durably")
+            .build();
+        install::<sqlite_wasm_rs::WasmOsCallback>(&pool, false)
+            .await
+            .map_err(|e| {
+                Error::storage(
+                    "open",
+                    format!(
+                        "cannot open the origin's private file system for {name}: {e} (OPFS \
+                         needs a dedicated Web Worker of a secure context)"
+                    ),
+                )
+            })?;
+        Self::open_in_vfs(Path::new(name), options, Some(OPFS_VFS))
+    }
+}

@@ -179,7 +179,12 @@ impl SqliteStore {
 
     /// Opens the database at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_in_vfs(path.as_ref(), options, None)
+    }
+
+    /// Opens the database at `path` with `options`, through the SQLite VFS named `vfs` (the
+    /// default one when `None`; another one has no WAL, as OPFS's).
+    fn open_in_vfs(path: &Path, options: SqliteOptions, vfs: Option<&str>) -> Result<Self> {
         let page_size = options.page_size;
         if !(512..=65_536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(Error::Config(format!(
@@ -191,10 +196,10 @@ impl SqliteStore {
         if !in_memory {
             check_file_location(path)?;
         }
-        let writer = if in_memory {
-            Connection::open_in_memory()
-        } else {
-            Connection::open(path)
+        let writer = match vfs {
+            _ if in_memory => Connection::open_in_memory(),
+            None => Connection::open(path),
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs),
         }
         .map_err(|e| {
             Error::storage(
@@ -202,7 +207,7 @@ impl SqliteStore {
                 format!("cannot open SQLite database {location}: {e}"),
             )
         })?;
-        configure(&writer, &options, !in_memory)
+        configure(&writer, &options, !in_memory && vfs.is_none())
             .map_err(|e| Error::storage("open", format!("cannot configure {location}: {e}")))?;
 
         #[cfg(target_arch = "wasm32")]
