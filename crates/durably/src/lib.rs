@@ -212,6 +212,11 @@ pub mod overview;
 pub mod parallel;
 pub mod retry;
 pub mod run;
+#[cfg(not(target_arch = "wasm32"))]
+mod runtime;
+// The same seam on a browser's event loop (feature `browser`).
+#[cfg(target_arch = "wasm32")]
+#[path = "runtime_browser.rs"]
 mod runtime;
 pub mod schedules;
 pub mod step;

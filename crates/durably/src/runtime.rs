@@ -5,8 +5,9 @@
 //! the engine elsewhere (a browser's Web Worker, where tasks are `spawn_local` and time comes
 //! from `performance.now()`) means another implementation of this file, not of the engine.
 //!
-//! Native: tokio. Timers use tokio's clock, so tests that pause time (`tokio::time::pause`)
-//! control the engine's timers too.
+//! Native: tokio (`runtime_browser.rs` is the other implementation, on wasm32). Timers use
+//! tokio's clock, so tests that pause time (`tokio::time::pause`) control the engine's timers
+//! too.
 
 use std::future::Future;
 use std::time::Duration;
@@ -56,6 +57,11 @@ pub(crate) async fn sleep(duration: Duration) {
 /// Completes at `deadline` (at once when it has passed).
 pub(crate) async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(deadline).await
+}
+
+/// `future`'s output, or `None` when `duration` passed first (`future` is then dropped).
+pub(crate) async fn timeout<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(duration, future).await.ok()
 }
 
 /// A spawned task; dropping the handle lets it run on (see [`Task::abort_on_drop`]).

@@ -437,9 +437,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Timeout`]. The default drops [`Store::get_runs`]'s future after `timeout`; a
     /// backend may also bound the query on the server (PostgreSQL: `statement_timeout`).
     async fn get_runs_within(&self, filter: &RunFilter, timeout: Duration) -> Result<Vec<Run>> {
-        match tokio::time::timeout(timeout, self.get_runs(filter)).await {
-            Ok(runs) => runs,
-            Err(_) => Err(read_timeout("get_runs", timeout)),
+        match crate::runtime::timeout(timeout, self.get_runs(filter)).await {
+            Some(runs) => runs,
+            None => Err(read_timeout("get_runs", timeout)),
         }
     }
 

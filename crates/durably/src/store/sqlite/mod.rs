@@ -10,8 +10,14 @@
 //! operations before it are told so, and the ones after it run in a new transaction. Reads use a small pool of separate
 //! connections, so readers never wait behind the writer (WAL mode). An in-memory database
 //! (`:memory:`) has a single connection, so its reads run on the writer thread too.
+//!
+//! On wasm32 (feature `browser`) there are no threads: the one connection runs each write in
+//! its own transaction and each read, inline on the caller's task (`inline.rs`), through the
+//! same operations and SQL.
 
 use crate::store::sqlite_sql as sql;
+#[cfg(target_arch = "wasm32")]
+mod inline;
 mod ops;
 mod options;
 mod overview;
@@ -22,11 +28,15 @@ mod store;
 mod writer;
 
 use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+#[cfg(not(target_arch = "wasm32"))]
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::Instant;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
@@ -76,9 +86,15 @@ struct WriterCounters {
 }
 
 struct Shared {
+    #[cfg(not(target_arch = "wasm32"))]
     commands: mpsc::Sender<Command>,
+    /// The one connection, on wasm32 (no writer thread).
+    #[cfg(target_arch = "wasm32")]
+    inline: Mutex<inline::InlineWriter>,
+    #[cfg(not(target_arch = "wasm32"))]
     reply_spin: Duration,
     /// Callers waiting for the writer thread.
+    #[cfg(not(target_arch = "wasm32"))]
     waiting: AtomicUsize,
     counters: Arc<WriterCounters>,
     readers: Option<ReaderPool>,
@@ -86,12 +102,14 @@ struct Shared {
 }
 
 /// Counts one caller waiting for the writer thread, for as long as it lives.
+#[cfg(not(target_arch = "wasm32"))]
 struct Waiting<'a> {
     count: &'a AtomicUsize,
     /// No other caller was waiting when this one arrived.
     alone: bool,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl<'a> Waiting<'a> {
     fn enter(count: &'a AtomicUsize) -> Self {
         let before = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -102,6 +120,7 @@ impl<'a> Waiting<'a> {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.count
@@ -131,6 +150,8 @@ fn check_file_location(path: &Path) -> Result<()> {
              `Durably::builder().libsql(url, token)` (feature `libsql`)"
         )));
     }
+    // (On wasm32 a path names a file of SQLite's virtual file system, not of a directory.)
+    #[cfg(not(target_arch = "wasm32"))]
     if let Some(directory) = path.parent()
         && !directory.as_os_str().is_empty()
         && !directory.is_dir()
@@ -158,7 +179,12 @@ impl SqliteStore {
 
     /// Opens the database at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_in_vfs(path.as_ref(), options, None)
+    }
+
+    /// Opens the database at `path` with `options`, through the SQLite VFS named `vfs` (the
+    /// default one when `None`; another one has no WAL, as OPFS's).
+    fn open_in_vfs(path: &Path, options: SqliteOptions, vfs: Option<&str>) -> Result<Self> {
         let page_size = options.page_size;
         if !(512..=65_536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(Error::Config(format!(
@@ -170,10 +196,10 @@ impl SqliteStore {
         if !in_memory {
             check_file_location(path)?;
         }
-        let writer = if in_memory {
-            Connection::open_in_memory()
-        } else {
-            Connection::open(path)
+        let writer = match vfs {
+            _ if in_memory => Connection::open_in_memory(),
+            None => Connection::open(path),
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs),
         }
         .map_err(|e| {
             Error::storage(
@@ -181,9 +207,24 @@ impl SqliteStore {
                 format!("cannot open SQLite database {location}: {e}"),
             )
         })?;
-        configure(&writer, &options, !in_memory)
+        configure(&writer, &options, !in_memory && vfs.is_none())
             .map_err(|e| Error::storage("open", format!("cannot configure {location}: {e}")))?;
 
+        #[cfg(target_arch = "wasm32")]
+        return Ok(inline::open(writer, &options, location));
+        #[cfg(not(target_arch = "wasm32"))]
+        Self::start_writer(writer, path, options, location, in_memory)
+    }
+
+    /// The store around `writer`, served by a writer thread of its own.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn start_writer(
+        writer: Connection,
+        path: &Path,
+        options: SqliteOptions,
+        location: String,
+        in_memory: bool,
+    ) -> Result<Self> {
         let (commands, receiver) = mpsc::channel();
         let config = WriterConfig {
             max_batch: options.max_group_commit.max(1),
@@ -346,6 +387,7 @@ impl SqliteStore {
         self.send(operation, command, receiver).await
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     async fn send<R>(
         &self,
         operation: &'static str,
@@ -401,6 +443,9 @@ impl SqliteStore {
         };
         let result = match &self.shared.readers {
             None => self.direct(operation, work).await,
+            #[cfg(target_arch = "wasm32")]
+            Some(pool) => pool.with_connection(operation, work),
+            #[cfg(not(target_arch = "wasm32"))]
             Some(pool) => {
                 let pool = pool.clone();
                 tokio::task::spawn_blocking(move || pool.with_connection(operation, work))

@@ -2,6 +2,9 @@
 //! at once in one transaction (group commit), each in a savepoint of its own.
 
 use super::*;
+// The writer thread's own (the spin and gather loops); on wasm32 they never run.
+#[cfg(target_arch = "wasm32")]
+use std::{thread, time::Instant};
 
 /// What the writer thread runs for one queued write: given the connection (or `None` when the
 /// transaction could not start) and whether to run in its own savepoint, it does its work and
@@ -87,6 +90,7 @@ pub(super) fn in_savepoint<R>(
 }
 
 /// How the writer thread groups writes into transactions.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) struct WriterConfig {
     pub(super) max_batch: usize,
     /// See [`SqliteOptions::writer_spin`].
@@ -95,6 +99,7 @@ pub(super) struct WriterConfig {
     pub(super) commit_delay: Duration,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn writer_loop(
     conn: Connection,
     commands: mpsc::Receiver<Command>,
@@ -229,6 +234,7 @@ impl CommitSync {
 
 /// The next command: looked for (yielding the CPU in between) for up to `spin`, then waited for.
 /// `None` once every sender is gone.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn next_command(commands: &mpsc::Receiver<Command>, spin: Duration) -> Option<Command> {
     if !spin.is_zero() {
         let until = Instant::now() + spin;
