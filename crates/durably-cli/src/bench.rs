@@ -24,6 +24,7 @@ mod http_drain;
 mod libsql;
 mod postgres;
 mod sleep;
+pub mod traces;
 mod waits;
 
 use std::path::PathBuf;
@@ -99,6 +100,19 @@ pub struct BenchArgs {
     /// measure what recording costs. Without it the instruments are OpenTelemetry's no-op ones.
     #[arg(long)]
     metrics: bool,
+    /// Trace while measuring: durably's spans become OpenTelemetry spans (an SDK tracer
+    /// provider, its batch span processor, an exporter that discards them), to measure what
+    /// tracing costs. Without it, durably's `tracing` spans reach no subscriber that records
+    /// them.
+    #[arg(long)]
+    traces: bool,
+}
+
+impl BenchArgs {
+    /// Whether `--traces` was given (the subscriber is set up before the runtime starts).
+    pub fn traces(&self) -> bool {
+        self.traces
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -134,14 +148,24 @@ pub fn is_worker_process() -> bool {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.traces {
+        run_metered(&args).await?;
+        eprintln!("traces: {} spans exported", traces::flush());
+        return Ok(());
+    }
+    run_metered(&args).await
+}
+
+/// Runs the workloads, recording metrics with `--metrics`.
+async fn run_metered(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.metrics {
-        return run_workloads(&args).await;
+        return run_workloads(args).await;
     }
     // Every instance built from now on records on it (`Metrics` reads the global provider at
     // `build()`).
     let metrics = durably::http::PrometheusMetrics::new()?;
     opentelemetry::global::set_meter_provider(metrics.meter_provider().clone());
-    run_workloads(&args).await?;
+    run_workloads(args).await?;
     let completed: f64 = metrics
         .render()?
         .lines()

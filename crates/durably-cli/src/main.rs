@@ -17,6 +17,9 @@ mod server;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// durably — steps that survive crashes.
 ///
@@ -199,14 +202,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let cli = Cli::parse();
+    let traces = matches!(&cli.command, Command::Bench(args) if args.traces());
+    // The log filter is the log layer's own, so that `bench --traces` sees every span.
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("DURABLY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+        );
+    tracing_subscriber::registry()
+        .with(log)
+        .with(traces.then(bench::traces::layer))
         .init();
-    let cli = Cli::parse();
     let mut builder = match bench::is_worker_process() {
         true => tokio::runtime::Builder::new_current_thread(),
         false => tokio::runtime::Builder::new_multi_thread(),

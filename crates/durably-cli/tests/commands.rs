@@ -1392,3 +1392,35 @@ fn bench_records_metrics_when_asked() {
         Some("metrics: 25 run completions recorded")
     );
 }
+
+/// `durably bench --traces` turns durably's spans into OpenTelemetry spans while it measures
+/// (to measure what tracing costs): per run, its trigger's span, its execution's and its step's
+/// reach the (discarding) exporter.
+#[test]
+fn bench_traces_when_asked() {
+    let output = durably_cli(&[
+        "bench",
+        "--workload",
+        "throughput-1step",
+        "--concurrency",
+        "1",
+        "--jobs",
+        "20",
+        "--traces",
+    ]);
+    let line: serde_json::Value =
+        serde_json::from_str(expect_code(&output, 0).trim()).expect("one JSON line");
+    assert_eq!(line["jobs"], 20);
+    let last = stderr(&output)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let spans: u64 = last
+        .strip_prefix("traces: ")
+        .and_then(|rest| rest.strip_suffix(" spans exported"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of exported spans, got {last:?}"));
+    // A batch trigger is one span; each run adds its execution's and its step's.
+    assert!(spans >= 2 * 20, "{spans} spans for 20 runs");
+}
