@@ -20,8 +20,7 @@ import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { chromium } from 'playwright-core'
-import { check, executablePath, shot, shots, sleep, start, stop, watchdog } from './support.mjs'
+import { check, openPage, shot, shots, sleep, start, stop, watchdog } from './support.mjs'
 
 const timer = watchdog('bulk test', 150_000)
 const sqlite3 = process.env.SQLITE3 || 'sqlite3'
@@ -89,18 +88,10 @@ async function main() {
     const recentNaps = (await get(`/runs?jobName=nap&createdSince=${since}`)).map((r) => r.id)
     check(JSON.stringify(sorted(recentNaps)) === JSON.stringify(sorted(naps)), `API createdSince keeps the recent naps ${recentNaps}`)
 
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-    })
-    const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, colorScheme: 'light' })
-    page = await context.newPage()
-    const pageErrors = []
-    page.on('pageerror', (error) => pageErrors.push(String(error)))
-    page.on('console', (message) => {
-      if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
-    })
+    const opened = await openPage(1280)
+    browser = opened.browser
+    page = opened.page
+    const pageErrors = opened.pageErrors
     const listed = () => page.$$eval('#runs tr', (trs) => trs.map((tr) => tr.dataset.runId))
     const waitListed = async (expected, what) => {
       try {

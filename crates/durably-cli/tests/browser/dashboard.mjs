@@ -19,11 +19,9 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { chromium } from 'playwright-core'
 import {
-  bin,
   check,
-  executablePath,
+  openPage,
   shot,
   shots,
   sleep,
@@ -72,18 +70,10 @@ async function main() {
   let browser
   let page
   try {
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-    })
-    const context = await browser.newContext({ viewport: { width: 1360, height: 860 }, colorScheme: 'light' })
-    page = await context.newPage()
-    const pageErrors = []
-    page.on('pageerror', (error) => pageErrors.push(String(error)))
-    page.on('console', (message) => {
-      if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
-    })
+    const opened = await openPage(1360)
+    browser = opened.browser
+    page = opened.page
+    const pageErrors = opened.pageErrors
     await page.goto(`${origin}/?view=runs`)
     await page.waitForSelector('#trigger-job option[value="steps"]', { state: 'attached' })
     await page.waitForSelector('#live.on')

@@ -17,11 +17,9 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { chromium } from 'playwright-core'
 import {
-  bin,
   check,
-  executablePath,
+  openPage,
   shot,
   shots,
   sleep,
@@ -73,18 +71,10 @@ async function main() {
     await until(nap, 'waiting')
     check((await status(queued)) === 'pending', 'the second sleep waits for the key')
 
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-    })
-    const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, colorScheme: 'light' })
-    page = await context.newPage()
-    const pageErrors = []
-    page.on('pageerror', (error) => pageErrors.push(String(error)))
-    page.on('console', (message) => {
-      if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
-    })
+    const opened = await openPage(1280)
+    browser = opened.browser
+    page = opened.page
+    const pageErrors = opened.pageErrors
 
     // 1. the overview is the first screen
     await page.goto(`${origin}/`)

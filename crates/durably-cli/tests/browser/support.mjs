@@ -1,6 +1,7 @@
 // What the dashboard's browser tests (dashboard.mjs, overview.mjs) share: the binary and
 // Chromium they drive, assertions, starting and stopping `durably demo`/`serve` on a free port,
 // and screenshots (kept when SCREENSHOTS names a directory).
+import { chromium } from 'playwright-core'
 import { spawn } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -52,4 +53,22 @@ export async function stop(child) {
 
 export async function shot(page, name) {
   if (shots) await page.screenshot({ path: join(shots, name), fullPage: false })
+}
+
+// Headless Debian chromium with one page of `width` x 860 px; page errors and console errors
+// (other than failed loads and closed event streams) are collected in `pageErrors`.
+export async function openPage(width) {
+  const browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+  })
+  const context = await browser.newContext({ viewport: { width, height: 860 }, colorScheme: 'light' })
+  const page = await context.newPage()
+  const pageErrors = []
+  page.on('pageerror', (error) => pageErrors.push(String(error)))
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
+  })
+  return { browser, page, pageErrors }
 }
