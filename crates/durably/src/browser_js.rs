@@ -1,7 +1,7 @@
 //! The JavaScript API of durably in a browser (feature `browser`, target
 //! `wasm32-unknown-unknown`), shaped like upstream's instance as its SPA hooks use it:
 //! `createDurably(options)`, `register(name, fn)`, `trigger`, `getRun`, `getRuns`, `on`,
-//! `init`/`migrate`/`start`/`stop`, `processUntilIdle`.
+//! `cancel`, `retrigger`, `deleteRun`, `init`/`migrate`/`start`/`stop`, `processUntilIdle`.
 //!
 //! A job is a JavaScript function `(step, input) => output | Promise<output>`; `step.run(name,
 //! fn)` returns a promise of the step's output, stored on its first execution and replayed
@@ -166,6 +166,34 @@ impl JsDurably {
         future_to_promise(async move {
             let runs = durably.get_runs(&filter?).await.map_err(js_error)?;
             to_js(&runs)
+        })
+    }
+
+    /// Cancels the run `id` (pending, leased or waiting); its job sees its steps reject.
+    pub fn cancel(&self, id: String) -> Promise {
+        let durably = self.durably.clone();
+        future_to_promise(async move {
+            durably.cancel(&id).await.map_err(js_error)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Creates a new pending run with the input of the ended run `id`; resolves to it.
+    pub fn retrigger(&self, id: String) -> Promise {
+        let durably = self.durably.clone();
+        future_to_promise(async move {
+            let run = durably.retrigger(&id).await.map_err(js_error)?;
+            to_js(&run)
+        })
+    }
+
+    /// Deletes the run `id` with its steps and logs.
+    #[wasm_bindgen(js_name = deleteRun)]
+    pub fn delete_run(&self, id: String) -> Promise {
+        let durably = self.durably.clone();
+        future_to_promise(async move {
+            durably.delete_run(&id).await.map_err(js_error)?;
+            Ok(JsValue::UNDEFINED)
         })
     }
 
@@ -355,12 +383,15 @@ impl JsStepLog {
 async fn run_job(run: &Function, step: StepContext, input: Value) -> crate::Result<Value> {
     let input = to_js(&input).map_err(|error| Error::job(describe(&error)))?;
     let step = JsValue::from(JsStep { step });
+    // A rejection after the run had to stop (cancelled, lease lost) is an ordinary error here:
+    // the engine checks the run's state first and records it as such.
+    let thrown = |thrown: JsValue| Error::job(describe(&thrown));
     let returned = run
         .call2(&JsValue::UNDEFINED, &step, &input)
-        .map_err(|thrown| Error::job(describe(&thrown)))?;
+        .map_err(thrown)?;
     let output = JsFuture::from(Promise::resolve(&returned))
         .await
-        .map_err(|thrown| Error::job(describe(&thrown)))?;
+        .map_err(thrown)?;
     to_json(&output, "the job's output")
 }
 

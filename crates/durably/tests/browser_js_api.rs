@@ -261,3 +261,72 @@ async fn bad_arguments_are_refused_with_a_message() {
     };
     assert!(bad.contains("pollingIntervalMs"), "{bad}");
 }
+
+/// A run cancelled while its JavaScript step is in flight: the step's promise rejects once the
+/// function returns, the job passes that on, and the run stays `cancelled` (not `failed`);
+/// `retrigger` then runs the same input again to its end.
+#[wasm_bindgen_test]
+async fn a_run_cancelled_mid_step_stays_cancelled_and_can_be_retriggered() {
+    let durably = create_durably(js(json!({ "pollingIntervalMs": 20 })))
+        .await
+        .expect("an in-memory instance");
+    let job = Function::new_with_args(
+        "step, input",
+        "return step.run('hold', () => new Promise(release => {
+             globalThis.holdCalls = (globalThis.holdCalls || 0) + 1;
+             globalThis.releaseHold = () => release('released');
+             if (globalThis.holdCalls > 1) release('at once');
+         }))",
+    );
+    durably
+        .register("hold".into(), job, JsValue::UNDEFINED)
+        .expect("register");
+    let failed: Rc<RefCell<Vec<Value>>> = Rc::default();
+    let listener = Closure::<dyn FnMut(JsValue)>::new({
+        let failed = failed.clone();
+        move |event: JsValue| failed.borrow_mut().push(json_of(&event))
+    });
+    durably
+        .on("run:fail".into(), listener.into_js_value().unchecked_into())
+        .expect("a known event type");
+    resolve(durably.init()).await;
+
+    let triggered = json_of(
+        &resolve(durably.trigger("hold".into(), js(json!({ "n": 1 })), JsValue::UNDEFINED)).await,
+    );
+    let id = triggered["id"].as_str().expect("the run's id").to_owned();
+    let sleep = Function::new_with_args("ms", "return new Promise(r => setTimeout(r, ms))");
+    for _ in 0..1500 {
+        if counter("holdCalls") >= 1.0 {
+            break;
+        }
+        let pause = sleep
+            .call1(&JsValue::UNDEFINED, &JsValue::from(20))
+            .expect("setTimeout");
+        resolve(pause.unchecked_into()).await;
+    }
+    assert_eq!(counter("holdCalls"), 1.0, "the step started");
+
+    resolve(durably.cancel(id.clone())).await;
+    let release: Function = Reflect::get(&js_sys::global(), &JsValue::from_str("releaseHold"))
+        .expect("the step's release function")
+        .unchecked_into();
+    release.call0(&JsValue::UNDEFINED).expect("release");
+    // `stop` resolves once the in-flight run ended.
+    resolve(durably.stop()).await;
+    let run = json_of(&resolve(durably.get_run(id.clone())).await);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(*failed.borrow(), Vec::<Value>::new(), "no run:fail event");
+
+    durably.start();
+    let again = json_of(&resolve(durably.retrigger(id.clone())).await);
+    let again_id = again["id"].as_str().expect("the new run's id").to_owned();
+    assert_ne!(again_id, id);
+    let run = until_terminal(&durably, &again_id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "at once");
+    resolve(durably.stop()).await;
+
+    resolve(durably.delete_run(id.clone())).await;
+    assert_eq!(json_of(&resolve(durably.get_run(id)).await), Value::Null);
+}
