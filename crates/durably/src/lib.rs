@@ -191,6 +191,9 @@
 //! and `CHANGELOG.md` at the root.
 
 pub mod attempts;
+#[cfg(all(target_arch = "wasm32", feature = "browser"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "browser")))]
+pub mod browser_js;
 mod builder;
 pub mod children;
 mod config;
