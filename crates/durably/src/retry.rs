@@ -450,21 +450,27 @@ pub(crate) async fn after_run_failure(
                 "error": message,
             }
         }));
-    let suspended = async {
+    // The failed execution ends suspended on the retry's timer. A timer already resolved (its
+    // deadline passed before this execution asked to be suspended, a short delay; or a "retry
+    // now" signal came first) is suspended on all the same: the next attempt then starts at
+    // once, as a fresh execution under a new lease.
+    let suspension: Result<Error> = async {
         let wait = step.prepare_wait(wait).await?;
-        step.wait_for(&wait).await
-    };
-    match suspended.await {
-        Err(suspension @ Error::Suspended { .. }) => {
+        Ok(match step.wait_for(&wait).await {
+            Err(error) => error,
+            Ok(_) => step.suspend_on_resolved(&wait),
+        })
+    }
+    .await;
+    match suspension {
+        Ok(suspension @ Error::Suspended { .. }) => {
             tracing::info!(attempt, ?delay, error = %message, "run failed; retrying after the delay");
             Box::new(suspension)
         }
-        Err(other) => {
+        Ok(other) | Err(other) => {
             tracing::warn!(run_id = %shared.run_id, error = %other, "could not schedule the run's next attempt");
             error
         }
-        // Resolved at once (an operator's signal raced it): fail as if not retried.
-        Ok(_) => error,
     }
 }
 

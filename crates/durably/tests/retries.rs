@@ -3,6 +3,7 @@
 //! suspend the run without a slot, and backoff schedules honoured under a virtual clock.
 mod common;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -363,7 +364,64 @@ async fn a_retried_run_fails_with_the_last_error_when_its_attempts_run_out(backe
     durably.stop().await;
 }
 
+/// A run retry without a delay: the timer's deadline (1 ms) has often passed by the time the
+/// failed execution asks to be suspended on it; the run is retried all the same (the next
+/// attempt starts at once), never failed early. Many runs, so that some hit that window.
+async fn a_run_retry_whose_delay_already_passed_still_runs_the_next_attempt(backend: Backend) {
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.polling_interval(Duration::from_millis(50)))
+        .await;
+    let executions = Arc::new(Mutex::new(HashMap::<u64, usize>::new()));
+    let counted = executions.clone();
+    let job = durably
+        .register(
+            Job::new("retried-at-once", move |step: StepContext, input: Value| {
+                let counted = counted.clone();
+                async move {
+                    let n = input["n"].as_u64().unwrap_or_default();
+                    let execution = {
+                        let mut counted = counted.lock().expect("lock");
+                        let count = counted.entry(n).or_default();
+                        *count += 1;
+                        *count
+                    };
+                    step.run("touch", |_| async { Ok(()) }).await?;
+                    if execution == 1 {
+                        return Err(Error::Job("first execution fails".into()).into());
+                    }
+                    Ok(json!({ "executions": execution }))
+                }
+            })
+            .retry(RetryPolicy::constant(2, Duration::ZERO)),
+        )
+        .expect("register");
+    durably.start();
+    let mut ids = Vec::new();
+    for n in 0..30u64 {
+        ids.push(
+            job.trigger(json!({ "n": n }))
+                .await
+                .expect("trigger")
+                .run
+                .id,
+        );
+    }
+    for id in &ids {
+        let run = terminal(&durably, id).await;
+        assert_eq!(
+            run.status,
+            RunStatus::Completed,
+            "run {id}: {:?}",
+            run.error
+        );
+        assert_eq!(run.output, Some(json!({ "executions": 2 })));
+    }
+    durably.stop().await;
+}
+
 backend_tests!(
+    a_run_retry_whose_delay_already_passed_still_runs_the_next_attempt,
     a_failed_run_is_retried_with_its_completed_steps_replayed,
     a_retried_run_fails_with_the_last_error_when_its_attempts_run_out,
     a_failing_step_is_retried_until_an_attempt_succeeds,

@@ -127,4 +127,18 @@ impl StepContext {
             wait_id: current.id,
         })
     }
+
+    /// Asks to be suspended on `wait` although it is already resolved (durably's own timers:
+    /// a run retry whose delay passed before the failed execution could suspend). The run
+    /// leaves this execution as for a pending wait and is claimable at once (the store's
+    /// suspension accepts a resolved wait), so the next execution starts fresh.
+    pub(crate) fn suspend_on_resolved(&self, wait: &DurableWait) -> Error {
+        let shared = self.shared();
+        *crate::engine::lock(&shared.waits.suspended_until) = wait.deadline_at;
+        *crate::engine::lock(&shared.waits.suspended_on) = Some(wait.id.clone());
+        Error::Suspended {
+            run_id: shared.run_id.clone(),
+            wait_id: wait.id.clone(),
+        }
+    }
 }
