@@ -388,7 +388,7 @@ async fn a_run_retry_whose_delay_already_passed_still_runs_the_next_attempt(back
                     };
                     step.run("touch", |_| async { Ok(()) }).await?;
                     if execution == 1 {
-                        return Err(Error::Job("first execution fails".into()).into());
+                        return Err(Error::Job("first execution fails".into()));
                     }
                     Ok(json!({ "executions": execution }))
                 }
