@@ -2,15 +2,17 @@
 # Interleaved rounds of durably bench's throughput-1step against graphile-worker and pg-boss,
 # each peer in its default and its batched mode (issue 27); prints a table of medians.
 #
-#   bench/peers/compare.sh [--rounds R] [--jobs 2000,20000] [--concurrency 1,8] \
+#   bench/peers/compare.sh [--rounds R] [--first-round F] [--jobs 2000,20000] [--concurrency 1,8] \
 #     [--db postgres://postgres@127.0.0.1:5432/durably_bench?sslmode=disable] \
 #     [--durably target/release/durably] [--out results.jsonl]
 #
 # Every round runs, for each jobs x concurrency, the five systems one after the other, starting
-# with a different one each round. All JSON lines go to --out (default: a file under /tmp).
+# with a different one each round. All JSON lines go to --out (default: a file under /tmp); to
+# add rounds to an earlier series, pass its file and the next round's number as --first-round.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds=2
+first=1
 jobs=2000,20000
 concurrency=1,8
 db='postgres://postgres@127.0.0.1:5432/durably_bench?sslmode=disable'
@@ -19,6 +21,7 @@ out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2" ;;
+    --first-round) first="$2" ;;
     --jobs) jobs="$2" ;;
     --concurrency) concurrency="$2" ;;
     --db) db="$2" ;;
@@ -46,7 +49,7 @@ run_one() { # system jobs concurrency
   esac
 }
 
-for round in $(seq 1 "$rounds"); do
+for round in $(seq "$first" $((first + rounds - 1))); do
   for n in ${jobs//,/ }; do
     for c in ${concurrency//,/ }; do
       count=${#systems[@]}

@@ -127,9 +127,26 @@ class Probe {
   }
 }
 
+/** The drain gives up after 10 minutes, as durably bench does. */
+const DRAIN_TIMEOUT_MS = 600_000;
+let drainDeadline = Infinity;
+
+/** Waits (polling every `ms`) until `done()` resolves true, at most until the drain's deadline. */
+async function until(what, done, ms) {
+  while (!(await done())) {
+    if (Date.now() > drainDeadline) throw new Error(`the drain did not finish within 10 minutes: ${what}`);
+    await sleep(ms);
+  }
+}
+
 /** Polls (every 5 ms, on the probe) until `sql` counts 0 rows: the completions are durable. */
 async function untilNone(probe, sql) {
-  while (Number(await probe.value(sql)) !== 0) await sleep(5);
+  await until(`rows left: ${sql}`, async () => Number(await probe.value(sql)) === 0, 5);
+}
+
+/** Waits until every job has executed. */
+async function untilExecuted(jobs) {
+  await until(`${executions} of ${jobs} jobs executed`, () => executions >= jobs, 2);
 }
 
 // The job: one trivial async call, counted (durably's job runs one step whose function does the
@@ -187,6 +204,7 @@ async function graphile(args, schema, producerApp, workerApp, probe) {
   });
   handleErrors(workerPool);
   const started = performance.now();
+  drainDeadline = Date.now() + DRAIN_TIMEOUT_MS;
   const runner = await run({
     pgPool: workerPool,
     schema,
@@ -196,7 +214,7 @@ async function graphile(args, schema, producerApp, workerApp, probe) {
     taskList: { bench: task },
     preset: { worker: batched },
   });
-  while (executions < args.jobs) await sleep(2);
+  await untilExecuted(args.jobs);
   await untilNone(probe, `SELECT count(*) FROM "${schema}"._private_jobs`);
   const processS = (performance.now() - started) / 1000;
   await runner.stop();
@@ -239,6 +257,7 @@ async function pgboss(args, schema, producerApp, workerApp, probe) {
   boss.on("error", (error) => console.error(error));
   let settings;
   const started = performance.now();
+  drainDeadline = Date.now() + DRAIN_TIMEOUT_MS;
   await boss.start();
   if (args.mode === "batched") {
     // pg-boss's own worker loop: `localConcurrency` workers, each fetching up to 100 jobs in one
@@ -248,7 +267,7 @@ async function pgboss(args, schema, producerApp, workerApp, probe) {
     await boss.work(queue, settings, async (jobs) => {
       for (const _ of jobs) await task();
     });
-    while (executions < args.jobs) await sleep(2);
+    await untilExecuted(args.jobs);
   } else {
     // One job per fetch. pg-boss's `work()` waits its polling interval (at least 0.5 s, 2 s by
     // default) after every fetch of a single job, so a backlog is drained with its fetch and
@@ -256,6 +275,7 @@ async function pgboss(args, schema, producerApp, workerApp, probe) {
     settings = { loop: "fetch(1) + complete(id)", loops: args.concurrency };
     const loops = Array.from({ length: args.concurrency }, async () => {
       for (;;) {
+        if (Date.now() > drainDeadline) throw new Error("the drain did not finish within 10 minutes");
         const [job] = await boss.fetch(queue);
         if (!job) return;
         await task();
@@ -305,6 +325,12 @@ async function main() {
     await probe.client.end();
   }
 }
+
+// A worker that hangs in its stop (e.g. a lost connection) must not hang compare.sh.
+setTimeout(() => {
+  console.error("peer.mjs: gave up after 15 minutes");
+  process.exit(1);
+}, 900_000).unref();
 
 main().catch((error) => {
   console.error(error);
