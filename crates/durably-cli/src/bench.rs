@@ -18,11 +18,15 @@
 //!
 //! For the throughput workloads `p50_ms`/`p99_ms` are per-run execution times (claim → complete).
 //! `peak_rss_mb` is the process's peak resident set during the workload (reset before each).
+//! On PostgreSQL the throughput workloads also give the server's own counts per job during the
+//! drain (`server_commits_per_job`, `wal_syncs_per_job`, `wal_bytes_per_job`, …; database-
+//! and server-wide, so other activity on the server counts too; see [`server_stats`]).
 
 mod children;
 mod http_drain;
 mod libsql;
 mod postgres;
+mod server_stats;
 mod sleep;
 pub mod traces;
 mod waits;
@@ -33,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use durably::{
-    Durably, EventKind, EventType, Job, SqliteOptions, SqliteStore, StepContext, Store,
+    Durably, EventKind, EventType, Job, JobHandle, SqliteOptions, SqliteStore, StepContext, Store,
     Synchronous, TriggerOptions, WaitOptions, store::WriterStats,
 };
 use serde::{Deserialize, Serialize};
@@ -319,18 +323,78 @@ async fn throughput(
         "sqlite",
         Some(&move || counters.stats()),
         shape,
+        Enqueue::Here,
     )
     .await
 }
 
-/// A throughput workload on any store: batch-trigger `jobs` runs of `steps_per_job` steps, then
-/// process them all with `concurrency` slots. With `stats`, the line also says how well
-/// group commit batched (`commits_per_job`, `writes_per_commit`).
+/// Where a throughput workload's runs come from.
+pub(super) enum Enqueue {
+    /// Triggered by the workload's own instance, before it starts.
+    Here,
+    /// Already triggered by [`enqueue_on`] (another instance on the same database), which took
+    /// this long.
+    Done { enqueue_s: f64 },
+}
+
+/// The job names of a workload: keyless runs are all of one job; keyed runs spread over
+/// `jobs / keys` job names (upstream allows one pending run per job name and key).
+fn job_names(shape: &Shape) -> Vec<String> {
+    match shape.keys {
+        0 => vec!["bench".into()],
+        keys => (0..shape.jobs.div_ceil(keys))
+            .map(|j| format!("bench-{j}"))
+            .collect(),
+    }
+}
+
+/// Triggers the runs of `shape` through `handles` (of [`job_names`]): keyless in batches of
+/// 1,000 of the one job; keyed: run n is job n / keys with key n % keys.
+async fn trigger_all(handles: &[JobHandle<BenchInput, u64>], shape: &Shape) -> durably::Result<()> {
+    let (jobs, keys) = (shape.jobs, shape.keys);
+    let chunk = if keys == 0 { 1000 } else { keys };
+    for (chunk_start, handle) in (0..jobs)
+        .step_by(chunk as usize)
+        .zip(handles.iter().cycle())
+    {
+        let items = (chunk_start..(chunk_start + chunk).min(jobs)).map(|n| {
+            let options = match keys {
+                0 => TriggerOptions::new(),
+                _ => TriggerOptions::new().concurrency_key(format!("key-{}", n % keys)),
+            };
+            (BenchInput { n }, options)
+        });
+        handle.batch_trigger(items).await?;
+    }
+    Ok(())
+}
+
+/// Migrates `store` and triggers the runs of `shape` with an instance of its own (which never
+/// starts), for a workload that drains them with another instance: [`Enqueue::Done`].
+/// Returns how long triggering took.
+pub(super) async fn enqueue_on(store: Arc<dyn Store>, shape: &Shape) -> durably::Result<f64> {
+    let producer = Durably::builder().shared_store(store).build()?;
+    let unused = Arc::new(AtomicU64::new(0));
+    let handles = job_names(shape)
+        .into_iter()
+        .map(|name| producer.register(bench_job(name, shape.steps_per_job, unused.clone())))
+        .collect::<durably::Result<Vec<_>>>()?;
+    producer.migrate().await?;
+    let started = Instant::now();
+    trigger_all(&handles, shape).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A throughput workload on any store: batch-trigger `jobs` runs of `steps_per_job` steps
+/// (unless `enqueue` says they are), then process them all with `concurrency` slots. With
+/// `stats`, the line also says how well group commit batched (`commits_per_job`,
+/// `writes_per_commit`).
 pub(super) async fn throughput_on(
     store: Arc<dyn Store>,
     backend: &str,
     stats: Option<&dyn Fn() -> WriterStats>,
     shape: &Shape,
+    enqueue: Enqueue,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let Shape {
         workload,
@@ -346,13 +410,7 @@ pub(super) async fn throughput_on(
         .polling_interval(Duration::from_millis(50))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
-    let names: Vec<String> = match keys {
-        0 => vec!["bench".into()],
-        _ => (0..jobs.div_ceil(keys))
-            .map(|j| format!("bench-{j}"))
-            .collect(),
-    };
-    let handles = names
+    let handles = job_names(shape)
         .into_iter()
         .map(|name| durably.register(bench_job(name, steps_per_job, executions.clone())))
         .collect::<durably::Result<Vec<_>>>()?;
@@ -376,23 +434,14 @@ pub(super) async fn throughput_on(
         })
     };
 
-    let enqueue_started = Instant::now();
-    // Keyless: batches of 1,000 of the one job; keyed: run n is job n / keys with key n % keys.
-    let chunk = if keys == 0 { 1000 } else { keys };
-    for (chunk_start, handle) in (0..jobs)
-        .step_by(chunk as usize)
-        .zip(handles.iter().cycle())
-    {
-        let items = (chunk_start..(chunk_start + chunk).min(jobs)).map(|n| {
-            let options = match keys {
-                0 => TriggerOptions::new(),
-                _ => TriggerOptions::new().concurrency_key(format!("key-{}", n % keys)),
-            };
-            (BenchInput { n }, options)
-        });
-        handle.batch_trigger(items).await?;
-    }
-    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
+    let enqueue_s = match enqueue {
+        Enqueue::Here => {
+            let enqueue_started = Instant::now();
+            trigger_all(&handles, shape).await?;
+            enqueue_started.elapsed().as_secs_f64()
+        }
+        Enqueue::Done { enqueue_s } => enqueue_s,
+    };
 
     let before = stats.map(|stats| stats());
     let process_started = Instant::now();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use durably::store::libsql::hrana::{Batch, HranaClient, Statement};
 use durably::{LibsqlOptions, LibsqlStore, Store};
 
-use super::{BenchArgs, Shape, latency_on, print_line, throughput_on};
+use super::{BenchArgs, Enqueue, Shape, latency_on, print_line, throughput_on};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -120,7 +120,9 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
     for shape in Shape::all(args) {
         if wanted(shape.workload) {
             let line = setup
-                .workload(|store| async move { throughput_on(store, "libsql", None, &shape).await })
+                .workload(|store| async move {
+                    throughput_on(store, "libsql", None, &shape, Enqueue::Here).await
+                })
                 .await?;
             print_line(line, SYNCHRONOUS);
         }

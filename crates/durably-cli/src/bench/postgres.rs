@@ -20,9 +20,10 @@ use durably::{
 };
 use serde_json::json;
 
+use super::server_stats::{ServerProbe, add_fields, with_app_name};
 use super::{
-    BenchArgs, BenchInput, Shape, bench_job, latency_on, peak_rss_mb, percentiles, print_line,
-    reset_peak_rss, round, throughput_on,
+    BenchArgs, BenchInput, Enqueue, Shape, bench_job, latency_on, peak_rss_mb, percentiles,
+    print_line, reset_peak_rss, round, throughput_on,
 };
 
 type BoxError = Box<dyn std::error::Error>;
@@ -157,17 +158,50 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A throughput workload in a fresh schema. The runs are triggered by a connection pool of
+/// their own, closed before the drain; with a [`ServerProbe`], the server's counters are read
+/// once it has closed and again once the worker's pool has (see [`server_stats`]).
 async fn throughput(setup: &mut Setup, shape: &Shape) -> Result<serde_json::Value, BoxError> {
-    let store = setup.fresh_store(shape.concurrency + 4)?;
-    let counters = store.clone();
-    let line = throughput_on(
-        Arc::new(store.clone()),
+    setup.counter += 1;
+    let schema = format!("durably_bench_{}_{}", std::process::id(), setup.counter);
+    let mut probe = ServerProbe::connect(&setup.url).await;
+    let producer_app = ServerProbe::app_name(&format!("{}-enqueue", setup.counter));
+    let worker_app = ServerProbe::app_name(&format!("{}-worker", setup.counter));
+    let producer = store(
+        &with_app_name(&setup.url, &producer_app),
+        &schema,
+        4,
+        &setup.synchronous,
+    )?;
+    let enqueue_s = super::enqueue_on(Arc::new(producer), shape).await?;
+    let before = match &mut probe {
+        Some(probe) => probe.read_after_close(&producer_app).await,
+        None => None,
+    };
+    let worker = store(
+        &with_app_name(&setup.url, &worker_app),
+        &schema,
+        shape.concurrency + 4,
+        &setup.synchronous,
+    )?;
+    let counters = worker.clone();
+    let mut line = throughput_on(
+        Arc::new(worker),
         "postgres",
         Some(&move || counters.stats()),
         shape,
+        Enqueue::Done { enqueue_s },
     )
     .await?;
-    store.drop_schema().await?;
+    if let (Some(probe), Some(before)) = (&mut probe, before)
+        && let Some(after) = probe.read_after_close(&worker_app).await
+        && let Some(fields) = probe.fields(before, after, shape.jobs)
+    {
+        add_fields(&mut line, fields);
+    }
+    store(&setup.url, &schema, 1, &setup.synchronous)?
+        .drop_schema()
+        .await?;
     Ok(line)
 }
 
