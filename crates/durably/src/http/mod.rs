@@ -507,30 +507,37 @@ fn page_param(query: &Query, key: &str) -> Result<Option<u64>, Response> {
 }
 
 /// A time-range bound of `GET /runs` (`createdSince`, `createdBefore`): an RFC 3339 timestamp
-/// or milliseconds since the Unix epoch, within years 0 to 9999. Empty or absent: no bound.
+/// or milliseconds since the Unix epoch (at most 15 digits). An instant outside the years 0 to
+/// 9999 (which no run is created in) counts as the nearest one inside them. Empty or absent:
+/// no bound.
 fn time_param(query: &Query, key: &str) -> Result<Option<Timestamp>, Response> {
     let text = match query.first(key) {
         None | Some("") => return Ok(None),
         Some(text) => text,
     };
     let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
-        text.parse::<i64>().ok().map(Timestamp::from_millis)
+        (text.len() <= MAX_EPOCH_DIGITS)
+            .then(|| text.parse::<i64>().ok().map(Timestamp::from_millis))
+            .flatten()
     } else {
         Timestamp::parse(text)
     };
     match parsed {
-        Some(at) if (Timestamp::EARLIEST..=Timestamp::LATEST).contains(&at) => Ok(Some(at)),
-        _ => {
+        Some(at) => Ok(Some(at.clamp(Timestamp::EARLIEST, Timestamp::LATEST))),
+        None => {
             let shown: String = text.chars().take(40).collect();
             let more = if shown.len() < text.len() { "…" } else { "" };
             Err(bad_request(&format!(
                 "Invalid {key}: \"{shown}{more}\" must be an RFC 3339 timestamp \
-                 (2026-03-29T12:34:56.789Z) or milliseconds since the Unix epoch, \
-                 between the years 0 and 9999"
+                 (2026-03-29T12:34:56.789Z) or milliseconds since the Unix epoch \
+                 (at most {MAX_EPOCH_DIGITS} digits)"
             )))
         }
     }
 }
+
+/// The most digits of a time bound in milliseconds since the epoch (the year 9999 has 15).
+const MAX_EPOCH_DIGITS: usize = 15;
 
 fn run_id_param(query: &Query) -> Result<String, Response> {
     match query.first("runId") {

@@ -427,7 +427,8 @@ fn runs_document(durably: &Durably) -> Value {
     // a time-range bound of GET /runs: RFC 3339 text or epoch milliseconds (digits only)
     let time_bound = json!({ "oneOf": [
         { "type": "string", "format": "date-time" },
-        { "type": "string", "pattern": "^[0-9]+$" }
+        { "type": "string", "pattern": "^[0-9]{1,15}$" },
+        { "type": "string", "maxLength": 0 }
     ] });
     let success = json!({
         "type": "object", "required": ["success"],
@@ -470,8 +471,8 @@ fn runs_document(durably: &Durably) -> Value {
                     { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                     { "name": "parentRunId", "in": "query", "description": "Only the child runs of this run (durably's addition)", "schema": { "type": "string", "pattern": NO_NUL } },
                     { "name": "idPrefix", "in": "query", "description": "Only runs whose id starts with this text (durably's addition; empty: every run)", "schema": { "type": "string", "pattern": NO_NUL } },
-                    { "name": "createdSince", "in": "query", "description": "Only runs created at or after this instant (durably's addition; the dashboard's time range): an RFC 3339 timestamp or milliseconds since the Unix epoch, years 0 to 9999; empty: no bound", "schema": time_bound.clone() },
-                    { "name": "createdBefore", "in": "query", "description": "Only runs created strictly before this instant (durably's addition; with createdSince a half-open range): an RFC 3339 timestamp or milliseconds since the Unix epoch, years 0 to 9999; empty: no bound", "schema": time_bound }
+                    { "name": "createdSince", "in": "query", "description": "Only runs created at or after this instant (durably's addition; the dashboard's time range): an RFC 3339 timestamp or milliseconds since the Unix epoch (an instant outside the years 0 to 9999 counts as the nearest inside them); empty: no bound", "schema": time_bound.clone() },
+                    { "name": "createdBefore", "in": "query", "description": "Only runs created strictly before this instant (durably's addition; with createdSince a half-open range): an RFC 3339 timestamp or milliseconds since the Unix epoch (an instant outside the years 0 to 9999 counts as the nearest inside them); empty: no bound", "schema": time_bound }
                 ],
                 "responses": {
                     "200": json_ok("Runs", json!({ "type": "array", "items": { "$ref": "#/components/schemas/ClientRun" } })),
