@@ -1,0 +1,90 @@
+// The page side of durably-browser: an object shaped like upstream's instance as the
+// `@coji/durably-react/spa` hooks use it, whose calls go to the worker started by
+// `startDurablyWorker` (worker.js) and whose `on` listeners receive the worker's events.
+export function connectDurably(worker) {
+  let nextId = 1
+  const pending = new Map()
+  const listeners = new Map()
+  let settle
+  const ready = new Promise((resolve, reject) => {
+    settle = { resolve, reject }
+  })
+
+  worker.addEventListener('message', (message) => {
+    const data = message.data
+    if (!data || typeof data !== 'object') return
+    if (data.durably === 'event') {
+      for (const listener of listeners.get(data.type) ?? []) {
+        try {
+          listener(data.event)
+        } catch (error) {
+          // A listener that throws is the page's bug; it must not stop the others.
+          setTimeout(() => {
+            throw error
+          })
+        }
+      }
+    } else if (data.durably === 'result') {
+      const call = pending.get(data.id)
+      if (!call) return
+      pending.delete(data.id)
+      if (data.ok) call.resolve(data.value)
+      else call.reject(new Error(data.error))
+    } else if (data.durably === 'ready') {
+      settle.resolve()
+    } else if (data.durably === 'failed') {
+      settle.reject(new Error(`durably worker failed to start: ${data.error}`))
+    }
+  })
+  worker.addEventListener('error', (event) => {
+    settle.reject(new Error(`durably worker failed to load: ${event.message ?? 'error event'}`))
+  })
+
+  const call = (method, ...args) =>
+    new Promise((resolve, reject) => {
+      const id = nextId++
+      pending.set(id, { resolve, reject })
+      worker.postMessage({ durably: 'call', id, method, args })
+    })
+
+  const handle = (name) => ({
+    name,
+    trigger: (input, options) => call('trigger', name, input ?? null, options ?? null),
+    getRun: async (id) => {
+      const run = await call('getRun', id)
+      return run && run.jobName === name ? run : null
+    },
+    getRuns: (filter) => call('getRuns', { ...(filter ?? {}), jobName: name }),
+  })
+
+  const client = {
+    on(type, listener) {
+      let set = listeners.get(type)
+      if (!set) {
+        set = new Set()
+        listeners.set(type, set)
+        worker.postMessage({ durably: 'on', type })
+      }
+      set.add(listener)
+      return () => {
+        set.delete(listener)
+      }
+    },
+    register(definitions) {
+      const jobs = {}
+      for (const [key, definition] of Object.entries(definitions)) {
+        const name = definition?.name
+        if (typeof name !== 'string') throw new TypeError(`register: ${key} has no job name`)
+        jobs[key] = handle(name)
+      }
+      return { ...client, jobs }
+    },
+    trigger: (jobName, input, options) => call('trigger', jobName, input ?? null, options ?? null),
+    getRun: (id) => call('getRun', id),
+    getRuns: (filter) => call('getRuns', filter ?? null),
+    cancel: (id) => call('cancel', id),
+    retrigger: (id) => call('retrigger', id),
+    deleteRun: (id) => call('deleteRun', id),
+  }
+  return ready.then(() => client)
+}

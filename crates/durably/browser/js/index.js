@@ -1,0 +1,2 @@
+export { connectDurably } from './client.js'
+export { defineJob } from './job.js'

@@ -1,0 +1,76 @@
+// The worker side of durably-browser: runs inside a dedicated Web Worker, owns the engine and
+// the SQLite database (OPFS), runs the registered jobs, and answers `connectDurably(worker)`
+// on the page (requests by postMessage, events forwarded per subscribed type).
+import init, { createDurably } from './durably.js'
+
+const METHODS = new Set(['trigger', 'getRun', 'getRuns', 'cancel', 'retrigger', 'deleteRun'])
+
+/** Opens the database, retrying while a previous worker (the page before a reload) still holds it. */
+async function open(options, openTimeoutMs) {
+  const deadline = Date.now() + openTimeoutMs
+  for (;;) {
+    try {
+      return await createDurably(options)
+    } catch (error) {
+      if (!options.opfs || Date.now() >= deadline) throw error
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+}
+
+function messageOf(error) {
+  return error instanceof Error ? error.message : String(error)
+}
+
+export function startDurablyWorker(options = {}) {
+  const { jobs = {}, wasm, openTimeoutMs = 10000, ...durablyOptions } = options
+  const scope = globalThis
+  const ready = (async () => {
+    await init(wasm === undefined ? undefined : { module_or_path: wasm })
+    const durably = await open(durablyOptions, openTimeoutMs)
+    for (const [key, job] of Object.entries(jobs)) {
+      if (!job || typeof job.run !== 'function') {
+        throw new TypeError(`startDurablyWorker: jobs.${key} must be a job definition { name, run }`)
+      }
+      durably.register(job.name ?? key, job.run, job.retry ? { retry: job.retry } : undefined)
+    }
+    await durably.init()
+    return durably
+  })()
+  const subscribed = new Set()
+  scope.addEventListener('message', async (message) => {
+    const data = message.data
+    if (!data || typeof data !== 'object' || typeof data.durably !== 'string') return
+    let durably
+    try {
+      durably = await ready
+    } catch (error) {
+      if (data.durably === 'call') {
+        scope.postMessage({ durably: 'result', id: data.id, ok: false, error: messageOf(error) })
+      }
+      return
+    }
+    if (data.durably === 'on') {
+      if (subscribed.has(data.type)) return
+      subscribed.add(data.type)
+      try {
+        durably.on(data.type, (event) => scope.postMessage({ durably: 'event', type: data.type, event }))
+      } catch (error) {
+        console.error(`durably-browser: ${messageOf(error)}`)
+      }
+    } else if (data.durably === 'call') {
+      try {
+        if (!METHODS.has(data.method)) throw new Error(`durably-browser: unknown method ${data.method}`)
+        const value = await durably[data.method](...data.args)
+        scope.postMessage({ durably: 'result', id: data.id, ok: true, value })
+      } catch (error) {
+        scope.postMessage({ durably: 'result', id: data.id, ok: false, error: messageOf(error) })
+      }
+    }
+  })
+  ready.then(
+    () => scope.postMessage({ durably: 'ready' }),
+    (error) => scope.postMessage({ durably: 'failed', error: messageOf(error) }),
+  )
+  return ready
+}
