@@ -8,6 +8,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac # cargo reads it from $root
 out="${1:-$target/durably-browser}"
 cargo="${DURABLY_WASM_CARGO:-cargo}"
 # shellcheck disable=SC2086 # the flags are words

@@ -41,6 +41,7 @@ export const resumable = defineJob({
     await step.progress(2, 3, 'second done')
     const third = await step.run('third', async () => {
       await record('third')
+      await step.log.info('third ran')
       return second + 1
     })
     await step.progress(3, 3, 'all done')
