@@ -1,7 +1,9 @@
 //! The JavaScript API of durably in a browser (feature `browser`, target
 //! `wasm32-unknown-unknown`), shaped like upstream's instance as its SPA hooks use it:
-//! `createDurably(options)`, `register(name, fn)`, `trigger`, `getRun`, `getRuns`, `on`,
-//! `cancel`, `retrigger`, `deleteRun`, `init`/`migrate`/`start`/`stop`, `processUntilIdle`.
+//! `createDurably(options)`, `register({ key: { name, run } })` (returning an instance whose
+//! `jobs` has a handle per key: `trigger`, `batchTrigger`, `getRun`, `getRuns`) or
+//! `register(name, fn)`, `trigger`, `getRun`, `getRuns`, `on`, `cancel`, `retrigger`,
+//! `deleteRun`, `init`/`migrate`/`start`/`stop`, `processUntilIdle`.
 //!
 //! A job is a JavaScript function `(step, input) => output | Promise<output>`; `step.run(name,
 //! fn)` returns a promise of the step's output, stored on its first execution and replayed
@@ -13,17 +15,21 @@
 //! in a [`SendWrapper`], which checks at run time that it is only used on the thread that made
 //! it; wasm32-unknown-unknown has one thread, so the check always holds.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
-use js_sys::{Function, JSON, Promise};
+use js_sys::{Function, JSON, Object, Promise, Reflect};
 use send_wrapper::SendWrapper;
 use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::events::EventType;
-use crate::{Durably, Error, Job, Labels, RunFilter, RunStatus, StepContext, TriggerOptions};
+use crate::{
+    Coalesce, Durably, Error, Job, Labels, RunFilter, RunStatus, StepContext, TriggerOptions,
+};
 
 /// Every event type, to find one by its wire string.
 const EVENT_TYPES: [EventType; 16] = [
@@ -46,9 +52,15 @@ const EVENT_TYPES: [EventType; 16] = [
 ];
 
 /// A durably instance for JavaScript (`Durably` in JavaScript), made by [`create_durably`].
+/// `register({ ... })` returns another one sharing everything but its `jobs`, as upstream.
 #[wasm_bindgen(js_name = Durably)]
 pub struct JsDurably {
     durably: Durably,
+    /// The handles of the jobs registered through this instance's chain, by key.
+    jobs: Object,
+    /// Every registered job by name: the definition registered (for upstream's "same object:
+    /// same handle" rule) and its handle. Shared by all instances of the chain.
+    registry: Rc<RefCell<HashMap<String, (JsValue, JsValue)>>>,
 }
 
 /// Creates an instance (`createDurably(options?)` in JavaScript). `options`, all optional:
@@ -89,62 +101,111 @@ pub async fn create_durably(options: JsValue) -> Result<JsDurably, JsValue> {
     }
     Ok(JsDurably {
         durably: builder.build().map_err(js_error)?,
+        jobs: Object::new(),
+        registry: Rc::default(),
     })
 }
 
 #[wasm_bindgen(js_class = Durably)]
 impl JsDurably {
-    /// Registers the job `name`, run by `run(step, input)` (a function returning the output or
-    /// a promise of it). Registering another function under a registered name is an error.
-    /// `options` (optional, durably's addition): `retry: { maxAttempts, delayMs }` executes a
-    /// failed run again, its completed steps replayed, up to `maxAttempts` attempts in all.
-    pub fn register(&self, name: String, run: Function, options: JsValue) -> Result<(), JsValue> {
-        let options = object_option(&options, "register options").map_err(js_error)?;
-        let run = SendWrapper::new(run);
-        let mut job = Job::<Value, Value>::new(name, move |step: StepContext, input: Value| {
-            let run = (*run).clone();
-            SendWrapper::new(async move { run_job(&run, step, input).await })
-        });
-        match options.get("retry") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(retry)) => {
-                let attempts = whole_option(retry, "maxAttempts")
-                    .map_err(js_error)?
-                    .and_then(|attempts| u32::try_from(attempts).ok())
-                    .filter(|attempts| *attempts >= 1)
-                    .ok_or_else(|| {
-                        js_error("register: retry.maxAttempts must be a whole number >= 1")
-                    })?;
-                let delay = whole_option(retry, "delayMs")
-                    .map_err(js_error)?
-                    .unwrap_or(0);
-                job = job.retry(crate::RetryPolicy::constant(
-                    attempts,
-                    Duration::from_millis(delay),
-                ));
-            }
-            Some(other) => {
-                return Err(js_error(format!(
-                    "register: retry must be an object {{ maxAttempts, delayMs? }} (got {other})"
-                )));
-            }
+    /// Registers jobs, in either of two forms:
+    /// - `register({ key: { name, run, retry? }, ... })`, upstream's: returns a new instance
+    ///   (sharing this one's engine and database) whose `jobs` has a handle per key
+    ///   (`trigger`, `batchTrigger`, `getRun`, `getRuns`). Registering the same definition
+    ///   object again returns its handle; another definition under a registered name is an
+    ///   error.
+    /// - `register(name, run, options?)`: returns nothing.
+    ///
+    /// `run(step, input)` returns the output or a promise of it. `retry` (durably's addition,
+    /// in the definition or in `options`): `{ maxAttempts, delayMs }` executes a failed run
+    /// again, its completed steps replayed, up to `maxAttempts` attempts in all.
+    #[wasm_bindgen(js_name = register)]
+    pub fn register_js(
+        &self,
+        jobs_or_name: JsValue,
+        run: JsValue,
+        options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        if let Some(name) = jobs_or_name.as_string() {
+            let run = run.dyn_into::<Function>().map_err(|_| {
+                js_error(format!(
+                    "register: the second argument must be the job function of \"{name}\""
+                ))
+            })?;
+            self.register(name, run, options)?;
+            return Ok(JsValue::UNDEFINED);
         }
-        self.durably.register(job).map(|_| ()).map_err(js_error)
+        if !jobs_or_name.is_object() || jobs_or_name.is_function() {
+            return Err(js_error(
+                "register: pass an object of job definitions ({ key: { name, run } }) or a name and a function",
+            ));
+        }
+        let jobs = Object::assign(&Object::new(), &self.jobs);
+        let definitions = Object::entries(jobs_or_name.unchecked_ref());
+        for entry in definitions.iter() {
+            let entry: js_sys::Array = entry.unchecked_into();
+            let key = entry.get(0);
+            let definition = entry.get(1);
+            let key_text = key.as_string().unwrap_or_default();
+            let field = |name: &str| Reflect::get(&definition, &JsValue::from_str(name));
+            let name = field("name").ok().and_then(|name| name.as_string());
+            let run = field("run")
+                .ok()
+                .and_then(|run| run.dyn_into::<Function>().ok());
+            let (Some(name), Some(run)) = (name, run) else {
+                return Err(js_error(format!(
+                    "register: {key_text} must be a job definition {{ name: string, run: function }}"
+                )));
+            };
+            let existing = self.registry.borrow().get(&name).cloned();
+            let handle = match existing {
+                Some((registered, handle)) if Object::is(&registered, &definition) => handle,
+                Some(_) => {
+                    return Err(js_error(format!(
+                        "Job \"{name}\" is already registered with a different definition"
+                    )));
+                }
+                None => {
+                    let options = Object::new();
+                    if let Ok(retry) = field("retry")
+                        && !retry.is_undefined()
+                    {
+                        Reflect::set(&options, &JsValue::from_str("retry"), &retry)?;
+                    }
+                    self.register(name.clone(), run, options.into())?;
+                    // Registered under the definition (not its function), for the rule above.
+                    let mut registry = self.registry.borrow_mut();
+                    let entry = registry.get_mut(&name).ok_or_else(|| {
+                        js_error(format!(
+                            "register: job \"{name}\" vanished while registering"
+                        ))
+                    })?;
+                    entry.0 = definition.clone();
+                    entry.1.clone()
+                }
+            };
+            Reflect::set(&jobs, &key, &handle)?;
+        }
+        Ok(JsDurably {
+            durably: self.durably.clone(),
+            jobs,
+            registry: self.registry.clone(),
+        }
+        .into())
+    }
+
+    /// The handles of the jobs registered through `register({ ... })` on this instance's chain,
+    /// by the keys given there.
+    #[wasm_bindgen(getter)]
+    pub fn jobs(&self) -> Object {
+        self.jobs.clone()
     }
 
     /// Triggers a run of `jobName` with `input`; resolves to the run (upstream's JSON) plus its
-    /// `disposition`. `options`: `idempotencyKey`, `concurrencyKey`, `labels` (strings).
+    /// `disposition`. `options`: `idempotencyKey`, `concurrencyKey`, `labels` (strings),
+    /// `coalesce` (`skip`, `queue` or `active`), `priority` (a whole number).
     pub fn trigger(&self, job_name: String, input: JsValue, options: JsValue) -> Promise {
-        let durably = self.durably.clone();
-        let input = to_json(&input, "the input");
-        let options = trigger_options(&options);
-        future_to_promise(async move {
-            let result = durably
-                .trigger_json(&job_name, input.map_err(js_error)?, options?)
-                .await
-                .map_err(js_error)?;
-            to_js(&result)
-        })
+        trigger(&self.durably, job_name, &input, &options)
     }
 
     /// Resolves to the run `id` (upstream's JSON) or `null`.
@@ -277,6 +338,138 @@ impl JsDurably {
     }
 }
 
+impl JsDurably {
+    /// Registers the job `name`, run by `run(step, input)` (a function returning the output or
+    /// a promise of it), as `register(name, run, options)` does in JavaScript. Registering
+    /// another function under a registered name is an error. `options` (optional, durably's
+    /// addition): `retry: { maxAttempts, delayMs }` executes a failed run again, its completed
+    /// steps replayed, up to `maxAttempts` attempts in all.
+    pub fn register(&self, name: String, run: Function, options: JsValue) -> Result<(), JsValue> {
+        let options = object_option(&options, "register options").map_err(js_error)?;
+        let definition = JsValue::from(run.clone());
+        let run = SendWrapper::new(run);
+        let name_of_job = name.clone();
+        let mut job = Job::<Value, Value>::new(name, move |step: StepContext, input: Value| {
+            let run = (*run).clone();
+            SendWrapper::new(async move { run_job(&run, step, input).await })
+        });
+        match options.get("retry") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(retry)) => {
+                let attempts = whole_option(retry, "maxAttempts")
+                    .map_err(js_error)?
+                    .and_then(|attempts| u32::try_from(attempts).ok())
+                    .filter(|attempts| *attempts >= 1)
+                    .ok_or_else(|| {
+                        js_error("register: retry.maxAttempts must be a whole number >= 1")
+                    })?;
+                let delay = whole_option(retry, "delayMs")
+                    .map_err(js_error)?
+                    .unwrap_or(0);
+                job = job.retry(crate::RetryPolicy::constant(
+                    attempts,
+                    Duration::from_millis(delay),
+                ));
+            }
+            Some(other) => {
+                return Err(js_error(format!(
+                    "register: retry must be an object {{ maxAttempts, delayMs? }} (got {other})"
+                )));
+            }
+        }
+        self.durably.register(job).map_err(js_error)?;
+        let handle = JsJobHandle {
+            durably: self.durably.clone(),
+            name: name_of_job.clone(),
+        };
+        self.registry
+            .borrow_mut()
+            .insert(name_of_job, (definition, handle.into()));
+        Ok(())
+    }
+}
+
+/// A job's handle (`JobHandle` in JavaScript), from `register({ key: definition })`'s `jobs`.
+#[wasm_bindgen(js_name = JobHandle)]
+pub struct JsJobHandle {
+    durably: Durably,
+    name: String,
+}
+
+#[wasm_bindgen(js_class = JobHandle)]
+impl JsJobHandle {
+    /// The job's name.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Triggers a run of this job, as the instance's `trigger(name, input, options)`.
+    pub fn trigger(&self, input: JsValue, options: JsValue) -> Promise {
+        trigger(&self.durably, self.name.clone(), &input, &options)
+    }
+
+    /// Triggers many runs of this job in one transaction; resolves to their results in order.
+    /// Each item is an input, or `{ input, options }` (any object with an `input` key, as
+    /// upstream). Nothing is stored when one is invalid or conflicts.
+    #[wasm_bindgen(js_name = batchTrigger)]
+    pub fn batch_trigger(&self, items: js_sys::Array) -> Promise {
+        let durably = self.durably.clone();
+        let name = self.name.clone();
+        let items: Result<Vec<(Value, TriggerOptions)>, JsValue> = items
+            .iter()
+            .map(|item| {
+                let wrapped = item.is_object()
+                    && Reflect::has(&item, &JsValue::from_str("input")).unwrap_or(false);
+                if !wrapped {
+                    return Ok((
+                        to_json(&item, "the input").map_err(js_error)?,
+                        TriggerOptions::new(),
+                    ));
+                }
+                let input = Reflect::get(&item, &JsValue::from_str("input"))?;
+                let options = Reflect::get(&item, &JsValue::from_str("options"))?;
+                Ok((
+                    to_json(&input, "the input").map_err(js_error)?,
+                    trigger_options(&options)?,
+                ))
+            })
+            .collect();
+        future_to_promise(async move {
+            let results = durably
+                .batch_trigger_json(&name, items?)
+                .await
+                .map_err(js_error)?;
+            to_js(&results)
+        })
+    }
+
+    /// Resolves to the run `id` (upstream's JSON), or `null` when there is none of this job.
+    #[wasm_bindgen(js_name = getRun)]
+    pub fn get_run(&self, id: String) -> Promise {
+        let durably = self.durably.clone();
+        let name = self.name.clone();
+        future_to_promise(async move {
+            let run = durably.get_run(&id).await.map_err(js_error)?;
+            to_js(&run.filter(|run| run.job_name == name))
+        })
+    }
+
+    /// Resolves to this job's runs matching `filter` (its `jobName`, if any, is replaced).
+    #[wasm_bindgen(js_name = getRuns)]
+    pub fn get_runs(&self, filter: JsValue) -> Promise {
+        let durably = self.durably.clone();
+        let filter = run_filter(&filter).map(|mut filter| {
+            filter.job_names = vec![self.name.clone()];
+            filter
+        });
+        future_to_promise(async move {
+            let runs = durably.get_runs(&filter?).await.map_err(js_error)?;
+            to_js(&runs)
+        })
+    }
+}
+
 /// The step context of a JavaScript job (`step`, its first argument).
 #[wasm_bindgen(js_name = StepContext)]
 pub struct JsStep {
@@ -377,6 +570,20 @@ impl JsStepLog {
             Ok(JsValue::UNDEFINED)
         })
     }
+}
+
+/// `trigger` of an instance or a job handle.
+fn trigger(durably: &Durably, job_name: String, input: &JsValue, options: &JsValue) -> Promise {
+    let durably = durably.clone();
+    let input = to_json(input, "the input");
+    let options = trigger_options(options);
+    future_to_promise(async move {
+        let result = durably
+            .trigger_json(&job_name, input.map_err(js_error)?, options?)
+            .await
+            .map_err(js_error)?;
+        to_js(&result)
+    })
 }
 
 /// One execution of a JavaScript job: `run(step, input)`, its result awaited.
@@ -529,6 +736,16 @@ fn trigger_options(options: &JsValue) -> Result<TriggerOptions, JsValue> {
     trigger.idempotency_key = string_option(&options, "idempotencyKey")?;
     trigger.concurrency_key = string_option(&options, "concurrencyKey")?;
     trigger.labels = labels_option(&options, "labels")?;
+    trigger.coalesce = string_option(&options, "coalesce")?
+        .map(|coalesce| coalesce.parse::<Coalesce>().map_err(js_error))
+        .transpose()?;
+    trigger.priority = match options.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(value) => value
+            .as_i64()
+            .and_then(|priority| i32::try_from(priority).ok())
+            .ok_or_else(|| js_error(format!("priority must be a whole number (got {value})")))?,
+    };
     Ok(trigger)
 }
 

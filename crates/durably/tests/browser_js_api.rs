@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use durably::browser_js::{JsDurably, create_durably};
 use durably::serde_json::{Value, json};
-use js_sys::{Function, JSON, Promise, Reflect};
+use js_sys::{Function, JSON, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -329,4 +329,186 @@ async fn a_run_cancelled_mid_step_stays_cancelled_and_can_be_retriggered() {
 
     resolve(durably.delete_run(id.clone())).await;
     assert_eq!(json_of(&resolve(durably.get_run(id)).await), Value::Null);
+}
+
+/// Calls `object[method](...args)` as JavaScript would.
+fn call(object: &JsValue, method: &str, args: &[JsValue]) -> JsValue {
+    let function: Function = Reflect::get(object, &JsValue::from_str(method))
+        .expect("the method")
+        .dyn_into()
+        .unwrap_or_else(|_| panic!("{method} is a function"));
+    function
+        .apply(object, &args.iter().collect::<js_sys::Array>())
+        .unwrap_or_else(|error| panic!("{method} threw {error:?}"))
+}
+
+/// The message of a JavaScript error.
+fn message_of(error: JsValue) -> String {
+    String::from(error.unchecked_into::<js_sys::Error>().message())
+}
+
+/// Upstream's `register({ key: definition })`: an instance whose `jobs` has a handle per key;
+/// the same definition again gives the same handle, another one under its name is refused;
+/// handles trigger, batch-trigger and read only their own job's runs.
+#[wasm_bindgen_test]
+async fn register_of_definitions_returns_job_handles() {
+    let durably = create_durably(js(json!({ "pollingIntervalMs": 20 })))
+        .await
+        .expect("an in-memory instance");
+    let definition = |name: &str| {
+        Function::new_no_args(&format!(
+            "return {{ name: '{name}', run: (step, input) => step.run('double', () => input.n * 2) }}"
+        ))
+        .call0(&JsValue::UNDEFINED)
+        .expect("a definition")
+    };
+    let hand = definition("hand");
+    let other = definition("other");
+    let definitions = Object::new();
+    Reflect::set(&definitions, &"doubler".into(), &hand).expect("set");
+    Reflect::set(&definitions, &"other".into(), &other).expect("set");
+    let registered = durably
+        .register_js(definitions.into(), JsValue::UNDEFINED, JsValue::UNDEFINED)
+        .expect("register");
+    let jobs = Reflect::get(&registered, &"jobs".into()).expect("jobs");
+    let handle = Reflect::get(&jobs, &"doubler".into()).expect("a handle by key");
+    assert_eq!(
+        Reflect::get(&handle, &"name".into())
+            .expect("name")
+            .as_string()
+            .as_deref(),
+        Some("hand")
+    );
+    assert_eq!(
+        Object::keys(&durably.jobs()).length(),
+        0,
+        "the original instance's jobs are unchanged"
+    );
+
+    let again = Object::new();
+    Reflect::set(&again, &"same".into(), &hand).expect("set");
+    let again = call(&registered, "register", &[again.into()]);
+    let same = Reflect::get(
+        &Reflect::get(&again, &"jobs".into()).expect("jobs"),
+        &"same".into(),
+    )
+    .expect("the handle");
+    assert!(
+        Object::is(&same, &handle),
+        "the same definition gives the same handle"
+    );
+    let doubler_too = Reflect::get(
+        &Reflect::get(&again, &"jobs".into()).expect("jobs"),
+        &"doubler".into(),
+    )
+    .expect("the earlier key");
+    assert!(
+        Object::is(&doubler_too, &handle),
+        "jobs accumulate along the chain"
+    );
+
+    let clash = Object::new();
+    Reflect::set(&clash, &"clash".into(), &definition("hand")).expect("set");
+    let refused = durably
+        .register_js(clash.into(), JsValue::UNDEFINED, JsValue::UNDEFINED)
+        .expect_err("another definition under a registered name");
+    let refused = message_of(refused);
+    assert!(
+        refused.contains("already registered with a different definition"),
+        "{refused}"
+    );
+    let broken = js(json!({ "broken": { "name": "no-run" } }));
+    let broken = message_of(
+        durably
+            .register_js(broken, JsValue::UNDEFINED, JsValue::UNDEFINED)
+            .expect_err("a definition without run"),
+    );
+    assert!(
+        broken.contains("broken must be a job definition"),
+        "{broken}"
+    );
+
+    resolve(durably.init()).await;
+    let triggered = json_of(
+        &resolve(
+            call(
+                &handle,
+                "trigger",
+                &[js(json!({ "n": 4 })), js(json!({ "labels": { "k": "v" } }))],
+            )
+            .unchecked_into(),
+        )
+        .await,
+    );
+    assert_eq!(triggered["jobName"], "hand");
+    let id = triggered["id"].as_str().expect("id").to_owned();
+    let run = until_terminal(&durably, &id).await;
+    assert_eq!(run["output"], 8, "{run}");
+    assert_eq!(run["labels"], json!({ "k": "v" }));
+
+    let batch = json_of(
+        &resolve(
+            call(
+                &handle,
+                "batchTrigger",
+                &[js(json!([{ "input": { "n": 1 } }, { "n": 2 }]))],
+            )
+            .unchecked_into(),
+        )
+        .await,
+    );
+    assert_eq!(batch.as_array().map(Vec::len), Some(2), "{batch}");
+    assert_eq!(batch[0]["input"], json!({ "n": 1 }), "a wrapper item");
+    assert_eq!(batch[1]["input"], json!({ "n": 2 }), "a bare input");
+    for item in batch.as_array().into_iter().flatten() {
+        assert_eq!(item["disposition"], "created");
+        until_terminal(&durably, item["id"].as_str().expect("id")).await;
+    }
+
+    let other_id = json_of(
+        &resolve(durably.trigger("other".into(), js(json!({ "n": 0 })), JsValue::UNDEFINED)).await,
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let foreign = json_of(
+        &resolve(call(&handle, "getRun", &[other_id.clone().into()]).unchecked_into()).await,
+    );
+    assert_eq!(
+        foreign,
+        Value::Null,
+        "a handle reads only its own job's runs"
+    );
+    let own =
+        json_of(&resolve(call(&handle, "getRun", &[id.clone().into()]).unchecked_into()).await);
+    assert_eq!(own["id"], id.as_str());
+    let runs = json_of(
+        &resolve(call(&handle, "getRuns", &[js(json!({ "jobName": "other" }))]).unchecked_into())
+            .await,
+    );
+    let runs = runs.as_array().expect("an array");
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs.iter().all(|run| run["jobName"] == "hand"), "{runs:?}");
+
+    let coalesce = JsFuture::from(durably.trigger(
+        "hand".into(),
+        js(json!({ "n": 1 })),
+        js(json!({ "coalesce": "never" })),
+    ))
+    .await
+    .expect_err("an unknown coalesce value");
+    let coalesce = message_of(coalesce);
+    assert!(
+        coalesce.contains("Invalid coalesce value: 'never'"),
+        "{coalesce}"
+    );
+    let priority = JsFuture::from(durably.trigger(
+        "hand".into(),
+        js(json!({ "n": 1 })),
+        js(json!({ "priority": 1.5 })),
+    ))
+    .await
+    .expect_err("a fractional priority");
+    assert!(message_of(priority).contains("priority must be a whole number"));
+    resolve(durably.stop()).await;
 }

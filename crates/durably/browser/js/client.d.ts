@@ -17,6 +17,8 @@ export interface TriggerOptions {
   idempotencyKey?: string
   concurrencyKey?: string
   labels?: Record<string, string>
+  coalesce?: 'skip' | 'queue' | 'active'
+  priority?: number
 }
 
 export interface RunFilter {
@@ -36,22 +38,26 @@ export interface DurablyEvent {
 export interface JobHandle<TInput = unknown, TOutput = unknown> {
   name: string
   trigger(input: TInput, options?: TriggerOptions): Promise<Run<TOutput> & { disposition: string }>
+  /** Items are inputs or `{ input, options }`; one transaction. */
+  batchTrigger(items: (TInput | { input: TInput; options?: TriggerOptions })[]): Promise<(Run<TOutput> & { disposition: string })[]>
   getRun(id: string): Promise<Run<TOutput> | null>
   getRuns(filter?: Omit<RunFilter, 'jobName'>): Promise<Run<TOutput>[]>
 }
 
 /** The page's view of the worker's instance, as the `@coji/durably-react/spa` hooks use it. */
-export interface DurablyClient {
+export interface DurablyClient<TJobs = {}> {
+  /** The handles registered through `register` on this client's chain, by key. */
+  jobs: TJobs
   /** Calls `listener` for each event of `type`; returns the function that unsubscribes it. */
   on(type: string, listener: (event: DurablyEvent) => void): () => void
   /** Handles of jobs the worker registered, by key (the jobs run in the worker). */
   register<T extends Record<string, JobDefinition<string, any, any>>>(
     definitions: T,
-  ): DurablyClient & {
-    jobs: {
+  ): DurablyClient<
+    TJobs & {
       [K in keyof T]: T[K] extends JobDefinition<string, infer I, infer O> ? JobHandle<I, O> : JobHandle
     }
-  }
+  >
   trigger(jobName: string, input: unknown, options?: TriggerOptions): Promise<Run & { disposition: string }>
   getRun(id: string): Promise<Run | null>
   getRuns(filter?: RunFilter): Promise<Run[]>

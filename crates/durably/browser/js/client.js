@@ -47,17 +47,25 @@ export function connectDurably(worker) {
       worker.postMessage({ durably: 'call', id, method, args })
     })
 
-  const handle = (name) => ({
-    name,
-    trigger: (input, options) => call('trigger', name, input ?? null, options ?? null),
-    getRun: async (id) => {
-      const run = await call('getRun', id)
-      return run && run.jobName === name ? run : null
-    },
-    getRuns: (filter) => call('getRuns', { ...(filter ?? {}), jobName: name }),
-  })
+  // One handle per job name, as upstream gives one per definition.
+  const handles = new Map()
+  const handle = (name) => {
+    let handle = handles.get(name)
+    if (!handle) {
+      const job = (method, ...args) => call('job', name, method, ...args)
+      handle = {
+        name,
+        trigger: (input, options) => job('trigger', input ?? null, options ?? null),
+        batchTrigger: (items) => job('batchTrigger', items),
+        getRun: (id) => job('getRun', id),
+        getRuns: (filter) => job('getRuns', filter ?? null),
+      }
+      handles.set(name, handle)
+    }
+    return handle
+  }
 
-  const client = {
+  const methods = {
     on(type, listener) {
       let set = listeners.get(type)
       if (!set) {
@@ -70,15 +78,6 @@ export function connectDurably(worker) {
         set.delete(listener)
       }
     },
-    register(definitions) {
-      const jobs = {}
-      for (const [key, definition] of Object.entries(definitions)) {
-        const name = definition?.name
-        if (typeof name !== 'string') throw new TypeError(`register: ${key} has no job name`)
-        jobs[key] = handle(name)
-      }
-      return { ...client, jobs }
-    },
     trigger: (jobName, input, options) => call('trigger', jobName, input ?? null, options ?? null),
     getRun: (id) => call('getRun', id),
     getRuns: (filter) => call('getRuns', filter ?? null),
@@ -86,5 +85,20 @@ export function connectDurably(worker) {
     retrigger: (id) => call('retrigger', id),
     deleteRun: (id) => call('deleteRun', id),
   }
+  // Like upstream's instance: `register` returns another one whose `jobs` adds the new handles.
+  const instance = (jobs) => ({
+    ...methods,
+    jobs,
+    register(definitions) {
+      const added = { ...jobs }
+      for (const [key, definition] of Object.entries(definitions)) {
+        const name = definition?.name
+        if (typeof name !== 'string') throw new TypeError(`register: ${key} must be a job definition { name, run }`)
+        added[key] = handle(name)
+      }
+      return instance(added)
+    },
+  })
+  const client = instance({})
   return ready.then(() => client)
 }

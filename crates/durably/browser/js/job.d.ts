@@ -1,7 +1,15 @@
-import type { StepContext } from './durably.js'
-
-/** What a job's `run` receives as `step`: `run(name, fn)`, `progress(current, total?, message?)`, `log`. */
-export type Step = StepContext
+/** What a job's `run` receives as `step`. */
+export interface Step {
+  readonly runId: string
+  /** Runs `fn` on the first execution; resolves to its stored output on every later one. */
+  run<T>(name: string, fn: () => T | Promise<T>): Promise<T>
+  progress(current: number, total?: number, message?: string): Promise<void>
+  readonly log: {
+    info(message: string, data?: unknown): Promise<void>
+    warn(message: string, data?: unknown): Promise<void>
+    error(message: string, data?: unknown): Promise<void>
+  }
+}
 
 /** A job: its name and `run(step, input)`; `retry` (durably's own) runs a failed run again. */
 export interface JobDefinition<TName extends string = string, TInput = unknown, TOutput = unknown> {

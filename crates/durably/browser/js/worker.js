@@ -4,6 +4,7 @@
 import init, { createDurably } from './durably.js'
 
 const METHODS = new Set(['trigger', 'getRun', 'getRuns', 'cancel', 'retrigger', 'deleteRun'])
+const JOB_METHODS = new Set(['trigger', 'batchTrigger', 'getRun', 'getRuns'])
 
 /** Opens the database, retrying while a previous worker (the page before a reload) still holds it. */
 async function open(options, openTimeoutMs) {
@@ -27,16 +28,12 @@ export function startDurablyWorker(options = {}) {
   const scope = globalThis
   const ready = (async () => {
     await init(wasm === undefined ? undefined : { module_or_path: wasm })
-    const durably = await open(durablyOptions, openTimeoutMs)
-    for (const [key, job] of Object.entries(jobs)) {
-      if (!job || typeof job.run !== 'function') {
-        throw new TypeError(`startDurablyWorker: jobs.${key} must be a job definition { name, run }`)
-      }
-      durably.register(job.name ?? key, job.run, job.retry ? { retry: job.retry } : undefined)
-    }
+    const durably = (await open(durablyOptions, openTimeoutMs)).register(jobs)
     await durably.init()
     return durably
   })()
+  // The job handles by job name (the page's client names jobs, not keys).
+  const handles = ready.then((durably) => new Map(Object.values(durably.jobs).map((handle) => [handle.name, handle])))
   const subscribed = new Set()
   scope.addEventListener('message', async (message) => {
     const data = message.data
@@ -60,8 +57,17 @@ export function startDurablyWorker(options = {}) {
       }
     } else if (data.durably === 'call') {
       try {
-        if (!METHODS.has(data.method)) throw new Error(`durably-browser: unknown method ${data.method}`)
-        const value = await durably[data.method](...data.args)
+        let value
+        if (data.method === 'job') {
+          const [name, method, ...args] = data.args
+          const handle = (await handles).get(name)
+          if (!handle) throw new Error(`durably-browser: the worker has no job "${name}" (pass it to startDurablyWorker's jobs)`)
+          if (!JOB_METHODS.has(method)) throw new Error(`durably-browser: unknown job handle method ${method}`)
+          value = await handle[method](...args)
+        } else {
+          if (!METHODS.has(data.method)) throw new Error(`durably-browser: unknown method ${data.method}`)
+          value = await durably[data.method](...data.args)
+        }
         scope.postMessage({ durably: 'result', id: data.id, ok: true, value })
       } catch (error) {
         scope.postMessage({ durably: 'result', id: data.id, ok: false, error: messageOf(error) })
