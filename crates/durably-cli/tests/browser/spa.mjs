@@ -4,7 +4,8 @@
 //   1. trigger a three-step job from the page (useJob); watch its status, progress and logs;
 //   2. reload the page while step 2 runs (after step 1 completed);
 //   3. after the reload the same run resumes (once its lease expired) and completes, shown by
-//      the hooks; step 1's and step 3's functions ran once in all, step 2's twice (it was cut).
+//      the hooks; step 1's and step 3's functions ran once in all, step 2's twice (it was cut);
+//   4. a second tab waits while the first holds the database, and takes over once it closes.
 // With --figures it also measures the time from page load to the first completed run and the
 // throughput of one-step jobs, and prints them.
 //
@@ -29,6 +30,8 @@ const watchdog = setTimeout(() => {
   console.error('spa test: timed out after 300 s')
   process.exit(1)
 }, 300_000)
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 function check(condition, message) {
   if (!condition) throw new Error(`assertion failed: ${message}`)
@@ -158,6 +161,26 @@ try {
   const run = await page.evaluate((id) => window.__durably.getRun(id), runId)
   check(run.status === 'completed' && run.output.total === 3, `getRun: ${JSON.stringify(run)}`)
   check(pageErrors.length === 0, `page errors: ${JSON.stringify(pageErrors)}`)
+  // 4. One tab per origin: a second tab's worker waits while this tab's holds the OPFS pool,
+  // and takes over when this tab closes (startDurablyWorker retries opening).
+  const second = await context.newPage()
+  second.on('pageerror', (error) => pageErrors.push(`second tab: ${error}`))
+  await second.goto(`${origin}/?db=resume`)
+  await second.waitForFunction(() => document.getElementById('loading') !== null, null, { timeout: WAIT_MS })
+  await sleep(1000)
+  check(await second.locator('#trigger').count() === 0, 'the second tab waits while the first tab holds the database')
+  await page.close()
+  try {
+    await second.waitForFunction(
+      (id) => [...document.querySelectorAll('#runs li')].some((li) => li.innerText === `${id} completed`),
+      runId,
+      { timeout: WAIT_MS, polling: 50 },
+    )
+  } catch (error) {
+    throw new Error(`the second tab did not take over within ${WAIT_MS / 1000} s once the first closed: ${error.message.split('\n')[0]}\npage:\n${await second.locator('body').innerText()}\npage errors: ${JSON.stringify(pageErrors)}`)
+  }
+  check(pageErrors.length === 0, `page errors: ${JSON.stringify(pageErrors)}`)
+  await second.close()
   console.log(`after the reload, run ${runId} completed in ${completedMs} ms (lease 1500 ms); step executions ${JSON.stringify(counts)}`)
 
   if (figures) {

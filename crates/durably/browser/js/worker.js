@@ -6,14 +6,18 @@ import init, { createDurably } from './durably.js'
 const METHODS = new Set(['trigger', 'getRun', 'getRuns', 'cancel', 'retrigger', 'deleteRun'])
 const JOB_METHODS = new Set(['trigger', 'batchTrigger', 'getRun', 'getRuns'])
 
-/** Opens the database, retrying while a previous worker (the page before a reload) still holds it. */
+/**
+ * Opens the database, retrying while another worker (the page before a reload, another tab)
+ * holds the origin's OPFS pool.
+ */
 async function open(options, openTimeoutMs) {
   const deadline = Date.now() + openTimeoutMs
   for (;;) {
     try {
       return await createDurably(options)
     } catch (error) {
-      if (!options.opfs || Date.now() >= deadline) throw error
+      const held = /NoModificationAllowedError|Access Handles cannot be created/.test(messageOf(error))
+      if (!options.opfs || !held || Date.now() >= deadline) throw error
       await new Promise((resolve) => setTimeout(resolve, 100))
     }
   }
