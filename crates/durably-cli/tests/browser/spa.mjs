@@ -70,10 +70,9 @@ async function serve(dist) {
 }
 
 const dist = mkdtempSync(join(tmpdir(), 'durably-spa-'))
-let browser
 let server
-let profile
-let figuresContext
+const profiles = []
+const contexts = []
 try {
   const common = { bundle: true, format: 'esm', plugins: [packageExternal], logLevel: 'warning' }
   await build({
@@ -88,12 +87,18 @@ try {
   let origin
   ;({ server, origin } = await serve(dist))
 
-  browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-  })
-  const context = await browser.newContext()
+  // A persistent profile (OPFS on disk, as in a user's browser), new for each step below.
+  const launch = () => {
+    const dir = mkdtempSync(join(tmpdir(), 'durably-spa-profile-'))
+    profiles.push(dir)
+    return chromium.launchPersistentContext(dir, {
+      executablePath,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    })
+  }
+  const context = await launch()
+  contexts.push(context)
   const page = await context.newPage()
   const pageErrors = []
   page.on('pageerror', (error) => pageErrors.push(String(error)))
@@ -186,15 +191,11 @@ try {
   console.log(`after the reload, run ${runId} completed in ${completedMs} ms (lease 1500 ms); step executions ${JSON.stringify(counts)}`)
 
   if (figures) {
-    // Time from navigation start to the first completed run, in a new persistent profile (an
-    // empty OPFS and HTTP cache, on disk as a user's: OPFS in an incognito context, like the
-    // one above, is kept in memory behind IPC, each file operation about 100 times slower).
-    profile = mkdtempSync(join(tmpdir(), 'durably-spa-profile-'))
-    figuresContext = await chromium.launchPersistentContext(profile, {
-      executablePath,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-    })
+    // Time from navigation start to the first completed run, in a new profile (empty caches
+    // and OPFS). Not in an incognito context (`browser.newContext()`): its OPFS is not on
+    // disk, and each file operation is about 100 times slower.
+    const figuresContext = await launch()
+    contexts.push(figuresContext)
     const fresh = await figuresContext.newPage()
     await fresh.goto(`${origin}/?db=${process.env.FIGURES_DB || 'figures'}&only=quick`)
     await fresh.waitForFunction(() => document.getElementById('quick') !== null, null, { timeout: WAIT_MS })
@@ -234,9 +235,8 @@ try {
   console.log('spa browser test passed')
 } finally {
   clearTimeout(watchdog)
-  await browser?.close()
-  await figuresContext?.close()
+  for (const context of contexts) await context.close().catch(() => {})
   server?.close()
   rmSync(dist, { recursive: true, force: true })
-  if (profile) rmSync(profile, { recursive: true, force: true })
+  for (const dir of profiles) rmSync(dir, { recursive: true, force: true })
 }
