@@ -1,6 +1,7 @@
 // The page side of durably-browser: an object shaped like upstream's instance as the
 // `@coji/durably-react/spa` hooks use it, whose calls go to the worker started by
 // `startDurablyWorker` (worker.js) and whose `on` listeners receive the worker's events.
+/** See client.d.ts. */
 export function connectDurably(worker) {
   let nextId = 1
   const pending = new Map()

@@ -27,6 +27,7 @@ function messageOf(error) {
   return error instanceof Error ? error.message : String(error)
 }
 
+/** See worker.d.ts. */
 export function startDurablyWorker(options = {}) {
   const { jobs = {}, wasm, openTimeoutMs = 10000, ...durablyOptions } = options
   const scope = globalThis
@@ -37,7 +38,10 @@ export function startDurablyWorker(options = {}) {
     return durably
   })()
   // The job handles by job name (the page's client names jobs, not keys).
-  const handles = ready.then((durably) => new Map(Object.values(durably.jobs).map((handle) => [handle.name, handle])))
+  const handles = ready.then(
+    (durably) => new Map(Object.values(durably.jobs).map((handle) => [handle.name, handle])),
+    () => new Map(), // the start's error is reported once, below, and to every call
+  )
   const subscribed = new Set()
   scope.addEventListener('message', async (message) => {
     const data = message.data
