@@ -4,6 +4,9 @@
 //! wire protocol, so the published React client `@coji/durably-react` (fullstack mode) talks to
 //! it unchanged.
 //!
+//! `/browser` is a page where the visitor runs reference jobs in the browser itself
+//! ([`browser_demo`]).
+//!
 //! Ctrl-C (or SIGTERM) shuts down gracefully: the listener stops accepting, open SSE streams
 //! end, in-flight requests finish, then the worker stops (waiting a bounded time for runs in
 //! flight; a run still going then is picked up again after its lease expires on the next start).
@@ -13,6 +16,7 @@ use std::time::Duration;
 use durably::{CatchUp, Durably, PostgresOptions, PostgresStore, Schedule, ScheduleRecord};
 use serde_json::json;
 
+use crate::browser_demo;
 use crate::reference_jobs;
 use crate::server::{self, BASE_PATH};
 
@@ -43,6 +47,12 @@ pub struct DemoArgs {
     /// Serve the worker's metrics as Prometheus text at GET /metrics (off by default).
     #[arg(long)]
     metrics: bool,
+    /// The `durably-browser` package served under /browser/pkg/ for the in-browser demo at
+    /// /browser (built by crates/durably/browser/build.sh; default: where it writes,
+    /// $CARGO_TARGET_DIR/durably-browser or target/durably-browser). While it is absent,
+    /// /browser shows the commands that build it.
+    #[arg(long, value_name = "DIR")]
+    browser_package: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -82,9 +92,25 @@ pub async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     .display();
     let timeout = Duration::from_secs(args.shutdown_timeout);
     let scraped = metrics.is_some();
-    server::serve(durably, listener, timeout, metrics, |address| {
+    let package = args
+        .browser_package
+        .unwrap_or_else(browser_demo::default_package_dir);
+    let built = browser_demo::package_present(&package);
+    let browser = browser_demo::router(package.clone());
+    server::serve(durably, listener, timeout, metrics, browser, |address| {
         println!("durably demo: http://{address}{BASE_PATH}");
         println!("  dashboard: http://{address}/");
+        println!(
+            "  in the browser: http://{address}{} (the engine compiled to wasm, SQLite on OPFS; {})",
+            browser_demo::PATH,
+            match built {
+                true => format!("package {}", package.display()),
+                false => format!(
+                    "package not built at {}: the page says how",
+                    package.display()
+                ),
+            }
+        );
         if scraped {
             println!("  metrics: http://{address}/metrics (Prometheus text)");
         }

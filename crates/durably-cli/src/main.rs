@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod browser_demo;
 mod chaos;
 mod db;
 mod demo;

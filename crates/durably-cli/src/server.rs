@@ -88,20 +88,22 @@ pub fn listen_error(host: &str, port: u16, error: &std::io::Error) -> String {
 
 /// Serves `durably` on `listener` (see [`bind`]) until Ctrl-C / SIGTERM, then shuts down
 /// gracefully: stop accepting, end open event streams, stop the worker (waiting up to
-/// `shutdown_timeout` for runs in flight; a second signal exits at once). `announce` prints the
-/// banner with the listening address.
+/// `shutdown_timeout` for runs in flight; a second signal exits at once). `extra` is merged
+/// beside the application (routes of the caller's own). `announce` prints the banner with the
+/// listening address.
 pub async fn serve(
     durably: Durably,
     listener: TcpListener,
     shutdown_timeout: Duration,
     metrics: Option<PrometheusMetrics>,
+    extra: Router,
     announce: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let streams = CancellationToken::new();
     let options = HttpOptions::new().shutdown(streams.clone());
     announce(listener.local_addr()?);
 
-    let app = with_metrics(app(durably.clone(), options), metrics.as_ref());
+    let app = with_metrics(app(durably.clone(), options), metrics.as_ref()).merge(extra);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

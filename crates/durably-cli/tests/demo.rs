@@ -636,3 +636,96 @@ fn demo_registers_the_heartbeat_schedule_paused() {
         "{resumed}"
     );
 }
+
+/// `GET path` (absolute, outside the API); returns status, head and body (not chunked: the
+/// routes tested here answer with a length).
+fn get_page(address: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = connect(address);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head and body");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("utf-8 head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head.to_ascii_lowercase(), raw[split + 4..].to_vec())
+}
+
+#[test]
+fn demo_browser_page_says_how_to_build_the_package_then_serves_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("demo.sqlite");
+    let package = dir.path().join("durably-browser");
+    let demo = start_demo_with(
+        tempfile::tempdir().expect("temp dir"),
+        &[
+            "--db",
+            db.to_str().expect("UTF-8 path"),
+            "--browser-package",
+            package.to_str().expect("UTF-8 path"),
+        ],
+    );
+
+    // Without the package: 503 and the exact commands that build it into that directory.
+    let (status, head, body) = get_page(demo.address, "/browser");
+    let body = String::from_utf8(body).expect("utf-8 page");
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        body.contains(&format!(
+            "bash .ci/wasm-toolchain.sh &amp;&amp; . ~/.cache/durably-wasm/env.sh\ncrates/durably/browser/build.sh {}",
+            package.display()
+        )),
+        "{body}"
+    );
+    assert!(body.contains("--browser-package DIR"), "{body}");
+    let (status, _, body) = get_page(demo.address, "/browser/pkg/durably_bg.wasm");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("crates/durably/browser/build.sh"), "{body}");
+
+    // Once built (the directory is looked at on each request, no restart): the page, its
+    // scripts, and the package's files with their types; nothing outside the directory.
+    std::fs::create_dir(&package).expect("package dir");
+    for file in ["durably.js", "worker.js", "client.js", "job.js"] {
+        std::fs::write(package.join(file), format!("// {file}\n")).expect("write");
+    }
+    std::fs::write(package.join("durably_bg.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    let (status, _, body) = get_page(demo.address, "/browser");
+    let body = String::from_utf8(body).expect("utf-8 page");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/browser/page.js"), "{body}");
+    for script in ["/browser/page.js", "/browser/worker.js", "/browser/jobs.js"] {
+        let (status, head, _) = get_page(demo.address, script);
+        assert_eq!(status, 200, "{script}");
+        assert!(head.contains("content-type: text/javascript"), "{head}");
+    }
+    let (status, head, body) = get_page(demo.address, "/browser/pkg/durably_bg.wasm");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/wasm"), "{head}");
+    assert_eq!(body, b"\0asm\x01\0\0\0");
+    let (status, head, body) = get_page(demo.address, "/browser/pkg/worker.js");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"// worker.js\n".as_slice())
+    );
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    for outside in [
+        "/browser/pkg/..%2Fdemo.sqlite",
+        "/browser/pkg/.hidden.js",
+        "/browser/pkg/durably.d.ts",
+    ] {
+        let (status, _, _) = get_page(demo.address, outside);
+        assert_eq!(status, 404, "{outside}");
+    }
+}
