@@ -48,7 +48,10 @@ export interface JobHandle<TInput = unknown, TOutput = unknown> {
 export interface DurablyClient<TJobs = {}> {
   /** The handles registered through `register` on this client's chain, by key. */
   jobs: TJobs
-  /** Calls `listener` for each event of `type`; returns the function that unsubscribes it. */
+  /**
+   * Calls `listener` for each event of `type`; returns the function that unsubscribes it (once
+   * no listener of `type` remains, the worker stops forwarding that type).
+   */
   on(type: string, listener: (event: DurablyEvent) => void): () => void
   /** Handles of jobs the worker registered, by key (the jobs run in the worker). */
   register<T extends Record<string, JobDefinition<string, any, any>>>(
@@ -66,5 +69,9 @@ export interface DurablyClient<TJobs = {}> {
   deleteRun(id: string): Promise<void>
 }
 
-/** Connects to a worker running `startDurablyWorker`; resolves once its instance has started. */
+/**
+ * Connects to a worker running `startDurablyWorker`; resolves once its instance has started.
+ * If the worker fails (an uncaught error: its script did not load, or the engine trapped), the
+ * calls still waiting reject saying so, and so does every later call.
+ */
 export function connectDurably(worker: Worker): Promise<DurablyClient>

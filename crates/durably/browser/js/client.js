@@ -37,14 +37,23 @@ export function connectDurably(worker) {
       settle.reject(new Error(`durably worker failed to start: ${data.error}`))
     }
   })
+  // An uncaught error in the worker (its script failed to load, or the engine trapped): the
+  // worker cannot be trusted to answer any more, so every waiting call rejects, and so does
+  // every later one, saying why.
+  let broken = null
   worker.addEventListener('error', (event) => {
-    settle.reject(new Error(`durably worker failed to load: ${event.message ?? 'error event'}`))
+    const reason = event.message || 'an uncaught error (see the worker\'s console)'
+    broken = `the durably worker failed: ${reason}`
+    settle.reject(new Error(`durably worker failed to load or start: ${reason}`))
+    for (const [, call] of pending) call.reject(new Error(`${broken}; ${call.method} got no answer`))
+    pending.clear()
   })
 
   const call = (method, ...args) =>
     new Promise((resolve, reject) => {
+      if (broken) return reject(new Error(`${broken}; ${method} was not sent`))
       const id = nextId++
-      pending.set(id, { resolve, reject })
+      pending.set(id, { resolve, reject, method: method === 'job' ? `${args[0]}.${args[1]}` : method })
       worker.postMessage({ durably: 'call', id, method, args })
     })
 
@@ -76,7 +85,11 @@ export function connectDurably(worker) {
       }
       set.add(listener)
       return () => {
-        set.delete(listener)
+        // The worker stops forwarding a type once no listener of it remains on this page.
+        if (set.delete(listener) && set.size === 0 && listeners.get(type) === set) {
+          listeners.delete(type)
+          worker.postMessage({ durably: 'off', type })
+        }
       }
     },
     trigger: (jobName, input, options) => call('trigger', jobName, input ?? null, options ?? null),

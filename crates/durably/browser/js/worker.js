@@ -42,7 +42,8 @@ export function startDurablyWorker(options = {}) {
     (durably) => new Map(Object.values(durably.jobs).map((handle) => [handle.name, handle])),
     () => new Map(), // the start's error is reported once, below, and to every call
   )
-  const subscribed = new Set()
+  // The unsubscribe functions of the event types the page listens to.
+  const subscribed = new Map()
   scope.addEventListener('message', async (message) => {
     const data = message.data
     if (!data || typeof data !== 'object' || typeof data.durably !== 'string') return
@@ -57,12 +58,15 @@ export function startDurablyWorker(options = {}) {
     }
     if (data.durably === 'on') {
       if (subscribed.has(data.type)) return
-      subscribed.add(data.type)
       try {
-        durably.on(data.type, (event) => scope.postMessage({ durably: 'event', type: data.type, event }))
+        const off = durably.on(data.type, (event) => scope.postMessage({ durably: 'event', type: data.type, event }))
+        subscribed.set(data.type, off)
       } catch (error) {
         console.error(`durably-browser: ${messageOf(error)}`)
       }
+    } else if (data.durably === 'off') {
+      subscribed.get(data.type)?.()
+      subscribed.delete(data.type)
     } else if (data.durably === 'call') {
       try {
         let value
