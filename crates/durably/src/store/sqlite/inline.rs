@@ -81,15 +81,34 @@ impl SqliteStore {
             .build();
         install::<sqlite_wasm_rs::WasmOsCallback>(&pool, false)
             .await
-            .map_err(|e| {
-                Error::storage(
-                    "open",
-                    format!(
-                        "cannot open the origin's private file system for {name}: {e} (OPFS \
-                         needs a dedicated Web Worker of a secure context)"
-                    ),
-                )
-            })?;
+            .map_err(|e| Error::storage("open", opfs_open_error(name, &e)))?;
         Self::open_in_vfs(Path::new(name), options, Some(OPFS_VFS))
+    }
+}
+
+/// Why opening the OPFS pool for database `name` failed, and what to do: the browser refuses a
+/// sync access handle on a file another one holds (`NoModificationAllowedError`), which is
+/// another worker of the origin (another tab, or this page's worker before a reload, not yet
+/// ended) holding the pool; the library says when OPFS is not available at all.
+#[cfg(feature = "browser")]
+fn opfs_open_error(name: &str, error: &sqlite_wasm_vfs::sahpool::OpfsSAHError) -> String {
+    use sqlite_wasm_vfs::sahpool::OpfsSAHError;
+    match error {
+        OpfsSAHError::Opfs { message, .. }
+            if message.contains("NoModificationAllowedError")
+                || message.contains("Access Handles cannot be created") =>
+        {
+            format!(
+                "cannot open {name}: the origin's private file system (OPFS) pool is held by \
+                 another worker of this site (another tab, or this page's worker before a reload, \
+                 not ended yet); one worker per origin can hold it: close the other tab, or open \
+                 again once it is released ({message})"
+            )
+        }
+        OpfsSAHError::NotSupported => format!(
+            "cannot open {name}: {error} (open it from a dedicated Web Worker of a page served \
+             over https or from localhost)"
+        ),
+        _ => format!("cannot open the origin's private file system for {name}: {error}"),
     }
 }
