@@ -4,7 +4,8 @@
 //   1. the engine starts in the page's worker; a `steps` run completes, shown live (status,
 //      progress, output, last log); a `flaky` run fails its first attempt and completes on the
 //      second; a `steps` run failing at step 2 shows its error;
-//   2. a reload while a run is going: the run resumes in the new worker and completes;
+//   2. a reload while a run is going: the run resumes in the new worker and completes; a second
+//      tab cannot open the database while this one holds it, and says why;
 //   3. durably-browser's client: unsubscribing the last listener of a type stops the worker
 //      forwarding it; calls waiting when the worker fails reject (not hang), later ones too.
 // With --screenshot PATH it saves the page after the completed runs (1000 px wide).
@@ -107,6 +108,23 @@ try {
   check(row.result === '{"sum":10}', `resumed run: ${JSON.stringify(row)}`)
   const run2 = await page.evaluate((id) => window.durably.getRun(id), cutId)
   check(run2.status === 'completed' && run2.output.sum === 10, `getRun after the reload: ${JSON.stringify(run2)}`)
+
+  // 2b. A second tab while this one holds the database: its worker waits (openTimeoutMs, 10 s),
+  // then the page says the pool is held by another worker and what to do.
+  const second = await context.newPage()
+  await second.goto(`${demo.origin}/browser`)
+  try {
+    await second.waitForFunction(() => document.getElementById('engine')?.className === 'failed', null, { timeout: 30_000, polling: 100 })
+  } catch (error) {
+    throw new Error(`the second tab did not report the held database within 30 s: ${error.message.split('\n')[0]}\npage:\n${await second.locator('body').innerText()}`)
+  }
+  const refused = await second.locator('#engine').innerText()
+  check(
+    /held by another worker of this site \(another tab.*close the other tab/.test(refused),
+    `the second tab's message: ${refused}`,
+  )
+  await second.close()
+  console.log(`a second tab: ${refused}`)
 
   // 3a. Unsubscribing: the worker forwards a type while a listener of it remains on the page.
   const forwarded = await page.evaluate(async () => {
