@@ -268,10 +268,13 @@ pub(super) fn claim_after_insert_sql(resume: bool) -> String {
 
 pub(super) fn claim_sql_when(condition: &str, resume: bool) -> String {
     let leased = run_columns("won");
+    let nulls = vec!["NULL"; run_column_count()].join(", ");
     format!(
-        "WITH {} SELECT c.concurrency_key IS NOT NULL AS keyed, c.id, c.concurrency_key, \
-         {leased} FROM c LEFT JOIN won ON won.id = c.id \
-         ORDER BY c.prio DESC, c.created_at ASC, c.id ASC",
+        "WITH {} SELECT false AS keyed, won.id AS candidate, NULL::text AS concurrency_key, {leased}, \
+           COALESCE(won.rs_priority, 0) AS prio, won.created_at AS created_order FROM won \
+         UNION ALL SELECT true, c.id, c.concurrency_key, {nulls}, c.prio, c.created_at \
+           FROM c WHERE c.concurrency_key IS NOT NULL \
+         ORDER BY prio DESC, created_order ASC, candidate ASC",
         claim_ctes(&ClaimPlaceholders::numbered_from(1, ""), condition, resume)
     )
 }
