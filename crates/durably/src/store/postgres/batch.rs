@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
 use super::batch_sql::*;
@@ -33,12 +33,18 @@ use crate::time::Timestamp;
 
 /// Most writes of one kind in one statement.
 const MAX_BATCH: usize = 512;
-/// Batches executing at once (each on its own connection). One: writes that arrive while a
-/// batch executes share the next one, and the runs it served rejoin them (see
-/// [`gather_returning_runs`]); with two in flight, runs split between the two batches and
-/// stayed split (measured: steps-10 at concurrency 8, 660 jobs/s with two against 835-880
-/// with one and the gather).
-const IN_FLIGHT: usize = 1;
+/// Batches executing at once (each on its own connection, so on its own server process).
+/// Usually one: writes that arrive while a batch executes share the next one, and the runs it
+/// served rejoin them (see [`gather_returning_runs`]); with two in flight at any size, runs
+/// split between the two batches and stayed split (measured: steps-10 at concurrency 8, 660
+/// jobs/s with two against 835-880 with one and the gather). A second batch starts beside the
+/// first only when the writes waiting fill one of [`PARALLEL_FROM`] on their own: then one
+/// server process executing one batch at a time is the limit, and a second one uses another
+/// core (see `docs/performance.md`).
+pub(super) const MAX_IN_FLIGHT: usize = 2;
+
+/// The fewest writes waiting that start a batch while another one executes.
+const PARALLEL_FROM: usize = 64;
 
 /// A step row to insert under a fence.
 pub(super) struct PersistRequest {
@@ -144,33 +150,55 @@ async fn batch_loop(
     settings: BatchSettings,
     mut receiver: mpsc::UnboundedReceiver<Request>,
 ) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // How many batches execute now.
+    let (executing, mut ended) = watch::channel(0usize);
+    let executing = Arc::new(executing);
     let channel = Arc::new(channel);
     let returning = Returning::default();
     while let Some(first) = receiver.recv().await {
-        // Wait for a free slot first: requests queue up meanwhile and share the next batch.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let mut persists = Vec::new();
         let mut completes = Vec::new();
+        let full = |persists: &Vec<PersistRequest>, completes: &Vec<CompleteRequest>| {
+            persists.len() >= MAX_BATCH || completes.len() >= MAX_BATCH
+        };
         let mut next = Some(first);
         while let Some(request) = next.take() {
-            match request {
-                Request::Persist(r) => persists.push(r),
-                Request::Complete(r) => completes.push(r),
-            }
-            if persists.len() >= MAX_BATCH || completes.len() >= MAX_BATCH {
+            push(request, &mut persists, &mut completes);
+            if full(&persists, &completes) {
                 break;
             }
             next = receiver.try_recv().ok();
         }
-        if !settings.commit_delay.is_zero() {
+        // Wait for a batch to end unless none executes, or this one is big enough to execute
+        // beside it; writes arriving meanwhile join this batch.
+        let alone = loop {
+            let now_executing = *ended.borrow_and_update();
+            let waiting = persists.len() + completes.len();
+            if now_executing == 0 {
+                break true;
+            }
+            if now_executing < MAX_IN_FLIGHT && waiting >= PARALLEL_FROM {
+                break false;
+            }
+            tokio::select! {
+                biased;
+                changed = ended.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                Some(request) = receiver.recv(), if !full(&persists, &completes) => {
+                    push(request, &mut persists, &mut completes);
+                }
+            }
+        };
+        if alone && !settings.commit_delay.is_zero() {
             let (batch, delay) = ((&mut persists, &mut completes), settings.commit_delay);
             gather_returning_runs(&mut receiver, &returning, batch, delay).await;
         }
         let (pool, channel, report) = (pool.clone(), channel.clone(), report.clone());
         let (returning, counters) = (returning.clone(), settings.counters.clone());
+        let done = Executing::start(&executing);
         tokio::spawn(async move {
             let batch = Batch {
                 persists,
@@ -179,8 +207,35 @@ async fn batch_loop(
                 counters: &counters,
             };
             execute(&pool, &channel, retry_for, &report, batch).await;
-            drop(permit);
+            drop(done);
         });
+    }
+}
+
+/// Counts one batch as executing until dropped (also when its task ends by a panic).
+struct Executing(Arc<watch::Sender<usize>>);
+
+impl Executing {
+    fn start(executing: &Arc<watch::Sender<usize>>) -> Self {
+        executing.send_modify(|n| *n += 1);
+        Executing(executing.clone())
+    }
+}
+
+impl Drop for Executing {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+fn push(
+    request: Request,
+    persists: &mut Vec<PersistRequest>,
+    completes: &mut Vec<CompleteRequest>,
+) {
+    match request {
+        Request::Persist(r) => persists.push(r),
+        Request::Complete(r) => completes.push(r),
     }
 }
 

@@ -46,9 +46,9 @@ const NOT_COMPLETING: &str = " AND (r.id IN (SELECT run_id FROM req)) IS NOT TRU
 /// [`NOT_COMPLETING`] for the other runs (`o`) whose leases count against a keyed candidate.
 const NOT_COMPLETING_OTHER: &str = " AND (o.id IN (SELECT run_id FROM req)) IS NOT TRUE";
 
-/// Connections of the batch pool: one batch executes at a time (`IN_FLIGHT` in `batch.rs`); the second
-/// serves a retry while a broken connection is being dropped.
-pub(super) const CONNECTIONS: usize = 2;
+/// Connections of the batch pool: one per batch executing at once (`MAX_IN_FLIGHT` in
+/// `batch.rs`), and one more to serve a retry while a broken connection is being dropped.
+pub(super) const CONNECTIONS: usize = super::batch::MAX_IN_FLIGHT + 1;
 
 pub(super) const PERSIST_SQL: &str = "WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], \
     $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], \
