@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use durably::{
     Durably, EventKind, EventType, Job, JobHandle, SqliteOptions, SqliteStore, StepContext, Store,
-    Synchronous, TriggerOptions, WaitOptions, store::WriterStats,
+    Synchronous, TriggerOptions, Tuning, WaitOptions, store::WriterStats,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -110,6 +110,11 @@ pub struct BenchArgs {
     /// them.
     #[arg(long)]
     traces: bool,
+    /// The throughput workloads' local queue (`Tuning::local_queue`): runs each worker keeps in
+    /// progress, of which `--concurrency` execute job code at once. Default: none (each run in
+    /// its slot, as upstream's `maxConcurrentRuns`).
+    #[arg(long, value_name = "RUNS")]
+    local_queue: Option<usize>,
 }
 
 impl BenchArgs {
@@ -267,6 +272,8 @@ pub(super) struct Shape {
     /// Concurrency keys the runs share round-robin (`0`: none). Upstream allows one pending run
     /// per job name and key, so keyed runs spread over `jobs / keys` job names.
     pub keys: u64,
+    /// See `--local-queue`.
+    pub local_queue: Option<usize>,
 }
 
 impl Shape {
@@ -287,6 +294,7 @@ impl Shape {
                     jobs,
                     steps_per_job,
                     keys,
+                    local_queue: args.local_queue,
                 })
             })
             .collect()
@@ -402,11 +410,13 @@ pub(super) async fn throughput_on(
         jobs,
         steps_per_job,
         keys,
+        local_queue,
     } = *shape;
     reset_peak_rss();
     let durably = Durably::builder()
         .shared_store(store)
         .max_concurrent_runs(concurrency)
+        .tuning(Tuning::new().local_queue(local_queue))
         .polling_interval(Duration::from_millis(50))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
@@ -465,6 +475,7 @@ pub(super) async fn throughput_on(
         "jobs": jobs,
         "steps_per_job": steps_per_job,
         "keys": keys,
+        "local_queue": local_queue,
         "enqueue_s": round(enqueue_s),
         "process_s": round(process_s),
         "jobs_per_s": round(jobs as f64 / process_s),

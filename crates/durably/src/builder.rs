@@ -169,6 +169,13 @@ impl DurablyBuilder {
         self
     }
 
+    /// Sets [`Tuning::local_queue`](crate::Tuning::local_queue): up to `runs` runs in
+    /// progress, of which `max_concurrent_runs` execute job code at once.
+    pub fn local_queue(mut self, runs: usize) -> Self {
+        self.config.tuning.local_queue = Some(runs);
+        self
+    }
+
     /// Shortcut for [`Tuning::claim_ahead_below`](crate::Tuning::claim_ahead_below): claim ahead after runs that executed for
     /// less than `below` (default 100 ms; zero turns it off).
     pub fn claim_ahead_below(mut self, below: Duration) -> Self {
@@ -248,6 +255,14 @@ impl DurablyBuilder {
             return Err(Error::Validation(format!(
                 "max_concurrent_runs must be between 1 and 1000 (got {})",
                 config.max_concurrent_runs
+            )));
+        }
+        if let Some(runs) = config.tuning.local_queue
+            && !(1..=10_000).contains(&runs)
+        {
+            return Err(Error::Validation(format!(
+                "tuning.local_queue must be between 1 and 10000 runs (got {runs}); \
+                 None keeps max_concurrent_runs runs in progress"
             )));
         }
         if config.polling_interval.is_zero() {
@@ -373,6 +388,7 @@ fn settings_of(config: &Config) -> Settings {
         lease_duration: config.lease_duration,
         lease_renew_interval: config.lease_renew_interval,
         max_concurrent_runs: config.max_concurrent_runs,
+        local_queue: config.tuning.local_queue.unwrap_or(0),
         retain_runs: config.retain_runs,
         persist_logs: config.persist_logs,
         trigger_hand_off: config.tuning.trigger_hand_off,

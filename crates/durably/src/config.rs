@@ -119,6 +119,20 @@ pub struct Tuning {
     /// or freezes in it leaves an attempt whose interruption reason says what happened. Only a
     /// crash within this delay of a step's start goes unrecorded (see [`crate::attempts`]).
     pub attempt_record_delay: Duration,
+    /// Runs a worker keeps in progress at once, of which at most `max_concurrent_runs`
+    /// execute job code. Default `None`: a worker keeps `max_concurrent_runs` runs in progress,
+    /// each in its slot until its job function returns, as upstream's `maxConcurrentRuns`.
+    ///
+    /// With `Some(n)` (more than `max_concurrent_runs`, at most 10,000), a worker claims up to
+    /// `n` runs and keeps them leased; a run gives its turn to another while it waits for a
+    /// completed step's checkpoint to become durable, and waits for a turn again before its
+    /// job function goes on (`docs/performance.md`, "Local queue"). Every guarantee holds: a step's result is durable before the
+    /// job continues, every write is fenced, and a crashed worker's runs are taken over when
+    /// their leases expire. What changes: more runs are leased at once, and at most
+    /// `max_concurrent_runs` job functions *execute* at once, while more may have started
+    /// (some waiting for their checkpoints). Jobs that use `max_concurrent_runs` to bound
+    /// something they hold across steps (connections, files) should keep the default.
+    pub local_queue: Option<usize>,
 }
 
 impl Default for Tuning {
@@ -127,6 +141,7 @@ impl Default for Tuning {
             trigger_hand_off: true,
             claim_ahead_below: Duration::from_millis(100),
             attempt_record_delay: Duration::from_millis(50),
+            local_queue: None,
         }
     }
 }
@@ -146,6 +161,12 @@ impl Tuning {
     /// Sets [`claim_ahead_below`](Self::claim_ahead_below).
     pub fn claim_ahead_below(mut self, below: Duration) -> Self {
         self.claim_ahead_below = below;
+        self
+    }
+
+    /// Sets [`local_queue`](Self::local_queue).
+    pub fn local_queue(mut self, runs: Option<usize>) -> Self {
+        self.local_queue = runs;
         self
     }
 

@@ -210,6 +210,7 @@ pub mod job;
 mod json_terms;
 mod lease;
 pub mod limits;
+mod local_queue;
 pub mod maintenance;
 pub mod overview;
 pub mod parallel;

@@ -20,6 +20,7 @@ use crate::attempts::{Attempt, StepOptions};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{EventBus, EventKind, EventType};
 use crate::lease::LeaseClock;
+use crate::local_queue::RunPermit;
 use crate::parallel::Branches;
 use crate::retry::AttemptTimedOut;
 use crate::run::{Labels, LogLevel, Progress, RunStatus, StepStatus};
@@ -89,6 +90,8 @@ pub(crate) struct StepShared {
     pub(crate) waits: WaitState,
     /// This execution's metrics (feature `otel`).
     pub(crate) metrics: RunMetrics,
+    /// Its turn to execute job code with a local queue (see `crate::local_queue`).
+    pub(crate) permit: RunPermit,
 }
 
 /// Where an execution stands with durable waits.
@@ -450,6 +453,7 @@ impl StepContext {
         persist_logs: bool,
         attempt_record_delay: Duration,
         metrics: RunMetrics,
+        permit: RunPermit,
     ) -> Self {
         let shared = Arc::new(StepShared {
             store,
@@ -475,6 +479,7 @@ impl StepContext {
             renewing: tokio::sync::Mutex::new(()),
             waits: WaitState::default(),
             metrics,
+            permit,
         });
         StepContext {
             log: StepLog {
@@ -698,13 +703,15 @@ impl StepContext {
                         attempt: Some(record),
                     };
                     let sent = runtime::now();
-                    let persisted = attempt
-                        .finalize(async |record| {
+                    // With a local queue another run executes while this one waits.
+                    let persisted = shared
+                        .permit
+                        .parked(attempt.finalize(async |record| {
                             shared
                                 .store
                                 .persist_step(&shared.fence, step(record), Timestamp::now())
                                 .await
-                        })
+                        }))
                         .await?;
                     return match persisted {
                         Some(_) => {

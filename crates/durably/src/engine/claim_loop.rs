@@ -71,7 +71,7 @@ impl Engine {
                 .await;
                 continue;
             }
-            let free = settings.max_concurrent_runs.saturating_sub(in_flight.len());
+            let free = settings.runs_in_progress().saturating_sub(in_flight.len());
             if free > 0 && backoff.allows_claim() && claimable.should_claim() {
                 let sent = runtime::now();
                 let claimed = self
@@ -200,7 +200,7 @@ impl Engine {
         // A stopping worker claims nothing new; the runs are only enqueued.
         let free = match stop.is_cancelled() {
             true => 0,
-            false => settings.max_concurrent_runs.saturating_sub(in_flight.len()),
+            false => settings.runs_in_progress().saturating_sub(in_flight.len()),
         };
         let (sent, now) = (runtime::now(), Timestamp::now());
         let store = &self.store;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::held::{Deregister, Held};
-use super::{Engine, Outcome};
+use super::{Engine, Outcome, lock};
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::job::ExecutionError;
@@ -77,6 +77,50 @@ impl Engine {
         outcome
     }
 
+    /// With a local queue, waits for the run's first turn to execute job code (see
+    /// `crate::local_queue`); `false` when the worker began to stop meanwhile. A cancel of the
+    /// run ends the wait too (the run then ends without executing).
+    async fn first_turn(&self, shared: &StepShared) -> bool {
+        if self.execution_permits.is_none() {
+            return true;
+        }
+        let stop = lock(&self.running)
+            .as_ref()
+            .map(|worker| worker.stop.clone());
+        let stop = stop.unwrap_or_default();
+        // Biased: a stopping worker gives its waiting runs back even when a turn is free.
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => false,
+            _ = shared.token.cancelled() => true,
+            _ = shared.permit.enter() => true,
+        }
+    }
+
+    /// Gives back a run whose job has not started (its worker is stopping): pending again at
+    /// once, for any worker, instead of after its lease.
+    async fn give_back(&self, held: Held) -> Execution {
+        let Held {
+            run,
+            shared,
+            active,
+            keeper,
+            ..
+        } = held;
+        drop(keeper);
+        match self
+            .store
+            .release_lease(&shared.fence, Timestamp::now())
+            .await
+        {
+            Ok(_) => tracing::debug!("run given back: the worker is stopping"),
+            // Its lease expires and any worker takes it over.
+            Err(error) => self.store_failed(&error, "lease-release", Some(&run.id)),
+        }
+        drop(active);
+        Execution::Ended(Outcome::Released)
+    }
+
     /// Runs a held run's job function until it returns (or ends the run at once: an unknown
     /// job, a run cancelled or lost while it was held).
     pub(super) async fn run_job(&self, held: Held) -> Execution {
@@ -84,6 +128,9 @@ impl Engine {
         tracing::debug!("claimed");
         // Let triggers of this process that are still announcing their runs finish first.
         drop(self.announcing.write().await);
+        if !self.first_turn(&held.shared).await {
+            return self.give_back(held).await;
+        }
         let Held {
             run,
             span: _,
@@ -187,6 +234,8 @@ impl Engine {
         let result = AssertUnwindSafe((job.execute)(step, run.input.clone()))
             .catch_unwind()
             .await;
+        // The job function returned (or panicked): its turn goes to the next run.
+        shared.permit.leave();
         drop(keeper);
         // The run stays among the active ones until its end is recorded, so that a `cancel` of
         // this process meanwhile marks it as announced (see `announce_cancel_found`).

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::{Engine, lock};
 use crate::lease::LeaseClock;
+use crate::local_queue::RunPermit;
 use crate::run::Run;
 use crate::runtime::{self, AbortOnDrop, Instant};
 use crate::step::{StepContext, StepShared};
@@ -36,6 +37,7 @@ impl Engine {
             config.persist_logs,
             config.attempt_record_delay,
             metrics,
+            RunPermit::among(self.execution_permits.clone()),
         );
         let shared = step.shared().clone();
         {

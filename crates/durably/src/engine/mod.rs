@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventBus, EventKind};
 use crate::job::RegisteredJob;
+use crate::local_queue::ExecutionPermits;
 use crate::run::{Disposition, Run};
 use crate::runtime;
 use crate::step::StepShared;
@@ -58,11 +59,21 @@ pub(crate) struct Settings {
     pub(crate) lease_duration: Duration,
     pub(crate) lease_renew_interval: Duration,
     pub(crate) max_concurrent_runs: usize,
+    /// Runs in progress at once with a local queue (see `Tuning::local_queue`); at most
+    /// `max_concurrent_runs` when no larger.
+    pub(crate) local_queue: usize,
     pub(crate) retain_runs: Option<Duration>,
     pub(crate) persist_logs: bool,
     pub(crate) trigger_hand_off: bool,
     pub(crate) claim_ahead_below: Duration,
     pub(crate) attempt_record_delay: Duration,
+}
+
+impl Settings {
+    /// The most runs a worker keeps in progress at once (each in a slot of its own).
+    pub(crate) fn runs_in_progress(&self) -> usize {
+        self.max_concurrent_runs.max(self.local_queue)
+    }
 }
 
 /// How one execution of a claimed run ended.
@@ -80,6 +91,9 @@ pub enum Outcome {
     /// The run awaits a durable wait: it is `waiting`, without lease or slot, until the wait
     /// is resolved and a worker resumes it.
     Suspended,
+    /// The worker gave the run back before its job started (it was stopping while the run
+    /// waited in its local queue): pending again, for any worker.
+    Released,
 }
 
 /// The registered jobs, by name, shared by the facade (which registers and triggers them) and
@@ -149,6 +163,8 @@ pub(crate) struct Engine {
     /// Deadlines of the waits this engine suspended runs on, at which the worker loop sweeps
     /// expired waits (see `wait_expiry.rs`).
     timers: wait_expiry::Timers,
+    /// The turns to execute job code with a local queue (`None` without one).
+    pub(crate) execution_permits: Option<ExecutionPermits>,
 }
 
 /// See [`Engine::take_resume_due`].
@@ -186,7 +202,10 @@ impl Engine {
         maintenance: maintenance::Maintenance,
         metrics: Metrics,
     ) -> Self {
+        let execution_permits = (settings.local_queue > settings.max_concurrent_runs)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_runs)));
         Engine {
+            execution_permits,
             store,
             settings,
             events,

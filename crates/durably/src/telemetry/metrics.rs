@@ -334,7 +334,7 @@ mod on {
                     m.lease_losses.add(1, std::slice::from_ref(&self.job));
                     return;
                 }
-                Outcome::Cancelled | Outcome::Suspended => return,
+                Outcome::Cancelled | Outcome::Suspended | Outcome::Released => return,
             };
             counter.add(1, std::slice::from_ref(&self.job));
             if let Some(first) = run.started_at {

@@ -211,6 +211,7 @@ pub(crate) fn run_ended(span: &tracing::Span, outcome: Outcome) {
         Outcome::Cancelled => "cancelled",
         Outcome::LeaseLost => "lease_lost",
         Outcome::Suspended => "suspended",
+        Outcome::Released => "released",
     };
     span.record("durably.run.outcome", name);
     if outcome == Outcome::Failed {
