@@ -14,9 +14,26 @@
 # - wasm-bindgen-cli at exactly the lockfile's `wasm-bindgen` version (the test runner), in a
 #   cache directory (`DURABLY_WASM_TOOLS`, default ~/.cache/durably-wasm), built once;
 # - Chromium and chromedriver (Debian), the browser of `wasm-bindgen-test-runner`.
+#
+# Two knobs (.ci/run passes them here and sources env.sh from DURABLY_WASM_TOOLS):
+# - DURABLY_WASM_ROUTE: `auto` (default: rustup's prebuilt std, else Debian's), `rustup` (fail
+#   if rustup cannot provide it) or `debian` (always Debian's rust-web-src, even where rustup
+#   works; it tests that route on a machine that has rustup);
+# - DURABLY_WASM_TOOLS: where wasm-bindgen-cli is built and env.sh written (default
+#   ~/.cache/durably-wasm). Give each route its own directory (and its own CARGO_TARGET_DIR:
+#   the two toolchains rebuild each other's artifacts), e.g.
+#   DURABLY_WASM_ROUTE=debian DURABLY_WASM_TOOLS=/tmp/deb-wasm CARGO_TARGET_DIR=target/deb .ci/run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+route="${DURABLY_WASM_ROUTE:-auto}"
+case "$route" in
+  auto | rustup | debian) ;;
+  *)
+    echo "DURABLY_WASM_ROUTE=$route: expected auto, rustup or debian" >&2
+    exit 2
+    ;;
+esac
 tools="${DURABLY_WASM_TOOLS:-$HOME/.cache/durably-wasm}"
 mkdir -p "$tools"
 target=wasm32-unknown-unknown
@@ -50,12 +67,16 @@ has_std() { # has_std RUSTC
 cargo_bin="cargo"
 rustc_bin="rustc"
 debian_route=""
-if has_std rustc; then
+if [ "$route" != debian ] && has_std rustc; then
   :
-elif command -v rustup >/dev/null 2>&1 && rustup target add "$target" && has_std rustc; then
+elif [ "$route" != debian ] && command -v rustup >/dev/null 2>&1 \
+  && rustup target add "$target" && has_std rustc; then
   :
+elif [ "$route" = rustup ]; then
+  echo "DURABLY_WASM_ROUTE=rustup: rustup cannot provide the $target std" >&2
+  exit 1
 else
-  echo "rustup cannot provide the $target std: building it from Debian's rust-web-src"
+  echo "building the $target std from Debian's rust-web-src (DURABLY_WASM_ROUTE=$route)"
   missing=()
   for package in rustc-web cargo-web rust-web-src lld-19; do
     installed "$package" || missing+=("$package")
@@ -64,6 +85,15 @@ else
   rustc_bin="$(dpkg -L rustc-web | grep -E '/bin/rustc(-web)?$' | head -n 1)"
   cargo_bin="$(dpkg -L cargo-web | grep -E '/bin/cargo(-web)?$' | head -n 1)"
   debian_route=1
+  # bookworm's own rustc-web (1.85) is older than the workspace's rust-version; the
+  # bookworm-security one (1.96 in 2026) is recent enough.
+  need="$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
+  have="$("$rustc_bin" --version | awk '{ print $2 }')"
+  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n 1)" != "$need" ]; then
+    echo "Debian's rustc-web is $have but the workspace needs Rust $need (Cargo.toml" \
+      "rust-version): enable bookworm-security (or a newer Debian) in the apt sources" >&2
+    exit 1
+  fi
 fi
 
 echo "== wasm-bindgen-cli (the lockfile's wasm-bindgen version)"
@@ -76,8 +106,13 @@ bindgen_root="$tools/wasm-bindgen-$version"
 if [ ! -x "$bindgen_root/bin/wasm-bindgen-test-runner" ]; then
   # Its own lockfile first; a registry that lacks one of its pinned versions (a yanked or
   # unmirrored crate) gets the newest compatible ones instead.
-  "$cargo_bin" install --locked --quiet wasm-bindgen-cli --version "$version" --root "$bindgen_root" \
-    || "$cargo_bin" install --quiet wasm-bindgen-cli --version "$version" --root "$bindgen_root"
+  # Built by the route's own toolchain (on the Debian route its rustc, not a rustup one on PATH).
+  build_env=()
+  [ -z "$debian_route" ] || build_env=(RUSTC="$rustc_bin")
+  env "${build_env[@]}" "$cargo_bin" install --locked --quiet wasm-bindgen-cli --version "$version" \
+    --root "$bindgen_root" \
+    || env "${build_env[@]}" "$cargo_bin" install --quiet wasm-bindgen-cli --version "$version" \
+      --root "$bindgen_root"
 fi
 "$bindgen_root/bin/wasm-bindgen-test-runner" --version
 

@@ -2,8 +2,9 @@
 # Builds the npm-style package `durably-browser` into $1 (default: $CARGO_TARGET_DIR or
 # target, then /durably-browser): the WebAssembly module (example `durably_browser`, release,
 # wasm32-unknown-unknown, feature `browser`) through `wasm-bindgen --target web`, plus the
-# worker bootstrap and page client of js/. Needs the wasm toolchain: `. .ci/wasm-toolchain.sh`
-# then `. ~/.cache/durably-wasm/env.sh` (docs/browser.md).
+# worker bootstrap and page client of js/. Needs the wasm toolchain: `.ci/wasm-toolchain.sh`
+# then `. "${DURABLY_WASM_TOOLS:-$HOME/.cache/durably-wasm}/env.sh"` (docs/browser.md); it
+# builds with that file's DURABLY_WASM_CARGO and DURABLY_WASM_CARGO_FLAGS (either route).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
