@@ -17,6 +17,12 @@ use crate::runtime::{self, Ended, Instant, Slots};
 use crate::store::{ClaimRequest, StoreNotice};
 use crate::time::{Timestamp, new_id};
 
+/// The most runs one claim of the worker loop takes. A worker with a large local queue
+/// (`Tuning::local_queue`) fills it over several claims, one after the other, so that
+/// other processes claiming from the same database take their share in between instead of
+/// finding the backlog's head taken by one claim of hundreds.
+const MAX_CLAIM: usize = 64;
+
 impl Engine {
     pub(super) async fn worker_loop(self: Arc<Self>, worker_id: String, stop: CancellationToken) {
         let settings = &self.settings;
@@ -71,7 +77,10 @@ impl Engine {
                 .await;
                 continue;
             }
-            let free = settings.runs_in_progress().saturating_sub(in_flight.len());
+            let free = settings
+                .runs_in_progress()
+                .saturating_sub(in_flight.len())
+                .min(MAX_CLAIM);
             if free > 0 && backoff.allows_claim() && claimable.should_claim() {
                 let sent = runtime::now();
                 let claimed = self
@@ -200,7 +209,10 @@ impl Engine {
         // A stopping worker claims nothing new; the runs are only enqueued.
         let free = match stop.is_cancelled() {
             true => 0,
-            false => settings.runs_in_progress().saturating_sub(in_flight.len()),
+            false => settings
+                .runs_in_progress()
+                .saturating_sub(in_flight.len())
+                .min(MAX_CLAIM),
         };
         let (sent, now) = (runtime::now(), Timestamp::now());
         let store = &self.store;
