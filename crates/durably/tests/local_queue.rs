@@ -406,3 +406,71 @@ mod crash {
         a_worker_killed_holding_hundreds_of_runs_loses_none(Backend::Postgres).await
     }
 }
+
+/// PostgreSQL: the leases of the runs a worker holds are renewed together, many per statement,
+/// and none is lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(durably_postgres_tests),
+    ignore = "set DURABLY_TEST_POSTGRES_URL to run the PostgreSQL suite"
+)]
+async fn held_runs_renew_their_leases_together_on_postgres() {
+    const RUNS: u64 = 48;
+    let schema = common::PgSchema {
+        name: common::fresh_schema(),
+    };
+    let store = common::postgres_store(&schema.name);
+    let durably = Durably::builder()
+        .shared_store(Arc::new(store.clone()))
+        .polling_interval(Duration::from_millis(20))
+        .max_concurrent_runs(1)
+        .local_queue(RUNS as usize)
+        .lease_duration(Duration::from_millis(1200))
+        .lease_renew_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    durably.migrate().await.unwrap();
+    let (tracker, gate) = (Tracker::default(), Gate::new());
+    let handle = durably.register(job(&tracker, &gate)).unwrap();
+    handle
+        .batch_trigger((0..RUNS).map(|n| (n, TriggerOptions::new())))
+        .await
+        .unwrap();
+    durably.start();
+    eventually("every run held", LIMIT, || async {
+        (leased(&durably).await as u64 == RUNS).then_some(())
+    })
+    .await;
+    let before = store.stats();
+    // Several lease lengths pass while one run waits at the gate and the others for a turn.
+    eventually("many renewals", LIMIT, || async {
+        (store.stats().lease_renewals - before.lease_renewals >= 10 * RUNS).then_some(())
+    })
+    .await;
+    let after = store.stats();
+    let (renewals, statements) = (
+        after.lease_renewals - before.lease_renewals,
+        after.lease_renewal_statements - before.lease_renewal_statements,
+    );
+    assert!(
+        statements * 4 <= renewals,
+        "{renewals} renewals in {statements} statements: not renewed together"
+    );
+    assert_eq!(
+        leased(&durably).await as u64,
+        RUNS,
+        "no lease lost meanwhile"
+    );
+    gate.open();
+    eventually("every run completed", LIMIT, || async {
+        let completed = RunFilter::new().status(RunStatus::Completed);
+        (durably.get_runs(&completed).await.unwrap().len() as u64 == RUNS).then_some(())
+    })
+    .await;
+    let executions = tracker.executions.lock().unwrap().clone();
+    assert!(
+        executions.values().all(|&count| count == 1),
+        "every step executed once: {executions:?}"
+    );
+    durably.stop().await;
+}

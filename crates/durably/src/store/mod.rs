@@ -64,6 +64,11 @@ pub struct WriterStats {
     pub transactions: u64,
     /// Write operations served; `operations / transactions` is the group-commit factor.
     pub operations: u64,
+    /// PostgreSQL: statements that renewed leases (each carries the renewals sent while the
+    /// one before executed). 0 elsewhere.
+    pub lease_renewal_statements: u64,
+    /// PostgreSQL: lease renewals those statements carried.
+    pub lease_renewals: u64,
 }
 
 /// The upstream schema version this library migrates to (upstream's version 4: step attempts,

@@ -104,6 +104,9 @@ impl Request {
 pub(super) struct Counters {
     pub batches: std::sync::atomic::AtomicU64,
     pub writes: std::sync::atomic::AtomicU64,
+    /// Lease renewal statements and the renewals they carried (`renewals.rs`).
+    pub renewal_statements: std::sync::atomic::AtomicU64,
+    pub renewals: std::sync::atomic::AtomicU64,
 }
 
 /// Runs whose step a finished batch persisted and which have not written since: each usually

@@ -36,6 +36,7 @@ mod listener;
 mod migrate;
 mod options;
 mod pool;
+mod renewals;
 mod rows;
 mod schedules;
 mod sql;
@@ -123,6 +124,8 @@ struct Shared {
     counters: Arc<batch::Counters>,
     notices: Arc<Mutex<Option<broadcast::Sender<StoreNotice>>>>,
     batcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<batch::Request>>>,
+    /// The lease renewals' task (started on first use; see `renewals.rs`).
+    renewer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<renewals::Renewal>>>,
     stop: CancellationToken,
 }
 
@@ -247,6 +250,7 @@ impl PostgresStore {
                 counters: Arc::default(),
                 notices: Arc::new(Mutex::new(None)),
                 batcher: Mutex::new(None),
+                renewer: Mutex::new(None),
                 stop: CancellationToken::new(),
             }),
         })
@@ -259,6 +263,8 @@ impl PostgresStore {
         crate::store::WriterStats {
             transactions: self.shared.counters.batches.load(Relaxed),
             operations: self.shared.counters.writes.load(Relaxed),
+            lease_renewal_statements: self.shared.counters.renewal_statements.load(Relaxed),
+            lease_renewals: self.shared.counters.renewals.load(Relaxed),
         }
     }
 
@@ -657,6 +663,58 @@ impl PostgresStore {
         sender
             .send(request)
             .map_err(|_| Error::storage(operation, "the PostgreSQL write task has stopped"))
+    }
+
+    /// Renews a lease through the renewals' task, together with the renewals sent meanwhile;
+    /// `None` when group commit is off (the caller renews on its own).
+    async fn renew_together(
+        &self,
+        fence: &Fence,
+        expires: &str,
+        now: &str,
+    ) -> Option<Result<bool>> {
+        if !self.shared.group_commit {
+            return None;
+        }
+        let sender = {
+            let mut slot = self
+                .shared
+                .renewer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                let notices = self.shared.notices.clone();
+                let report: batch::FaultReporter =
+                    Arc::new(move |operation, error| report_fault(&notices, operation, error));
+                *slot = renewals::spawn(
+                    self.shared.pool.clone(),
+                    self.shared.retry_for,
+                    report,
+                    self.shared.counters.clone(),
+                );
+            }
+            slot.clone()?
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let renewal = renewals::Renewal {
+            run_id: fence.run_id.clone(),
+            generation: fence.generation,
+            expires: expires.to_owned(),
+            now: now.to_owned(),
+            reply,
+        };
+        if sender.send(renewal).is_err() {
+            return Some(Err(Error::storage(
+                "renew_lease",
+                "the PostgreSQL renewal task has stopped",
+            )));
+        }
+        Some(answer.await.unwrap_or_else(|_| {
+            Err(Error::storage(
+                "renew_lease",
+                "the PostgreSQL renewal task stopped",
+            ))
+        }))
     }
 
     /// Sends a notice to the workers of this process that listen (if any).

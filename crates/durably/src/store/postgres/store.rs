@@ -368,6 +368,9 @@ impl Store for PostgresStore {
     ) -> Result<Option<Timestamp>> {
         let expires = now + lease;
         let (expires_text, now_text) = (expires.to_string(), now.to_string());
+        if let Some(extended) = self.renew_together(fence, &expires_text, &now_text).await {
+            return Ok(extended?.then_some(expires));
+        }
         let sql = format!(
             "UPDATE durably_runs SET lease_expires_at = $3, updated_at = $4 \
              WHERE {FENCED} AND lease_expires_at > $4"

@@ -270,6 +270,8 @@ impl SqliteStore {
                 .counters
                 .operations
                 .load(std::sync::atomic::Ordering::Relaxed),
+            lease_renewal_statements: 0,
+            lease_renewals: 0,
         }
     }
 
