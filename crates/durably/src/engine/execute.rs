@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::held::{Deregister, Held};
-use super::{Engine, Outcome, lock};
+use super::{Engine, Outcome};
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::job::ExecutionError;
@@ -66,7 +67,7 @@ impl Engine {
     ) -> Outcome {
         let held = self.hold(run, sent, worker_id);
         let span = held.span.clone();
-        let outcome = match self.run_job(held).instrument(span.clone()).await {
+        let outcome = match self.run_job(held, None).instrument(span.clone()).await {
             Execution::Ended(outcome) => outcome,
             Execution::Returned(returned) => {
                 let ending = self.record_end(returned, worker_id, 0);
@@ -78,16 +79,14 @@ impl Engine {
     }
 
     /// With a local queue, waits for the run's first turn to execute job code (see
-    /// `crate::local_queue`); `false` when the worker began to stop meanwhile. A cancel of the
-    /// run ends the wait too (the run then ends without executing).
-    async fn first_turn(&self, shared: &StepShared) -> bool {
+    /// `crate::local_queue`); `false` when the worker began to stop (`stop`, its token)
+    /// meanwhile. A cancel of the run ends the wait too (the run then ends without executing).
+    async fn first_turn(&self, shared: &StepShared, stop: Option<&CancellationToken>) -> bool {
         if self.execution_permits.is_none() {
             return true;
         }
-        let stop = lock(&self.running)
-            .as_ref()
-            .map(|worker| worker.stop.clone());
-        let stop = stop.unwrap_or_default();
+        let never = CancellationToken::new();
+        let stop = stop.unwrap_or(&never);
         // Biased: a stopping worker gives its waiting runs back even when a turn is free.
         tokio::select! {
             biased;
@@ -123,12 +122,12 @@ impl Engine {
 
     /// Runs a held run's job function until it returns (or ends the run at once: an unknown
     /// job, a run cancelled or lost while it was held).
-    pub(super) async fn run_job(&self, held: Held) -> Execution {
+    pub(super) async fn run_job(&self, held: Held, stop: Option<&CancellationToken>) -> Execution {
         let store = &self.store;
         tracing::debug!("claimed");
         // Let triggers of this process that are still announcing their runs finish first.
         drop(self.announcing.write().await);
-        if !self.first_turn(&held.shared).await {
+        if !self.first_turn(&held.shared, stop).await {
             return self.give_back(held).await;
         }
         let Held {

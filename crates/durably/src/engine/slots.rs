@@ -105,7 +105,7 @@ impl Engine {
                 }
             };
             let span = next.span.clone();
-            let execution = self.run_job(next).instrument(span.clone());
+            let execution = self.run_job(next, Some(stop)).instrument(span.clone());
             let mut execution = std::pin::pin!(execution);
             let release_at = runtime::now() + claim_ahead_below;
             let execution = loop {
