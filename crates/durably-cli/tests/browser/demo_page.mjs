@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { chromium } from 'playwright-core'
-import { check, executablePath, start, stop, watchdog } from './support.mjs'
+import { check, executablePath, start, stop, waiter, watchdog } from './support.mjs'
 
 const pkg = process.argv[2] && resolve(process.argv[2])
 if (!pkg) throw new Error('usage: DURABLY_BIN=... node demo_page.mjs PACKAGE_DIR [--screenshot PATH]')
@@ -47,15 +47,7 @@ try {
     if (message.type() === 'error') pageErrors.push(message.text())
   })
 
-  /** Waits (at most 60 s) until `predicate(arg)` holds in the page; fails saying what it waited for. */
-  async function until(what, predicate, arg) {
-    try {
-      await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 50 })
-    } catch (error) {
-      const body = await page.locator('body').innerText().catch(() => '(no page)')
-      throw new Error(`waited ${WAIT_MS / 1000} s for ${what}: ${error.message.split('\n')[0]}\npage:\n${body}\npage errors: ${JSON.stringify(pageErrors)}`)
-    }
-  }
+  const until = waiter(page, pageErrors, WAIT_MS)
   const ready = () => until('the engine to start', () => document.getElementById('engine')?.dataset.ready === 'true')
   /** The rows of the runs table, newest first: { id, job, status, result, logs, progress }. */
   const rows = () =>

@@ -18,6 +18,7 @@ import { dirname, extname, join, normalize, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 import { chromium } from 'playwright-core'
+import { waiter } from './support.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const pkg = process.argv[2] && resolve(process.argv[2])
@@ -107,15 +108,7 @@ try {
   })
   const text = (selector) => page.locator(selector).innerText()
 
-  /** Waits (at most 60 s) until `predicate(document)` holds in the page; fails saying what it waited for. */
-  async function until(what, predicate, arg) {
-    try {
-      await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 50 })
-    } catch (error) {
-      const body = await page.locator('body').innerText().catch(() => '(no page)')
-      throw new Error(`waited ${WAIT_MS / 1000} s for ${what}: ${error.message.split('\n')[0]}\npage:\n${body}\npage errors: ${JSON.stringify(pageErrors)}`)
-    }
-  }
+  const until = waiter(page, pageErrors, WAIT_MS)
   const textIs = (id, expected) => until(`#${id} to read "${expected}"`, ([id, expected]) => document.getElementById(id)?.innerText === expected, [id, expected])
   const executions = () =>
     page.evaluate(async () => {

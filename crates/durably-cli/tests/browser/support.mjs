@@ -8,7 +8,6 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 
 export const bin = process.env.DURABLY_BIN
-if (!bin) throw new Error('DURABLY_BIN must name the durably binary')
 export const executablePath = process.env.CHROMIUM || '/usr/bin/chromium'
 export const shots = process.env.SCREENSHOTS
 if (shots) mkdirSync(shots, { recursive: true })
@@ -29,6 +28,7 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Starts `durably ARGS --port 0`; resolves with the child and the origin it printed. */
 export async function start(args) {
+  if (!bin) throw new Error('DURABLY_BIN must name the durably binary')
   const child = spawn(bin, [...args, '--port', '0'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
@@ -71,4 +71,20 @@ export async function openPage(width) {
     if (message.type() === 'error' && !/Failed to load resource|EventSource/.test(message.text())) pageErrors.push(message.text())
   })
   return { browser, page, pageErrors }
+}
+
+/**
+ * A bounded wait on `page`: `until(what, predicate, arg)` resolves once `predicate(arg)` holds
+ * in the page (polled every 50 ms) and fails after `waitMs` saying what it waited for, with the
+ * page's text and the errors collected in `pageErrors`.
+ */
+export function waiter(page, pageErrors, waitMs) {
+  return async function until(what, predicate, arg) {
+    try {
+      await page.waitForFunction(predicate, arg, { timeout: waitMs, polling: 50 })
+    } catch (error) {
+      const body = await page.locator('body').innerText().catch(() => '(no page)')
+      throw new Error(`waited ${waitMs / 1000} s for ${what}: ${error.message.split('\n')[0]}\npage:\n${body}\npage errors: ${JSON.stringify(pageErrors)}`)
+    }
+  }
 }
