@@ -188,6 +188,10 @@ const ENV_LOG: &str = "DURABLY_TEST_LOCAL_QUEUE_LOG";
 /// Runs of the crash test, and the local queue of the worker that is killed.
 const CRASH_RUNS: u64 = 400;
 const CRASH_QUEUE: usize = 300;
+/// Runs the killed worker executes at once. Each ends stalled in step `b`, its step `a`
+/// committed, so the kill finds at least this many runs with a committed step, whatever the
+/// order in which turns were given.
+const CRASH_TURNS: usize = 32;
 /// The killed worker's lease: the survivor takes its runs over once they expire.
 const CRASH_LEASE: Duration = Duration::from_secs(2);
 
@@ -252,7 +256,7 @@ fn local_queue_child() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let durably = crash_builder(store_of(&spec))
-            .max_concurrent_runs(2)
+            .max_concurrent_runs(CRASH_TURNS)
             .local_queue(CRASH_QUEUE)
             .build()
             .expect("build");
@@ -313,9 +317,9 @@ async fn a_worker_killed_holding_hundreds_of_runs_loses_none(backend: Backend) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn the worker to kill");
-    // The child holds hundreds of runs: some with step a committed, waiting for a turn again;
-    // two stalled in step b once their turn came back (they keep both turns: the child makes
-    // no more progress); the others waiting for their first turn.
+    // The child holds hundreds of runs: CRASH_TURNS stalled in step b, their step a committed
+    // (they keep every turn: the child makes no more progress); maybe some more with step a
+    // committed, waiting for a turn again; the others waiting for their first turn.
     let all = RunFilter::new().limit(CRASH_RUNS * 2);
     eventually("the child holds hundreds of runs", LIMIT, || async {
         let runs = survivor.get_runs(&all).await.unwrap();
@@ -324,7 +328,7 @@ async fn a_worker_killed_holding_hundreds_of_runs_loses_none(backend: Backend) {
             .filter(|r| r.status == RunStatus::Leased)
             .count();
         let committed = runs.iter().filter(|r| r.completed_step_count >= 1).count();
-        (held >= 250 && committed >= 20).then_some(())
+        (held >= 250 && committed >= CRASH_TURNS).then_some(())
     })
     .await;
     child.kill().expect("SIGKILL the child");
@@ -341,7 +345,7 @@ async fn a_worker_killed_holding_hundreds_of_runs_loses_none(backend: Backend) {
         .map(|run| run.id)
         .collect();
     assert!(
-        committed.len() >= 20,
+        committed.len() >= CRASH_TURNS,
         "the child committed steps of {} runs",
         committed.len()
     );
