@@ -14,7 +14,8 @@
 //! - `sleep` (only when named): `--runs` runs each sleeping `--sleep-ms` durably, all
 //!   triggered at once: wake-up lateness and resumed runs/s (see [`sleep`]);
 //! - `multi-worker` (`--backend postgres` only): 4 worker processes, each with concurrency 1 on
-//!   a current-thread runtime, drain `--jobs` one-step jobs from one database (see [`postgres`]).
+//!   a current-thread runtime, drain `--jobs` one-step jobs from one database (see [`postgres`]);
+//!   with `--local-queue RUNS`, each keeps that many runs in progress.
 //!
 //! For the throughput workloads `p50_ms`/`p99_ms` are per-run execution times (claim → complete).
 //! `peak_rss_mb` is the process's peak resident set during the workload (reset before each).

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use durably::{
     Durably, EventType, PostgresOptions, PostgresStore, RunFilter, RunStatus, TriggerOptions,
+    Tuning,
 };
 use serde_json::json;
 
@@ -42,6 +43,10 @@ pub(super) fn is_worker_process() -> bool {
 
 /// Set in the worker processes of `multi-worker`: `off` for `synchronous_commit=off`.
 const ENV_CHILD_SYNC: &str = "DURABLY_BENCH_PG_SYNC";
+
+/// Set in the worker processes of `multi-worker` given `--local-queue RUNS`: the runs each
+/// worker keeps in progress (unset: no local queue).
+const ENV_CHILD_LOCAL_QUEUE: &str = "DURABLY_BENCH_PG_LOCAL_QUEUE";
 
 struct Setup {
     url: String,
@@ -85,7 +90,13 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         .ok_or("--backend postgres needs --db postgres://user@host:port/database")?;
     if let Ok(schema) = std::env::var(ENV_CHILD_SCHEMA) {
         let synchronous = std::env::var(ENV_CHILD_SYNC).unwrap_or_default();
-        return child(&url, &schema, &synchronous).await;
+        let local_queue = match std::env::var(ENV_CHILD_LOCAL_QUEUE) {
+            Ok(runs) => Some(runs.parse::<usize>().map_err(|error| {
+                format!("{ENV_CHILD_LOCAL_QUEUE}={runs:?} is not a number of runs: {error}")
+            })?),
+            Err(_) => None,
+        };
+        return child(&url, &schema, &synchronous, local_queue).await;
     }
     let synchronous = match args.synchronous.as_str() {
         "off" => "off",
@@ -152,7 +163,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BoxError> {
         }
     }
     if wanted("multi-worker") {
-        let line = multi_worker(&mut setup, args.jobs).await?;
+        let line = multi_worker(&mut setup, args.jobs, args.local_queue).await?;
         print_line(line, &synchronous);
     }
     Ok(())
@@ -233,7 +244,11 @@ impl Drop for Children {
     }
 }
 
-async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value, BoxError> {
+async fn multi_worker(
+    setup: &mut Setup,
+    jobs: u64,
+    local_queue: Option<usize>,
+) -> Result<serde_json::Value, BoxError> {
     reset_peak_rss();
     setup.counter += 1;
     let schema = format!("durably_bench_{}_{}", std::process::id(), setup.counter);
@@ -254,15 +269,18 @@ async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value,
     let exe = std::env::current_exe()?;
     let mut children = Children(Vec::with_capacity(WORKERS));
     for _ in 0..WORKERS {
-        children.0.push(
-            Command::new(&exe)
-                .args(["bench", "--backend", "postgres", "--db", &setup.url])
-                .env(ENV_CHILD_SCHEMA, &schema)
-                .env(ENV_CHILD_GO, &go)
-                .env(ENV_CHILD_SYNC, &setup.synchronous)
-                .stdout(Stdio::piped())
-                .spawn()?,
-        );
+        let mut command = Command::new(&exe);
+        command
+            .args(["bench", "--backend", "postgres", "--db", &setup.url])
+            .env(ENV_CHILD_SCHEMA, &schema)
+            .env(ENV_CHILD_GO, &go)
+            .env(ENV_CHILD_SYNC, &setup.synchronous)
+            .stdout(Stdio::piped());
+        match local_queue {
+            Some(runs) => command.env(ENV_CHILD_LOCAL_QUEUE, runs.to_string()),
+            None => command.env_remove(ENV_CHILD_LOCAL_QUEUE),
+        };
+        children.0.push(command.spawn()?);
     }
     // Each worker prints `ready` once it is connected, then waits for the go file.
     let mut outputs = Vec::with_capacity(WORKERS);
@@ -321,6 +339,7 @@ async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value,
         "backend": "postgres",
         "concurrency": 1,
         "workers": WORKERS,
+        "local_queue": local_queue,
         "jobs": jobs,
         "steps_per_job": 1,
         "enqueue_s": round(enqueue_s),
@@ -335,13 +354,22 @@ async fn multi_worker(setup: &mut Setup, jobs: u64) -> Result<serde_json::Value,
     }))
 }
 
-/// A `multi-worker` process: one worker with concurrency 1 on `schema`; starts when the go
-/// file appears, stops when no run is pending or leased, prints its step executions.
-async fn child(url: &str, schema: &str, synchronous: &str) -> Result<(), BoxError> {
+/// A `multi-worker` process: one worker with concurrency 1 on `schema` (and `local_queue`
+/// runs in progress, if given); starts when the go file appears, stops when no run is pending
+/// or leased, prints its step executions.
+async fn child(
+    url: &str,
+    schema: &str,
+    synchronous: &str,
+    local_queue: Option<usize>,
+) -> Result<(), BoxError> {
     let go = PathBuf::from(std::env::var(ENV_CHILD_GO)?);
+    // A local queue's writes go out in up to two batches at once (plus the claim loop's reads).
+    let connections = if local_queue.is_some() { 3 } else { 2 };
     let durably = Durably::builder()
-        .store(store(url, schema, 2, synchronous)?)
+        .store(store(url, schema, connections, synchronous)?)
         .max_concurrent_runs(1)
+        .tuning(Tuning::new().local_queue(local_queue))
         .polling_interval(Duration::from_millis(50))
         .build()?;
     let executions = Arc::new(AtomicU64::new(0));
