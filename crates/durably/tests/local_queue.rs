@@ -125,16 +125,18 @@ async fn a_stopping_worker_gives_its_waiting_runs_back_at_once(backend: Backend)
         let durably = durably.clone();
         tokio::spawn(async move { durably.stop().await })
     };
-    eventually("only the executing run still leased", LIMIT, || async {
-        (leased(&durably).await == 1).then_some(())
-    })
+    // One snapshot of every run: a claim that was in flight when the stop began may lease
+    // runs for a moment before it gives them back too.
+    eventually(
+        "every run but the executing one pending, that one leased",
+        LIMIT,
+        || async {
+            let runs = durably.get_runs(&RunFilter::new()).await.unwrap();
+            let count = |status| runs.iter().filter(|run| run.status == status).count() as u64;
+            (count(RunStatus::Leased) == 1 && count(RunStatus::Pending) == RUNS - 1).then_some(())
+        },
+    )
     .await;
-    let pending = RunFilter::new().status(RunStatus::Pending);
-    assert_eq!(
-        durably.get_runs(&pending).await.unwrap().len() as u64,
-        RUNS - 1,
-        "every run but the executing one is pending"
-    );
     gate.open();
     stopping.await.unwrap();
     assert_eq!(
@@ -160,9 +162,74 @@ async fn a_stopping_worker_gives_its_waiting_runs_back_at_once(backend: Backend)
     other.stop().await;
 }
 
+/// A run that has started and committed a step continues before runs still waiting to
+/// start: the turn freed next goes to it.
+async fn a_started_run_continues_before_new_runs_start(backend: Backend) {
+    const RUNS: u64 = 6;
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.max_concurrent_runs(1).local_queue(8))
+        .await;
+    // Step functions in the order they executed; the second step `a` to execute waits for
+    // the gate, keeping the one turn.
+    let order: Arc<Mutex<Vec<(u64, &'static str)>>> = Arc::default();
+    let (started, gate) = (Arc::new(AtomicUsize::new(0)), Gate::new());
+    let handle = {
+        let (order, started, gate) = (order.clone(), started.clone(), gate.clone());
+        durably
+            .register(Job::new("priority", move |step: StepContext, n: u64| {
+                let (order, started, gate) = (order.clone(), started.clone(), gate.clone());
+                async move {
+                    let order_b = order.clone();
+                    step.run("a", |_| async move {
+                        order.lock().unwrap().push((n, "a"));
+                        if started.fetch_add(1, Ordering::SeqCst) == 1 {
+                            gate.wait().await;
+                        }
+                        Ok(n)
+                    })
+                    .await?;
+                    step.run("b", |_| async move {
+                        order_b.lock().unwrap().push((n, "b"));
+                        Ok(n)
+                    })
+                    .await
+                }
+            }))
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        ids.push(handle.trigger(n).await.unwrap().run.id);
+    }
+    durably.start();
+    // The first run to start committed step a and waits for a turn again; the second holds
+    // the turn at the gate; the other runs wait for their first turn (since before the first
+    // run's commit: they were claimed with it).
+    let first = eventually("the first run's step a committed", LIMIT, || async {
+        let first = order.lock().unwrap().first().map(|(n, _)| *n)?;
+        let run = durably.get_run(&ids[first as usize]).await.unwrap()?;
+        (run.completed_step_count >= 1 && order.lock().unwrap().len() == 2).then_some(first)
+    })
+    .await;
+    gate.open();
+    for id in &ids {
+        assert_eq!(terminal(&durably, id).await.status, RunStatus::Completed);
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len() as u64, RUNS * 2, "{order:?}");
+    assert_eq!(
+        order[2],
+        (first, "b"),
+        "the started run continued before a new run started: {order:?}"
+    );
+    durably.stop().await;
+}
+
 backend_tests!(
     more_runs_in_progress_than_execute_at_once,
-    a_stopping_worker_gives_its_waiting_runs_back_at_once
+    a_stopping_worker_gives_its_waiting_runs_back_at_once,
+    a_started_run_continues_before_new_runs_start
 );
 
 #[test]

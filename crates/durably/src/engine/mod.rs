@@ -203,7 +203,7 @@ impl Engine {
         metrics: Metrics,
     ) -> Self {
         let execution_permits = (settings.local_queue > settings.max_concurrent_runs)
-            .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_runs)));
+            .then(|| crate::local_queue::Turns::new(settings.max_concurrent_runs));
         Engine {
             execution_permits,
             store,
