@@ -126,8 +126,9 @@ pub struct Tuning {
     /// With `Some(n)` (more than `max_concurrent_runs`, at most 10,000), a worker claims up to
     /// `n` runs and keeps them leased; a run gives its turn to another while it waits for a
     /// completed step's checkpoint to become durable, and waits for a turn again before its
-    /// job function goes on (`docs/performance.md`, "Local queue"). Every guarantee holds: a step's result is durable before the
-    /// job continues, every write is fenced, and a crashed worker's runs are taken over when
+    /// job function goes on, ahead of the runs waiting to start (`docs/performance.md`,
+    /// "Local queue"). Every guarantee holds: a step's result is durable before the job
+    /// continues, every write is fenced, and a crashed worker's runs are taken over when
     /// their leases expire. What changes: more runs are leased at once, and at most
     /// `max_concurrent_runs` job functions *execute* at once, while more may have started
     /// (some waiting for their checkpoints). Jobs that use `max_concurrent_runs` to bound
