@@ -48,6 +48,13 @@
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`DurableWait`]: crate::waits::DurableWait
+//! [`Error::NotFound`]: crate::Error::NotFound
+//! [`Error::Validation`]: crate::Error::Validation
+//! [`Error::Conflict`]: crate::Error::Conflict
+//! [`Error::WaitExpired`]: crate::Error::WaitExpired
+//! [`Error::Timeout`]: crate::Error::Timeout
 
 // Route helpers return `Result<_, Response>`: the error *is* the HTTP answer, built once per
 // request, so its size does not matter.
@@ -57,20 +64,24 @@ mod auth;
 mod dashboard;
 mod openapi;
 mod overview;
+mod request;
+mod responses;
+mod runs;
 mod schedules;
 mod sse;
+mod subscribe;
+mod trigger;
+mod waits;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "prometheus")]
@@ -81,14 +92,11 @@ pub use auth::{Auth, Rejection, RunOperation, RunsSubscribeFilter};
 pub use dashboard::dashboard;
 
 use crate::durably::Durably;
-use crate::error::Error;
-use crate::events::Event;
-use crate::run::{
-    Coalesce, Disposition, Labels, Progress, Run, RunFilter, RunStatus, TriggerOptions,
-};
+use crate::run::{Labels, Progress, Run, RunStatus};
 use crate::time::Timestamp;
-use crate::waits::{DurableWait, SignalDisposition};
 use auth::{Authenticator, Erased, Guard, Open};
+use request::Query;
+use responses::{json_response, not_found_text};
 
 /// Options of [`router`].
 #[derive(Clone)]
@@ -285,26 +293,6 @@ impl From<Run> for ClientRun {
     }
 }
 
-/// Body of a successful `POST /trigger` (key order as upstream).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TriggerResponse {
-    run_id: String,
-    disposition: Disposition,
-    /// The run's status: `pending` for a created run, the reused run's for a coalesced or
-    /// idempotent one.
-    status: RunStatus,
-}
-
-/// Body of a successful `POST /retrigger` (key order as upstream), `POST /resume` and
-/// `POST /wake` (the same shape; their `runId` is the run's own).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RetriggerResponse {
-    success: bool,
-    run_id: String,
-}
-
 struct Shared {
     durably: Durably,
     options: HttpOptions,
@@ -316,66 +304,6 @@ pub fn router(durably: Durably, options: HttpOptions) -> Router {
     Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(Shared { durably, options }))
-}
-
-type Reply = Result<Response, Response>;
-
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut response = Response::new(Body::from(bytes));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Err(error) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("could not serialize the response: {error}"),
-        ),
-    }
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response {
-    json_response(status, &json!({ "error": message }))
-}
-
-/// The HTTP status of an error (upstream §8.3 with SPEC §3's fixes).
-fn status_of(error: &Error) -> StatusCode {
-    match error {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Validation(_) => StatusCode::BAD_REQUEST,
-        Error::Conflict(_) => StatusCode::CONFLICT,
-        // Upstream's `WaitExpiredError`: the wait's deadline passed before the signal.
-        Error::WaitExpired { .. } => StatusCode::GONE,
-        // A read that outlived `HttpOptions::read_timeout`.
-        Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn durably_error(error: Error) -> Response {
-    let status = status_of(&error);
-    if status.is_server_error() {
-        tracing::warn!(%error, "durably HTTP request failed");
-    }
-    error_response(status, &error.to_string())
-}
-
-fn bad_request(message: &str) -> Response {
-    error_response(StatusCode::BAD_REQUEST, message)
-}
-
-fn not_found_text() -> Response {
-    let mut response = Response::new(Body::from("Not Found"));
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain;charset=UTF-8"),
-    );
-    response
 }
 
 async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -400,22 +328,22 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
     let guard = guard.as_ref();
     let shared = shared.as_ref();
     let reply = match (&parts.method, path) {
-        (&Method::POST, "/trigger") => trigger(shared, guard, &parts.headers, body).await,
-        (&Method::GET, "/runs") => list_runs(shared, guard, &query).await,
-        (&Method::GET, "/run") => get_run(shared, guard, &query).await,
-        (&Method::GET, "/steps") => get_steps(shared, guard, &query).await,
-        (&Method::GET, "/attempts") => get_step_attempts(shared, guard, &query).await,
-        (&Method::GET, "/logs") => get_logs(shared, guard, &query).await,
-        (&Method::GET, "/waits") => list_waits(shared, guard, &query).await,
-        (&Method::GET, "/wait") => get_wait(shared, guard, &query).await,
-        (&Method::POST, "/signal") => signal(shared, guard, &query, body).await,
-        (&Method::POST, "/retrigger") => retrigger(shared, guard, &query).await,
-        (&Method::POST, "/resume") => resume(shared, guard, &query).await,
-        (&Method::POST, "/wake") => wake(shared, guard, &query).await,
-        (&Method::POST, "/cancel") => cancel(shared, guard, &query).await,
-        (&Method::DELETE, "/run") => delete_run(shared, guard, &query).await,
-        (&Method::GET, "/subscribe") => subscribe(shared, guard, &query).await,
-        (&Method::GET, "/runs/subscribe") => runs_subscribe(shared, guard, &query).await,
+        (&Method::POST, "/trigger") => trigger::trigger(shared, guard, &parts.headers, body).await,
+        (&Method::GET, "/runs") => runs::list_runs(shared, guard, &query).await,
+        (&Method::GET, "/run") => runs::get_run(shared, guard, &query).await,
+        (&Method::GET, "/steps") => runs::get_steps(shared, guard, &query).await,
+        (&Method::GET, "/attempts") => runs::get_step_attempts(shared, guard, &query).await,
+        (&Method::GET, "/logs") => runs::get_logs(shared, guard, &query).await,
+        (&Method::GET, "/waits") => waits::list_waits(shared, guard, &query).await,
+        (&Method::GET, "/wait") => waits::get_wait(shared, guard, &query).await,
+        (&Method::POST, "/signal") => waits::signal(shared, guard, &query, body).await,
+        (&Method::POST, "/retrigger") => runs::retrigger(shared, guard, &query).await,
+        (&Method::POST, "/resume") => runs::resume(shared, guard, &query).await,
+        (&Method::POST, "/wake") => runs::wake(shared, guard, &query).await,
+        (&Method::POST, "/cancel") => runs::cancel(shared, guard, &query).await,
+        (&Method::DELETE, "/run") => runs::delete_run(shared, guard, &query).await,
+        (&Method::GET, "/subscribe") => subscribe::subscribe(shared, guard, &query).await,
+        (&Method::GET, "/runs/subscribe") => subscribe::runs_subscribe(shared, guard, &query).await,
         (&Method::GET, "/jobs") => Ok(list_jobs(shared)),
         (&Method::GET, "/overview") => overview::get(shared, guard, &query).await,
         (&Method::GET, "/schedules") => schedules::list(shared).await,
@@ -434,681 +362,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
     reply.unwrap_or_else(|response| response)
 }
 
-/// Decoded query pairs in order (`URLSearchParams` semantics: `+` is a space).
-struct Query {
-    pairs: Vec<(String, String)>,
-}
-
-impl Query {
-    fn parse(query: &str) -> Self {
-        Query {
-            pairs: form_urlencoded::parse(query.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        }
-    }
-
-    fn first(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, key: &str) -> Vec<String> {
-        self.pairs
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// `label.<key>=<value>` pairs; a repeated key keeps the last value.
-    fn labels(&self) -> Labels {
-        self.pairs
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("label.").map(|k| (k.to_owned(), v.clone())))
-            .collect()
-    }
-}
-
-/// JavaScript's `parseInt(text, 10)` for the non-negative integers of `limit`/`offset`:
-/// leading whitespace, an optional sign, then the longest run of digits (`"5abc"` → 5,
-/// `"1.5"` → 1). `None` for NaN or a negative number.
-fn parse_js_int(text: &str) -> Option<u64> {
-    let trimmed = text.trim_start();
-    let (negative, digits) = match trimmed.as_bytes().first() {
-        Some(b'-') => (true, &trimmed[1..]),
-        Some(b'+') => (false, &trimmed[1..]),
-        _ => (false, trimmed),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    let digits = &digits[..end];
-    if digits.is_empty() {
-        return None;
-    }
-    let all_zero = digits.bytes().all(|b| b == b'0');
-    if negative && !all_zero {
-        return None;
-    }
-    Some(digits.parse::<u64>().unwrap_or(u64::MAX))
-}
-
-fn page_param(query: &Query, key: &str) -> Result<Option<u64>, Response> {
-    match query.first(key) {
-        None | Some("") => Ok(None),
-        Some(text) => parse_js_int(text)
-            .map(Some)
-            .ok_or_else(|| bad_request(&format!("Invalid {key}: must be a non-negative integer"))),
-    }
-}
-
-/// A time-range bound of `GET /runs` (`createdSince`, `createdBefore`): an RFC 3339 timestamp
-/// or milliseconds since the Unix epoch (at most 15 digits). An instant outside the years 0 to
-/// 9999 (which no run is created in) counts as the nearest one inside them. Empty or absent:
-/// no bound.
-fn time_param(query: &Query, key: &str) -> Result<Option<Timestamp>, Response> {
-    let text = match query.first(key) {
-        None | Some("") => return Ok(None),
-        Some(text) => text,
-    };
-    let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
-        (text.len() <= MAX_EPOCH_DIGITS)
-            .then(|| text.parse::<i64>().ok().map(Timestamp::from_millis))
-            .flatten()
-    } else {
-        Timestamp::parse(text)
-    };
-    match parsed {
-        Some(at) => Ok(Some(at.clamp(Timestamp::EARLIEST, Timestamp::LATEST))),
-        None => {
-            let shown: String = text.chars().take(40).collect();
-            let more = if shown.len() < text.len() { "…" } else { "" };
-            Err(bad_request(&format!(
-                "Invalid {key}: \"{shown}{more}\" must be an RFC 3339 timestamp \
-                 (2026-03-29T12:34:56.789Z) or milliseconds since the Unix epoch \
-                 (at most {MAX_EPOCH_DIGITS} digits)"
-            )))
-        }
-    }
-}
-
-/// The most digits of a time bound in milliseconds since the epoch (the year 9999 has 15).
-const MAX_EPOCH_DIGITS: usize = 15;
-
-fn run_id_param(query: &Query) -> Result<String, Response> {
-    match query.first("runId") {
-        Some(id) if !id.is_empty() => Ok(id.to_owned()),
-        _ => Err(bad_request("runId query parameter is required")),
-    }
-}
-
-/// A read bounded by [`HttpOptions::read_timeout`]: dropped (which cancels it in the database)
-/// and answered with [`Error::Timeout`] once the time is up.
-async fn within<T>(
-    shared: &Shared,
-    operation: &str,
-    read: impl Future<Output = crate::Result<T>>,
-) -> crate::Result<T> {
-    let timeout = shared.options.read_timeout;
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or_else(|_| Err(crate::store::read_timeout(operation, timeout)))
-}
-
-/// Loads the run named by `runId` and asks the run-access hook.
-async fn accessible_run(
-    shared: &Shared,
-    guard: &dyn Guard,
-    query: &Query,
-    operation: RunOperation,
-) -> Result<Run, Response> {
-    let run_id = run_id_param(query)?;
-    let run = within(shared, "get_run", shared.durably.get_run(&run_id))
-        .await
-        .map_err(durably_error)?
-        .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "Run not found"))?;
-    guard
-        .on_run_access(&run, operation)
-        .await
-        .map_err(Rejection::into_response)?;
-    Ok(run)
-}
-
-async fn read_body(shared: &Shared, body: Body) -> Result<Value, Response> {
-    let limit = shared.options.body_limit;
-    let too_large = || {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Request body too large: the limit is {limit} bytes"),
-        )
-    };
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("Invalid JSON body: {e}")))
-}
-
-fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, Response> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(bad_request(&format!(
-            "{key} must be a string (got {other})"
-        ))),
-    }
-}
-
-fn trigger_options(body: &Map<String, Value>) -> Result<TriggerOptions, Response> {
-    let mut options = TriggerOptions::new();
-    options.idempotency_key = optional_string(body, "idempotencyKey")?;
-    options.concurrency_key = optional_string(body, "concurrencyKey")?;
-    options.labels = match body.get("labels") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(map)) => {
-            let mut labels = Labels::new();
-            for (key, value) in map {
-                match value {
-                    Value::String(s) => {
-                        labels.insert(key.clone(), s.clone());
-                    }
-                    other => {
-                        return Err(bad_request(&format!(
-                            "labels: Invalid input: the value of label \"{key}\" must be a string (got {other})"
-                        )));
-                    }
-                }
-            }
-            Some(labels)
-        }
-        Some(other) => {
-            return Err(bad_request(&format!(
-                "labels: Invalid input: expected an object of string values (got {other})"
-            )));
-        }
-    };
-    options.coalesce = match body.get("coalesce") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse::<Coalesce>().map_err(durably_error)?),
-        Some(other) => {
-            return Err(bad_request(&format!(
-                "Invalid coalesce value: '{other}'. Valid values: 'skip', 'queue', 'active'"
-            )));
-        }
-    };
-    // durably's additions: a delayed run (`startAt`, an ISO 8601 time, or `delayMs`).
-    options.start_at = match (body.get("startAt"), body.get("delayMs")) {
-        (None | Some(Value::Null), None | Some(Value::Null)) => None,
-        (Some(Value::String(text)), None | Some(Value::Null)) => {
-            Some(crate::Timestamp::parse(text).ok_or_else(|| {
-                bad_request(&format!(
-                    "startAt must be an ISO 8601 time such as 2026-01-31T12:00:00.000Z (got \"{text}\")"
-                ))
-            })?)
-        }
-        (None | Some(Value::Null), Some(delay)) => match delay.as_u64() {
-            Some(ms) if ms <= MAX_DELAY_MS => {
-                Some(crate::Timestamp::now() + std::time::Duration::from_millis(ms))
-            }
-            _ => {
-                return Err(bad_request(&format!(
-                    "delayMs must be an integer between 0 and {MAX_DELAY_MS} (got {delay})"
-                )));
-            }
-        },
-        (Some(_), None | Some(Value::Null)) => {
-            return Err(bad_request("startAt must be a string (an ISO 8601 time)"));
-        }
-        (Some(_), Some(_)) => return Err(bad_request("Give startAt or delayMs, not both")),
-    };
-    options.debounce = match body.get("debounce") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(debounce)) => Some(debounce_option(debounce)?),
-        Some(other) => {
-            return Err(bad_request(&format!(
-                "debounce must be an object {{\"key\", \"periodMs\", \"maxWaitMs\"?}} (got {other})"
-            )));
-        }
-    };
-    options.priority = match body.get("priority") {
-        None | Some(Value::Null) => 0,
-        Some(value) => json_integer(value)
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| {
-                bad_request(&format!(
-                    "priority must be an integer between {} and {} (higher runs first; got {value})",
-                    i32::MIN,
-                    i32::MAX
-                ))
-            })?,
-    };
-    Ok(options)
-}
-
-/// A JSON number with an integer value, as JSON Schema's `integer` reads it: `6` and `6.0`.
-fn json_integer(value: &Value) -> Option<i64> {
-    value.as_i64().or_else(|| {
-        value
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
-            .map(|f| f as i64)
-    })
-}
-
-/// The `debounce` field of a trigger: `{ "key", "periodMs", "maxWaitMs"? }`.
-fn debounce_option(debounce: &Map<String, Value>) -> Result<crate::Debounce, Response> {
-    let key = optional_string(debounce, "key")?
-        .ok_or_else(|| bad_request("debounce.key is required (a string)"))?;
-    let millis = |field: &str| -> Result<Option<u64>, Response> {
-        match debounce.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => match value.as_u64() {
-                Some(ms) if (1..=MAX_DELAY_MS).contains(&ms) => Ok(Some(ms)),
-                _ => Err(bad_request(&format!(
-                    "debounce.{field} must be an integer between 1 and {MAX_DELAY_MS} (got {value})"
-                ))),
-            },
-        }
-    };
-    let period = millis("periodMs")?
-        .ok_or_else(|| bad_request("debounce.periodMs is required (milliseconds)"))?;
-    let mut option = crate::Debounce::new(key, std::time::Duration::from_millis(period));
-    if let Some(max_wait) = millis("maxWaitMs")? {
-        option = option.max_wait(std::time::Duration::from_millis(max_wait));
-    }
-    Ok(option)
-}
-
-/// The longest `delayMs` of a trigger: 10 years.
-const MAX_DELAY_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
-
-/// `POST /trigger`. The run's trigger span is a child of the caller's W3C trace context (the
-/// `traceparent` and `tracestate` headers) when it sends one (see `crate::telemetry`).
-async fn trigger(
-    shared: &Shared,
-    guard: &dyn Guard,
-    headers: &axum::http::HeaderMap,
-    body: Body,
-) -> Reply {
-    let body = read_body(shared, body).await?;
-    let job_name = match body.get("jobName") {
-        None | Some(Value::Null) => return Err(bad_request("jobName is required")),
-        Some(Value::String(name)) if name.is_empty() => {
-            return Err(bad_request("jobName is required"));
-        }
-        Some(Value::String(name)) => name.clone(),
-        Some(other) => {
-            return Err(bad_request(&format!(
-                "jobName must be a string (got {other})"
-            )));
-        }
-    };
-    crate::limits::check_text("jobName", &job_name).map_err(durably_error)?;
-    if shared.durably.get_job(&job_name).is_none() {
-        return Err(error_response(
-            StatusCode::NOT_FOUND,
-            &format!("Job not found: {job_name}"),
-        ));
-    }
-    guard
-        .on_trigger(&body)
-        .await
-        .map_err(Rejection::into_response)?;
-    let Value::Object(fields) = &body else {
-        return Err(bad_request("jobName is required"));
-    };
-    let options = trigger_options(fields)?;
-    let input = fields.get("input").cloned().unwrap_or(Value::Null);
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let parent = crate::telemetry::Parent::from_http(header("traceparent"), header("tracestate"));
-    let result = shared
-        .durably
-        .trigger_json_under(&job_name, input, options, &parent)
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &TriggerResponse {
-            run_id: result.run.id,
-            disposition: result.disposition,
-            status: result.run.status,
-        },
-    ))
-}
-
-async fn list_runs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let mut filter = RunFilter {
-        job_names: query.all("jobName"),
-        labels: query.labels(),
-        ..RunFilter::default()
-    };
-    for status in query.all("status") {
-        let parsed = RunStatus::ALL.into_iter().find(|s| s.as_str() == status);
-        match parsed {
-            Some(status) => filter.statuses.push(status),
-            None if status.is_empty() => {
-                return Err(bad_request(
-                    "Invalid status: empty value. Must be one of: waiting, pending, leased, completed, failed, cancelled",
-                ));
-            }
-            None => {
-                return Err(bad_request(&format!(
-                    "Invalid status: {status}. Must be one of: waiting, pending, leased, completed, failed, cancelled"
-                )));
-            }
-        }
-    }
-    filter.limit = page_param(query, "limit")?;
-    filter.offset = page_param(query, "offset")?;
-    // ours: the child runs of one run (an empty value filters nothing, as an absent one)
-    if let Some(parent) = query.first("parentRunId").filter(|id| !id.is_empty()) {
-        crate::limits::check_text("parentRunId", parent).map_err(durably_error)?;
-        filter.parent_run_id = Some(parent.to_owned());
-    }
-    // ours: runs whose id starts with this text (an empty value filters nothing)
-    if let Some(prefix) = query.first("idPrefix").filter(|p| !p.is_empty()) {
-        crate::limits::check_text("idPrefix", prefix).map_err(durably_error)?;
-        filter.id_prefix = Some(prefix.to_owned());
-    }
-    // ours: the time range, created at or after `createdSince` and before `createdBefore`
-    filter.created_since = time_param(query, "createdSince")?;
-    filter.created_before = time_param(query, "createdBefore")?;
-    let filter = guard
-        .scope_runs(filter)
-        .await
-        .map_err(Rejection::into_response)?;
-    let runs = shared
-        .durably
-        .get_runs_within(&filter, shared.options.read_timeout)
-        .await
-        .map_err(durably_error)?;
-    let runs: Vec<ClientRun> = runs.into_iter().map(ClientRun::from).collect();
-    Ok(json_response(StatusCode::OK, &runs))
-}
-
-async fn get_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Read).await?;
-    Ok(json_response(StatusCode::OK, &ClientRun::from(run)))
-}
-
-async fn get_steps(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Steps).await?;
-    let steps = within(shared, "get_steps", shared.durably.get_steps(&run.id))
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &steps))
-}
-
-async fn get_step_attempts(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Steps).await?;
-    let attempts = within(
-        shared,
-        "get_step_attempts",
-        shared.durably.get_step_attempts(&run.id),
-    )
-    .await
-    .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &attempts))
-}
-
-async fn get_logs(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Read).await?;
-    let logs = within(shared, "get_logs", shared.durably.get_logs(&run.id))
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &logs))
-}
-
-async fn retrigger(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Retrigger).await?;
-    let new_run = shared
-        .durably
-        .retrigger(&run.id)
-        .await
-        .map_err(durably_error)?;
-    acted_on(new_run.id)
-}
-
-/// `{ "success": true, "runId" }`: the answer of the routes that act on a run and name the run
-/// to follow (retrigger's new run, a resumed or woken run).
-fn acted_on(run_id: String) -> Reply {
-    Ok(json_response(
-        StatusCode::OK,
-        &RetriggerResponse {
-            success: true,
-            run_id,
-        },
-    ))
-}
-
-async fn resume(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Resume).await?;
-    let resumed = shared
-        .durably
-        .resume(&run.id)
-        .await
-        .map_err(durably_error)?;
-    acted_on(resumed.id)
-}
-
-async fn wake(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Wake).await?;
-    let woken = shared.durably.wake(&run.id).await.map_err(durably_error)?;
-    acted_on(woken.id)
-}
-
-async fn cancel(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Cancel).await?;
-    shared
-        .durably
-        .cancel(&run.id)
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &json!({ "success": true })))
-}
-
-async fn delete_run(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Delete).await?;
-    shared
-        .durably
-        .delete_run(&run.id)
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &json!({ "success": true })))
-}
-
-/// Body of a successful `POST /signal` (key order as upstream).
-#[derive(Serialize)]
-struct SignalResponse {
-    wait: DurableWait,
-    disposition: SignalDisposition,
-}
-
-async fn list_waits(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Waits).await?;
-    let waits = within(shared, "get_waits", shared.durably.get_waits(&run.id))
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(StatusCode::OK, &waits))
-}
-
-/// The wait named by `waitId`, which must belong to `run` (upstream v4 §9.1).
-async fn wait_of(shared: &Shared, run: &Run, query: &Query) -> Result<DurableWait, Response> {
-    let wait_id = match query.first("waitId") {
-        Some(id) if !id.is_empty() => id,
-        _ => return Err(bad_request("waitId query parameter is required")),
-    };
-    within(shared, "get_wait", shared.durably.get_wait(wait_id))
-        .await
-        .map_err(durably_error)?
-        .filter(|wait| wait.run_id == run.id)
-        .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "Wait not found"))
-}
-
-async fn get_wait(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Waits).await?;
-    let wait = wait_of(shared, &run, query).await?;
-    Ok(json_response(StatusCode::OK, &wait))
-}
-
-/// `POST /signal`: the checks of upstream v4 §9.1 in its order.
-async fn signal(shared: &Shared, guard: &dyn Guard, query: &Query, body: Body) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Signal).await?;
-    let wait = wait_of(shared, &run, query).await?;
-    let limit = shared.options.body_limit;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Request body too large: the limit is {limit} bytes"),
-        )
-    })?;
-    let body: Value =
-        serde_json::from_slice(&bytes).map_err(|_| bad_request("Invalid JSON body"))?;
-    let Value::Object(mut fields) = body else {
-        return Err(bad_request("Signal body must be an object"));
-    };
-    let signal_id = match fields.get("signalId") {
-        Some(Value::String(id)) if crate::waits::validate_signal_id(id).is_ok() => id.clone(),
-        _ => return Err(bad_request("signalId must be non-empty")),
-    };
-    let Some(payload) = fields.remove("payload") else {
-        return Err(bad_request("payload is required"));
-    };
-    // Any JSON value parsed from text is a valid payload (upstream §4.6 refuses only what text
-    // cannot carry: cycles, accessors, non-finite numbers, …).
-    guard
-        .on_signal(&run, &wait, &signal_id, &payload)
-        .await
-        .map_err(Rejection::into_response)?;
-    let signalled = shared
-        .durably
-        .signal(&wait.id, payload, &signal_id)
-        .await
-        .map_err(durably_error)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &SignalResponse {
-            wait: signalled.wait,
-            disposition: signalled.disposition,
-        },
-    ))
-}
-
-fn stream_options(shared: &Shared) -> sse::StreamOptions {
-    sse::StreamOptions {
-        throttle: shared.options.sse_throttle,
-        keep_alive: shared.options.keep_alive,
-        shutdown: shared.options.shutdown.clone(),
-    }
-}
-
-async fn subscribe(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let run = accessible_run(shared, guard, query, RunOperation::Subscribe).await?;
-    let events = shared
-        .durably
-        .subscribe(&run.id)
-        .filter_map(|event| std::future::ready(sse::Item::full(&event)));
-    Ok(sse::response(events, stream_options(shared)))
-}
-
-fn matches(filter: &RunsSubscribeFilter, event: &Event) -> bool {
-    let Some((job_name, labels)) = event_job_and_labels(event) else {
-        return false;
-    };
-    (filter.job_names.is_empty() || filter.job_names.iter().any(|n| n == job_name))
-        && filter
-            .labels
-            .iter()
-            .all(|(k, v)| labels.is_some_and(|labels| labels.get(k) == Some(v)))
-}
-
-fn event_job_and_labels(event: &Event) -> Option<(&str, Option<&Labels>)> {
-    use crate::events::EventKind as K;
-    Some(match &event.kind {
-        K::RunTrigger {
-            job_name, labels, ..
-        }
-        | K::RunCoalesced {
-            job_name, labels, ..
-        }
-        | K::RunWaiting {
-            job_name, labels, ..
-        }
-        | K::RunLeased {
-            job_name, labels, ..
-        }
-        | K::RunLeaseRenewed {
-            job_name, labels, ..
-        }
-        | K::RunComplete {
-            job_name, labels, ..
-        }
-        | K::RunFail {
-            job_name, labels, ..
-        }
-        | K::RunCancel {
-            job_name, labels, ..
-        }
-        | K::RunDelete {
-            job_name, labels, ..
-        }
-        | K::RunProgress {
-            job_name, labels, ..
-        }
-        | K::StepStart {
-            job_name, labels, ..
-        }
-        | K::StepComplete {
-            job_name, labels, ..
-        }
-        | K::StepFail {
-            job_name, labels, ..
-        }
-        | K::StepCancel {
-            job_name, labels, ..
-        }
-        | K::LogWrite {
-            job_name, labels, ..
-        } => (job_name.as_str(), Some(labels)),
-        K::WorkerError { .. } => return None,
-    })
-}
-
-async fn runs_subscribe(shared: &Shared, guard: &dyn Guard, query: &Query) -> Reply {
-    let filter = RunsSubscribeFilter {
-        job_names: query.all("jobName"),
-        labels: query.labels(),
-    };
-    // The same bounds and text rules as `GET /runs`, though no query runs.
-    let as_listing = RunFilter {
-        job_names: filter.job_names.clone(),
-        labels: filter.labels.clone(),
-        ..RunFilter::default()
-    };
-    shared
-        .durably
-        .config()
-        .limits
-        .check_filter(&as_listing)
-        .map_err(durably_error)?;
-    let filter = guard
-        .scope_runs_subscribe(filter)
-        .await
-        .map_err(Rejection::into_response)?;
-    let events = shared.durably.subscribe_all().filter_map(move |event| {
-        let item = if matches(&filter, &event) {
-            sse::Item::slim(&event)
-        } else {
-            None
-        };
-        std::future::ready(item)
-    });
-    Ok(sse::response(events, stream_options(shared)))
-}
-
+/// `GET /jobs`: the registered jobs and the JSON Schema of their input.
 fn list_jobs(shared: &Shared) -> Response {
     let jobs: Vec<Value> = shared
         .durably
@@ -1118,35 +372,4 @@ fn list_jobs(shared: &Shared) -> Response {
         .map(|job| json!({ "name": job.name, "inputSchema": job.input_schema }))
         .collect();
     json_response(StatusCode::OK, &jobs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_js_int;
-
-    #[test]
-    fn integers_may_be_written_as_floats() {
-        use super::json_integer;
-        use serde_json::json;
-        assert_eq!(json_integer(&json!(6)), Some(6));
-        assert_eq!(json_integer(&json!(22256918.0)), Some(22256918));
-        assert_eq!(json_integer(&json!(-3.0)), Some(-3));
-        assert_eq!(json_integer(&json!(1.5)), None);
-        assert_eq!(json_integer(&json!(1e300)), None);
-        assert_eq!(json_integer(&json!("6")), None);
-    }
-
-    #[test]
-    fn parse_int_follows_javascript() {
-        assert_eq!(parse_js_int("5"), Some(5));
-        assert_eq!(parse_js_int("5abc"), Some(5));
-        assert_eq!(parse_js_int("1.5"), Some(1));
-        assert_eq!(parse_js_int(" 7"), Some(7));
-        assert_eq!(parse_js_int("+3"), Some(3));
-        assert_eq!(parse_js_int("0"), Some(0));
-        assert_eq!(parse_js_int("-0"), Some(0));
-        assert_eq!(parse_js_int("-1"), None);
-        assert_eq!(parse_js_int("abc"), None);
-        assert_eq!(parse_js_int("-"), None);
-    }
 }

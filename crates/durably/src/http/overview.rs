@@ -10,10 +10,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::Shared;
 use super::auth::{Guard, Rejection};
-use super::{
-    Query, Reply, Shared, bad_request, durably_error, error_response, json_response, within,
-};
+use super::request::{Query, within};
+use super::responses::{Reply, bad_request, durably_error, error_response, json_response};
 use crate::overview::{Overview, OverviewWindow, Percentiles};
 use crate::run::{RunFilter, RunStatus};
 use crate::time::Timestamp;

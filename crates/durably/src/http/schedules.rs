@@ -18,9 +18,9 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    Query, Reply, Shared, bad_request, durably_error, error_response, json_response, within,
-};
+use super::Shared;
+use super::request::{Query, within};
+use super::responses::{Reply, bad_request, durably_error, error_response, json_response};
 use crate::error::Error;
 use crate::run::Labels;
 use crate::schedules::{SCHEDULE_LABEL, ScheduleRecord};

@@ -29,17 +29,21 @@
 
 mod batch;
 mod batch_sql;
+mod claims;
 mod delayed;
 mod enqueue;
 mod faults;
+mod lifecycle;
 mod listener;
 mod migrate;
 mod options;
+mod overview;
 mod pool;
 mod renewals;
 mod rows;
 mod schedules;
 mod sql;
+mod steps;
 mod store;
 mod tls;
 mod waits;
