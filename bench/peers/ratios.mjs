@@ -1,6 +1,6 @@
 // Prints the medians of the JSON lines of vs-typescript.sh (one file argument) and the ratio
 // durably (Rust) / durably-ts (@coji/durably) of the median jobs/s, per workload, jobs and
-// concurrency.
+// concurrency; a second row for durably:batched (a local queue) where it ran.
 import fs from "node:fs";
 
 const lines = fs
@@ -27,9 +27,9 @@ for (const line of lines) {
 }
 
 console.log(
-  "| workload | jobs | c | rounds | durably jobs/s (median; range) | durably-ts jobs/s (median; range) | ×Rust/TS | peak RSS MB Rust / TS | duplicates Rust / TS |",
+  "| workload | jobs | c | rounds | Rust system | durably jobs/s (median; range) | durably-ts jobs/s (median; range) | ×Rust/TS | peak RSS MB Rust / TS | duplicates Rust / TS |",
 );
-console.log("|---|---|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|---|---|");
 const keys = [...groups.keys()].sort((a, b) => {
   const [wa, ja, ca] = a.split("|");
   const [wb, jb, cb] = b.split("|");
@@ -44,14 +44,19 @@ for (const key of keys) {
     const r = rates(label);
     return r.length ? `${fmt(median(r), 0)} (${fmt(Math.min(...r), 0)}–${fmt(Math.max(...r), 0)})` : "–";
   };
-  const rust = median(rates("durably"));
   const ts = median(rates("durably-ts"));
-  const ratio = rust !== undefined && ts ? fmt(rust / ts, 1) : "–";
   const col = (label, field) => fmt(median(runs(label).map((r) => r[field])), 0);
   const dups = (label) => runs(label).reduce((sum, r) => sum + (r.duplicate_execs ?? r.duplicate_step_execs ?? 0), 0);
-  const rounds = Math.min(runs("durably").length, runs("durably-ts").length);
-  console.log(
-    `| ${workload} | ${jobs} | ${workload === "multi-worker" ? "4×1" : c} | ${rounds} | ${cell("durably")} | ${cell("durably-ts")} | ${ratio} | ` +
-      `${col("durably", "peak_rss_mb")} / ${col("durably-ts", "peak_rss_mb")} | ${dups("durably")} / ${dups("durably-ts")} |`,
-  );
+  for (const rustLabel of ["durably", "durably:batched"]) {
+    if (runs(rustLabel).length === 0) continue;
+    const rust = median(rates(rustLabel));
+    const ratio = rust !== undefined && ts ? fmt(rust / ts, 1) : "–";
+    const rounds = Math.min(runs(rustLabel).length, runs("durably-ts").length);
+    const queue = runs(rustLabel)[0].local_queue;
+    console.log(
+      `| ${workload} | ${jobs} | ${workload === "multi-worker" ? "4×1" : c} | ${rounds} | ${rustLabel}${queue ? ` (local queue ${queue})` : ""} | ` +
+        `${cell(rustLabel)} | ${cell("durably-ts")} | ${ratio} | ` +
+        `${col(rustLabel, "peak_rss_mb")} / ${col("durably-ts", "peak_rss_mb")} | ${dups(rustLabel)} / ${dups("durably-ts")} |`,
+    );
+  }
 }

@@ -5,13 +5,15 @@
 # Rust / TypeScript (ratios.mjs).
 #
 #   bench/peers/vs-typescript.sh [--rounds R] [--first-round F] [--jobs 2000] [--concurrency 1,8] \
-#     [--multi-worker yes|no] [--db postgres://postgres@127.0.0.1:5432/peers_bench?sslmode=disable] \
+#     [--multi-worker yes|no] [--local-queue RUNS] [--db postgres://postgres@127.0.0.1:5432/peers_bench?sslmode=disable] \
 #     [--durably target/release/durably] [--out results.jsonl]
 #
 # Every round runs, for each concurrency and then for multi-worker, the Rust and the TypeScript
 # run one after the other, the Rust one first in odd rounds and second in even rounds. All JSON
 # lines (plus `round` and `label`) go to --out (default: a file under /tmp); to add rounds to an
-# earlier series, pass its file and the next round's number as --first-round.
+# earlier series, pass its file and the next round's number as --first-round. With
+# --local-queue RUNS, every case also runs durably:batched, the Rust bench with a local queue
+# of RUNS (each of multi-worker's processes keeps RUNS runs in progress).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds=2
@@ -19,6 +21,7 @@ first=1
 jobs=2000
 concurrency=1,8
 multi=yes
+local_queue=""
 db='postgres://postgres@127.0.0.1:5432/peers_bench?sslmode=disable'
 durably="${DURABLY:-$here/../../target/release/durably}"
 out=""
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs="$2" ;;
     --concurrency) concurrency="$2" ;;
     --multi-worker) multi="$2" ;;
+    --local-queue) local_queue="$2" ;;
     --db) db="$2" ;;
     --durably) durably="$2" ;;
     --out) out="$2" ;;
@@ -49,6 +53,12 @@ run_one() { # system workload concurrency
         --concurrency "$3" --jobs "$jobs" ;;
     durably:multi-worker)
       "$durably" bench --backend postgres --db "$db" --workload multi-worker --jobs "$jobs" ;;
+    durably:batched:throughput-1step)
+      "$durably" bench --backend postgres --db "$db" --workload throughput-1step \
+        --concurrency "$3" --jobs "$jobs" --local-queue "$local_queue" ;;
+    durably:batched:multi-worker)
+      "$durably" bench --backend postgres --db "$db" --workload multi-worker --jobs "$jobs" \
+        --local-queue "$local_queue" ;;
     durably-ts:throughput-1step)
       "$node" "$here/durably-ts.mjs" --jobs "$jobs" --concurrency "$3" --db "$db" ;;
     durably-ts:multi-worker)
@@ -71,6 +81,7 @@ for c in ${concurrency//,/ }; do cases+=("throughput-1step:$c"); done
 [ "$multi" = yes ] && cases+=("multi-worker:1")
 for round in $(seq "$first" $((first + rounds - 1))); do
   if [ $((round % 2)) -eq 1 ]; then systems=(durably durably-ts); else systems=(durably-ts durably); fi
+  [ -n "$local_queue" ] && systems+=(durably:batched)
   for case in "${cases[@]}"; do
     workload="${case%%:*}"
     c="${case##*:}"
