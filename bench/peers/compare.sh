@@ -37,8 +37,9 @@ node="$here/node_modules/.bin/node"
 out="${out:-$(mktemp /tmp/peers-compare.XXXXXX.jsonl)}"
 echo "results: $out" >&2
 
-# durably:batched is durably with a local queue of 256 runs (`--local-queue`), the counterpart of
-# the peers' batched modes: `--concurrency` runs execute job code at once, 256 are in progress.
+# durably:batched is durably with a local queue of 512 runs (`--local-queue`), the counterpart of
+# the peers' batched modes (graphile-worker's preset holds 500): `--concurrency` runs execute job
+# code at once, 512 are in progress.
 systems=(durably durably:batched graphile:default graphile:batched pgboss:default pgboss:batched)
 run_one() { # system jobs concurrency
   case "$1" in
@@ -47,7 +48,7 @@ run_one() { # system jobs concurrency
         --concurrency "$3" --jobs "$2" ;;
     durably:batched)
       "$durably" bench --backend postgres --db "$db" --workload throughput-1step \
-        --concurrency "$3" --jobs "$2" --local-queue 256 ;;
+        --concurrency "$3" --jobs "$2" --local-queue 512 ;;
     *)
       "$node" "$here/peer.mjs" --system "${1%%:*}" --mode "${1##*:}" --jobs "$2" \
         --concurrency "$3" --db "$db" ;;
