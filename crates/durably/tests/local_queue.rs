@@ -226,7 +226,66 @@ async fn a_started_run_continues_before_new_runs_start(backend: Backend) {
     durably.stop().await;
 }
 
+/// A worker holds at most `local_queue` runs: a short run's completion claims the next run for
+/// its slot, and none ahead (a run held ahead would wait for a turn as well).
+async fn a_local_queue_holds_at_most_its_size(backend: Backend) {
+    const RUNS: u64 = 12;
+    let db = TestDb::new(backend);
+    let durably = db
+        .durably(|b| b.max_concurrent_runs(1).local_queue(4))
+        .await;
+    // No steps (a run gives its turn back only when it returns); the second run to start
+    // waits for the gate, keeping the one turn.
+    let first: Arc<Mutex<Option<u64>>> = Arc::default();
+    let (started, gate) = (Arc::new(AtomicUsize::new(0)), Gate::new());
+    let handle = {
+        let (first, started, gate) = (first.clone(), started.clone(), gate.clone());
+        durably
+            .register(Job::new("bounded", move |_step: StepContext, n: u64| {
+                let (first, started, gate) = (first.clone(), started.clone(), gate.clone());
+                async move {
+                    match started.fetch_add(1, Ordering::SeqCst) {
+                        0 => *first.lock().unwrap() = Some(n),
+                        1 => gate.wait().await,
+                        _ => {}
+                    }
+                    Ok(n)
+                }
+            }))
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        ids.push(handle.trigger(n).await.unwrap().run.id);
+    }
+    durably.start();
+    // The first run's completion and its slot's next claim are one write: once it is
+    // visible, so is everything that write claimed.
+    eventually(
+        "the first run completed, the second executing",
+        LIMIT,
+        || async {
+            let n = (*first.lock().unwrap())?;
+            let run = durably.get_run(&ids[n as usize]).await.unwrap()?;
+            (run.status == RunStatus::Completed && started.load(Ordering::SeqCst) == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        leased(&durably).await,
+        4,
+        "the executing run, two waiting for their first turn, the run the completion claimed"
+    );
+    gate.open();
+    for id in &ids {
+        assert_eq!(terminal(&durably, id).await.status, RunStatus::Completed);
+    }
+    durably.stop().await;
+}
+
 backend_tests!(
+    a_local_queue_holds_at_most_its_size,
     more_runs_in_progress_than_execute_at_once,
     a_stopping_worker_gives_its_waiting_runs_back_at_once,
     a_started_run_continues_before_new_runs_start

@@ -69,7 +69,7 @@ impl Engine {
     /// share a write. For that the slot *claims ahead* (see [`Tuning::claim_ahead_below`]):
     /// after a run that executed for less than `claim_ahead_below`, its completion claims one
     /// run more than the slot needs at once, and the slot holds it (leased, its lease renewed)
-    /// until the run executing returns. At most one run per slot is held; a held run without
+    /// until the run executing returns (not with a local queue, whose runs wait for turns). At most one run per slot is held; a held run without
     /// a concurrency key goes back to pending once the run executing has taken
     /// `claim_ahead_below` (it may be long), so that an idle worker takes it.
     ///
